@@ -2,5 +2,26 @@
 //!
 //! # Layout
 //! - [`protocol`]: the only module that knows the wire: frames, JSON messages, caps, codes.
-//! - `main.rs`: the command line.
+//! - [`tls`]: PEM loading, TLS 1.3 server and client configurations, fingerprints.
+//! - [`certs`]: the development CA and server certificate of `ferry certs`.
+//! - [`users`]: the users file, argon2id hashing and verification, the `Password` type.
+//! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
+//!   type; temp files that commit atomically.
+//! - [`transfer`]: streaming with SHA-256, shared by both ends.
+//! - [`server`]: listener (limits, shutdown) -> session (handshake, login, request loop) ->
+//!   `server/cmd/`, one file per command.
+//! - [`client`]: `Connection` with typed methods (the library API), the shell, local temp
+//!   files.
+//! - [`sanitize`]: escaping of network-supplied names before they reach a terminal or log.
+//! - [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
+
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod jail;
 pub mod protocol;
+pub mod sanitize;
+pub mod server;
+pub mod tls;
+pub mod transfer;
+pub mod users;

@@ -1,3 +1,23 @@
-fn main() {
-    println!("ferry");
+//! The `ferry` binary: parse the command line, run it, print any error chain once.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = ferry::cli::Cli::parse();
+    match ferry::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed stdout (e.g. `ferry user list | head -1`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -221,6 +221,37 @@ impl ServerMessage {
         }
     }
 
+    /// A success reply carrying one entry (`stat`).
+    pub fn ok_entry(id: u64, entry: Entry) -> Self {
+        let mut msg = Self::ok(id);
+        if let ServerMessage::Ok { entry: e, .. } = &mut msg {
+            *e = Some(entry);
+        }
+        msg
+    }
+
+    /// A success reply of a transfer: bytes and their SHA-256 (`get`, `put`).
+    pub fn ok_transfer(id: u64, size: u64, sha256: String) -> Self {
+        let mut msg = Self::ok(id);
+        if let ServerMessage::Ok {
+            size: s, sha256: d, ..
+        } = &mut msg
+        {
+            *s = Some(size);
+            *d = Some(sha256);
+        }
+        msg
+    }
+
+    /// A success reply of a listing: how many entries were sent.
+    pub fn ok_count(id: u64, count: u64) -> Self {
+        let mut msg = Self::ok(id);
+        if let ServerMessage::Ok { count: c, .. } = &mut msg {
+            *c = Some(count);
+        }
+        msg
+    }
+
     /// A failure reply.
     pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
         ServerMessage::Error {
@@ -241,7 +272,8 @@ pub enum EntryKind {
     Dir,
     /// Symbolic link (listings describe the link itself).
     Symlink,
-    /// Anything else (socket, fifo, device).
+    /// Anything else (socket, fifo, device), and kinds a newer peer may add.
+    #[serde(other)]
     Other,
 }
 

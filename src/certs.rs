@@ -1,0 +1,666 @@
+//! Development certificates: a small CA and a server certificate signed by it (`ferry certs`).
+//!
+//! The CA certificate (`ca.pem`) is what clients are given to trust; the server presents
+//! `server.pem` (leaf, then CA) with `server.key`. Every file is written to a temp name in the
+//! target directory and renamed into place, so a crash never leaves a half-written file, and
+//! the private keys are created with mode 0600 so they are never readable by others, not even
+//! for a moment.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::DnsName;
+
+use crate::tls;
+
+/// Common name of the development CA.
+pub const CA_COMMON_NAME: &str = "ferry development CA";
+
+/// Common name of the server certificate (clients check the SANs, not this).
+pub const SERVER_COMMON_NAME: &str = "ferry server";
+
+/// How long the development CA is valid: about ten years.
+pub const CA_VALIDITY: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+
+/// How long a server certificate is valid: 397 days, the most that browsers and Apple platforms
+/// accept for a TLS server certificate. Regenerate with `force` to renew.
+pub const SERVER_VALIDITY: Duration = Duration::from_secs(397 * 24 * 60 * 60);
+
+/// How far `not_before` is set in the past, so that a client whose clock is slightly behind
+/// does not reject a certificate that was just made.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
+
+/// Mode of the private key files, set when they are created.
+const KEY_FILE_MODE: u32 = 0o600;
+
+/// Mode of the certificate files: public material, readable by all.
+const CERT_FILE_MODE: u32 = 0o644;
+
+/// Mode of the certificate directory when `generate` has to create it.
+const DIR_MODE: u32 = 0o700;
+
+/// How many temp names `write_atomic` tries before giving up.
+const TEMP_NAME_ATTEMPTS: u32 = 16;
+
+/// Where the four files of a certificate directory live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// The CA certificate, given to clients to trust (`ca.pem`).
+    pub ca_cert: PathBuf,
+    /// The CA private key (`ca.key`, mode 0600).
+    pub ca_key: PathBuf,
+    /// The server certificate chain: leaf, then CA (`server.pem`).
+    pub server_cert: PathBuf,
+    /// The server private key (`server.key`, mode 0600).
+    pub server_key: PathBuf,
+}
+
+impl CertPaths {
+    /// The standard file names inside `dir`: `ca.pem`, `ca.key`, `server.pem`, `server.key`.
+    pub fn in_dir(dir: &Path) -> CertPaths {
+        CertPaths {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+
+    /// All four paths, in the order they are written.
+    fn all(&self) -> [&Path; 4] {
+        [
+            &self.ca_key,
+            &self.ca_cert,
+            &self.server_key,
+            &self.server_cert,
+        ]
+    }
+}
+
+/// What [`generate`] made.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Where the files were written.
+    pub paths: CertPaths,
+    /// Fingerprint of the server (leaf) certificate, in the form of [`tls::fingerprint`].
+    pub fingerprint: String,
+    /// The subject alternative names of the server certificate, as text, in order.
+    pub names: Vec<String>,
+}
+
+/// Why certificates could not be generated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// One of the files is already there and `force` was not given.
+    #[error("refusing to overwrite existing file {}", path.display())]
+    Exists {
+        /// The first existing file found.
+        path: PathBuf,
+    },
+    /// An extra host is neither an IP address nor a valid DNS name.
+    #[error("invalid host name {host:?}")]
+    InvalidHost {
+        /// The host as given.
+        host: String,
+    },
+    /// rcgen could not make a key or a certificate.
+    #[error("cannot generate certificate")]
+    Generate(#[source] rcgen::Error),
+    /// The certificate directory could not be created.
+    #[error("cannot create directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be checked, written or renamed into place.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file (its final name, not the temp name).
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Makes a development CA (ECDSA P-256, CN "ferry development CA", about ten years, may sign
+/// only end-entity certificates) and a server certificate signed by it (ECDSA P-256, 397 days,
+/// serverAuth), and writes them into `dir` (created with mode 0700 if missing) as
+/// [`CertPaths::in_dir`] names them.
+///
+/// The server certificate is valid for `localhost`, `127.0.0.1`, `::1` and every entry of
+/// `extra_hosts`: an IP address (also `[v6]` in brackets) or else a DNS name; an invalid name
+/// is an error. Duplicates are removed (DNS names compare case-insensitively).
+///
+/// Refuses, naming the file, if any of the four files exists unless `force` is set; nothing is
+/// written then. Each file is written atomically; the keys are created with mode 0600.
+pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Generated, CertError> {
+    let paths = CertPaths::in_dir(dir);
+    let sans = subject_alt_names(extra_hosts)?;
+
+    if !force {
+        for path in paths.all() {
+            if exists(path)? {
+                return Err(CertError::Exists {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    // SystemTime arithmetic panics only outside the representable range (hundreds of billions
+    // of years on Unix), which a clock reading plus a few years cannot reach.
+    let now = SystemTime::now();
+    let not_before = now - CLOCK_SKEW_ALLOWANCE;
+
+    let ca_key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CertError::Generate)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = distinguished_name(CA_COMMON_NAME);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = not_before.into();
+    ca_params.not_after = (now + CA_VALIDITY).into();
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(CertError::Generate)?;
+    let ca_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CertError::Generate)?;
+    let mut server_params = CertificateParams::default();
+    server_params.distinguished_name = distinguished_name(SERVER_COMMON_NAME);
+    server_params.subject_alt_names = sans.iter().map(Host::to_san).collect::<Result<_, _>>()?;
+    server_params.is_ca = IsCa::ExplicitNoCa;
+    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server_params.use_authority_key_identifier_extension = true;
+    server_params.not_before = not_before.into();
+    server_params.not_after = (now + SERVER_VALIDITY).into();
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(CertError::Generate)?;
+
+    let chain_pem = format!("{}{}", server_cert.pem(), ca_pem);
+
+    create_dir(dir)?;
+    // Each file is atomic, the set of four is not: a crash part way leaves some files new and
+    // others old or missing. `tls::server_config` refuses a leaf whose key does not match, and
+    // running again with `force` repairs the set. Keys go first so that a fresh directory never
+    // holds a certificate without its key.
+    write_atomic(&paths.ca_key, ca_key_pem.as_bytes(), KEY_FILE_MODE, force)?;
+    write_atomic(&paths.ca_cert, ca_pem.as_bytes(), CERT_FILE_MODE, force)?;
+    write_atomic(
+        &paths.server_key,
+        server_key.serialize_pem().as_bytes(),
+        KEY_FILE_MODE,
+        force,
+    )?;
+    write_atomic(
+        &paths.server_cert,
+        chain_pem.as_bytes(),
+        CERT_FILE_MODE,
+        force,
+    )?;
+    sync_dir(dir)?;
+
+    Ok(Generated {
+        fingerprint: tls::fingerprint(server_cert.der()),
+        names: sans.iter().map(Host::to_string).collect(),
+        paths,
+    })
+}
+
+/// One subject alternative name of the server certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Host {
+    Ip(IpAddr),
+    /// Lowercased, validated DNS name.
+    Dns(String),
+}
+
+impl Host {
+    fn parse(host: &str) -> Result<Host, CertError> {
+        let invalid = || CertError::InvalidHost {
+            host: host.to_string(),
+        };
+        if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return Ok(Host::Ip(IpAddr::V6(inner.parse().map_err(|_| invalid())?)));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Host::Ip(ip));
+        }
+        let name = DnsName::try_from(host).map_err(|_| invalid())?;
+        Ok(Host::Dns(name.as_ref().to_ascii_lowercase()))
+    }
+
+    fn to_san(&self) -> Result<SanType, CertError> {
+        Ok(match self {
+            Host::Ip(ip) => SanType::IpAddress(*ip),
+            Host::Dns(name) => SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|_| CertError::InvalidHost { host: name.clone() })?,
+            ),
+        })
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Dns(name) => f.write_str(name),
+        }
+    }
+}
+
+/// The default names followed by the extra hosts, validated, without duplicates.
+fn subject_alt_names(extra_hosts: &[String]) -> Result<Vec<Host>, CertError> {
+    let mut hosts = vec![
+        Host::Dns("localhost".to_string()),
+        Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ];
+    let mut seen: HashSet<Host> = hosts.iter().cloned().collect();
+    for extra in extra_hosts {
+        let host = Host::parse(extra)?;
+        if seen.insert(host.clone()) {
+            hosts.push(host);
+        }
+    }
+    Ok(hosts)
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+/// Whether something (a file, a directory, even a dangling symlink) is at `path`.
+fn exists(path: &Path) -> Result<bool, CertError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(CertError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), CertError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| CertError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes `contents` to `path` through a temp file in the same directory, created with `mode`,
+/// flushed to disk, then moved into place. Without `force` the move fails if `path` appeared in
+/// the meantime (a hard link never replaces), so nothing is ever silently overwritten.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), CertError> {
+    let write_err = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (temp, file) = create_temp(path, mode).map_err(write_err)?;
+    if let Err(source) = commit(file, &temp, path, contents, force) {
+        // Best effort: the temp may already be gone, and the original error is what matters.
+        let _ = fs::remove_file(&temp);
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            return Err(CertError::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        return Err(write_err(source));
+    }
+    Ok(())
+}
+
+/// Fills the temp file, flushes it to disk and moves it to `path`.
+fn commit(
+    mut file: File,
+    temp: &Path,
+    path: &Path,
+    contents: &[u8],
+    force: bool,
+) -> io::Result<()> {
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    if force {
+        fs::rename(temp, path)
+    } else {
+        fs::hard_link(temp, path)?;
+        fs::remove_file(temp)
+    }
+}
+
+/// Creates a new, empty temp file beside `path` with `mode` (never opening an existing one).
+fn create_temp(path: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last_err = None;
+    for _ in 0..TEMP_NAME_ATTEMPTS {
+        let nonce = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let temp = dir.join(format!(
+            ".{name}.tmp-{}-{}-{nonce}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no free temp name")))
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), CertError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| CertError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn read_all(paths: &CertPaths) -> Vec<Vec<u8>> {
+        paths.all().iter().map(|p| fs::read(p).unwrap()).collect()
+    }
+
+    fn pem_certs(path: &Path) -> Vec<Vec<u8>> {
+        tls::load_certs(path)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn generate_writes_four_files_with_private_key_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let generated = generate(&dir, &[], false).unwrap();
+
+        assert_eq!(generated.paths, CertPaths::in_dir(&dir));
+        assert_eq!(mode(&generated.paths.ca_key), 0o600);
+        assert_eq!(mode(&generated.paths.server_key), 0o600);
+        assert_eq!(mode(&generated.paths.ca_cert), 0o644);
+        assert_eq!(mode(&generated.paths.server_cert), 0o644);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(generated.names, ["localhost", "127.0.0.1", "::1"]);
+
+        // No temp file lingers.
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.key", "ca.pem", "server.key", "server.pem"]);
+    }
+
+    #[test]
+    fn server_pem_is_leaf_then_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let generated = generate(tmp.path(), &[], false).unwrap();
+        let chain = pem_certs(&generated.paths.server_cert);
+        let ca = pem_certs(&generated.paths.ca_cert);
+        assert_eq!(chain.len(), 2);
+        assert_eq!(ca.len(), 1);
+        assert_eq!(chain[1], ca[0]);
+        assert_eq!(
+            generated.fingerprint,
+            tls::fingerprint(&chain[0].clone().into())
+        );
+        tls::load_key(&generated.paths.ca_key).unwrap();
+        tls::load_key(&generated.paths.server_key).unwrap();
+    }
+
+    #[test]
+    fn second_run_without_force_is_refused_and_leaves_files_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = generate(tmp.path(), &[], false).unwrap();
+        let before = read_all(&first.paths);
+
+        let err = generate(tmp.path(), &[], false).unwrap_err();
+        assert!(matches!(err, CertError::Exists { .. }), "{err:?}");
+        assert_eq!(read_all(&first.paths), before);
+
+        let second = generate(tmp.path(), &[], true).unwrap();
+        let after = read_all(&second.paths);
+        for (old, new) in before.iter().zip(&after) {
+            assert_ne!(old, new);
+        }
+        assert_ne!(first.fingerprint, second.fingerprint);
+        assert_eq!(mode(&second.paths.ca_key), 0o600);
+        assert_eq!(mode(&second.paths.server_key), 0o600);
+    }
+
+    #[test]
+    fn any_one_existing_file_is_refused_by_name() {
+        for victim in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(victim);
+            fs::write(&path, b"precious").unwrap();
+
+            let err = generate(tmp.path(), &[], false).unwrap_err();
+            match &err {
+                CertError::Exists { path: named } => assert_eq!(named, &path),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(err.to_string().contains(victim), "{err}");
+            assert_eq!(fs::read(&path).unwrap(), b"precious");
+            // Nothing else was written.
+            assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+        }
+    }
+
+    #[test]
+    fn dangling_symlink_counts_as_existing() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), tmp.path().join("ca.key")).unwrap();
+        let err = generate(tmp.path(), &[], false).unwrap_err();
+        assert!(matches!(err, CertError::Exists { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn write_atomic_without_force_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        fs::write(&path, b"old").unwrap();
+        let err = write_atomic(&path, b"new", 0o600, false).unwrap_err();
+        assert!(matches!(err, CertError::Exists { .. }), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+
+        write_atomic(&path, b"new", 0o600, true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn extra_hosts_become_sans_and_certificates_parse_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let generated = generate(
+            tmp.path(),
+            &hosts(&["files.example.org", "10.1.2.3"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            generated.names,
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "files.example.org",
+                "10.1.2.3"
+            ]
+        );
+
+        let chain = pem_certs(&generated.paths.server_cert);
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+        let (_, ca) = X509Certificate::from_der(&chain[1]).unwrap();
+
+        let sans: Vec<String> = leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                GeneralName::DNSName(dns) => dns.to_string(),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap()).to_string(),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap()).to_string(),
+                    n => panic!("ip of {n} bytes"),
+                },
+                other => panic!("unexpected SAN {other:?}"),
+            })
+            .collect();
+        assert_eq!(sans, generated.names);
+
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth);
+        assert!(!leaf.is_ca());
+        assert_eq!(leaf.issuer(), ca.subject());
+        assert!(
+            leaf.subject()
+                .iter_common_name()
+                .any(|cn| cn.as_str().ok() == Some(SERVER_COMMON_NAME))
+        );
+
+        assert!(ca.is_ca());
+        let constraints = ca.basic_constraints().unwrap().unwrap().value;
+        assert_eq!(constraints.path_len_constraint, Some(0));
+        assert!(
+            ca.subject()
+                .iter_common_name()
+                .any(|cn| cn.as_str().ok() == Some(CA_COMMON_NAME))
+        );
+        assert!(ca.verify_signature(None).is_ok());
+        assert!(leaf.verify_signature(Some(ca.public_key())).is_ok());
+
+        let now = x509_parser::time::ASN1Time::now();
+        assert!(leaf.validity().is_valid_at(now));
+        assert!(ca.validity().is_valid_at(now));
+        let leaf_days = leaf.validity().time_to_expiration().unwrap().whole_days();
+        let ca_days = ca.validity().time_to_expiration().unwrap().whole_days();
+        assert!((396..=397).contains(&leaf_days), "{leaf_days}");
+        assert!((3649..=3650).contains(&ca_days), "{ca_days}");
+    }
+
+    #[test]
+    fn duplicate_hosts_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let generated = generate(
+            tmp.path(),
+            &hosts(&[
+                "localhost",
+                "LocalHost",
+                "127.0.0.1",
+                "::1",
+                "0:0:0:0:0:0:0:1",
+                "[::1]",
+                "Files.Example.org",
+                "files.example.org",
+                "[2001:db8::1]",
+                "2001:db8::1",
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            generated.names,
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "files.example.org",
+                "2001:db8::1"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_hosts_are_refused_before_anything_is_written() {
+        for bad in [
+            "",
+            "bad host",
+            "-x.example",
+            "a..b",
+            "*.example.org",
+            "[localhost]",
+            "[1.2.3.4]",
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("certs");
+            let err = generate(&dir, &hosts(&["ok.example", bad]), false).unwrap_err();
+            match &err {
+                CertError::InvalidHost { host } => assert_eq!(host, bad),
+                other => panic!("{bad:?}: unexpected {other:?}"),
+            }
+            assert!(!dir.exists(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The client: a connection with typed methods (the library API), and on top of it the
+//! interactive shell, batch mode and one-shot commands.
+
+pub mod connection;
+pub mod local;
+pub mod paths;
+pub mod shell;
+
+use std::path::{Path, PathBuf};
+
+pub use connection::{Connection, Transferred};
+
+use crate::protocol::{FrameError, WireError};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a command failed (remote error, local file error, transfer refused).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: the command line was wrong.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: authentication failed.
+pub const EXIT_AUTH: u8 = 3;
+/// Exit status: could not connect, TLS failed, or the connection broke.
+pub const EXIT_CONNECTION: u8 = 4;
+/// Exit status: a digest did not match.
+pub const EXIT_INTEGRITY: u8 = 5;
+
+/// Everything that can go wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TCP connection failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// TLS failed (certificate not trusted, handshake error, wrong protocol).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Wrong user or password.
+    #[error("authentication failed")]
+    Auth,
+    /// The server refused a request.
+    #[error("{0}")]
+    Remote(WireError),
+    /// Digests disagreed; nothing was committed.
+    #[error("integrity check failed: local sha256 {local}, server sha256 {remote}")]
+    Integrity {
+        /// Digest computed here.
+        local: String,
+        /// Digest the server reported.
+        remote: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Local {
+        /// The local path, as given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A local file exists and overwriting was not asked for.
+    #[error("{} already exists (use -f to overwrite)", .0.display())]
+    LocalExists(PathBuf),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection closed unexpectedly.
+    #[error("connection lost")]
+    ConnectionLost,
+    /// The server stopped answering.
+    #[error("timed out waiting for the server")]
+    Timeout,
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    pub(crate) fn local(path: &Path, source: std::io::Error) -> ClientError {
+        ClientError::Local {
+            path: crate::sanitize::for_terminal(&path.display().to_string()).into_owned(),
+            source,
+        }
+    }
+
+    /// The documented exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::Tls(_)
+            | ClientError::Protocol(_)
+            | ClientError::ConnectionLost
+            | ClientError::Timeout => EXIT_CONNECTION,
+            ClientError::Auth => EXIT_AUTH,
+            ClientError::Integrity { .. } => EXIT_INTEGRITY,
+            ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::IntegrityMismatch => {
+                EXIT_INTEGRITY
+            }
+            ClientError::Usage(_) => EXIT_USAGE,
+            ClientError::Remote(_) | ClientError::Local { .. } | ClientError::LocalExists(_) => {
+                EXIT_FAILED
+            }
+        }
+    }
+
+    /// Whether the session can go on after this error.
+    pub fn is_fatal(&self) -> bool {
+        self.exit_code() == EXIT_CONNECTION
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(_) | FrameError::Truncated => ClientError::ConnectionLost,
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}

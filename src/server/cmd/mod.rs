@@ -1,0 +1,124 @@
+//! One file per command. Each handler validates its input, does the work on the blocking pool
+//! (file system calls block), and sends exactly one final reply.
+
+mod get;
+mod list;
+mod mkdir;
+mod put;
+mod remove;
+mod rename;
+mod rmdir;
+mod stat;
+
+use super::error::{path_reply, storage_reply};
+use super::session::{End, Session};
+use crate::jail::{RemotePath, StorageError};
+use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+
+/// Runs one request to its final reply. `Err` ends the session.
+pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
+    match msg {
+        ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,
+        ClientMessage::List { id, path } => list::run(sess, id, path).await,
+        ClientMessage::Get { id, path } => get::run(sess, id, path).await,
+        ClientMessage::Put {
+            id,
+            path,
+            size,
+            overwrite,
+        } => put::run(sess, id, path, size, overwrite).await,
+        ClientMessage::Mkdir { id, path } => mkdir::run(sess, id, path).await,
+        ClientMessage::Rmdir { id, path } => rmdir::run(sess, id, path).await,
+        ClientMessage::Remove { id, path } => remove::run(sess, id, path).await,
+        ClientMessage::Rename {
+            id,
+            from,
+            to,
+            overwrite,
+        } => rename::run(sess, id, from, to, overwrite).await,
+        ClientMessage::Hello { .. } => Err(sess.protocol_error("hello sent twice").await),
+        ClientMessage::Login { id, .. } => {
+            let msg = ServerMessage::error(Some(id), ErrorCode::BadRequest, "already logged in");
+            sess.send(&msg).await
+        }
+        ClientMessage::End { .. } | ClientMessage::Abort { .. } => {
+            Err(sess.protocol_error("end or abort outside an upload").await)
+        }
+    }
+}
+
+/// Runs blocking file system work on the blocking pool.
+pub(super) async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(join) => Err(StorageError::Io(std::io::Error::other(join.to_string()))),
+    }
+}
+
+/// Parses a path from the wire; on failure sends the reply and returns `None`.
+pub(super) async fn parse_path(
+    sess: &mut Session,
+    id: u64,
+    raw: &str,
+) -> Result<Option<RemotePath>, End> {
+    match RemotePath::parse(raw) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            sess.send(&path_reply(id, &e)).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Sends the reply for a storage error.
+pub(super) async fn reply_storage(
+    sess: &mut Session,
+    id: u64,
+    op: &str,
+    err: &StorageError,
+) -> Result<(), End> {
+    let msg = storage_reply(id, err, sess.peer, &sess.user, op);
+    sess.send(&msg).await
+}
+
+/// Refuses a changing request from a read-only user. Returns true if it refused.
+pub(super) async fn refuse_read_only(sess: &mut Session, id: u64) -> Result<bool, End> {
+    if !sess.read_only {
+        return Ok(false);
+    }
+    let msg = ServerMessage::error(Some(id), ErrorCode::PermissionDenied, "read-only user");
+    sess.send(&msg).await?;
+    Ok(true)
+}
+
+/// Runs a simple changing command: parse, read-only check, one blocking call, one reply.
+pub(super) async fn simple_change<F>(
+    sess: &mut Session,
+    id: u64,
+    op: &'static str,
+    raw: &str,
+    f: F,
+) -> Result<(), End>
+where
+    F: FnOnce(&crate::jail::Jail, &RemotePath) -> Result<(), StorageError> + Send + 'static,
+{
+    let Some(path) = parse_path(sess, id, raw).await? else {
+        return Ok(());
+    };
+    if refuse_read_only(sess, id).await? {
+        return Ok(());
+    }
+    let jail = std::sync::Arc::clone(&sess.jail);
+    let shown = path.to_string();
+    match blocking(move || f(&jail, &path)).await {
+        Ok(()) => {
+            tracing::info!(peer = %sess.peer, user = %sess.user, op, path = %shown, "ok");
+            sess.send(&ServerMessage::ok(id)).await
+        }
+        Err(e) => reply_storage(sess, id, op, &e).await,
+    }
+}

@@ -1,0 +1,398 @@
+//! One client session: hello, login, then requests, each phase under its own timeout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Server, cmd};
+use crate::jail::{Jail, StorageError};
+use crate::protocol::{
+    ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
+    MAX_FRAME_LEN_PRE_AUTH, MAX_PASSWORD_LEN, MAX_USER_LEN, PROTOCOL_VERSION, ServerMessage,
+    decode_client_message,
+};
+use crate::users::{self, Password};
+
+type Stream = TlsStream<TcpStream>;
+
+/// Why a session ended. Every variant closes the connection; only the log differs.
+#[derive(Debug)]
+pub(super) enum End {
+    /// The client closed the connection (or vanished).
+    ClientGone,
+    /// A phase ran out of time.
+    Timeout(&'static str),
+    /// The client broke the protocol.
+    Protocol(String),
+    /// Too many failed logins.
+    AuthFailed,
+    /// The server is shutting down.
+    Shutdown,
+    /// Something failed inside the server.
+    Internal(String),
+}
+
+impl From<FrameError> for End {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(_) | FrameError::Truncated => End::ClientGone,
+            other => End::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A logged-in session: the state every command handler works with.
+pub(super) struct Session {
+    pub server: Arc<Server>,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub read_only: bool,
+    pub jail: Arc<Jail>,
+    pub reader: FrameReader<ReadHalf<Stream>>,
+    pub writer: FrameWriter<WriteHalf<Stream>>,
+}
+
+impl Session {
+    /// Sends one message, flushed, under the stall timeout: a client that stops reading
+    /// cannot hold the session forever.
+    pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        let stall = self.server.limits.stall_timeout;
+        match tokio::time::timeout(stall, self.writer.send_message(msg)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(End::Timeout("client stopped reading")),
+        }
+    }
+
+    /// Reads the next frame of a transfer under the stall timeout. End of stream is an error
+    /// here: a transfer never ends by closing the connection.
+    pub async fn read_transfer_frame(&mut self) -> Result<Frame, End> {
+        let stall = self.server.limits.stall_timeout;
+        match tokio::time::timeout(stall, self.reader.read_frame()).await {
+            Ok(Ok(Some(f))) => Ok(f),
+            Ok(Ok(None)) => Err(End::ClientGone),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(End::Timeout("transfer stalled")),
+        }
+    }
+
+    /// Sends a session-level protocol error and returns the matching end.
+    pub async fn protocol_error(&mut self, what: &str) -> End {
+        let msg = ServerMessage::error(None, ErrorCode::BadRequest, what);
+        // The session ends either way; a failed send changes nothing.
+        let _ = self.send(&msg).await;
+        End::Protocol(what.to_string())
+    }
+}
+
+/// Runs a session on an established TLS stream whose ALPN has been checked.
+pub(super) async fn run(
+    server: Arc<Server>,
+    tls: Stream,
+    peer: SocketAddr,
+    token: CancellationToken,
+) {
+    let (r, w) = tokio::io::split(tls);
+    let mut reader = FrameReader::new(r, MAX_FRAME_LEN_PRE_AUTH);
+    let mut writer = FrameWriter::new(w);
+    let deadline = Instant::now() + server.limits.login_timeout;
+    let login = tokio::select! {
+        r = login_phase(&server, &mut reader, &mut writer, peer, deadline) => r,
+        () = token.cancelled() => Err(End::Shutdown),
+    };
+    let end = match login {
+        Ok((user, read_only, jail)) => {
+            reader.set_max_len(MAX_FRAME_LEN);
+            let mut sess = Session {
+                server: Arc::clone(&server),
+                peer,
+                user,
+                read_only,
+                jail,
+                reader,
+                writer,
+            };
+            let end = request_loop(&mut sess, &token).await;
+            log_end(peer, Some(&sess.user), &end);
+            close(&mut sess.writer, server.limits.close_timeout).await;
+            return;
+        }
+        Err(end) => end,
+    };
+    log_end(peer, None, &end);
+    if matches!(end, End::Timeout(_) | End::Shutdown) {
+        let code = if matches!(end, End::Shutdown) {
+            ErrorCode::Busy
+        } else {
+            ErrorCode::Timeout
+        };
+        let msg = ServerMessage::error(None, code, end_text(&end));
+        let _ = tokio::time::timeout(server.limits.close_timeout, writer.send_message(&msg)).await;
+    }
+    close(&mut writer, server.limits.close_timeout).await;
+}
+
+fn end_text(end: &End) -> &'static str {
+    match end {
+        End::Timeout(_) => "timed out",
+        End::Shutdown => "server shutting down",
+        _ => "session ended",
+    }
+}
+
+fn log_end(peer: SocketAddr, user: Option<&str>, end: &End) {
+    let user = user.unwrap_or("-");
+    match end {
+        End::ClientGone => tracing::info!(%peer, user, "session closed"),
+        End::Timeout(phase) => tracing::info!(%peer, user, phase, "session timed out"),
+        End::Protocol(what) => tracing::warn!(%peer, user, error = %what, "protocol error"),
+        End::AuthFailed => tracing::warn!(%peer, user, "too many failed logins; disconnected"),
+        End::Shutdown => tracing::info!(%peer, user, "session closed for shutdown"),
+        End::Internal(what) => tracing::error!(%peer, user, error = %what, "internal error"),
+    }
+}
+
+async fn close(writer: &mut FrameWriter<WriteHalf<Stream>>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, writer.shutdown()).await;
+}
+
+async fn read_before(
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+    deadline: Instant,
+) -> Result<ClientMessage, End> {
+    let frame = match tokio::time::timeout_at(deadline, reader.read_frame()).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return Err(End::ClientGone),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(End::Timeout("login")),
+    };
+    match frame {
+        Frame::Message(bytes) => decode_client_message(&bytes)
+            .map_err(|_| End::Protocol("malformed message before login".into())),
+        Frame::Data(_) => Err(End::Protocol("data frame before login".into())),
+    }
+}
+
+async fn send_before(
+    writer: &mut FrameWriter<WriteHalf<Stream>>,
+    msg: ServerMessage,
+    deadline: Instant,
+) -> Result<(), End> {
+    match tokio::time::timeout_at(deadline, writer.send_message(&msg)).await {
+        Ok(r) => r.map_err(End::from),
+        Err(_) => Err(End::Timeout("login")),
+    }
+}
+
+/// Hello, then up to `max_auth_attempts` logins. Returns the user and their opened home.
+async fn login_phase(
+    server: &Arc<Server>,
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+    writer: &mut FrameWriter<WriteHalf<Stream>>,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<(String, bool, Arc<Jail>), End> {
+    match read_before(reader, deadline).await? {
+        ClientMessage::Hello { versions, software } => {
+            if !versions.contains(&PROTOCOL_VERSION) {
+                let msg = ServerMessage::error(
+                    None,
+                    ErrorCode::UnsupportedVersion,
+                    format!("this server speaks protocol version {PROTOCOL_VERSION} only"),
+                );
+                send_before(writer, msg, deadline).await?;
+                return Err(End::Protocol(format!("unsupported versions {versions:?}")));
+            }
+            tracing::debug!(%peer, software = %crate::sanitize::for_log(&software), "hello");
+            let hello = ServerMessage::Hello {
+                version: PROTOCOL_VERSION,
+                software: format!("ferry {}", env!("CARGO_PKG_VERSION")),
+            };
+            send_before(writer, hello, deadline).await?;
+        }
+        _ => {
+            let msg = ServerMessage::error(None, ErrorCode::BadRequest, "expected hello");
+            send_before(writer, msg, deadline).await?;
+            return Err(End::Protocol("first message was not hello".into()));
+        }
+    }
+
+    let mut failures = 0;
+    loop {
+        let (id, name, password) = match read_before(reader, deadline).await? {
+            ClientMessage::Login { id, user, password } => (id, user, Password::new(password)),
+            other => {
+                let msg = ServerMessage::error(other.id(), ErrorCode::AuthRequired, "log in first");
+                send_before(writer, msg, deadline).await?;
+                return Err(End::Protocol(format!("{} before login", other.op())));
+            }
+        };
+        let verdict = authenticate(server, &name, password, deadline).await?;
+        match verdict {
+            Verdict::Busy => {
+                tracing::warn!(%peer, "login refused: all password checks busy");
+                let msg =
+                    ServerMessage::error(Some(id), ErrorCode::Busy, "server busy; try again later");
+                send_before(writer, msg, deadline).await?;
+                return Err(End::Timeout("waiting for a login slot"));
+            }
+            Verdict::Allowed { read_only, home } => {
+                let jail = match open_home(home, deadline).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        tracing::error!(%peer, user = %name, error = %e, "cannot open home");
+                        let msg = ServerMessage::error(
+                            Some(id),
+                            ErrorCode::Internal,
+                            "home directory unavailable",
+                        );
+                        send_before(writer, msg, deadline).await?;
+                        return Err(End::Internal("home unavailable".into()));
+                    }
+                };
+                tracing::info!(%peer, user = %name, "login ok");
+                let ok = ServerMessage::Ok {
+                    id,
+                    size: None,
+                    sha256: None,
+                    entry: None,
+                    count: None,
+                    user: Some(name.clone()),
+                    read_only: Some(read_only),
+                };
+                send_before(writer, ok, deadline).await?;
+                return Ok((name, read_only, jail));
+            }
+            Verdict::Denied => {
+                failures += 1;
+                tracing::warn!(
+                    %peer,
+                    user = %crate::sanitize::for_log(&name),
+                    attempt = failures,
+                    "login failed"
+                );
+                // One generic message whether the user exists or not.
+                let msg =
+                    ServerMessage::error(Some(id), ErrorCode::AuthFailed, "authentication failed");
+                send_before(writer, msg, deadline).await?;
+                if failures >= server.limits.max_auth_attempts {
+                    return Err(End::AuthFailed);
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of one login attempt.
+enum Verdict {
+    Allowed {
+        read_only: bool,
+        home: PathBuf,
+    },
+    Denied,
+    /// No argon2 slot became free in time; nothing was checked.
+    Busy,
+}
+
+/// Checks a user name and password. Unknown users are verified against a dummy hash with the
+/// same parameters, so both failures take the same path and time. Any error denies.
+async fn authenticate(
+    server: &Arc<Server>,
+    name: &str,
+    password: Password,
+    deadline: Instant,
+) -> Result<Verdict, End> {
+    if name.is_empty()
+        || name.len() > MAX_USER_LEN
+        || password.is_empty()
+        || password.len() > MAX_PASSWORD_LEN
+    {
+        // Refused without hashing: lengths are not secret, and hashing a huge password is
+        // exactly the work an attacker would like the server to do.
+        return Ok(Verdict::Denied);
+    }
+    let db = server.users();
+    let user = db.get(name).filter(|_| users::validate_name(name).is_ok());
+    let hash = match user {
+        Some(u) => u.password_hash.clone(),
+        None => db.dummy_hash().to_string(),
+    };
+    let wait = server.limits.auth_queue_timeout;
+    let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
+        server.auth_permits.acquire().await
+    })
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(End::Shutdown),
+        Err(_) => return Ok(Verdict::Busy),
+    };
+    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    drop(permit);
+    Ok(match user {
+        Some(u) if verified => Verdict::Allowed {
+            read_only: u.read_only,
+            home: u.home_dir(&server.root),
+        },
+        _ => Verdict::Denied,
+    })
+}
+
+async fn open_home(home: PathBuf, deadline: Instant) -> Result<Arc<Jail>, StorageError> {
+    let open = tokio::task::spawn_blocking(move || Jail::open(&home, true));
+    match tokio::time::timeout_at(deadline, open).await {
+        Ok(Ok(r)) => r.map(Arc::new),
+        Ok(Err(join)) => Err(StorageError::Io(std::io::Error::other(join))),
+        Err(_) => Err(StorageError::Io(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        ))),
+    }
+}
+
+async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
+    loop {
+        let idle = sess.server.limits.idle_timeout;
+        let frame = tokio::select! {
+            r = tokio::time::timeout(idle, sess.reader.read_frame()) => r,
+            () = token.cancelled() => {
+                let msg = ServerMessage::error(None, ErrorCode::Busy, "server shutting down");
+                let _ = sess.send(&msg).await;
+                return End::Shutdown;
+            }
+        };
+        let frame = match frame {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return End::ClientGone,
+            Ok(Err(e)) => {
+                let end = End::from(e);
+                if let End::Protocol(what) = &end {
+                    return sess.protocol_error(what).await;
+                }
+                return end;
+            }
+            Err(_) => {
+                let msg = ServerMessage::error(None, ErrorCode::Timeout, "idle too long");
+                let _ = sess.send(&msg).await;
+                return End::Timeout("idle");
+            }
+        };
+        let msg = match frame {
+            Frame::Data(_) => return sess.protocol_error("data frame outside an upload").await,
+            Frame::Message(bytes) => match decode_client_message(&bytes) {
+                Ok(m) => m,
+                Err(_) => return sess.protocol_error("malformed message").await,
+            },
+        };
+        if let Err(end) = cmd::dispatch(sess, msg).await {
+            return end;
+        }
+    }
+}

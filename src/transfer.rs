@@ -1,0 +1,113 @@
+//! Streaming with SHA-256, shared by both ends: the sender reads and hashes a file on the
+//! blocking pool and hands chunks to the network side through a small bounded channel, so
+//! disk, hashing and TLS overlap and memory stays bounded.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::protocol::{DATA_CHUNK_LEN, hex_digest};
+
+/// Chunks in flight between the reader thread and the network: enough to keep both busy.
+pub const CHANNEL_DEPTH: usize = 4;
+
+/// What the reader thread produces.
+#[derive(Debug)]
+pub enum ReadChunk {
+    /// The next bytes of the file.
+    Data(Bytes),
+    /// All `size` bytes were read; the SHA-256 of exactly those bytes.
+    Done(String),
+    /// Reading failed.
+    Failed(std::io::Error),
+    /// The file ended before `size` bytes (it shrank while being sent).
+    Shrunk,
+}
+
+/// Reads exactly `size` bytes from `file` (a file that grew is cut at `size`; one that shrank
+/// yields `Shrunk`), hashing them, and sends them in chunks. Stops quietly if the receiver is
+/// gone. Blocking: run it on the blocking pool.
+pub fn read_and_hash(mut file: impl Read, size: u64, tx: &mpsc::Sender<ReadChunk>) {
+    let mut hasher = Sha256::new();
+    let mut remaining = size;
+    while remaining > 0 {
+        let want = remaining.min(DATA_CHUNK_LEN as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(ReadChunk::Shrunk);
+                    return;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(ReadChunk::Failed(e));
+                    return;
+                }
+            }
+        }
+        hasher.update(&buf[..]);
+        remaining -= want as u64;
+        if tx.blocking_send(ReadChunk::Data(buf.freeze())).is_err() {
+            return;
+        }
+    }
+    let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+}
+
+/// True if `s` looks like a SHA-256 digest as the wire carries it: 64 lowercase hex digits.
+pub fn is_hex_digest(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(data: Vec<u8>, size: u64) -> (Vec<u8>, ReadChunk) {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::task::spawn_blocking(move || read_and_hash(&data[..], size, &tx));
+        let mut out = Vec::new();
+        loop {
+            match rx.recv().await.unwrap() {
+                ReadChunk::Data(b) => out.extend_from_slice(&b),
+                other => return (out, other),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn hashes_exactly_the_bytes_sent() {
+        let data: Vec<u8> = (0..DATA_CHUNK_LEN * 2 + 3).map(|i| i as u8).collect();
+        let (out, end) = collect(data.clone(), data.len() as u64).await;
+        assert_eq!(out, data);
+        let ReadChunk::Done(d) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(d, hex_digest(&Sha256::digest(&data)));
+        // A file that grew is cut at the announced size, and the digest covers what was sent.
+        let (out, end) = collect(data.clone(), 10).await;
+        assert_eq!(out, &data[..10]);
+        let ReadChunk::Done(d) = end else { panic!() };
+        assert_eq!(d, hex_digest(&Sha256::digest(&data[..10])));
+    }
+
+    #[tokio::test]
+    async fn a_shrunk_file_is_reported() {
+        let (_, end) = collect(vec![1, 2, 3], 4).await;
+        assert!(matches!(end, ReadChunk::Shrunk));
+    }
+
+    #[test]
+    fn digest_shape() {
+        assert!(is_hex_digest(&"a".repeat(64)));
+        assert!(!is_hex_digest(&"A".repeat(64)));
+        assert!(!is_hex_digest(&"a".repeat(63)));
+    }
+}
