@@ -1,0 +1,9 @@
+//! Integration tests: real TLS over real sockets on 127.0.0.1:0, real files in temp dirs, and
+//! the real binary where the command line is the subject.
+
+mod util;
+
+mod cli;
+mod protocol;
+mod security;
+mod transfers;
