@@ -20,7 +20,7 @@ use crate::users::{self, Password, UserDb};
     name = "ferry",
     version,
     max_term_width = 100,
-    after_help = "Quick start:\n  ferry serve                          # dev certs and an admin user on first start\n  ferry connect admin@127.0.0.1 --ca certs/ca.pem\n\nExit status: 0 ok, 1 command failed, 2 usage, 3 authentication, 4 connection/TLS, 5 integrity."
+    after_help = "Examples:\n  ferry serve                          # dev certs and an admin user on first start\n  ferry connect admin@127.0.0.1 --ca certs/ca.pem\n\nExit status: 0 ok, 1 command failed, 2 usage, 3 authentication, 4 connection/TLS, 5 integrity."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,7 +38,12 @@ enum Command {
     )]
     Certs(CertsArgs),
     /// Manage the users file: add, passwd, del, list.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        long_about = "Manage the users file: add, passwd, del, list. Every command takes \
+        --users FILE (default users.toml). Passwords are stored as argon2id hashes.\n\n\
+        Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml"
+    )]
     User(UserCommand),
     /// Run the server.
     #[command(

@@ -339,7 +339,9 @@ impl Connection {
                 return Err(e);
             }
             Ok(Err(None)) => None,
-            Err(e) => return Err(e),
+            // The server's own reason (e.g. it refused and closed) explains more than the
+            // failed write that followed it.
+            Err(e) => return Err(reply.err().unwrap_or(e)),
         };
         let reply = reply?;
         let Some(local_sha) = local_sha else {

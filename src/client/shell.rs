@@ -293,9 +293,11 @@ impl<'rt> Shell<'rt> {
                 };
                 let entry = self.call(async |c| c.stat(&path).await)?;
                 if entry.kind != EntryKind::Dir {
-                    return Err(Failure::Usage(format!(
-                        "cd: {}: not a directory",
-                        for_terminal(&path)
+                    return Err(Failure::Client(ClientError::Remote(
+                        crate::protocol::WireError {
+                            code: crate::protocol::ErrorCode::NotADirectory,
+                            message: format!("{}: not a directory", for_terminal(&path)),
+                        },
                     )));
                 }
                 self.cwd = path;

@@ -190,7 +190,7 @@ async fn handle_connection(
     token: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    tracing::debug!(%peer, "connected");
+    tracing::info!(%peer, "connected");
     let handshake = server.tls.accept(stream);
     let tls = match tokio::time::timeout(server.limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,

@@ -162,7 +162,7 @@ pub(super) async fn run(
         Ok(w) => w,
         Err(e) => return reply_storage(sess, id, "put", &e).await,
     };
-    if declared != actual {
+    if !declared.eq_ignore_ascii_case(&actual) {
         blocking(move || {
             temp.discard();
             Ok(())
@@ -211,13 +211,8 @@ async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), En
             Frame::Data(bytes) => {
                 let n = bytes.len() as u64;
                 if n > allowed {
-                    let msg = ServerMessage::error(
-                        Some(id),
-                        ErrorCode::SizeMismatch,
-                        "more data than the declared size",
-                    );
-                    let _ = sess.send(&msg).await;
-                    return Err(End::Protocol("upload longer than declared".into()));
+                    // The upload already had its final reply; this is a session error.
+                    return Err(sess.protocol_error("upload longer than declared").await);
                 }
                 allowed -= n;
             }
