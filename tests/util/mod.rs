@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ferry::client::Connection;
 use ferry::protocol::{
-    ClientMessage, Frame, FrameReader, FrameWriter, MAX_FRAME_LEN, PROTOCOL_VERSION,
-    ServerMessage, decode_server_message,
+    ClientMessage, Frame, FrameReader, FrameWriter, MAX_FRAME_LEN, PROTOCOL_VERSION, ServerMessage,
+    decode_server_message,
 };
 use ferry::server::{Limits, Server};
 use ferry::users::{self, Password, UserDb};
@@ -34,9 +34,21 @@ pub struct TestUser {
 
 /// The default users: a writer, a second writer, and a read-only reader.
 pub const USERS: &[TestUser] = &[
-    TestUser { name: "alice", password: "alice-pw", read_only: false },
-    TestUser { name: "bob", password: "bob-pw", read_only: false },
-    TestUser { name: "reader", password: "reader-pw", read_only: true },
+    TestUser {
+        name: "alice",
+        password: "alice-pw",
+        read_only: false,
+    },
+    TestUser {
+        name: "bob",
+        password: "bob-pw",
+        read_only: false,
+    },
+    TestUser {
+        name: "reader",
+        password: "reader-pw",
+        read_only: true,
+    },
 ];
 
 /// A running server and the temp world around it.
@@ -247,7 +259,10 @@ impl Raw {
         })
         .await;
         let reply = self.recv().await;
-        assert!(matches!(reply, ServerMessage::Ok { id: 1, .. }), "{reply:?}");
+        assert!(
+            matches!(reply, ServerMessage::Ok { id: 1, .. }),
+            "{reply:?}"
+        );
     }
 }
 
