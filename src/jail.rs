@@ -517,14 +517,20 @@ impl Jail {
         Err(StorageError::AlreadyExists)
     }
 
-    /// Removes the kept partial upload `key`; a missing one is fine.
-    pub fn remove_partial(&self, key: &str) -> Result<(), StorageError> {
+    /// Removes the kept partial upload `key`; returns its size, `None` if there was none.
+    pub fn remove_partial(&self, key: &str) -> Result<Option<u64>, StorageError> {
         check_partial_key(key)?;
         let Some(dir) = self.partials_dir(false)? else {
-            return Ok(());
+            return Ok(None);
+        };
+        let size = match dir.symlink_metadata(key) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
         match rustix::fs::unlinkat(&dir, key, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Ok(()) => Ok(Some(size)),
+            Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -583,6 +589,30 @@ impl Jail {
             Err(e) => return Err(e.into()),
         }
         Ok(Some(self.home.open_dir(PARTIALS_DIR)?))
+    }
+
+    /// Bytes and regular files under the home (temp files and kept partials included; symlinks
+    /// are not followed). Walks with an explicit stack, so depth cannot exhaust the thread's.
+    pub fn usage_walk(&self) -> Result<(u64, u64), StorageError> {
+        let (mut bytes, mut files) = (0u64, 0u64);
+        let mut stack = vec![self.home.try_clone()?];
+        while let Some(dir) = stack.pop() {
+            for item in dir.entries()? {
+                let Ok(item) = item else { continue };
+                let Ok(ft) = item.file_type() else { continue };
+                if ft.is_dir() {
+                    if let Ok(sub) = item.open_dir() {
+                        stack.push(sub);
+                    }
+                } else if ft.is_file()
+                    && let Ok(m) = item.metadata()
+                {
+                    bytes = bytes.saturating_add(m.len());
+                    files += 1;
+                }
+            }
+        }
+        Ok((bytes, files))
     }
 
     /// Free and total bytes of the file system holding the home, as an unprivileged user

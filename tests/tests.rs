@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod protocol;
+mod quota;
 mod resume;
 mod security;
 mod transfers;

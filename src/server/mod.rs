@@ -7,6 +7,7 @@
 
 mod cmd;
 mod error;
+pub mod quota;
 mod session;
 
 use std::future::Future;
@@ -81,6 +82,8 @@ pub struct Server {
     auth_permits: Semaphore,
     /// One permit per live connection.
     conn_permits: Arc<Semaphore>,
+    /// Usage of the homes of users with quotas, shared by their sessions.
+    accounts: quota::Accounts,
 }
 
 impl std::fmt::Debug for Server {
@@ -106,6 +109,7 @@ impl Server {
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            accounts: quota::Accounts::default(),
             limits,
         })
     }

@@ -139,6 +139,22 @@ pub(super) async fn parse_path(
     }
 }
 
+/// The reply for an upload or copy that does not fit the user's limits.
+pub(super) fn quota_reply(id: u64, refused: &super::quota::Refused, size: u64) -> ServerMessage {
+    match refused {
+        super::quota::Refused::TooLarge(max) => ServerMessage::error(
+            Some(id),
+            ErrorCode::TooLarge,
+            format!("a file of {size} bytes exceeds your maximum file size of {max} bytes"),
+        ),
+        super::quota::Refused::Quota(which) => ServerMessage::error(
+            Some(id),
+            ErrorCode::QuotaExceeded,
+            format!("{size} more bytes would exceed your {which}"),
+        ),
+    }
+}
+
 /// Sends the reply for a storage error.
 pub(super) async fn reply_storage(
     sess: &mut Session,

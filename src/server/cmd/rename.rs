@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::super::session::{End, Session};
 use super::{blocking, parse_path, refuse_read_only, reply_storage};
 use crate::jail::StorageError;
-use crate::protocol::ServerMessage;
+use crate::protocol::{EntryKind, ServerMessage};
 
 pub(super) async fn run(
     sess: &mut Session,
@@ -30,11 +30,23 @@ pub(super) async fn run(
         if from.is_root() || to.is_root() {
             return Err(StorageError::PermissionDenied);
         }
-        jail.rename(&from, &to, overwrite)
+        let replaced = if overwrite {
+            jail.lstat(&to)
+                .ok()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| e.size)
+        } else {
+            None
+        };
+        jail.rename(&from, &to, overwrite)?;
+        Ok(replaced)
     })
     .await;
     match result {
-        Ok(()) => {
+        Ok(replaced) => {
+            if let (Some(a), Some(n)) = (&sess.account, replaced) {
+                a.remove(n, 1);
+            }
             tracing::info!(peer = %sess.peer, user = %sess.user, op = "rename", path = %shown, "ok");
             sess.send(&ServerMessage::ok(id)).await
         }
