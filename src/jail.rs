@@ -27,7 +27,7 @@ use cap_std::fs::{Dir, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::protocol::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_LEN};
+use crate::protocol::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 
 /// Names starting with this prefix (ASCII case-insensitively) belong to the server.
 pub const RESERVED_PREFIX: &str = ".ferry-";
@@ -83,6 +83,9 @@ pub enum PathError {
     /// [`RemotePath::join`] was given something other than one file name.
     #[error("not a single file name")]
     NotAName,
+    /// More than [`MAX_PATH_DEPTH`] components.
+    #[error("path too deep")]
+    TooDeep,
 }
 
 /// A validated remote path: '/'-separated, relative to the home. `"/"` and `""` are the home.
@@ -109,6 +112,9 @@ impl RemotePath {
             .filter(|c| !c.is_empty() && *c != ".")
             .map(|c| check_component(c).map(|()| c.to_owned()))
             .collect::<Result<Vec<_>, _>>()?;
+        if components.len() > MAX_PATH_DEPTH {
+            return Err(PathError::TooDeep);
+        }
         Ok(RemotePath { components })
     }
 
@@ -150,6 +156,9 @@ impl RemotePath {
         check_component(name)?;
         if self.display_len() + 1 + name.len() > MAX_PATH_LEN {
             return Err(PathError::TooLong);
+        }
+        if self.components.len() >= MAX_PATH_DEPTH {
+            return Err(PathError::TooDeep);
         }
         let mut components = self.components.clone();
         components.push(name.to_owned());
@@ -1753,5 +1762,22 @@ mod tests {
             let shown = format!("{e} / {e:?}");
             assert!(!shown.contains(&tmp), "{shown}");
         }
+    }
+
+    #[test]
+    fn depth_is_capped() {
+        let deep = vec!["d"; MAX_PATH_DEPTH].join("/");
+        assert_eq!(
+            RemotePath::parse(&deep).unwrap().components().len(),
+            MAX_PATH_DEPTH
+        );
+        assert_eq!(
+            RemotePath::parse(&format!("{deep}/x")).unwrap_err(),
+            PathError::TooDeep
+        );
+        assert_eq!(
+            RemotePath::parse(&deep).unwrap().join("x").unwrap_err(),
+            PathError::TooDeep
+        );
     }
 }

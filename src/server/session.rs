@@ -55,6 +55,16 @@ impl From<FrameError> for End {
 const MAX_PENDING_FRAMES: usize = 64;
 const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a final reply said, kept for the audit log.
+#[derive(Debug, Clone)]
+pub(super) struct Final {
+    pub id: u64,
+    /// `ok` or the error code.
+    pub result: &'static str,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
 /// A logged-in session: the state every command handler works with.
 pub(super) struct Session {
     pub server: Arc<Server>,
@@ -68,6 +78,10 @@ pub(super) struct Session {
     pub limits: quota::Limits,
     /// Usage of the home, when the user has limits (shared with the user's other sessions).
     pub account: Option<Arc<quota::Account>>,
+    /// This session's place in the per-user session count.
+    _user_slot: super::Slot<String>,
+    /// The last final reply sent, for the audit line of the request it answered.
+    pub last_final: Option<Final>,
     /// Frames that arrived during a long request and belong to later ones, oldest first.
     pending: VecDeque<Frame>,
     pending_bytes: usize,
@@ -106,6 +120,29 @@ impl Session {
     /// Sends one message, flushed, under the stall timeout: a client that stops reading
     /// cannot hold the session forever.
     pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        match msg {
+            ServerMessage::Ok {
+                id, size, sha256, ..
+            } => {
+                self.last_final = Some(Final {
+                    id: *id,
+                    result: "ok",
+                    size: *size,
+                    sha256: sha256.clone(),
+                });
+            }
+            ServerMessage::Error {
+                id: Some(id), code, ..
+            } => {
+                self.last_final = Some(Final {
+                    id: *id,
+                    result: code.as_str(),
+                    size: None,
+                    sha256: None,
+                });
+            }
+            _ => {}
+        }
         let stall = self.server.limits.stall_timeout;
         match tokio::time::timeout(stall, self.writer.send_message(msg)).await {
             Ok(r) => Ok(r?),
@@ -159,6 +196,7 @@ pub(super) async fn run(
             jail,
             limits,
             account,
+            slot,
         }) => {
             reader.set_max_len(MAX_FRAME_LEN);
             let mut sess = Session {
@@ -171,6 +209,8 @@ pub(super) async fn run(
                 writer,
                 limits,
                 account,
+                _user_slot: slot,
+                last_final: None,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
             };
@@ -253,6 +293,7 @@ struct LoggedIn {
     jail: Arc<Jail>,
     limits: quota::Limits,
     account: Option<Arc<quota::Account>>,
+    slot: super::Slot<String>,
 }
 
 /// Hello, then up to `max_auth_attempts` logins. Returns the user and their opened home.
@@ -312,6 +353,17 @@ async fn login_phase(
                 home,
                 limits,
             } => {
+                let max = server.limits.max_sessions_per_user;
+                let Some(slot) = server.per_user.take(name.clone(), max) else {
+                    tracing::warn!(%peer, user = %name, "login refused: too many sessions");
+                    let msg = ServerMessage::error(
+                        Some(id),
+                        ErrorCode::Busy,
+                        format!("too many sessions for this user (at most {max})"),
+                    );
+                    send_before(writer, msg, deadline).await?;
+                    return Err(End::Protocol("too many sessions for the user".into()));
+                };
                 let opened = open_home(server, home, limits, peer, &name, deadline).await;
                 let (jail, account) = match opened {
                     Ok(j) => j,
@@ -326,7 +378,7 @@ async fn login_phase(
                         return Err(End::Internal("home unavailable".into()));
                     }
                 };
-                tracing::info!(%peer, user = %name, "login ok");
+                tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
                 let ok = ServerMessage::Ok {
                     id,
                     size: None,
@@ -344,15 +396,18 @@ async fn login_phase(
                     jail,
                     limits,
                     account,
+                    slot,
                 });
             }
             Verdict::Denied => {
                 failures += 1;
                 tracing::warn!(
+                    target: "ferry::audit",
+                    event = "login",
                     %peer,
                     user = %crate::sanitize::for_log(&name),
                     attempt = failures,
-                    "login failed"
+                    result = "auth_failed"
                 );
                 // One generic message whether the user exists or not.
                 let msg =

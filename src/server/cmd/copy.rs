@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::super::session::{End, Session};
 use super::{
@@ -40,8 +39,6 @@ pub(super) async fn run(
     if refuse_read_only(sess, id).await? {
         return Ok(());
     }
-    let started = Instant::now();
-    let shown = format!("{from} -> {to}");
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
         let (file, entry) = jail.open_read(&from)?;
@@ -93,11 +90,6 @@ pub(super) async fn run(
                         if let Some(r) = reservation {
                             r.commit(size, replaced.unwrap_or(0), 0);
                         }
-                        tracing::info!(
-                            peer = %sess.peer, user = %sess.user, op = "copy", path = %shown,
-                            bytes = size, sha256 = %sha, ms = started.elapsed().as_millis() as u64,
-                            "copy ok"
-                        );
                         sess.send(&ServerMessage::ok_transfer(id, size, sha)).await
                     }
                     Err(e) => reply_storage(sess, id, "copy", &e).await,

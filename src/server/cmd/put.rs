@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session};
@@ -95,7 +94,6 @@ pub(super) async fn run(
             return discard(sess, id, expected).await;
         }
     };
-    let started = Instant::now();
     let key = partial_key(&sess.user, &target);
     let jail = Arc::clone(&sess.jail);
     let (t, k) = (target.clone(), key.clone());
@@ -298,18 +296,6 @@ pub(super) async fn run(
                 r.commit(size - offset, replaced.unwrap_or(0), removed_files);
             }
             debt.settle();
-            tracing::info!(
-                peer = %sess.peer,
-                user = %sess.user,
-                op = "put",
-                path = %target,
-                bytes = received,
-                offset,
-                size,
-                sha256 = %actual,
-                ms = started.elapsed().as_millis() as u64,
-                "transfer ok"
-            );
             sess.send(&ServerMessage::ok_transfer(id, size, actual))
                 .await
         }

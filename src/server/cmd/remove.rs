@@ -15,7 +15,6 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(),
         return Ok(());
     }
     let jail = Arc::clone(&sess.jail);
-    let shown = path.to_string();
     let removed = blocking(move || {
         if path.is_root() {
             return Err(StorageError::IsADirectory);
@@ -36,7 +35,6 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(),
             if let (Some(a), Some(n)) = (&sess.account, size) {
                 a.remove(n, 1);
             }
-            tracing::info!(peer = %sess.peer, user = %sess.user, op = "remove", path = %shown, "ok");
             sess.send(&ServerMessage::ok(id)).await
         }
         Err(e) => reply_storage(sess, id, "remove", &e).await,

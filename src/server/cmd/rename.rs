@@ -24,7 +24,6 @@ pub(super) async fn run(
     if refuse_read_only(sess, id).await? {
         return Ok(());
     }
-    let shown = format!("{from} -> {to}");
     let jail = Arc::clone(&sess.jail);
     let result = blocking(move || {
         if from.is_root() || to.is_root() {
@@ -47,7 +46,6 @@ pub(super) async fn run(
             if let (Some(a), Some(n)) = (&sess.account, replaced) {
                 a.remove(n, 1);
             }
-            tracing::info!(peer = %sess.peer, user = %sess.user, op = "rename", path = %shown, "ok");
             sess.send(&ServerMessage::ok(id)).await
         }
         Err(e) => reply_storage(sess, id, "rename", &e).await,
