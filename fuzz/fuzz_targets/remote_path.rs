@@ -3,7 +3,7 @@
 //!
 //! Input: `A`, `A\0` or `A\0B` or `A\0B\0` (bytes that are not UTF-8 are converted lossily).
 //! `A` goes through parse, stat, lstat, list, open_read, mkdir (+ rmdir) and create_temp (+ a
-//! commit or discard, + remove). `A\0` also removes `A` (remove_file, then remove_dir); `A\0B`
+//! commit and remove when the input's length is even, a discard when odd). `A\0` also removes `A` (remove_file, then remove_dir); `A\0B`
 //! renames `A` to `B` (with `\0` after `B`, overwriting).
 //!
 //! The world, made once per process on tmpfs where there is one (commits fsync):
@@ -141,7 +141,7 @@ impl World {
         let pb = b.as_deref().map(check_parse);
         if let Some(p) = &pa {
             self.read_ops(p);
-            self.create_ops(p, data.len() % 2 == 0);
+            self.create_ops(p, data.len().is_multiple_of(2));
         }
         match (&pa, b.as_deref(), &pb) {
             (Some(p), Some(""), _) => self.remove_ops(p),
