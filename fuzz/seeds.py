@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under fuzz/corpus/. Run from anywhere: python3 fuzz/seeds.py"""
+import hashlib
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- frame_decoder: [cap mode][piece size]([u32 cap] if mode 3) stream ----
+PRE_AUTH, POST_AUTH, SWITCH, CUSTOM = 0, 1, 2, 3
+
+
+def frame(kind, payload):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return struct.pack(">I", len(payload) + 1) + bytes([kind]) + payload
+
+
+def msg(obj):
+    return frame(1, json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+
+
+def data(b):
+    return frame(2, b)
+
+
+def fd(name, mode, piece, stream, cap=None):
+    head = bytes([mode, piece]) + (struct.pack(">I", cap) if cap is not None else b"")
+    write("frame_decoder", name, head + stream)
+
+
+body = b"hello\n"
+digest = hashlib.sha256(body).hexdigest()
+session = (
+    msg({"op": "hello", "versions": [1], "software": "ferry 0.1.0"})
+    + msg({"op": "login", "id": 1, "user": "alice", "password": "correct horse"})
+    + msg({"op": "put", "id": 2, "path": "/docs/a b/ç.txt", "size": len(body), "overwrite": False})
+    + data(body)
+    + msg({"op": "end", "id": 2, "sha256": digest})
+)
+fd("session", SWITCH, 0, session)
+fd("session_pieces", SWITCH, 3, session)
+
+client = {
+    "hello": {"op": "hello", "versions": [1, 2]},
+    "login": {"op": "login", "id": 1, "user": "jürgen", "password": "p\u00e4ss\"\\"},
+    "stat": {"op": "stat", "id": 3, "path": "/"},
+    "list": {"op": "list", "id": 4, "path": "/a/b"},
+    "get": {"op": "get", "id": 5, "path": "x.bin"},
+    "put": {"op": "put", "id": 6, "path": "/up/x", "size": 18446744073709551615, "overwrite": True},
+    "end": {"op": "end", "id": 6, "sha256": "0" * 64},
+    "abort": {"op": "abort", "id": 6},
+    "mkdir": {"op": "mkdir", "id": 7, "path": "new"},
+    "rmdir": {"op": "rmdir", "id": 8, "path": "new"},
+    "remove": {"op": "remove", "id": 9, "path": "old.txt"},
+    "rename": {"op": "rename", "id": 10, "from": "a", "to": "b", "overwrite": False},
+    "unknown_field": {"op": "stat", "id": 11, "path": "/", "future": [1, {"x": None}]},
+}
+for name, m in client.items():
+    fd("client_" + name, PRE_AUTH, 0, msg(m))
+
+server = {
+    "hello": {"type": "hello", "version": 1, "software": "ferry 0.1.0"},
+    "ok": {"type": "ok", "id": 3},
+    "ok_login": {"type": "ok", "id": 1, "user": "alice", "read_only": False},
+    "ok_transfer": {"type": "ok", "id": 5, "size": 6, "sha256": digest},
+    "ok_stat": {"type": "ok", "id": 3, "entry": {"name": "/", "kind": "dir", "size": 4096, "mtime": 1764236400, "mode": 448}},
+    "ok_count": {"type": "ok", "id": 4, "count": 2},
+    "error": {"type": "error", "id": 4, "code": "not_found", "message": "no such file or directory"},
+    "error_session": {"type": "error", "code": "brand_new_code", "message": "m"},
+    "entries": {"type": "entries", "id": 4, "entries": [
+        {"name": "hello.txt", "kind": "file", "size": 6, "mtime": 1764236400, "mode": 384},
+        {"name": "l", "kind": "symlink", "size": 1, "mtime": -1},
+        {"name": "s", "kind": "socket", "size": 0, "mtime": 0, "mode": 0}]},
+    "file": {"type": "file", "id": 5, "size": 6, "mtime": 1764236400},
+}
+for name, m in server.items():
+    fd("server_" + name, POST_AUTH, 0, msg(m))
+fd("download", POST_AUTH, 7, msg(server["file"]) + data(body) + msg(server["ok_transfer"]))
+
+# Hostile frames.
+fd("zero_length", PRE_AUTH, 0, b"\0\0\0\0")
+fd("unknown_kind", PRE_AUTH, 0, frame(9, b"x"))
+fd("over_pre_auth_cap", PRE_AUTH, 0, struct.pack(">I", 8193) + b"\x01{")
+fd("huge_claim", POST_AUTH, 0, b"\xff\xff\xff\xff\x02")
+fd("message_over_kind_cap", CUSTOM, 0, struct.pack(">I", 512 * 1024 + 2) + b"\x01", cap=0xFFFFFFFF)
+fd("data_over_kind_cap", CUSTOM, 0, struct.pack(">I", 1024 * 1024 + 2) + b"\x02", cap=0xFFFFFFFF)
+fd("truncated", PRE_AUTH, 1, msg(client["stat"])[:-3])
+fd("empty_data", POST_AUTH, 0, data(b"") + data(b"a"))
+fd("empty_message", PRE_AUTH, 0, frame(1, b""))
+fd("tiny_cap", CUSTOM, 1, frame(1, b"{}") + frame(2, b"abcd"), cap=3)
+fd("data_before_login", SWITCH, 0, data(b"x") + msg(client["login"]))
+fd("json_junk", PRE_AUTH, 0, frame(1, '{"op":"login","id":1,"user":"a","password":"\\ud800"}'))
+fd("json_dup_field", PRE_AUTH, 0, frame(1, '{"op":"stat","id":1,"id":2,"path":"/"}'))
+fd("json_nested", PRE_AUTH, 0, frame(1, '{"op":"hello","versions":[1],"software":"x","z":' + "[" * 200 + "]" * 200 + "}"))
+
+# ---- users_file ----
+with open(os.path.join(ROOT, "users.example.toml"), "rb") as f:
+    example = f.read()
+write("users_file", "example", example)
+H1 = "$argon2id$v=19$m=19456,t=2,p=1$DWIoXk0YHx7kE4j071LaEw$2rx6bAaIlpOJBvDcnnRO0ze05oqB7tt1JOvhlR9PfPY"
+H2 = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+users = {
+    "minimal": f'[users.alice]\npassword = "{H1}"\n',
+    "empty": "",
+    "comments_only": "# nothing here\n\n",
+    "inline": f'users = {{ alice = {{ password = "{H2}", read_only = true }} }}\n',
+    "unicode_name": f'[users."jürgen"]\npassword = "{H2}"\nhome = "shared/jürgen"\n',
+    "dotted": f'users.bob.password = "{H2}"\nusers.bob.home = "/srv/bob"\n',
+    "two_params": f'[users.a]\npassword = "{H1}"\n[users.b]\npassword = "{H2}"\n[users.c]\npassword = "{H2}"\n',
+    "typo_field": f'[users.alice]\npassword = "{H1}"\nreadonly = true\n',
+    "argon2i": f'[users.alice]\npassword = "{H1.replace("argon2id", "argon2i", 1)}"\n',
+    "over_limits": '[users.alice]\npassword = "$argon2id$v=19$m=2000000,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"\n',
+    "no_version": '[users.alice]\npassword = "$argon2id$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"\n',
+    "bad_names": f'[users."-x"]\npassword = "{H2}"\n[users."a b"]\npassword = "{H2}"\n[users."\u202e"]\npassword = "{H2}"\n',
+    "wrong_types": f'[users.alice]\npassword = 5\nhome = ""\nread_only = "yes"\n',
+    "array_of_tables": f'[[users]]\npassword = "{H2}"\n',
+    "top_level_key": 'admins = ["alice"]\n',
+    "nul_home": f'[users.alice]\npassword = "{H2}"\nhome = "a\\u0000b"\n',
+    "broken_syntax": '[users.alice\npassword = "x"\n',
+}
+for name, text in users.items():
+    write("users_file", name, text)
+write("users_file", "not_utf8", b'[users.alice]\npassword = "\xff\xfe"\n')
+
+# ---- remote_path: A | A\0 (remove) | A\0B (rename) | A\0B\0 (rename, overwrite) ----
+paths = {
+    "root": "", "slash": "/", "plain": "a", "nested": "/a//b/./c", "trailing": "d/e/.",
+    "dotdot": "../x", "dotdot_mid": "a/../b", "dotdot_end": "d/..", "dots3": ".../..a/b..",
+    "backslash": "a\\b", "win_dotdot": "..\\..\\x", "drive": "C:\\x",
+    "reserved": ".ferry-tmp.x", "reserved_case": "d/.FERRY-x", "planted": ".ferry-tmp.planted",
+    "long_name": "x" * 256, "max_name": "y" * 255, "long_path": "/a" * 2049,
+    "max_path": "b/" * 2047 + "bb", "max_path_rel": "c" + "/c" * 2047 + "c",
+    "control": "a\x1b[31m", "c1": "a\u0085b", "del": "a\x7f", "bidi": "evil\u202etxt.exe",
+    "nfc": "caf\u00e9", "nfd": "cafe\u0301", "zero_width": "a\u200bb",
+    "out": "out", "out_marker": "out/marker.txt", "out_new": "out/new.txt", "abs": "abs/marker.txt",
+    "outfile": "outfile", "deep": "d/deep/x", "up": "up/f.txt", "dotdot_link": "dotdot/outside/marker.txt",
+    "slash_link": "slash/etc/passwd", "loop": "loop/x", "fifo": "fifo", "back": "d/back",
+    "inside_file": "d/f.txt", "new_file": "d/new.txt", "new_dir": "newdir",
+}
+for name, p in paths.items():
+    write("remote_path", name, p)
+ops = {
+    "rm_out": b"out\0", "rm_out_marker": b"out/marker.txt\0", "rm_dir": b"d/e\0",
+    "rm_deep": b"d/deep/\0", "rename": b"d/f.txt\0x.txt", "rename_out": b"file.txt\0out/x",
+    "rename_overwrite": b"file.txt\0outfile\0", "rename_from_out": b"out/marker.txt\0stolen",
+    "rename_dir_up": b"d\0dotdot/x", "rename_into_self": b"d\0d/e/d", "nul": b"a\0b\0c\0d",
+    "not_utf8": b"\xff\xfe/\xc0\xaf",
+}
+for name, b in ops.items():
+    write("remote_path", "op_" + name, b)
