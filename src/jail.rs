@@ -115,7 +115,13 @@ impl RemotePath {
         if components.len() > MAX_PATH_DEPTH {
             return Err(PathError::TooDeep);
         }
-        Ok(RemotePath { components })
+        let path = RemotePath { components };
+        // The limit holds for the normal form too (`a/b` is shown as `/a/b`), so every
+        // accepted path can be sent back and parsed again.
+        if path.display_len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        Ok(path)
     }
 
     /// The home directory itself.
@@ -1779,5 +1785,18 @@ mod tests {
             RemotePath::parse(&deep).unwrap().join("x").unwrap_err(),
             PathError::TooDeep
         );
+    }
+
+    #[test]
+    fn r_path_display_round_trips_at_the_limit() {
+        // Found by the remote_path fuzz target: 4096 raw bytes whose normal form is 4097.
+        let name = "n".repeat(240);
+        let raw = vec![name.as_str(); 17].join("/");
+        assert_eq!(raw.len(), MAX_PATH_LEN);
+        assert_eq!(RemotePath::parse(&raw), Err(PathError::TooLong));
+        let ok = format!("/{}", &raw[1..]);
+        assert_eq!(ok.len(), MAX_PATH_LEN);
+        let p = RemotePath::parse(&ok).unwrap();
+        assert_eq!(RemotePath::parse(&p.to_string()), Ok(p));
     }
 }

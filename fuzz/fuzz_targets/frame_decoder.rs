@@ -18,16 +18,13 @@
 use bytes::BytesMut;
 use ferry::protocol::{
     ClientMessage, Frame, FrameError, KIND_DATA, KIND_MESSAGE, MAX_DATA_LEN, MAX_FRAME_LEN,
-    MAX_FRAME_LEN_PRE_AUTH, decode_client_message, decode_frame, decode_server_message,
+    MAX_FRAME_LEN_PRE_AUTH, MAX_MESSAGE_LEN, decode_client_message, decode_frame,
+    decode_server_message,
 };
 use libfuzzer_sys::fuzz_target;
 
 /// The 4 length bytes.
 const HEADER_LEN: usize = 4;
-
-/// `MAX_MESSAGE_LEN` of `src/protocol/frame.rs`, which the crate does not export: the longest
-/// JSON message payload after login.
-const MAX_MESSAGE_LEN: usize = 512 * 1024;
 
 fuzz_target!(|data: &[u8]| run(data));
 

@@ -360,14 +360,13 @@ fn check_parse(s: &str) -> Option<RemotePath> {
             .count();
         assert_eq!(n, wanted.len(), "{rel:?}");
     }
-    // The display form parses back to the same path, and parent + name joins back to it, as
-    // long as the display form (one '/' longer than a relative input) fits the length limit.
+    // The display form parses back to the same path, and parent + name joins back to it
+    // (the length limit applies to the display form, so it always fits).
     let shown = p.to_string();
-    if shown.len() <= MAX_PATH_LEN {
-        assert_eq!(RemotePath::parse(&shown).as_ref(), Ok(&p));
-        if let (Some(parent), Some(name)) = (p.parent(), p.file_name()) {
-            assert_eq!(parent.join(name).as_ref(), Ok(&p));
-        }
+    assert!(shown.len() <= MAX_PATH_LEN, "{shown:?}");
+    assert_eq!(RemotePath::parse(&shown).as_ref(), Ok(&p));
+    if let (Some(parent), Some(name)) = (p.parent(), p.file_name()) {
+        assert_eq!(parent.join(name).as_ref(), Ok(&p));
     }
     Some(p)
 }

@@ -9,7 +9,7 @@ mod message;
 
 pub use frame::{
     DATA_CHUNK_LEN, Frame, FrameError, FrameReader, FrameWriter, KIND_DATA, KIND_MESSAGE,
-    MAX_DATA_LEN, MAX_FRAME_LEN, MAX_FRAME_LEN_PRE_AUTH, decode_frame,
+    MAX_DATA_LEN, MAX_FRAME_LEN, MAX_FRAME_LEN_PRE_AUTH, MAX_MESSAGE_LEN, decode_frame,
 };
 pub use message::{
     ClientMessage, Entry, EntryKind, ErrorCode, ServerMessage, Usage, WireError,
