@@ -1028,9 +1028,9 @@ fn connect_batch_cd_pwd_mkdir_mv_rm_rmdir_help() {
     out.expect_ok();
     assert!(names_in(&home).is_empty(), "{:?}", names_in(&home));
     for usage in [
-        "get [-f] REMOTE [LOCAL]",
-        "put [-f] LOCAL [REMOTE]",
-        "mv [-f] FROM TO",
+        "get [-r] [-f] [-a] REMOTE... [LOCAL]",
+        "put [-r] [-f] [-a] LOCAL... [REMOTE]",
+        "mv [-f] FROM... TO",
     ] {
         assert!(out.stdout.contains(usage), "help shows {usage:?}: {out:#?}");
     }
@@ -1307,6 +1307,9 @@ fn help_of_every_command_exits_0_and_has_an_example() {
         &["user", "list"],
         &["serve"],
         &["connect"],
+        &["get"],
+        &["put"],
+        &["ls"],
     ];
     let mut missing = Vec::new();
     for cmd in commands {

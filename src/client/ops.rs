@@ -1,0 +1,1257 @@
+//! The layer between the shell (or a one-shot) and [`Connection`]: a session with a remote
+//! working directory, globs on both sides, recursive transfers that reproduce a tree and keep
+//! going past one failed file, and the check that keeps server-sent names from escaping the
+//! local target (the scp CVE-2019-6111 class).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{Connection, Transferred};
+use super::format::{summary_line, transfer_line};
+use super::interrupt::Interrupts;
+use super::progress::{self, Bars};
+use super::{ClientError, EXIT_FAILED, EXIT_INTEGRITY, EXIT_USAGE, paths};
+use crate::protocol::{Entry, EntryKind, ErrorCode, WireError};
+use crate::sanitize::for_terminal;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The command was used wrongly.
+    #[error("{0}")]
+    Usage(String),
+    /// The client library failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+    /// Some files of a multi-file transfer failed (each was reported as it happened).
+    #[error("{failed} of {total} items failed")]
+    Partial {
+        /// How many failed.
+        failed: usize,
+        /// How many there were.
+        total: usize,
+        /// Whether a digest mismatch was among the failures.
+        integrity: bool,
+    },
+}
+
+impl OpError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpError::Usage(_) => EXIT_USAGE,
+            OpError::Client(e) => e.exit_code(),
+            OpError::Interrupted => EXIT_FAILED,
+            OpError::Partial { integrity, .. } => {
+                if *integrity {
+                    EXIT_INTEGRITY
+                } else {
+                    EXIT_FAILED
+                }
+            }
+        }
+    }
+
+    /// Whether the session is over (the connection is gone).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, OpError::Client(e) if e.is_fatal())
+    }
+}
+
+/// A remote error made up on the client side, for checks it does itself.
+fn remote_error(code: ErrorCode, message: String) -> OpError {
+    OpError::Client(ClientError::Remote(WireError { code, message }))
+}
+
+/// Options of `get` and `put`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferOpts {
+    /// `-r`: directories too, recursively.
+    pub recursive: bool,
+    /// `-f`: replace existing files.
+    pub force: bool,
+    /// `-a`: resume partial files.
+    pub resume: bool,
+}
+
+/// How results are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Lines on stdout, errors on stderr, bars if enabled.
+    Text,
+    /// Nothing printed while working; the caller prints the [`Report`] as JSON.
+    Json,
+}
+
+/// One file that arrived and verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// Where it came from (local path or remote path).
+    pub source: String,
+    /// Where it went.
+    pub destination: String,
+    /// Bytes.
+    pub size: u64,
+    /// The digest both ends agreed on.
+    pub sha256: String,
+    /// Always true: unverified files are failures.
+    pub verified: bool,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// One item that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailReport {
+    /// The item (a path or a name).
+    pub source: String,
+    /// What went wrong.
+    pub error: String,
+    /// The exit status this failure alone would have.
+    pub exit_code: u8,
+}
+
+/// The outcome of a `get` or `put`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Verified files.
+    pub files: Vec<FileReport>,
+    /// Directories created.
+    pub directories: Vec<String>,
+    /// Failures.
+    pub failed: Vec<FailReport>,
+    /// Bytes of all verified files.
+    pub bytes: u64,
+    /// Wall time of the whole command.
+    pub seconds: f64,
+    /// Whether Ctrl-C ended it early.
+    pub interrupted: bool,
+}
+
+/// A connection with a remote working directory, the Ctrl-C plumbing and the output mode.
+#[derive(Debug)]
+pub struct Session {
+    handle: Handle,
+    conn: Option<Connection>,
+    /// Remote working directory, absolute (`/` is the home).
+    pub cwd: String,
+    /// Draw progress bars (stderr is a terminal and not `-q`).
+    pub bars: bool,
+    /// Text or JSON.
+    pub output: Output,
+    interrupts: Option<Interrupts>,
+    token: CancellationToken,
+    /// Bumped by every command that may change the remote tree (completion caches use it).
+    pub generation: u64,
+    /// The report of the last `get` or `put`, also when it failed (for `--json`).
+    pub last_report: Option<Report>,
+}
+
+/// One file to move.
+#[derive(Debug, Clone)]
+struct Job {
+    local: PathBuf,
+    remote: String,
+    size: u64,
+}
+
+/// What a recursive walk found before anything moves.
+#[derive(Debug, Default)]
+struct Plan {
+    dirs: Vec<(String, PathBuf)>,
+    jobs: Vec<Job>,
+    refused: Vec<FailReport>,
+}
+
+impl Session {
+    /// A session over a logged-in connection.
+    pub fn new(handle: Handle, conn: Connection) -> Session {
+        Session {
+            handle,
+            conn: Some(conn),
+            cwd: "/".to_string(),
+            bars: false,
+            output: Output::Text,
+            interrupts: None,
+            token: CancellationToken::new(),
+            generation: 0,
+            last_report: None,
+        }
+    }
+
+    /// Catch Ctrl-C from now on (see [`Interrupts`]).
+    pub fn catch_interrupts(&mut self, exit_when_idle: bool) {
+        self.interrupts = Some(Interrupts::install(&self.handle, exit_when_idle));
+    }
+
+    /// The runtime handle.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Whether the connection is still there.
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Takes the connection out (for the completer while the prompt waits); see [`Self::put_back`].
+    pub fn take_connection(&mut self) -> Option<Connection> {
+        self.conn.take()
+    }
+
+    /// Puts the connection back.
+    pub fn put_back(&mut self, conn: Option<Connection>) {
+        if conn.is_some() {
+            self.conn = conn;
+        }
+    }
+
+    /// Marks the start of a command: Ctrl-C from now on cancels it.
+    pub fn begin(&mut self) {
+        if let Some(i) = &self.interrupts {
+            self.token = i.begin();
+        }
+    }
+
+    /// Marks the end of a command.
+    pub fn end(&mut self) {
+        if let Some(i) = &self.interrupts {
+            i.end();
+        }
+        self.token = CancellationToken::new();
+    }
+
+    /// Whether Ctrl-C was pressed during this command.
+    pub fn interrupted(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Ends the session politely.
+    pub fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = self.handle.block_on(conn.close());
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, OpError> {
+        self.conn
+            .as_mut()
+            .ok_or(OpError::Client(ClientError::ConnectionLost))
+    }
+
+    /// Runs one short request. Ctrl-C is honoured before it starts (a request in flight
+    /// cannot be taken back without losing the connection, and short ones end soon).
+    pub fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, OpError> {
+        if self.interrupted() {
+            return Err(OpError::Interrupted);
+        }
+        let handle = self.handle.clone();
+        let conn = self.conn()?;
+        let result = handle.block_on(f(conn));
+        self.settle(result)
+    }
+
+    /// Runs a transfer that Ctrl-C may cancel. The request is abandoned by dropping it, which
+    /// takes the connection with it: the server discards a half-received upload, and a
+    /// half-received download is a temp file that is removed, so nothing appears under a
+    /// final name on either side.
+    fn transfer<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, OpError> {
+        if self.interrupted() {
+            return Err(OpError::Interrupted);
+        }
+        let handle = self.handle.clone();
+        let token = self.token.clone();
+        let conn = self.conn()?;
+        let result = handle.block_on(async {
+            tokio::select! {
+                r = f(conn) => Some(r),
+                () = token.cancelled() => None,
+            }
+        });
+        match result {
+            Some(r) => self.settle(r),
+            None => {
+                // The request is half done; this connection cannot be trusted to be in step.
+                self.conn = None;
+                Err(OpError::Interrupted)
+            }
+        }
+    }
+
+    fn settle<T>(&mut self, result: Result<T, ClientError>) -> Result<T, OpError> {
+        if let Err(e) = &result
+            && e.is_fatal()
+        {
+            self.conn = None;
+        }
+        result.map_err(OpError::Client)
+    }
+
+    /// Resolves a remote argument against the working directory.
+    pub fn resolve(&self, arg: &str) -> String {
+        paths::resolve(&self.cwd, arg)
+    }
+
+    /// `stat` of a remote path; `None` if it does not exist.
+    pub fn stat_opt(&mut self, path: &str) -> Result<Option<Entry>, OpError> {
+        let path = path.to_string();
+        match self.call(async |c| c.stat(&path).await) {
+            Ok(e) => Ok(Some(e)),
+            Err(OpError::Client(ClientError::Remote(w))) if w.code == ErrorCode::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists a remote directory, sorted by name.
+    pub fn list(&mut self, path: &str) -> Result<Vec<Entry>, OpError> {
+        let path = path.to_string();
+        let mut entries = self.call(async |c| c.list(&path).await)?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// Expands a remote argument: a glob (`*`, `?`, `[...]` in any component) becomes the
+    /// sorted matching paths; a plain path is returned as is (its entry unknown).
+    pub fn expand_remote(&mut self, arg: &str) -> Result<Vec<(String, Option<Entry>)>, OpError> {
+        if !has_glob(arg) {
+            return Ok(vec![(self.resolve(arg), None)]);
+        }
+        let absolute = self.resolve_pattern(arg);
+        let components: Vec<&str> = absolute.split('/').filter(|c| !c.is_empty()).collect();
+        let mut found: Vec<(String, Option<Entry>)> = vec![("/".to_string(), None)];
+        for (i, comp) in components.iter().enumerate() {
+            let last = i + 1 == components.len();
+            let mut next = Vec::new();
+            for (dir, _) in &found {
+                if !has_glob(comp) {
+                    next.push((paths::join(dir, comp), None));
+                    continue;
+                }
+                let entries = match self.list(dir) {
+                    Ok(e) => e,
+                    // A literal middle component that is missing or not a directory simply
+                    // matches nothing.
+                    Err(OpError::Client(ClientError::Remote(_))) => continue,
+                    Err(e) => return Err(e),
+                };
+                for e in entries {
+                    if glob_match(comp, &e.name) && (last || e.kind != EntryKind::File) {
+                        next.push((paths::join(dir, &e.name), Some(e)));
+                    }
+                }
+            }
+            found = next;
+        }
+        if found.is_empty() {
+            return Err(remote_error(
+                ErrorCode::NotFound,
+                format!("no match for {}", for_terminal(arg)),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Like [`paths::resolve`], but keeps glob characters (resolve does not touch them).
+    fn resolve_pattern(&self, arg: &str) -> String {
+        paths::resolve(&self.cwd, arg)
+    }
+
+    /// `mkdir -p`: creates every missing directory of `path`.
+    pub fn mkdir_p(&mut self, path: &str) -> Result<(), OpError> {
+        let mut cur = String::from("/");
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            cur = paths::join(&cur, comp);
+            self.mkdir_exist_ok(&cur)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a directory; an existing directory is fine, an existing file is not.
+    fn mkdir_exist_ok(&mut self, path: &str) -> Result<bool, OpError> {
+        let p = path.to_string();
+        match self.call(async |c| c.mkdir(&p).await) {
+            Ok(()) => Ok(true),
+            Err(OpError::Client(ClientError::Remote(w))) if w.code == ErrorCode::AlreadyExists => {
+                match self.stat_opt(path)? {
+                    Some(e) if e.kind == EntryKind::Dir => Ok(false),
+                    _ => Err(remote_error(
+                        ErrorCode::NotADirectory,
+                        format!("{}: exists and is not a directory", for_terminal(path)),
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `rm -r`: removes a file, or a directory and everything below it. Returns the number of
+    /// items removed.
+    pub fn remove_tree(&mut self, path: &str) -> Result<usize, OpError> {
+        let entry = self.call({
+            let p = path.to_string();
+            async move |c| c.stat(&p).await
+        })?;
+        if entry.kind != EntryKind::Dir {
+            let p = path.to_string();
+            self.call(async |c| c.remove(&p).await)?;
+            return Ok(1);
+        }
+        let mut removed = 0;
+        for e in self.list(path)? {
+            check_name(&e.name).map_err(|why| {
+                remote_error(
+                    ErrorCode::InvalidPath,
+                    format!("refusing server name {}: {why}", for_terminal(&e.name)),
+                )
+            })?;
+            let child = paths::join(path, &e.name);
+            if e.kind == EntryKind::Dir {
+                removed += self.remove_tree(&child)?;
+            } else {
+                self.call(async |c| c.remove(&child).await)?;
+                removed += 1;
+            }
+        }
+        let p = path.to_string();
+        self.call(async |c| c.rmdir(&p).await)?;
+        Ok(removed + 1)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // put
+    // -----------------------------------------------------------------------------------------
+
+    /// `put [-r] [-f] [-a] LOCAL... [REMOTE]`. `dest` is the remote destination (the working
+    /// directory if `None`).
+    pub fn put(
+        &mut self,
+        sources: &[String],
+        dest: Option<&str>,
+        opts: TransferOpts,
+    ) -> Result<Report, OpError> {
+        let started = Instant::now();
+        let mut plan = Plan::default();
+        let mut locals = Vec::new();
+        for s in sources {
+            match expand_local(s) {
+                Ok(mut v) => locals.append(&mut v),
+                Err(e) => plan.refused.push(fail(s, &OpError::Client(e))),
+            }
+        }
+        let dest_path = match dest {
+            Some(d) => self.resolve(d),
+            None => self.cwd.clone(),
+        };
+        let dest_is_dir = match dest {
+            None => true,
+            Some(d) if d.ends_with('/') => true,
+            Some(_) => matches!(self.stat_opt(&dest_path)?, Some(e) if e.kind == EntryKind::Dir),
+        };
+        if locals.len() > 1 && !dest_is_dir {
+            return Err(OpError::Usage(format!(
+                "put: {} is not a directory (needed for several files)",
+                for_terminal(&dest_path)
+            )));
+        }
+        for local in &locals {
+            let name = match local_name(local) {
+                Ok(n) => n,
+                Err(why) => {
+                    plan.refused
+                        .push(fail_msg(&local.display().to_string(), why));
+                    continue;
+                }
+            };
+            let remote = if dest_is_dir {
+                paths::join(&dest_path, &name)
+            } else {
+                dest_path.clone()
+            };
+            let meta = match std::fs::metadata(local) {
+                Ok(m) => m,
+                Err(e) => {
+                    plan.refused.push(fail(
+                        &local.display().to_string(),
+                        &ClientError::local(local, e).into(),
+                    ));
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                if !opts.recursive {
+                    plan.refused.push(fail_msg(
+                        &local.display().to_string(),
+                        "is a directory (use -r)".into(),
+                    ));
+                    continue;
+                }
+                plan.dirs.push((remote.clone(), local.clone()));
+                walk_local(local, &remote, &mut plan);
+            } else {
+                plan.jobs.push(Job {
+                    local: local.clone(),
+                    remote,
+                    size: meta.len(),
+                });
+            }
+        }
+        let mut report = Report::default();
+        let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
+        for f in &plan.refused {
+            self.say_failure(None, f);
+        }
+        report.failed.append(&mut plan.refused);
+        for (remote, local) in std::mem::take(&mut plan.dirs) {
+            if self.interrupted() {
+                break;
+            }
+            match self.mkdir_exist_ok(&remote) {
+                Ok(_) => report.directories.push(remote),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    let f = fail(&local.display().to_string(), &e);
+                    self.say_failure(None, &f);
+                    report.failed.push(f);
+                }
+            }
+        }
+        let run = self.run_jobs(&plan.jobs, true, opts, &mut report);
+        self.generation += 1;
+        self.conclude(report, run, started, many)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // get
+    // -----------------------------------------------------------------------------------------
+
+    /// `get [-r] [-f] [-a] REMOTE... [LOCAL]`. `dest` is the local destination (the current
+    /// directory if `None`).
+    pub fn get(
+        &mut self,
+        sources: &[String],
+        dest: Option<&Path>,
+        opts: TransferOpts,
+    ) -> Result<Report, OpError> {
+        let started = Instant::now();
+        let mut plan = Plan::default();
+        let mut remotes = Vec::new();
+        for s in sources {
+            match self.expand_remote(s) {
+                Ok(mut v) => remotes.append(&mut v),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => plan.refused.push(fail(s, &e)),
+            }
+        }
+        let dest_path = dest.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dest_is_dir = match dest {
+            None => true,
+            Some(d) => d.is_dir() || d.as_os_str().to_string_lossy().ends_with('/'),
+        };
+        if remotes.len() > 1 && !dest_is_dir {
+            return Err(OpError::Usage(format!(
+                "get: {} is not a directory (needed for several files)",
+                dest_path.display()
+            )));
+        }
+        for (remote, entry) in remotes {
+            let entry = match entry {
+                Some(e) => e,
+                None => match self.call({
+                    let r = remote.clone();
+                    async move |c| c.stat(&r).await
+                }) {
+                    Ok(e) => e,
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => {
+                        plan.refused.push(fail(&remote, &e));
+                        continue;
+                    }
+                },
+            };
+            let name = paths::base_name(&remote).to_string();
+            let local = if dest_is_dir {
+                if let Err(why) = check_name(&name) {
+                    plan.refused
+                        .push(fail_msg(&remote, format!("refused name: {why}")));
+                    continue;
+                }
+                dest_path.join(&name)
+            } else {
+                dest_path.clone()
+            };
+            if entry.kind == EntryKind::Dir {
+                if !opts.recursive {
+                    plan.refused
+                        .push(fail_msg(&remote, "is a directory (use -r)".into()));
+                    continue;
+                }
+                plan.dirs.push((remote.clone(), local.clone()));
+                self.walk_remote(&remote, &local, &mut plan)?;
+            } else {
+                plan.jobs.push(Job {
+                    local,
+                    remote,
+                    size: entry.size,
+                });
+            }
+        }
+        let mut report = Report::default();
+        let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
+        for f in &plan.refused {
+            self.say_failure(None, f);
+        }
+        report.failed.append(&mut plan.refused);
+        let mut bad_dirs: Vec<PathBuf> = Vec::new();
+        for (remote, local) in std::mem::take(&mut plan.dirs) {
+            match make_local_dir(&local) {
+                Ok(()) => report.directories.push(local.display().to_string()),
+                Err(e) => {
+                    let f = fail(&remote, &OpError::Client(ClientError::local(&local, e)));
+                    self.say_failure(None, &f);
+                    report.failed.push(f);
+                    bad_dirs.push(local);
+                }
+            }
+        }
+        // Nothing goes into a directory that could not be made safely (e.g. a symlink).
+        let jobs: Vec<Job> = plan
+            .jobs
+            .into_iter()
+            .filter(|j| !bad_dirs.iter().any(|d| j.local.starts_with(d)))
+            .collect();
+        let run = self.run_jobs(&jobs, false, opts, &mut report);
+        self.conclude(report, run, started, many)
+    }
+
+    /// Lists a remote tree below `remote` (mapped to `local`), refusing names that could
+    /// land outside `local`.
+    fn walk_remote(&mut self, remote: &str, local: &Path, plan: &mut Plan) -> Result<(), OpError> {
+        let mut queue = vec![(remote.to_string(), local.to_path_buf())];
+        while let Some((rdir, ldir)) = queue.pop() {
+            if self.interrupted() {
+                return Err(OpError::Interrupted);
+            }
+            let entries = match self.list(&rdir) {
+                Ok(e) => e,
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    plan.refused.push(fail(&rdir, &e));
+                    continue;
+                }
+            };
+            let mut subdirs = Vec::new();
+            for e in entries {
+                let shown = paths::join(&rdir, &e.name);
+                if let Err(why) = check_name(&e.name) {
+                    plan.refused
+                        .push(fail_msg(&shown, format!("refused name from server: {why}")));
+                    continue;
+                }
+                let rpath = shown;
+                let lpath = ldir.join(&e.name);
+                match e.kind {
+                    EntryKind::Dir => subdirs.push((rpath, lpath)),
+                    EntryKind::File => plan.jobs.push(Job {
+                        local: lpath,
+                        remote: rpath,
+                        size: e.size,
+                    }),
+                    EntryKind::Symlink => match self.stat_opt(&rpath) {
+                        Ok(Some(t)) if t.kind == EntryKind::File => plan.jobs.push(Job {
+                            local: lpath,
+                            remote: rpath,
+                            size: t.size,
+                        }),
+                        Ok(_) => plan.refused.push(fail_msg(
+                            &rpath,
+                            "symlink to a directory or nothing: skipped".into(),
+                        )),
+                        Err(e) if e.is_fatal() => return Err(e),
+                        Err(e) => plan.refused.push(fail(&rpath, &e)),
+                    },
+                    EntryKind::Other => plan
+                        .refused
+                        .push(fail_msg(&rpath, "not a regular file: skipped".into())),
+                }
+            }
+            for (r, l) in subdirs.into_iter().rev() {
+                plan.dirs.push((r.clone(), l.clone()));
+                queue.push((r, l));
+            }
+        }
+        // Parents before children, whatever order the walk found them in.
+        plan.dirs.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Moving the files
+    // -----------------------------------------------------------------------------------------
+
+    fn run_jobs(
+        &mut self,
+        jobs: &[Job],
+        upload: bool,
+        opts: TransferOpts,
+        report: &mut Report,
+    ) -> Result<(), OpError> {
+        let total: u64 = jobs.iter().map(|j| j.size).sum();
+        let mut bars = Bars::new(self.bars && self.output == Output::Text, jobs.len(), total);
+        for job in jobs {
+            if self.interrupted() {
+                report.interrupted = true;
+                break;
+            }
+            let (source, dest) = if upload {
+                (job.local.display().to_string(), job.remote.clone())
+            } else {
+                (job.remote.clone(), job.local.display().to_string())
+            };
+            if let Some(b) = bars.as_mut() {
+                b.start_file(paths::base_name(&job.remote), job.size);
+            }
+            let result = {
+                let mut on_progress = |n: u64| {
+                    if let Some(b) = bars.as_mut() {
+                        b.position(n);
+                    }
+                };
+                let (local, remote, force) = (&job.local, &job.remote, opts.force);
+                if opts.resume {
+                    Err(OpError::Usage(
+                        "resume (-a, reget, reput) needs a newer client library".into(),
+                    ))
+                } else if upload {
+                    self.transfer(async |c| c.put(local, remote, force, &mut on_progress).await)
+                } else {
+                    self.transfer(async |c| c.get(remote, local, force, &mut on_progress).await)
+                }
+            };
+            if let Some(b) = bars.as_mut() {
+                b.file_done(job.size);
+            }
+            match result {
+                Ok(t) => {
+                    self.say_done(bars.as_ref(), &dest, &t);
+                    report.bytes += t.size;
+                    report.files.push(FileReport {
+                        source,
+                        destination: dest,
+                        size: t.size,
+                        sha256: t.sha256,
+                        verified: true,
+                        seconds: t.elapsed.as_secs_f64(),
+                    });
+                }
+                Err(OpError::Interrupted) => {
+                    report.interrupted = true;
+                    report.failed.push(fail(&source, &OpError::Interrupted));
+                    break;
+                }
+                Err(e) if e.is_fatal() => {
+                    if let Some(b) = bars {
+                        b.finish();
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    let f = fail(&source, &e);
+                    if jobs.len() > 1 || opts.recursive {
+                        self.say_failure(bars.as_ref(), &f);
+                    }
+                    report.failed.push(f);
+                    if jobs.len() == 1 && !opts.recursive {
+                        if let Some(b) = bars {
+                            b.finish();
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Some(b) = bars {
+            b.finish();
+        }
+        Ok(())
+    }
+
+    fn conclude(
+        &mut self,
+        mut report: Report,
+        run: Result<(), OpError>,
+        started: Instant,
+        many: bool,
+    ) -> Result<Report, OpError> {
+        if let Err(e) = run {
+            report.seconds = started.elapsed().as_secs_f64();
+            self.last_report = Some(report);
+            return Err(e);
+        }
+        let result = finish(&mut report, started, many, self.output);
+        self.last_report = Some(report.clone());
+        result.map(|()| report)
+    }
+
+    fn say_done(&self, bars: Option<&Bars>, name: &str, t: &Transferred) {
+        if self.output == Output::Text {
+            progress::out(bars, &transfer_line(name, t.size, t.elapsed, &t.sha256));
+        }
+    }
+
+    fn say_failure(&self, bars: Option<&Bars>, f: &FailReport) {
+        if self.output == Output::Text {
+            progress::err(
+                bars,
+                &format!("ferry: {}: {}", for_terminal(&f.source), f.error),
+            );
+        }
+    }
+}
+
+/// Turns the collected report into the command's result: summary printed (text mode, several
+/// items), `Ok` only if every item verified.
+fn finish(
+    report: &mut Report,
+    started: Instant,
+    many: bool,
+    output: Output,
+) -> Result<(), OpError> {
+    report.seconds = started.elapsed().as_secs_f64();
+    if many && output == Output::Text {
+        println!(
+            "{}",
+            summary_line(
+                report.files.len(),
+                report.bytes,
+                Duration::from_secs_f64(report.seconds),
+                report.failed.len()
+            )
+        );
+    }
+    if report.interrupted {
+        return Err(OpError::Interrupted);
+    }
+    if report.failed.is_empty() {
+        return Ok(());
+    }
+    if !many && report.failed.len() == 1 && report.files.is_empty() {
+        // A single failed item: its own error says it best (and keeps its exit status).
+        let f = &report.failed[0];
+        return Err(match f.exit_code {
+            EXIT_USAGE => OpError::Usage(format!("{}: {}", for_terminal(&f.source), f.error)),
+            _ => OpError::Partial {
+                failed: 1,
+                total: 1,
+                integrity: f.exit_code == EXIT_INTEGRITY,
+            },
+        });
+    }
+    Err(OpError::Partial {
+        failed: report.failed.len(),
+        total: report.failed.len() + report.files.len(),
+        integrity: report.failed.iter().any(|f| f.exit_code == EXIT_INTEGRITY),
+    })
+}
+
+fn fail(source: &str, e: &OpError) -> FailReport {
+    FailReport {
+        source: source.to_string(),
+        error: e.to_string(),
+        exit_code: e.exit_code(),
+    }
+}
+
+fn fail_msg(source: &str, why: String) -> FailReport {
+    FailReport {
+        source: source.to_string(),
+        error: why,
+        exit_code: EXIT_FAILED,
+    }
+}
+
+/// Checks one name that came from the server before it becomes part of a local path: it must
+/// be a single, ordinary component. Refuses `.`, `..`, empty names, `/`, `\`, NUL, a drive
+/// prefix (`C:`) and control characters. This is what keeps a recursive `get` inside its
+/// target (the scp CVE-2019-6111 class); it is also applied to local names before upload.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name == "." || name == ".." {
+        return Err("'.' or '..'");
+    }
+    if name.contains('/') {
+        return Err("contains '/'");
+    }
+    if name.contains('\\') {
+        return Err("contains '\\'");
+    }
+    if name.contains('\0') {
+        return Err("contains NUL");
+    }
+    let b = name.as_bytes();
+    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+        return Err("starts with a drive prefix");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains a control character");
+    }
+    Ok(())
+}
+
+fn local_name(p: &Path) -> Result<String, String> {
+    let canonical;
+    let name = match p.file_name() {
+        Some(n) => n,
+        None => {
+            // `put .` or `put dir/..`: name the directory itself.
+            canonical = std::fs::canonicalize(p).map_err(|e| e.to_string())?;
+            canonical
+                .file_name()
+                .ok_or_else(|| "has no file name".to_string())?
+        }
+    };
+    let name = name
+        .to_str()
+        .ok_or_else(|| "name is not valid UTF-8".to_string())?;
+    check_name(name).map_err(|why| format!("name refused: {why}"))?;
+    Ok(name.to_string())
+}
+
+/// Walks a local tree below `local` (mapped to `remote`). Symlinks to files are followed;
+/// symlinks to directories are skipped (they could loop or leave the tree).
+fn walk_local(local: &Path, remote: &str, plan: &mut Plan) {
+    let mut queue = vec![(local.to_path_buf(), remote.to_string())];
+    while let Some((ldir, rdir)) = queue.pop() {
+        let mut items: Vec<_> = match std::fs::read_dir(&ldir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect(),
+            Err(e) => {
+                plan.refused.push(fail(
+                    &ldir.display().to_string(),
+                    &ClientError::local(&ldir, e).into(),
+                ));
+                continue;
+            }
+        };
+        items.sort_by_key(|d| d.file_name());
+        let mut subdirs = Vec::new();
+        for item in items {
+            let path = item.path();
+            let shown = path.display().to_string();
+            let Some(name) = item.file_name().to_str().map(str::to_string) else {
+                plan.refused
+                    .push(fail_msg(&shown, "name is not valid UTF-8: skipped".into()));
+                continue;
+            };
+            if let Err(why) = check_name(&name) {
+                plan.refused
+                    .push(fail_msg(&shown, format!("name refused: {why}")));
+                continue;
+            }
+            let rpath = paths::join(&rdir, &name);
+            let Ok(lmeta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let meta = if lmeta.file_type().is_symlink() {
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => m,
+                    _ => {
+                        plan.refused.push(fail_msg(
+                            &shown,
+                            "symlink to a directory or nothing: skipped".into(),
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                lmeta
+            };
+            if meta.is_dir() {
+                subdirs.push((path, rpath));
+            } else if meta.is_file() {
+                plan.jobs.push(Job {
+                    local: path,
+                    remote: rpath,
+                    size: meta.len(),
+                });
+            } else {
+                plan.refused
+                    .push(fail_msg(&shown, "not a regular file: skipped".into()));
+            }
+        }
+        for (l, r) in subdirs.into_iter().rev() {
+            plan.dirs.push((r.clone(), l.clone()));
+            queue.push((l, r));
+        }
+    }
+    plan.dirs.sort_by(|a, b| a.0.cmp(&b.0));
+}
+
+/// Creates a local directory for a download; an existing real directory is fine, anything
+/// else there (a file, a symlink that could point anywhere) is refused.
+fn make_local_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(
+            "exists as a symlink; refusing to write through it",
+        )),
+        Ok(_) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an argument holds glob characters.
+pub fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Expands a local argument: a glob becomes the sorted matching paths (an error if none); a
+/// plain path is returned as is (even if missing: the transfer reports that).
+pub fn expand_local(arg: &str) -> Result<Vec<PathBuf>, ClientError> {
+    if !has_glob(arg) {
+        return Ok(vec![PathBuf::from(arg)]);
+    }
+    let absolute = arg.starts_with('/');
+    let mut found: Vec<PathBuf> = vec![if absolute {
+        PathBuf::from("/")
+    } else {
+        PathBuf::new()
+    }];
+    let comps: Vec<&str> = arg.split('/').filter(|c| !c.is_empty()).collect();
+    for comp in comps {
+        let mut next = Vec::new();
+        for base in &found {
+            if !has_glob(comp) {
+                next.push(base.join(comp));
+                continue;
+            }
+            let dir = if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base.as_path()
+            };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| glob_match(comp, n))
+                .collect();
+            names.sort();
+            next.extend(names.into_iter().map(|n| base.join(n)));
+        }
+        found = next;
+    }
+    if found.is_empty() {
+        return Err(ClientError::local(
+            Path::new(arg),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no match"),
+        ));
+    }
+    Ok(found)
+}
+
+/// Shell-style matching of one name: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`; a leading `.` must be
+/// matched explicitly (as in sh).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    match_from(&p, &n)
+}
+
+fn match_from(p: &[char], n: &[char]) -> bool {
+    // Iterative with one backtrack point for `*`: linear-ish, no exponential blowup.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ni));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' => match class_match(&p[pi..], n[ni]) {
+                    Some((true, len)) => {
+                        pi += len;
+                        ni += 1;
+                        continue;
+                    }
+                    Some((false, _)) => {}
+                    // Not a complete bracket expression: a literal '['.
+                    None if n[ni] == '[' => {
+                        pi += 1;
+                        ni += 1;
+                        continue;
+                    }
+                    None => {}
+                },
+                c if c == n[ni] => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, sn)) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against the bracket expression at the start of `p`; `None` if it is not a
+/// complete bracket expression, else (matched, length of the expression).
+fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(1), Some('!' | '^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            if p[i] <= c && c <= p[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.log", "a.log"));
+        assert!(!glob_match("*.log", "a.log.1"));
+        assert!(!glob_match("*.log", ".hidden.log"));
+        assert!(glob_match(".*", ".hidden"));
+        assert!(glob_match("2026-*", "2026-11-27.txt"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("[ab]x", "bx"));
+        assert!(!glob_match("[!ab]x", "bx"));
+        assert!(glob_match("[a-c]*", "cat"));
+        assert!(!glob_match("[a-c]*", "dog"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("**a", "bba"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("[x", "[x"));
+        assert!(glob_match("ü*", "über"));
+        // No exponential backtracking.
+        assert!(!glob_match(&"*a".repeat(30), &"a".repeat(29)));
+    }
+
+    #[test]
+    fn hostile_server_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/etc",
+            "a\\b",
+            "..\\..\\x",
+            "C:",
+            "c:evil",
+            "a\0b",
+            "line\nbreak",
+            "esc\x1b[2J",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "a",
+            "...",
+            "..a",
+            "a..",
+            " spaced name ",
+            "-rf",
+            "ünïcødé 文件",
+            "1:2",
+        ] {
+            assert!(check_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn local_globs_expand_sorted_and_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["b.log", "a.log", "c.txt", ".h.log"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/d.log"), b"x").unwrap();
+        let base = dir.path().to_str().unwrap();
+        let found = expand_local(&format!("{base}/*.log")).unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a.log", "b.log"]);
+        let found = expand_local(&format!("{base}/s*/*.log")).unwrap();
+        assert_eq!(found, [dir.path().join("sub/d.log")]);
+        assert!(expand_local(&format!("{base}/*.none")).is_err());
+        assert_eq!(expand_local("plain").unwrap(), [PathBuf::from("plain")]);
+    }
+
+    #[test]
+    fn local_dirs_refuse_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/tmp", &link).unwrap();
+        assert!(make_local_dir(&link).is_err());
+        let real = dir.path().join("real");
+        make_local_dir(&real).unwrap();
+        make_local_dir(&real).unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(make_local_dir(&dir.path().join("file")).is_err());
+    }
+}
