@@ -18,9 +18,9 @@ use crate::users::{self, UserDb};
 /// The exit statuses of the client commands, for their --help.
 macro_rules! exit_status_help {
     () => {
-        "Exit status: 0 ok, 1 a command failed or was interrupted, 2 usage, 3 authentication \
-         failed, 4 connection or TLS (also an untrusted or changed certificate), 5 integrity \
-         (a digest did not match)."
+        "Exit status: 0 ok, 1 a command failed, 2 usage, 3 authentication failed, 4 connection \
+         or TLS (also an untrusted or changed certificate), 5 integrity (a digest did not \
+         match), 130 interrupted (Ctrl-C; the transfer was cancelled cleanly)."
     };
 }
 
@@ -34,8 +34,8 @@ macro_rules! exit_status_help {
         "Examples:\n  ferry serve                          # dev certs and an admin user on first start\n",
         "  ferry connect admin@127.0.0.1 --ca certs/ca.pem\n",
         "  ferry put report.pdf admin@127.0.0.1:drops/\n\n",
-        "Exit status: 0 ok, 1 a command failed or was interrupted, 2 usage, 3 authentication, ",
-        "4 connection/TLS (also an untrusted or changed certificate), 5 integrity (digest mismatch)."
+        "Exit status: 0 ok, 1 a command failed, 2 usage, 3 authentication, 4 connection/TLS ",
+        "(also an untrusted or changed certificate), 5 integrity (digest mismatch), 130 interrupted."
     )
 )]
 pub struct Cli {

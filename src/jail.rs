@@ -48,6 +48,11 @@ const DIR_MODE: u32 = 0o755;
 /// Permission bits of a temp file (and so of a committed upload).
 const TEMP_MODE: u32 = 0o600;
 
+/// Directory (at the home's top, hidden by the reserved prefix) where interrupted uploads are
+/// kept for resume, one file per key. One place per home makes quotas and the stale sweep
+/// cheap: no walk of the whole tree.
+const PARTIALS_DIR: &str = ".ferry-partials";
+
 /// Why a remote path was refused. Messages are short and never repeat the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -463,6 +468,134 @@ impl Jail {
         Err(StorageError::AlreadyExists)
     }
 
+    /// Size of the kept partial upload `key`, if there is one.
+    pub fn partial_size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        check_partial_key(key)?;
+        let Some(dir) = self.partials_dir(false)? else {
+            return Ok(None);
+        };
+        match dir.symlink_metadata(key) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Err(StorageError::InvalidArgument),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the kept partial upload `key` out of the partials directory and makes it the temp
+    /// file of an upload to `target` (opened for reading and writing, so the caller can check
+    /// its prefix before appending). `NotFound` if there is none.
+    pub fn take_partial(&self, key: &str, target: &RemotePath) -> Result<TempFile, StorageError> {
+        check_partial_key(key)?;
+        let Some(partials) = self.partials_dir(false)? else {
+            return Err(StorageError::NotFound);
+        };
+        let parent = self.open_parent_owned(target)?;
+        for _ in 0..TEMP_NAME_ATTEMPTS {
+            let temp_name = format!("{TEMP_NAME_PREFIX}{:032x}", rand::random::<u128>());
+            match rename_noreplace(&partials, key, &parent, &temp_name) {
+                Err(StorageError::AlreadyExists) => continue,
+                Err(StorageError::InvalidArgument) => {
+                    // The target directory is on another file system: resume is not possible.
+                    return Err(StorageError::InvalidArgument);
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    let mut options = OpenOptions::new();
+                    options.read(true).write(true);
+                    let file = match parent.open_with(&temp_name, &options) {
+                        Ok(f) => f.into_std(),
+                        Err(e) => {
+                            let _ = rustix::fs::unlinkat(&parent, &temp_name, AtFlags::empty());
+                            return Err(e.into());
+                        }
+                    };
+                    return Ok(TempFile::new(parent, temp_name, target, file));
+                }
+            }
+        }
+        Err(StorageError::AlreadyExists)
+    }
+
+    /// Removes the kept partial upload `key`; a missing one is fine.
+    pub fn remove_partial(&self, key: &str) -> Result<(), StorageError> {
+        check_partial_key(key)?;
+        let Some(dir) = self.partials_dir(false)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&dir, key, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Kept partial uploads: `(count, bytes)`.
+    pub fn partials_usage(&self) -> Result<(u64, u64), StorageError> {
+        let Some(dir) = self.partials_dir(false)? else {
+            return Ok((0, 0));
+        };
+        let (mut count, mut bytes) = (0, 0);
+        for item in dir.entries()? {
+            let item = item?;
+            if let Ok(m) = item.metadata() {
+                count += 1;
+                bytes += m.len();
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Removes kept partial uploads not modified for `max_age`. Returns how many went.
+    pub fn sweep_partials(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+        let Some(dir) = self.partials_dir(false)? else {
+            return Ok(0);
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for item in dir.entries()? {
+            let item = item?;
+            let Ok(meta) = item.metadata() else { continue };
+            let modified = meta
+                .modified()
+                .map(|t| t.into_std())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age >= max_age {
+                let name = item.file_name();
+                if rustix::fs::unlinkat(&dir, name.as_os_str(), AtFlags::empty()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The partials directory, created (0700) on demand.
+    fn partials_dir(&self, create: bool) -> Result<Option<Dir>, StorageError> {
+        match self.home.open_dir(PARTIALS_DIR) {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        match rustix::fs::mkdirat(&self.home, PARTIALS_DIR, Mode::from_raw_mode(HOME_MODE)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(self.home.open_dir(PARTIALS_DIR)?))
+    }
+
+    /// Free and total bytes of the file system holding the home, as an unprivileged user
+    /// sees them.
+    pub fn disk_space(&self) -> Result<(u64, u64), StorageError> {
+        let st = rustix::fs::fstatvfs(&self.home)?;
+        let unit = st.f_frsize.max(1);
+        Ok((
+            st.f_bavail.saturating_mul(unit),
+            st.f_blocks.saturating_mul(unit),
+        ))
+    }
+
     /// Creates one directory (mode 0755 before the umask). An existing name, whatever it is,
     /// is `AlreadyExists`; a missing parent is `NotFound`.
     pub fn mkdir(&self, p: &RemotePath) -> Result<(), StorageError> {
@@ -575,6 +708,14 @@ fn rename_noreplace(
     }
 }
 
+/// Partial keys are made by the server (hex digests), never by clients; check anyway.
+fn check_partial_key(key: &str) -> Result<(), StorageError> {
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(StorageError::InvalidArgument);
+    }
+    Ok(())
+}
+
 /// Fsyncs a directory. The `Dir` descriptors are `O_PATH`, which fsync refuses, so open the
 /// directory itself for reading (".": a single name that cannot leave it).
 fn sync_dir(dir: &Dir) -> Result<(), StorageError> {
@@ -635,7 +776,11 @@ impl TempFile {
     fn create(parent: &Dir, temp_name: &str) -> Result<File, StorageError> {
         let mut options = OpenOptions::new();
         // create_new is O_CREAT|O_EXCL: never follows or reuses anything already there.
-        options.write(true).create_new(true).mode(TEMP_MODE);
+        options
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(TEMP_MODE);
         Ok(parent.open_with(temp_name, &options)?.into_std())
     }
 
@@ -693,6 +838,25 @@ impl TempFile {
         }
         self.committed = true;
         sync_dir(&self.parent)
+    }
+
+    /// Keeps the temp file as the partial upload `key` (replacing an older one), for a later
+    /// resume. The data is fsynced first so that a resume never builds on lost bytes.
+    pub fn keep_as_partial(mut self, jail: &Jail, key: &str) -> Result<(), StorageError> {
+        check_partial_key(key)?;
+        self.sync()?;
+        let Some(partials) = jail.partials_dir(true)? else {
+            return Err(StorageError::NotFound);
+        };
+        rustix::fs::renameat(&self.parent, &self.temp_name, &partials, key)
+            .map_err(rename_error)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Current length of the temp file.
+    pub fn size(&self) -> Result<u64, StorageError> {
+        Ok(self.file.metadata()?.len())
     }
 
     /// Removes the temp file now.

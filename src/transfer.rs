@@ -24,14 +24,60 @@ pub enum ReadChunk {
     Failed(std::io::Error),
     /// The file ended before `size` bytes (it shrank while being sent).
     Shrunk,
+    /// Still working without data to show (e.g. hashing a prefix): bytes processed so far.
+    Progress(u64),
+    /// The work was refused for a reason meant for the peer (e.g. a resume prefix mismatch).
+    Refused(String),
+}
+
+/// How often long work without data reports `Progress`.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hashes the next `len` bytes of `file` into `hasher`, calling `progress` with the bytes done
+/// about every [`PROGRESS_INTERVAL`]. A file shorter than `len` is `UnexpectedEof`.
+pub fn hash_prefix(
+    file: &mut impl Read,
+    len: u64,
+    hasher: &mut Sha256,
+    mut progress: impl FnMut(u64),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; DATA_CHUNK_LEN];
+    let mut done = 0u64;
+    let mut last = std::time::Instant::now();
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        if last.elapsed() >= PROGRESS_INTERVAL {
+            progress(done);
+            last = std::time::Instant::now();
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `size` bytes from `file` (a file that grew is cut at `size`; one that shrank
 /// yields `Shrunk`), hashing them, and sends them in chunks. Stops quietly if the receiver is
 /// gone. Blocking: run it on the blocking pool.
-pub fn read_and_hash(mut file: impl Read, size: u64, tx: &mpsc::Sender<ReadChunk>) {
-    let mut hasher = Sha256::new();
-    let mut remaining = size;
+pub fn read_and_hash(file: impl Read, size: u64, tx: &mpsc::Sender<ReadChunk>) {
+    read_and_hash_from(file, size, Sha256::new(), tx);
+}
+
+/// Like [`read_and_hash`], continuing a hash that already covers earlier bytes (resume): the
+/// final digest is of those bytes and the `len` read here.
+pub fn read_and_hash_from(
+    mut file: impl Read,
+    len: u64,
+    mut hasher: Sha256,
+    tx: &mpsc::Sender<ReadChunk>,
+) {
+    let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(DATA_CHUNK_LEN as u64) as usize;
         let mut buf = BytesMut::zeroed(want);

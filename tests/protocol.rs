@@ -33,6 +33,8 @@ fn put(id: u64, path: &str, size: u64, overwrite: bool) -> ClientMessage {
         path: path.into(),
         size,
         overwrite,
+        offset: 0,
+        prefix_sha256: None,
     }
 }
 
@@ -128,6 +130,25 @@ fn server_temps(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Names in `dir` apart from the hidden directory where interrupted uploads are kept.
+fn visible(dir: &Path) -> Vec<String> {
+    names_in(dir)
+        .into_iter()
+        .filter(|n| n != ".ferry-partials")
+        .collect()
+}
+
+/// Sizes of the interrupted uploads the server kept for resume in `home`.
+fn kept_partials(home: &Path) -> Vec<u64> {
+    let dir = home.join(".ferry-partials");
+    let mut sizes: Vec<u64> = names_in(&dir)
+        .iter()
+        .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
+        .collect();
+    sizes.sort();
+    sizes
+}
+
 /// Polls `check` until it holds, failing after [`CLEANUP_DEADLINE`].
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + CLEANUP_DEADLINE;
@@ -204,9 +225,16 @@ async fn vanish_during_upload(how: Vanish) {
     })
     .await;
     drop(raw);
-    eventually("the temp file is gone", || names_in(&home).is_empty()).await;
+    eventually("the temp file is gone", || visible(&home).is_empty()).await;
     serves_others(&server).await;
-    assert!(names_in(&home).is_empty(), "{how:?}: {:?}", names_in(&home));
+    assert!(visible(&home).is_empty(), "{how:?}: {:?}", names_in(&home));
+    // What arrived is kept, hidden, for a resume; an upload that sent nothing leaves nothing.
+    let kept: &[u64] = match how {
+        Vanish::AfterPut => &[],
+        Vanish::MidData => &[256 * 1024],
+        Vanish::MidFrame => &[1000],
+    };
+    eventually("the partial is kept", || kept_partials(&home) == kept).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +266,11 @@ async fn close_notify_mid_upload_gets_no_reply_and_leaves_nothing() {
     raw.writer.shutdown().await.unwrap();
     // A clean end of stream inside an upload is a client gone, not an answerable request.
     expect_silent_close(&mut raw).await;
-    eventually("the temp file is gone", || names_in(&home).is_empty()).await;
+    eventually("the temp file is gone", || visible(&home).is_empty()).await;
+    eventually("the partial is kept", || {
+        kept_partials(&home) == [256 * 1024]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,8 +290,10 @@ async fn abort_is_cancelled_and_leaves_nothing() {
         raw.send(&ClientMessage::Abort { id }).await;
         let message = expect_error(raw.recv().await, Some(id), ErrorCode::Cancelled);
         assert_eq!(message, "upload cancelled");
-        // The temp file is removed before the reply.
-        assert!(names_in(&home).is_empty(), "{:?}", names_in(&home));
+        // The temp file is gone before the reply: kept hidden for a resume if it holds data.
+        assert!(visible(&home).is_empty(), "{:?}", names_in(&home));
+        let kept: &[u64] = if chunks > 0 { &[512 * 1024] } else { &[] };
+        assert_eq!(kept_partials(&home), kept);
     }
     raw.send(&stat(4, "/big.iso")).await;
     expect_error(raw.recv().await, Some(4), ErrorCode::NotFound);
@@ -861,6 +895,7 @@ async fn read_download(raw: &mut Raw, id: u64) -> (u64, i64, Vec<u8>, ServerMess
             id: got,
             size,
             mtime,
+            ..
         } if got == id => (size, mtime),
         other => panic!("expected file for {id}, got {other:?}"),
     };
@@ -896,6 +931,8 @@ async fn download_bytes_size_and_digest_match_the_file() {
     raw.send(&ClientMessage::Get {
         id: 2,
         path: "/f.bin".into(),
+        offset: 0,
+        prefix_sha256: None,
     })
     .await;
     let (size, got_mtime, data, last) = read_download(&mut raw, 2).await;
@@ -918,6 +955,8 @@ async fn download_bytes_size_and_digest_match_the_file() {
     raw.send(&ClientMessage::Get {
         id: 3,
         path: "/empty".into(),
+        offset: 0,
+        prefix_sha256: None,
     })
     .await;
     let (size, _, data, last) = read_download(&mut raw, 3).await;
@@ -982,6 +1021,8 @@ async fn every_reply_echoes_its_request_id() {
     raw.send(&ClientMessage::Get {
         id: 48,
         path: "/a".into(),
+        offset: 0,
+        prefix_sha256: None,
     })
     .await;
     let (_, _, _, last) = read_download(&mut raw, 48).await;

@@ -738,6 +738,8 @@ async fn directory_swapped_for_a_symlink_during_an_upload() {
             path: "/d/late.txt".into(),
             size: data.len() as u64,
             overwrite: false,
+            offset: 0,
+            prefix_sha256: None,
         })
         .await;
     w.raw.send_data(&data[..4]).await;
@@ -1037,7 +1039,12 @@ impl World {
             }
             Op::Stat(p) => ClientMessage::Stat { id, path: p.into() },
             Op::List(p) => ClientMessage::List { id, path: p.into() },
-            Op::Get(p) => ClientMessage::Get { id, path: p.into() },
+            Op::Get(p) => ClientMessage::Get {
+                id,
+                path: p.into(),
+                offset: 0,
+                prefix_sha256: None,
+            },
             Op::Mkdir(p) => ClientMessage::Mkdir { id, path: p.into() },
             Op::Rmdir(p) => ClientMessage::Rmdir { id, path: p.into() },
             Op::Remove(p) => ClientMessage::Remove { id, path: p.into() },
@@ -1061,6 +1068,8 @@ impl World {
                 path: path.into(),
                 size: data.len() as u64,
                 overwrite: false,
+                offset: 0,
+                prefix_sha256: None,
             })
             .await;
         self.raw.send_data(data).await;
@@ -1163,6 +1172,8 @@ async fn raw_put(raw: &mut Raw, id: u64, path: &str, data: &[u8], overwrite: boo
         path: path.into(),
         size: data.len() as u64,
         overwrite,
+        offset: 0,
+        prefix_sha256: None,
     })
     .await;
     for chunk in data.chunks(256 * 1024) {

@@ -5,5 +5,6 @@ mod util;
 
 mod cli;
 mod protocol;
+mod resume;
 mod security;
 mod transfers;

@@ -3,26 +3,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use super::ClientError;
-use super::local;
 use crate::protocol::{
     ClientMessage, Entry, ErrorCode, Frame, FrameReader, FrameWriter, MAX_FRAME_LEN,
-    PROTOCOL_VERSION, ServerMessage, WireError, decode_server_message, hex_digest,
+    PROTOCOL_VERSION, ServerMessage, Usage, WireError, decode_server_message,
 };
-use crate::transfer::{CHANNEL_DEPTH, ReadChunk, is_hex_digest, read_and_hash};
+use crate::transfer::is_hex_digest;
 use crate::users::Password;
 
-type Stream = TlsStream<TcpStream>;
+pub(super) type Stream = TlsStream<TcpStream>;
 
 /// Time allowed to open the TCP connection and finish the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -46,16 +43,20 @@ pub struct Transferred {
     pub sha256: String,
     /// Wall time of the transfer.
     pub elapsed: Duration,
+    /// Bytes that were already in place when a resumed transfer started (0 otherwise).
+    pub resumed_from: u64,
 }
 
 /// One logged-in (or about to log in) session with a server.
 pub struct Connection {
-    reader: FrameReader<ReadHalf<Stream>>,
-    writer: FrameWriter<WriteHalf<Stream>>,
+    pub(super) reader: FrameReader<ReadHalf<Stream>>,
+    pub(super) writer: FrameWriter<WriteHalf<Stream>>,
     next_id: u64,
     server_software: String,
     user: Option<String>,
     read_only: bool,
+    /// Cancels the running transfer (Ctrl-C in the shell).
+    pub(super) cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Connection {
@@ -108,6 +109,7 @@ impl Connection {
             server_software: String::new(),
             user: None,
             read_only: false,
+            cancel: CancellationToken::new(),
         };
         conn.writer
             .send_message(&ClientMessage::Hello {
@@ -251,219 +253,92 @@ impl Connection {
         self.simple(id, msg).await
     }
 
-    /// Uploads `local` to `remote`. Returns once the server has committed the file and both
-    /// digests agree.
-    pub async fn put(
+    /// A server-side copy, verified and committed like an upload.
+    pub async fn copy(
         &mut self,
-        local: &Path,
-        remote: &str,
+        from: &str,
+        to: &str,
         overwrite: bool,
-        progress: Progress<'_>,
     ) -> Result<Transferred, ClientError> {
         let started = Instant::now();
-        let file = std::fs::File::open(local).map_err(|e| ClientError::local(local, e))?;
-        let meta = file.metadata().map_err(|e| ClientError::local(local, e))?;
-        if meta.is_dir() {
-            return Err(ClientError::local(
-                local,
-                std::io::Error::from(std::io::ErrorKind::IsADirectory),
-            ));
-        }
-        let size = meta.len();
         let id = self.id();
-        self.writer.queue_message(&ClientMessage::Put {
+        self.send(&ClientMessage::Copy {
             id,
-            path: remote.to_string(),
-            size,
+            from: from.to_string(),
+            to: to.to_string(),
             overwrite,
-        })?;
-
-        let (tx, mut rx) = mpsc::channel::<ReadChunk>(CHANNEL_DEPTH);
-        tokio::task::spawn_blocking(move || read_and_hash(file, size, &tx));
-
-        // Sending and reading run side by side: the server may refuse early (exists, no
-        // space), and then the client stops sending and aborts.
-        let stop = AtomicBool::new(false);
-        let writer = &mut self.writer;
-        let reader = &mut self.reader;
-        let send = async {
-            let mut sent = 0u64;
-            let result = loop {
-                if stop.load(Ordering::Relaxed) {
-                    writer.queue_message(&ClientMessage::Abort { id })?;
-                    break Err(None);
-                }
-                match rx.recv().await {
-                    Some(ReadChunk::Data(bytes)) => {
-                        writer.queue_data(&bytes)?;
-                        timed(writer.write_if_large()).await??;
-                        sent += bytes.len() as u64;
-                        progress(sent);
-                    }
-                    Some(ReadChunk::Done(sha)) => {
-                        writer.queue_message(&ClientMessage::End {
-                            id,
-                            sha256: sha.clone(),
-                        })?;
-                        break Ok(sha);
-                    }
-                    Some(ReadChunk::Failed(e)) => {
-                        writer.queue_message(&ClientMessage::Abort { id })?;
-                        break Err(Some(ClientError::local(local, e)));
-                    }
-                    Some(ReadChunk::Shrunk) | None => {
-                        writer.queue_message(&ClientMessage::Abort { id })?;
-                        break Err(Some(ClientError::local(
-                            local,
-                            std::io::Error::other("file shrank while it was being sent"),
-                        )));
-                    }
-                }
-            };
-            timed(writer.flush()).await??;
-            Ok::<_, ClientError>(result)
-        };
-        let receive = async {
-            let reply = final_reply_from(reader, id).await;
-            if reply.is_err() {
-                stop.store(true, Ordering::Relaxed);
-            }
-            reply
-        };
-        let (sent, reply) = tokio::join!(send, receive);
-        let local_sha = match sent {
-            Ok(Ok(sha)) => Some(sha),
-            Ok(Err(Some(e))) => {
-                // Our own read failed; the server answers the abort with `cancelled`.
-                let _ = reply;
-                return Err(e);
-            }
-            Ok(Err(None)) => None,
-            // The server's own reason (e.g. it refused and closed) explains more than the
-            // failed write that followed it.
-            Err(e) => return Err(reply.err().unwrap_or(e)),
-        };
-        let reply = reply?;
-        let Some(local_sha) = local_sha else {
-            return Err(unexpected(&reply));
-        };
-        match reply {
+        })
+        .await?;
+        match self.final_reply_cancellable(id).await? {
             ServerMessage::Ok {
-                size: Some(n),
-                sha256: Some(remote_sha),
+                size: Some(size),
+                sha256: Some(sha256),
                 ..
-            } => {
-                if n != size || remote_sha != local_sha {
-                    return Err(ClientError::Integrity {
-                        local: local_sha,
-                        remote: remote_sha,
-                    });
-                }
-                Ok(Transferred {
-                    size,
-                    sha256: local_sha,
-                    elapsed: started.elapsed(),
-                })
-            }
+            } if is_hex_digest(&sha256) => Ok(Transferred {
+                size,
+                sha256,
+                elapsed: started.elapsed(),
+                resumed_from: 0,
+            }),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Downloads `remote` to `local` (a file path; the caller resolves directories). The
-    /// data goes to a temp file beside `local`, is hashed as it is written, fsynced, compared
-    /// with the server's digest, and only then renamed into place.
-    pub async fn get(
-        &mut self,
-        remote: &str,
-        local: &Path,
-        overwrite: bool,
-        progress: Progress<'_>,
-    ) -> Result<Transferred, ClientError> {
-        let started = Instant::now();
-        if !overwrite && std::fs::symlink_metadata(local).is_ok() {
-            return Err(ClientError::LocalExists(local.to_path_buf()));
-        }
-        let mut temp = local::TempFile::beside(local).map_err(|e| ClientError::local(local, e))?;
+    /// The server's SHA-256 of a whole remote file: `(size, digest)`.
+    pub async fn sha256(&mut self, path: &str) -> Result<(u64, String), ClientError> {
         let id = self.id();
-        self.send(&ClientMessage::Get {
+        self.send(&ClientMessage::Sha256 {
+            id,
+            path: path.to_string(),
+        })
+        .await?;
+        match self.final_reply_cancellable(id).await? {
+            ServerMessage::Ok {
+                size: Some(size),
+                sha256: Some(sha256),
+                ..
+            } if is_hex_digest(&sha256) => Ok((size, sha256)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Space used and available, as far as the server reports it.
+    pub async fn usage(&mut self) -> Result<Usage, ClientError> {
+        let id = self.id();
+        self.send(&ClientMessage::Usage { id }).await?;
+        match self.final_reply(id).await? {
+            ServerMessage::Ok {
+                usage: Some(usage), ..
+            } => Ok(*usage),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Bytes of an interrupted upload to `remote` that the server kept (0 if none).
+    pub async fn partial(&mut self, remote: &str) -> Result<u64, ClientError> {
+        let id = self.id();
+        self.send(&ClientMessage::Partial {
             id,
             path: remote.to_string(),
         })
         .await?;
-        let size = match self.read_message().await? {
-            ServerMessage::File { id: rid, size, .. } if rid == id => size,
-            ServerMessage::Error {
-                id: rid,
-                code,
-                message,
-            } if rid == Some(id) || rid.is_none() => {
-                return Err(ClientError::Remote(WireError { code, message }));
-            }
-            other => return Err(unexpected(&other)),
-        };
-
-        let mut hasher = Sha256::new();
-        let mut received = 0u64;
-        loop {
-            let frame = self.read_frame().await?;
-            match frame {
-                Frame::Data(bytes) => {
-                    received += bytes.len() as u64;
-                    if received > size {
-                        return Err(ClientError::Protocol(
-                            "server sent more data than it announced".into(),
-                        ));
-                    }
-                    hasher.update(&bytes);
-                    temp.write_all(&bytes)
-                        .map_err(|e| ClientError::local(local, e))?;
-                    progress(received);
-                }
-                Frame::Message(m) => {
-                    let msg = decode_server_message(&m)
-                        .map_err(|_| ClientError::Protocol("malformed message".into()))?;
-                    match msg {
-                        ServerMessage::Ok {
-                            id: rid,
-                            sha256: Some(remote_sha),
-                            ..
-                        } if rid == id => {
-                            let local_sha = hex_digest(&hasher.finalize());
-                            if received != size || !is_hex_digest(&remote_sha) {
-                                return Err(ClientError::Protocol(format!(
-                                    "server announced {size} bytes and sent {received}"
-                                )));
-                            }
-                            if local_sha != remote_sha {
-                                return Err(ClientError::Integrity {
-                                    local: local_sha,
-                                    remote: remote_sha,
-                                });
-                            }
-                            temp.commit(overwrite).map_err(|e| match e.kind() {
-                                std::io::ErrorKind::AlreadyExists => {
-                                    ClientError::LocalExists(local.to_path_buf())
-                                }
-                                _ => ClientError::local(local, e),
-                            })?;
-                            return Ok(Transferred {
-                                size,
-                                sha256: local_sha,
-                                elapsed: started.elapsed(),
-                            });
-                        }
-                        ServerMessage::Error {
-                            id: rid,
-                            code,
-                            message,
-                        } if rid == Some(id) || rid.is_none() => {
-                            return Err(ClientError::Remote(WireError { code, message }));
-                        }
-                        other => return Err(unexpected(&other)),
-                    }
-                }
-            }
+        match self.final_reply(id).await {
+            Ok(ServerMessage::Ok { size: Some(n), .. }) => Ok(n),
+            Ok(other) => Err(unexpected(&other)),
+            Err(ClientError::Remote(WireError {
+                code: ErrorCode::NotFound,
+                ..
+            })) => Ok(0),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Makes `token` the cancel switch of this connection's transfers: once it is cancelled,
+    /// a running put sends `abort`, a running get sends `cancel`, the connection stays usable,
+    /// and the call returns [`ClientError::Cancelled`]. No file appears under a final name on
+    /// either side; hidden partials are kept for a resume. Set a fresh token for the next one.
+    pub fn set_cancel(&mut self, token: CancellationToken) {
+        self.cancel = token;
     }
 
     /// Ends the session politely (TLS close_notify).
@@ -472,13 +347,13 @@ impl Connection {
         Ok(())
     }
 
-    fn id(&mut self) -> u64 {
+    pub(super) fn id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         id
     }
 
-    async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+    pub(super) async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
         timed(self.writer.send_message(msg)).await??;
         Ok(())
     }
@@ -491,44 +366,76 @@ impl Connection {
         }
     }
 
-    async fn read_frame(&mut self) -> Result<Frame, ClientError> {
-        read_frame_from(&mut self.reader).await
-    }
-
-    async fn read_message(&mut self) -> Result<ServerMessage, ClientError> {
+    pub(super) async fn read_message(&mut self) -> Result<ServerMessage, ClientError> {
         read_message_from(&mut self.reader).await
     }
 
-    async fn final_reply(&mut self, id: u64) -> Result<ServerMessage, ClientError> {
+    pub(super) async fn final_reply(&mut self, id: u64) -> Result<ServerMessage, ClientError> {
         final_reply_from(&mut self.reader, id).await
+    }
+
+    /// Waits for the final reply to a long request (`copy`, `sha256`); if the cancel switch
+    /// flips meanwhile, asks the server to stop and reports `Cancelled` once it has.
+    async fn final_reply_cancellable(&mut self, id: u64) -> Result<ServerMessage, ClientError> {
+        let cancel = self.cancel.clone();
+        let reply = tokio::select! {
+            r = final_reply_from(&mut self.reader, id) => return r,
+            () = cancel.cancelled() => {
+                self.send(&ClientMessage::Cancel { id }).await?;
+                final_reply_from(&mut self.reader, id).await
+            }
+        };
+        match reply {
+            Err(ClientError::Remote(WireError {
+                code: ErrorCode::Cancelled,
+                ..
+            })) => Err(ClientError::Cancelled),
+            // It finished before the cancel arrived; the work is done, report it.
+            other => other,
+        }
     }
 }
 
-async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
+pub(super) async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
     tokio::time::timeout(REPLY_TIMEOUT, f)
         .await
         .map_err(|_| ClientError::Timeout)
 }
 
-async fn read_frame_from(reader: &mut FrameReader<ReadHalf<Stream>>) -> Result<Frame, ClientError> {
+pub(super) async fn read_frame_from(
+    reader: &mut FrameReader<ReadHalf<Stream>>,
+) -> Result<Frame, ClientError> {
     match timed(reader.read_frame()).await?? {
         Some(f) => Ok(f),
         None => Err(ClientError::ConnectionLost),
     }
 }
 
-async fn read_message_from(
+/// The next message, skipping `progress` keep-alives (they only prove the server is working,
+/// which the read timeout already cares about).
+pub(super) async fn read_message_from(
     reader: &mut FrameReader<ReadHalf<Stream>>,
 ) -> Result<ServerMessage, ClientError> {
-    match read_frame_from(reader).await? {
-        Frame::Message(m) => decode_server_message(&m)
-            .map_err(|_| ClientError::Protocol("malformed message from server".into())),
-        Frame::Data(_) => Err(ClientError::Protocol("unexpected data from server".into())),
+    loop {
+        match read_frame_from(reader).await? {
+            Frame::Message(m) => match decode_server_message(&m) {
+                Ok(ServerMessage::Progress { .. }) => continue,
+                Ok(msg) => return Ok(msg),
+                Err(_) => {
+                    return Err(ClientError::Protocol(
+                        "malformed message from server".into(),
+                    ));
+                }
+            },
+            Frame::Data(_) => {
+                return Err(ClientError::Protocol("unexpected data from server".into()));
+            }
+        }
     }
 }
 
 /// Reads until the final reply to `id`: `Ok` is returned, an error reply becomes `Err`.
-async fn final_reply_from(
+pub(super) async fn final_reply_from(
     reader: &mut FrameReader<ReadHalf<Stream>>,
     id: u64,
 ) -> Result<ServerMessage, ClientError> {
@@ -545,13 +452,14 @@ async fn final_reply_from(
     }
 }
 
-fn unexpected(msg: &ServerMessage) -> ClientError {
+pub(super) fn unexpected(msg: &ServerMessage) -> ClientError {
     let what = match msg {
         ServerMessage::Hello { .. } => "hello",
         ServerMessage::Ok { .. } => "ok",
         ServerMessage::Error { .. } => "error",
         ServerMessage::Entries { .. } => "entries",
         ServerMessage::File { .. } => "file",
+        ServerMessage::Progress { .. } => "progress",
     };
     ClientError::Protocol(format!("unexpected {what} message from server"))
 }

@@ -4,7 +4,7 @@
 //!
 //! Once a handler is installed the default "terminate" action is gone for good, so the
 //! handler itself decides: a command running -> cancel its token; idle and not interactive
-//! -> exit with [`EXIT_FAILED`](super::EXIT_FAILED).
+//! -> exit with [`EXIT_INTERRUPTED`](super::EXIT_INTERRUPTED).
 
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +42,7 @@ impl Interrupts {
                             s.token.cancel();
                         } else {
                             eprintln!("ferry: interrupted");
-                            std::process::exit(i32::from(super::EXIT_FAILED));
+                            std::process::exit(i32::from(super::EXIT_INTERRUPTED));
                         }
                     }
                 });

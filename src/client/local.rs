@@ -1,97 +1,127 @@
-//! The client's side of "nothing partial ever appears": downloads go to a temp file beside
-//! the target and are renamed into place only after the digest matched.
+//! The client's side of "nothing partial ever appears": a download is written to a hidden
+//! partial file beside its target and renamed into place only after the digest matched.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::RngExt;
+/// Suffix of the hidden file a download goes to: `.<name>.ferry-part`.
+pub const PARTIAL_SUFFIX: &str = ".ferry-part";
 
-/// A temp file that is removed unless committed.
+/// The hidden file a download is written to before it is verified and renamed. Removed when
+/// dropped, unless it was committed or marked to keep (an interrupted download, for `reget`).
 #[derive(Debug)]
-pub struct TempFile {
+pub struct Partial {
     path: PathBuf,
     target: PathBuf,
-    file: Option<File>,
+    file: File,
+    keep: bool,
+    done: bool,
 }
 
-impl TempFile {
-    /// Creates `.<name>.<random>.ferry-part` (exclusively, mode 0600) in `target`'s directory.
-    pub fn beside(target: &Path) -> std::io::Result<TempFile> {
+impl Partial {
+    /// Where the partial of `target` lives.
+    pub fn path_for(target: &Path) -> std::io::Result<PathBuf> {
         let name = target
             .file_name()
-            .ok_or_else(|| std::io::Error::other("target has no file name"))?;
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        for _ in 0..16 {
-            let tag: u64 = rand::rng().random();
-            let mut temp_name = std::ffi::OsString::from(".");
-            temp_name.push(name);
-            temp_name.push(format!(".{tag:016x}.ferry-part"));
-            let path = dir.join(&temp_name);
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        target: target.to_path_buf(),
-                        file: Some(file),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
+            .ok_or_else(|| std::io::Error::other("the local target has no file name"))?;
+        let mut partial = std::ffi::OsString::from(".");
+        partial.push(name);
+        partial.push(PARTIAL_SUFFIX);
+        Ok(parent_of(target).join(partial))
+    }
+
+    /// Opens the partial of `target` (created with mode 0600; never through a symlink), locked
+    /// against another ferry writing the same file. With `resume`, existing bytes are kept and
+    /// their count returned, positioned at the end; otherwise the file starts empty.
+    pub fn open(target: &Path, resume: bool) -> std::io::Result<(Partial, u64)> {
+        let path = Self::path_for(target)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
-        Err(std::io::Error::other("could not create a unique temp file"))
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(std::io::Error::other(format!(
+                    "another transfer is writing {}",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut partial = Partial {
+            path,
+            target: target.to_path_buf(),
+            file,
+            keep: false,
+            done: false,
+        };
+        let have = if resume {
+            partial.file.seek(SeekFrom::End(0))?
+        } else {
+            partial.file.set_len(0)?;
+            0
+        };
+        Ok((partial, have))
+    }
+
+    /// The open file (for reading the prefix and appending).
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
     }
 
     /// Appends bytes.
     pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.write_all(bytes),
-            None => Err(std::io::Error::other("temp file already closed")),
-        }
+        self.file.write_all(bytes)
+    }
+
+    /// Leaves the partial on disk when dropped (for a later resume).
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// fsyncs, renames into place (refusing an existing target unless `overwrite`, without a
     /// check-then-act race), and fsyncs the directory.
     pub fn commit(mut self, overwrite: bool) -> std::io::Result<()> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| std::io::Error::other("temp file already closed"))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        drop(file);
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        self.file.sync_all()?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
             rename_noreplace(&self.path, &self.target)?;
         }
-        let dir = match self.target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        self.done = true;
         // The rename is durable only once the directory is; the file is already in place, so
         // an error here is reported but leaves nothing to clean up.
-        let committed = std::mem::take(&mut self.path);
-        drop(committed);
-        File::open(dir)?.sync_all()
+        File::open(parent_of(&self.target))?.sync_all()
     }
 }
 
-impl Drop for TempFile {
+impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
+        if !self.done && !self.keep {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+fn parent_of(target: &Path) -> PathBuf {
+    match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -114,12 +144,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uncommitted_temp_is_removed_and_target_untouched() {
+    fn uncommitted_partial_is_removed_and_target_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("t.bin");
         std::fs::write(&target, b"old").unwrap();
         {
-            let mut t = TempFile::beside(&target).unwrap();
+            let (mut t, _) = Partial::open(&target, false).unwrap();
             t.write_all(b"new").unwrap();
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -127,17 +157,54 @@ mod tests {
     }
 
     #[test]
+    fn kept_partial_resumes_at_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.bin");
+        {
+            let (mut t, have) = Partial::open(&target, true).unwrap();
+            assert_eq!(have, 0);
+            t.write_all(b"abc").unwrap();
+            t.keep();
+        }
+        let (mut t, have) = Partial::open(&target, true).unwrap();
+        assert_eq!(have, 3);
+        t.write_all(b"def").unwrap();
+        t.commit(false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"abcdef");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.bin");
+        let (_first, _) = Partial::open(&target, false).unwrap();
+        assert!(Partial::open(&target, false).is_err());
+    }
+
+    #[test]
+    fn a_symlink_at_the_partial_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.bin");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, Partial::path_for(&target).unwrap()).unwrap();
+        assert!(Partial::open(&target, false).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    }
+
+    #[test]
     fn commit_refuses_existing_unless_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("t.bin");
         std::fs::write(&target, b"old").unwrap();
-        let mut t = TempFile::beside(&target).unwrap();
+        let (mut t, _) = Partial::open(&target, false).unwrap();
         t.write_all(b"new").unwrap();
         let err = t.commit(false).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let mut t = TempFile::beside(&target).unwrap();
+        let (mut t, _) = Partial::open(&target, false).unwrap();
         t.write_all(b"new").unwrap();
         t.commit(true).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod connection;
+mod download;
 pub mod format;
 pub mod interrupt;
 pub mod local;
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod progress;
 pub mod shell;
 pub mod trust;
+mod upload;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +43,8 @@ pub const EXIT_AUTH: u8 = 3;
 pub const EXIT_CONNECTION: u8 = 4;
 /// Exit status: a digest did not match.
 pub const EXIT_INTEGRITY: u8 = 5;
+/// Exit status: interrupted (Ctrl-C); what was running was cancelled cleanly.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Everything that can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,9 @@ pub enum ClientError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// The transfer was cancelled (Ctrl-C); nothing appeared under a final name.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ClientError {
@@ -117,6 +124,7 @@ impl ClientError {
                 EXIT_INTEGRITY
             }
             ClientError::Usage(_) => EXIT_USAGE,
+            ClientError::Cancelled => EXIT_INTERRUPTED,
             ClientError::Remote(_) | ClientError::Local { .. } | ClientError::LocalExists(_) => {
                 EXIT_FAILED
             }

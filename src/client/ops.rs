@@ -14,7 +14,7 @@ use super::connection::{Connection, Transferred};
 use super::format::{summary_line, transfer_line};
 use super::interrupt::Interrupts;
 use super::progress::{self, Bars};
-use super::{ClientError, EXIT_FAILED, EXIT_INTEGRITY, EXIT_USAGE, paths};
+use super::{ClientError, EXIT_FAILED, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_USAGE, paths};
 use crate::protocol::{Entry, EntryKind, ErrorCode, WireError};
 use crate::sanitize::for_terminal;
 
@@ -48,7 +48,7 @@ impl OpError {
         match self {
             OpError::Usage(_) => EXIT_USAGE,
             OpError::Client(e) => e.exit_code(),
-            OpError::Interrupted => EXIT_FAILED,
+            OpError::Interrupted => EXIT_INTERRUPTED,
             OpError::Partial { integrity, .. } => {
                 if *integrity {
                     EXIT_INTEGRITY
@@ -105,6 +105,8 @@ pub struct FileReport {
     pub verified: bool,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Bytes that were already in place when a resumed transfer started.
+    pub resumed_from: u64,
 }
 
 /// One item that failed.
@@ -160,6 +162,17 @@ struct Job {
     local: PathBuf,
     remote: String,
     size: u64,
+}
+
+impl Job {
+    /// (source, destination) as shown to the user.
+    fn names(&self, upload: bool) -> (String, String) {
+        if upload {
+            (self.local.display().to_string(), self.remote.clone())
+        } else {
+            (self.remote.clone(), self.local.display().to_string())
+        }
+    }
 }
 
 /// What a recursive walk found before anything moves.
@@ -218,6 +231,10 @@ impl Session {
         if let Some(i) = &self.interrupts {
             self.token = i.begin();
         }
+        let token = self.token.clone();
+        if let Some(c) = self.conn.as_mut() {
+            c.set_cancel(token);
+        }
     }
 
     /// Marks the end of a command.
@@ -261,10 +278,9 @@ impl Session {
         self.settle(result)
     }
 
-    /// Runs a transfer that Ctrl-C may cancel. The request is abandoned by dropping it, which
-    /// takes the connection with it: the server discards a half-received upload, and a
-    /// half-received download is a temp file that is removed, so nothing appears under a
-    /// final name on either side.
+    /// Runs a transfer that Ctrl-C may cancel: the connection's cancel switch is this
+    /// command's token, so a running put sends `abort` and a running get sends `cancel`; the
+    /// connection stays usable and nothing appears under a final name on either side.
     fn transfer<T>(
         &mut self,
         f: impl AsyncFnOnce(&mut Connection) -> Result<T, ClientError>,
@@ -273,22 +289,9 @@ impl Session {
             return Err(OpError::Interrupted);
         }
         let handle = self.handle.clone();
-        let token = self.token.clone();
         let conn = self.conn()?;
-        let result = handle.block_on(async {
-            tokio::select! {
-                r = f(conn) => Some(r),
-                () = token.cancelled() => None,
-            }
-        });
-        match result {
-            Some(r) => self.settle(r),
-            None => {
-                // The request is half done; this connection cannot be trusted to be in step.
-                self.conn = None;
-                Err(OpError::Interrupted)
-            }
-        }
+        let result = handle.block_on(f(conn));
+        self.settle(result)
     }
 
     fn settle<T>(&mut self, result: Result<T, ClientError>) -> Result<T, OpError> {
@@ -297,7 +300,10 @@ impl Session {
         {
             self.conn = None;
         }
-        result.map_err(OpError::Client)
+        result.map_err(|e| match e {
+            ClientError::Cancelled => OpError::Interrupted,
+            e => OpError::Client(e),
+        })
     }
 
     /// Resolves a remote argument against the working directory.
@@ -513,7 +519,7 @@ impl Session {
         let mut report = Report::default();
         let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
         for f in &plan.refused {
-            self.say_failure(None, f);
+            say_failure(self.output, None, f);
         }
         report.failed.append(&mut plan.refused);
         for (remote, local) in std::mem::take(&mut plan.dirs) {
@@ -525,7 +531,7 @@ impl Session {
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
                     let f = fail(&local.display().to_string(), &e);
-                    self.say_failure(None, &f);
+                    say_failure(self.output, None, &f);
                     report.failed.push(f);
                 }
             }
@@ -613,7 +619,7 @@ impl Session {
         let mut report = Report::default();
         let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
         for f in &plan.refused {
-            self.say_failure(None, f);
+            say_failure(self.output, None, f);
         }
         report.failed.append(&mut plan.refused);
         let mut bad_dirs: Vec<PathBuf> = Vec::new();
@@ -622,7 +628,7 @@ impl Session {
                 Ok(()) => report.directories.push(local.display().to_string()),
                 Err(e) => {
                     let f = fail(&remote, &OpError::Client(ClientError::local(&local, e)));
-                    self.say_failure(None, &f);
+                    say_failure(self.output, None, &f);
                     report.failed.push(f);
                     bad_dirs.push(local);
                 }
@@ -710,18 +716,19 @@ impl Session {
         opts: TransferOpts,
         report: &mut Report,
     ) -> Result<(), OpError> {
+        if jobs.len() > 1 && !opts.resume {
+            return self.run_pipelined(jobs, upload, opts, report);
+        }
         let total: u64 = jobs.iter().map(|j| j.size).sum();
         let mut bars = Bars::new(self.bars && self.output == Output::Text, jobs.len(), total);
+        let single = jobs.len() == 1 && !opts.recursive;
+        let mut outcome = Ok(());
         for job in jobs {
             if self.interrupted() {
                 report.interrupted = true;
                 break;
             }
-            let (source, dest) = if upload {
-                (job.local.display().to_string(), job.remote.clone())
-            } else {
-                (job.remote.clone(), job.local.display().to_string())
-            };
+            let (source, dest) = job.names(upload);
             if let Some(b) = bars.as_mut() {
                 b.start_file(paths::base_name(&job.remote), job.size);
             }
@@ -732,54 +739,43 @@ impl Session {
                     }
                 };
                 let (local, remote, force) = (&job.local, &job.remote, opts.force);
-                if opts.resume {
-                    Err(OpError::Usage(
-                        "resume (-a, reget, reput) needs a newer client library".into(),
-                    ))
-                } else if upload {
-                    self.transfer(async |c| c.put(local, remote, force, &mut on_progress).await)
-                } else {
-                    self.transfer(async |c| c.get(remote, local, force, &mut on_progress).await)
+                match (upload, opts.resume) {
+                    (true, false) => {
+                        self.transfer(async |c| c.put(local, remote, force, &mut on_progress).await)
+                    }
+                    (true, true) => self.transfer(async |c| {
+                        c.put_resume(local, remote, force, &mut on_progress).await
+                    }),
+                    (false, false) => {
+                        self.transfer(async |c| c.get(remote, local, force, &mut on_progress).await)
+                    }
+                    (false, true) => self.transfer(async |c| {
+                        c.get_resume(remote, local, force, &mut on_progress).await
+                    }),
                 }
             };
             if let Some(b) = bars.as_mut() {
                 b.file_done(job.size);
             }
             match result {
-                Ok(t) => {
-                    self.say_done(bars.as_ref(), &dest, &t);
-                    report.bytes += t.size;
-                    report.files.push(FileReport {
-                        source,
-                        destination: dest,
-                        size: t.size,
-                        sha256: t.sha256,
-                        verified: true,
-                        seconds: t.elapsed.as_secs_f64(),
-                    });
-                }
+                Ok(t) => record_done(self.output, bars.as_ref(), report, source, dest, &t),
                 Err(OpError::Interrupted) => {
                     report.interrupted = true;
                     report.failed.push(fail(&source, &OpError::Interrupted));
                     break;
                 }
                 Err(e) if e.is_fatal() => {
-                    if let Some(b) = bars {
-                        b.finish();
-                    }
-                    return Err(e);
+                    outcome = Err(e);
+                    break;
                 }
                 Err(e) => {
                     let f = fail(&source, &e);
-                    if jobs.len() > 1 || opts.recursive {
-                        self.say_failure(bars.as_ref(), &f);
+                    if !single {
+                        say_failure(self.output, bars.as_ref(), &f);
                     }
                     report.failed.push(f);
-                    if jobs.len() == 1 && !opts.recursive {
-                        if let Some(b) = bars {
-                            b.finish();
-                        }
-                        return Err(e);
+                    if single {
+                        outcome = Err(e);
                     }
                 }
             }
@@ -787,7 +783,100 @@ impl Session {
         if let Some(b) = bars {
             b.finish();
         }
-        Ok(())
+        outcome
+    }
+
+    /// Many files with several requests in flight (`put_many` / `get_many`), so small files
+    /// do not cost a round trip each.
+    fn run_pipelined(
+        &mut self,
+        jobs: &[Job],
+        upload: bool,
+        opts: TransferOpts,
+        report: &mut Report,
+    ) -> Result<(), OpError> {
+        if self.interrupted() {
+            report.interrupted = true;
+            return Ok(());
+        }
+        let total: u64 = jobs.iter().map(|j| j.size).sum();
+        let output = self.output;
+        let bars = std::sync::Mutex::new(Bars::new(
+            self.bars && output == Output::Text,
+            jobs.len(),
+            total,
+        ));
+        let shared = std::sync::Mutex::new(std::mem::take(report));
+        let start_next = |i: usize| {
+            if let (Ok(mut b), Some(job)) = (bars.lock(), jobs.get(i))
+                && let Some(b) = b.as_mut()
+            {
+                b.start_file(paths::base_name(&job.remote), job.size);
+            }
+        };
+        start_next(0);
+        let mut on_progress = |n: u64| {
+            if let Ok(mut b) = bars.lock()
+                && let Some(b) = b.as_mut()
+            {
+                b.overall_position(n);
+            }
+        };
+        let mut on_done = |i: usize, r: Result<Transferred, ClientError>| {
+            let Some(job) = jobs.get(i) else { return };
+            let (source, dest) = job.names(upload);
+            let Ok(mut rep) = shared.lock() else { return };
+            let Ok(mut b) = bars.lock() else { return };
+            if let Some(b) = b.as_mut() {
+                b.file_done(job.size);
+            }
+            match r {
+                Ok(t) => record_done(output, b.as_ref(), &mut rep, source, dest, &t),
+                Err(ClientError::Cancelled) => {
+                    rep.interrupted = true;
+                    rep.failed.push(fail(&source, &OpError::Interrupted));
+                }
+                Err(e) => {
+                    let f = fail(&source, &OpError::Client(e));
+                    say_failure(output, b.as_ref(), &f);
+                    rep.failed.push(f);
+                }
+            }
+            drop(b);
+            start_next(i + 1);
+        };
+        let force = opts.force;
+        let result = if upload {
+            let items: Vec<(PathBuf, String)> = jobs
+                .iter()
+                .map(|j| (j.local.clone(), j.remote.clone()))
+                .collect();
+            self.transfer(async |c| {
+                c.put_many(&items, force, &mut on_progress, &mut on_done)
+                    .await
+            })
+        } else {
+            let items: Vec<(String, PathBuf)> = jobs
+                .iter()
+                .map(|j| (j.remote.clone(), j.local.clone()))
+                .collect();
+            self.transfer(async |c| {
+                c.get_many(&items, force, &mut on_progress, &mut on_done)
+                    .await
+            })
+        };
+        *report = shared.into_inner().unwrap_or_default();
+        if let Ok(Some(b)) = bars.into_inner() {
+            b.finish();
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(OpError::Interrupted) => {
+                report.interrupted = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn conclude(
@@ -806,20 +895,37 @@ impl Session {
         self.last_report = Some(report.clone());
         result.map(|()| report)
     }
+}
 
-    fn say_done(&self, bars: Option<&Bars>, name: &str, t: &Transferred) {
-        if self.output == Output::Text {
-            progress::out(bars, &transfer_line(name, t.size, t.elapsed, &t.sha256));
-        }
+fn record_done(
+    output: Output,
+    bars: Option<&Bars>,
+    report: &mut Report,
+    source: String,
+    dest: String,
+    t: &Transferred,
+) {
+    if output == Output::Text {
+        progress::out(bars, &transfer_line(&dest, t.size, t.elapsed, &t.sha256));
     }
+    report.bytes += t.size;
+    report.files.push(FileReport {
+        source,
+        destination: dest,
+        size: t.size,
+        sha256: t.sha256.clone(),
+        verified: true,
+        seconds: t.elapsed.as_secs_f64(),
+        resumed_from: t.resumed_from,
+    });
+}
 
-    fn say_failure(&self, bars: Option<&Bars>, f: &FailReport) {
-        if self.output == Output::Text {
-            progress::err(
-                bars,
-                &format!("ferry: {}: {}", for_terminal(&f.source), f.error),
-            );
-        }
+fn say_failure(output: Output, bars: Option<&Bars>, f: &FailReport) {
+    if output == Output::Text {
+        progress::err(
+            bars,
+            &format!("ferry: {}: {}", for_terminal(&f.source), f.error),
+        );
     }
 }
 

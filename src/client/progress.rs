@@ -74,6 +74,15 @@ impl Bars {
         self.maybe_show();
     }
 
+    /// Bytes of all files moved so far (pipelined transfers report only the total).
+    pub fn overall_position(&mut self, n: u64) {
+        match &self.overall {
+            Some(o) => o.set_position(n),
+            None => self.file.set_position(n),
+        }
+        self.maybe_show();
+    }
+
     /// The current file is finished (successfully or not) after `size` bytes.
     pub fn file_done(&mut self, size: u64) {
         self.done_bytes += size;

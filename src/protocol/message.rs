@@ -46,6 +46,13 @@ pub enum ClientMessage {
         id: u64,
         /// Remote path.
         path: String,
+        /// Resume: start sending at this byte; the client already holds the bytes before it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        /// With `offset`: SHA-256 of the client's first `offset` bytes. The server compares it
+        /// with its own file's prefix and refuses the resume if they differ.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_sha256: Option<String>,
     },
     /// Upload a file: the client follows with exactly `size` bytes of data frames and an `end`.
     Put {
@@ -58,6 +65,51 @@ pub enum ClientMessage {
         /// Replace an existing file of that name.
         #[serde(default)]
         overwrite: bool,
+        /// Resume: the server's kept partial upload already holds the first `offset` bytes;
+        /// data frames carry bytes `offset..size`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+        /// With `offset`: SHA-256 of the client's first `offset` bytes, compared with the
+        /// partial's before anything is appended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_sha256: Option<String>,
+    },
+    /// Size of the partial upload the server kept for `path` (after an interrupted `put`).
+    Partial {
+        /// Request id.
+        id: u64,
+        /// Remote path of the final file.
+        path: String,
+    },
+    /// The server's SHA-256 of a whole file, without downloading it.
+    Sha256 {
+        /// Request id.
+        id: u64,
+        /// Remote path.
+        path: String,
+    },
+    /// Copy a file on the server (verified like an upload).
+    Copy {
+        /// Request id.
+        id: u64,
+        /// Existing remote file.
+        from: String,
+        /// New remote path.
+        to: String,
+        /// Replace an existing file at `to`.
+        #[serde(default)]
+        overwrite: bool,
+    },
+    /// Space used and available: the user's usage and quotas, and the disk.
+    Usage {
+        /// Request id.
+        id: u64,
+    },
+    /// Stops the running `get`, `sha256` or `copy` with this id; it ends with `cancelled`.
+    /// A cancel for any other id is ignored. It has no reply of its own.
+    Cancel {
+        /// Id of the request to stop.
+        id: u64,
     },
     /// Ends the data of an upload, with the SHA-256 of exactly the bytes sent.
     End {
@@ -121,7 +173,12 @@ impl ClientMessage {
             | ClientMessage::Mkdir { id, .. }
             | ClientMessage::Rmdir { id, .. }
             | ClientMessage::Remove { id, .. }
-            | ClientMessage::Rename { id, .. } => *id,
+            | ClientMessage::Rename { id, .. }
+            | ClientMessage::Partial { id, .. }
+            | ClientMessage::Sha256 { id, .. }
+            | ClientMessage::Copy { id, .. }
+            | ClientMessage::Usage { id }
+            | ClientMessage::Cancel { id } => *id,
         })
     }
 
@@ -140,6 +197,11 @@ impl ClientMessage {
             ClientMessage::Rmdir { .. } => "rmdir",
             ClientMessage::Remove { .. } => "remove",
             ClientMessage::Rename { .. } => "rename",
+            ClientMessage::Partial { .. } => "partial",
+            ClientMessage::Sha256 { .. } => "sha256",
+            ClientMessage::Copy { .. } => "copy",
+            ClientMessage::Usage { .. } => "usage",
+            ClientMessage::Cancel { .. } => "cancel",
         }
     }
 }
@@ -178,6 +240,9 @@ pub enum ServerMessage {
         /// Whether the user may change anything (`login`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         read_only: Option<bool>,
+        /// Space used and available (`usage`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Box<Usage>>,
     },
     /// Final failure reply to request `id` (or to the session, when `id` is absent).
     Error {
@@ -196,15 +261,57 @@ pub enum ServerMessage {
         /// The entries of this page.
         entries: Vec<Entry>,
     },
-    /// Start of a download (not final): data frames of exactly `size` bytes follow.
+    /// Start of a download (not final): data frames of exactly `size - offset` bytes follow.
     File {
         /// Request id.
         id: u64,
-        /// Exact number of bytes that follow.
+        /// Size of the whole file.
         size: u64,
         /// Modification time, seconds since the Unix epoch.
         mtime: i64,
+        /// First byte sent (non-zero only when resuming).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
     },
+    /// Progress of a long request (not final): sent every few seconds while the server hashes
+    /// or copies without sending data, so the client knows it is alive.
+    Progress {
+        /// Request id.
+        id: u64,
+        /// Bytes processed so far.
+        bytes: u64,
+    },
+}
+
+/// Space used and available, as far as the server knows; absent fields are unknown or
+/// unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Bytes the user's files take (including kept partial uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    /// Number of the user's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_files: Option<u64>,
+    /// The user's byte quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// The user's file-count quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_files: Option<u64>,
+    /// Largest file the user may upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<u64>,
+    /// Free bytes on the disk that holds the home (for unprivileged users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// Size of that disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ServerMessage {
@@ -218,6 +325,7 @@ impl ServerMessage {
             count: None,
             user: None,
             read_only: None,
+            usage: None,
         }
     }
 
@@ -248,6 +356,15 @@ impl ServerMessage {
         let mut msg = Self::ok(id);
         if let ServerMessage::Ok { count: c, .. } = &mut msg {
             *c = Some(count);
+        }
+        msg
+    }
+
+    /// A success reply of `usage`.
+    pub fn ok_usage(id: u64, usage: Usage) -> Self {
+        let mut msg = Self::ok(id);
+        if let ServerMessage::Ok { usage: u, .. } = &mut msg {
+            *u = Some(Box::new(usage));
         }
         msg
     }
@@ -408,6 +525,8 @@ mod tests {
             path: "/a b/ç.txt".into(),
             size: 3,
             overwrite: false,
+            offset: 0,
+            prefix_sha256: None,
         };
         let json = serde_json::to_string(&put).unwrap();
         assert_eq!(

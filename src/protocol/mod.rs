@@ -12,8 +12,8 @@ pub use frame::{
     MAX_DATA_LEN, MAX_FRAME_LEN, MAX_FRAME_LEN_PRE_AUTH, decode_frame,
 };
 pub use message::{
-    ClientMessage, Entry, EntryKind, ErrorCode, ServerMessage, WireError, decode_client_message,
-    decode_server_message,
+    ClientMessage, Entry, EntryKind, ErrorCode, ServerMessage, Usage, WireError,
+    decode_client_message, decode_server_message,
 };
 
 /// The ALPN protocol id both ends must agree on. A connection without it is dropped.

@@ -46,6 +46,8 @@ pub struct Limits {
     pub auth_queue_timeout: Duration,
     /// How long sessions get to finish transfers after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Kept partial uploads untouched for this long are removed.
+    pub partial_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +64,7 @@ impl Default for Limits {
             auth_concurrency: cores,
             auth_queue_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(30),
+            partial_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One client session: hello, login, then requests, each phase under its own timeout.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,12 @@ impl From<FrameError> for End {
     }
 }
 
+/// Frames read ahead (while a long request watched for its `cancel`) wait here for the
+/// request loop; past these bounds the session stops reading until the request is done, so
+/// a pipelining client is slowed by TCP, not buffered without limit.
+const MAX_PENDING_FRAMES: usize = 64;
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+
 /// A logged-in session: the state every command handler works with.
 pub(super) struct Session {
     pub server: Arc<Server>,
@@ -57,9 +64,41 @@ pub(super) struct Session {
     pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
+    /// Frames that arrived during a long request and belong to later ones, oldest first.
+    pending: VecDeque<Frame>,
+    pending_bytes: usize,
 }
 
 impl Session {
+    /// Whether a long request may read ahead for a `cancel` right now.
+    pub fn can_read_ahead(&self) -> bool {
+        self.pending.len() < MAX_PENDING_FRAMES && self.pending_bytes < MAX_PENDING_BYTES
+    }
+
+    /// Takes a frame that arrived while request `id` was running. Returns true if it is a
+    /// `cancel` of `id`; a cancel of anything else is dropped (it names no running request),
+    /// and every other frame is kept, in order, for the request loop.
+    pub fn absorb(&mut self, frame: Frame, id: u64) -> bool {
+        if let Frame::Message(m) = &frame
+            && let Ok(ClientMessage::Cancel { id: target }) = decode_client_message(m)
+        {
+            return target == id;
+        }
+        self.pending_bytes += match &frame {
+            Frame::Message(b) | Frame::Data(b) => b.len(),
+        };
+        self.pending.push_back(frame);
+        false
+    }
+
+    fn take_pending(&mut self) -> Option<Frame> {
+        let frame = self.pending.pop_front()?;
+        self.pending_bytes -= match &frame {
+            Frame::Message(b) | Frame::Data(b) => b.len(),
+        };
+        Some(frame)
+    }
+
     /// Sends one message, flushed, under the stall timeout: a client that stops reading
     /// cannot hold the session forever.
     pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), End> {
@@ -73,6 +112,9 @@ impl Session {
     /// Reads the next frame of a transfer under the stall timeout. End of stream is an error
     /// here: a transfer never ends by closing the connection.
     pub async fn read_transfer_frame(&mut self) -> Result<Frame, End> {
+        if let Some(f) = self.take_pending() {
+            return Ok(f);
+        }
         let stall = self.server.limits.stall_timeout;
         match tokio::time::timeout(stall, self.reader.read_frame()).await {
             Ok(Ok(Some(f))) => Ok(f),
@@ -117,7 +159,10 @@ pub(super) async fn run(
                 jail,
                 reader,
                 writer,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
             };
+            sweep_partials(&sess);
             let end = request_loop(&mut sess, &token).await;
             log_end(peer, Some(&sess.user), &end);
             close(&mut sess.writer, server.limits.close_timeout).await;
@@ -265,6 +310,7 @@ async fn login_phase(
                     count: None,
                     user: Some(name.clone()),
                     read_only: Some(read_only),
+                    usage: None,
                 };
                 send_before(writer, ok, deadline).await?;
                 return Ok((name, read_only, jail));
@@ -357,8 +403,26 @@ async fn open_home(home: PathBuf, deadline: Instant) -> Result<Arc<Jail>, Storag
     }
 }
 
+/// Removes this user's stale kept partial uploads (in the background: login does not wait).
+fn sweep_partials(sess: &Session) {
+    let jail = Arc::clone(&sess.jail);
+    let ttl = sess.server.limits.partial_ttl;
+    let (peer, user) = (sess.peer, sess.user.clone());
+    tokio::task::spawn_blocking(move || match jail.sweep_partials(ttl) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(%peer, user, removed = n, "stale partial uploads removed"),
+        Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
+    });
+}
+
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
     loop {
+        if let Some(frame) = sess.take_pending() {
+            if let Err(end) = handle_frame(sess, frame).await {
+                return end;
+            }
+            continue;
+        }
         let idle = sess.server.limits.idle_timeout;
         let frame = tokio::select! {
             r = tokio::time::timeout(idle, sess.reader.read_frame()) => r,
@@ -384,15 +448,19 @@ async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
                 return End::Timeout("idle");
             }
         };
-        let msg = match frame {
-            Frame::Data(_) => return sess.protocol_error("data frame outside an upload").await,
-            Frame::Message(bytes) => match decode_client_message(&bytes) {
-                Ok(m) => m,
-                Err(_) => return sess.protocol_error("malformed message").await,
-            },
-        };
-        if let Err(end) = cmd::dispatch(sess, msg).await {
+        if let Err(end) = handle_frame(sess, frame).await {
             return end;
         }
     }
+}
+
+async fn handle_frame(sess: &mut Session, frame: Frame) -> Result<(), End> {
+    let msg = match frame {
+        Frame::Data(_) => return Err(sess.protocol_error("data frame outside an upload").await),
+        Frame::Message(bytes) => match decode_client_message(&bytes) {
+            Ok(m) => m,
+            Err(_) => return Err(sess.protocol_error("malformed message").await),
+        },
+    };
+    cmd::dispatch(sess, msg).await
 }

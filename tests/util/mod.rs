@@ -118,6 +118,13 @@ impl TestServer {
         self.root.join(user)
     }
 
+    /// A path in a user's home (the home is created if needed), for planting files.
+    pub fn home_file(&self, user: &str, name: &str) -> PathBuf {
+        let home = self.home(user);
+        std::fs::create_dir_all(&home).unwrap();
+        home.join(name)
+    }
+
     /// A client TLS configuration that trusts this server's CA.
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
         ferry::tls::client_config(Some(&self.ca)).unwrap()

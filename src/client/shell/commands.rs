@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::client::format::{format_entry, human_bytes, mode_string, time_string};
+use crate::client::format::{format_entry, human_bytes, mode_string, time_string, transfer_line};
 use crate::client::ops::{OpError, Session, TransferOpts, has_glob};
 use crate::client::{ClientError, paths};
-use crate::protocol::{Entry, EntryKind, ErrorCode, WireError};
+use crate::protocol::{Entry, EntryKind, ErrorCode, Usage, WireError};
 use crate::sanitize::for_terminal;
 
 /// Every command: name, usage, one line of help, more help (for `help CMD`).
@@ -400,11 +400,20 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
         }
         "cp" => {
             flags.check(cmd, "f", &[])?;
-            let [_from, _to] = args else {
+            let [from, to] = args else {
                 return Err(usage("cp"));
             };
             s.generation += 1;
-            return Err(unsupported("cp"));
+            let from = s.resolve(from);
+            let mut dest = s.resolve(to);
+            if to.ends_with('/')
+                || matches!(s.stat_opt(&dest)?, Some(e) if e.kind == EntryKind::Dir)
+            {
+                dest = paths::join(&dest, paths::base_name(&from));
+            }
+            let force = flags.has('f');
+            let t = s.call(async |c| c.copy(&from, &dest, force).await)?;
+            println!("{}", transfer_line(&dest, t.size, t.elapsed, &t.sha256));
         }
         "stat" => {
             flags.check(cmd, "", &["json"])?;
@@ -418,11 +427,18 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             if args.is_empty() {
                 return Err(usage(cmd));
             }
-            return Err(unsupported("sha256"));
+            for a in args {
+                for (path, _) in s.expand_remote(a)? {
+                    let (_, digest) = s.call(async |c| c.sha256(&path).await)?;
+                    // The sha256sum layout, so the output can be checked with `sha256sum -c`.
+                    println!("{digest}  {}", for_terminal(paths::base_name(&path)));
+                }
+            }
         }
         "df" => {
             flags.check(cmd, "h", &[])?;
-            return Err(unsupported("df"));
+            let u = s.call(async |c| c.usage().await)?;
+            df(&u);
         }
         "help" => {
             flags.check(cmd, "", &[])?;
@@ -439,8 +455,32 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
     Ok(Flow::Continue)
 }
 
-fn unsupported(cmd: &str) -> OpError {
-    OpError::Usage(format!("{cmd}: not supported by this server yet"))
+fn df(u: &Usage) {
+    let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), human_bytes);
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    println!(
+        "used:  {} in {} files",
+        show(u.used_bytes),
+        count(u.used_files)
+    );
+    println!(
+        "quota: {}, {} files{}",
+        u.quota_bytes
+            .map_or_else(|| "none".to_string(), human_bytes),
+        u.quota_files
+            .map_or_else(|| "no limit on".to_string(), |n| n.to_string()),
+        u.max_file_size
+            .map(|m| format!(", largest file {}", human_bytes(m)))
+            .unwrap_or_default()
+    );
+    if let (Some(q), Some(used)) = (u.quota_bytes, u.used_bytes) {
+        println!("left:  {}", human_bytes(q.saturating_sub(used)));
+    }
+    println!(
+        "disk:  {} free of {}",
+        show(u.disk_free_bytes),
+        show(u.disk_total_bytes)
+    );
 }
 
 fn ls(s: &mut Session, flags: &Flags, args: &[String]) -> Result<(), OpError> {

@@ -17,7 +17,7 @@ use rustyline::history::DefaultHistory;
 pub use commands::{COMMANDS, Flow};
 
 use super::ops::{OpError, Session};
-use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::sanitize::for_terminal;
 
 /// The prompt of the interactive shell.
@@ -94,16 +94,7 @@ impl Shell {
                 Err(e) => {
                     print_error(&e);
                     if !self.session.connected() {
-                        if matches!(e, OpError::Interrupted) {
-                            eprintln!(
-                                "ferry: the connection was closed to stop the transfer; \
-                                 nothing was left under the final name"
-                            );
-                        }
-                        status = match e {
-                            OpError::Interrupted => EXIT_FAILED,
-                            e => e.exit_code(),
-                        };
+                        status = e.exit_code();
                         break;
                     }
                 }
@@ -147,7 +138,7 @@ impl Shell {
                 Ok(Flow::Continue) => {
                     eprintln!("ferry: {}: interrupted", for_terminal(command.trim()));
                     self.session.close();
-                    return EXIT_FAILED;
+                    return EXIT_INTERRUPTED;
                 }
                 Ok(Flow::Quit) => break,
                 Err(e) => {

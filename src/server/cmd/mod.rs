@@ -1,14 +1,18 @@
 //! One file per command. Each handler validates its input, does the work on the blocking pool
 //! (file system calls block), and sends exactly one final reply.
 
+mod copy;
 mod get;
 mod list;
 mod mkdir;
+mod partial;
 mod put;
 mod remove;
 mod rename;
 mod rmdir;
+mod sha256;
 mod stat;
+mod usage;
 
 use super::error::{path_reply, storage_reply};
 use super::session::{End, Session};
@@ -20,13 +24,31 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
     match msg {
         ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,
         ClientMessage::List { id, path } => list::run(sess, id, path).await,
-        ClientMessage::Get { id, path } => get::run(sess, id, path).await,
+        ClientMessage::Get {
+            id,
+            path,
+            offset,
+            prefix_sha256,
+        } => get::run(sess, id, path, offset, prefix_sha256).await,
         ClientMessage::Put {
             id,
             path,
             size,
             overwrite,
-        } => put::run(sess, id, path, size, overwrite).await,
+            offset,
+            prefix_sha256,
+        } => put::run(sess, id, path, size, overwrite, offset, prefix_sha256).await,
+        ClientMessage::Partial { id, path } => partial::run(sess, id, path).await,
+        ClientMessage::Sha256 { id, path } => sha256::run(sess, id, path).await,
+        ClientMessage::Copy {
+            id,
+            from,
+            to,
+            overwrite,
+        } => copy::run(sess, id, from, to, overwrite).await,
+        ClientMessage::Usage { id } => usage::run(sess, id).await,
+        // A cancel that arrives between requests names nothing running: ignore it.
+        ClientMessage::Cancel { .. } => Ok(()),
         ClientMessage::Mkdir { id, path } => mkdir::run(sess, id, path).await,
         ClientMessage::Rmdir { id, path } => rmdir::run(sess, id, path).await,
         ClientMessage::Remove { id, path } => remove::run(sess, id, path).await,
@@ -45,6 +67,49 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
             Err(sess.protocol_error("end or abort outside an upload").await)
         }
     }
+}
+
+/// What a long request's loop sees next: its worker's next message, or the client's cancel.
+pub(super) enum Next<T> {
+    /// The worker's next message (`None`: the worker ended).
+    Work(Option<T>),
+    /// The client cancelled this request.
+    Cancelled,
+}
+
+/// Waits for the worker of request `id` while watching the connection for a `cancel`; other
+/// frames that arrive meanwhile are kept for later requests (up to a bound, then the session
+/// simply stops reading until this request is done).
+pub(super) async fn next_or_cancel<T>(
+    sess: &mut Session,
+    id: u64,
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+) -> Result<Next<T>, End> {
+    loop {
+        let frame = tokio::select! {
+            msg = rx.recv() => return Ok(Next::Work(msg)),
+            frame = sess.reader.read_frame(), if sess.can_read_ahead() => frame,
+        };
+        match frame {
+            Ok(Some(f)) => {
+                if sess.absorb(f, id) {
+                    return Ok(Next::Cancelled);
+                }
+            }
+            Ok(None) => return Err(End::ClientGone),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The partial-upload key of `path` for `user`: partials are per user and per target.
+pub(super) fn partial_key(user: &str, path: &RemotePath) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0]);
+    h.update(path.to_string().as_bytes());
+    crate::protocol::hex_digest(&h.finalize())[..32].to_string()
 }
 
 /// Runs blocking file system work on the blocking pool.

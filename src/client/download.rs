@@ -1,0 +1,390 @@
+//! Downloads: one file (`get`), a resumed one (`get_resume`), and many pipelined
+//! (`get_many`). Data goes to a hidden partial beside the target, written and hashed on the
+//! blocking pool, and is renamed into place only after the server's digest matched.
+
+use std::collections::VecDeque;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::ClientError;
+use super::connection::{Connection, Progress, Transferred, read_frame_from, timed, unexpected};
+use super::local::Partial;
+use crate::protocol::{
+    ClientMessage, ErrorCode, Frame, ServerMessage, WireError, decode_server_message, hex_digest,
+};
+use crate::transfer::{hash_prefix, is_hex_digest};
+
+/// Downloads requested ahead by `get_many`.
+const PIPELINE_DEPTH: usize = 32;
+
+enum ToWriter {
+    Data(Bytes),
+    Finish,
+}
+
+/// How the local writer thread ended.
+enum Written {
+    /// Everything written; the digest of the whole file (prefix included).
+    Finished(Partial, String),
+    /// Stopped before `Finish`: kept or dropped by the caller.
+    Interrupted(Partial),
+    /// Writing failed (the partial is removed).
+    Failed(std::io::Error),
+}
+
+/// A download prepared on the local side: its partial, opened and locked.
+struct Target {
+    local: PathBuf,
+    partial: Partial,
+    offset: u64,
+    hasher: Sha256,
+}
+
+impl Connection {
+    /// Downloads `remote` to `local` (a file path; the caller resolves directories). Never
+    /// replaces an existing `local` unless `overwrite`.
+    pub async fn get(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        overwrite: bool,
+        progress: Progress<'_>,
+    ) -> Result<Transferred, ClientError> {
+        let started = Instant::now();
+        let target = prepare(local, overwrite, false).await?;
+        let id = self.id();
+        self.send(&get_request(id, remote, &target)).await?;
+        self.receive(id, target, overwrite, false, progress, started)
+            .await
+    }
+
+    /// Resumes an interrupted download: the hidden partial beside `local` is kept, the server
+    /// checks the SHA-256 of that prefix against its file (and refuses on a difference), only
+    /// the rest is sent, and the whole file is verified at the end.
+    pub async fn get_resume(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        overwrite: bool,
+        progress: Progress<'_>,
+    ) -> Result<Transferred, ClientError> {
+        let started = Instant::now();
+        let target = prepare(local, overwrite, true).await?;
+        progress(target.offset);
+        let id = self.id();
+        self.send(&get_request(id, remote, &target)).await?;
+        self.receive(id, target, overwrite, false, progress, started)
+            .await
+    }
+
+    /// Downloads many files with up to [`PIPELINE_DEPTH`] requests in flight. `on_done` is
+    /// called for every item, in order. An `Err` from this call means the connection broke
+    /// (or the batch was cancelled); items not reported were not committed.
+    pub async fn get_many(
+        &mut self,
+        items: &[(String, PathBuf)],
+        overwrite: bool,
+        progress: Progress<'_>,
+        on_done: &mut (dyn FnMut(usize, Result<Transferred, ClientError>) + Send),
+    ) -> Result<(), ClientError> {
+        let mut next = 0;
+        let mut in_flight: VecDeque<(usize, u64, Target, Instant)> = VecDeque::new();
+        let mut done_bytes = 0u64;
+        loop {
+            while in_flight.len() < PIPELINE_DEPTH
+                && next < items.len()
+                && !self.cancel.is_cancelled()
+            {
+                let index = next;
+                next += 1;
+                let (remote, local) = &items[index];
+                let started = Instant::now();
+                match prepare(local, overwrite, false).await {
+                    Ok(target) => {
+                        let id = self.id();
+                        self.writer
+                            .queue_message(&get_request(id, remote, &target))?;
+                        in_flight.push_back((index, id, target, started));
+                    }
+                    Err(e) => {
+                        if in_flight.is_empty() {
+                            on_done(index, Err(e));
+                        } else {
+                            // Report in order: after the ones already in flight.
+                            next = index;
+                            break;
+                        }
+                    }
+                }
+            }
+            timed(self.writer.flush()).await??;
+            let Some((index, id, target, started)) = in_flight.pop_front() else {
+                break;
+            };
+            let base = done_bytes;
+            let mut file_progress = |n: u64| progress(base + n);
+            let cancelled = self.cancel.is_cancelled();
+            match self
+                .receive(
+                    id,
+                    target,
+                    overwrite,
+                    cancelled,
+                    &mut file_progress,
+                    started,
+                )
+                .await
+            {
+                Ok(t) => {
+                    done_bytes += t.size;
+                    on_done(index, Ok(t));
+                }
+                Err(ClientError::Cancelled) => {
+                    if in_flight.is_empty() {
+                        return Err(ClientError::Cancelled);
+                    }
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => on_done(index, Err(e)),
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return Err(ClientError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Receives one download (after its request went out) into `target`, then verifies and
+    /// commits it. With `cancel_now`, or when the cancel switch flips, the server is asked to
+    /// stop and the result is `Cancelled`.
+    async fn receive(
+        &mut self,
+        id: u64,
+        target: Target,
+        overwrite: bool,
+        cancel_now: bool,
+        progress: Progress<'_>,
+        started: Instant,
+    ) -> Result<Transferred, ClientError> {
+        let Target {
+            local,
+            partial,
+            offset,
+            hasher,
+        } = target;
+        let size = match self.read_message().await? {
+            ServerMessage::File {
+                id: rid,
+                size,
+                offset: o,
+                ..
+            } if rid == id => {
+                if o != offset || o > size {
+                    return Err(ClientError::Protocol(format!(
+                        "asked to resume at {offset}, server starts at {o}"
+                    )));
+                }
+                size
+            }
+            ServerMessage::Error {
+                id: rid,
+                code,
+                message,
+            } if rid == Some(id) || rid.is_none() => {
+                return Err(ClientError::Remote(WireError { code, message }));
+            }
+            other => return Err(unexpected(&other)),
+        };
+
+        let (tx, rx) = mpsc::channel::<ToWriter>(4);
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(partial, hasher, rx));
+        let cancel = self.cancel.clone();
+        let mut cancel_sent = false;
+        if cancel_now {
+            self.send(&ClientMessage::Cancel { id }).await?;
+            cancel_sent = true;
+        }
+        let mut received = offset;
+        let outcome: Result<String, ClientError> = loop {
+            let frame = tokio::select! {
+                f = read_frame_from(&mut self.reader) => f,
+                () = cancel.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    if let Err(e) = self.send(&ClientMessage::Cancel { id }).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
+            };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => break Err(e),
+            };
+            match frame {
+                Frame::Data(bytes) => {
+                    received += bytes.len() as u64;
+                    if received > size {
+                        break Err(ClientError::Protocol(
+                            "server sent more data than it announced".into(),
+                        ));
+                    }
+                    if tx.send(ToWriter::Data(bytes)).await.is_err() {
+                        // The writer failed; its error is reported below. Stop the server.
+                        break Err(ClientError::Cancelled);
+                    }
+                    progress(received);
+                }
+                Frame::Message(m) => match decode_server_message(&m) {
+                    Ok(ServerMessage::Progress { .. }) => {}
+                    Ok(ServerMessage::Ok {
+                        id: rid,
+                        sha256: Some(remote_sha),
+                        ..
+                    }) if rid == id => {
+                        if received != size || !is_hex_digest(&remote_sha) {
+                            break Err(ClientError::Protocol(format!(
+                                "server announced {size} bytes and sent {received}"
+                            )));
+                        }
+                        break Ok(remote_sha);
+                    }
+                    Ok(ServerMessage::Error {
+                        id: rid,
+                        code,
+                        message,
+                    }) if rid == Some(id) || rid.is_none() => {
+                        break Err(if code == ErrorCode::Cancelled && cancel_sent {
+                            ClientError::Cancelled
+                        } else {
+                            ClientError::Remote(WireError { code, message })
+                        });
+                    }
+                    Ok(other) => break Err(unexpected(&other)),
+                    Err(_) => break Err(ClientError::Protocol("malformed message".into())),
+                },
+            }
+        };
+
+        let remote_sha = match outcome {
+            Ok(sha) => {
+                let finished = tx.send(ToWriter::Finish).await.is_ok();
+                drop(tx);
+                match writer.await {
+                    Ok(Written::Finished(partial, local_sha)) if finished => {
+                        if local_sha != sha {
+                            drop(partial); // removes it: it is not the server's file
+                            return Err(ClientError::Integrity {
+                                local: local_sha,
+                                remote: sha,
+                            });
+                        }
+                        commit(partial, &local, overwrite).await?;
+                        return Ok(Transferred {
+                            size,
+                            sha256: sha,
+                            elapsed: started.elapsed(),
+                            resumed_from: offset,
+                        });
+                    }
+                    Ok(Written::Failed(e)) => return Err(ClientError::local(&local, e)),
+                    _ => {
+                        return Err(ClientError::local(
+                            &local,
+                            std::io::Error::other("writer ended"),
+                        ));
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        // Not verified: keep what arrived for a resume if the transfer was merely
+        // interrupted; anything else (a refusal, a protocol error) starts over next time.
+        drop(tx);
+        let written = writer.await;
+        let interrupted = matches!(
+            remote_sha,
+            ClientError::Cancelled | ClientError::ConnectionLost | ClientError::Timeout
+        );
+        match written {
+            Ok(Written::Interrupted(mut partial)) if interrupted && received > 0 => partial.keep(),
+            Ok(Written::Failed(e)) => return Err(ClientError::local(&local, e)),
+            _ => {}
+        }
+        Err(remote_sha)
+    }
+}
+
+fn get_request(id: u64, remote: &str, target: &Target) -> ClientMessage {
+    ClientMessage::Get {
+        id,
+        path: remote.to_string(),
+        offset: target.offset,
+        prefix_sha256: (target.offset > 0).then(|| hex_digest(&target.hasher.clone().finalize())),
+    }
+}
+
+/// Checks the local side and opens the partial; with `resume`, hashes what it holds.
+async fn prepare(local: &Path, overwrite: bool, resume: bool) -> Result<Target, ClientError> {
+    if !overwrite && std::fs::symlink_metadata(local).is_ok() {
+        return Err(ClientError::LocalExists(local.to_path_buf()));
+    }
+    let path = local.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (mut partial, offset) =
+            Partial::open(&path, resume).map_err(|e| ClientError::local(&path, e))?;
+        let mut hasher = Sha256::new();
+        if offset > 0 {
+            let file = partial.file();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| hash_prefix(file, offset, &mut hasher, |_| {}))
+                .and_then(|()| file.seek(SeekFrom::Start(offset)).map(|_| ()))
+                .map_err(|e| ClientError::local(&path, e))?;
+            // Kept on failure from here on: the bytes are still good for the next try.
+            partial.keep();
+        }
+        Ok(Target {
+            local: path,
+            partial,
+            offset,
+            hasher,
+        })
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(e.to_string()))?
+}
+
+async fn commit(partial: Partial, local: &Path, overwrite: bool) -> Result<(), ClientError> {
+    let path = local.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        partial.commit(overwrite).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => ClientError::LocalExists(path.clone()),
+            _ => ClientError::local(&path, e),
+        })
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(e.to_string()))?
+}
+
+fn write_and_hash(
+    mut partial: Partial,
+    mut hasher: Sha256,
+    mut rx: mpsc::Receiver<ToWriter>,
+) -> Written {
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            ToWriter::Data(bytes) => {
+                if let Err(e) = partial.write_all(&bytes) {
+                    return Written::Failed(e);
+                }
+                hasher.update(&bytes);
+            }
+            ToWriter::Finish => return Written::Finished(partial, hex_digest(&hasher.finalize())),
+        }
+    }
+    Written::Interrupted(partial)
+}

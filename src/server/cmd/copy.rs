@@ -1,0 +1,143 @@
+//! `copy`: a server-side copy, committed like an upload: a temp file beside the target,
+//! hashed while written, fsynced, renamed without overwrite unless asked, directory fsynced.
+//! Long copies report `progress`; the client may `cancel` (nothing appears then).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::super::session::{End, Session};
+use super::{Next, blocking, next_or_cancel, parse_path, refuse_read_only, reply_storage};
+use crate::jail::{StorageError, TempFile};
+use crate::protocol::{DATA_CHUNK_LEN, EntryKind, ErrorCode, ServerMessage, hex_digest};
+use crate::transfer::PROGRESS_INTERVAL;
+
+enum Copied {
+    Progress(u64),
+    Done(TempFile, String),
+    Failed(StorageError),
+    Shrunk,
+}
+
+pub(super) async fn run(
+    sess: &mut Session,
+    id: u64,
+    from: String,
+    to: String,
+    overwrite: bool,
+) -> Result<(), End> {
+    let Some(from) = parse_path(sess, id, &from).await? else {
+        return Ok(());
+    };
+    let Some(to) = parse_path(sess, id, &to).await? else {
+        return Ok(());
+    };
+    if refuse_read_only(sess, id).await? {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let shown = format!("{from} -> {to}");
+    let jail = Arc::clone(&sess.jail);
+    let opened = blocking(move || {
+        let (file, entry) = jail.open_read(&from)?;
+        if to.is_root() {
+            return Err(StorageError::IsADirectory);
+        }
+        match jail.lstat(&to) {
+            Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory),
+            Ok(_) if !overwrite => return Err(StorageError::AlreadyExists),
+            Ok(_) | Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        Ok((file, entry.size, jail.create_temp(&to)?))
+    })
+    .await;
+    let (file, size, temp) = match opened {
+        Ok(o) => o,
+        Err(e) => return reply_storage(sess, id, "copy", &e).await,
+    };
+    let (tx, mut rx) = mpsc::channel::<Copied>(4);
+    tokio::task::spawn_blocking(move || copy_file(file, size, temp, &tx));
+    loop {
+        match next_or_cancel(sess, id, &mut rx).await? {
+            Next::Cancelled => {
+                // The worker sees the closed channel and drops (removes) its temp.
+                drop(rx);
+                let msg = ServerMessage::error(Some(id), ErrorCode::Cancelled, "copy cancelled");
+                return sess.send(&msg).await;
+            }
+            Next::Work(Some(Copied::Progress(bytes))) => {
+                sess.send(&ServerMessage::Progress { id, bytes }).await?;
+            }
+            Next::Work(Some(Copied::Done(temp, sha))) => {
+                return match blocking(move || temp.commit(overwrite)).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            peer = %sess.peer, user = %sess.user, op = "copy", path = %shown,
+                            bytes = size, sha256 = %sha, ms = started.elapsed().as_millis() as u64,
+                            "copy ok"
+                        );
+                        sess.send(&ServerMessage::ok_transfer(id, size, sha)).await
+                    }
+                    Err(e) => reply_storage(sess, id, "copy", &e).await,
+                };
+            }
+            Next::Work(Some(Copied::Failed(e))) => {
+                return reply_storage(sess, id, "copy", &e).await;
+            }
+            Next::Work(Some(Copied::Shrunk)) => {
+                let msg = ServerMessage::error(
+                    Some(id),
+                    ErrorCode::SizeMismatch,
+                    "source changed on the server during the copy",
+                );
+                return sess.send(&msg).await;
+            }
+            Next::Work(None) => return Err(End::Internal("copier ended without a result".into())),
+        }
+    }
+}
+
+/// Copies exactly `size` bytes into `temp`, hashing them, then fsyncs.
+fn copy_file(mut file: std::fs::File, size: u64, mut temp: TempFile, tx: &mpsc::Sender<Copied>) {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; DATA_CHUNK_LEN];
+    let mut done = 0u64;
+    let mut last = std::time::Instant::now();
+    while done < size {
+        if tx.is_closed() {
+            return; // cancelled or the session is gone: dropping `temp` removes it
+        }
+        let want = (size - done).min(buf.len() as u64) as usize;
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => {
+                let _ = tx.blocking_send(Copied::Shrunk);
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Copied::Failed(StorageError::from_io(e)));
+                return;
+            }
+        };
+        if let Err(e) = temp.file().write_all(&buf[..n]) {
+            let _ = tx.blocking_send(Copied::Failed(StorageError::from_io(e)));
+            return;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        if last.elapsed() >= PROGRESS_INTERVAL {
+            let _ = tx.blocking_send(Copied::Progress(done));
+            last = std::time::Instant::now();
+        }
+    }
+    let msg = match temp.sync() {
+        Ok(()) => Copied::Done(temp, hex_digest(&hasher.finalize())),
+        Err(e) => Copied::Failed(e),
+    };
+    let _ = tx.blocking_send(msg);
+}
