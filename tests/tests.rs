@@ -4,7 +4,9 @@
 mod util;
 
 mod cli;
+mod oneshot;
 mod protocol;
 mod resume;
 mod security;
 mod transfers;
+mod trust;
