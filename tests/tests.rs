@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod interrupt;
 mod oneshot;
 mod protocol;
 mod resume;
