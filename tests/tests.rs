@@ -9,5 +9,6 @@ mod oneshot;
 mod protocol;
 mod resume;
 mod security;
+mod shell;
 mod transfers;
 mod trust;
