@@ -730,7 +730,7 @@ fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            eprintln!("ferry: {}", e.for_terminal());
             ExitCode::from(e.exit_code())
         }
     };
@@ -769,12 +769,12 @@ fn finish_oneshot(
             o.insert("ok".into(), serde_json::Value::Bool(result.is_ok()));
             o.insert("exit_code".into(), serde_json::Value::from(code));
             if let Err(e) = &result {
-                o.insert("error".into(), serde_json::Value::String(e.to_string()));
+                o.insert("error".into(), serde_json::Value::String(e.for_terminal()));
             }
         }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else if let Err(e) = &result {
-        eprintln!("ferry: {e}");
+        eprintln!("ferry: {}", e.for_terminal());
     }
     session.close();
     drop(rt);
@@ -787,7 +787,7 @@ fn usage_error(msg: &str) -> Result<ExitCode> {
 }
 
 fn client_failure(e: &ClientError) -> ExitCode {
-    eprintln!("ferry: {e}");
+    eprintln!("ferry: {}", client::ops::terminal_text(e));
     ExitCode::from(e.exit_code())
 }
 

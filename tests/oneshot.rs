@@ -250,6 +250,16 @@ fn globs_on_both_sides() {
     let out = oneshot(&w, &["put", "*.none", "alice@127.0.0.1:"]);
     out.expect_code(1);
 
+    // A name with glob characters that exists as written is taken literally.
+    std::fs::write(w.alice_home().join("report [draft].txt"), b"draft").unwrap();
+    let out = w.session("alice", ALICE_PW, "get \"report [draft].txt\" got/\n");
+    out.expect_ok();
+    assert_eq!(
+        std::fs::read(dest.join("report [draft].txt")).unwrap(),
+        b"draft"
+    );
+    std::fs::remove_file(w.alice_home().join("report [draft].txt")).unwrap();
+
     // rm with a glob, sha256 of a file without downloading it.
     let out = w.session("alice", ALICE_PW, "rm 2026-*\nsha256 2025-12.csv\n");
     out.expect_ok();

@@ -28,7 +28,7 @@ pub enum OpError {
     #[error(transparent)]
     Client(#[from] ClientError),
     /// Ctrl-C.
-    #[error("interrupted")]
+    #[error("interrupted (nothing was committed; reget/reput resumes)")]
     Interrupted,
     /// Some files of a multi-file transfer failed (each was reported as it happened).
     #[error("{failed} of {total} items failed")]
@@ -63,6 +63,28 @@ impl OpError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, OpError::Client(e) if e.is_fatal())
     }
+
+    /// The message, safe for a terminal (see [`terminal_text`]).
+    pub fn for_terminal(&self) -> String {
+        match self {
+            OpError::Client(e) => terminal_text(e),
+            e => terminal_text(e),
+        }
+    }
+}
+
+/// An error as text for a terminal. A server's own words are escaped whole (they may carry
+/// escape sequences or line breaks meant to fake output); ferry's own messages keep their line
+/// breaks and nothing else.
+pub fn terminal_text(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(ClientError::Remote(_)) = e.downcast_ref::<ClientError>() {
+        return for_terminal(&e.to_string()).into_owned();
+    }
+    e.to_string()
+        .split('\n')
+        .map(|l| for_terminal(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A remote error made up on the client side, for checks it does itself.
@@ -364,6 +386,11 @@ impl Session {
             found = next;
         }
         if found.is_empty() {
+            // `report [draft].pdf` is a name, not a pattern, if it exists as written.
+            let literal = self.resolve(arg);
+            if let Some(e) = self.stat_opt(&literal)? {
+                return Ok(vec![(literal, Some(e))]);
+            }
             return Err(remote_error(
                 ErrorCode::NotFound,
                 format!("no match for {}", for_terminal(arg)),
@@ -977,7 +1004,7 @@ fn finish(
 fn fail(source: &str, e: &OpError) -> FailReport {
     FailReport {
         source: source.to_string(),
-        error: e.to_string(),
+        error: e.for_terminal(),
         exit_code: e.exit_code(),
     }
 }
@@ -1166,6 +1193,10 @@ pub fn expand_local(arg: &str) -> Result<Vec<PathBuf>, ClientError> {
         found = next;
     }
     if found.is_empty() {
+        // A name with '[' or '*' in it is taken as written if it exists.
+        if std::fs::symlink_metadata(arg).is_ok() {
+            return Ok(vec![PathBuf::from(arg)]);
+        }
         return Err(ClientError::local(
             Path::new(arg),
             std::io::Error::new(std::io::ErrorKind::NotFound, "no match"),
@@ -1346,6 +1377,18 @@ mod tests {
         assert_eq!(found, [dir.path().join("sub/d.log")]);
         assert!(expand_local(&format!("{base}/*.none")).is_err());
         assert_eq!(expand_local("plain").unwrap(), [PathBuf::from("plain")]);
+    }
+
+    #[test]
+    fn server_words_are_escaped_whole_and_ours_keep_their_lines() {
+        let remote = OpError::Client(ClientError::Remote(WireError {
+            code: ErrorCode::NotFound,
+            message: "gone\n\x1b[2Jferry: fake line".into(),
+        }));
+        let text = remote.for_terminal();
+        assert!(!text.contains('\n') && !text.contains('\x1b'), "{text}");
+        let ours = OpError::Client(ClientError::Tls("line one\nline\x07two".into()));
+        assert_eq!(ours.for_terminal(), "tls: line one\nline\\u{7}two");
     }
 
     #[test]

@@ -142,7 +142,11 @@ impl Shell {
                 }
                 Ok(Flow::Quit) => break,
                 Err(e) => {
-                    eprintln!("ferry: {}: {e}", for_terminal(command.trim()));
+                    eprintln!(
+                        "ferry: {}: {}",
+                        for_terminal(command.trim()),
+                        e.for_terminal()
+                    );
                     let stop = !tolerant
                         || e.is_fatal()
                         || interrupted
@@ -166,5 +170,5 @@ pub fn execute_line(session: &mut Session, line: &str) -> Result<(), OpError> {
 }
 
 fn print_error(e: &OpError) {
-    eprintln!("ferry: {e}");
+    eprintln!("ferry: {}", e.for_terminal());
 }
