@@ -9,12 +9,14 @@
 //! - `config`: `config.toml` host aliases, XDG directories.
 //! - `progress`, `format`: bars on stderr, result lines on stdout.
 //! - `interrupt`: Ctrl-C cancels the running command.
-//! - `local`, `paths`: local temp files, remote path arithmetic.
+//! - `glob`: `*`, `?`, `[...]` matching and local expansion.
+//! - `local`, `paths`: local partial files, remote path arithmetic.
 
 pub mod config;
 pub mod connection;
 mod download;
 pub mod format;
+pub mod glob;
 pub mod interrupt;
 pub mod local;
 pub mod open;
