@@ -829,11 +829,11 @@ impl Session {
         }
         let total: u64 = jobs.iter().map(|j| j.size).sum();
         let output = self.output;
-        let bars = std::sync::Mutex::new(Bars::new(
-            self.bars && output == Output::Text,
-            jobs.len(),
-            total,
-        ));
+        let mut bars = Bars::new(self.bars && output == Output::Text, jobs.len(), total);
+        if let Some(b) = bars.as_mut() {
+            b.pipelined();
+        }
+        let bars = std::sync::Mutex::new(bars);
         let shared = std::sync::Mutex::new(std::mem::take(report));
         let start_next = |i: usize| {
             if let (Ok(mut b), Some(job)) = (bars.lock(), jobs.get(i))

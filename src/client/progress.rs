@@ -57,6 +57,12 @@ impl Bars {
         })
     }
 
+    /// Several files are in flight and only the total is known: the file line shows just
+    /// the name of the current file.
+    pub fn pipelined(&mut self) {
+        self.file.set_style(style("{spinner} {msg}"));
+    }
+
     /// A new current file.
     pub fn start_file(&mut self, name: &str, size: u64) {
         self.file.set_length(size);
