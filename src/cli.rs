@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -70,7 +71,7 @@ enum Command {
         is printed once.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
         file.\n\nExample:\n  ferry serve --listen 0.0.0.0:7443 --users users.toml --root data"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Open an interactive session (or run commands from stdin or a batch file).
     #[command(long_about = concat!("Open a session with a server.\n\n\
         On a terminal this is an interactive shell with a `ferry> ` prompt: line editing, \
@@ -217,6 +218,62 @@ struct ServeArgs {
     /// Server private key (PEM).
     #[arg(long, value_name = "FILE", default_value = "certs/server.key")]
     key: PathBuf,
+    /// Log format on stderr: text, or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_connections: usize,
+    /// Connections at once from one IPv4 address or IPv6 /64.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    max_connections_per_source: usize,
+    /// Logged-in sessions at once per user.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_sessions_per_user: usize,
+    /// Password checks (argon2, ~19 MiB each) at once [default: number of CPU cores].
+    #[arg(long, value_name = "N")]
+    auth_concurrency: Option<usize>,
+    /// From TCP accept to a finished TLS handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// From the handshake to a successful login.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    login_timeout: Duration,
+    /// Longest wait for the next request of a logged-in session.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Longest a transfer may go without progress.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// How long transfers in flight may finish after SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// Interrupted uploads kept for resume are removed after this long untouched.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    partial_ttl: Duration,
+}
+
+/// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 5m, 2h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" | "min" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]
@@ -319,7 +376,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Certs(a) => certs(a),
         Command::User(u) => user(u),
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Connect(a) => connect(a),
         Command::Get(a) => oneshot_get(a),
         Command::Put(a) => oneshot_put(a),
@@ -401,7 +458,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
-    init_server_logging();
+    init_server_logging(a.log_format == "json");
     prepare_certs(&a.cert, &a.key)?;
     let db = prepare_users(&a.users)?;
     create_private_dir(&a.root)
@@ -424,7 +481,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         println!("server certificate fingerprint: {fingerprint}");
         std::io::stdout().flush()?;
         tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
-        let reload = tokio::spawn(reload_on_sighup(Arc::clone(&server), a.users.clone()));
+        let reload = tokio::spawn(reload_on_sighup(
+            Arc::clone(&server),
+            a.users.clone(),
+            a.cert.clone(),
+            a.key.clone(),
+        ));
         crate::server::run(server, listener, shutdown_signal()).await?;
         reload.abort();
         Ok::<_, anyhow::Error>(())
@@ -433,15 +495,21 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_server_logging() {
+fn init_server_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        // One JSON object per line; audit events carry target "ferry::audit".
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// First start: when neither the certificate nor the key exists, create dev certificates in
@@ -532,23 +600,49 @@ async fn shutdown_signal() {
     }
 }
 
-async fn reload_on_sighup(server: Arc<crate::server::Server>, path: PathBuf) {
+/// SIGHUP reloads the users file and the certificate. Each is replaced only if the new one
+/// loads completely; otherwise the error is logged and the old one stays in force. Sessions
+/// already logged in are not touched.
+async fn reload_on_sighup(
+    server: Arc<crate::server::Server>,
+    users: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || UserDb::load(&p)).await {
-            Ok(Ok(db)) => {
+        let (u, c, k) = (users.clone(), cert.clone(), key.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            (UserDb::load(&u), crate::tls::server_config(&c, &k))
+        })
+        .await;
+        let Ok((db, tls)) = loaded else {
+            tracing::error!("reload failed");
+            continue;
+        };
+        match db {
+            Ok(db) => {
                 let n = db.len();
                 server.replace_users(db);
                 tracing::info!(users = n, "users file reloaded");
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "users file not reloaded; the previous one stays in force");
+            Err(e) => tracing::error!(
+                error = %e,
+                "users file not reloaded; the previous one stays in force"
+            ),
+        }
+        match tls {
+            Ok(tls) => {
+                server.replace_tls(tls);
+                tracing::info!(cert = %cert.display(), "certificate reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "users reload failed"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "certificate not reloaded; the previous one stays in force"
+            ),
         }
     }
 }

@@ -27,7 +27,7 @@ use cap_std::fs::{Dir, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::protocol::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_LEN};
+use crate::protocol::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 
 /// Names starting with this prefix (ASCII case-insensitively) belong to the server.
 pub const RESERVED_PREFIX: &str = ".ferry-";
@@ -83,6 +83,9 @@ pub enum PathError {
     /// [`RemotePath::join`] was given something other than one file name.
     #[error("not a single file name")]
     NotAName,
+    /// More than [`MAX_PATH_DEPTH`] components.
+    #[error("path too deep")]
+    TooDeep,
 }
 
 /// A validated remote path: '/'-separated, relative to the home. `"/"` and `""` are the home.
@@ -109,6 +112,9 @@ impl RemotePath {
             .filter(|c| !c.is_empty() && *c != ".")
             .map(|c| check_component(c).map(|()| c.to_owned()))
             .collect::<Result<Vec<_>, _>>()?;
+        if components.len() > MAX_PATH_DEPTH {
+            return Err(PathError::TooDeep);
+        }
         Ok(RemotePath { components })
     }
 
@@ -150,6 +156,9 @@ impl RemotePath {
         check_component(name)?;
         if self.display_len() + 1 + name.len() > MAX_PATH_LEN {
             return Err(PathError::TooLong);
+        }
+        if self.components.len() >= MAX_PATH_DEPTH {
+            return Err(PathError::TooDeep);
         }
         let mut components = self.components.clone();
         components.push(name.to_owned());
@@ -517,14 +526,20 @@ impl Jail {
         Err(StorageError::AlreadyExists)
     }
 
-    /// Removes the kept partial upload `key`; a missing one is fine.
-    pub fn remove_partial(&self, key: &str) -> Result<(), StorageError> {
+    /// Removes the kept partial upload `key`; returns its size, `None` if there was none.
+    pub fn remove_partial(&self, key: &str) -> Result<Option<u64>, StorageError> {
         check_partial_key(key)?;
         let Some(dir) = self.partials_dir(false)? else {
-            return Ok(());
+            return Ok(None);
+        };
+        let size = match dir.symlink_metadata(key) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
         match rustix::fs::unlinkat(&dir, key, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Ok(()) => Ok(Some(size)),
+            Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -583,6 +598,30 @@ impl Jail {
             Err(e) => return Err(e.into()),
         }
         Ok(Some(self.home.open_dir(PARTIALS_DIR)?))
+    }
+
+    /// Bytes and regular files under the home (temp files and kept partials included; symlinks
+    /// are not followed). Walks with an explicit stack, so depth cannot exhaust the thread's.
+    pub fn usage_walk(&self) -> Result<(u64, u64), StorageError> {
+        let (mut bytes, mut files) = (0u64, 0u64);
+        let mut stack = vec![self.home.try_clone()?];
+        while let Some(dir) = stack.pop() {
+            for item in dir.entries()? {
+                let Ok(item) = item else { continue };
+                let Ok(ft) = item.file_type() else { continue };
+                if ft.is_dir() {
+                    if let Ok(sub) = item.open_dir() {
+                        stack.push(sub);
+                    }
+                } else if ft.is_file()
+                    && let Ok(m) = item.metadata()
+                {
+                    bytes = bytes.saturating_add(m.len());
+                    files += 1;
+                }
+            }
+        }
+        Ok((bytes, files))
     }
 
     /// Free and total bytes of the file system holding the home, as an unprivileged user
@@ -1723,5 +1762,22 @@ mod tests {
             let shown = format!("{e} / {e:?}");
             assert!(!shown.contains(&tmp), "{shown}");
         }
+    }
+
+    #[test]
+    fn depth_is_capped() {
+        let deep = vec!["d"; MAX_PATH_DEPTH].join("/");
+        assert_eq!(
+            RemotePath::parse(&deep).unwrap().components().len(),
+            MAX_PATH_DEPTH
+        );
+        assert_eq!(
+            RemotePath::parse(&format!("{deep}/x")).unwrap_err(),
+            PathError::TooDeep
+        );
+        assert_eq!(
+            RemotePath::parse(&deep).unwrap().join("x").unwrap_err(),
+            PathError::TooDeep
+        );
     }
 }

@@ -60,7 +60,8 @@ const RANDOM_PASSWORD_LEN: usize = 20;
 const RANDOM_PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
 
 /// Fields a user table may have; anything else is an error.
-const USER_FIELDS: &str = "`password`, `home` or `read_only`";
+const USER_FIELDS: &str =
+    "`password`, `home`, `read_only`, `quota_bytes`, `quota_files` or `max_file_size`";
 
 /// What [`UserDb::parse`] calls the text in its error messages.
 const UNNAMED_SOURCE: &str = "users file";
@@ -204,9 +205,21 @@ pub struct User {
     pub home: Option<PathBuf>,
     /// May list and get, never change anything.
     pub read_only: bool,
+    /// Most bytes the user's files may take (kept partial uploads and uploads in flight
+    /// included); `None` is unlimited.
+    pub quota_bytes: Option<u64>,
+    /// Most files the user may have; `None` is unlimited.
+    pub quota_files: Option<u64>,
+    /// Largest single file the user may upload; `None` is unlimited.
+    pub max_file_size: Option<u64>,
 }
 
 impl User {
+    /// Whether any quota or size limit applies to this user.
+    pub fn has_limits(&self) -> bool {
+        self.quota_bytes.is_some() || self.quota_files.is_some() || self.max_file_size.is_some()
+    }
+
     /// The user's home directory, given the server's root directory.
     pub fn home_dir(&self, root: &Path) -> PathBuf {
         match &self.home {
@@ -226,6 +239,9 @@ impl fmt::Debug for User {
             .field("password_hash", &"<argon2id>")
             .field("home", &self.home)
             .field("read_only", &self.read_only)
+            .field("quota_bytes", &self.quota_bytes)
+            .field("quota_files", &self.quota_files)
+            .field("max_file_size", &self.max_file_size)
             .finish()
     }
 }
@@ -747,6 +763,7 @@ fn parse_user(name: &str, fields: &dyn TableLike) -> Result<User, FieldError> {
     let mut password_hash = None;
     let mut home = None;
     let mut read_only = false;
+    let (mut quota_bytes, mut quota_files, mut max_file_size) = (None, None, None);
     for (field, item) in fields.iter() {
         let span = fields.key(field).and_then(|k| k.span());
         let wrong = |what: &str| {
@@ -777,6 +794,27 @@ fn parse_user(name: &str, fields: &dyn TableLike) -> Result<User, FieldError> {
                 home = Some(PathBuf::from(dir));
             }
             "read_only" => read_only = item.as_bool().ok_or_else(|| wrong("true or false"))?,
+            "quota_bytes" | "max_file_size" => {
+                let what = "a byte count: a number, or a string like \"10 GiB\"";
+                let n = match (item.as_integer(), item.as_str()) {
+                    (Some(n), _) => u64::try_from(n).ok(),
+                    (_, Some(text)) => parse_size(text),
+                    _ => None,
+                }
+                .ok_or_else(|| wrong(what))?;
+                if field == "quota_bytes" {
+                    quota_bytes = Some(n);
+                } else {
+                    max_file_size = Some(n);
+                }
+            }
+            "quota_files" => {
+                let n = item
+                    .as_integer()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| wrong("a non-negative integer"))?;
+                quota_files = Some(n);
+            }
             _ => {
                 return Err((
                     format!(
@@ -795,7 +833,42 @@ fn parse_user(name: &str, fields: &dyn TableLike) -> Result<User, FieldError> {
         password_hash,
         home,
         read_only,
+        quota_bytes,
+        quota_files,
+        max_file_size,
     })
+}
+
+/// Parses a size such as `"500"`, `"10 GiB"`, `"1.5G"` or `"200 MB"`: `K`/`M`/`G`/`T` and
+/// `KiB`..`TiB` are powers of 1024, `KB`..`TB` powers of 1000, `B` or nothing is bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    if number.is_empty() || number.starts_with('.') {
+        return None;
+    }
+    if let Ok(n) = number.parse::<u64>() {
+        return n.checked_mul(factor);
+    }
+    let value: f64 = number.parse().ok()?;
+    let bytes = value * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// The `users` table of a document being edited, created (as an implicit table, so no bare
@@ -1483,5 +1556,50 @@ read_only = true
         let text = include_str!("../users.example.toml");
         let db = UserDb::parse(text).unwrap();
         assert!(!db.is_empty());
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("500"), Some(500));
+        assert_eq!(parse_size("10 GiB"), Some(10 << 30));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("200 MB"), Some(200_000_000));
+        assert_eq!(parse_size("4k"), Some(4096));
+        for bad in [
+            "",
+            "G",
+            "-1",
+            "1 XB",
+            ".5G",
+            "1e9",
+            "99999999999999999999 TiB",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_parse_and_bad_ones_are_named() {
+        let h = hash_password_with(&Password::new("pw".into()), 64, 1, 1).unwrap();
+        let db = UserDb::parse(&format!(
+            "[users.carol]\npassword = \"{h}\"\nquota_bytes = \"1 MiB\"\nquota_files = 5\nmax_file_size = 1000\n"
+        ))
+        .unwrap();
+        let carol = db.get("carol").unwrap();
+        assert_eq!(carol.quota_bytes, Some(1 << 20));
+        assert_eq!(carol.quota_files, Some(5));
+        assert_eq!(carol.max_file_size, Some(1000));
+        assert!(carol.has_limits());
+        for bad in [
+            "quota_bytes = \"lots\"",
+            "quota_files = -1",
+            "max_file_size = true",
+        ] {
+            let err = UserDb::parse(&format!("[users.carol]\npassword = \"{h}\"\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let field = bad.split(' ').next().unwrap();
+            assert!(err.contains(field), "{err}");
+        }
     }
 }

@@ -123,7 +123,7 @@ async fn overlong_password_is_refused_without_hashing() {
     // Give alice a hash that costs real time, so that hashing shows in the reply times. The
     // dummy hash for unknown users takes the same parameters (UserDb::load makes it).
     let (hash, cost) = costly_hash("alice-pw", Duration::from_millis(200));
-    let file = server.dir.path().join("costly-users.toml");
+    let file = server.dir().join("costly-users.toml");
     users::add_user(&file, "alice", &hash, None, false).unwrap();
     server.server.replace_users(UserDb::load(&file).unwrap());
 
@@ -866,7 +866,7 @@ impl World {
         server.connect("bob", "bob-pw").await.close().await.unwrap();
         let bob = server.home("bob");
         std::fs::write(bob.join("bob-secret.txt"), BOB_SECRET).unwrap();
-        let outside = server.dir.path().join("outside");
+        let outside = server.dir().join("outside");
         std::fs::create_dir_all(outside.join("sub")).unwrap();
         std::fs::create_dir_all(outside.join("sub2")).unwrap();
         std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
@@ -879,8 +879,8 @@ impl World {
         std::fs::write(&upload, b"attack payload").unwrap();
         let mut forbidden = vec!["os error".to_string()];
         for p in [
-            server.dir.path().to_path_buf(),
-            server.dir.path().canonicalize().unwrap(),
+            server.dir().to_path_buf(),
+            server.dir().canonicalize().unwrap(),
         ] {
             forbidden.push(p.to_string_lossy().into_owned());
         }

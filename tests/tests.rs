@@ -7,6 +7,7 @@ mod cli;
 mod interrupt;
 mod oneshot;
 mod protocol;
+mod quota;
 mod resume;
 mod security;
 mod shell;

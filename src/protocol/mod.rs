@@ -31,6 +31,9 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 /// Longest accepted remote path, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 
+/// Most components in a remote path (directory depth).
+pub const MAX_PATH_DEPTH: usize = 256;
+
 /// Longest accepted path component (one file or directory name), in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 

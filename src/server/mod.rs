@@ -7,12 +7,14 @@
 
 mod cmd;
 mod error;
+pub mod quota;
 mod session;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +40,10 @@ pub struct Limits {
     pub close_timeout: Duration,
     /// Connections served at once; further ones are closed at accept.
     pub max_connections: usize,
+    /// Connections at once from one source (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// Logged-in sessions at once per user.
+    pub max_sessions_per_user: usize,
     /// Failed logins allowed on one connection before it is closed.
     pub max_auth_attempts: u32,
     /// argon2 verifications running at once (each holds ~19 MiB).
@@ -60,6 +66,8 @@ impl Default for Limits {
             stall_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
             max_connections: 512,
+            max_connections_per_source: 20,
+            max_sessions_per_user: 16,
             max_auth_attempts: 3,
             auth_concurrency: cores,
             auth_queue_timeout: Duration::from_secs(20),
@@ -71,7 +79,8 @@ impl Default for Limits {
 
 /// Everything a running server needs; shared by all sessions.
 pub struct Server {
-    tls: TlsAcceptor,
+    /// Swapped whole when certificates are reloaded; handshakes in progress keep theirs.
+    tls: RwLock<TlsAcceptor>,
     /// Swapped whole on reload; sessions take a snapshot at login.
     users: RwLock<Arc<UserDb>>,
     root: PathBuf,
@@ -81,6 +90,76 @@ pub struct Server {
     auth_permits: Semaphore,
     /// One permit per live connection.
     conn_permits: Arc<Semaphore>,
+    /// Usage of the homes of users with quotas, shared by their sessions.
+    accounts: quota::Accounts,
+    /// Live connections per source.
+    per_source: Counter<IpAddr>,
+    /// Logged-in sessions per user.
+    per_user: Counter<String>,
+}
+
+/// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
+#[derive(Debug)]
+pub(crate) struct Counter<K: std::hash::Hash + Eq + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Default for Counter<K> {
+    fn default() -> Self {
+        Counter {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Counter<K> {
+    /// Takes a slot for `key` unless `max` are taken already.
+    pub(crate) fn take(&self, key: K, max: usize) -> Option<Slot<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: Arc::clone(&self.counts),
+            key,
+        })
+    }
+}
+
+/// One counted connection or session; dropping it gives the count back.
+#[derive(Debug)]
+pub(crate) struct Slot<K: std::hash::Hash + Eq + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The unit limits and penalties apply to: an IPv4 address, or an IPv6 /64 (one customer's
+/// network; a single host can use any address in it).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -101,11 +180,14 @@ impl Server {
         limits: Limits,
     ) -> Arc<Server> {
         Arc::new(Server {
-            tls: TlsAcceptor::from(tls),
+            tls: RwLock::new(TlsAcceptor::from(tls)),
             users: RwLock::new(Arc::new(users)),
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            accounts: quota::Accounts::default(),
+            per_source: Counter::default(),
+            per_user: Counter::default(),
             limits,
         })
     }
@@ -117,6 +199,16 @@ impl Server {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(users);
+    }
+
+    /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.
+    pub fn replace_tls(&self, tls: Arc<rustls::ServerConfig>) {
+        let mut guard = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        *guard = TlsAcceptor::from(tls);
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn users(&self) -> Arc<UserDb> {
@@ -146,6 +238,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let sweeper = tokio::spawn(sweep_partials_periodically(Arc::clone(&server)));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -166,13 +259,23 @@ pub async fn run(
             drop(stream);
             continue;
         };
+        let source = source_of(peer.ip());
+        let Some(slot) = server
+            .per_source
+            .take(source, server.limits.max_connections_per_source)
+        else {
+            tracing::warn!(%peer, "connection refused: too many connections from this source");
+            drop(stream);
+            continue;
+        };
         let server = Arc::clone(&server);
         let token = token.clone();
         tracker.spawn(async move {
             handle_connection(server, stream, peer, token).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
+    sweeper.abort();
     tracing::info!("shutting down: no new connections; waiting for sessions");
     tracker.close();
     // Idle sessions end at once; transfers in flight get the grace period.
@@ -186,6 +289,32 @@ pub async fn run(
     Ok(())
 }
 
+/// Sweeps stale partial uploads of every user once an hour (logins sweep their own too), so
+/// the partials of users who never come back do not stay forever.
+async fn sweep_partials_periodically(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&server);
+        let _ = tokio::task::spawn_blocking(move || {
+            let db = s.users();
+            for user in db.users() {
+                let home = user.home_dir(&s.root);
+                let Ok(jail) = crate::jail::Jail::open(&home, false) else {
+                    continue;
+                };
+                match jail.sweep_partials(s.limits.partial_ttl) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(user = %user.name, removed = n, "stale partial uploads removed"),
+                    Err(e) => tracing::warn!(user = %user.name, error = %e, "sweeping partial uploads failed"),
+                }
+            }
+        })
+        .await;
+    }
+}
+
 async fn handle_connection(
     server: Arc<Server>,
     stream: TcpStream,
@@ -194,7 +323,7 @@ async fn handle_connection(
 ) {
     let _ = stream.set_nodelay(true);
     tracing::info!(%peer, "connected");
-    let handshake = server.tls.accept(stream);
+    let handshake = server.acceptor().accept(stream);
     let tls = match tokio::time::timeout(server.limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Server, cmd};
+use super::{Server, cmd, quota};
 use crate::jail::{Jail, StorageError};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
@@ -55,6 +55,16 @@ impl From<FrameError> for End {
 const MAX_PENDING_FRAMES: usize = 64;
 const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a final reply said, kept for the audit log.
+#[derive(Debug, Clone)]
+pub(super) struct Final {
+    pub id: u64,
+    /// `ok` or the error code.
+    pub result: &'static str,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
 /// A logged-in session: the state every command handler works with.
 pub(super) struct Session {
     pub server: Arc<Server>,
@@ -64,6 +74,14 @@ pub(super) struct Session {
     pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
+    /// The user's quota and size limits.
+    pub limits: quota::Limits,
+    /// Usage of the home, when the user has limits (shared with the user's other sessions).
+    pub account: Option<Arc<quota::Account>>,
+    /// This session's place in the per-user session count.
+    _user_slot: super::Slot<String>,
+    /// The last final reply sent, for the audit line of the request it answered.
+    pub last_final: Option<Final>,
     /// Frames that arrived during a long request and belong to later ones, oldest first.
     pending: VecDeque<Frame>,
     pending_bytes: usize,
@@ -102,6 +120,29 @@ impl Session {
     /// Sends one message, flushed, under the stall timeout: a client that stops reading
     /// cannot hold the session forever.
     pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        match msg {
+            ServerMessage::Ok {
+                id, size, sha256, ..
+            } => {
+                self.last_final = Some(Final {
+                    id: *id,
+                    result: "ok",
+                    size: *size,
+                    sha256: sha256.clone(),
+                });
+            }
+            ServerMessage::Error {
+                id: Some(id), code, ..
+            } => {
+                self.last_final = Some(Final {
+                    id: *id,
+                    result: code.as_str(),
+                    size: None,
+                    sha256: None,
+                });
+            }
+            _ => {}
+        }
         let stall = self.server.limits.stall_timeout;
         match tokio::time::timeout(stall, self.writer.send_message(msg)).await {
             Ok(r) => Ok(r?),
@@ -149,7 +190,14 @@ pub(super) async fn run(
         () = token.cancelled() => Err(End::Shutdown),
     };
     let end = match login {
-        Ok((user, read_only, jail)) => {
+        Ok(LoggedIn {
+            user,
+            read_only,
+            jail,
+            limits,
+            account,
+            slot,
+        }) => {
             reader.set_max_len(MAX_FRAME_LEN);
             let mut sess = Session {
                 server: Arc::clone(&server),
@@ -159,10 +207,13 @@ pub(super) async fn run(
                 jail,
                 reader,
                 writer,
+                limits,
+                account,
+                _user_slot: slot,
+                last_final: None,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
             };
-            sweep_partials(&sess);
             let end = request_loop(&mut sess, &token).await;
             log_end(peer, Some(&sess.user), &end);
             close(&mut sess.writer, server.limits.close_timeout).await;
@@ -235,6 +286,16 @@ async fn send_before(
     }
 }
 
+/// What a successful login phase yields.
+struct LoggedIn {
+    user: String,
+    read_only: bool,
+    jail: Arc<Jail>,
+    limits: quota::Limits,
+    account: Option<Arc<quota::Account>>,
+    slot: super::Slot<String>,
+}
+
 /// Hello, then up to `max_auth_attempts` logins. Returns the user and their opened home.
 async fn login_phase(
     server: &Arc<Server>,
@@ -242,7 +303,7 @@ async fn login_phase(
     writer: &mut FrameWriter<WriteHalf<Stream>>,
     peer: SocketAddr,
     deadline: Instant,
-) -> Result<(String, bool, Arc<Jail>), End> {
+) -> Result<LoggedIn, End> {
     match read_before(reader, deadline).await? {
         ClientMessage::Hello { versions, software } => {
             if !versions.contains(&PROTOCOL_VERSION) {
@@ -287,8 +348,24 @@ async fn login_phase(
                 send_before(writer, msg, deadline).await?;
                 return Err(End::Timeout("waiting for a login slot"));
             }
-            Verdict::Allowed { read_only, home } => {
-                let jail = match open_home(home, deadline).await {
+            Verdict::Allowed {
+                read_only,
+                home,
+                limits,
+            } => {
+                let max = server.limits.max_sessions_per_user;
+                let Some(slot) = server.per_user.take(name.clone(), max) else {
+                    tracing::warn!(%peer, user = %name, "login refused: too many sessions");
+                    let msg = ServerMessage::error(
+                        Some(id),
+                        ErrorCode::Busy,
+                        format!("too many sessions for this user (at most {max})"),
+                    );
+                    send_before(writer, msg, deadline).await?;
+                    return Err(End::Protocol("too many sessions for the user".into()));
+                };
+                let opened = open_home(server, home, limits, peer, &name, deadline).await;
+                let (jail, account) = match opened {
                     Ok(j) => j,
                     Err(e) => {
                         tracing::error!(%peer, user = %name, error = %e, "cannot open home");
@@ -301,7 +378,7 @@ async fn login_phase(
                         return Err(End::Internal("home unavailable".into()));
                     }
                 };
-                tracing::info!(%peer, user = %name, "login ok");
+                tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
                 let ok = ServerMessage::Ok {
                     id,
                     size: None,
@@ -313,15 +390,24 @@ async fn login_phase(
                     usage: None,
                 };
                 send_before(writer, ok, deadline).await?;
-                return Ok((name, read_only, jail));
+                return Ok(LoggedIn {
+                    user: name,
+                    read_only,
+                    jail,
+                    limits,
+                    account,
+                    slot,
+                });
             }
             Verdict::Denied => {
                 failures += 1;
                 tracing::warn!(
+                    target: "ferry::audit",
+                    event = "login",
                     %peer,
                     user = %crate::sanitize::for_log(&name),
                     attempt = failures,
-                    "login failed"
+                    result = "auth_failed"
                 );
                 // One generic message whether the user exists or not.
                 let msg =
@@ -340,6 +426,7 @@ enum Verdict {
     Allowed {
         read_only: bool,
         home: PathBuf,
+        limits: quota::Limits,
     },
     Denied,
     /// No argon2 slot became free in time; nothing was checked.
@@ -387,32 +474,45 @@ async fn authenticate(
         Some(u) if verified => Verdict::Allowed {
             read_only: u.read_only,
             home: u.home_dir(&server.root),
+            limits: quota::Limits::of(u),
         },
         _ => Verdict::Denied,
     })
 }
 
-async fn open_home(home: PathBuf, deadline: Instant) -> Result<Arc<Jail>, StorageError> {
-    let open = tokio::task::spawn_blocking(move || Jail::open(&home, true));
+/// Opens (creating on first login) the home, sweeps stale partial uploads, and for a user
+/// with limits, opens the shared usage account (counting the home if it is the first session).
+async fn open_home(
+    server: &Arc<Server>,
+    home: PathBuf,
+    limits: quota::Limits,
+    peer: SocketAddr,
+    user: &str,
+    deadline: Instant,
+) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), StorageError> {
+    let server = Arc::clone(server);
+    let user = user.to_string();
+    let open = tokio::task::spawn_blocking(move || {
+        let jail = Jail::open(&home, true)?;
+        match jail.sweep_partials(server.limits.partial_ttl) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%peer, user, removed = n, "stale partial uploads removed"),
+            Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
+        }
+        let account = if limits == quota::Limits::default() {
+            None
+        } else {
+            Some(server.accounts.open(home, &jail)?)
+        };
+        Ok((Arc::new(jail), account))
+    });
     match tokio::time::timeout_at(deadline, open).await {
-        Ok(Ok(r)) => r.map(Arc::new),
+        Ok(Ok(r)) => r,
         Ok(Err(join)) => Err(StorageError::Io(std::io::Error::other(join))),
         Err(_) => Err(StorageError::Io(std::io::Error::from(
             std::io::ErrorKind::TimedOut,
         ))),
     }
-}
-
-/// Removes this user's stale kept partial uploads (in the background: login does not wait).
-fn sweep_partials(sess: &Session) {
-    let jail = Arc::clone(&sess.jail);
-    let ttl = sess.server.limits.partial_ttl;
-    let (peer, user) = (sess.peer, sess.user.clone());
-    tokio::task::spawn_blocking(move || match jail.sweep_partials(ttl) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(%peer, user, removed = n, "stale partial uploads removed"),
-        Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
-    });
 }
 
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {

@@ -54,7 +54,8 @@ pub const USERS: &[TestUser] = &[
 /// A running server and the temp world around it.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// The temp world; `None` only while it moves to a restarted server.
+    pub dir: Option<tempfile::TempDir>,
     pub ca: PathBuf,
     pub root: PathBuf,
     pub users_file: PathBuf,
@@ -72,7 +73,7 @@ impl TestServer {
     /// Starts a server with [`USERS`] and the given limits.
     pub async fn start_with(limits: Limits) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+        ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
         let users_file = dir.path().join("users.toml");
         for u in USERS {
             let hash = users::hash_password_with(
@@ -84,10 +85,24 @@ impl TestServer {
             .unwrap();
             users::add_user(&users_file, u.name, &hash, None, u.read_only).unwrap();
         }
+        // carol has limits: 1 MiB, 5 files, 600,000 bytes a file.
+        let hash = cheap_hash("carol-pw");
+        let mut text = std::fs::read_to_string(&users_file).unwrap();
+        text.push_str(&format!(
+            "\n[users.carol]\npassword = \"{hash}\"\nquota_bytes = \"1 MiB\"\n\
+             quota_files = 5\nmax_file_size = 600000\n"
+        ));
+        std::fs::write(&users_file, text).unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        Self::start_in(dir, limits).await
+    }
+
+    /// Starts a server on an existing world (certs, users file and data from an earlier one).
+    pub async fn start_in(dir: tempfile::TempDir, limits: Limits) -> TestServer {
+        let certs = ferry::certs::CertPaths::in_dir(&dir.path().join("certs"));
+        let users_file = dir.path().join("users.toml");
         let root = dir.path().join("data");
-        std::fs::create_dir(&root).unwrap();
-        let tls =
-            ferry::tls::server_config(&certs.paths.server_cert, &certs.paths.server_key).unwrap();
+        let tls = ferry::tls::server_config(&certs.server_cert, &certs.server_key).unwrap();
         let db = UserDb::load(&users_file).unwrap();
         let server = Server::new(tls, db, root.clone(), limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -103,14 +118,31 @@ impl TestServer {
         });
         TestServer {
             addr,
-            ca: certs.paths.ca_cert.clone(),
-            dir,
+            ca: certs.ca_cert.clone(),
+            dir: Some(dir),
             root,
             users_file,
             server,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Stops this server and starts a new one on the same certificates, users and data.
+    pub async fn restart(mut self, limits: Limits) -> TestServer {
+        let dir = self.dir.take().unwrap();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        Self::start_in(dir, limits).await
+    }
+
+    /// The temp directory holding this server's world (certs, users file, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap()
     }
 
     /// The home directory of a user.
@@ -271,6 +303,17 @@ impl Raw {
             "{reply:?}"
         );
     }
+}
+
+/// An argon2id hash of `password` with [`CHEAP`] parameters.
+pub fn cheap_hash(password: &str) -> String {
+    users::hash_password_with(
+        &Password::new(password.to_string()),
+        CHEAP.0,
+        CHEAP.1,
+        CHEAP.2,
+    )
+    .unwrap()
 }
 
 /// Writes `len` pseudo-random bytes (seeded, so failures reproduce) to `path`.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::super::session::{End, Session};
-use super::{Next, blocking, next_or_cancel, parse_path, refuse_read_only, reply_storage};
+use super::{
+    Next, blocking, next_or_cancel, parse_path, quota_reply, refuse_read_only, reply_storage,
+};
 use crate::jail::{StorageError, TempFile};
 use crate::protocol::{DATA_CHUNK_LEN, EntryKind, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::PROGRESS_INTERVAL;
@@ -38,26 +39,37 @@ pub(super) async fn run(
     if refuse_read_only(sess, id).await? {
         return Ok(());
     }
-    let started = Instant::now();
-    let shown = format!("{from} -> {to}");
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
         let (file, entry) = jail.open_read(&from)?;
         if to.is_root() {
             return Err(StorageError::IsADirectory);
         }
-        match jail.lstat(&to) {
+        let replaced = match jail.lstat(&to) {
             Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory),
             Ok(_) if !overwrite => return Err(StorageError::AlreadyExists),
-            Ok(_) | Err(StorageError::NotFound) => {}
+            Ok(e) => Some(e.size),
+            Err(StorageError::NotFound) => None,
             Err(e) => return Err(e),
-        }
-        Ok((file, entry.size, jail.create_temp(&to)?))
+        };
+        Ok((file, entry.size, replaced, jail.create_temp(&to)?))
     })
     .await;
-    let (file, size, temp) = match opened {
+    let (file, size, replaced, temp) = match opened {
         Ok(o) => o,
         Err(e) => return reply_storage(sess, id, "copy", &e).await,
+    };
+    let reservation = match &sess.account {
+        Some(a) => match a.reserve(
+            &sess.limits,
+            size,
+            size.saturating_sub(replaced.unwrap_or(0)),
+            replaced.is_none(),
+        ) {
+            Ok(r) => Some(r),
+            Err(refused) => return sess.send(&quota_reply(id, &refused, size)).await,
+        },
+        None => None,
     };
     let (tx, mut rx) = mpsc::channel::<Copied>(4);
     tokio::task::spawn_blocking(move || copy_file(file, size, temp, &tx));
@@ -75,11 +87,9 @@ pub(super) async fn run(
             Next::Work(Some(Copied::Done(temp, sha))) => {
                 return match blocking(move || temp.commit(overwrite)).await {
                     Ok(()) => {
-                        tracing::info!(
-                            peer = %sess.peer, user = %sess.user, op = "copy", path = %shown,
-                            bytes = size, sha256 = %sha, ms = started.elapsed().as_millis() as u64,
-                            "copy ok"
-                        );
+                        if let Some(r) = reservation {
+                            r.commit(size, replaced.unwrap_or(0), 0);
+                        }
                         sess.send(&ServerMessage::ok_transfer(id, size, sha)).await
                     }
                     Err(e) => reply_storage(sess, id, "copy", &e).await,

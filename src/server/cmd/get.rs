@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::super::session::{End, Session};
 use super::{Next, blocking, next_or_cancel, parse_path, reply_storage};
@@ -54,7 +53,6 @@ pub(super) async fn run(
         );
         return sess.send(&msg).await;
     }
-    let started = Instant::now();
     sess.send(&ServerMessage::File {
         id,
         size,
@@ -121,17 +119,6 @@ pub(super) async fn run(
             }
             ReadChunk::Progress(bytes) => sess.send(&ServerMessage::Progress { id, bytes }).await?,
             ReadChunk::Done(sha256) => {
-                tracing::info!(
-                    peer = %sess.peer,
-                    user = %sess.user,
-                    op = "get",
-                    path = %shown,
-                    bytes = size - offset,
-                    offset,
-                    sha256 = %sha256,
-                    ms = started.elapsed().as_millis() as u64,
-                    "transfer ok"
-                );
                 return sess
                     .send(&ServerMessage::ok_transfer(id, size, sha256))
                     .await;

@@ -19,8 +19,61 @@ use super::session::{End, Session};
 use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-/// Runs one request to its final reply. `Err` ends the session.
+/// Runs one request to its final reply, then writes its audit line if it moved or changed
+/// data. `Err` ends the session.
 pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
+    let audited = match &msg {
+        ClientMessage::Get { id, path, .. } | ClientMessage::Put { id, path, .. } => {
+            Some((*id, msg.op(), path.clone()))
+        }
+        ClientMessage::Copy { id, from, to, .. } | ClientMessage::Rename { id, from, to, .. } => {
+            Some((*id, msg.op(), format!("{from} -> {to}")))
+        }
+        ClientMessage::Mkdir { id, path }
+        | ClientMessage::Rmdir { id, path }
+        | ClientMessage::Remove { id, path } => Some((*id, msg.op(), path.clone())),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    sess.last_final = None;
+    let result = run(sess, msg).await;
+    if let Some((id, op, path)) = audited {
+        audit(sess, id, op, &path, started, &result);
+    }
+    result
+}
+
+/// One audit line per transfer or change: who, from where, what, how much, the digest, how
+/// long, and how it ended. Paths are escaped; nothing secret is in it.
+fn audit(
+    sess: &Session,
+    id: u64,
+    op: &'static str,
+    path: &str,
+    started: std::time::Instant,
+    result: &Result<(), End>,
+) {
+    let fin = sess.last_final.as_ref().filter(|f| f.id == id);
+    let outcome = match (fin, result) {
+        (Some(f), _) => f.result,
+        (None, Ok(())) => "ok",
+        (None, Err(_)) => "disconnected",
+    };
+    tracing::info!(
+        target: "ferry::audit",
+        event = "request",
+        peer = %sess.peer,
+        user = %sess.user,
+        op,
+        path = %crate::sanitize::for_log(path),
+        bytes = fin.and_then(|f| f.size),
+        sha256 = fin.and_then(|f| f.sha256.as_deref()),
+        ms = started.elapsed().as_millis() as u64,
+        result = outcome,
+    );
+}
+
+async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
     match msg {
         ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,
         ClientMessage::List { id, path } => list::run(sess, id, path).await,
@@ -139,6 +192,22 @@ pub(super) async fn parse_path(
     }
 }
 
+/// The reply for an upload or copy that does not fit the user's limits.
+pub(super) fn quota_reply(id: u64, refused: &super::quota::Refused, size: u64) -> ServerMessage {
+    match refused {
+        super::quota::Refused::TooLarge(max) => ServerMessage::error(
+            Some(id),
+            ErrorCode::TooLarge,
+            format!("a file of {size} bytes exceeds your maximum file size of {max} bytes"),
+        ),
+        super::quota::Refused::Quota(which) => ServerMessage::error(
+            Some(id),
+            ErrorCode::QuotaExceeded,
+            format!("{size} more bytes would exceed your {which}"),
+        ),
+    }
+}
+
 /// Sends the reply for a storage error.
 pub(super) async fn reply_storage(
     sess: &mut Session,
@@ -178,12 +247,8 @@ where
         return Ok(());
     }
     let jail = std::sync::Arc::clone(&sess.jail);
-    let shown = path.to_string();
     match blocking(move || f(&jail, &path)).await {
-        Ok(()) => {
-            tracing::info!(peer = %sess.peer, user = %sess.user, op, path = %shown, "ok");
-            sess.send(&ServerMessage::ok(id)).await
-        }
+        Ok(()) => sess.send(&ServerMessage::ok(id)).await,
         Err(e) => reply_storage(sess, id, op, &e).await,
     }
 }

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
+use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, partial_key, refuse_read_only, reply_storage};
+use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
 use crate::jail::{Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
@@ -46,6 +46,7 @@ enum Written {
 /// Why an upload was refused before any data was written.
 enum Refusal {
     Storage(StorageError),
+    Quota(quota::Refused),
     /// A resume that cannot proceed, with the code and message for the client.
     Resume(ErrorCode, String),
 }
@@ -93,22 +94,40 @@ pub(super) async fn run(
             return discard(sess, id, expected).await;
         }
     };
-    let started = Instant::now();
     let key = partial_key(&sess.user, &target);
     let jail = Arc::clone(&sess.jail);
     let (t, k) = (target.clone(), key.clone());
-    let setup =
-        tokio::task::spawn_blocking(move || prepare(&jail, &t, &k, overwrite, offset, prefix))
-            .await
-            .unwrap_or_else(|e| {
-                Err(Refusal::Storage(StorageError::Io(std::io::Error::other(
-                    e.to_string(),
-                ))))
-            });
-    let (temp, hasher) = match setup {
+    let account = sess.account.clone();
+    let limits = sess.limits;
+    let request = Request {
+        size,
+        overwrite,
+        offset,
+        prefix,
+    };
+    let setup = tokio::task::spawn_blocking(move || {
+        prepare(&jail, &t, &k, &request, account.as_ref(), &limits)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Refusal::Storage(StorageError::Io(std::io::Error::other(
+            e.to_string(),
+        ))))
+    });
+    let Prepared {
+        temp,
+        hasher,
+        replaced,
+        reservation,
+        mut debt,
+    } = match setup {
         Ok(s) => s,
         Err(Refusal::Storage(e)) => {
             reply_storage(sess, id, "put", &e).await?;
+            return discard(sess, id, expected).await;
+        }
+        Err(Refusal::Quota(r)) => {
+            sess.send(&quota_reply(id, &r, size)).await?;
             return discard(sess, id, expected).await;
         }
         Err(Refusal::Resume(code, message)) => {
@@ -122,14 +141,24 @@ pub(super) async fn run(
     let (tx, rx) = mpsc::channel::<ToWriter>(4);
     let writer = tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx));
     let jail = Arc::clone(&sess.jail);
-    let keep = |written: Result<Written, tokio::task::JoinError>, kept_bytes: u64| {
-        let (jail, key) = (Arc::clone(&jail), key.clone());
+    let account = sess.account.clone();
+    // Keeps an interrupted upload as a partial; returns true if it did (the partial then
+    // carries whatever a resumed one already held: its debt is settled).
+    let keep = |written: Result<Written, tokio::task::JoinError>, new_bytes: u64, total: u64| {
+        let (jail, key, account) = (Arc::clone(&jail), key.clone(), account.clone());
         async move {
             if let Ok(Written::Interrupted(temp)) = written
-                && kept_bytes > 0
+                && total > 0
+                && blocking(move || temp.keep_as_partial(&jail, &key))
+                    .await
+                    .is_ok()
             {
-                let _ = blocking(move || temp.keep_as_partial(&jail, &key)).await;
+                if let Some(a) = &account {
+                    a.add(new_bytes, u64::from(offset == 0));
+                }
+                return true;
             }
+            false
         }
     };
 
@@ -140,8 +169,10 @@ pub(super) async fn run(
             Err(end) => {
                 drop(tx);
                 let written = writer.await;
-                if matches!(end, End::ClientGone | End::Timeout(_)) {
-                    keep(written, offset + received).await;
+                if matches!(end, End::ClientGone | End::Timeout(_))
+                    && keep(written, received, offset + received).await
+                {
+                    debt.settle();
                 }
                 return Err(end);
             }
@@ -169,6 +200,8 @@ pub(super) async fn run(
                         Ok(Written::Failed(e)) => e,
                         _ => StorageError::Io(std::io::Error::other("writer ended")),
                     };
+                    // Release held quota before the client hears the outcome.
+                    drop((reservation, debt));
                     reply_storage(sess, id, "put", &err).await?;
                     return discard(sess, id, expected - received).await;
                 }
@@ -192,8 +225,12 @@ pub(super) async fn run(
     let declared = match ending {
         Ending::Abort => {
             drop(tx);
-            keep(writer.await, offset + received).await;
+            if keep(writer.await, received, offset + received).await {
+                debt.settle();
+            }
             let msg = ServerMessage::error(Some(id), ErrorCode::Cancelled, "upload cancelled");
+            // Release held quota before the client hears the outcome.
+            drop((reservation, debt));
             return sess.send(&msg).await;
         }
         Ending::End(sha) => sha,
@@ -206,6 +243,8 @@ pub(super) async fn run(
             ErrorCode::SizeMismatch,
             format!("declared {size} bytes, received {}", offset + received),
         );
+        // Release held quota before the client hears the outcome.
+        drop((reservation, debt));
         return sess.send(&msg).await;
     }
     let finished = tx.send(ToWriter::Finish).await.is_ok();
@@ -215,9 +254,14 @@ pub(super) async fn run(
     });
     let (temp, actual) = match written {
         Written::Finished(temp, actual) if finished => (temp, actual),
-        Written::Failed(e) => return reply_storage(sess, id, "put", &e).await,
+        Written::Failed(e) => {
+            drop((reservation, debt));
+            return reply_storage(sess, id, "put", &e).await;
+        }
         _ => {
             let e = StorageError::Io(std::io::Error::other("writer ended early"));
+            // Release held quota before the client hears the outcome.
+            drop((reservation, debt));
             return reply_storage(sess, id, "put", &e).await;
         }
     };
@@ -240,53 +284,130 @@ pub(super) async fn run(
                 crate::sanitize::for_log(&declared)
             ),
         );
+        // Release held quota before the client hears the outcome.
+        drop((reservation, debt));
         return sess.send(&msg).await;
     }
     match blocking(move || temp.commit(overwrite)).await {
         Ok(()) => {
-            tracing::info!(
-                peer = %sess.peer,
-                user = %sess.user,
-                op = "put",
-                path = %target,
-                bytes = received,
-                offset,
-                size,
-                sha256 = %actual,
-                ms = started.elapsed().as_millis() as u64,
-                "transfer ok"
-            );
+            if let Some(r) = reservation {
+                // The resumed partial's bytes were counted already: only the rest is new.
+                let removed_files = u64::from(offset > 0 && replaced.is_some());
+                r.commit(size - offset, replaced.unwrap_or(0), removed_files);
+            }
+            debt.settle();
             sess.send(&ServerMessage::ok_transfer(id, size, actual))
                 .await
         }
-        Err(e) => reply_storage(sess, id, "put", &e).await,
+        Err(e) => {
+            drop((reservation, debt));
+            reply_storage(sess, id, "put", &e).await
+        }
     }
 }
 
-/// Checks the target and opens the temp file: a fresh one, or the kept partial after its
-/// prefix matched. Returns the temp (positioned for appending) and the hash so far.
+/// What the client asked for, as far as preparing the upload cares.
+struct Request {
+    size: u64,
+    overwrite: bool,
+    offset: u64,
+    prefix: Option<String>,
+}
+
+/// An upload ready to receive data.
+struct Prepared {
+    temp: TempFile,
+    /// The hash of what the temp already holds (a resumed partial's prefix).
+    hasher: Sha256,
+    /// Size of the file the commit replaces, if any.
+    replaced: Option<u64>,
+    /// Room held for this upload, for users with limits.
+    reservation: Option<Reservation>,
+    /// A resumed partial's bytes, counted in the user's usage until the upload commits or is
+    /// kept again; if it is discarded instead, they are taken off.
+    debt: PartialDebt,
+}
+
+/// The usage a consumed partial still holds; settled on commit or keep, else given back.
+struct PartialDebt {
+    account: Option<Arc<Account>>,
+    bytes: u64,
+}
+
+impl PartialDebt {
+    fn settle(&mut self) {
+        self.account = None;
+    }
+}
+
+impl Drop for PartialDebt {
+    fn drop(&mut self) {
+        if let Some(a) = self.account.take() {
+            a.remove(self.bytes, 1);
+        }
+    }
+}
+
+/// Checks the target and the user's limits, and opens the temp file: a fresh one, or the kept
+/// partial after its prefix matched (positioned for appending).
 fn prepare(
     jail: &Jail,
     target: &RemotePath,
     key: &str,
-    overwrite: bool,
-    offset: u64,
-    prefix: Option<String>,
-) -> Result<(TempFile, Sha256), Refusal> {
+    req: &Request,
+    account: Option<&Arc<Account>>,
+    limits: &quota::Limits,
+) -> Result<Prepared, Refusal> {
     if target.is_root() {
         return Err(StorageError::IsADirectory.into());
     }
     // Fail fast on the common refusals; the commit re-checks atomically.
-    match jail.lstat(target) {
+    let replaced = match jail.lstat(target) {
         Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory.into()),
-        Ok(_) if !overwrite => return Err(StorageError::AlreadyExists.into()),
-        Ok(_) | Err(StorageError::NotFound) => {}
+        Ok(_) if !req.overwrite => return Err(StorageError::AlreadyExists.into()),
+        Ok(e) => Some(e.size),
+        Err(StorageError::NotFound) => None,
         Err(e) => return Err(e.into()),
-    }
-    let Some(expected) = prefix else {
+    };
+    let (offset, size) = (req.offset, req.size);
+    let Some(expected) = &req.prefix else {
+        let reservation = match account {
+            Some(a) => Some(
+                a.reserve(
+                    limits,
+                    size,
+                    size.saturating_sub(replaced.unwrap_or(0)),
+                    replaced.is_none(),
+                )
+                .map_err(Refusal::Quota)?,
+            ),
+            None => None,
+        };
         // A fresh upload supersedes whatever partial an earlier attempt left.
-        let _ = jail.remove_partial(key);
-        return Ok((jail.create_temp(target)?, Sha256::new()));
+        if let Ok(Some(old)) = jail.remove_partial(key)
+            && let Some(a) = account
+        {
+            a.remove(old, 1);
+        }
+        return Ok(Prepared {
+            temp: jail.create_temp(target)?,
+            hasher: Sha256::new(),
+            replaced,
+            reservation,
+            debt: PartialDebt {
+                account: None,
+                bytes: 0,
+            },
+        });
+    };
+    // A resume: the partial's bytes are already counted; reserve only the rest.
+    let more = (size - offset).saturating_sub(replaced.unwrap_or(0));
+    let reservation = match account {
+        Some(a) => Some(
+            a.reserve(limits, size, more, false)
+                .map_err(Refusal::Quota)?,
+        ),
+        None => None,
     };
     let mut temp = match jail.take_partial(key, target) {
         Ok(t) => t,
@@ -312,7 +433,7 @@ fn prepare(
         .map_err(StorageError::from_io)?;
     hash_prefix(file, offset, &mut hasher, |_| {}).map_err(StorageError::from_io)?;
     let actual = hex_digest(&hasher.clone().finalize());
-    if actual != expected {
+    if &actual != expected {
         let _ = temp.keep_as_partial(jail, key);
         return Err(Refusal::Resume(
             ErrorCode::IntegrityMismatch,
@@ -326,7 +447,22 @@ fn prepare(
     file.set_len(offset).map_err(StorageError::from_io)?;
     file.seek(SeekFrom::Start(offset))
         .map_err(StorageError::from_io)?;
-    Ok((temp, hasher))
+    if let Some(a) = account
+        && have > offset
+    {
+        // Bytes past the resume point are cut off.
+        a.remove(have - offset, 0);
+    }
+    Ok(Prepared {
+        temp,
+        hasher,
+        replaced,
+        reservation,
+        debt: PartialDebt {
+            account: account.cloned(),
+            bytes: offset,
+        },
+    })
 }
 
 /// Reads and drops the rest of a refused upload, up to its `end` or `abort`. More data than

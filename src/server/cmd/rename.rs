@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::super::session::{End, Session};
 use super::{blocking, parse_path, refuse_read_only, reply_storage};
 use crate::jail::StorageError;
-use crate::protocol::ServerMessage;
+use crate::protocol::{EntryKind, ServerMessage};
 
 pub(super) async fn run(
     sess: &mut Session,
@@ -24,18 +24,28 @@ pub(super) async fn run(
     if refuse_read_only(sess, id).await? {
         return Ok(());
     }
-    let shown = format!("{from} -> {to}");
     let jail = Arc::clone(&sess.jail);
     let result = blocking(move || {
         if from.is_root() || to.is_root() {
             return Err(StorageError::PermissionDenied);
         }
-        jail.rename(&from, &to, overwrite)
+        let replaced = if overwrite {
+            jail.lstat(&to)
+                .ok()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| e.size)
+        } else {
+            None
+        };
+        jail.rename(&from, &to, overwrite)?;
+        Ok(replaced)
     })
     .await;
     match result {
-        Ok(()) => {
-            tracing::info!(peer = %sess.peer, user = %sess.user, op = "rename", path = %shown, "ok");
+        Ok(replaced) => {
+            if let (Some(a), Some(n)) = (&sess.account, replaced) {
+                a.remove(n, 1);
+            }
             sess.send(&ServerMessage::ok(id)).await
         }
         Err(e) => reply_storage(sess, id, "rename", &e).await,
