@@ -251,7 +251,7 @@ async fn a_pinned_certificate_must_still_sign_the_handshake_with_its_key() {
 
     // Control: the real server with the same pin and no roots at all connects.
     let server = TestServer::start().await;
-    let chain = ferry::tls::load_certs(&server.dir.path().join("certs/server.pem")).unwrap();
+    let chain = ferry::tls::load_certs(&server.dir().join("certs/server.pem")).unwrap();
     let verifier = pinned_to(&ferry::tls::fingerprint(&chain[0]));
     let config = trust::client_config(verifier.clone()).unwrap();
     let conn = Connection::connect("127.0.0.1", server.addr.port(), config)
