@@ -29,7 +29,7 @@ pub enum OpError {
     #[error(transparent)]
     Client(#[from] ClientError),
     /// Ctrl-C.
-    #[error("interrupted (nothing was committed; reget/reput resumes)")]
+    #[error("interrupted; nothing half-written under a final name (reget/reput resumes)")]
     Interrupted,
     /// Some files of a multi-file transfer failed (each was reported as it happened).
     #[error("{failed} of {total} items failed")]
@@ -967,15 +967,18 @@ fn finish(
 ) -> Result<(), OpError> {
     report.seconds = started.elapsed().as_secs_f64();
     if many && output == Output::Text {
-        println!(
-            "{}",
-            summary_line(
-                report.files.len(),
-                report.bytes,
-                Duration::from_secs_f64(report.seconds),
-                report.failed.len()
-            )
+        let line = summary_line(
+            report.files.len(),
+            report.bytes,
+            Duration::from_secs_f64(report.seconds),
+            report.failed.len(),
         );
+        if report.interrupted {
+            let line = line.replace(", all verified", "");
+            println!("{line}, INTERRUPTED");
+        } else {
+            println!("{line}");
+        }
     }
     if report.interrupted {
         return Err(OpError::Interrupted);
