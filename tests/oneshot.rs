@@ -454,3 +454,32 @@ fn shell_mkdir_p_rm_r_cp_stat_json_and_df() {
     w.session("alice", ALICE_PW, "rm -r a\n").expect_ok();
     assert_eq!(names_in(&w.alice_home()), ["copy.bin"]);
 }
+
+/// The measurement of issue 4: 1,000 files of 4 KiB up with `put -r` and down with `get -r`,
+/// through the real binary and a real server. Ignored by default (it measures, the suite
+/// tests); run it with `cargo test --release --test tests -- --ignored thousand --nocapture`.
+#[test]
+#[ignore]
+fn thousand_small_files_put_r_and_get_r_files_per_second() {
+    let w = World::start();
+    let src = w.local.join("many");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..1000 {
+        random_file(&src.join(format!("f{i:04}")), 4096, 1000 + i);
+    }
+    let rate = |out: &Out| -> f64 {
+        let v = json(out);
+        assert_eq!(v["files"].as_array().unwrap().len(), 1000, "{v}");
+        1000.0 / v["seconds"].as_f64().unwrap()
+    };
+    let up = oneshot(&w, &["put", "-r", "--json", "many", "alice@127.0.0.1:"]);
+    up.expect_ok();
+    let down = oneshot(&w, &["get", "-r", "--json", "alice@127.0.0.1:many", "back"]);
+    down.expect_ok();
+    assert_eq!(tree(&w.local.join("back")), tree(&src));
+    println!(
+        "1000 x 4 KiB: put -r {:.0} files/s, get -r {:.0} files/s",
+        rate(&up),
+        rate(&down)
+    );
+}

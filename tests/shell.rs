@@ -112,6 +112,12 @@ fn interactive_shell_prompt_completion_progress_ctrl_c_history_and_ctrl_d() {
         other => panic!("ferry ended with {other:?}"),
     }
     let history = std::fs::read_to_string(state.join("ferry/history")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("ferry/history"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     assert!(history.contains("get report-2026.bin"), "{history}");
     assert!(history.contains("mkdir newdir"), "{history}");
     // The cancelled upload is kept hidden for a reput, not under its name.

@@ -624,7 +624,11 @@ impl Session {
                         .push(fail_msg(&remote, format!("refused name: {why}")));
                     continue;
                 }
-                dest_path.join(&name)
+                // `get a.txt` lands as `a.txt`, not `./a.txt`.
+                match dest {
+                    None => PathBuf::from(&name),
+                    Some(_) => dest_path.join(&name),
+                }
             } else {
                 dest_path.clone()
             };

@@ -104,7 +104,11 @@ impl Shell {
             if let Some(dir) = h.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            let _ = editor.save_history(h);
+            if editor.save_history(h).is_ok() {
+                // Paths and names you typed are nobody else's business.
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o600));
+            }
         }
         self.session.close();
         status
