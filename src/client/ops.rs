@@ -31,6 +31,14 @@ pub enum OpError {
     /// Ctrl-C.
     #[error("interrupted; nothing half-written under a final name (reget/reput resumes)")]
     Interrupted,
+    /// The one item of a command failed before it started (reported by this error alone).
+    #[error("{message}")]
+    Failed {
+        /// What went wrong, with the item's name.
+        message: String,
+        /// Its exit status.
+        code: u8,
+    },
     /// Some files of a multi-file transfer failed (each was reported as it happened).
     #[error("{failed} of {total} items failed")]
     Partial {
@@ -50,6 +58,7 @@ impl OpError {
             OpError::Usage(_) => EXIT_USAGE,
             OpError::Client(e) => e.exit_code(),
             OpError::Interrupted => EXIT_INTERRUPTED,
+            OpError::Failed { code, .. } => *code,
             OpError::Partial { integrity, .. } => {
                 if *integrity {
                     EXIT_INTEGRITY
@@ -546,8 +555,10 @@ impl Session {
         }
         let mut report = Report::default();
         let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
-        for f in &plan.refused {
-            say_failure(self.output, None, f);
+        if many {
+            for f in &plan.refused {
+                say_failure(self.output, None, f);
+            }
         }
         report.failed.append(&mut plan.refused);
         for (remote, local) in std::mem::take(&mut plan.dirs) {
@@ -650,8 +661,10 @@ impl Session {
         }
         let mut report = Report::default();
         let many = opts.recursive || plan.jobs.len() + plan.refused.len() > 1;
-        for f in &plan.refused {
-            say_failure(self.output, None, f);
+        if many {
+            for f in &plan.refused {
+                say_failure(self.output, None, f);
+            }
         }
         report.failed.append(&mut plan.refused);
         let mut bad_dirs: Vec<PathBuf> = Vec::new();
@@ -993,13 +1006,15 @@ fn finish(
     if !many && report.failed.len() == 1 && report.files.is_empty() {
         // A single failed item: its own error says it best (and keeps its exit status).
         let f = &report.failed[0];
-        return Err(match f.exit_code {
-            EXIT_USAGE => OpError::Usage(format!("{}: {}", for_terminal(&f.source), f.error)),
-            _ => OpError::Partial {
-                failed: 1,
-                total: 1,
-                integrity: f.exit_code == EXIT_INTEGRITY,
+        let source = for_terminal(&f.source);
+        return Err(OpError::Failed {
+            // Local errors already name their path.
+            message: if f.error.starts_with(&*source) {
+                f.error.clone()
+            } else {
+                format!("{source}: {}", f.error)
             },
+            code: f.exit_code,
         });
     }
     Err(OpError::Partial {
