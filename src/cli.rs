@@ -251,6 +251,16 @@ struct ServeArgs {
     /// Interrupted uploads kept for resume are removed after this long untouched.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     partial_ttl: Duration,
+    /// Do not penalise sources for failed logins, protocol errors and timeouts.
+    #[arg(long)]
+    no_penalties: bool,
+    /// Never penalise this network or address, e.g. 10.0.0.0/8 (repeatable).
+    #[arg(long, value_name = "NET")]
+    penalty_exempt: Vec<crate::server::penalty::IpNet>,
+    /// Expect a PROXY protocol v1/v2 header (as HAProxy sends it) before TLS, and use the
+    /// client address it names for limits, penalties and logs. Only behind a balancer.
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).

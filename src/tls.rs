@@ -247,7 +247,13 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 
 /// The crypto provider of every ferry configuration, never the process default.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Only TLS 1.3 suites, whatever features a build happens to unify into rustls (the test
+    // build enables `tls12` for a client that must be refused): ferry speaks nothing older.
+    provider
+        .cipher_suites
+        .retain(|s| s.version().version == rustls::ProtocolVersion::TLSv1_3);
+    Arc::new(provider)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -719,7 +719,7 @@ async fn broken_frames_close_the_connection_and_the_server_serves_others() {
 async fn truncated_frame_then_disconnect_ends_the_session() {
     let server = TestServer::start_with(Limits {
         max_connections: 1,
-        ..Limits::default()
+        ..crate::util::test_limits()
     })
     .await;
     let whole = frame(KIND_MESSAGE, br#"{"op":"stat","id":3,"path":"/"}"#);

@@ -3,7 +3,6 @@
 
 use ferry::client::ClientError;
 use ferry::protocol::{ClientMessage, ErrorCode, ServerMessage};
-use ferry::server::Limits;
 
 use crate::util::{TestServer, no_progress, random_file, sha256_hex};
 
@@ -175,7 +174,7 @@ async fn usage_survives_a_restart_and_counts_kept_partials() {
     assert_eq!(conn.usage().await.unwrap().used_bytes, Some(800_000));
     drop((conn, raw));
 
-    let server = server.restart(Limits::default()).await;
+    let server = server.restart(crate::util::test_limits()).await;
     let mut conn = carol(&server).await;
     let usage = conn.usage().await.unwrap();
     assert_eq!(

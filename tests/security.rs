@@ -21,7 +21,6 @@ use ferry::protocol::{
     ClientMessage, Entry, EntryKind, ErrorCode, Frame, ServerMessage, WireError,
     decode_server_message,
 };
-use ferry::server::Limits;
 use ferry::users::{self, Password, UserDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,7 +91,7 @@ async fn auth_failures_are_byte_identical_whatever_was_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_failed_logins_close_the_connection_but_not_the_door() {
     let server = TestServer::start().await;
-    let attempts = Limits::default().max_auth_attempts;
+    let attempts = crate::util::test_limits().max_auth_attempts;
     assert_eq!(attempts, 3, "the documented default");
     let mut raw = server.raw().await;
     raw.hello().await;

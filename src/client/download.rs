@@ -311,7 +311,11 @@ impl Connection {
             ClientError::Cancelled | ClientError::ConnectionLost | ClientError::Timeout
         );
         match written {
+            // What arrived (and a resumed prefix) is still good: keep it for the next try.
             Ok(Written::Interrupted(mut partial)) if interrupted && received > 0 => partial.keep(),
+            Ok(Written::Interrupted(partial)) if interrupted => drop(partial),
+            // Refused or broken: these bytes must not seed a resume.
+            Ok(Written::Interrupted(mut partial)) => partial.discard_on_drop(),
             Ok(Written::Failed(e)) => return Err(ClientError::local(&local, e)),
             _ => {}
         }

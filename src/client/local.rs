@@ -92,6 +92,11 @@ impl Partial {
         self.keep = true;
     }
 
+    /// Undoes [`Partial::keep`]: the partial is removed when dropped (its bytes are bad).
+    pub fn discard_on_drop(&mut self) {
+        self.keep = false;
+    }
+
     /// fsyncs, renames into place (refusing an existing target unless `overwrite`, without a
     /// check-then-act race), and fsyncs the directory.
     pub fn commit(mut self, overwrite: bool) -> std::io::Result<()> {

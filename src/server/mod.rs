@@ -7,6 +7,8 @@
 
 mod cmd;
 mod error;
+pub mod penalty;
+pub mod proxy;
 pub mod quota;
 mod session;
 
@@ -54,6 +56,11 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Kept partial uploads untouched for this long are removed.
     pub partial_ttl: Duration,
+    /// Penalties per source address (failed logins, protocol errors, timeouts); `None`
+    /// disables them.
+    pub penalties: Option<penalty::PenaltyConfig>,
+    /// Expect a PROXY protocol (v1 or v2) header before TLS and use the address it names.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Limits {
@@ -73,6 +80,8 @@ impl Default for Limits {
             auth_queue_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(30),
             partial_ttl: Duration::from_secs(24 * 3600),
+            penalties: Some(penalty::PenaltyConfig::default()),
+            proxy_protocol: false,
         }
     }
 }
@@ -96,6 +105,8 @@ pub struct Server {
     per_source: Counter<IpAddr>,
     /// Logged-in sessions per user.
     per_user: Counter<String>,
+    /// Penalties per source, when enabled.
+    penalties: Option<penalty::Penalties>,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -188,6 +199,7 @@ impl Server {
             accounts: quota::Accounts::default(),
             per_source: Counter::default(),
             per_user: Counter::default(),
+            penalties: limits.penalties.clone().map(penalty::Penalties::new),
             limits,
         })
     }
@@ -221,6 +233,20 @@ impl Server {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Records an offence of the source of `peer` (no-op when penalties are off).
+    pub(crate) fn penalise(&self, peer: SocketAddr, what: penalty::Offence) {
+        let Some(p) = &self.penalties else { return };
+        if p.record(peer.ip(), what, std::time::Instant::now()) {
+            let source = p.source(peer.ip());
+            tracing::warn!(
+                %peer,
+                %source,
+                reason = %what,
+                "source penalised: its connections are refused until the penalty expires"
+            );
+        }
     }
 
     /// The data root.
@@ -259,20 +285,16 @@ pub async fn run(
             drop(stream);
             continue;
         };
-        let source = source_of(peer.ip());
-        let Some(slot) = server
-            .per_source
-            .take(source, server.limits.max_connections_per_source)
-        else {
-            tracing::warn!(%peer, "connection refused: too many connections from this source");
+        if !server.limits.proxy_protocol && refused(&server, peer) {
+            // Refused before any work: no task, no TLS.
             drop(stream);
             continue;
-        };
+        }
         let server = Arc::clone(&server);
         let token = token.clone();
         tracker.spawn(async move {
             handle_connection(server, stream, peer, token).await;
-            drop((permit, slot));
+            drop(permit);
         });
     }
     sweeper.abort();
@@ -315,23 +337,66 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
     }
 }
 
+/// Whether `peer` is refused at accept: its source is penalised, or already has its share of
+/// connections. Logs why.
+fn refused(server: &Server, peer: SocketAddr) -> bool {
+    if let Some(p) = &server.penalties
+        && let Some(left) = p.check(peer.ip(), std::time::Instant::now())
+    {
+        tracing::info!(%peer, remaining_s = left.as_secs(), "connection refused: source penalised");
+        return true;
+    }
+    false
+}
+
 async fn handle_connection(
     server: Arc<Server>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     token: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let started = tokio::time::Instant::now();
+    if server.limits.proxy_protocol {
+        // Behind a load balancer the socket peer is the balancer: the header names the real
+        // client, which is what limits, penalties and logs must see. A bad or missing header
+        // is not penalised: that would punish the balancer, i.e. everyone.
+        let balancer = peer;
+        match proxy::read_header(&mut stream, server.limits.handshake_timeout).await {
+            Ok(Some(real)) => peer = real,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(peer = %balancer, error = %e, "dropped: bad PROXY header");
+                return;
+            }
+        }
+        if refused(&server, peer) {
+            return;
+        }
+    }
+    let Some(_slot) = server.per_source.take(
+        source_of(peer.ip()),
+        server.limits.max_connections_per_source,
+    ) else {
+        tracing::warn!(%peer, "connection refused: too many connections from this source");
+        return;
+    };
     tracing::info!(%peer, "connected");
     let handshake = server.acceptor().accept(stream);
-    let tls = match tokio::time::timeout(server.limits.handshake_timeout, handshake).await {
+    let remaining = server
+        .limits
+        .handshake_timeout
+        .saturating_sub(started.elapsed());
+    let tls = match tokio::time::timeout(remaining, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "tls handshake failed");
+            server.penalise(peer, penalty::Offence::ProtocolError);
             return;
         }
         Err(_) => {
             tracing::info!(%peer, "tls handshake timed out");
+            server.penalise(peer, penalty::Offence::GraceExceeded);
             return;
         }
     };
@@ -339,6 +404,7 @@ async fn handle_connection(
         // A client that offered no ALPN (or another one) is not speaking ferry; keeping it
         // would invite cross-protocol attacks.
         tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
+        server.penalise(peer, penalty::Offence::ProtocolError);
         return;
     }
     session::run(server, tls, peer, token).await;

@@ -36,6 +36,8 @@ pub(super) enum End {
     AuthFailed,
     /// The server is shutting down.
     Shutdown,
+    /// Refused for a limit (e.g. too many sessions of the user); not the client's fault.
+    Refused(&'static str),
     /// Something failed inside the server.
     Internal(String),
 }
@@ -185,8 +187,9 @@ pub(super) async fn run(
     let mut reader = FrameReader::new(r, MAX_FRAME_LEN_PRE_AUTH);
     let mut writer = FrameWriter::new(w);
     let deadline = Instant::now() + server.limits.login_timeout;
+    let mut attempted = false;
     let login = tokio::select! {
-        r = login_phase(&server, &mut reader, &mut writer, peer, deadline) => r,
+        r = login_phase(&server, &mut reader, &mut writer, peer, deadline, &mut attempted) => r,
         () = token.cancelled() => Err(End::Shutdown),
     };
     let end = match login {
@@ -216,12 +219,21 @@ pub(super) async fn run(
             };
             let end = request_loop(&mut sess, &token).await;
             log_end(peer, Some(&sess.user), &end);
+            if matches!(end, End::Protocol(_)) {
+                server.penalise(peer, super::penalty::Offence::ProtocolError);
+            }
             close(&mut sess.writer, server.limits.close_timeout).await;
             return;
         }
         Err(end) => end,
     };
     log_end(peer, None, &end);
+    match &end {
+        End::Timeout(_) => server.penalise(peer, super::penalty::Offence::GraceExceeded),
+        End::Protocol(_) => server.penalise(peer, super::penalty::Offence::ProtocolError),
+        End::ClientGone if !attempted => server.penalise(peer, super::penalty::Offence::NoAuth),
+        _ => {}
+    }
     if matches!(end, End::Timeout(_) | End::Shutdown) {
         let code = if matches!(end, End::Shutdown) {
             ErrorCode::Busy
@@ -250,6 +262,7 @@ fn log_end(peer: SocketAddr, user: Option<&str>, end: &End) {
         End::Protocol(what) => tracing::warn!(%peer, user, error = %what, "protocol error"),
         End::AuthFailed => tracing::warn!(%peer, user, "too many failed logins; disconnected"),
         End::Shutdown => tracing::info!(%peer, user, "session closed for shutdown"),
+        End::Refused(why) => tracing::info!(%peer, user, reason = why, "session refused"),
         End::Internal(what) => tracing::error!(%peer, user, error = %what, "internal error"),
     }
 }
@@ -303,6 +316,7 @@ async fn login_phase(
     writer: &mut FrameWriter<WriteHalf<Stream>>,
     peer: SocketAddr,
     deadline: Instant,
+    attempted: &mut bool,
 ) -> Result<LoggedIn, End> {
     match read_before(reader, deadline).await? {
         ClientMessage::Hello { versions, software } => {
@@ -332,7 +346,10 @@ async fn login_phase(
     let mut failures = 0;
     loop {
         let (id, name, password) = match read_before(reader, deadline).await? {
-            ClientMessage::Login { id, user, password } => (id, user, Password::new(password)),
+            ClientMessage::Login { id, user, password } => {
+                *attempted = true;
+                (id, user, Password::new(password))
+            }
             other => {
                 let msg = ServerMessage::error(other.id(), ErrorCode::AuthRequired, "log in first");
                 send_before(writer, msg, deadline).await?;
@@ -362,7 +379,7 @@ async fn login_phase(
                         format!("too many sessions for this user (at most {max})"),
                     );
                     send_before(writer, msg, deadline).await?;
-                    return Err(End::Protocol("too many sessions for the user".into()));
+                    return Err(End::Refused("too many sessions for the user"));
                 };
                 let opened = open_home(server, home, limits, peer, &name, deadline).await;
                 let (jail, account) = match opened {
@@ -401,6 +418,7 @@ async fn login_phase(
             }
             Verdict::Denied => {
                 failures += 1;
+                server.penalise(peer, super::penalty::Offence::AuthFail);
                 tracing::warn!(
                     target: "ferry::audit",
                     event = "login",

@@ -65,9 +65,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with [`USERS`] and default limits.
+    /// Starts a server with [`USERS`] and [`test_limits`].
     pub async fn start() -> TestServer {
-        Self::start_with(Limits::default()).await
+        Self::start_with(test_limits()).await
     }
 
     /// Starts a server with [`USERS`] and the given limits.
@@ -302,6 +302,15 @@ impl Raw {
             matches!(reply, ServerMessage::Ok { id: 1, .. }),
             "{reply:?}"
         );
+    }
+}
+
+/// The production limits without per-source penalties: tests log in and fail on purpose from
+/// 127.0.0.1 many times, and penalties get tests of their own.
+pub fn test_limits() -> Limits {
+    Limits {
+        penalties: None,
+        ..Limits::default()
     }
 }
 

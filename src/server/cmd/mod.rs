@@ -200,10 +200,15 @@ pub(super) fn quota_reply(id: u64, refused: &super::quota::Refused, size: u64) -
             ErrorCode::TooLarge,
             format!("a file of {size} bytes exceeds your maximum file size of {max} bytes"),
         ),
+        super::quota::Refused::Quota("file quota") => ServerMessage::error(
+            Some(id),
+            ErrorCode::QuotaExceeded,
+            "one more file would exceed your file quota",
+        ),
         super::quota::Refused::Quota(which) => ServerMessage::error(
             Some(id),
             ErrorCode::QuotaExceeded,
-            format!("{size} more bytes would exceed your {which}"),
+            format!("a file of {size} bytes would exceed your {which}"),
         ),
     }
 }

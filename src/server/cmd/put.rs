@@ -371,6 +371,13 @@ fn prepare(
     };
     let (offset, size) = (req.offset, req.size);
     let Some(expected) = &req.prefix else {
+        // A fresh upload supersedes whatever partial an earlier attempt left; it goes first,
+        // so that its room counts for the new upload.
+        if let Ok(Some(old)) = jail.remove_partial(key)
+            && let Some(a) = account
+        {
+            a.remove(old, 1);
+        }
         let reservation = match account {
             Some(a) => Some(
                 a.reserve(
@@ -383,12 +390,6 @@ fn prepare(
             ),
             None => None,
         };
-        // A fresh upload supersedes whatever partial an earlier attempt left.
-        if let Ok(Some(old)) = jail.remove_partial(key)
-            && let Some(a) = account
-        {
-            a.remove(old, 1);
-        }
         return Ok(Prepared {
             temp: jail.create_temp(target)?,
             hasher: Sha256::new(),
