@@ -3,8 +3,9 @@
 //! sees SIGINT at its prompt (the line editor reads Ctrl-C as a key).
 //!
 //! Once a handler is installed the default "terminate" action is gone for good, so the
-//! handler itself decides: a command running -> cancel its token; idle and not interactive
-//! -> exit with [`EXIT_INTERRUPTED`](super::EXIT_INTERRUPTED).
+//! handler itself decides: a command running -> cancel its token; a second SIGINT before the
+//! command noticed the first, or idle and not interactive -> exit with
+//! [`EXIT_INTERRUPTED`](super::EXIT_INTERRUPTED).
 
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +39,13 @@ impl Interrupts {
                 handle.spawn(async move {
                     while sig.recv().await.is_some() {
                         let Ok(s) = shared.lock() else { return };
+                        if s.busy && s.token.is_cancelled() {
+                            // A second Ctrl-C while the first is still being honoured: the
+                            // server may not be answering. Leave now; what was half done is
+                            // a hidden partial on either side, never a final name.
+                            eprintln!("ferry: interrupted again; quitting");
+                            std::process::exit(i32::from(super::EXIT_INTERRUPTED));
+                        }
                         if s.busy || !exit_when_idle {
                             s.token.cancel();
                         } else {
