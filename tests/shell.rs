@@ -183,3 +183,46 @@ fn interactive_first_contact_asks_and_pins_on_yes() {
         WaitStatus::Exited(_, 0)
     ));
 }
+
+#[test]
+fn one_shot_on_a_terminal_with_q_draws_no_bar_and_ctrl_c_exits_130() {
+    let w = World::start();
+    let big = std::fs::File::create(w.local.join("big.bin")).unwrap();
+    big.set_len(8 << 30).unwrap();
+    drop(big);
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(&w.local)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", &w.local)
+        .env("TERM", "xterm-256color")
+        .env("FERRY_PASSWORD", ALICE_PW)
+        .args([
+            "-c",
+            "stty cols 120 rows 40 && exec \"$0\" put -q big.bin \"$1\" -P \"$2\" --ca \"$3\"",
+            FERRY,
+            "alice@127.0.0.1:",
+            &w.server.port().to_string(),
+            w.ca.to_str().unwrap(),
+        ]);
+    let mut p = spawn_command(cmd, Some(EXPECT_MS)).unwrap();
+    // Long past the moment after which a bar would show.
+    let home = w.alice_home();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::util::names_in(&home).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    p.send_control('c').unwrap();
+    let rest = p.exp_eof().unwrap();
+    assert!(rest.contains("interrupted"), "{rest:?}");
+    assert!(!rest.contains("ETA") && !rest.contains("MiB/s"), "{rest:?}");
+    assert!(matches!(
+        p.process().wait().unwrap(),
+        WaitStatus::Exited(_, 130)
+    ));
+    assert!(!home.join("big.bin").exists());
+}
