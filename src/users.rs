@@ -27,11 +27,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub use argon2::Block;
 use argon2::password_hash::try_generate_salt;
-use argon2::{
-    ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier,
-    Version,
-};
+use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
 use rand::RngExt;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
@@ -410,6 +408,14 @@ pub fn hash_password_with(pw: &Password, m_kib: u32, t: u32, p: u32) -> Result<S
 /// Blocking and slow on purpose: run it on a blocking pool. A password longer than
 /// [`MAX_PASSWORD_LEN`] is refused before any hashing, so it cannot be used to burn CPU.
 pub fn verify_password(hash: &str, pw: &Password) -> bool {
+    verify_password_in(hash, pw, &mut Vec::new())
+}
+
+/// [`verify_password`] using `memory` for argon2's blocks (grown to what the hash needs and left
+/// that size). A server keeps one such buffer per concurrent verification and reuses it, so
+/// the memory of password checks stays at (permits × m) however many logins come and go:
+/// allocating and freeing ~19 MiB per check lets the allocator's heap grow far past that.
+pub fn verify_password_in(hash: &str, pw: &Password, memory: &mut Vec<Block>) -> bool {
     if pw.len() > MAX_PASSWORD_LEN {
         return false;
     }
@@ -417,9 +423,39 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
         return false;
     };
     // The algorithm, version and parameters come from the PHC string, already checked above.
-    Argon2::default()
-        .verify_password(pw.as_bytes(), &phc)
-        .is_ok()
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&phc) else {
+        return false;
+    };
+    let version = match phc.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let argon = Argon2::new(Algorithm::Argon2id, version, params);
+    let blocks = argon.params().block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    if argon
+        .hash_password_into_with_memory(
+            pw.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            &mut memory[..blocks],
+        )
+        .is_err()
+    {
+        return false;
+    }
+    // Constant time: how many leading bytes match must not show in the timing.
+    out.iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// A random password for the first-start admin user: 20 characters from an alphabet without

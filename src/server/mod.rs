@@ -97,6 +97,9 @@ pub struct Server {
     /// Bounds concurrent argon2 verifications: memory and CPU for logins stay capped no
     /// matter how many clients try at once.
     auth_permits: Semaphore,
+    /// argon2 working memory, one buffer per permit, reused: the allocator never sees the
+    /// ~19 MiB blocks come and go, so a login flood cannot grow the heap.
+    argon_memory: Mutex<Vec<Vec<crate::users::Block>>>,
     /// One permit per live connection.
     conn_permits: Arc<Semaphore>,
     /// Usage of the homes of users with quotas, shared by their sessions.
@@ -195,6 +198,7 @@ impl Server {
             users: RwLock::new(Arc::new(users)),
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
+            argon_memory: Mutex::new(Vec::new()),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             accounts: quota::Accounts::default(),
             per_source: Counter::default(),
@@ -211,6 +215,21 @@ impl Server {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(users);
+    }
+
+    /// A buffer for one argon2 verification (held with an auth permit).
+    pub(crate) fn take_argon_memory(&self) -> Vec<crate::users::Block> {
+        let mut pool = self.argon_memory.lock().unwrap_or_else(|p| p.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    /// Gives a buffer back for the next verification. Never more than one per permit is
+    /// kept.
+    pub(crate) fn return_argon_memory(&self, memory: Vec<crate::users::Block>) {
+        let mut pool = self.argon_memory.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.limits.auth_concurrency.max(1) && !memory.is_empty() {
+            pool.push(memory);
+        }
     }
 
     /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.
@@ -262,7 +281,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // `token`: stop between requests (shutdown begun). `hard`: stop now (grace period over).
     let token = CancellationToken::new();
+    let hard = CancellationToken::new();
     let tracker = TaskTracker::new();
     let sweeper = tokio::spawn(sweep_partials_periodically(Arc::clone(&server)));
     tokio::pin!(shutdown);
@@ -291,12 +312,19 @@ pub async fn run(
             continue;
         }
         let server = Arc::clone(&server);
-        let token = token.clone();
+        let (token, hard) = (token.clone(), hard.clone());
         tracker.spawn(async move {
-            handle_connection(server, stream, peer, token).await;
+            // Dropping a session mid-transfer drops its temp file, which removes it: what
+            // was not committed never appears.
+            tokio::select! {
+                () = handle_connection(server, stream, peer, token) => {}
+                () = hard.cancelled() => {}
+            }
             drop(permit);
         });
     }
+    // New connections are refused from now on, not left waiting in the backlog.
+    drop(listener);
     sweeper.abort();
     tracing::info!("shutting down: no new connections; waiting for sessions");
     tracker.close();
@@ -307,6 +335,13 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining sessions");
+        hard.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("sessions did not stop");
+        }
     }
     Ok(())
 }
