@@ -11,9 +11,19 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{self, ClientError, Connection, shell::Shell};
-use crate::protocol::DEFAULT_PORT;
-use crate::users::{self, Password, UserDb};
+use crate::client::config::ClientConfig;
+use crate::client::ops::{OpError, Output, Session, TransferOpts};
+use crate::client::{self, ClientError, open, shell::Shell};
+use crate::users::{self, UserDb};
+
+/// The exit statuses of the client commands, for their --help.
+macro_rules! exit_status_help {
+    () => {
+        "Exit status: 0 ok, 1 a command failed, 2 usage, 3 authentication failed, 4 connection \
+         or TLS (also an untrusted or changed certificate), 5 integrity (a digest did not \
+         match), 130 interrupted (Ctrl-C; the transfer was cancelled cleanly)."
+    };
+}
 
 /// ferry: a secure file drop. One binary is both the server and the client.
 #[derive(Debug, Parser)]
@@ -21,7 +31,13 @@ use crate::users::{self, Password, UserDb};
     name = "ferry",
     version,
     max_term_width = 100,
-    after_help = "Examples:\n  ferry serve                          # dev certs and an admin user on first start\n  ferry connect admin@127.0.0.1 --ca certs/ca.pem\n\nExit status: 0 ok, 1 command failed, 2 usage, 3 authentication, 4 connection/TLS, 5 integrity."
+    after_help = concat!(
+        "Examples:\n  ferry serve                          # dev certs and an admin user on first start\n",
+        "  ferry connect admin@127.0.0.1 --ca certs/ca.pem\n",
+        "  ferry put report.pdf admin@127.0.0.1:drops/\n\n",
+        "Exit status: 0 ok, 1 a command failed, 2 usage, 3 authentication, 4 connection/TLS ",
+        "(also an untrusted or changed certificate), 5 integrity (digest mismatch), 130 interrupted."
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -57,14 +73,53 @@ enum Command {
     )]
     Serve(Box<ServeArgs>),
     /// Open an interactive session (or run commands from stdin or a batch file).
-    #[command(long_about = "Open a session with a server.\n\n\
-        On a terminal this is an interactive shell with a `ferry> ` prompt (type `help`). When \
-        stdin is not a terminal, or with -b, commands are read one per line; the first failing \
-        command ends the session with a non-zero status (a line starting with '-' may fail).\n\n\
-        The password comes from FERRY_PASSWORD, or is asked for without echo.\n\n\
+    #[command(long_about = concat!("Open a session with a server.\n\n\
+        On a terminal this is an interactive shell with a `ferry> ` prompt: line editing, \
+        history, Tab completion of commands and local and remote paths, progress bars, Ctrl-C \
+        to cancel a transfer, Ctrl-D to quit (type `help`). When stdin is not a terminal, or \
+        with -b, commands are read one per line; the first failing command ends the session \
+        with a non-zero status (a line starting with '-' may fail).\n\n\
+        TARGET is USER@HOST[:PORT] or an alias from ~/.config/ferry/config.toml (see the \
+        README). The password comes from --password-file, FERRY_PASSWORD, or a prompt \
+        without echo. A certificate no trusted CA signed is checked against \
+        ~/.config/ferry/known_hosts; on first contact you are asked (or give \
+        --accept-fingerprint).\n\n\
         Examples:\n  ferry connect alice@files.example.org --ca certs/ca.pem\n  \
-        printf 'put report.pdf\\nls\\n' | FERRY_PASSWORD=... ferry connect alice@127.0.0.1 --ca certs/ca.pem")]
+        ferry connect work                     # an alias from config.toml\n  \
+        printf 'put report.pdf\\nls\\n' | FERRY_PASSWORD=... ferry connect alice@127.0.0.1\n\n",
+        exit_status_help!()))]
     Connect(ConnectArgs),
+    /// Download files, scp-style: ferry get USER@HOST:REMOTE [LOCAL].
+    #[command(long_about = concat!("Download files, scp-style, verified by SHA-256.\n\n\
+        REMOTE is relative to your home and may be a glob (quote it: 'logs/2026-*'). LOCAL \
+        defaults to the current directory; with several files it must be a directory. \
+        Existing local files are kept unless -f. -r copies directory trees; names from the \
+        server that could leave LOCAL are refused. The exit status is 0 only if every file \
+        arrived and verified.\n\n\
+        Examples:\n  ferry get alice@files.example.org:report.pdf\n  \
+        ferry get -r -P 8443 alice@files.example.org:photos ./backup/\n  \
+        ferry get --json work:'logs/*.log' logs/\n\n",
+        exit_status_help!()))]
+    Get(GetArgs),
+    /// Upload files, scp-style: ferry put LOCAL... USER@HOST:REMOTE.
+    #[command(long_about = concat!("Upload files, scp-style, verified by SHA-256.\n\n\
+        LOCAL may be a glob; REMOTE is relative to your home (USER@HOST: is the home itself) \
+        and must be a directory when several files go. The server commits each file only \
+        after the digests matched, and never replaces one unless -f. -r copies directory \
+        trees. The exit status is 0 only if every file was committed and verified.\n\n\
+        Examples:\n  ferry put build.tar.gz alice@files.example.org:drops/\n  \
+        ferry put -r site/ work:www\n  \
+        FERRY_PASSWORD=... ferry put --json -q *.log ci@127.0.0.1:logs/\n\n",
+        exit_status_help!()))]
+    Put(PutArgs),
+    /// List a remote directory: ferry ls USER@HOST:[PATH].
+    #[command(long_about = concat!("List a remote directory (or the files a glob matches).\n\n\
+        Shows type and permissions, exact size, modification time and name; -l shows human \
+        sizes, -1 names only, --json a JSON array (name, kind, size, mtime, mode, path).\n\n\
+        Examples:\n  ferry ls alice@files.example.org:\n  \
+        ferry ls -l work:photos\n  ferry ls --json -P 8443 alice@127.0.0.1:'logs/*.log'\n\n",
+        exit_status_help!()))]
+    Ls(LsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -233,18 +288,97 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 struct ConnectArgs {
-    /// USER@HOST[:PORT] (IPv6 as USER@[::1]:PORT).
-    #[arg(value_name = "USER@HOST[:PORT]")]
+    /// USER@HOST[:PORT] (IPv6 as USER@[::1]:PORT), or an alias from config.toml.
+    #[arg(value_name = "TARGET")]
     target: String,
+    #[command(flatten)]
+    conn: ConnOpts,
+    /// Read commands from FILE ('-' for stdin) instead of a terminal.
+    #[arg(short = 'b', long = "batch", value_name = "FILE")]
+    batch: Option<PathBuf>,
+}
+
+/// Options of every command that connects.
+#[derive(Debug, Args)]
+struct ConnOpts {
     /// Port (instead of HOST:PORT).
     #[arg(short = 'P', long, value_name = "PORT")]
     port: Option<u16>,
     /// CA certificate(s) to trust instead of the system roots.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Read commands from FILE ('-' for stdin) instead of a terminal.
-    #[arg(short = 'b', long = "batch", value_name = "FILE")]
-    batch: Option<PathBuf>,
+    /// Trust and pin this certificate if the host is not known yet (SHA256:<64 hex>).
+    #[arg(long, value_name = "SHA256:HEX")]
+    accept_fingerprint: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// USER@HOST:REMOTE (REMOTE relative to your home; a glob is allowed).
+    #[arg(value_name = "USER@HOST:REMOTE")]
+    remote: String,
+    /// Local file or directory (default: the current directory).
+    #[arg(value_name = "LOCAL")]
+    local: Option<PathBuf>,
+    /// Copy directories recursively.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Overwrite existing local files.
+    #[arg(short, long)]
+    force: bool,
+    /// Resume a partial download.
+    #[arg(short = 'a', long = "resume")]
+    resume: bool,
+    /// Print the result as JSON (files, sizes, digests, failures).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnOpts,
+}
+
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// LOCAL... then USER@HOST:REMOTE (REMOTE relative to your home).
+    #[arg(value_name = "LOCAL... USER@HOST:REMOTE", num_args = 2.., required = true)]
+    paths: Vec<String>,
+    /// Copy directories recursively.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Replace existing remote files.
+    #[arg(short, long)]
+    force: bool,
+    /// Resume a partial upload.
+    #[arg(short = 'a', long = "resume")]
+    resume: bool,
+    /// Print the result as JSON (files, sizes, digests, failures).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnOpts,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// USER@HOST:[PATH] (a glob is allowed).
+    #[arg(value_name = "USER@HOST:[PATH]")]
+    remote: String,
+    /// Human sizes.
+    #[arg(short = 'l')]
+    long: bool,
+    /// Names only.
+    #[arg(short = '1')]
+    names: bool,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnOpts,
 }
 
 /// Runs the parsed command line.
@@ -254,6 +388,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(u) => user(u),
         Command::Serve(a) => serve(*a),
         Command::Connect(a) => connect(a),
+        Command::Get(a) => oneshot_get(a),
+        Command::Put(a) => oneshot_put(a),
+        Command::Ls(a) => oneshot_ls(a),
     }
 }
 
@@ -527,79 +664,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `USER@HOST[:PORT]` split into its parts. IPv6 hosts are written in brackets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// User name.
-    pub user: String,
-    /// Host name or address (IPv6 without brackets).
-    pub host: String,
-    /// Port, if given.
-    pub port: Option<u16>,
-}
-
-/// Parses `USER@HOST[:PORT]`.
-pub fn parse_target(s: &str) -> Result<Target, String> {
-    let (user, hostport) = s
-        .split_once('@')
-        .ok_or_else(|| format!("expected USER@HOST[:PORT], got '{s}'"))?;
-    if user.is_empty() {
-        return Err("the user name is empty".into());
-    }
-    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
-        let (h, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "unclosed '[' in host".to_string())?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or("expected :PORT after ]")?),
-        };
-        (h.to_string(), port)
-    } else if hostport.parse::<std::net::Ipv6Addr>().is_ok() {
-        (hostport.to_string(), None)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (hostport.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    let port = match port {
-        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
-        None => None,
-    };
-    Ok(Target {
-        user: user.to_string(),
-        host,
-        port,
-    })
-}
-
 fn connect(a: ConnectArgs) -> Result<ExitCode> {
-    let target = match parse_target(&a.target) {
+    let target = match open::parse_target(&a.target) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };
-    let port = a.port.or(target.port).unwrap_or(DEFAULT_PORT);
-    let tls = crate::tls::client_config(a.ca.as_deref())?;
-    let password = read_password(&target)?;
-    let rt = runtime()?;
-    let conn = rt.block_on(async {
-        let mut conn = Connection::connect(&target.host, port, tls).await?;
-        conn.login(&target.user, &password).await?;
-        Ok::<_, ClientError>(conn)
-    });
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => return client_failure(&e),
-    };
     let interactive = a.batch.is_none() && std::io::stdin().is_terminal();
-    let progress = interactive && std::io::stderr().is_terminal();
-    let shell = Shell::new(&rt, conn, progress);
+    let (rt, mut session) = match start(&target, &a.conn, a.batch.is_none())? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    session.bars = std::io::stderr().is_terminal() && !a.conn.quiet;
+    let shell = Shell::new(session);
     let status = if interactive {
-        shell.run_interactive(history_path())
+        shell.run_interactive(client::config::state_dir().map(|d| d.join("history")))
     } else {
         match a.batch.as_deref() {
             Some(p) if p != Path::new("-") => {
@@ -610,25 +688,201 @@ fn connect(a: ConnectArgs) -> Result<ExitCode> {
             _ => shell.run_batch(std::io::stdin().lock()),
         }
     };
+    drop(rt);
     Ok(ExitCode::from(status))
 }
 
-fn read_password(target: &Target) -> Result<Password> {
-    if let Ok(p) = std::env::var("FERRY_PASSWORD") {
-        return Ok(Password::new(p));
+/// Resolves the target, reads the password, connects (TOFU included) and logs in. `Err`
+/// of the inner result is the exit status of a failure already reported.
+fn start(
+    target: &open::Target,
+    opts: &ConnOpts,
+    may_prompt: bool,
+) -> Result<Result<(tokio::runtime::Runtime, Session), ExitCode>> {
+    let config = match ClientConfig::load_default() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
+        }
+    };
+    let ep = match open::resolve(target, opts.port, opts.ca.as_deref(), &config) {
+        Ok(ep) => ep,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
+        }
+    };
+    let accept = match &opts.accept_fingerprint {
+        Some(fp) => match client::trust::normalize_fingerprint(fp) {
+            Some(f) => Some(f),
+            None => {
+                eprintln!("ferry: --accept-fingerprint wants SHA256: and 64 hex digits");
+                return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
+            }
+        },
+        None => None,
+    };
+    let rt = runtime()?;
+    let trust = open::TrustOpts {
+        accept,
+        can_prompt: may_prompt && open::can_prompt(),
+        known_hosts: None,
+    };
+    let mut conn = match open::connect(&rt, &ep, &trust) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(client_failure(&e))),
+    };
+    let password = match open::read_password(&ep, opts.password_file.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return Ok(Err(ExitCode::from(client::EXIT_AUTH)));
+        }
+    };
+    if let Err(e) = rt.block_on(conn.login(&ep.user, &password)) {
+        return Ok(Err(client_failure(&e)));
     }
-    let prompt = format!("{}@{}'s password: ", target.user, target.host);
-    let p = rpassword::prompt_password(prompt)
-        .context("cannot read the password (no terminal? set FERRY_PASSWORD)")?;
-    Ok(Password::new(p))
+    let session = Session::new(rt.handle().clone(), conn);
+    Ok(Ok((rt, session)))
 }
 
-fn history_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    Some(base.join("ferry").join("history"))
+/// The target and path of a one-shot's remote argument.
+fn remote_arg(s: &str) -> Result<(open::Target, String), String> {
+    open::parse_remote(s).ok_or_else(|| format!("expected USER@HOST:PATH, got '{s}'"))
+}
+
+fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
+    let (target, path) = match remote_arg(&a.remote) {
+        Ok(x) => x,
+        Err(e) => return usage_error(&e),
+    };
+    let (rt, mut session) = match start(&target, &a.conn, true)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    prepare_oneshot(&mut session, a.json, a.conn.quiet);
+    let opts = TransferOpts {
+        recursive: a.recursive,
+        force: a.force,
+        resume: a.resume,
+    };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
+    let result = session.get(&[path], a.local.as_deref(), opts);
+    Ok(finish_oneshot(rt, session, result.map(|_| ()), a.json))
+}
+
+fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
+    let Some((remote, locals)) = a.paths.split_last() else {
+        return usage_error("put needs LOCAL... and USER@HOST:REMOTE");
+    };
+    let (target, path) = match remote_arg(remote) {
+        Ok(x) => x,
+        Err(e) => return usage_error(&e),
+    };
+    let (rt, mut session) = match start(&target, &a.conn, true)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    prepare_oneshot(&mut session, a.json, a.conn.quiet);
+    let opts = TransferOpts {
+        recursive: a.recursive,
+        force: a.force,
+        resume: a.resume,
+    };
+    let dest = if path.is_empty() {
+        None
+    } else {
+        Some(path.as_str())
+    };
+    let result = session.put(locals, dest, opts);
+    Ok(finish_oneshot(rt, session, result.map(|_| ()), a.json))
+}
+
+fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
+    let (target, path) = match remote_arg(&a.remote) {
+        Ok(x) => x,
+        Err(e) => return usage_error(&e),
+    };
+    let (rt, mut session) = match start(&target, &a.conn, true)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    session.catch_interrupts(true);
+    let mut line = String::from("ls");
+    if a.long {
+        line.push_str(" -l");
+    }
+    if a.names {
+        line.push_str(" -1");
+    }
+    if a.json {
+        line.push_str(" --json");
+    }
+    line.push_str(" -- ");
+    let quoted = shlex::try_quote(if path.is_empty() { "." } else { &path })
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| ".".into());
+    line.push_str(&quoted);
+    session.begin();
+    let result = client::shell::execute_line(&mut session, &line);
+    session.end();
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {}", e.for_terminal());
+            ExitCode::from(e.exit_code())
+        }
+    };
+    session.close();
+    drop(rt);
+    Ok(code)
+}
+
+fn prepare_oneshot(session: &mut Session, json: bool, quiet: bool) {
+    session.catch_interrupts(true);
+    session.bars = std::io::stderr().is_terminal() && !quiet && !json;
+    if json {
+        session.output = Output::Json;
+    }
+    session.begin();
+}
+
+/// Prints the result (the JSON report, or the error) and closes the session.
+fn finish_oneshot(
+    rt: tokio::runtime::Runtime,
+    mut session: Session,
+    result: Result<(), OpError>,
+    json: bool,
+) -> ExitCode {
+    session.end();
+    let code = match &result {
+        Ok(()) => client::EXIT_OK,
+        Err(e) => e.exit_code(),
+    };
+    if json {
+        let mut v = match session.last_report.take() {
+            Some(r) => serde_json::to_value(&r).unwrap_or_default(),
+            None => serde_json::json!({}),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ok".into(), serde_json::Value::Bool(result.is_ok()));
+            o.insert("exit_code".into(), serde_json::Value::from(code));
+            if let Err(e) = &result {
+                o.insert("error".into(), serde_json::Value::String(e.for_terminal()));
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if let Err(e) = &result {
+        eprintln!("ferry: {}", e.for_terminal());
+    }
+    session.close();
+    drop(rt);
+    ExitCode::from(code)
 }
 
 fn usage_error(msg: &str) -> Result<ExitCode> {
@@ -636,33 +890,14 @@ fn usage_error(msg: &str) -> Result<ExitCode> {
     Ok(ExitCode::from(client::EXIT_USAGE))
 }
 
-fn client_failure(e: &ClientError) -> Result<ExitCode> {
-    eprintln!("ferry: {e}");
-    Ok(ExitCode::from(e.exit_code()))
+fn client_failure(e: &ClientError) -> ExitCode {
+    eprintln!("ferry: {}", client::ops::terminal_text(e));
+    ExitCode::from(e.exit_code())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets() {
-        let t = parse_target("alice@files.example.org").unwrap();
-        assert_eq!(
-            (t.user.as_str(), t.host.as_str(), t.port),
-            ("alice", "files.example.org", None)
-        );
-        let t = parse_target("a@127.0.0.1:9000").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", Some(9000)));
-        let t = parse_target("a@[::1]:7443").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", Some(7443)));
-        let t = parse_target("a@::1").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", None));
-        assert!(parse_target("nobody").is_err());
-        assert!(parse_target("@host").is_err());
-        assert!(parse_target("a@host:notaport").is_err());
-        assert!(parse_target("a@[::1").is_err());
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -10,8 +10,9 @@
 //! - [`transfer`]: streaming with SHA-256, shared by both ends.
 //! - [`server`]: listener (limits, shutdown) -> session (handshake, login, request loop) ->
 //!   `server/cmd/`, one file per command.
-//! - [`client`]: `Connection` with typed methods (the library API), the shell, local temp
-//!   files.
+//! - [`client`]: `Connection` with typed methods (the library API); on top of it `ops` (globs,
+//!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
+//!   first use (`trust`), host aliases (`config`), progress bars.
 //! - [`sanitize`]: escaping of network-supplied names before they reach a terminal or log.
 //! - [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
 

@@ -17,10 +17,10 @@ use ferry::users::{self, Password};
 use crate::util::{CHEAP, names_in, random_file, sha256_hex};
 
 /// The binary under test.
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+pub(crate) const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// How long any one short-lived `ferry` run may take before the test fails.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long `ferry serve` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,28 +40,28 @@ const PRODUCTION_HASH_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
 
 /// What a finished `ferry` run left behind.
 #[derive(Debug)]
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
     /// Asserts the run exited with `code`, showing everything otherwise.
     #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
+    pub(crate) fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(self.status.code(), Some(code), "{self:#?}");
         self
     }
 
     #[track_caller]
-    fn expect_ok(&self) -> &Self {
+    pub(crate) fn expect_ok(&self) -> &Self {
         self.expect_code(0)
     }
 
     /// Asserts the run failed (any non-zero exit code).
     #[track_caller]
-    fn expect_failure(&self) -> &Self {
+    pub(crate) fn expect_failure(&self) -> &Self {
         assert!(
             self.status.code().is_some_and(|c| c != 0),
             "expected a failure: {self:#?}"
@@ -71,36 +71,37 @@ impl Out {
 }
 
 /// One run of the binary: working directory, environment and stdin.
-struct Ferry {
+pub(crate) struct Ferry {
     cmd: Command,
     stdin: Option<Vec<u8>>,
 }
 
 impl Ferry {
     /// `ferry` in `cwd` with a clean environment for ferry's own variables.
-    fn new(cwd: &Path) -> Ferry {
+    pub(crate) fn new(cwd: &Path) -> Ferry {
         let mut cmd = Command::new(FERRY);
         cmd.current_dir(cwd)
             .env_remove("FERRY_PASSWORD")
             .env_remove("FERRY_LOG")
             .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_CONFIG_HOME")
             .env("HOME", cwd);
         Ferry { cmd, stdin: None }
     }
 
-    fn env(mut self, key: &str, value: &str) -> Ferry {
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Ferry {
         self.cmd.env(key, value);
         self
     }
 
     /// Feeds `input` on stdin (a pipe, so not a terminal); without this stdin is /dev/null.
-    fn stdin(mut self, input: &str) -> Ferry {
+    pub(crate) fn stdin(mut self, input: &str) -> Ferry {
         self.stdin = Some(input.as_bytes().to_vec());
         self
     }
 
     /// Runs with `args` and waits, at most [`RUN_TIMEOUT`].
-    fn run(mut self, args: &[&str]) -> Out {
+    pub(crate) fn run(mut self, args: &[&str]) -> Out {
         self.cmd.args(args);
         self.cmd
             .stdin(if self.stdin.is_some() {
@@ -143,7 +144,7 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
 }
 
 /// Waits for `child` up to `limit`; on timeout kills it (SIGKILL), reaps it, returns `None`.
-fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -159,7 +160,7 @@ fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// A `ferry serve` process. Dropping it stops it: SIGTERM, then SIGKILL after a deadline.
-struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: Child,
     addr: SocketAddr,
     stdout: Option<JoinHandle<String>>,
@@ -254,12 +255,12 @@ impl ServeProcess {
         }
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
     /// `USER@127.0.0.1:PORT`.
-    fn target(&self, user: &str) -> String {
+    pub(crate) fn target(&self, user: &str) -> String {
         format!("{user}@127.0.0.1:{}", self.port())
     }
 
@@ -321,19 +322,19 @@ impl Drop for ServeProcess {
 
 /// A temp dir with dev certificates, a users file with cheap hashes (`alice` read-write,
 /// `reader` read-only), a data root, a local dir for the client, and a `ferry serve` on it.
-struct World {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    root: PathBuf,
-    local: PathBuf,
-    server: ServeProcess,
+pub(crate) struct World {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) ca: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) local: PathBuf,
+    pub(crate) server: ServeProcess,
 }
 
-const ALICE_PW: &str = "alice-pw";
+pub(crate) const ALICE_PW: &str = "alice-pw";
 const READER_PW: &str = "reader-pw";
 
 impl World {
-    fn start() -> World {
+    pub(crate) fn start() -> World {
         let dir = tempfile::tempdir().unwrap();
         let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
         let users_file = dir.path().join("users.toml");
@@ -368,17 +369,17 @@ impl World {
         }
     }
 
-    fn alice_home(&self) -> PathBuf {
+    pub(crate) fn alice_home(&self) -> PathBuf {
         self.root.join("alice")
     }
 
     /// `ferry connect USER@127.0.0.1:PORT --ca CA` in the local dir with `script` on stdin.
-    fn session(&self, user: &str, password: &str, script: &str) -> Out {
+    pub(crate) fn session(&self, user: &str, password: &str, script: &str) -> Out {
         self.connect(password, &[&self.server.target(user)], Some(script))
     }
 
     /// `ferry connect ARGS... --ca CA` in the local dir, FERRY_PASSWORD set.
-    fn connect(&self, password: &str, args: &[&str], script: Option<&str>) -> Out {
+    pub(crate) fn connect(&self, password: &str, args: &[&str], script: Option<&str>) -> Out {
         let mut all = vec!["connect"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--ca", self.ca.to_str().unwrap()]);
@@ -392,7 +393,7 @@ impl World {
 
 /// The `ls` line for `name` in `stdout`, split into (type+perms, size, date, time, name).
 #[track_caller]
-fn ls_line<'a>(stdout: &'a str, name: &str) -> [&'a str; 5] {
+pub(crate) fn ls_line<'a>(stdout: &'a str, name: &str) -> [&'a str; 5] {
     let line = stdout
         .lines()
         .find(|l| l.split_whitespace().nth(4) == Some(name))
@@ -426,7 +427,7 @@ fn cert_files(dir: &Path) -> Vec<Vec<u8>> {
 
 /// The fingerprint `ferry certs` printed, checked against the leaf of `server.pem`.
 #[track_caller]
-fn printed_fingerprint(out: &Out, dir: &Path) -> String {
+pub(crate) fn printed_fingerprint(out: &Out, dir: &Path) -> String {
     let fp = out
         .stdout
         .split_whitespace()
@@ -1028,9 +1029,9 @@ fn connect_batch_cd_pwd_mkdir_mv_rm_rmdir_help() {
     out.expect_ok();
     assert!(names_in(&home).is_empty(), "{:?}", names_in(&home));
     for usage in [
-        "get [-f] REMOTE [LOCAL]",
-        "put [-f] LOCAL [REMOTE]",
-        "mv [-f] FROM TO",
+        "get [-r] [-f] [-a] REMOTE... [LOCAL]",
+        "put [-r] [-f] [-a] LOCAL... [REMOTE]",
+        "mv [-f] FROM... TO",
     ] {
         assert!(out.stdout.contains(usage), "help shows {usage:?}: {out:#?}");
     }
@@ -1307,6 +1308,9 @@ fn help_of_every_command_exits_0_and_has_an_example() {
         &["user", "list"],
         &["serve"],
         &["connect"],
+        &["get"],
+        &["put"],
+        &["ls"],
     ];
     let mut missing = Vec::new();
     for cmd in commands {

@@ -5,8 +5,12 @@ mod util;
 
 mod attacks;
 mod cli;
+mod interrupt;
+mod oneshot;
 mod protocol;
 mod quota;
 mod resume;
 mod security;
+mod shell;
 mod transfers;
+mod trust;

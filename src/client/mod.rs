@@ -1,11 +1,30 @@
 //! The client: a connection with typed methods (the library API), and on top of it the
 //! interactive shell, batch mode and one-shot commands.
+//!
+//! - `connection`: [`Connection`], one session with typed requests.
+//! - `ops`: [`ops::Session`]: remote working directory, globs, recursive transfers, the
+//!   check of server-sent names; shared by the shell and the one-shots.
+//! - `shell`: the `ferry>` shell (interactive, batch), its commands and completion.
+//! - `trust`: CA or pinned fingerprint (known_hosts), the certificate verifier.
+//! - `config`: `config.toml` host aliases, XDG directories.
+//! - `progress`, `format`: bars on stderr, result lines on stdout.
+//! - `interrupt`: Ctrl-C cancels the running command.
+//! - `glob`: `*`, `?`, `[...]` matching and local expansion.
+//! - `local`, `paths`: local partial files, remote path arithmetic.
 
+pub mod config;
 pub mod connection;
 mod download;
+pub mod format;
+pub mod glob;
+pub mod interrupt;
 pub mod local;
+pub mod open;
+pub mod ops;
 pub mod paths;
+pub mod progress;
 pub mod shell;
+pub mod trust;
 mod upload;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,370 @@
+//! Opening a session from what the user typed: `USER@HOST[:PORT]`, an alias from
+//! `config.toml`, or scp-style `USER@HOST:PATH`; the password from `--password-file`,
+//! `FERRY_PASSWORD` or a prompt; and the certificate trusted by a CA or a pin, asking the
+//! user on first contact when someone is there to ask.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use tokio::runtime::Runtime;
+
+use super::ClientError;
+use super::config::ClientConfig;
+use super::connection::Connection;
+use super::trust::{self, KnownHosts, PinningVerifier, Verdict};
+use crate::protocol::DEFAULT_PORT;
+use crate::users::Password;
+
+/// Where to connect and as whom, after aliases were applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// User name.
+    pub user: String,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// CA file to trust instead of the system roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// `[USER@]HOST[:PORT]` split into its parts (no alias lookup yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// User name, if given.
+    pub user: Option<String>,
+    /// Host or alias.
+    pub host: String,
+    /// Port, if given.
+    pub port: Option<u16>,
+}
+
+/// Parses `[USER@]HOST[:PORT]` (IPv6 in brackets: `[::1]:7443`; a bare IPv6 address has no
+/// port).
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let (user, hostport) = match s.split_once('@') {
+        Some((u, h)) => {
+            if u.is_empty() {
+                return Err("the user name is empty".into());
+            }
+            (Some(u.to_string()), h)
+        }
+        None => (None, s),
+    };
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "unclosed '[' in host".to_string())?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("expected :PORT after ]")?),
+        };
+        (h.to_string(), port)
+    } else if hostport.parse::<std::net::Ipv6Addr>().is_ok() {
+        (hostport.to_string(), None)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+        None => None,
+    };
+    Ok(Target { user, host, port })
+}
+
+/// Splits scp-style `[USER@]HOST:PATH` into the target and the remote path (`HOST:` is the
+/// home). `None` if `s` has no host part (a local path). The port comes from `-P` or an alias.
+pub fn parse_remote(s: &str) -> Option<(Target, String)> {
+    let (user, rest) = match s.split_once('@') {
+        Some((u, r)) if !u.is_empty() && !u.contains('/') && !u.contains(':') => {
+            (Some(u.to_string()), r)
+        }
+        _ => (None, s),
+    };
+    let (host, path) = if let Some(inner) = rest.strip_prefix('[') {
+        let (h, after) = inner.split_once(']')?;
+        (h, after.strip_prefix(':')?)
+    } else {
+        let (h, p) = rest.split_once(':')?;
+        if h.contains('/') {
+            return None;
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        Target {
+            user,
+            host: host.to_string(),
+            port: None,
+        },
+        path.to_string(),
+    ))
+}
+
+/// Applies the command line's `-P` and `--ca` and the config's aliases to a target. An
+/// alias supplies address, port, user and CA; what the command line says wins.
+pub fn resolve(
+    target: &Target,
+    port: Option<u16>,
+    ca: Option<&Path>,
+    config: &ClientConfig,
+) -> Result<Endpoint, String> {
+    let alias = config.hosts.get(&target.host);
+    let user = target
+        .user
+        .clone()
+        .or_else(|| alias.and_then(|a| a.user.clone()))
+        .ok_or_else(|| {
+            if alias.is_some() {
+                format!(
+                    "alias '{}' has no user; write USER@{}",
+                    target.host, target.host
+                )
+            } else {
+                format!(
+                    "expected USER@HOST[:PORT] or an alias from config.toml, got '{}'",
+                    target.host
+                )
+            }
+        })?;
+    let host = alias.map_or_else(|| target.host.clone(), |a| a.address.clone());
+    let port = port
+        .or(target.port)
+        .or(alias.and_then(|a| a.port))
+        .unwrap_or(DEFAULT_PORT);
+    let ca = ca
+        .map(Path::to_path_buf)
+        .or_else(|| alias.and_then(|a| a.ca.clone()));
+    Ok(Endpoint {
+        user,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        ca,
+    })
+}
+
+/// The password: `--password-file` (its first line), else `FERRY_PASSWORD`, else a prompt
+/// without echo. Never from an argument.
+pub fn read_password(ep: &Endpoint, file: Option<&Path>) -> Result<Password, String> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read password file {}: {e}", f.display()))?;
+        let line = text.lines().next().unwrap_or("");
+        return Ok(Password::new(line.to_string()));
+    }
+    if let Ok(p) = std::env::var("FERRY_PASSWORD") {
+        return Ok(Password::new(p));
+    }
+    let prompt = format!("{}@{}'s password: ", ep.user, ep.host);
+    rpassword::prompt_password(prompt)
+        .map(Password::new)
+        .map_err(|e| {
+            format!("cannot read the password ({e}); set FERRY_PASSWORD or use --password-file")
+        })
+}
+
+/// How certificates without a trusted CA are handled.
+#[derive(Debug, Clone, Default)]
+pub struct TrustOpts {
+    /// `--accept-fingerprint`: pin this one if the host is new and it matches.
+    pub accept: Option<String>,
+    /// Whether a person can be asked (stdin and stderr are terminals, no batch file).
+    pub can_prompt: bool,
+    /// known_hosts to use (default: the XDG config dir's).
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// TCP + TLS + hello to `ep`, trusting a CA, a pin, or (first contact) the user's word.
+pub fn connect(rt: &Runtime, ep: &Endpoint, opts: &TrustOpts) -> Result<Connection, ClientError> {
+    let roots = trust::roots(ep.ca.as_deref()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let key = trust::host_key(&ep.host, ep.port);
+    let kh_path = opts
+        .known_hosts
+        .clone()
+        .or_else(trust::known_hosts_path)
+        .unwrap_or_else(|| PathBuf::from("known_hosts"));
+    let mut known = KnownHosts::load(&kh_path)
+        .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", kh_path.display())))?;
+    let dial = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
+    } else {
+        ep.host.clone()
+    };
+    let mut asked = false;
+    loop {
+        let verifier = PinningVerifier::new(roots.clone(), known.get(&key), opts.accept.clone());
+        let config =
+            trust::client_config(verifier.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let result = rt.block_on(Connection::connect(&dial, ep.port, config));
+        let verdict = verifier.verdict();
+        match result {
+            Ok(conn) => {
+                if let Some(Verdict::Accepted(fp)) = verdict {
+                    pin(&mut known, &key, &fp);
+                }
+                return Ok(conn);
+            }
+            Err(e @ ClientError::Tls(_)) => match verdict {
+                Some(Verdict::Unknown(fp)) if opts.can_prompt && !asked => {
+                    asked = true;
+                    if !ask(&key, &fp, known.path()) {
+                        return Err(ClientError::Tls(format!(
+                            "{key}: certificate not trusted (you said no)"
+                        )));
+                    }
+                    pin(&mut known, &key, &fp);
+                }
+                Some(Verdict::Unknown(fp)) => {
+                    return Err(ClientError::Tls(trust::unknown_message(&key, &fp)));
+                }
+                Some(Verdict::Changed {
+                    pinned,
+                    offered,
+                    line,
+                }) => {
+                    return Err(ClientError::Tls(trust::changed_message(
+                        &key,
+                        &pinned,
+                        &offered,
+                        line,
+                        known.path(),
+                    )));
+                }
+                Some(Verdict::NotAccepted { accepted, offered }) => {
+                    return Err(ClientError::Tls(format!(
+                        "{key} offered certificate {offered}, not the {accepted} you accepted; \
+                         nothing was pinned"
+                    )));
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn pin(known: &mut KnownHosts, key: &str, fp: &str) {
+    match known.add(key, fp) {
+        Ok(()) => eprintln!("ferry: pinned {key} {fp} in {}", known.path().display()),
+        Err(e) => eprintln!(
+            "ferry: warning: could not save the pin in {}: {e}",
+            known.path().display()
+        ),
+    }
+}
+
+/// Asks on the terminal whether to trust `fp` for `key`.
+fn ask(key: &str, fp: &str, file: &Path) -> bool {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "The authenticity of {key} can't be established: no trusted CA signed its certificate.\n\
+         Certificate fingerprint: {fp}\n\
+         Compare it with the one the server's admin has (ferry serve prints it).\n\
+         Trust it and remember it in {}? (yes/no) ",
+        file.display()
+    );
+    let _ = err.flush();
+    drop(err);
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "yes" | "y")
+}
+
+/// Whether prompts can reach a person.
+pub fn can_prompt() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::config::HostAlias;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("alice@files.example.org").unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), t.port),
+            (Some("alice"), "files.example.org", None)
+        );
+        let t = parse_target("a@127.0.0.1:9000").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", Some(9000)));
+        let t = parse_target("a@[::1]:7443").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", Some(7443)));
+        let t = parse_target("a@::1").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", None));
+        let t = parse_target("work").unwrap();
+        assert_eq!((t.user, t.host.as_str()), (None, "work"));
+        assert!(parse_target("@host").is_err());
+        assert!(parse_target("a@host:notaport").is_err());
+        assert!(parse_target("a@[::1").is_err());
+        assert!(parse_target("a@").is_err());
+    }
+
+    #[test]
+    fn remote_specs() {
+        let (t, p) = parse_remote("alice@host:dir/file.txt").unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), p.as_str()),
+            (Some("alice"), "host", "dir/file.txt")
+        );
+        let (t, p) = parse_remote("alice@[::1]:").unwrap();
+        assert_eq!((t.host.as_str(), p.as_str()), ("::1", ""));
+        let (t, p) = parse_remote("work:/x").unwrap();
+        assert_eq!((t.user, t.host.as_str(), p.as_str()), (None, "work", "/x"));
+        assert!(parse_remote("local.txt").is_none());
+        assert!(parse_remote("./a:b").is_none());
+        assert!(parse_remote(":x").is_none());
+    }
+
+    #[test]
+    fn aliases_resolve_and_the_command_line_wins() {
+        let mut config = ClientConfig::default();
+        config.hosts.insert(
+            "work".into(),
+            HostAlias {
+                address: "files.example.org".into(),
+                port: Some(8443),
+                user: Some("alice".into()),
+                ca: Some(PathBuf::from("/ca.pem")),
+            },
+        );
+        let ep = resolve(&parse_target("work").unwrap(), None, None, &config).unwrap();
+        assert_eq!(
+            ep,
+            Endpoint {
+                user: "alice".into(),
+                host: "files.example.org".into(),
+                port: 8443,
+                ca: Some(PathBuf::from("/ca.pem"))
+            }
+        );
+        let ep = resolve(
+            &parse_target("bob@work").unwrap(),
+            Some(9),
+            Some(Path::new("/other.pem")),
+            &config,
+        )
+        .unwrap();
+        assert_eq!((ep.user.as_str(), ep.port), ("bob", 9));
+        assert_eq!(ep.ca.as_deref(), Some(Path::new("/other.pem")));
+        assert!(resolve(&parse_target("nowhere").unwrap(), None, None, &config).is_err());
+        let ep = resolve(&parse_target("x@plain:1").unwrap(), None, None, &config).unwrap();
+        assert_eq!((ep.host.as_str(), ep.port), ("plain", 1));
+    }
+}
