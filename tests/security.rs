@@ -126,48 +126,45 @@ async fn overlong_password_is_refused_without_hashing() {
     users::add_user(&file, "alice", &hash, None, false).unwrap();
     server.server.replace_users(UserDb::load(&file).unwrap());
 
-    let mut raw = server.raw().await;
-    raw.hello().await;
-    let long = "p".repeat(1025);
-    let (wrong_reply, wrong) = timed_login(&mut raw, "alice", "wrong").await;
-    let (long_reply, long_known) = timed_login(&mut raw, "alice", &long).await;
-    let (ghost_long_reply, long_unknown) = timed_login(&mut raw, "ghost", &long).await;
-    assert_closed_silently(&mut raw, "after three failures").await;
-    assert_eq!(long_reply, wrong_reply);
-    assert_eq!(ghost_long_reply, wrong_reply);
+    // Timing on a shared machine: a burst of load can stretch one reply. The replies must be
+    // identical every time; the timing must hold in one of three rounds.
+    let mut last = String::new();
+    for round in 0..3 {
+        let mut raw = server.raw().await;
+        raw.hello().await;
+        let long = "p".repeat(1025);
+        let (wrong_reply, wrong) = timed_login(&mut raw, "alice", "wrong").await;
+        let (long_reply, long_known) = timed_login(&mut raw, "alice", &long).await;
+        let (ghost_long_reply, long_unknown) = timed_login(&mut raw, "ghost", &long).await;
+        assert_closed_silently(&mut raw, "after three failures").await;
+        assert_eq!(long_reply, wrong_reply);
+        assert_eq!(ghost_long_reply, wrong_reply);
 
-    let mut raw = server.raw().await;
-    raw.hello().await;
-    let (ghost_reply, ghost) = timed_login(&mut raw, "ghost", "wrong").await;
-    assert_eq!(ghost_reply, wrong_reply);
+        let mut raw = server.raw().await;
+        raw.hello().await;
+        let (ghost_reply, ghost) = timed_login(&mut raw, "ghost", "wrong").await;
+        assert_eq!(ghost_reply, wrong_reply);
 
-    eprintln!(
-        "argon2 cost {cost:?}; wrong password {wrong:?}, unknown user {ghost:?}, \
-         1025-byte password {long_known:?} / {long_unknown:?}"
-    );
-    // Controls: a normal failure does pay for argon2, for known and unknown users alike.
-    assert!(
-        wrong >= cost / 4,
-        "wrong password took {wrong:?}, hash costs {cost:?}"
-    );
-    assert!(
-        ghost >= cost / 4,
-        "unknown user took {ghost:?}, hash costs {cost:?}"
-    );
-    // An out-of-bounds password is refused before hashing.
-    assert!(
-        long_known < wrong / 2,
-        "1025-byte password took {long_known:?}; a hashed failure took {wrong:?}"
-    );
-    assert!(
-        long_unknown < wrong / 2,
-        "1025-byte password (unknown user) took {long_unknown:?}; a hashed failure took {wrong:?}"
-    );
-
-    // The real password still works with the costly hash.
-    let mut raw = server.raw().await;
-    raw.login("alice", "alice-pw").await;
-    server.stop().await;
+        last = format!(
+            "round {round}: argon2 cost {cost:?}; wrong password {wrong:?}, unknown user \
+             {ghost:?}, 1025-byte password {long_known:?} / {long_unknown:?}"
+        );
+        eprintln!("{last}");
+        // Controls: a normal failure does pay for argon2, for known and unknown users alike;
+        // an out-of-bounds password is refused before hashing.
+        if wrong >= cost / 4
+            && ghost >= cost / 4
+            && long_known < wrong / 2
+            && long_unknown < wrong / 2
+        {
+            // The real password still works with the costly hash.
+            let mut raw = server.raw().await;
+            raw.login("alice", "alice-pw").await;
+            server.stop().await;
+            return;
+        }
+    }
+    panic!("the timing never showed hashing skipped for overlong passwords: {last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
