@@ -761,6 +761,51 @@ fn check_partial_key(key: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A directory that holds a renamed-in file and still needs an fsync for the rename to be
+/// durable.
+#[derive(Debug)]
+pub struct UnsyncedDir {
+    dir: Dir,
+}
+
+impl UnsyncedDir {
+    /// Fsyncs the directory.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        sync_dir(&self.dir)
+    }
+
+    /// Fsyncs each distinct directory of `dirs` once (many files committed into one directory
+    /// cost one fsync: group commit). Returns one result per input, in order: a directory's
+    /// result is shared by every entry that names it.
+    pub fn sync_all(dirs: &[&UnsyncedDir]) -> Vec<Result<(), StorageError>> {
+        let mut done: Vec<((u64, u64), Result<(), i32>)> = Vec::new();
+        dirs.iter()
+            .map(|d| {
+                let key = match rustix::fs::fstat(&d.dir) {
+                    Ok(st) => (st.st_dev, st.st_ino),
+                    Err(e) => return Err(e.into()),
+                };
+                let result = match done.iter().find(|(k, _)| *k == key) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = sync_dir(&d.dir).map_err(|e| match e {
+                            StorageError::Io(io) => io.raw_os_error().unwrap_or(libc_eio()),
+                            _ => libc_eio(),
+                        });
+                        done.push((key, r));
+                        r
+                    }
+                };
+                result.map_err(|code| StorageError::from_io(io::Error::from_raw_os_error(code)))
+            })
+            .collect()
+    }
+}
+
+fn libc_eio() -> i32 {
+    Errno::IO.raw_os_error()
+}
+
 /// Fsyncs a directory. The `Dir` descriptors are `O_PATH`, which fsync refuses, so open the
 /// directory itself for reading (".": a single name that cannot leave it).
 fn sync_dir(dir: &Dir) -> Result<(), StorageError> {
@@ -871,7 +916,16 @@ impl TempFile {
     /// replaced (its target untouched), a directory is `IsADirectory`. On an error before the
     /// rename the temp is removed; an error from the final directory fsync means the file is
     /// already in place but may not survive a crash.
-    pub fn commit(mut self, overwrite: bool) -> Result<(), StorageError> {
+    pub fn commit(self, overwrite: bool) -> Result<(), StorageError> {
+        let dir = self.rename_into_place(overwrite)?;
+        dir.sync()
+    }
+
+    /// The first half of [`TempFile::commit`]: fsync (if needed) and rename into place, but
+    /// leave the directory fsync to the caller, who may batch it with other files of the same
+    /// directory ([`UnsyncedDir::sync_all`]). The commit is durable, and may be acknowledged,
+    /// only once the returned directory is synced.
+    pub fn rename_into_place(mut self, overwrite: bool) -> Result<UnsyncedDir, StorageError> {
         if !self.synced {
             self.sync()?;
         }
@@ -882,7 +936,9 @@ impl TempFile {
             rename_noreplace(dir, temp, dir, target)?;
         }
         self.committed = true;
-        sync_dir(&self.parent)
+        Ok(UnsyncedDir {
+            dir: self.parent.try_clone()?,
+        })
     }
 
     /// Keeps the temp file as the partial upload `key` (replacing an older one), for a later

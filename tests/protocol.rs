@@ -1180,3 +1180,33 @@ async fn listing_pages_are_bounded_and_counted() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Regression: replies of committed uploads wait for a shared directory fsync (group commit),
+/// but never for the client: a complete upload followed by only the header of the next one
+/// must still get its reply while the server waits for that next upload's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_group_commit_reply_does_not_wait_for_the_next_uploads_data() {
+    let server = TestServer::start().await;
+    let mut raw = logged_in(&server).await;
+    let data = pattern(100, 3);
+    raw.send(&put(2, "/a", 100, false)).await;
+    raw.send_data(&data).await;
+    raw.send(&ClientMessage::End {
+        id: 2,
+        sha256: sha256_hex(&data),
+    })
+    .await;
+    raw.send(&put(3, "/b", 100, false)).await;
+    match raw.recv().await {
+        ServerMessage::Ok { id: 2, .. } => {}
+        other => panic!("expected the first upload's ok, got {other:?}"),
+    }
+    raw.send_data(&data).await;
+    raw.send(&ClientMessage::End {
+        id: 3,
+        sha256: sha256_hex(&data),
+    })
+    .await;
+    assert!(matches!(raw.recv().await, ServerMessage::Ok { id: 3, .. }));
+    assert_eq!(std::fs::read(server.home("alice").join("b")).unwrap(), data);
+}

@@ -95,6 +95,9 @@ impl Connection {
         let mut next = 0;
         let mut in_flight: VecDeque<(usize, u64, Target, Instant)> = VecDeque::new();
         let mut done_bytes = 0u64;
+        // Files renamed into place whose directory fsync (and report) is due: one fsync per
+        // directory for a whole batch, as the server does for uploads.
+        let mut unsynced: Vec<(usize, Transferred, Option<PathBuf>)> = Vec::new();
         loop {
             while in_flight.len() < PIPELINE_DEPTH
                 && next < items.len()
@@ -113,6 +116,7 @@ impl Connection {
                     }
                     Err(e) => {
                         if in_flight.is_empty() {
+                            sync_and_report(&mut unsynced, on_done).await;
                             on_done(index, Err(e));
                         } else {
                             // Report in order: after the ones already in flight.
@@ -129,30 +133,42 @@ impl Connection {
             let base = done_bytes;
             let mut file_progress = |n: u64| progress(base + n);
             let cancelled = self.cancel.is_cancelled();
-            match self
-                .receive(
+            let received = self
+                .receive_deferred(
                     id,
                     target,
                     overwrite,
                     cancelled,
+                    true,
                     &mut file_progress,
                     started,
                 )
-                .await
-            {
-                Ok(t) => {
+                .await;
+            match received {
+                Ok((t, dir)) => {
                     done_bytes += t.size;
-                    on_done(index, Ok(t));
+                    unsynced.push((index, t, dir));
+                    if unsynced.len() >= PIPELINE_DEPTH {
+                        sync_and_report(&mut unsynced, on_done).await;
+                    }
                 }
                 Err(ClientError::Cancelled) => {
                     if in_flight.is_empty() {
+                        sync_and_report(&mut unsynced, on_done).await;
                         return Err(ClientError::Cancelled);
                     }
                 }
-                Err(e) if e.is_fatal() => return Err(e),
-                Err(e) => on_done(index, Err(e)),
+                Err(e) if e.is_fatal() => {
+                    sync_and_report(&mut unsynced, on_done).await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    sync_and_report(&mut unsynced, on_done).await;
+                    on_done(index, Err(e));
+                }
             }
         }
+        sync_and_report(&mut unsynced, on_done).await;
         if self.cancel.is_cancelled() {
             return Err(ClientError::Cancelled);
         }
@@ -171,6 +187,26 @@ impl Connection {
         progress: Progress<'_>,
         started: Instant,
     ) -> Result<Transferred, ClientError> {
+        let (t, dir) = self
+            .receive_deferred(id, target, overwrite, cancel_now, false, progress, started)
+            .await?;
+        debug_assert!(dir.is_none());
+        Ok(t)
+    }
+
+    /// [`Connection::receive`], optionally leaving the directory fsync to the caller: then
+    /// the file is renamed into place and the directory that still needs an fsync returned.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_deferred(
+        &mut self,
+        id: u64,
+        target: Target,
+        overwrite: bool,
+        cancel_now: bool,
+        defer_dir_sync: bool,
+        progress: Progress<'_>,
+        started: Instant,
+    ) -> Result<(Transferred, Option<PathBuf>), ClientError> {
         let Target {
             local,
             partial,
@@ -283,13 +319,14 @@ impl Connection {
                                 remote: sha,
                             });
                         }
-                        commit(partial, &local, overwrite).await?;
-                        return Ok(Transferred {
+                        let dir = commit(partial, &local, overwrite, defer_dir_sync).await?;
+                        let done = Transferred {
                             size,
                             sha256: sha,
                             elapsed: started.elapsed(),
                             resumed_from: offset,
-                        });
+                        };
+                        return Ok((done, dir));
                     }
                     Ok(Written::Failed(e)) => return Err(ClientError::local(&local, e)),
                     _ => {
@@ -320,6 +357,53 @@ impl Connection {
             _ => {}
         }
         Err(remote_sha)
+    }
+}
+
+/// Fsyncs the directories of downloads renamed into place (each directory once), then
+/// reports them in order; a failed directory fsync fails its files' reports.
+async fn sync_and_report(
+    unsynced: &mut Vec<(usize, Transferred, Option<PathBuf>)>,
+    on_done: &mut (dyn FnMut(usize, Result<Transferred, ClientError>) + Send),
+) {
+    if unsynced.is_empty() {
+        return;
+    }
+    let dirs: Vec<Option<PathBuf>> = unsynced.iter().map(|(_, _, d)| d.clone()).collect();
+    let results = tokio::task::spawn_blocking(move || {
+        let mut synced: Vec<(PathBuf, Result<(), std::io::ErrorKind>)> = Vec::new();
+        dirs.into_iter()
+            .map(|d| {
+                let Some(d) = d else { return Ok(()) };
+                if let Some((_, r)) = synced.iter().find(|(p, _)| *p == d) {
+                    return r.map_err(std::io::Error::from);
+                }
+                let r = super::local::sync_dir(&d);
+                synced.push((d, r.as_ref().map(|_| ()).map_err(|e| e.kind())));
+                r
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (i, (index, t, dir)) in std::mem::take(unsynced).into_iter().enumerate() {
+        match results.get(i) {
+            Some(Ok(())) => on_done(index, Ok(t)),
+            Some(Err(e)) => on_done(
+                index,
+                Err(ClientError::local(
+                    dir.as_deref().unwrap_or(Path::new(".")),
+                    std::io::Error::new(e.kind(), e.to_string()),
+                )),
+            ),
+            None => on_done(
+                index,
+                Err(ClientError::local(
+                    Path::new("."),
+                    std::io::Error::other("directory sync did not run"),
+                )),
+            ),
+        }
     }
 }
 
@@ -362,10 +446,22 @@ async fn prepare(local: &Path, overwrite: bool, resume: bool) -> Result<Target, 
     .map_err(|e| ClientError::Protocol(e.to_string()))?
 }
 
-async fn commit(partial: Partial, local: &Path, overwrite: bool) -> Result<(), ClientError> {
+/// Commits a verified partial; with `defer_dir_sync`, returns the directory whose fsync is
+/// still due instead of doing it.
+async fn commit(
+    partial: Partial,
+    local: &Path,
+    overwrite: bool,
+    defer_dir_sync: bool,
+) -> Result<Option<PathBuf>, ClientError> {
     let path = local.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        partial.commit(overwrite).map_err(|e| match e.kind() {
+        let result = if defer_dir_sync {
+            partial.commit_without_dir_sync(overwrite).map(Some)
+        } else {
+            partial.commit(overwrite).map(|()| None)
+        };
+        result.map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => ClientError::LocalExists(path.clone()),
             _ => ClientError::local(&path, e),
         })

@@ -99,7 +99,16 @@ impl Partial {
 
     /// fsyncs, renames into place (refusing an existing target unless `overwrite`, without a
     /// check-then-act race), and fsyncs the directory.
-    pub fn commit(mut self, overwrite: bool) -> std::io::Result<()> {
+    pub fn commit(self, overwrite: bool) -> std::io::Result<()> {
+        let dir = self.commit_without_dir_sync(overwrite)?;
+        // The rename is durable only once the directory is; the file is already in place, so
+        // an error here is reported but leaves nothing to clean up.
+        sync_dir(&dir)
+    }
+
+    /// [`Partial::commit`] up to the rename; returns the directory that still needs an fsync
+    /// (batched by the caller for many files: one fsync per directory).
+    pub fn commit_without_dir_sync(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
         self.file
             .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         self.file.sync_all()?;
@@ -109,9 +118,7 @@ impl Partial {
             rename_noreplace(&self.path, &self.target)?;
         }
         self.done = true;
-        // The rename is durable only once the directory is; the file is already in place, so
-        // an error here is reported but leaves nothing to clean up.
-        File::open(parent_of(&self.target))?.sync_all()
+        Ok(parent_of(&self.target))
     }
 }
 
@@ -121,6 +128,11 @@ impl Drop for Partial {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Fsyncs a directory, making renames into it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn parent_of(target: &Path) -> PathBuf {

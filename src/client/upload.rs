@@ -207,17 +207,6 @@ impl Connection {
                     }
                 };
                 let size = source.size;
-                if let Err(e) = writer.queue_message(&ClientMessage::Put {
-                    id,
-                    path: remote.clone(),
-                    size,
-                    overwrite,
-                    offset: 0,
-                    prefix_sha256: None,
-                }) {
-                    outcome = Err(e.into());
-                    break;
-                }
                 let item = InFlight::Sent {
                     index,
                     id,
@@ -227,13 +216,25 @@ impl Connection {
                 };
                 if tx.capacity() == 0 {
                     // About to wait for the receiver, which may be waiting for a reply to
-                    // bytes still in our buffer: send them first.
+                    // uploads still in our buffer: send them first. (Only whole uploads are
+                    // ever in the buffer here, never a request without its data.)
                     if let Err(e) = timed(writer.flush()).await.and_then(|r| Ok(r?)) {
                         outcome = Err(e);
                         break;
                     }
                 }
                 if tx.send(item).await.is_err() {
+                    break;
+                }
+                if let Err(e) = writer.queue_message(&ClientMessage::Put {
+                    id,
+                    path: remote.clone(),
+                    size,
+                    overwrite,
+                    offset: 0,
+                    prefix_sha256: None,
+                }) {
+                    outcome = Err(e.into());
                     break;
                 }
                 let stop = || refused.load(Ordering::Relaxed) == id || cancel.is_cancelled();

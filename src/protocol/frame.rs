@@ -127,6 +127,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether a whole frame is already buffered (reading it would not wait for the peer).
+    pub fn has_buffered_frame(&self) -> bool {
+        if self.buf.len() < HEADER_LEN {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        self.buf.len() >= HEADER_LEN + len
+    }
+
     /// Changes the frame cap (e.g. after login).
     pub fn set_max_len(&mut self, max_len: usize) {
         self.max_len = max_len;

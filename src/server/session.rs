@@ -13,7 +13,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Server, cmd, quota};
-use crate::jail::{Jail, StorageError};
+use crate::jail::{Jail, StorageError, UnsyncedDir};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, MAX_PASSWORD_LEN, MAX_USER_LEN, PROTOCOL_VERSION, ServerMessage,
@@ -67,6 +67,22 @@ pub(super) struct Final {
     pub sha256: Option<String>,
 }
 
+/// Most uploads whose reply waits for one group commit (the reference client keeps 32 in
+/// flight).
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// An upload already renamed into place whose directory fsync, and so whose `ok`, is due.
+pub(super) struct Unsynced {
+    pub id: u64,
+    pub dir: UnsyncedDir,
+    pub size: u64,
+    pub sha256: String,
+    /// Settles the user's quota accounting once the outcome is known.
+    pub settle: Box<dyn FnOnce() + Send>,
+    /// Filled in by the dispatcher once the handler returns.
+    pub audit: Option<cmd::AuditInfo>,
+}
+
 /// A logged-in session: the state every command handler works with.
 pub(super) struct Session {
     pub server: Arc<Server>,
@@ -84,6 +100,9 @@ pub(super) struct Session {
     _user_slot: super::Slot<String>,
     /// The last final reply sent, for the audit line of the request it answered.
     pub last_final: Option<Final>,
+    /// Uploads committed but not yet acknowledged: their directories are fsynced together
+    /// (group commit) before their replies go out, in order, ahead of any later reply.
+    pub unsynced: Vec<Unsynced>,
     /// Frames that arrived during a long request and belong to later ones, oldest first.
     pending: VecDeque<Frame>,
     pending_bytes: usize,
@@ -122,6 +141,57 @@ impl Session {
     /// Sends one message, flushed, under the stall timeout: a client that stops reading
     /// cannot hold the session forever.
     pub async fn send(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        // Replies go out in request order: acknowledge committed uploads first.
+        self.flush_unsynced().await?;
+        self.send_now(msg).await
+    }
+
+    /// Fsyncs the directories of the uploads waiting for it (each directory once) and sends
+    /// their replies in order. A directory fsync that fails fails the replies of its files.
+    pub async fn flush_unsynced(&mut self) -> Result<(), End> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.unsynced);
+        let (batch, results) = tokio::task::spawn_blocking(move || {
+            let dirs: Vec<&UnsyncedDir> = batch.iter().map(|u| &u.dir).collect();
+            let results = UnsyncedDir::sync_all(&dirs);
+            (batch, results)
+        })
+        .await
+        .map_err(|e| End::Internal(format!("group commit: {e}")))?;
+        for (u, result) in batch.into_iter().zip(results) {
+            // The file is in place either way; the quota counts it.
+            (u.settle)();
+            let msg = match result {
+                Ok(()) => ServerMessage::ok_transfer(u.id, u.size, u.sha256),
+                Err(e) => super::error::storage_reply(u.id, &e, self.peer, &self.user, "put"),
+            };
+            if let Some(a) = &u.audit {
+                let (bytes, sha) = match &msg {
+                    ServerMessage::Ok { size, sha256, .. } => (*size, sha256.clone()),
+                    _ => (None, None),
+                };
+                let result = match &msg {
+                    ServerMessage::Error { code, .. } => code.as_str(),
+                    _ => "ok",
+                };
+                cmd::audit_line(self, a, bytes, sha.as_deref(), result);
+            }
+            self.send_now(&msg).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the group commit should happen now: enough is waiting, or nothing more has
+    /// arrived to add to it (the client is waiting for replies).
+    pub fn commit_due(&self) -> bool {
+        !self.unsynced.is_empty()
+            && (self.unsynced.len() >= GROUP_COMMIT_MAX
+                || (self.pending.is_empty() && !self.reader.has_buffered_frame()))
+    }
+
+    async fn send_now(&mut self, msg: &ServerMessage) -> Result<(), End> {
         match msg {
             ServerMessage::Ok {
                 id, size, sha256, ..
@@ -157,6 +227,10 @@ impl Session {
     pub async fn read_transfer_frame(&mut self) -> Result<Frame, End> {
         if let Some(f) = self.take_pending() {
             return Ok(f);
+        }
+        if !self.unsynced.is_empty() && !self.reader.has_buffered_frame() {
+            // About to wait for the client, which may itself be waiting for these replies.
+            self.flush_unsynced().await?;
         }
         let stall = self.server.limits.stall_timeout;
         match tokio::time::timeout(stall, self.reader.read_frame()).await {
@@ -214,10 +288,14 @@ pub(super) async fn run(
                 account,
                 _user_slot: slot,
                 last_final: None,
+                unsynced: Vec::new(),
                 pending: VecDeque::new(),
                 pending_bytes: 0,
             };
             let end = request_loop(&mut sess, &token).await;
+            // Uploads already renamed into place are made durable even if nobody is left to
+            // hear about it.
+            let _ = sess.flush_unsynced().await;
             log_end(peer, Some(&sess.user), &end);
             if matches!(end, End::Protocol(_)) {
                 server.penalise(peer, super::penalty::Offence::ProtocolError);
@@ -541,6 +619,11 @@ async fn open_home(
 
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
     loop {
+        if sess.commit_due()
+            && let Err(end) = sess.flush_unsynced().await
+        {
+            return end;
+        }
         if let Some(frame) = sess.take_pending() {
             if let Err(end) = handle_frame(sess, frame).await {
                 return end;

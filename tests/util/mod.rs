@@ -99,6 +99,13 @@ impl TestServer {
 
     /// Starts a server on an existing world (certs, users file and data from an earlier one).
     pub async fn start_in(dir: tempfile::TempDir, limits: Limits) -> TestServer {
+        // FERRY_LOG=debug shows the server's log in a failing test's output.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let certs = ferry::certs::CertPaths::in_dir(&dir.path().join("certs"));
         let users_file = dir.path().join("users.toml");
         let root = dir.path().join("data");

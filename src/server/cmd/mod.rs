@@ -38,9 +38,21 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
     sess.last_final = None;
     let result = run(sess, msg).await;
     if let Some((id, op, path)) = audited {
-        audit(sess, id, op, &path, started, &result);
+        match sess.unsynced.last_mut() {
+            // A put waiting for its group commit: its audit line goes out with its reply.
+            Some(u) if u.id == id => u.audit = Some(AuditInfo { op, path, started }),
+            _ => audit(sess, id, op, &path, started, &result),
+        }
     }
     result
+}
+
+/// What the audit line of a request needs, kept while its reply waits for a group commit.
+#[derive(Debug)]
+pub(super) struct AuditInfo {
+    pub op: &'static str,
+    pub path: String,
+    pub started: std::time::Instant,
 }
 
 /// One audit line per transfer or change: who, from where, what, how much, the digest, how
@@ -70,6 +82,28 @@ fn audit(
         sha256 = fin.and_then(|f| f.sha256.as_deref()),
         ms = started.elapsed().as_millis() as u64,
         result = outcome,
+    );
+}
+
+/// The audit line of a request whose reply waited for a group commit.
+pub(super) fn audit_line(
+    sess: &Session,
+    a: &AuditInfo,
+    bytes: Option<u64>,
+    sha256: Option<&str>,
+    result: &str,
+) {
+    tracing::info!(
+        target: "ferry::audit",
+        event = "request",
+        peer = %sess.peer,
+        user = %sess.user,
+        op = a.op,
+        path = %crate::sanitize::for_log(&a.path),
+        bytes,
+        sha256,
+        ms = a.started.elapsed().as_millis() as u64,
+        result,
     );
 }
 

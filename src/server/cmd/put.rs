@@ -27,6 +27,10 @@ use crate::protocol::{
 };
 use crate::transfer::{hash_prefix, is_hex_digest};
 
+/// Uploads up to this size may wait to share a group commit with the ones after them; a
+/// larger one first acknowledges what is waiting.
+const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+
 enum ToWriter {
     Data(Bytes),
     /// All data arrived: fsync and hand the temp file back.
@@ -73,6 +77,10 @@ pub(super) async fn run(
     prefix_sha256: Option<String>,
 ) -> Result<(), End> {
     let expected = size.saturating_sub(offset);
+    if expected > GROUP_COMMIT_SMALL {
+        // Earlier uploads' replies must not wait for a long one.
+        sess.flush_unsynced().await?;
+    }
     let Some(target) = parse_path(sess, id, &path).await? else {
         return discard(sess, id, expected).await;
     };
@@ -288,16 +296,28 @@ pub(super) async fn run(
         drop((reservation, debt));
         return sess.send(&msg).await;
     }
-    match blocking(move || temp.commit(overwrite)).await {
-        Ok(()) => {
-            if let Some(r) = reservation {
-                // The resumed partial's bytes were counted already: only the rest is new.
-                let removed_files = u64::from(offset > 0 && replaced.is_some());
-                r.commit(size - offset, replaced.unwrap_or(0), removed_files);
-            }
+    match blocking(move || temp.rename_into_place(overwrite)).await {
+        Ok(dir) => {
             debt.settle();
-            sess.send(&ServerMessage::ok_transfer(id, size, actual))
-                .await
+            // The reply waits for the directory fsync, done once for every upload that lands
+            // in that directory meanwhile (group commit): many small files cost one fsync of
+            // their directory, not one each. Nothing is acknowledged before it is durable.
+            let settle = move || {
+                if let Some(r) = reservation {
+                    // The resumed partial's bytes were counted already: only the rest is new.
+                    let removed_files = u64::from(offset > 0 && replaced.is_some());
+                    r.commit(size - offset, replaced.unwrap_or(0), removed_files);
+                }
+            };
+            sess.unsynced.push(super::super::session::Unsynced {
+                id,
+                dir,
+                size,
+                sha256: actual,
+                settle: Box::new(settle),
+                audit: None,
+            });
+            Ok(())
         }
         Err(e) => {
             drop((reservation, debt));
