@@ -32,7 +32,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
 use ferry::jail::{Jail, PathError, RESERVED_PREFIX, RemotePath};
-use ferry::protocol::{EntryKind, MAX_NAME_LEN, MAX_PATH_LEN};
+use ferry::protocol::{EntryKind, MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 use libfuzzer_sys::fuzz_target;
 use rustix::fs::{FileType, Mode};
 
@@ -337,7 +337,11 @@ fn check_parse(s: &str) -> Option<RemotePath> {
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect();
+    // The normal form is "/" + the components joined by "/".
+    let normal_len = wanted.iter().map(|c| c.len() + 1).sum::<usize>().max(1);
     let acceptable = s.len() <= MAX_PATH_LEN
+        && normal_len <= MAX_PATH_LEN
+        && wanted.len() <= MAX_PATH_DEPTH
         && !s.chars().any(bad_char)
         && wanted
             .iter()
