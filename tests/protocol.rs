@@ -1210,3 +1210,27 @@ async fn r_group_commit_reply_does_not_wait_for_the_next_uploads_data() {
     assert!(matches!(raw.recv().await, ServerMessage::Ok { id: 3, .. }));
     assert_eq!(std::fs::read(server.home("alice").join("b")).unwrap(), data);
 }
+
+/// Two pipelined uploads to one new name, without overwrite, land in the same group commit:
+/// the first wins whole, the second is refused (as it would be one after the other), and a
+/// request after them sees the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_twice_in_one_group_commit_refuses_the_second() {
+    let server = TestServer::start().await;
+    let mut raw = logged_in(&server).await;
+    let (first, second) = (pattern(3000, 1), pattern(3000, 2));
+    for (id, data) in [(2, &first), (3, &second)] {
+        raw.send(&put(id, "/same", data.len() as u64, false)).await;
+        raw.send_data(data).await;
+        raw.send(&end(id, &sha256_hex(data))).await;
+    }
+    raw.send(&stat(4, "/same")).await;
+    expect_ok(raw.recv().await, 2);
+    expect_error(raw.recv().await, Some(3), ErrorCode::AlreadyExists);
+    expect_ok(raw.recv().await, 4);
+    assert_eq!(
+        std::fs::read(server.home("alice").join("same")).unwrap(),
+        first
+    );
+    assert!(server_temps(&server.home("alice")).is_empty());
+}

@@ -37,6 +37,13 @@ enum Written {
     Failed(std::io::Error),
 }
 
+/// A verified download waiting for the group commit: not yet renamed into place.
+struct Deferred {
+    partial: Partial,
+    local: PathBuf,
+    overwrite: bool,
+}
+
 /// A download prepared on the local side: its partial, opened and locked.
 struct Target {
     local: PathBuf,
@@ -97,7 +104,7 @@ impl Connection {
         let mut done_bytes = 0u64;
         // Files renamed into place whose directory fsync (and report) is due: one fsync per
         // directory for a whole batch, as the server does for uploads.
-        let mut unsynced: Vec<(usize, Transferred, Option<PathBuf>)> = Vec::new();
+        let mut unsynced: Vec<(usize, Transferred, Deferred)> = Vec::new();
         loop {
             while in_flight.len() < PIPELINE_DEPTH
                 && next < items.len()
@@ -145,9 +152,12 @@ impl Connection {
                 )
                 .await;
             match received {
-                Ok((t, dir)) => {
+                Ok((t, deferred)) => {
                     done_bytes += t.size;
-                    unsynced.push((index, t, dir));
+                    match deferred {
+                        Some(d) => unsynced.push((index, t, d)),
+                        None => on_done(index, Ok(t)),
+                    }
                     if unsynced.len() >= PIPELINE_DEPTH {
                         sync_and_report(&mut unsynced, on_done).await;
                     }
@@ -206,7 +216,7 @@ impl Connection {
         defer_dir_sync: bool,
         progress: Progress<'_>,
         started: Instant,
-    ) -> Result<(Transferred, Option<PathBuf>), ClientError> {
+    ) -> Result<(Transferred, Option<Deferred>), ClientError> {
         let Target {
             local,
             partial,
@@ -319,14 +329,23 @@ impl Connection {
                                 remote: sha,
                             });
                         }
-                        let dir = commit(partial, &local, overwrite, defer_dir_sync).await?;
                         let done = Transferred {
                             size,
                             sha256: sha,
                             elapsed: started.elapsed(),
                             resumed_from: offset,
                         };
-                        return Ok((done, dir));
+                        if defer_dir_sync {
+                            // Verified; the group commit flushes and renames it.
+                            let deferred = Deferred {
+                                partial,
+                                local: local.clone(),
+                                overwrite,
+                            };
+                            return Ok((done, Some(deferred)));
+                        }
+                        commit(partial, &local, overwrite).await?;
+                        return Ok((done, None));
                     }
                     Ok(Written::Failed(e)) => return Err(ClientError::local(&local, e)),
                     _ => {
@@ -360,50 +379,76 @@ impl Connection {
     }
 }
 
-/// Fsyncs the directories of downloads renamed into place (each directory once), then
-/// reports them in order; a failed directory fsync fails its files' reports.
+/// The group commit of downloads: one `syncfs` per file system makes every waiting file's
+/// data durable, each is renamed into place, each directory that got a file is fsynced once,
+/// and then they are reported in order. Any failure fails the files it concerns.
 async fn sync_and_report(
-    unsynced: &mut Vec<(usize, Transferred, Option<PathBuf>)>,
+    unsynced: &mut Vec<(usize, Transferred, Deferred)>,
     on_done: &mut (dyn FnMut(usize, Result<Transferred, ClientError>) + Send),
 ) {
     if unsynced.is_empty() {
         return;
     }
-    let dirs: Vec<Option<PathBuf>> = unsynced.iter().map(|(_, _, d)| d.clone()).collect();
-    let results = tokio::task::spawn_blocking(move || {
+    let batch = std::mem::take(unsynced);
+    let done = tokio::task::spawn_blocking(move || {
+        // 1. One flush per file system, through its earliest-opened partial (write-back
+        //    errors since that descriptor was opened are reported to it).
+        let mut flushed: Vec<(u64, Result<(), std::io::ErrorKind>)> = Vec::new();
+        let devices: Vec<std::io::Result<u64>> =
+            batch.iter().map(|(_, _, d)| d.partial.device()).collect();
+        for ((_, _, d), dev) in batch.iter().zip(&devices) {
+            if let Ok(dev) = dev
+                && !flushed.iter().any(|(k, _)| k == dev)
+            {
+                flushed.push((*dev, d.partial.syncfs().map_err(|e| e.kind())));
+            }
+        }
+        // 2. Rename each into place.
+        let placed: Vec<(usize, Transferred, PathBuf, Result<PathBuf, ClientError>)> = batch
+            .into_iter()
+            .zip(devices)
+            .map(|((index, t, d), dev)| {
+                let flush = match dev {
+                    Ok(dev) => flushed
+                        .iter()
+                        .find(|(k, _)| *k == dev)
+                        .map_or(Err(std::io::ErrorKind::Other), |(_, r)| *r),
+                    Err(e) => Err(e.kind()),
+                };
+                let result = match flush {
+                    Ok(()) => d
+                        .partial
+                        .commit_after_syncfs(d.overwrite)
+                        .map_err(|e| commit_error(&d.local, e)),
+                    Err(kind) => Err(ClientError::local(&d.local, std::io::Error::from(kind))),
+                };
+                (index, t, d.local, result)
+            })
+            .collect();
+        // 3. One fsync per directory.
         let mut synced: Vec<(PathBuf, Result<(), std::io::ErrorKind>)> = Vec::new();
-        dirs.into_iter()
-            .map(|d| {
-                let Some(d) = d else { return Ok(()) };
-                if let Some((_, r)) = synced.iter().find(|(p, _)| *p == d) {
-                    return r.map_err(std::io::Error::from);
-                }
-                let r = super::local::sync_dir(&d);
-                synced.push((d, r.as_ref().map(|_| ()).map_err(|e| e.kind())));
-                r
+        placed
+            .into_iter()
+            .map(|(index, t, local, result)| {
+                let result = result.and_then(|dir| {
+                    let r = match synced.iter().find(|(p, _)| *p == dir) {
+                        Some((_, r)) => *r,
+                        None => {
+                            let r = super::local::sync_dir(&dir).map_err(|e| e.kind());
+                            synced.push((dir, r));
+                            r
+                        }
+                    };
+                    r.map_err(|kind| ClientError::local(&local, std::io::Error::from(kind)))
+                });
+                (index, result.map(|()| t))
             })
             .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
-    for (i, (index, t, dir)) in std::mem::take(unsynced).into_iter().enumerate() {
-        match results.get(i) {
-            Some(Ok(())) => on_done(index, Ok(t)),
-            Some(Err(e)) => on_done(
-                index,
-                Err(ClientError::local(
-                    dir.as_deref().unwrap_or(Path::new(".")),
-                    std::io::Error::new(e.kind(), e.to_string()),
-                )),
-            ),
-            None => on_done(
-                index,
-                Err(ClientError::local(
-                    Path::new("."),
-                    std::io::Error::other("directory sync did not run"),
-                )),
-            ),
-        }
+    for (index, result) in done {
+        on_done(index, result);
     }
 }
 
@@ -446,28 +491,23 @@ async fn prepare(local: &Path, overwrite: bool, resume: bool) -> Result<Target, 
     .map_err(|e| ClientError::Protocol(e.to_string()))?
 }
 
-/// Commits a verified partial; with `defer_dir_sync`, returns the directory whose fsync is
-/// still due instead of doing it.
-async fn commit(
-    partial: Partial,
-    local: &Path,
-    overwrite: bool,
-    defer_dir_sync: bool,
-) -> Result<Option<PathBuf>, ClientError> {
+/// Commits a verified partial: fsync, rename into place, fsync the directory.
+async fn commit(partial: Partial, local: &Path, overwrite: bool) -> Result<(), ClientError> {
     let path = local.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let result = if defer_dir_sync {
-            partial.commit_without_dir_sync(overwrite).map(Some)
-        } else {
-            partial.commit(overwrite).map(|()| None)
-        };
-        result.map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => ClientError::LocalExists(path.clone()),
-            _ => ClientError::local(&path, e),
-        })
+        partial
+            .commit(overwrite)
+            .map_err(|e| commit_error(&path, e))
     })
     .await
     .map_err(|e| ClientError::Protocol(e.to_string()))?
+}
+
+fn commit_error(path: &Path, e: std::io::Error) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists => ClientError::LocalExists(path.to_path_buf()),
+        _ => ClientError::local(path, e),
+    }
 }
 
 fn write_and_hash(

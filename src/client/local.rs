@@ -130,6 +130,36 @@ impl Drop for Partial {
     }
 }
 
+impl Partial {
+    /// Renames a verified partial into place without an fsync of its own, for a group commit
+    /// that already flushed its file system (`syncfs`) after the last write. Returns the
+    /// directory that still needs an fsync for the rename to be durable.
+    pub fn commit_after_syncfs(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        if overwrite {
+            std::fs::rename(&self.path, &self.target)?;
+        } else {
+            rename_noreplace(&self.path, &self.target)?;
+        }
+        self.done = true;
+        Ok(parent_of(&self.target))
+    }
+
+    /// The file system the partial lives on (`st_dev`).
+    pub fn device(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.dev())
+    }
+
+    /// Flushes the whole file system the partial lives on. Through this descriptor, opened
+    /// before any byte was written, the kernel reports any write-back error since then.
+    pub fn syncfs(&self) -> std::io::Result<()> {
+        rustix::fs::syncfs(&self.file)?;
+        Ok(())
+    }
+}
+
 /// Fsyncs a directory, making renames into it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

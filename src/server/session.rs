@@ -13,7 +13,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Server, cmd, quota};
-use crate::jail::{Jail, StorageError, UnsyncedDir};
+use crate::jail::{Jail, StorageError, TempFile, UnsyncedDir};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, MAX_PASSWORD_LEN, MAX_USER_LEN, PROTOCOL_VERSION, ServerMessage,
@@ -71,14 +71,23 @@ pub(super) struct Final {
 /// flight).
 const GROUP_COMMIT_MAX: usize = 64;
 
-/// An upload already renamed into place whose directory fsync, and so whose `ok`, is due.
+/// How far a verified upload waiting for the group commit has come.
+pub(super) enum Stage {
+    /// A small file, written and verified but not yet fsynced: the group commit flushes the
+    /// file system once for all of them, then renames each into place.
+    Written { temp: TempFile, overwrite: bool },
+    /// A file already fsynced and renamed into place; its directory still needs an fsync.
+    Renamed(UnsyncedDir),
+}
+
+/// A verified upload whose commit, and so whose `ok`, waits for the group commit.
 pub(super) struct Unsynced {
     pub id: u64,
-    pub dir: UnsyncedDir,
+    pub stage: Stage,
     pub size: u64,
     pub sha256: String,
-    /// Settles the user's quota accounting once the outcome is known.
-    pub settle: Box<dyn FnOnce() + Send>,
+    /// Settles the user's quota accounting: `true` once the file is in place.
+    pub settle: Box<dyn FnOnce(bool) + Send>,
     /// Filled in by the dispatcher once the handler returns.
     pub audit: Option<cmd::AuditInfo>,
 }
@@ -153,16 +162,11 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.unsynced);
-        let (batch, results) = tokio::task::spawn_blocking(move || {
-            let dirs: Vec<&UnsyncedDir> = batch.iter().map(|u| &u.dir).collect();
-            let results = UnsyncedDir::sync_all(&dirs);
-            (batch, results)
-        })
-        .await
-        .map_err(|e| End::Internal(format!("group commit: {e}")))?;
-        for (u, result) in batch.into_iter().zip(results) {
-            // The file is in place either way; the quota counts it.
-            (u.settle)();
+        let jail = Arc::clone(&self.jail);
+        let done = tokio::task::spawn_blocking(move || group_commit(&jail, batch))
+            .await
+            .map_err(|e| End::Internal(format!("group commit: {e}")))?;
+        for (u, result) in done {
             let msg = match result {
                 Ok(()) => ServerMessage::ok_transfer(u.id, u.size, u.sha256),
                 Err(e) => super::error::storage_reply(u.id, &e, self.peer, &self.user, "put"),
@@ -615,6 +619,68 @@ async fn open_home(
             std::io::ErrorKind::TimedOut,
         ))),
     }
+}
+
+/// What is left of an upload after the group commit, for its reply.
+pub(super) struct Committed {
+    pub id: u64,
+    pub size: u64,
+    pub sha256: String,
+    pub audit: Option<cmd::AuditInfo>,
+}
+
+/// The group commit (blocking): one `syncfs` makes every small file's data durable, then each
+/// is renamed into place, then each directory that got a file is fsynced once. Results come
+/// back in order; the quota is settled for each file that ended up in place.
+fn group_commit(jail: &Jail, batch: Vec<Unsynced>) -> Vec<(Committed, Result<(), StorageError>)> {
+    let flushed = if batch
+        .iter()
+        .any(|u| matches!(u.stage, Stage::Written { .. }))
+    {
+        jail.sync_filesystem().map_err(|e| e.to_string())
+    } else {
+        Ok(())
+    };
+    let mut renamed = Vec::with_capacity(batch.len());
+    for u in batch {
+        let placed = match u.stage {
+            Stage::Renamed(dir) => Ok(dir),
+            Stage::Written {
+                mut temp,
+                overwrite,
+            } => match &flushed {
+                Ok(()) => {
+                    temp.mark_synced();
+                    temp.rename_into_place(overwrite)
+                }
+                // The flush failed: this file's data may be lost; drop it (removes the temp).
+                Err(e) => Err(StorageError::Io(std::io::Error::other(e.clone()))),
+            },
+        };
+        (u.settle)(placed.is_ok());
+        let committed = Committed {
+            id: u.id,
+            size: u.size,
+            sha256: u.sha256,
+            audit: u.audit,
+        };
+        renamed.push((committed, placed));
+    }
+    let dirs: Vec<&UnsyncedDir> = renamed
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let mut synced = UnsyncedDir::sync_all(&dirs).into_iter();
+    renamed
+        .into_iter()
+        .map(|(c, placed)| {
+            let result = match placed {
+                Ok(_) => synced.next().unwrap_or(Ok(())),
+                Err(e) => Err(e),
+            };
+            (c, result)
+        })
+        .collect()
 }
 
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {

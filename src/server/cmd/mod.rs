@@ -34,6 +34,12 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
         | ClientMessage::Remove { id, path } => Some((*id, msg.op(), path.clone())),
         _ => None,
     };
+    if !matches!(msg, ClientMessage::Put { .. }) {
+        // Every request sees the effects of the ones before it: uploads waiting for the
+        // group commit are committed first. (Puts may join the group: one to a name another
+        // waiting upload takes is refused at the commit, as it would have been in order.)
+        sess.flush_unsynced().await?;
+    }
     let started = std::time::Instant::now();
     sess.last_final = None;
     let result = run(sess, msg).await;

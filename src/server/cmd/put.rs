@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::super::quota::{self, Account, Reservation};
-use super::super::session::{End, Session};
+use super::super::session::{End, Session, Stage, Unsynced};
 use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
 use crate::jail::{Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
@@ -147,7 +147,9 @@ pub(super) async fn run(
 
     // Writing and hashing run on the blocking pool, overlapped with reading from TLS.
     let (tx, rx) = mpsc::channel::<ToWriter>(4);
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx));
+    // Small uploads skip the per-file fsync: the group commit flushes them all at once.
+    let group = size <= GROUP_COMMIT_SMALL;
+    let writer = tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, !group));
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     // Keeps an interrupted upload as a partial; returns true if it did (the partial then
@@ -296,34 +298,38 @@ pub(super) async fn run(
         drop((reservation, debt));
         return sess.send(&msg).await;
     }
-    match blocking(move || temp.rename_into_place(overwrite)).await {
-        Ok(dir) => {
-            debt.settle();
-            // The reply waits for the directory fsync, done once for every upload that lands
-            // in that directory meanwhile (group commit): many small files cost one fsync of
-            // their directory, not one each. Nothing is acknowledged before it is durable.
-            let settle = move || {
-                if let Some(r) = reservation {
-                    // The resumed partial's bytes were counted already: only the rest is new.
-                    let removed_files = u64::from(offset > 0 && replaced.is_some());
-                    r.commit(size - offset, replaced.unwrap_or(0), removed_files);
-                }
-            };
-            sess.unsynced.push(super::super::session::Unsynced {
-                id,
-                dir,
-                size,
-                sha256: actual,
-                settle: Box::new(settle),
-                audit: None,
-            });
-            Ok(())
+    debt.settle();
+    // The reply waits for the group commit: small files are renamed into place after one
+    // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
+    // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
+    // acknowledged before it is durable.
+    let settle = move |placed: bool| {
+        if placed && let Some(r) = reservation {
+            // The resumed partial's bytes were counted already: only the rest is new.
+            let removed_files = u64::from(offset > 0 && replaced.is_some());
+            r.commit(size - offset, replaced.unwrap_or(0), removed_files);
         }
-        Err(e) => {
-            drop((reservation, debt));
-            reply_storage(sess, id, "put", &e).await
+    };
+    let stage = if group {
+        Stage::Written { temp, overwrite }
+    } else {
+        match blocking(move || temp.rename_into_place(overwrite)).await {
+            Ok(dir) => Stage::Renamed(dir),
+            Err(e) => {
+                settle(false);
+                return reply_storage(sess, id, "put", &e).await;
+            }
         }
-    }
+    };
+    sess.unsynced.push(Unsynced {
+        id,
+        stage,
+        size,
+        sha256: actual,
+        settle: Box::new(settle),
+        audit: None,
+    });
+    Ok(())
 }
 
 /// What the client asked for, as far as preparing the upload cares.
@@ -515,12 +521,13 @@ async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), En
     }
 }
 
-/// Writes and hashes until `Finish`, then fsyncs. If the channel closes without `Finish`, the
+/// Writes and hashes until `Finish`, then fsyncs (unless the group commit will). If the channel closes without `Finish`, the
 /// temp goes back to the caller, which keeps it for resume or drops (removes) it.
 fn write_and_hash(
     mut temp: TempFile,
     mut hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
+    fsync: bool,
 ) -> Written {
     while let Some(msg) = rx.blocking_recv() {
         match msg {
@@ -530,6 +537,9 @@ fn write_and_hash(
                     return Written::Failed(StorageError::from_io(e));
                 }
                 hasher.update(&bytes);
+            }
+            ToWriter::Finish if !fsync => {
+                return Written::Finished(temp, hex_digest(&hasher.finalize()));
             }
             ToWriter::Finish => {
                 // An fsync error is final: the kernel reports it once, so retrying could
