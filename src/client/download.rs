@@ -19,6 +19,9 @@ use crate::protocol::{
 };
 use crate::transfer::{hash_prefix, is_hex_digest};
 
+/// Downloads up to this size wait for a group commit in `get_many`.
+const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+
 /// Downloads requested ahead by `get_many`.
 const PIPELINE_DEPTH: usize = 32;
 
@@ -335,8 +338,9 @@ impl Connection {
                             elapsed: started.elapsed(),
                             resumed_from: offset,
                         };
-                        if defer_dir_sync {
-                            // Verified; the group commit flushes and renames it.
+                        if defer_dir_sync && size <= GROUP_COMMIT_SMALL {
+                            // Verified; the group commit flushes and renames it. (A large
+                            // file commits, and fsyncs, on its own.)
                             let deferred = Deferred {
                                 partial,
                                 local: local.clone(),
