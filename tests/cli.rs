@@ -259,6 +259,16 @@ impl ServeProcess {
         self.addr.port()
     }
 
+    /// The server's process id (for signals).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server has written to stderr so far.
+    pub(crate) fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     /// `USER@127.0.0.1:PORT`.
     pub(crate) fn target(&self, user: &str) -> String {
         format!("{user}@127.0.0.1:{}", self.port())

@@ -9,6 +9,7 @@ mod interrupt;
 mod oneshot;
 mod protocol;
 mod quota;
+mod reload;
 mod resume;
 mod security;
 mod shell;
