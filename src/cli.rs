@@ -485,8 +485,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
-        let server =
-            crate::server::Server::new(tls, db, a.root.clone(), crate::server::Limits::default());
+        let server = crate::server::Server::new(tls, db, a.root.clone(), limits_of(&a));
         println!("ferry listening on {addr}");
         println!("server certificate fingerprint: {fingerprint}");
         std::io::stdout().flush()?;
@@ -503,6 +502,29 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's limits from the command line.
+fn limits_of(a: &ServeArgs) -> crate::server::Limits {
+    let defaults = crate::server::Limits::default();
+    crate::server::Limits {
+        handshake_timeout: a.handshake_timeout,
+        login_timeout: a.login_timeout,
+        idle_timeout: a.idle_timeout,
+        stall_timeout: a.stall_timeout,
+        max_connections: a.max_connections,
+        max_connections_per_source: a.max_connections_per_source,
+        max_sessions_per_user: a.max_sessions_per_user,
+        auth_concurrency: a.auth_concurrency.unwrap_or(defaults.auth_concurrency),
+        shutdown_grace: a.shutdown_grace,
+        partial_ttl: a.partial_ttl,
+        penalties: (!a.no_penalties).then(|| crate::server::penalty::PenaltyConfig {
+            exempt: a.penalty_exempt.clone(),
+            ..crate::server::penalty::PenaltyConfig::default()
+        }),
+        proxy_protocol: a.proxy_protocol,
+        ..defaults
+    }
 }
 
 fn init_server_logging(json: bool) {

@@ -1391,3 +1391,55 @@ fn quick_start_certs_user_add_serve_connect() {
     assert!(stopped.status.is_some_and(|s| s.success()), "{stopped:#?}");
     assert!(!stopped.stderr.contains("alice's secret"), "{stopped:#?}");
 }
+
+/// Regression: `ferry serve` once parsed its limit flags and then ran with the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_limit_flags_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+    let users_file = dir.path().join("users.toml");
+    let hash =
+        users::hash_password_with(&Password::new(ALICE_PW.into()), CHEAP.0, CHEAP.1, CHEAP.2)
+            .unwrap();
+    users::add_user(&users_file, "alice", &hash, None, false).unwrap();
+    let server = ServeProcess::start(
+        dir.path(),
+        &[
+            "--users",
+            users_file.to_str().unwrap(),
+            "--root",
+            dir.path().join("data").to_str().unwrap(),
+            "--cert",
+            certs.paths.server_cert.to_str().unwrap(),
+            "--key",
+            certs.paths.server_key.to_str().unwrap(),
+            "--max-sessions-per-user",
+            "1",
+            "--no-penalties",
+        ],
+    );
+    let tls = ferry::tls::client_config(Some(&certs.paths.ca_cert)).unwrap();
+    let login = || async {
+        let mut c =
+            ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls))
+                .await?;
+        c.login("alice", &Password::new(ALICE_PW.into())).await?;
+        Ok::<_, ferry::client::ClientError>(c)
+    };
+    let first = login().await.unwrap();
+    match login().await {
+        Err(ferry::client::ClientError::Remote(w)) => {
+            assert_eq!(w.code, ferry::protocol::ErrorCode::Busy, "{w}");
+        }
+        other => panic!("a second session of alice got {other:?}"),
+    }
+    drop(first);
+    // With --no-penalties, many failed logins never lock the source out.
+    for _ in 0..6 {
+        let mut c =
+            ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls))
+                .await
+                .expect("refused: penalties were not turned off");
+        let _ = c.login("alice", &Password::new("wrong".into())).await;
+    }
+}
