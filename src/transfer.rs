@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -79,30 +79,73 @@ pub fn read_and_hash_from(
 ) {
     let mut remaining = len;
     while remaining > 0 {
-        let want = remaining.min(DATA_CHUNK_LEN as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        let mut filled = 0;
-        while filled < want {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(ReadChunk::Shrunk);
-                    return;
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(ReadChunk::Failed(e));
-                    return;
-                }
+        let want = remaining.min(DATA_CHUNK_LEN as u64);
+        // read_to_end fills the spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(want as usize);
+        match (&mut file).take(want).read_to_end(&mut buf) {
+            Ok(n) if (n as u64) < want => {
+                let _ = tx.blocking_send(ReadChunk::Shrunk);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(ReadChunk::Failed(e));
+                return;
             }
         }
         hasher.update(&buf[..]);
-        remaining -= want as u64;
-        if tx.blocking_send(ReadChunk::Data(buf.freeze())).is_err() {
+        remaining -= want;
+        if tx.blocking_send(ReadChunk::Data(Bytes::from(buf))).is_err() {
             return;
         }
     }
     let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+}
+
+/// How much a receiver writes before it asks the kernel to start writing it back.
+pub const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+
+/// Tracks what a receiver wrote and starts write-back every [`WRITEBACK_STEP`] bytes, so the
+/// fsync before the commit finds little left to do instead of a whole file's worth: the disk
+/// works while the network still delivers.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    written: u64,
+    started: u64,
+}
+
+impl Writeback {
+    /// Tracking for a file whose next write lands at `offset` (non-zero when resuming).
+    pub fn at(offset: u64) -> Writeback {
+        Writeback {
+            written: offset,
+            started: offset,
+        }
+    }
+
+    /// Records `n` more bytes written to `file` (at the end of what was written before).
+    pub fn wrote(&mut self, file: &std::fs::File, n: usize) {
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            start_writeback(file, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting. Purely a hint for speed: errors are ignored (the fsync before the commit reports
+/// what matters).
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for
+    // as long as `file` is borrowed, and SYNC_FILE_RANGE_WRITE does not wait or touch memory.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// True if `s` looks like a SHA-256 digest as the wire carries it: 64 lowercase hex digits.

@@ -519,12 +519,15 @@ fn write_and_hash(
     mut hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
 ) -> Written {
+    let start = std::io::Seek::stream_position(partial.file()).unwrap_or(0);
+    let mut writeback = crate::transfer::Writeback::at(start);
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             ToWriter::Data(bytes) => {
                 if let Err(e) = partial.write_all(&bytes) {
                     return Written::Failed(e);
                 }
+                writeback.wrote(partial.file(), bytes.len());
                 hasher.update(&bytes);
             }
             ToWriter::Finish => return Written::Finished(partial, hex_digest(&hasher.finalize())),

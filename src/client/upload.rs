@@ -382,8 +382,14 @@ async fn send_data(
         }
         match rx.recv().await {
             Some(ReadChunk::Data(bytes)) => {
-                writer.queue_data(&bytes)?;
-                timed(writer.write_if_large()).await??;
+                if bytes.len() >= crate::protocol::DATA_CHUNK_LEN / 4 {
+                    // Large chunks go out at once, without a copy into the queue.
+                    timed(writer.write_data(&bytes)).await??;
+                } else {
+                    // Small files' data stays queued so that several share one write.
+                    writer.queue_data(&bytes)?;
+                    timed(writer.write_if_large()).await??;
+                }
                 sent += bytes.len() as u64;
                 progress(sent);
             }

@@ -212,6 +212,34 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes everything queued, then one data frame, without copying `data` into the queue
+    /// (a vectored write: header and payload go to the stream as they are).
+    pub async fn write_data(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        if data.is_empty() || data.len() > MAX_DATA_LEN {
+            return Err(FrameError::Malformed("data chunk size out of range"));
+        }
+        // The length fits: MAX_DATA_LEN + 1 < u32::MAX.
+        self.buf.put_u32((data.len() + 1) as u32);
+        self.buf.put_u8(KIND_DATA);
+        let (mut head, mut body) = (0, 0);
+        while head < self.buf.len() || body < data.len() {
+            let slices = [
+                std::io::IoSlice::new(&self.buf[head..]),
+                std::io::IoSlice::new(&data[body..]),
+            ];
+            let mut n = self.inner.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(FrameError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = n.min(self.buf.len() - head);
+            head += from_head;
+            n -= from_head;
+            body += n;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.buf.len()

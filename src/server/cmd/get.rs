@@ -111,8 +111,7 @@ pub(super) async fn run(
         };
         match chunk {
             ReadChunk::Data(bytes) => {
-                sess.writer.queue_data(&bytes)?;
-                match tokio::time::timeout(stall, sess.writer.write_if_large()).await {
+                match tokio::time::timeout(stall, sess.writer.write_data(&bytes)).await {
                     Ok(r) => r?,
                     Err(_) => return Err(End::Timeout("client stopped reading")),
                 }

@@ -25,7 +25,7 @@ use crate::jail::{Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
 };
-use crate::transfer::{hash_prefix, is_hex_digest};
+use crate::transfer::{Writeback, hash_prefix, is_hex_digest};
 
 /// Uploads up to this size may wait to share a group commit with the ones after them; a
 /// larger one first acknowledges what is waiting.
@@ -529,6 +529,8 @@ fn write_and_hash(
     mut rx: mpsc::Receiver<ToWriter>,
     fsync: bool,
 ) -> Written {
+    let start = std::io::Seek::stream_position(temp.file()).unwrap_or(0);
+    let mut writeback = Writeback::at(start);
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             ToWriter::Data(bytes) => {
@@ -536,6 +538,7 @@ fn write_and_hash(
                     temp.discard();
                     return Written::Failed(StorageError::from_io(e));
                 }
+                writeback.wrote(temp.file(), bytes.len());
                 hasher.update(&bytes);
             }
             ToWriter::Finish if !fsync => {
