@@ -27,7 +27,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use argon2::Block;
+use argon2::Block;
 use argon2::password_hash::try_generate_salt;
 use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
 use rand::RngExt;
@@ -408,14 +408,6 @@ pub fn hash_password_with(pw: &Password, m_kib: u32, t: u32, p: u32) -> Result<S
 /// Blocking and slow on purpose: run it on a blocking pool. A password longer than
 /// [`MAX_PASSWORD_LEN`] is refused before any hashing, so it cannot be used to burn CPU.
 pub fn verify_password(hash: &str, pw: &Password) -> bool {
-    verify_password_in(hash, pw, &mut Vec::new())
-}
-
-/// [`verify_password`] using `memory` for argon2's blocks (grown to what the hash needs and left
-/// that size). A server keeps one such buffer per concurrent verification and reuses it, so
-/// the memory of password checks stays at (permits × m) however many logins come and go:
-/// allocating and freeing ~19 MiB per check lets the allocator's heap grow far past that.
-pub fn verify_password_in(hash: &str, pw: &Password, memory: &mut Vec<Block>) -> bool {
     if pw.len() > MAX_PASSWORD_LEN {
         return false;
     }
@@ -435,18 +427,15 @@ pub fn verify_password_in(hash: &str, pw: &Password, memory: &mut Vec<Block>) ->
         Some(Err(_)) => return false,
     };
     let argon = Argon2::new(Algorithm::Argon2id, version, params);
-    let blocks = argon.params().block_count();
-    if memory.len() < blocks {
-        memory.resize(blocks, Block::default());
-    }
+    // Working memory straight from the kernel, given back to it when this returns: a flood
+    // of logins cannot grow the allocator's heap (allocating and freeing ~19 MiB per check
+    // from the heap does), and an idle server keeps none of it.
+    let Ok(mut memory) = ArgonMemory::new(argon.params().block_count()) else {
+        return false;
+    };
     let mut out = vec![0u8; expected.len()];
     if argon
-        .hash_password_into_with_memory(
-            pw.as_bytes(),
-            salt.as_ref(),
-            &mut out,
-            &mut memory[..blocks],
-        )
+        .hash_password_into_with_memory(pw.as_bytes(), salt.as_ref(), &mut out, memory.blocks())
         .is_err()
     {
         return false;
@@ -456,6 +445,50 @@ pub fn verify_password_in(hash: &str, pw: &Password, memory: &mut Vec<Block>) ->
         .zip(expected.as_bytes())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
         == 0
+}
+
+/// argon2's working memory, mapped from the kernel for one verification and unmapped when
+/// dropped.
+struct ArgonMemory {
+    ptr: std::ptr::NonNull<Block>,
+    blocks: usize,
+}
+
+impl ArgonMemory {
+    fn new(blocks: usize) -> io::Result<ArgonMemory> {
+        let len = blocks.max(1) * Block::SIZE;
+        // SAFETY: a fresh private anonymous mapping aliases nothing; the kernel zero-fills
+        // it, and any bit pattern is a valid `Block` (128 u64 words). Pages are 4 KiB
+        // aligned, more than `Block`'s 64.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::POPULATE,
+            )?
+        };
+        let ptr = std::ptr::NonNull::new(ptr.cast::<Block>()).ok_or(io::ErrorKind::OutOfMemory)?;
+        Ok(ArgonMemory {
+            ptr,
+            blocks: blocks.max(1),
+        })
+    }
+
+    fn blocks(&mut self) -> &mut [Block] {
+        // SAFETY: `ptr` maps `blocks` initialised blocks (see `new`), owned by `self` and
+        // borrowed mutably here, so no other reference to them exists.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.blocks) }
+    }
+}
+
+impl Drop for ArgonMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no borrow of it outlives `self`.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.blocks * Block::SIZE);
+        }
+    }
 }
 
 /// A random password for the first-start admin user: 20 characters from an alphabet without

@@ -97,9 +97,6 @@ pub struct Server {
     /// Bounds concurrent argon2 verifications: memory and CPU for logins stay capped no
     /// matter how many clients try at once.
     auth_permits: Semaphore,
-    /// argon2 working memory, one buffer per permit, reused: the allocator never sees the
-    /// ~19 MiB blocks come and go, so a login flood cannot grow the heap.
-    argon_memory: Mutex<Vec<Vec<crate::users::Block>>>,
     /// One permit per live connection.
     conn_permits: Arc<Semaphore>,
     /// Usage of the homes of users with quotas, shared by their sessions.
@@ -198,7 +195,6 @@ impl Server {
             users: RwLock::new(Arc::new(users)),
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
-            argon_memory: Mutex::new(Vec::new()),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             accounts: quota::Accounts::default(),
             per_source: Counter::default(),
@@ -215,21 +211,6 @@ impl Server {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(users);
-    }
-
-    /// A buffer for one argon2 verification (held with an auth permit).
-    pub(crate) fn take_argon_memory(&self) -> Vec<crate::users::Block> {
-        let mut pool = self.argon_memory.lock().unwrap_or_else(|p| p.into_inner());
-        pool.pop().unwrap_or_default()
-    }
-
-    /// Gives a buffer back for the next verification. Never more than one per permit is
-    /// kept.
-    pub(crate) fn return_argon_memory(&self, memory: Vec<crate::users::Block>) {
-        let mut pool = self.argon_memory.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < self.limits.auth_concurrency.max(1) && !memory.is_empty() {
-            pool.push(memory);
-        }
     }
 
     /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.

@@ -566,15 +566,9 @@ async fn authenticate(
         Ok(Err(_)) => return Err(End::Shutdown),
         Err(_) => return Ok(Verdict::Busy),
     };
-    // Each permit comes with its own argon2 memory, reused from login to login.
-    let mut memory = server.take_argon_memory();
-    let (verified, memory) = tokio::task::spawn_blocking(move || {
-        let ok = users::verify_password_in(&hash, &password, &mut memory);
-        (ok, memory)
-    })
-    .await
-    .unwrap_or_default();
-    server.return_argon_memory(memory);
+    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
     drop(permit);
     Ok(match user {
         Some(u) if verified => Verdict::Allowed {
