@@ -1419,6 +1419,62 @@ async fn password_guessing_gets_its_source_refused_at_accept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_the_server_is_too_busy_to_check_costs_no_penalty() {
+    let _shared = MEASURING.read().await;
+    // One password check at a time, and queued logins give up at once: most of a burst of
+    // logins with the right password is answered `busy`. That is the server's load, not the
+    // client's fault; with the production penalties (grace exceeded: 10 s, ban over 15 s) two
+    // such answers would ban an innocent source if they counted.
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        auth_concurrency: 1,
+        auth_queue_timeout: Duration::from_millis(1),
+        ..test_limits()
+    })
+    .await;
+    let hash = users::hash_password(&Password::new("victim-pw".into())).unwrap();
+    users::add_user(&server.users_file, "victim", &hash, None, false).unwrap();
+    server
+        .server
+        .replace_users(UserDb::load(&server.users_file).unwrap());
+    let (addr, tls) = (server.addr, server.client_tls());
+    let source = Ipv4Addr::new(127, 0, 0, 4);
+    let mut raws = Vec::new();
+    for _ in 0..8 {
+        raws.push(admitted(addr, source, &tls).await);
+    }
+    let mut set = JoinSet::new();
+    for mut raw in raws {
+        set.spawn(async move {
+            raw.send(&login_msg(1, "victim", "victim-pw")).await;
+            let reply = raw.recv().await;
+            close(raw).await;
+            reply
+        });
+    }
+    let mut busy = 0;
+    for reply in set.join_all().await {
+        match reply {
+            ServerMessage::Ok { id: 1, .. } => {}
+            ServerMessage::Error {
+                code: ErrorCode::Busy,
+                ..
+            } => busy += 1,
+            other => panic!("unexpected reply: {other:?}"),
+        }
+    }
+    assert!(busy >= 2, "only {busy} of 8 logins were answered busy");
+    // Still welcome: a new connection from the same address logs in.
+    let mut again = admitted_eventually(addr, source, &tls).await;
+    again.send(&login_msg(1, "victim", "victim-pw")).await;
+    assert!(matches!(
+        again.recv().await,
+        ServerMessage::Ok { id: 1, .. }
+    ));
+    close(again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_penalty_expires_and_the_source_gets_in_again() {
     let _shared = MEASURING.read().await;
     // Two failures make 1 s of penalty, over the 700 ms threshold (if they come within 300 ms

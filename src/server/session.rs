@@ -445,7 +445,8 @@ async fn login_phase(
                 let msg =
                     ServerMessage::error(Some(id), ErrorCode::Busy, "server busy; try again later");
                 send_before(writer, msg, deadline).await?;
-                return Err(End::Timeout("waiting for a login slot"));
+                // The server's own load, not the client's doing: no penalty.
+                return Err(End::Refused("all password checks busy"));
             }
             Verdict::Allowed {
                 read_only,
