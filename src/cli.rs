@@ -69,7 +69,8 @@ enum Command {
         On a fresh checkout it needs no other step: missing dev certificates are created in \
         certs/, and a missing users file is created with one user, 'admin', whose random password \
         is printed once.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
-        file.\n\nExample:\n  ferry serve --listen 0.0.0.0:7443 --users users.toml --root data"
+        file and the certificate (each kept as it was if the new one does not load); sessions \
+        go on.\n\nExample:\n  ferry serve --listen 0.0.0.0:7443 --users users.toml --root data"
     )]
     Serve(Box<ServeArgs>),
     /// Open an interactive session (or run commands from stdin or a batch file).
@@ -233,6 +234,12 @@ struct ServeArgs {
     /// Password checks (argon2, ~19 MiB each) at once [default: number of CPU cores].
     #[arg(long, value_name = "N")]
     auth_concurrency: Option<usize>,
+    /// Longest a login waits for a password check slot before it is answered `busy`.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    auth_queue_timeout: Duration,
+    /// Failed logins allowed on one connection before it is closed.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_auth_attempts: u32,
     /// From TCP accept to a finished TLS handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -245,6 +252,9 @@ struct ServeArgs {
     /// Longest a transfer may go without progress.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     stall_timeout: Duration,
+    /// Longest wait for the TLS close of a session that ends.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    close_timeout: Duration,
     /// How long transfers in flight may finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -335,6 +345,9 @@ struct GetArgs {
     /// Resume a partial download.
     #[arg(short = 'a', long = "resume")]
     resume: bool,
+    /// Stop at the first failed file (by default the others are still tried).
+    #[arg(short = 'e', long)]
+    fail_fast: bool,
     /// Print the result as JSON (files, sizes, digests, failures).
     #[arg(long)]
     json: bool,
@@ -356,6 +369,9 @@ struct PutArgs {
     /// Resume a partial upload.
     #[arg(short = 'a', long = "resume")]
     resume: bool,
+    /// Stop at the first failed file (by default the others are still tried).
+    #[arg(short = 'e', long)]
+    fail_fast: bool,
     /// Print the result as JSON (files, sizes, digests, failures).
     #[arg(long)]
     json: bool,
@@ -516,6 +532,9 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
         max_connections_per_source: a.max_connections_per_source,
         max_sessions_per_user: a.max_sessions_per_user,
         auth_concurrency: a.auth_concurrency.unwrap_or(defaults.auth_concurrency),
+        auth_queue_timeout: a.auth_queue_timeout,
+        max_auth_attempts: a.max_auth_attempts,
+        close_timeout: a.close_timeout,
         shutdown_grace: a.shutdown_grace,
         partial_ttl: a.partial_ttl,
         penalties: (!a.no_penalties).then(|| crate::server::penalty::PenaltyConfig {
@@ -523,7 +542,6 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
             ..crate::server::penalty::PenaltyConfig::default()
         }),
         proxy_protocol: a.proxy_protocol,
-        ..defaults
     }
 }
 
@@ -788,6 +806,7 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
         recursive: a.recursive,
         force: a.force,
         resume: a.resume,
+        fail_fast: a.fail_fast,
     };
     let path = if path.is_empty() {
         "/".to_string()
@@ -815,6 +834,7 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
         recursive: a.recursive,
         force: a.force,
         resume: a.resume,
+        fail_fast: a.fail_fast,
     };
     let dest = if path.is_empty() {
         None
@@ -925,5 +945,64 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn serve_limits(args: &[&str]) -> crate::server::Limits {
+        let cli = Cli::try_parse_from(["ferry", "serve"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Serve(a) => limits_of(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn every_limit_flag_reaches_the_server() {
+        let d = serve_limits(&[]);
+        let defaults = crate::server::Limits::default();
+        assert_eq!(d.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(d.close_timeout, defaults.close_timeout);
+        assert_eq!(d.auth_queue_timeout, defaults.auth_queue_timeout);
+        assert_eq!(d.max_auth_attempts, defaults.max_auth_attempts);
+        assert!(d.penalties.is_some() && !d.proxy_protocol);
+
+        let l = serve_limits(&[
+            "--max-connections=7",
+            "--max-connections-per-source=6",
+            "--max-sessions-per-user=5",
+            "--auth-concurrency=4",
+            "--auth-queue-timeout=3s",
+            "--max-auth-attempts=2",
+            "--handshake-timeout=11s",
+            "--login-timeout=12s",
+            "--idle-timeout=13m",
+            "--stall-timeout=14s",
+            "--close-timeout=1500ms",
+            "--shutdown-grace=16s",
+            "--partial-ttl=2d",
+            "--no-penalties",
+            "--proxy-protocol",
+        ]);
+        assert_eq!(l.max_connections, 7);
+        assert_eq!(l.max_connections_per_source, 6);
+        assert_eq!(l.max_sessions_per_user, 5);
+        assert_eq!(l.auth_concurrency, 4);
+        assert_eq!(l.auth_queue_timeout, Duration::from_secs(3));
+        assert_eq!(l.max_auth_attempts, 2);
+        assert_eq!(l.handshake_timeout, Duration::from_secs(11));
+        assert_eq!(l.login_timeout, Duration::from_secs(12));
+        assert_eq!(l.idle_timeout, Duration::from_secs(13 * 60));
+        assert_eq!(l.stall_timeout, Duration::from_secs(14));
+        assert_eq!(l.close_timeout, Duration::from_millis(1500));
+        assert_eq!(l.shutdown_grace, Duration::from_secs(16));
+        assert_eq!(l.partial_ttl, Duration::from_secs(2 * 86_400));
+        assert!(l.penalties.is_none());
+        assert!(l.proxy_protocol);
+
+        let exempt = serve_limits(&["--penalty-exempt=10.0.0.0/8"]);
+        assert_eq!(exempt.penalties.map(|p| p.exempt.len()), Some(1));
+        assert!(
+            Cli::try_parse_from(["ferry", "serve", "--max-auth-attempts=0"]).is_err(),
+            "zero attempts would lock everyone out"
+        );
     }
 }

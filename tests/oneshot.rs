@@ -483,3 +483,122 @@ fn thousand_small_files_put_r_and_get_r_files_per_second() {
         rate(&down)
     );
 }
+
+/// 300 small files `f000.txt`…`f299.txt` under `dir`.
+fn three_hundred(dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..300)
+        .map(|i| random_file(&dir.join(format!("f{i:03}.txt")), 4096, 700 + i))
+        .collect()
+}
+
+fn count(v: &Value, key: &str) -> usize {
+    v[key]
+        .as_array()
+        .map(Vec::len)
+        .or_else(|| v[key].as_u64().map(|n| n as usize))
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn fail_fast_stops_at_the_first_failed_file_both_ways() {
+    let w = World::start();
+    let data = three_hundred(&w.local.join("src"));
+    let remote = w.alice_home().join("src");
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+
+    // Pipelined upload: the failure stops everything not yet started.
+    let out = oneshot(
+        &w,
+        &["put", "-r", "-e", "--json", "src", "alice@127.0.0.1:"],
+    );
+    out.expect_code(1);
+    let v = json(&out);
+    let (files, failed, skipped) = (
+        count(&v, "files"),
+        count(&v, "failed"),
+        count(&v, "skipped"),
+    );
+    assert_eq!(failed, 1, "{}", v["error"]);
+    assert!(
+        v["failed"][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("f010.txt"),
+        "{}", v["error"]
+    );
+    assert!(skipped > 0, "nothing was skipped: {v}");
+    assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
+    assert_eq!(
+        std::fs::read(remote.join("f010.txt")).unwrap(),
+        b"already here"
+    );
+    let names = names_in(&remote);
+    assert_eq!(
+        names.len(),
+        files + 1,
+        "only verified files arrived: {names:?}"
+    );
+    for n in &names {
+        assert!(
+            n.starts_with('f') && n.ends_with(".txt"),
+            "stray file {n:?}"
+        );
+        let i: usize = n[1..4].parse().unwrap();
+        if i != 10 {
+            assert_eq!(std::fs::read(remote.join(n)).unwrap(), data[i], "{n}");
+        }
+    }
+
+    // One at a time (resume mode): exactly the ten before the failure arrive.
+    std::fs::remove_dir_all(&remote).unwrap();
+    std::fs::create_dir(&remote).unwrap();
+    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    let out = oneshot(&w, &["put", "-r", "-e", "-a", "src", "alice@127.0.0.1:"]);
+    out.expect_code(1);
+    assert!(
+        out.stdout.contains("10 files (40.0 KiB)")
+            && out
+                .stdout
+                .contains("289 not transferred (stopped at the first failure)"),
+        "{out:#?}"
+    );
+    assert_eq!(names_in(&remote).len(), 11);
+
+    // Without -e every other file still goes.
+    std::fs::remove_dir_all(&remote).unwrap();
+    std::fs::create_dir(&remote).unwrap();
+    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    let out = oneshot(&w, &["put", "-r", "--json", "src", "alice@127.0.0.1:"]);
+    out.expect_code(1);
+    let v = json(&out);
+    assert_eq!((count(&v, "failed"), count(&v, "skipped")), (1, 0), "{}", v["error"]);
+    assert_eq!(names_in(&remote).len(), 300);
+
+    // Downloads: a local file in the way stops the pipelined get.
+    let back = w.local.join("back");
+    std::fs::create_dir_all(back.join("src")).unwrap();
+    std::fs::write(back.join("src/f005.txt"), b"mine").unwrap();
+    let out = oneshot(
+        &w,
+        &["get", "-r", "-e", "--json", "alice@127.0.0.1:src", "back"],
+    );
+    out.expect_code(1);
+    let v = json(&out);
+    let (files, failed, skipped) = (
+        count(&v, "files"),
+        count(&v, "failed"),
+        count(&v, "skipped"),
+    );
+    assert_eq!(failed, 1, "{}", v["error"]);
+    assert!(skipped > 0, "{}", v["error"]);
+    assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
+    assert_eq!(std::fs::read(back.join("src/f005.txt")).unwrap(), b"mine");
+    let names = names_in(&back.join("src"));
+    assert_eq!(
+        names.len(),
+        files + 1,
+        "only verified files arrived: {names:?}"
+    );
+}

@@ -111,6 +111,9 @@ pub struct TransferOpts {
     pub force: bool,
     /// `-a`: resume partial files.
     pub resume: bool,
+    /// `-e`: stop at the first failed file: nothing more is started, and transfers still in
+    /// flight are cancelled (nothing of theirs appears under a final name).
+    pub fail_fast: bool,
 }
 
 /// How results are shown.
@@ -167,6 +170,8 @@ pub struct Report {
     pub seconds: f64,
     /// Whether Ctrl-C ended it early.
     pub interrupted: bool,
+    /// Files not transferred because an earlier one failed (`-e`).
+    pub skipped: usize,
 }
 
 /// A connection with a remote working directory, the Ctrl-C plumbing and the output mode.
@@ -761,6 +766,10 @@ impl Session {
         opts: TransferOpts,
         report: &mut Report,
     ) -> Result<(), OpError> {
+        if opts.fail_fast && !report.failed.is_empty() {
+            report.skipped += jobs.len();
+            return Ok(());
+        }
         if jobs.len() > 1 && !opts.resume {
             return self.run_pipelined(jobs, upload, opts, report);
         }
@@ -768,7 +777,7 @@ impl Session {
         let mut bars = Bars::new(self.bars && self.output == Output::Text, jobs.len(), total);
         let single = jobs.len() == 1 && !opts.recursive;
         let mut outcome = Ok(());
-        for job in jobs {
+        for (index, job) in jobs.iter().enumerate() {
             if self.interrupted() {
                 report.interrupted = true;
                 break;
@@ -822,6 +831,10 @@ impl Session {
                     if single {
                         outcome = Err(e);
                     }
+                    if opts.fail_fast {
+                        report.skipped += jobs.len() - index - 1;
+                        break;
+                    }
                 }
             }
         }
@@ -852,6 +865,16 @@ impl Session {
         }
         let bars = std::sync::Mutex::new(bars);
         let shared = std::sync::Mutex::new(std::mem::take(report));
+        // With -e the first failure cancels the rest through a switch of its own, so that it
+        // is told apart from Ctrl-C (which cancels the parent).
+        let ctrl_c = self.token.clone();
+        let stop = ctrl_c.child_token();
+        if opts.fail_fast
+            && let Some(c) = self.conn.as_mut()
+        {
+            c.set_cancel(stop.clone());
+        }
+        let mut reported = vec![false; jobs.len()];
         let start_next = |i: usize| {
             if let (Ok(mut b), Some(job)) = (bars.lock(), jobs.get(i))
                 && let Some(b) = b.as_mut()
@@ -869,6 +892,7 @@ impl Session {
         };
         let mut on_done = |i: usize, r: Result<Transferred, ClientError>| {
             let Some(job) = jobs.get(i) else { return };
+            reported[i] = true;
             let (source, dest) = job.names(upload);
             let Ok(mut rep) = shared.lock() else { return };
             let Ok(mut b) = bars.lock() else { return };
@@ -877,6 +901,7 @@ impl Session {
             }
             match r {
                 Ok(t) => record_done(output, b.as_ref(), &mut rep, source, dest, &t),
+                Err(ClientError::Cancelled) if !ctrl_c.is_cancelled() => rep.skipped += 1,
                 Err(ClientError::Cancelled) => {
                     rep.interrupted = true;
                     rep.failed.push(fail(&source, &OpError::Interrupted));
@@ -885,6 +910,9 @@ impl Session {
                     let f = fail(&source, &OpError::Client(e));
                     say_failure(output, b.as_ref(), &f);
                     rep.failed.push(f);
+                    if opts.fail_fast {
+                        stop.cancel();
+                    }
                 }
             }
             drop(b);
@@ -911,11 +939,16 @@ impl Session {
             })
         };
         *report = shared.into_inner().unwrap_or_default();
+        report.skipped += reported.iter().filter(|r| !**r).count();
+        if let Some(c) = self.conn.as_mut() {
+            c.set_cancel(ctrl_c.clone());
+        }
         if let Ok(Some(b)) = bars.into_inner() {
             b.finish();
         }
         match result {
             Ok(()) => Ok(()),
+            Err(OpError::Interrupted) if !ctrl_c.is_cancelled() => Ok(()),
             Err(OpError::Interrupted) => {
                 report.interrupted = true;
                 Ok(())
@@ -993,6 +1026,11 @@ fn finish(
         if report.interrupted {
             let line = line.replace(", all verified", "");
             println!("{line}, INTERRUPTED");
+        } else if report.skipped > 0 {
+            println!(
+                "{line}, {} not transferred (stopped at the first failure)",
+                report.skipped
+            );
         } else {
             println!("{line}");
         }
@@ -1019,7 +1057,7 @@ fn finish(
     }
     Err(OpError::Partial {
         failed: report.failed.len(),
-        total: report.failed.len() + report.files.len(),
+        total: report.failed.len() + report.files.len() + report.skipped,
         integrity: report.failed.iter().any(|f| f.exit_code == EXIT_INTEGRITY),
     })
 }

@@ -42,20 +42,22 @@ pub const COMMANDS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
-        "get [-r] [-f] [-a] REMOTE... [LOCAL]",
-        "download, verified; -r trees, -f overwrite, -a resume",
+        "get [-r] [-f] [-a] [-e] REMOTE... [LOCAL]",
+        "download, verified; -r trees, -f overwrite, -a resume, -e stop at a failure",
         "REMOTE may be a glob (get 2026-*). With several files LOCAL must be a directory. \
-         -r copies directories (empty ones too); one failed file does not stop the rest, and \
-         a summary follows. Names sent by the server that could leave LOCAL ('..', '/', '\\', \
+         -r copies directories (empty ones too); one failed file does not stop the rest \
+         unless -e is given, and a summary follows. Names sent by the server that could leave LOCAL ('..', '/', '\\', \
          drive prefixes, control characters) are refused. Nothing is written under a final \
          name before its SHA-256 matched. Ctrl-C cancels.",
     ),
     (
         "put",
-        "put [-r] [-f] [-a] LOCAL... [REMOTE]",
-        "upload, verified; -r trees, -f overwrite, -a resume",
+        "put [-r] [-f] [-a] [-e] LOCAL... [REMOTE]",
+        "upload, verified; -r trees, -f overwrite, -a resume, -e stop at a failure",
         "LOCAL may be a glob (put *.log logs/). With several files REMOTE must be a \
-         directory. -r copies directories (empty ones too) and ends with a summary. The \
+         directory. -r copies directories (empty ones too) and ends with a summary; one \
+         failed file does not stop the rest unless -e is given (then nothing more starts and \
+         transfers in flight are cancelled). The \
          server commits each file only after the digests matched. Ctrl-C cancels.",
     ),
     (
@@ -289,11 +291,12 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             }
         }
         "get" | "reget" => {
-            flags.check(cmd, "rfa", &[])?;
+            flags.check(cmd, "rfae", &[])?;
             let opts = TransferOpts {
                 recursive: flags.has('r'),
                 force: flags.has('f'),
                 resume: flags.has('a') || cmd == "reget",
+                fail_fast: flags.has('e'),
             };
             let (sources, dest) = match args {
                 [] => return Err(usage(cmd)),
@@ -303,11 +306,12 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             s.get(sources, dest, opts)?;
         }
         "put" | "reput" => {
-            flags.check(cmd, "rfa", &[])?;
+            flags.check(cmd, "rfae", &[])?;
             let opts = TransferOpts {
                 recursive: flags.has('r'),
                 force: flags.has('f'),
                 resume: flags.has('a') || cmd == "reput",
+                fail_fast: flags.has('e'),
             };
             let (sources, dest) = match args {
                 [] => return Err(usage(cmd)),
