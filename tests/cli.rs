@@ -1048,6 +1048,43 @@ fn connect_batch_cd_pwd_mkdir_mv_rm_rmdir_help() {
 }
 
 #[test]
+fn connect_batch_lcd_lls_lpwd_move_the_local_side() {
+    let w = World::start();
+    std::fs::create_dir(w.local.join("outbox")).unwrap();
+    let data = random_file(&w.local.join("outbox/x.txt"), 3000, 5);
+    std::fs::write(w.local.join("outbox/y.log"), b"y").unwrap();
+    let script = "\
+        lpwd\n\
+        lcd outbox\n\
+        lpwd\n\
+        lls\n\
+        put x.txt\n\
+        lcd ..\n\
+        -lcd no-such-dir\n\
+        lpwd\n\
+        get x.txt got.txt\n";
+    let out = w.session("alice", ALICE_PW, script);
+    out.expect_ok();
+    let local = w.local.canonicalize().unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], local.to_str().unwrap(), "{out:#?}");
+    assert_eq!(lines[1], local.join("outbox").to_str().unwrap(), "{out:#?}");
+    let listed: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.ends_with("x.txt") || l.ends_with("y.log"))
+        .copied()
+        .collect();
+    assert_eq!(listed.len(), 2, "lls shows both local files: {out:#?}");
+    assert!(out.stderr.contains("no-such-dir"), "{out:#?}");
+    assert!(
+        lines.contains(&local.to_str().unwrap()),
+        "after lcd .. and a failed lcd, lpwd is back at the start: {out:#?}"
+    );
+    assert_eq!(std::fs::read(w.alice_home().join("x.txt")).unwrap(), data);
+    assert_eq!(std::fs::read(w.local.join("got.txt")).unwrap(), data);
+}
+
+#[test]
 fn connect_get_never_overwrites_a_local_file_without_f() {
     let w = World::start();
     let data = random_file(&w.local.join("report.bin"), 5000, 3);
@@ -1390,6 +1427,133 @@ fn quick_start_certs_user_add_serve_connect() {
     let stopped = server.stop();
     assert!(stopped.status.is_some_and(|s| s.success()), "{stopped:#?}");
     assert!(!stopped.stderr.contains("alice's secret"), "{stopped:#?}");
+}
+
+/// `--log-format json`: every stderr line is one JSON object; logins, failed logins and every
+/// transfer or change get an audit line (target `ferry::audit`) with user, peer, path, bytes,
+/// digest, duration and result; a penalty is logged with the address and the reason; no
+/// password is ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_has_an_audit_line_per_login_and_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
+    let users_file = dir.path().join("users.toml");
+    let hash =
+        users::hash_password_with(&Password::new(ALICE_PW.into()), CHEAP.0, CHEAP.1, CHEAP.2)
+            .unwrap();
+    users::add_user(&users_file, "alice", &hash, None, false).unwrap();
+    let server = ServeProcess::start(
+        dir.path(),
+        &[
+            "--users",
+            users_file.to_str().unwrap(),
+            "--root",
+            dir.path().join("data").to_str().unwrap(),
+            "--cert",
+            certs.paths.server_cert.to_str().unwrap(),
+            "--key",
+            certs.paths.server_key.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+    );
+    let tls = ferry::tls::client_config(Some(&certs.paths.ca_cert)).unwrap();
+    let connect =
+        || ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls));
+
+    let local = dir.path().join("report.txt");
+    let data = b"quarterly numbers\n".repeat(1000);
+    std::fs::write(&local, &data).unwrap();
+    let digest = sha256_hex(&data);
+    let mut c = connect().await.unwrap();
+    c.login("alice", &Password::new(ALICE_PW.into()))
+        .await
+        .unwrap();
+    c.put(&local, "/report.txt", false, &mut |_| {})
+        .await
+        .unwrap();
+    c.get(
+        "/report.txt",
+        &dir.path().join("back.txt"),
+        false,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    c.remove("/report.txt").await.unwrap();
+    c.close().await.unwrap();
+    // Four wrong passwords (5 s each) put 127.0.0.1 over the 15 s the penalties allow.
+    for _ in 0..2 {
+        let mut c = connect().await.unwrap();
+        for _ in 0..2 {
+            let _ = c
+                .login("alice", &Password::new("wrong-guess-pw".into()))
+                .await;
+        }
+    }
+    server.wait_stderr("source penalised");
+    assert!(connect().await.is_err(), "the penalised source was let in");
+    server.wait_stderr("connection refused: source penalised");
+    let stopped = server.stop();
+
+    let lines: Vec<serde_json::Value> = stopped
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| pred(&l["fields"]))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{}", stopped.stderr))
+            .clone()
+    };
+    let audit = |l: &serde_json::Value| l["target"] == "ferry::audit";
+    let login_ok = find("login", &|f| f["event"] == "login" && f["result"] == "ok");
+    assert!(audit(&login_ok), "{login_ok}");
+    assert_eq!(login_ok["fields"]["user"], "alice");
+    assert!(
+        login_ok["fields"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let failed = find("failed login", &|f| {
+        f["event"] == "login" && f["result"] == "auth_failed"
+    });
+    assert!(
+        audit(&failed) && failed["fields"]["user"] == "alice",
+        "{failed}"
+    );
+    for op in ["put", "get"] {
+        let l = find(op, &|f| f["event"] == "request" && f["op"] == op);
+        let f = &l["fields"];
+        assert!(audit(&l), "{l}");
+        assert_eq!(f["user"], "alice", "{l}");
+        assert_eq!(f["path"], "/report.txt", "{l}");
+        assert_eq!(f["bytes"], data.len() as u64, "{l}");
+        assert_eq!(f["sha256"], digest.as_str(), "{l}");
+        assert_eq!(f["result"], "ok", "{l}");
+        assert!(f["ms"].is_u64(), "{l}");
+        assert!(f["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{l}");
+    }
+    let rm = find("remove", &|f| {
+        f["event"] == "request" && f["op"] == "remove"
+    });
+    assert_eq!(rm["fields"]["result"], "ok", "{rm}");
+    let penalised = find("penalty", &|f| {
+        f["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("source penalised"))
+    });
+    assert_eq!(penalised["fields"]["reason"], "authfail", "{penalised}");
+    assert!(
+        penalised["fields"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(!stopped.stderr.contains(ALICE_PW) && !stopped.stderr.contains("wrong-guess-pw"));
 }
 
 /// Regression: `ferry serve` once parsed its limit flags and then ran with the defaults.

@@ -61,6 +61,34 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
     })
     .await;
 
+    // A changed password (through `ferry user passwd`) takes effect for new logins.
+    let mut passwd = std::process::Command::new(crate::cli::FERRY)
+        .args(["user", "passwd", "bob", "--password-stdin", "--users"])
+        .arg(&users_file)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = passwd.stdin.take().unwrap();
+        stdin.write_all(b"bob-new-pw\n").unwrap();
+    }
+    let out = passwd.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    hup(&world);
+    eventually("bob's old password is refused", || async {
+        matches!(
+            login(&world, &ca, "bob", "bob-pw").await,
+            Err(ClientError::Auth)
+        )
+    })
+    .await;
+    let bob = login(&world, &ca, "bob", "bob-new-pw")
+        .await
+        .expect("bob logs in with the new password");
+    drop(bob);
+
     // A removed user cannot log in any more, but her open session goes on.
     users::remove_user(&users_file, "alice").unwrap();
     hup(&world);
@@ -86,7 +114,7 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
             .contains("users file not reloaded")
     })
     .await;
-    login(&world, &ca, "bob", "bob-pw")
+    login(&world, &ca, "bob", "bob-new-pw")
         .await
         .expect("bob still logs in");
 
@@ -97,14 +125,14 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
     let fresh = ferry::certs::generate(&certs, &[], true).unwrap();
     hup(&world);
     eventually("the new certificate is served", || async {
-        login(&world, &fresh.paths.ca_cert, "bob", "bob-pw")
+        login(&world, &fresh.paths.ca_cert, "bob", "bob-new-pw")
             .await
             .is_ok()
     })
     .await;
     assert!(
         matches!(
-            login(&world, &old_ca, "bob", "bob-pw").await,
+            login(&world, &old_ca, "bob", "bob-new-pw").await,
             Err(ClientError::Tls(_))
         ),
         "the old certificate is no longer served"
@@ -124,7 +152,7 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
             .contains("certificate not reloaded")
     })
     .await;
-    login(&world, &fresh.paths.ca_cert, "bob", "bob-pw")
+    login(&world, &fresh.paths.ca_cert, "bob", "bob-new-pw")
         .await
         .expect("the current certificate is still served");
 }

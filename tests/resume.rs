@@ -10,7 +10,9 @@ use ferry::client::ClientError;
 use ferry::protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{TestServer, no_progress, random_file, sha256_hex};
+use ferry::server::Limits;
+
+use crate::util::{TestServer, no_progress, random_file, sha256_hex, test_limits};
 
 const MIB: usize = 1024 * 1024;
 
@@ -127,6 +129,62 @@ async fn upload_resumes_after_the_client_vanished() {
         .unwrap();
     assert!(done.resumed_from > 0);
     assert_eq!(std::fs::read(home.join("v.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_partials_are_swept_at_the_next_login_and_fresh_ones_kept() {
+    let ttl = std::time::Duration::from_millis(1500);
+    let server = TestServer::start_with(Limits {
+        partial_ttl: ttl,
+        ..test_limits()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("s.bin");
+    let data = random_file(&src, 8 * MIB, 9);
+    let home = server.home("alice");
+    let keep_one = |remote: &'static str| {
+        let src = src.clone();
+        let server = &server;
+        async move {
+            let mut conn = server.alice().await;
+            let token = CancellationToken::new();
+            conn.set_cancel(token.clone());
+            let err = conn
+                .put(&src, remote, false, &mut cancel_at(token, 2 * MIB as u64))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ClientError::Cancelled), "{err:?}");
+            conn.close().await.unwrap();
+        }
+    };
+    keep_one("/old.bin").await;
+    assert_eq!(partials_in(&home).len(), 1);
+    // A login within the time keeps it...
+    server.alice().await.close().await.unwrap();
+    assert_eq!(partials_in(&home).len(), 1, "a fresh partial was swept");
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(300)).await;
+    // ...one after it (which keeps a fresh one of its own first) removes only the stale one.
+    keep_one("/new.bin").await;
+    let kept = partials_in(&home);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut conn = server.alice().await;
+    assert_eq!(
+        conn.partial("/old.bin").await.unwrap(),
+        0,
+        "the stale partial is gone"
+    );
+    assert!(
+        conn.partial("/new.bin").await.unwrap() > 0,
+        "the fresh one stays"
+    );
+    // Resuming the swept upload sends it whole, and it still verifies.
+    let done = conn
+        .put_resume(&src, "/old.bin", false, &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(std::fs::read(home.join("old.bin")).unwrap(), data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

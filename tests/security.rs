@@ -503,6 +503,12 @@ async fn hostile_path_strings_stay_inside_the_home() {
         ("../../etc/passwd", InvalidPath),
         ("../../outside/secret.txt", InvalidPath),
         ("a/../../x", InvalidPath),
+        // Trailing and inner `/.` never hide a `..`.
+        ("../.", InvalidPath),
+        ("/./..", InvalidPath),
+        ("./../.", InvalidPath),
+        ("sub/./../../x/.", InvalidPath),
+        ("../bob/.", InvalidPath),
         ("sub/../../bob", InvalidPath),
         ("..\\..\\x", InvalidPath),
         ("sub\\..\\..\\x", InvalidPath),
@@ -534,6 +540,11 @@ async fn hostile_path_strings_stay_inside_the_home() {
             w.expect_refused(op, &[*code]).await;
         }
     }
+    // A trailing `/.` names the directory itself, inside the home.
+    let names = |v: Vec<ferry::protocol::Entry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names(w.conn.list("sub/.").await.unwrap()), ["keep.txt"]);
+    assert_eq!(names(w.conn.list("sub/./").await.unwrap()), ["keep.txt"]);
+    assert!(names(w.conn.list("/.").await.unwrap()).contains(&"inside.txt".to_string()));
     // The home itself is intact and usable.
     assert_eq!(w.conn.stat("/inside.txt").await.unwrap().size, 6);
     w.finish().await;

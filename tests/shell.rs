@@ -226,3 +226,79 @@ fn one_shot_on_a_terminal_with_q_draws_no_bar_and_ctrl_c_exits_130() {
     ));
     assert!(!home.join("big.bin").exists());
 }
+
+/// `sh -c 'stty …; exec ferry ARGS…'` on a pty in `cwd`, without FERRY_PASSWORD.
+fn on_pty(cwd: &std::path::Path, args: &[&str]) -> PtySession {
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(cwd)
+        .env_remove("FERRY_LOG")
+        .env_remove("FERRY_PASSWORD")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", cwd)
+        .env("TERM", "xterm-256color")
+        .arg("-c")
+        .arg("stty cols 120 rows 40 && exec \"$0\" \"$@\"")
+        .arg(FERRY)
+        .args(args);
+    spawn_command(cmd, Some(EXPECT_MS)).expect("cannot start ferry on a pty")
+}
+
+#[test]
+fn passwords_are_asked_on_the_terminal_without_echo() {
+    let w = World::start();
+    let users = w.local.join("prompt-users.toml");
+    let users = users.to_str().unwrap();
+
+    // `user add` asks twice; a mismatch adds nothing.
+    let mut p = on_pty(&w.local, &["user", "add", "carol", "--users", users]);
+    p.exp_string("New password: ").unwrap();
+    p.send_line("first-secret-1").unwrap();
+    p.exp_string("Retype new password: ").unwrap();
+    p.send_line("second-secret-2").unwrap();
+    let rest = p.exp_eof().unwrap();
+    assert!(rest.contains("passwords do not match"), "{rest:?}");
+    assert!(
+        !rest.contains("first-secret-1") && !rest.contains("second-secret-2"),
+        "a password was echoed: {rest:?}"
+    );
+    assert!(matches!(p.process().wait().unwrap(), WaitStatus::Exited(_, c) if c != 0));
+    assert!(
+        !std::fs::read_to_string(users)
+            .unwrap_or_default()
+            .contains("carol")
+    );
+
+    // Twice the same: added, with an argon2id hash of it.
+    let mut p = on_pty(&w.local, &["user", "add", "carol", "--users", users]);
+    p.exp_string("New password: ").unwrap();
+    p.send_line("carol-secret-3").unwrap();
+    p.exp_string("Retype new password: ").unwrap();
+    p.send_line("carol-secret-3").unwrap();
+    let rest = p.exp_eof().unwrap();
+    assert!(!rest.contains("carol-secret-3"), "{rest:?}");
+    assert!(matches!(
+        p.process().wait().unwrap(),
+        WaitStatus::Exited(_, 0)
+    ));
+    let db = ferry::users::UserDb::load(std::path::Path::new(users)).unwrap();
+    let hash = &db.get("carol").expect("carol was added").password_hash;
+    assert!(ferry::users::verify_password(
+        hash,
+        &ferry::users::Password::new("carol-secret-3".into())
+    ));
+
+    // `connect` without FERRY_PASSWORD asks once, without echo.
+    let target = w.server.target("alice");
+    let mut p = on_pty(
+        &w.local,
+        &["connect", &target, "--ca", w.ca.to_str().unwrap()],
+    );
+    p.exp_string("alice@127.0.0.1's password: ").unwrap();
+    p.send_line(ALICE_PW).unwrap();
+    let before_prompt = p.exp_string("ferry> ").unwrap();
+    assert!(!before_prompt.contains(ALICE_PW), "{before_prompt:?}");
+    p.send_line("pwd").unwrap();
+    p.exp_string("/").unwrap();
+    p.send_line("quit").unwrap();
+    p.exp_eof().unwrap();
+}
