@@ -526,9 +526,10 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
             .as_str()
             .unwrap()
             .ends_with("f010.txt"),
-        "{}", v["error"]
+        "{}",
+        v["error"]
     );
-    assert!(skipped > 0, "nothing was skipped: {v}");
+    assert!(skipped > 0, "nothing was skipped: {}", v["error"]);
     assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
     assert_eq!(
         std::fs::read(remote.join("f010.txt")).unwrap(),
@@ -573,7 +574,12 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
     let out = oneshot(&w, &["put", "-r", "--json", "src", "alice@127.0.0.1:"]);
     out.expect_code(1);
     let v = json(&out);
-    assert_eq!((count(&v, "failed"), count(&v, "skipped")), (1, 0), "{}", v["error"]);
+    assert_eq!(
+        (count(&v, "failed"), count(&v, "skipped")),
+        (1, 0),
+        "{}",
+        v["error"]
+    );
     assert_eq!(names_in(&remote).len(), 300);
 
     // Downloads: a local file in the way stops the pipelined get.

@@ -302,3 +302,33 @@ fn passwords_are_asked_on_the_terminal_without_echo() {
     p.send_line("quit").unwrap();
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn recursive_transfer_on_a_terminal_shows_an_overall_bar_and_the_current_file() {
+    let w = World::start();
+    let tree = w.local.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("c-small.txt"), b"small").unwrap();
+    for name in ["a-big.bin", "b-big.bin"] {
+        // Sparse: cheap to make, long enough to transfer that the bars show.
+        let f = std::fs::File::create(tree.join(name)).unwrap();
+        f.set_len(8 << 30).unwrap();
+    }
+    let state = w.local.join("state");
+    let mut p = shell(&w, &state);
+    p.exp_string("ferry> ").unwrap();
+    p.send_line("put -r tree").unwrap();
+    // The overall bar (files done of all, bytes, rate, ETA) and the current file's name.
+    p.exp_string("0/3 files").unwrap();
+    p.exp_string("ETA").unwrap();
+    p.exp_string("a-big.bin").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("INTERRUPTED").unwrap();
+    p.exp_string("ferry> ").unwrap();
+    let remote = w.alice_home().join("tree");
+    for name in ["a-big.bin", "b-big.bin"] {
+        assert!(!remote.join(name).exists(), "{name} under its final name");
+    }
+    p.send_line("quit").unwrap();
+    p.exp_eof().unwrap();
+}
