@@ -447,8 +447,8 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
         == 0
 }
 
-/// argon2's working memory, mapped from the kernel for one verification and unmapped when
-/// dropped.
+/// argon2's working memory, mapped from the kernel for one verification (zero-filled on first
+/// touch) and unmapped when dropped.
 struct ArgonMemory {
     ptr: std::ptr::NonNull<Block>,
     blocks: usize,
@@ -465,9 +465,16 @@ impl ArgonMemory {
                 std::ptr::null_mut(),
                 len,
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::POPULATE,
+                rustix::mm::MapFlags::PRIVATE,
             )?
         };
+        // Huge pages where the kernel allows them (transparent huge pages in `madvise` or
+        // `always` mode): a few faults instead of ~4,900 for 19 MiB of fresh memory, which
+        // measured 8-10 ms of a 27 ms check on a 2-core VM and 2-4 ms with the advice.
+        // SAFETY: advice on the mapping just made; it changes no contents.
+        unsafe {
+            let _ = rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxHugepage);
+        }
         let ptr = std::ptr::NonNull::new(ptr.cast::<Block>()).ok_or(io::ErrorKind::OutOfMemory)?;
         Ok(ArgonMemory {
             ptr,
