@@ -495,6 +495,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         .map(crate::tls::fingerprint)
         .unwrap_or_default();
 
+    crate::server::tune_allocator();
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)

@@ -107,6 +107,8 @@ pub struct Server {
     per_user: Counter<String>,
     /// Penalties per source, when enabled.
     penalties: Option<penalty::Penalties>,
+    /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
+    trim_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -200,8 +202,34 @@ impl Server {
             per_source: Counter::default(),
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
+            trim_pending: std::sync::atomic::AtomicBool::new(false),
             limits,
         })
+    }
+
+    /// Whether no connection is open.
+    fn idle(&self) -> bool {
+        self.conn_permits.available_permits() >= self.limits.max_connections.max(1)
+    }
+
+    /// Once the last connection has closed and a second has passed without a new one, gives
+    /// the allocator's free memory back to the kernel. Sessions allocate their transfer
+    /// buffers on many threads, and glibc keeps what they freed in per-thread arenas, so
+    /// without this a server that served a burst of clients would stay tens of MiB above its
+    /// idle size for good.
+    fn trim_when_idle(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if !self.idle() || self.trim_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let server = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            server.trim_pending.store(false, Ordering::Release);
+            if server.idle() {
+                let _ = tokio::task::spawn_blocking(release_free_heap).await;
+            }
+        });
     }
 
     /// Replaces the user database; sessions already logged in keep going.
@@ -298,10 +326,11 @@ pub async fn run(
             // Dropping a session mid-transfer drops its temp file, which removes it: what
             // was not committed never appears.
             tokio::select! {
-                () = handle_connection(server, stream, peer, token) => {}
+                () = handle_connection(Arc::clone(&server), stream, peer, token) => {}
                 () = hard.cancelled() => {}
             }
             drop(permit);
+            server.trim_when_idle();
         });
     }
     // New connections are refused from now on, not left waiting in the backlog.
@@ -325,6 +354,32 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Sets the C allocator up for a long-running server; call it before any thread starts.
+///
+/// glibc gives every thread that allocates an arena of its own, and `malloc_trim` cannot
+/// shrink the top of those: a server that had moved a few files on several threads kept
+/// 15-18 MiB it no longer used (measured: 331 KiB in use of 22.8 MiB held) until it exited.
+/// One arena for all threads lets the idle trim give all of it back; transfers measured no
+/// slower (1 GiB up and down, three runs each way).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc tunable; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns the C allocator's free memory to the kernel (glibc's `malloc_trim`); nothing
+/// elsewhere.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it is
+    // thread-safe and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Sweeps stale partial uploads of every user once an hour (logins sweep their own too), so
