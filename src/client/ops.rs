@@ -484,7 +484,7 @@ impl Session {
     // put
     // -----------------------------------------------------------------------------------------
 
-    /// `put [-r] [-f] [-a] LOCAL... [REMOTE]`. `dest` is the remote destination (the working
+    /// `put [-r] [-f] [-a] [-e] LOCAL... [REMOTE]`. `dest` is the remote destination (the working
     /// directory if `None`).
     pub fn put(
         &mut self,
@@ -589,7 +589,7 @@ impl Session {
     // get
     // -----------------------------------------------------------------------------------------
 
-    /// `get [-r] [-f] [-a] REMOTE... [LOCAL]`. `dest` is the local destination (the current
+    /// `get [-r] [-f] [-a] [-e] REMOTE... [LOCAL]`. `dest` is the local destination (the current
     /// directory if `None`).
     pub fn get(
         &mut self,

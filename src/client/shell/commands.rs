@@ -610,8 +610,9 @@ fn help(cmd: Option<&str>) -> Result<(), OpError> {
             }
         }
         None => {
+            let width = COMMANDS.iter().map(|c| c.1.len()).max().unwrap_or(0);
             for (_, u, h, _) in COMMANDS {
-                let _ = writeln!(out, "{u:<38} {h}");
+                let _ = writeln!(out, "{u:<width$}  {h}");
             }
             let _ = writeln!(
                 out,
