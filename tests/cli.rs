@@ -345,6 +345,11 @@ const READER_PW: &str = "reader-pw";
 
 impl World {
     pub(crate) fn start() -> World {
+        World::start_with(&[])
+    }
+
+    /// [`World::start`] with more `ferry serve` arguments.
+    pub(crate) fn start_with(extra: &[&str]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
         let users_file = dir.path().join("users.toml");
@@ -357,19 +362,18 @@ impl World {
         let root = dir.path().join("data");
         let local = dir.path().join("local");
         std::fs::create_dir(&local).unwrap();
-        let server = ServeProcess::start(
-            dir.path(),
-            &[
-                "--users",
-                users_file.to_str().unwrap(),
-                "--root",
-                root.to_str().unwrap(),
-                "--cert",
-                certs.paths.server_cert.to_str().unwrap(),
-                "--key",
-                certs.paths.server_key.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "--users",
+            users_file.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--cert",
+            certs.paths.server_cert.to_str().unwrap(),
+            "--key",
+            certs.paths.server_key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = ServeProcess::start(dir.path(), &args);
         World {
             ca: certs.paths.ca_cert,
             root,
