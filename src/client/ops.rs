@@ -111,8 +111,9 @@ pub struct TransferOpts {
     pub force: bool,
     /// `-a`: resume partial files.
     pub resume: bool,
-    /// `-e`: stop at the first failed file: nothing more is started, and transfers still in
-    /// flight are cancelled (nothing of theirs appears under a final name).
+    /// `-e`: stop at the first failed file: nothing more is started and the transfer in
+    /// progress is cancelled (nothing of it appears under a final name); pipelined files
+    /// already sent whole may still be committed, and are reported as such.
     pub fail_fast: bool,
 }
 
@@ -766,6 +767,10 @@ impl Session {
         opts: TransferOpts,
         report: &mut Report,
     ) -> Result<(), OpError> {
+        if self.interrupted() {
+            report.interrupted = true;
+            return Ok(());
+        }
         if opts.fail_fast && !report.failed.is_empty() {
             report.skipped += jobs.len();
             return Ok(());
@@ -939,7 +944,10 @@ impl Session {
             })
         };
         *report = shared.into_inner().unwrap_or_default();
-        report.skipped += reported.iter().filter(|r| !**r).count();
+        if opts.fail_fast && stop.is_cancelled() && !ctrl_c.is_cancelled() {
+            // What -e kept from starting, or cancelled in flight.
+            report.skipped += reported.iter().filter(|r| !**r).count();
+        }
         if let Some(c) = self.conn.as_mut() {
             c.set_cancel(ctrl_c.clone());
         }

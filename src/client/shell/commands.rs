@@ -56,8 +56,9 @@ pub const COMMANDS: &[(&str, &str, &str, &str)] = &[
         "upload, verified; -r trees, -f overwrite, -a resume, -e stop at a failure",
         "LOCAL may be a glob (put *.log logs/). With several files REMOTE must be a \
          directory. -r copies directories (empty ones too) and ends with a summary; one \
-         failed file does not stop the rest unless -e is given (then nothing more starts and \
-         transfers in flight are cancelled). The \
+         failed file does not stop the rest unless -e is given (then nothing more starts, \
+         the file being sent is cancelled, and files already sent whole may still be \
+         committed). The \
          server commits each file only after the digests matched. Ctrl-C cancels.",
     ),
     (
