@@ -27,8 +27,12 @@
 //!   before the client vanished); no removed file exists; no file exists that nobody sent;
 //! - no `.ferry-tmp.*` file remains anywhere; every kept partial (for resume) belongs to a cut-off
 //!   upload of the same user and path and holds a prefix of exactly what was sent;
-//! - the server's RSS is sampled before, during and after (once every client is gone), and
-//!   reported; after SIGTERM the server exits on its own and still leaves no temp file.
+//! - no kept partial sits beside a committed file of the same path; `ls` never shows a removed
+//!   file, a temp file or a partial;
+//! - every client got in and few logins were answered `busy`;
+//! - the server's RSS, sampled before, during and after (15 s after every client is gone), is
+//!   back within 32 MiB of where it started; after SIGTERM the server exits on its own and the
+//!   whole audit still holds.
 //!
 //! The exit status is non-zero if any check fails.
 
@@ -502,22 +506,37 @@ fn drive(
         threads_after
     );
 
+    // The run must have done real work: every client got in, and few logins were turned away.
+    if n(&c.sessions) < clients as u64 || n(&c.puts) == 0 {
+        shared.fail(format!(
+            "too little work: {} sessions for {clients} clients, {} puts",
+            n(&c.sessions),
+            n(&c.puts)
+        ));
+    }
+    if n(&c.logins_busy) * 2 > n(&c.sessions) {
+        shared.fail(format!("{} logins answered busy", n(&c.logins_busy)));
+    }
+    // Memory must come back: at most this much above the start once every client is gone.
+    const RSS_SLACK_KIB: u64 = 32 * 1024;
+    if rss_after > rss_before + RSS_SLACK_KIB {
+        shared.fail(format!(
+            "server RSS {} 15 s after the last client, {} before",
+            mib(rss_after),
+            mib(rss_before)
+        ));
+    }
+
     let uploads = shared.uploads.lock().unwrap().clone();
     audit(&shared, root, &uploads)?;
 
-    // Graceful stop: the server must exit by itself and leave no temp file.
+    // Graceful stop: the server must exit by itself, and the audit must still hold after it.
     let clean_exit = server.terminate(Duration::from_secs(30))?;
     if !clean_exit {
         shared.fail("ferry serve did not exit cleanly within 30 s of SIGTERM".into());
     }
-    let temps = walk(root)?
-        .into_iter()
-        .filter(|p| is_temp(p))
-        .collect::<Vec<_>>();
-    if !temps.is_empty() {
-        shared.fail(format!("{} temp files after shutdown", temps.len()));
-    }
-    println!("SIGTERM: server exited cleanly: {clean_exit}");
+    println!("SIGTERM: server exited cleanly: {clean_exit}; audit again:");
+    audit(&shared, root, &uploads)?;
     let failures = shared.failures.lock().unwrap().len();
     Ok(failures)
 }
@@ -597,6 +616,17 @@ fn audit(shared: &Shared, root: &Path, uploads: &[Upload]) -> Result<()> {
                 shared.fail(format!("a partial nobody left: {}", rel.display()));
                 continue;
             };
+            if root
+                .join(&user)
+                .join(u.remote.trim_start_matches('/'))
+                .exists()
+            {
+                shared.fail(format!(
+                    "partial {} kept beside its committed file {}",
+                    rel.display(),
+                    u.remote
+                ));
+            }
             let (len, got) = file_digest(&path)?;
             if len > u.size || got != digest_of(u.seed, len) {
                 shared.fail(format!(
@@ -667,6 +697,8 @@ fn audit(shared: &Shared, root: &Path, uploads: &[Upload]) -> Result<()> {
 struct Mine {
     files: Vec<(String, u64, u64, usize)>,
     cut: Option<(String, u64, u64, usize)>,
+    /// Names this client removed (and never reused: every upload has a new name).
+    removed: std::collections::HashSet<String>,
 }
 
 async fn client(shared: Arc<Shared>, id: usize) {
@@ -681,6 +713,7 @@ async fn client(shared: Arc<Shared>, id: usize) {
     let mut mine = Mine {
         files: Vec::new(),
         cut: None,
+        removed: std::collections::HashSet::new(),
     };
     let mut seq = 0u64;
     let mut made_dir = false;
@@ -882,6 +915,9 @@ async fn resume(
                 .counters
                 .resumed_exists
                 .fetch_add(1, Ordering::Relaxed);
+            // The server says the cut-off upload was committed after all: it must be there,
+            // whole (the audit checks).
+            shared.uploads.lock().unwrap()[index].fate = Fate::Committed;
             return Ok(true);
         }
         Err(e) => return Err(e.context(format!("resume {remote} ({size} bytes)"))),
@@ -971,6 +1007,14 @@ async fn list(shared: &Shared, conn: &mut Connection, mine: &Mine, dir: &str) ->
             other => bail!("ls {dir}: {name} listed as {other:?}, committed with {size} bytes"),
         }
     }
+    for name in listed.keys() {
+        if name.starts_with('.') || !name.ends_with(".bin") {
+            bail!("ls {dir} shows {name:?}, which no client uploaded (a temp or partial?)");
+        }
+        if mine.removed.contains(*name) {
+            bail!("ls {dir} shows {name:?}, which was removed");
+        }
+    }
     Ok(true)
 }
 
@@ -992,5 +1036,7 @@ async fn remove(
         .context("rm hung")?
         .with_context(|| format!("{user}: rm {remote}"))?;
     shared.uploads.lock().unwrap()[index].fate = Fate::Removed;
+    mine.removed
+        .insert(remote.rsplit('/').next().unwrap_or_default().to_string());
     Ok(true)
 }
