@@ -336,21 +336,8 @@ struct GetArgs {
     /// Local file or directory (default: the current directory).
     #[arg(value_name = "LOCAL")]
     local: Option<PathBuf>,
-    /// Copy directories recursively.
-    #[arg(short, long)]
-    recursive: bool,
-    /// Overwrite existing local files.
-    #[arg(short, long)]
-    force: bool,
-    /// Resume a partial download.
-    #[arg(short = 'a', long = "resume")]
-    resume: bool,
-    /// Stop at the first failed file (by default the others are still tried).
-    #[arg(short = 'e', long)]
-    fail_fast: bool,
-    /// Print the result as JSON (files, sizes, digests, failures).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    transfer: TransferFlags,
     #[command(flatten)]
     conn: ConnOpts,
 }
@@ -360,13 +347,22 @@ struct PutArgs {
     /// LOCAL... then USER@HOST:REMOTE (REMOTE relative to your home).
     #[arg(value_name = "LOCAL... USER@HOST:REMOTE", num_args = 2.., required = true)]
     paths: Vec<String>,
+    #[command(flatten)]
+    transfer: TransferFlags,
+    #[command(flatten)]
+    conn: ConnOpts,
+}
+
+/// The options `get` and `put` share.
+#[derive(Debug, Args)]
+struct TransferFlags {
     /// Copy directories recursively.
     #[arg(short, long)]
     recursive: bool,
-    /// Replace existing remote files.
+    /// Replace existing files at the destination.
     #[arg(short, long)]
     force: bool,
-    /// Resume a partial upload.
+    /// Resume a partial transfer (the part already there is verified first).
     #[arg(short = 'a', long = "resume")]
     resume: bool,
     /// Stop at the first failed file (by default the others are still tried).
@@ -375,8 +371,17 @@ struct PutArgs {
     /// Print the result as JSON (files, sizes, digests, failures).
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    conn: ConnOpts,
+}
+
+impl TransferFlags {
+    fn opts(&self) -> TransferOpts {
+        TransferOpts {
+            recursive: self.recursive,
+            force: self.force,
+            resume: self.resume,
+            fail_fast: self.fail_fast,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -802,20 +807,20 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    prepare_oneshot(&mut session, a.json, a.conn.quiet);
-    let opts = TransferOpts {
-        recursive: a.recursive,
-        force: a.force,
-        resume: a.resume,
-        fail_fast: a.fail_fast,
-    };
+    prepare_oneshot(&mut session, a.transfer.json, a.conn.quiet);
+    let opts = a.transfer.opts();
     let path = if path.is_empty() {
         "/".to_string()
     } else {
         path
     };
     let result = session.get(&[path], a.local.as_deref(), opts);
-    Ok(finish_oneshot(rt, session, result.map(|_| ()), a.json))
+    Ok(finish_oneshot(
+        rt,
+        session,
+        result.map(|_| ()),
+        a.transfer.json,
+    ))
 }
 
 fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
@@ -830,20 +835,20 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    prepare_oneshot(&mut session, a.json, a.conn.quiet);
-    let opts = TransferOpts {
-        recursive: a.recursive,
-        force: a.force,
-        resume: a.resume,
-        fail_fast: a.fail_fast,
-    };
+    prepare_oneshot(&mut session, a.transfer.json, a.conn.quiet);
+    let opts = a.transfer.opts();
     let dest = if path.is_empty() {
         None
     } else {
         Some(path.as_str())
     };
     let result = session.put(locals, dest, opts);
-    Ok(finish_oneshot(rt, session, result.map(|_| ()), a.json))
+    Ok(finish_oneshot(
+        rt,
+        session,
+        result.map(|_| ()),
+        a.transfer.json,
+    ))
 }
 
 fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {

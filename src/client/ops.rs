@@ -316,20 +316,15 @@ impl Session {
         self.settle(result)
     }
 
-    /// Runs a transfer that Ctrl-C may cancel: the connection's cancel switch is this
-    /// command's token, so a running put sends `abort` and a running get sends `cancel`; the
-    /// connection stays usable and nothing appears under a final name on either side.
+    /// Runs a transfer that Ctrl-C may cancel. It runs like [`Self::call`]; the difference is
+    /// in the connection: its cancel switch is this command's token (see [`Self::begin`]), so
+    /// a running put sends `abort` and a running get sends `cancel`; the connection stays
+    /// usable and nothing appears under a final name on either side.
     fn transfer<T>(
         &mut self,
         f: impl AsyncFnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, OpError> {
-        if self.interrupted() {
-            return Err(OpError::Interrupted);
-        }
-        let handle = self.handle.clone();
-        let conn = self.conn()?;
-        let result = handle.block_on(f(conn));
-        self.settle(result)
+        self.call(f)
     }
 
     fn settle<T>(&mut self, result: Result<T, ClientError>) -> Result<T, OpError> {
@@ -906,7 +901,6 @@ impl Session {
             }
             match r {
                 Ok(t) => record_done(output, b.as_ref(), &mut rep, source, dest, &t),
-                Err(ClientError::Cancelled) if !ctrl_c.is_cancelled() => rep.skipped += 1,
                 Err(ClientError::Cancelled) => {
                     rep.interrupted = true;
                     rep.failed.push(fail(&source, &OpError::Interrupted));

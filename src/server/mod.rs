@@ -212,8 +212,8 @@ impl Server {
         self.conn_permits.available_permits() >= self.limits.max_connections.max(1)
     }
 
-    /// Once the last connection has closed and a second has passed without a new one, gives
-    /// the allocator's free memory back to the kernel. Sessions allocate their transfer
+    /// When the last connection closes, gives the allocator's free memory back to the kernel
+    /// a second later, if no connection is open then. Sessions allocate their transfer
     /// buffers on many threads, and glibc keeps what they freed in per-thread arenas, so
     /// without this a server that served a burst of clients would stay tens of MiB above its
     /// idle size for good.
