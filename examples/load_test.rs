@@ -869,17 +869,7 @@ async fn put(
         mine.cut = Some((remote, seed, size, index));
         return Ok(false);
     };
-    if t.size != size || t.sha256 != digest_of(seed, size) {
-        bail!(
-            "put {remote}: the client reported {} bytes, {}",
-            t.size,
-            t.sha256
-        );
-    }
-    shared.uploads.lock().unwrap()[index].fate = Fate::Committed;
-    shared.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
-    mine.files.push((remote, seed, size, index));
-    Ok(true)
+    committed(shared, mine, &t, (remote, seed, size, index))
 }
 
 /// Resumes a cut-off upload: the server checks the prefix it kept (if any) against the
@@ -922,9 +912,24 @@ async fn resume(
         }
         Err(e) => return Err(e.context(format!("resume {remote} ({size} bytes)"))),
     };
+    shared
+        .counters
+        .resumed_bytes_saved
+        .fetch_add(t.resumed_from, Ordering::Relaxed);
+    committed(shared, mine, &t, (remote, seed, size, index))
+}
+
+/// Records an upload the server acknowledged, after checking the client reported exactly
+/// what was sent.
+fn committed(
+    shared: &Shared,
+    mine: &mut Mine,
+    t: &ferry::client::Transferred,
+    (remote, seed, size, index): (String, u64, u64, usize),
+) -> Result<bool> {
     if t.size != size || t.sha256 != digest_of(seed, size) {
         bail!(
-            "resume {remote}: the client reported {} bytes, {}",
+            "{remote}: the client reported {} bytes, {}; sent {size}",
             t.size,
             t.sha256
         );
@@ -934,10 +939,6 @@ async fn resume(
         .counters
         .bytes_up
         .fetch_add(size - t.resumed_from, Ordering::Relaxed);
-    shared
-        .counters
-        .resumed_bytes_saved
-        .fetch_add(t.resumed_from, Ordering::Relaxed);
     mine.files.push((remote, seed, size, index));
     Ok(true)
 }

@@ -923,12 +923,7 @@ async fn login_flood_memory_is_bounded_by_the_argon2_permits() {
     })
     .await;
     // The target: a user with the production parameters, so every check takes ~19 MiB.
-    let hash = users::hash_password(&Password::new("victim-pw".into())).unwrap();
-    assert!(hash.contains("m=19456,t=2,p=1"), "{hash}");
-    users::add_user(&server.users_file, "victim", &hash, None, false).unwrap();
-    server
-        .server
-        .replace_users(UserDb::load(&server.users_file).unwrap());
+    add_victim(&server);
 
     // A session that is transferring while the flood comes.
     let big = random_file(&server.home_file("alice", "big.bin"), 1024 * 1024, 42);
@@ -1408,13 +1403,12 @@ async fn password_guessing_gets_its_source_refused_at_accept() {
 
     // Other addresses are unaffected, including one with the right password for the account
     // under attack.
-    let mut other = admitted(addr, Ipv4Addr::new(127, 0, 0, 3), &tls).await;
-    other.send(&login_msg(1, "alice", "alice-pw")).await;
-    assert!(matches!(
-        other.recv().await,
-        ServerMessage::Ok { id: 1, .. }
-    ));
-    close(other).await;
+    logs_in(
+        admitted(addr, Ipv4Addr::new(127, 0, 0, 3), &tls).await,
+        "alice",
+        "alice-pw",
+    )
+    .await;
     assert_serves(&server).await;
 }
 
@@ -1432,11 +1426,7 @@ async fn a_login_the_server_is_too_busy_to_check_costs_no_penalty() {
         ..test_limits()
     })
     .await;
-    let hash = users::hash_password(&Password::new("victim-pw".into())).unwrap();
-    users::add_user(&server.users_file, "victim", &hash, None, false).unwrap();
-    server
-        .server
-        .replace_users(UserDb::load(&server.users_file).unwrap());
+    add_victim(&server);
     let (addr, tls) = (server.addr, server.client_tls());
     let source = Ipv4Addr::new(127, 0, 0, 4);
     let mut raws = Vec::new();
@@ -1465,13 +1455,12 @@ async fn a_login_the_server_is_too_busy_to_check_costs_no_penalty() {
     }
     assert!(busy >= 2, "only {busy} of 8 logins were answered busy");
     // Still welcome: a new connection from the same address logs in.
-    let mut again = admitted_eventually(addr, source, &tls).await;
-    again.send(&login_msg(1, "victim", "victim-pw")).await;
-    assert!(matches!(
-        again.recv().await,
-        ServerMessage::Ok { id: 1, .. }
-    ));
-    close(again).await;
+    logs_in(
+        admitted_eventually(addr, source, &tls).await,
+        "victim",
+        "victim-pw",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1597,13 +1586,7 @@ async fn scanners_and_idlers_are_penalised_too() {
     refused_before_tls(addr, ip(6), &hello, "an idler").await;
 
     // Everyone else is fine.
-    let mut other = admitted(addr, ip(7), &tls).await;
-    other.send(&login_msg(1, "bob", "bob-pw")).await;
-    assert!(matches!(
-        other.recv().await,
-        ServerMessage::Ok { id: 1, .. }
-    ));
-    close(other).await;
+    logs_in(admitted(addr, ip(7), &tls).await, "bob", "bob-pw").await;
     assert_serves(&server).await;
 }
 
@@ -1876,6 +1859,28 @@ fn code_of(e: &ClientError) -> Option<ErrorCode> {
         ClientError::Remote(w) => Some(w.code),
         _ => None,
     }
+}
+
+/// Logs in on `raw` (hello done) as `user`, expects success, and closes.
+async fn logs_in(mut raw: Raw, user: &str, password: &str) {
+    raw.send(&login_msg(1, user, password)).await;
+    let reply = raw.recv().await;
+    assert!(
+        matches!(reply, ServerMessage::Ok { id: 1, .. }),
+        "login as {user}: {reply:?}"
+    );
+    close(raw).await;
+}
+
+/// Adds `victim` (password `victim-pw`) with the production argon2 parameters, so every check
+/// of it costs ~19 MiB and tens of milliseconds, and loads it into the running server.
+fn add_victim(server: &TestServer) {
+    let hash = users::hash_password(&Password::new("victim-pw".into())).unwrap();
+    assert!(hash.contains("m=19456,t=2,p=1"), "{hash}");
+    users::add_user(&server.users_file, "victim", &hash, None, false).unwrap();
+    server
+        .server
+        .replace_users(UserDb::load(&server.users_file).unwrap());
 }
 
 fn login_msg(id: u64, user: &str, password: &str) -> ClientMessage {

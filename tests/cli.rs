@@ -1439,33 +1439,13 @@ fn quick_start_certs_user_add_serve_connect() {
 /// password is ever written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_has_an_audit_line_per_login_and_transfer() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
-    let users_file = dir.path().join("users.toml");
-    let hash =
-        users::hash_password_with(&Password::new(ALICE_PW.into()), CHEAP.0, CHEAP.1, CHEAP.2)
-            .unwrap();
-    users::add_user(&users_file, "alice", &hash, None, false).unwrap();
-    let server = ServeProcess::start(
-        dir.path(),
-        &[
-            "--users",
-            users_file.to_str().unwrap(),
-            "--root",
-            dir.path().join("data").to_str().unwrap(),
-            "--cert",
-            certs.paths.server_cert.to_str().unwrap(),
-            "--key",
-            certs.paths.server_key.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-    );
-    let tls = ferry::tls::client_config(Some(&certs.paths.ca_cert)).unwrap();
+    let w = World::start_with(&["--log-format", "json"]);
+    let server = &w.server;
+    let tls = ferry::tls::client_config(Some(&w.ca)).unwrap();
     let connect =
         || ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls));
 
-    let local = dir.path().join("report.txt");
+    let local = w.local.join("report.txt");
     let data = b"quarterly numbers\n".repeat(1000);
     std::fs::write(&local, &data).unwrap();
     let digest = sha256_hex(&data);
@@ -1476,14 +1456,9 @@ async fn json_log_has_an_audit_line_per_login_and_transfer() {
     c.put(&local, "/report.txt", false, &mut |_| {})
         .await
         .unwrap();
-    c.get(
-        "/report.txt",
-        &dir.path().join("back.txt"),
-        false,
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
+    c.get("/report.txt", &w.local.join("back.txt"), false, &mut |_| {})
+        .await
+        .unwrap();
     c.remove("/report.txt").await.unwrap();
     c.close().await.unwrap();
     // Four wrong passwords (5 s each) put 127.0.0.1 over the 15 s the penalties allow.
@@ -1498,7 +1473,7 @@ async fn json_log_has_an_audit_line_per_login_and_transfer() {
     server.wait_stderr("source penalised");
     assert!(connect().await.is_err(), "the penalised source was let in");
     server.wait_stderr("connection refused: source penalised");
-    let stopped = server.stop();
+    let stopped = w.server.stop();
 
     let lines: Vec<serde_json::Value> = stopped
         .stderr
@@ -1563,30 +1538,9 @@ async fn json_log_has_an_audit_line_per_login_and_transfer() {
 /// Regression: `ferry serve` once parsed its limit flags and then ran with the defaults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_limit_flags_take_effect() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = ferry::certs::generate(&dir.path().join("certs"), &[], false).unwrap();
-    let users_file = dir.path().join("users.toml");
-    let hash =
-        users::hash_password_with(&Password::new(ALICE_PW.into()), CHEAP.0, CHEAP.1, CHEAP.2)
-            .unwrap();
-    users::add_user(&users_file, "alice", &hash, None, false).unwrap();
-    let server = ServeProcess::start(
-        dir.path(),
-        &[
-            "--users",
-            users_file.to_str().unwrap(),
-            "--root",
-            dir.path().join("data").to_str().unwrap(),
-            "--cert",
-            certs.paths.server_cert.to_str().unwrap(),
-            "--key",
-            certs.paths.server_key.to_str().unwrap(),
-            "--max-sessions-per-user",
-            "1",
-            "--no-penalties",
-        ],
-    );
-    let tls = ferry::tls::client_config(Some(&certs.paths.ca_cert)).unwrap();
+    let w = World::start_with(&["--max-sessions-per-user", "1", "--no-penalties"]);
+    let server = &w.server;
+    let tls = ferry::tls::client_config(Some(&w.ca)).unwrap();
     let login = || async {
         let mut c =
             ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls))

@@ -500,13 +500,29 @@ fn count(v: &Value, key: &str) -> usize {
         .unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
+/// The verified files of a `-e --json` report of the 300 files that stopped at one failure
+/// with something skipped; every file is accounted for exactly once.
+#[track_caller]
+fn stopped_once(v: &Value) -> usize {
+    let (files, failed, skipped) = (count(v, "files"), count(v, "failed"), count(v, "skipped"));
+    assert_eq!(failed, 1, "{}", v["error"]);
+    assert!(skipped > 0, "nothing was skipped: {}", v["error"]);
+    assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
+    files
+}
+
 #[test]
 fn fail_fast_stops_at_the_first_failed_file_both_ways() {
     let w = World::start();
     let data = three_hundred(&w.local.join("src"));
     let remote = w.alice_home().join("src");
-    std::fs::create_dir_all(&remote).unwrap();
-    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    // The remote tree with only a file in the way of f010.txt.
+    let fresh_remote = || {
+        let _ = std::fs::remove_dir_all(&remote);
+        std::fs::create_dir_all(&remote).unwrap();
+        std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    };
+    fresh_remote();
 
     // Pipelined upload: the failure stops everything not yet started.
     let out = oneshot(
@@ -515,12 +531,7 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
     );
     out.expect_code(1);
     let v = json(&out);
-    let (files, failed, skipped) = (
-        count(&v, "files"),
-        count(&v, "failed"),
-        count(&v, "skipped"),
-    );
-    assert_eq!(failed, 1, "{}", v["error"]);
+    let files = stopped_once(&v);
     assert!(
         v["failed"][0]["source"]
             .as_str()
@@ -529,8 +540,6 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
         "{}",
         v["error"]
     );
-    assert!(skipped > 0, "nothing was skipped: {}", v["error"]);
-    assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
     assert_eq!(
         std::fs::read(remote.join("f010.txt")).unwrap(),
         b"already here"
@@ -553,9 +562,7 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
     }
 
     // One at a time (resume mode): exactly the ten before the failure arrive.
-    std::fs::remove_dir_all(&remote).unwrap();
-    std::fs::create_dir(&remote).unwrap();
-    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    fresh_remote();
     let out = oneshot(&w, &["put", "-r", "-e", "-a", "src", "alice@127.0.0.1:"]);
     out.expect_code(1);
     assert!(
@@ -568,9 +575,7 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
     assert_eq!(names_in(&remote).len(), 11);
 
     // Without -e every other file still goes.
-    std::fs::remove_dir_all(&remote).unwrap();
-    std::fs::create_dir(&remote).unwrap();
-    std::fs::write(remote.join("f010.txt"), b"already here").unwrap();
+    fresh_remote();
     let out = oneshot(&w, &["put", "-r", "--json", "src", "alice@127.0.0.1:"]);
     out.expect_code(1);
     let v = json(&out);
@@ -591,15 +596,7 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
         &["get", "-r", "-e", "--json", "alice@127.0.0.1:src", "back"],
     );
     out.expect_code(1);
-    let v = json(&out);
-    let (files, failed, skipped) = (
-        count(&v, "files"),
-        count(&v, "failed"),
-        count(&v, "skipped"),
-    );
-    assert_eq!(failed, 1, "{}", v["error"]);
-    assert!(skipped > 0, "{}", v["error"]);
-    assert_eq!(files + failed + skipped, 300, "{}", v["error"]);
+    let files = stopped_once(&json(&out));
     assert_eq!(std::fs::read(back.join("src/f005.txt")).unwrap(), b"mine");
     let names = names_in(&back.join("src"));
     assert_eq!(
