@@ -19,6 +19,7 @@
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod direct;
 pub mod jail;
 pub mod protocol;
 pub mod sanitize;

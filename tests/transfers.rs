@@ -38,9 +38,22 @@ async fn round_trip_sizes_around_the_chunk_boundary() {
     let mut conn = server.alice().await;
     let local = tempfile::tempdir().unwrap();
     let chunk = ferry::protocol::DATA_CHUNK_LEN;
-    for (i, len) in [0, 1, chunk - 1, chunk, chunk + 1, 10 * 1024 * 1024]
-        .into_iter()
-        .enumerate()
+    // From `direct` on, both ends write around the page cache in 1 MiB blocks, the last one
+    // short and unaligned unless the size is a multiple of 4 KiB.
+    let direct = ferry::direct::MIN_SIZE as usize;
+    for (i, len) in [
+        0,
+        1,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        direct - 1,
+        direct,
+        direct + 4097,
+        10 * 1024 * 1024,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let src = local.path().join(format!("src{i}"));
         let data = random_file(&src, len, i as u64);

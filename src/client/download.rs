@@ -251,7 +251,9 @@ impl Connection {
         };
 
         let (tx, rx) = mpsc::channel::<ToWriter>(4);
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(partial, hasher, rx));
+        let direct = size - offset >= crate::direct::MIN_SIZE;
+        let writer =
+            tokio::task::spawn_blocking(move || write_and_hash(partial, hasher, rx, direct));
         let cancel = self.cancel.clone();
         let mut cancel_sent = false;
         if cancel_now {
@@ -514,24 +516,47 @@ fn commit_error(path: &Path, e: std::io::Error) -> ClientError {
     }
 }
 
+/// Writes and hashes until `Finish`. With `direct`, a large download bypasses the page
+/// cache (see [`crate::direct`]); everything received is in the file before it returns.
 fn write_and_hash(
     mut partial: Partial,
     mut hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
+    direct: bool,
 ) -> Written {
     let start = std::io::Seek::stream_position(partial.file()).unwrap_or(0);
     let mut writeback = crate::transfer::Writeback::at(start);
-    while let Some(msg) = rx.blocking_recv() {
+    let mut direct = if direct {
+        crate::direct::DirectWriter::start(partial.file(), start)
+    } else {
+        None
+    };
+    let finished = loop {
+        let Some(msg) = rx.blocking_recv() else {
+            break false;
+        };
         match msg {
             ToWriter::Data(bytes) => {
-                if let Err(e) = partial.write_all(&bytes) {
+                let wrote = match direct.as_mut() {
+                    Some(d) => d.write(&bytes),
+                    None => partial.write_all(&bytes).map(|()| {
+                        writeback.wrote(partial.file(), bytes.len());
+                    }),
+                };
+                if let Err(e) = wrote {
                     return Written::Failed(e);
                 }
-                writeback.wrote(partial.file(), bytes.len());
                 hasher.update(&bytes);
             }
-            ToWriter::Finish => return Written::Finished(partial, hex_digest(&hasher.finalize())),
+            ToWriter::Finish => break true,
         }
+    };
+    if let Some(Err(e)) = direct.map(crate::direct::DirectWriter::finish) {
+        return Written::Failed(e);
     }
-    Written::Interrupted(partial)
+    if finished {
+        Written::Finished(partial, hex_digest(&hasher.finalize()))
+    } else {
+        Written::Interrupted(partial)
+    }
 }

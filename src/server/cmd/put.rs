@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session, Stage, Unsynced};
 use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
+use crate::direct::DirectWriter;
 use crate::jail::{Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
@@ -149,7 +150,9 @@ pub(super) async fn run(
     let (tx, rx) = mpsc::channel::<ToWriter>(4);
     // Small uploads skip the per-file fsync: the group commit flushes them all at once.
     let group = size <= GROUP_COMMIT_SMALL;
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, !group));
+    let direct = offset == 0 && size >= crate::direct::MIN_SIZE;
+    let writer =
+        tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, !group, direct));
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     // Keeps an interrupted upload as a partial; returns true if it did (the partial then
@@ -521,38 +524,60 @@ async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), En
     }
 }
 
-/// Writes and hashes until `Finish`, then fsyncs (unless the group commit will). If the channel closes without `Finish`, the
-/// temp goes back to the caller, which keeps it for resume or drops (removes) it.
+/// Writes and hashes until `Finish`, then fsyncs (unless the group commit will). If the
+/// channel closes without `Finish`, the temp goes back to the caller, which keeps it for
+/// resume or drops (removes) it. With `direct`, a large fresh upload bypasses the page cache
+/// (see [`crate::direct`]).
 fn write_and_hash(
     mut temp: TempFile,
     mut hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
     fsync: bool,
+    direct: bool,
 ) -> Written {
     let start = std::io::Seek::stream_position(temp.file()).unwrap_or(0);
     let mut writeback = Writeback::at(start);
-    while let Some(msg) = rx.blocking_recv() {
+    let mut direct = if direct {
+        DirectWriter::start(temp.file(), start)
+    } else {
+        None
+    };
+    let finished = loop {
+        let Some(msg) = rx.blocking_recv() else {
+            break false;
+        };
         match msg {
             ToWriter::Data(bytes) => {
-                if let Err(e) = temp.file().write_all(&bytes) {
+                let wrote = match direct.as_mut() {
+                    Some(d) => d.write(&bytes),
+                    None => temp.file().write_all(&bytes).map(|()| {
+                        writeback.wrote(temp.file(), bytes.len());
+                    }),
+                };
+                if let Err(e) = wrote {
+                    drop(direct);
                     temp.discard();
                     return Written::Failed(StorageError::from_io(e));
                 }
-                writeback.wrote(temp.file(), bytes.len());
                 hasher.update(&bytes);
             }
-            ToWriter::Finish if !fsync => {
-                return Written::Finished(temp, hex_digest(&hasher.finalize()));
-            }
-            ToWriter::Finish => {
-                // An fsync error is final: the kernel reports it once, so retrying could
-                // "succeed" on data that never reached the disk.
-                return match temp.sync() {
-                    Ok(()) => Written::Finished(temp, hex_digest(&hasher.finalize())),
-                    Err(e) => Written::Failed(e),
-                };
-            }
+            ToWriter::Finish => break true,
+        }
+    };
+    // Everything received is in the file before it is fsynced, committed or kept.
+    if let Some(Err(e)) = direct.map(DirectWriter::finish) {
+        temp.discard();
+        return Written::Failed(StorageError::from_io(e));
+    }
+    if !finished {
+        return Written::Interrupted(temp);
+    }
+    if fsync {
+        // An fsync error is final: the kernel reports it once, so retrying could "succeed"
+        // on data that never reached the disk.
+        if let Err(e) = temp.sync() {
+            return Written::Failed(e);
         }
     }
-    Written::Interrupted(temp)
+    Written::Finished(temp, hex_digest(&hasher.finalize()))
 }
