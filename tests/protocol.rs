@@ -252,6 +252,36 @@ async fn connection_dropped_inside_a_data_frame_leaves_nothing() {
     vanish_during_upload(Vanish::MidFrame).await;
 }
 
+/// Small uploads are collected in memory and written at their end; an interrupted one must
+/// still leave exactly what arrived as a partial, like a large one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_upload_cut_off_keeps_what_arrived() {
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    let mut raw = logged_in(&server).await;
+    raw.send(&put(2, "/small.bin", 200_000, false)).await;
+    raw.send_data(&pattern(150_000, 3)).await;
+    raw.send(&ClientMessage::Abort { id: 2 }).await;
+    expect_error(raw.recv().await, Some(2), ErrorCode::Cancelled);
+    assert!(visible(&home).is_empty(), "{:?}", names_in(&home));
+    assert_eq!(kept_partials(&home), [150_000]);
+
+    raw.send(&put(3, "/other.bin", 200_000, false)).await;
+    raw.send_data(&pattern(100_000, 4)).await;
+    eventually("the server created its temp file", || {
+        server_temps(&home).len() == 1
+    })
+    .await;
+    drop(raw);
+    eventually("the partial is kept", || {
+        let mut kept = kept_partials(&home);
+        kept.sort_unstable();
+        kept == [100_000, 150_000]
+    })
+    .await;
+    assert!(visible(&home).is_empty(), "{:?}", names_in(&home));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_notify_mid_upload_gets_no_reply_and_leaves_nothing() {
     let server = TestServer::start().await;
