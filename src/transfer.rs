@@ -105,6 +105,10 @@ pub fn read_and_hash_from(
 /// How much a receiver writes before it asks the kernel to start writing it back.
 pub const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
+/// Below this, the rest of a finished file is left to the fsync or group commit: small
+/// files are cheaper to flush together than one by one.
+pub const WRITEBACK_TAIL_MIN: u64 = 128 * 1024;
+
 /// Tracks what a receiver wrote and starts write-back every [`WRITEBACK_STEP`] bytes, so the
 /// fsync before the commit finds little left to do instead of a whole file's worth: the disk
 /// works while the network still delivers.
@@ -127,6 +131,16 @@ impl Writeback {
     pub fn wrote(&mut self, file: &std::fs::File, n: usize) {
         self.written += n as u64;
         if self.written - self.started >= WRITEBACK_STEP {
+            start_writeback(file, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+    }
+
+    /// The file is complete: starts write-back of what is not on its way yet, if it is
+    /// enough to matter. For a file whose fsync is left to a group commit, the disk then
+    /// works while the next files arrive instead of all at once at the commit.
+    pub fn written_all(&mut self, file: &std::fs::File) {
+        if self.written - self.started >= WRITEBACK_TAIL_MIN {
             start_writeback(file, self.started, self.written - self.started);
             self.started = self.written;
         }

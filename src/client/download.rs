@@ -555,6 +555,9 @@ fn write_and_hash(
         return Written::Failed(e);
     }
     if finished {
+        writeback.written_all(partial.file());
+    }
+    if finished {
         Written::Finished(partial, hex_digest(&hasher.finalize()))
     } else {
         Written::Interrupted(partial)

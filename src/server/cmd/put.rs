@@ -671,6 +671,7 @@ fn write_and_hash(
     if !finished {
         return Written::Interrupted(temp);
     }
+    writeback.written_all(temp.file());
     if fsync {
         // An fsync error is final: the kernel reports it once, so retrying could "succeed"
         // on data that never reached the disk.
