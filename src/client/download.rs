@@ -556,8 +556,6 @@ fn write_and_hash(
     }
     if finished {
         writeback.written_all(partial.file());
-    }
-    if finished {
         Written::Finished(partial, hex_digest(&hasher.finalize()))
     } else {
         Written::Interrupted(partial)
