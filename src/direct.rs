@@ -24,6 +24,8 @@ use std::thread::JoinHandle;
 
 use rustix::fs::OFlags;
 
+use crate::mapping::Mapping;
+
 /// Size of one direct write, and of each of the writer's buffers.
 const BLOCK: usize = 1024 * 1024;
 
@@ -64,62 +66,35 @@ impl Drop for Slot {
     }
 }
 
-/// A page-aligned buffer of [`BLOCK`] bytes, mapped from the kernel and unmapped on drop
-/// (so its memory goes back to the system when the transfer ends, not to the heap).
+/// A page-aligned buffer of [`BLOCK`] bytes (mapped from the kernel, so its memory goes back
+/// to the system when the transfer ends, not to the heap), and how much of it is filled.
 struct Block {
-    ptr: std::ptr::NonNull<u8>,
+    map: Mapping,
     len: usize,
 }
 
-// SAFETY: a `Block` owns its mapping exclusively; moving it to another thread moves that
-// ownership, and nothing else points into the mapping.
-unsafe impl Send for Block {}
-
 impl Block {
     fn new() -> io::Result<Block> {
-        // SAFETY: a fresh private anonymous mapping aliases nothing; it is zero-filled by the
-        // kernel, and page-aligned as direct I/O requires.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                BLOCK,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )?
-        };
-        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or(io::ErrorKind::OutOfMemory)?;
-        Ok(Block { ptr, len: 0 })
+        Ok(Block {
+            map: Mapping::new(BLOCK)?,
+            len: 0,
+        })
     }
 
     fn filled(&self) -> &[u8] {
-        // SAFETY: the mapping is BLOCK bytes long, `len <= BLOCK`, and it is initialised
-        // (zero-filled, then written by `fill`); `self` owns it and is borrowed shared.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        &self.map.bytes()[..self.len]
     }
 
     /// Copies as much of `data` as fits; returns how much that was.
     fn fill(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(BLOCK - self.len);
-        // SAFETY: `len + n <= BLOCK`, so the destination lies inside the mapping, which
-        // `self` owns and borrows mutably; `data` cannot overlap a mapping nobody else sees.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), n);
-        }
+        self.map.bytes_mut()[self.len..self.len + n].copy_from_slice(&data[..n]);
         self.len += n;
         n
     }
 
     fn is_full(&self) -> bool {
         self.len == BLOCK
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no borrow of it outlives `self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), BLOCK);
-        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod direct;
 pub mod jail;
+pub mod mapping;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;

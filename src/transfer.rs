@@ -2,12 +2,14 @@
 //! blocking pool and hands chunks to the network side through a small bounded channel, so
 //! disk, hashing and TLS overlap and memory stays bounded.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::direct::DirectWriter;
 use crate::protocol::{DATA_CHUNK_LEN, hex_digest};
 
 /// Chunks in flight between the reader thread and the network: enough to keep both busy.
@@ -102,25 +104,74 @@ pub fn read_and_hash_from(
     let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
 }
 
+/// How a receiver puts a transfer's bytes into its file, on either end: around the page cache
+/// for a large fresh file (see [`crate::direct`]), otherwise through it with write-back started
+/// as it goes; and the SHA-256 of every byte.
+pub struct Receiving {
+    direct: Option<DirectWriter>,
+    writeback: Writeback,
+    hasher: Sha256,
+}
+
+impl Receiving {
+    /// Starts receiving into `file` at its current position; `hasher` already covers what the
+    /// file holds before it (a resumed transfer). `direct` asks for direct I/O, which is used
+    /// where [`DirectWriter::start`] allows it.
+    pub fn start(file: &mut File, hasher: Sha256, direct: bool) -> Receiving {
+        let start = file.stream_position().unwrap_or(0);
+        Receiving {
+            direct: direct.then(|| DirectWriter::start(file, start)).flatten(),
+            writeback: Writeback::at(start),
+            hasher,
+        }
+    }
+
+    /// Writes and hashes the next bytes.
+    pub fn write(&mut self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        match self.direct.as_mut() {
+            Some(d) => d.write(bytes)?,
+            None => {
+                file.write_all(bytes)?;
+                self.writeback.wrote(file, bytes.len());
+            }
+        }
+        self.hasher.update(bytes);
+        Ok(())
+    }
+
+    /// Ends the data: everything given is in the file afterwards (ready for fsync, or to be
+    /// kept as a partial). With `complete`, write-back of the rest is started too. Returns the
+    /// SHA-256 of all the file's bytes.
+    pub fn finish(mut self, file: &File, complete: bool) -> std::io::Result<String> {
+        if let Some(d) = self.direct.take() {
+            d.finish()?;
+        }
+        if complete {
+            self.writeback.written_all(file);
+        }
+        Ok(hex_digest(&self.hasher.finalize()))
+    }
+}
+
 /// How much a receiver writes before it asks the kernel to start writing it back.
-pub const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// Below this, the rest of a finished file is left to the fsync or group commit: small
 /// files are cheaper to flush together than one by one.
-pub const WRITEBACK_TAIL_MIN: u64 = 128 * 1024;
+const WRITEBACK_TAIL_MIN: u64 = 128 * 1024;
 
 /// Tracks what a receiver wrote and starts write-back every [`WRITEBACK_STEP`] bytes, so the
 /// fsync before the commit finds little left to do instead of a whole file's worth: the disk
 /// works while the network still delivers.
 #[derive(Debug, Default)]
-pub struct Writeback {
+struct Writeback {
     written: u64,
     started: u64,
 }
 
 impl Writeback {
     /// Tracking for a file whose next write lands at `offset` (non-zero when resuming).
-    pub fn at(offset: u64) -> Writeback {
+    fn at(offset: u64) -> Writeback {
         Writeback {
             written: offset,
             started: offset,
@@ -128,7 +179,7 @@ impl Writeback {
     }
 
     /// Records `n` more bytes written to `file` (at the end of what was written before).
-    pub fn wrote(&mut self, file: &std::fs::File, n: usize) {
+    fn wrote(&mut self, file: &std::fs::File, n: usize) {
         self.written += n as u64;
         if self.written - self.started >= WRITEBACK_STEP {
             start_writeback(file, self.started, self.written - self.started);
@@ -139,7 +190,7 @@ impl Writeback {
     /// The file is complete: starts write-back of what is not on its way yet, if it is
     /// enough to matter. For a file whose fsync is left to a group commit, the disk then
     /// works while the next files arrive instead of all at once at the commit.
-    pub fn written_all(&mut self, file: &std::fs::File) {
+    fn written_all(&mut self, file: &std::fs::File) {
         if self.written - self.started >= WRITEBACK_TAIL_MIN {
             start_writeback(file, self.started, self.written - self.started);
             self.started = self.written;

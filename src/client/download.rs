@@ -520,44 +520,25 @@ fn commit_error(path: &Path, e: std::io::Error) -> ClientError {
 /// cache (see [`crate::direct`]); everything received is in the file before it returns.
 fn write_and_hash(
     mut partial: Partial,
-    mut hasher: Sha256,
+    hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
     direct: bool,
 ) -> Written {
-    let start = std::io::Seek::stream_position(partial.file()).unwrap_or(0);
-    let mut writeback = crate::transfer::Writeback::at(start);
-    let mut direct = if direct {
-        crate::direct::DirectWriter::start(partial.file(), start)
-    } else {
-        None
-    };
+    let mut receiving = crate::transfer::Receiving::start(partial.file(), hasher, direct);
     let finished = loop {
-        let Some(msg) = rx.blocking_recv() else {
-            break false;
-        };
-        match msg {
-            ToWriter::Data(bytes) => {
-                let wrote = match direct.as_mut() {
-                    Some(d) => d.write(&bytes),
-                    None => partial.write_all(&bytes).map(|()| {
-                        writeback.wrote(partial.file(), bytes.len());
-                    }),
-                };
-                if let Err(e) = wrote {
+        match rx.blocking_recv() {
+            Some(ToWriter::Data(bytes)) => {
+                if let Err(e) = receiving.write(partial.file(), &bytes) {
                     return Written::Failed(e);
                 }
-                hasher.update(&bytes);
             }
-            ToWriter::Finish => break true,
+            Some(ToWriter::Finish) => break true,
+            None => break false,
         }
     };
-    if let Some(Err(e)) = direct.map(crate::direct::DirectWriter::finish) {
-        return Written::Failed(e);
-    }
-    if finished {
-        writeback.written_all(partial.file());
-        Written::Finished(partial, hex_digest(&hasher.finalize()))
-    } else {
-        Written::Interrupted(partial)
+    match receiving.finish(partial.file(), finished) {
+        Err(e) => Written::Failed(e),
+        Ok(digest) if finished => Written::Finished(partial, digest),
+        Ok(_) => Written::Interrupted(partial),
     }
 }

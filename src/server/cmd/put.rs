@@ -21,12 +21,11 @@ use tokio::sync::mpsc;
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session, Stage, Unsynced};
 use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
-use crate::direct::DirectWriter;
 use crate::jail::{Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
 };
-use crate::transfer::{Writeback, hash_prefix, is_hex_digest};
+use crate::transfer::{Receiving, hash_prefix, is_hex_digest};
 
 /// Uploads up to this size may wait to share a group commit with the ones after them; a
 /// larger one first acknowledges what is waiting.
@@ -630,49 +629,36 @@ async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), En
 /// (see [`crate::direct`]).
 fn write_and_hash(
     mut temp: TempFile,
-    mut hasher: Sha256,
+    hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
     fsync: bool,
     direct: bool,
 ) -> Written {
-    let start = std::io::Seek::stream_position(temp.file()).unwrap_or(0);
-    let mut writeback = Writeback::at(start);
-    let mut direct = if direct {
-        DirectWriter::start(temp.file(), start)
-    } else {
-        None
-    };
+    let mut receiving = Receiving::start(temp.file(), hasher, direct);
     let finished = loop {
-        let Some(msg) = rx.blocking_recv() else {
-            break false;
-        };
-        match msg {
-            ToWriter::Data(bytes) => {
-                let wrote = match direct.as_mut() {
-                    Some(d) => d.write(&bytes),
-                    None => temp.file().write_all(&bytes).map(|()| {
-                        writeback.wrote(temp.file(), bytes.len());
-                    }),
-                };
-                if let Err(e) = wrote {
-                    drop(direct);
+        match rx.blocking_recv() {
+            Some(ToWriter::Data(bytes)) => {
+                if let Err(e) = receiving.write(temp.file(), &bytes) {
+                    drop(receiving);
                     temp.discard();
                     return Written::Failed(StorageError::from_io(e));
                 }
-                hasher.update(&bytes);
             }
-            ToWriter::Finish => break true,
+            Some(ToWriter::Finish) => break true,
+            None => break false,
         }
     };
     // Everything received is in the file before it is fsynced, committed or kept.
-    if let Some(Err(e)) = direct.map(DirectWriter::finish) {
-        temp.discard();
-        return Written::Failed(StorageError::from_io(e));
-    }
+    let digest = match receiving.finish(temp.file(), finished) {
+        Ok(d) => d,
+        Err(e) => {
+            temp.discard();
+            return Written::Failed(StorageError::from_io(e));
+        }
+    };
     if !finished {
         return Written::Interrupted(temp);
     }
-    writeback.written_all(temp.file());
     if fsync {
         // An fsync error is final: the kernel reports it once, so retrying could "succeed"
         // on data that never reached the disk.
@@ -680,5 +666,5 @@ fn write_and_hash(
             return Written::Failed(e);
         }
     }
-    Written::Finished(temp, hex_digest(&hasher.finalize()))
+    Written::Finished(temp, digest)
 }
