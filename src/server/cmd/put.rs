@@ -90,11 +90,12 @@ enum Sink {
 }
 
 impl Sink {
-    /// A sink for the `size - offset` bytes still to come into `temp`.
-    fn start(temp: TempFile, hasher: Sha256, size: u64, offset: u64) -> Sink {
+    /// A sink for the `size - offset` bytes still to come into `temp`; `group` if the file
+    /// waits for the group commit instead of an fsync of its own.
+    fn start(temp: TempFile, hasher: Sha256, size: u64, offset: u64, group: bool) -> Sink {
         // Only files that join the group commit (no fsync of their own): a resumed large
         // file with a small rest still goes through the writer, which fsyncs it.
-        if size - offset <= IN_MEMORY_MAX && size <= GROUP_COMMIT_SMALL {
+        if size - offset <= IN_MEMORY_MAX && group {
             return Sink::Memory {
                 temp,
                 hasher,
@@ -102,10 +103,9 @@ impl Sink {
             };
         }
         let (tx, rx) = mpsc::channel::<ToWriter>(4);
-        let fsync = size > GROUP_COMMIT_SMALL;
         let direct = offset == 0 && size >= crate::direct::MIN_SIZE;
         let writer =
-            tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, fsync, direct));
+            tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, !group, direct));
         Sink::Thread { tx, writer }
     }
 
@@ -262,7 +262,7 @@ pub(super) async fn run(
 
     // Small uploads skip the per-file fsync: the group commit flushes them all at once.
     let group = size <= GROUP_COMMIT_SMALL;
-    let mut sink = Sink::start(temp, hasher, size, offset);
+    let mut sink = Sink::start(temp, hasher, size, offset, group);
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     // Keeps an interrupted upload as a partial; returns true if it did (the partial then
