@@ -222,12 +222,14 @@ async def cmd_idle(args):
     password = os.environ.get("FERRY_PASSWORD", "")
     ctx = tls_context(args.ca, "ferry/1")
     pid = args.server_pid
-    # Warm up: a few logins first, so argon2's buffers and the runtime's threads already
-    # count in the baseline, which then measures sessions only.
+    # Warm up: a few logins first, so the runtime's threads already count in the baseline,
+    # which then measures sessions only. Both samples wait out the second for which the server
+    # keeps argon2's memory warm after the last login (it releases it within two), so
+    # neither counts a login buffer as session memory.
     warm, _ = await open_many(args, args.warmup, ctx, password)
     for s in warm:
         await s.close()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(args.settle)
     before = rss_kib(pid)
     t0 = time.perf_counter()
     sessions, errors = await open_many(args, args.n, ctx, password)
@@ -313,7 +315,7 @@ def main():
     p.add_argument("--parallel", type=int, default=8, help="handshakes+logins at once")
     p.add_argument("--server-pid", type=int, help="idle: the server process to measure")
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--settle", type=float, default=2.5)
     p.add_argument("--path", default="/f1m.bin")
     p.add_argument("--sha256", help="https: expected digest of the body")
     args = p.parse_args()

@@ -427,10 +427,11 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
         Some(Err(_)) => return false,
     };
     let argon = Argon2::new(Algorithm::Argon2id, version, params);
-    // Working memory straight from the kernel, given back to it when this returns: a flood
-    // of logins cannot grow the allocator's heap (allocating and freeing ~19 MiB per check
-    // from the heap does), and an idle server keeps none of it.
-    let Ok(mut memory) = ArgonMemory::new(argon.params().block_count()) else {
+    // Working memory straight from the kernel, not the heap: a flood of logins cannot grow
+    // the allocator's heap (allocating and freeing ~19 MiB per check from the heap does).
+    // It is kept for the next check only while logins keep coming (see `login_memory`).
+    let Ok(mut memory) = ArgonMemory::new(argon.params().block_count(), argon.params().t_cost())
+    else {
         return false;
     };
     let mut out = vec![0u8; expected.len()];
@@ -447,28 +448,159 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
         == 0
 }
 
-/// argon2's working memory, mapped from the kernel for one verification (zero-filled on first
-/// touch) and unmapped when dropped.
+/// argon2's working memory for one verification: the warm mapping of an earlier check if
+/// there is one of the right size (see [`login_memory`]), a fresh one otherwise (zero-filled
+/// on first touch). Handed back for the next check when dropped, or unmapped.
 struct ArgonMemory {
-    map: crate::mapping::Mapping,
+    map: Option<crate::mapping::Mapping>,
     blocks: usize,
+    /// Whether the memory may outlive the check (see [`login_memory::give_back`]).
+    keep: bool,
 }
 
 impl ArgonMemory {
-    fn new(blocks: usize) -> io::Result<ArgonMemory> {
+    fn new(blocks: usize, t_cost: u32) -> io::Result<ArgonMemory> {
         let blocks = blocks.max(1);
-        let map = crate::mapping::Mapping::new(blocks * Block::SIZE)?;
-        // Huge pages: a few faults instead of ~4,900 for 19 MiB of fresh memory, which
-        // measured 8-10 ms of a 27 ms check on a 2-core VM and 2-4 ms with the advice.
-        map.prefer_huge_pages();
-        Ok(ArgonMemory { map, blocks })
+        let len = blocks * Block::SIZE;
+        let map = match login_memory::take(len) {
+            Some(map) => map,
+            None => {
+                let map = crate::mapping::Mapping::new(len)?;
+                // Huge pages: a few faults instead of ~4,900 for 19 MiB of fresh memory,
+                // which measured 8-10 ms of a 27 ms check on a 2-core VM and 2-4 ms with
+                // the advice.
+                map.prefer_huge_pages();
+                map
+            }
+        };
+        Ok(ArgonMemory {
+            map: Some(map),
+            blocks,
+            keep: t_cost >= 2,
+        })
     }
 
     fn blocks(&mut self) -> &mut [Block] {
-        // SAFETY: the mapping holds `blocks * Block::SIZE` zero-initialised bytes, page
-        // aligned (more than `Block`'s 64), and any bit pattern is a valid `Block` (128 u64
-        // words); it is owned by `self` and borrowed mutably here, so nothing else sees it.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().cast::<Block>(), self.blocks) }
+        let Some(map) = &self.map else {
+            return &mut [];
+        };
+        // SAFETY: the mapping holds at least `blocks * Block::SIZE` bytes (checked when it
+        // was taken or made), page aligned (more than `Block`'s 64), and any bit pattern is
+        // a valid `Block` (128 u64 words); it is owned by `self` and borrowed mutably here,
+        // so nothing else sees it.
+        unsafe { std::slice::from_raw_parts_mut(map.as_ptr().cast::<Block>(), self.blocks) }
+    }
+}
+
+impl Drop for ArgonMemory {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.take()
+            && self.keep
+        {
+            login_memory::give_back(map);
+        }
+    }
+}
+
+/// The working memory of the last password check, kept warm for the next one while logins
+/// keep coming.
+///
+/// Mapping and faulting in argon2's 19 MiB costs 2-4 ms of a ~20 ms check even with huge
+/// pages; a burst of logins (scripts that connect once per file, a fleet reconnecting after a
+/// restart) would pay it every time. At most one mapping is kept, and only for a short while:
+/// the server gives it back to the kernel once no check has used it for a second
+/// ([`release_unused_for`]) and as soon as any session starts moving data ([`release`]), so
+/// it never adds to the memory of a transfer and an idle server holds none of it.
+///
+/// Only memory of a check with two or more passes is kept: after the second pass every block
+/// depends on the whole first pass, so what is left in it offers no shortcut to testing
+/// password guesses (with one pass, the first blocks of a lane would).
+pub mod login_memory {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+    use std::time::{Duration, Instant};
+
+    use crate::mapping::Mapping;
+
+    static WARM: Warm = Warm::new();
+
+    /// The warm mapping, if it has exactly `len` bytes.
+    pub(super) fn take(len: usize) -> Option<Mapping> {
+        WARM.take(len)
+    }
+
+    /// Keeps `map` warm for the next check, replacing (and unmapping) an older one.
+    pub(super) fn give_back(map: Mapping) {
+        WARM.give_back(map);
+    }
+
+    /// Whether a mapping is being kept.
+    pub fn held() -> bool {
+        WARM.held()
+    }
+
+    /// Unmaps the warm mapping, if any.
+    pub fn release() {
+        WARM.release();
+    }
+
+    /// Unmaps the warm mapping if no check has used it for `idle`; returns whether one is
+    /// still held.
+    pub fn release_unused_for(idle: Duration) -> bool {
+        WARM.release_unused_for(idle)
+    }
+
+    /// One slot for a mapping and when it was last given back. Every mapping taken out of it
+    /// is unmapped outside the lock.
+    pub(super) struct Warm(Mutex<Option<(Mapping, Instant)>>);
+
+    impl Warm {
+        pub(super) const fn new() -> Warm {
+            Warm(Mutex::new(None))
+        }
+
+        fn slot(&self) -> MutexGuard<'_, Option<(Mapping, Instant)>> {
+            // A panic while the lock was held cannot leave the slot half-written.
+            self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub(super) fn take(&self, len: usize) -> Option<Mapping> {
+            let mut slot = self.slot();
+            if slot.as_ref().is_some_and(|(map, _)| map.len() == len) {
+                slot.take().map(|(map, _)| map)
+            } else {
+                None
+            }
+        }
+
+        pub(super) fn give_back(&self, map: Mapping) {
+            let old = self.slot().replace((map, Instant::now()));
+            drop(old);
+        }
+
+        pub(super) fn held(&self) -> bool {
+            self.slot().is_some()
+        }
+
+        pub(super) fn release(&self) {
+            let old = self.slot().take();
+            drop(old);
+        }
+
+        pub(super) fn release_unused_for(&self, idle: Duration) -> bool {
+            let mut slot = self.slot();
+            let old = if slot
+                .as_ref()
+                .is_some_and(|(_, used)| used.elapsed() >= idle)
+            {
+                slot.take()
+            } else {
+                None
+            };
+            let held = slot.is_some();
+            drop(slot);
+            drop(old);
+            held
+        }
     }
 }
 
@@ -1085,6 +1217,58 @@ mod tests {
         assert!(!verify_password(&hash, &pw("")));
         // Same password, fresh salt.
         assert_ne!(hash, cheap_hash("correct horse"));
+    }
+
+    #[test]
+    fn reused_argon2_memory_gives_the_same_verdicts() {
+        // Two passes, so the memory is kept between checks; the second and later checks run
+        // on memory that still holds the previous one's blocks (unless a parallel test took
+        // it, which is a fresh mapping and as good).
+        let (m, t, p) = (64, 2, 1);
+        let a = hash_password_with(&pw("first"), m, t, p).unwrap();
+        let b = hash_password_with(&pw("second"), m, t, p).unwrap();
+        for _ in 0..3 {
+            assert!(verify_password(&a, &pw("first")));
+            assert!(!verify_password(&a, &pw("second")));
+            assert!(verify_password(&b, &pw("second")));
+            assert!(!verify_password(&b, &pw("first")));
+        }
+    }
+
+    #[test]
+    fn warm_memory_is_reused_only_at_its_size_and_released() {
+        let warm = login_memory::Warm::new();
+        assert!(warm.take(4096).is_none());
+        let map = crate::mapping::Mapping::new(8192).unwrap();
+        let addr = map.as_ptr();
+        warm.give_back(map);
+        assert!(warm.held());
+        assert!(
+            warm.take(4096).is_none(),
+            "a mapping of another size is not handed out"
+        );
+        let again = warm.take(8192).expect("the kept mapping");
+        assert_eq!(again.as_ptr(), addr);
+        assert!(!warm.held());
+        warm.give_back(again);
+        // Recently used: kept; unused for long enough: unmapped.
+        assert!(warm.release_unused_for(Duration::from_secs(3600)));
+        assert!(!warm.release_unused_for(Duration::ZERO));
+        assert!(!warm.held());
+        warm.give_back(crate::mapping::Mapping::new(4096).unwrap());
+        warm.release();
+        assert!(!warm.held());
+    }
+
+    #[test]
+    fn one_pass_memory_is_not_kept() {
+        // With one pass the first blocks would allow cheap guessing: such memory is unmapped
+        // at once. Checked on the memory type itself, which the global slot backs.
+        let mut mem = ArgonMemory::new(64, 1).unwrap();
+        assert_eq!(mem.blocks().len(), 64);
+        assert!(!mem.keep);
+        let mem = ArgonMemory::new(64, 2).unwrap();
+        assert!(mem.keep);
     }
 
     #[test]

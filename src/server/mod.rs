@@ -109,6 +109,8 @@ pub struct Server {
     penalties: Option<penalty::Penalties>,
     /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
     trim_pending: std::sync::atomic::AtomicBool,
+    /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
+    warm_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -203,6 +205,7 @@ impl Server {
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
             trim_pending: std::sync::atomic::AtomicBool::new(false),
+            warm_pending: std::sync::atomic::AtomicBool::new(false),
             limits,
         })
     }
@@ -228,6 +231,34 @@ impl Server {
             server.trim_pending.store(false, Ordering::Release);
             if server.idle() {
                 let _ = tokio::task::spawn_blocking(release_free_heap).await;
+            }
+        });
+    }
+
+    /// After a password check: gives argon2's warm memory back to the kernel once no check
+    /// has used it for a second (see [`users::login_memory`]). One timer at a time.
+    pub(crate) fn forget_login_memory(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        const WARM_FOR: Duration = Duration::from_secs(1);
+        if !crate::users::login_memory::held() || self.warm_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let server = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WARM_FOR).await;
+                let release = || crate::users::login_memory::release_unused_for(WARM_FOR);
+                if tokio::task::spawn_blocking(release).await.unwrap_or(false) {
+                    continue;
+                }
+                server.warm_pending.store(false, Ordering::Release);
+                // A check that gave memory back between the release and the store saw a
+                // timer pending and started none: take over for it.
+                if !crate::users::login_memory::held()
+                    || server.warm_pending.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
             }
         });
     }

@@ -571,6 +571,7 @@ async fn authenticate(
         .await
         .unwrap_or(false);
     drop(permit);
+    server.forget_login_memory();
     Ok(match user {
         Some(u) if verified => Verdict::Allowed {
             read_only: u.read_only,

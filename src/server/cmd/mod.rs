@@ -114,6 +114,16 @@ pub(super) fn audit_line(
 }
 
 async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
+    if matches!(
+        msg,
+        ClientMessage::Get { .. }
+            | ClientMessage::Put { .. }
+            | ClientMessage::Sha256 { .. }
+            | ClientMessage::Copy { .. }
+    ) {
+        // Moving data needs buffers of its own: argon2's warm memory must not add to them.
+        crate::users::login_memory::release();
+    }
     match msg {
         ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,
         ClientMessage::List { id, path } => list::run(sess, id, path).await,
