@@ -9,7 +9,7 @@ use ferry::users::{self, Password};
 use crate::cli::{ALICE_PW, World};
 use crate::util::CHEAP;
 
-fn hup(world: &World) {
+pub(crate) fn hup(world: &World) {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &world.server.pid().to_string()])
         .status()
@@ -17,7 +17,7 @@ fn hup(world: &World) {
     assert!(status.success());
 }
 
-async fn login(
+pub(crate) async fn login(
     world: &World,
     ca: &std::path::Path,
     user: &str,
@@ -30,7 +30,7 @@ async fn login(
 }
 
 /// Polls `check` for up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
