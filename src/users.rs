@@ -543,9 +543,9 @@ pub mod login_memory {
         WARM.release();
     }
 
-    /// Unmaps the warm mapping if no check has used it for `idle`; returns whether one is
-    /// still held.
-    pub fn release_unused_for(idle: Duration) -> bool {
+    /// Unmaps the warm mapping if no check has used it for `idle`. If one is still held,
+    /// returns how long until it will have been unused for `idle`.
+    pub fn release_unused_for(idle: Duration) -> Option<Duration> {
         WARM.release_unused_for(idle)
     }
 
@@ -586,20 +586,16 @@ pub mod login_memory {
             drop(old);
         }
 
-        pub(super) fn release_unused_for(&self, idle: Duration) -> bool {
+        pub(super) fn release_unused_for(&self, idle: Duration) -> Option<Duration> {
             let mut slot = self.slot();
-            let old = if slot
-                .as_ref()
-                .is_some_and(|(_, used)| used.elapsed() >= idle)
-            {
-                slot.take()
-            } else {
-                None
-            };
-            let held = slot.is_some();
+            let unused = slot.as_ref().map(|(_, used)| used.elapsed())?;
+            if unused < idle {
+                return Some(idle - unused);
+            }
+            let old = slot.take();
             drop(slot);
             drop(old);
-            held
+            None
         }
     }
 }
@@ -1252,8 +1248,12 @@ mod tests {
         assert!(!warm.held());
         warm.give_back(again);
         // Recently used: kept; unused for long enough: unmapped.
-        assert!(warm.release_unused_for(Duration::from_secs(3600)));
-        assert!(!warm.release_unused_for(Duration::ZERO));
+        let left = warm.release_unused_for(Duration::from_secs(3600));
+        assert!(
+            left.is_some_and(|d| d > Duration::from_secs(3500)),
+            "{left:?}"
+        );
+        assert_eq!(warm.release_unused_for(Duration::ZERO), None);
         assert!(!warm.held());
         warm.give_back(crate::mapping::Mapping::new(4096).unwrap());
         warm.release();

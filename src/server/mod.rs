@@ -245,12 +245,16 @@ impl Server {
         }
         let server = Arc::clone(self);
         tokio::spawn(async move {
+            let mut wait = WARM_FOR;
             loop {
-                tokio::time::sleep(WARM_FOR).await;
+                tokio::time::sleep(wait).await;
                 let release = || crate::users::login_memory::release_unused_for(WARM_FOR);
-                if tokio::task::spawn_blocking(release).await.unwrap_or(false) {
+                // Used again meanwhile: wait until it has been unused for the full time.
+                if let Ok(Some(left)) = tokio::task::spawn_blocking(release).await {
+                    wait = left;
                     continue;
                 }
+                wait = WARM_FOR;
                 server.warm_pending.store(false, Ordering::Release);
                 // A check that gave memory back between the release and the store saw a
                 // timer pending and started none: take over for it.
