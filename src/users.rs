@@ -454,7 +454,7 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
 struct ArgonMemory {
     map: Option<crate::mapping::Mapping>,
     blocks: usize,
-    /// Whether the memory may outlive the check (see [`login_memory::give_back`]).
+    /// Whether the memory may outlive the check (see [`login_memory::Warm::give_back`]).
     keep: bool,
 }
 
@@ -462,7 +462,7 @@ impl ArgonMemory {
     fn new(blocks: usize, t_cost: u32) -> io::Result<ArgonMemory> {
         let blocks = blocks.max(1);
         let len = blocks * Block::SIZE;
-        let map = match login_memory::take(len) {
+        let map = match login_memory::WARM.take(len) {
             Some(map) => map,
             None => {
                 let map = crate::mapping::Mapping::new(len)?;
@@ -497,7 +497,7 @@ impl Drop for ArgonMemory {
         if let Some(map) = self.map.take()
             && self.keep
         {
-            login_memory::give_back(map);
+            login_memory::WARM.give_back(map);
         }
     }
 }
@@ -509,8 +509,9 @@ impl Drop for ArgonMemory {
 /// pages; a burst of logins (scripts that connect once per file, a fleet reconnecting after a
 /// restart) would pay it every time. At most one mapping is kept, and only for a short while:
 /// the server gives it back to the kernel once no check has used it for a second
-/// ([`release_unused_for`]) and as soon as any session starts moving data ([`release`]), so
-/// it never adds to the memory of a transfer and an idle server holds none of it.
+/// ([`login_memory::Warm::release_unused_for`]) and as soon as any session starts moving data
+/// ([`login_memory::Warm::release`]), so it never adds to the memory of a transfer and an
+/// idle server holds none of it.
 ///
 /// Only memory of a check with two or more passes is kept: after the second pass every block
 /// depends on the whole first pass, so what is left in it offers no shortcut to testing
@@ -521,37 +522,12 @@ pub mod login_memory {
 
     use crate::mapping::Mapping;
 
-    static WARM: Warm = Warm::new();
-
-    /// The warm mapping, if it has exactly `len` bytes.
-    pub(super) fn take(len: usize) -> Option<Mapping> {
-        WARM.take(len)
-    }
-
-    /// Keeps `map` warm for the next check, replacing (and unmapping) an older one.
-    pub(super) fn give_back(map: Mapping) {
-        WARM.give_back(map);
-    }
-
-    /// Whether a mapping is being kept.
-    pub fn held() -> bool {
-        WARM.held()
-    }
-
-    /// Unmaps the warm mapping, if any.
-    pub fn release() {
-        WARM.release();
-    }
-
-    /// Unmaps the warm mapping if no check has used it for `idle`. If one is still held,
-    /// returns how long until it will have been unused for `idle`.
-    pub fn release_unused_for(idle: Duration) -> Option<Duration> {
-        WARM.release_unused_for(idle)
-    }
+    /// The one slot of the process.
+    pub static WARM: Warm = Warm::new();
 
     /// One slot for a mapping and when it was last given back. Every mapping taken out of it
     /// is unmapped outside the lock.
-    pub(super) struct Warm(Mutex<Option<(Mapping, Instant)>>);
+    pub struct Warm(Mutex<Option<(Mapping, Instant)>>);
 
     impl Warm {
         pub(super) const fn new() -> Warm {
@@ -563,7 +539,8 @@ pub mod login_memory {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
         }
 
-        pub(super) fn take(&self, len: usize) -> Option<Mapping> {
+        /// The kept mapping, if it has exactly `len` bytes.
+        pub(crate) fn take(&self, len: usize) -> Option<Mapping> {
             let mut slot = self.slot();
             if slot.as_ref().is_some_and(|(map, _)| map.len() == len) {
                 slot.take().map(|(map, _)| map)
@@ -572,21 +549,26 @@ pub mod login_memory {
             }
         }
 
-        pub(super) fn give_back(&self, map: Mapping) {
+        /// Keeps `map` warm for the next check, replacing (and unmapping) an older one.
+        pub(crate) fn give_back(&self, map: Mapping) {
             let old = self.slot().replace((map, Instant::now()));
             drop(old);
         }
 
-        pub(super) fn held(&self) -> bool {
+        /// Whether a mapping is being kept.
+        pub fn held(&self) -> bool {
             self.slot().is_some()
         }
 
-        pub(super) fn release(&self) {
+        /// Unmaps the kept mapping, if any.
+        pub fn release(&self) {
             let old = self.slot().take();
             drop(old);
         }
 
-        pub(super) fn release_unused_for(&self, idle: Duration) -> Option<Duration> {
+        /// Unmaps the kept mapping if no check has used it for `idle`. If one is still held,
+        /// returns how long until it will have been unused for `idle`.
+        pub fn release_unused_for(&self, idle: Duration) -> Option<Duration> {
             let mut slot = self.slot();
             let unused = slot.as_ref().map(|(_, used)| used.elapsed())?;
             if unused < idle {

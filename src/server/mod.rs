@@ -240,7 +240,9 @@ impl Server {
     pub(crate) fn forget_login_memory(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         const WARM_FOR: Duration = Duration::from_secs(1);
-        if !crate::users::login_memory::held() || self.warm_pending.swap(true, Ordering::AcqRel) {
+        if !crate::users::login_memory::WARM.held()
+            || self.warm_pending.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let server = Arc::clone(self);
@@ -248,7 +250,7 @@ impl Server {
             let mut wait = WARM_FOR;
             loop {
                 tokio::time::sleep(wait).await;
-                let release = || crate::users::login_memory::release_unused_for(WARM_FOR);
+                let release = || crate::users::login_memory::WARM.release_unused_for(WARM_FOR);
                 // Used again meanwhile: wait until it has been unused for the full time.
                 if let Ok(Some(left)) = tokio::task::spawn_blocking(release).await {
                     wait = left;
@@ -258,7 +260,7 @@ impl Server {
                 server.warm_pending.store(false, Ordering::Release);
                 // A check that gave memory back between the release and the store saw a
                 // timer pending and started none: take over for it.
-                if !crate::users::login_memory::held()
+                if !crate::users::login_memory::WARM.held()
                     || server.warm_pending.swap(true, Ordering::AcqRel)
                 {
                     return;
