@@ -274,3 +274,88 @@ async fn a_full_disk_fails_the_upload_cleanly_and_the_server_goes_on() {
         .unwrap();
     drop(conn);
 }
+
+/// Small uploads, which the server reads whole before it checks the limits and creates the
+/// temp file, are counted like streamed ones: one cut off by `abort` leaves a counted partial,
+/// one refused after its data changes nothing, and a complete one supersedes the partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_uploads_are_counted_like_streamed_ones() {
+    let server = TestServer::start().await;
+    let mut conn = carol(&server).await;
+    let mut raw = server.raw().await;
+    raw.login("carol", "carol-pw").await;
+    let put = |id, path: &str, size| ClientMessage::Put {
+        id,
+        path: path.into(),
+        size,
+        overwrite: false,
+        offset: 0,
+        prefix_sha256: None,
+    };
+    let usage = async |conn: &mut ferry::client::Connection| {
+        let u = conn.usage().await.unwrap();
+        (u.used_bytes.unwrap(), u.used_files.unwrap())
+    };
+
+    raw.send(&put(2, "/s", 100_000)).await;
+    raw.send_data(&[1u8; 60_000]).await;
+    raw.send(&ClientMessage::Abort { id: 2 }).await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(2), code, ..
+        } => assert_eq!(code, ErrorCode::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        usage(&mut conn).await,
+        (60_000, 1),
+        "the kept partial counts"
+    );
+
+    // Four more files reach the file quota (5, the partial included).
+    let data = vec![2u8; 200_000];
+    for (id, name) in [(3, "/a"), (4, "/b"), (5, "/c"), (6, "/d")] {
+        raw.send(&put(id, name, 200_000)).await;
+        raw.send_data(&data).await;
+        raw.send(&ClientMessage::End {
+            id,
+            sha256: sha256_hex(&data),
+        })
+        .await;
+        assert!(matches!(raw.recv().await, ServerMessage::Ok { .. }));
+    }
+    assert_eq!(usage(&mut conn).await, (860_000, 5));
+
+    // A sixth file is refused, after its data arrived, and leaves nothing behind.
+    raw.send(&put(7, "/e", 200_000)).await;
+    raw.send_data(&data).await;
+    raw.send(&ClientMessage::End {
+        id: 7,
+        sha256: sha256_hex(&data),
+    })
+    .await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(7), code, ..
+        } => assert_eq!(code, ErrorCode::QuotaExceeded),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(usage(&mut conn).await, (860_000, 5));
+    assert!(!server.home("carol").join("e").exists());
+
+    // The same name uploaded whole replaces the partial in the count.
+    let whole = vec![3u8; 100_000];
+    raw.send(&put(8, "/s", 100_000)).await;
+    raw.send_data(&whole).await;
+    raw.send(&ClientMessage::End {
+        id: 8,
+        sha256: sha256_hex(&whole),
+    })
+    .await;
+    assert!(matches!(raw.recv().await, ServerMessage::Ok { .. }));
+    assert_eq!(usage(&mut conn).await, (900_000, 5));
+    assert_eq!(
+        std::fs::read(server.home("carol").join("s")).unwrap(),
+        whole
+    );
+}

@@ -737,7 +737,10 @@ async fn directory_swapped_for_a_symlink_during_an_upload() {
     let mut w = World::new().await;
     std::fs::create_dir(w.alice.join("d")).unwrap();
     w.record();
-    let data = b"late data";
+    // Larger than the uploads the server reads whole before creating their temp file
+    // (256 KiB), so the temp exists while the data still arrives.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let data = &data[..];
     let id = 1000;
     w.raw
         .send(&ClientMessage::Put {

@@ -5,7 +5,9 @@
 //!
 //! The client sends the data right after the request, without waiting (no round trip per
 //! file). When the server refuses early, it replies at once and then discards the rest of
-//! that upload up to its `end` or `abort`.
+//! that upload up to its `end` or `abort`. A fresh upload of at most [`IN_MEMORY_MAX`] bytes
+//! is read whole first and then checked, created, written and hashed in one blocking call
+//! ([`run_small`]); its refusals come after its data.
 //!
 //! An upload that is interrupted (the client vanished, stalled, or sent `abort`) is kept,
 //! hidden, as a partial for this user and target; `put` with an `offset` resumes it once the
@@ -69,9 +71,9 @@ enum Ending {
 
 /// Uploads of at most this many new bytes are collected in memory and written with one
 /// blocking call at their end, instead of through a writer thread fed chunk by chunk: for a
-/// 4 KiB file, starting and waking that thread costs more than the write itself (measured
-/// gain is modest, a few percent of a 1,000-file upload: most of a small file's cost is the
-/// file system's create).
+/// 4 KiB file, starting and waking that thread costs more than the write itself. A fresh one
+/// is read whole before anything else, so that the same call also checks the target and the
+/// limits and creates the temp file ([`run_small`]); a resumed one was set up before its data.
 const IN_MEMORY_MAX: u64 = 256 * 1024;
 
 /// Where an upload's data goes while it arrives.
@@ -228,6 +230,9 @@ pub(super) async fn run(
         offset,
         prefix,
     };
+    if offset == 0 && size <= IN_MEMORY_MAX {
+        return run_small(sess, id, target, key, request).await;
+    }
     let setup = tokio::task::spawn_blocking(move || {
         prepare(&jail, &t, &k, &request, account.as_ref(), &limits)
     })
@@ -245,17 +250,8 @@ pub(super) async fn run(
         mut debt,
     } = match setup {
         Ok(s) => s,
-        Err(Refusal::Storage(e)) => {
-            reply_storage(sess, id, "put", &e).await?;
-            return discard(sess, id, expected).await;
-        }
-        Err(Refusal::Quota(r)) => {
-            sess.send(&quota_reply(id, &r, size)).await?;
-            return discard(sess, id, expected).await;
-        }
-        Err(Refusal::Resume(code, message)) => {
-            sess.send(&ServerMessage::error(Some(id), code, message))
-                .await?;
+        Err(refusal) => {
+            reply_refusal(sess, id, size, refusal).await?;
             return discard(sess, id, expected).await;
         }
     };
@@ -377,61 +373,304 @@ pub(super) async fn run(
             return reply_storage(sess, id, "put", &e).await;
         }
     };
-    if !declared.eq_ignore_ascii_case(&actual) {
-        let _ = blocking(move || {
-            temp.discard();
-            Ok(())
-        })
-        .await;
-        tracing::warn!(
-            peer = %sess.peer, user = %sess.user, op = "put", path = %target,
-            declared = %crate::sanitize::for_log(&declared), actual = %actual,
-            "integrity mismatch; upload refused"
-        );
+    let upload = Verified {
+        id,
+        target,
+        temp,
+        declared,
+        actual,
+        reservation,
+        debt,
+        replaced,
+        size,
+        offset,
+        overwrite,
+        group,
+    };
+    upload.commit(sess).await
+}
+
+/// An upload whose data is all written and hashed, before its digest is compared.
+struct Verified {
+    id: u64,
+    target: RemotePath,
+    temp: TempFile,
+    /// The client's digest, as sent.
+    declared: String,
+    /// The digest of what the temp holds.
+    actual: String,
+    reservation: Option<Reservation>,
+    debt: PartialDebt,
+    replaced: Option<u64>,
+    size: u64,
+    offset: u64,
+    overwrite: bool,
+    /// Whether the file joins the group commit (no fsync of its own).
+    group: bool,
+}
+
+impl Verified {
+    /// Compares the digests; a match waits for the group commit (or is renamed into place
+    /// now, for a large file already fsynced), a mismatch is refused and its temp removed.
+    async fn commit(self, sess: &mut Session) -> Result<(), End> {
+        let Verified {
+            id,
+            target,
+            temp,
+            declared,
+            actual,
+            reservation,
+            mut debt,
+            replaced,
+            size,
+            offset,
+            overwrite,
+            group,
+        } = self;
+        if !declared.eq_ignore_ascii_case(&actual) {
+            let _ = blocking(move || {
+                temp.discard();
+                Ok(())
+            })
+            .await;
+            tracing::warn!(
+                peer = %sess.peer, user = %sess.user, op = "put", path = %target,
+                declared = %crate::sanitize::for_log(&declared), actual = %actual,
+                "integrity mismatch; upload refused"
+            );
+            let msg = ServerMessage::error(
+                Some(id),
+                ErrorCode::IntegrityMismatch,
+                format!(
+                    "sha256 mismatch: client sent {}, server received {actual}",
+                    crate::sanitize::for_log(&declared)
+                ),
+            );
+            // Release held quota before the client hears the outcome.
+            drop((reservation, debt));
+            return sess.send(&msg).await;
+        }
+        debt.settle();
+        // The reply waits for the group commit: small files are renamed into place after one
+        // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
+        // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
+        // acknowledged before it is durable.
+        let settle = move |placed: bool| {
+            if placed && let Some(r) = reservation {
+                // The resumed partial's bytes were counted already: only the rest is new.
+                let removed_files = u64::from(offset > 0 && replaced.is_some());
+                r.commit(size - offset, replaced.unwrap_or(0), removed_files);
+            }
+        };
+        let stage = if group {
+            Stage::Written { temp, overwrite }
+        } else {
+            match blocking(move || temp.rename_into_place(overwrite)).await {
+                Ok(dir) => Stage::Renamed(dir),
+                Err(e) => {
+                    settle(false);
+                    return reply_storage(sess, id, "put", &e).await;
+                }
+            }
+        };
+        sess.unsynced.push(Unsynced {
+            id,
+            stage,
+            size,
+            sha256: actual,
+            settle: Box::new(settle),
+            audit: None,
+        });
+        Ok(())
+    }
+}
+
+/// Sends the final reply of an upload refused before any data was written.
+async fn reply_refusal(
+    sess: &mut Session,
+    id: u64,
+    size: u64,
+    refusal: Refusal,
+) -> Result<(), End> {
+    match refusal {
+        Refusal::Storage(e) => reply_storage(sess, id, "put", &e).await,
+        Refusal::Quota(r) => sess.send(&quota_reply(id, &r, size)).await,
+        Refusal::Resume(code, message) => {
+            sess.send(&ServerMessage::error(Some(id), code, message))
+                .await
+        }
+    }
+}
+
+/// A fresh upload of at most [`IN_MEMORY_MAX`] bytes. Its data is read into memory first;
+/// then one blocking call checks the target and the limits, creates the temp file, writes and
+/// hashes. A streamed upload makes two such calls (set-up, then writing), and for a file this
+/// small each hand-over to the blocking pool and back costs more than the write: 1,000 ×
+/// 4 KiB uploads, ten alternating pairs, ran at a median 4,207 files/s with one call against
+/// 3,500 with two, and the server used less CPU per file. A refusal (steps 2 and 3 of a
+/// put) therefore comes after the data instead of before it; the rules for what is kept are
+/// those of a streamed upload.
+async fn run_small(
+    sess: &mut Session,
+    id: u64,
+    target: RemotePath,
+    key: String,
+    request: Request,
+) -> Result<(), End> {
+    let size = request.size;
+    // Bounded: the caller checked size <= IN_MEMORY_MAX, and nothing past `size` is added.
+    let mut data: Vec<u8> = Vec::with_capacity(size as usize);
+    let ending = loop {
+        let frame = match sess.read_transfer_frame().await {
+            Ok(f) => f,
+            Err(end) => {
+                // The client vanished or stalled: what arrived is kept for a resume.
+                if matches!(end, End::ClientGone | End::Timeout(_))
+                    && !data.is_empty()
+                    && let Ok((prepared, _)) = write_small(sess, &target, &key, request, data).await
+                {
+                    keep_small(sess, prepared, &key).await;
+                }
+                return Err(end);
+            }
+        };
+        match frame {
+            Frame::Data(bytes) => {
+                if (data.len() + bytes.len()) as u64 > size {
+                    let msg = ServerMessage::error(
+                        Some(id),
+                        ErrorCode::SizeMismatch,
+                        "more data than the declared size",
+                    );
+                    let _ = sess.send(&msg).await;
+                    return Err(End::Protocol("upload longer than declared".into()));
+                }
+                data.extend_from_slice(&bytes);
+            }
+            Frame::Message(m) => match decode_client_message(&m) {
+                Ok(ClientMessage::End { id: eid, sha256 }) if eid == id => {
+                    break Ending::End(sha256);
+                }
+                Ok(ClientMessage::Abort { id: aid }) if aid == id => break Ending::Abort,
+                _ => {
+                    return Err(sess
+                        .protocol_error("expected data, end or abort during an upload")
+                        .await);
+                }
+            },
+        }
+    };
+    let received = data.len() as u64;
+    let overwrite = request.overwrite;
+    let (prepared, actual) = match write_small(sess, &target, &key, request, data).await {
+        Ok(w) => w,
+        Err(refusal) => return reply_refusal(sess, id, size, refusal).await,
+    };
+    let declared = match ending {
+        Ending::Abort => {
+            if received > 0 {
+                keep_small(sess, prepared, &key).await;
+            } else {
+                discard_temp(prepared.temp).await;
+            }
+            let msg = ServerMessage::error(Some(id), ErrorCode::Cancelled, "upload cancelled");
+            return sess.send(&msg).await;
+        }
+        Ending::End(sha) => sha,
+    };
+    let Prepared {
+        temp,
+        hasher: _,
+        replaced,
+        reservation,
+        debt,
+    } = prepared;
+    if received != size {
+        discard_temp(temp).await;
         let msg = ServerMessage::error(
             Some(id),
-            ErrorCode::IntegrityMismatch,
-            format!(
-                "sha256 mismatch: client sent {}, server received {actual}",
-                crate::sanitize::for_log(&declared)
-            ),
+            ErrorCode::SizeMismatch,
+            format!("declared {size} bytes, received {received}"),
         );
         // Release held quota before the client hears the outcome.
         drop((reservation, debt));
         return sess.send(&msg).await;
     }
-    debt.settle();
-    // The reply waits for the group commit: small files are renamed into place after one
-    // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
-    // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
-    // acknowledged before it is durable.
-    let settle = move |placed: bool| {
-        if placed && let Some(r) = reservation {
-            // The resumed partial's bytes were counted already: only the rest is new.
-            let removed_files = u64::from(offset > 0 && replaced.is_some());
-            r.commit(size - offset, replaced.unwrap_or(0), removed_files);
-        }
-    };
-    let stage = if group {
-        Stage::Written { temp, overwrite }
-    } else {
-        match blocking(move || temp.rename_into_place(overwrite)).await {
-            Ok(dir) => Stage::Renamed(dir),
-            Err(e) => {
-                settle(false);
-                return reply_storage(sess, id, "put", &e).await;
-            }
-        }
-    };
-    sess.unsynced.push(Unsynced {
+    let upload = Verified {
         id,
-        stage,
+        target,
+        temp,
+        declared,
+        actual,
+        reservation,
+        debt,
+        replaced,
         size,
-        sha256: actual,
-        settle: Box::new(settle),
-        audit: None,
-    });
-    Ok(())
+        offset: 0,
+        overwrite,
+        group: true,
+    };
+    upload.commit(sess).await
+}
+
+/// Prepares a small fresh upload and writes and hashes its bytes, in one blocking call.
+/// Returns the prepared upload (the temp holding `data`) and the digest of `data`.
+async fn write_small(
+    sess: &mut Session,
+    target: &RemotePath,
+    key: &str,
+    request: Request,
+    data: Vec<u8>,
+) -> Result<(Prepared, String), Refusal> {
+    let jail = Arc::clone(&sess.jail);
+    let account = sess.account.clone();
+    let limits = sess.limits;
+    let (target, key) = (target.clone(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut prepared = prepare(&jail, &target, &key, &request, account.as_ref(), &limits)?;
+        if let Err(e) = prepared.temp.file().write_all(&data) {
+            let Prepared { temp, .. } = prepared;
+            temp.discard();
+            return Err(StorageError::from_io(e).into());
+        }
+        prepared.hasher.update(&data);
+        let actual = hex_digest(&prepared.hasher.clone().finalize());
+        Ok((prepared, actual))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Refusal::Storage(StorageError::Io(std::io::Error::other(
+            e.to_string(),
+        ))))
+    })
+}
+
+/// Keeps an interrupted small upload as the partial for its target (counted in the user's
+/// usage, as a streamed upload's would be); if that fails, the temp is removed.
+async fn keep_small(sess: &mut Session, prepared: Prepared, key: &str) {
+    let Prepared {
+        temp, reservation, ..
+    } = prepared;
+    let jail = Arc::clone(&sess.jail);
+    let key = key.to_owned();
+    let kept = blocking(move || {
+        let size = temp.size()?;
+        temp.keep_as_partial(&jail, &key).map(|()| size)
+    })
+    .await;
+    if let (Ok(bytes), Some(a)) = (kept, &sess.account) {
+        a.add(bytes, 1);
+    }
+    drop(reservation);
+}
+
+/// Removes a temp file on the blocking pool.
+async fn discard_temp(temp: TempFile) {
+    let _ = blocking(move || {
+        temp.discard();
+        Ok(())
+    })
+    .await;
 }
 
 /// What the client asked for, as far as preparing the upload cares.
