@@ -5,6 +5,7 @@
 //! differ from the client's `prefix_sha256`: appending to a prefix that does not match would
 //! build a corrupt file. The client may `cancel` a running download.
 
+use std::io::Read;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -13,8 +14,27 @@ use tokio::sync::mpsc;
 use super::super::session::{End, Session};
 use super::{Next, blocking, next_or_cancel, parse_path, reply_storage};
 use crate::jail::StorageError;
-use crate::protocol::{ErrorCode, ServerMessage, hex_digest};
+use crate::protocol::{Entry, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::{CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from};
+
+/// Files of at most this many bytes, fetched whole, are opened, read and hashed in one
+/// blocking call and sent at once: a reader thread feeding the session chunk by chunk costs
+/// more hand-overs than such a file is worth.
+const SMALL_MAX: u64 = 256 * 1024;
+
+/// What the blocking open found.
+enum Opened {
+    /// A small file, read whole (`size` bytes as of the open), and its SHA-256.
+    Small {
+        entry: Entry,
+        data: Vec<u8>,
+        sha256: String,
+    },
+    /// A small file that shrank between the open and the read.
+    Shrunk,
+    /// Anything else, to be streamed.
+    Large { file: std::fs::File, entry: Entry },
+}
 
 pub(super) async fn run(
     sess: &mut Session,
@@ -40,8 +60,35 @@ pub(super) async fn run(
     };
     let shown = path.to_string();
     let jail = Arc::clone(&sess.jail);
-    let (file, entry) = match blocking(move || jail.open_read(&path)).await {
-        Ok(f) => f,
+    let opened = blocking(move || {
+        let (file, entry) = jail.open_read(&path)?;
+        if offset > 0 || entry.size > SMALL_MAX {
+            return Ok(Opened::Large { file, entry });
+        }
+        // Bounded by SMALL_MAX; more than `size` is not read even if the file grew.
+        let mut data = Vec::with_capacity(entry.size as usize);
+        file.take(entry.size)
+            .read_to_end(&mut data)
+            .map_err(StorageError::from_io)?;
+        if (data.len() as u64) < entry.size {
+            return Ok(Opened::Shrunk);
+        }
+        let sha256 = hex_digest(&Sha256::digest(&data));
+        Ok(Opened::Small {
+            entry,
+            data,
+            sha256,
+        })
+    })
+    .await;
+    let (file, entry) = match opened {
+        Ok(Opened::Large { file, entry }) => (file, entry),
+        Ok(Opened::Small {
+            entry,
+            data,
+            sha256,
+        }) => return send_small(sess, id, entry, &data, sha256).await,
+        Ok(Opened::Shrunk) => return reply_shrunk(sess, id, &shown).await,
         Err(e) => return reply_storage(sess, id, "get", &e).await,
     };
     let size = entry.size;
@@ -129,15 +176,44 @@ pub(super) async fn run(
                 let msg = ServerMessage::error(Some(id), ErrorCode::IntegrityMismatch, message);
                 return sess.send(&msg).await;
             }
-            ReadChunk::Shrunk => {
-                tracing::warn!(peer = %sess.peer, user = %sess.user, path = %shown, "file shrank during download");
-                let msg = ServerMessage::error(
-                    Some(id),
-                    ErrorCode::SizeMismatch,
-                    "file changed on the server during the download",
-                );
-                return sess.send(&msg).await;
-            }
+            ReadChunk::Shrunk => return reply_shrunk(sess, id, &shown).await,
         }
     }
+}
+
+/// Sends a small file read whole: the `file` message and the data go out in one write, then
+/// the `ok`.
+async fn send_small(
+    sess: &mut Session,
+    id: u64,
+    entry: Entry,
+    data: &[u8],
+    sha256: String,
+) -> Result<(), End> {
+    let size = entry.size;
+    sess.writer.queue_message(&ServerMessage::File {
+        id,
+        size,
+        mtime: entry.mtime,
+        offset: 0,
+    })?;
+    if !data.is_empty() {
+        let stall = sess.server.limits.stall_timeout;
+        match tokio::time::timeout(stall, sess.writer.write_data(data)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(End::Timeout("client stopped reading")),
+        }
+    }
+    sess.send(&ServerMessage::ok_transfer(id, size, sha256))
+        .await
+}
+
+async fn reply_shrunk(sess: &mut Session, id: u64, shown: &str) -> Result<(), End> {
+    tracing::warn!(peer = %sess.peer, user = %sess.user, path = %shown, "file shrank during download");
+    let msg = ServerMessage::error(
+        Some(id),
+        ErrorCode::SizeMismatch,
+        "file changed on the server during the download",
+    );
+    sess.send(&msg).await
 }
