@@ -4,7 +4,7 @@
 use ferry::client::ClientError;
 use ferry::protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-use crate::util::{TestServer, no_progress, random_file, sha256_hex};
+use crate::util::{Raw, TestServer, no_progress, random_file, sha256_hex};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     match e {
@@ -292,6 +292,17 @@ async fn small_uploads_are_counted_like_streamed_ones() {
         offset: 0,
         prefix_sha256: None,
     };
+    // A whole upload (request, data, end); its final reply.
+    let upload = async |raw: &mut Raw, id: u64, path: &str, data: &[u8]| {
+        raw.send(&put(id, path, data.len() as u64)).await;
+        raw.send_data(data).await;
+        raw.send(&ClientMessage::End {
+            id,
+            sha256: sha256_hex(data),
+        })
+        .await;
+        raw.recv().await
+    };
     let usage = async |conn: &mut ferry::client::Connection| {
         let u = conn.usage().await.unwrap();
         (u.used_bytes.unwrap(), u.used_files.unwrap())
@@ -315,26 +326,16 @@ async fn small_uploads_are_counted_like_streamed_ones() {
     // Four more files reach the file quota (5, the partial included).
     let data = vec![2u8; 200_000];
     for (id, name) in [(3, "/a"), (4, "/b"), (5, "/c"), (6, "/d")] {
-        raw.send(&put(id, name, 200_000)).await;
-        raw.send_data(&data).await;
-        raw.send(&ClientMessage::End {
-            id,
-            sha256: sha256_hex(&data),
-        })
-        .await;
-        assert!(matches!(raw.recv().await, ServerMessage::Ok { .. }));
+        let reply = upload(&mut raw, id, name, &data).await;
+        assert!(
+            matches!(reply, ServerMessage::Ok { id: i, .. } if i == id),
+            "{reply:?}"
+        );
     }
     assert_eq!(usage(&mut conn).await, (860_000, 5));
 
     // A sixth file is refused, after its data arrived, and leaves nothing behind.
-    raw.send(&put(7, "/e", 200_000)).await;
-    raw.send_data(&data).await;
-    raw.send(&ClientMessage::End {
-        id: 7,
-        sha256: sha256_hex(&data),
-    })
-    .await;
-    match raw.recv().await {
+    match upload(&mut raw, 7, "/e", &data).await {
         ServerMessage::Error {
             id: Some(7), code, ..
         } => assert_eq!(code, ErrorCode::QuotaExceeded),
@@ -345,14 +346,11 @@ async fn small_uploads_are_counted_like_streamed_ones() {
 
     // The same name uploaded whole replaces the partial in the count.
     let whole = vec![3u8; 100_000];
-    raw.send(&put(8, "/s", 100_000)).await;
-    raw.send_data(&whole).await;
-    raw.send(&ClientMessage::End {
-        id: 8,
-        sha256: sha256_hex(&whole),
-    })
-    .await;
-    assert!(matches!(raw.recv().await, ServerMessage::Ok { .. }));
+    let reply = upload(&mut raw, 8, "/s", &whole).await;
+    assert!(
+        matches!(reply, ServerMessage::Ok { id: 8, .. }),
+        "{reply:?}"
+    );
     assert_eq!(usage(&mut conn).await, (900_000, 5));
     assert_eq!(
         std::fs::read(server.home("carol").join("s")).unwrap(),

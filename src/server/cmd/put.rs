@@ -173,13 +173,7 @@ impl Sink {
                 drop(tx);
                 let _ = writer.await;
             }
-            Sink::Memory { temp, .. } => {
-                let _ = blocking(move || {
-                    temp.discard();
-                    Ok(())
-                })
-                .await;
-            }
+            Sink::Memory { temp, .. } => discard_temp(temp).await,
         }
     }
 }
@@ -266,18 +260,12 @@ pub(super) async fn run(
     let keep = |written: Written, new_bytes: u64, total: u64| {
         let (jail, key, account) = (Arc::clone(&jail), key.clone(), account.clone());
         async move {
-            if let Written::Interrupted(temp) = written
-                && total > 0
-                && blocking(move || temp.keep_as_partial(&jail, &key))
-                    .await
-                    .is_ok()
-            {
-                if let Some(a) = &account {
-                    a.add(new_bytes, u64::from(offset == 0));
+            match written {
+                Written::Interrupted(temp) if total > 0 => {
+                    keep_partial(jail, key, account, temp, new_bytes, offset == 0).await
                 }
-                return true;
+                _ => false,
             }
-            false
         }
     };
 
@@ -301,11 +289,7 @@ pub(super) async fn run(
                 if received > expected {
                     // Dropping the temp removes it.
                     sink.abandon().await;
-                    let msg = ServerMessage::error(
-                        Some(id),
-                        ErrorCode::SizeMismatch,
-                        "more data than the declared size",
-                    );
+                    let msg = too_much_data(id);
                     let _ = sess.send(&msg).await;
                     return Err(End::Protocol("upload longer than declared".into()));
                 }
@@ -351,11 +335,7 @@ pub(super) async fn run(
     };
     if received != expected {
         sink.abandon().await;
-        let msg = ServerMessage::error(
-            Some(id),
-            ErrorCode::SizeMismatch,
-            format!("declared {size} bytes, received {}", offset + received),
-        );
+        let msg = too_little_data(id, size, offset + received);
         // Release held quota before the client hears the outcome.
         drop((reservation, debt));
         return sess.send(&msg).await;
@@ -428,11 +408,7 @@ impl Verified {
             group,
         } = self;
         if !declared.eq_ignore_ascii_case(&actual) {
-            let _ = blocking(move || {
-                temp.discard();
-                Ok(())
-            })
-            .await;
+            discard_temp(temp).await;
             tracing::warn!(
                 peer = %sess.peer, user = %sess.user, op = "put", path = %target,
                 declared = %crate::sanitize::for_log(&declared), actual = %actual,
@@ -525,11 +501,12 @@ async fn run_small(
             Ok(f) => f,
             Err(end) => {
                 // The client vanished or stalled: what arrived is kept for a resume.
+                let received = data.len() as u64;
                 if matches!(end, End::ClientGone | End::Timeout(_))
-                    && !data.is_empty()
+                    && received > 0
                     && let Ok((prepared, _)) = write_small(sess, &target, &key, request, data).await
                 {
-                    keep_small(sess, prepared, &key).await;
+                    keep_small(sess, prepared, &key, received).await;
                 }
                 return Err(end);
             }
@@ -537,11 +514,7 @@ async fn run_small(
         match frame {
             Frame::Data(bytes) => {
                 if (data.len() + bytes.len()) as u64 > size {
-                    let msg = ServerMessage::error(
-                        Some(id),
-                        ErrorCode::SizeMismatch,
-                        "more data than the declared size",
-                    );
+                    let msg = too_much_data(id);
                     let _ = sess.send(&msg).await;
                     return Err(End::Protocol("upload longer than declared".into()));
                 }
@@ -569,7 +542,7 @@ async fn run_small(
     let declared = match ending {
         Ending::Abort => {
             if received > 0 {
-                keep_small(sess, prepared, &key).await;
+                keep_small(sess, prepared, &key, received).await;
             } else {
                 discard_temp(prepared.temp).await;
             }
@@ -587,11 +560,7 @@ async fn run_small(
     } = prepared;
     if received != size {
         discard_temp(temp).await;
-        let msg = ServerMessage::error(
-            Some(id),
-            ErrorCode::SizeMismatch,
-            format!("declared {size} bytes, received {received}"),
-        );
+        let msg = too_little_data(id, size, received);
         // Release held quota before the client hears the outcome.
         drop((reservation, debt));
         return sess.send(&msg).await;
@@ -647,21 +616,54 @@ async fn write_small(
 
 /// Keeps an interrupted small upload as the partial for its target (counted in the user's
 /// usage, as a streamed upload's would be); if that fails, the temp is removed.
-async fn keep_small(sess: &mut Session, prepared: Prepared, key: &str) {
+async fn keep_small(sess: &mut Session, prepared: Prepared, key: &str, received: u64) {
     let Prepared {
         temp, reservation, ..
     } = prepared;
-    let jail = Arc::clone(&sess.jail);
-    let key = key.to_owned();
-    let kept = blocking(move || {
-        let size = temp.size()?;
-        temp.keep_as_partial(&jail, &key).map(|()| size)
-    })
-    .await;
-    if let (Ok(bytes), Some(a)) = (kept, &sess.account) {
-        a.add(bytes, 1);
-    }
+    let (jail, account) = (Arc::clone(&sess.jail), sess.account.clone());
+    keep_partial(jail, key.to_owned(), account, temp, received, true).await;
     drop(reservation);
+}
+
+/// Keeps an interrupted upload's temp as the partial for `key` and counts its `new_bytes`
+/// (and, unless it continues a resumed partial, one more file) in the user's usage; if that
+/// fails, the temp is removed. True if it was kept.
+async fn keep_partial(
+    jail: Arc<Jail>,
+    key: String,
+    account: Option<Arc<Account>>,
+    temp: TempFile,
+    new_bytes: u64,
+    new_file: bool,
+) -> bool {
+    if blocking(move || temp.keep_as_partial(&jail, &key))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    if let Some(a) = &account {
+        a.add(new_bytes, u64::from(new_file));
+    }
+    true
+}
+
+/// The reply to more data than an upload declared (the session then ends).
+fn too_much_data(id: u64) -> ServerMessage {
+    ServerMessage::error(
+        Some(id),
+        ErrorCode::SizeMismatch,
+        "more data than the declared size",
+    )
+}
+
+/// The reply to an `end` after fewer bytes than declared (`received` counts a resumed prefix).
+fn too_little_data(id: u64, size: u64, received: u64) -> ServerMessage {
+    ServerMessage::error(
+        Some(id),
+        ErrorCode::SizeMismatch,
+        format!("declared {size} bytes, received {received}"),
+    )
 }
 
 /// Removes a temp file on the blocking pool.
