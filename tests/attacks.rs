@@ -1267,11 +1267,22 @@ async fn shutdown_lets_uploads_finish_within_the_grace_period_and_no_longer() {
         at - signalled
     );
     assert!(at - signalled < grace + SLACK);
+    // Cut off like a client that vanished: told why, and kept for `reput`.
+    assert!(
+        matches!(&msgs[..], [ServerMessage::Error { id: Some(1), code: ErrorCode::Busy, message }]
+            if message.contains("reput")),
+        "{msgs:?}"
+    );
     eventually("the slow upload's temp file is gone", || {
         server_temps(&home).is_empty()
     })
     .await;
     assert!(!home.join("slow.bin").exists());
+    let kept = kept_partials(&home);
+    assert!(
+        kept.len() == 1 && kept[0] >= chunk as u64,
+        "the upload cut off by the shutdown was not kept for reput: {kept:?}"
+    );
 
     // Committed files are intact, and a server started on the same world serves.
     assert_eq!(std::fs::read(home.join("quick.bin")).unwrap(), quick);

@@ -170,11 +170,11 @@ pub(crate) struct ServeProcess {
 
 /// What a stopped server printed, and how it ended.
 #[derive(Debug)]
-struct Stopped {
+pub(crate) struct Stopped {
     /// `None` if it had to be killed.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl ServeProcess {
@@ -291,7 +291,7 @@ impl ServeProcess {
     }
 
     /// SIGTERM, wait (SIGKILL after [`STOP_TIMEOUT`]), and collect all output.
-    fn stop(mut self) -> Stopped {
+    pub(crate) fn stop(mut self) -> Stopped {
         let status = self.terminate();
         let stdout = self
             .stdout

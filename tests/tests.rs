@@ -14,5 +14,6 @@ mod reload;
 mod resume;
 mod security;
 mod shell;
+mod shutdown;
 mod transfers;
 mod trust;

@@ -111,6 +111,10 @@ pub struct Server {
     trim_pending: std::sync::atomic::AtomicBool,
     /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
     warm_pending: std::sync::atomic::AtomicBool,
+    /// Cancelled when the shutdown grace period is over: transfers still running stop the way
+    /// a client disconnect stops them (an upload is kept for `reput`, the audit line says
+    /// `interrupted`) instead of being dropped mid-way.
+    pub(crate) grace_over: CancellationToken,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -206,6 +210,7 @@ impl Server {
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
             trim_pending: std::sync::atomic::AtomicBool::new(false),
             warm_pending: std::sync::atomic::AtomicBool::new(false),
+            grace_over: CancellationToken::new(),
             limits,
         })
     }
@@ -327,7 +332,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    // `token`: stop between requests (shutdown begun). `hard`: stop now (grace period over).
+    // `token`: stop between requests (shutdown begun). `server.grace_over`: transfers stop
+    // now, keeping what they have (grace period over). `hard`: whatever is left is dropped.
     let token = CancellationToken::new();
     let hard = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -381,13 +387,21 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; closing the remaining sessions");
-        hard.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        tracing::warn!("grace period over; interrupting the remaining transfers");
+        server.grace_over.cancel();
+        // Interrupted uploads are kept as partials (a rename and a directory fsync each);
+        // a session that cannot even do that in the close timeout is dropped.
+        if tokio::time::timeout(server.limits.close_timeout, tracker.wait())
             .await
             .is_err()
         {
-            tracing::error!("sessions did not stop");
+            hard.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("sessions did not stop");
+            }
         }
     }
     Ok(())

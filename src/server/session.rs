@@ -237,7 +237,11 @@ impl Session {
             self.flush_unsynced().await?;
         }
         let stall = self.server.limits.stall_timeout;
-        match tokio::time::timeout(stall, self.reader.read_frame()).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(stall, self.reader.read_frame()) => r,
+            () = self.server.grace_over.cancelled() => return Err(End::Shutdown),
+        };
+        match read {
             Ok(Ok(Some(f))) => Ok(f),
             Ok(Ok(None)) => Err(End::ClientGone),
             Ok(Err(e)) => Err(e.into()),

@@ -142,8 +142,22 @@ pub(super) async fn run(
     });
 
     let stall = sess.server.limits.stall_timeout;
+    let grace_over = sess.server.grace_over.clone();
     loop {
-        let chunk = match next_or_cancel(sess, id, &mut rx).await? {
+        let next = tokio::select! {
+            n = next_or_cancel(sess, id, &mut rx) => n?,
+            () = grace_over.cancelled() => {
+                drop(rx);
+                let msg = ServerMessage::error(
+                    Some(id),
+                    ErrorCode::Busy,
+                    "server shutting down: the download was interrupted; reget resumes it",
+                );
+                let _ = sess.send(&msg).await;
+                return Err(End::Shutdown);
+            }
+        };
+        let chunk = match next {
             Next::Cancelled => {
                 drop(rx);
                 tracing::info!(peer = %sess.peer, user = %sess.user, path = %shown, "download cancelled");

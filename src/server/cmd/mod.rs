@@ -73,6 +73,8 @@ fn audit(
 ) {
     let fin = sess.last_final.as_ref().filter(|f| f.id == id);
     let outcome = match (fin, result) {
+        // Cut off by the end of the shutdown grace period (its reply said `busy`).
+        (_, Err(End::Shutdown)) => "interrupted",
         (Some(f), _) => f.result,
         (None, Ok(())) => "ok",
         (None, Err(_)) => "disconnected",

@@ -275,12 +275,12 @@ pub(super) async fn run(
             Ok(f) => f,
             Err(end) => {
                 let written = sink.end(false).await;
-                if matches!(end, End::ClientGone | End::Timeout(_))
-                    && keep(written, received, offset + received).await
-                {
+                let kept = matches!(end, End::ClientGone | End::Timeout(_) | End::Shutdown)
+                    && keep(written, received, offset + received).await;
+                if kept {
                     debt.settle();
                 }
-                return Err(end);
+                return Err(interrupted(sess, id, end, kept).await);
             }
         };
         match frame {
@@ -502,13 +502,15 @@ async fn run_small(
             Err(end) => {
                 // The client vanished or stalled: what arrived is kept for a resume.
                 let received = data.len() as u64;
-                if matches!(end, End::ClientGone | End::Timeout(_))
+                let mut kept = false;
+                if matches!(end, End::ClientGone | End::Timeout(_) | End::Shutdown)
                     && received > 0
                     && let Ok((prepared, _)) = write_small(sess, &target, &key, request, data).await
                 {
                     keep_small(sess, prepared, &key, received).await;
+                    kept = true;
                 }
-                return Err(end);
+                return Err(interrupted(sess, id, end, kept).await);
             }
         };
         match frame {
@@ -612,6 +614,23 @@ async fn write_small(
             e.to_string(),
         ))))
     })
+}
+
+/// The end of an upload cut off before its `end`. When the server is shutting down the
+/// client is still there: tell it why, and whether `reput` can pick the upload up.
+async fn interrupted(sess: &mut Session, id: u64, end: End, kept: bool) -> End {
+    if matches!(end, End::Shutdown) {
+        let text = if kept {
+            "server shutting down: the upload was interrupted and is kept; reput resumes it"
+        } else {
+            "server shutting down: the upload was interrupted"
+        };
+        // The session ends either way; a failed send changes nothing.
+        let _ = sess
+            .send(&ServerMessage::error(Some(id), ErrorCode::Busy, text))
+            .await;
+    }
+    end
 }
 
 /// Keeps an interrupted small upload as the partial for its target (counted in the user's
