@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use crate::cli::{ALICE_PW, FERRY, Ferry, Out, RUN_TIMEOUT, World, wait_or_kill};
-use crate::util::{random_file, sha256_hex};
+use tokio_util::sync::CancellationToken;
+
+use crate::util::{TestServer, random_file, sha256_hex};
 
 /// `ferry ARGS... -P PORT --ca CA` in the local dir, alice's password in the environment.
 fn oneshot(w: &World, args: &[&str]) -> Out {
@@ -261,6 +263,55 @@ fn r20_reget_says_where_it_resumed() {
         "{out:#?}"
     );
     assert_eq!(std::fs::read(w.local.join("big.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_reput_says_where_it_resumed() {
+    // An upload cut off after some MiB leaves a kept partial on an in-process server; the real
+    // binary then resumes it from the shell.
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_file(&dir.path().join("big.bin"), 8 << 20, 11);
+    let mut conn = server.alice().await;
+    let token = CancellationToken::new();
+    conn.set_cancel(token.clone());
+    let mut cancel = move |n: u64| {
+        if n >= 2 << 20 {
+            token.cancel();
+        }
+    };
+    conn.put(&dir.path().join("big.bin"), "/big.bin", false, &mut cancel)
+        .await
+        .unwrap_err();
+    conn.set_cancel(CancellationToken::new());
+    let kept = conn.partial("/big.bin").await.unwrap();
+    assert!(kept > 0, "nothing kept to resume");
+    drop(conn);
+
+    let (addr, ca, cwd) = (server.addr, server.ca.clone(), dir.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        Ferry::new(&cwd)
+            .env("FERRY_PASSWORD", "alice-pw")
+            .stdin("reput big.bin\n")
+            .run(&[
+                "connect",
+                &format!("alice@127.0.0.1:{}", addr.port()),
+                "--ca",
+                ca.to_str().unwrap(),
+            ])
+    })
+    .await
+    .unwrap();
+    out.expect_ok();
+    let at = format!("resumed at {}", ferry::client::format::human_bytes(kept));
+    assert!(
+        out.stdout.contains(&at) && out.stdout.contains(&sha256_hex(&data)),
+        "{at:?} missing: {out:#?}"
+    );
+    assert_eq!(
+        std::fs::read(server.home("alice").join("big.bin")).unwrap(),
+        data
+    );
 }
 
 #[test]
