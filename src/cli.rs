@@ -323,7 +323,7 @@ struct ConnOpts {
     /// Read the password from the first line of FILE.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// No progress bars.
+    /// No progress bars, and no line per file when several move (the summary stays).
     #[arg(short, long)]
     quiet: bool,
 }
@@ -344,9 +344,12 @@ struct GetArgs {
 
 #[derive(Debug, Args)]
 struct PutArgs {
-    /// LOCAL... then USER@HOST:REMOTE (REMOTE relative to your home).
-    #[arg(value_name = "LOCAL... USER@HOST:REMOTE", num_args = 2.., required = true)]
-    paths: Vec<String>,
+    /// Local files or directories (a glob is allowed).
+    #[arg(value_name = "LOCAL", num_args = 1.., required = true)]
+    locals: Vec<String>,
+    /// USER@HOST:REMOTE (REMOTE relative to your home; USER@HOST: is the home itself).
+    #[arg(value_name = "USER@HOST:REMOTE", required = true)]
+    remote: String,
     #[command(flatten)]
     transfer: TransferFlags,
     #[command(flatten)]
@@ -371,6 +374,10 @@ struct TransferFlags {
     /// Print the result as JSON (files, sizes, digests, failures).
     #[arg(long)]
     json: bool,
+    /// get: give each file the server's modification time and permissions (put cannot: the
+    /// protocol sends neither with an upload, and says so).
+    #[arg(short = 'p', long)]
+    preserve: bool,
 }
 
 impl TransferFlags {
@@ -380,6 +387,7 @@ impl TransferFlags {
             force: self.force,
             resume: self.resume,
             fail_fast: self.fail_fast,
+            preserve: self.preserve,
         }
     }
 }
@@ -395,6 +403,9 @@ struct LsArgs {
     /// Names only.
     #[arg(short = '1')]
     names: bool,
+    /// Accepted for habit: names starting with a dot are always listed.
+    #[arg(short = 'a')]
+    all: bool,
     /// Print a JSON array.
     #[arg(long)]
     json: bool,
@@ -721,6 +732,7 @@ fn connect(a: ConnectArgs) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     session.bars = std::io::stderr().is_terminal() && !a.conn.quiet;
+    session.quiet = a.conn.quiet;
     let shell = Shell::new(session);
     let status = if interactive {
         shell.run_interactive(client::config::state_dir().map(|d| d.join("history")))
@@ -824,9 +836,7 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
 }
 
 fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
-    let Some((remote, locals)) = a.paths.split_last() else {
-        return usage_error("put needs LOCAL... and USER@HOST:REMOTE");
-    };
+    let (remote, locals) = (&a.remote, &a.locals);
     let (target, path) = match remote_arg(remote) {
         Ok(x) => x,
         Err(e) => return usage_error(&e),
@@ -894,6 +904,7 @@ fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
 fn prepare_oneshot(session: &mut Session, json: bool, quiet: bool) {
     session.catch_interrupts(true);
     session.bars = std::io::stderr().is_terminal() && !quiet && !json;
+    session.quiet = quiet;
     if json {
         session.output = Output::Json;
     }

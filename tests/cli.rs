@@ -1043,8 +1043,8 @@ fn connect_batch_cd_pwd_mkdir_mv_rm_rmdir_help() {
     out.expect_ok();
     assert!(names_in(&home).is_empty(), "{:?}", names_in(&home));
     for usage in [
-        "get [-r] [-f] [-a] [-e] REMOTE... [LOCAL]",
-        "put [-r] [-f] [-a] [-e] LOCAL... [REMOTE]",
+        "get [-r] [-f] [-a] [-e] [-p] [-q] REMOTE... [LOCAL]",
+        "put [-r] [-f] [-a] [-e] [-q] LOCAL... [REMOTE]",
         "mv [-f] FROM... TO",
     ] {
         assert!(out.stdout.contains(usage), "help shows {usage:?}: {out:#?}");

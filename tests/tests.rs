@@ -5,6 +5,7 @@ mod util;
 
 mod attacks;
 mod cli;
+mod client_edges;
 mod interrupt;
 mod memory;
 mod oneshot;

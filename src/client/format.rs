@@ -85,14 +85,26 @@ pub fn format_entry(e: &Entry, human: bool) -> String {
     }
 }
 
-/// The line that ends every transfer: name, size, time, rate, verified digest.
-pub fn transfer_line(name: &str, size: u64, elapsed: Duration, sha256: &str) -> String {
+/// The line that ends every transfer: name, size, time, rate, where a resumed transfer
+/// started (`resumed at 12.0 MiB`), verified digest. The rate counts the bytes that moved.
+pub fn transfer_line(
+    name: &str,
+    size: u64,
+    resumed_from: u64,
+    elapsed: Duration,
+    sha256: &str,
+) -> String {
+    let resumed = if resumed_from > 0 {
+        format!(", resumed at {}", human_bytes(resumed_from))
+    } else {
+        String::new()
+    };
     format!(
-        "{}: {} in {:.2} s ({}), sha256 {sha256} verified",
+        "{}: {} in {:.2} s ({}){resumed}, sha256 {sha256} verified",
         for_terminal(name),
         human_bytes(size),
         elapsed.as_secs_f64(),
-        rate(size, elapsed),
+        rate(size.saturating_sub(resumed_from), elapsed),
     )
 }
 
@@ -151,10 +163,15 @@ mod tests {
 
     #[test]
     fn lines() {
-        let l = transfer_line("a\nb", 2048, Duration::from_secs(2), "ab");
+        let l = transfer_line("a\nb", 2048, 0, Duration::from_secs(2), "ab");
         assert_eq!(
             l,
             "a\\nb: 2.0 KiB in 2.00 s (1.0 KiB/s), sha256 ab verified"
+        );
+        let l = transfer_line("r", 3 << 20, 2 << 20, Duration::from_secs(1), "ab");
+        assert_eq!(
+            l,
+            "r: 3.0 MiB in 1.00 s (1.0 MiB/s), resumed at 2.0 MiB, sha256 ab verified"
         );
         let s = summary_line(10, 4096, Duration::from_secs(2), 0);
         assert_eq!(

@@ -110,7 +110,7 @@ impl Partial {
     /// (batched by the caller for many files: one fsync per directory).
     pub fn commit_without_dir_sync(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
         self.file
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
         self.file.sync_all()?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
@@ -136,7 +136,7 @@ impl Partial {
     /// directory that still needs an fsync for the rename to be durable.
     pub fn commit_after_syncfs(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
         self.file
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
@@ -158,6 +158,31 @@ impl Partial {
         rustix::fs::syncfs(&self.file)?;
         Ok(())
     }
+}
+
+/// The mode a downloaded file gets: what `open(2)` with 0666 would give under this process's
+/// umask, as `cp` and `sftp` give a new file; never wider. (The partial is 0600 while it is
+/// written, so nobody reads unverified bytes.)
+pub fn new_file_mode() -> u32 {
+    0o666 & !umask()
+}
+
+/// The process umask, read once from /proc/self/status (Linux 4.7 and later). Reading it any
+/// other way means setting it, which races with other threads; without /proc the answer is
+/// the restrictive 077, so a file comes out narrower, never wider.
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let from_proc = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+        from_proc.unwrap_or(0o077)
+    }) & 0o777
 }
 
 /// Fsyncs a directory, making renames into it durable.

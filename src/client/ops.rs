@@ -39,6 +39,17 @@ pub enum OpError {
         /// Its exit status.
         code: u8,
     },
+    /// A request about one path failed: shown as `PATH: what went wrong; what would help`,
+    /// since the server's message never repeats the path.
+    #[error("{path}: {error}{}", hint.map(|h| format!("; {h}")).unwrap_or_default())]
+    About {
+        /// The path the request was about, as the client sent it (not escaped).
+        path: String,
+        /// What went wrong.
+        error: ClientError,
+        /// The flag or command that would help, if one would.
+        hint: Option<&'static str>,
+    },
     /// Some files of a multi-file transfer failed (each was reported as it happened).
     #[error("{failed} of {total} items failed")]
     Partial {
@@ -56,7 +67,7 @@ impl OpError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OpError::Usage(_) => EXIT_USAGE,
-            OpError::Client(e) => e.exit_code(),
+            OpError::Client(e) | OpError::About { error: e, .. } => e.exit_code(),
             OpError::Interrupted => EXIT_INTERRUPTED,
             OpError::Failed { code, .. } => *code,
             OpError::Partial { integrity, .. } => {
@@ -71,24 +82,91 @@ impl OpError {
 
     /// Whether the session is over (the connection is gone).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, OpError::Client(e) if e.is_fatal())
+        matches!(self, OpError::Client(e) | OpError::About { error: e, .. } if e.is_fatal())
     }
 
-    /// The message, safe for a terminal (see [`terminal_text`]).
+    /// The message, safe for a terminal (see [`terminal_text`]). Every name in it is escaped
+    /// exactly once: `Usage` and `Failed` messages are built from names escaped already.
     pub fn for_terminal(&self) -> String {
         match self {
             OpError::Client(e) => terminal_text(e),
+            OpError::About { path, error, hint } => format!(
+                "{}: {}{}",
+                for_terminal(path),
+                terminal_text(error),
+                hint.map(|h| format!("; {h}")).unwrap_or_default()
+            ),
+            OpError::Usage(message) | OpError::Failed { message, .. } => message.clone(),
             e => terminal_text(e),
         }
     }
+
+    /// Whether the message already names the item it is about.
+    fn names_its_path(&self) -> bool {
+        matches!(
+            self,
+            OpError::About { .. } | OpError::Client(ClientError::Local { .. })
+        )
+    }
+}
+
+/// Names the path a failed request was about, with the flag of `cmd` that would help (the
+/// server's message never repeats the path, and it cannot know the client's flags). Only
+/// refusals by the server are named; local errors name their path already, and a lost
+/// connection is about no path.
+pub fn about(cmd: &str, path: &str, e: OpError) -> OpError {
+    match e {
+        OpError::Client(ClientError::Remote(w)) => OpError::About {
+            path: path.to_string(),
+            hint: hint_for(cmd, w.code),
+            error: ClientError::Remote(w),
+        },
+        e => e,
+    }
+}
+
+/// [`about`] with a hint chosen by the caller.
+pub fn about_with(path: &str, e: OpError, hint: &'static str) -> OpError {
+    match about("", path, e) {
+        OpError::About { path, error, .. } => OpError::About {
+            path,
+            error,
+            hint: Some(hint),
+        },
+        e => e,
+    }
+}
+
+/// What would help after `cmd` failed with `code`.
+fn hint_for(cmd: &str, code: ErrorCode) -> Option<&'static str> {
+    Some(match (cmd, code) {
+        ("put", ErrorCode::AlreadyExists) => "use put -f to replace it",
+        ("cp", ErrorCode::AlreadyExists) => "use cp -f to replace it",
+        ("mv", ErrorCode::AlreadyExists) => "use mv -f to replace it",
+        ("put", ErrorCode::NotFound) => "create its directory first (mkdir -p)",
+        ("mkdir", ErrorCode::NotFound) => "use mkdir -p to create the parents too",
+        ("rmdir", ErrorCode::DirectoryNotEmpty) => "use rm -r to remove it and everything in it",
+        ("rmdir", ErrorCode::NotADirectory) => "use rm for files",
+        ("rm", ErrorCode::IsADirectory) => "use rm -r, or rmdir if it is empty",
+        ("get", ErrorCode::IsADirectory) => "use get -r for directories",
+        ("sha256", ErrorCode::IsADirectory) => "sha256 takes files only",
+        _ => return None,
+    })
 }
 
 /// An error as text for a terminal. A server's own words are escaped whole (they may carry
 /// escape sequences or line breaks meant to fake output); ferry's own messages keep their line
-/// breaks and nothing else.
+/// breaks and nothing else. A local path was escaped when the error was made, so only the
+/// operating system's words are escaped here.
 pub fn terminal_text(e: &(dyn std::error::Error + 'static)) -> String {
-    if let Some(ClientError::Remote(_)) = e.downcast_ref::<ClientError>() {
-        return for_terminal(&e.to_string()).into_owned();
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Remote(_) | ClientError::Usage(_)) => {
+            return for_terminal(&e.to_string()).into_owned();
+        }
+        Some(ClientError::Local { path, source }) => {
+            return format!("{path}: {}", for_terminal(&source.to_string()));
+        }
+        _ => {}
     }
     e.to_string()
         .split('\n')
@@ -97,9 +175,17 @@ pub fn terminal_text(e: &(dyn std::error::Error + 'static)) -> String {
         .join("\n")
 }
 
-/// A remote error made up on the client side, for checks it does itself.
-fn remote_error(code: ErrorCode, message: String) -> OpError {
-    OpError::Client(ClientError::Remote(WireError { code, message }))
+/// An error about `path` made up on the client side, for checks it does itself. `message`
+/// must not contain the path: it is named, and escaped, once.
+pub fn refused(path: &str, code: ErrorCode, message: &str, hint: Option<&'static str>) -> OpError {
+    OpError::About {
+        path: path.to_string(),
+        error: ClientError::Remote(WireError {
+            code,
+            message: message.to_string(),
+        }),
+        hint,
+    }
 }
 
 /// Options of `get` and `put`.
@@ -115,6 +201,10 @@ pub struct TransferOpts {
     /// progress is cancelled (nothing of it appears under a final name); pipelined files
     /// already sent whole may still be committed, and are reported as such.
     pub fail_fast: bool,
+    /// `-p` (`get` only): give each downloaded file the server's modification time and
+    /// permission bits (setuid, setgid and sticky dropped), as `sftp -p` does. An upload
+    /// cannot carry them: the protocol's `put` has no such fields.
+    pub preserve: bool,
 }
 
 /// How results are shown.
@@ -154,6 +244,9 @@ pub struct FailReport {
     pub error: String,
     /// The exit status this failure alone would have.
     pub exit_code: u8,
+    /// Whether `error` names the item already (then it is printed without `source`).
+    #[serde(skip)]
+    named: bool,
 }
 
 /// The outcome of a `get` or `put`.
@@ -184,6 +277,8 @@ pub struct Session {
     pub cwd: String,
     /// Draw progress bars (stderr is a terminal and not `-q`).
     pub bars: bool,
+    /// `-q`: no line per file when several move (failures and the summary still show).
+    pub quiet: bool,
     /// Text or JSON.
     pub output: Output,
     interrupts: Option<Interrupts>,
@@ -194,12 +289,32 @@ pub struct Session {
     pub last_report: Option<Report>,
 }
 
+/// Entries `df` lists at most to count a home the server does not count.
+pub const MAX_COUNTED_ENTRIES: usize = 1_000_000;
+
+/// Directory depth `df` descends at most (the server's own path limit).
+const MAX_COUNTED_DEPTH: usize = 256;
+
+/// A home's files, counted by listing it (see [`Session::count_home`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HomeCount {
+    /// Bytes of regular files.
+    pub bytes: u64,
+    /// Regular files.
+    pub files: u64,
+    /// False if a cap stopped the count (then it is a lower bound).
+    pub complete: bool,
+}
+
 /// One file to move.
 #[derive(Debug, Clone)]
 struct Job {
     local: PathBuf,
     remote: String,
     size: u64,
+    /// The remote file's modification time and mode (downloads; for `get -p`).
+    mtime: i64,
+    mode: u32,
 }
 
 impl Job {
@@ -229,6 +344,7 @@ impl Session {
             conn: Some(conn),
             cwd: "/".to_string(),
             bars: false,
+            quiet: false,
             output: Output::Text,
             interrupts: None,
             token: CancellationToken::new(),
@@ -402,10 +518,7 @@ impl Session {
             if let Some(e) = self.stat_opt(&literal)? {
                 return Ok(vec![(literal, Some(e))]);
             }
-            return Err(remote_error(
-                ErrorCode::NotFound,
-                format!("no match for {}", for_terminal(arg)),
-            ));
+            return Err(refused(arg, ErrorCode::NotFound, "no match", None));
         }
         Ok(found)
     }
@@ -433,46 +546,96 @@ impl Session {
             Err(OpError::Client(ClientError::Remote(w))) if w.code == ErrorCode::AlreadyExists => {
                 match self.stat_opt(path)? {
                     Some(e) if e.kind == EntryKind::Dir => Ok(false),
-                    _ => Err(remote_error(
+                    _ => Err(refused(
+                        path,
                         ErrorCode::NotADirectory,
-                        format!("{}: exists and is not a directory", for_terminal(path)),
+                        "exists and is not a directory",
+                        None,
                     )),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(about("mkdir", path, e)),
         }
     }
 
-    /// `rm -r`: removes a file, or a directory and everything below it. Returns the number of
-    /// items removed.
+    /// What `df` shows when the server counts no usage (a user without any limit): the
+    /// files in the home, found by listing it. Symlinks are not followed and not counted, as
+    /// the server counts only regular files. Ctrl-C stops it; so does a tree deeper than the
+    /// server's path limit or with more than [`MAX_COUNTED_ENTRIES`] entries (then the counts
+    /// are a lower bound and `complete` is false), so a hostile server cannot keep it going.
+    pub fn count_home(&mut self) -> Result<HomeCount, OpError> {
+        let mut count = HomeCount {
+            complete: true,
+            ..HomeCount::default()
+        };
+        let mut seen = 0usize;
+        let mut queue = vec![("/".to_string(), 0usize)];
+        while let Some((dir, depth)) = queue.pop() {
+            if self.interrupted() {
+                return Err(OpError::Interrupted);
+            }
+            let entries = self.list(&dir).map_err(|e| about("ls", &dir, e))?;
+            for e in entries {
+                seen += 1;
+                if seen > MAX_COUNTED_ENTRIES {
+                    count.complete = false;
+                    return Ok(count);
+                }
+                match e.kind {
+                    EntryKind::File => {
+                        count.files += 1;
+                        count.bytes = count.bytes.saturating_add(e.size);
+                    }
+                    EntryKind::Dir if check_name(&e.name).is_ok() => {
+                        if depth + 1 >= MAX_COUNTED_DEPTH {
+                            count.complete = false;
+                        } else {
+                            queue.push((paths::join(&dir, &e.name), depth + 1));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// `rm -r`: removes a file or a symlink, or a directory and everything below it. Returns
+    /// the number of items removed.
+    ///
+    /// A symlink is removed as a link, never through: `remove` acts on the name itself (a
+    /// file, or a link to anything), and only a real directory refuses it, so no `stat` (which
+    /// follows a final link) decides what to descend into. Listings report links as links, so
+    /// a link inside the tree is removed by `remove` as well.
     pub fn remove_tree(&mut self, path: &str) -> Result<usize, OpError> {
-        let entry = self.call({
-            let p = path.to_string();
-            async move |c| c.stat(&p).await
-        })?;
-        if entry.kind != EntryKind::Dir {
-            let p = path.to_string();
-            self.call(async |c| c.remove(&p).await)?;
-            return Ok(1);
+        let p = path.to_string();
+        match self.call(async |c| c.remove(&p).await) {
+            Ok(()) => return Ok(1),
+            Err(OpError::Client(ClientError::Remote(w))) if w.code == ErrorCode::IsADirectory => {}
+            Err(e) => return Err(about("rm", path, e)),
         }
         let mut removed = 0;
-        for e in self.list(path)? {
+        for e in self.list(path).map_err(|e| about("ls", path, e))? {
+            let child = paths::join(path, &e.name);
             check_name(&e.name).map_err(|why| {
-                remote_error(
+                refused(
+                    &child,
                     ErrorCode::InvalidPath,
-                    format!("refusing server name {}: {why}", for_terminal(&e.name)),
+                    &format!("refusing this name from the server: {why}"),
+                    None,
                 )
             })?;
-            let child = paths::join(path, &e.name);
             if e.kind == EntryKind::Dir {
                 removed += self.remove_tree(&child)?;
             } else {
-                self.call(async |c| c.remove(&child).await)?;
+                self.call(async |c| c.remove(&child).await)
+                    .map_err(|e| about("rm", &child, e))?;
                 removed += 1;
             }
         }
         let p = path.to_string();
-        self.call(async |c| c.rmdir(&p).await)?;
+        self.call(async |c| c.rmdir(&p).await)
+            .map_err(|e| about("rmdir", path, e))?;
         Ok(removed + 1)
     }
 
@@ -488,6 +651,15 @@ impl Session {
         dest: Option<&str>,
         opts: TransferOpts,
     ) -> Result<Report, OpError> {
+        if opts.preserve {
+            return Err(OpError::Usage(
+                "put: -p is not possible: the protocol carries no time or mode with an upload; \
+                 the server gives each file the time it arrives and mode 0600, and the SHA-256 \
+                 still proves the content. Run put without -p (get -p does keep the server's \
+                 time and mode)."
+                    .into(),
+            ));
+        }
         let started = Instant::now();
         let mut plan = Plan::default();
         let mut locals = Vec::new();
@@ -551,6 +723,8 @@ impl Session {
                     local: local.clone(),
                     remote,
                     size: meta.len(),
+                    mtime: 0,
+                    mode: 0,
                 });
             }
         }
@@ -576,7 +750,7 @@ impl Session {
                 }
             }
         }
-        let run = self.run_jobs(&plan.jobs, true, opts, &mut report);
+        let run = self.run_jobs(&plan.jobs, true, opts, many, &mut report);
         self.generation += 1;
         self.conclude(report, run, started, many)
     }
@@ -611,7 +785,7 @@ impl Session {
         if remotes.len() > 1 && !dest_is_dir {
             return Err(OpError::Usage(format!(
                 "get: {} is not a directory (needed for several files)",
-                dest_path.display()
+                for_terminal(&dest_path.display().to_string())
             )));
         }
         for (remote, entry) in remotes {
@@ -624,7 +798,7 @@ impl Session {
                     Ok(e) => e,
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => {
-                        plan.refused.push(fail(&remote, &e));
+                        plan.refused.push(fail(&remote, &about("get", &remote, e)));
                         continue;
                     }
                 },
@@ -657,6 +831,8 @@ impl Session {
                     local,
                     remote,
                     size: entry.size,
+                    mtime: entry.mtime,
+                    mode: entry.mode,
                 });
             }
         }
@@ -686,7 +862,7 @@ impl Session {
             .into_iter()
             .filter(|j| !bad_dirs.iter().any(|d| j.local.starts_with(d)))
             .collect();
-        let run = self.run_jobs(&jobs, false, opts, &mut report);
+        let run = self.run_jobs(&jobs, false, opts, many, &mut report);
         self.conclude(report, run, started, many)
     }
 
@@ -702,7 +878,7 @@ impl Session {
                 Ok(e) => e,
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
-                    plan.refused.push(fail(&rdir, &e));
+                    plan.refused.push(fail(&rdir, &about("get", &rdir, e)));
                     continue;
                 }
             };
@@ -722,19 +898,23 @@ impl Session {
                         local: lpath,
                         remote: rpath,
                         size: e.size,
+                        mtime: e.mtime,
+                        mode: e.mode,
                     }),
                     EntryKind::Symlink => match self.stat_opt(&rpath) {
                         Ok(Some(t)) if t.kind == EntryKind::File => plan.jobs.push(Job {
                             local: lpath,
                             remote: rpath,
                             size: t.size,
+                            mtime: t.mtime,
+                            mode: t.mode,
                         }),
                         Ok(_) => plan.refused.push(fail_msg(
                             &rpath,
                             "symlink to a directory or nothing: skipped".into(),
                         )),
                         Err(e) if e.is_fatal() => return Err(e),
-                        Err(e) => plan.refused.push(fail(&rpath, &e)),
+                        Err(e) => plan.refused.push(fail(&rpath, &about("get", &rpath, e))),
                     },
                     EntryKind::Other => plan
                         .refused
@@ -755,11 +935,14 @@ impl Session {
     // Moving the files
     // -----------------------------------------------------------------------------------------
 
+    /// Moves the files of a plan. `many`: the command is about several items (then `-q`
+    /// leaves out the line per file, and a summary follows).
     fn run_jobs(
         &mut self,
         jobs: &[Job],
         upload: bool,
         opts: TransferOpts,
+        many: bool,
         report: &mut Report,
     ) -> Result<(), OpError> {
         if self.interrupted() {
@@ -770,9 +953,11 @@ impl Session {
             report.skipped += jobs.len();
             return Ok(());
         }
+        let lines = !(self.quiet && many);
         if jobs.len() > 1 && !opts.resume {
-            return self.run_pipelined(jobs, upload, opts, report);
+            return self.run_pipelined(jobs, upload, opts, lines, report);
         }
+        let cmd = if upload { "put" } else { "get" };
         let total: u64 = jobs.iter().map(|j| j.size).sum();
         let mut bars = Bars::new(self.bars && self.output == Output::Text, jobs.len(), total);
         let single = jobs.len() == 1 && !opts.recursive;
@@ -811,8 +996,15 @@ impl Session {
             if let Some(b) = bars.as_mut() {
                 b.file_done(job.size);
             }
+            let result = result.map_err(|e| about(cmd, &job.remote, e));
             match result {
-                Ok(t) => record_done(self.output, bars.as_ref(), report, source, dest, &t),
+                Ok(t) => {
+                    let out = self.output;
+                    match finish_download(job, opts) {
+                        None => record_done(out, lines, bars.as_ref(), report, source, dest, &t),
+                        Some(e) => record_failed(out, bars.as_ref(), report, &source, &e),
+                    }
+                }
                 Err(OpError::Interrupted) => {
                     report.interrupted = true;
                     report.failed.push(fail(&source, &OpError::Interrupted));
@@ -851,6 +1043,7 @@ impl Session {
         jobs: &[Job],
         upload: bool,
         opts: TransferOpts,
+        lines: bool,
         report: &mut Report,
     ) -> Result<(), OpError> {
         if self.interrupted() {
@@ -900,13 +1093,17 @@ impl Session {
                 b.file_done(job.size);
             }
             match r {
-                Ok(t) => record_done(output, b.as_ref(), &mut rep, source, dest, &t),
+                Ok(t) => match finish_download(job, opts) {
+                    None => record_done(output, lines, b.as_ref(), &mut rep, source, dest, &t),
+                    Some(e) => record_failed(output, b.as_ref(), &mut rep, &source, &e),
+                },
                 Err(ClientError::Cancelled) => {
                     rep.interrupted = true;
                     rep.failed.push(fail(&source, &OpError::Interrupted));
                 }
                 Err(e) => {
-                    let f = fail(&source, &OpError::Client(e));
+                    let cmd = if upload { "put" } else { "get" };
+                    let f = fail(&source, &about(cmd, &job.remote, OpError::Client(e)));
                     say_failure(output, b.as_ref(), &f);
                     rep.failed.push(f);
                     if opts.fail_fast {
@@ -977,16 +1174,54 @@ impl Session {
     }
 }
 
+/// Applies `get -p` to a file that just arrived whole: the server's modification time and
+/// permission bits. The file is verified and in place already, so a failure here is reported
+/// as a failure of the command, but nothing is removed.
+fn finish_download(job: &Job, opts: TransferOpts) -> Option<OpError> {
+    if !opts.preserve {
+        return None;
+    }
+    preserve(&job.local, job.mtime, job.mode)
+        .err()
+        .map(|e| ClientError::local(&job.local, e).into())
+}
+
+/// Sets a local file's modification time and permission bits (setuid, setgid and sticky are
+/// never taken from a server). Opened without following a symlink: a download never writes
+/// through one.
+fn preserve(local: &Path, mtime: i64, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(local)?;
+    let when = if mtime >= 0 {
+        std::time::UNIX_EPOCH + Duration::from_secs(mtime.unsigned_abs())
+    } else {
+        std::time::UNIX_EPOCH - Duration::from_secs(mtime.unsigned_abs())
+    };
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(when)
+            .set_accessed(when),
+    )?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+}
+
 fn record_done(
     output: Output,
+    line: bool,
     bars: Option<&Bars>,
     report: &mut Report,
     source: String,
     dest: String,
     t: &Transferred,
 ) {
-    if output == Output::Text {
-        progress::out(bars, &transfer_line(&dest, t.size, t.elapsed, &t.sha256));
+    if output == Output::Text && line {
+        progress::out(
+            bars,
+            &transfer_line(&dest, t.size, t.resumed_from, t.elapsed, &t.sha256),
+        );
     }
     report.bytes += t.size;
     report.files.push(FileReport {
@@ -1000,12 +1235,34 @@ fn record_done(
     });
 }
 
+/// A file that arrived whole but could not be finished locally (`get -p`): a failure of the
+/// command, reported like any other; the file stays.
+fn record_failed(
+    output: Output,
+    bars: Option<&Bars>,
+    report: &mut Report,
+    source: &str,
+    e: &OpError,
+) {
+    let f = fail(source, e);
+    say_failure(output, bars, &f);
+    report.failed.push(f);
+}
+
 fn say_failure(output: Output, bars: Option<&Bars>, f: &FailReport) {
     if output == Output::Text {
-        progress::err(
-            bars,
-            &format!("ferry: {}: {}", for_terminal(&f.source), f.error),
-        );
+        progress::err(bars, &format!("ferry: {}", failure_text(f)));
+    }
+}
+
+/// A failure as one line for a terminal: the error alone if it names its item, else the item
+/// first. Both parts are escaped already.
+fn failure_text(f: &FailReport) -> String {
+    let source = for_terminal(&f.source);
+    if f.named || f.error.starts_with(&*source) {
+        f.error.clone()
+    } else {
+        format!("{source}: {}", f.error)
     }
 }
 
@@ -1046,14 +1303,8 @@ fn finish(
     if !many && report.failed.len() == 1 && report.files.is_empty() {
         // A single failed item: its own error says it best (and keeps its exit status).
         let f = &report.failed[0];
-        let source = for_terminal(&f.source);
         return Err(OpError::Failed {
-            // Local errors already name their path.
-            message: if f.error.starts_with(&*source) {
-                f.error.clone()
-            } else {
-                format!("{source}: {}", f.error)
-            },
+            message: failure_text(f),
             code: f.exit_code,
         });
     }
@@ -1069,6 +1320,7 @@ fn fail(source: &str, e: &OpError) -> FailReport {
         source: source.to_string(),
         error: e.for_terminal(),
         exit_code: e.exit_code(),
+        named: e.names_its_path(),
     }
 }
 
@@ -1077,6 +1329,7 @@ fn fail_msg(source: &str, why: String) -> FailReport {
         source: source.to_string(),
         error: why,
         exit_code: EXIT_FAILED,
+        named: false,
     }
 }
 
@@ -1184,6 +1437,8 @@ fn walk_local(local: &Path, remote: &str, plan: &mut Plan) {
                     local: path,
                     remote: rpath,
                     size: meta.len(),
+                    mtime: 0,
+                    mode: 0,
                 });
             } else {
                 plan.refused

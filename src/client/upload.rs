@@ -74,7 +74,8 @@ impl Connection {
             return Err(ClientError::Usage(format!(
                 "cannot resume: the server kept {kept} bytes but {} has only {}; \
                  upload it again without resuming",
-                crate::sanitize::for_terminal(&local.display().to_string()),
+                // Escaped once, with the whole message, where it is printed.
+                local.display(),
                 source.size
             )));
         }

@@ -4,21 +4,25 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::client::format::{format_entry, human_bytes, mode_string, time_string, transfer_line};
-use crate::client::ops::{OpError, Session, TransferOpts, has_glob};
+use crate::client::ops::{
+    HomeCount, OpError, Session, TransferOpts, about, about_with, has_glob, refused,
+};
 use crate::client::{ClientError, paths};
-use crate::protocol::{Entry, EntryKind, ErrorCode, Usage, WireError};
+use crate::protocol::{Entry, EntryKind, ErrorCode, Usage};
 use crate::sanitize::for_terminal;
 
 /// Every command: name, usage, one line of help, more help (for `help CMD`).
 pub const COMMANDS: &[(&str, &str, &str, &str)] = &[
     (
         "ls",
-        "ls [-l|-1] [--json] [PATH|GLOB]...",
+        "ls [-l|-1] [-a] [--json] [PATH|GLOB]...",
         "list: type, size, time, name",
         "Plain ls shows type and permissions, the exact size in bytes, the modification \
          time and the name. -l shows sizes for humans (1.2 MiB) and marks directories with \
-         a slash; -1 shows names only; --json prints a JSON array. A GLOB (*.log, 2026-*) \
-         lists the matching entries themselves.",
+         a slash; -1 shows names only; --json prints a JSON array. Names starting with a dot \
+         are always shown; -a is accepted for habit and changes nothing. A GLOB (*.log, \
+         2026-*) lists the matching entries themselves (a leading dot must be matched \
+         explicitly).",
     ),
     (
         "cd",
@@ -42,24 +46,29 @@ pub const COMMANDS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
-        "get [-r] [-f] [-a] [-e] REMOTE... [LOCAL]",
+        "get [-r] [-f] [-a] [-e] [-p] [-q] REMOTE... [LOCAL]",
         "download, verified; -r trees, -f overwrite, -a resume, -e stop at a failure",
         "REMOTE may be a glob (get 2026-*). With several files LOCAL must be a directory. \
          -r copies directories (empty ones too); one failed file does not stop the rest \
          unless -e is given, and a summary follows. Names sent by the server that could leave LOCAL ('..', '/', '\\', \
          drive prefixes, control characters) are refused. Nothing is written under a final \
-         name before its SHA-256 matched. Ctrl-C cancels.",
+         name before its SHA-256 matched. A new file gets mode 0666 less your umask; -p \
+         gives it the server's modification time and permissions instead. -q leaves out the \
+         line per file when several move (the summary stays). Ctrl-C cancels.",
     ),
     (
         "put",
-        "put [-r] [-f] [-a] [-e] LOCAL... [REMOTE]",
+        "put [-r] [-f] [-a] [-e] [-q] LOCAL... [REMOTE]",
         "upload, verified; -r trees, -f overwrite, -a resume, -e stop at a failure",
         "LOCAL may be a glob (put *.log logs/). With several files REMOTE must be a \
          directory. -r copies directories (empty ones too) and ends with a summary; one \
          failed file does not stop the rest unless -e is given (then nothing more starts, \
          the file being sent is cancelled, and files already sent whole may still be \
          committed). The \
-         server commits each file only after the digests matched. Ctrl-C cancels.",
+         server commits each file only after the digests matched. -q leaves out the line \
+         per file when several move (the summary stays). There is no -p: the protocol sends \
+         no time or mode with an upload, so a file gets the time it arrived and mode 0600. \
+         Ctrl-C cancels.",
     ),
     (
         "reget",
@@ -217,10 +226,51 @@ fn usage(cmd: &str) -> OpError {
 }
 
 fn not_a_directory(path: &str) -> OpError {
-    OpError::Client(ClientError::Remote(WireError {
-        code: ErrorCode::NotADirectory,
-        message: format!("{}: not a directory", for_terminal(path)),
-    }))
+    refused(path, ErrorCode::NotADirectory, "not a directory", None)
+}
+
+/// Runs a transfer with `-q` (no line per file when several move) if `quiet`; the session's
+/// own setting (`connect -q`) comes back afterwards.
+fn quietly<T>(s: &mut Session, quiet: bool, f: impl FnOnce(&mut Session) -> T) -> T {
+    let before = s.quiet;
+    s.quiet |= quiet;
+    let r = f(s);
+    s.quiet = before;
+    r
+}
+
+/// Names the path a failed `mv` or `cp` was about: the target if it exists, the source if
+/// that is missing, both otherwise (the server's reply does not say which).
+fn rename_error(s: &mut Session, cmd: &str, from: &str, to: &str, e: OpError) -> OpError {
+    let code = match &e {
+        OpError::Client(ClientError::Remote(w)) => w.code,
+        _ => return e,
+    };
+    let path = match code {
+        ErrorCode::AlreadyExists => to.to_string(),
+        ErrorCode::NotFound if matches!(s.stat_opt(from), Ok(None)) => from.to_string(),
+        ErrorCode::NotFound => {
+            return about_with(to, e, "its directory does not exist (mkdir -p creates it)");
+        }
+        _ => format!("{from} -> {to}"),
+    };
+    about(cmd, &path, e)
+}
+
+/// The hint for a path the server did not find, when the user typed it from the root: `/`
+/// is the home, not the server's root.
+fn home_hint(arg: &str, path: &str, e: OpError) -> OpError {
+    let not_found =
+        matches!(&e, OpError::Client(ClientError::Remote(w)) if w.code == ErrorCode::NotFound);
+    if not_found && arg.starts_with('/') {
+        about_with(
+            path,
+            e,
+            "paths start at your home: / is your home on the server",
+        )
+    } else {
+        about("", path, e)
+    }
 }
 
 /// Runs one command line.
@@ -242,6 +292,8 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
     let (flags, args) = split_flags(args);
     match cmd {
         "ls" => {
+            // -a and -h change nothing (dot files always show; sizes are exact or, with -l,
+            // human); both are accepted because hands type them from habit.
             flags.check(cmd, "l1ha", &["json"])?;
             ls(s, &flags, args)?;
         }
@@ -252,7 +304,9 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
                 [p] => s.resolve(p),
                 _ => return Err(usage("cd")),
             };
-            let entry = s.call(async |c| c.stat(&path).await)?;
+            let entry = s
+                .call(async |c| c.stat(&path).await)
+                .map_err(|e| home_hint(args.first().map_or("", String::as_str), &path, e))?;
             if entry.kind != EntryKind::Dir {
                 return Err(not_a_directory(&path));
             }
@@ -292,34 +346,37 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             }
         }
         "get" | "reget" => {
-            flags.check(cmd, "rfae", &[])?;
+            flags.check(cmd, "rfaepq", &[])?;
             let opts = TransferOpts {
                 recursive: flags.has('r'),
                 force: flags.has('f'),
                 resume: flags.has('a') || cmd == "reget",
                 fail_fast: flags.has('e'),
+                preserve: flags.has('p'),
             };
             let (sources, dest) = match args {
                 [] => return Err(usage(cmd)),
                 [one] => (std::slice::from_ref(one), None),
                 [rest @ .., last] => (rest, Some(Path::new(last))),
             };
-            s.get(sources, dest, opts)?;
+            quietly(s, flags.has('q'), |s| s.get(sources, dest, opts))?;
         }
         "put" | "reput" => {
-            flags.check(cmd, "rfae", &[])?;
+            // -p is let through to say why it cannot be done (sftp users type it by habit).
+            flags.check(cmd, "rfaepq", &[])?;
             let opts = TransferOpts {
                 recursive: flags.has('r'),
                 force: flags.has('f'),
                 resume: flags.has('a') || cmd == "reput",
                 fail_fast: flags.has('e'),
+                preserve: flags.has('p'),
             };
             let (sources, dest) = match args {
                 [] => return Err(usage(cmd)),
                 [one] => (std::slice::from_ref(one), None),
                 [rest @ .., last] => (rest, Some(last.as_str())),
             };
-            let r = s.put(sources, dest, opts);
+            let r = quietly(s, flags.has('q'), |s| s.put(sources, dest, opts));
             s.generation += 1;
             r?;
         }
@@ -334,7 +391,8 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
                 if flags.has('p') {
                     s.mkdir_p(&path)?;
                 } else {
-                    s.call(async |c| c.mkdir(&path).await)?;
+                    s.call(async |c| c.mkdir(&path).await)
+                        .map_err(|e| about("mkdir", &path, e))?;
                 }
             }
         }
@@ -349,15 +407,15 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
                     if flags.has('r') {
                         s.remove_tree(&path)?;
                     } else if entry.is_some_and(|e| e.kind == EntryKind::Dir) {
-                        return Err(OpError::Client(ClientError::Remote(WireError {
-                            code: ErrorCode::IsADirectory,
-                            message: format!(
-                                "{}: is a directory (use rm -r or rmdir)",
-                                for_terminal(&path)
-                            ),
-                        })));
+                        return Err(refused(
+                            &path,
+                            ErrorCode::IsADirectory,
+                            "is a directory",
+                            Some("use rm -r, or rmdir if it is empty"),
+                        ));
                     } else {
-                        s.call(async |c| c.remove(&path).await)?;
+                        s.call(async |c| c.remove(&path).await)
+                            .map_err(|e| about("rm", &path, e))?;
                     }
                 }
             }
@@ -370,7 +428,8 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             s.generation += 1;
             for p in args {
                 let path = s.resolve(p);
-                s.call(async |c| c.rmdir(&path).await)?;
+                s.call(async |c| c.rmdir(&path).await)
+                    .map_err(|e| about("rmdir", &path, e))?;
             }
         }
         "mv" => {
@@ -400,7 +459,8 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
                     to_path.clone()
                 };
                 let force = flags.has('f');
-                s.call(async |c| c.rename(&from, &dest, force).await)?;
+                s.call(async |c| c.rename(&from, &dest, force).await)
+                    .map_err(|e| rename_error(s, "mv", &from, &dest, e))?;
             }
         }
         "cp" => {
@@ -417,8 +477,10 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
                 dest = paths::join(&dest, paths::base_name(&from));
             }
             let force = flags.has('f');
-            let t = s.call(async |c| c.copy(&from, &dest, force).await)?;
-            println!("{}", transfer_line(&dest, t.size, t.elapsed, &t.sha256));
+            let t = s
+                .call(async |c| c.copy(&from, &dest, force).await)
+                .map_err(|e| rename_error(s, "cp", &from, &dest, e))?;
+            println!("{}", transfer_line(&dest, t.size, 0, t.elapsed, &t.sha256));
         }
         "stat" => {
             flags.check(cmd, "", &["json"])?;
@@ -434,7 +496,9 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
             }
             for a in args {
                 for (path, _) in s.expand_remote(a)? {
-                    let (_, digest) = s.call(async |c| c.sha256(&path).await)?;
+                    let (_, digest) = s
+                        .call(async |c| c.sha256(&path).await)
+                        .map_err(|e| about("sha256", &path, e))?;
                     // The sha256sum layout, so the output can be checked with `sha256sum -c`.
                     println!("{digest}  {}", for_terminal(paths::base_name(&path)));
                 }
@@ -443,7 +507,12 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
         "df" => {
             flags.check(cmd, "h", &[])?;
             let u = s.call(async |c| c.usage().await)?;
-            df(&u);
+            // The server counts usage only for users with a limit; otherwise list the home.
+            let counted = match u.used_bytes {
+                Some(_) => None,
+                None => Some(s.count_home()?),
+            };
+            df(&u, counted);
         }
         "help" => {
             flags.check(cmd, "", &[])?;
@@ -460,24 +529,36 @@ pub fn execute(s: &mut Session, line: &str) -> Result<Flow, OpError> {
     Ok(Flow::Continue)
 }
 
-fn df(u: &Usage) {
+fn df(u: &Usage, counted: Option<HomeCount>) {
     let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), human_bytes);
     let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
-    println!(
-        "used:  {} in {} files",
-        show(u.used_bytes),
-        count(u.used_files)
-    );
-    println!(
-        "quota: {}, {} files{}",
-        u.quota_bytes
-            .map_or_else(|| "none".to_string(), human_bytes),
-        u.quota_files
-            .map_or_else(|| "no limit on".to_string(), |n| n.to_string()),
-        u.max_file_size
-            .map(|m| format!(", largest file {}", human_bytes(m)))
-            .unwrap_or_default()
-    );
+    match counted {
+        Some(c) => println!(
+            "used:  {}{} in {} files (counted by listing your home)",
+            if c.complete { "" } else { "at least " },
+            human_bytes(c.bytes),
+            c.files
+        ),
+        None => println!(
+            "used:  {} in {} files",
+            show(u.used_bytes),
+            count(u.used_files)
+        ),
+    }
+    if u.quota_bytes.is_none() && u.quota_files.is_none() && u.max_file_size.is_none() {
+        println!("quota: none (no limit on space, files or file size)");
+    } else {
+        println!(
+            "quota: {}, {} files{}",
+            u.quota_bytes
+                .map_or_else(|| "none".to_string(), human_bytes),
+            u.quota_files
+                .map_or_else(|| "no limit on".to_string(), |n| n.to_string()),
+            u.max_file_size
+                .map(|m| format!(", largest file {}", human_bytes(m)))
+                .unwrap_or_default()
+        );
+    }
     if let (Some(q), Some(used)) = (u.quota_bytes, u.used_bytes) {
         println!("left:  {}", human_bytes(q.saturating_sub(used)));
     }
@@ -501,19 +582,23 @@ fn ls(s: &mut Session, flags: &Flags, args: &[String]) -> Result<(), OpError> {
             for (path, entry) in s.expand_remote(arg)? {
                 let entry = match entry {
                     Some(e) => e,
-                    None => s.call(async |c| c.stat(&path).await)?,
+                    None => s
+                        .call(async |c| c.stat(&path).await)
+                        .map_err(|e| about("ls", &path, e))?,
                 };
                 shown.push((path, entry));
             }
             continue;
         }
         let path = s.resolve(arg);
-        let entry = s.call(async |c| c.stat(&path).await)?;
+        let entry = s
+            .call(async |c| c.stat(&path).await)
+            .map_err(|e| home_hint(arg, &path, e))?;
         if entry.kind != EntryKind::Dir {
             shown.push((path, entry));
             continue;
         }
-        for e in s.list(&path)? {
+        for e in s.list(&path).map_err(|e| about("ls", &path, e))? {
             shown.push((paths::join(&path, &e.name), e));
         }
     }
@@ -554,7 +639,9 @@ fn stat(s: &mut Session, args: &[String], json: bool) -> Result<(), OpError> {
         for (path, entry) in s.expand_remote(a)? {
             let entry = match entry {
                 Some(e) => e,
-                None => s.call(async |c| c.stat(&path).await)?,
+                None => s
+                    .call(async |c| c.stat(&path).await)
+                    .map_err(|e| home_hint(a, &path, e))?,
             };
             all.push((path, entry));
         }
