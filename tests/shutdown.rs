@@ -174,3 +174,94 @@ async fn transfers_cut_off_by_shutdown_are_kept_audited_and_explained() {
         assert_eq!(audit[0]["fields"]["result"], "interrupted", "{}", audit[0]);
     }
 }
+
+/// The client's side of the same cut-off, with the real binary: it says the server is shutting
+/// down and that `reput` resumes, exits with the connection code (4), and its JSON lists the
+/// file as failed with `interrupted: true`. To cut off at a known point without slowing the
+/// transfer down, the client is stopped (SIGSTOP) once the server holds a quarter of the file,
+/// the server is sent SIGTERM, and the client continues (SIGCONT) once the server is gone.
+#[test]
+fn a_client_cut_off_by_shutdown_says_why_and_exits_with_the_connection_code() {
+    use std::process::{Command, Stdio};
+
+    let w = World::start_with(&["--shutdown-grace", "200ms"]);
+    let size = 64 * 1024 * 1024;
+    crate::util::random_file(&w.local.join("big.bin"), size, 18);
+    let home = w.alice_home();
+    let port = w.server.port().to_string();
+    let mut client = Command::new(crate::cli::FERRY)
+        .current_dir(&w.local)
+        .env_remove("FERRY_LOG")
+        .env("HOME", &w.local)
+        .env("FERRY_PASSWORD", ALICE_PW)
+        .args(["put", "--json", "big.bin", "alice@127.0.0.1:", "-P", &port])
+        .args(["--ca", w.ca.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |pid: u32, sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    let largest_temp = || {
+        std::fs::read_dir(&home)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while largest_temp() < size as u64 / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the upload never reached a quarter"
+        );
+        assert!(
+            client.try_wait().unwrap().is_none(),
+            "the client ended early"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(client.id(), "-STOP");
+    let stopped = w.server.stop();
+    signal(client.id(), "-CONT");
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    let failed = &v["failed"][0];
+    assert_eq!(failed["interrupted"], true, "{v}");
+    assert_eq!(failed["exit_code"], 4, "{v}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("shutting down") && error.contains("reput"),
+        "the client did not say the server is shutting down and reput resumes: {v}"
+    );
+    // And the server kept what arrived.
+    assert!(!home.join("big.bin").exists());
+    let kept: Vec<u64> = std::fs::read_dir(home.join(".ferry-partials"))
+        .map(|d| d.map(|e| e.unwrap().metadata().unwrap().len()).collect())
+        .unwrap_or_default();
+    assert!(
+        kept.len() == 1 && kept[0] >= size as u64 / 4,
+        "{kept:?}; server stderr:\n{}",
+        stopped.stderr
+    );
+}

@@ -368,10 +368,7 @@ impl Connection {
         // interrupted; anything else (a refusal, a protocol error) starts over next time.
         drop(tx);
         let written = writer.await;
-        let interrupted = matches!(
-            remote_sha,
-            ClientError::Cancelled | ClientError::ConnectionLost | ClientError::Timeout
-        );
+        let interrupted = remote_sha.interrupted();
         match written {
             // What arrived (and a resumed prefix) is still good: keep it for the next try.
             Ok(Written::Interrupted(mut partial)) if interrupted && received > 0 => partial.keep(),

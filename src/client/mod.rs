@@ -120,6 +120,8 @@ impl ClientError {
             | ClientError::Protocol(_)
             | ClientError::ConnectionLost
             | ClientError::Timeout => EXIT_CONNECTION,
+            // After login, `busy` is the server shutting down: the connection is ending.
+            ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::Busy => EXIT_CONNECTION,
             ClientError::Auth => EXIT_AUTH,
             ClientError::Integrity { .. } => EXIT_INTEGRITY,
             ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::IntegrityMismatch => {
@@ -136,6 +138,16 @@ impl ClientError {
     /// Whether the session can go on after this error.
     pub fn is_fatal(&self) -> bool {
         self.exit_code() == EXIT_CONNECTION
+    }
+
+    /// Whether a transfer that failed with this error was merely cut off (the connection
+    /// broke, Ctrl-C, or the server shut down), so that `reget`/`reput` can resume it.
+    pub fn interrupted(&self) -> bool {
+        match self {
+            ClientError::Cancelled | ClientError::ConnectionLost | ClientError::Timeout => true,
+            ClientError::Remote(w) => w.code == crate::protocol::ErrorCode::Busy,
+            _ => false,
+        }
     }
 }
 

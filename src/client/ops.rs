@@ -80,6 +80,16 @@ impl OpError {
         }
     }
 
+    /// Whether what failed was merely cut off and can be resumed (see
+    /// [`ClientError::interrupted`]).
+    pub fn interrupted(&self) -> bool {
+        match self {
+            OpError::Interrupted => true,
+            OpError::Client(e) | OpError::About { error: e, .. } => e.interrupted(),
+            _ => false,
+        }
+    }
+
     /// Whether the session is over (the connection is gone).
     pub fn is_fatal(&self) -> bool {
         matches!(self, OpError::Client(e) | OpError::About { error: e, .. } if e.is_fatal())
@@ -244,6 +254,9 @@ pub struct FailReport {
     pub error: String,
     /// The exit status this failure alone would have.
     pub exit_code: u8,
+    /// Whether the transfer was merely cut off (Ctrl-C, a broken connection, the server
+    /// shutting down): `reget`/`reput` (`-a`) resumes it from what arrived.
+    pub interrupted: bool,
     /// Whether `error` names the item already (then it is printed without `source`).
     #[serde(skip)]
     named: bool,
@@ -1011,6 +1024,9 @@ impl Session {
                     break;
                 }
                 Err(e) if e.is_fatal() => {
+                    // The connection is gone: the error ends the command (and is printed
+                    // once, by the caller), and the file it cut off is listed as failed.
+                    report.failed.push(fail(&source, &e));
                     outcome = Err(e);
                     break;
                 }
@@ -1320,6 +1336,7 @@ fn fail(source: &str, e: &OpError) -> FailReport {
         source: source.to_string(),
         error: e.for_terminal(),
         exit_code: e.exit_code(),
+        interrupted: e.interrupted(),
         named: e.names_its_path(),
     }
 }
@@ -1329,6 +1346,7 @@ fn fail_msg(source: &str, why: String) -> FailReport {
         source: source.to_string(),
         error: why,
         exit_code: EXIT_FAILED,
+        interrupted: false,
         named: false,
     }
 }

@@ -309,6 +309,9 @@ pub(super) async fn run(
                 server.penalise(peer, super::penalty::Offence::ProtocolError);
             }
             close(&mut sess.writer, server.limits.close_timeout).await;
+            if matches!(end, End::Shutdown) {
+                linger(&mut sess.reader, LINGER.min(server.limits.close_timeout)).await;
+            }
             return;
         }
         Err(end) => end,
@@ -355,6 +358,25 @@ fn log_end(peer: SocketAddr, user: Option<&str>, end: &End) {
 
 async fn close(writer: &mut FrameWriter<WriteHalf<Stream>>, limit: Duration) {
     let _ = tokio::time::timeout(limit, writer.shutdown()).await;
+}
+
+/// How long a session cut off by the shutdown keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the client still sends (the rest of an upload, say) until it closes
+/// or `limit` passes. Closing a socket with unread data makes the kernel reset the connection,
+/// and the reset can destroy the last reply (why the session ended) before the client reads it.
+async fn linger(reader: &mut FrameReader<ReadHalf<Stream>>, limit: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drain = async {
+        while let Ok(n) = reader.get_mut().read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, drain).await;
 }
 
 async fn read_before(
