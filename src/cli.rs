@@ -561,7 +561,9 @@ fn init_server_logging(json: bool) {
         // One JSON object per line; audit events carry target "ferry::audit".
         builder.json().with_current_span(false).try_init()
     } else {
+        // Every value quoted and escaped: a user name or path cannot forge a field.
         builder
+            .fmt_fields(crate::logfmt::QuotedFields)
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init()
