@@ -68,7 +68,8 @@ enum Command {
         confined to a home directory under the root.\n\n\
         On a fresh checkout it needs no other step: missing dev certificates are created in \
         certs/, and a missing users file is created with one user, 'admin', whose random password \
-        is printed once.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
+        is written to USERS.admin-password (mode 0600) beside it, and shown on stderr only \
+        if that is a terminal.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
         file and the certificate (each kept as it was if the new one does not load); sessions \
         go on.\n\nExample:\n  ferry serve --listen 0.0.0.0:7443 --users users.toml --root data"
     )]
@@ -612,24 +613,48 @@ fn prepare_certs(cert: &Path, key: &Path) -> Result<()> {
 }
 
 /// First start: a missing users file is created with one user, `admin`, and a random
-/// password that is printed once to the terminal (never logged).
+/// password. The password is written to a 0600 file beside the users file (see
+/// [`first_password_path`]), whose path is printed; the password itself is printed only when
+/// stderr is a terminal, never into a log stream (journald, container logs) that others read.
 fn prepare_users(path: &Path) -> Result<UserDb> {
     if !path.exists() {
         let password = users::random_password();
         let hash = users::hash_password(&password)?;
-        users::add_user(path, "admin", &hash, None, false)?;
-        let secret = String::from_utf8_lossy(password.as_bytes()).into_owned();
+        let secret_file = first_password_path(path);
+        // The file first: if it cannot be written, no account exists whose password is lost.
+        users::write_secret_file(&secret_file, format!("{}\n", password.as_str()).as_bytes())
+            .with_context(|| format!("cannot write {}", secret_file.display()))?;
+        if let Err(e) = users::add_user(path, "admin", &hash, None, false) {
+            // Best effort: the password of an account that was never made is of no use.
+            let _ = std::fs::remove_file(&secret_file);
+            return Err(e.into());
+        }
         eprintln!(
-            "created {} with user 'admin', password: {secret}\n\
-             (shown only this once; change it with `ferry user passwd admin`)",
-            path.display()
+            "created {} with user 'admin'; its password is in {} (mode 0600): read it, \
+             delete the file, and change the password with `ferry user passwd admin`",
+            path.display(),
+            secret_file.display()
         );
+        if std::io::stderr().is_terminal() {
+            eprintln!("password of 'admin': {}", password.as_str());
+        }
     }
     let db = UserDb::load(path)?;
     if db.is_empty() {
         tracing::warn!(users = %path.display(), "the users file has no users; nobody can log in");
     }
     Ok(db)
+}
+
+/// Where the first start writes the generated admin password: beside the users file, its
+/// name with `.admin-password` appended (`users.toml.admin-password`).
+fn first_password_path(users: &Path) -> PathBuf {
+    let mut name = users
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_else(|| "users.toml".into());
+    name.push(".admin-password");
+    users.with_file_name(name)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -1121,6 +1121,25 @@ fn edit(
     dir_file.sync_all().map_err(io_err(dir))
 }
 
+/// Writes a secret (the first-start admin password) to `path`, mode 0600 from the moment it
+/// exists: a new file is created exclusively beside it, then renamed over whatever `path` was
+/// (a stale file of an earlier first start, or a planted symlink, which is replaced and never
+/// followed).
+pub fn write_secret_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{:016x}", rand::rng().random::<u64>()));
+    let tmp = path.with_file_name(tmp_name);
+    write_new_file(&tmp, data, None)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        // Best effort: the temp file is ours and must not linger.
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 /// Creates `path` exclusively (never through a symlink or over an existing file), mode 0600,
 /// writes `data` and fsyncs it. If `like` is the metadata of the file being replaced, the new
 /// file gets the same owner where permitted, so `sudo ferry user add` does not lock the server
