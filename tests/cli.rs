@@ -464,7 +464,8 @@ pub(crate) fn printed_fingerprint(out: &Out, dir: &Path) -> String {
     fp.to_string()
 }
 
-/// `ferry user add NAME --users FILE --password-stdin EXTRA...` with `password` on stdin.
+/// `ferry user add NAME --users FILE --password-stdin --allow-weak EXTRA...` with `password`
+/// on stdin (fixtures use short passwords).
 fn user_add(cwd: &Path, file: &Path, name: &str, password: &str, extra: &[&str]) -> Out {
     let mut args = vec![
         "user",
@@ -473,6 +474,7 @@ fn user_add(cwd: &Path, file: &Path, name: &str, password: &str, extra: &[&str])
         "--users",
         file.to_str().unwrap(),
         "--password-stdin",
+        "--allow-weak",
     ];
     args.extend_from_slice(extra);
     Ferry::new(cwd).stdin(&format!("{password}\n")).run(&args)
@@ -745,7 +747,7 @@ fn user_add_uses_users_toml_in_cwd_by_default() {
     let tmp = tempfile::tempdir().unwrap();
     Ferry::new(tmp.path())
         .stdin("pw\n")
-        .run(&["user", "add", "dora", "--password-stdin"])
+        .run(&["user", "add", "dora", "--password-stdin", "--allow-weak"])
         .expect_ok();
     let file = tmp.path().join("users.toml");
     assert!(hash_of(&file, "dora").starts_with(PRODUCTION_HASH_PREFIX));
@@ -776,6 +778,7 @@ fn user_add_refuses_invalid_names() {
         "--users",
         file.to_str().unwrap(),
         "--password-stdin",
+        "--allow-weak",
         "--",
         "-x",
     ]);
@@ -801,6 +804,7 @@ fn user_passwd_changes_the_hash_and_the_old_password_stops_working() {
             "--users",
             file.to_str().unwrap(),
             "--password-stdin",
+            "--allow-weak",
         ])
         .expect_ok();
     let alice_after = hash_of(&file, "alice");
