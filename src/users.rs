@@ -82,13 +82,15 @@ const FALLBACK_DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$\
 #[non_exhaustive]
 pub enum UsersError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The OS error is part of the message and deliberately not a `source()`: a reporter that
+    /// prints the chain (`ferry: {e:#}`) would show it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The users file is not valid: TOML syntax, a wrong type, an unknown field, a bad name or
     /// hash. `msg` names the line, user and field where known.
@@ -165,7 +167,7 @@ pub enum UsersError {
     },
     /// Reading a password from the terminal or stdin failed.
     #[error("cannot read password: {0}")]
-    ReadPassword(#[source] io::Error),
+    ReadPassword(io::Error),
 }
 
 /// A password in memory. Its `Debug` and `Display` print `********`, so it cannot leak into a
@@ -298,9 +300,9 @@ impl UserDb {
     /// Also makes the [dummy hash](UserDb::dummy_hash) now, so the first login of an unknown
     /// user costs the same as any other.
     pub fn load(path: &Path) -> Result<UserDb, UsersError> {
-        let text = fs::read_to_string(path).map_err(|source| UsersError::Io {
+        let text = fs::read_to_string(path).map_err(|error| UsersError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let db = parse_at(&text, path)?;
         db.dummy_hash();
@@ -1259,7 +1261,7 @@ fn edit(
 ) -> Result<(), UsersError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| UsersError::Io { path, source }
+        move |error| UsersError::Io { path, error }
     };
     // Edit a symlink's target rather than replace the link with a regular file.
     let path = match fs::symlink_metadata(path) {
@@ -1271,7 +1273,7 @@ fn edit(
     let path = path.as_path();
     let file_name = path.file_name().ok_or_else(|| UsersError::Io {
         path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        error: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
     })?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -1283,7 +1285,7 @@ fn edit(
     rustix::fs::flock(&dir_file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
         UsersError::Io {
             path: dir.to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         }
     })?;
 

@@ -336,3 +336,32 @@ fn user_add_and_passwd_refuse_weak_passwords_unless_allow_weak() {
     assert_eq!(std::fs::read(&file).unwrap(), before);
     run(&["passwd", "ann", "--allow-weak"], "short").expect_ok();
 }
+
+/// A users file in a directory that does not exist: the OS error once, not twice
+/// (`No such file or directory (os error 2): No such file or directory (os error 2)`).
+#[test]
+fn missing_users_directory_names_the_os_error_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no/such/dir/users.toml");
+    let m = missing.to_str().unwrap();
+    let runs = [
+        crate::cli::Ferry::new(tmp.path()).run(&["user", "list", "--users", m]),
+        crate::cli::Ferry::new(tmp.path()).run(&["user", "del", "x", "--users", m]),
+        crate::cli::Ferry::new(tmp.path())
+            .stdin("a-long-enough-password\n")
+            .run(&["user", "add", "x", "--password-stdin", "--users", m]),
+        crate::cli::Ferry::new(tmp.path())
+            .stdin("a-long-enough-password\n")
+            .run(&["user", "passwd", "x", "--password-stdin", "--users", m]),
+    ];
+    for out in runs {
+        out.expect_failure();
+        assert_eq!(
+            out.stderr.matches("No such file or directory").count(),
+            1,
+            "{out:#?}"
+        );
+        assert!(out.stderr.contains("no/such/dir"), "{out:#?}");
+    }
+    assert!(!tmp.path().join("no").exists());
+}
