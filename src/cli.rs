@@ -49,9 +49,14 @@ enum Command {
     /// Create a development CA and a server certificate signed by it.
     #[command(
         long_about = "Create a development CA and a server certificate signed by it.\n\n\
-        Writes ca.pem, ca.key, server.pem (leaf + CA) and server.key (mode 0600) into DIR. The \
-        certificate is valid for localhost, 127.0.0.1 and ::1 plus every --host. Clients trust \
-        it with --ca DIR/ca.pem.\n\nExample:\n  ferry certs --host files.example.org --host 192.0.2.10"
+        Writes ca.pem, server.pem (leaf + CA) and server.key (mode 0600) into DIR, and the CA's \
+        key into DIR/ca/ca.key (mode 0600), which the server never reads. The certificate is \
+        valid for localhost, 127.0.0.1 and ::1 plus every --host, for 397 days; the CA for two \
+        years, and only for those names (name constraints). Clients trust it with --ca \
+        DIR/ca.pem. Existing files are kept: --force issues a new server certificate with the \
+        same CA, --new-ca replaces the CA too.\n\nExamples:\n  ferry certs --host \
+        files.example.org --host 192.0.2.10\n  ferry certs --force     # renew the server \
+        certificate, same CA"
     )]
     Certs(CertsArgs),
     /// Manage the users file: add, passwd, set, del, list.
@@ -134,9 +139,14 @@ struct CertsArgs {
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long = "host", value_name = "NAME")]
     hosts: Vec<String>,
-    /// Replace existing files.
+    /// Issue a new server certificate (for the --host names given now) with the existing CA,
+    /// replacing server.pem and server.key; clients that trust ca.pem keep working.
     #[arg(long)]
     force: bool,
+    /// Make a new CA too, replacing every file: each client's copy of ca.pem must then be
+    /// replaced.
+    #[arg(long)]
+    new_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -530,17 +540,65 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn certs(a: CertsArgs) -> Result<ExitCode> {
-    let g = crate::certs::generate(&a.dir, &a.hosts, a.force)?;
-    println!("wrote {}", g.paths.ca_cert.display());
-    println!(
-        "wrote {} (private, keep it secret)",
-        g.paths.ca_key.display()
-    );
+    use crate::certs::{self, CertError, CertPaths};
+    let paths = CertPaths::in_dir(&a.dir);
+    let keep_ca = a.force && !a.new_ca && paths.ca_cert.exists();
+    let result = if keep_ca {
+        certs::reissue_leaf(&a.dir, &a.hosts)
+    } else {
+        certs::generate(&a.dir, &a.hosts, a.force || a.new_ca)
+    };
+    let g = match result {
+        Ok(g) => g,
+        Err(e @ CertError::Exists { .. }) => bail!(
+            "{e}\n(--force issues a new server certificate with the same CA, so clients keep \
+             working; --new-ca replaces the CA too, and every client's copy of {} must then \
+             be replaced)",
+            paths.ca_cert.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let date =
+        |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d");
+    if keep_ca {
+        println!(
+            "kept the CA {} (clients need no change)",
+            g.paths.ca_cert.display()
+        );
+    } else {
+        println!("wrote {}", g.paths.ca_cert.display());
+        println!(
+            "wrote {} (private: the server never reads it; keep it secret, or off the server)",
+            g.paths.ca_key.display()
+        );
+    }
     println!("wrote {}", g.paths.server_cert.display());
     println!("wrote {} (private)", g.paths.server_key.display());
     println!("names: {}", g.names.join(", "));
+    println!(
+        "server certificate valid until {}, CA until {}",
+        date(g.leaf_not_after),
+        date(g.ca_not_after)
+    );
     println!("server certificate fingerprint: {}", g.fingerprint);
     println!("clients trust it with: --ca {}", g.paths.ca_cert.display());
+    if a.new_ca {
+        eprintln!(
+            "warning: this is a new CA: every client that trusted the old {} must be given \
+             the new one, or it will refuse the server",
+            g.paths.ca_cert.display()
+        );
+    }
+    if keep_ca && g.leaf_not_after < std::time::SystemTime::now() + certs::SERVER_VALIDITY / 2 {
+        eprintln!(
+            "note: the CA expires on {}, and the server certificate with it; make a new CA \
+             with --new-ca before then",
+            date(g.ca_not_after)
+        );
+    }
+    if a.force || a.new_ca {
+        eprintln!("a running server uses the new certificate after SIGHUP or a restart");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

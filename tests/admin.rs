@@ -365,3 +365,56 @@ fn missing_users_directory_names_the_os_error_once() {
     }
     assert!(!tmp.path().join("no").exists());
 }
+
+/// The CA key sat beside the server's key although the server never needs it; it now lives
+/// in `certs/ca/`, which a server runs without (the admin may keep it elsewhere), and
+/// `ferry certs --force` with it brought back renews the server certificate under the same CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_needs_the_ca_directory_and_force_renews_under_the_same_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    crate::cli::Ferry::new(cwd)
+        .run(&["certs", "--host", "files.example.org"])
+        .expect_ok();
+    assert!(!cwd.join("certs/ca.key").exists());
+    let offline = cwd.join("offline-ca");
+    std::fs::rename(cwd.join("certs/ca"), &offline).unwrap();
+
+    // Without the CA's key, --force cannot renew: it says so and changes nothing.
+    let before = std::fs::read(cwd.join("certs/server.pem")).unwrap();
+    let out = crate::cli::Ferry::new(cwd).run(&["certs", "--force"]);
+    out.expect_failure();
+    assert!(out.stderr.contains("--new-ca"), "{out:#?}");
+    assert_eq!(std::fs::read(cwd.join("certs/server.pem")).unwrap(), before);
+
+    crate::cli::Ferry::new(cwd)
+        .stdin("alice-long-password\n")
+        .run(&["user", "add", "alice", "--password-stdin"])
+        .expect_ok();
+    let server = crate::cli::ServeProcess::start(cwd, &["--users", "users.toml"]);
+    let world_ca = cwd.join("certs/ca.pem");
+    let tls = ferry::tls::client_config(Some(&world_ca)).unwrap();
+    let mut c = ferry::client::Connection::connect("127.0.0.1", server.port(), tls.clone())
+        .await
+        .unwrap();
+    c.login("alice", &Password::new("alice-long-password".into()))
+        .await
+        .expect("the server runs without certs/ca/");
+
+    // The CA directory back: --force renews the leaf; the same ca.pem trusts it.
+    std::fs::rename(&offline, cwd.join("certs/ca")).unwrap();
+    crate::cli::Ferry::new(cwd)
+        .run(&["certs", "--force", "--host", "files.example.org"])
+        .expect_ok();
+    assert_ne!(std::fs::read(cwd.join("certs/server.pem")).unwrap(), before);
+    // A server started on the renewed files is trusted through the same ca.pem.
+    drop(c);
+    drop(server);
+    let server = crate::cli::ServeProcess::start(cwd, &["--users", "users.toml"]);
+    let mut c = ferry::client::Connection::connect("127.0.0.1", server.port(), tls)
+        .await
+        .expect("the renewed certificate chains to the same ca.pem");
+    c.login("alice", &Password::new("alice-long-password".into()))
+        .await
+        .unwrap();
+}

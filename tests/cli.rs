@@ -180,7 +180,7 @@ struct Stopped {
 impl ServeProcess {
     /// Starts `ferry serve --listen 127.0.0.1:0 EXTRA...` in `cwd` and waits for the line that
     /// names the address.
-    fn start(cwd: &Path, extra: &[&str]) -> ServeProcess {
+    pub(crate) fn start(cwd: &Path, extra: &[&str]) -> ServeProcess {
         let mut child = Command::new(FERRY)
             .current_dir(cwd)
             .env_remove("FERRY_LOG")
@@ -433,7 +433,7 @@ fn mode(path: &Path) -> u32 {
 
 /// The four files of a certificate directory, as bytes.
 fn cert_files(dir: &Path) -> Vec<Vec<u8>> {
-    ["ca.pem", "ca.key", "server.pem", "server.key"]
+    ["ca.pem", "ca/ca.key", "server.pem", "server.key"]
         .iter()
         .map(|f| std::fs::read(dir.join(f)).unwrap())
         .collect()
@@ -500,32 +500,54 @@ fn certs_writes_four_files_private_keys_0600_and_prints_fingerprint() {
     let dir = tmp.path().join("tls");
     let out = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap()]);
     out.expect_ok();
-    assert_eq!(
-        names_in(&dir),
-        ["ca.key", "ca.pem", "server.key", "server.pem"]
-    );
-    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert_eq!(names_in(&dir), ["ca", "ca.pem", "server.key", "server.pem"]);
+    assert_eq!(names_in(&dir.join("ca")), ["ca.key"]);
+    assert_eq!(mode(&dir.join("ca")), 0o700);
+    assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
     assert_eq!(mode(&dir.join("server.key")), 0o600);
     let first_fp = printed_fingerprint(&out, &dir);
     assert!(out.stdout.contains("ca.pem"), "{out:#?}");
 
-    // A second run refuses and leaves every file as it was.
+    // A second run refuses, says which flag would help, and leaves every file as it was.
     let before = cert_files(&dir);
     let again = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap()]);
     again.expect_failure();
     assert!(again.stderr.contains("refusing to overwrite"), "{again:#?}");
+    assert!(
+        again.stderr.contains("--force") && again.stderr.contains("--new-ca"),
+        "{again:#?}"
+    );
     assert_eq!(cert_files(&dir), before);
 
-    // --force replaces all four.
+    // --force issues a new server certificate with the same CA: clients keep working.
     let forced = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap(), "--force"]);
     forced.expect_ok();
     let after = cert_files(&dir);
-    for (old, new) in before.iter().zip(&after) {
+    assert_eq!(after[0], before[0], "ca.pem kept");
+    assert_eq!(after[1], before[1], "ca/ca.key kept");
+    assert_ne!(after[2], before[2], "server.pem new");
+    assert_ne!(after[3], before[3], "server.key new");
+    assert!(forced.stdout.contains("kept the CA"), "{forced:#?}");
+    assert!(!forced.stderr.contains("warning"), "{forced:#?}");
+    assert_eq!(mode(&dir.join("server.key")), 0o600);
+    let forced_fp = printed_fingerprint(&forced, &dir);
+    assert_ne!(forced_fp, first_fp);
+
+    // --new-ca replaces all four, and warns that every client's ca.pem must follow.
+    let renewed =
+        Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap(), "--new-ca"]);
+    renewed.expect_ok();
+    let newest = cert_files(&dir);
+    for (old, new) in after.iter().zip(&newest) {
         assert_ne!(old, new);
     }
-    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert!(
+        renewed.stderr.contains("warning") && renewed.stderr.contains("new CA"),
+        "{renewed:#?}"
+    );
+    assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
     assert_eq!(mode(&dir.join("server.key")), 0o600);
-    assert_ne!(printed_fingerprint(&forced, &dir), first_fp);
+    assert_ne!(printed_fingerprint(&renewed, &dir), forced_fp);
 }
 
 #[test]
