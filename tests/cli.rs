@@ -919,10 +919,17 @@ fn serve_first_start_writes_the_admin_password_to_a_0600_file_never_to_stderr() 
     assert!(!err.contains("password:"), "{err}");
     assert!(tmp.path().join("data").is_dir());
 
+    // As README's quick start does it.
     let session = Ferry::new(tmp.path())
-        .env("FERRY_PASSWORD", &password)
         .stdin("pwd\nmkdir inbox\nls\n")
-        .run(&["connect", &server.target("admin"), "--ca", "certs/ca.pem"]);
+        .run(&[
+            "connect",
+            &server.target("admin"),
+            "--ca",
+            "certs/ca.pem",
+            "--password-file",
+            "users.toml.admin-password",
+        ]);
     session.expect_ok();
     assert!(session.stdout.starts_with("/\n"), "{session:#?}");
     assert_eq!(
