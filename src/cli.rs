@@ -200,6 +200,7 @@ enum UserCommand {
         ferry user set carol --quota-files none --read-write\n  \
         ferry user set bob --default-home"
     )]
+    #[command(override_usage = "ferry user set NAME [--users FILE] CHANGE...")]
     #[command(group(clap::ArgGroup::new("change").multiple(true).required(true)
         .args(["home", "default_home", "read_only", "read_write", "quota_bytes", "quota_files",
                "max_file_size"])))]
