@@ -1,7 +1,14 @@
 //! Development certificates: a small CA and a server certificate signed by it (`ferry certs`).
 //!
 //! The CA certificate (`ca.pem`) is what clients are given to trust; the server presents
-//! `server.pem` (leaf, then CA) with `server.key`. Every file is written to a temp name in the
+//! `server.pem` (leaf, then CA) with `server.key`. The CA's key lives in a directory of its own,
+//! `ca/ca.key`, which `ferry serve` never reads: only `ferry certs` needs it, to issue a new
+//! server certificate ([`reissue_leaf`]) without changing the CA that clients trust, and an
+//! admin can move that directory off the server.
+//!
+//! The CA is limited by name constraints to the names of the first server certificate (the
+//! loopback names and every `--host`), and lives two years: if its key leaks, or a client's
+//! system trusts it by mistake, it cannot vouch for any other site, and not for long. Every file is written to a temp name in the
 //! target directory and renamed into place, so a crash never leaves a half-written file, and
 //! the private keys are created with mode 0600 so they are never readable by others, not even
 //! for a moment.
@@ -16,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData, SanType,
 };
 use rustls_pki_types::DnsName;
 
@@ -29,8 +37,13 @@ pub const CA_COMMON_NAME: &str = "ferry development CA";
 /// Common name of the server certificate (clients check the SANs, not this).
 pub const SERVER_COMMON_NAME: &str = "ferry server";
 
-/// How long the development CA is valid: about ten years.
-pub const CA_VALIDITY: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+/// How long the development CA is valid: two years. Long enough to renew the server
+/// certificate once with the same CA ([`reissue_leaf`]); short enough that a forgotten dev CA
+/// in a client's trust store does not stay trusted for a decade.
+pub const CA_VALIDITY: Duration = Duration::from_secs(730 * 24 * 60 * 60);
+
+/// The directory of the CA's key inside a certificate directory.
+pub const CA_KEY_DIR: &str = "ca";
 
 /// How long a server certificate is valid: 397 days, the most that browsers and Apple platforms
 /// accept for a TLS server certificate. Regenerate with `force` to renew.
@@ -57,7 +70,7 @@ const TEMP_NAME_ATTEMPTS: u32 = 16;
 pub struct CertPaths {
     /// The CA certificate, given to clients to trust (`ca.pem`).
     pub ca_cert: PathBuf,
-    /// The CA private key (`ca.key`, mode 0600).
+    /// The CA private key (`ca/ca.key`, mode 0600, in a 0700 directory the server never reads).
     pub ca_key: PathBuf,
     /// The server certificate chain: leaf, then CA (`server.pem`).
     pub server_cert: PathBuf,
@@ -66,14 +79,20 @@ pub struct CertPaths {
 }
 
 impl CertPaths {
-    /// The standard file names inside `dir`: `ca.pem`, `ca.key`, `server.pem`, `server.key`.
+    /// The standard file names inside `dir`: `ca.pem`, `ca/ca.key`, `server.pem`,
+    /// `server.key`.
     pub fn in_dir(dir: &Path) -> CertPaths {
         CertPaths {
             ca_cert: dir.join("ca.pem"),
-            ca_key: dir.join("ca.key"),
+            ca_key: dir.join(CA_KEY_DIR).join("ca.key"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
         }
+    }
+
+    /// Where versions before the `ca/` directory kept the CA key: beside the server's key.
+    fn legacy_ca_key(&self) -> PathBuf {
+        self.ca_cert.with_file_name("ca.key")
     }
 
     /// All four paths, in the order they are written.
@@ -94,6 +113,10 @@ pub struct Generated {
     pub paths: CertPaths,
     /// Fingerprint of the server (leaf) certificate, in the form of [`tls::fingerprint`].
     pub fingerprint: String,
+    /// When the server certificate expires: the earlier of its own lifetime and the CA's.
+    pub leaf_not_after: SystemTime,
+    /// When the CA expires.
+    pub ca_not_after: SystemTime,
     /// The subject alternative names of the server certificate, as text, in order.
     pub names: Vec<String>,
 }
@@ -113,6 +136,26 @@ pub enum CertError {
     InvalidHost {
         /// The host as given.
         host: String,
+    },
+    /// The CA's key or certificate, needed to issue a new server certificate, is missing or
+    /// does not load.
+    #[error("cannot use the CA in {}: {reason}", dir.display())]
+    Ca {
+        /// The certificate directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A host is outside the names the CA may vouch for (its name constraints).
+    #[error(
+        "the CA may vouch only for {allowed}; {host} is not among them (a CA for new names \
+         is made with --new-ca)"
+    )]
+    OutsideCa {
+        /// The host asked for.
+        host: String,
+        /// The names the CA permits.
+        allowed: String,
     },
     /// rcgen could not make a key or a certificate.
     #[error("cannot generate certificate")]
@@ -153,7 +196,8 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
     let sans = subject_alt_names(extra_hosts)?;
 
     if !force {
-        for path in paths.all() {
+        let legacy = paths.legacy_ca_key();
+        for path in paths.all().into_iter().chain([legacy.as_path()]) {
             if exists(path)? {
                 return Err(CertError::Exists {
                     path: path.to_path_buf(),
@@ -177,8 +221,14 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    ca_params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: sans.iter().map(Host::to_subtree).collect(),
+        excluded_subtrees: Vec::new(),
+    });
     ca_params.not_before = not_before.into();
-    ca_params.not_after = (now + CA_VALIDITY).into();
+    // Whole seconds, as the certificate holds it.
+    let ca_not_after = whole_seconds(now + CA_VALIDITY);
+    ca_params.not_after = ca_not_after.into();
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .map_err(CertError::Generate)?;
@@ -186,6 +236,126 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
+    let leaf = issue_leaf(&issuer, &sans, now, ca_not_after)?;
+    let chain_pem = format!("{}{}", leaf.cert_pem, ca_pem);
+
+    create_dir(dir)?;
+    create_dir(&dir.join(CA_KEY_DIR))?;
+    // Each file is atomic, the set of four is not: a crash part way leaves some files new and
+    // others old or missing. `tls::server_config` refuses a leaf whose key does not match, and
+    // running again with `force` repairs the set. Keys go first so that a fresh directory never
+    // holds a certificate without its key.
+    write_atomic(&paths.ca_key, ca_key_pem.as_bytes(), KEY_FILE_MODE, force)?;
+    write_atomic(&paths.ca_cert, ca_pem.as_bytes(), CERT_FILE_MODE, force)?;
+    write_leaf(&paths, &leaf.key_pem, &chain_pem, force)?;
+    // A CA key of the old layout belongs to the CA just replaced: it must not linger.
+    remove_legacy_key(&paths)?;
+    sync_dir(&dir.join(CA_KEY_DIR))?;
+    sync_dir(dir)?;
+
+    Ok(Generated {
+        fingerprint: leaf.fingerprint,
+        leaf_not_after: leaf.not_after,
+        ca_not_after,
+        names: sans.iter().map(Host::to_string).collect(),
+        paths,
+    })
+}
+
+/// Issues a new server certificate (and key) for the default names and `extra_hosts`,
+/// signed by the CA already in `dir`: clients that trust its `ca.pem` go on working. Replaces
+/// `server.pem` and `server.key`; the CA files are left alone. A CA key of the old layout
+/// (`dir/ca.key`) is used and moved into `dir/ca/`.
+///
+/// Refused if the CA is missing, its key does not match it, it has expired, or a name is
+/// outside its name constraints. The certificate expires with the CA if that comes first.
+pub fn reissue_leaf(dir: &Path, extra_hosts: &[String]) -> Result<Generated, CertError> {
+    let paths = CertPaths::in_dir(dir);
+    let sans = subject_alt_names(extra_hosts)?;
+    let ca_err = |reason: String| CertError::Ca {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let legacy = paths.legacy_ca_key();
+    let key_path = if !exists(&paths.ca_key)? && exists(&legacy)? {
+        legacy.clone()
+    } else {
+        paths.ca_key.clone()
+    };
+    let key_pem = fs::read_to_string(&key_path).map_err(|e| {
+        ca_err(format!(
+            "{}: {e} (without the CA's key only a new CA can be made: --new-ca)",
+            key_path.display()
+        ))
+    })?;
+    let ca_pem = fs::read_to_string(&paths.ca_cert)
+        .map_err(|e| ca_err(format!("{}: {e}", paths.ca_cert.display())))?;
+    let ca_key =
+        KeyPair::from_pem(&key_pem).map_err(|e| ca_err(format!("{}: {e}", key_path.display())))?;
+    let ca_der = tls::load_certs(&paths.ca_cert)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .ok_or_else(|| ca_err(format!("{}: no certificate", paths.ca_cert.display())))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+        .map_err(|e| ca_err(format!("{}: {e}", paths.ca_cert.display())))?;
+    if ca.public_key().raw != ca_key.subject_public_key_info().as_slice() {
+        return Err(ca_err(format!(
+            "{} is not the key of {}",
+            key_path.display(),
+            paths.ca_cert.display()
+        )));
+    }
+    let now = SystemTime::now();
+    let ca_not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(ca.validity().not_after.timestamp()).unwrap_or(0));
+    if ca_not_after <= now {
+        return Err(ca_err(format!(
+            "{} has expired; make a new CA with --new-ca",
+            paths.ca_cert.display()
+        )));
+    }
+    check_name_constraints(&ca, &sans)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| ca_err(format!("{}: {e}", paths.ca_cert.display())))?;
+    let leaf = issue_leaf(&issuer, &sans, now, ca_not_after)?;
+    let chain_pem = format!("{}{}", leaf.cert_pem, ca_pem);
+
+    write_leaf(&paths, &leaf.key_pem, &chain_pem, true)?;
+    if key_path == legacy {
+        // The old layout: the key moves out of the directory the server reads.
+        create_dir(&dir.join(CA_KEY_DIR))?;
+        fs::rename(&legacy, &paths.ca_key).map_err(|source| CertError::Write {
+            path: paths.ca_key.clone(),
+            source,
+        })?;
+        sync_dir(&dir.join(CA_KEY_DIR))?;
+    }
+    sync_dir(dir)?;
+    Ok(Generated {
+        fingerprint: leaf.fingerprint,
+        leaf_not_after: leaf.not_after,
+        ca_not_after,
+        names: sans.iter().map(Host::to_string).collect(),
+        paths,
+    })
+}
+
+/// A server certificate and its key, as PEM.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    fingerprint: String,
+    not_after: SystemTime,
+}
+
+/// A new key and a server certificate for `sans` signed by `issuer`: serverAuth,
+/// [`SERVER_VALIDITY`] or until `ca_not_after` if that is sooner.
+fn issue_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    sans: &[Host],
+    now: SystemTime,
+    ca_not_after: SystemTime,
+) -> Result<Leaf, CertError> {
     let server_key =
         KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CertError::Generate)?;
     let mut server_params = CertificateParams::default();
@@ -195,40 +365,134 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
     server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server_params.use_authority_key_identifier_extension = true;
-    server_params.not_before = not_before.into();
-    server_params.not_after = (now + SERVER_VALIDITY).into();
+    server_params.not_before = (now - CLOCK_SKEW_ALLOWANCE).into();
+    let not_after = whole_seconds(now + SERVER_VALIDITY).min(ca_not_after);
+    server_params.not_after = not_after.into();
     let server_cert = server_params
-        .signed_by(&server_key, &issuer)
+        .signed_by(&server_key, issuer)
         .map_err(CertError::Generate)?;
+    Ok(Leaf {
+        cert_pem: server_cert.pem(),
+        key_pem: server_key.serialize_pem(),
+        fingerprint: tls::fingerprint(server_cert.der()),
+        not_after,
+    })
+}
 
-    let chain_pem = format!("{}{}", server_cert.pem(), ca_pem);
+/// `t` without its fraction of a second.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
 
-    create_dir(dir)?;
-    // Each file is atomic, the set of four is not: a crash part way leaves some files new and
-    // others old or missing. `tls::server_config` refuses a leaf whose key does not match, and
-    // running again with `force` repairs the set. Keys go first so that a fresh directory never
-    // holds a certificate without its key.
-    write_atomic(&paths.ca_key, ca_key_pem.as_bytes(), KEY_FILE_MODE, force)?;
-    write_atomic(&paths.ca_cert, ca_pem.as_bytes(), CERT_FILE_MODE, force)?;
-    write_atomic(
-        &paths.server_key,
-        server_key.serialize_pem().as_bytes(),
-        KEY_FILE_MODE,
-        force,
-    )?;
+/// Writes the server key, then the chain.
+fn write_leaf(
+    paths: &CertPaths,
+    key_pem: &str,
+    chain_pem: &str,
+    force: bool,
+) -> Result<(), CertError> {
+    write_atomic(&paths.server_key, key_pem.as_bytes(), KEY_FILE_MODE, force)?;
     write_atomic(
         &paths.server_cert,
         chain_pem.as_bytes(),
         CERT_FILE_MODE,
         force,
-    )?;
-    sync_dir(dir)?;
+    )
+}
 
-    Ok(Generated {
-        fingerprint: tls::fingerprint(server_cert.der()),
-        names: sans.iter().map(Host::to_string).collect(),
-        paths,
-    })
+/// Removes a CA key of the old layout (`dir/ca.key`), if any.
+fn remove_legacy_key(paths: &CertPaths) -> Result<(), CertError> {
+    match fs::remove_file(paths.legacy_ca_key()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CertError::Write {
+            path: paths.legacy_ca_key(),
+            source,
+        }),
+    }
+}
+
+/// Refuses a name the CA's name constraints do not permit (a CA without them permits all).
+fn check_name_constraints(
+    ca: &x509_parser::certificate::X509Certificate<'_>,
+    sans: &[Host],
+) -> Result<(), CertError> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let Some(constraints) = ca
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::NameConstraints(nc) => Some(nc),
+            _ => None,
+        })
+    else {
+        return Ok(());
+    };
+    let permitted: Vec<&GeneralName<'_>> = constraints
+        .permitted_subtrees
+        .iter()
+        .flatten()
+        .map(|s| &s.base)
+        .collect();
+    let describe = || {
+        permitted
+            .iter()
+            .map(|g| match g {
+                GeneralName::DNSName(d) => d.to_string(),
+                GeneralName::IPAddress(b) => ip_range_text(b),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for host in sans {
+        let ok = permitted.iter().any(|g| match (host, g) {
+            (Host::Dns(name), GeneralName::DNSName(base)) => {
+                let base = base.trim_start_matches('.').to_ascii_lowercase();
+                *name == base || name.ends_with(&format!(".{base}"))
+            }
+            (Host::Ip(ip), GeneralName::IPAddress(range)) => ip_in_range(*ip, range),
+            _ => false,
+        });
+        if !ok {
+            return Err(CertError::OutsideCa {
+                host: host.to_string(),
+                allowed: describe(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is in a name-constraint range: address bytes then mask bytes.
+fn ip_in_range(ip: IpAddr, range: &[u8]) -> bool {
+    let bytes: Vec<u8> = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    if range.len() != bytes.len() * 2 {
+        return false;
+    }
+    let (base, mask) = range.split_at(bytes.len());
+    bytes
+        .iter()
+        .zip(base)
+        .zip(mask)
+        .all(|((b, base), mask)| b & mask == base & mask)
+}
+
+fn ip_range_text(range: &[u8]) -> String {
+    let (base, mask) = range.split_at(range.len() / 2);
+    let prefix: u32 = mask.iter().map(|m| m.count_ones()).sum();
+    let ip = match base.len() {
+        4 => <[u8; 4]>::try_from(base).map(IpAddr::from).ok(),
+        16 => <[u8; 16]>::try_from(base).map(IpAddr::from).ok(),
+        _ => None,
+    };
+    ip.map_or_else(|| "?".to_string(), |ip| format!("{ip}/{prefix}"))
 }
 
 /// One subject alternative name of the server certificate.
@@ -252,6 +516,18 @@ impl Host {
         }
         let name = DnsName::try_from(host).map_err(|_| invalid())?;
         Ok(Host::Dns(name.as_ref().to_ascii_lowercase()))
+    }
+
+    /// The name-constraint subtree that permits exactly this host (and, for a DNS name, its
+    /// subdomains, which RFC 5280 cannot exclude).
+    fn to_subtree(&self) -> GeneralSubtree {
+        match self {
+            Host::Ip(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                *ip,
+                if ip.is_ipv4() { 32 } else { 128 },
+            )),
+            Host::Dns(name) => GeneralSubtree::DnsName(name.clone()),
+        }
     }
 
     fn to_san(&self) -> Result<SanType, CertError> {
@@ -408,6 +684,7 @@ fn sync_dir(dir: &Path) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
 
     use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::{FromDer, X509Certificate};
@@ -420,6 +697,156 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether a rustls client trusting `ca_pem` accepts `chain_pem` for `host`.
+    fn verifies(ca_pem: &Path, chain_pem: &Path, host: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in tls::load_certs(ca_pem).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let chain = tls::load_certs(chain_pem).unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &tls::server_name(host).unwrap(),
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+    }
+
+    /// `ferry certs --force` once replaced the CA too, so every client's ca.pem stopped
+    /// working; the leaf is now reissued under the same CA, which clients go on trusting.
+    #[test]
+    fn reissue_keeps_the_ca_and_clients_still_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = generate(tmp.path(), &hosts(&["files.example.org"]), false).unwrap();
+        let ca_before = fs::read(&first.paths.ca_cert).unwrap();
+        let key_before = fs::read(&first.paths.ca_key).unwrap();
+        let leaf_key_before = fs::read(&first.paths.server_key).unwrap();
+
+        let second = reissue_leaf(tmp.path(), &hosts(&["files.example.org"])).unwrap();
+        assert_eq!(fs::read(&second.paths.ca_cert).unwrap(), ca_before);
+        assert_eq!(fs::read(&second.paths.ca_key).unwrap(), key_before);
+        assert_ne!(fs::read(&second.paths.server_key).unwrap(), leaf_key_before);
+        assert_ne!(first.fingerprint, second.fingerprint);
+        assert_eq!(second.ca_not_after, first.ca_not_after);
+        assert_eq!(mode(&second.paths.server_key), 0o600);
+        for host in ["localhost", "127.0.0.1", "::1", "files.example.org"] {
+            verifies(&second.paths.ca_cert, &second.paths.server_cert, host)
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        // The chain's CA is the same CA.
+        assert_eq!(
+            pem_certs(&second.paths.server_cert)[1],
+            pem_certs(&first.paths.ca_cert)[0]
+        );
+        // And the server loads it.
+        tls::server_config(&second.paths.server_cert, &second.paths.server_key).unwrap();
+    }
+
+    /// The dev CA may vouch only for the names it was made for: a leaf for another name,
+    /// signed with its key, is refused by clients, and `reissue_leaf` refuses to make one.
+    #[test]
+    fn the_ca_is_name_constrained_to_its_first_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = generate(
+            tmp.path(),
+            &hosts(&["files.example.org", "192.0.2.10"]),
+            false,
+        )
+        .unwrap();
+        let chain = pem_certs(&g.paths.ca_cert);
+        let (_, ca) = X509Certificate::from_der(&chain[0]).unwrap();
+        assert!(
+            ca.name_constraints().unwrap().is_some(),
+            "the CA has name constraints"
+        );
+        verifies(&g.paths.ca_cert, &g.paths.server_cert, "192.0.2.10").unwrap();
+        verifies(&g.paths.ca_cert, &g.paths.server_cert, "files.example.org").unwrap();
+
+        let err = reissue_leaf(tmp.path(), &hosts(&["bank.example.com"])).unwrap_err();
+        assert!(matches!(err, CertError::OutsideCa { .. }), "{err:?}");
+        assert!(err.to_string().contains("--new-ca"), "{err}");
+        let err = reissue_leaf(tmp.path(), &hosts(&["192.0.2.11"])).unwrap_err();
+        assert!(matches!(err, CertError::OutsideCa { .. }), "{err:?}");
+        // A subdomain of a permitted name is permitted (RFC 5280 cannot say otherwise).
+        reissue_leaf(tmp.path(), &hosts(&["a.files.example.org"])).unwrap();
+
+        // A leaf the CA's key signs for another name anyway is refused by a client.
+        let key_pem = fs::read_to_string(&g.paths.ca_key).unwrap();
+        let ca_pem = fs::read_to_string(&g.paths.ca_cert).unwrap();
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&key_pem).unwrap()).unwrap();
+        let forged = issue_leaf(
+            &issuer,
+            &[Host::Dns("bank.example.com".into())],
+            SystemTime::now(),
+            g.ca_not_after,
+        )
+        .unwrap();
+        let forged_chain = tmp.path().join("forged.pem");
+        fs::write(&forged_chain, format!("{}{ca_pem}", forged.cert_pem)).unwrap();
+        let err = verifies(&g.paths.ca_cert, &forged_chain, "bank.example.com").unwrap_err();
+        assert!(format!("{err:?}").contains("NameConstraint"), "{err:?}");
+    }
+
+    #[test]
+    fn reissue_without_the_ca_key_is_refused_and_a_legacy_key_is_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = generate(tmp.path(), &[], false).unwrap();
+        let before = fs::read(&g.paths.server_cert).unwrap();
+        // The layout of earlier versions: the key beside the server's.
+        let legacy = tmp.path().join("ca.key");
+        fs::rename(&g.paths.ca_key, &legacy).unwrap();
+        // A plain generate sees the old key as an existing file.
+        let only_legacy = tempfile::tempdir().unwrap();
+        fs::write(only_legacy.path().join("ca.key"), b"old").unwrap();
+        assert!(matches!(
+            generate(only_legacy.path(), &[], false),
+            Err(CertError::Exists { path }) if path == only_legacy.path().join("ca.key")
+        ));
+        reissue_leaf(tmp.path(), &[]).unwrap();
+        assert!(!legacy.exists(), "moved out of the server's directory");
+        assert!(g.paths.ca_key.is_file());
+        assert_eq!(mode(&g.paths.ca_key), 0o600);
+
+        fs::remove_file(&g.paths.ca_key).unwrap();
+        let now = fs::read(&g.paths.server_cert).unwrap();
+        assert_ne!(now, before);
+        let err = reissue_leaf(tmp.path(), &[]).unwrap_err();
+        assert!(matches!(err, CertError::Ca { .. }), "{err:?}");
+        assert!(err.to_string().contains("--new-ca"), "{err}");
+        assert_eq!(
+            fs::read(&g.paths.server_cert).unwrap(),
+            now,
+            "nothing written"
+        );
+
+        // The key of another CA is refused.
+        let other = tempfile::tempdir().unwrap();
+        let o = generate(other.path(), &[], false).unwrap();
+        fs::copy(&o.paths.ca_key, &g.paths.ca_key).unwrap();
+        let err = reissue_leaf(tmp.path(), &[]).unwrap_err();
+        assert!(err.to_string().contains("is not the key of"), "{err}");
     }
 
     fn read_all(paths: &CertPaths) -> Vec<Vec<u8>> {
@@ -454,7 +881,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["ca.key", "ca.pem", "server.key", "server.pem"]);
+        assert_eq!(names, ["ca", "ca.pem", "server.key", "server.pem"]);
+        // The CA key in a directory of its own, which the server never reads.
+        assert_eq!(generated.paths.ca_key, dir.join("ca/ca.key"));
+        assert_eq!(mode(&dir.join("ca")), 0o700);
+        assert_eq!(names_in(&dir.join("ca")), ["ca.key"]);
     }
 
     #[test]
@@ -607,7 +1038,7 @@ mod tests {
         let leaf_days = leaf.validity().time_to_expiration().unwrap().whole_days();
         let ca_days = ca.validity().time_to_expiration().unwrap().whole_days();
         assert!((396..=397).contains(&leaf_days), "{leaf_days}");
-        assert!((3649..=3650).contains(&ca_days), "{ca_days}");
+        assert!((729..=730).contains(&ca_days), "{ca_days}");
     }
 
     #[test]

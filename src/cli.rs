@@ -49,16 +49,22 @@ enum Command {
     /// Create a development CA and a server certificate signed by it.
     #[command(
         long_about = "Create a development CA and a server certificate signed by it.\n\n\
-        Writes ca.pem, ca.key, server.pem (leaf + CA) and server.key (mode 0600) into DIR. The \
-        certificate is valid for localhost, 127.0.0.1 and ::1 plus every --host. Clients trust \
-        it with --ca DIR/ca.pem.\n\nExample:\n  ferry certs --host files.example.org --host 192.0.2.10"
+        Writes ca.pem, server.pem (leaf + CA) and server.key (mode 0600) into DIR, and the CA's \
+        key into DIR/ca/ca.key (mode 0600), which the server never reads. The certificate is \
+        valid for localhost, 127.0.0.1 and ::1 plus every --host, for 397 days; the CA for two \
+        years, and only for those names (name constraints). Clients trust it with --ca \
+        DIR/ca.pem. Existing files are kept: --force issues a new server certificate with the \
+        same CA, --new-ca replaces the CA too.\n\nExamples:\n  ferry certs --host \
+        files.example.org --host 192.0.2.10\n  ferry certs --force     # renew the server \
+        certificate, same CA"
     )]
     Certs(CertsArgs),
-    /// Manage the users file: add, passwd, del, list.
+    /// Manage the users file: add, passwd, set, del, list.
     #[command(
         subcommand,
-        long_about = "Manage the users file: add, passwd, del, list. Every command takes \
-        --users FILE (default users.toml). Passwords are stored as argon2id hashes.\n\n\
+        long_about = "Manage the users file: add, passwd, set, del, list. Every command takes \
+        --users FILE (default users.toml). Passwords are stored as argon2id hashes. A running \
+        server notices the changed file at the next login: no signal is needed.\n\n\
         Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml"
     )]
     User(UserCommand),
@@ -68,7 +74,9 @@ enum Command {
         confined to a home directory under the root.\n\n\
         On a fresh checkout it needs no other step: missing dev certificates are created in \
         certs/, and a missing users file is created with one user, 'admin', whose random password \
-        is printed once.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
+        is written to USERS.admin-password (mode 0600) beside it, and shown on stderr only \
+        if that is a terminal.\n\nA changed users file (`ferry user ...`) is reloaded at the \
+        next login.\n\nSignals: SIGINT/SIGTERM stop gracefully; SIGHUP reloads the users \
         file and the certificate (each kept as it was if the new one does not load); sessions \
         go on.\n\nExample:\n  ferry serve --listen 0.0.0.0:7443 --users users.toml --root data"
     )]
@@ -131,18 +139,26 @@ struct CertsArgs {
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long = "host", value_name = "NAME")]
     hosts: Vec<String>,
-    /// Replace existing files.
+    /// Issue a new server certificate (for the --host names given now) with the existing CA,
+    /// replacing server.pem and server.key; clients that trust ca.pem keep working.
     #[arg(long)]
     force: bool,
+    /// Make a new CA too, replacing every file: each client's copy of ca.pem must then be
+    /// replaced.
+    #[arg(long)]
+    new_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum UserCommand {
     /// Add a user (asks for the password twice, without echo).
     #[command(
-        long_about = "Add a user. The password is asked twice without echo, or read \
-        from one line of stdin with --password-stdin. It is stored as an argon2id hash.\n\n\
+        long_about = "Add a user. The password is asked twice without echo (again if the two \
+        differ), or read from one line of stdin with --password-stdin. It must have at least 12 \
+        characters unless --allow-weak, and is stored as an argon2id hash. A running server \
+        sees the change at the next login; no signal is needed.\n\n\
         Examples:\n  ferry user add alice\n  ferry user add bob --read-only --home /srv/share\n  \
+        ferry user add carol --quota-bytes '10 GiB' --quota-files 10000 --max-file-size 1G\n  \
         echo \"$PW\" | ferry user add ci --password-stdin"
     )]
     Add {
@@ -156,13 +172,15 @@ enum UserCommand {
         /// The user may list and download, never change anything.
         #[arg(long)]
         read_only: bool,
-        /// Read the password from one line of stdin.
-        #[arg(long)]
-        password_stdin: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        password: NewPasswordArgs,
     },
     /// Change a user's password.
     #[command(
-        long_about = "Change a user's password (takes effect for new logins).\n\n\
+        long_about = "Change a user's password. A running server sees it at the next login \
+        (no signal needed); sessions already logged in go on.\n\n\
         Example:\n  ferry user passwd alice"
     )]
     Passwd {
@@ -170,14 +188,47 @@ enum UserCommand {
         name: String,
         #[command(flatten)]
         file: UsersFileArg,
-        /// Read the password from one line of stdin.
+        #[command(flatten)]
+        password: NewPasswordArgs,
+    },
+    /// Change a user's home, access or limits.
+    #[command(
+        long_about = "Change a user's home, access, quotas or largest upload. A limit given as \
+        'none' is removed (unlimited). A running server applies the change at the user's next \
+        login; sessions already logged in keep what they logged in with.\n\n\
+        Examples:\n  ferry user set carol --quota-bytes '20 GiB'\n  \
+        ferry user set carol --quota-files none --read-write\n  \
+        ferry user set bob --default-home"
+    )]
+    #[command(override_usage = "ferry user set NAME [--users FILE] CHANGE...")]
+    #[command(group(clap::ArgGroup::new("change").multiple(true).required(true)
+        .args(["home", "default_home", "read_only", "read_write", "quota_bytes", "quota_files",
+               "max_file_size"])))]
+    Set {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
+        /// Home directory (relative paths are relative to the root).
+        #[arg(long, value_name = "PATH", conflicts_with = "default_home")]
+        home: Option<PathBuf>,
+        /// Back to the default home, <root>/<name>.
         #[arg(long)]
-        password_stdin: bool,
+        default_home: bool,
+        /// The user may list and download, never change anything.
+        #[arg(long, conflicts_with = "read_write")]
+        read_only: bool,
+        /// The user may upload and change files again.
+        #[arg(long)]
+        read_write: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Delete a user (their files stay).
     #[command(
         long_about = "Delete a user from the users file. Their home directory and files \
-        are left alone.\n\nExample:\n  ferry user del alice"
+        are left alone. A running server refuses the user from the next login on.\n\n\
+        Example:\n  ferry user del alice"
     )]
     Del {
         /// User name.
@@ -187,12 +238,86 @@ enum UserCommand {
     },
     /// List users.
     #[command(
-        long_about = "List the users: name, access, home.\n\nExample:\n  ferry user list --users /etc/ferry/users.toml"
+        long_about = "List the users: name, access, home, and for a user with limits the byte \
+        and file quotas and the largest upload ('-' is unlimited).\n\nExample:\n  ferry user list --users /etc/ferry/users.toml"
     )]
     List {
         #[command(flatten)]
         file: UsersFileArg,
     },
+}
+
+/// A limit on the command line: a value, or `none` to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Set(u64),
+    None,
+}
+
+impl Limit {
+    fn into_change(self) -> Option<u64> {
+        match self {
+            Limit::Set(n) => Some(n),
+            Limit::None => None,
+        }
+    }
+}
+
+fn parse_size_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Limit::None);
+    }
+    users::parse_size(s)
+        .map(Limit::Set)
+        .ok_or_else(|| format!("'{s}' is not a size (e.g. 500M, '10 GiB', 1000000) or 'none'"))
+}
+
+fn parse_count_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Limit::None);
+    }
+    s.parse()
+        .map(Limit::Set)
+        .map_err(|_| format!("'{s}' is not a number of files or 'none'"))
+}
+
+/// Quotas of `user add` and `user set`.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Most bytes the user's files may take, e.g. '10 GiB'; 'none' for no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_limit)]
+    quota_bytes: Option<Limit>,
+    /// Most files the user may have; 'none' for no limit.
+    #[arg(long, value_name = "N", value_parser = parse_count_limit)]
+    quota_files: Option<Limit>,
+    /// Largest single upload, e.g. 1G; 'none' for no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_limit)]
+    max_file_size: Option<Limit>,
+}
+
+impl LimitArgs {
+    fn apply(&self, change: &mut users::UserChange) {
+        change.quota_bytes = self.quota_bytes.map(Limit::into_change);
+        change.quota_files = self.quota_files.map(Limit::into_change);
+        change.max_file_size = self.max_file_size.map(Limit::into_change);
+    }
+}
+
+/// How `user add` and `user passwd` get the new password.
+#[derive(Debug, Args)]
+struct NewPasswordArgs {
+    /// Read the password from one line of stdin.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Accept a password shorter than 12 characters (for throwaway test accounts).
+    #[arg(long)]
+    allow_weak: bool,
+}
+
+impl NewPasswordArgs {
+    fn read(&self) -> Result<users::Password, users::UsersError> {
+        users::read_new_password(self.password_stdin, self.allow_weak)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -427,17 +552,65 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn certs(a: CertsArgs) -> Result<ExitCode> {
-    let g = crate::certs::generate(&a.dir, &a.hosts, a.force)?;
-    println!("wrote {}", g.paths.ca_cert.display());
-    println!(
-        "wrote {} (private, keep it secret)",
-        g.paths.ca_key.display()
-    );
+    use crate::certs::{self, CertError, CertPaths};
+    let paths = CertPaths::in_dir(&a.dir);
+    let keep_ca = a.force && !a.new_ca && paths.ca_cert.exists();
+    let result = if keep_ca {
+        certs::reissue_leaf(&a.dir, &a.hosts)
+    } else {
+        certs::generate(&a.dir, &a.hosts, a.force || a.new_ca)
+    };
+    let g = match result {
+        Ok(g) => g,
+        Err(e @ CertError::Exists { .. }) => bail!(
+            "{e}\n(--force issues a new server certificate with the same CA, so clients keep \
+             working; --new-ca replaces the CA too, and every client's copy of {} must then \
+             be replaced)",
+            paths.ca_cert.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let date =
+        |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d");
+    if keep_ca {
+        println!(
+            "kept the CA {} (clients need no change)",
+            g.paths.ca_cert.display()
+        );
+    } else {
+        println!("wrote {}", g.paths.ca_cert.display());
+        println!(
+            "wrote {} (private: the server never reads it; keep it secret, or off the server)",
+            g.paths.ca_key.display()
+        );
+    }
     println!("wrote {}", g.paths.server_cert.display());
     println!("wrote {} (private)", g.paths.server_key.display());
     println!("names: {}", g.names.join(", "));
+    println!(
+        "server certificate valid until {}, CA until {}",
+        date(g.leaf_not_after),
+        date(g.ca_not_after)
+    );
     println!("server certificate fingerprint: {}", g.fingerprint);
     println!("clients trust it with: --ca {}", g.paths.ca_cert.display());
+    if a.new_ca {
+        eprintln!(
+            "warning: this is a new CA: every client that trusted the old {} must be given \
+             the new one, or it will refuse the server",
+            g.paths.ca_cert.display()
+        );
+    }
+    if keep_ca && g.leaf_not_after < std::time::SystemTime::now() + certs::SERVER_VALIDITY / 2 {
+        eprintln!(
+            "note: the CA expires on {}, and the server certificate with it; make a new CA \
+             with --new-ca before then",
+            date(g.ca_not_after)
+        );
+    }
+    if a.force || a.new_ca {
+        eprintln!("a running server uses the new certificate after SIGHUP or a restart");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -448,7 +621,8 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             file,
             home,
             read_only,
-            password_stdin,
+            limits,
+            password,
         } => {
             users::validate_name(&name)?;
             if let Ok(db) = UserDb::load(&file.users)
@@ -456,24 +630,58 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             {
                 bail!("user {name} already exists in {}", file.users.display());
             }
-            let password = users::read_new_password(password_stdin)?;
+            let mut settings = users::UserChange {
+                home: home.map(Some),
+                read_only: Some(read_only),
+                ..users::UserChange::default()
+            };
+            limits.apply(&mut settings);
+            let password = password.read()?;
             let hash = users::hash_password(&password)?;
-            users::add_user(&file.users, &name, &hash, home.as_deref(), read_only)?;
-            eprintln!("added user {name} to {}", file.users.display());
+            users::add_user_with(&file.users, &name, &hash, &settings)?;
+            eprintln!(
+                "added user {name} to {} (a running server sees it at the next login)",
+                file.users.display()
+            );
         }
         UserCommand::Passwd {
             name,
             file,
-            password_stdin,
+            password,
         } => {
             let db = UserDb::load(&file.users)?;
             if db.get(&name).is_none() {
                 bail!("no user {name} in {}", file.users.display());
             }
-            let password = users::read_new_password(password_stdin)?;
+            let password = password.read()?;
             let hash = users::hash_password(&password)?;
             users::set_password(&file.users, &name, &hash)?;
-            eprintln!("changed the password of {name}");
+            eprintln!(
+                "changed the password of {name} (in force from the next login; sessions \
+                 already open go on)"
+            );
+        }
+        UserCommand::Set {
+            name,
+            file,
+            home,
+            default_home,
+            read_only,
+            read_write,
+            limits,
+        } => {
+            let mut change = users::UserChange::default();
+            if let Some(home) = home {
+                change.home = Some(Some(home));
+            } else if default_home {
+                change.home = Some(None);
+            }
+            if read_only || read_write {
+                change.read_only = Some(read_only);
+            }
+            limits.apply(&mut change);
+            users::update_user(&file.users, &name, &change)?;
+            eprintln!("changed user {name} (in force from their next login)");
         }
         UserCommand::Del { name, file } => {
             users::remove_user(&file.users, &name)?;
@@ -482,6 +690,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
         UserCommand::List { file } => {
             let db = UserDb::load(&file.users)?;
             let mut out = std::io::stdout().lock();
+            let size = |n: Option<u64>| n.map_or_else(|| "-".to_string(), human_size);
             for u in db.users() {
                 let access = if u.read_only {
                     "read-only"
@@ -492,17 +701,43 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
                     .home
                     .as_ref()
                     .map_or_else(|| format!("<root>/{}", u.name), |h| h.display().to_string());
-                writeln!(out, "{:<20} {:<10} {}", u.name, access, home)?;
+                write!(out, "{:<20} {:<10} {}", u.name, access, home)?;
+                if u.has_limits() {
+                    let files = u.quota_files.map_or_else(|| "-".into(), |n| n.to_string());
+                    write!(
+                        out,
+                        "  quota: {}, {files} files; max file: {}",
+                        size(u.quota_bytes),
+                        size(u.max_file_size)
+                    )?;
+                }
+                writeln!(out)?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Bytes in binary units, exact where the number is whole (`10 GiB`, `1536 B`, `1.5 KiB`).
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut value = n as f64;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     init_server_logging(a.log_format == "json");
     prepare_certs(&a.cert, &a.key)?;
-    let db = prepare_users(&a.users)?;
+    let (db, users_stamp) = prepare_users(&a.users)?;
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
     let tls = crate::tls::server_config(&a.cert, &a.key)?;
@@ -519,6 +754,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         let server = crate::server::Server::new(tls, db, a.root.clone(), limits_of(&a));
+        // `ferry user` edits take effect at the next login, without SIGHUP.
+        server.watch_users_file(a.users.clone(), users_stamp);
         println!("ferry listening on {addr}");
         println!("server certificate fingerprint: {fingerprint}");
         std::io::stdout().flush()?;
@@ -572,7 +809,9 @@ fn init_server_logging(json: bool) {
         // One JSON object per line; audit events carry target "ferry::audit".
         builder.json().with_current_span(false).try_init()
     } else {
+        // Every value quoted and escaped: a user name or path cannot forge a field.
         builder
+            .fmt_fields(crate::logfmt::QuotedFields)
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init()
@@ -621,24 +860,52 @@ fn prepare_certs(cert: &Path, key: &Path) -> Result<()> {
 }
 
 /// First start: a missing users file is created with one user, `admin`, and a random
-/// password that is printed once to the terminal (never logged).
-fn prepare_users(path: &Path) -> Result<UserDb> {
+/// password. The password is written to a 0600 file beside the users file (see
+/// [`first_password_path`]), whose path is printed; the password itself is printed only when
+/// stderr is a terminal, never into a log stream (journald, container logs) that others read.
+///
+/// Returns the users and the file's stamp from before they were read (see
+/// [`crate::server::Server::watch_users_file`]).
+fn prepare_users(path: &Path) -> Result<(UserDb, Option<users::FileStamp>)> {
     if !path.exists() {
         let password = users::random_password();
         let hash = users::hash_password(&password)?;
-        users::add_user(path, "admin", &hash, None, false)?;
-        let secret = String::from_utf8_lossy(password.as_bytes()).into_owned();
+        let secret_file = first_password_path(path);
+        // The file first: if it cannot be written, no account exists whose password is lost.
+        users::write_secret_file(&secret_file, format!("{}\n", password.as_str()).as_bytes())
+            .with_context(|| format!("cannot write {}", secret_file.display()))?;
+        if let Err(e) = users::add_user(path, "admin", &hash, None, false) {
+            // Best effort: the password of an account that was never made is of no use.
+            let _ = std::fs::remove_file(&secret_file);
+            return Err(e.into());
+        }
         eprintln!(
-            "created {} with user 'admin', password: {secret}\n\
-             (shown only this once; change it with `ferry user passwd admin`)",
-            path.display()
+            "created {} with user 'admin'; its password is in {} (mode 0600): read it, \
+             delete the file, and change the password with `ferry user passwd admin`",
+            path.display(),
+            secret_file.display()
         );
+        if std::io::stderr().is_terminal() {
+            eprintln!("password of 'admin': {}", password.as_str());
+        }
     }
+    let stamp = users::FileStamp::of(path).ok();
     let db = UserDb::load(path)?;
     if db.is_empty() {
         tracing::warn!(users = %path.display(), "the users file has no users; nobody can log in");
     }
-    Ok(db)
+    Ok((db, stamp))
+}
+
+/// Where the first start writes the generated admin password: beside the users file, its
+/// name with `.admin-password` appended (`users.toml.admin-password`).
+fn first_password_path(users: &Path) -> PathBuf {
+    let mut name = users
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_else(|| "users.toml".into());
+    name.push(".admin-password");
+    users.with_file_name(name)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -14,6 +14,7 @@
 //!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
 //!   first use (`trust`), host aliases (`config`), progress bars.
 //! - [`sanitize`]: escaping of network-supplied names before they reach a terminal or log.
+//! - [`logfmt`]: the text log's fields, every value quoted so input cannot forge a field.
 //! - [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
 
 pub mod certs;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod direct;
 pub mod jail;
+pub mod logfmt;
 pub mod mapping;
 pub mod protocol;
 pub mod sanitize;

@@ -169,6 +169,9 @@ pub fn server_config_from(
         .with_single_cert(chain, key)
         .map_err(TlsError::Material)?;
     config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    // The server's order decides (AES-128-GCM first, see `provider`), as PROTOCOL.md says:
+    // a client that puts ChaCha20 first still gets AES-128-GCM when it offers it.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -299,6 +302,7 @@ mod tests {
         alpn_ok: bool,
         alpn: Option<Vec<u8>>,
         version: Option<ProtocolVersion>,
+        suite: Option<rustls::CipherSuite>,
     }
 
     impl Seen {
@@ -307,6 +311,7 @@ mod tests {
                 alpn_ok: alpn_ok(conn),
                 alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                 version: conn.protocol_version(),
+                suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
             }
         }
     }
@@ -397,6 +402,69 @@ mod tests {
             let client_seen = client_seen.unwrap_or_else(|e| panic!("{host}: client: {e}"));
             assert_ferry_tls13(&server_seen);
             assert_ferry_tls13(&client_seen);
+        }
+    }
+
+    /// The server once followed the client's cipher order although PROTOCOL.md says it
+    /// prefers AES-128-GCM: a client that lists ChaCha20 first now still gets AES-128-GCM,
+    /// and one that offers only ChaCha20 gets ChaCha20.
+    #[tokio::test]
+    async fn the_server_prefers_aes_128_gcm_over_a_client_that_prefers_chacha20() {
+        use rustls::CipherSuite::{
+            TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+        };
+        let (_tmp, generated) = generated();
+        let (server, _) = configs(&generated);
+        let client_with = |order: &[rustls::CipherSuite]| {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites = order
+                .iter()
+                .filter_map(|want| {
+                    provider
+                        .cipher_suites
+                        .iter()
+                        .find(|s| s.suite() == *want)
+                        .copied()
+                })
+                .collect();
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(&generated.paths.ca_cert).unwrap() {
+                roots.add(c).unwrap();
+            }
+            let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+            Arc::new(config)
+        };
+        for (order, want) in [
+            (
+                &[
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_AES_128_GCM_SHA256,
+                ][..],
+                TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                &[TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_256_GCM_SHA384][..],
+                TLS13_AES_256_GCM_SHA384,
+            ),
+            (
+                &[TLS13_CHACHA20_POLY1305_SHA256][..],
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+        ] {
+            let (server_seen, client_seen) = handshake(
+                server.clone(),
+                client_with(order),
+                server_name("localhost").unwrap(),
+            )
+            .await;
+            assert_eq!(server_seen.unwrap().suite, Some(want), "{order:?}");
+            assert_eq!(client_seen.unwrap().suite, Some(want), "{order:?}");
         }
     }
 

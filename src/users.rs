@@ -50,6 +50,13 @@ pub const MAX_T_COST: u32 = 100;
 /// Largest argon2 parallelism accepted in a hash.
 pub const MAX_P_COST: u32 = 64;
 
+/// Fewest characters of a password set by `ferry user` unless weak ones are allowed.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// How often an interactive `ferry user` asks again after two entries differ or a password is
+/// refused, before it gives up.
+const PASSWORD_PROMPT_TRIES: usize = 3;
+
 /// Length of [`random_password`]'s output.
 const RANDOM_PASSWORD_LEN: usize = 20;
 
@@ -75,13 +82,15 @@ const FALLBACK_DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$\
 #[non_exhaustive]
 pub enum UsersError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The OS error is part of the message and deliberately not a `source()`: a reporter that
+    /// prints the chain (`ferry: {e:#}`) would show it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The users file is not valid: TOML syntax, a wrong type, an unknown field, a bad name or
     /// hash. `msg` names the line, user and field where known.
@@ -133,12 +142,32 @@ pub enum UsersError {
     /// The password read from stdin is not UTF-8.
     #[error("password is not valid utf-8")]
     PasswordNotUtf8,
-    /// The two passwords typed at the terminal differ.
+    /// The two passwords typed at the terminal differ (three times over).
     #[error("passwords do not match")]
     PasswordMismatch,
+    /// The password is shorter than [`MIN_PASSWORD_CHARS`] and weak ones were not allowed.
+    #[error(
+        "password shorter than {min} characters refused: a short password can be guessed \
+         despite argon2 (use a passphrase of several words, or --allow-weak for a throwaway \
+         test account)"
+    )]
+    PasswordTooShort {
+        /// The minimum, [`MIN_PASSWORD_CHARS`].
+        min: usize,
+    },
+    /// A size or count that the users file cannot hold (TOML integers stop at 2^63 - 1).
+    #[error("{field} of `{}` is too large: at most {max}", name.escape_debug())]
+    LimitTooLarge {
+        /// The user.
+        name: String,
+        /// The field.
+        field: &'static str,
+        /// The largest value accepted.
+        max: i64,
+    },
     /// Reading a password from the terminal or stdin failed.
     #[error("cannot read password: {0}")]
-    ReadPassword(#[source] io::Error),
+    ReadPassword(io::Error),
 }
 
 /// A password in memory. Its `Debug` and `Display` print `********`, so it cannot leak into a
@@ -271,9 +300,9 @@ impl UserDb {
     /// Also makes the [dummy hash](UserDb::dummy_hash) now, so the first login of an unknown
     /// user costs the same as any other.
     pub fn load(path: &Path) -> Result<UserDb, UsersError> {
-        let text = fs::read_to_string(path).map_err(|source| UsersError::Io {
+        let text = fs::read_to_string(path).map_err(|error| UsersError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let db = parse_at(&text, path)?;
         db.dummy_hash();
@@ -323,6 +352,34 @@ impl UserDb {
                 .ok()
                 .and_then(|a| a.hash_password(&secret).ok())
                 .map_or_else(|| FALLBACK_DUMMY_HASH.to_owned(), |h| h.to_string())
+        })
+    }
+}
+
+/// What tells one version of the users file from another without reading it: device, inode,
+/// size, and modification and change times (nanoseconds). `ferry user` replaces the file by
+/// rename, so every edit of it gets a new inode; an edit in place changes the size or the
+/// times. The server compares stamps before each login and reloads only on a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` (through a symlink: a swapped link target counts as a
+    /// change).
+    pub fn of(path: &Path) -> io::Result<FileStamp> {
+        let m = fs::metadata(path)?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
 }
@@ -608,9 +665,52 @@ pub fn add_user(
     home: Option<&Path>,
     read_only: bool,
 ) -> Result<(), UsersError> {
+    let settings = UserChange {
+        home: home.map(|h| Some(h.to_path_buf())),
+        read_only: Some(read_only),
+        ..UserChange::default()
+    };
+    add_user_with(path, name, hash, &settings)
+}
+
+/// Changes to a user's settings; `None` leaves a field as it is. For the optional fields,
+/// `Some(None)` removes the field: the default home, no quota, no size limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChange {
+    /// The home directory; `Some(None)` is the default, `<root>/<name>`.
+    pub home: Option<Option<PathBuf>>,
+    /// May list and get, never change anything.
+    pub read_only: Option<bool>,
+    /// Most bytes; `Some(None)` is unlimited.
+    pub quota_bytes: Option<Option<u64>>,
+    /// Most files; `Some(None)` is unlimited.
+    pub quota_files: Option<Option<u64>>,
+    /// Largest single upload; `Some(None)` is unlimited.
+    pub max_file_size: Option<Option<u64>>,
+}
+
+impl UserChange {
+    /// Whether the change changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == UserChange::default()
+    }
+}
+
+/// Like [`add_user`], with every setting of `settings` (`read_only` defaults to false).
+pub fn add_user_with(
+    path: &Path,
+    name: &str,
+    hash: &str,
+    settings: &UserChange,
+) -> Result<(), UsersError> {
     validate_name(name)?;
     parse_hash(hash).map_err(UsersError::InvalidHash)?;
-    let home = home.map(|h| home_str(name, h)).transpose()?;
+    // `read_only` is always written, so the file says what the account may do.
+    let settings = UserChange {
+        read_only: Some(settings.read_only.unwrap_or(false)),
+        ..settings.clone()
+    };
+    let values = ChangeValues::of(name, &settings)?;
     edit(path, |doc| {
         let first = doc.as_table().is_empty() && doc.trailing().as_str().is_none_or(str::is_empty);
         let users = users_table_mut(doc, path)?;
@@ -619,10 +719,7 @@ pub fn add_user(
         }
         let mut user = Table::new();
         user.insert("password", toml_edit::value(hash));
-        if let Some(home) = home {
-            user.insert("home", toml_edit::value(home));
-        }
-        user.insert("read_only", toml_edit::value(read_only));
+        values.apply(&mut user);
         if !first {
             // A blank line between the previous user and this one, as an admin would write it.
             user.decor_mut().set_prefix("\n");
@@ -630,6 +727,76 @@ pub fn add_user(
         users.insert(name, Item::Table(user));
         Ok(())
     })
+}
+
+/// Changes a user's settings in the users file, keeping the comments on lines it does not
+/// change. Fails with [`UsersError::NotFound`] if the user is absent.
+pub fn update_user(path: &Path, name: &str, change: &UserChange) -> Result<(), UsersError> {
+    let values = ChangeValues::of(name, change)?;
+    edit(path, |doc| {
+        let user = users_table_mut(doc, path)?
+            .get_mut(name)
+            .and_then(Item::as_table_like_mut)
+            .ok_or_else(|| UsersError::NotFound(name.to_owned()))?;
+        values.apply(user);
+        Ok(())
+    })
+}
+
+/// A [`UserChange`] checked and turned into TOML values: `Some(None)` removes the field.
+struct ChangeValues(Vec<(&'static str, Option<Value>)>);
+
+impl ChangeValues {
+    fn of(name: &str, change: &UserChange) -> Result<ChangeValues, UsersError> {
+        let mut out = Vec::new();
+        if let Some(home) = &change.home {
+            let home = home.as_deref().map(|h| home_str(name, h)).transpose()?;
+            out.push(("home", home.map(Value::from)));
+        }
+        // In the order an admin would write them, after `password` (and `home`).
+        if let Some(read_only) = change.read_only {
+            out.push(("read_only", Some(Value::from(read_only))));
+        }
+        for (field, value) in [
+            ("quota_bytes", change.quota_bytes),
+            ("quota_files", change.quota_files),
+            ("max_file_size", change.max_file_size),
+        ] {
+            let Some(value) = value else { continue };
+            let value = value
+                .map(|n| {
+                    i64::try_from(n).map_err(|_| UsersError::LimitTooLarge {
+                        name: name.to_owned(),
+                        field,
+                        max: i64::MAX,
+                    })
+                })
+                .transpose()?;
+            out.push((field, value.map(Value::from)));
+        }
+        Ok(ChangeValues(out))
+    }
+
+    /// Sets or removes each field, keeping a changed value's comment.
+    fn apply(&self, user: &mut dyn TableLike) {
+        for (field, value) in &self.0 {
+            match value {
+                None => {
+                    user.remove(field);
+                }
+                Some(value) => match user.get_mut(field).and_then(Item::as_value_mut) {
+                    Some(old) => {
+                        let decor = old.decor().clone();
+                        *old = value.clone();
+                        *old.decor_mut() = decor;
+                    }
+                    None => {
+                        user.insert(field, Item::Value(value.clone()));
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// Replaces a user's password hash in the users file, keeping the rest of the line (such as a
@@ -736,20 +903,58 @@ fn keep_leading_comments(
 }
 
 /// Reads a new password. With `from_stdin`, one line of stdin (for scripts; see
-/// [`read_password_line`]). Otherwise from the terminal without echo, asked twice; the two must
-/// match. Empty passwords and ones longer than [`MAX_PASSWORD_LEN`] are refused.
-pub fn read_new_password(from_stdin: bool) -> Result<Password, UsersError> {
+/// [`read_password_line`]). Otherwise from the terminal without echo, asked twice; if the two
+/// differ, or the password is refused, the reason is shown and both are asked again, up to
+/// three times. Empty passwords and ones longer than [`MAX_PASSWORD_LEN`] are refused, and so
+/// are ones shorter than [`MIN_PASSWORD_CHARS`] unless `allow_weak`.
+pub fn read_new_password(from_stdin: bool, allow_weak: bool) -> Result<Password, UsersError> {
     if from_stdin {
-        return read_password_line(&mut io::stdin().lock());
+        let pw = read_password_line(&mut io::stdin().lock())?;
+        return check_strength(pw, allow_weak);
     }
-    let first = rpassword::prompt_password("New password: ").map_err(UsersError::ReadPassword)?;
-    let first = check_new_password(Password(first))?;
-    let second =
-        rpassword::prompt_password("Retype new password: ").map_err(UsersError::ReadPassword)?;
-    if first.as_bytes() != second.as_bytes() {
-        return Err(UsersError::PasswordMismatch);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let again = |e: UsersError| -> Result<(), UsersError> {
+            if tries >= PASSWORD_PROMPT_TRIES {
+                return Err(e);
+            }
+            eprintln!("{e}; try again");
+            Ok(())
+        };
+        let first =
+            rpassword::prompt_password("New password: ").map_err(UsersError::ReadPassword)?;
+        let first = match check_new_password(Password(first))
+            .and_then(|pw| check_strength(pw, allow_weak))
+        {
+            Ok(pw) => pw,
+            Err(
+                e @ (UsersError::EmptyPassword
+                | UsersError::PasswordTooLong { .. }
+                | UsersError::PasswordTooShort { .. }),
+            ) => {
+                again(e)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let second = rpassword::prompt_password("Retype new password: ")
+            .map_err(UsersError::ReadPassword)?;
+        if first.as_bytes() == second.as_bytes() {
+            return Ok(first);
+        }
+        again(UsersError::PasswordMismatch)?;
     }
-    Ok(first)
+}
+
+/// Refuses a password shorter than [`MIN_PASSWORD_CHARS`] characters unless `allow_weak`.
+pub fn check_strength(pw: Password, allow_weak: bool) -> Result<Password, UsersError> {
+    if !allow_weak && pw.as_str().chars().count() < MIN_PASSWORD_CHARS {
+        return Err(UsersError::PasswordTooShort {
+            min: MIN_PASSWORD_CHARS,
+        });
+    }
+    Ok(pw)
 }
 
 /// Reads one line from `reader` as a new password: a trailing `\n` or `\r\n` is stripped; an
@@ -1056,7 +1261,7 @@ fn edit(
 ) -> Result<(), UsersError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| UsersError::Io { path, source }
+        move |error| UsersError::Io { path, error }
     };
     // Edit a symlink's target rather than replace the link with a regular file.
     let path = match fs::symlink_metadata(path) {
@@ -1068,7 +1273,7 @@ fn edit(
     let path = path.as_path();
     let file_name = path.file_name().ok_or_else(|| UsersError::Io {
         path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        error: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
     })?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -1080,7 +1285,7 @@ fn edit(
     rustix::fs::flock(&dir_file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
         UsersError::Io {
             path: dir.to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         }
     })?;
 
@@ -1119,6 +1324,25 @@ fn edit(
         return Err(io_err(path)(e));
     }
     dir_file.sync_all().map_err(io_err(dir))
+}
+
+/// Writes a secret (the first-start admin password) to `path`, mode 0600 from the moment it
+/// exists: a new file is created exclusively beside it, then renamed over whatever `path` was
+/// (a stale file of an earlier first start, or a planted symlink, which is replaced and never
+/// followed).
+pub fn write_secret_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{:016x}", rand::rng().random::<u64>()));
+    let tmp = path.with_file_name(tmp_name);
+    write_new_file(&tmp, data, None)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        // Best effort: the temp file is ours and must not linger.
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// Creates `path` exclusively (never through a symlink or over an existing file), mode 0600,

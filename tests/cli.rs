@@ -180,7 +180,7 @@ pub(crate) struct Stopped {
 impl ServeProcess {
     /// Starts `ferry serve --listen 127.0.0.1:0 EXTRA...` in `cwd` and waits for the line that
     /// names the address.
-    fn start(cwd: &Path, extra: &[&str]) -> ServeProcess {
+    pub(crate) fn start(cwd: &Path, extra: &[&str]) -> ServeProcess {
         let mut child = Command::new(FERRY)
             .current_dir(cwd)
             .env_remove("FERRY_LOG")
@@ -433,7 +433,7 @@ fn mode(path: &Path) -> u32 {
 
 /// The four files of a certificate directory, as bytes.
 fn cert_files(dir: &Path) -> Vec<Vec<u8>> {
-    ["ca.pem", "ca.key", "server.pem", "server.key"]
+    ["ca.pem", "ca/ca.key", "server.pem", "server.key"]
         .iter()
         .map(|f| std::fs::read(dir.join(f)).unwrap())
         .collect()
@@ -464,7 +464,8 @@ pub(crate) fn printed_fingerprint(out: &Out, dir: &Path) -> String {
     fp.to_string()
 }
 
-/// `ferry user add NAME --users FILE --password-stdin EXTRA...` with `password` on stdin.
+/// `ferry user add NAME --users FILE --password-stdin --allow-weak EXTRA...` with `password`
+/// on stdin (fixtures use short passwords).
 fn user_add(cwd: &Path, file: &Path, name: &str, password: &str, extra: &[&str]) -> Out {
     let mut args = vec![
         "user",
@@ -473,6 +474,7 @@ fn user_add(cwd: &Path, file: &Path, name: &str, password: &str, extra: &[&str])
         "--users",
         file.to_str().unwrap(),
         "--password-stdin",
+        "--allow-weak",
     ];
     args.extend_from_slice(extra);
     Ferry::new(cwd).stdin(&format!("{password}\n")).run(&args)
@@ -498,32 +500,54 @@ fn certs_writes_four_files_private_keys_0600_and_prints_fingerprint() {
     let dir = tmp.path().join("tls");
     let out = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap()]);
     out.expect_ok();
-    assert_eq!(
-        names_in(&dir),
-        ["ca.key", "ca.pem", "server.key", "server.pem"]
-    );
-    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert_eq!(names_in(&dir), ["ca", "ca.pem", "server.key", "server.pem"]);
+    assert_eq!(names_in(&dir.join("ca")), ["ca.key"]);
+    assert_eq!(mode(&dir.join("ca")), 0o700);
+    assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
     assert_eq!(mode(&dir.join("server.key")), 0o600);
     let first_fp = printed_fingerprint(&out, &dir);
     assert!(out.stdout.contains("ca.pem"), "{out:#?}");
 
-    // A second run refuses and leaves every file as it was.
+    // A second run refuses, says which flag would help, and leaves every file as it was.
     let before = cert_files(&dir);
     let again = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap()]);
     again.expect_failure();
     assert!(again.stderr.contains("refusing to overwrite"), "{again:#?}");
+    assert!(
+        again.stderr.contains("--force") && again.stderr.contains("--new-ca"),
+        "{again:#?}"
+    );
     assert_eq!(cert_files(&dir), before);
 
-    // --force replaces all four.
+    // --force issues a new server certificate with the same CA: clients keep working.
     let forced = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap(), "--force"]);
     forced.expect_ok();
     let after = cert_files(&dir);
-    for (old, new) in before.iter().zip(&after) {
+    assert_eq!(after[0], before[0], "ca.pem kept");
+    assert_eq!(after[1], before[1], "ca/ca.key kept");
+    assert_ne!(after[2], before[2], "server.pem new");
+    assert_ne!(after[3], before[3], "server.key new");
+    assert!(forced.stdout.contains("kept the CA"), "{forced:#?}");
+    assert!(!forced.stderr.contains("warning"), "{forced:#?}");
+    assert_eq!(mode(&dir.join("server.key")), 0o600);
+    let forced_fp = printed_fingerprint(&forced, &dir);
+    assert_ne!(forced_fp, first_fp);
+
+    // --new-ca replaces all four, and warns that every client's ca.pem must follow.
+    let renewed =
+        Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap(), "--new-ca"]);
+    renewed.expect_ok();
+    let newest = cert_files(&dir);
+    for (old, new) in after.iter().zip(&newest) {
         assert_ne!(old, new);
     }
-    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert!(
+        renewed.stderr.contains("warning") && renewed.stderr.contains("new CA"),
+        "{renewed:#?}"
+    );
+    assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
     assert_eq!(mode(&dir.join("server.key")), 0o600);
-    assert_ne!(printed_fingerprint(&forced, &dir), first_fp);
+    assert_ne!(printed_fingerprint(&renewed, &dir), forced_fp);
 }
 
 #[test]
@@ -745,7 +769,7 @@ fn user_add_uses_users_toml_in_cwd_by_default() {
     let tmp = tempfile::tempdir().unwrap();
     Ferry::new(tmp.path())
         .stdin("pw\n")
-        .run(&["user", "add", "dora", "--password-stdin"])
+        .run(&["user", "add", "dora", "--password-stdin", "--allow-weak"])
         .expect_ok();
     let file = tmp.path().join("users.toml");
     assert!(hash_of(&file, "dora").starts_with(PRODUCTION_HASH_PREFIX));
@@ -776,6 +800,7 @@ fn user_add_refuses_invalid_names() {
         "--users",
         file.to_str().unwrap(),
         "--password-stdin",
+        "--allow-weak",
         "--",
         "-x",
     ]);
@@ -801,6 +826,7 @@ fn user_passwd_changes_the_hash_and_the_old_password_stops_working() {
             "--users",
             file.to_str().unwrap(),
             "--password-stdin",
+            "--allow-weak",
         ])
         .expect_ok();
     let alice_after = hash_of(&file, "alice");
@@ -854,13 +880,15 @@ fn user_passwd_changes_the_hash_and_the_old_password_stops_working() {
 // ferry serve
 // ---------------------------------------------------------------------------------------------
 
+/// The generated admin password never goes to a log stream: stderr is a pipe here (as under
+/// journald or a container runtime), so it holds only the path of a 0600 file with it.
 #[test]
-fn serve_first_start_creates_certs_and_admin_then_never_prints_the_password_again() {
+fn serve_first_start_writes_the_admin_password_to_a_0600_file_never_to_stderr() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(tmp.path(), &[]);
-    let err = server.wait_stderr("shown only this once");
+    let err = server.wait_stderr("ferry user passwd admin");
     let certs = tmp.path().join("certs");
-    for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+    for f in ["ca.pem", "server.pem", "server.key"] {
         assert!(certs.join(f).is_file(), "{f} missing");
     }
     assert_eq!(mode(&certs.join("server.key")), 0o600);
@@ -873,18 +901,35 @@ fn serve_first_start_creates_certs_and_admin_then_never_prints_the_password_agai
     let db = users::UserDb::load(&users_file).unwrap();
     let names: Vec<&str> = db.users().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["admin"]);
-    let password = err
-        .split_once("password: ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no password in stderr:\n{err}"))
+    let secret_file = tmp.path().join("users.toml.admin-password");
+    assert!(
+        err.contains("users.toml.admin-password"),
+        "names the file:\n{err}"
+    );
+    assert_eq!(mode(&secret_file), 0o600);
+    let password = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim_end()
         .to_string();
     assert!(password.len() >= 16, "{password:?}");
+    assert!(
+        !err.contains(&password),
+        "the password is on stderr:\n{err}"
+    );
+    assert!(!err.contains("password:"), "{err}");
     assert!(tmp.path().join("data").is_dir());
 
+    // As README's quick start does it.
     let session = Ferry::new(tmp.path())
-        .env("FERRY_PASSWORD", &password)
         .stdin("pwd\nmkdir inbox\nls\n")
-        .run(&["connect", &server.target("admin"), "--ca", "certs/ca.pem"]);
+        .run(&[
+            "connect",
+            &server.target("admin"),
+            "--ca",
+            "certs/ca.pem",
+            "--password-file",
+            "users.toml.admin-password",
+        ]);
     session.expect_ok();
     assert!(session.stdout.starts_with("/\n"), "{session:#?}");
     assert_eq!(
@@ -898,11 +943,7 @@ fn serve_first_start_creates_certs_and_admin_then_never_prints_the_password_agai
         first.status.is_some_and(|s| s.success()),
         "SIGTERM stops gracefully: {first:#?}"
     );
-    assert_eq!(
-        first.stderr.matches(password.as_str()).count(),
-        1,
-        "{first:#?}"
-    );
+    assert!(!first.stderr.contains(&password), "{first:#?}");
     assert!(!first.stdout.contains(&password), "{first:#?}");
     assert!(
         !std::fs::read_to_string(&users_file)

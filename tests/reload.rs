@@ -65,7 +65,14 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
 
     // A changed password (through `ferry user passwd`) takes effect for new logins.
     let mut passwd = std::process::Command::new(crate::cli::FERRY)
-        .args(["user", "passwd", "bob", "--password-stdin", "--users"])
+        .args([
+            "user",
+            "passwd",
+            "bob",
+            "--password-stdin",
+            "--allow-weak",
+            "--users",
+        ])
         .arg(&users_file)
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -249,33 +249,36 @@ fn passwords_are_asked_on_the_terminal_without_echo() {
     let users = w.local.join("prompt-users.toml");
     let users = users.to_str().unwrap();
 
-    // `user add` asks twice; a mismatch adds nothing.
+    // `user add` asks twice; on a mismatch it says so and asks both again.
     let mut p = on_pty(&w.local, &["user", "add", "carol", "--users", users]);
     p.exp_string("New password: ").unwrap();
     p.send_line("first-secret-1").unwrap();
     p.exp_string("Retype new password: ").unwrap();
     p.send_line("second-secret-2").unwrap();
-    let rest = p.exp_eof().unwrap();
-    assert!(rest.contains("passwords do not match"), "{rest:?}");
+    let said = p.exp_string("New password: ").unwrap();
     assert!(
-        !rest.contains("first-secret-1") && !rest.contains("second-secret-2"),
-        "a password was echoed: {rest:?}"
+        said.contains("passwords do not match; try again"),
+        "{said:?}"
     );
-    assert!(matches!(p.process().wait().unwrap(), WaitStatus::Exited(_, c) if c != 0));
-    assert!(
-        !std::fs::read_to_string(users)
-            .unwrap_or_default()
-            .contains("carol")
-    );
-
-    // Twice the same: added, with an argon2id hash of it.
-    let mut p = on_pty(&w.local, &["user", "add", "carol", "--users", users]);
-    p.exp_string("New password: ").unwrap();
+    // A short one is refused with the reason, and asked again.
+    p.send_line("tiny-pw").unwrap();
+    let said = p.exp_string("New password: ").unwrap();
+    assert!(said.contains("shorter than 12 characters"), "{said:?}");
     p.send_line("carol-secret-3").unwrap();
     p.exp_string("Retype new password: ").unwrap();
     p.send_line("carol-secret-3").unwrap();
     let rest = p.exp_eof().unwrap();
-    assert!(!rest.contains("carol-secret-3"), "{rest:?}");
+    for secret in [
+        "first-secret-1",
+        "second-secret-2",
+        "tiny-pw",
+        "carol-secret-3",
+    ] {
+        assert!(
+            !rest.contains(secret) && !said.contains(secret),
+            "a password was echoed: {rest:?}"
+        );
+    }
     assert!(matches!(
         p.process().wait().unwrap(),
         WaitStatus::Exited(_, 0)
@@ -286,6 +289,19 @@ fn passwords_are_asked_on_the_terminal_without_echo() {
         hash,
         &ferry::users::Password::new("carol-secret-3".into())
     ));
+
+    // Three mismatches in a row give up and add nothing.
+    let mut p = on_pty(&w.local, &["user", "add", "dave", "--users", users]);
+    for i in 0..3 {
+        p.exp_string("New password: ").unwrap();
+        p.send_line(&format!("dave-secret-{i}-a")).unwrap();
+        p.exp_string("Retype new password: ").unwrap();
+        p.send_line(&format!("dave-secret-{i}-b")).unwrap();
+    }
+    let rest = p.exp_eof().unwrap();
+    assert!(rest.contains("passwords do not match"), "{rest:?}");
+    assert!(matches!(p.process().wait().unwrap(), WaitStatus::Exited(_, c) if c != 0));
+    assert!(!std::fs::read_to_string(users).unwrap().contains("dave"));
 
     // `connect` without FERRY_PASSWORD asks once, without echo.
     let target = w.server.target("alice");

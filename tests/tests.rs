@@ -3,6 +3,7 @@
 
 mod util;
 
+mod admin;
 mod attacks;
 mod cli;
 mod client_edges;

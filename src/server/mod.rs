@@ -11,6 +11,7 @@ pub mod penalty;
 pub mod proxy;
 pub mod quota;
 mod session;
+mod users_file;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -92,6 +93,8 @@ pub struct Server {
     tls: RwLock<TlsAcceptor>,
     /// Swapped whole on reload; sessions take a snapshot at login.
     users: RwLock<Arc<UserDb>>,
+    /// The users file, reloaded before a login when it changed (see [`Server::watch_users_file`]).
+    users_file: std::sync::OnceLock<users_file::UsersFile>,
     root: PathBuf,
     limits: Limits,
     /// Bounds concurrent argon2 verifications: memory and CPU for logins stay capped no
@@ -201,6 +204,7 @@ impl Server {
         Arc::new(Server {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             users: RwLock::new(Arc::new(users)),
+            users_file: std::sync::OnceLock::new(),
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
@@ -281,6 +285,23 @@ impl Server {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(users);
+    }
+
+    /// From now on, before each login, reloads the users at `path` if the file changed since
+    /// the version `loaded` (its stamp taken before the users in force were read). Only the
+    /// first call counts.
+    pub fn watch_users_file(&self, path: PathBuf, loaded: Option<crate::users::FileStamp>) {
+        let _ = self
+            .users_file
+            .set(users_file::UsersFile::new(path, loaded));
+    }
+
+    /// The users in force for a login: the users file is reloaded first if it changed.
+    async fn users_for_login(&self) -> Arc<UserDb> {
+        if let Some(file) = self.users_file.get() {
+            file.refresh(self).await;
+        }
+        self.users()
     }
 
     /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.

@@ -577,7 +577,7 @@ async fn authenticate(
         // exactly the work an attacker would like the server to do.
         return Ok(Verdict::Denied);
     }
-    let db = server.users();
+    let db = server.users_for_login().await;
     let user = db.get(name).filter(|_| users::validate_name(name).is_ok());
     let hash = match user {
         Some(u) => u.password_hash.clone(),
