@@ -3,6 +3,7 @@
 
 mod util;
 
+mod accounting;
 mod attacks;
 mod cli;
 mod interrupt;
