@@ -620,7 +620,15 @@ async fn the_login_walk_of_thousands_of_directories_fits_a_low_open_files_limit(
     assert_eq!(truth, (30_006, 6201));
 
     let server = serve_wrapped(dir.path(), &["prlimit", "--nofile=256:256", "--"]);
-    let log = server.stderr.lock().unwrap().clone();
+    // The server says what limit it runs with (stderr may trail stdout a little).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.stderr.lock().unwrap().clone();
+        if log.contains("open files limit") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(log.contains("open files limit"), "{log}");
     assert!(log.contains("soft=256"), "{log}");
 

@@ -222,6 +222,8 @@ pub struct Accounts {
     live: Mutex<HashMap<PathBuf, Slot>>,
     /// Signalled when a walk ends, for the logins waiting for it.
     counted: Condvar,
+    /// Walks started so far (for tests and debugging).
+    walks: std::sync::atomic::AtomicU64,
 }
 
 /// How often a login waiting for another login's walk looks at its own [`Stop`].
@@ -279,6 +281,8 @@ impl Accounts {
             account: None,
         };
         let swept = jail.sweep_partials(partial_ttl);
+        self.walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let used = jail.usage_walk(stop)?;
         let account = Arc::new(Account::new(used));
         counting.account = Some(Arc::downgrade(&account));
@@ -398,6 +402,57 @@ mod tests {
             .commit(fp(100, 1), fp(300, 1));
         let u = a.usage(&LIMITS);
         assert_eq!((u.used_bytes, u.used_files), (Some(100), Some(1)));
+    }
+
+    #[test]
+    fn logins_of_one_home_at_once_walk_it_once_and_share_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        for i in 0..500 {
+            let d = home.join(format!("d{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"abc").unwrap();
+        }
+        let accounts = Accounts::default();
+        let stop = Stop::after(Duration::from_secs(60));
+        let opened: Vec<Arc<Account>> = std::thread::scope(|s| {
+            let logins: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let jail = Jail::open(&home, false).unwrap();
+                        let ttl = Duration::from_secs(3600);
+                        accounts.open(home.clone(), &jail, ttl, &stop).unwrap().0
+                    })
+                })
+                .collect();
+            logins.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(opened.iter().all(|a| Arc::ptr_eq(a, &opened[0])));
+        let u = opened[0].usage(&LIMITS);
+        assert_eq!((u.used_bytes, u.used_files), (Some(1500), Some(1000)));
+        // Once every session is gone, the next login counts again.
+        drop(opened);
+        let jail = Jail::open(&home, false).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let (_again, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_stopped_walk_fails_and_leaves_no_count_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("a/b")).unwrap();
+        let accounts = Accounts::default();
+        let jail = Jail::open(&home, false).unwrap();
+        let stop = Stop::after(Duration::from_secs(60));
+        stop.raise();
+        let ttl = Duration::from_secs(3600);
+        assert!(accounts.open(home.clone(), &jail, ttl, &stop).is_err());
+        let stop = Stop::after(Duration::from_secs(60));
+        let (a, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        assert_eq!(a.usage(&LIMITS).used_files, Some(2));
     }
 
     #[test]
