@@ -1217,6 +1217,10 @@ impl TempFile {
         if !self.synced {
             self.sync()?;
         }
+        // Before the rename: once the file is in place, nothing may fail any more.
+        let unsynced = UnsyncedDir {
+            dir: self.parent.try_clone()?,
+        };
         let (dir, temp, target) = (&self.parent, &self.temp_name, &self.target_name);
         let replaced = if overwrite {
             let replaced = footprint_at(dir, target)?;
@@ -1227,10 +1231,7 @@ impl TempFile {
             Footprint::NONE
         };
         self.committed = true;
-        let dir = UnsyncedDir {
-            dir: self.parent.try_clone()?,
-        };
-        Ok((dir, replaced))
+        Ok((unsynced, replaced))
     }
 
     /// Records that the file's data is durable by other means (a successful

@@ -403,6 +403,8 @@ impl Verified {
             overwrite,
             group,
         } = self;
+        // The resumed partial's count (if any) goes with the file: settled once it is in
+        // place, given back if the commit fails (the temp is then removed).
         if !declared.eq_ignore_ascii_case(&actual) {
             discard_temp(temp).await;
             tracing::warn!(
@@ -422,12 +424,15 @@ impl Verified {
             drop((reservation, debt));
             return sess.send(&msg).await;
         }
-        debt.settle();
         // The reply waits for the group commit: small files are renamed into place after one
         // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
         // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
         // acknowledged before it is durable. What the file replaced is measured at its rename.
         let settle = move |replaced: Option<Footprint>| {
+            if replaced.is_some() {
+                debt.settle();
+            }
+            drop(debt);
             if let (Some(replaced), Some(r)) = (replaced, reservation) {
                 // A resumed partial was counted already (as a file of `offset` bytes): it
                 // becomes the target, so only the rest of its bytes are new.
