@@ -690,3 +690,31 @@ async fn a_directory_the_login_walk_cannot_open_fails_the_login_with_a_reason() 
     drop(server);
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// `ferry serve` raises its soft open-files limit to the hard one and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_soft_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = world(dir.path());
+    let server = serve_wrapped(dir.path(), &["prlimit", "--nofile=200:300", "--"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.stderr.lock().unwrap().clone();
+        if log.contains("open files limit") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(log.contains("soft=300 hard=300"), "{log}");
+    // /proc shows the limit the process really has.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        line.split_whitespace().filter(|w| *w == "300").count() == 2,
+        "{line}"
+    );
+    login(&server, &tls, "alice").await.unwrap();
+}
