@@ -736,6 +736,10 @@ fn human_size(n: u64) -> String {
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     init_server_logging(a.log_format == "json");
+    match raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     prepare_certs(&a.cert, &a.key)?;
     let (db, users_stamp) = prepare_users(&a.users)?;
     create_private_dir(&a.root)
@@ -772,6 +776,33 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     })?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard one: every connection,
+/// file in transfer and directory being walked holds a descriptor, and the usual soft default
+/// (1024) is far below what a busy server needs, while the hard limit is the admin's choice.
+/// Returns the limits (soft, hard) now in force.
+fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit struct, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// The server's limits from the command line.

@@ -21,6 +21,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
@@ -52,6 +54,18 @@ const TEMP_MODE: u32 = 0o600;
 /// kept for resume, one file per key. One place per home makes quotas and the stale sweep
 /// cheap: no walk of the whole tree.
 const PARTIALS_DIR: &str = ".ferry-partials";
+
+/// How often (in levels) a walk of the home keeps a directory handle open: deeper directories
+/// are opened by a relative path of at most this many names from the nearest open one (at
+/// most 8 × 256 bytes, well under the kernel's `PATH_MAX`).
+const WALK_ANCHOR_EVERY: usize = 8;
+
+/// Most directories a rename that moves a directory deeper may look at to check that nothing
+/// in it ends up deeper than [`MAX_PATH_DEPTH`]: the check costs at most this many opens.
+const RENAME_DEPTH_CHECK_MAX_DIRS: u64 = 100_000;
+
+/// How long the depth check of a rename may take at most.
+const RENAME_DEPTH_CHECK_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a remote path was refused. Messages are short and never repeat the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -577,12 +591,13 @@ impl Jail {
     }
 
     /// Removes kept partial uploads not modified for `max_age`. Returns how many went.
-    pub fn sweep_partials(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+    /// Returns what they took.
+    pub fn sweep_partials(&self, max_age: std::time::Duration) -> Result<Footprint, StorageError> {
         let Some(dir) = self.partials_dir(false)? else {
-            return Ok(0);
+            return Ok(Footprint::NONE);
         };
         let now = std::time::SystemTime::now();
-        let mut removed = 0;
+        let mut removed = Footprint::NONE;
         for item in dir.entries()? {
             let item = item?;
             let Ok(meta) = item.metadata() else { continue };
@@ -593,8 +608,13 @@ impl Jail {
             let age = now.duration_since(modified).unwrap_or_default();
             if age >= max_age {
                 let name = item.file_name();
+                let took =
+                    match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => Footprint::of(&st, name.as_bytes()),
+                        Err(_) => continue,
+                    };
                 if rustix::fs::unlinkat(&dir, name.as_os_str(), AtFlags::empty()).is_ok() {
-                    removed += 1;
+                    removed = removed.plus(took);
                 }
             }
         }
@@ -616,28 +636,24 @@ impl Jail {
         Ok(Some(self.home.open_dir(PARTIALS_DIR)?))
     }
 
-    /// Bytes and regular files under the home (temp files and kept partials included; symlinks
-    /// are not followed). Walks with an explicit stack, so depth cannot exhaust the thread's.
-    pub fn usage_walk(&self) -> Result<(u64, u64), StorageError> {
-        let (mut bytes, mut files) = (0u64, 0u64);
-        let mut stack = vec![self.home.try_clone()?];
-        while let Some(dir) = stack.pop() {
-            for item in dir.entries()? {
-                let Ok(item) = item else { continue };
-                let Ok(ft) = item.file_type() else { continue };
-                if ft.is_dir() {
-                    if let Ok(sub) = item.open_dir() {
-                        stack.push(sub);
-                    }
-                } else if ft.is_file()
-                    && let Ok(m) = item.metadata()
-                {
-                    bytes = bytes.saturating_add(m.len());
-                    files += 1;
-                }
-            }
-        }
-        Ok((bytes, files))
+    /// What the home holds, for the quota: bytes and regular files, and directories (which
+    /// count as files, as inode quotas count them). Temp files and kept partials are
+    /// included; the home itself and the server's own directories (`.ferry-*`) are not;
+    /// symlinks are not followed and count nothing. Each name of a hard-linked file counts.
+    ///
+    /// The walk is depth first and keeps an open handle only on every
+    /// [`WALK_ANCHOR_EVERY`]th level of the current branch (deeper directories are opened by
+    /// a short relative path from the nearest such anchor), so it holds at most
+    /// `MAX_PATH_DEPTH / WALK_ANCHOR_EVERY + 3` descriptors however wide or deep the tree.
+    /// A directory it cannot open or read fails the walk (never a silent undercount), as does
+    /// anything deeper than [`MAX_PATH_DEPTH`] or a `stop` that fires.
+    pub fn usage_walk(&self, stop: &Stop) -> Result<Footprint, StorageError> {
+        let mut total = Footprint::default();
+        walk(&self.home, MAX_PATH_DEPTH, stop, |seen| {
+            total = total.plus(seen.footprint);
+            Ok(())
+        })?;
+        Ok(total)
     }
 
     /// Flushes the whole file system that holds the home (`syncfs`): one flush makes the data
@@ -672,25 +688,30 @@ impl Jail {
     }
 
     /// Removes a file or a symlink (never the link's target). A directory is `IsADirectory`.
-    pub fn remove_file(&self, p: &RemotePath) -> Result<(), StorageError> {
+    /// Returns what the removed name took (measured just before, on the same directory
+    /// handle; exact when the caller keeps other changes of the home out meanwhile).
+    pub fn remove_file(&self, p: &RemotePath) -> Result<Footprint, StorageError> {
         if p.is_root() {
             return Err(StorageError::IsADirectory);
         }
         let (dir, name) = self.open_parent(p)?;
+        let gone = footprint_at(&dir, name)?;
         // On Linux, unlink(2) of a directory fails with EISDIR.
         rustix::fs::unlinkat(&*dir, name, AtFlags::empty())?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Removes an empty directory; a non-empty one is `DirectoryNotEmpty`, a non-directory
     /// (including a symlink to a directory) `NotADirectory`, the root `PermissionDenied`.
-    pub fn remove_dir(&self, p: &RemotePath) -> Result<(), StorageError> {
+    /// Returns what the directory took (one file).
+    pub fn remove_dir(&self, p: &RemotePath) -> Result<Footprint, StorageError> {
         if p.is_root() {
             return Err(StorageError::PermissionDenied);
         }
         let (dir, name) = self.open_parent(p)?;
+        let gone = footprint_at(&dir, name)?;
         match rustix::fs::unlinkat(&*dir, name, AtFlags::REMOVEDIR) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(gone),
             // POSIX allows EEXIST for a non-empty directory.
             Err(Errno::EXIST | Errno::NOTEMPTY) => Err(StorageError::DirectoryNotEmpty),
             Err(e) => Err(e.into()),
@@ -701,23 +722,43 @@ impl Jail {
     /// decided atomically by the kernel (`RENAME_NOREPLACE`; on a file system without it,
     /// non-directories fall back to link + unlink). With `overwrite` it is a plain rename(2).
     /// The root on either side is `InvalidArgument`, as is moving a directory into itself and
-    /// moving across mount points.
+    /// moving across mount points. A directory moved deeper is refused (`TooDeep`) if anything
+    /// in it would end up deeper than [`MAX_PATH_DEPTH`]; that check looks at no more than
+    /// [`RENAME_DEPTH_CHECK_MAX_DIRS`] directories (a bigger tree is `InvalidArgument`).
+    ///
+    /// Returns what the replaced target took: nothing without `overwrite`, and nothing when
+    /// both names are the same file (rename(2) then leaves both in place).
     pub fn rename(
         &self,
         from: &RemotePath,
         to: &RemotePath,
         overwrite: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Footprint, StorageError> {
         if from.is_root() || to.is_root() {
             return Err(StorageError::InvalidArgument);
         }
         let (from_dir, from_name) = self.open_parent(from)?;
         let (to_dir, to_name) = self.open_parent(to)?;
-        if overwrite {
-            rustix::fs::renameat(&*from_dir, from_name, &*to_dir, to_name).map_err(rename_error)
-        } else {
-            rename_noreplace(&from_dir, from_name, &to_dir, to_name)
+        let Some(src) = lstat_at(&from_dir, from_name)? else {
+            return Err(StorageError::NotFound);
+        };
+        if FileType::from_raw_mode(src.st_mode) == FileType::Directory
+            && to.components().len() > from.components().len()
+        {
+            let room = MAX_PATH_DEPTH.saturating_sub(to.components().len());
+            check_depth(&from_dir.open_dir(from_name)?, room)?;
         }
+        if !overwrite {
+            rename_noreplace(&from_dir, from_name, &to_dir, to_name)?;
+            return Ok(Footprint::NONE);
+        }
+        let replaced = match lstat_at(&to_dir, to_name)? {
+            Some(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => Footprint::NONE,
+            Some(dst) => Footprint::of(&dst, to_name.as_bytes()),
+            None => Footprint::NONE,
+        };
+        rustix::fs::renameat(&*from_dir, from_name, &*to_dir, to_name).map_err(rename_error)?;
+        Ok(replaced)
     }
 
     /// Opens the parent of a non-root path beneath the home and returns it with the last name.
@@ -770,6 +811,225 @@ fn rename_noreplace(
         }
         Err(e) => Err(rename_error(e)),
     }
+}
+
+/// Bytes and files (directories included) that something takes in a home, for the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Footprint {
+    /// Nothing at all.
+    pub const NONE: Footprint = Footprint { bytes: 0, files: 0 };
+
+    /// Both sums, saturating.
+    pub fn plus(self, other: Footprint) -> Footprint {
+        Footprint {
+            bytes: self.bytes.saturating_add(other.bytes),
+            files: self.files.saturating_add(other.files),
+        }
+    }
+
+    /// What the entry `name` described by `st` takes: a regular file its size and one file,
+    /// a directory one file (unless it is one of the server's own), anything else nothing.
+    fn of(st: &rustix::fs::Stat, name: &[u8]) -> Footprint {
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Footprint {
+                bytes: u64::try_from(st.st_size).unwrap_or(0),
+                files: 1,
+            },
+            FileType::Directory if !is_reserved(name) => Footprint { bytes: 0, files: 1 },
+            _ => Footprint::NONE,
+        }
+    }
+}
+
+/// When a long walk of a home gives up: at a deadline, or once its flag is raised (the login
+/// that started it went away). Clones share the flag.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    deadline: std::time::Instant,
+    flag: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Stops at `deadline`, or earlier when [`Stop::raise`] is called.
+    pub fn at(deadline: std::time::Instant) -> Stop {
+        Stop {
+            deadline,
+            flag: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Stops after `limit`.
+    pub fn after(limit: std::time::Duration) -> Stop {
+        let now = std::time::Instant::now();
+        Stop::at(now.checked_add(limit).unwrap_or(now))
+    }
+
+    /// Makes every clone stop now.
+    pub fn raise(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it is time to stop.
+    pub fn fired(&self) -> bool {
+        self.flag.load(Ordering::Relaxed) || std::time::Instant::now() >= self.deadline
+    }
+
+    fn error() -> StorageError {
+        StorageError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "walk of the home stopped before it ended",
+        ))
+    }
+}
+
+/// One entry a [`walk`] saw.
+struct Seen {
+    footprint: Footprint,
+    is_dir: bool,
+}
+
+/// Visits every entry below `start`, depth first, never following symlinks. Entries of
+/// `start` are at depth 1; one deeper than `max_depth` fails the walk with `TooDeep`, as does
+/// a directory that cannot be opened or read (one that vanished meanwhile is skipped) and a
+/// `stop` that fires. A handle stays open only on every [`WALK_ANCHOR_EVERY`]th level of the
+/// current branch, so at most `max_depth / WALK_ANCHOR_EVERY + 3` descriptors are in use
+/// however wide or deep the tree is; the names still to visit are the only memory it grows.
+fn walk(
+    start: &Dir,
+    max_depth: usize,
+    stop: &Stop,
+    mut visit: impl FnMut(&Seen) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    struct Level {
+        /// An open handle on this directory, on anchor levels only.
+        anchor: Option<Dir>,
+        /// Its name in the level above.
+        name: std::ffi::OsString,
+        /// Subdirectories not visited yet.
+        subdirs: Vec<std::ffi::OsString>,
+    }
+    let subdirs = read_level(start, 1, max_depth, stop, &mut visit)?;
+    let mut stack = vec![Level {
+        anchor: Some(start.try_clone()?),
+        name: std::ffi::OsString::new(),
+        subdirs,
+    }];
+    loop {
+        let Some(top) = stack.last_mut() else {
+            return Ok(());
+        };
+        let Some(child) = top.subdirs.pop() else {
+            stack.pop();
+            continue;
+        };
+        if stop.fired() {
+            return Err(Stop::error());
+        }
+        // The nearest open ancestor (level 0 always is one) and the names below it.
+        let Some((at, anchor)) = stack
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, l)| l.anchor.as_ref().map(|a| (i, a)))
+        else {
+            return Err(StorageError::InvalidArgument);
+        };
+        let mut rel = PathBuf::new();
+        for level in &stack[at + 1..] {
+            rel.push(&level.name);
+        }
+        rel.push(&child);
+        let depth = stack.len();
+        let dir = match anchor.open_dir(&rel) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let subdirs = read_level(&dir, depth + 1, max_depth, stop, &mut visit)?;
+        stack.push(Level {
+            anchor: (depth % WALK_ANCHOR_EVERY == 0).then_some(dir),
+            name: child,
+            subdirs,
+        });
+    }
+}
+
+/// Visits the entries of one directory (at `depth`) and returns the names of its
+/// subdirectories.
+fn read_level(
+    dir: &Dir,
+    depth: usize,
+    max_depth: usize,
+    stop: &Stop,
+    visit: &mut impl FnMut(&Seen) -> Result<(), StorageError>,
+) -> Result<Vec<std::ffi::OsString>, StorageError> {
+    let mut subdirs = Vec::new();
+    for (n, item) in dir.entries()?.enumerate() {
+        if n % 4096 == 4095 && stop.fired() {
+            return Err(Stop::error());
+        }
+        let item = item?;
+        if depth > max_depth {
+            return Err(StorageError::InvalidPath(PathError::TooDeep));
+        }
+        let name = item.file_name();
+        let st = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        visit(&Seen {
+            footprint: Footprint::of(&st, name.as_bytes()),
+            is_dir,
+        })?;
+        if is_dir {
+            subdirs.push(name);
+        }
+    }
+    Ok(subdirs)
+}
+
+/// `lstat` of one name in `dir`; `None` if there is nothing by that name.
+fn lstat_at(dir: &Dir, name: &str) -> Result<Option<rustix::fs::Stat>, StorageError> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the entry `name` of `dir` takes (nothing if there is none).
+fn footprint_at(dir: &Dir, name: &str) -> Result<Footprint, StorageError> {
+    Ok(lstat_at(dir, name)?
+        .map(|st| Footprint::of(&st, name.as_bytes()))
+        .unwrap_or(Footprint::NONE))
+}
+
+/// Fails with `TooDeep` if anything in `dir` lies more than `room` levels below it, and with
+/// `InvalidArgument` if finding out would take more than [`RENAME_DEPTH_CHECK_MAX_DIRS`]
+/// directories or [`RENAME_DEPTH_CHECK_TIME`].
+fn check_depth(dir: &Dir, room: usize) -> Result<(), StorageError> {
+    let mut dirs = 0u64;
+    let stop = Stop::after(RENAME_DEPTH_CHECK_TIME);
+    walk(dir, room, &stop, |seen| {
+        dirs += u64::from(seen.is_dir);
+        if dirs > RENAME_DEPTH_CHECK_MAX_DIRS {
+            return Err(StorageError::InvalidArgument);
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        StorageError::Io(io) if io.kind() == io::ErrorKind::TimedOut => {
+            StorageError::InvalidArgument
+        }
+        e => e,
+    })
 }
 
 /// Partial keys are made by the server (hex digests), never by clients; check anyway.
@@ -935,29 +1195,43 @@ impl TempFile {
     /// replaced (its target untouched), a directory is `IsADirectory`. On an error before the
     /// rename the temp is removed; an error from the final directory fsync means the file is
     /// already in place but may not survive a crash.
-    pub fn commit(self, overwrite: bool) -> Result<(), StorageError> {
-        let dir = self.rename_into_place(overwrite)?;
-        dir.sync()
+    ///
+    /// Returns what the replaced target took (see [`TempFile::rename_into_place`]).
+    pub fn commit(self, overwrite: bool) -> Result<Footprint, StorageError> {
+        let (dir, replaced) = self.rename_into_place(overwrite)?;
+        dir.sync()?;
+        Ok(replaced)
     }
 
     /// The first half of [`TempFile::commit`]: fsync (if needed) and rename into place, but
     /// leave the directory fsync to the caller, who may batch it with other files of the same
     /// directory ([`UnsyncedDir::sync_all`]). The commit is durable, and may be acknowledged,
     /// only once the returned directory is synced.
-    pub fn rename_into_place(mut self, overwrite: bool) -> Result<UnsyncedDir, StorageError> {
+    ///
+    /// Also returns what the replaced target took, measured just before the rename on the
+    /// same directory handle (nothing without `overwrite`).
+    pub fn rename_into_place(
+        mut self,
+        overwrite: bool,
+    ) -> Result<(UnsyncedDir, Footprint), StorageError> {
         if !self.synced {
             self.sync()?;
         }
+        // Before the rename: once the file is in place, nothing may fail any more.
+        let unsynced = UnsyncedDir {
+            dir: self.parent.try_clone()?,
+        };
         let (dir, temp, target) = (&self.parent, &self.temp_name, &self.target_name);
-        if overwrite {
+        let replaced = if overwrite {
+            let replaced = footprint_at(dir, target)?;
             rustix::fs::renameat(dir, temp, dir, target).map_err(rename_error)?;
+            replaced
         } else {
             rename_noreplace(dir, temp, dir, target)?;
-        }
+            Footprint::NONE
+        };
         self.committed = true;
-        Ok(UnsyncedDir {
-            dir: self.parent.try_clone()?,
-        })
+        Ok((unsynced, replaced))
     }
 
     /// Records that the file's data is durable by other means (a successful
@@ -971,16 +1245,18 @@ impl TempFile {
 
     /// Keeps the temp file as the partial upload `key` (replacing an older one), for a later
     /// resume. The data is fsynced first so that a resume never builds on lost bytes.
-    pub fn keep_as_partial(mut self, jail: &Jail, key: &str) -> Result<(), StorageError> {
+    /// Returns what the older partial took (nothing if there was none).
+    pub fn keep_as_partial(mut self, jail: &Jail, key: &str) -> Result<Footprint, StorageError> {
         check_partial_key(key)?;
         self.sync()?;
         let Some(partials) = jail.partials_dir(true)? else {
             return Err(StorageError::NotFound);
         };
+        let replaced = footprint_at(&partials, key)?;
         rustix::fs::renameat(&self.parent, &self.temp_name, &partials, key)
             .map_err(rename_error)?;
         self.committed = true;
-        Ok(())
+        Ok(replaced)
     }
 
     /// Current length of the temp file.

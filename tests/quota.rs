@@ -352,3 +352,364 @@ async fn small_uploads_are_counted_like_streamed_ones() {
         whole
     );
 }
+
+/// Bytes and files under `home` as the quota counts them (each name of a regular file, each
+/// directory but the home and the server's `.ferry-*` ones).
+fn walk(home: &std::path::Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    let mut stack = vec![home.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_file() {
+                bytes += meta.len();
+                files += 1;
+            } else if meta.is_dir() {
+                if !e.file_name().to_string_lossy().starts_with(".ferry-") {
+                    files += 1;
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, files)
+}
+
+async fn used(conn: &mut ferry::client::Connection) -> (u64, u64) {
+    let u = conn.usage().await.unwrap();
+    (u.used_bytes.unwrap(), u.used_files.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_file_onto_itself_frees_no_quota() {
+    let server = TestServer::start().await;
+    // Two names of one file, made by the admin before the login (each name counts).
+    let home = server.home("carol");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("x"), vec![1u8; 1000]).unwrap();
+    std::fs::hard_link(home.join("x"), home.join("y")).unwrap();
+    let mut conn = carol(&server).await;
+    assert_eq!(used(&mut conn).await, (2000, 2));
+    // Onto the other name of the same file: rename(2) leaves both in place.
+    conn.rename("/x", "/y", true).await.unwrap();
+    assert!(home.join("x").exists() && home.join("y").exists());
+    assert_eq!(used(&mut conn).await, (2000, 2));
+    assert_eq!(walk(&home), (2000, 2));
+
+    // The exploit: upload, `mv -f f f`, upload again... 1 MiB must stay 1 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    random_file(&f, 400_000, 3);
+    let mut stored = 0;
+    for name in ["/p", "/q", "/r"] {
+        match conn.put(&f, name, false, &mut no_progress()).await {
+            Ok(_) => stored += 1,
+            Err(e) => assert_eq!(code(&e), Some(ErrorCode::QuotaExceeded), "{e}"),
+        }
+        conn.rename(name, name, true).await.ok();
+        // A directory onto itself, too.
+        conn.mkdir("/d").await.ok();
+        conn.rename("/d", "/d", true).await.unwrap();
+    }
+    assert_eq!(stored, 2, "a third 400,000-byte file does not fit in 1 MiB");
+    assert_eq!(used(&mut conn).await, walk(&home));
+    // A copy onto itself replaces the file by itself: no change either.
+    conn.copy("/p", "/p", true).await.unwrap();
+    assert_eq!(used(&mut conn).await, walk(&home));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_count_toward_the_file_quota() {
+    let server = TestServer::start().await;
+    let mut conn = carol(&server).await;
+    // carol may have 5 files: directories are files too.
+    for d in ["/d1", "/d2", "/d3", "/d4", "/d1/e"] {
+        conn.mkdir(d).await.unwrap();
+    }
+    assert_eq!(used(&mut conn).await, (0, 5));
+    let err = conn.mkdir("/d5").await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::QuotaExceeded), "{err}");
+    assert!(err.to_string().contains("file quota"), "{err}");
+    assert!(!server.home("carol").join("d5").exists());
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    std::fs::write(&tiny, b"x").unwrap();
+    let err = conn
+        .put(&tiny, "/t", false, &mut no_progress())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::QuotaExceeded), "{err}");
+    // rmdir gives the file back.
+    conn.rmdir("/d4").await.unwrap();
+    conn.put(&tiny, "/t", false, &mut no_progress())
+        .await
+        .unwrap();
+    // A directory renamed over an empty one replaces it: one file fewer.
+    conn.rename("/d1/e", "/d3", true).await.unwrap();
+    assert_eq!(used(&mut conn).await, (1, 4));
+    assert_eq!(walk(&server.home("carol")), (1, 4));
+    drop(conn);
+    // The login's count agrees.
+    let server = server.restart(crate::util::test_limits()).await;
+    let mut conn = carol(&server).await;
+    assert_eq!(used(&mut conn).await, (1, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_that_would_nest_deeper_than_the_path_limit_is_refused() {
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    // /a holds a chain of 200 directories; /b a chain of 57.
+    let chain = |name: &str, n: usize| vec![name; n].join("/");
+    std::fs::create_dir_all(home.join(chain("a", 200))).unwrap();
+    std::fs::create_dir_all(home.join(chain("b", 57))).unwrap();
+    let mut conn = server.alice().await;
+    // Under /b/.../b (57 levels) the chain would reach 57 + 200 = 257 levels.
+    let deep = format!("/{}/a", chain("b", 57));
+    let err = conn.rename("/a", &deep, false).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::InvalidPath), "{err}");
+    assert!(err.to_string().contains("too deep"), "{err}");
+    assert!(home.join("a").is_dir());
+    // 56 levels down it fits exactly (256).
+    let fits = format!("/{}/a", chain("b", 56));
+    conn.rename("/a", &fits, false).await.unwrap();
+    let deepest = format!("/{}/{}", chain("b", 56), chain("a", 200));
+    assert_eq!(conn.stat(&deepest).await.unwrap().name, "a");
+    // A directory into itself is refused by the kernel; onto itself changes nothing.
+    conn.mkdir("/c").await.unwrap();
+    conn.mkdir("/c/c").await.unwrap();
+    let err = conn.rename("/c", "/c/c/x", false).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::BadRequest), "{err}");
+    conn.rename("/b", "/b", true).await.unwrap();
+    // /b now reaches 256 levels: even two levels down is too deep.
+    let err = conn.rename("/b", "/c/c/x", false).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::InvalidPath), "{err}");
+}
+
+/// A `ferry serve` child started through a wrapper command (prlimit, setpriv); killed when
+/// dropped.
+struct Wrapped {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Wrapped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A world for `ferry serve` in `dir`: certificates, `data/`, and a users file with alice
+/// (no limits) and quinn (limits, many files allowed).
+fn world(dir: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
+    ferry::certs::generate(&dir.join("certs"), &[], false).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut text = String::new();
+    for (name, limits) in [
+        ("alice", ""),
+        ("quinn", "quota_bytes = \"1 GiB\"\nquota_files = 100000\n"),
+    ] {
+        let hash = crate::util::cheap_hash(&format!("{name}-pw"));
+        text.push_str(&format!(
+            "[users.{name}]\npassword = \"{hash}\"\n{limits}\n"
+        ));
+    }
+    std::fs::write(dir.join("users.toml"), text).unwrap();
+    let certs = ferry::certs::CertPaths::in_dir(&dir.join("certs"));
+    ferry::tls::client_config(Some(&certs.ca_cert)).unwrap()
+}
+
+/// Runs `WRAPPER... ferry serve --listen 127.0.0.1:0` in `dir` and waits for its address.
+fn serve_wrapped(dir: &std::path::Path, wrapper: &[&str]) -> Wrapped {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_ferry"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+    };
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("FERRY_LOG")
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start ferry serve");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let pipe = child.stderr.take().unwrap();
+    let buf = std::sync::Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            buf.lock().unwrap().push_str(&line);
+            buf.lock().unwrap().push('\n');
+        }
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("ferry listening on ") {
+                    break a.trim().parse().unwrap();
+                }
+            }
+            _ => panic!(
+                "ferry serve under {wrapper:?} did not start: {}",
+                stderr.lock().unwrap()
+            ),
+        }
+    };
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Wrapped {
+        child,
+        addr,
+        stderr,
+    }
+}
+
+async fn login(
+    w: &Wrapped,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    user: &str,
+) -> Result<ferry::client::Connection, ClientError> {
+    let mut c = ferry::client::Connection::connect("127.0.0.1", w.addr.port(), tls.clone())
+        .await
+        .unwrap();
+    c.login(user, &ferry::users::Password::new(format!("{user}-pw")))
+        .await?;
+    Ok(c)
+}
+
+/// The real binary under a low open-files limit (the in-process server would share the test
+/// runner's): a home of thousands of sibling directories and a 200-deep chain, each holding a
+/// file. The login's walk once held a descriptor for every directory still to visit, so it
+/// ran out (EMFILE), skipped what it could not open (too low a count, more than the quota
+/// accepted) and made other users' requests fail meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_walk_of_thousands_of_directories_fits_a_low_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = world(dir.path());
+    let home = dir.path().join("data/quinn");
+    for i in 0..3000 {
+        let d = home.join(format!("d{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), b"0123456789").unwrap();
+    }
+    let mut deep = home.clone();
+    for _ in 0..200 {
+        deep.push("n");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f"), b"bottom").unwrap();
+    let truth = walk(&home);
+    assert_eq!(truth, (30_006, 6201));
+
+    let server = serve_wrapped(dir.path(), &["prlimit", "--nofile=256:256", "--"]);
+    // The server says what limit it runs with (stderr may trail stdout a little).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.stderr.lock().unwrap().clone();
+        if log.contains("open files limit") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(log.contains("open files limit"), "{log}");
+    assert!(log.contains("soft=256"), "{log}");
+
+    // alice works all along, while quinn logs in twice at once (one walk for both).
+    let mut alice = login(&server, &tls, "alice").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let working = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                alice.mkdir(&format!("/w{n}")).await.unwrap();
+                alice.stat(&format!("/w{n}")).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let (q1, q2) = tokio::join!(login(&server, &tls, "quinn"), login(&server, &tls, "quinn"));
+    let (mut q1, mut q2) = (q1.unwrap(), q2.unwrap());
+    assert_eq!(used(&mut q1).await, truth);
+    assert_eq!(used(&mut q2).await, truth);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = working.await.unwrap();
+    assert!(n > 0);
+    // And new connections are still accepted.
+    login(&server, &tls, "alice").await.unwrap();
+}
+
+/// A directory the walk cannot open fails the login with a reason, never an undercount. The
+/// server runs without capabilities (as root it would read a mode-000 directory anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_login_walk_cannot_open_fails_the_login_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = world(dir.path());
+    let home = dir.path().join("data/quinn");
+    let locked = home.join("sub/locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    std::fs::write(locked.join("big"), vec![0u8; 100_000]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrapper: &[&str] = if root {
+        &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    } else {
+        &[]
+    };
+    let server = serve_wrapped(dir.path(), wrapper);
+    let err = match login(&server, &tls, "quinn").await {
+        Ok(_) => panic!("quinn logged in with a home that cannot be counted"),
+        Err(e) => e,
+    };
+    assert_eq!(code(&err), Some(ErrorCode::Internal), "{err}");
+    assert!(err.to_string().contains("cannot count the usage"), "{err}");
+    // Others are not affected.
+    let mut alice = login(&server, &tls, "alice").await.unwrap();
+    alice.mkdir("/fine").await.unwrap();
+    drop(server);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// `ferry serve` raises its soft open-files limit to the hard one and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_soft_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = world(dir.path());
+    let server = serve_wrapped(dir.path(), &["prlimit", "--nofile=200:300", "--"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.stderr.lock().unwrap().clone();
+        if log.contains("open files limit") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(log.contains("soft=300 hard=300"), "{log}");
+    // /proc shows the limit the process really has.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        line.split_whitespace().filter(|w| *w == "300").count() == 2,
+        "{line}"
+    );
+    login(&server, &tls, "alice").await.unwrap();
+}

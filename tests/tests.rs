@@ -3,6 +3,7 @@
 
 mod util;
 
+mod accounting;
 mod admin;
 mod attacks;
 mod cli;

@@ -290,7 +290,7 @@ pub struct Usage {
     /// Bytes the user's files take (including kept partial uploads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
-    /// Number of the user's files.
+    /// Number of the user's files and directories (a directory counts as one file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_files: Option<u64>,
     /// The user's byte quota.

@@ -23,7 +23,8 @@ pub(super) fn storage_reply(
         StorageError::NotADirectory => (ErrorCode::NotADirectory, "not a directory"),
         StorageError::IsADirectory => (ErrorCode::IsADirectory, "is a directory"),
         StorageError::DirectoryNotEmpty => (ErrorCode::DirectoryNotEmpty, "directory not empty"),
-        StorageError::InvalidPath(_) => (ErrorCode::InvalidPath, "invalid path"),
+        // The reason is about the path's shape (e.g. a rename that would nest too deep).
+        StorageError::InvalidPath(e) => return path_reply(id, e),
         StorageError::Escape => {
             tracing::warn!(%peer, user, op, "path resolved outside the home; refused");
             (ErrorCode::PermissionDenied, "path leads outside your home")

@@ -469,9 +469,9 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
                 let Ok(jail) = crate::jail::Jail::open(&home, false) else {
                     continue;
                 };
-                match jail.sweep_partials(s.limits.partial_ttl) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(user = %user.name, removed = n, "stale partial uploads removed"),
+                match s.accounts.sweep(&home, &jail, s.limits.partial_ttl) {
+                    Ok(f) if f.files == 0 => {}
+                    Ok(f) => tracing::info!(user = %user.name, removed = f.files, "stale partial uploads removed"),
                     Err(e) => tracing::warn!(user = %user.name, error = %e, "sweeping partial uploads failed"),
                 }
             }

@@ -2,19 +2,30 @@
 //!
 //! Usage is computed by walking the home when the first session of a user logs in (after the
 //! stale partials are swept), and then kept in memory, shared by all of that user's sessions,
-//! and updated as files are committed, replaced, removed, or kept as partials. When the last
-//! session ends the numbers are dropped, so the next login recounts: files an admin changed by
-//! hand are seen then, and nothing needs to be persisted or can go stale across restarts.
+//! and updated as files are committed, replaced, removed, or kept as partials, and as
+//! directories are made and removed (a directory counts as a file, as inode quotas count
+//! them). When the last session ends the numbers are dropped, so the next login recounts:
+//! files an admin changed by hand are seen then, and nothing needs to be persisted or can go
+//! stale across restarts. Only one walk of a home runs at a time: a second login of the same
+//! home waits for the first one's count; a walk gives up when its login does.
+//!
+//! The counters must always agree with a fresh walk. So every change of the home that the
+//! counters follow measures what it replaced or removed itself, on the directory handle it
+//! changes and while holding the account's change lock ([`Account::changing`]), instead of
+//! trusting a look taken earlier: a look from before a long upload, or from before another
+//! session changed the same name, can be stale, and renaming a file onto itself replaces
+//! nothing at all.
 //!
 //! An upload reserves its declared size before the first byte is written, so uploads in
 //! flight count: two concurrent uploads cannot together overshoot a quota. Kept partial
 //! uploads are files in the home and count like any other.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use crate::jail::{Jail, StorageError};
+use crate::jail::{Footprint, Jail, Stop, StorageError};
 use crate::protocol::Usage;
 use crate::users::User;
 
@@ -58,15 +69,37 @@ struct Counts {
 }
 
 /// The usage of one home, shared by every session using it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Account {
     counts: Mutex<Counts>,
+    /// Held (on the blocking pool) while a session measures what a change of the home will
+    /// replace or remove and makes that change, so that no other session of the home changes
+    /// the same names in between and the measured difference is the real one.
+    changes: Mutex<()>,
 }
 
 impl Account {
+    fn new(used: Footprint) -> Account {
+        Account {
+            counts: Mutex::new(Counts {
+                used_bytes: used.bytes,
+                used_files: used.files,
+                ..Counts::default()
+            }),
+            changes: Mutex::new(()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Counts> {
         // Counters stay consistent under a panic elsewhere: every update is one statement.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The change lock: hold it across "measure what goes away, change the home". Blocking;
+    /// take it on the blocking pool, never across an await.
+    pub fn changing(&self) -> MutexGuard<'_, ()> {
+        // Nothing is guarded but the order of changes, so a poisoned lock is still good.
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reserves `bytes` more room (and a file slot if `new_file`) for a file that will be
@@ -86,7 +119,10 @@ impl Account {
         }
         let files = u64::from(new_file);
         let mut c = self.lock();
+        // Adding no bytes never needs byte room (replacing a file by a smaller one, a
+        // directory), even over a lowered quota.
         if let Some(q) = limits.bytes
+            && bytes > 0
             && c.used_bytes
                 .saturating_add(c.reserved_bytes)
                 .saturating_add(bytes)
@@ -109,18 +145,18 @@ impl Account {
         })
     }
 
-    /// A file of `bytes` appeared outside a reservation (e.g. a kept partial).
-    pub fn add(&self, bytes: u64, files: u64) {
+    /// Something appeared outside a reservation (e.g. a kept partial).
+    pub fn add(&self, what: Footprint) {
         let mut c = self.lock();
-        c.used_bytes = c.used_bytes.saturating_add(bytes);
-        c.used_files = c.used_files.saturating_add(files);
+        c.used_bytes = c.used_bytes.saturating_add(what.bytes);
+        c.used_files = c.used_files.saturating_add(what.files);
     }
 
-    /// Files of `bytes` in all went away (removed, replaced, swept).
-    pub fn remove(&self, bytes: u64, files: u64) {
+    /// Something went away (removed, replaced, swept).
+    pub fn remove(&self, what: Footprint) {
         let mut c = self.lock();
-        c.used_bytes = c.used_bytes.saturating_sub(bytes);
-        c.used_files = c.used_files.saturating_sub(files);
+        c.used_bytes = c.used_bytes.saturating_sub(what.bytes);
+        c.used_files = c.used_files.saturating_sub(what.files);
     }
 
     /// The numbers for `usage`, with reservations counted as used.
@@ -146,16 +182,19 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The file was committed: `added` bytes are new (the reserved file slot, if any, is now
-    /// a file), and `removed_bytes`/`removed_files` of older files went away (a replaced
-    /// target, a consumed partial).
-    pub fn commit(self, added: u64, removed_bytes: u64, removed_files: u64) {
+    /// The change was made: `added` is new in the home (measured, not the estimate that was
+    /// reserved) and `removed` went away (a replaced target, as measured when it was
+    /// replaced).
+    pub fn commit(self, added: Footprint, removed: Footprint) {
         let mut c = self.account.lock();
         c.used_bytes = c
             .used_bytes
-            .saturating_add(added)
-            .saturating_sub(removed_bytes);
-        c.used_files = (c.used_files + self.files).saturating_sub(removed_files);
+            .saturating_add(added.bytes)
+            .saturating_sub(removed.bytes);
+        c.used_files = c
+            .used_files
+            .saturating_add(added.files)
+            .saturating_sub(removed.files);
         // Drop releases the reservation itself.
     }
 }
@@ -168,39 +207,139 @@ impl Drop for Reservation {
     }
 }
 
+/// What the live-accounts map holds for a home.
+#[derive(Debug)]
+enum Slot {
+    /// A login is walking the home; other logins of it wait for its count.
+    Counting,
+    /// Counted; alive while a session holds it.
+    Ready(Weak<Account>),
+}
+
 /// The live accounts, by home directory: users sharing a home share its usage.
 #[derive(Debug, Default)]
 pub struct Accounts {
-    live: Mutex<HashMap<PathBuf, Weak<Account>>>,
+    live: Mutex<HashMap<PathBuf, Slot>>,
+    /// Signalled when a walk ends, for the logins waiting for it.
+    counted: Condvar,
+    /// Walks started so far (for tests and debugging).
+    walks: std::sync::atomic::AtomicU64,
 }
 
+/// How often a login waiting for another login's walk looks at its own [`Stop`].
+const COUNT_WAIT_POLL: Duration = Duration::from_millis(50);
+
 impl Accounts {
-    /// The account of `home`, counting its files if no live session holds it. Blocking (it
-    /// may walk the home): call it on the blocking pool.
-    pub fn open(&self, home: PathBuf, jail: &Jail) -> Result<Arc<Account>, StorageError> {
-        if let Some(a) = self.lock().get(&home).and_then(Weak::upgrade) {
-            return Ok(a);
-        }
-        let (bytes, files) = jail.usage_walk()?;
+    /// The account of `home`: the live one, or a new one counted by walking the home (the
+    /// stale partials are swept first, `partial_ttl`). Only one walk of a home runs at a
+    /// time; a second login waits for it (or for its own `stop`). Returns the account and
+    /// what the sweep removed (already taken off the counts). Blocking: call it on the
+    /// blocking pool.
+    pub fn open(
+        &self,
+        home: PathBuf,
+        jail: &Jail,
+        partial_ttl: Duration,
+        stop: &Stop,
+    ) -> Result<(Arc<Account>, Result<Footprint, StorageError>), StorageError> {
         let mut live = self.lock();
-        // Another login may have counted meanwhile; keep the first so all share one.
-        if let Some(a) = live.get(&home).and_then(Weak::upgrade) {
-            return Ok(a);
+        loop {
+            match live.get(&home) {
+                Some(Slot::Ready(weak)) => match weak.upgrade() {
+                    Some(account) => {
+                        drop(live);
+                        let swept = sweep(&account, jail, partial_ttl);
+                        return Ok((account, swept));
+                    }
+                    None => break,
+                },
+                Some(Slot::Counting) => {
+                    if stop.fired() {
+                        return Err(StorageError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "another login is still counting the home",
+                        )));
+                    }
+                    live = match self.counted.wait_timeout(live, COUNT_WAIT_POLL) {
+                        Ok((guard, _)) => guard,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+                None => break,
+            }
         }
-        live.retain(|_, w| w.strong_count() > 0);
-        let account = Arc::new(Account {
-            counts: Mutex::new(Counts {
-                used_bytes: bytes,
-                used_files: files,
-                ..Counts::default()
-            }),
+        live.retain(|_, slot| match slot {
+            Slot::Counting => true,
+            Slot::Ready(w) => w.strong_count() > 0,
         });
-        live.insert(home, Arc::downgrade(&account));
-        Ok(account)
+        live.insert(home.clone(), Slot::Counting);
+        drop(live);
+        // Whatever happens below (an error, a panic), the slot is released and waiters woken.
+        let mut counting = Counting {
+            accounts: self,
+            home: &home,
+            account: None,
+        };
+        let swept = jail.sweep_partials(partial_ttl);
+        self.walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let used = jail.usage_walk(stop)?;
+        let account = Arc::new(Account::new(used));
+        counting.account = Some(Arc::downgrade(&account));
+        drop(counting);
+        Ok((account, swept))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Weak<Account>>> {
+    /// Sweeps the stale partials of `home` (for the periodic sweep), taking what goes off
+    /// the live account's counts if there is one.
+    pub fn sweep(
+        &self,
+        home: &Path,
+        jail: &Jail,
+        partial_ttl: Duration,
+    ) -> Result<Footprint, StorageError> {
+        let account = match self.lock().get(home) {
+            Some(Slot::Ready(w)) => w.upgrade(),
+            // A walk in progress counts what it finds; the login sweeps before it.
+            Some(Slot::Counting) => return Ok(Footprint::NONE),
+            None => None,
+        };
+        match account {
+            Some(a) => sweep(&a, jail, partial_ttl),
+            None => jail.sweep_partials(partial_ttl),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Slot>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sweeps stale partials under the account's change lock and takes them off its counts.
+fn sweep(account: &Account, jail: &Jail, ttl: Duration) -> Result<Footprint, StorageError> {
+    let _changing = account.changing();
+    let swept = jail.sweep_partials(ttl)?;
+    account.remove(swept);
+    Ok(swept)
+}
+
+/// A walk in progress; dropped, it publishes the account (or clears the slot if the walk
+/// failed) and wakes the logins waiting for it.
+struct Counting<'a> {
+    accounts: &'a Accounts,
+    home: &'a Path,
+    account: Option<Weak<Account>>,
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        let mut live = self.accounts.lock();
+        match self.account.take() {
+            Some(w) => live.insert(self.home.to_path_buf(), Slot::Ready(w)),
+            None => live.remove(self.home),
+        };
+        drop(live);
+        self.accounts.counted.notify_all();
     }
 }
 
@@ -209,13 +348,11 @@ mod tests {
     use super::*;
 
     fn account(bytes: u64, files: u64) -> Arc<Account> {
-        Arc::new(Account {
-            counts: Mutex::new(Counts {
-                used_bytes: bytes,
-                used_files: files,
-                ..Counts::default()
-            }),
-        })
+        Arc::new(Account::new(Footprint { bytes, files }))
+    }
+
+    fn fp(bytes: u64, files: u64) -> Footprint {
+        Footprint { bytes, files }
     }
 
     const LIMITS: Limits = Limits {
@@ -235,7 +372,7 @@ mod tests {
         );
         drop(first);
         let second = a.reserve(&LIMITS, 500, 500, true).unwrap();
-        second.commit(500, 0, 0);
+        second.commit(fp(500, 1), Footprint::NONE);
         assert_eq!(a.usage(&LIMITS).used_bytes, Some(600));
         assert_eq!(a.usage(&LIMITS).used_files, Some(2));
     }
@@ -262,9 +399,60 @@ mod tests {
         let a = account(300, 1);
         a.reserve(&LIMITS, 100, 100, false)
             .unwrap()
-            .commit(100, 300, 0);
+            .commit(fp(100, 1), fp(300, 1));
         let u = a.usage(&LIMITS);
         assert_eq!((u.used_bytes, u.used_files), (Some(100), Some(1)));
+    }
+
+    #[test]
+    fn logins_of_one_home_at_once_walk_it_once_and_share_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        for i in 0..500 {
+            let d = home.join(format!("d{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"abc").unwrap();
+        }
+        let accounts = Accounts::default();
+        let stop = Stop::after(Duration::from_secs(60));
+        let opened: Vec<Arc<Account>> = std::thread::scope(|s| {
+            let logins: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let jail = Jail::open(&home, false).unwrap();
+                        let ttl = Duration::from_secs(3600);
+                        accounts.open(home.clone(), &jail, ttl, &stop).unwrap().0
+                    })
+                })
+                .collect();
+            logins.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(opened.iter().all(|a| Arc::ptr_eq(a, &opened[0])));
+        let u = opened[0].usage(&LIMITS);
+        assert_eq!((u.used_bytes, u.used_files), (Some(1500), Some(1000)));
+        // Once every session is gone, the next login counts again.
+        drop(opened);
+        let jail = Jail::open(&home, false).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let (_again, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_stopped_walk_fails_and_leaves_no_count_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("a/b")).unwrap();
+        let accounts = Accounts::default();
+        let jail = Jail::open(&home, false).unwrap();
+        let stop = Stop::after(Duration::from_secs(60));
+        stop.raise();
+        let ttl = Duration::from_secs(3600);
+        assert!(accounts.open(home.clone(), &jail, ttl, &stop).is_err());
+        let stop = Stop::after(Duration::from_secs(60));
+        let (a, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        assert_eq!(a.usage(&LIMITS).used_files, Some(2));
     }
 
     #[test]

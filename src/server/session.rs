@@ -13,7 +13,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Server, cmd, quota};
-use crate::jail::{Jail, StorageError, TempFile, UnsyncedDir};
+use crate::jail::{Footprint, Jail, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, MAX_PASSWORD_LEN, MAX_USER_LEN, PROTOCOL_VERSION, ServerMessage,
@@ -86,8 +86,9 @@ pub(super) struct Unsynced {
     pub stage: Stage,
     pub size: u64,
     pub sha256: String,
-    /// Settles the user's quota accounting: `true` once the file is in place.
-    pub settle: Box<dyn FnOnce(bool) + Send>,
+    /// Settles the user's quota accounting: given what the file replaced once it is in
+    /// place, `None` if it never got there.
+    pub settle: Box<dyn FnOnce(Option<Footprint>) + Send>,
     /// Filled in by the dispatcher once the handler returns.
     pub audit: Option<cmd::AuditInfo>,
 }
@@ -163,7 +164,8 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.unsynced);
         let jail = Arc::clone(&self.jail);
-        let done = tokio::task::spawn_blocking(move || group_commit(&jail, batch))
+        let account = self.account.clone();
+        let done = tokio::task::spawn_blocking(move || group_commit(&jail, account, batch))
             .await
             .map_err(|e| End::Internal(format!("group commit: {e}")))?;
         for (u, result) in done {
@@ -493,13 +495,9 @@ async fn login_phase(
                 let opened = open_home(server, home, limits, peer, &name, deadline).await;
                 let (jail, account) = match opened {
                     Ok(j) => j,
-                    Err(e) => {
-                        tracing::error!(%peer, user = %name, error = %e, "cannot open home");
-                        let msg = ServerMessage::error(
-                            Some(id),
-                            ErrorCode::Internal,
-                            "home directory unavailable",
-                        );
+                    Err(HomeError { reason, error }) => {
+                        tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
+                        let msg = ServerMessage::error(Some(id), ErrorCode::Internal, reason);
                         send_before(writer, msg, deadline).await?;
                         return Err(End::Internal("home unavailable".into()));
                     }
@@ -608,8 +606,15 @@ async fn authenticate(
     })
 }
 
+/// Why a login could not open its home: what the client is told, and the error for the log.
+struct HomeError {
+    reason: &'static str,
+    error: StorageError,
+}
+
 /// Opens (creating on first login) the home, sweeps stale partial uploads, and for a user
 /// with limits, opens the shared usage account (counting the home if it is the first session).
+/// A count of the home stops when this login ends, however it ends.
 async fn open_home(
     server: &Arc<Server>,
     home: PathBuf,
@@ -617,29 +622,62 @@ async fn open_home(
     peer: SocketAddr,
     user: &str,
     deadline: Instant,
-) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), StorageError> {
+) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), HomeError> {
     let server = Arc::clone(server);
     let user = user.to_string();
+    let stop = Stop::at(deadline.into_std());
+    // Raised when this future is dropped (timeout, disconnect, shutdown) or done.
+    let _stop_walk = RaiseOnDrop(stop.clone());
     let open = tokio::task::spawn_blocking(move || {
-        let jail = Jail::open(&home, true)?;
-        match jail.sweep_partials(server.limits.partial_ttl) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(%peer, user, removed = n, "stale partial uploads removed"),
+        let unavailable = |error| HomeError {
+            reason: "home directory unavailable",
+            error,
+        };
+        let jail = Jail::open(&home, true).map_err(unavailable)?;
+        let ttl = server.limits.partial_ttl;
+        let (account, swept) = if limits == quota::Limits::default() {
+            (None, jail.sweep_partials(ttl))
+        } else {
+            let (account, swept) =
+                server
+                    .accounts
+                    .open(home, &jail, ttl, &stop)
+                    .map_err(|error| HomeError {
+                        reason: "cannot count the usage of your home for the quota \
+                             (a directory in it cannot be read, or it is too deep); \
+                             ask the administrator",
+                        error,
+                    })?;
+            (Some(account), swept)
+        };
+        match swept {
+            Ok(f) if f.files == 0 => {}
+            Ok(f) => {
+                tracing::info!(%peer, user, removed = f.files, "stale partial uploads removed");
+            }
             Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
         }
-        let account = if limits == quota::Limits::default() {
-            None
-        } else {
-            Some(server.accounts.open(home, &jail)?)
-        };
         Ok((Arc::new(jail), account))
     });
     match tokio::time::timeout_at(deadline, open).await {
         Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(StorageError::Io(std::io::Error::other(join))),
-        Err(_) => Err(StorageError::Io(std::io::Error::from(
-            std::io::ErrorKind::TimedOut,
-        ))),
+        Ok(Err(join)) => Err(HomeError {
+            reason: "home directory unavailable",
+            error: StorageError::Io(std::io::Error::other(join)),
+        }),
+        Err(_) => Err(HomeError {
+            reason: "opening your home took too long; try again later",
+            error: StorageError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }),
+    }
+}
+
+/// Raises a [`Stop`] when dropped.
+struct RaiseOnDrop(Stop);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.raise();
     }
 }
 
@@ -654,7 +692,11 @@ pub(super) struct Committed {
 /// The group commit (blocking): one `syncfs` makes every small file's data durable, then each
 /// is renamed into place, then each directory that got a file is fsynced once. Results come
 /// back in order; the quota is settled for each file that ended up in place.
-fn group_commit(jail: &Jail, batch: Vec<Unsynced>) -> Vec<(Committed, Result<(), StorageError>)> {
+fn group_commit(
+    jail: &Jail,
+    account: Option<Arc<quota::Account>>,
+    batch: Vec<Unsynced>,
+) -> Vec<(Committed, Result<(), StorageError>)> {
     let flushed = if batch
         .iter()
         .any(|u| matches!(u.stage, Stage::Written { .. }))
@@ -666,20 +708,24 @@ fn group_commit(jail: &Jail, batch: Vec<Unsynced>) -> Vec<(Committed, Result<(),
     let mut renamed = Vec::with_capacity(batch.len());
     for u in batch {
         let placed = match u.stage {
-            Stage::Renamed(dir) => Ok(dir),
+            // Renamed (and settled) by the upload itself.
+            Stage::Renamed(dir) => Ok((dir, Footprint::NONE)),
             Stage::Written {
                 mut temp,
                 overwrite,
             } => match &flushed {
                 Ok(()) => {
                     temp.mark_synced();
+                    // What it replaces is measured at the rename, under the change lock.
+                    let _changing = account.as_ref().map(|a| a.changing());
                     temp.rename_into_place(overwrite)
                 }
                 // The flush failed: this file's data may be lost; drop it (removes the temp).
                 Err(e) => Err(StorageError::Io(std::io::Error::other(e.clone()))),
             },
         };
-        (u.settle)(placed.is_ok());
+        (u.settle)(placed.as_ref().ok().map(|(_, replaced)| *replaced));
+        let placed = placed.map(|(dir, _)| dir);
         let committed = Committed {
             id: u.id,
             size: u.size,

@@ -12,7 +12,7 @@ use super::super::session::{End, Session};
 use super::{
     Next, blocking, next_or_cancel, parse_path, quota_reply, refuse_read_only, reply_storage,
 };
-use crate::jail::{StorageError, TempFile};
+use crate::jail::{Footprint, StorageError, TempFile};
 use crate::protocol::{DATA_CHUNK_LEN, EntryKind, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::PROGRESS_INTERVAL;
 
@@ -48,7 +48,9 @@ pub(super) async fn run(
         let replaced = match jail.lstat(&to) {
             Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory),
             Ok(_) if !overwrite => return Err(StorageError::AlreadyExists),
-            Ok(e) => Some(e.size),
+            // An estimate for the reservation; the commit measures what it really replaces.
+            Ok(e) if e.kind == EntryKind::File => Some(e.size),
+            Ok(_) => None,
             Err(StorageError::NotFound) => None,
             Err(e) => return Err(e),
         };
@@ -85,13 +87,27 @@ pub(super) async fn run(
                 sess.send(&ServerMessage::Progress { id, bytes }).await?;
             }
             Next::Work(Some(Copied::Done(temp, sha))) => {
-                return match blocking(move || temp.commit(overwrite)).await {
-                    Ok(()) => {
-                        if let Some(r) = reservation {
-                            r.commit(size, replaced.unwrap_or(0), 0);
-                        }
-                        sess.send(&ServerMessage::ok_transfer(id, size, sha)).await
+                // What the copy replaces is measured at the rename, under the change lock:
+                // the target may have changed since the copy began (or be the source).
+                let account = sess.account.clone();
+                let placed = blocking(move || {
+                    let (dir, replaced) = {
+                        let _changing = account.as_ref().map(|a| a.changing());
+                        temp.rename_into_place(overwrite)?
+                    };
+                    if let Some(r) = reservation {
+                        r.commit(
+                            Footprint {
+                                bytes: size,
+                                files: 1,
+                            },
+                            replaced,
+                        );
                     }
+                    dir.sync()
+                });
+                return match placed.await {
+                    Ok(()) => sess.send(&ServerMessage::ok_transfer(id, size, sha)).await,
                     Err(e) => reply_storage(sess, id, "copy", &e).await,
                 };
             }

@@ -255,7 +255,7 @@ pub(super) fn quota_reply(id: u64, refused: &super::quota::Refused, size: u64) -
         super::quota::Refused::Quota("file quota") => ServerMessage::error(
             Some(id),
             ErrorCode::QuotaExceeded,
-            "one more file would exceed your file quota",
+            "one more file or directory would exceed your file quota",
         ),
         super::quota::Refused::Quota(which) => ServerMessage::error(
             Some(id),

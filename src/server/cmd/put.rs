@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session, Stage, Unsynced};
 use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
-use crate::jail::{Jail, RemotePath, StorageError, TempFile};
+use crate::jail::{Footprint, Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
 };
@@ -239,7 +239,6 @@ pub(super) async fn run(
     let Prepared {
         temp,
         hasher,
-        replaced,
         reservation,
         mut debt,
     } = match setup {
@@ -361,7 +360,6 @@ pub(super) async fn run(
         actual,
         reservation,
         debt,
-        replaced,
         size,
         offset,
         overwrite,
@@ -381,7 +379,6 @@ struct Verified {
     actual: String,
     reservation: Option<Reservation>,
     debt: PartialDebt,
-    replaced: Option<u64>,
     size: u64,
     offset: u64,
     overwrite: bool,
@@ -401,12 +398,13 @@ impl Verified {
             actual,
             reservation,
             mut debt,
-            replaced,
             size,
             offset,
             overwrite,
             group,
         } = self;
+        // The resumed partial's count (if any) goes with the file: settled once it is in
+        // place, given back if the commit fails (the temp is then removed).
         if !declared.eq_ignore_ascii_case(&actual) {
             discard_temp(temp).await;
             tracing::warn!(
@@ -426,25 +424,40 @@ impl Verified {
             drop((reservation, debt));
             return sess.send(&msg).await;
         }
-        debt.settle();
         // The reply waits for the group commit: small files are renamed into place after one
         // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
         // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
-        // acknowledged before it is durable.
-        let settle = move |placed: bool| {
-            if placed && let Some(r) = reservation {
-                // The resumed partial's bytes were counted already: only the rest is new.
-                let removed_files = u64::from(offset > 0 && replaced.is_some());
-                r.commit(size - offset, replaced.unwrap_or(0), removed_files);
+        // acknowledged before it is durable. What the file replaced is measured at its rename.
+        let settle = move |replaced: Option<Footprint>| {
+            if replaced.is_some() {
+                debt.settle();
+            }
+            drop(debt);
+            if let (Some(replaced), Some(r)) = (replaced, reservation) {
+                // A resumed partial was counted already (as a file of `offset` bytes): it
+                // becomes the target, so only the rest of its bytes are new.
+                let added = Footprint {
+                    bytes: size - offset,
+                    files: u64::from(offset == 0),
+                };
+                r.commit(added, replaced);
             }
         };
-        let stage = if group {
-            Stage::Written { temp, overwrite }
+        let (stage, settle): (_, Box<dyn FnOnce(Option<Footprint>) + Send>) = if group {
+            (Stage::Written { temp, overwrite }, Box::new(settle))
         } else {
-            match blocking(move || temp.rename_into_place(overwrite)).await {
-                Ok(dir) => Stage::Renamed(dir),
+            let account = sess.account.clone();
+            let renamed = blocking(move || {
+                let _changing = account.as_ref().map(|a| a.changing());
+                temp.rename_into_place(overwrite)
+            });
+            match renamed.await {
+                Ok((dir, replaced)) => {
+                    settle(Some(replaced));
+                    (Stage::Renamed(dir), Box::new(|_| {}))
+                }
                 Err(e) => {
-                    settle(false);
+                    settle(None);
                     return reply_storage(sess, id, "put", &e).await;
                 }
             }
@@ -454,7 +467,7 @@ impl Verified {
             stage,
             size,
             sha256: actual,
-            settle: Box::new(settle),
+            settle,
             audit: None,
         });
         Ok(())
@@ -556,7 +569,6 @@ async fn run_small(
     let Prepared {
         temp,
         hasher: _,
-        replaced,
         reservation,
         debt,
     } = prepared;
@@ -575,7 +587,6 @@ async fn run_small(
         actual,
         reservation,
         debt,
-        replaced,
         size,
         offset: 0,
         overwrite,
@@ -645,8 +656,9 @@ async fn keep_small(sess: &mut Session, prepared: Prepared, key: &str, received:
 }
 
 /// Keeps an interrupted upload's temp as the partial for `key` and counts its `new_bytes`
-/// (and, unless it continues a resumed partial, one more file) in the user's usage; if that
-/// fails, the temp is removed. True if it was kept.
+/// (and, unless it continues a resumed partial, one more file) in the user's usage, less an
+/// older partial of the same key it replaced (another session's); if that fails, the temp is
+/// removed. True if it was kept.
 async fn keep_partial(
     jail: Arc<Jail>,
     key: String,
@@ -655,16 +667,20 @@ async fn keep_partial(
     new_bytes: u64,
     new_file: bool,
 ) -> bool {
-    if blocking(move || temp.keep_as_partial(&jail, &key))
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    if let Some(a) = &account {
-        a.add(new_bytes, u64::from(new_file));
-    }
-    true
+    blocking(move || {
+        let _changing = account.as_ref().map(|a| a.changing());
+        let replaced = temp.keep_as_partial(&jail, &key)?;
+        if let Some(a) = &account {
+            a.add(Footprint {
+                bytes: new_bytes,
+                files: u64::from(new_file),
+            });
+            a.remove(replaced);
+        }
+        Ok(())
+    })
+    .await
+    .is_ok()
 }
 
 /// The reply to more data than an upload declared (the session then ends).
@@ -707,8 +723,6 @@ struct Prepared {
     temp: TempFile,
     /// The hash of what the temp already holds (a resumed partial's prefix).
     hasher: Sha256,
-    /// Size of the file the commit replaces, if any.
-    replaced: Option<u64>,
     /// Room held for this upload, for users with limits.
     reservation: Option<Reservation>,
     /// A resumed partial's bytes, counted in the user's usage until the upload commits or is
@@ -731,7 +745,10 @@ impl PartialDebt {
 impl Drop for PartialDebt {
     fn drop(&mut self) {
         if let Some(a) = self.account.take() {
-            a.remove(self.bytes, 1);
+            a.remove(Footprint {
+                bytes: self.bytes,
+                files: 1,
+            });
         }
     }
 }
@@ -753,7 +770,9 @@ fn prepare(
     let replaced = match jail.lstat(target) {
         Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory.into()),
         Ok(_) if !req.overwrite => return Err(StorageError::AlreadyExists.into()),
-        Ok(e) => Some(e.size),
+        // An estimate for the reservation; the commit measures what it really replaces.
+        Ok(e) if e.kind == EntryKind::File => Some(e.size),
+        Ok(_) => None,
         Err(StorageError::NotFound) => None,
         Err(e) => return Err(e.into()),
     };
@@ -761,10 +780,16 @@ fn prepare(
     let Some(expected) = &req.prefix else {
         // A fresh upload supersedes whatever partial an earlier attempt left; it goes first,
         // so that its room counts for the new upload.
-        if let Ok(Some(old)) = jail.remove_partial(key)
-            && let Some(a) = account
         {
-            a.remove(old, 1);
+            let _changing = account.map(|a| a.changing());
+            if let Ok(Some(old)) = jail.remove_partial(key)
+                && let Some(a) = account
+            {
+                a.remove(Footprint {
+                    bytes: old,
+                    files: 1,
+                });
+            }
         }
         let reservation = match account {
             Some(a) => Some(
@@ -781,7 +806,6 @@ fn prepare(
         return Ok(Prepared {
             temp: jail.create_temp(target)?,
             hasher: Sha256::new(),
-            replaced,
             reservation,
             debt: PartialDebt {
                 account: None,
@@ -798,19 +822,33 @@ fn prepare(
         ),
         None => None,
     };
-    let mut temp = match jail.take_partial(key, target) {
-        Ok(t) => t,
-        Err(StorageError::NotFound) => {
-            return Err(Refusal::Resume(
+    // From here the partial is this upload's temp; its count is the debt, given back if the
+    // temp is dropped on any error below, settled if it is kept again or committed.
+    let (mut temp, mut debt) = {
+        let _changing = account.map(|a| a.changing());
+        let no_partial = || {
+            Refusal::Resume(
                 ErrorCode::NotFound,
                 "no partial upload of this file to resume".into(),
-            ));
-        }
-        Err(e) => return Err(e.into()),
+            )
+        };
+        let Some(have) = jail.partial_size(key)? else {
+            return Err(no_partial());
+        };
+        let temp = match jail.take_partial(key, target) {
+            Ok(t) => t,
+            Err(StorageError::NotFound) => return Err(no_partial()),
+            Err(e) => return Err(e.into()),
+        };
+        let debt = PartialDebt {
+            account: account.cloned(),
+            bytes: have,
+        };
+        (temp, debt)
     };
-    let have = temp.size()?;
+    let have = debt.bytes;
     if have < offset {
-        let _ = temp.keep_as_partial(jail, key);
+        rekeep(jail, temp, key, &mut debt, account);
         return Err(Refusal::Resume(
             ErrorCode::BadRequest,
             format!("the partial upload holds {have} bytes; cannot resume at {offset}"),
@@ -823,7 +861,7 @@ fn prepare(
     hash_prefix(file, offset, &mut hasher, |_| {}).map_err(StorageError::from_io)?;
     let actual = hex_digest(&hasher.clone().finalize());
     if &actual != expected {
-        let _ = temp.keep_as_partial(jail, key);
+        rekeep(jail, temp, key, &mut debt, account);
         return Err(Refusal::Resume(
             ErrorCode::IntegrityMismatch,
             format!(
@@ -840,18 +878,37 @@ fn prepare(
         && have > offset
     {
         // Bytes past the resume point are cut off.
-        a.remove(have - offset, 0);
+        a.remove(Footprint {
+            bytes: have - offset,
+            files: 0,
+        });
     }
+    debt.bytes = offset;
     Ok(Prepared {
         temp,
         hasher,
-        replaced,
         reservation,
-        debt: PartialDebt {
-            account: account.cloned(),
-            bytes: offset,
-        },
+        debt,
     })
+}
+
+/// Puts a resumed partial that cannot be used back as the partial of `key`, as it was. If it
+/// cannot be kept it is gone (the debt gives its count back); an older partial it replaces
+/// (another session's meanwhile) is taken off the count.
+fn rekeep(
+    jail: &Jail,
+    temp: TempFile,
+    key: &str,
+    debt: &mut PartialDebt,
+    account: Option<&Arc<Account>>,
+) {
+    let _changing = account.map(|a| a.changing());
+    if let Ok(replaced) = temp.keep_as_partial(jail, key) {
+        debt.settle();
+        if let Some(a) = account {
+            a.remove(replaced);
+        }
+    }
 }
 
 /// Reads and drops the rest of a refused upload, up to its `end` or `abort`. More data than

@@ -1,14 +1,21 @@
-//! `rmdir`: remove one empty directory. The home itself cannot be removed.
+//! `rmdir`: remove one empty directory. The home itself cannot be removed. A directory counts
+//! as a file toward the quota, so removing one gives a file back.
 
 use super::super::session::{End, Session};
 use crate::jail::StorageError;
 
 pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    super::simple_change(sess, id, "rmdir", &path, |jail, p| {
+    let account = sess.account.clone();
+    super::simple_change(sess, id, "rmdir", &path, move |jail, p| {
         if p.is_root() {
             return Err(StorageError::PermissionDenied);
         }
-        jail.remove_dir(p)
+        let _changing = account.as_ref().map(|a| a.changing());
+        let gone = jail.remove_dir(p)?;
+        if let Some(a) = &account {
+            a.remove(gone);
+        }
+        Ok(())
     })
     .await
 }
