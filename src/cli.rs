@@ -287,7 +287,7 @@ struct LimitArgs {
     /// Most bytes the user's files may take, e.g. '10 GiB'; 'none' for no limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size_limit)]
     quota_bytes: Option<Limit>,
-    /// Most files the user may have; 'none' for no limit.
+    /// Most files and directories the user may have; 'none' for no limit.
     #[arg(long, value_name = "N", value_parser = parse_count_limit)]
     quota_files: Option<Limit>,
     /// Largest single upload, e.g. 1G; 'none' for no limit.

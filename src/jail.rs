@@ -574,22 +574,6 @@ impl Jail {
         }
     }
 
-    /// Kept partial uploads: `(count, bytes)`.
-    pub fn partials_usage(&self) -> Result<(u64, u64), StorageError> {
-        let Some(dir) = self.partials_dir(false)? else {
-            return Ok((0, 0));
-        };
-        let (mut count, mut bytes) = (0, 0);
-        for item in dir.entries()? {
-            let item = item?;
-            if let Ok(m) = item.metadata() {
-                count += 1;
-                bytes += m.len();
-            }
-        }
-        Ok((count, bytes))
-    }
-
     /// Removes kept partial uploads not modified for `max_age`. Returns how many went.
     /// Returns what they took.
     pub fn sweep_partials(&self, max_age: std::time::Duration) -> Result<Footprint, StorageError> {

@@ -235,7 +235,8 @@ pub struct User {
     /// Most bytes the user's files may take (kept partial uploads and uploads in flight
     /// included); `None` is unlimited.
     pub quota_bytes: Option<u64>,
-    /// Most files the user may have; `None` is unlimited.
+    /// Most files and directories the user may have (as inode quotas count them; the home
+    /// itself is not counted); `None` is unlimited.
     pub quota_files: Option<u64>,
     /// Largest single file the user may upload; `None` is unlimited.
     pub max_file_size: Option<u64>,
