@@ -95,7 +95,7 @@ impl Connection {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
             .await
             .map_err(|_| ClientError::Tls(format!("{addr}: handshake timed out")))?
-            .map_err(|e| ClientError::Tls(format!("{addr}: {e}")))?;
+            .map_err(|e| handshake_error(&addr, &e))?;
         if !crate::tls::alpn_ok(stream.get_ref().1) {
             return Err(ClientError::Tls(format!(
                 "{addr} does not speak ferry/1 (ALPN not agreed)"
@@ -393,6 +393,23 @@ impl Connection {
             // It finished before the cancel arrived; the work is done, report it.
             other => other,
         }
+    }
+}
+
+/// The error of a failed TLS handshake. A connection the server closed before or during the
+/// handshake says why that usually happens, instead of `tls handshake eof`.
+fn handshake_error(addr: &str, e: &std::io::Error) -> ClientError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => ClientError::Tls(format!(
+            "{addr} closed the connection during the TLS handshake. The server may be refusing \
+             this address for a while after failed logins or too many connections; try again \
+             later."
+        )),
+        _ => ClientError::Tls(format!("{addr}: {e}")),
     }
 }
 

@@ -204,7 +204,12 @@ pub fn connect(rt: &Runtime, ep: &Endpoint, opts: &TrustOpts) -> Result<Connecti
     };
     let mut asked = false;
     loop {
-        let verifier = PinningVerifier::new(roots.clone(), known.get(&key), opts.accept.clone());
+        // `--ca FILE` is the whole of the trust: a certificate it did not issue is refused,
+        // whatever known_hosts or --accept-fingerprint say, and nobody is asked.
+        let verifier = match &ep.ca {
+            Some(_) => PinningVerifier::ca_only(roots.clone()),
+            None => PinningVerifier::new(roots.clone(), known.get(&key), opts.accept.clone()),
+        };
         let config =
             trust::client_config(verifier.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
         let result = rt.block_on(Connection::connect(&dial, ep.port, config));
@@ -241,6 +246,10 @@ pub fn connect(rt: &Runtime, ep: &Endpoint, opts: &TrustOpts) -> Result<Connecti
                         line,
                         known.path(),
                     )));
+                }
+                Some(Verdict::NotFromCa(why)) => {
+                    let ca = ep.ca.as_deref().unwrap_or(Path::new("--ca"));
+                    return Err(ClientError::Tls(trust::not_from_ca_message(&key, ca, &why)));
                 }
                 Some(Verdict::NotAccepted { accepted, offered }) => {
                     return Err(ClientError::Tls(format!(
