@@ -330,7 +330,7 @@ struct ConnOpts {
 
 #[derive(Debug, Args)]
 struct GetArgs {
-    /// USER@HOST:REMOTE (REMOTE relative to your home; a glob is allowed).
+    /// [USER@]HOST[:PORT]:REMOTE (REMOTE relative to your home; a glob is allowed).
     #[arg(value_name = "USER@HOST:REMOTE")]
     remote: String,
     /// Local file or directory (default: the current directory).
@@ -344,7 +344,7 @@ struct GetArgs {
 
 #[derive(Debug, Args)]
 struct PutArgs {
-    /// LOCAL... then USER@HOST:REMOTE (REMOTE relative to your home).
+    /// LOCAL... then [USER@]HOST[:PORT]:REMOTE (REMOTE relative to your home).
     #[arg(value_name = "LOCAL... USER@HOST:REMOTE", num_args = 2.., required = true)]
     paths: Vec<String>,
     #[command(flatten)]
@@ -386,7 +386,7 @@ impl TransferFlags {
 
 #[derive(Debug, Args)]
 struct LsArgs {
-    /// USER@HOST:[PATH] (a glob is allowed).
+    /// [USER@]HOST[:PORT]:[PATH] (a glob is allowed).
     #[arg(value_name = "USER@HOST:[PATH]")]
     remote: String,
     /// Human sizes.
@@ -793,13 +793,15 @@ fn start(
     Ok(Ok((rt, session)))
 }
 
-/// The target and path of a one-shot's remote argument.
-fn remote_arg(s: &str) -> Result<(open::Target, String), String> {
-    open::parse_remote(s).ok_or_else(|| format!("expected USER@HOST:PATH, got '{s}'"))
+/// The target and path of a one-shot's remote argument (`-P` is checked against a port in
+/// it).
+fn remote_arg(s: &str, port: Option<u16>) -> Result<(open::Target, String), String> {
+    open::parse_remote(s, port)?
+        .ok_or_else(|| format!("expected [USER@]HOST[:PORT]:PATH, got '{s}'"))
 }
 
 fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
-    let (target, path) = match remote_arg(&a.remote) {
+    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
         Ok(x) => x,
         Err(e) => return usage_error(&e),
     };
@@ -827,7 +829,7 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
     let Some((remote, locals)) = a.paths.split_last() else {
         return usage_error("put needs LOCAL... and USER@HOST:REMOTE");
     };
-    let (target, path) = match remote_arg(remote) {
+    let (target, path) = match remote_arg(remote, a.conn.port) {
         Ok(x) => x,
         Err(e) => return usage_error(&e),
     };
@@ -852,7 +854,7 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
 }
 
 fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
-    let (target, path) = match remote_arg(&a.remote) {
+    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
         Ok(x) => x,
         Err(e) => return usage_error(&e),
     };

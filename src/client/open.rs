@@ -78,9 +78,15 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     Ok(Target { user, host, port })
 }
 
-/// Splits scp-style `[USER@]HOST:PATH` into the target and the remote path (`HOST:` is the
-/// home). `None` if `s` has no host part (a local path). The port comes from `-P` or an alias.
-pub fn parse_remote(s: &str) -> Option<(Target, String)> {
+/// Splits scp-style `[USER@]HOST[:PORT]:PATH` into the target and the remote path (`HOST:`
+/// is the home). `Ok(None)` if `s` has no host part (a local path).
+///
+/// The path starts after the first colon, as in scp, with one exception that has only one
+/// sensible reading: `HOST:DIGITS:PATH` names a port. Without `-P` (`port_flag`) the digits
+/// are the port; with `-P` they must agree with it. Digits that are no port are an error that
+/// shows the right form, never a file called `17443:dir`. A remote name that really starts
+/// with digits and a colon is written `HOST:./17443:name`.
+pub fn parse_remote(s: &str, port_flag: Option<u16>) -> Result<Option<(Target, String)>, String> {
     let (user, rest) = match s.split_once('@') {
         Some((u, r)) if !u.is_empty() && !u.contains('/') && !u.contains(':') => {
             (Some(u.to_string()), r)
@@ -88,26 +94,64 @@ pub fn parse_remote(s: &str) -> Option<(Target, String)> {
         _ => (None, s),
     };
     let (host, path) = if let Some(inner) = rest.strip_prefix('[') {
-        let (h, after) = inner.split_once(']')?;
-        (h, after.strip_prefix(':')?)
+        let Some((h, after)) = inner.split_once(']') else {
+            return Ok(None);
+        };
+        let Some(path) = after.strip_prefix(':') else {
+            return Ok(None);
+        };
+        (h, path)
     } else {
-        let (h, p) = rest.split_once(':')?;
+        let Some((h, p)) = rest.split_once(':') else {
+            return Ok(None);
+        };
         if h.contains('/') {
-            return None;
+            return Ok(None);
         }
         (h, p)
     };
     if host.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some((
+    let mut port = None;
+    let mut path = path;
+    if let Some((digits, after)) = path.split_once(':')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        let user_at = user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+        let shown_host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let Some(p) = digits.parse::<u16>().ok().filter(|p| *p != 0) else {
+            return Err(format!(
+                "'{digits}' in '{s}' is not a port (1-65535). Write a port as -P PORT \
+                 {user_at}{shown_host}:PATH or {user_at}{shown_host}:PORT:PATH; a remote name \
+                 that starts with '{digits}:' as {user_at}{shown_host}:./{digits}:{after}"
+            ));
+        };
+        if let Some(flag) = port_flag
+            && flag != p
+        {
+            return Err(format!(
+                "'{s}' names port {p} but -P says {flag}. Give the port once: -P {flag} \
+                 {user_at}{shown_host}:{after}; a remote name that starts with '{digits}:' is \
+                 written {user_at}{shown_host}:./{digits}:{after}"
+            ));
+        }
+        port = Some(p);
+        path = after;
+    }
+    Ok(Some((
         Target {
             user,
             host: host.to_string(),
-            port: None,
+            port,
         },
         path.to_string(),
-    ))
+    )))
 }
 
 /// Applies the command line's `-P` and `--ca` and the config's aliases to a target. An
@@ -327,18 +371,56 @@ mod tests {
 
     #[test]
     fn remote_specs() {
-        let (t, p) = parse_remote("alice@host:dir/file.txt").unwrap();
+        let r = |s: &str| parse_remote(s, None).unwrap();
+        let (t, p) = r("alice@host:dir/file.txt").unwrap();
         assert_eq!(
-            (t.user.as_deref(), t.host.as_str(), p.as_str()),
-            (Some("alice"), "host", "dir/file.txt")
+            (t.user.as_deref(), t.host.as_str(), t.port, p.as_str()),
+            (Some("alice"), "host", None, "dir/file.txt")
         );
-        let (t, p) = parse_remote("alice@[::1]:").unwrap();
+        let (t, p) = r("alice@[::1]:").unwrap();
         assert_eq!((t.host.as_str(), p.as_str()), ("::1", ""));
-        let (t, p) = parse_remote("work:/x").unwrap();
+        let (t, p) = r("work:/x").unwrap();
         assert_eq!((t.user, t.host.as_str(), p.as_str()), (None, "work", "/x"));
-        assert!(parse_remote("local.txt").is_none());
-        assert!(parse_remote("./a:b").is_none());
-        assert!(parse_remote(":x").is_none());
+        assert!(r("local.txt").is_none());
+        assert!(r("./a:b").is_none());
+        assert!(r(":x").is_none());
+        // A bare number after the host is a path, as in scp; digits and a colon are a port.
+        assert_eq!(r("a@host:2026").unwrap().1, "2026");
+        assert_eq!(r("a@host:./17443:x").unwrap().1, "./17443:x");
+    }
+
+    /// Issue 12 item 14: `alice@host:17443:dir/` wrote a file named `17443:dir/...` on the
+    /// default port.
+    #[test]
+    fn user_host_port_path_names_the_port_never_a_file_called_digits_colon() {
+        for (s, host) in [
+            ("alice@host:17443:dir/", "host"),
+            ("alice@[::1]:17443:dir/", "::1"),
+        ] {
+            let (t, p) = parse_remote(s, None).unwrap().unwrap();
+            assert_eq!(
+                (t.host.as_str(), t.port, p.as_str()),
+                (host, Some(17443), "dir/")
+            );
+            // -P saying the same is fine; -P saying otherwise is refused with the right form.
+            let (t, _) = parse_remote(s, Some(17443)).unwrap().unwrap();
+            assert_eq!(t.port, Some(17443));
+            let err = parse_remote(s, Some(9)).unwrap_err();
+            assert!(err.contains("-P 9") && err.contains(":dir/"), "{err}");
+        }
+        let (t, p) = parse_remote("work:8443:", None).unwrap().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, p.as_str()),
+            ("work", Some(8443), "")
+        );
+        for bad in ["alice@host:99999:dir/", "alice@host:0:x"] {
+            let err = parse_remote(bad, None).unwrap_err();
+            assert!(
+                err.contains("not a port") && err.contains("-P PORT"),
+                "{err}"
+            );
+            assert!(err.contains("alice@host:./"), "{err}");
+        }
     }
 
     #[test]
