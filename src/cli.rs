@@ -306,12 +306,15 @@ struct ConnectArgs {
     /// Read commands from FILE ('-' for stdin) instead of a terminal.
     #[arg(short = 'b', long = "batch", value_name = "FILE")]
     batch: Option<PathBuf>,
+    /// The port as ssh spells it: the same as -P.
+    #[arg(short = 'p', value_name = "PORT", hide = true, conflicts_with = "port")]
+    ssh_port: Option<u16>,
 }
 
 /// Options of every command that connects.
 #[derive(Debug, Args)]
 struct ConnOpts {
-    /// Port (instead of HOST:PORT).
+    /// Port (instead of HOST:PORT; `connect` also takes ssh's -p).
     #[arg(short = 'P', long, value_name = "PORT")]
     port: Option<u16>,
     /// CA certificate(s) to trust instead of the system roots.
@@ -710,7 +713,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn connect(a: ConnectArgs) -> Result<ExitCode> {
+fn connect(mut a: ConnectArgs) -> Result<ExitCode> {
+    a.conn.port = a.conn.port.or(a.ssh_port);
     let target = match open::parse_target(&a.target) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),

@@ -1246,6 +1246,27 @@ fn connect_batch_file_and_port_option() {
     out.expect_failure();
 }
 
+/// Issue 12 item 20: ssh users type `-p PORT`; `ferry connect` takes it as `-P`.
+#[test]
+fn connect_takes_ssh_style_lowercase_p_for_the_port() {
+    let w = World::start();
+    let port = w.server.port().to_string();
+    let out = w.connect(
+        ALICE_PW,
+        &["-p", &port, "alice@127.0.0.1"],
+        Some("mkdir via-p\n"),
+    );
+    out.expect_ok();
+    assert!(w.alice_home().join("via-p").is_dir());
+    // Both spellings at once is a usage error, not a silent choice.
+    let out = w.connect(
+        ALICE_PW,
+        &["-p", &port, "-P", &port, "alice@127.0.0.1"],
+        Some("pwd\n"),
+    );
+    out.expect_code(2);
+}
+
 #[test]
 fn connect_read_only_user_can_list_and_get_but_not_change() {
     let w = World::start();
