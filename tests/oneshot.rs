@@ -730,3 +730,123 @@ fn the_readme_one_shot_examples_work_as_written() {
     assert!(!w.local.join("logs/2025-12.log").exists());
     assert!(w.local.join("backup/photos/2026/a.jpg").is_file());
 }
+
+// ---------------------------------------------------------------------------------------------
+// --json ends with one JSON object, failures included (issue 12, item 19)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn json_prints_one_object_on_connection_tls_auth_and_usage_failures() {
+    // Eighteen failures from one address would otherwise lock it out.
+    let w = World::start_with(&["--no-penalties"]);
+    let port = w.server.port().to_string();
+    let ca = w.ca.to_str().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = ferry::certs::generate(other.path(), &[], false)
+        .unwrap()
+        .paths
+        .ca_cert;
+    let other_ca = other_ca.to_str().unwrap();
+    random_file(&w.local.join("up.bin"), 100, 51);
+
+    // (what, password, arguments after the subcommand's --json, exit code, meaning)
+    let cases: Vec<(&str, &str, Vec<&str>, i64, &str)> = vec![
+        (
+            "connection refused",
+            ALICE_PW,
+            vec!["-P", &free, "--ca", &ca],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "unknown certificate, nobody to ask",
+            ALICE_PW,
+            vec!["-P", &port],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "a CA that did not issue it",
+            ALICE_PW,
+            vec!["-P", &port, "--ca", other_ca],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "wrong password",
+            "wrong",
+            vec!["-P", &port, "--ca", &ca],
+            3,
+            "authentication failed",
+        ),
+        (
+            "port that is no port",
+            ALICE_PW,
+            vec!["--ca", &ca],
+            2,
+            "usage",
+        ),
+        (
+            "an option clap does not know",
+            ALICE_PW,
+            vec!["--frobnicate", "-P", &port, "--ca", &ca],
+            2,
+            "usage",
+        ),
+    ];
+    for (what, password, extra, code, meaning) in &cases {
+        for cmd in ["get", "put", "ls"] {
+            let remote = if *what == "port that is no port" {
+                "alice@127.0.0.1:99999:x".to_string()
+            } else {
+                "alice@127.0.0.1:x".to_string()
+            };
+            let mut args = vec![cmd, "--json"];
+            args.extend(extra.iter().copied());
+            if cmd == "put" {
+                args.push("up.bin");
+            }
+            args.push(&remote);
+            let out = Ferry::new(&w.local)
+                .env("FERRY_PASSWORD", password)
+                .run(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(*code as i32),
+                "{cmd} ({what}): {out:#?}"
+            );
+            let v: Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("{cmd} ({what}): not one JSON object ({e}): {out:#?}"));
+            assert!(v.is_object(), "{cmd} ({what}): {v}");
+            assert_eq!(v["ok"], false, "{cmd} ({what}): {v}");
+            assert_eq!(v["exit_code"], *code, "{cmd} ({what}): {v}");
+            assert_eq!(v["exit_meaning"], *meaning, "{cmd} ({what}): {v}");
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{cmd} ({what}): {v}"
+            );
+            if cmd != "ls" {
+                assert_eq!(v["files"], serde_json::json!([]), "{cmd} ({what}): {v}");
+            }
+            // People still read the reason on stderr.
+            assert!(
+                out.stderr.contains("ferry") || out.stderr.contains("error"),
+                "{out:#?}"
+            );
+        }
+    }
+    // Success says what its exit code means as well.
+    let out = oneshot(&w, &["put", "--json", "up.bin", "alice@127.0.0.1:"]);
+    out.expect_ok();
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["exit_meaning"].clone()),
+        (true.into(), "ok".into())
+    );
+}

@@ -48,6 +48,20 @@ pub const EXIT_INTEGRITY: u8 = 5;
 /// Exit status: interrupted (Ctrl-C); what was running was cancelled cleanly.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// What an exit status means, in the words of `--help` (for `--json` output).
+pub fn exit_meaning(code: u8) -> &'static str {
+    match code {
+        EXIT_OK => "ok",
+        EXIT_FAILED => "a command failed",
+        EXIT_USAGE => "usage",
+        EXIT_AUTH => "authentication failed",
+        EXIT_CONNECTION => "connection or TLS",
+        EXIT_INTEGRITY => "integrity",
+        EXIT_INTERRUPTED => "interrupted",
+        _ => "unknown",
+    }
+}
+
 /// Everything that can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
