@@ -868,12 +868,10 @@ fn start(
         Ok(c) => c,
         Err(e) => return Ok(Err(Failure::client(&e))),
     };
-    let password = match open::read_password(&ep, opts.password_file.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(Failure::new(client::EXIT_AUTH, e))),
-    };
-    if let Err(e) = rt.block_on(conn.login(&ep.user, &password)) {
-        return Ok(Err(Failure::client(&e)));
+    match open::login(&rt, &mut conn, &ep, opts.password_file.as_deref()) {
+        Ok(()) => {}
+        Err(Ok(e)) => return Ok(Err(Failure::client(&e))),
+        Err(Err(unreadable)) => return Ok(Err(Failure::new(client::EXIT_AUTH, unreadable))),
     }
     let session = Session::new(rt.handle().clone(), conn);
     Ok(Ok((rt, session)))

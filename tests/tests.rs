@@ -6,6 +6,7 @@ mod util;
 mod attacks;
 mod cli;
 mod interrupt;
+mod login;
 mod memory;
 mod oneshot;
 mod protocol;

@@ -169,6 +169,17 @@ impl Connection {
         }
     }
 
+    /// Whether the server closes the connection within `wait` (it does so after its last
+    /// allowed failed login). Reading here is safe: nothing else is due from the server, and
+    /// a frame cut short by the timeout stays buffered.
+    pub async fn closes_within(&mut self, wait: Duration) -> bool {
+        // Anything within the wait (end of stream, an error, or a frame nobody asked for)
+        // leaves the session unusable.
+        tokio::time::timeout(wait, self.reader.read_frame())
+            .await
+            .is_ok()
+    }
+
     /// Metadata of one remote path.
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
         let id = self.id();

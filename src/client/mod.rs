@@ -79,6 +79,10 @@ pub enum ClientError {
     /// Wrong user or password.
     #[error("authentication failed")]
     Auth,
+    /// Wrong user or password, and the server closed the connection after this many
+    /// attempts (its limit).
+    #[error("authentication failed {0} times; the server closed the connection")]
+    AuthClosed(u32),
     /// The server refused a request.
     #[error("{0}")]
     Remote(WireError),
@@ -134,7 +138,7 @@ impl ClientError {
             | ClientError::Protocol(_)
             | ClientError::ConnectionLost
             | ClientError::Timeout => EXIT_CONNECTION,
-            ClientError::Auth => EXIT_AUTH,
+            ClientError::Auth | ClientError::AuthClosed(_) => EXIT_AUTH,
             ClientError::Integrity { .. } => EXIT_INTEGRITY,
             ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::IntegrityMismatch => {
                 EXIT_INTEGRITY

@@ -219,6 +219,48 @@ pub fn read_password(ep: &Endpoint, file: Option<&Path>) -> Result<Password, Str
         })
 }
 
+/// Whether the password will be typed at a prompt: no `--password-file` and no
+/// `FERRY_PASSWORD`. Only a typed password is asked again after a failed login.
+pub fn password_is_typed(file: Option<&Path>) -> bool {
+    file.is_none() && std::env::var_os("FERRY_PASSWORD").is_none()
+}
+
+/// How long to wait, after a failed login, for the server to close the connection (as it
+/// does after its last allowed attempt) before asking for the password again.
+const CLOSE_AFTER_FAILURE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Reads the password and logs in. A typed password that fails is asked for again on the
+/// same connection until the server closes it (`ferry serve --max-auth-attempts`, 3 by
+/// default), as ssh does; one from `--password-file` or `FERRY_PASSWORD` is tried once.
+/// `Err(Ok(e))` is a client error, `Err(Err(text))` a password that could not be read.
+pub fn login(
+    rt: &Runtime,
+    conn: &mut Connection,
+    ep: &Endpoint,
+    file: Option<&Path>,
+) -> Result<(), Result<ClientError, String>> {
+    let typed = password_is_typed(file);
+    let mut failed = 0u32;
+    loop {
+        let password = read_password(ep, file).map_err(Err)?;
+        match rt.block_on(conn.login(&ep.user, &password)) {
+            Ok(()) => return Ok(()),
+            Err(ClientError::Auth) if typed => {
+                failed += 1;
+                if rt.block_on(conn.closes_within(CLOSE_AFTER_FAILURE_WAIT)) {
+                    return Err(Ok(ClientError::AuthClosed(failed)));
+                }
+                eprintln!("Permission denied, please try again.");
+            }
+            // The server closed while we asked again: that was its last attempt.
+            Err(ClientError::ConnectionLost) if failed > 0 => {
+                return Err(Ok(ClientError::AuthClosed(failed)));
+            }
+            Err(e) => return Err(Ok(e)),
+        }
+    }
+}
+
 /// How certificates without a trusted CA are handled.
 #[derive(Debug, Clone, Default)]
 pub struct TrustOpts {
