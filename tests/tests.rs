@@ -5,6 +5,7 @@ mod util;
 
 mod attacks;
 mod cli;
+mod hostile_server;
 mod interrupt;
 mod login;
 mod memory;
