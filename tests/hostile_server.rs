@@ -30,6 +30,9 @@ enum Lie {
     Listing,
     /// Every path is a directory holding one directory `d`.
     Tree,
+    /// Every path is a directory holding two directories, `a` and `b`: the depth cap alone
+    /// leaves 2^256 of them.
+    WideTree,
 }
 
 /// A hostile ferry/1 server on 127.0.0.1:0; returns its port, the CA that signed its
@@ -126,6 +129,14 @@ async fn serve(
                             .send_message(&ServerMessage::Entries { id, entries })
                             .await?;
                     }
+                }
+                Lie::WideTree => {
+                    let entries =
+                        vec![entry("a", EntryKind::Dir, 0), entry("b", EntryKind::Dir, 0)];
+                    writer
+                        .send_message(&ServerMessage::Entries { id, entries })
+                        .await?;
+                    writer.send_message(&ServerMessage::ok_count(id, 2)).await?;
                 }
                 _ => {
                     let entries = vec![entry("d", EntryKind::Dir, 0)];
@@ -249,4 +260,32 @@ fn an_endlessly_deep_tree_stops_at_the_depth_cap_for_get_r_and_rm_r() {
         p = p.join("d");
     }
     assert!((250..=257).contains(&depth), "{depth}");
+}
+
+#[test]
+fn an_endlessly_wide_tree_stops_at_the_entries_a_command_may_list() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca, requests) = rt.block_on(hostile(Lie::WideTree, dir.path()));
+    let local = tempfile::tempdir().unwrap();
+    let conn = rt.block_on(logged_in(port, &ca));
+    let mut session = Session::new(rt.handle().clone(), conn);
+    // The default is 2,000,000; a smaller budget shows the rule without a long test.
+    session.max_listed = 1_000;
+    let line = format!("get -r /top {}", local.path().join("got").display());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        session.begin();
+        let result = shell::execute_line(&mut session, &line);
+        session.end();
+        let _ = tx.send(result.map_err(|e| e.for_terminal()));
+    });
+    let result = rx
+        .recv_timeout(HANG)
+        .expect("an endlessly wide tree held the client");
+    worker.join().unwrap();
+    let err = result.expect_err("get -r of an endless tree");
+    assert!(err.contains("items failed"), "{err}");
+    let asked = requests.load(Ordering::Relaxed);
+    assert!(asked < 2_000, "{asked} requests");
 }
