@@ -880,8 +880,14 @@ fn start(
 /// The target and path of a one-shot's remote argument (`-P` is checked against a port in
 /// it).
 fn remote_arg(s: &str, port: Option<u16>) -> Result<(open::Target, String), String> {
-    open::parse_remote(s, port)?
-        .ok_or_else(|| format!("expected [USER@]HOST[:PORT]:PATH, got '{s}'"))
+    open::parse_remote(s, port)?.ok_or_else(|| {
+        let hint = if s.contains('@') && !s.contains(':') {
+            format!(" (for your home: '{s}:')")
+        } else {
+            String::new()
+        };
+        format!("expected [USER@]HOST[:PORT]:PATH, got '{s}'{hint}")
+    })
 }
 
 fn oneshot_get(a: GetArgs) -> Result<ExitCode> {

@@ -72,7 +72,17 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Err("the host is empty".into());
     }
     let port = match port {
-        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            if p.is_empty() || p.bytes().all(|b| b.is_ascii_digit()) {
+                format!("bad port '{p}' (1-65535)")
+            } else {
+                // scp habit: `connect alice@host:dir` names a path, which connect has none of.
+                format!(
+                    "bad port '{p}': connect takes [USER@]HOST[:PORT] (no path; `cd` once \
+                     connected, or `ferry ls {s}`)"
+                )
+            }
+        })?),
         None => None,
     };
     Ok(Target { user, host, port })
@@ -406,7 +416,11 @@ mod tests {
         let t = parse_target("work").unwrap();
         assert_eq!((t.user, t.host.as_str()), (None, "work"));
         assert!(parse_target("@host").is_err());
-        assert!(parse_target("a@host:notaport").is_err());
+        let err = parse_target("a@host:docs").unwrap_err();
+        assert!(
+            err.contains("no path") && err.contains("ferry ls a@host:docs"),
+            "{err}"
+        );
         assert!(parse_target("a@[::1").is_err());
         assert!(parse_target("a@").is_err());
     }
