@@ -68,7 +68,7 @@ fn one_typo_no_longer_ends_the_session_the_password_is_asked_again() {
         p.send_line(&format!("wrong-{i}")).unwrap();
     }
     let (before, _) = p
-        .exp_regex("authentication failed 3 times; the server closed the connection")
+        .exp_regex("authentication failed; the server closed the connection after 3 attempts")
         .unwrap();
     assert_eq!(
         before.matches("password: ").count(),

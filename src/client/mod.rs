@@ -81,7 +81,11 @@ pub enum ClientError {
     Auth,
     /// Wrong user or password, and the server closed the connection after this many
     /// attempts (its limit).
-    #[error("authentication failed {0} times; the server closed the connection")]
+    #[error(
+        "authentication failed; the server closed the connection after {n} attempt{s}",
+        n = .0,
+        s = if *.0 == 1 { "" } else { "s" }
+    )]
     AuthClosed(u32),
     /// The server refused a request.
     #[error("{0}")]
