@@ -104,6 +104,21 @@ impl PinningVerifier {
     /// A verifier trusting `roots` (may be empty: then only pins and acceptance count), the
     /// pin for this host if any, and a fingerprint the user accepted for an unknown host.
     pub fn new(roots: RootCertStore, pin: Option<Pin>, accept: Option<String>) -> Arc<Self> {
+        Self::build(roots, pin, accept, false)
+    }
+
+    /// A verifier for `--ca FILE`: a certificate is accepted only if it chains to `roots`.
+    /// known_hosts, `--accept-fingerprint` and prompts play no part.
+    pub fn ca_only(roots: RootCertStore) -> Arc<Self> {
+        Self::build(roots, None, None, true)
+    }
+
+    fn build(
+        roots: RootCertStore,
+        pin: Option<Pin>,
+        accept: Option<String>,
+        ca_only: bool,
+    ) -> Arc<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let webpki = if roots.is_empty() {
             None
@@ -117,21 +132,7 @@ impl PinningVerifier {
             provider,
             pin,
             accept: accept.map(|a| normalize_fingerprint(&a).unwrap_or(a)),
-            ca_only: false,
-            verdict: Mutex::new(None),
-        })
-    }
-
-    /// A verifier for `--ca FILE`: a certificate is accepted only if it chains to `roots`.
-    /// known_hosts, `--accept-fingerprint` and prompts play no part.
-    pub fn ca_only(roots: RootCertStore) -> Arc<Self> {
-        let verifier = Self::new(roots, None, None);
-        Arc::new(PinningVerifier {
-            webpki: verifier.webpki.clone(),
-            provider: Arc::clone(&verifier.provider),
-            pin: None,
-            accept: None,
-            ca_only: true,
+            ca_only,
             verdict: Mutex::new(None),
         })
     }
