@@ -24,7 +24,8 @@ const HANG: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug)]
 enum Lie {
     /// `stat` says a 10-byte file; `sha256` and `copy` get `progress` every 20 ms forever:
-    /// the same count, then counts past the file's size.
+    /// the same count, then counts past the file's size, then the same count padded with
+    /// an unknown field (a client that only looks at short messages takes it for news).
     Progress,
     /// `list` gets pages of 512 entries with long names, forever.
     Listing,
@@ -109,12 +110,19 @@ async fn serve(
                 // Never a result: first the same count, then counts beyond the file's size.
                 let mut bytes = 5;
                 for i in 0u64.. {
-                    if i > 50 {
-                        bytes += 1 << 20;
+                    if i > 100 {
+                        let padded = serde_json::json!({
+                            "type": "progress", "id": id, "bytes": 5, "pad": "p".repeat(1000)
+                        });
+                        writer.send_message(&padded).await?;
+                    } else {
+                        if i > 50 {
+                            bytes += 1 << 20;
+                        }
+                        writer
+                            .send_message(&ServerMessage::Progress { id, bytes })
+                            .await?;
                     }
-                    writer
-                        .send_message(&ServerMessage::Progress { id, bytes })
-                        .await?;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -170,7 +178,7 @@ async fn endless_progress_does_not_extend_a_request_forever() {
     let (port, ca, _) = hostile(Lie::Progress, dir.path()).await;
     for what in ["sha256", "copy"] {
         let mut c = logged_in(port, &ca).await;
-        c.set_stall_timeout(Duration::from_secs(2));
+        c.set_stall_timeout(Duration::from_secs(3));
         let started = Instant::now();
         let result = tokio::time::timeout(HANG, async {
             match what {
@@ -185,9 +193,9 @@ async fn endless_progress_does_not_extend_a_request_forever() {
             matches!(result, Err(ClientError::Timeout)),
             "{what}: {result:?}"
         );
-        // 2 s of stall plus what 10 bytes of work can earn; the lies past the file earn
-        // nothing.
-        assert!(took < Duration::from_secs(6), "{what} took {took:?}");
+        // 3 s of stall plus what 10 bytes of work can earn; the lies past the file and the
+        // padded repeats earn nothing.
+        assert!(took < Duration::from_secs(8), "{what} took {took:?}");
     }
 }
 

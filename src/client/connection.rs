@@ -45,6 +45,13 @@ pub const MAX_LIST_ENTRIES: usize = 1_000_000;
 /// client's memory (or the wait) grow without end with an endless listing.
 pub const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
 
+/// The `type` of a server message, the rest unread.
+#[derive(serde::Deserialize)]
+struct MessageType {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
 /// The read side of a connection, and the stall rule's state.
 pub(super) struct Reader {
     frames: FrameReader<ReadHalf<Stream>>,
@@ -78,13 +85,18 @@ impl Reader {
     /// Applies the stall rule to a frame that arrived.
     fn account(&mut self, frame: &Frame) {
         let now = Instant::now();
+        // Every message is looked at, whatever its length: a `progress` padded with unknown
+        // fields is still a `progress`. Only its type is read here (the rest is skipped);
+        // one that does not decode earns nothing, and its reader will refuse it.
         let progress = match frame {
-            // A progress message is tiny; anything longer is something else.
-            Frame::Message(m) if m.len() <= 256 => match decode_server_message(m) {
-                Ok(ServerMessage::Progress { bytes, .. }) => Some(bytes),
+            Frame::Message(m) => match serde_json::from_slice::<MessageType>(m) {
+                Ok(t) if t.kind == "progress" => Some(match decode_server_message(m) {
+                    Ok(ServerMessage::Progress { bytes, .. }) => bytes,
+                    _ => 0,
+                }),
                 _ => None,
             },
-            _ => None,
+            Frame::Data(_) => None,
         };
         let Some(bytes) = progress else {
             self.progress_deadline = None;
