@@ -26,6 +26,7 @@ enum Lie {
     /// `stat` says a 10-byte file; `sha256` and `copy` get `progress` every 20 ms forever:
     /// the same count, then counts past the file's size, then the same count padded with
     /// an unknown field (a client that only looks at short messages takes it for news).
+    /// `get` gets its `file` header and then only `progress`.
     Progress,
     /// `list` gets pages of 512 entries with long names, forever.
     Listing,
@@ -106,6 +107,22 @@ async fn serve(
                 };
                 writer.send_message(&ServerMessage::ok_entry(id, e)).await?
             }
+            ClientMessage::Get { id, .. } => {
+                // A download that announces its file and then only ever makes progress.
+                let file = ServerMessage::File {
+                    id,
+                    size: 10,
+                    mtime: 0,
+                    offset: 0,
+                };
+                writer.send_message(&file).await?;
+                loop {
+                    writer
+                        .send_message(&ServerMessage::Progress { id, bytes: 5 })
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             ClientMessage::Sha256 { id, .. } | ClientMessage::Copy { id, .. } => {
                 // Never a result: first the same count, then counts beyond the file's size.
                 let mut bytes = 5;
@@ -176,14 +193,20 @@ async fn logged_in(port: u16, ca: &Path) -> Connection {
 async fn endless_progress_does_not_extend_a_request_forever() {
     let dir = tempfile::tempdir().unwrap();
     let (port, ca, _) = hostile(Lie::Progress, dir.path()).await;
-    for what in ["sha256", "copy"] {
+    let local = tempfile::tempdir().unwrap();
+    for what in ["sha256", "copy", "get"] {
         let mut c = logged_in(port, &ca).await;
         c.set_stall_timeout(Duration::from_secs(3));
         let started = Instant::now();
         let result = tokio::time::timeout(HANG, async {
             match what {
                 "sha256" => c.sha256("/f").await.map(|_| ()),
-                _ => c.copy("/f", "/g", false).await.map(|_| ()),
+                "copy" => c.copy("/f", "/g", false).await.map(|_| ()),
+                _ => {
+                    let mut progress = |_| {};
+                    let target = local.path().join("f");
+                    c.get("/f", &target, false, &mut progress).await.map(|_| ())
+                }
             }
         })
         .await
@@ -197,6 +220,8 @@ async fn endless_progress_does_not_extend_a_request_forever() {
         // padded repeats earn nothing.
         assert!(took < Duration::from_secs(8), "{what} took {took:?}");
     }
+    // The download that never came left nothing behind, under any name.
+    assert_eq!(std::fs::read_dir(local.path()).unwrap().count(), 0);
 }
 
 #[tokio::test]
