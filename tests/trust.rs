@@ -346,7 +346,7 @@ fn a_lockout_after_failed_logins_is_explained_not_tls_handshake_eof() {
     let w = World::start();
     let port = w.server.port().to_string();
     let mut last = None;
-    for _ in 0..6 {
+    for _ in 0..10 {
         let out = Ferry::new(&w.local).env("FERRY_PASSWORD", "wrong").run(&[
             "ls",
             "-P",
