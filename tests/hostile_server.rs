@@ -35,6 +35,9 @@ enum Lie {
     /// Every path is a directory holding two directories, `a` and `b`: the depth cap alone
     /// leaves 2^256 of them.
     WideTree,
+    /// Not hostile, only slow: reads the first 30 data frames of an upload 50 ms apart, the
+    /// rest at once, and answers `end` with the right digest.
+    SlowReader,
 }
 
 /// A hostile ferry/1 server on 127.0.0.1:0; returns its port, the CA that signed its
@@ -106,6 +109,28 @@ async fn serve(
                     _ => entry("d", EntryKind::Dir, 0),
                 };
                 writer.send_message(&ServerMessage::ok_entry(id, e)).await?
+            }
+            ClientMessage::Put { id, size, .. } => {
+                use sha2::Digest;
+                let mut hasher = sha2::Sha256::new();
+                let mut frames = 0;
+                loop {
+                    match reader.read_frame().await? {
+                        Some(ferry::protocol::Frame::Data(d)) => {
+                            hasher.update(&d);
+                            frames += 1;
+                            if frames <= 30 {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                        Some(ferry::protocol::Frame::Message(_)) => break,
+                        None => return Ok(()),
+                    }
+                }
+                let sha = hex::encode(hasher.finalize());
+                writer
+                    .send_message(&ServerMessage::ok_transfer(id, size, sha))
+                    .await?
             }
             ClientMessage::Get { id, .. } => {
                 // A download that announces its file and then only ever makes progress.
@@ -321,4 +346,31 @@ fn an_endlessly_wide_tree_stops_at_the_entries_a_command_may_list() {
     assert!(err.contains("items failed"), "{err}");
     let asked = requests.load(Ordering::Relaxed);
     assert!(asked < 2_000, "{asked} requests");
+}
+
+/// The stall rule counts the bytes the client sends, too: an upload that keeps moving is not
+/// a stalled request, however long the server stays silent until its final reply. (Before,
+/// any single upload that took longer than the read timeout failed.)
+#[tokio::test]
+async fn an_upload_longer_than_the_stall_time_is_not_a_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca, _) = hostile(Lie::SlowReader, dir.path()).await;
+    let local = dir.path().join("big.bin");
+    crate::util::random_file(&local, 16 << 20, 71);
+    let mut c = logged_in(port, &ca).await;
+    // Far shorter than the upload takes (30 chunks at 50 ms), far longer than the pause
+    // between two chunks.
+    c.set_stall_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut progress = |_| {};
+    let t = tokio::time::timeout(HANG, c.put(&local, "/big.bin", false, &mut progress))
+        .await
+        .expect("the upload hung");
+    let took = started.elapsed();
+    let t = t.unwrap_or_else(|e| panic!("upload of {took:?} failed: {e}"));
+    assert_eq!(t.size, 16 << 20);
+    assert!(
+        took > Duration::from_millis(1000),
+        "too fast to show anything: {took:?}"
+    );
 }

@@ -2,10 +2,13 @@
 //! commands are built on.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -20,7 +23,93 @@ use crate::protocol::{
 use crate::transfer::is_hex_digest;
 use crate::users::Password;
 
-pub(super) type Stream = TlsStream<TcpStream>;
+pub(super) type Stream = Watched<TlsStream<TcpStream>>;
+
+/// When the client last wrote to the server. The stall rule counts bytes the client sends as
+/// new bytes too, so an upload that keeps moving is not a stall while the server, as it
+/// should, stays silent until its final reply.
+#[derive(Debug)]
+pub(super) struct WriteClock {
+    base: Instant,
+    /// Milliseconds from `base` to the last write that moved bytes.
+    last_ms: AtomicU64,
+}
+
+impl WriteClock {
+    fn new() -> Arc<WriteClock> {
+        Arc::new(WriteClock {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that tells its [`WriteClock`] whenever a write moves bytes.
+pub(super) struct Watched<S> {
+    inner: S,
+    clock: Arc<WriteClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.clock.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.clock.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Time allowed to open the TCP connection and finish the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,6 +145,8 @@ struct MessageType {
 pub(super) struct Reader {
     frames: FrameReader<ReadHalf<Stream>>,
     stall: Duration,
+    /// The client's own writes (shared with the write half).
+    writes: Arc<WriteClock>,
     /// Set once `progress` is all that arrives: the next frame must come before it.
     progress_deadline: Option<Instant>,
     /// Bytes of work the running request may report progress up to (0: none expected).
@@ -65,10 +156,11 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    fn new(r: ReadHalf<Stream>) -> Reader {
+    fn new(r: ReadHalf<Stream>, writes: Arc<WriteClock>) -> Reader {
         Reader {
             frames: FrameReader::new(r, MAX_FRAME_LEN),
             stall: STALL_TIMEOUT,
+            writes,
             progress_deadline: None,
             progress_bound: 0,
             progress_best: 0,
@@ -186,9 +278,13 @@ impl Connection {
                 "{addr} does not speak ferry/1 (ALPN not agreed)"
             )));
         }
-        let (r, w) = tokio::io::split(stream);
+        let writes = WriteClock::new();
+        let (r, w) = tokio::io::split(Watched {
+            inner: stream,
+            clock: Arc::clone(&writes),
+        });
         let mut conn = Connection {
-            reader: Reader::new(r),
+            reader: Reader::new(r, writes),
             writer: FrameWriter::new(w),
             next_id: 1,
             server_software: String::new(),
@@ -594,15 +690,21 @@ pub(super) async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, Cli
 }
 
 /// The next frame, under the stall rule: at most the stall time, and while only `progress`
-/// arrives, no longer than what it has earned.
+/// arrives, no longer than what it has earned; bytes the client itself sends meanwhile (an
+/// upload) count as new bytes too.
 pub(super) async fn read_frame_from(reader: &mut Reader) -> Result<Frame, ClientError> {
-    let limit = match reader.progress_deadline {
-        Some(d) => d.saturating_duration_since(Instant::now()),
-        None => reader.stall,
-    };
-    let frame = match tokio::time::timeout(limit, reader.frames.read_frame()).await {
-        Err(_) => return Err(ClientError::Timeout),
-        Ok(r) => r?,
+    let start = Instant::now();
+    let frame = loop {
+        let waited = reader.progress_deadline.unwrap_or(start + reader.stall);
+        let deadline = waited.max(reader.writes.last() + reader.stall);
+        let read = reader.frames.read_frame();
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(r) => break r?,
+            // The client wrote since: the wait goes on from that write. (Reading again is
+            // safe: a frame cut short stays buffered.)
+            Err(_) if reader.writes.last() + reader.stall > Instant::now() => continue,
+            Err(_) => return Err(ClientError::Timeout),
+        }
     };
     match frame {
         Some(f) => {
