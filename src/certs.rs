@@ -31,7 +31,9 @@ use rustls_pki_types::DnsName;
 
 use crate::tls;
 
-/// Common name of the development CA.
+/// Common name of the development CA, before its random suffix: each dev CA is called
+/// `ferry development CA <16 hex digits>`, so that messages and certificate viewers can tell
+/// one dev CA (and the leaves it issued) from another.
 pub const CA_COMMON_NAME: &str = "ferry development CA";
 
 /// Common name of the server certificate (clients check the SANs, not this).
@@ -214,7 +216,7 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
     let ca_key =
         KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CertError::Generate)?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = distinguished_name(CA_COMMON_NAME);
+    ca_params.distinguished_name = distinguished_name(&ca_common_name());
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -566,6 +568,11 @@ fn subject_alt_names(extra_hosts: &[String]) -> Result<Vec<Host>, CertError> {
         }
     }
     Ok(hosts)
+}
+
+/// A fresh, unique common name for a dev CA: [`CA_COMMON_NAME`] and 64 random bits.
+fn ca_common_name() -> String {
+    format!("{CA_COMMON_NAME} {:016x}", rand::random::<u64>())
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -968,6 +975,27 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
+    /// Issue 12 item 8: two dev CAs shared one subject, so a leaf of one looked like a leaf
+    /// of the other in every message and viewer (and a wrong `--ca` gave `BadSignature`).
+    #[test]
+    fn each_dev_ca_has_a_subject_of_its_own_that_its_leaf_names_as_issuer() {
+        let subjects: Vec<(String, String)> = (0..2)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let g = generate(dir.path(), &[], false).unwrap();
+                let chain = pem_certs(&g.paths.server_cert);
+                let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+                let (_, ca) = X509Certificate::from_der(&chain[1]).unwrap();
+                (ca.subject().to_string(), leaf.issuer().to_string())
+            })
+            .collect();
+        for (ca, issuer) in &subjects {
+            assert_eq!(ca, issuer);
+            assert!(ca.starts_with(&format!("CN={CA_COMMON_NAME} ")), "{ca}");
+        }
+        assert_ne!(subjects[0].0, subjects[1].0, "two dev CAs, one name");
+    }
+
     #[test]
     fn extra_hosts_become_sans_and_certificates_parse_back() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1024,11 +1052,10 @@ mod tests {
         assert!(ca.is_ca());
         let constraints = ca.basic_constraints().unwrap().unwrap().value;
         assert_eq!(constraints.path_len_constraint, Some(0));
-        assert!(
-            ca.subject()
-                .iter_common_name()
-                .any(|cn| cn.as_str().ok() == Some(CA_COMMON_NAME))
-        );
+        assert!(ca.subject().iter_common_name().any(|cn| {
+            cn.as_str()
+                .is_ok_and(|n| n.starts_with(&format!("{CA_COMMON_NAME} ")))
+        }));
         assert!(ca.verify_signature(None).is_ok());
         assert!(leaf.verify_signature(Some(ca.public_key())).is_ok());
 

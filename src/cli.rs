@@ -431,12 +431,15 @@ struct ConnectArgs {
     /// Read commands from FILE ('-' for stdin) instead of a terminal.
     #[arg(short = 'b', long = "batch", value_name = "FILE")]
     batch: Option<PathBuf>,
+    /// The port as ssh spells it: the same as -P.
+    #[arg(short = 'p', value_name = "PORT", hide = true, conflicts_with = "port")]
+    ssh_port: Option<u16>,
 }
 
 /// Options of every command that connects.
 #[derive(Debug, Args)]
 struct ConnOpts {
-    /// Port (instead of HOST:PORT).
+    /// Port (instead of HOST:PORT; `connect` also takes ssh's -p).
     #[arg(short = 'P', long, value_name = "PORT")]
     port: Option<u16>,
     /// CA certificate(s) to trust instead of the system roots.
@@ -455,7 +458,7 @@ struct ConnOpts {
 
 #[derive(Debug, Args)]
 struct GetArgs {
-    /// USER@HOST:REMOTE (REMOTE relative to your home; a glob is allowed).
+    /// [USER@]HOST[:PORT]:REMOTE (REMOTE relative to your home; a glob is allowed).
     #[arg(value_name = "USER@HOST:REMOTE")]
     remote: String,
     /// Local file or directory (default: the current directory).
@@ -472,7 +475,7 @@ struct PutArgs {
     /// Local files or directories (a glob is allowed).
     #[arg(value_name = "LOCAL", num_args = 1.., required = true)]
     locals: Vec<String>,
-    /// USER@HOST:REMOTE (REMOTE relative to your home; USER@HOST: is the home itself).
+    /// [USER@]HOST[:PORT]:REMOTE (REMOTE relative to your home; USER@HOST: is the home itself).
     #[arg(value_name = "USER@HOST:REMOTE", required = true)]
     remote: String,
     #[command(flatten)]
@@ -519,7 +522,7 @@ impl TransferFlags {
 
 #[derive(Debug, Args)]
 struct LsArgs {
-    /// USER@HOST:[PATH] (a glob is allowed).
+    /// [USER@]HOST[:PORT]:[PATH] (a glob is allowed).
     #[arg(value_name = "USER@HOST:[PATH]")]
     remote: String,
     /// Human sizes.
@@ -1019,7 +1022,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn connect(a: ConnectArgs) -> Result<ExitCode> {
+fn connect(mut a: ConnectArgs) -> Result<ExitCode> {
+    a.conn.port = a.conn.port.or(a.ssh_port);
     let target = match open::parse_target(&a.target) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
@@ -1027,7 +1031,7 @@ fn connect(a: ConnectArgs) -> Result<ExitCode> {
     let interactive = a.batch.is_none() && std::io::stdin().is_terminal();
     let (rt, mut session) = match start(&target, &a.conn, a.batch.is_none())? {
         Ok(x) => x,
-        Err(code) => return Ok(code),
+        Err(f) => return Ok(f.report(None)),
     };
     session.bars = std::io::stderr().is_terminal() && !a.conn.quiet;
     session.quiet = a.conn.quiet;
@@ -1048,33 +1052,118 @@ fn connect(a: ConnectArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(status))
 }
 
-/// Resolves the target, reads the password, connects (TOFU included) and logs in. `Err`
-/// of the inner result is the exit status of a failure already reported.
+/// A failure before a command could run (or of a one-shot as a whole): its exit status and
+/// its message, printed once by [`Failure::report`].
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn client(e: &ClientError) -> Failure {
+        Failure::new(e.exit_code(), client::ops::terminal_text(e))
+    }
+
+    /// Prints the message on stderr and, for `--json`, the failure as one JSON object on
+    /// stdout (a get or put's with `files` and the rest empty).
+    fn report(&self, json: Option<JsonShape>) -> ExitCode {
+        eprintln!("ferry: {}", self.message);
+        if let Some(shape) = json {
+            let mut v = match shape {
+                JsonShape::Transfer => serde_json::to_value(client::ops::Report::default())
+                    .unwrap_or_else(|_| serde_json::json!({})),
+                JsonShape::Plain => serde_json::json!({}),
+            };
+            add_outcome(&mut v, self.code, Some(&self.message));
+            print_json(&v);
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+/// What a `--json` failure object looks like: a transfer report (`get`, `put`) or a bare
+/// outcome (`ls`).
+#[derive(Debug, Clone, Copy)]
+enum JsonShape {
+    Transfer,
+    Plain,
+}
+
+/// Adds `ok`, `exit_code`, `exit_meaning` and (on failure) `error` to a JSON object.
+fn add_outcome(v: &mut serde_json::Value, code: u8, error: Option<&str>) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "ok".into(),
+            serde_json::Value::Bool(code == client::EXIT_OK),
+        );
+        o.insert("exit_code".into(), serde_json::Value::from(code));
+        o.insert(
+            "exit_meaning".into(),
+            serde_json::Value::from(client::exit_meaning(code)),
+        );
+        if let Some(e) = error {
+            o.insert("error".into(), serde_json::Value::String(e.to_string()));
+        }
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// The JSON object of a command line clap refused, for `get`, `put` and `ls` with `--json`
+/// (`None` for anything else): scripts that asked for JSON get JSON, even for a usage error.
+pub fn usage_failure_json(args: &[std::ffi::OsString], message: &str) -> Option<String> {
+    let words: Vec<&str> = args.iter().skip(1).filter_map(|a| a.to_str()).collect();
+    let shape = match words.iter().find(|w| !w.starts_with('-')) {
+        Some(&"get" | &"put") => JsonShape::Transfer,
+        Some(&"ls") => JsonShape::Plain,
+        _ => return None,
+    };
+    if !words.contains(&"--json") {
+        return None;
+    }
+    let mut v = match shape {
+        JsonShape::Transfer => serde_json::to_value(client::ops::Report::default()).ok()?,
+        JsonShape::Plain => serde_json::json!({}),
+    };
+    // clap's first line says what is wrong; the rest is usage text for people.
+    let first = message.lines().next().unwrap_or(message);
+    let error = first.strip_prefix("error: ").unwrap_or(first);
+    add_outcome(&mut v, client::EXIT_USAGE, Some(error));
+    serde_json::to_string_pretty(&v).ok()
+}
+
+/// Resolves the target, reads the password, connects (TOFU included) and logs in.
 fn start(
     target: &open::Target,
     opts: &ConnOpts,
     may_prompt: bool,
-) -> Result<Result<(tokio::runtime::Runtime, Session), ExitCode>> {
+) -> Result<Result<(tokio::runtime::Runtime, Session), Failure>> {
     let config = match ClientConfig::load_default() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
-        }
+        Err(e) => return Ok(Err(Failure::new(client::EXIT_USAGE, e.to_string()))),
     };
     let ep = match open::resolve(target, opts.port, opts.ca.as_deref(), &config) {
         Ok(ep) => ep,
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
-        }
+        Err(e) => return Ok(Err(Failure::new(client::EXIT_USAGE, e))),
     };
     let accept = match &opts.accept_fingerprint {
         Some(fp) => match client::trust::normalize_fingerprint(fp) {
             Some(f) => Some(f),
             None => {
-                eprintln!("ferry: --accept-fingerprint wants SHA256: and 64 hex digits");
-                return Ok(Err(ExitCode::from(client::EXIT_USAGE)));
+                return Ok(Err(Failure::new(
+                    client::EXIT_USAGE,
+                    "--accept-fingerprint wants SHA256: and 64 hex digits",
+                )));
             }
         },
         None => None,
@@ -1087,35 +1176,39 @@ fn start(
     };
     let mut conn = match open::connect(&rt, &ep, &trust) {
         Ok(c) => c,
-        Err(e) => return Ok(Err(client_failure(&e))),
+        Err(e) => return Ok(Err(Failure::client(&e))),
     };
-    let password = match open::read_password(&ep, opts.password_file.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            return Ok(Err(ExitCode::from(client::EXIT_AUTH)));
-        }
-    };
-    if let Err(e) = rt.block_on(conn.login(&ep.user, &password)) {
-        return Ok(Err(client_failure(&e)));
+    match open::login(&rt, &mut conn, &ep, opts.password_file.as_deref()) {
+        Ok(()) => {}
+        Err(Ok(e)) => return Ok(Err(Failure::client(&e))),
+        Err(Err(unreadable)) => return Ok(Err(Failure::new(client::EXIT_AUTH, unreadable))),
     }
     let session = Session::new(rt.handle().clone(), conn);
     Ok(Ok((rt, session)))
 }
 
-/// The target and path of a one-shot's remote argument.
-fn remote_arg(s: &str) -> Result<(open::Target, String), String> {
-    open::parse_remote(s).ok_or_else(|| format!("expected USER@HOST:PATH, got '{s}'"))
+/// The target and path of a one-shot's remote argument (`-P` is checked against a port in
+/// it).
+fn remote_arg(s: &str, port: Option<u16>) -> Result<(open::Target, String), String> {
+    open::parse_remote(s, port)?.ok_or_else(|| {
+        let hint = if s.contains('@') && !s.contains(':') {
+            format!(" (for your home: '{s}:')")
+        } else {
+            String::new()
+        };
+        format!("expected [USER@]HOST[:PORT]:PATH, got '{s}'{hint}")
+    })
 }
 
 fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
-    let (target, path) = match remote_arg(&a.remote) {
+    let json = a.transfer.json.then_some(JsonShape::Transfer);
+    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
         Ok(x) => x,
-        Err(e) => return usage_error(&e),
+        Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
     let (rt, mut session) = match start(&target, &a.conn, true)? {
         Ok(x) => x,
-        Err(code) => return Ok(code),
+        Err(f) => return Ok(f.report(json)),
     };
     prepare_oneshot(&mut session, a.transfer.json, a.conn.quiet);
     let opts = a.transfer.opts();
@@ -1134,14 +1227,15 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
 }
 
 fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
+    let json = a.transfer.json.then_some(JsonShape::Transfer);
     let (remote, locals) = (&a.remote, &a.locals);
-    let (target, path) = match remote_arg(remote) {
+    let (target, path) = match remote_arg(remote, a.conn.port) {
         Ok(x) => x,
-        Err(e) => return usage_error(&e),
+        Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
     let (rt, mut session) = match start(&target, &a.conn, true)? {
         Ok(x) => x,
-        Err(code) => return Ok(code),
+        Err(f) => return Ok(f.report(json)),
     };
     prepare_oneshot(&mut session, a.transfer.json, a.conn.quiet);
     let opts = a.transfer.opts();
@@ -1160,13 +1254,14 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
 }
 
 fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
-    let (target, path) = match remote_arg(&a.remote) {
+    let json = a.json.then_some(JsonShape::Plain);
+    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
         Ok(x) => x,
-        Err(e) => return usage_error(&e),
+        Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
     let (rt, mut session) = match start(&target, &a.conn, true)? {
         Ok(x) => x,
-        Err(code) => return Ok(code),
+        Err(f) => return Ok(f.report(json)),
     };
     session.catch_interrupts(true);
     let mut line = String::from("ls");
@@ -1189,10 +1284,7 @@ fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
     session.end();
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry: {}", e.for_terminal());
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => Failure::new(e.exit_code(), e.for_terminal()).report(json),
     };
     session.close();
     drop(rt);
@@ -1226,14 +1318,9 @@ fn finish_oneshot(
             Some(r) => serde_json::to_value(&r).unwrap_or_default(),
             None => serde_json::json!({}),
         };
-        if let Some(o) = v.as_object_mut() {
-            o.insert("ok".into(), serde_json::Value::Bool(result.is_ok()));
-            o.insert("exit_code".into(), serde_json::Value::from(code));
-            if let Err(e) = &result {
-                o.insert("error".into(), serde_json::Value::String(e.for_terminal()));
-            }
-        }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        let error = result.as_ref().err().map(OpError::for_terminal);
+        add_outcome(&mut v, code, error.as_deref());
+        print_json(&v);
     } else if let Err(e) = &result {
         eprintln!("ferry: {}", e.for_terminal());
     }
@@ -1245,11 +1332,6 @@ fn finish_oneshot(
 fn usage_error(msg: &str) -> Result<ExitCode> {
     eprintln!("ferry: {msg}");
     Ok(ExitCode::from(client::EXIT_USAGE))
-}
-
-fn client_failure(e: &ClientError) -> ExitCode {
-    eprintln!("ferry: {}", client::ops::terminal_text(e));
-    ExitCode::from(e.exit_code())
 }
 
 #[cfg(test)]

@@ -5,7 +5,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = ferry::cli::Cli::parse();
+    let cli = match ferry::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `get`, `put` and `ls` with --json answer a usage error in JSON too.
+            if e.use_stderr() {
+                let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                if let Some(json) = ferry::cli::usage_failure_json(&args, &e.to_string()) {
+                    println!("{json}");
+                }
+            }
+            e.exit()
+        }
+    };
     match ferry::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

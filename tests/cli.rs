@@ -1287,6 +1287,48 @@ fn connect_batch_file_and_port_option() {
     out.expect_failure();
 }
 
+/// Issue 12 item 20: ssh users type `-p PORT`; `ferry connect` takes it as `-P`.
+#[test]
+fn connect_takes_ssh_style_lowercase_p_for_the_port() {
+    let w = World::start();
+    let port = w.server.port().to_string();
+    let out = w.connect(
+        ALICE_PW,
+        &["-p", &port, "alice@127.0.0.1"],
+        Some("mkdir via-p\n"),
+    );
+    out.expect_ok();
+    assert!(w.alice_home().join("via-p").is_dir());
+    // Both spellings at once is a usage error, not a silent choice.
+    let out = w.connect(
+        ALICE_PW,
+        &["-p", &port, "-P", &port, "alice@127.0.0.1"],
+        Some("pwd\n"),
+    );
+    out.expect_code(2);
+}
+
+/// Issue 12 item 20: habits from scp and ssh that ferry does not take get a hint that shows
+/// the form it does take.
+#[test]
+fn scp_and_ssh_habits_that_do_not_work_get_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-shot without the colon of the home.
+    let out = Ferry::new(dir.path()).run(&["ls", "alice@127.0.0.1"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("for your home: 'alice@127.0.0.1:'"),
+        "{out:#?}"
+    );
+    // A path on connect's target.
+    let out = Ferry::new(dir.path()).run(&["connect", "alice@127.0.0.1:docs"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("no path") && out.stderr.contains("ferry ls alice@127.0.0.1:docs"),
+        "{out:#?}"
+    );
+}
+
 #[test]
 fn connect_read_only_user_can_list_and_get_but_not_change() {
     let w = World::start();

@@ -605,3 +605,248 @@ fn fail_fast_stops_at_the_first_failed_file_both_ways() {
         "only verified files arrived: {names:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// USER@HOST:PORT:PATH and the README's examples (issue 12, item 14)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn user_host_port_path_goes_to_that_port_and_never_writes_a_file_named_port_colon() {
+    let w = World::start();
+    random_file(&w.local.join("f.bin"), 1000, 31);
+    std::fs::create_dir_all(w.alice_home().join("dir")).unwrap();
+    let port = w.server.port();
+    let ca = w.ca.to_str().unwrap();
+    let spec = format!("alice@127.0.0.1:{port}:dir/");
+    let run = |args: &[&str]| {
+        Ferry::new(&w.local)
+            .env("FERRY_PASSWORD", ALICE_PW)
+            .run(args)
+    };
+
+    // Without -P: the port in the spec is used, the file lands in dir/.
+    run(&["put", "--ca", ca, "f.bin", &spec]).expect_ok();
+    assert!(w.alice_home().join("dir/f.bin").is_file());
+    assert_eq!(
+        names_in(&w.alice_home()),
+        ["dir"],
+        "no file named {port}:dir"
+    );
+    let out = run(&["ls", "-1", "--ca", ca, &spec]);
+    out.expect_ok();
+    assert_eq!(out.stdout, "f.bin\n");
+    run(&[
+        "get",
+        "--ca",
+        ca,
+        &format!("alice@127.0.0.1:{port}:dir/f.bin"),
+        "back.bin",
+    ])
+    .expect_ok();
+
+    // -P saying another port: refused with the right form, nothing written anywhere.
+    let out = run(&["put", "-P", "1", "--ca", ca, "f.bin", &spec]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("-P 1 alice@127.0.0.1:dir/"), "{out:#?}");
+    // Digits that are no port: refused, showing both ways to write it.
+    let out = run(&["put", "--ca", ca, "f.bin", "alice@127.0.0.1:99999:dir/"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("-P PORT") && out.stderr.contains("alice@127.0.0.1:./99999:dir/"),
+        "{out:#?}"
+    );
+    assert_eq!(names_in(&w.alice_home()), ["dir"]);
+}
+
+/// The lines of the README's fenced block that follows `heading`.
+fn readme_block(heading: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = &readme[readme.find(heading).expect("heading in README")..];
+    let start = after.find("```sh\n").unwrap() + "```sh\n".len();
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end]
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+#[test]
+fn the_readme_one_shot_examples_work_as_written() {
+    let w = World::start();
+    let port = w.server.port().to_string();
+    // `files.example.org` and `work` are aliases of the test server (address, port, CA), so
+    // each line runs unchanged; only a literal `-P 8443` is pointed at the test server.
+    let xdg = w.local.join(".config/ferry");
+    std::fs::create_dir_all(&xdg).unwrap();
+    let mut config = String::new();
+    for name in ["\"files.example.org\"", "work"] {
+        config.push_str(&format!(
+            "[hosts.{name}]\naddress = \"127.0.0.1\"\nport = {port}\nuser = \"alice\"\n\
+             ca = \"{}\"\n\n",
+            w.ca.display()
+        ));
+    }
+    std::fs::write(xdg.join("config.toml"), config).unwrap();
+    // What the examples expect to find.
+    random_file(&w.local.join("build.tar.gz"), 5000, 41);
+    std::fs::create_dir_all(w.local.join("site/css")).unwrap();
+    random_file(&w.local.join("site/index.html"), 300, 42);
+    random_file(&w.local.join("site/css/a.css"), 200, 43);
+    let home = w.alice_home();
+    std::fs::create_dir_all(home.join("drops")).unwrap();
+    std::fs::create_dir_all(home.join("logs")).unwrap();
+    std::fs::create_dir_all(home.join("photos/2026")).unwrap();
+    random_file(&home.join("logs/2026-01.log"), 100, 44);
+    random_file(&home.join("logs/2026-02.log"), 100, 45);
+    random_file(&home.join("logs/2025-12.log"), 100, 46);
+    random_file(&home.join("photos/2026/a.jpg"), 1000, 47);
+    std::fs::create_dir_all(w.local.join("logs")).unwrap();
+    std::fs::create_dir_all(w.local.join("backup")).unwrap();
+
+    let lines = readme_block("### One-shots for scripts");
+    assert!(lines.len() >= 5, "{lines:?}");
+    for line in &lines {
+        let words = shlex::split(line).unwrap_or_else(|| panic!("cannot split {line:?}"));
+        assert_eq!(words[0], "ferry", "{line}");
+        let args: Vec<String> = words[1..]
+            .iter()
+            .map(|a| if a == "8443" { port.clone() } else { a.clone() })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = Ferry::new(&w.local)
+            .env("FERRY_PASSWORD", ALICE_PW)
+            .run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "README line `{line}` failed: {out:#?}"
+        );
+    }
+    assert!(home.join("drops/build.tar.gz").is_file());
+    assert!(home.join("www/css/a.css").is_file());
+    assert!(w.local.join("logs/2026-01.log").is_file());
+    assert!(!w.local.join("logs/2025-12.log").exists());
+    assert!(w.local.join("backup/photos/2026/a.jpg").is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
+// --json ends with one JSON object, failures included (issue 12, item 19)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn json_prints_one_object_on_connection_tls_auth_and_usage_failures() {
+    // Eighteen failures from one address would otherwise lock it out.
+    let w = World::start_with(&["--no-penalties"]);
+    let port = w.server.port().to_string();
+    let ca = w.ca.to_str().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = ferry::certs::generate(other.path(), &[], false)
+        .unwrap()
+        .paths
+        .ca_cert;
+    let other_ca = other_ca.to_str().unwrap();
+    random_file(&w.local.join("up.bin"), 100, 51);
+
+    // (what, password, arguments after the subcommand's --json, exit code, meaning)
+    let cases: Vec<(&str, &str, Vec<&str>, i64, &str)> = vec![
+        (
+            "connection refused",
+            ALICE_PW,
+            vec!["-P", &free, "--ca", &ca],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "unknown certificate, nobody to ask",
+            ALICE_PW,
+            vec!["-P", &port],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "a CA that did not issue it",
+            ALICE_PW,
+            vec!["-P", &port, "--ca", other_ca],
+            4,
+            "connection or TLS",
+        ),
+        (
+            "wrong password",
+            "wrong",
+            vec!["-P", &port, "--ca", &ca],
+            3,
+            "authentication failed",
+        ),
+        (
+            "port that is no port",
+            ALICE_PW,
+            vec!["--ca", &ca],
+            2,
+            "usage",
+        ),
+        (
+            "an option clap does not know",
+            ALICE_PW,
+            vec!["--frobnicate", "-P", &port, "--ca", &ca],
+            2,
+            "usage",
+        ),
+    ];
+    for (what, password, extra, code, meaning) in &cases {
+        for cmd in ["get", "put", "ls"] {
+            let remote = if *what == "port that is no port" {
+                "alice@127.0.0.1:99999:x".to_string()
+            } else {
+                "alice@127.0.0.1:x".to_string()
+            };
+            let mut args = vec![cmd, "--json"];
+            args.extend(extra.iter().copied());
+            if cmd == "put" {
+                args.push("up.bin");
+            }
+            args.push(&remote);
+            let out = Ferry::new(&w.local)
+                .env("FERRY_PASSWORD", password)
+                .run(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(*code as i32),
+                "{cmd} ({what}): {out:#?}"
+            );
+            let v: Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("{cmd} ({what}): not one JSON object ({e}): {out:#?}"));
+            assert!(v.is_object(), "{cmd} ({what}): {v}");
+            assert_eq!(v["ok"], false, "{cmd} ({what}): {v}");
+            assert_eq!(v["exit_code"], *code, "{cmd} ({what}): {v}");
+            assert_eq!(v["exit_meaning"], *meaning, "{cmd} ({what}): {v}");
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{cmd} ({what}): {v}"
+            );
+            if cmd != "ls" {
+                assert_eq!(v["files"], serde_json::json!([]), "{cmd} ({what}): {v}");
+            }
+            // People still read the reason on stderr.
+            assert!(
+                out.stderr.contains("ferry") || out.stderr.contains("error"),
+                "{out:#?}"
+            );
+        }
+    }
+    // Success says what its exit code means as well.
+    let out = oneshot(&w, &["put", "--json", "up.bin", "alice@127.0.0.1:"]);
+    out.expect_ok();
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["exit_meaning"].clone()),
+        (true.into(), "ok".into())
+    );
+}

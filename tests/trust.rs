@@ -279,3 +279,94 @@ async fn a_pinned_certificate_must_still_sign_the_handshake_with_its_key() {
         .unwrap();
     assert_eq!(verifier.verdict(), Some(Verdict::CaVerified));
 }
+
+// ---------------------------------------------------------------------------------------------
+// --ca is the whole trust (issue 12, items 8 and 15)
+// ---------------------------------------------------------------------------------------------
+
+/// `ferry ls -P PORT --ca CA [EXTRA...] alice@127.0.0.1:`.
+fn ls_with_ca(w: &World, ca: &std::path::Path, extra: &[&str]) -> Out {
+    let port = w.server.port().to_string();
+    let mut args = vec!["ls", "-P", &port, "--ca", ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push("alice@127.0.0.1:");
+    Ferry::new(&w.local)
+        .env("FERRY_PASSWORD", ALICE_PW)
+        .run(&args)
+}
+
+#[test]
+fn ca_flag_falls_through_to_trust_on_first_use_no_more() {
+    let w = World::start();
+    let fp = server_fingerprint(&w);
+    // Another dev CA: what a client holds after the server's CA was regenerated.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = ferry::certs::generate(other.path(), &[], false)
+        .unwrap()
+        .paths
+        .ca_cert;
+
+    // --accept-fingerprint of the very certificate does not get past --ca, and pins nothing.
+    let out = ls_with_ca(&w, &other_ca, &["--accept-fingerprint", &fp]);
+    out.expect_code(4);
+    assert!(
+        out.stderr.contains(&format!(
+            "was not issued by the CA in {}",
+            other_ca.display()
+        )),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("new ca.pem"), "{out:#?}");
+    assert!(!out.stderr.contains("BadSignature"), "{out:#?}");
+    assert_eq!(out.stdout, "");
+    assert!(
+        !known_hosts(&w).exists(),
+        "nothing may be pinned under --ca"
+    );
+
+    // A pin for the host does not either: --ca decides alone.
+    let kh = known_hosts(&w);
+    std::fs::create_dir_all(kh.parent().unwrap()).unwrap();
+    std::fs::write(&kh, format!("127.0.0.1:{} {fp}\n", w.server.port())).unwrap();
+    let out = ls_with_ca(&w, &other_ca, &[]);
+    out.expect_code(4);
+    assert!(out.stderr.contains("was not issued by the CA"), "{out:#?}");
+
+    // The right CA works, pin or no pin.
+    ls_with_ca(&w, &w.ca, &[]).expect_ok();
+    std::fs::remove_file(&kh).unwrap();
+    ls_with_ca(&w, &w.ca, &[]).expect_ok();
+    assert!(!kh.exists());
+}
+
+#[test]
+fn a_lockout_after_failed_logins_is_explained_not_tls_handshake_eof() {
+    // Penalties on (the default): each failed login costs the source 5 s, and past 15 s the
+    // server refuses it at accept, before TLS.
+    let w = World::start();
+    let port = w.server.port().to_string();
+    let mut last = None;
+    for _ in 0..10 {
+        let out = Ferry::new(&w.local).env("FERRY_PASSWORD", "wrong").run(&[
+            "ls",
+            "-P",
+            &port,
+            "--ca",
+            w.ca.to_str().unwrap(),
+            "alice@127.0.0.1:",
+        ]);
+        if out.status.code() == Some(4) {
+            last = Some(out);
+            break;
+        }
+        out.expect_code(3);
+    }
+    let out = last.expect("the server never refused the address");
+    assert!(!out.stderr.contains("handshake eof"), "{out:#?}");
+    assert!(
+        out.stderr.contains("may be refusing this address")
+            && out.stderr.contains("failed logins")
+            && out.stderr.contains("try again later"),
+        "{out:#?}"
+    );
+}

@@ -2,10 +2,13 @@
 //! commands are built on.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -14,22 +17,196 @@ use tokio_util::sync::CancellationToken;
 use super::ClientError;
 use crate::protocol::{
     ClientMessage, Entry, ErrorCode, Frame, FrameReader, FrameWriter, MAX_FRAME_LEN,
-    PROTOCOL_VERSION, ServerMessage, Usage, WireError, decode_server_message,
+    MAX_PATH_DEPTH, MAX_PATH_LEN, PROTOCOL_VERSION, ServerMessage, Usage, WireError,
+    decode_server_message,
 };
 use crate::transfer::is_hex_digest;
 use crate::users::Password;
 
-pub(super) type Stream = TlsStream<TcpStream>;
+pub(super) type Stream = Watched<TlsStream<TcpStream>>;
+
+/// When the client last wrote to the server. The stall rule counts bytes the client sends as
+/// new bytes too, so an upload that keeps moving is not a stall while the server, as it
+/// should, stays silent until its final reply.
+#[derive(Debug)]
+pub(super) struct WriteClock {
+    base: Instant,
+    /// Milliseconds from `base` to the last write that moved bytes.
+    last_ms: AtomicU64,
+}
+
+impl WriteClock {
+    fn new() -> Arc<WriteClock> {
+        Arc::new(WriteClock {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that tells its [`WriteClock`] whenever a write moves bytes.
+pub(super) struct Watched<S> {
+    inner: S,
+    clock: Arc<WriteClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.clock.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.clock.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Time allowed to open the TCP connection and finish the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Longest wait for any frame from the server. A transfer that makes no progress for this
-/// long, or a reply that never comes, fails instead of hanging the client.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The stall rule: a request that brings no new bytes for this long fails instead of hanging
+/// the client. New bytes are data frames and any other message; `progress` messages count
+/// only for the work they report (see [`PROGRESS_CREDIT_RATE`]). Also the longest wait for
+/// one write.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Most entries a listing may return; a hostile server cannot make the client grow forever.
-const MAX_LIST_ENTRIES: usize = 10_000_000;
+/// While only `progress` messages arrive, each earns time for the bytes it reports beyond
+/// the last one, at this many bytes a second, and only up to the size of the work (the file
+/// being hashed or copied, the prefix being checked). A server that repeats itself, counts
+/// past the file, or reports a trickle cannot hold a request open for longer than
+/// [`STALL_TIMEOUT`] plus the size of the work at this rate.
+pub const PROGRESS_CREDIT_RATE: u64 = 1024 * 1024;
+
+/// Most entries a listing may return.
+pub const MAX_LIST_ENTRIES: usize = 1_000_000;
+
+/// Most bytes of `entries` messages one listing may take: a hostile server cannot make the
+/// client's memory (or the wait) grow without end with an endless listing.
+pub const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+/// The `type` of a server message, the rest unread.
+#[derive(serde::Deserialize)]
+struct MessageType {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// The read side of a connection, and the stall rule's state.
+pub(super) struct Reader {
+    frames: FrameReader<ReadHalf<Stream>>,
+    stall: Duration,
+    /// The client's own writes (shared with the write half).
+    writes: Arc<WriteClock>,
+    /// Set once `progress` is all that arrives: the next frame must come before it.
+    progress_deadline: Option<Instant>,
+    /// Bytes of work the running request may report progress up to (0: none expected).
+    progress_bound: u64,
+    /// The highest `bytes` of an accepted `progress` of the running request.
+    progress_best: u64,
+}
+
+impl Reader {
+    fn new(r: ReadHalf<Stream>, writes: Arc<WriteClock>) -> Reader {
+        Reader {
+            frames: FrameReader::new(r, MAX_FRAME_LEN),
+            stall: STALL_TIMEOUT,
+            writes,
+            progress_deadline: None,
+            progress_bound: 0,
+            progress_best: 0,
+        }
+    }
+
+    /// The request about to be waited for may report `progress` up to `bound` bytes.
+    pub(super) fn expect_progress(&mut self, bound: u64) {
+        self.progress_bound = bound;
+        self.progress_best = 0;
+        self.progress_deadline = None;
+    }
+
+    /// Applies the stall rule to a frame that arrived.
+    fn account(&mut self, frame: &Frame) {
+        let now = Instant::now();
+        // Every message is looked at, whatever its length: a `progress` padded with unknown
+        // fields is still a `progress`. Only its type is read here (the rest is skipped);
+        // one that does not decode earns nothing, and its reader will refuse it.
+        let progress = match frame {
+            Frame::Message(m) => match serde_json::from_slice::<MessageType>(m) {
+                Ok(t) if t.kind == "progress" => Some(match decode_server_message(m) {
+                    Ok(ServerMessage::Progress { bytes, .. }) => bytes,
+                    _ => 0,
+                }),
+                _ => None,
+            },
+            Frame::Data(_) => None,
+        };
+        let Some(bytes) = progress else {
+            self.progress_deadline = None;
+            return;
+        };
+        let mut growth = 0;
+        if bytes <= self.progress_bound && bytes > self.progress_best {
+            growth = bytes - self.progress_best;
+            self.progress_best = bytes;
+        }
+        let credit = Duration::from_secs_f64(growth as f64 / PROGRESS_CREDIT_RATE as f64);
+        let cap = now + self.stall;
+        self.progress_deadline = Some(match self.progress_deadline {
+            Some(d) => (d + credit).min(cap),
+            None => cap,
+        });
+    }
+}
 
 /// Called with the number of bytes moved so far.
 pub type Progress<'a> = &'a mut (dyn FnMut(u64) + Send);
@@ -49,7 +226,7 @@ pub struct Transferred {
 
 /// One logged-in (or about to log in) session with a server.
 pub struct Connection {
-    pub(super) reader: FrameReader<ReadHalf<Stream>>,
+    pub(super) reader: Reader,
     pub(super) writer: FrameWriter<WriteHalf<Stream>>,
     next_id: u64,
     server_software: String,
@@ -95,15 +272,19 @@ impl Connection {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
             .await
             .map_err(|_| ClientError::Tls(format!("{addr}: handshake timed out")))?
-            .map_err(|e| ClientError::Tls(format!("{addr}: {e}")))?;
+            .map_err(|e| handshake_error(&addr, &e))?;
         if !crate::tls::alpn_ok(stream.get_ref().1) {
             return Err(ClientError::Tls(format!(
                 "{addr} does not speak ferry/1 (ALPN not agreed)"
             )));
         }
-        let (r, w) = tokio::io::split(stream);
+        let writes = WriteClock::new();
+        let (r, w) = tokio::io::split(Watched {
+            inner: stream,
+            clock: Arc::clone(&writes),
+        });
         let mut conn = Connection {
-            reader: FrameReader::new(r, MAX_FRAME_LEN),
+            reader: Reader::new(r, writes),
             writer: FrameWriter::new(w),
             next_id: 1,
             server_software: String::new(),
@@ -169,6 +350,17 @@ impl Connection {
         }
     }
 
+    /// Whether the server closes the connection within `wait` (it does so after its last
+    /// allowed failed login). Reading here is safe: nothing else is due from the server, and
+    /// a frame cut short by the timeout stays buffered.
+    pub async fn closes_within(&mut self, wait: Duration) -> bool {
+        // Anything within the wait (end of stream, an error, or a frame nobody asked for)
+        // leaves the session unusable.
+        tokio::time::timeout(wait, self.reader.frames.read_frame())
+            .await
+            .is_ok()
+    }
+
     /// Metadata of one remote path.
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
         let id = self.id();
@@ -185,7 +377,9 @@ impl Connection {
         }
     }
 
-    /// Lists a directory (or a single file), in the server's order.
+    /// Lists a directory (or a single file), in the server's order. A listing longer than
+    /// [`MAX_LIST_ENTRIES`] entries or [`MAX_LIST_BYTES`] bytes is refused, and the session
+    /// with it (the rest of it would still be on its way).
     pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
         let id = self.id();
         self.send(&ClientMessage::List {
@@ -194,11 +388,27 @@ impl Connection {
         })
         .await?;
         let mut all = Vec::new();
+        let mut bytes = 0usize;
         loop {
-            match self.read_message().await? {
+            let m = match read_frame_from(&mut self.reader).await? {
+                Frame::Message(m) => m,
+                Frame::Data(_) => {
+                    return Err(ClientError::Protocol("unexpected data from server".into()));
+                }
+            };
+            bytes += m.len();
+            let msg = decode_server_message(&m)
+                .map_err(|_| ClientError::Protocol("malformed message from server".into()))?;
+            match msg {
+                ServerMessage::Progress { .. } => {}
                 ServerMessage::Entries { id: rid, entries } if rid == id => {
-                    if all.len() + entries.len() > MAX_LIST_ENTRIES {
-                        return Err(ClientError::Protocol("listing too long".into()));
+                    if all.len() + entries.len() > MAX_LIST_ENTRIES || bytes > MAX_LIST_BYTES {
+                        return Err(ClientError::Protocol(format!(
+                            "the listing of {} is longer than the client accepts \
+                             ({MAX_LIST_ENTRIES} entries, {} MiB); the session ends",
+                            crate::sanitize::for_terminal(path),
+                            MAX_LIST_BYTES >> 20
+                        )));
                     }
                     all.extend(entries);
                 }
@@ -261,6 +471,7 @@ impl Connection {
         overwrite: bool,
     ) -> Result<Transferred, ClientError> {
         let started = Instant::now();
+        let bound = self.size_for_progress(from).await?;
         let id = self.id();
         self.send(&ClientMessage::Copy {
             id,
@@ -269,6 +480,7 @@ impl Connection {
             overwrite,
         })
         .await?;
+        self.reader.expect_progress(bound);
         match self.final_reply_cancellable(id).await? {
             ServerMessage::Ok {
                 size: Some(size),
@@ -286,12 +498,14 @@ impl Connection {
 
     /// The server's SHA-256 of a whole remote file: `(size, digest)`.
     pub async fn sha256(&mut self, path: &str) -> Result<(u64, String), ClientError> {
+        let bound = self.size_for_progress(path).await?;
         let id = self.id();
         self.send(&ClientMessage::Sha256 {
             id,
             path: path.to_string(),
         })
         .await?;
+        self.reader.expect_progress(bound);
         match self.final_reply_cancellable(id).await? {
             ServerMessage::Ok {
                 size: Some(size),
@@ -299,6 +513,16 @@ impl Connection {
                 ..
             } if is_hex_digest(&sha256) => Ok((size, sha256)),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The size of the file a long request (`sha256`, `copy`) works on: the most its
+    /// `progress` may report. A path the server refuses is left for the request to report.
+    async fn size_for_progress(&mut self, path: &str) -> Result<u64, ClientError> {
+        match self.stat(path).await {
+            Ok(e) => Ok(e.size),
+            Err(ClientError::Remote(_)) => Ok(0),
+            Err(e) => Err(e),
         }
     }
 
@@ -353,7 +577,15 @@ impl Connection {
         id
     }
 
+    /// Sets the stall rule's time (default [`STALL_TIMEOUT`]): a request that brings no new
+    /// bytes for this long fails with [`ClientError::Timeout`].
+    pub fn set_stall_timeout(&mut self, stall: Duration) {
+        self.reader.stall = stall;
+    }
+
     pub(super) async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+        check_paths(msg)?;
+        self.reader.expect_progress(0);
         timed(self.writer.send_message(msg)).await??;
         Ok(())
     }
@@ -396,26 +628,96 @@ impl Connection {
     }
 }
 
+/// The error of a failed TLS handshake. A connection the server closed before or during the
+/// handshake says why that usually happens, instead of `tls handshake eof`.
+fn handshake_error(addr: &str, e: &std::io::Error) -> ClientError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => ClientError::Tls(format!(
+            "{addr} closed the connection during the TLS handshake. The server may be refusing \
+             this address for a while after failed logins or too many connections; try again \
+             later."
+        )),
+        _ => ClientError::Tls(format!("{addr}: {e}")),
+    }
+}
+
+/// Refuses a request whose path the protocol forbids (deeper than [`MAX_PATH_DEPTH`]
+/// components, longer than [`MAX_PATH_LEN`] bytes) before it goes out. A real server refuses
+/// them anyway; checking here caps every recursive walk a hostile server could make endless
+/// (a directory in every directory).
+fn check_paths(msg: &ClientMessage) -> Result<(), ClientError> {
+    let paths: [Option<&str>; 2] = match msg {
+        ClientMessage::Stat { path, .. }
+        | ClientMessage::List { path, .. }
+        | ClientMessage::Get { path, .. }
+        | ClientMessage::Put { path, .. }
+        | ClientMessage::Partial { path, .. }
+        | ClientMessage::Sha256 { path, .. }
+        | ClientMessage::Mkdir { path, .. }
+        | ClientMessage::Rmdir { path, .. }
+        | ClientMessage::Remove { path, .. } => [Some(path), None],
+        ClientMessage::Copy { from, to, .. } | ClientMessage::Rename { from, to, .. } => {
+            [Some(from), Some(to)]
+        }
+        _ => [None, None],
+    };
+    for path in paths.into_iter().flatten() {
+        let depth = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .count();
+        if depth > MAX_PATH_DEPTH || path.len() > MAX_PATH_LEN {
+            return Err(ClientError::Remote(WireError {
+                code: ErrorCode::InvalidPath,
+                message: format!(
+                    "path deeper than {MAX_PATH_DEPTH} components or longer than \
+                     {MAX_PATH_LEN} bytes: not sent (the protocol's limit)"
+                ),
+            }));
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
-    tokio::time::timeout(REPLY_TIMEOUT, f)
+    tokio::time::timeout(STALL_TIMEOUT, f)
         .await
         .map_err(|_| ClientError::Timeout)
 }
 
-pub(super) async fn read_frame_from(
-    reader: &mut FrameReader<ReadHalf<Stream>>,
-) -> Result<Frame, ClientError> {
-    match timed(reader.read_frame()).await?? {
-        Some(f) => Ok(f),
+/// The next frame, under the stall rule: at most the stall time, and while only `progress`
+/// arrives, no longer than what it has earned; bytes the client itself sends meanwhile (an
+/// upload) count as new bytes too.
+pub(super) async fn read_frame_from(reader: &mut Reader) -> Result<Frame, ClientError> {
+    let start = Instant::now();
+    let frame = loop {
+        let waited = reader.progress_deadline.unwrap_or(start + reader.stall);
+        let deadline = waited.max(reader.writes.last() + reader.stall);
+        let read = reader.frames.read_frame();
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(r) => break r?,
+            // The client wrote since: the wait goes on from that write. (Reading again is
+            // safe: a frame cut short stays buffered.)
+            Err(_) if reader.writes.last() + reader.stall > Instant::now() => continue,
+            Err(_) => return Err(ClientError::Timeout),
+        }
+    };
+    match frame {
+        Some(f) => {
+            reader.account(&f);
+            Ok(f)
+        }
         None => Err(ClientError::ConnectionLost),
     }
 }
 
-/// The next message, skipping `progress` keep-alives (they only prove the server is working,
-/// which the read timeout already cares about).
-pub(super) async fn read_message_from(
-    reader: &mut FrameReader<ReadHalf<Stream>>,
-) -> Result<ServerMessage, ClientError> {
+/// The next message, skipping `progress` (it only shows that the server is working; the
+/// stall rule decides how long it may keep a request open).
+pub(super) async fn read_message_from(reader: &mut Reader) -> Result<ServerMessage, ClientError> {
     loop {
         match read_frame_from(reader).await? {
             Frame::Message(m) => match decode_server_message(&m) {
@@ -436,7 +738,7 @@ pub(super) async fn read_message_from(
 
 /// Reads until the final reply to `id`: `Ok` is returned, an error reply becomes `Err`.
 pub(super) async fn final_reply_from(
-    reader: &mut FrameReader<ReadHalf<Stream>>,
+    reader: &mut Reader,
     id: u64,
 ) -> Result<ServerMessage, ClientError> {
     match read_message_from(reader).await? {

@@ -88,6 +88,8 @@ impl Connection {
         progress(target.offset);
         let id = self.id();
         self.send(&get_request(id, remote, &target)).await?;
+        // The server hashes that prefix first, reporting `progress` up to its size.
+        self.reader.expect_progress(target.offset);
         self.receive(id, target, overwrite, false, progress, started)
             .await
     }

@@ -48,6 +48,20 @@ pub const EXIT_INTEGRITY: u8 = 5;
 /// Exit status: interrupted (Ctrl-C); what was running was cancelled cleanly.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// What an exit status means, in the words of `--help` (for `--json` output).
+pub fn exit_meaning(code: u8) -> &'static str {
+    match code {
+        EXIT_OK => "ok",
+        EXIT_FAILED => "a command failed",
+        EXIT_USAGE => "usage",
+        EXIT_AUTH => "authentication failed",
+        EXIT_CONNECTION => "connection or TLS",
+        EXIT_INTEGRITY => "integrity",
+        EXIT_INTERRUPTED => "interrupted",
+        _ => "unknown",
+    }
+}
+
 /// Everything that can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -65,6 +79,14 @@ pub enum ClientError {
     /// Wrong user or password.
     #[error("authentication failed")]
     Auth,
+    /// Wrong user or password, and the server closed the connection after this many
+    /// attempts (its limit).
+    #[error(
+        "authentication failed; the server closed the connection after {n} attempt{s}",
+        n = .0,
+        s = if *.0 == 1 { "" } else { "s" }
+    )]
+    AuthClosed(u32),
     /// The server refused a request.
     #[error("{0}")]
     Remote(WireError),
@@ -122,7 +144,7 @@ impl ClientError {
             | ClientError::Timeout => EXIT_CONNECTION,
             // After login, `busy` is the server shutting down: the connection is ending.
             ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::Busy => EXIT_CONNECTION,
-            ClientError::Auth => EXIT_AUTH,
+            ClientError::Auth | ClientError::AuthClosed(_) => EXIT_AUTH,
             ClientError::Integrity { .. } => EXIT_INTEGRITY,
             ClientError::Remote(w) if w.code == crate::protocol::ErrorCode::IntegrityMismatch => {
                 EXIT_INTEGRITY

@@ -72,15 +72,31 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Err("the host is empty".into());
     }
     let port = match port {
-        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            if p.is_empty() || p.bytes().all(|b| b.is_ascii_digit()) {
+                format!("bad port '{p}' (1-65535)")
+            } else {
+                // scp habit: `connect alice@host:dir` names a path, which connect has none of.
+                format!(
+                    "bad port '{p}': connect takes [USER@]HOST[:PORT] (no path; `cd` once \
+                     connected, or `ferry ls {s}`)"
+                )
+            }
+        })?),
         None => None,
     };
     Ok(Target { user, host, port })
 }
 
-/// Splits scp-style `[USER@]HOST:PATH` into the target and the remote path (`HOST:` is the
-/// home). `None` if `s` has no host part (a local path). The port comes from `-P` or an alias.
-pub fn parse_remote(s: &str) -> Option<(Target, String)> {
+/// Splits scp-style `[USER@]HOST[:PORT]:PATH` into the target and the remote path (`HOST:`
+/// is the home). `Ok(None)` if `s` has no host part (a local path).
+///
+/// The path starts after the first colon, as in scp, with one exception that has only one
+/// sensible reading: `HOST:DIGITS:PATH` names a port. Without `-P` (`port_flag`) the digits
+/// are the port; with `-P` they must agree with it. Digits that are no port are an error that
+/// shows the right form, never a file called `17443:dir`. A remote name that really starts
+/// with digits and a colon is written `HOST:./17443:name`.
+pub fn parse_remote(s: &str, port_flag: Option<u16>) -> Result<Option<(Target, String)>, String> {
     let (user, rest) = match s.split_once('@') {
         Some((u, r)) if !u.is_empty() && !u.contains('/') && !u.contains(':') => {
             (Some(u.to_string()), r)
@@ -88,26 +104,64 @@ pub fn parse_remote(s: &str) -> Option<(Target, String)> {
         _ => (None, s),
     };
     let (host, path) = if let Some(inner) = rest.strip_prefix('[') {
-        let (h, after) = inner.split_once(']')?;
-        (h, after.strip_prefix(':')?)
+        let Some((h, after)) = inner.split_once(']') else {
+            return Ok(None);
+        };
+        let Some(path) = after.strip_prefix(':') else {
+            return Ok(None);
+        };
+        (h, path)
     } else {
-        let (h, p) = rest.split_once(':')?;
+        let Some((h, p)) = rest.split_once(':') else {
+            return Ok(None);
+        };
         if h.contains('/') {
-            return None;
+            return Ok(None);
         }
         (h, p)
     };
     if host.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some((
+    let mut port = None;
+    let mut path = path;
+    if let Some((digits, after)) = path.split_once(':')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        let user_at = user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+        let shown_host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let Some(p) = digits.parse::<u16>().ok().filter(|p| *p != 0) else {
+            return Err(format!(
+                "'{digits}' in '{s}' is not a port (1-65535). Write a port as -P PORT \
+                 {user_at}{shown_host}:PATH or {user_at}{shown_host}:PORT:PATH; a remote name \
+                 that starts with '{digits}:' as {user_at}{shown_host}:./{digits}:{after}"
+            ));
+        };
+        if let Some(flag) = port_flag
+            && flag != p
+        {
+            return Err(format!(
+                "'{s}' names port {p} but -P says {flag}. Give the port once: -P {flag} \
+                 {user_at}{shown_host}:{after}; a remote name that starts with '{digits}:' is \
+                 written {user_at}{shown_host}:./{digits}:{after}"
+            ));
+        }
+        port = Some(p);
+        path = after;
+    }
+    Ok(Some((
         Target {
             user,
             host: host.to_string(),
-            port: None,
+            port,
         },
         path.to_string(),
-    ))
+    )))
 }
 
 /// Applies the command line's `-P` and `--ca` and the config's aliases to a target. An
@@ -175,6 +229,48 @@ pub fn read_password(ep: &Endpoint, file: Option<&Path>) -> Result<Password, Str
         })
 }
 
+/// Whether the password will be typed at a prompt: no `--password-file` and no
+/// `FERRY_PASSWORD`. Only a typed password is asked again after a failed login.
+pub fn password_is_typed(file: Option<&Path>) -> bool {
+    file.is_none() && std::env::var_os("FERRY_PASSWORD").is_none()
+}
+
+/// How long to wait, after a failed login, for the server to close the connection (as it
+/// does after its last allowed attempt) before asking for the password again.
+const CLOSE_AFTER_FAILURE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Reads the password and logs in. A typed password that fails is asked for again on the
+/// same connection until the server closes it (`ferry serve --max-auth-attempts`, 3 by
+/// default), as ssh does; one from `--password-file` or `FERRY_PASSWORD` is tried once.
+/// `Err(Ok(e))` is a client error, `Err(Err(text))` a password that could not be read.
+pub fn login(
+    rt: &Runtime,
+    conn: &mut Connection,
+    ep: &Endpoint,
+    file: Option<&Path>,
+) -> Result<(), Result<ClientError, String>> {
+    let typed = password_is_typed(file);
+    let mut failed = 0u32;
+    loop {
+        let password = read_password(ep, file).map_err(Err)?;
+        match rt.block_on(conn.login(&ep.user, &password)) {
+            Ok(()) => return Ok(()),
+            Err(ClientError::Auth) if typed => {
+                failed += 1;
+                if rt.block_on(conn.closes_within(CLOSE_AFTER_FAILURE_WAIT)) {
+                    return Err(Ok(ClientError::AuthClosed(failed)));
+                }
+                eprintln!("Permission denied, please try again.");
+            }
+            // The server closed while we asked again: that was its last attempt.
+            Err(ClientError::ConnectionLost) if failed > 0 => {
+                return Err(Ok(ClientError::AuthClosed(failed)));
+            }
+            Err(e) => return Err(Ok(e)),
+        }
+    }
+}
+
 /// How certificates without a trusted CA are handled.
 #[derive(Debug, Clone, Default)]
 pub struct TrustOpts {
@@ -204,7 +300,12 @@ pub fn connect(rt: &Runtime, ep: &Endpoint, opts: &TrustOpts) -> Result<Connecti
     };
     let mut asked = false;
     loop {
-        let verifier = PinningVerifier::new(roots.clone(), known.get(&key), opts.accept.clone());
+        // `--ca FILE` is the whole of the trust: a certificate it did not issue is refused,
+        // whatever known_hosts or --accept-fingerprint say, and nobody is asked.
+        let verifier = match &ep.ca {
+            Some(_) => PinningVerifier::ca_only(roots.clone()),
+            None => PinningVerifier::new(roots.clone(), known.get(&key), opts.accept.clone()),
+        };
         let config =
             trust::client_config(verifier.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
         let result = rt.block_on(Connection::connect(&dial, ep.port, config));
@@ -241,6 +342,10 @@ pub fn connect(rt: &Runtime, ep: &Endpoint, opts: &TrustOpts) -> Result<Connecti
                         line,
                         known.path(),
                     )));
+                }
+                Some(Verdict::NotFromCa(why)) => {
+                    let ca = ep.ca.as_deref().unwrap_or(Path::new("--ca"));
+                    return Err(ClientError::Tls(trust::not_from_ca_message(&key, ca, &why)));
                 }
                 Some(Verdict::NotAccepted { accepted, offered }) => {
                     return Err(ClientError::Tls(format!(
@@ -311,25 +416,67 @@ mod tests {
         let t = parse_target("work").unwrap();
         assert_eq!((t.user, t.host.as_str()), (None, "work"));
         assert!(parse_target("@host").is_err());
-        assert!(parse_target("a@host:notaport").is_err());
+        let err = parse_target("a@host:docs").unwrap_err();
+        assert!(
+            err.contains("no path") && err.contains("ferry ls a@host:docs"),
+            "{err}"
+        );
         assert!(parse_target("a@[::1").is_err());
         assert!(parse_target("a@").is_err());
     }
 
     #[test]
     fn remote_specs() {
-        let (t, p) = parse_remote("alice@host:dir/file.txt").unwrap();
+        let r = |s: &str| parse_remote(s, None).unwrap();
+        let (t, p) = r("alice@host:dir/file.txt").unwrap();
         assert_eq!(
-            (t.user.as_deref(), t.host.as_str(), p.as_str()),
-            (Some("alice"), "host", "dir/file.txt")
+            (t.user.as_deref(), t.host.as_str(), t.port, p.as_str()),
+            (Some("alice"), "host", None, "dir/file.txt")
         );
-        let (t, p) = parse_remote("alice@[::1]:").unwrap();
+        let (t, p) = r("alice@[::1]:").unwrap();
         assert_eq!((t.host.as_str(), p.as_str()), ("::1", ""));
-        let (t, p) = parse_remote("work:/x").unwrap();
+        let (t, p) = r("work:/x").unwrap();
         assert_eq!((t.user, t.host.as_str(), p.as_str()), (None, "work", "/x"));
-        assert!(parse_remote("local.txt").is_none());
-        assert!(parse_remote("./a:b").is_none());
-        assert!(parse_remote(":x").is_none());
+        assert!(r("local.txt").is_none());
+        assert!(r("./a:b").is_none());
+        assert!(r(":x").is_none());
+        // A bare number after the host is a path, as in scp; digits and a colon are a port.
+        assert_eq!(r("a@host:2026").unwrap().1, "2026");
+        assert_eq!(r("a@host:./17443:x").unwrap().1, "./17443:x");
+    }
+
+    /// Issue 12 item 14: `alice@host:17443:dir/` wrote a file named `17443:dir/...` on the
+    /// default port.
+    #[test]
+    fn user_host_port_path_names_the_port_never_a_file_called_digits_colon() {
+        for (s, host) in [
+            ("alice@host:17443:dir/", "host"),
+            ("alice@[::1]:17443:dir/", "::1"),
+        ] {
+            let (t, p) = parse_remote(s, None).unwrap().unwrap();
+            assert_eq!(
+                (t.host.as_str(), t.port, p.as_str()),
+                (host, Some(17443), "dir/")
+            );
+            // -P saying the same is fine; -P saying otherwise is refused with the right form.
+            let (t, _) = parse_remote(s, Some(17443)).unwrap().unwrap();
+            assert_eq!(t.port, Some(17443));
+            let err = parse_remote(s, Some(9)).unwrap_err();
+            assert!(err.contains("-P 9") && err.contains(":dir/"), "{err}");
+        }
+        let (t, p) = parse_remote("work:8443:", None).unwrap().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, p.as_str()),
+            ("work", Some(8443), "")
+        );
+        for bad in ["alice@host:99999:dir/", "alice@host:0:x"] {
+            let err = parse_remote(bad, None).unwrap_err();
+            assert!(
+                err.contains("not a port") && err.contains("-P PORT"),
+                "{err}"
+            );
+            assert!(err.contains("alice@host:./"), "{err}");
+        }
     }
 
     #[test]

@@ -300,6 +300,10 @@ pub struct Session {
     pub generation: u64,
     /// The report of the last `get` or `put`, also when it failed (for `--json`).
     pub last_report: Option<Report>,
+    /// Most directory entries one command may list ([`MAX_LISTED_PER_COMMAND`]).
+    pub max_listed: usize,
+    /// Entries listed since the command began.
+    listed: usize,
 }
 
 /// Entries `df` lists at most to count a home the server does not count.
@@ -318,6 +322,11 @@ pub struct HomeCount {
     /// False if a cap stopped the count (then it is a lower bound).
     pub complete: bool,
 }
+
+/// Most directory entries one command may list, all listings together: with the depth cap
+/// of every path, this bounds a recursive walk of a server that makes every directory hold
+/// several more.
+pub const MAX_LISTED_PER_COMMAND: usize = 2_000_000;
 
 /// One file to move.
 #[derive(Debug, Clone)]
@@ -363,6 +372,8 @@ impl Session {
             token: CancellationToken::new(),
             generation: 0,
             last_report: None,
+            max_listed: MAX_LISTED_PER_COMMAND,
+            listed: 0,
         }
     }
 
@@ -395,6 +406,7 @@ impl Session {
 
     /// Marks the start of a command: Ctrl-C from now on cancels it.
     pub fn begin(&mut self) {
+        self.listed = 0;
         if let Some(i) = &self.interrupts {
             self.token = i.begin();
         }
@@ -487,8 +499,20 @@ impl Session {
 
     /// Lists a remote directory, sorted by name.
     pub fn list(&mut self, path: &str) -> Result<Vec<Entry>, OpError> {
+        if self.listed > self.max_listed {
+            return Err(OpError::Failed {
+                message: format!(
+                    "{}: not listed: this command already listed more than {} entries \
+                     (split it, or the server builds an endless tree)",
+                    for_terminal(path),
+                    self.max_listed
+                ),
+                code: EXIT_FAILED,
+            });
+        }
         let path = path.to_string();
         let mut entries = self.call(async |c| c.list(&path).await)?;
+        self.listed += entries.len();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
     }

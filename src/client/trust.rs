@@ -44,6 +44,9 @@ pub enum Verdict {
         /// What the server offered.
         offered: String,
     },
+    /// `--ca FILE` (or an alias's `ca`) is the only trust, and its CA did not vouch for the
+    /// certificate: no pin or prompt is consulted.
+    NotFromCa(CaRejection),
     /// The host is pinned to another certificate.
     Changed {
         /// The pin in known_hosts.
@@ -53,6 +56,16 @@ pub enum Verdict {
         /// 1-based line of the pin in known_hosts.
         line: usize,
     },
+}
+
+/// Why the CA of `--ca` did not vouch for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaRejection {
+    /// Another CA issued it (unknown issuer, or a signature the CA's key did not make: a
+    /// regenerated CA of the same name).
+    NotIssued,
+    /// The CA issued it, but it fails another check (name, dates, usage); the text says which.
+    Invalid(String),
 }
 
 /// A pin found in known_hosts.
@@ -70,6 +83,8 @@ pub struct PinningVerifier {
     provider: Arc<CryptoProvider>,
     pin: Option<Pin>,
     accept: Option<String>,
+    /// Only the roots count (`--ca`): no pin, no acceptance, no prompt.
+    ca_only: bool,
     /// Written during the handshake, read by the caller afterwards.
     verdict: Mutex<Option<Verdict>>,
 }
@@ -80,6 +95,7 @@ impl fmt::Debug for PinningVerifier {
             .field("roots", &self.webpki.is_some())
             .field("pin", &self.pin)
             .field("accept", &self.accept)
+            .field("ca_only", &self.ca_only)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +104,21 @@ impl PinningVerifier {
     /// A verifier trusting `roots` (may be empty: then only pins and acceptance count), the
     /// pin for this host if any, and a fingerprint the user accepted for an unknown host.
     pub fn new(roots: RootCertStore, pin: Option<Pin>, accept: Option<String>) -> Arc<Self> {
+        Self::build(roots, pin, accept, false)
+    }
+
+    /// A verifier for `--ca FILE`: a certificate is accepted only if it chains to `roots`.
+    /// known_hosts, `--accept-fingerprint` and prompts play no part.
+    pub fn ca_only(roots: RootCertStore) -> Arc<Self> {
+        Self::build(roots, None, None, true)
+    }
+
+    fn build(
+        roots: RootCertStore,
+        pin: Option<Pin>,
+        accept: Option<String>,
+        ca_only: bool,
+    ) -> Arc<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let webpki = if roots.is_empty() {
             None
@@ -101,6 +132,7 @@ impl PinningVerifier {
             provider,
             pin,
             accept: accept.map(|a| normalize_fingerprint(&a).unwrap_or(a)),
+            ca_only,
             verdict: Mutex::new(None),
         })
     }
@@ -149,6 +181,30 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.ca_only {
+            let Some(webpki) = &self.webpki else {
+                self.record(Verdict::NotFromCa(CaRejection::NotIssued));
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                ));
+            };
+            return match webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(ok) => {
+                    self.record(Verdict::CaVerified);
+                    Ok(ok)
+                }
+                Err(e) => {
+                    self.record(Verdict::NotFromCa(ca_rejection(&e)));
+                    Err(e)
+                }
+            };
+        }
         if let Some(webpki) = &self.webpki {
             match webpki.verify_server_cert(
                 end_entity,
@@ -215,6 +271,33 @@ impl ServerCertVerifier for PinningVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Sorts a CA verification failure: not issued by this CA, or issued but unusable.
+fn ca_rejection(e: &rustls::Error) -> CaRejection {
+    match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => CaRejection::NotIssued,
+        rustls::Error::InvalidCertificate(c) => CaRejection::Invalid(c.to_string()),
+        other => CaRejection::Invalid(other.to_string()),
+    }
+}
+
+/// The message for a certificate the CA of `--ca FILE` did not vouch for.
+pub fn not_from_ca_message(key: &str, ca: &Path, why: &CaRejection) -> String {
+    match why {
+        CaRejection::NotIssued => format!(
+            "the certificate of {key} was not issued by the CA in {}\n\
+             If the server's certificates were made again (a new development CA), ask its \
+             admin for the new ca.pem; otherwise check that {key} is the server you meant.",
+            ca.display()
+        ),
+        CaRejection::Invalid(reason) => format!(
+            "the certificate of {key} does not pass the check against the CA in {}: {reason}",
+            ca.display()
+        ),
     }
 }
 
