@@ -404,6 +404,11 @@ struct LsArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Only the server catches SIGHUP; anything else ends on it as usual (see
+        // [`hold_sighup`]), also for one that came in while the command line was parsed.
+        release_sighup();
+    }
     match cli.command {
         Command::Certs(a) => certs(a),
         Command::User(u) => user(u),
@@ -489,6 +494,19 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
+    // SIGHUP's default action ends the process, and an admin (or a config tool) may send it
+    // the moment the server was started, while dev certificates are made or the users file
+    // is loaded. `main` blocked it first thing (see [`hold_sighup`]); the reloader's handler
+    // goes in before anything is loaded, and only then is SIGHUP let through: one that came
+    // in meanwhile is delivered to the handler and reloads what was just loaded, harmlessly.
+    crate::server::tune_allocator();
+    let rt = runtime()?;
+    let hup = {
+        let _entered = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?
+    };
+    release_sighup();
     init_server_logging(a.log_format == "json");
     prepare_certs(&a.cert, &a.key)?;
     let db = prepare_users(&a.users)?;
@@ -500,8 +518,6 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         .map(crate::tls::fingerprint)
         .unwrap_or_default();
 
-    crate::server::tune_allocator();
-    let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -513,6 +529,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         std::io::stdout().flush()?;
         tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
         let reload = tokio::spawn(reload_on_sighup(
+            hup,
             Arc::clone(&server),
             a.users.clone(),
             a.cert.clone(),
@@ -660,15 +677,12 @@ async fn shutdown_signal() {
 /// loads completely; otherwise the error is logged and the old one stays in force. Sessions
 /// already logged in are not touched.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     server: Arc<crate::server::Server>,
     users: PathBuf,
     cert: PathBuf,
     key: PathBuf,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
@@ -700,6 +714,33 @@ async fn reload_on_sighup(
                 "certificate not reloaded; the previous one stays in force"
             ),
         }
+    }
+}
+
+/// Blocks SIGHUP in the calling thread (and so in every thread it starts later). `main` calls
+/// this before anything else, so that a SIGHUP sent while `ferry serve` starts up waits until
+/// the server's handler is in place instead of ending the process. [`run`] lets it through
+/// again: at once for every other command (which then ends on a pending SIGHUP, as it would
+/// have), and for `serve` once the handler is installed.
+pub fn hold_sighup() {
+    set_sighup_mask(libc::SIG_BLOCK);
+}
+
+/// Undoes [`hold_sighup`] in the calling thread; a SIGHUP that came in meanwhile is
+/// delivered now.
+fn release_sighup() {
+    set_sighup_mask(libc::SIG_UNBLOCK);
+}
+
+fn set_sighup_mask(how: libc::c_int) {
+    // SAFETY: `set` is a local, initialised by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's signal mask. Failure (EINVAL) is impossible for these
+    // arguments, and would leave the mask as it was.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
