@@ -268,9 +268,17 @@ struct ServeArgs {
     #[arg(long, value_name = "NET")]
     penalty_exempt: Vec<crate::server::penalty::IpNet>,
     /// Expect a PROXY protocol v1/v2 header (as HAProxy sends it) before TLS, and use the
-    /// client address it names for limits, penalties and logs. Only behind a balancer.
-    #[arg(long)]
+    /// client address it names for limits, penalties and logs. Only behind a balancer; needs
+    /// --proxy-from.
+    #[arg(long, requires = "proxy_from")]
     proxy_protocol: bool,
+    /// A balancer's address or network trusted to send PROXY headers (repeatable). With
+    /// --proxy-protocol, connections from anywhere else are refused.
+    #[arg(long, value_name = "NET", requires = "proxy_protocol")]
+    proxy_from: Vec<crate::server::penalty::IpNet>,
+    /// Longest wait for a balancer's PROXY header.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    proxy_header_timeout: Duration,
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -565,6 +573,8 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
             ..crate::server::penalty::PenaltyConfig::default()
         }),
         proxy_protocol: a.proxy_protocol,
+        proxy_from: a.proxy_from.clone(),
+        proxy_header_timeout: a.proxy_header_timeout,
     }
 }
 
@@ -1028,6 +1038,9 @@ mod tests {
             "--partial-ttl=2d",
             "--no-penalties",
             "--proxy-protocol",
+            "--proxy-from=10.0.0.0/8",
+            "--proxy-from=192.0.2.7",
+            "--proxy-header-timeout=2s",
         ]);
         assert_eq!(l.max_connections, 7);
         assert_eq!(l.max_connections_per_source, 6);
@@ -1044,6 +1057,18 @@ mod tests {
         assert_eq!(l.partial_ttl, Duration::from_secs(2 * 86_400));
         assert!(l.penalties.is_none());
         assert!(l.proxy_protocol);
+        let nets: Vec<String> = l.proxy_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(l.proxy_header_timeout, Duration::from_secs(2));
+        // Issue 12, item 4: trusting any peer is not an option.
+        for alone in [&["--proxy-protocol"][..], &["--proxy-from=10.0.0.0/8"]] {
+            let e = Cli::try_parse_from(["ferry", "serve"].iter().chain(alone)).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{alone:?}"
+            );
+        }
 
         let exempt = serve_limits(&["--penalty-exempt=10.0.0.0/8"]);
         assert_eq!(exempt.penalties.map(|p| p.exempt.len()), Some(1));

@@ -60,7 +60,15 @@ pub struct Limits {
     /// disables them.
     pub penalties: Option<penalty::PenaltyConfig>,
     /// Expect a PROXY protocol (v1 or v2) header before TLS and use the address it names.
+    /// Only connections from [`Limits::proxy_from`] are served then.
     pub proxy_protocol: bool,
+    /// The balancers trusted to send PROXY headers. With `proxy_protocol` on, a connection
+    /// from anywhere else is refused at once and penalised as a protocol error; balancers
+    /// themselves are never penalised or capped as a source (the clients they name are).
+    pub proxy_from: Vec<penalty::IpNet>,
+    /// Longest wait for a trusted balancer's PROXY header (also bounded by the handshake
+    /// timeout, which runs from accept).
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -82,6 +90,8 @@ impl Default for Limits {
             partial_ttl: Duration::from_secs(24 * 3600),
             penalties: Some(penalty::PenaltyConfig::default()),
             proxy_protocol: false,
+            proxy_from: Vec::new(),
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -314,6 +324,11 @@ impl Server {
         }
     }
 
+    /// Whether `ip` is a balancer trusted to send PROXY headers (`--proxy-from`).
+    fn trusts_balancer(&self, ip: IpAddr) -> bool {
+        self.limits.proxy_from.iter().any(|net| net.contains(ip))
+    }
+
     /// The data root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -352,7 +367,21 @@ pub async fn run(
             drop(stream);
             continue;
         };
-        if !server.limits.proxy_protocol && refused(&server, peer) {
+        if server.limits.proxy_protocol {
+            // Only a trusted balancer may speak for others. Anyone else is refused at once
+            // and earns a penalty on its real address (unless already banned: refusing that
+            // costs nothing, and the ban then runs out). A balancer is never checked against
+            // the penalty table: a client it named may share its address, and banning the
+            // balancer would lock out everyone behind it.
+            if !server.trusts_balancer(peer.ip()) {
+                if !refused(&server, peer) {
+                    tracing::info!(%peer, "connection refused: not a trusted balancer (--proxy-from)");
+                    server.penalise(peer, penalty::Offence::ProtocolError);
+                }
+                drop(stream);
+                continue;
+            }
+        } else if refused(&server, peer) {
             // Refused before any work: no task, no TLS.
             drop(stream);
             continue;
@@ -466,15 +495,38 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let started = tokio::time::Instant::now();
     if server.limits.proxy_protocol {
-        // Behind a load balancer the socket peer is the balancer: the header names the real
-        // client, which is what limits, penalties and logs must see. A bad or missing header
-        // is not penalised: that would punish the balancer, i.e. everyone.
+        // Behind a load balancer the socket peer is the balancer (checked at accept): the
+        // header names the real client, which is what limits, penalties and logs must see.
+        // Nothing here is penalised: the only address known is the balancer's, and
+        // punishing it would punish everyone behind it.
         let balancer = peer;
-        match proxy::read_header(&mut stream, server.limits.handshake_timeout).await {
-            Ok(Some(real)) => peer = real,
-            Ok(None) => {}
+        let wait = server
+            .limits
+            .proxy_header_timeout
+            .min(server.limits.handshake_timeout);
+        match proxy::read_header(&mut stream, wait).await {
+            Ok(h) if h.local => {
+                // PROXY v2 LOCAL or v1 UNKNOWN: the balancer checking that ferry is up.
+                tracing::debug!(peer = %balancer, "balancer health check");
+                return;
+            }
+            Ok(proxy::Header {
+                source: Some(real), ..
+            }) => peer = real,
+            Ok(_) => {
+                tracing::warn!(
+                    peer = %balancer,
+                    "dropped: the PROXY header names no TCP client (UNSPEC or UNIX)"
+                );
+                return;
+            }
+            Err(proxy::ProxyError::Empty) => {
+                // Connect and close (or reset) without a byte: a connect-only health check.
+                tracing::debug!(peer = %balancer, "balancer health check (connect only)");
+                return;
+            }
             Err(e) => {
-                tracing::info!(peer = %balancer, error = %e, "dropped: bad PROXY header");
+                tracing::warn!(peer = %balancer, error = %e, "dropped: bad PROXY header from a trusted balancer");
                 return;
             }
         }
