@@ -1907,8 +1907,13 @@ async fn proxy_health_checks_never_penalise_the_balancer() {
                 "round {round}: a health check was not closed: {r:?}"
             );
         }
-        // A client through the balancer is served every round.
-        let client = SocketAddr::from(([198, 51, 100, 1], 41000 + round));
+        // A client through the balancer is served every round, also one on the balancer's
+        // own host (its address is the one the health checks used to get banned).
+        let client = if round % 2 == 0 {
+            SocketAddr::from(([127, 0, 0, 1], 41000 + round))
+        } else {
+            SocketAddr::from(([198, 51, 100, 1], 41000 + round))
+        };
         let mut raw = proxied(addr, &proxy_v2(client, addr), &tls)
             .await
             .unwrap_or_else(|e| panic!("round {round}: the balancer was refused: {e}"));

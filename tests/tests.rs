@@ -5,6 +5,7 @@ mod util;
 
 mod attacks;
 mod cli;
+mod haproxy;
 mod interrupt;
 mod memory;
 mod oneshot;
