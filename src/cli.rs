@@ -228,6 +228,14 @@ struct ServeArgs {
     /// Connections at once from one IPv4 address or IPv6 /64.
     #[arg(long, value_name = "N", default_value_t = 20)]
     max_connections_per_source: usize,
+    /// Connections not logged in yet, as sshd's MaxStartups: from START on, new ones from a
+    /// source that already has one are dropped with RATE % probability rising to 100 % at
+    /// FULL; at FULL a newcomer evicts the oldest of the source holding the most.
+    #[arg(long, value_name = "START:RATE:FULL", default_value = "32:30:128")]
+    max_startups: crate::server::prelogin::Startups,
+    /// The login window while START or more connections are not logged in.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    login_timeout_under_pressure: Duration,
     /// Logged-in sessions at once per user.
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_sessions_per_user: usize,
@@ -561,6 +569,10 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
         stall_timeout: a.stall_timeout,
         max_connections: a.max_connections,
         max_connections_per_source: a.max_connections_per_source,
+        startups: crate::server::prelogin::Startups {
+            pressure_login_timeout: a.login_timeout_under_pressure,
+            ..a.max_startups
+        },
         max_sessions_per_user: a.max_sessions_per_user,
         auth_concurrency: a.auth_concurrency.unwrap_or(defaults.auth_concurrency),
         auth_queue_timeout: a.auth_queue_timeout,
@@ -1041,6 +1053,8 @@ mod tests {
             "--proxy-from=10.0.0.0/8",
             "--proxy-from=192.0.2.7",
             "--proxy-header-timeout=2s",
+            "--max-startups=10:20:50",
+            "--login-timeout-under-pressure=3s",
         ]);
         assert_eq!(l.max_connections, 7);
         assert_eq!(l.max_connections_per_source, 6);
@@ -1060,6 +1074,16 @@ mod tests {
         let nets: Vec<String> = l.proxy_from.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32"]);
         assert_eq!(l.proxy_header_timeout, Duration::from_secs(2));
+        assert_eq!(
+            l.startups,
+            crate::server::prelogin::Startups {
+                start: 10,
+                rate: 20,
+                full: 50,
+                pressure_login_timeout: Duration::from_secs(3),
+            }
+        );
+        assert_eq!(d.startups, defaults.startups);
         // Issue 12, item 4: trusting any peer is not an option.
         for alone in [&["--proxy-protocol"][..], &["--proxy-from=10.0.0.0/8"]] {
             let e = Cli::try_parse_from(["ferry", "serve"].iter().chain(alone)).unwrap_err();

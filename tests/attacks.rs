@@ -917,6 +917,13 @@ async fn login_flood_memory_is_bounded_by_the_argon2_permits() {
         // Queued logins give up with `busy` after this; the flood is over in seconds.
         auth_queue_timeout: Duration::from_secs(2),
         max_connections: FLOOD + 50,
+        // All of them wait for their login at once; that is this test's subject, not the
+        // pre-login cap (tests/prelogin.rs).
+        startups: ferry::server::prelogin::Startups {
+            start: FLOOD + 50,
+            full: FLOOD + 50,
+            ..Default::default()
+        },
         handshake_timeout: Duration::from_secs(60),
         login_timeout: Duration::from_secs(60),
         ..test_limits()

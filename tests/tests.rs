@@ -9,6 +9,7 @@ mod haproxy;
 mod interrupt;
 mod memory;
 mod oneshot;
+mod prelogin;
 mod protocol;
 mod quota;
 mod reload;

@@ -8,6 +8,7 @@
 mod cmd;
 mod error;
 pub mod penalty;
+pub mod prelogin;
 pub mod proxy;
 pub mod quota;
 mod session;
@@ -44,6 +45,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections at once from one source (an IPv4 address or an IPv6 /64).
     pub max_connections_per_source: usize,
+    /// Connections not logged in yet: cap, random early drop, login window under pressure
+    /// (see [`prelogin`]).
+    pub startups: prelogin::Startups,
     /// Logged-in sessions at once per user.
     pub max_sessions_per_user: usize,
     /// Failed logins allowed on one connection before it is closed.
@@ -82,6 +86,7 @@ impl Default for Limits {
             close_timeout: Duration::from_secs(5),
             max_connections: 512,
             max_connections_per_source: 20,
+            startups: prelogin::Startups::default(),
             max_sessions_per_user: 16,
             max_auth_attempts: 3,
             auth_concurrency: cores,
@@ -117,6 +122,8 @@ pub struct Server {
     per_user: Counter<String>,
     /// Penalties per source, when enabled.
     penalties: Option<penalty::Penalties>,
+    /// Connections not logged in yet.
+    prelogin: prelogin::Prelogin,
     /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
     trim_pending: std::sync::atomic::AtomicBool,
     /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
@@ -214,6 +221,7 @@ impl Server {
             per_source: Counter::default(),
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
+            prelogin: prelogin::Prelogin::new(limits.startups),
             trim_pending: std::sync::atomic::AtomicBool::new(false),
             warm_pending: std::sync::atomic::AtomicBool::new(false),
             limits,
@@ -321,6 +329,16 @@ impl Server {
                 reason = %what,
                 "source penalised: its connections are refused until the penalty expires"
             );
+        }
+    }
+
+    /// What a connection that ended without a login attempt costs: more while the pre-login
+    /// phase is under pressure.
+    pub(crate) fn noauth_offence(&self) -> penalty::Offence {
+        if self.prelogin.under_pressure() {
+            penalty::Offence::NoAuthUnderPressure
+        } else {
+            penalty::Offence::NoAuth
         }
     }
 
@@ -541,13 +559,40 @@ async fn handle_connection(
         tracing::warn!(%peer, "connection refused: too many connections from this source");
         return;
     };
+    let (admitted, evicted) = server.prelogin.admit(source_of(peer.ip()));
+    if let Some(victim) = evicted {
+        // Its connection is closed by its own task, which sees the cut.
+        tracing::info!(source = %victim, for_peer = %peer, "pre-login connection evicted: its source holds the most");
+        server.penalise(
+            SocketAddr::new(victim, 0),
+            penalty::Offence::NoAuthUnderPressure,
+        );
+    }
+    let mut prelogin = match admitted {
+        Ok(g) => g,
+        Err(why) => {
+            // The server's load, not necessarily this client's doing: no penalty.
+            tracing::info!(%peer, reason = ?why, "connection refused: too many connections not logged in");
+            return;
+        }
+    };
     tracing::info!(%peer, "connected");
     let handshake = server.acceptor().accept(stream);
     let remaining = server
         .limits
         .handshake_timeout
         .saturating_sub(started.elapsed());
-    let tls = match tokio::time::timeout(remaining, handshake).await {
+    let shaken = tokio::select! {
+        r = tokio::time::timeout(remaining, handshake) => r,
+        cut = prelogin.cut() => {
+            tracing::info!(%peer, ?cut, "closed during the handshake: too many connections not logged in");
+            if cut == prelogin::Cut::Expired {
+                server.penalise(peer, penalty::Offence::GraceExceeded);
+            }
+            return;
+        }
+    };
+    let tls = match shaken {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "tls handshake failed");
@@ -567,5 +612,5 @@ async fn handle_connection(
         server.penalise(peer, penalty::Offence::ProtocolError);
         return;
     }
-    session::run(server, tls, peer, token).await;
+    session::run(server, tls, peer, token, prelogin).await;
 }
