@@ -1,9 +1,11 @@
 //! The server: a listener that admits connections under limits, one task per session, and one
 //! file per command under `cmd/`.
 //!
-//! A connection goes through named phases, each under its own timeout: TLS handshake (with the
-//! `ferry/1` ALPN checked afterwards), hello and login, then requests until the client leaves,
-//! idles too long, or the server shuts down.
+//! A connection goes through named phases, each under its own timeout: the PROXY header (only
+//! from trusted balancers, `proxy`), TLS handshake (with the `ferry/1` ALPN checked
+//! afterwards), hello and login, then requests until the client leaves, idles too long, or the
+//! server shuts down. Caps apply at accept (in total, per source, `penalty`) and until login
+//! (`prelogin`: connections not logged in yet have a smaller cap of their own).
 
 mod cmd;
 mod error;

@@ -217,14 +217,16 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
         }
         return Ok(Parsed::Incomplete(need));
     };
+    // Length first: a reader that gets the bytes one at a time gives up on the length before
+    // it sees what ends the line, and both must say the same (found by the fuzzer).
+    let len = end + 2;
+    if len > V1_MAX_LEN {
+        return Err(ProxyError::TooLong);
+    }
     if window.get(end) == Some(&b'\n') {
         return Err(ProxyError::BadV1(
             "line feed without carriage return".into(),
         ));
-    }
-    let len = end + 2;
-    if len > V1_MAX_LEN {
-        return Err(ProxyError::TooLong);
     }
     match buf.get(end + 1) {
         None => return Ok(Parsed::Incomplete(1)),
@@ -663,6 +665,16 @@ mod tests {
         assert!(matches!(parse(&endless), Err(ProxyError::TooLong)));
         endless.resize(V1_MAX_LEN + 500, b'x');
         assert!(matches!(parse(&endless), Err(ProxyError::TooLong)));
+        // A line feed too far out is "too long", as a reader fed byte by byte sees it before
+        // the line feed arrives (the fuzzer's find: the two used to disagree).
+        let mut late_lf = b"PROXY TCP4 ".to_vec();
+        late_lf.resize(V1_MAX_LEN - 1, b'x');
+        late_lf.push(b'\n');
+        assert!(matches!(parse(&late_lf), Err(ProxyError::TooLong)));
+        assert!(matches!(
+            parse(&late_lf[..V1_MAX_LEN - 1]),
+            Err(ProxyError::TooLong)
+        ));
     }
 
     #[test]
