@@ -201,3 +201,80 @@ async fn attack(limits: Limits, at: &[u64], first_ip: u8) {
     attackers.abort_all();
     eprintln!("slowest login under attack: {worst:?}");
 }
+
+/// Browsers open connections ahead of need (preconnect) and use them late. Without pressure
+/// the pre-login rules change nothing for them: a connection idle for longer than the
+/// shortened window is still served, and a dozen closed unused cost no ban. Under pressure the
+/// same idle connection is cut at the shortened window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_used_late_is_served_unless_under_pressure() {
+    let window = Duration::from_millis(300);
+    let server = TestServer::start_with(Limits {
+        startups: ferry::server::prelogin::Startups {
+            start: 3,
+            rate: 30,
+            full: 10,
+            pressure_login_timeout: window,
+        },
+        ..Limits::default()
+    })
+    .await;
+    let (addr, tls) = (server.addr, server.client_tls());
+    let browser = Ipv4Addr::new(127, 0, 0, 50);
+
+    // A dozen preconnects closed unused: 1 s of penalty each, no ban.
+    for _ in 0..12 {
+        let (reader, writer) = tls_from(browser, addr, &tls).await.unwrap();
+        drop((reader, writer));
+    }
+    // One idle for three windows, then used: served.
+    let (mut reader, mut writer) = tls_from(browser, addr, &tls).await.unwrap();
+    tokio::time::sleep(window * 3).await;
+    hello(&mut reader, &mut writer).await.unwrap();
+    writer
+        .send_message(&ClientMessage::Login {
+            id: 1,
+            user: "alice".into(),
+            password: "alice-pw".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            next_message(&mut reader).await,
+            Ok(ServerMessage::Ok { id: 1, .. })
+        ),
+        "an idle connection used late was not served"
+    );
+
+    // Under pressure (three more waiting, which came after it and so stay past its window),
+    // an idle one is cut at the window.
+    let started = Instant::now();
+    let (mut reader, _writer) = tls_from(Ipv4Addr::new(127, 0, 0, 52), addr, &tls)
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for last in 53..56 {
+        waiting.push(
+            tls_from(Ipv4Addr::new(127, 0, 0, last), addr, &tls)
+                .await
+                .unwrap(),
+        );
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), next_message(&mut reader))
+        .await
+        .expect("an idle connection under pressure was not cut");
+    let took = started.elapsed();
+    eprintln!("idle under pressure: {end:?} after {took:?}");
+    assert!(took < window + Duration::from_secs(2), "{took:?}");
+    assert!(
+        matches!(
+            &end,
+            Ok(ServerMessage::Error {
+                code: ferry::protocol::ErrorCode::Timeout,
+                ..
+            }) | Err(_)
+        ),
+        "{end:?}"
+    );
+}
