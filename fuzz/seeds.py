@@ -161,3 +161,45 @@ ops = {
 }
 for name, b in ops.items():
     write("remote_path", "op_" + name, b)
+
+# ---- proxy_header: [piece size] stream (a header, then what follows it: a TLS ClientHello) ----
+SIG = b"\r\n\r\n\0\r\nQUIT\n"
+HELLO = b"\x16\x03\x01\x00\x05hello"
+
+
+def v2(ver_cmd, fam, payload):
+    return SIG + bytes([ver_cmd, fam]) + struct.pack(">H", len(payload)) + payload
+
+
+def inet(src, dst, sport, dport):
+    return bytes(src) + bytes(dst) + struct.pack(">HH", sport, dport)
+
+
+def tlv(kind, value):
+    return bytes([kind]) + struct.pack(">H", len(value)) + value
+
+
+inet6 = bytes(range(16)) + bytes(range(16, 32)) + struct.pack(">HH", 56324, 443)
+with_tlvs = inet([192, 0, 2, 1], [198, 51, 100, 2], 56324, 443) + tlv(1, b"ferry/1") + tlv(4, b"\0" * 5)
+proxy = {
+    "v1_tcp4": b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n",
+    "v1_tcp6": b"PROXY TCP6 2001:db8::1 2001:db8::2 56324 443\r\n",
+    "v1_unknown": b"PROXY UNKNOWN\r\n",
+    "v1_longest": b"PROXY UNKNOWN " + b"ffff:" * 7 + b"ffff " + b"ffff:" * 7 + b"ffff 65535 65535\r\n",
+    "v1_plus_port": b"PROXY TCP4 192.0.2.1 198.51.100.2 +1 443\r\n",
+    "v1_lf_only": b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\n",
+    "v2_inet": v2(0x21, 0x11, inet([192, 0, 2, 1], [198, 51, 100, 2], 56324, 443)),
+    "v2_inet6": v2(0x21, 0x21, inet6),
+    "v2_tlvs": v2(0x21, 0x11, with_tlvs),
+    "v2_bad_tlv": v2(0x21, 0x11, inet([1, 2, 3, 4], [5, 6, 7, 8], 1, 2) + b"\x04\x00"),
+    "v2_local": v2(0x20, 0x00, b""),
+    "v2_local_junk": v2(0x20, 0xFF, b"anything"),
+    "v2_unspec": v2(0x21, 0x00, b"opaque"),
+    "v2_unix": v2(0x21, 0x31, b"/run/x.sock".ljust(216, b"\0")),
+    "v2_udp": v2(0x21, 0x12, inet([1, 2, 3, 4], [5, 6, 7, 8], 1, 2)),
+    "v2_too_long": SIG + b"\x21\x11\x04\x01",
+    "tls": HELLO,
+}
+for name, header in proxy.items():
+    write("proxy_header", name, b"\0" + header + HELLO)
+    write("proxy_header", name + "_bytewise", b"\x01" + header + HELLO)

@@ -353,6 +353,14 @@ struct ServeArgs {
     /// Connections at once from one IPv4 address or IPv6 /64.
     #[arg(long, value_name = "N", default_value_t = 20)]
     max_connections_per_source: usize,
+    /// Connections not logged in yet, as sshd's MaxStartups: from START on, new ones from a
+    /// source that already has one are dropped with RATE % probability rising to 100 % at
+    /// FULL; at FULL a newcomer evicts the oldest of the source holding the most.
+    #[arg(long, value_name = "START:RATE:FULL", default_value = "32:30:128")]
+    max_startups: crate::server::prelogin::Startups,
+    /// The login window while START or more connections are not logged in.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    login_timeout_under_pressure: Duration,
     /// Logged-in sessions at once per user.
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_sessions_per_user: usize,
@@ -393,9 +401,17 @@ struct ServeArgs {
     #[arg(long, value_name = "NET")]
     penalty_exempt: Vec<crate::server::penalty::IpNet>,
     /// Expect a PROXY protocol v1/v2 header (as HAProxy sends it) before TLS, and use the
-    /// client address it names for limits, penalties and logs. Only behind a balancer.
-    #[arg(long)]
+    /// client address it names for limits, penalties and logs. Only behind a balancer; needs
+    /// --proxy-from.
+    #[arg(long, requires = "proxy_from")]
     proxy_protocol: bool,
+    /// A balancer's address or network trusted to send PROXY headers (repeatable). With
+    /// --proxy-protocol, connections from anywhere else are refused.
+    #[arg(long, value_name = "NET", requires = "proxy_protocol")]
+    proxy_from: Vec<crate::server::penalty::IpNet>,
+    /// Longest wait for a balancer's PROXY header.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    proxy_header_timeout: Duration,
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -543,6 +559,11 @@ struct LsArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Only the server catches SIGHUP; anything else ends on it as usual (see
+        // [`hold_sighup`]), also for one that came in while the command line was parsed.
+        release_sighup();
+    }
     match cli.command {
         Command::Certs(a) => certs(a),
         Command::User(u) => user(u),
@@ -738,6 +759,19 @@ fn human_size(n: u64) -> String {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
+    // SIGHUP's default action ends the process, and an admin (or a config tool) may send it
+    // the moment the server was started, while dev certificates are made or the users file
+    // is loaded. `main` blocked it first thing (see [`hold_sighup`]); the reloader's handler
+    // goes in before anything is loaded, and only then is SIGHUP let through: one that came
+    // in meanwhile is delivered to the handler and reloads what was just loaded, harmlessly.
+    crate::server::tune_allocator();
+    let rt = runtime()?;
+    let hup = {
+        let _entered = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?
+    };
+    release_sighup();
     init_server_logging(a.log_format == "json");
     match raise_open_files_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
@@ -753,8 +787,6 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         .map(crate::tls::fingerprint)
         .unwrap_or_default();
 
-    crate::server::tune_allocator();
-    let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -768,6 +800,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         std::io::stdout().flush()?;
         tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
         let reload = tokio::spawn(reload_on_sighup(
+            hup,
             Arc::clone(&server),
             a.users.clone(),
             a.cert.clone(),
@@ -818,6 +851,10 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
         stall_timeout: a.stall_timeout,
         max_connections: a.max_connections,
         max_connections_per_source: a.max_connections_per_source,
+        startups: crate::server::prelogin::Startups {
+            pressure_login_timeout: a.login_timeout_under_pressure,
+            ..a.max_startups
+        },
         max_sessions_per_user: a.max_sessions_per_user,
         auth_concurrency: a.auth_concurrency.unwrap_or(defaults.auth_concurrency),
         auth_queue_timeout: a.auth_queue_timeout,
@@ -830,6 +867,8 @@ fn limits_of(a: &ServeArgs) -> crate::server::Limits {
             ..crate::server::penalty::PenaltyConfig::default()
         }),
         proxy_protocol: a.proxy_protocol,
+        proxy_from: a.proxy_from.clone(),
+        proxy_header_timeout: a.proxy_header_timeout,
     }
 }
 
@@ -972,15 +1011,12 @@ async fn shutdown_signal() {
 /// loads completely; otherwise the error is logged and the old one stays in force. Sessions
 /// already logged in are not touched.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     server: Arc<crate::server::Server>,
     users: PathBuf,
     cert: PathBuf,
     key: PathBuf,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
@@ -1012,6 +1048,33 @@ async fn reload_on_sighup(
                 "certificate not reloaded; the previous one stays in force"
             ),
         }
+    }
+}
+
+/// Blocks SIGHUP in the calling thread (and so in every thread it starts later). `main` calls
+/// this before anything else, so that a SIGHUP sent while `ferry serve` starts up waits until
+/// the server's handler is in place instead of ending the process. [`run`] lets it through
+/// again: at once for every other command (which then ends on a pending SIGHUP, as it would
+/// have), and for `serve` once the handler is installed.
+pub fn hold_sighup() {
+    set_sighup_mask(libc::SIG_BLOCK);
+}
+
+/// Undoes [`hold_sighup`] in the calling thread; a SIGHUP that came in meanwhile is
+/// delivered now.
+fn release_sighup() {
+    set_sighup_mask(libc::SIG_UNBLOCK);
+}
+
+fn set_sighup_mask(how: libc::c_int) {
+    // SAFETY: `set` is a local, initialised by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's signal mask. Failure (EINVAL) is impossible for these
+    // arguments, and would leave the mask as it was.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -1378,6 +1441,11 @@ mod tests {
             "--partial-ttl=2d",
             "--no-penalties",
             "--proxy-protocol",
+            "--proxy-from=10.0.0.0/8",
+            "--proxy-from=192.0.2.7",
+            "--proxy-header-timeout=2s",
+            "--max-startups=10:20:50",
+            "--login-timeout-under-pressure=3s",
         ]);
         assert_eq!(l.max_connections, 7);
         assert_eq!(l.max_connections_per_source, 6);
@@ -1394,6 +1462,28 @@ mod tests {
         assert_eq!(l.partial_ttl, Duration::from_secs(2 * 86_400));
         assert!(l.penalties.is_none());
         assert!(l.proxy_protocol);
+        let nets: Vec<String> = l.proxy_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(l.proxy_header_timeout, Duration::from_secs(2));
+        assert_eq!(
+            l.startups,
+            crate::server::prelogin::Startups {
+                start: 10,
+                rate: 20,
+                full: 50,
+                pressure_login_timeout: Duration::from_secs(3),
+            }
+        );
+        assert_eq!(d.startups, defaults.startups);
+        // Issue 12, item 4: trusting any peer is not an option.
+        for alone in [&["--proxy-protocol"][..], &["--proxy-from=10.0.0.0/8"]] {
+            let e = Cli::try_parse_from(["ferry", "serve"].iter().chain(alone)).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{alone:?}"
+            );
+        }
 
         let exempt = serve_limits(&["--penalty-exempt=10.0.0.0/8"]);
         assert_eq!(exempt.penalties.map(|p| p.exempt.len()), Some(1));

@@ -4,7 +4,23 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// First of all, even before Rust's runtime sets itself up: `ferry serve` must survive a
+/// SIGHUP sent while it starts up, so SIGHUP is held (blocked) from the first instruction of
+/// this program's own code until [`ferry::cli::run`] lets it through. An ELF initialiser runs
+/// after the C library is ready and before `main`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HOLD_SIGHUP_AT_LOAD: extern "C" fn() = {
+    extern "C" fn hold() {
+        ferry::cli::hold_sighup();
+    }
+    hold
+};
+
 fn main() -> ExitCode {
+    // Elsewhere (no ELF initialisers) as early as `main` allows; a second block is harmless.
+    ferry::cli::hold_sighup();
     let cli = match ferry::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

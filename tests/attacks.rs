@@ -917,6 +917,13 @@ async fn login_flood_memory_is_bounded_by_the_argon2_permits() {
         // Queued logins give up with `busy` after this; the flood is over in seconds.
         auth_queue_timeout: Duration::from_secs(2),
         max_connections: FLOOD + 50,
+        // All of them wait for their login at once; that is this test's subject, not the
+        // pre-login cap (tests/prelogin.rs).
+        startups: ferry::server::prelogin::Startups {
+            start: FLOOD + 50,
+            full: FLOOD + 50,
+            ..Default::default()
+        },
         handshake_timeout: Duration::from_secs(60),
         login_timeout: Duration::from_secs(60),
         ..test_limits()
@@ -1614,6 +1621,7 @@ async fn proxy_header_supplies_the_address_for_limits_and_penalties() {
     let _shared = MEASURING.read().await;
     let server = TestServer::start_with(Limits {
         proxy_protocol: true,
+        proxy_from: vec!["127.0.0.1/32".parse().unwrap()],
         max_connections_per_source: 1,
         penalties: Some(PenaltyConfig::default()),
         ..test_limits()
@@ -1709,6 +1717,7 @@ async fn proxy_header_trickled_is_cut_at_the_handshake_timeout() {
     let handshake = Duration::from_millis(400);
     let server = TestServer::start_with(Limits {
         proxy_protocol: true,
+        proxy_from: vec!["127.0.0.1/32".parse().unwrap()],
         handshake_timeout: handshake,
         ..test_limits()
     })
@@ -1797,6 +1806,173 @@ async fn proxy_header_without_the_option_is_just_a_bad_client() {
         );
     }
     assert_serves(&server).await;
+}
+
+/// Issue 12, item 4: with `--proxy-protocol`, only `--proxy-from` may speak for others. A
+/// direct client claiming a victim's address is refused at once, before TLS, and the victim
+/// is untouched; 600 header-less sockets from one untrusted address take no slot (each is
+/// closed at accept); and a silent trusted connection is cut at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_serves_only_trusted_balancers() {
+    let _shared = MEASURING.read().await;
+    let header_timeout = Duration::from_millis(400);
+    let server = TestServer::start_with(Limits {
+        proxy_protocol: true,
+        proxy_from: vec!["127.0.0.1/32".parse().unwrap()],
+        proxy_header_timeout: header_timeout,
+        max_connections: 64,
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let (addr, tls) = (server.addr, server.client_tls());
+    let victim = SocketAddr::from(([198, 51, 100, 7], 40007));
+    let direct = Ipv4Addr::new(127, 0, 0, 2);
+
+    // A direct client with a well-formed header naming the victim: closed at once, nothing
+    // back. Twenty times over (four protocol errors would ban the named address, were they
+    // charged to it).
+    for i in 0..20 {
+        let start = Instant::now();
+        let mut tcp = tcp_from(direct, addr).await.unwrap();
+        let (mut rd, mut wr) = tcp.split();
+        let _ = wr
+            .write_all(&[proxy_v2(victim, addr), client_hello(&server)].concat())
+            .await;
+        let (back, at) = drain_until_closed(&mut rd, DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("untrusted connection {i} was kept"));
+        assert!(back.is_empty(), "{back:02x?}");
+        assert!(
+            at - start < AT_ONCE,
+            "untrusted connection {i}: {:?}",
+            at - start
+        );
+    }
+    // The victim, through the real balancer, is served.
+    let mut raw = proxied(addr, &proxy_v2(victim, addr), &tls)
+        .await
+        .expect("the address a direct client claimed was penalised");
+    raw.login("alice", "alice-pw").await;
+    close(raw).await;
+
+    // 600 silent sockets from one untrusted address (over ten times the 64 slots): none is
+    // kept, so the balancer's clients still get in.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        if let Ok(s) = tcp_from(Ipv4Addr::new(127, 0, 0, 3), addr).await {
+            held.push(s);
+        }
+    }
+    let mut raw = proxied(addr, &proxy_v1(victim, addr), &tls)
+        .await
+        .expect("header-less sockets from an untrusted address filled the server");
+    raw.login("alice", "alice-pw").await;
+    close(raw).await;
+    let mut open = 0;
+    for mut s in held {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            _ => open += 1,
+        }
+    }
+    assert_eq!(open, 0, "untrusted sockets left open");
+
+    // A trusted balancer that sends nothing is cut at the header timeout (not the 10 s
+    // handshake timeout), without a penalty: the next proxied client is served.
+    let start = Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, _wr) = tcp.split();
+    let (_, at) = drain_until_closed(&mut rd, DEADLINE)
+        .await
+        .expect("a silent balancer connection was kept");
+    assert_timed_out("silent balancer connection", at - start, header_timeout);
+    let mut raw = proxied(addr, &proxy_v1(victim, addr), &tls).await.unwrap();
+    raw.login("alice", "alice-pw").await;
+    close(raw).await;
+}
+
+/// Issue 12, item 4b: a balancer's health checks (connect and close, connect and reset, PROXY
+/// v2 LOCAL, v1 UNKNOWN; HAProxy sends one every few seconds) were charged to the balancer's
+/// own address as protocol errors, so after three of them everyone behind it was refused.
+/// They are closed quietly now, and a client guessing passwords through the balancer is
+/// banned alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_health_checks_never_penalise_the_balancer() {
+    let _shared = MEASURING.read().await;
+    let server = TestServer::start_with(Limits {
+        proxy_protocol: true,
+        proxy_from: vec!["127.0.0.1/32".parse().unwrap()],
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let (addr, tls) = (server.addr, server.client_tls());
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    for round in 0..10 {
+        // Connect and close.
+        drop(TcpStream::connect(addr).await.unwrap());
+        // Connect and reset (HAProxy closes its checks with an RST).
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s);
+        // PROXY v2 LOCAL, then close; and v1 UNKNOWN, then close.
+        for header in [&local[..], b"PROXY UNKNOWN\r\n"] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(header).await.unwrap();
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(DEADLINE, s.read(&mut b)).await;
+            assert!(
+                matches!(r, Ok(Ok(0) | Err(_))),
+                "round {round}: a health check was not closed: {r:?}"
+            );
+        }
+        // A client through the balancer is served every round, also one on the balancer's
+        // own host (its address is the one the health checks used to get banned).
+        let client = if round % 2 == 0 {
+            SocketAddr::from(([127, 0, 0, 1], 41000 + round))
+        } else {
+            SocketAddr::from(([198, 51, 100, 1], 41000 + round))
+        };
+        let mut raw = proxied(addr, &proxy_v2(client, addr), &tls)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the balancer was refused: {e}"));
+        raw.login("alice", "alice-pw").await;
+        close(raw).await;
+    }
+
+    // A guesser behind the balancer is banned; a neighbour behind it is not.
+    let guesser = SocketAddr::from(([198, 51, 100, 66], 40066));
+    let mut raw = proxied(addr, &proxy_v2(guesser, addr), &tls).await.unwrap();
+    raw.hello().await;
+    for id in 0..3 {
+        raw.send(&login_msg(id, "alice", "wrong")).await;
+        let _ = raw.recv().await;
+    }
+    close(raw).await;
+    let mut failures = 3;
+    while failures < 4 {
+        if let Ok(mut raw) = proxied(addr, &proxy_v2(guesser, addr), &tls).await {
+            raw.hello().await;
+            raw.send(&login_msg(9, "alice", "wrong")).await;
+            let _ = raw.recv().await;
+            failures += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    assert!(
+        proxied(addr, &proxy_v2(guesser, addr), &tls).await.is_err(),
+        "the guesser was not banned"
+    );
+    let neighbour = SocketAddr::from(([198, 51, 100, 67], 40067));
+    let mut raw = proxied(addr, &proxy_v2(neighbour, addr), &tls)
+        .await
+        .expect("a neighbour of the guesser behind the balancer was refused");
+    raw.login("alice", "alice-pw").await;
+    close(raw).await;
 }
 
 // ---------------------------------------------------------------------------------------------

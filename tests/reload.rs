@@ -165,3 +165,129 @@ async fn sighup_reloads_users_and_certificate_and_keeps_sessions() {
         .await
         .expect("the current certificate is still served");
 }
+
+/// Issue 12, item 7: a SIGHUP that arrived while `ferry serve` was still starting (making dev
+/// certificates, loading users) ended the process, since the reload handler was installed
+/// last. SIGHUPs are sent from the moment the process runs Rust code until it listens, one
+/// every millisecond, and it must come up and serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_during_start_up_does_not_kill_the_server() {
+    use std::io::BufRead;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.toml");
+    let hash =
+        users::hash_password_with(&Password::new(ALICE_PW.into()), CHEAP.0, CHEAP.1, CHEAP.2)
+            .unwrap();
+    users::add_user(&users_file, "alice", &hash, None, false).unwrap();
+    // No certificates: the server makes dev certificates first, the slowest part of start-up.
+    let mut cmd = std::process::Command::new(crate::cli::FERRY);
+    cmd.current_dir(dir.path())
+        .env_remove("FERRY_LOG")
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-penalties"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec only async-signal-safe calls are made (signal(2)). The
+    // test must not depend on how the runner was started (nohup would make SIGHUP ignored).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
+    let err_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err_copy = std::sync::Arc::clone(&err_text);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            err_copy.lock().unwrap().push_str(&line);
+            err_copy.lock().unwrap().push('\n');
+        }
+    });
+
+    // Rust's runtime sets SIGPIPE to ignored just before `main`: from then on the process
+    // runs ferry's code, and the dynamic loader (which no program can shield) is behind it.
+    let started = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if ignored & (1 << (libc::SIGPIPE - 1)) != 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "ferry never started"
+        );
+        std::thread::yield_now();
+    }
+    let mut sent = 0;
+    let addr = loop {
+        // SAFETY: kill(2) on the child's own pid; the child is not reaped before this loop ends.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGHUP);
+        }
+        sent += 1;
+        if let Ok(line) = rx.try_recv()
+            && let Some(addr) = line.strip_prefix("ferry listening on ")
+        {
+            break addr.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "ferry serve died during start-up after {sent} SIGHUP(s): {status:?} \
+                 (signal {:?}); stderr:\n{}",
+                status.signal(),
+                err_text.lock().unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ferry serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    eprintln!("{sent} SIGHUP(s) during start-up");
+    assert!(
+        sent >= 2,
+        "start-up was too quick to be hit ({sent} signal)"
+    );
+    // And afterwards too, a few more; then it serves with the certificates it made.
+    for _ in 0..5 {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGHUP);
+        }
+    }
+    let ca = ferry::certs::CertPaths::in_dir(&dir.path().join("certs")).ca_cert;
+    let tls = ferry::tls::client_config(Some(&ca)).unwrap();
+    let mut c = Connection::connect("127.0.0.1", addr.port(), tls)
+        .await
+        .expect("the server is reachable after the SIGHUPs");
+    c.login("alice", &Password::new(ALICE_PW.into()))
+        .await
+        .expect("the server serves after the SIGHUPs");
+    c.stat("/").await.unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = crate::cli::wait_or_kill(&mut child, Duration::from_secs(10));
+}

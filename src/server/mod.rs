@@ -1,13 +1,16 @@
 //! The server: a listener that admits connections under limits, one task per session, and one
 //! file per command under `cmd/`.
 //!
-//! A connection goes through named phases, each under its own timeout: TLS handshake (with the
-//! `ferry/1` ALPN checked afterwards), hello and login, then requests until the client leaves,
-//! idles too long, or the server shuts down.
+//! A connection goes through named phases, each under its own timeout: the PROXY header (only
+//! from trusted balancers, `proxy`), TLS handshake (with the `ferry/1` ALPN checked
+//! afterwards), hello and login, then requests until the client leaves, idles too long, or the
+//! server shuts down. Caps apply at accept (in total, per source, `penalty`) and until login
+//! (`prelogin`: connections not logged in yet have a smaller cap of their own).
 
 mod cmd;
 mod error;
 pub mod penalty;
+pub mod prelogin;
 pub mod proxy;
 pub mod quota;
 mod session;
@@ -45,6 +48,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections at once from one source (an IPv4 address or an IPv6 /64).
     pub max_connections_per_source: usize,
+    /// Connections not logged in yet: cap, random early drop, login window under pressure
+    /// (see [`prelogin`]).
+    pub startups: prelogin::Startups,
     /// Logged-in sessions at once per user.
     pub max_sessions_per_user: usize,
     /// Failed logins allowed on one connection before it is closed.
@@ -61,7 +67,15 @@ pub struct Limits {
     /// disables them.
     pub penalties: Option<penalty::PenaltyConfig>,
     /// Expect a PROXY protocol (v1 or v2) header before TLS and use the address it names.
+    /// Only connections from [`Limits::proxy_from`] are served then.
     pub proxy_protocol: bool,
+    /// The balancers trusted to send PROXY headers. With `proxy_protocol` on, a connection
+    /// from anywhere else is refused at once and penalised as a protocol error; balancers
+    /// themselves are never penalised or capped as a source (the clients they name are).
+    pub proxy_from: Vec<penalty::IpNet>,
+    /// Longest wait for a trusted balancer's PROXY header (also bounded by the handshake
+    /// timeout, which runs from accept).
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +89,7 @@ impl Default for Limits {
             close_timeout: Duration::from_secs(5),
             max_connections: 512,
             max_connections_per_source: 20,
+            startups: prelogin::Startups::default(),
             max_sessions_per_user: 16,
             max_auth_attempts: 3,
             auth_concurrency: cores,
@@ -83,6 +98,8 @@ impl Default for Limits {
             partial_ttl: Duration::from_secs(24 * 3600),
             penalties: Some(penalty::PenaltyConfig::default()),
             proxy_protocol: false,
+            proxy_from: Vec::new(),
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -110,6 +127,8 @@ pub struct Server {
     per_user: Counter<String>,
     /// Penalties per source, when enabled.
     penalties: Option<penalty::Penalties>,
+    /// Connections not logged in yet.
+    prelogin: prelogin::Prelogin,
     /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
     trim_pending: std::sync::atomic::AtomicBool,
     /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
@@ -212,6 +231,7 @@ impl Server {
             per_source: Counter::default(),
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
+            prelogin: prelogin::Prelogin::new(limits.startups),
             trim_pending: std::sync::atomic::AtomicBool::new(false),
             warm_pending: std::sync::atomic::AtomicBool::new(false),
             grace_over: CancellationToken::new(),
@@ -340,6 +360,21 @@ impl Server {
         }
     }
 
+    /// What a connection that ended without a login attempt costs: more while the pre-login
+    /// phase is under pressure.
+    pub(crate) fn noauth_offence(&self) -> penalty::Offence {
+        if self.prelogin.under_pressure() {
+            penalty::Offence::NoAuthUnderPressure
+        } else {
+            penalty::Offence::NoAuth
+        }
+    }
+
+    /// Whether `ip` is a balancer trusted to send PROXY headers (`--proxy-from`).
+    fn trusts_balancer(&self, ip: IpAddr) -> bool {
+        self.limits.proxy_from.iter().any(|net| net.contains(ip))
+    }
+
     /// The data root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -379,7 +414,21 @@ pub async fn run(
             drop(stream);
             continue;
         };
-        if !server.limits.proxy_protocol && refused(&server, peer) {
+        if server.limits.proxy_protocol {
+            // Only a trusted balancer may speak for others. Anyone else is refused at once
+            // and earns a penalty on its real address (unless already banned: refusing that
+            // costs nothing, and the ban then runs out). A balancer is never checked against
+            // the penalty table: a client it named may share its address, and banning the
+            // balancer would lock out everyone behind it.
+            if !server.trusts_balancer(peer.ip()) {
+                if !refused(&server, peer) {
+                    tracing::info!(%peer, "connection refused: not a trusted balancer (--proxy-from)");
+                    server.penalise(peer, penalty::Offence::ProtocolError);
+                }
+                drop(stream);
+                continue;
+            }
+        } else if refused(&server, peer) {
             // Refused before any work: no task, no TLS.
             drop(stream);
             continue;
@@ -501,15 +550,38 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let started = tokio::time::Instant::now();
     if server.limits.proxy_protocol {
-        // Behind a load balancer the socket peer is the balancer: the header names the real
-        // client, which is what limits, penalties and logs must see. A bad or missing header
-        // is not penalised: that would punish the balancer, i.e. everyone.
+        // Behind a load balancer the socket peer is the balancer (checked at accept): the
+        // header names the real client, which is what limits, penalties and logs must see.
+        // Nothing here is penalised: the only address known is the balancer's, and
+        // punishing it would punish everyone behind it.
         let balancer = peer;
-        match proxy::read_header(&mut stream, server.limits.handshake_timeout).await {
-            Ok(Some(real)) => peer = real,
-            Ok(None) => {}
+        let wait = server
+            .limits
+            .proxy_header_timeout
+            .min(server.limits.handshake_timeout);
+        match proxy::read_header(&mut stream, wait).await {
+            Ok(h) if h.local => {
+                // PROXY v2 LOCAL or v1 UNKNOWN: the balancer checking that ferry is up.
+                tracing::debug!(peer = %balancer, "balancer health check");
+                return;
+            }
+            Ok(proxy::Header {
+                source: Some(real), ..
+            }) => peer = real,
+            Ok(_) => {
+                tracing::warn!(
+                    peer = %balancer,
+                    "dropped: the PROXY header names no TCP client (UNSPEC or UNIX)"
+                );
+                return;
+            }
+            Err(proxy::ProxyError::Empty) => {
+                // Connect and close (or reset) without a byte: a connect-only health check.
+                tracing::debug!(peer = %balancer, "balancer health check (connect only)");
+                return;
+            }
             Err(e) => {
-                tracing::info!(peer = %balancer, error = %e, "dropped: bad PROXY header");
+                tracing::warn!(peer = %balancer, error = %e, "dropped: bad PROXY header from a trusted balancer");
                 return;
             }
         }
@@ -524,13 +596,40 @@ async fn handle_connection(
         tracing::warn!(%peer, "connection refused: too many connections from this source");
         return;
     };
+    let (admitted, evicted) = server.prelogin.admit(source_of(peer.ip()));
+    if let Some(victim) = evicted {
+        // Its connection is closed by its own task, which sees the cut.
+        tracing::info!(source = %victim, for_peer = %peer, "pre-login connection evicted: its source holds the most");
+        server.penalise(
+            SocketAddr::new(victim, 0),
+            penalty::Offence::NoAuthUnderPressure,
+        );
+    }
+    let mut prelogin = match admitted {
+        Ok(g) => g,
+        Err(why) => {
+            // The server's load, not necessarily this client's doing: no penalty.
+            tracing::info!(%peer, reason = ?why, "connection refused: too many connections not logged in");
+            return;
+        }
+    };
     tracing::info!(%peer, "connected");
     let handshake = server.acceptor().accept(stream);
     let remaining = server
         .limits
         .handshake_timeout
         .saturating_sub(started.elapsed());
-    let tls = match tokio::time::timeout(remaining, handshake).await {
+    let shaken = tokio::select! {
+        r = tokio::time::timeout(remaining, handshake) => r,
+        cut = prelogin.cut() => {
+            tracing::info!(%peer, ?cut, "closed during the handshake: too many connections not logged in");
+            if cut == prelogin::Cut::Expired {
+                server.penalise(peer, penalty::Offence::GraceExceeded);
+            }
+            return;
+        }
+    };
+    let tls = match shaken {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "tls handshake failed");
@@ -550,5 +649,5 @@ async fn handle_connection(
         server.penalise(peer, penalty::Offence::ProtocolError);
         return;
     }
-    session::run(server, tls, peer, token).await;
+    session::run(server, tls, peer, token, prelogin).await;
 }

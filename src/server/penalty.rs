@@ -31,6 +31,9 @@
 //!   per connection, as sshd does) makes a fourth wrong password in quick succession a ban,
 //!   whether or not the guesser reconnects in between.
 //! - [`Offence::NoAuth`]: a connection that ended without any login attempt.
+//! - [`Offence::NoAuthUnderPressure`]: the same while the pre-login phase is under pressure
+//!   (`server::prelogin`), or a pre-login connection evicted to make room for another
+//!   source's; 5 s instead of 1 s, since holding a slot silently is then the attack.
 //! - [`Offence::GraceExceeded`]: a TLS handshake or login that ran out of time.
 //! - [`Offence::ProtocolError`]: anything that is not a well-behaved ferry client: no TLS, a
 //!   failed handshake, the wrong ALPN, a malformed or oversized frame, a request out of order.
@@ -65,6 +68,9 @@ pub struct PenaltyConfig {
     pub authfail: Duration,
     /// Per connection that ended without a login attempt (sshd: `noauth`, 1 s).
     pub noauth: Duration,
+    /// The same while the pre-login phase is under pressure, and per pre-login connection
+    /// evicted to make room (ferry's own; 5 s, like a failed password).
+    pub noauth_under_pressure: Duration,
     /// Per handshake or login that timed out (sshd: `grace-exceeded`, 10 s).
     pub grace_exceeded: Duration,
     /// Per protocol violation (ferry's own; 5 s).
@@ -89,6 +95,7 @@ impl Default for PenaltyConfig {
         PenaltyConfig {
             authfail: Duration::from_secs(5),
             noauth: Duration::from_secs(1),
+            noauth_under_pressure: Duration::from_secs(5),
             grace_exceeded: Duration::from_secs(10),
             protocol_error: Duration::from_secs(5),
             min_before_ban: Duration::from_secs(15),
@@ -107,6 +114,7 @@ impl PenaltyConfig {
         match what {
             Offence::AuthFail => self.authfail,
             Offence::NoAuth => self.noauth,
+            Offence::NoAuthUnderPressure => self.noauth_under_pressure,
             Offence::GraceExceeded => self.grace_exceeded,
             Offence::ProtocolError => self.protocol_error,
         }
@@ -120,6 +128,9 @@ pub enum Offence {
     AuthFail,
     /// A connection that ended without a login attempt.
     NoAuth,
+    /// The same while too many connections were not logged in, or a pre-login connection
+    /// evicted to make room for another source's.
+    NoAuthUnderPressure,
     /// A handshake or login that ran out of time.
     GraceExceeded,
     /// A protocol violation (no TLS, wrong ALPN, malformed frames, ...).
@@ -132,6 +143,7 @@ impl Offence {
         match self {
             Offence::AuthFail => "authfail",
             Offence::NoAuth => "noauth",
+            Offence::NoAuthUnderPressure => "noauth-pressure",
             Offence::GraceExceeded => "grace-exceeded",
             Offence::ProtocolError => "protocol-error",
         }
@@ -291,6 +303,7 @@ impl Penalties {
         for d in [
             &mut cfg.authfail,
             &mut cfg.noauth,
+            &mut cfg.noauth_under_pressure,
             &mut cfg.grace_exceeded,
             &mut cfg.protocol_error,
             &mut cfg.min_before_ban,

@@ -1,40 +1,41 @@
 //! The PROXY protocol, versions 1 and 2, as HAProxy and most TCP load balancers send it.
 //!
-//! With `--proxy-protocol` on, every connection must begin with a PROXY header naming the
-//! client the balancer accepted; ferry then uses that address for limits, penalties and logs.
-//! The TLS ClientHello follows the header immediately, so [`read_header`] reads exactly the
-//! header's bytes and not one more: the pure parser [`parse`] says how many bytes it still
-//! needs at the least, and the reader asks the socket for no more than that.
+//! With `--proxy-protocol` on, every connection from a trusted balancer (`--proxy-from`) must
+//! begin with a PROXY header naming the client the balancer accepted; ferry then uses that
+//! address for limits, penalties and logs. The TLS ClientHello follows the header at once, so
+//! [`read_header`] reads exactly the header's bytes and not one more.
+//!
+//! # Who does what
+//! The grammar of both versions is the `ppp` crate's: it parses a complete header. This module
+//! only frames it (where does the header end, without reading past it) and applies ferry's
+//! policy on top (caps, which address families a TCP service accepts, TLV framing):
+//! [`parse`] says how many bytes it still needs at the least, and the reader asks the socket
+//! for no more than that.
 //!
 //! # The two formats, briefly
 //! - Version 1 is one text line: `PROXY TCP4 <src> <dst> <srcport> <dstport>\r\n` (or `TCP6`
-//!   with IPv6 addresses), or `PROXY UNKNOWN ...\r\n` when the balancer does not know the
-//!   client. The whole line, CRLF included, is at most 107 bytes.
+//!   with IPv6 addresses), or `PROXY UNKNOWN ...\r\n` when the balancer speaks for itself
+//!   (health checks). The whole line, CRLF included, is at most 107 bytes.
 //! - Version 2 is binary: a 12-byte signature, a version/command byte, an address
 //!   family/transport byte and a big-endian 16-bit length, then that many bytes: the address
 //!   block for the family, followed by type-length-value extensions (TLVs).
 //!
 //! # What is accepted
-//! Parsing is strict: a malformed header means a broken or hostile peer (a balancer never
-//! sends one), and the caller drops the connection.
-//! - v1: the protocol is exactly `TCP4`, `TCP6` or `UNKNOWN`; fields are separated by single
-//!   spaces; addresses must parse and belong to the named family; ports are decimal 0..=65535
-//!   without sign or leading zeros; the line ends in CRLF within 107 bytes. After `UNKNOWN`
-//!   the rest of the line is ignored, as the specification asks.
-//! - v2: version 2; command LOCAL (health checks: the socket peer is the real one, the address
-//!   block is ignored) or PROXY; family/transport one of the specification's values. TCP over
-//!   IPv4 or IPv6 yields the client's address; UNSPEC and UNIX yield `None` (use the socket
-//!   peer); UDP on a stream connection is refused. The length must cover the family's
-//!   address block and may not exceed [`MAX_V2_PAYLOAD`]. TLVs are not interpreted, but
-//!   their framing must fill the rest of the header exactly (HAProxy enforces the same);
-//!   the CRC32C TLV is not verified.
+//! Parsing is strict: a malformed header means a broken or hostile peer, and the caller drops
+//! the connection.
+//! - v1: what `ppp` accepts (`TCP4`, `TCP6` or `UNKNOWN`, single spaces, addresses of the
+//!   named family, decimal ports without leading zeros), ending in CRLF within 107 bytes, with
+//!   no line feed before the CR.
+//! - v2: command LOCAL (the balancer's own connection, i.e. a health check: the rest of the
+//!   header is skipped, as the specification asks) or PROXY; for PROXY, family/transport one
+//!   of UNSPEC, TCP over IPv4 or IPv6, or UNIX (UDP on a stream connection is refused); the
+//!   length must cover the family's address block and may not exceed [`MAX_V2_PAYLOAD`]; the
+//!   TLVs are not interpreted, but their framing must fill the rest of the header exactly
+//!   (HAProxy enforces the same). The CRC32C TLV is not verified.
 //! - Anything else, a TLS ClientHello, HTTP, SSH banners or noise, is [`ProxyError::NotProxy`]:
 //!   with the option on, the header is mandatory.
-//!
-//! A failed header says nothing certain about the client: the socket peer is normally the
-//! balancer, so per-source penalties should not be charged to it (see `server::penalty`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -57,11 +58,6 @@ pub const MAX_V2_PAYLOAD: usize = 1024;
 /// The most bytes [`read_header`] ever reads.
 pub const MAX_HEADER_LEN: usize = V2_FIXED_LEN + MAX_V2_PAYLOAD;
 
-/// Address block sizes of the v2 families.
-const V2_INET_LEN: usize = 12;
-const V2_INET6_LEN: usize = 36;
-const V2_UNIX_LEN: usize = 216;
-
 /// Why a PROXY header was refused. Every case ends the connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -71,17 +67,21 @@ pub enum ProxyError {
     NotProxy,
     /// A v1 header that breaks the grammar.
     #[error("malformed proxy v1 header: {0}")]
-    BadV1(&'static str),
+    BadV1(String),
     /// A v2 header that breaks the format.
     #[error("malformed proxy v2 header: {0}")]
-    BadV2(&'static str),
+    BadV2(String),
     /// Longer than 107 bytes (v1) or than [`MAX_V2_PAYLOAD`] after the fixed part (v2).
     #[error("proxy header too long")]
     TooLong,
     /// The whole header did not arrive within the timeout.
     #[error("timed out waiting for the proxy header")]
     Timeout,
-    /// The peer closed the connection before the header was complete.
+    /// The peer closed (or reset) the connection before sending a single byte: what a
+    /// balancer's connect-only health check looks like.
+    #[error("connection closed before any byte")]
+    Empty,
+    /// The peer closed the connection inside the header.
     #[error("connection closed inside the proxy header")]
     Closed,
     /// Reading from the socket failed.
@@ -103,8 +103,10 @@ pub enum Version {
 pub struct Header {
     /// The format it came in.
     pub version: Version,
-    /// The client's address, or `None` when the socket peer is to be used (v1 `UNKNOWN`, v2
-    /// LOCAL, UNSPEC or UNIX).
+    /// The balancer speaks for itself (v2 LOCAL, v1 `UNKNOWN`): a health check, not a client.
+    pub local: bool,
+    /// The client's address, or `None` when the header names none (LOCAL, `UNKNOWN`, v2
+    /// UNSPEC or UNIX).
     pub source: Option<SocketAddr>,
     /// The address the client connected to on the balancer; `None` exactly when `source` is.
     pub destination: Option<SocketAddr>,
@@ -120,23 +122,23 @@ pub enum Parsed {
         /// Its length in bytes.
         len: usize,
     },
-    /// The bytes so far are a valid beginning; at least this many more (always >= 1) are
+    /// The bytes so far may begin a valid header; at least this many more (always >= 1) are
     /// needed. Reading that many more can never run past the end of a valid header.
     Incomplete(usize),
 }
 
-/// Reads and removes a PROXY header (v1 or v2) from the front of a fresh stream and returns
-/// the client's real address, or `None` when the socket peer should be used (v1 `UNKNOWN`,
-/// v2 LOCAL, or an address family other than TCP over IPv4/IPv6).
+/// Reads and removes a PROXY header (v1 or v2) from the front of a fresh stream.
 ///
 /// Never reads past the header, so the stream can be handed to the TLS acceptor afterwards.
-/// `timeout` covers the whole header: a peer that trickles it in slowly is cut off on time.
+/// `timeout` covers the whole header: a peer that trickles it in slowly is cut off on time. A
+/// peer that closes or resets the connection before sending anything gets
+/// [`ProxyError::Empty`], so that the caller can tell a health check from a broken header.
 pub async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
-) -> Result<Option<SocketAddr>, ProxyError> {
+) -> Result<Header, ProxyError> {
     match tokio::time::timeout(timeout, read_parsed(stream)).await {
-        Ok(header) => Ok(header?.source),
+        Ok(header) => header,
         Err(_) => Err(ProxyError::Timeout),
     }
 }
@@ -158,9 +160,17 @@ async fn read_parsed<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header, Pro
         let dst = buf
             .get_mut(filled..filled + need)
             .ok_or(ProxyError::TooLong)?;
-        let n = stream.read(dst).await?;
+        let n = match stream.read(dst).await {
+            Ok(n) => n,
+            Err(e) if filled == 0 && e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
-            return Err(ProxyError::Closed);
+            return Err(if filled == 0 {
+                ProxyError::Empty
+            } else {
+                ProxyError::Closed
+            });
         }
         filled += n;
     }
@@ -169,9 +179,9 @@ async fn read_parsed<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header, Pro
 /// Parses a PROXY header at the start of `buf`.
 ///
 /// Returns [`Parsed::Complete`] with the header's length (bytes after it are ignored),
-/// [`Parsed::Incomplete`] with a lower bound on the bytes still missing, or an error as soon
-/// as the bytes so far cannot begin a valid header. Pure and total: any input gives an answer,
-/// never a panic.
+/// [`Parsed::Incomplete`] with a lower bound on the bytes still missing, or an error once the
+/// bytes so far cannot begin a valid header. Pure and total: any input gives an answer, never a
+/// panic.
 pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
     let Some(&first) = buf.first() else {
         return Ok(Parsed::Incomplete(V1_MIN_LEN.min(V2_FIXED_LEN)));
@@ -194,336 +204,184 @@ fn is_prefix(buf: &[u8], signature: &[u8]) -> bool {
     buf.get(..n) == signature.get(..n)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Version 1
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Tcp4,
-    Tcp6,
-}
-
-impl Family {
-    /// Shortest text of each field: source, destination, source port, destination port.
-    fn min_lens(self) -> [usize; 4] {
-        match self {
-            Family::Tcp4 => [7, 7, 1, 1], // "0.0.0.0"
-            Family::Tcp6 => [2, 2, 1, 1], // "::"
-        }
-    }
-
-    /// Longest text of an address field (IPv6 with an embedded dotted quad).
-    fn max_addr_len(self) -> usize {
-        match self {
-            Family::Tcp4 => 15,
-            Family::Tcp6 => 45,
-        }
-    }
-
-    fn addr_char(self, b: u8) -> bool {
-        match self {
-            Family::Tcp4 => b.is_ascii_digit() || b == b'.',
-            Family::Tcp6 => b.is_ascii_hexdigit() || b == b':' || b == b'.',
-        }
-    }
-
-    fn parse_addr(self, field: &[u8]) -> Option<IpAddr> {
-        let text = std::str::from_utf8(field).ok()?;
-        Some(match self {
-            Family::Tcp4 => IpAddr::V4(text.parse::<Ipv4Addr>().ok()?),
-            Family::Tcp6 => IpAddr::V6(text.parse::<Ipv6Addr>().ok()?),
-        })
-    }
-
-    /// The bytes a TCP header needs after the protocol name: four fields, a space before each,
-    /// and the CRLF.
-    fn min_after_proto(self) -> usize {
-        self.min_lens().iter().map(|m| m + 1).sum::<usize>() + 2
-    }
-}
-
+/// Version 1: find the CRLF within 107 bytes, then let `ppp` parse the line.
 fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
-    // The caller checked that `buf` begins like V1_PREFIX.
-    let Some(rest) = buf.get(V1_PREFIX.len()..) else {
-        return Ok(Parsed::Incomplete(V1_MIN_LEN - buf.len()));
-    };
     // Bytes beyond the longest possible header are never part of it.
-    let rest = rest.get(..V1_MAX_LEN - V1_PREFIX.len()).unwrap_or(rest);
-    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        Some(i) => {
-            let end = V1_PREFIX.len() + i; // index of the CR in `buf`
-            if end + 2 > V1_MAX_LEN {
-                return Err(ProxyError::TooLong);
-            }
-            if rest.get(i) == Some(&b'\n') {
-                return Err(ProxyError::BadV1("line feed without carriage return"));
-            }
-            let header = parse_v1_line(rest.get(..i).unwrap_or_default())?;
-            match rest.get(i + 1) {
-                None => Ok(Parsed::Incomplete(1)),
-                Some(b'\n') => Ok(Parsed::Complete {
-                    header,
-                    len: end + 2,
-                }),
-                Some(_) => Err(ProxyError::BadV1("carriage return without line feed")),
-            }
+    let window = buf.get(..V1_MAX_LEN).unwrap_or(buf);
+    let Some(end) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        // At least the CRLF is missing. No early verdict on the fields: ppp reports some
+        // prefixes of valid lines (a port cut short) as errors, so only a whole line is parsed.
+        let need = V1_MIN_LEN.saturating_sub(buf.len()).max(2);
+        if buf.len() + need > V1_MAX_LEN {
+            return Err(ProxyError::TooLong);
         }
-        None => {
-            let have = V1_PREFIX.len() + rest.len();
-            if have >= V1_MAX_LEN {
-                return Err(ProxyError::TooLong);
-            }
-            let need = v1_needed(rest)?;
-            if have + need > V1_MAX_LEN {
-                return Err(ProxyError::TooLong);
-            }
-            Ok(Parsed::Incomplete(need))
-        }
-    }
-}
-
-/// Parses a complete v1 line: everything between `PROXY ` and the CRLF.
-fn parse_v1_line(line: &[u8]) -> Result<Header, ProxyError> {
-    let mut fields = line.split(|&b| b == b' ');
-    let family = match fields.next().unwrap_or_default() {
-        // The specification asks receivers to ignore whatever follows UNKNOWN.
-        b"UNKNOWN" => {
-            return Ok(Header {
-                version: Version::V1,
-                source: None,
-                destination: None,
-            });
-        }
-        b"TCP4" => Family::Tcp4,
-        b"TCP6" => Family::Tcp6,
-        _ => return Err(ProxyError::BadV1("unknown protocol")),
+        return Ok(Parsed::Incomplete(need));
     };
-    let (Some(src), Some(dst), Some(sport), Some(dport), None) = (
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-    ) else {
-        return Err(ProxyError::BadV1("wrong number of fields"));
-    };
-    let (Some(src), Some(dst)) = (family.parse_addr(src), family.parse_addr(dst)) else {
-        return Err(ProxyError::BadV1("invalid address for the protocol"));
-    };
-    let sport = parse_port(sport).ok_or(ProxyError::BadV1("invalid port"))?;
-    let dport = parse_port(dport).ok_or(ProxyError::BadV1("invalid port"))?;
-    Ok(Header {
-        version: Version::V1,
-        source: Some(SocketAddr::new(src, sport)),
-        destination: Some(SocketAddr::new(dst, dport)),
-    })
-}
-
-/// A decimal port, 0..=65535, no sign, no leading zeros.
-fn parse_port(field: &[u8]) -> Option<u16> {
-    if !port_prefix_ok(field) || field.is_empty() {
-        return None;
-    }
-    u16::try_from(port_value(field)).ok()
-}
-
-/// Whether `field` can begin a valid port: digits only, no leading zero, at most 65535 so far
-/// (more digits only make it larger).
-fn port_prefix_ok(field: &[u8]) -> bool {
-    field.len() <= 5
-        && field.iter().all(u8::is_ascii_digit)
-        && !(field.len() > 1 && field.first() == Some(&b'0'))
-        && port_value(field) <= u32::from(u16::MAX)
-}
-
-/// The value of up to five ASCII digits.
-fn port_value(digits: &[u8]) -> u32 {
-    digits
-        .iter()
-        .fold(0u32, |acc, &d| acc * 10 + u32::from(d.wrapping_sub(b'0')))
-}
-
-/// For a v1 line that has no CR or LF yet: checks that it can still become valid and returns
-/// the fewest bytes any valid completion needs.
-fn v1_needed(rest: &[u8]) -> Result<usize, ProxyError> {
-    let mut fields = rest.split(|&b| b == b' ');
-    let proto = fields.next().unwrap_or_default();
-    let Some(mut current) = fields.next() else {
-        // Still inside the protocol name.
-        if b"UNKNOWN".starts_with(proto) {
-            return Ok(b"UNKNOWN".len() - proto.len() + 2);
-        }
-        return match proto {
-            b"TCP4" => Ok(Family::Tcp4.min_after_proto()),
-            b"TCP6" => Ok(Family::Tcp6.min_after_proto()),
-            // A prefix of both; TCP6 allows the shorter completion.
-            _ if b"TCP".starts_with(proto) => Ok(4 - proto.len() + Family::Tcp6.min_after_proto()),
-            _ => Err(ProxyError::BadV1("unknown protocol")),
-        };
-    };
-    let family = match proto {
-        b"UNKNOWN" => return Ok(2),
-        b"TCP4" => Family::Tcp4,
-        b"TCP6" => Family::Tcp6,
-        _ => return Err(ProxyError::BadV1("unknown protocol")),
-    };
-    // Fields before the last one are complete and must be valid; the last may be partial.
-    let mut index = 0;
-    for next in fields {
-        let ok = if index < 2 {
-            family.parse_addr(current).is_some()
-        } else {
-            parse_port(current).is_some()
-        };
-        if !ok {
-            return Err(ProxyError::BadV1("invalid field"));
-        }
-        index += 1;
-        if index >= 4 {
-            return Err(ProxyError::BadV1("wrong number of fields"));
-        }
-        current = next;
-    }
-    let plausible = if index < 2 {
-        current.len() <= family.max_addr_len() && current.iter().all(|&b| family.addr_char(b))
-    } else {
-        port_prefix_ok(current)
-    };
-    if !plausible {
-        return Err(ProxyError::BadV1("invalid field"));
-    }
-    let mins = family.min_lens();
-    let this = mins
-        .get(index)
-        .map_or(0, |m| m.saturating_sub(current.len()));
-    let later: usize = mins.iter().skip(index + 1).map(|m| m + 1).sum();
-    Ok(this + later + 2)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Version 2
-
-/// What the address block of a v2 PROXY command holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
-    Unspec,
-    Inet,
-    Inet6,
-    Unix,
-}
-
-impl Block {
-    /// The family/transport byte, restricted to the values the specification defines.
-    fn from_byte(b: u8) -> Result<Block, ProxyError> {
-        Ok(match b {
-            0x00 => Block::Unspec,
-            0x11 => Block::Inet,
-            0x21 => Block::Inet6,
-            0x31 | 0x32 => Block::Unix,
-            0x12 | 0x22 => return Err(ProxyError::BadV2("udp addresses on a tcp connection")),
-            _ => return Err(ProxyError::BadV2("unknown address family or transport")),
-        })
-    }
-
-    fn len(self) -> usize {
-        match self {
-            Block::Unspec => 0,
-            Block::Inet => V2_INET_LEN,
-            Block::Inet6 => V2_INET6_LEN,
-            Block::Unix => V2_UNIX_LEN,
-        }
-    }
-}
-
-fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
-    // The caller checked the signature as far as `buf` goes. Check each fixed byte as soon as
-    // it arrives, so that junk is refused without waiting for more.
-    let local = match buf.get(12) {
-        None => None,
-        Some(&ver_cmd) => {
-            if ver_cmd >> 4 != 2 {
-                return Err(ProxyError::BadV2("unsupported version"));
-            }
-            match ver_cmd & 0x0f {
-                0 => Some(true),
-                1 => Some(false),
-                _ => return Err(ProxyError::BadV2("unknown command")),
-            }
-        }
-    };
-    // LOCAL ignores the family byte entirely, as the specification says.
-    let block = match (local, buf.get(13)) {
-        (Some(false), Some(&fam)) => Some(Block::from_byte(fam)?),
-        _ => None,
-    };
-    let Some(&[.., len_hi, len_lo]) = buf.first_chunk::<V2_FIXED_LEN>() else {
-        return Ok(Parsed::Incomplete(V2_FIXED_LEN - buf.len()));
-    };
-    let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    if len > MAX_V2_PAYLOAD {
+    // Length first: a reader that gets the bytes one at a time gives up on the length before
+    // it sees what ends the line, and both must say the same (found by the fuzzer).
+    let len = end + 2;
+    if len > V1_MAX_LEN {
         return Err(ProxyError::TooLong);
     }
-    if len < block.map_or(0, Block::len) {
-        return Err(ProxyError::BadV2("length too short for the address family"));
+    if window.get(end) == Some(&b'\n') {
+        return Err(ProxyError::BadV1(
+            "line feed without carriage return".into(),
+        ));
     }
-    let total = V2_FIXED_LEN + len;
-    let Some(payload) = buf.get(V2_FIXED_LEN..total) else {
-        return Ok(Parsed::Incomplete(total - buf.len()));
-    };
-    let short = || ProxyError::BadV2("length too short for the address family");
-    let pair = match block {
-        // LOCAL (block is None): a balancer's own health check; use the socket's endpoints.
-        // UNSPEC: the balancer does not know the client; its bytes are opaque to us.
-        None | Some(Block::Unspec) => None,
-        Some(block) => {
-            check_tlvs(payload.get(block.len()..).unwrap_or_default())?;
-            match block {
-                Block::Inet => Some(addr_pair::<4>(payload).ok_or_else(short)?),
-                Block::Inet6 => Some(addr_pair::<16>(payload).ok_or_else(short)?),
-                // A UNIX socket path says nothing useful about the client for limits.
-                Block::Unix | Block::Unspec => None,
-            }
+    match buf.get(end + 1) {
+        None => return Ok(Parsed::Incomplete(1)),
+        Some(b'\n') => {}
+        Some(_) => {
+            return Err(ProxyError::BadV1(
+                "carriage return without line feed".into(),
+            ));
         }
+    }
+    let line = buf.get(..len).unwrap_or_default();
+    let parsed = ppp::v1::Header::try_from(line).map_err(|e| ProxyError::BadV1(e.to_string()))?;
+    if parsed.header.len() != len {
+        // ppp stops at the first CR, as the framing above does; a mismatch would be a bug.
+        return Err(ProxyError::BadV1("line length mismatch".into()));
+    }
+    if !matches!(parsed.addresses, ppp::v1::Addresses::Unknown) && !ports_are_digits(line) {
+        // ppp reads ports with `u16::from_str`, which also takes a leading '+'.
+        return Err(ProxyError::BadV1("invalid port".into()));
+    }
+    let (local, pair) = match parsed.addresses {
+        ppp::v1::Addresses::Tcp4(a) => (
+            false,
+            Some((
+                SocketAddr::from((a.source_address, a.source_port)),
+                SocketAddr::from((a.destination_address, a.destination_port)),
+            )),
+        ),
+        ppp::v1::Addresses::Tcp6(a) => (
+            false,
+            Some((
+                SocketAddr::from((a.source_address, a.source_port)),
+                SocketAddr::from((a.destination_address, a.destination_port)),
+            )),
+        ),
+        ppp::v1::Addresses::Unknown => (true, None),
     };
     let (source, destination) = pair.unzip();
     Ok(Parsed::Complete {
         header: Header {
-            version: Version::V2,
+            version: Version::V1,
+            local,
             source,
             destination,
         },
-        len: total,
+        len,
     })
 }
 
-/// Source and destination from a v2 address block: both addresses (`N` bytes each, network
-/// order), then both ports.
-fn addr_pair<const N: usize>(block: &[u8]) -> Option<(SocketAddr, SocketAddr)>
-where
-    IpAddr: From<[u8; N]>,
-{
-    let (src, rest) = block.split_first_chunk::<N>()?;
-    let (dst, rest) = rest.split_first_chunk::<N>()?;
-    let &[sp0, sp1, dp0, dp1] = rest.first_chunk::<4>()?;
-    Some((
-        SocketAddr::new(IpAddr::from(*src), u16::from_be_bytes([sp0, sp1])),
-        SocketAddr::new(IpAddr::from(*dst), u16::from_be_bytes([dp0, dp1])),
-    ))
+/// Whether the two port fields of a `TCP4`/`TCP6` line (CRLF included) are plain digits, as
+/// the specification requires.
+fn ports_are_digits(line: &[u8]) -> bool {
+    let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+    body.split(|&b| b == b' ')
+        .skip(4)
+        .all(|port| !port.is_empty() && port.iter().all(u8::is_ascii_digit))
 }
 
-/// Checks that the TLVs (type: 1 byte, length: 2 bytes big-endian, value) fill `tlvs`
-/// exactly. Their contents are not interpreted.
-fn check_tlvs(mut tlvs: &[u8]) -> Result<(), ProxyError> {
-    while !tlvs.is_empty() {
-        let Some(&[_kind, len_hi, len_lo]) = tlvs.first_chunk::<3>() else {
-            return Err(ProxyError::BadV2("truncated tlv"));
-        };
-        let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-        tlvs = tlvs
-            .get(3 + len..)
-            .ok_or(ProxyError::BadV2("tlv longer than the header"))?;
+/// Version 2: the fixed part gives the length; `ppp` parses the whole header.
+fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
+    // Check each fixed byte as soon as it arrives, so that junk is refused without waiting.
+    let local = match buf.get(12) {
+        None => None,
+        Some(&ver_cmd) => {
+            if ver_cmd >> 4 != 2 {
+                return Err(ProxyError::BadV2("unsupported version".into()));
+            }
+            match ver_cmd & 0x0f {
+                0 => Some(true),
+                1 => Some(false),
+                _ => return Err(ProxyError::BadV2("unknown command".into())),
+            }
+        }
+    };
+    // Only the combinations the specification defines; LOCAL ignores this byte entirely.
+    if let (Some(false), Some(&fam)) = (local, buf.get(13)) {
+        match fam {
+            0x00 | 0x11 | 0x21 | 0x31 | 0x32 => {}
+            0x12 | 0x22 => {
+                return Err(ProxyError::BadV2(
+                    "udp addresses on a tcp connection".into(),
+                ));
+            }
+            _ => {
+                return Err(ProxyError::BadV2(
+                    "unknown address family or transport".into(),
+                ));
+            }
+        }
     }
-    Ok(())
+    let Some(&[.., len_hi, len_lo]) = buf.first_chunk::<V2_FIXED_LEN>() else {
+        return Ok(Parsed::Incomplete(V2_FIXED_LEN - buf.len()));
+    };
+    let payload = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+    if payload > MAX_V2_PAYLOAD {
+        return Err(ProxyError::TooLong);
+    }
+    let len = V2_FIXED_LEN + payload;
+    let Some(whole) = buf.get(..len) else {
+        return Ok(Parsed::Incomplete(len - buf.len()));
+    };
+    if local == Some(true) {
+        // The balancer's own connection: its addresses (if any) are not a client's.
+        return Ok(Parsed::Complete {
+            header: Header {
+                version: Version::V2,
+                local: true,
+                source: None,
+                destination: None,
+            },
+            len,
+        });
+    }
+    let parsed = ppp::v2::Header::try_from(whole).map_err(|e| ProxyError::BadV2(e.to_string()))?;
+    if parsed.len() != len {
+        return Err(ProxyError::BadV2("header length mismatch".into()));
+    }
+    let pair = match parsed.addresses {
+        ppp::v2::Addresses::IPv4(a) => Some((
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        )),
+        ppp::v2::Addresses::IPv6(a) => Some((
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        )),
+        // A UNIX socket path says nothing useful about the client for limits.
+        ppp::v2::Addresses::Unix(_) => None,
+        // UNSPEC: the balancer does not know the client; its bytes are opaque to us.
+        ppp::v2::Addresses::Unspecified => {
+            let (source, destination) = (None, None);
+            return Ok(Parsed::Complete {
+                header: Header {
+                    version: Version::V2,
+                    local: false,
+                    source,
+                    destination,
+                },
+                len,
+            });
+        }
+    };
+    for tlv in parsed.tlvs() {
+        tlv.map_err(|e| ProxyError::BadV2(e.to_string()))?;
+    }
+    let (source, destination) = pair.unzip();
+    Ok(Parsed::Complete {
+        header: Header {
+            version: Version::V2,
+            local: false,
+            source,
+            destination,
+        },
+        len,
+    })
 }
 
 #[cfg(test)]
@@ -563,8 +421,8 @@ mod tests {
 
     fn inet6_block(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
         let mut b = Vec::new();
-        b.extend_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
-        b.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+        b.extend_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        b.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
         b.extend_from_slice(&sport.to_be_bytes());
         b.extend_from_slice(&dport.to_be_bytes());
         b
@@ -589,8 +447,8 @@ mod tests {
         tlvs.extend(tlv(0xEA, b"\x01vpce-0123456789abcdef")); // AWS VPC endpoint id
         tlvs.extend(tlv(0x30, b"")); // empty value
         let mut max = inet_block([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
-        max.extend(tlv(0x04, &vec![0; MAX_V2_PAYLOAD - V2_INET_LEN - 3]));
-        let mut unix = vec![0u8; V2_UNIX_LEN];
+        max.extend(tlv(0x04, &vec![0; MAX_V2_PAYLOAD - 12 - 3]));
+        let mut unix = vec![0u8; 216];
         unix[..10].copy_from_slice(b"/run/x.sck");
         vec![
             (
@@ -622,7 +480,7 @@ mod tests {
             ),
             (b"PROXY UNKNOWN\r\n".to_vec(), None),
             (LONGEST_V1.as_bytes().to_vec(), None),
-            (b"PROXY UNKNOWN whatever \x01\xff  x\r\n".to_vec(), None),
+            (b"PROXY UNKNOWN whatever \x01  x\r\n".to_vec(), None),
             (
                 v2(
                     0x21,
@@ -674,6 +532,9 @@ mod tests {
             assert_eq!(len, h.len(), "{h:?}");
             assert_eq!(header.source, source, "{h:?}");
             assert_eq!(header.source.is_some(), header.destination.is_some());
+            let unknown = h.starts_with(b"PROXY UNKNOWN");
+            let local = h.get(12).is_some_and(|&b| b == 0x20) && !h.starts_with(b"PROXY");
+            assert_eq!(header.local, unknown || local, "{h:?}");
             let expected = if h.starts_with(b"PROXY") {
                 Version::V1
             } else {
@@ -804,27 +665,16 @@ mod tests {
         assert!(matches!(parse(&endless), Err(ProxyError::TooLong)));
         endless.resize(V1_MAX_LEN + 500, b'x');
         assert!(matches!(parse(&endless), Err(ProxyError::TooLong)));
-        // A TCP6 line that cannot fit: refused before the limit is reached.
-        let wide = b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 \
-                     ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
-        assert!(matches!(parse(wide), Err(ProxyError::TooLong)));
-    }
-
-    /// Junk is refused as soon as it cannot be a header, not after 107 bytes.
-    #[test]
-    fn v1_fails_early() {
-        assert_bad_v1(&[
-            &b"PROXY X"[..],
-            b"PROXY TCP5",
-            b"PROXY TCP4 1.2.3.4:",
-            b"PROXY TCP4 ::1",
-            b"PROXY TCP4 1.2.3.4 1.2.3.4 00",
-            b"PROXY TCP4 1.2.3.4 1.2.3.4 70000",
-            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2 ",
-            b"PROXY TCP4 1.2.3.4  ",
-            b"PROXY TCP6 ::g",
-            b"PROXY UNKNOWNX",
-        ]);
+        // A line feed too far out is "too long", as a reader fed byte by byte sees it before
+        // the line feed arrives (the fuzzer's find: the two used to disagree).
+        let mut late_lf = b"PROXY TCP4 ".to_vec();
+        late_lf.resize(V1_MAX_LEN - 1, b'x');
+        late_lf.push(b'\n');
+        assert!(matches!(parse(&late_lf), Err(ProxyError::TooLong)));
+        assert!(matches!(
+            parse(&late_lf[..V1_MAX_LEN - 1]),
+            Err(ProxyError::TooLong)
+        ));
     }
 
     #[test]
@@ -998,7 +848,10 @@ mod tests {
             let mut input = h.clone();
             input.extend_from_slice(b"hello");
             let mut reader = &input[..];
-            assert_eq!(read_header(&mut reader, TIMEOUT).await.unwrap(), source);
+            assert_eq!(
+                read_header(&mut reader, TIMEOUT).await.unwrap().source,
+                source
+            );
             assert_eq!(reader, b"hello");
         }
     }
@@ -1033,7 +886,10 @@ mod tests {
                     data: &input,
                     chunk,
                 };
-                assert_eq!(read_header(&mut reader, TIMEOUT).await.unwrap(), source);
+                assert_eq!(
+                    read_header(&mut reader, TIMEOUT).await.unwrap().source,
+                    source
+                );
                 assert_eq!(reader.data, b"hello");
             }
         }
@@ -1046,10 +902,11 @@ mod tests {
             read_header(&mut eof, TIMEOUT).await,
             Err(ProxyError::Closed)
         ));
+        // Nothing at all: a connect-and-close health check, told apart from a cut header.
         let mut empty: &[u8] = b"";
         assert!(matches!(
             read_header(&mut empty, TIMEOUT).await,
-            Err(ProxyError::Closed)
+            Err(ProxyError::Empty)
         ));
         let truncated = v2(0x21, 0x11, &inet_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2));
         let mut truncated = &truncated[..truncated.len() - 5];
@@ -1145,7 +1002,10 @@ mod tests {
                 s.shutdown().await.unwrap();
             });
             let (mut stream, _) = listener.accept().await.unwrap();
-            assert_eq!(read_header(&mut stream, TIMEOUT).await.unwrap(), expected);
+            assert_eq!(
+                read_header(&mut stream, TIMEOUT).await.unwrap().source,
+                expected
+            );
             let mut rest = Vec::new();
             stream.read_to_end(&mut rest).await.unwrap();
             assert_eq!(rest, b"hello");

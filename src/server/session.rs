@@ -266,6 +266,7 @@ pub(super) async fn run(
     tls: Stream,
     peer: SocketAddr,
     token: CancellationToken,
+    mut prelogin: super::prelogin::Guard,
 ) {
     let (r, w) = tokio::io::split(tls);
     let mut reader = FrameReader::new(r, MAX_FRAME_LEN_PRE_AUTH);
@@ -275,7 +276,16 @@ pub(super) async fn run(
     let login = tokio::select! {
         r = login_phase(&server, &mut reader, &mut writer, peer, deadline, &mut attempted) => r,
         () = token.cancelled() => Err(End::Shutdown),
+        // Too many connections not logged in (see `server::prelogin`); an eviction was
+        // penalised when it happened.
+        cut = prelogin.cut() => Err(match cut {
+            super::prelogin::Cut::Evicted => End::Refused("evicted: too many connections not logged in"),
+            super::prelogin::Cut::Expired => End::Timeout("login (shortened under pressure)"),
+        }),
     };
+    if login.is_ok() {
+        prelogin.logged_in();
+    }
     let end = match login {
         Ok(LoggedIn {
             user,
@@ -322,7 +332,7 @@ pub(super) async fn run(
     match &end {
         End::Timeout(_) => server.penalise(peer, super::penalty::Offence::GraceExceeded),
         End::Protocol(_) => server.penalise(peer, super::penalty::Offence::ProtocolError),
-        End::ClientGone if !attempted => server.penalise(peer, super::penalty::Offence::NoAuth),
+        End::ClientGone if !attempted => server.penalise(peer, server.noauth_offence()),
         _ => {}
     }
     if matches!(end, End::Timeout(_) | End::Shutdown) {
