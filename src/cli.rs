@@ -1092,7 +1092,7 @@ fn connect(mut a: ConnectArgs) -> Result<ExitCode> {
         Err(e) => return usage_error(&e),
     };
     let interactive = a.batch.is_none() && std::io::stdin().is_terminal();
-    let (rt, mut session) = match start(&target, &a.conn, a.batch.is_none())? {
+    let (rt, mut session) = match start(&target, &a.conn, a.batch.is_none(), None)? {
         Ok(x) => x,
         Err(f) => return Ok(f.report(None)),
     };
@@ -1210,6 +1210,7 @@ fn start(
     target: &open::Target,
     opts: &ConnOpts,
     may_prompt: bool,
+    json: Option<JsonShape>,
 ) -> Result<Result<(tokio::runtime::Runtime, Session), Failure>> {
     let config = match ClientConfig::load_default() {
         Ok(c) => c,
@@ -1232,6 +1233,9 @@ fn start(
         None => None,
     };
     let rt = runtime()?;
+    // With --json, a Ctrl-C before the command starts still ends with one JSON object; once
+    // logged in, the session's own Ctrl-C handling takes over.
+    let interrupt_guard = json.map(|shape| rt.spawn(answer_interrupt_in_json(shape)));
     let trust = open::TrustOpts {
         accept,
         can_prompt: may_prompt && open::can_prompt(),
@@ -1246,8 +1250,33 @@ fn start(
         Err(Ok(e)) => return Ok(Err(Failure::client(&e))),
         Err(Err(unreadable)) => return Ok(Err(Failure::new(client::EXIT_AUTH, unreadable))),
     }
+    if let Some(guard) = interrupt_guard {
+        guard.abort();
+    }
     let session = Session::new(rt.handle().clone(), conn);
     Ok(Ok((rt, session)))
+}
+
+/// Waits for a Ctrl-C during connect and login, then answers it as a `--json` failure and
+/// exits 130. A password prompt may have turned the terminal's echo off: it is put back first.
+async fn answer_interrupt_in_json(shape: JsonShape) {
+    let tty = std::fs::File::open("/dev/tty").ok();
+    let saved = tty
+        .as_ref()
+        .and_then(|t| rustix::termios::tcgetattr(t).ok());
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    if let (Some(t), Some(saved)) = (&tty, &saved) {
+        let _ = rustix::termios::tcsetattr(t, rustix::termios::OptionalActions::Now, saved);
+    }
+    // The exit status is the process's own below.
+    let _ = Failure::new(
+        client::EXIT_INTERRUPTED,
+        "interrupted before the command started",
+    )
+    .report(Some(shape));
+    std::process::exit(i32::from(client::EXIT_INTERRUPTED));
 }
 
 /// The target and path of a one-shot's remote argument (`-P` is checked against a port in
@@ -1269,7 +1298,7 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
-    let (rt, mut session) = match start(&target, &a.conn, true)? {
+    let (rt, mut session) = match start(&target, &a.conn, true, json)? {
         Ok(x) => x,
         Err(f) => return Ok(f.report(json)),
     };
@@ -1296,7 +1325,7 @@ fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
-    let (rt, mut session) = match start(&target, &a.conn, true)? {
+    let (rt, mut session) = match start(&target, &a.conn, true, json)? {
         Ok(x) => x,
         Err(f) => return Ok(f.report(json)),
     };
@@ -1322,7 +1351,7 @@ fn oneshot_ls(a: LsArgs) -> Result<ExitCode> {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
-    let (rt, mut session) = match start(&target, &a.conn, true)? {
+    let (rt, mut session) = match start(&target, &a.conn, true, json)? {
         Ok(x) => x,
         Err(f) => return Ok(f.report(json)),
     };

@@ -850,3 +850,62 @@ fn json_prints_one_object_on_connection_tls_auth_and_usage_failures() {
         (true.into(), "ok".into())
     );
 }
+
+/// `--json` answers a Ctrl-C that comes before the command started (here: the server accepted
+/// TCP and never answers the TLS handshake) with one JSON object and exit status 130.
+#[test]
+fn json_answers_a_ctrl_c_during_connect_with_one_object() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let local = tempfile::tempdir().unwrap();
+    let ca = tempfile::tempdir().unwrap();
+    let ca = ferry::certs::generate(ca.path(), &[], false)
+        .unwrap()
+        .paths
+        .ca_cert;
+    for (what, args) in [
+        ("ls", vec!["ls", "--json", "alice@127.0.0.1:"]),
+        ("get", vec!["get", "--json", "alice@127.0.0.1:f"]),
+    ] {
+        let mut child = Command::new(crate::cli::FERRY)
+            .current_dir(local.path())
+            .env_remove("FERRY_LOG")
+            .env("HOME", local.path())
+            .env("FERRY_PASSWORD", ALICE_PW)
+            .args(&args)
+            .args(["-P", &port, "--ca", ca.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Accepted and left hanging in the handshake.
+        let (_held, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let ok = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: Ctrl-C did not end the client"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(130), "{what}: {stdout}");
+        let v: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{what}: not one JSON object ({e}): {stdout:?}"));
+        assert_eq!(v["ok"], false, "{v}");
+        assert_eq!(v["exit_code"], 130, "{v}");
+        assert_eq!(v["exit_meaning"], "interrupted", "{v}");
+    }
+}
