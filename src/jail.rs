@@ -1195,8 +1195,20 @@ impl TempFile {
     /// Also returns what the replaced target took, measured just before the rename on the
     /// same directory handle (nothing without `overwrite`).
     pub fn rename_into_place(
+        self,
+        overwrite: bool,
+    ) -> Result<(UnsyncedDir, Footprint), StorageError> {
+        self.rename_into_place_if(overwrite, |_| Ok(()))
+    }
+
+    /// [`TempFile::rename_into_place`], but `admit` is shown what the target takes right
+    /// before the rename and may refuse it (the quota: what the file replaces may have
+    /// changed since its room was reserved); on a refusal the temp is removed and the target
+    /// left as it is.
+    pub fn rename_into_place_if(
         mut self,
         overwrite: bool,
+        admit: impl FnOnce(Footprint) -> Result<(), StorageError>,
     ) -> Result<(UnsyncedDir, Footprint), StorageError> {
         if !self.synced {
             self.sync()?;
@@ -1208,9 +1220,11 @@ impl TempFile {
         let (dir, temp, target) = (&self.parent, &self.temp_name, &self.target_name);
         let replaced = if overwrite {
             let replaced = footprint_at(dir, target)?;
+            admit(replaced)?;
             rustix::fs::renameat(dir, temp, dir, target).map_err(rename_error)?;
             replaced
         } else {
+            admit(Footprint::NONE)?;
             rename_noreplace(dir, temp, dir, target)?;
             Footprint::NONE
         };

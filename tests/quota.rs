@@ -713,3 +713,60 @@ async fn serve_raises_its_soft_open_files_limit_to_the_hard_one() {
     );
     login(&server, &tls, "alice").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwrite_whose_target_another_session_removes_cannot_overshoot_the_quota() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = carol(&server).await;
+    let f = dir.path().join("f");
+    random_file(&f, 600_000, 4);
+    conn.put(&f, "/a", false, &mut no_progress()).await.unwrap();
+    // An overwrite of /a is declared: it reserves no room, as /a already takes as much.
+    let mut first = server.raw().await;
+    first.login("carol", "carol-pw").await;
+    let data = vec![9u8; 600_000];
+    first
+        .send(&ClientMessage::Put {
+            id: 2,
+            path: "/a".into(),
+            size: 600_000,
+            overwrite: true,
+            offset: 0,
+            prefix_sha256: None,
+        })
+        .await;
+    first.send_data(&data[..1000]).await;
+    let home = server.home("carol");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !crate::util::names_in(&home)
+        .iter()
+        .any(|n| n.starts_with(".ferry-tmp."))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "overwrite never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Meanwhile another session of carol removes /a and fills the room that freed.
+    conn.remove("/a").await.unwrap();
+    conn.put(&f, "/b", false, &mut no_progress()).await.unwrap();
+    // The overwrite now replaces nothing: it needs 600,000 more bytes, which do not fit.
+    first.send_data(&data[1000..]).await;
+    first
+        .send(&ClientMessage::End {
+            id: 2,
+            sha256: sha256_hex(&data),
+        })
+        .await;
+    match first.recv().await {
+        ServerMessage::Error {
+            id: Some(2), code, ..
+        } => assert_eq!(code, ErrorCode::QuotaExceeded),
+        other => panic!("the overwrite was stored over the quota: {other:?}"),
+    }
+    assert!(!home.join("a").exists());
+    assert_eq!(used(&mut conn).await, walk(&home));
+    assert!(walk(&home).0 <= 1 << 20, "{:?}", walk(&home));
+}

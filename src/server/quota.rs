@@ -140,6 +140,7 @@ impl Account {
         c.reserved_files += files;
         Ok(Reservation {
             account: Arc::clone(self),
+            limits: *limits,
             bytes,
             files,
         })
@@ -177,11 +178,54 @@ impl Account {
 #[derive(Debug)]
 pub struct Reservation {
     account: Arc<Account>,
+    /// The limits it was reserved under, for [`Reservation::cover`].
+    limits: Limits,
     bytes: u64,
     files: u64,
 }
 
 impl Reservation {
+    /// Right before the change is made, under the change lock: `added` is about to come and
+    /// `replaced` (measured now) to go. The reservation was sized from an earlier look at the
+    /// target, which another session may have removed or shrunk since; whatever the change
+    /// now needs beyond what is reserved is reserved too, or the change is refused. Without
+    /// this, overwriting a file that another session removes meanwhile (and fills its room)
+    /// would store the whole upload on top of a full quota.
+    pub fn cover(&mut self, added: Footprint, replaced: Footprint) -> Result<(), Refused> {
+        let more_bytes = added
+            .bytes
+            .saturating_sub(replaced.bytes)
+            .saturating_sub(self.bytes);
+        let more_files = added
+            .files
+            .saturating_sub(replaced.files)
+            .saturating_sub(self.files);
+        let mut c = self.account.lock();
+        if let Some(q) = self.limits.bytes
+            && more_bytes > 0
+            && c.used_bytes
+                .saturating_add(c.reserved_bytes)
+                .saturating_add(more_bytes)
+                > q
+        {
+            return Err(Refused::Quota("byte quota"));
+        }
+        if let Some(q) = self.limits.files
+            && more_files > 0
+            && c.used_files
+                .saturating_add(c.reserved_files)
+                .saturating_add(more_files)
+                > q
+        {
+            return Err(Refused::Quota("file quota"));
+        }
+        c.reserved_bytes = c.reserved_bytes.saturating_add(more_bytes);
+        c.reserved_files = c.reserved_files.saturating_add(more_files);
+        self.bytes += more_bytes;
+        self.files += more_files;
+        Ok(())
+    }
+
     /// The change was made: `added` is new in the home (measured, not the estimate that was
     /// reserved) and `removed` went away (a replaced target, as measured when it was
     /// replaced).

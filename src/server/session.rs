@@ -86,6 +86,9 @@ pub(super) struct Unsynced {
     pub stage: Stage,
     pub size: u64,
     pub sha256: String,
+    /// Checks, right before the rename and under the change lock, that the quota still
+    /// covers the file given what its target takes now (see `quota::Reservation::cover`).
+    pub cover: Box<dyn FnOnce(Footprint) -> Result<(), StorageError> + Send>,
     /// Settles the user's quota accounting: given what the file replaced once it is in
     /// place, `None` if it never got there.
     pub settle: Box<dyn FnOnce(Option<Footprint>) + Send>,
@@ -728,7 +731,7 @@ fn group_commit(
                     temp.mark_synced();
                     // What it replaces is measured at the rename, under the change lock.
                     let _changing = account.as_ref().map(|a| a.changing());
-                    temp.rename_into_place(overwrite)
+                    temp.rename_into_place_if(overwrite, u.cover)
                 }
                 // The flush failed: this file's data may be lost; drop it (removes the temp).
                 Err(e) => Err(StorageError::Io(std::io::Error::other(e.clone()))),

@@ -90,19 +90,24 @@ pub(super) async fn run(
                 // What the copy replaces is measured at the rename, under the change lock:
                 // the target may have changed since the copy began (or be the source).
                 let account = sess.account.clone();
+                let mut reservation = reservation;
                 let placed = blocking(move || {
+                    let added = Footprint {
+                        bytes: size,
+                        files: 1,
+                    };
                     let (dir, replaced) = {
                         let _changing = account.as_ref().map(|a| a.changing());
-                        temp.rename_into_place(overwrite)?
+                        // The room was reserved from an earlier look at the target.
+                        temp.rename_into_place_if(overwrite, |replaced| match &mut reservation {
+                            Some(r) => r
+                                .cover(added, replaced)
+                                .map_err(|_| StorageError::QuotaExceeded),
+                            None => Ok(()),
+                        })?
                     };
                     if let Some(r) = reservation {
-                        r.commit(
-                            Footprint {
-                                bytes: size,
-                                files: 1,
-                            },
-                            replaced,
-                        );
+                        r.commit(added, replaced);
                     }
                     dir.sync()
                 });

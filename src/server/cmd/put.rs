@@ -428,33 +428,47 @@ impl Verified {
         // syncfs for all of them, large ones were fsynced by the writer and are renamed now; then
         // each directory is fsynced once for every file that landed in it meanwhile. Nothing is
         // acknowledged before it is durable. What the file replaced is measured at its rename.
+        // A resumed partial was counted already (as a file of `offset` bytes): it becomes
+        // the target, so only the rest of its bytes are new.
+        let added = Footprint {
+            bytes: size - offset,
+            files: u64::from(offset == 0),
+        };
+        // Shared by the check right before the rename and the settling after it.
+        let reservation = Arc::new(std::sync::Mutex::new(reservation));
+        let held = Arc::clone(&reservation);
+        let cover = move |replaced: Footprint| cover(&held, added, replaced);
         let settle = move |replaced: Option<Footprint>| {
             if replaced.is_some() {
                 debt.settle();
             }
             drop(debt);
-            if let (Some(replaced), Some(r)) = (replaced, reservation) {
-                // A resumed partial was counted already (as a file of `offset` bytes): it
-                // becomes the target, so only the rest of its bytes are new.
-                let added = Footprint {
-                    bytes: size - offset,
-                    files: u64::from(offset == 0),
-                };
+            let r = reservation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let (Some(replaced), Some(r)) = (replaced, r) {
                 r.commit(added, replaced);
             }
         };
-        let (stage, settle): (_, Box<dyn FnOnce(Option<Footprint>) + Send>) = if group {
-            (Stage::Written { temp, overwrite }, Box::new(settle))
+        type Cover = Box<dyn FnOnce(Footprint) -> Result<(), StorageError> + Send>;
+        type Settle = Box<dyn FnOnce(Option<Footprint>) + Send>;
+        let (stage, settle, cover): (_, Settle, Cover) = if group {
+            (
+                Stage::Written { temp, overwrite },
+                Box::new(settle),
+                Box::new(cover),
+            )
         } else {
             let account = sess.account.clone();
             let renamed = blocking(move || {
                 let _changing = account.as_ref().map(|a| a.changing());
-                temp.rename_into_place(overwrite)
+                temp.rename_into_place_if(overwrite, cover)
             });
             match renamed.await {
                 Ok((dir, replaced)) => {
                     settle(Some(replaced));
-                    (Stage::Renamed(dir), Box::new(|_| {}))
+                    (Stage::Renamed(dir), Box::new(|_| {}), Box::new(|_| Ok(())))
                 }
                 Err(e) => {
                     settle(None);
@@ -467,6 +481,7 @@ impl Verified {
             stage,
             size,
             sha256: actual,
+            cover,
             settle,
             audit: None,
         });
@@ -750,6 +765,24 @@ impl Drop for PartialDebt {
                 files: 1,
             });
         }
+    }
+}
+
+/// Right before a commit's rename (under the change lock): extends `reservation` to what the
+/// upload really adds over `replaced`, as measured now, or refuses with `QuotaExceeded`.
+fn cover(
+    reservation: &std::sync::Mutex<Option<Reservation>>,
+    added: Footprint,
+    replaced: Footprint,
+) -> Result<(), StorageError> {
+    let mut held = reservation
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match held.as_mut() {
+        Some(r) => r
+            .cover(added, replaced)
+            .map_err(|_| StorageError::QuotaExceeded),
+        None => Ok(()),
     }
 }
 
