@@ -418,3 +418,50 @@ async fn serve_never_needs_the_ca_directory_and_force_renews_under_the_same_ca()
         .await
         .unwrap();
 }
+
+/// A users file that hangs when read (here: replaced by a FIFO nobody writes; in life, a file
+/// on a stuck network mount) holds one reload, never the logins: each goes on with the users
+/// in force after a short wait, and later logins start no further reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_that_hangs_when_read_does_not_hold_logins() {
+    use std::time::{Duration, Instant};
+
+    let world = World::start_with(&["--no-penalties"]);
+    let ca = world.ca.clone();
+    let users_file = world._dir.path().join("users.toml");
+    let good = std::fs::read(&users_file).unwrap();
+    std::fs::remove_file(&users_file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&users_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for round in 0..3 {
+        let started = Instant::now();
+        let login = tokio::time::timeout(
+            Duration::from_secs(10),
+            login(&world, &ca, "alice", ALICE_PW),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("login {round} waited for the hung users file"));
+        login.unwrap_or_else(|e| panic!("login {round}: the users in force stay: {e}"));
+        eprintln!("login {round} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Unblock the stuck reader (an empty file does not load), then put the file back.
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&users_file)
+            .unwrap(),
+    );
+    std::fs::remove_file(&users_file).unwrap();
+    std::fs::write(&users_file, &good).unwrap();
+    login(&world, &ca, "alice", ALICE_PW)
+        .await
+        .expect("the repaired file serves");
+}

@@ -317,9 +317,11 @@ impl Server {
     }
 
     /// The users in force for a login: the users file is reloaded first if it changed.
-    async fn users_for_login(&self) -> Arc<UserDb> {
+    async fn users_for_login(self: &Arc<Self>) -> Arc<UserDb> {
+        /// Longest a login waits for a reload of the users file.
+        const USERS_RELOAD_WAIT: Duration = Duration::from_secs(2);
         if let Some(file) = self.users_file.get() {
-            file.refresh(self).await;
+            file.refresh(self, USERS_RELOAD_WAIT).await;
         }
         self.users()
     }

@@ -13,6 +13,8 @@
 //! to an argon2 run of tens of milliseconds.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::users::{FileStamp, UserDb};
 
@@ -21,8 +23,8 @@ use crate::users::{FileStamp, UserDb};
 pub(crate) struct UsersFile {
     path: PathBuf,
     /// The stamp last acted on: loaded, or refused and logged. `None`: it could not be read.
-    /// Logins wait here while one of them reloads.
-    seen: tokio::sync::Mutex<Option<FileStamp>>,
+    /// Held by the one reload running; logins wait here for it, at most a few seconds.
+    seen: Arc<tokio::sync::Mutex<Option<FileStamp>>>,
 }
 
 impl UsersFile {
@@ -30,43 +32,82 @@ impl UsersFile {
     pub(crate) fn new(path: PathBuf, loaded: Option<FileStamp>) -> UsersFile {
         UsersFile {
             path,
-            seen: tokio::sync::Mutex::new(loaded),
+            seen: Arc::new(tokio::sync::Mutex::new(loaded)),
         }
     }
 
-    /// Reloads the file into `server` if it changed since it was last looked at.
-    pub(crate) async fn refresh(&self, server: &super::Server) {
-        let mut seen = self.seen.lock().await;
-        // A stat of a local file; cheap enough to run on the async thread.
-        let now = FileStamp::of(&self.path);
-        let stamp = match now {
-            Ok(stamp) if Some(stamp) == *seen => return,
-            Ok(stamp) => stamp,
-            Err(e) => {
-                if seen.take().is_some() {
-                    tracing::error!(
-                        users = %self.path.display(),
-                        error = %e,
-                        "users file not reloaded; the previous one stays in force"
-                    );
-                }
-                return;
-            }
+    /// Reloads the file into `server` if it changed since it was last looked at, waiting for
+    /// that at most `wait`. The check and the reload run on a task of their own, one at a
+    /// time: a users file that hangs (on a stuck network mount, or replaced by a FIFO) holds
+    /// that one task, never the logins, which go on with the users in force after `wait`, nor
+    /// more threads (a login that finds a reload running waits for it instead of starting one).
+    pub(crate) async fn refresh(&self, server: &Arc<super::Server>, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        // A login that finds a reload running waits for it, then checks again itself: the
+        // file may have changed while it was read.
+        let seen = match Arc::clone(&self.seen).try_lock_owned() {
+            Ok(seen) => Some(seen),
+            Err(_) => tokio::time::timeout_at(deadline, Arc::clone(&self.seen).lock_owned())
+                .await
+                .ok(),
         };
-        // The stamp from before the read: a change during the read is seen at the next login.
-        *seen = Some(stamp);
-        let path = self.path.clone();
-        match tokio::task::spawn_blocking(move || UserDb::load(&path)).await {
-            Ok(Ok(db)) => {
-                let n = db.len();
-                server.replace_users(db);
-                tracing::info!(users = n, "users file changed: reloaded");
+        let finished = match seen {
+            Some(seen) => {
+                let reload = check_and_reload(seen, self.path.clone(), Arc::clone(server));
+                tokio::time::timeout_at(deadline, tokio::spawn(reload))
+                    .await
+                    .is_ok()
             }
-            Ok(Err(e)) => tracing::error!(
-                error = %e,
-                "users file not reloaded; the previous one stays in force"
-            ),
-            Err(e) => tracing::error!(error = %e, "users file not reloaded"),
+            None => false,
+        };
+        if !finished {
+            tracing::warn!(
+                users = %self.path.display(),
+                "users file: a reload has not finished in {wait:?}; this login goes on with the \
+                 users in force"
+            );
         }
+    }
+}
+
+/// Compares the file's stamp with the one `seen` holds and reloads it into `server` when
+/// they differ. The stamp is taken before the read: a change during the read is seen at the
+/// next login.
+async fn check_and_reload(
+    mut seen: tokio::sync::OwnedMutexGuard<Option<FileStamp>>,
+    path: PathBuf,
+    server: Arc<super::Server>,
+) {
+    let at = path.clone();
+    let stamp = match tokio::task::spawn_blocking(move || FileStamp::of(&at)).await {
+        Ok(Ok(stamp)) if Some(stamp) == *seen => return,
+        Ok(Ok(stamp)) => stamp,
+        Ok(Err(e)) => {
+            if seen.take().is_some() {
+                tracing::error!(
+                    users = %path.display(),
+                    error = %e,
+                    "users file not reloaded; the previous one stays in force"
+                );
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "users file not checked");
+            return;
+        }
+    };
+    *seen = Some(stamp);
+    match tokio::task::spawn_blocking(move || UserDb::load(&path)).await {
+        Ok(Ok(db)) => {
+            let n = db.len();
+            server.replace_users(db);
+            tracing::info!(users = n, "users file changed: reloaded");
+        }
+        Ok(Err(e)) => tracing::error!(
+            error = %e,
+            "users file not reloaded; the previous one stays in force"
+        ),
+        Err(e) => tracing::error!(error = %e, "users file not reloaded"),
     }
 }
