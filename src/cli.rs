@@ -1198,11 +1198,35 @@ pub fn usage_failure_json(args: &[std::ffi::OsString], message: &str) -> Option<
         JsonShape::Transfer => serde_json::to_value(client::ops::Report::default()).ok()?,
         JsonShape::Plain => serde_json::json!({}),
     };
-    // clap's first line says what is wrong; the rest is usage text for people.
-    let first = message.lines().next().unwrap_or(message);
-    let error = first.strip_prefix("error: ").unwrap_or(first);
-    add_outcome(&mut v, client::EXIT_USAGE, Some(error));
+    add_outcome(
+        &mut v,
+        client::EXIT_USAGE,
+        Some(&one_line_usage_error(message)),
+    );
     serde_json::to_string_pretty(&v).ok()
+}
+
+/// clap's message on one line: what is wrong, with what it names (the missing arguments are on
+/// the lines after the first), and the usage line; tips and `--help` pointers are left out.
+fn one_line_usage_error(message: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut usage = None;
+    let mut in_problem = true;
+    for line in message.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+            in_problem = false;
+        } else if line.is_empty() {
+            in_problem = false;
+        } else if in_problem {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+        }
+    }
+    let mut out = parts.join(" ");
+    if let Some(u) = usage {
+        out.push_str(&format!(" (usage: {u})"));
+    }
+    out
 }
 
 /// Resolves the target, reads the password, connects (TOFU included) and logs in.

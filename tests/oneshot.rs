@@ -909,3 +909,26 @@ fn json_answers_a_ctrl_c_during_connect_with_one_object() {
         assert_eq!(v["exit_meaning"], "interrupted", "{v}");
     }
 }
+
+#[test]
+fn json_usage_error_names_the_missing_argument_and_the_usage() {
+    // No server: clap refuses these before anything connects.
+    let dir = tempfile::tempdir().unwrap();
+    for (args, must) in [
+        (vec!["put", "--json", "up.bin"], "<USER@HOST:REMOTE>"),
+        (vec!["ls", "--json"], "<USER@HOST:[PATH]>"),
+        (vec!["get", "--json", "--bogus", "a:b"], "'--bogus'"),
+    ] {
+        let out = Ferry::new(dir.path()).run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:#?}");
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON object ({e}): {out:#?}"));
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(must), "{args:?}: {error}");
+        assert!(
+            !error.ends_with(':'),
+            "{args:?}: a message cut short: {error}"
+        );
+        assert!(!error.contains('\n'), "{args:?}: {error}");
+    }
+}
