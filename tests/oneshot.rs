@@ -932,3 +932,30 @@ fn json_usage_error_names_the_missing_argument_and_the_usage() {
         assert!(!error.contains('\n'), "{args:?}: {error}");
     }
 }
+
+#[test]
+fn get_into_a_missing_directory_written_with_a_slash_makes_it() {
+    let w = World::start();
+    let home = w.alice_home();
+    std::fs::create_dir_all(home.join("photos/2026")).unwrap();
+    random_file(&home.join("photos/2026/a.jpg"), 1000, 61);
+    random_file(&home.join("photos/b.jpg"), 100, 62);
+
+    let out = oneshot(
+        &w,
+        &["get", "-r", "--json", "alice@127.0.0.1:photos", "./backup/"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
+    assert_eq!(json(&out)["ok"], true);
+    assert!(w.local.join("backup/photos/2026/a.jpg").is_file());
+
+    let out = oneshot(&w, &["get", "alice@127.0.0.1:photos/*.jpg", "logs/"]);
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
+    assert!(w.local.join("logs/b.jpg").is_file());
+
+    // Only one level is made, and the error names the directory that is missing.
+    let out = oneshot(&w, &["get", "alice@127.0.0.1:photos/b.jpg", "no/such/"]);
+    assert_eq!(out.status.code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("no/such"), "{out:#?}");
+    assert!(!w.local.join("no").exists());
+}
