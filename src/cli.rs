@@ -1271,7 +1271,13 @@ fn start(
     };
     match open::login(&rt, &mut conn, &ep, opts.password_file.as_deref()) {
         Ok(()) => {}
-        Err(Ok(e)) => return Ok(Err(Failure::client(&e))),
+        Err(Ok(e)) => {
+            let mut f = Failure::client(&e);
+            if matches!(e, ClientError::Auth | ClientError::AuthClosed(_)) {
+                f.message = auth_failure_text(&f.message, &ep, opts.password_file.as_deref());
+            }
+            return Ok(Err(f));
+        }
         Err(Err(unreadable)) => return Ok(Err(Failure::new(client::EXIT_AUTH, unreadable))),
     }
     if let Some(guard) = interrupt_guard {
@@ -1279,6 +1285,25 @@ fn start(
     }
     let session = Session::new(rt.handle().clone(), conn);
     Ok(Ok((rt, session)))
+}
+
+/// A failed login said with whom, where, and where the password came from: a stale
+/// `FERRY_PASSWORD` left in the environment is the usual surprise.
+fn auth_failure_text(base: &str, ep: &open::Endpoint, file: Option<&Path>) -> String {
+    let source = match file {
+        Some(f) => format!("the first line of {}", f.display()),
+        None if std::env::var_os("FERRY_PASSWORD").is_some() => "FERRY_PASSWORD".to_string(),
+        None => "the prompt".to_string(),
+    };
+    let host = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
+    } else {
+        ep.host.clone()
+    };
+    format!(
+        "{base} as '{}' on {host}:{} (wrong user name or password; the password came from {source})",
+        ep.user, ep.port
+    )
 }
 
 /// Waits for a Ctrl-C during connect and login, then answers it as a `--json` failure and

@@ -959,3 +959,31 @@ fn get_into_a_missing_directory_written_with_a_slash_makes_it() {
     assert!(out.stderr.contains("no/such"), "{out:#?}");
     assert!(!w.local.join("no").exists());
 }
+
+#[test]
+fn a_failed_login_says_as_whom_where_and_where_the_password_came_from() {
+    let w = World::start();
+    let port = w.server.port().to_string();
+    let ca = w.ca.to_str().unwrap().to_string();
+    let out = Ferry::new(&w.local)
+        .env("FERRY_PASSWORD", "stale-password-from-yesterday")
+        .run(&["ls", "-P", &port, "--ca", &ca, "alice@127.0.0.1:"]);
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    for must in ["'alice'", &format!("127.0.0.1:{port}"), "FERRY_PASSWORD"] {
+        assert!(out.stderr.contains(must), "no {must}: {out:#?}");
+    }
+    let file = w.local.join("pw.txt");
+    std::fs::write(&file, "wrong-password-in-a-file\n").unwrap();
+    let out = Ferry::new(&w.local).run(&[
+        "ls",
+        "-P",
+        &port,
+        "--ca",
+        &ca,
+        "--password-file",
+        file.to_str().unwrap(),
+        "alice@127.0.0.1:",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    assert!(out.stderr.contains("pw.txt"), "{out:#?}");
+}
