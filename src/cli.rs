@@ -714,7 +714,6 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
         UserCommand::List { file } => {
             let db = UserDb::load(&file.users)?;
             let mut out = std::io::stdout().lock();
-            let size = |n: Option<u64>| n.map_or_else(|| "-".to_string(), human_size);
             for u in db.users() {
                 let access = if u.read_only {
                     "read-only"
@@ -727,13 +726,18 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
                     .map_or_else(|| format!("<root>/{}", u.name), |h| h.display().to_string());
                 write!(out, "{:<20} {:<10} {}", u.name, access, home)?;
                 if u.has_limits() {
-                    let files = u.quota_files.map_or_else(|| "-".into(), |n| n.to_string());
-                    write!(
-                        out,
-                        "  quota: {}, {files} files; max file: {}",
-                        size(u.quota_bytes),
-                        size(u.max_file_size)
-                    )?;
+                    // A limit that is not set is said in words, not as a bare `-`.
+                    let bytes = u
+                        .quota_bytes
+                        .map_or_else(|| "no space limit".into(), human_size);
+                    let files = u
+                        .quota_files
+                        .map_or_else(|| "no file limit".into(), |n| format!("{n} files"));
+                    let max = u.max_file_size.map_or_else(
+                        || "no max file size".into(),
+                        |n| format!("max file: {}", human_size(n)),
+                    );
+                    write!(out, "  quota: {bytes}, {files}; {max}")?;
                 }
                 writeln!(out)?;
             }
