@@ -1345,9 +1345,37 @@ fn remote_arg(s: &str, port: Option<u16>) -> Result<(open::Target, String), Stri
     })
 }
 
+/// [`remote_arg`] for the remote of `cmd` (`get` or `put`), with a hint when the arguments
+/// look swapped: the word where the remote belongs is no remote, and `other` (where the local
+/// side belongs) is one.
+fn remote_arg_of(
+    cmd: &str,
+    s: &str,
+    other: Option<&str>,
+    port: Option<u16>,
+) -> Result<(open::Target, String), String> {
+    remote_arg(s, port).map_err(|e| {
+        let swapped = other.is_some_and(|o| matches!(open::parse_remote(o, port), Ok(Some(_))));
+        match (swapped, cmd) {
+            (true, "put") => format!(
+                "{e}; put uploads: LOCAL... first, the remote last (to download, use ferry get)"
+            ),
+            (true, _) => format!(
+                "{e}; get downloads: the remote first, then LOCAL (to upload, use ferry put)"
+            ),
+            _ => e,
+        }
+    })
+}
+
 fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
     let json = a.transfer.json.then_some(JsonShape::Transfer);
-    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
+    let (target, path) = match remote_arg_of(
+        "get",
+        &a.remote,
+        a.local.as_deref().and_then(Path::to_str),
+        a.conn.port,
+    ) {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
@@ -1374,7 +1402,8 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
 fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
     let json = a.transfer.json.then_some(JsonShape::Transfer);
     let (remote, locals) = (&a.remote, &a.locals);
-    let (target, path) = match remote_arg(remote, a.conn.port) {
+    let first = locals.first().map(String::as_str);
+    let (target, path) = match remote_arg_of("put", remote, first, a.conn.port) {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };

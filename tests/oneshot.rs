@@ -987,3 +987,20 @@ fn a_failed_login_says_as_whom_where_and_where_the_password_came_from() {
     assert_eq!(out.status.code(), Some(3), "{out:#?}");
     assert!(out.stderr.contains("pw.txt"), "{out:#?}");
 }
+
+#[test]
+fn swapped_get_and_put_arguments_get_a_hint() {
+    // Refused before anything connects.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.pdf"), b"x").unwrap();
+    let out = Ferry::new(dir.path()).run(&["put", "alice@127.0.0.1:1:drops", "report.pdf"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(out.stderr.contains("use ferry get"), "{out:#?}");
+    let out = Ferry::new(dir.path()).run(&["get", "report.pdf", "alice@127.0.0.1:drops/"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(out.stderr.contains("use ferry put"), "{out:#?}");
+    // Not swapped: no hint.
+    let out = Ferry::new(dir.path()).run(&["get", "report.pdf", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(!out.stderr.contains("use ferry"), "{out:#?}");
+}
