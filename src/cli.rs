@@ -1488,11 +1488,14 @@ fn finish_oneshot(
         Err(e) => e.exit_code(),
     };
     if json {
-        let mut v = match session.last_report.take() {
-            Some(r) => serde_json::to_value(&r).unwrap_or_default(),
-            None => serde_json::json!({}),
-        };
+        // A get or put refused before it moved anything (several files onto one that is no
+        // directory) still answers with a transfer report, its lists empty.
+        let report = session.last_report.take().unwrap_or_default();
+        let mut v = serde_json::to_value(&report).unwrap_or_else(|_| serde_json::json!({}));
         let error = result.as_ref().err().map(OpError::for_terminal);
+        if let Some(e) = &error {
+            eprintln!("ferry: {e}");
+        }
         add_outcome(&mut v, code, error.as_deref());
         print_json(&v);
     } else if let Err(e) = &result {

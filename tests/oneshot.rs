@@ -1004,3 +1004,26 @@ fn swapped_get_and_put_arguments_get_a_hint() {
     assert_eq!(out.status.code(), Some(2), "{out:#?}");
     assert!(!out.stderr.contains("use ferry"), "{out:#?}");
 }
+
+#[test]
+fn json_put_of_several_files_onto_a_file_is_a_whole_transfer_report() {
+    let w = World::start();
+    random_file(&w.local.join("a.bin"), 10, 71);
+    random_file(&w.local.join("b.bin"), 10, 72);
+    for args in [
+        vec!["put", "--json", "a.bin", "b.bin", "alice@127.0.0.1:newname"],
+        vec!["get", "--json", "alice@127.0.0.1:*.nothing", "x"],
+    ] {
+        let out = oneshot(&w, &args);
+        let v = json(&out);
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        assert_ne!(v["exit_code"], 0, "{args:?}: {v}");
+        for key in ["files", "failed", "directories"] {
+            assert!(v[key].is_array(), "{args:?}: no {key}: {v}");
+        }
+        assert!(
+            out.stderr.contains("ferry: "),
+            "{args:?}: the reason is on stderr too: {out:#?}"
+        );
+    }
+}
