@@ -714,7 +714,6 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
         UserCommand::List { file } => {
             let db = UserDb::load(&file.users)?;
             let mut out = std::io::stdout().lock();
-            let size = |n: Option<u64>| n.map_or_else(|| "-".to_string(), human_size);
             for u in db.users() {
                 let access = if u.read_only {
                     "read-only"
@@ -727,13 +726,18 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
                     .map_or_else(|| format!("<root>/{}", u.name), |h| h.display().to_string());
                 write!(out, "{:<20} {:<10} {}", u.name, access, home)?;
                 if u.has_limits() {
-                    let files = u.quota_files.map_or_else(|| "-".into(), |n| n.to_string());
-                    write!(
-                        out,
-                        "  quota: {}, {files} files; max file: {}",
-                        size(u.quota_bytes),
-                        size(u.max_file_size)
-                    )?;
+                    // A limit that is not set is said in words, not as a bare `-`.
+                    let bytes = u
+                        .quota_bytes
+                        .map_or_else(|| "no space limit".into(), human_size);
+                    let files = u
+                        .quota_files
+                        .map_or_else(|| "no file limit".into(), |n| format!("{n} files"));
+                    let max = u.max_file_size.map_or_else(
+                        || "no max file size".into(),
+                        |n| format!("max file: {}", human_size(n)),
+                    );
+                    write!(out, "  quota: {bytes}, {files}; {max}")?;
                 }
                 writeln!(out)?;
             }
@@ -1198,11 +1202,35 @@ pub fn usage_failure_json(args: &[std::ffi::OsString], message: &str) -> Option<
         JsonShape::Transfer => serde_json::to_value(client::ops::Report::default()).ok()?,
         JsonShape::Plain => serde_json::json!({}),
     };
-    // clap's first line says what is wrong; the rest is usage text for people.
-    let first = message.lines().next().unwrap_or(message);
-    let error = first.strip_prefix("error: ").unwrap_or(first);
-    add_outcome(&mut v, client::EXIT_USAGE, Some(error));
+    add_outcome(
+        &mut v,
+        client::EXIT_USAGE,
+        Some(&one_line_usage_error(message)),
+    );
     serde_json::to_string_pretty(&v).ok()
+}
+
+/// clap's message on one line: what is wrong, with what it names (the missing arguments are on
+/// the lines after the first), and the usage line; tips and `--help` pointers are left out.
+fn one_line_usage_error(message: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut usage = None;
+    let mut in_problem = true;
+    for line in message.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+            in_problem = false;
+        } else if line.is_empty() {
+            in_problem = false;
+        } else if in_problem {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+        }
+    }
+    let mut out = parts.join(" ");
+    if let Some(u) = usage {
+        out.push_str(&format!(" (usage: {u})"));
+    }
+    out
 }
 
 /// Resolves the target, reads the password, connects (TOFU included) and logs in.
@@ -1247,7 +1275,13 @@ fn start(
     };
     match open::login(&rt, &mut conn, &ep, opts.password_file.as_deref()) {
         Ok(()) => {}
-        Err(Ok(e)) => return Ok(Err(Failure::client(&e))),
+        Err(Ok(e)) => {
+            let mut f = Failure::client(&e);
+            if matches!(e, ClientError::Auth | ClientError::AuthClosed(_)) {
+                f.message = auth_failure_text(&f.message, &ep, opts.password_file.as_deref());
+            }
+            return Ok(Err(f));
+        }
         Err(Err(unreadable)) => return Ok(Err(Failure::new(client::EXIT_AUTH, unreadable))),
     }
     if let Some(guard) = interrupt_guard {
@@ -1255,6 +1289,25 @@ fn start(
     }
     let session = Session::new(rt.handle().clone(), conn);
     Ok(Ok((rt, session)))
+}
+
+/// A failed login said with whom, where, and where the password came from: a stale
+/// `FERRY_PASSWORD` left in the environment is the usual surprise.
+fn auth_failure_text(base: &str, ep: &open::Endpoint, file: Option<&Path>) -> String {
+    let source = match file {
+        Some(f) => format!("the first line of {}", f.display()),
+        None if std::env::var_os("FERRY_PASSWORD").is_some() => "FERRY_PASSWORD".to_string(),
+        None => "the prompt".to_string(),
+    };
+    let host = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
+    } else {
+        ep.host.clone()
+    };
+    format!(
+        "{base} as '{}' on {host}:{} (wrong user name or password; the password came from {source})",
+        ep.user, ep.port
+    )
 }
 
 /// Waits for a Ctrl-C during connect and login, then answers it as a `--json` failure and
@@ -1292,9 +1345,37 @@ fn remote_arg(s: &str, port: Option<u16>) -> Result<(open::Target, String), Stri
     })
 }
 
+/// [`remote_arg`] for the remote of `cmd` (`get` or `put`), with a hint when the arguments
+/// look swapped: the word where the remote belongs is no remote, and `other` (where the local
+/// side belongs) is one.
+fn remote_arg_of(
+    cmd: &str,
+    s: &str,
+    other: Option<&str>,
+    port: Option<u16>,
+) -> Result<(open::Target, String), String> {
+    remote_arg(s, port).map_err(|e| {
+        let swapped = other.is_some_and(|o| matches!(open::parse_remote(o, port), Ok(Some(_))));
+        match (swapped, cmd) {
+            (true, "put") => format!(
+                "{e}; put uploads: LOCAL... first, the remote last (to download, use ferry get)"
+            ),
+            (true, _) => format!(
+                "{e}; get downloads: the remote first, then LOCAL (to upload, use ferry put)"
+            ),
+            _ => e,
+        }
+    })
+}
+
 fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
     let json = a.transfer.json.then_some(JsonShape::Transfer);
-    let (target, path) = match remote_arg(&a.remote, a.conn.port) {
+    let (target, path) = match remote_arg_of(
+        "get",
+        &a.remote,
+        a.local.as_deref().and_then(Path::to_str),
+        a.conn.port,
+    ) {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
@@ -1321,7 +1402,8 @@ fn oneshot_get(a: GetArgs) -> Result<ExitCode> {
 fn oneshot_put(a: PutArgs) -> Result<ExitCode> {
     let json = a.transfer.json.then_some(JsonShape::Transfer);
     let (remote, locals) = (&a.remote, &a.locals);
-    let (target, path) = match remote_arg(remote, a.conn.port) {
+    let first = locals.first().map(String::as_str);
+    let (target, path) = match remote_arg_of("put", remote, first, a.conn.port) {
         Ok(x) => x,
         Err(e) => return Ok(Failure::new(client::EXIT_USAGE, e).report(json)),
     };
@@ -1406,11 +1488,14 @@ fn finish_oneshot(
         Err(e) => e.exit_code(),
     };
     if json {
-        let mut v = match session.last_report.take() {
-            Some(r) => serde_json::to_value(&r).unwrap_or_default(),
-            None => serde_json::json!({}),
-        };
+        // A get or put refused before it moved anything (several files onto one that is no
+        // directory) still answers with a transfer report, its lists empty.
+        let report = session.last_report.take().unwrap_or_default();
+        let mut v = serde_json::to_value(&report).unwrap_or_else(|_| serde_json::json!({}));
         let error = result.as_ref().err().map(OpError::for_terminal);
+        if let Some(e) = &error {
+            eprintln!("ferry: {e}");
+        }
         add_outcome(&mut v, code, error.as_deref());
         print_json(&v);
     } else if let Err(e) = &result {

@@ -285,6 +285,9 @@ fn user_add_and_set_limits_show_in_user_list() {
     let line = run(&["list"], None).stdout;
     assert!(line.contains("read-only"), "{line}");
     assert!(line.contains("shared/carol"), "{line}");
+    // A limit removed is said in words, not as a bare `-` (issue 12 item 20's `df` rule).
+    assert!(line.contains("no space limit, 7 files"), "{line}");
+    assert!(!line.contains(" - "), "{line}");
 
     run(&["set", "carol", "--read-write", "--default-home"], None).expect_ok();
     let db = ferry::users::UserDb::load(&file).unwrap();

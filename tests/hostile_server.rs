@@ -35,6 +35,9 @@ enum Lie {
     /// Every path is a directory holding two directories, `a` and `b`: the depth cap alone
     /// leaves 2^256 of them.
     WideTree,
+    /// `get` gets its `file` header (10 bytes) and then empty data frames forever: frames
+    /// that arrive but bring no byte.
+    EmptyData,
     /// Not hostile, only slow: reads the first 30 data frames of an upload 50 ms apart, the
     /// rest at once, and answers `end` with the right digest.
     SlowReader,
@@ -131,6 +134,24 @@ async fn serve(
                 writer
                     .send_message(&ServerMessage::ok_transfer(id, size, sha))
                     .await?
+            }
+            ClientMessage::Get { id, .. } if matches!(lie, Lie::EmptyData) => {
+                let file = ServerMessage::File {
+                    id,
+                    size: 10,
+                    mtime: 0,
+                    offset: 0,
+                };
+                writer.send_message(&file).await?;
+                loop {
+                    // A data frame of length 1: its kind byte and no payload.
+                    use tokio::io::AsyncWriteExt;
+                    let w = writer.get_mut();
+                    w.write_all(&[0, 0, 0, 1, ferry::protocol::KIND_DATA])
+                        .await?;
+                    w.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
             ClientMessage::Get { id, .. } => {
                 // A download that announces its file and then only ever makes progress.
@@ -256,6 +277,28 @@ async fn endless_progress_does_not_extend_a_request_forever() {
         assert!(took < Duration::from_secs(8), "{what} took {took:?}");
     }
     // The download that never came left nothing behind, under any name.
+    assert_eq!(std::fs::read_dir(local.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn endless_empty_data_frames_do_not_hold_a_download_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca, _) = hostile(Lie::EmptyData, dir.path()).await;
+    let local = tempfile::tempdir().unwrap();
+    let mut c = logged_in(port, &ca).await;
+    c.set_stall_timeout(Duration::from_secs(3));
+    let started = Instant::now();
+    let mut progress = |_| {};
+    let target = local.path().join("f");
+    let result = tokio::time::timeout(HANG, c.get("/f", &target, false, &mut progress))
+        .await
+        .unwrap_or_else(|_| panic!("empty data frames held the client for {HANG:?}"));
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(std::fs::read_dir(local.path()).unwrap().count(), 0);
 }
 

@@ -909,3 +909,121 @@ fn json_answers_a_ctrl_c_during_connect_with_one_object() {
         assert_eq!(v["exit_meaning"], "interrupted", "{v}");
     }
 }
+
+#[test]
+fn json_usage_error_names_the_missing_argument_and_the_usage() {
+    // No server: clap refuses these before anything connects.
+    let dir = tempfile::tempdir().unwrap();
+    for (args, must) in [
+        (vec!["put", "--json", "up.bin"], "<USER@HOST:REMOTE>"),
+        (vec!["ls", "--json"], "<USER@HOST:[PATH]>"),
+        (vec!["get", "--json", "--bogus", "a:b"], "'--bogus'"),
+    ] {
+        let out = Ferry::new(dir.path()).run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:#?}");
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON object ({e}): {out:#?}"));
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(must), "{args:?}: {error}");
+        assert!(
+            !error.ends_with(':'),
+            "{args:?}: a message cut short: {error}"
+        );
+        assert!(!error.contains('\n'), "{args:?}: {error}");
+    }
+}
+
+#[test]
+fn get_into_a_missing_directory_written_with_a_slash_makes_it() {
+    let w = World::start();
+    let home = w.alice_home();
+    std::fs::create_dir_all(home.join("photos/2026")).unwrap();
+    random_file(&home.join("photos/2026/a.jpg"), 1000, 61);
+    random_file(&home.join("photos/b.jpg"), 100, 62);
+
+    let out = oneshot(
+        &w,
+        &["get", "-r", "--json", "alice@127.0.0.1:photos", "./backup/"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
+    assert_eq!(json(&out)["ok"], true);
+    assert!(w.local.join("backup/photos/2026/a.jpg").is_file());
+
+    let out = oneshot(&w, &["get", "alice@127.0.0.1:photos/*.jpg", "logs/"]);
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
+    assert!(w.local.join("logs/b.jpg").is_file());
+
+    // Only one level is made, and the error names the directory that is missing.
+    let out = oneshot(&w, &["get", "alice@127.0.0.1:photos/b.jpg", "no/such/"]);
+    assert_eq!(out.status.code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("no/such"), "{out:#?}");
+    assert!(!w.local.join("no").exists());
+}
+
+#[test]
+fn a_failed_login_says_as_whom_where_and_where_the_password_came_from() {
+    let w = World::start();
+    let port = w.server.port().to_string();
+    let ca = w.ca.to_str().unwrap().to_string();
+    let out = Ferry::new(&w.local)
+        .env("FERRY_PASSWORD", "stale-password-from-yesterday")
+        .run(&["ls", "-P", &port, "--ca", &ca, "alice@127.0.0.1:"]);
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    for must in ["'alice'", &format!("127.0.0.1:{port}"), "FERRY_PASSWORD"] {
+        assert!(out.stderr.contains(must), "no {must}: {out:#?}");
+    }
+    let file = w.local.join("pw.txt");
+    std::fs::write(&file, "wrong-password-in-a-file\n").unwrap();
+    let out = Ferry::new(&w.local).run(&[
+        "ls",
+        "-P",
+        &port,
+        "--ca",
+        &ca,
+        "--password-file",
+        file.to_str().unwrap(),
+        "alice@127.0.0.1:",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    assert!(out.stderr.contains("pw.txt"), "{out:#?}");
+}
+
+#[test]
+fn swapped_get_and_put_arguments_get_a_hint() {
+    // Refused before anything connects.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.pdf"), b"x").unwrap();
+    let out = Ferry::new(dir.path()).run(&["put", "alice@127.0.0.1:1:drops", "report.pdf"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(out.stderr.contains("use ferry get"), "{out:#?}");
+    let out = Ferry::new(dir.path()).run(&["get", "report.pdf", "alice@127.0.0.1:drops/"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(out.stderr.contains("use ferry put"), "{out:#?}");
+    // Not swapped: no hint.
+    let out = Ferry::new(dir.path()).run(&["get", "report.pdf", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:#?}");
+    assert!(!out.stderr.contains("use ferry"), "{out:#?}");
+}
+
+#[test]
+fn json_put_of_several_files_onto_a_file_is_a_whole_transfer_report() {
+    let w = World::start();
+    random_file(&w.local.join("a.bin"), 10, 71);
+    random_file(&w.local.join("b.bin"), 10, 72);
+    for args in [
+        vec!["put", "--json", "a.bin", "b.bin", "alice@127.0.0.1:newname"],
+        vec!["get", "--json", "alice@127.0.0.1:*.nothing", "x"],
+    ] {
+        let out = oneshot(&w, &args);
+        let v = json(&out);
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        assert_ne!(v["exit_code"], 0, "{args:?}: {v}");
+        for key in ["files", "failed", "directories"] {
+            assert!(v[key].is_array(), "{args:?}: no {key}: {v}");
+        }
+        assert!(
+            out.stderr.contains("ferry: "),
+            "{args:?}: the reason is on stderr too: {out:#?}"
+        );
+    }
+}

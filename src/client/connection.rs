@@ -188,6 +188,9 @@ impl Reader {
                 }),
                 _ => None,
             },
+            // An empty data frame brings no byte: like a `progress` that reports nothing new,
+            // it earns no time, or a stream of them would hold a download open forever.
+            Frame::Data(d) if d.is_empty() => Some(0),
             Frame::Data(_) => None,
         };
         let Some(bytes) = progress else {

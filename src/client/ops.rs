@@ -825,6 +825,16 @@ impl Session {
                 for_terminal(&dest_path.display().to_string())
             )));
         }
+        // `get -r host:photos ./backup/`: a destination written as a directory that does not
+        // exist yet is made (one level, as rsync does), rather than every file failing on it.
+        if dest_is_dir
+            && dest.is_some()
+            && !remotes.is_empty()
+            && !dest_path.exists()
+            && let Err(e) = make_local_dir(&dest_path)
+        {
+            return Err(OpError::Client(ClientError::local(&dest_path, e)));
+        }
         for (remote, entry) in remotes {
             let entry = match entry {
                 Some(e) => e,
