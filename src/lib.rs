@@ -8,8 +8,10 @@
 //! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
 //!   type; temp files that commit atomically.
 //! - [`transfer`]: streaming with SHA-256, shared by both ends.
-//! - [`server`]: listener (limits, shutdown) -> session (handshake, login, request loop) ->
-//!   `server/cmd/`, one file per command.
+//! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
+//!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
+//!   command; `quota` keeps each home's usage equal to a fresh walk of it; `users_file`
+//!   reloads a changed users file before a login.
 //! - [`client`]: `Connection` with typed methods (the library API); on top of it `ops` (globs,
 //!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
 //!   first use (`trust`), host aliases (`config`), progress bars.
