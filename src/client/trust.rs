@@ -181,30 +181,6 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.ca_only {
-            let Some(webpki) = &self.webpki else {
-                self.record(Verdict::NotFromCa(CaRejection::NotIssued));
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::UnknownIssuer,
-                ));
-            };
-            return match webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ) {
-                Ok(ok) => {
-                    self.record(Verdict::CaVerified);
-                    Ok(ok)
-                }
-                Err(e) => {
-                    self.record(Verdict::NotFromCa(ca_rejection(&e)));
-                    Err(e)
-                }
-            };
-        }
         if let Some(webpki) = &self.webpki {
             match webpki.verify_server_cert(
                 end_entity,
@@ -217,11 +193,21 @@ impl ServerCertVerifier for PinningVerifier {
                     self.record(Verdict::CaVerified);
                     return Ok(ok);
                 }
+                // With --ca the chain is the only way in: no pin, no prompt.
+                Err(e) if self.ca_only => {
+                    self.record(Verdict::NotFromCa(ca_rejection(&e)));
+                    return Err(e);
+                }
                 // No configured root knows the issuer: this is where pins come in. Every
                 // other failure (wrong name, expired, bad chain) stays a failure.
                 Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {}
                 Err(e) => return Err(e),
             }
+        } else if self.ca_only {
+            self.record(Verdict::NotFromCa(CaRejection::NotIssued));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
         }
         match self.by_fingerprint(end_entity) {
             Ok(v) => {
