@@ -17,7 +17,7 @@ use ferry::users::UserDb;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-use crate::util::{CHEAP, Raw, TestServer, sha256_hex, test_limits};
+use crate::util::{CHEAP, Raw, TestServer, quota_walk, sha256_hex, test_limits};
 
 /// How many seeds, and operations per seed.
 const SEEDS: u64 = 200;
@@ -69,29 +69,6 @@ fn write_users(path: &Path, seed: u64) {
          max_file_size = {MAX_FILE_SIZE}\n"
     );
     std::fs::write(path, text).unwrap();
-}
-
-/// Bytes and files (each name of a regular file, each directory but the home and the
-/// server's `.ferry-*` ones) under `home`, as the documentation says the quota counts them.
-fn walk(home: &Path) -> (u64, u64) {
-    let (mut bytes, mut files) = (0, 0);
-    let mut stack = vec![home.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let meta = std::fs::symlink_metadata(e.path()).unwrap();
-            if meta.is_file() {
-                bytes += meta.len();
-                files += 1;
-            } else if meta.is_dir() {
-                if !e.file_name().to_string_lossy().starts_with(".ferry-") {
-                    files += 1;
-                }
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, files)
 }
 
 /// One logged-in session of quinn, with its own request ids.
@@ -275,7 +252,7 @@ fn prefill(home: &Path, rng: &mut Xoshiro256PlusPlus, log: &mut Vec<String>) {
     if rng.random_bool(0.3) {
         let _ = std::os::unix::fs::symlink("a", home.join("s"));
     }
-    log.push(format!("prefill: {:?}", walk(home)));
+    log.push(format!("prefill: {:?}", quota_walk(home)));
 }
 
 /// Runs one seed: returns the log of operations, or panics with it.
@@ -295,7 +272,7 @@ async fn run_seed(server: &TestServer, seed: u64) {
     // What each kept partial holds, by path (partials are per user and path, so any session
     // of the user can resume them).
     let mut partials: HashMap<String, Vec<u8>> = HashMap::new();
-    let (b, w) = walk(&home);
+    let (b, w) = quota_walk(&home);
     assert_eq!(
         sessions[0].usage().await,
         (b, w),
@@ -559,7 +536,7 @@ async fn run_seed(server: &TestServer, seed: u64) {
         };
         log.push(format!("{step}: {line}"));
         if std::env::var_os("FERRY_PROP_SEED").is_some() {
-            let (b, f) = walk(&home);
+            let (b, f) = quota_walk(&home);
             let u = sessions[0].usage().await;
             eprintln!(
                 "{line}\n    {:?}; walk ({b}, {f}) usage {u:?}",
@@ -567,7 +544,7 @@ async fn run_seed(server: &TestServer, seed: u64) {
             );
         }
     }
-    let truth = walk(&home);
+    let truth = quota_walk(&home);
     for sess in &mut sessions {
         assert_eq!(
             sess.usage().await,

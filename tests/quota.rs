@@ -4,7 +4,7 @@
 use ferry::client::ClientError;
 use ferry::protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-use crate::util::{Raw, TestServer, no_progress, random_file, sha256_hex};
+use crate::util::{Raw, TestServer, no_progress, quota_walk, random_file, sha256_hex};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     match e {
@@ -104,17 +104,7 @@ async fn two_uploads_in_flight_cannot_together_overshoot() {
     first.send_data(&data[..1000]).await;
     // Wait until the server has taken the first upload in (its temp file exists).
     let home = server.home("carol");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !crate::util::names_in(&home)
-        .iter()
-        .any(|n| n.starts_with(".ferry-tmp."))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first upload never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_an_upload_has_begun(&home, "first upload").await;
     second.send(&put(2, "/two")).await;
     match second.recv().await {
         ServerMessage::Error {
@@ -353,29 +343,6 @@ async fn small_uploads_are_counted_like_streamed_ones() {
     );
 }
 
-/// Bytes and files under `home` as the quota counts them (each name of a regular file, each
-/// directory but the home and the server's `.ferry-*` ones).
-fn walk(home: &std::path::Path) -> (u64, u64) {
-    let (mut bytes, mut files) = (0, 0);
-    let mut stack = vec![home.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let meta = std::fs::symlink_metadata(e.path()).unwrap();
-            if meta.is_file() {
-                bytes += meta.len();
-                files += 1;
-            } else if meta.is_dir() {
-                if !e.file_name().to_string_lossy().starts_with(".ferry-") {
-                    files += 1;
-                }
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, files)
-}
-
 async fn used(conn: &mut ferry::client::Connection) -> (u64, u64) {
     let u = conn.usage().await.unwrap();
     (u.used_bytes.unwrap(), u.used_files.unwrap())
@@ -395,7 +362,7 @@ async fn renaming_a_file_onto_itself_frees_no_quota() {
     conn.rename("/x", "/y", true).await.unwrap();
     assert!(home.join("x").exists() && home.join("y").exists());
     assert_eq!(used(&mut conn).await, (2000, 2));
-    assert_eq!(walk(&home), (2000, 2));
+    assert_eq!(quota_walk(&home), (2000, 2));
 
     // The exploit: upload, `mv -f f f`, upload again... 1 MiB must stay 1 MiB.
     let dir = tempfile::tempdir().unwrap();
@@ -413,10 +380,10 @@ async fn renaming_a_file_onto_itself_frees_no_quota() {
         conn.rename("/d", "/d", true).await.unwrap();
     }
     assert_eq!(stored, 2, "a third 400,000-byte file does not fit in 1 MiB");
-    assert_eq!(used(&mut conn).await, walk(&home));
+    assert_eq!(used(&mut conn).await, quota_walk(&home));
     // A copy onto itself replaces the file by itself: no change either.
     conn.copy("/p", "/p", true).await.unwrap();
-    assert_eq!(used(&mut conn).await, walk(&home));
+    assert_eq!(used(&mut conn).await, quota_walk(&home));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,7 +415,7 @@ async fn directories_count_toward_the_file_quota() {
     // A directory renamed over an empty one replaces it: one file fewer.
     conn.rename("/d1/e", "/d3", true).await.unwrap();
     assert_eq!(used(&mut conn).await, (1, 4));
-    assert_eq!(walk(&server.home("carol")), (1, 4));
+    assert_eq!(quota_walk(&server.home("carol")), (1, 4));
     drop(conn);
     // The login's count agrees.
     let server = server.restart(crate::util::test_limits()).await;
@@ -611,7 +578,7 @@ async fn the_login_walk_of_thousands_of_directories_fits_a_low_open_files_limit(
     }
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join("f"), b"bottom").unwrap();
-    let truth = walk(&home);
+    let truth = quota_walk(&home);
     assert_eq!(truth, (30_006, 6201));
 
     let server = serve_wrapped(dir.path(), &["prlimit", "--nofile=256:256", "--"]);
@@ -738,17 +705,7 @@ async fn an_overwrite_whose_target_another_session_removes_cannot_overshoot_the_
         .await;
     first.send_data(&data[..1000]).await;
     let home = server.home("carol");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !crate::util::names_in(&home)
-        .iter()
-        .any(|n| n.starts_with(".ferry-tmp."))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "overwrite never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_an_upload_has_begun(&home, "overwrite").await;
     // Meanwhile another session of carol removes /a and fills the room that freed.
     conn.remove("/a").await.unwrap();
     conn.put(&f, "/b", false, &mut no_progress()).await.unwrap();
@@ -767,6 +724,18 @@ async fn an_overwrite_whose_target_another_session_removes_cannot_overshoot_the_
         other => panic!("the overwrite was stored over the quota: {other:?}"),
     }
     assert!(!home.join("a").exists());
-    assert_eq!(used(&mut conn).await, walk(&home));
-    assert!(walk(&home).0 <= 1 << 20, "{:?}", walk(&home));
+    assert_eq!(used(&mut conn).await, quota_walk(&home));
+    assert!(quota_walk(&home).0 <= 1 << 20, "{:?}", quota_walk(&home));
+}
+
+/// Waits (at most 10 s) until the server has taken an upload in: its temp file is in `home`.
+async fn until_an_upload_has_begun(home: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !crate::util::names_in(home)
+        .iter()
+        .any(|n| n.starts_with(".ferry-tmp."))
+    {
+        assert!(std::time::Instant::now() < deadline, "{what} never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -370,3 +370,26 @@ pub fn names_in(dir: &Path) -> Vec<String> {
 pub fn no_progress() -> impl FnMut(u64) + Send {
     |_| {}
 }
+
+/// Bytes and files under `home` as the quota counts them: each name of a regular file, and
+/// each directory but the home and the server's `.ferry-*` ones (whose contents count).
+pub fn quota_walk(home: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    let mut stack = vec![home.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_file() {
+                bytes += meta.len();
+                files += 1;
+            } else if meta.is_dir() {
+                if !e.file_name().to_string_lossy().starts_with(".ferry-") {
+                    files += 1;
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, files)
+}
