@@ -12,17 +12,8 @@ use std::time::{Duration, SystemTime};
 use crate::cli::{ALICE_PW, FERRY, Ferry, Out, RUN_TIMEOUT, World, wait_or_kill};
 use tokio_util::sync::CancellationToken;
 
+use crate::oneshot::oneshot;
 use crate::util::{TestServer, random_file, sha256_hex};
-
-/// `ferry ARGS... -P PORT --ca CA` in the local dir, alice's password in the environment.
-fn oneshot(w: &World, args: &[&str]) -> Out {
-    let port = w.server.port().to_string();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend_from_slice(&["-P", &port, "--ca", w.ca.to_str().unwrap()]);
-    Ferry::new(&w.local)
-        .env("FERRY_PASSWORD", ALICE_PW)
-        .run(&all)
-}
 
 /// [`oneshot`] under `umask` (set by a shell that then execs ferry).
 fn oneshot_with_umask(w: &World, umask: &str, args: &[&str]) -> Out {

@@ -10,7 +10,7 @@ use crate::cli::{ALICE_PW, Ferry, Out, World};
 use crate::util::{names_in, random_file, sha256_hex};
 
 /// `ferry ARGS... -P PORT --ca CA` in the local dir with alice's password in the environment.
-fn oneshot(w: &World, args: &[&str]) -> Out {
+pub(crate) fn oneshot(w: &World, args: &[&str]) -> Out {
     let port = w.server.port().to_string();
     let mut all: Vec<&str> = args.to_vec();
     all.extend_from_slice(&["-P", &port, "--ca", w.ca.to_str().unwrap()]);
