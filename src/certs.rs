@@ -255,13 +255,7 @@ pub fn generate(dir: &Path, extra_hosts: &[String], force: bool) -> Result<Gener
     sync_dir(&dir.join(CA_KEY_DIR))?;
     sync_dir(dir)?;
 
-    Ok(Generated {
-        fingerprint: leaf.fingerprint,
-        leaf_not_after: leaf.not_after,
-        ca_not_after,
-        names: sans.iter().map(Host::to_string).collect(),
-        paths,
-    })
+    Ok(leaf.generated(ca_not_after, &sans, paths))
 }
 
 /// Issues a new server certificate (and key) for the default names and `extra_hosts`,
@@ -333,13 +327,7 @@ pub fn reissue_leaf(dir: &Path, extra_hosts: &[String]) -> Result<Generated, Cer
         sync_dir(&dir.join(CA_KEY_DIR))?;
     }
     sync_dir(dir)?;
-    Ok(Generated {
-        fingerprint: leaf.fingerprint,
-        leaf_not_after: leaf.not_after,
-        ca_not_after,
-        names: sans.iter().map(Host::to_string).collect(),
-        paths,
-    })
+    Ok(leaf.generated(ca_not_after, &sans, paths))
 }
 
 /// A server certificate and its key, as PEM.
@@ -348,6 +336,19 @@ struct Leaf {
     key_pem: String,
     fingerprint: String,
     not_after: SystemTime,
+}
+
+impl Leaf {
+    /// What `ferry certs` reports once this leaf and its CA are written to `paths`.
+    fn generated(self, ca_not_after: SystemTime, sans: &[Host], paths: CertPaths) -> Generated {
+        Generated {
+            fingerprint: self.fingerprint,
+            leaf_not_after: self.not_after,
+            ca_not_after,
+            names: sans.iter().map(Host::to_string).collect(),
+            paths,
+        }
+    }
 }
 
 /// A new key and a server certificate for `sans` signed by `issuer`: serverAuth,
