@@ -1,6 +1,8 @@
 //! ferry: a secure file drop. One binary is both the server and the client.
 //!
 //! # Layout
+//! - [`domain`]: limits and digest text every layer shares; no layer below the front-ends
+//!   imports the wire (`protocol`) for them.
 //! - [`protocol`]: the only module that knows the wire: frames, JSON messages, caps, codes.
 //! - [`tls`]: PEM loading, TLS 1.3 server and client configurations, fingerprints.
 //! - [`certs`]: the development CA and server certificate of `ferry certs`.
@@ -23,6 +25,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod direct;
+pub mod domain;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::direct::DirectWriter;
-use crate::protocol::{DATA_CHUNK_LEN, hex_digest};
+use crate::domain::hex_digest;
+use crate::protocol::DATA_CHUNK_LEN;
 
 /// Chunks in flight between the reader thread and the network: enough to keep both busy.
 pub const CHANNEL_DEPTH: usize = 4;

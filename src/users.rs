@@ -33,7 +33,7 @@ use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHa
 use rand::RngExt;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
-use crate::protocol::{MAX_PASSWORD_LEN, MAX_USER_LEN};
+use crate::domain::{MAX_PASSWORD_LEN, MAX_USER_LEN};
 
 /// Argon2id parameters for new hashes: (memory in KiB, iterations, parallelism).
 ///

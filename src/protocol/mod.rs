@@ -7,6 +7,9 @@
 mod frame;
 mod message;
 
+pub use crate::domain::{
+    MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, MAX_USER_LEN, hex_digest,
+};
 pub use frame::{
     DATA_CHUNK_LEN, Frame, FrameError, FrameReader, FrameWriter, KIND_DATA, KIND_MESSAGE,
     MAX_DATA_LEN, MAX_FRAME_LEN, MAX_FRAME_LEN_PRE_AUTH, MAX_MESSAGE_LEN, decode_frame,
@@ -22,28 +25,8 @@ pub const ALPN: &[u8] = b"ferry/1";
 /// The protocol version this build speaks (the `version` field of the hello exchange).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Longest accepted user name, in bytes.
-pub const MAX_USER_LEN: usize = 64;
-
-/// Longest accepted password, in bytes. Longer ones are refused before any hashing.
-pub const MAX_PASSWORD_LEN: usize = 1024;
-
-/// Longest accepted remote path, in bytes.
-pub const MAX_PATH_LEN: usize = 4096;
-
-/// Most components in a remote path (directory depth).
-pub const MAX_PATH_DEPTH: usize = 256;
-
-/// Longest accepted path component (one file or directory name), in bytes.
-pub const MAX_NAME_LEN: usize = 255;
-
 /// Entries per `entries` page of a directory listing.
 pub const LIST_PAGE_LEN: usize = 512;
 
 /// Default TCP port of a ferry server.
 pub const DEFAULT_PORT: u16 = 7443;
-
-/// Renders a SHA-256 digest the way it travels and is printed: 64 lowercase hex digits.
-pub fn hex_digest(digest: &[u8]) -> String {
-    hex::encode(digest)
-}
