@@ -785,7 +785,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let (db, users_stamp) = prepare_users(&a.users)?;
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
-    let tls = crate::tls::server_config(&a.cert, &a.key)?;
+    let tls = crate::tls::server_config(&a.cert, &a.key, crate::server::ALPN_OFFERED)?;
     let fingerprint = crate::tls::load_certs(&a.cert)?
         .first()
         .map(crate::tls::fingerprint)
@@ -1024,7 +1024,10 @@ async fn reload_on_sighup(
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            (UserDb::load(&u), crate::tls::server_config(&c, &k))
+            (
+                UserDb::load(&u),
+                crate::tls::server_config(&c, &k, crate::server::ALPN_OFFERED),
+            )
         })
         .await;
         let Ok((db, tls)) = loaded else {

@@ -29,8 +29,7 @@ use cap_std::fs::{Dir, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::domain::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
-use crate::protocol::{Entry, EntryKind};
+use crate::domain::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 
 /// Names starting with this prefix (ASCII case-insensitively) belong to the server.
 pub const RESERVED_PREFIX: &str = ".ferry-";

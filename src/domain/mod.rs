@@ -2,6 +2,12 @@
 //! credentials, and how a digest is written. `protocol` re-exports these for the wire; the
 //! layers below the front-ends (`jail`, `transfer`, `users`) take them from here, so none of
 //! them imports the wire. First step of the core redesign (issue 13).
+//!
+//! [`Entry`] and [`EntryKind`] carry serde derives: their JSON form is what ferry/1 sends in
+//! `list` and `stat` replies, so the field names here are part of the wire (PROTOCOL.md §6)
+//! and must not change. A front-end with another representation maps from these.
+
+use serde::{Deserialize, Serialize};
 
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_LEN: usize = 64;
@@ -21,4 +27,35 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Renders a SHA-256 digest the way it travels and is printed: 64 lowercase hex digits.
 pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)
+}
+
+/// What kind of object an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (listings describe the link itself).
+    Symlink,
+    /// Anything else (socket, fifo, device), and kinds a newer peer may add.
+    #[serde(other)]
+    Other,
+}
+
+/// Metadata of one directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// File name (one component), as the server stores it.
+    pub name: String,
+    /// Object kind.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Permission bits (e.g. 0o644).
+    #[serde(default)]
+    pub mode: u32,
 }

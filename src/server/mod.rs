@@ -31,6 +31,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::users::UserDb;
 
+/// The ALPN ids this server offers, in its order of preference: one per front-end, and
+/// `handle_connection` dispatches on the one a connection negotiated. Pass this to
+/// [`crate::tls::server_config`].
+pub const ALPN_OFFERED: &[&[u8]] = &[crate::protocol::ALPN];
+
 /// Timeouts and caps of a server. The defaults are what `ferry serve` uses.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -644,12 +649,13 @@ async fn handle_connection(
             return;
         }
     };
-    if !crate::tls::alpn_ok(tls.get_ref().1) {
-        // A client that offered no ALPN (or another one) is not speaking ferry; keeping it
-        // would invite cross-protocol attacks.
-        tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
-        server.penalise(peer, penalty::Offence::ProtocolError);
-        return;
+    // Dispatch on the negotiated ALPN id to its front-end. A client that offered no ALPN (or
+    // one no front-end speaks) is refused: keeping it would invite cross-protocol attacks.
+    match crate::tls::negotiated_alpn(tls.get_ref().1) {
+        Some(crate::protocol::ALPN) => session::run(server, tls, peer, token, prelogin).await,
+        _ => {
+            tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
+            server.penalise(peer, penalty::Offence::ProtocolError);
+        }
     }
-    session::run(server, tls, peer, token, prelogin).await;
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::super::session::{End, Session};
 use super::{Next, blocking, next_or_cancel, parse_path, reply_storage};
 use crate::jail::StorageError;
-use crate::protocol::{Entry, ErrorCode, ServerMessage, hex_digest};
+use crate::protocol::{DATA_CHUNK_LEN, Entry, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::{CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from};
 
 /// Files of at most this many bytes, fetched whole, are opened, read and hashed in one
@@ -138,7 +138,7 @@ pub(super) async fn run(
                 return;
             }
         }
-        read_and_hash_from(file, size - offset, hasher, &tx);
+        read_and_hash_from(file, size - offset, DATA_CHUNK_LEN, hasher, &tx);
     });
 
     let stall = sess.server.limits.stall_timeout;
