@@ -9,6 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod ops;
+
+pub use ops::{Access, Denied, Op, Scope};
+
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_LEN: usize = 64;
 

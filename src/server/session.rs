@@ -101,7 +101,8 @@ pub(super) struct Session {
     pub server: Arc<Server>,
     pub peer: SocketAddr,
     pub user: String,
-    pub read_only: bool,
+    /// What this session may do; the dispatcher checks it against the operation table.
+    pub scope: crate::domain::Scope,
     pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
@@ -303,7 +304,11 @@ pub(super) async fn run(
                 server: Arc::clone(&server),
                 peer,
                 user,
-                read_only,
+                scope: if read_only {
+                    crate::domain::Scope::ReadOnly
+                } else {
+                    crate::domain::Scope::Full
+                },
                 jail,
                 reader,
                 writer,
