@@ -17,6 +17,9 @@
 //! - [`client`]: `Connection` with typed methods (the library API); on top of it `ops` (globs,
 //!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
 //!   first use (`trust`), host aliases (`config`), progress bars.
+//! - [`state`]: what servers side by side must share (usage reservations, name locks,
+//!   penalties, kept partials) as traits with leases that expire; [`state::memory`] is one
+//!   server's own tables.
 //! - [`sanitize`]: escaping of network-supplied names before they reach a terminal or log.
 //! - [`logfmt`]: the text log's fields, every value quoted so input cannot forge a field.
 //! - [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
@@ -32,6 +35,7 @@ pub mod mapping;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod transfer;
 pub mod users;

@@ -22,5 +22,6 @@ mod resume;
 mod security;
 mod shell;
 mod shutdown;
+mod state_contract;
 mod transfers;
 mod trust;

@@ -13,6 +13,10 @@ mod ops;
 
 pub use ops::{Access, Denied, Op, Scope};
 
+/// A future the traits between the layers return: boxed, so the traits stay dyn-compatible
+/// (`Arc<dyn …>`) and a backend may be local or remote.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_LEN: usize = 64;
 
@@ -62,4 +66,44 @@ pub struct Entry {
     /// Permission bits (e.g. 0o644).
     #[serde(default)]
     pub mode: u32,
+}
+
+/// Bytes and files (directories included) that something takes in a home, for the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Footprint {
+    /// Nothing at all.
+    pub const NONE: Footprint = Footprint { bytes: 0, files: 0 };
+
+    /// Both sums, saturating.
+    pub fn plus(self, other: Footprint) -> Footprint {
+        Footprint {
+            bytes: self.bytes.saturating_add(other.bytes),
+            files: self.files.saturating_add(other.files),
+        }
+    }
+}
+
+/// The limits of one account: bytes, files (directories count) and the largest single file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes (`None`: unlimited).
+    pub bytes: Option<u64>,
+    /// Most files (`None`: unlimited).
+    pub files: Option<u64>,
+    /// Largest single file (`None`: unlimited).
+    pub max_file_size: Option<u64>,
+}
+
+/// Why room for a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The file is larger than `max_file_size`.
+    TooLarge(u64),
+    /// Bytes or files would go over the quota (`"byte quota"` or `"file quota"`).
+    Quota(&'static str),
 }

@@ -341,10 +341,15 @@ impl Penalties {
     /// default; IPv4-mapped IPv6 treated as IPv4). Returns true if this put the source over
     /// the ban threshold, so the caller can log the ban once.
     pub fn record(&self, addr: IpAddr, what: Offence, now: Instant) -> bool {
+        self.add_amount(addr, self.cfg.amount(what), now)
+    }
+
+    /// Adds `amount` to the penalty of the address's source (see [`Penalties::record`]).
+    pub fn add_amount(&self, addr: IpAddr, amount: Duration, now: Instant) -> bool {
         let Some(key) = self.key(addr) else {
             return false;
         };
-        let amount = self.cfg.amount(what).min(self.cfg.max);
+        let amount = amount.min(self.cfg.max);
         if amount.is_zero() {
             return false;
         }
@@ -420,6 +425,26 @@ impl Penalties {
         // A panic while holding the lock cannot leave the table unsafe to use (at worst an
         // entry is missing from one index), so keep serving rather than propagate the panic.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Today's table is the [`PenaltyStore`] of a server on its own.
+impl crate::state::PenaltyStore for Penalties {
+    fn add(
+        &self,
+        addr: IpAddr,
+        amount: Duration,
+    ) -> crate::domain::BoxFuture<'_, Result<bool, crate::state::StateError>> {
+        let banned = self.add_amount(addr, amount, Instant::now());
+        Box::pin(async move { Ok(banned) })
+    }
+
+    fn refused_for(
+        &self,
+        addr: IpAddr,
+    ) -> crate::domain::BoxFuture<'_, Result<Option<Duration>, crate::state::StateError>> {
+        let left = self.check(addr, Instant::now());
+        Box::pin(async move { Ok(left) })
     }
 }
 

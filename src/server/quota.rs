@@ -29,35 +29,18 @@ use crate::jail::{Footprint, Jail, Stop, StorageError};
 use crate::protocol::Usage;
 use crate::users::User;
 
-/// The limits of one user, copied from the users file at login.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    /// Most bytes (`None`: unlimited).
-    pub bytes: Option<u64>,
-    /// Most files (`None`: unlimited).
-    pub files: Option<u64>,
-    /// Largest single file (`None`: unlimited).
-    pub max_file_size: Option<u64>,
-}
-
-impl Limits {
-    /// The limits of `user`.
-    pub fn of(user: &User) -> Limits {
-        Limits {
-            bytes: user.quota_bytes,
-            files: user.quota_files,
-            max_file_size: user.max_file_size,
-        }
-    }
-}
-
+/// The limits of one user, copied from the users file at login (see [`limits_of`]).
+pub use crate::domain::Quota as Limits;
 /// Why a reservation was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// The file is larger than `max_file_size`.
-    TooLarge(u64),
-    /// Bytes or files would go over the quota.
-    Quota(&'static str),
+pub use crate::domain::Refused;
+
+/// The limits of `user`.
+pub fn limits_of(user: &User) -> Limits {
+    Limits {
+        bytes: user.quota_bytes,
+        files: user.quota_files,
+        max_file_size: user.max_file_size,
+    }
 }
 
 #[derive(Debug, Default)]

@@ -618,7 +618,7 @@ async fn authenticate(
         Some(u) if verified => Verdict::Allowed {
             read_only: u.read_only,
             home: u.home_dir(&server.root),
-            limits: quota::Limits::of(u),
+            limits: quota::limits_of(u),
         },
         _ => Verdict::Denied,
     })
