@@ -193,18 +193,14 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
-/// The unit limits and penalties apply to: an IPv4 address, or an IPv6 /64 (one customer's
-/// network; a single host can use any address in it).
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
+impl Server {
+    /// The unit connection caps and the pre-login cap apply to, grouped as penalties group
+    /// sources: an IPv4 address and an IPv6 /64 by default, or the configured prefixes.
+    fn source_of(&self, ip: IpAddr) -> IpAddr {
+        let (v4, v6) = self.limits.penalties.as_ref().map_or((32, 64), |c| {
+            (c.ipv4_prefix.min(32), c.ipv6_prefix.min(128))
+        });
+        penalty::source_net(ip, v4, v6).map_or(ip, |net| net.addr())
     }
 }
 
@@ -597,13 +593,13 @@ async fn handle_connection(
         }
     }
     let Some(_slot) = server.per_source.take(
-        source_of(peer.ip()),
+        server.source_of(peer.ip()),
         server.limits.max_connections_per_source,
     ) else {
         tracing::warn!(%peer, "connection refused: too many connections from this source");
         return;
     };
-    let (admitted, evicted) = server.prelogin.admit(source_of(peer.ip()));
+    let (admitted, evicted) = server.prelogin.admit(server.source_of(peer.ip()));
     if let Some(victim) = evicted {
         // Its connection is closed by its own task, which sees the cut.
         tracing::info!(source = %victim, for_peer = %peer, "pre-login connection evicted: its source holds the most");
