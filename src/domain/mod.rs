@@ -3,6 +3,10 @@
 //! layers below the front-ends (`jail`, `transfer`, `users`) take them from here, so none of
 //! them imports the wire. First step of the core redesign (issue 13).
 
+/// A boxed future that can cross threads: what the traits below the front-ends (such as
+/// `AccountStore`) return, so they stay object safe without an extra crate.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_LEN: usize = 64;
 
