@@ -28,7 +28,7 @@ pub use crate::domain::BoxFuture;
 /// - [`get`](AccountStore::get) sees every write made before it began, by this store or by
 ///   another one on the same backing (another process editing the same users file, another
 ///   node on the same database): a changed password is in force at the next login.
-/// - [`list`](AccountStore::list) is sorted by name.
+/// - [`list`](AccountStore::list) is sorted by name, byte by byte.
 /// - [`add`](AccountStore::add) of a name that is taken fails with
 ///   [`AccountError::AlreadyExists`]; of several concurrent adds of one name, exactly one wins.
 /// - [`set`](AccountStore::set), [`passwd`](AccountStore::passwd) and
@@ -42,7 +42,7 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
     /// The user called `name`, or `None`.
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<User>, AccountError>>;
 
-    /// Every user, sorted by name.
+    /// Every user, sorted by name (by its bytes, as Rust sorts strings).
     fn list(&self) -> BoxFuture<'_, Result<Vec<User>, AccountError>>;
 
     /// Adds `user` (its name, hash, home, access and limits).
