@@ -314,3 +314,131 @@ async fn check_and_reload(
         Err(e) => tracing::error!(error = %e, "users file not reloaded"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::users::Password;
+
+    /// Cheap argon2 parameters for fixtures: the production code path, a fraction of the cost.
+    fn cheap_hash(pw: &str) -> String {
+        users::hash_password_with(&Password::new(pw.into()), 64, 1, 1).unwrap()
+    }
+
+    fn file_with(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn errors_keep_the_users_files_words() {
+        let cases = [
+            UsersError::NotFound("al`ice".into()),
+            UsersError::AlreadyExists("alice\n".into()),
+            UsersError::InvalidName {
+                name: "a/b".into(),
+                reason: "contains a path separator",
+            },
+            UsersError::InvalidHash("not a PHC string"),
+            UsersError::Parse {
+                path: "/etc/ferry/users.toml".into(),
+                msg: "line 3: user `bob`: `password` is missing".into(),
+            },
+            UsersError::Io {
+                path: "/etc/ferry/users.toml".into(),
+                error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+        ];
+        for e in cases {
+            let words = e.to_string();
+            let mapped = AccountError::from(e);
+            assert_eq!(mapped.to_string(), words);
+            assert!(std::error::Error::source(&mapped).is_none(), "{mapped:?}");
+        }
+        assert!(matches!(
+            AccountError::from(UsersError::NotFound("x".into())),
+            AccountError::NotFound(n) if n == "x"
+        ));
+        assert!(matches!(
+            AccountError::from(UsersError::InvalidHash("x")),
+            AccountError::Invalid { .. }
+        ));
+        assert!(matches!(
+            AccountError::from(UsersError::Parse {
+                path: "f".into(),
+                msg: "m".into()
+            }),
+            AccountError::Backend { .. }
+        ));
+    }
+
+    #[test]
+    fn load_refuses_a_broken_or_missing_file_in_its_own_words() {
+        let (dir, path) = file_with("[users.alice\npassword = ");
+        let e = TomlAccounts::load(&path).unwrap_err();
+        assert!(matches!(e, AccountError::Backend { .. }), "{e:?}");
+        assert_eq!(e.to_string(), UserDb::load(&path).unwrap_err().to_string());
+        let missing = dir.path().join("none.toml");
+        let e = TomlAccounts::load(&missing).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            UserDb::load(&missing).unwrap_err().to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_users_refuse_writes_and_are_replaced_whole() {
+        let text = format!("[users.alice]\npassword = \"{}\"\n", cheap_hash("a"));
+        let store = TomlAccounts::in_memory(UserDb::parse(&text).unwrap());
+        assert_eq!(store.path(), None);
+        let mut rx = store.changes();
+        rx.borrow_and_update();
+        let alice = store.get("alice").await.unwrap().unwrap();
+        for e in [
+            store.add(&User::new("bob", cheap_hash("b"))).await,
+            store.passwd("alice", &cheap_hash("c")).await,
+            store.del("alice").await,
+        ] {
+            assert!(matches!(e, Err(AccountError::Backend { .. })), "{e:?}");
+        }
+        assert_eq!(store.list().await.unwrap(), vec![alice]);
+        assert!(!rx.has_changed().unwrap(), "a refused write is no change");
+        assert_eq!(store.reload().unwrap(), 1, "nothing to read: kept");
+
+        store.replace(UserDb::empty());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(store.get("alice").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reload_reads_now_and_keeps_the_users_if_the_file_is_broken() {
+        let alice = format!("[users.alice]\npassword = \"{}\"\n", cheap_hash("a"));
+        let (_dir, path) = file_with(&alice);
+        let store = TomlAccounts::load(&path).unwrap();
+        let mut rx = store.changes();
+        rx.borrow_and_update();
+        let bob = format!("[users.bob]\npassword = \"{}\"\n", cheap_hash("b"));
+        std::fs::write(&path, format!("{alice}\n{bob}")).unwrap();
+        assert_eq!(store.reload().unwrap(), 2);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+
+        std::fs::write(&path, "[users.alice\n").unwrap();
+        let e = store.reload().unwrap_err();
+        assert!(e.to_string().contains("users.toml: line 1"), "{e}");
+        assert!(!rx.has_changed().unwrap());
+        // A read goes on with the users in force, also after it has seen the broken file.
+        let names: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert!(store.get("bob").await.unwrap().is_some());
+    }
+}
