@@ -15,6 +15,10 @@
 //! comments and layout survive, and replaces the file atomically only after the new text has
 //! passed the same validation.
 //!
+//! The server and `ferry user` reach the file through [`crate::accounts::toml::TomlAccounts`],
+//! the users file as an [`AccountStore`](crate::accounts::AccountStore); the [`User`] record and
+//! [`UserChange`] live in [`crate::accounts`] and are re-exported here.
+//!
 //! Hashes are argon2id PHC strings. Each string carries its own parameters, so test fixtures can
 //! use cheap ones and still exercise the production code path.
 

@@ -540,6 +540,45 @@ pub async fn dummy_hash_is_usable_and_matches_the_users(open: &Open) {
     );
 }
 
+/// What "another store on the same backing" stands for with the users file: another process.
+/// A `ferry user add` run is seen by a store at its next read, and a store's write by a
+/// `ferry user list` run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toml_a_ferry_user_process_and_a_store_see_each_others_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    let users = path.to_str().unwrap();
+    let store = TomlAccounts::new(path.clone());
+    assert_eq!(store.list().await.unwrap(), vec![]);
+    let mut rx = store.changes();
+    rx.borrow_and_update();
+
+    crate::cli::Ferry::new(dir.path())
+        .stdin("zoe-long-password\n")
+        .run(&["user", "add", "zoe", "--password-stdin", "--users", users])
+        .expect_ok();
+    let zoe = store
+        .get("zoe")
+        .await
+        .unwrap()
+        .expect("seen at the next read");
+    assert!(users::verify_password(
+        &zoe.password_hash,
+        &Password::new("zoe-long-password".into())
+    ));
+    notice(&mut rx, "`ferry user add` in another process").await;
+
+    store.add(&User::new("amy", hash("amy-pw"))).await.unwrap();
+    let out = crate::cli::Ferry::new(dir.path()).run(&["user", "list", "--users", users]);
+    out.expect_ok();
+    let listed: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, ["amy", "zoe"], "{out:?}");
+}
+
 /// The users file, starting from none: `add` creates it.
 mod toml_new_file {
     use super::*;
