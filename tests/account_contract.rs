@@ -579,6 +579,141 @@ async fn toml_a_ferry_user_process_and_a_store_see_each_others_writes() {
     assert_eq!(listed, ["amy", "zoe"], "{out:?}");
 }
 
+/// A server on 127.0.0.1:0 whose users live in `store`; stops when the sender is dropped.
+async fn serve_with(
+    dir: &std::path::Path,
+    store: Arc<dyn AccountStore>,
+) -> (
+    u16,
+    Arc<rustls::ClientConfig>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let certs = ferry::certs::CertPaths::in_dir(&dir.join("certs"));
+    if !certs.server_cert.exists() {
+        ferry::certs::generate(&dir.join("certs"), &[], false).unwrap();
+    }
+    let tls = ferry::tls::server_config(&certs.server_cert, &certs.server_key).unwrap();
+    let root = dir.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = ferry::server::Server::with_accounts(tls, store, root, crate::util::test_limits());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ferry::server::run(server, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = ferry::tls::client_config(Some(&certs.ca_cert)).unwrap();
+    (port, client, stop)
+}
+
+async fn login_result(
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+    user: &str,
+    password: &str,
+) -> Result<(), ferry::client::ClientError> {
+    let mut c = ferry::client::Connection::connect("127.0.0.1", port, Arc::clone(tls)).await?;
+    c.login(user, &Password::new(password.into())).await?;
+    c.stat("/").await?;
+    Ok(())
+}
+
+/// A server takes its users from the store it is given, at each login: a write through
+/// another store on the same backing is in force at the next login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_logs_users_in_through_its_store() {
+    use ferry::client::ClientError;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    let admin = TomlAccounts::new(path.clone());
+    admin
+        .add(&User::new("alice", hash("alice-pw")))
+        .await
+        .unwrap();
+    let (port, tls, _stop) =
+        serve_with(dir.path(), Arc::new(TomlAccounts::load(&path).unwrap())).await;
+    login_result(port, &tls, "alice", "alice-pw").await.unwrap();
+
+    admin.add(&User::new("bob", hash("bob-pw"))).await.unwrap();
+    login_result(port, &tls, "bob", "bob-pw")
+        .await
+        .expect("an added user, at once");
+    admin.passwd("alice", &hash("alice-new")).await.unwrap();
+    assert!(matches!(
+        login_result(port, &tls, "alice", "alice-pw").await,
+        Err(ClientError::Auth)
+    ));
+    login_result(port, &tls, "alice", "alice-new")
+        .await
+        .expect("a new password, at once");
+    admin.del("bob").await.unwrap();
+    assert!(matches!(
+        login_result(port, &tls, "bob", "bob-pw").await,
+        Err(ClientError::Auth)
+    ));
+}
+
+/// A store that cannot answer (a database that is down).
+#[derive(Debug, Default)]
+struct Down {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl AccountStore for Down {
+    fn get<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> ferry::accounts::BoxFuture<'a, Result<Option<User>, AccountError>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn list(&self) -> ferry::accounts::BoxFuture<'_, Result<Vec<User>, AccountError>> {
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn add<'a>(&'a self, _: &'a User) -> ferry::accounts::BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn set<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a UserChange,
+    ) -> ferry::accounts::BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn passwd<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> ferry::accounts::BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn del<'a>(&'a self, _: &'a str) -> ferry::accounts::BoxFuture<'a, Result<(), AccountError>> {
+        Box::pin(async { Err(AccountError::backend("database down")) })
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+    fn dummy_hash(&self) -> String {
+        hash("nobody knows")
+    }
+}
+
+/// A store that fails denies the login, with the one generic answer, and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_denies_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = Arc::new(Down::default());
+    let (port, tls, _stop) =
+        serve_with(dir.path(), Arc::clone(&down) as Arc<dyn AccountStore>).await;
+    for _ in 0..2 {
+        assert!(matches!(
+            login_result(port, &tls, "alice", "alice-pw").await,
+            Err(ferry::client::ClientError::Auth)
+        ));
+    }
+    assert_eq!(down.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// The users file, starting from none: `add` creates it.
 mod toml_new_file {
     use super::*;
