@@ -6,14 +6,18 @@
 //! - [`protocol`]: the only module that knows the wire: frames, JSON messages, caps, codes.
 //! - [`tls`]: PEM loading, TLS 1.3 server and client configurations, fingerprints.
 //! - [`certs`]: the development CA and server certificate of `ferry certs`.
-//! - [`users`]: the users file, argon2id hashing and verification, the `Password` type.
+//! - [`accounts`]: the `AccountStore` seam (get, list, add, set, passwd, del, a notice of
+//!   changes), the `User` record it keeps, and `accounts::toml`, the users file as a store
+//!   (reloaded before a login when it changed); a store keeps hashes and never verifies.
+//! - [`users`]: the users file's format and edits, argon2id hashing and verification, the
+//!   `Password` type.
 //! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
 //!   type; temp files that commit atomically.
 //! - [`transfer`]: streaming with SHA-256, shared by both ends.
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
-//!   command; `quota` keeps each home's usage equal to a fresh walk of it; `users_file`
-//!   reloads a changed users file before a login.
+//!   command; `quota` keeps each home's usage equal to a fresh walk of it; logins look users
+//!   up in an `AccountStore`.
 //! - [`client`]: `Connection` with typed methods (the library API); on top of it `ops` (globs,
 //!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
 //!   first use (`trust`), host aliases (`config`), progress bars.
@@ -24,6 +28,7 @@
 //! - [`logfmt`]: the text log's fields, every value quoted so input cannot forge a field.
 //! - [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
 
+pub mod accounts;
 pub mod certs;
 pub mod cli;
 pub mod client;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod account_contract;
 mod accounting;
 mod admin;
 mod attacks;

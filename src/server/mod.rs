@@ -14,7 +14,6 @@ pub mod prelogin;
 pub mod proxy;
 pub mod quota;
 mod session;
-mod users_file;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::AccountStore;
+use crate::accounts::toml::TomlAccounts;
 use crate::users::UserDb;
 
 /// The ALPN ids this server offers, in its order of preference: one per front-end, and
@@ -113,10 +114,10 @@ impl Default for Limits {
 pub struct Server {
     /// Swapped whole when certificates are reloaded; handshakes in progress keep theirs.
     tls: RwLock<TlsAcceptor>,
-    /// Swapped whole on reload; sessions take a snapshot at login.
-    users: RwLock<Arc<UserDb>>,
-    /// The users file, reloaded before a login when it changed (see [`Server::watch_users_file`]).
-    users_file: std::sync::OnceLock<users_file::UsersFile>,
+    /// Where the users live; looked up at each login, so a change is in force at the next one.
+    users: Arc<dyn AccountStore>,
+    /// The users of a server built by [`Server::new`], which [`Server::replace_users`] swaps.
+    fixed_users: Option<TomlAccounts>,
     root: PathBuf,
     limits: Limits,
     /// Bounds concurrent argon2 verifications: memory and CPU for logins stay capped no
@@ -214,17 +215,40 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Builds a server from a TLS configuration, a user database and the data root.
+    /// Builds a server from a TLS configuration, a fixed set of users (changed only by
+    /// [`Server::replace_users`]) and the data root.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         users: UserDb,
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
+        let fixed = TomlAccounts::in_memory(users);
+        Self::build(tls, Arc::new(fixed.clone()), Some(fixed), root, limits)
+    }
+
+    /// Builds a server from a TLS configuration, the store its users live in (see
+    /// [`crate::accounts`]) and the data root.
+    pub fn with_accounts(
+        tls: Arc<rustls::ServerConfig>,
+        users: Arc<dyn AccountStore>,
+        root: PathBuf,
+        limits: Limits,
+    ) -> Arc<Server> {
+        Self::build(tls, users, None, root, limits)
+    }
+
+    fn build(
+        tls: Arc<rustls::ServerConfig>,
+        users: Arc<dyn AccountStore>,
+        fixed_users: Option<TomlAccounts>,
+        root: PathBuf,
+        limits: Limits,
+    ) -> Arc<Server> {
         Arc::new(Server {
             tls: RwLock::new(TlsAcceptor::from(tls)),
-            users: RwLock::new(Arc::new(users)),
-            users_file: std::sync::OnceLock::new(),
+            users,
+            fixed_users,
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
@@ -299,32 +323,19 @@ impl Server {
         });
     }
 
-    /// Replaces the user database; sessions already logged in keep going.
+    /// Replaces the users of a server built by [`Server::new`]; sessions already logged in
+    /// keep going. A server built [`with_accounts`](Server::with_accounts) takes its users
+    /// from its store, and ignores this (with a warning in the log).
     pub fn replace_users(&self, users: UserDb) {
-        let mut guard = match self.users.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(users);
-    }
-
-    /// From now on, before each login, reloads the users at `path` if the file changed since
-    /// the version `loaded` (its stamp taken before the users in force were read). Only the
-    /// first call counts.
-    pub fn watch_users_file(&self, path: PathBuf, loaded: Option<crate::users::FileStamp>) {
-        let _ = self
-            .users_file
-            .set(users_file::UsersFile::new(path, loaded));
-    }
-
-    /// The users in force for a login: the users file is reloaded first if it changed.
-    async fn users_for_login(self: &Arc<Self>) -> Arc<UserDb> {
-        /// Longest a login waits for a reload of the users file.
-        const USERS_RELOAD_WAIT: Duration = Duration::from_secs(2);
-        if let Some(file) = self.users_file.get() {
-            file.refresh(self, USERS_RELOAD_WAIT).await;
+        match &self.fixed_users {
+            Some(fixed) => fixed.replace(users),
+            None => tracing::warn!("replace_users ignored: the users come from an account store"),
         }
-        self.users()
+    }
+
+    /// Where the users live.
+    pub fn accounts(&self) -> &Arc<dyn AccountStore> {
+        &self.users
     }
 
     /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.
@@ -335,13 +346,6 @@ impl Server {
 
     fn acceptor(&self) -> TlsAcceptor {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn users(&self) -> Arc<UserDb> {
-        match self.users.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
     }
 
     /// The limits in force.
@@ -513,10 +517,16 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let users = match server.users.list().await {
+            Ok(users) => users,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping partial uploads: the users cannot be listed");
+                continue;
+            }
+        };
         let s = Arc::clone(&server);
         let _ = tokio::task::spawn_blocking(move || {
-            let db = s.users();
-            for user in db.users() {
+            for user in users {
                 let home = user.home_dir(&s.root);
                 let Ok(jail) = crate::jail::Jail::open(&home, false) else {
                     continue;

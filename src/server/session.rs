@@ -593,11 +593,18 @@ async fn authenticate(
         // exactly the work an attacker would like the server to do.
         return Ok(Verdict::Denied);
     }
-    let db = server.users_for_login().await;
-    let user = db.get(name).filter(|_| users::validate_name(name).is_ok());
-    let hash = match user {
+    // A store that fails is as good as an unknown user: denied, after the same work.
+    let user = match server.users.get(name).await {
+        Ok(user) => user,
+        Err(e) => {
+            tracing::error!(error = %e, "login: the account store failed; denied");
+            None
+        }
+    }
+    .filter(|_| users::validate_name(name).is_ok());
+    let hash = match &user {
         Some(u) => u.password_hash.clone(),
-        None => db.dummy_hash().to_string(),
+        None => server.users.dummy_hash(),
     };
     let wait = server.limits.auth_queue_timeout;
     let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
@@ -618,7 +625,7 @@ async fn authenticate(
         Some(u) if verified => Verdict::Allowed {
             read_only: u.read_only,
             home: u.home_dir(&server.root),
-            limits: quota::limits_of(u),
+            limits: quota::limits_of(&u),
         },
         _ => Verdict::Denied,
     })
