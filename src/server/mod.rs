@@ -9,6 +9,7 @@
 
 mod cmd;
 mod error;
+mod login;
 pub mod penalty;
 pub mod prelogin;
 pub mod proxy;
