@@ -34,6 +34,9 @@ pub(super) enum Refusal {
     /// No password check became free in time; nothing was checked. The server's own load,
     /// not the client's doing: no penalty.
     Busy,
+    /// The account store failed or did not answer in time: the server's trouble, not the
+    /// client's, so no penalty.
+    StoreUnavailable,
     /// The user has this many sessions already.
     TooManySessions(usize),
     /// The home could not be opened or counted; the text is for the peer.
@@ -55,6 +58,10 @@ pub(super) async fn login(
         Verdict::Busy => {
             tracing::warn!(%peer, "login refused: all password checks busy");
             Err(Refusal::Busy)
+        }
+        Verdict::StoreUnavailable => {
+            tracing::warn!(%peer, "login refused: the account store is unavailable");
+            Err(Refusal::StoreUnavailable)
         }
         Verdict::Denied => {
             server.penalise(peer, super::penalty::Offence::AuthFail);
@@ -113,6 +120,8 @@ enum Verdict {
     Denied,
     /// No argon2 slot became free in time; nothing was checked.
     Busy,
+    /// The account store failed or did not answer.
+    StoreUnavailable,
 }
 
 /// Checks a user name and password. Unknown users are verified against a dummy hash with the
@@ -132,15 +141,24 @@ async fn authenticate(
         // exactly the work an attacker would like the server to do.
         return Ok(Verdict::Denied);
     }
-    // A store that fails is as good as an unknown user: denied, after the same work.
-    let user = match server.users.get(name).await {
-        Ok(user) => user,
-        Err(e) => {
-            tracing::error!(error = %e, "login: the account store failed; denied");
-            None
+    // A name that can never be an account is not looked up (a store may choke on it): it
+    // takes the unknown user's path. The lookup ends with the login's deadline.
+    let looked_up = if users::validate_name(name).is_ok() {
+        tokio::time::timeout_at(deadline, server.users.get(name)).await
+    } else {
+        Ok(Ok(None))
+    };
+    let (user, store_failed) = match looked_up {
+        Ok(Ok(user)) => (user, false),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "login: the account store failed");
+            (None, true)
         }
-    }
-    .filter(|_| users::validate_name(name).is_ok());
+        Err(_) => {
+            tracing::error!("login: the account store did not answer before the login deadline");
+            (None, true)
+        }
+    };
     let hash = match &user {
         Some(u) => u.password_hash.clone(),
         None => server.users.dummy_hash(),
@@ -161,6 +179,9 @@ async fn authenticate(
     drop(permit);
     server.forget_login_memory();
     Ok(match user {
+        // The same work was done as for any failure (timing tells nothing), but a store that
+        // is down is the server's trouble: the client hears "busy" and earns no penalty.
+        _ if store_failed => Verdict::StoreUnavailable,
         Some(u) if verified => Verdict::Allowed {
             read_only: u.read_only,
             home: u.home_dir(&server.root),

@@ -492,6 +492,14 @@ async fn login_phase(
                 ServerMessage::error(Some(id), ErrorCode::Busy, "server busy; try again later"),
                 Some(End::Refused("all password checks busy")),
             ),
+            Err(Refusal::StoreUnavailable) => (
+                ServerMessage::error(
+                    Some(id),
+                    ErrorCode::Busy,
+                    "the server cannot check accounts right now; try again later",
+                ),
+                Some(End::Refused("account store unavailable")),
+            ),
             Err(Refusal::TooManySessions(max)) => (
                 ServerMessage::error(
                     Some(id),

@@ -34,20 +34,30 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
             };
             Some((id, op.name(), path))
         });
-    let joins_group = match &msg {
-        ClientMessage::Put { size, offset, .. } => !put::flushes_first(*size, *offset),
-        _ => false,
+    // Every request sees the effects of the ones before it: uploads waiting for the group
+    // commit are committed first. Small puts may join the group instead (one to a name
+    // another waiting upload takes is refused at the commit, as it would have been in
+    // order); a large one flushes first, so earlier replies do not wait for it, and that
+    // flush is part of the put (its time and, if the flush fails, its audit line).
+    let flush = match &msg {
+        ClientMessage::Put { size, offset, .. } if put::flushes_first(*size, *offset) => {
+            Flush::AsPartOfThisRequest
+        }
+        ClientMessage::Put { .. } => Flush::No,
+        _ => Flush::First,
     };
-    if !joins_group {
-        // Every request sees the effects of the ones before it: uploads waiting for the
-        // group commit are committed first. (Small puts may join the group: one to a name
-        // another waiting upload takes is refused at the commit, as it would have been in
-        // order. A large one flushes first, so earlier replies do not wait for it.)
+    if flush == Flush::First {
         sess.flush_unsynced().await?;
     }
     let started = std::time::Instant::now();
     sess.last_final = None;
-    let result = run(sess, msg).await;
+    let result = match flush {
+        Flush::AsPartOfThisRequest => match sess.flush_unsynced().await {
+            Ok(()) => run(sess, msg).await,
+            Err(end) => Err(end),
+        },
+        _ => run(sess, msg).await,
+    };
     if let Some((id, op, path)) = audited {
         match sess.unsynced.last_mut() {
             // A put waiting for its group commit: its audit line goes out with its reply.
@@ -56,6 +66,17 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
         }
     }
     result
+}
+
+/// When a request commits the uploads waiting for the group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Before it starts.
+    First,
+    /// As its own first step (a large put).
+    AsPartOfThisRequest,
+    /// Not at all: it may join the group (a small put).
+    No,
 }
 
 /// The request id, the core operation and whether it asks to replace an existing file, for
