@@ -12,8 +12,8 @@ use ferry::domain::{Footprint, Quota, Refused};
 use ferry::server::penalty::{Penalties, PenaltyConfig};
 use ferry::state::memory::{MemoryLedger, MemoryNameLocks, MemoryPartials};
 use ferry::state::{
-    NameLock, NameLocks, PartialIndex, PartialRecord, PenaltyStore, Reservation, StateError,
-    UsageLedger,
+    Counting, NameLock, NameLocks, PartialIndex, PartialRecord, PenaltyStore, Reservation,
+    StateError, UsageLedger,
 };
 
 /// One node's handles onto the shared state under test.
@@ -57,6 +57,19 @@ fn memory() -> (Node, Node) {
     (node.clone(), node)
 }
 
+/// Counts `home` as `used` (it must not be counted yet).
+async fn count(n: &Node, home: &str, used: Footprint) {
+    match n
+        .ledger
+        .claim_count(home, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        Counting::Yours(claim) => n.ledger.set_counted(claim, used).await.unwrap(),
+        other => panic!("{home} should be uncounted: {other:?}"),
+    }
+}
+
 async fn used(n: &Node, home: &str) -> Footprint {
     n.ledger.usage(home).await.unwrap().unwrap_or_default().used
 }
@@ -72,20 +85,97 @@ async fn reserved(n: &Node, home: &str) -> Footprint {
 
 // -- the contract, generic over the backend ------------------------------------------------
 
-/// A home never counted is unknown (the caller counts it); a count replaces usage.
-async fn usage_is_unknown_until_counted((a, b): (Node, Node)) {
-    assert_eq!(a.ledger.usage("h-unknown").await.unwrap(), None);
-    a.ledger.set_counted("h-unknown", fp(10, 2)).await.unwrap();
-    assert_eq!(used(&b, "h-unknown").await, fp(10, 2));
-    a.ledger.set_counted("h-unknown", fp(3, 1)).await.unwrap();
-    assert_eq!(used(&b, "h-unknown").await, fp(3, 1));
+/// A home is counted once: the first claim counts it, others wait (`Busy`) and then see
+/// the count; a claim that expired cannot record its count over a newer one; reservations
+/// need a count; changes to an uncounted home are left to its count; `forget` makes the
+/// next user count again.
+async fn a_home_is_counted_once((a, b): (Node, Node)) {
+    let home = "h-count";
+    assert_eq!(a.ledger.usage(home).await.unwrap(), None);
+    let q = quota(1000, 10);
+    assert_eq!(
+        Reservation::take(&a.ledger, home, q, 1, fp(1, 1))
+            .await
+            .unwrap_err(),
+        StateError::NotCounted
+    );
+    a.ledger.adjust(home, fp(500, 1), fp(0, 0)).await.unwrap();
+    let Counting::Yours(claim) = a
+        .ledger
+        .claim_count(home, Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("the first claim counts")
+    };
+    assert_eq!(
+        b.ledger
+            .claim_count(home, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Counting::Busy
+    );
+    a.ledger.set_counted(claim, fp(10, 2)).await.unwrap();
+    assert_eq!(
+        b.ledger
+            .claim_count(home, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Counting::Known(ferry::state::Usage {
+            used: fp(10, 2),
+            reserved: fp(0, 0)
+        })
+    );
+    assert_eq!(
+        used(&b, home).await,
+        fp(10, 2),
+        "the early adjust was left to the count"
+    );
+    assert_eq!(
+        a.ledger.set_counted(claim, fp(0, 0)).await,
+        Err(StateError::LeaseGone),
+        "a claim records once"
+    );
+
+    // A slow count whose claim expired cannot overwrite the count of the one that took over
+    // nor the changes made since.
+    let home = "h-slow";
+    let ttl = Duration::from_millis(200);
+    let Counting::Yours(slow) = a.ledger.claim_count(home, ttl).await.unwrap() else {
+        panic!()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Counting::Yours(fast) = b.ledger.claim_count(home, ttl).await.unwrap() else {
+        panic!("an expired claim frees the count")
+    };
+    b.ledger.set_counted(fast, fp(0, 0)).await.unwrap();
+    let r = Reservation::take(&b.ledger, home, q, 900, fp(900, 1))
+        .await
+        .unwrap();
+    r.commit(fp(900, 1), fp(0, 0)).await.unwrap();
+    assert_eq!(
+        a.ledger.set_counted(slow, fp(0, 0)).await,
+        Err(StateError::LeaseGone)
+    );
+    assert_eq!(used(&a, home).await, fp(900, 1));
+
+    // Forgotten: the next user counts again; live reservations stay.
+    let held = Reservation::take(&a.ledger, home, q, 50, fp(50, 1))
+        .await
+        .unwrap();
+    b.ledger.forget(home).await.unwrap();
+    assert_eq!(a.ledger.usage(home).await.unwrap(), None);
+    count(&b, home, fp(100, 1)).await;
+    assert_eq!(reserved(&a, home).await, fp(50, 1));
+    held.release().await.unwrap();
+    assert_eq!(reserved(&a, home).await, fp(0, 0));
 }
 
 /// Reservations on two nodes together never pass the quota; a dropped one gives its room
 /// back; a committed one becomes usage, measured, not estimated.
 async fn reservations_hold_the_quota_across_nodes((a, b): (Node, Node)) {
     let home = "h-quota";
-    a.ledger.set_counted(home, fp(0, 0)).await.unwrap();
+    count(&a, home, fp(0, 0)).await;
     let q = quota(1000, 10);
     let r1 = Reservation::take(&a.ledger, home, q, 600, fp(600, 1))
         .await
@@ -96,7 +186,7 @@ async fn reservations_hold_the_quota_across_nodes((a, b): (Node, Node)) {
         StateError::Refused(Refused::Quota("byte quota"))
     );
     assert_eq!(reserved(&b, home).await, fp(600, 1));
-    drop(r1);
+    r1.release().await.unwrap();
     assert_eq!(reserved(&b, home).await, fp(0, 0));
     let r2 = Reservation::take(&b.ledger, home, q, 600, fp(600, 1))
         .await
@@ -120,7 +210,7 @@ async fn reservations_hold_the_quota_across_nodes((a, b): (Node, Node)) {
 /// Many reservations racing on both nodes: the ones admitted fit the quota exactly.
 async fn racing_reservations_never_overshoot((a, b): (Node, Node)) {
     let home = "h-race";
-    a.ledger.set_counted(home, fp(0, 0)).await.unwrap();
+    count(&a, home, fp(0, 0)).await;
     let q = quota(10_000, 1_000);
     let mut tasks = Vec::new();
     for i in 0..64 {
@@ -143,7 +233,9 @@ async fn racing_reservations_never_overshoot((a, b): (Node, Node)) {
         "10,000 bytes hold fourteen 700-byte reservations"
     );
     assert_eq!(reserved(&a, home).await, fp(9_800, 14));
-    drop(held);
+    for r in held {
+        r.release().await.unwrap();
+    }
     assert_eq!(reserved(&b, home).await, fp(0, 0));
 }
 
@@ -151,7 +243,7 @@ async fn racing_reservations_never_overshoot((a, b): (Node, Node)) {
 /// before any room is looked at; adding nothing needs no room even over a lowered quota.
 async fn file_quota_and_largest_file((a, _b): (Node, Node)) {
     let home = "h-files";
-    a.ledger.set_counted(home, fp(5_000, 3)).await.unwrap();
+    count(&a, home, fp(5_000, 3)).await;
     let q = Quota {
         bytes: Some(1_000),
         files: Some(3),
@@ -179,7 +271,7 @@ async fn file_quota_and_largest_file((a, _b): (Node, Node)) {
 /// not fit; a rename onto itself (added = replaced) nets to nothing.
 async fn cover_grows_only_by_what_is_missing((a, b): (Node, Node)) {
     let home = "h-cover";
-    a.ledger.set_counted(home, fp(100, 1)).await.unwrap();
+    count(&a, home, fp(100, 1)).await;
     let q = quota(1_000, 10);
     let mut r = Reservation::take(&a.ledger, home, q, 300, fp(300, 1))
         .await
@@ -195,7 +287,7 @@ async fn cover_grows_only_by_what_is_missing((a, b): (Node, Node)) {
         r.cover(fp(700, 1), fp(0, 0)).await.unwrap_err(),
         StateError::Refused(Refused::Quota("byte quota"))
     );
-    drop(other);
+    other.release().await.unwrap();
     r.cover(fp(700, 1), fp(0, 0)).await.unwrap();
     assert_eq!(r.held(), fp(700, 1));
     assert_eq!(reserved(&b, home).await, fp(700, 1));
@@ -216,12 +308,13 @@ async fn cover_grows_only_by_what_is_missing((a, b): (Node, Node)) {
 }
 
 /// A lease not renewed expires and its room is free again (a node that died); a renewed
-/// one lives on; committing an expired lease fails instead of counting twice.
+/// one lives on. A change made under an expired lease is still counted (once), but the
+/// last check before a change (`cover`) refuses it, since its room went to others.
 async fn leases_expire_unless_renewed((a, b): (Node, Node)) {
     let home = "h-lease";
-    a.ledger.set_counted(home, fp(0, 0)).await.unwrap();
+    count(&a, home, fp(0, 0)).await;
     let q = quota(1_000, 10);
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(1);
     let dead = a
         .ledger
         .reserve(home, q, 900, fp(900, 1), ttl)
@@ -234,26 +327,95 @@ async fn leases_expire_unless_renewed((a, b): (Node, Node)) {
             .await
             .is_err()
     );
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         a.ledger.renew(alive, ttl).await.unwrap();
     }
-    // `dead` was never renewed: after 450 ms its room is free, `alive` still holds 50.
+    // `dead` was never renewed: after 1.5 s its room is free, `alive` still holds 50.
     let again = b
         .ledger
         .reserve(home, q, 900, fp(900, 1), ttl)
         .await
         .unwrap();
     assert_eq!(reserved(&a, home).await, fp(950, 2));
+    assert_eq!(a.ledger.renew(dead, ttl).await, Err(StateError::LeaseGone));
     assert_eq!(
-        a.ledger.commit(dead, fp(900, 1), fp(0, 0)).await,
+        a.ledger.grow(dead, fp(1, 0)).await,
         Err(StateError::LeaseGone)
     );
-    assert_eq!(a.ledger.renew(dead, ttl).await, Err(StateError::LeaseGone));
-    a.ledger.commit(alive, fp(50, 1), fp(0, 0)).await.unwrap();
-    b.ledger.release(again);
-    assert_eq!(used(&b, home).await, fp(50, 1));
+    // The file made under `dead` landed anyway (a storage commit cannot be taken back):
+    // it is counted once, and takes no room of the reservations alive.
+    a.ledger
+        .commit(home, dead, fp(900, 1), fp(0, 0))
+        .await
+        .unwrap();
+    assert_eq!(used(&b, home).await, fp(900, 1));
+    assert_eq!(reserved(&b, home).await, fp(950, 2));
+    a.ledger
+        .commit(home, alive, fp(50, 1), fp(0, 0))
+        .await
+        .unwrap();
+    b.ledger.release(again).await.unwrap();
+    assert_eq!(used(&b, home).await, fp(950, 2));
     assert_eq!(reserved(&b, home).await, fp(0, 0));
+
+    // The value refuses a change once its lease is gone, even one that needs no more room;
+    // renewing as the work goes keeps it.
+    let ttl = Duration::from_millis(600);
+    let mut kept = Reservation::take_for(&a.ledger, home, q, 10, fp(10, 1), ttl)
+        .await
+        .unwrap();
+    let mut lost = Reservation::take_for(&a.ledger, home, q, 10, fp(10, 1), ttl)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        kept.renew_if_due().await.unwrap();
+    }
+    kept.cover(fp(10, 1), fp(0, 0)).await.unwrap();
+    assert_eq!(
+        lost.cover(fp(10, 1), fp(0, 0)).await,
+        Err(StateError::LeaseGone)
+    );
+    kept.release().await.unwrap();
+}
+
+/// A reservation or a name lock dropped without release is given back soon after (a
+/// remote backend may queue it), never held for good.
+async fn dropped_holds_are_given_back((a, b): (Node, Node)) {
+    let home = "h-drop";
+    count(&a, home, fp(0, 0)).await;
+    let q = quota(1_000, 10);
+    let r = Reservation::take(&a.ledger, home, q, 1_000, fp(1_000, 1))
+        .await
+        .unwrap();
+    let lock = NameLock::try_take(&a.names, home, "x")
+        .await
+        .unwrap()
+        .unwrap();
+    drop(r);
+    drop(lock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let room = reserved(&b, home).await == fp(0, 0);
+        let name = b
+            .names
+            .try_lock(home, "x", Duration::from_secs(60))
+            .await
+            .unwrap();
+        if room && let Some(id) = name {
+            b.names.unlock(id).await.unwrap();
+            break;
+        }
+        if let Some(id) = name {
+            b.names.unlock(id).await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dropped holds were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A name is held by one lease at a time across nodes; dropping frees it; other homes and
@@ -287,9 +449,12 @@ async fn a_name_is_held_by_one_upload_at_a_time((a, b): (Node, Node)) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.names.renew(old, ttl).await, Err(StateError::LeaseGone));
     let new = b.names.try_lock("h1", "x", ttl).await.unwrap().unwrap();
-    a.names.unlock(old);
-    assert!(b.names.try_lock("h1", "x", ttl).await.unwrap().is_none());
-    b.names.unlock(new);
+    a.names.unlock(old).await.unwrap();
+    assert!(
+        b.names.try_lock("h1", "x", ttl).await.unwrap().is_none(),
+        "an old lock's unlock frees nothing it no longer holds"
+    );
+    b.names.unlock(new).await.unwrap();
     assert!(a.names.try_lock("h1", "x", ttl).await.unwrap().is_some());
 }
 
@@ -379,8 +544,11 @@ async fn partials_are_found_anywhere_and_claimed_once((a, b): (Node, Node)) {
     let claimed = [x.unwrap(), y.unwrap()];
     assert_eq!(claimed.iter().filter(|c| c.is_some()).count(), 1);
     assert_eq!(a.partials.get("k-new").await.unwrap(), None);
-    // A later keep of the same key replaces the record.
-    b.partials.put("k-old", rec("old.iso", 1)).await.unwrap();
+    // A later keep of the same key replaces the record and hands back the old one.
+    assert_eq!(
+        b.partials.put("k-old", rec("old.iso", 1)).await.unwrap(),
+        Some(rec("old.iso", 100_000))
+    );
     assert_eq!(
         a.partials.get("k-old").await.unwrap(),
         Some(rec("old.iso", 1))
@@ -403,12 +571,13 @@ macro_rules! contract_for {
 }
 
 contract_for!(memory:
-    usage_is_unknown_until_counted,
+    a_home_is_counted_once,
     reservations_hold_the_quota_across_nodes,
     racing_reservations_never_overshoot,
     file_quota_and_largest_file,
     cover_grows_only_by_what_is_missing,
     leases_expire_unless_renewed,
+    dropped_holds_are_given_back,
     a_name_is_held_by_one_upload_at_a_time,
     racing_name_locks_have_one_winner,
     penalties_add_up_across_nodes_and_decay,

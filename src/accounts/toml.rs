@@ -81,6 +81,9 @@ impl From<UsersError> for AccountError {
     }
 }
 
+/// How long a forced reload waits for a reload before a login to finish.
+const RELOAD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl TomlAccounts {
     /// Reads and validates the users file at `path` now (see [`UserDb::load`]); an error if it
     /// cannot be read or is not valid. From then on a read reloads it when it changed.
@@ -131,9 +134,29 @@ impl TomlAccounts {
         let Some(path) = &self.inner.path else {
             return Ok(self.inner.snapshot().len());
         };
+        // Serialised with the check before a login, and the file's stamp taken before the
+        // read: otherwise a reload that read an older file could replace a newer one that a
+        // login loaded meanwhile, and the stamps would then hide the difference for good.
+        // That check holds the lock for a bounded time (its 2 s wait plus one read).
+        let deadline = std::time::Instant::now() + RELOAD_LOCK_WAIT;
+        let mut seen = loop {
+            match self.inner.seen.try_lock() {
+                Ok(seen) => break seen,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(_) => {
+                    return Err(AccountError::Backend {
+                        reason: format!("{} is being reloaded; try again", path.display()),
+                    });
+                }
+            }
+        };
+        let stamp = FileStamp::of(path).ok();
         let db = UserDb::load(path)?;
         let n = db.len();
         self.inner.replace(db);
+        *seen = stamp;
         Ok(n)
     }
 

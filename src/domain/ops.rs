@@ -81,8 +81,8 @@ impl Op {
             Op::List => a(false, true, false, false),
             Op::Get => a(true, false, false, false),
             Op::Put => a(false, false, true, true),
-            // A kept partial is the session's own unfinished upload: resuming needs it.
-            Op::Partial => a(false, false, false, false),
+            // Says whether an upload to a path was kept and how long it is: a read.
+            Op::Partial => a(true, false, false, false),
             Op::Sha256 => a(true, false, false, false),
             Op::Copy => a(true, false, true, true),
             Op::Usage => a(false, false, false, false),
@@ -132,9 +132,12 @@ pub enum Scope {
     Full,
     /// Reading and listing only (an account marked read-only).
     ReadOnly,
-    /// Uploads only, never replacing a file, and nothing that reads or lists (a drop link;
-    /// the web front-end creates these). Confinement to the link's folder is the storage
-    /// namespace's job, as a home confines a user.
+    /// Uploads only, never replacing a file, and nothing that reads or lists, not even
+    /// whether a partial upload was kept (a drop link; the web front-end creates these).
+    /// What the core adds for such a session (issue 14): a name that exists gets a new one
+    /// rather than an error that would reveal it, resumes use partials of the link and its
+    /// uploader only, and confinement to the link's folder is the storage namespace's job,
+    /// as a home confines a user.
     UploadOnly,
 }
 
@@ -158,8 +161,7 @@ impl Scope {
             Scope::ReadOnly if a.writes => Err(Denied("read-only user")),
             Scope::ReadOnly => Ok(()),
             Scope::UploadOnly => {
-                let upload = matches!(op, Op::Put | Op::Partial);
-                if !upload || a.reads || a.lists {
+                if op != Op::Put || a.reads || a.lists {
                     Err(Denied("this link only accepts uploads"))
                 } else if replace && a.may_replace {
                     Err(Denied("this link never replaces a file"))
@@ -191,12 +193,12 @@ mod tests {
     }
 
     #[test]
-    fn upload_only_allows_new_uploads_and_their_resume_and_nothing_else() {
+    fn upload_only_allows_new_uploads_and_nothing_else() {
         let allowed: Vec<Op> = Op::ALL
             .into_iter()
             .filter(|op| Scope::UploadOnly.check(*op, false).is_ok())
             .collect();
-        assert_eq!(allowed, [Op::Put, Op::Partial]);
+        assert_eq!(allowed, [Op::Put]);
         assert!(Scope::UploadOnly.check(Op::Put, true).is_err());
         for op in Op::ALL {
             let a = op.access();

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{LeaseId, NameLocks, PartialIndex, PartialRecord, StateError, Usage, UsageLedger};
+use super::{
+    CountClaim, Counting, NameLockId, NameLocks, PartialIndex, PartialRecord, ReservationId,
+    StateError, Usage, UsageLedger,
+};
 use crate::domain::{BoxFuture, Footprint, Quota, Refused};
 
 /// Locks a table; a poisoned lock still holds consistent data (every update is whole).
@@ -40,13 +43,23 @@ struct Held {
 
 #[derive(Debug, Default)]
 struct Ledger {
-    homes: HashMap<String, Usage>,
+    /// Counted homes and what they hold.
+    used: HashMap<String, Footprint>,
+    /// Room held by live reservations, by home (kept when a home is forgotten).
+    reserved: HashMap<String, Footprint>,
+    /// Homes being counted: the claim and its deadline.
+    counting: HashMap<String, (u64, Instant)>,
     leases: HashMap<u64, Held>,
     next: u64,
 }
 
 impl Ledger {
-    /// Gives back the room of every expired lease.
+    fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Gives back the room of every expired reservation and drops expired count claims.
     fn reclaim(&mut self, now: Instant) {
         let gone: Vec<u64> = self
             .leases
@@ -57,48 +70,54 @@ impl Ledger {
         for id in gone {
             self.drop_lease(id);
         }
+        self.counting.retain(|_, (_, expires)| *expires > now);
     }
 
     fn drop_lease(&mut self, id: u64) -> Option<Held> {
         let held = self.leases.remove(&id)?;
-        if let Some(u) = self.homes.get_mut(&held.home) {
-            u.reserved = minus(u.reserved, held.held);
+        if let Some(r) = self.reserved.get_mut(&held.home) {
+            *r = minus(*r, held.held);
+            if *r == Footprint::NONE {
+                self.reserved.remove(&held.home);
+            }
         }
         Some(held)
     }
 
+    fn usage(&self, home: &str) -> Option<Usage> {
+        let used = *self.used.get(home)?;
+        let reserved = self.reserved.get(home).copied().unwrap_or_default();
+        Some(Usage { used, reserved })
+    }
+
     /// Whether `more` fits `quota` in `home` beside everything used and reserved.
-    fn fits(&self, home: &str, quota: &Quota, more: Footprint) -> Result<(), Refused> {
-        let u = self.homes.get(home).copied().unwrap_or_default();
-        if let Some(q) = quota.bytes
-            && more.bytes > 0
-            && u.used
-                .bytes
-                .saturating_add(u.reserved.bytes)
-                .saturating_add(more.bytes)
-                > q
-        {
-            return Err(Refused::Quota("byte quota"));
+    fn fits(&self, home: &str, quota: &Quota, more: Footprint) -> Result<(), StateError> {
+        let u = self.usage(home).ok_or(StateError::NotCounted)?;
+        let over = |used: u64, reserved: u64, more: u64, q: Option<u64>| {
+            q.is_some_and(|q| more > 0 && used.saturating_add(reserved).saturating_add(more) > q)
+        };
+        if over(u.used.bytes, u.reserved.bytes, more.bytes, quota.bytes) {
+            return Err(StateError::Refused(Refused::Quota("byte quota")));
         }
-        if let Some(q) = quota.files
-            && more.files > 0
-            && u.used
-                .files
-                .saturating_add(u.reserved.files)
-                .saturating_add(more.files)
-                > q
-        {
-            return Err(Refused::Quota("file quota"));
+        if over(u.used.files, u.reserved.files, more.files, quota.files) {
+            return Err(StateError::Refused(Refused::Quota("file quota")));
         }
         Ok(())
     }
 
-    /// The live lease `id` (an expired one is reclaimed and reported gone).
+    /// The live reservation `id` (an expired one is reclaimed and reported gone).
     fn live(&mut self, id: u64, now: Instant) -> Result<&mut Held, StateError> {
         if self.leases.get(&id).is_some_and(|h| h.expires <= now) {
             self.drop_lease(id);
         }
         self.leases.get_mut(&id).ok_or(StateError::LeaseGone)
+    }
+
+    /// Applies a measured change to a counted home (an uncounted one will be counted).
+    fn apply(&mut self, home: &str, added: Footprint, removed: Footprint) {
+        if let Some(u) = self.used.get_mut(home) {
+            *u = minus(u.plus(added), removed);
+        }
     }
 }
 
@@ -114,27 +133,73 @@ impl MemoryLedger {
         Arc::new(MemoryLedger::default())
     }
 
-    /// Leases alive or not yet reclaimed (for tests and debugging).
+    /// Reservations alive or not yet reclaimed (for tests and debugging).
     pub fn leases(&self) -> usize {
         lock(&self.inner).leases.len()
     }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Ledger, Instant) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let mut l = lock(&self.inner);
+        let now = Instant::now();
+        l.reclaim(now);
+        f(&mut l, now)
+    }
+}
+
+/// A future already done: the in-memory tables do their work when called.
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
 }
 
 impl UsageLedger for MemoryLedger {
     fn usage(&self, home: &str) -> BoxFuture<'_, Result<Option<Usage>, StateError>> {
-        let mut l = lock(&self.inner);
-        l.reclaim(Instant::now());
-        let u = l.homes.get(home).copied();
-        Box::pin(async move { Ok(u) })
+        ready(self.with(|l, _| Ok(l.usage(home))))
     }
 
-    fn set_counted(&self, home: &str, used: Footprint) -> BoxFuture<'_, Result<(), StateError>> {
-        lock(&self.inner)
-            .homes
-            .entry(home.to_string())
-            .or_default()
-            .used = used;
-        Box::pin(async { Ok(()) })
+    fn claim_count(
+        &self,
+        home: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Counting, StateError>> {
+        ready(self.with(|l, _| {
+            if let Some(u) = l.usage(home) {
+                return Ok(Counting::Known(u));
+            }
+            if l.counting.contains_key(home) {
+                return Ok(Counting::Busy);
+            }
+            let id = l.next_id();
+            l.counting.insert(home.to_string(), (id, deadline(ttl)));
+            Ok(Counting::Yours(CountClaim(id)))
+        }))
+    }
+
+    fn set_counted(
+        &self,
+        claim: CountClaim,
+        used: Footprint,
+    ) -> BoxFuture<'_, Result<(), StateError>> {
+        ready(self.with(|l, _| {
+            let home = l
+                .counting
+                .iter()
+                .find(|(_, (id, _))| *id == claim.0)
+                .map(|(home, _)| home.clone())
+                .ok_or(StateError::LeaseGone)?;
+            l.counting.remove(&home);
+            l.used.insert(home, used);
+            Ok(())
+        }))
+    }
+
+    fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
+        ready(self.with(|l, _| {
+            l.used.remove(home);
+            Ok(())
+        }))
     }
 
     fn reserve(
@@ -144,20 +209,17 @@ impl UsageLedger for MemoryLedger {
         file_size: u64,
         need: Footprint,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<LeaseId, StateError>> {
-        let result = (|| {
+    ) -> BoxFuture<'_, Result<ReservationId, StateError>> {
+        ready(self.with(|l, _| {
             if let Some(max) = quota.max_file_size
                 && file_size > max
             {
                 return Err(StateError::Refused(Refused::TooLarge(max)));
             }
-            let mut l = lock(&self.inner);
-            l.reclaim(Instant::now());
-            l.fits(home, &quota, need).map_err(StateError::Refused)?;
-            let u = l.homes.entry(home.to_string()).or_default();
-            u.reserved = u.reserved.plus(need);
-            l.next += 1;
-            let id = l.next;
+            l.fits(home, &quota, need)?;
+            let r = l.reserved.entry(home.to_string()).or_default();
+            *r = r.plus(need);
+            let id = l.next_id();
             l.leases.insert(
                 id,
                 Held {
@@ -167,59 +229,53 @@ impl UsageLedger for MemoryLedger {
                     expires: deadline(ttl),
                 },
             );
-            Ok(LeaseId(id))
-        })();
-        Box::pin(async move { result })
+            Ok(ReservationId(id))
+        }))
     }
 
-    fn grow(&self, lease: LeaseId, more: Footprint) -> BoxFuture<'_, Result<(), StateError>> {
-        let result = (|| {
-            let mut l = lock(&self.inner);
-            let now = Instant::now();
-            l.reclaim(now);
+    fn grow(&self, id: ReservationId, more: Footprint) -> BoxFuture<'_, Result<(), StateError>> {
+        ready(self.with(|l, now| {
             let (home, quota) = {
-                let h = l.live(lease.0, now)?;
+                let h = l.live(id.0, now)?;
                 (h.home.clone(), h.quota)
             };
-            l.fits(&home, &quota, more).map_err(StateError::Refused)?;
-            let h = l.live(lease.0, now)?;
+            l.fits(&home, &quota, more)?;
+            let h = l.live(id.0, now)?;
             h.held = h.held.plus(more);
-            let u = l.homes.entry(home).or_default();
-            u.reserved = u.reserved.plus(more);
+            let r = l.reserved.entry(home).or_default();
+            *r = r.plus(more);
             Ok(())
-        })();
-        Box::pin(async move { result })
+        }))
+    }
+
+    fn renew(&self, id: ReservationId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
+        ready(self.with(|l, now| {
+            l.live(id.0, now)?.expires = deadline(ttl);
+            Ok(())
+        }))
     }
 
     fn commit(
         &self,
-        lease: LeaseId,
+        home: &str,
+        id: ReservationId,
         added: Footprint,
         removed: Footprint,
     ) -> BoxFuture<'_, Result<(), StateError>> {
-        let result = (|| {
-            let mut l = lock(&self.inner);
-            let now = Instant::now();
-            l.live(lease.0, now)?;
-            let held = l.drop_lease(lease.0).ok_or(StateError::LeaseGone)?;
-            let u = l.homes.entry(held.home).or_default();
-            u.used = minus(u.used.plus(added), removed);
+        ready(self.with(|l, _| {
+            l.drop_lease(id.0);
+            l.apply(home, added, removed);
             Ok(())
-        })();
-        Box::pin(async move { result })
+        }))
     }
 
-    fn renew(&self, lease: LeaseId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
-        let result = (|| {
-            let mut l = lock(&self.inner);
-            l.live(lease.0, Instant::now())?.expires = deadline(ttl);
-            Ok(())
-        })();
-        Box::pin(async move { result })
+    fn release(&self, id: ReservationId) -> BoxFuture<'_, Result<(), StateError>> {
+        self.release_soon(id);
+        ready(Ok(()))
     }
 
-    fn release(&self, lease: LeaseId) {
-        lock(&self.inner).drop_lease(lease.0);
+    fn release_soon(&self, id: ReservationId) {
+        lock(&self.inner).drop_lease(id.0);
     }
 
     fn adjust(
@@ -228,10 +284,10 @@ impl UsageLedger for MemoryLedger {
         added: Footprint,
         removed: Footprint,
     ) -> BoxFuture<'_, Result<(), StateError>> {
-        let mut l = lock(&self.inner);
-        let u = l.homes.entry(home.to_string()).or_default();
-        u.used = minus(u.used.plus(added), removed);
-        Box::pin(async { Ok(()) })
+        ready(self.with(|l, _| {
+            l.apply(home, added, removed);
+            Ok(())
+        }))
     }
 }
 
@@ -255,13 +311,24 @@ impl MemoryNameLocks {
     }
 }
 
+impl MemoryNameLocks {
+    fn drop_lock(&self, id: NameLockId) {
+        let mut n = lock(&self.inner);
+        if let Some(key) = n.by_lease.remove(&id.0)
+            && n.by_name.get(&key).is_some_and(|(held, _)| *held == id.0)
+        {
+            n.by_name.remove(&key);
+        }
+    }
+}
+
 impl NameLocks for MemoryNameLocks {
     fn try_lock(
         &self,
         home: &str,
         name: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Option<LeaseId>, StateError>> {
+    ) -> BoxFuture<'_, Result<Option<NameLockId>, StateError>> {
         let mut n = lock(&self.inner);
         let key = (home.to_string(), name.to_string());
         let now = Instant::now();
@@ -275,18 +342,18 @@ impl NameLocks for MemoryNameLocks {
                 let id = n.next;
                 n.by_name.insert(key.clone(), (id, deadline(ttl)));
                 n.by_lease.insert(id, key);
-                Some(LeaseId(id))
+                Some(NameLockId(id))
             }
         };
-        Box::pin(async move { Ok(taken) })
+        ready(Ok(taken))
     }
 
-    fn renew(&self, lease: LeaseId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
+    fn renew(&self, id: NameLockId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
         let mut n = lock(&self.inner);
         let now = Instant::now();
-        let result = match n.by_lease.get(&lease.0).cloned() {
+        let result = match n.by_lease.get(&id.0).cloned() {
             Some(key) => match n.by_name.get_mut(&key) {
-                Some((id, expires)) if *id == lease.0 && *expires > now => {
+                Some((held, expires)) if *held == id.0 && *expires > now => {
                     *expires = deadline(ttl);
                     Ok(())
                 }
@@ -294,16 +361,16 @@ impl NameLocks for MemoryNameLocks {
             },
             None => Err(StateError::LeaseGone),
         };
-        Box::pin(async move { result })
+        ready(result)
     }
 
-    fn unlock(&self, lease: LeaseId) {
-        let mut n = lock(&self.inner);
-        if let Some(key) = n.by_lease.remove(&lease.0)
-            && n.by_name.get(&key).is_some_and(|(id, _)| *id == lease.0)
-        {
-            n.by_name.remove(&key);
-        }
+    fn unlock(&self, id: NameLockId) -> BoxFuture<'_, Result<(), StateError>> {
+        self.drop_lock(id);
+        ready(Ok(()))
+    }
+
+    fn unlock_soon(&self, id: NameLockId) {
+        self.drop_lock(id);
     }
 }
 
@@ -321,9 +388,12 @@ impl MemoryPartials {
 }
 
 impl PartialIndex for MemoryPartials {
-    fn put(&self, key: &str, record: PartialRecord) -> BoxFuture<'_, Result<(), StateError>> {
-        lock(&self.inner).insert(key.to_string(), record);
-        Box::pin(async { Ok(()) })
+    fn put(
+        &self,
+        key: &str,
+        record: PartialRecord,
+    ) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>> {
+        ready(Ok(lock(&self.inner).insert(key.to_string(), record)))
     }
 
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>> {

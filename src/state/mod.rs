@@ -12,10 +12,16 @@
 //!
 //! Everything held on behalf of a request is a lease with a time to live: a node that dies
 //! holding room or a name cannot hold it forever, because the lease expires unless its
-//! holder renews it. In one process the values [`Reservation`] and [`NameLock`] give back
-//! what they hold when dropped, exactly as today's in-memory counters do; the expiry is the
-//! backstop a cluster needs. Releases never block (a remote backend queues them), so they
-//! can run in `Drop`.
+//! holder renews it. The values [`Reservation`] and [`NameLock`] renew when their holder
+//! reports progress ([`Reservation::renew_if_due`]) and at the last check before a commit,
+//! and give back what they hold when released ([`Reservation::release`], confirmed) or
+//! dropped (queued: a remote backend may apply it a moment later; the expiry is the
+//! backstop). Nothing here blocks in `Drop`.
+//!
+//! Cancellation: a backend may do its work when a method is called rather than when the
+//! returned future is polled (the in-memory one does). A caller that drops such a future
+//! unpolled must assume the work may have happened: a dropped `reserve` may hold room until
+//! its lease expires.
 //!
 //! [`memory`] holds the implementations one server uses on its own.
 
@@ -24,16 +30,24 @@ pub mod memory;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::domain::{BoxFuture, Footprint, Quota, Refused};
 
-/// One lease, opaque to its holder: a reservation of room or a locked name.
+/// A reservation of room in a home (a lease of the [`UsageLedger`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LeaseId(pub u64);
+pub struct ReservationId(pub u64);
 
-/// How long a lease lives unless renewed, when its holder gives no other figure: long
-/// enough that a holder renewing every third of it never loses one to a slow moment.
+/// The right to count a home (a lease of the [`UsageLedger`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CountClaim(pub u64);
+
+/// A name held in a home (a lease of the [`NameLocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NameLockId(pub u64);
+
+/// How long a lease lives unless renewed, when its holder gives no other figure. Holders
+/// renew after a third of it, so one slow moment never loses a lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// What a state backend can answer instead of a result.
@@ -43,6 +57,8 @@ pub enum StateError {
     Refused(Refused),
     /// The lease named has expired (or never existed): what it held is free again.
     LeaseGone,
+    /// The home's usage is not known yet: count it first ([`UsageLedger::claim_count`]).
+    NotCounted,
     /// The backend cannot be reached or failed; the text says why (for logs, not peers).
     Unavailable(String),
 }
@@ -55,6 +71,7 @@ impl fmt::Display for StateError {
             }
             StateError::Refused(Refused::Quota(which)) => write!(f, "over the {which}"),
             StateError::LeaseGone => f.write_str("the lease has expired"),
+            StateError::NotCounted => f.write_str("the home's usage has not been counted"),
             StateError::Unavailable(why) => write!(f, "shared state unavailable: {why}"),
         }
     }
@@ -71,21 +88,51 @@ pub struct Usage {
     pub reserved: Footprint,
 }
 
+/// The answer of [`UsageLedger::claim_count`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// The home is counted: here are its counters.
+    Known(Usage),
+    /// Nobody has counted it: this caller counts it now and records the result with
+    /// [`UsageLedger::set_counted`] before the claim expires.
+    Yours(CountClaim),
+    /// Another holder is counting it: ask again shortly.
+    Busy,
+}
+
 /// Each home's usage and the room reserved in it. Homes are named by an opaque key (a
 /// storage namespace); the ledger knows nothing of paths.
+///
+/// A home is counted once (one holder walks it while the others wait), so that no count can
+/// overwrite changes made while another count was running. Changes to a home that is not
+/// counted are not recorded: its count will see them.
 pub trait UsageLedger: Send + Sync {
-    /// The counters of `home`, or `None` if it was never counted here (then the caller
-    /// counts it, e.g. by walking the home, and records that with [`Self::set_counted`]).
+    /// The counters of `home`, or `None` if it is not counted.
     fn usage(&self, home: &str) -> BoxFuture<'_, Result<Option<Usage>, StateError>>;
 
-    /// Records a fresh count of `home`, replacing what was known of its usage (reservations
-    /// stay).
-    fn set_counted(&self, home: &str, used: Footprint) -> BoxFuture<'_, Result<(), StateError>>;
+    /// The counters of `home` if known, else the claim to count it (for `ttl`), else
+    /// `Busy` while another holder counts it.
+    fn claim_count(&self, home: &str, ttl: Duration)
+    -> BoxFuture<'_, Result<Counting, StateError>>;
+
+    /// Records the count made under `claim`. `LeaseGone` if the claim expired (another
+    /// holder may be counting by now; this count is dropped).
+    fn set_counted(
+        &self,
+        claim: CountClaim,
+        used: Footprint,
+    ) -> BoxFuture<'_, Result<(), StateError>>;
+
+    /// Drops what is known of `home`, so its next user counts it again (when the last
+    /// session of a home ends, a change made by hand is seen at the next login). Live
+    /// reservations of the home are kept.
+    fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>>;
 
     /// Reserves `need` in `home` for a file that will be `file_size` bytes, checked against
     /// `quota` together with everything used and reserved, atomically with respect to every
     /// other reservation of the home (on every node). The lease expires after `ttl` unless
-    /// renewed. Adding nothing never needs room, even over a lowered quota.
+    /// renewed. Adding nothing never needs room, even over a lowered quota. `NotCounted` if
+    /// the home is not counted.
     fn reserve(
         &self,
         home: &str,
@@ -93,26 +140,31 @@ pub trait UsageLedger: Send + Sync {
         file_size: u64,
         need: Footprint,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<LeaseId, StateError>>;
+    ) -> BoxFuture<'_, Result<ReservationId, StateError>>;
 
-    /// Reserves `more` under an existing lease, against the quota it was taken under.
-    fn grow(&self, lease: LeaseId, more: Footprint) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Reserves `more` under a live reservation, against the quota it was taken under.
+    fn grow(&self, id: ReservationId, more: Footprint) -> BoxFuture<'_, Result<(), StateError>>;
 
-    /// The change was made: `added` is new in the home and `removed` went away (both
-    /// measured), and the lease's room is given back, in one step.
+    /// Keeps the reservation alive for `ttl` more. `LeaseGone` if it had expired.
+    fn renew(&self, id: ReservationId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>>;
+
+    /// The change was made in `home`: `added` is new and `removed` went away (both
+    /// measured). Recorded whether or not the reservation is still alive (a change that
+    /// happened is counted, once); the reservation's room is given back.
     fn commit(
         &self,
-        lease: LeaseId,
+        home: &str,
+        id: ReservationId,
         added: Footprint,
         removed: Footprint,
     ) -> BoxFuture<'_, Result<(), StateError>>;
 
-    /// Keeps the lease alive for `ttl` more. `LeaseGone` if it had already expired.
-    fn renew(&self, lease: LeaseId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Gives the reservation's room back; done when the future is.
+    fn release(&self, id: ReservationId) -> BoxFuture<'_, Result<(), StateError>>;
 
-    /// Gives the lease's room back. Never blocks; a remote backend may queue it (its expiry
-    /// is the backstop).
-    fn release(&self, lease: LeaseId);
+    /// Gives the reservation's room back without waiting (for `Drop`): a remote backend
+    /// may queue it; the lease's expiry is the backstop.
+    fn release_soon(&self, id: ReservationId);
 
     /// A change made outside any reservation (a kept partial, a removal, a sweep).
     fn adjust(
@@ -123,25 +175,29 @@ pub trait UsageLedger: Send + Sync {
     ) -> BoxFuture<'_, Result<(), StateError>>;
 }
 
-/// Room held for one change in flight. Dropped: released. Committed: becomes usage.
+/// Room held for one change in flight. Released: given back. Committed: becomes usage.
 pub struct Reservation {
     ledger: Arc<dyn UsageLedger>,
-    lease: Option<LeaseId>,
+    home: String,
+    id: Option<ReservationId>,
     held: Footprint,
+    ttl: Duration,
+    renewed: Instant,
 }
 
 impl fmt::Debug for Reservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reservation")
-            .field("lease", &self.lease)
+            .field("home", &self.home)
+            .field("id", &self.id)
             .field("held", &self.held)
             .finish()
     }
 }
 
 impl Reservation {
-    /// Reserves `need` in `home` (see [`UsageLedger::reserve`]), for [`DEFAULT_LEASE`]
-    /// unless renewed.
+    /// Reserves `need` in `home` (see [`UsageLedger::reserve`]) for [`DEFAULT_LEASE`],
+    /// renewed by [`Reservation::renew_if_due`].
     pub async fn take(
         ledger: &Arc<dyn UsageLedger>,
         home: &str,
@@ -149,13 +205,26 @@ impl Reservation {
         file_size: u64,
         need: Footprint,
     ) -> Result<Reservation, StateError> {
-        let lease = ledger
-            .reserve(home, quota, file_size, need, DEFAULT_LEASE)
-            .await?;
+        Reservation::take_for(ledger, home, quota, file_size, need, DEFAULT_LEASE).await
+    }
+
+    /// Like [`Reservation::take`], with a lease of `ttl`.
+    pub async fn take_for(
+        ledger: &Arc<dyn UsageLedger>,
+        home: &str,
+        quota: Quota,
+        file_size: u64,
+        need: Footprint,
+        ttl: Duration,
+    ) -> Result<Reservation, StateError> {
+        let id = ledger.reserve(home, quota, file_size, need, ttl).await?;
         Ok(Reservation {
             ledger: Arc::clone(ledger),
-            lease: Some(lease),
+            home: home.to_string(),
+            id: Some(id),
             held: need,
+            ttl,
+            renewed: Instant::now(),
         })
     }
 
@@ -164,10 +233,15 @@ impl Reservation {
         self.held
     }
 
+    fn id(&self) -> Result<ReservationId, StateError> {
+        self.id.ok_or(StateError::LeaseGone)
+    }
+
     /// Right before the change is made: `added` is about to come and `replaced` (measured
     /// now) to go. The reservation was sized from an earlier look, which another session may
     /// have made stale; whatever the change needs beyond what is held is reserved too, or
-    /// the change is refused.
+    /// the change is refused. Either way this confirms the lease is alive (a lease that
+    /// expired has had its room given to others: the change is refused with `LeaseGone`).
     pub async fn cover(&mut self, added: Footprint, replaced: Footprint) -> Result<(), StateError> {
         let more = Footprint {
             bytes: added
@@ -179,70 +253,95 @@ impl Reservation {
                 .saturating_sub(replaced.files)
                 .saturating_sub(self.held.files),
         };
+        let id = self.id()?;
         if more == Footprint::NONE {
-            return Ok(());
+            return self.renew().await;
         }
-        let lease = self.lease.ok_or(StateError::LeaseGone)?;
-        self.ledger.grow(lease, more).await?;
+        self.ledger.grow(id, more).await?;
         self.held = self.held.plus(more);
         Ok(())
     }
 
-    /// Keeps the room for [`DEFAULT_LEASE`] more (a long upload calls this now and then).
-    pub async fn renew(&self) -> Result<(), StateError> {
-        let lease = self.lease.ok_or(StateError::LeaseGone)?;
-        self.ledger.renew(lease, DEFAULT_LEASE).await
+    /// Keeps the room for its lease's length more.
+    pub async fn renew(&mut self) -> Result<(), StateError> {
+        let id = self.id()?;
+        self.ledger.renew(id, self.ttl).await?;
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Renews if a third of the lease has passed since the last renewal: a long transfer
+    /// calls this as it makes progress (a clock read when nothing is due).
+    pub async fn renew_if_due(&mut self) -> Result<(), StateError> {
+        if self.renewed.elapsed() < self.ttl / 3 {
+            return Ok(());
+        }
+        self.renew().await
     }
 
     /// The change was made: see [`UsageLedger::commit`].
     pub async fn commit(mut self, added: Footprint, removed: Footprint) -> Result<(), StateError> {
-        let lease = self.lease.take().ok_or(StateError::LeaseGone)?;
-        self.ledger.commit(lease, added, removed).await
+        let id = self.id.take().ok_or(StateError::LeaseGone)?;
+        self.ledger.commit(&self.home, id, added, removed).await
+    }
+
+    /// Gives the room back and waits until it is.
+    pub async fn release(mut self) -> Result<(), StateError> {
+        match self.id.take() {
+            Some(id) => self.ledger.release(id).await,
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.ledger.release(lease);
+        if let Some(id) = self.id.take() {
+            self.ledger.release_soon(id);
         }
     }
 }
 
 /// Names held by uploads in flight, per home.
+///
+/// A lock is a lease: a holder must confirm it ([`NameLock::confirm`]) right before its
+/// commit and finish the commit well within the lease, since a lock that expired may have
+/// been taken by another node (there is no fencing token an object store could check).
 pub trait NameLocks: Send + Sync {
     /// Takes `name` (a path in the home, as the storage names it) for `ttl`. `None` if a live
-    /// lease holds it already. Atomic across every node sharing the backend.
+    /// lock holds it already. Atomic across every node sharing the backend.
     fn try_lock(
         &self,
         home: &str,
         name: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Option<LeaseId>, StateError>>;
+    ) -> BoxFuture<'_, Result<Option<NameLockId>, StateError>>;
 
     /// Keeps the lock alive for `ttl` more. `LeaseGone` if it had expired.
-    fn renew(&self, lease: LeaseId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>>;
+    fn renew(&self, id: NameLockId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>>;
 
-    /// Frees the name. Never blocks (see [`UsageLedger::release`]).
-    fn unlock(&self, lease: LeaseId);
+    /// Frees the name; done when the future is.
+    fn unlock(&self, id: NameLockId) -> BoxFuture<'_, Result<(), StateError>>;
+
+    /// Frees the name without waiting (for `Drop`; see [`UsageLedger::release_soon`]).
+    fn unlock_soon(&self, id: NameLockId);
 }
 
-/// A name held until dropped.
+/// A name held until released or dropped.
 pub struct NameLock {
     locks: Arc<dyn NameLocks>,
-    lease: LeaseId,
+    id: Option<NameLockId>,
+    renewed: Instant,
 }
 
 impl fmt::Debug for NameLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NameLock")
-            .field("lease", &self.lease)
-            .finish()
+        f.debug_struct("NameLock").field("id", &self.id).finish()
     }
 }
 
 impl NameLock {
-    /// Takes `name` in `home` for [`DEFAULT_LEASE`] unless renewed; `None` if it is held.
+    /// Takes `name` in `home` for [`DEFAULT_LEASE`]; `None` if it is held.
     pub async fn try_take(
         locks: &Arc<dyn NameLocks>,
         home: &str,
@@ -251,24 +350,45 @@ impl NameLock {
         Ok(locks
             .try_lock(home, name, DEFAULT_LEASE)
             .await?
-            .map(|lease| NameLock {
+            .map(|id| NameLock {
                 locks: Arc::clone(locks),
-                lease,
+                id: Some(id),
+                renewed: Instant::now(),
             }))
     }
 
-    /// Keeps the name for [`DEFAULT_LEASE`] more.
-    pub async fn renew(&self) -> Result<(), StateError> {
-        self.locks.renew(self.lease, DEFAULT_LEASE).await
+    /// Renews now: right before a commit, this is the check that the name is still ours.
+    pub async fn confirm(&mut self) -> Result<(), StateError> {
+        let id = self.id.ok_or(StateError::LeaseGone)?;
+        self.locks.renew(id, DEFAULT_LEASE).await?;
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Renews if a third of the lease has passed (see [`Reservation::renew_if_due`]).
+    pub async fn renew_if_due(&mut self) -> Result<(), StateError> {
+        if self.renewed.elapsed() < DEFAULT_LEASE / 3 {
+            return Ok(());
+        }
+        self.confirm().await
+    }
+
+    /// Frees the name and waits until it is.
+    pub async fn release(mut self) -> Result<(), StateError> {
+        match self.id.take() {
+            Some(id) => self.locks.unlock(id).await,
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for NameLock {
     fn drop(&mut self) {
-        self.locks.unlock(self.lease);
+        if let Some(id) = self.id.take() {
+            self.locks.unlock_soon(id);
+        }
     }
 }
-
 /// The penalty of each source address (an address grouped by prefix, as the backend is
 /// configured). Penalties add up, decay with time, and past a threshold refuse the source.
 pub trait PenaltyStore: Send + Sync {
@@ -297,13 +417,20 @@ pub struct PartialRecord {
 
 /// Kept partial uploads by key (per user and target), findable from any node.
 pub trait PartialIndex: Send + Sync {
-    /// Records (or replaces) the partial under `key`.
-    fn put(&self, key: &str, record: PartialRecord) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Records the partial under `key`, returning the record it replaced (whose stored
+    /// bytes the caller now removes, or they are orphaned until the storage's own sweep).
+    fn put(
+        &self,
+        key: &str,
+        record: PartialRecord,
+    ) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>>;
 
     /// The partial under `key`, if any.
     fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>>;
 
-    /// Takes the partial under `key` out of the index (a resume claims it; a sweep drops it).
+    /// Takes the partial under `key` out of the index: a resume claims it (exactly one of
+    /// several racing takers gets it), a sweep drops it. A taker that dies before it keeps
+    /// the bytes again leaves them to the storage's own sweep of stale partials.
     fn take(&self, key: &str) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>>;
 
     /// The partials of `home` kept before `before`, for the sweep.
