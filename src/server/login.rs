@@ -159,10 +159,7 @@ async fn authenticate(
             (None, true)
         }
     };
-    let hash = match &user {
-        Some(u) => u.password_hash.clone(),
-        None => server.users.dummy_hash(),
-    };
+    let known_hash = user.as_ref().map(|u| u.password_hash.clone());
     let wait = server.limits.auth_queue_timeout;
     let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
         server.auth_permits.acquire().await
@@ -173,9 +170,15 @@ async fn authenticate(
         Ok(Err(_)) => return Err(Refusal::ShuttingDown),
         Err(_) => return Ok(Verdict::Busy),
     };
-    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    // The dummy hash is fetched on the blocking pool under the permit too: a store that makes
+    // it lazily runs argon2 for it, which must not happen on an async worker.
+    let store = Arc::clone(&server.users);
+    let verified = tokio::task::spawn_blocking(move || {
+        let hash = known_hash.unwrap_or_else(|| store.dummy_hash());
+        users::verify_password(&hash, &password)
+    })
+    .await
+    .unwrap_or(false);
     drop(permit);
     server.forget_login_memory();
     Ok(match user {
