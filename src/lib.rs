@@ -9,6 +9,10 @@
 //! - [`users`]: the users file, argon2id hashing and verification, the `Password` type.
 //! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
 //!   type; temp files that commit atomically.
+//! - [`storage`]: the `Storage` trait, one home's files as an object store could keep them
+//!   too (paged listing, uploads committed after their digest is checked, batched durability,
+//!   whole small files in one call); `storage::local` implements it on [`jail`]. Handlers
+//!   still call `jail` directly until the core moves onto the trait.
 //! - [`transfer`]: streaming with SHA-256, shared by both ends.
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
@@ -32,6 +36,7 @@ pub mod mapping;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;
+pub mod storage;
 pub mod tls;
 pub mod transfer;
 pub mod users;

@@ -22,3 +22,7 @@ pub const MAX_NAME_LEN: usize = 255;
 pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)
 }
+
+/// A boxed future that can cross threads: what the async traits (storage, accounts) return,
+/// so they stay dyn-compatible without a macro crate.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
