@@ -30,7 +30,7 @@
 //! rename (copy + delete on an object store) and no-replace under a race (a name reservation
 //! in shared state provides that above the store).
 
-
+pub mod local;
 
 use std::any::Any;
 use std::fmt;
@@ -306,9 +306,13 @@ pub enum ReadEvent {
     Data(Bytes),
     /// Still working without data to show: bytes of the prefix hashed so far.
     Progress(u64),
-    PrefixMismatch { actual: Sha256Digest },
+    PrefixMismatch {
+        actual: Sha256Digest,
+    },
     /// All requested bytes were yielded; their digest (from offset 0) if hashing was asked.
-    End { sha256: Option<Sha256Digest> },
+    End {
+        sha256: Option<Sha256Digest>,
+    },
 }
 
 /// A read of one object's range. An object that shrinks under it ends in an error of kind
