@@ -22,5 +22,6 @@ mod resume;
 mod security;
 mod shell;
 mod shutdown;
+mod storage;
 mod transfers;
 mod trust;
