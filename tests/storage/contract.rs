@@ -62,6 +62,7 @@ macro_rules! storage_contract {
             copy_and_its_refusals,
             upload_appears_only_at_commit,
             upload_of_nothing,
+            size_hint_is_only_a_hint,
             upload_commit_with_another_digest_leaves_nothing,
             upload_abort_leaves_nothing,
             dropped_upload_leaves_nothing,
@@ -190,7 +191,12 @@ async fn names(s: &dyn Storage, path: &str) -> Vec<String> {
             .unwrap();
         all.extend(page.entries.into_iter().map(|e| e.name));
         match page.next {
-            Some(t) => token = Some(t),
+            Some(t) => {
+                // A listing that does not advance must fail here, not run forever.
+                assert!(token.as_ref() != Some(&t), "the token did not advance");
+                assert!(all.len() < 100_000, "listing runs away");
+                token = Some(t);
+            }
             None => return all,
         }
     }
@@ -597,6 +603,32 @@ pub async fn upload_of_nothing(h: Home) {
     let digest = up.finish().await.unwrap();
     up.commit(Commit::new(digest, true)).await.unwrap();
     assert_eq!(names(s, "/").await, ["empty", "empty2"]);
+}
+
+pub async fn size_hint_is_only_a_hint(h: Home) {
+    let s = &*h.store;
+    for (i, (hint, size)) in [
+        (10u64, 700_000usize),
+        (5_000_000, 3),
+        (0, 300_000),
+        (300_000, 299_999),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("f{i}");
+        let bytes = data(size, 20 + i as u64);
+        let options = UploadOptions {
+            size_hint: Some(hint),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p(&path), options).await.unwrap();
+        write_all(up.as_mut(), &bytes, 100_000).await;
+        let digest = up.finish().await.unwrap();
+        assert_eq!(digest, sha(&bytes), "{path}");
+        up.commit(Commit::new(digest, true)).await.unwrap();
+        assert_eq!(read(s, &path).await, bytes, "{path}");
+    }
 }
 
 pub async fn upload_commit_with_another_digest_leaves_nothing(h: Home) {
@@ -1024,6 +1056,7 @@ pub async fn listing_pages_give_every_name_once_in_order(h: Home) {
         let page = s.list(&p("big"), token.as_ref(), 1000).await.unwrap();
         sizes.push(page.entries.len());
         got.extend(page.entries.into_iter().map(|e| e.name));
+        assert!(sizes.len() <= 3, "more pages than names: {sizes:?}");
         match page.next {
             Some(t) => token = Some(t),
             None => break,
