@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use super::{
     Admit, BoxFuture, Commit, Committed, Copied, CopyOptions, Download, Durability, Fetched,
     LIST_PAGE_MAX, Landed, ListPage, ListToken, PartialKey, ReadEvent, ReadOptions, Resume,
-    SMALL_MAX, Sha256Digest, SmallPut, Staged, Stat, Storage, Upload, UploadOptions,
+    SMALL_MAX, Sha256Digest, SmallPut, Space, Staged, Stat, Storage, Upload, UploadOptions,
 };
-use crate::jail::{Footprint, Jail, RemotePath, StorageError, TempFile, UnsyncedDir};
+use crate::jail::{Footprint, Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::protocol::{DATA_CHUNK_LEN, Entry, EntryKind};
 use crate::transfer::{CHANNEL_DEPTH, PROGRESS_INTERVAL, Receiving, hash_prefix};
 
@@ -501,6 +501,31 @@ impl Storage for LocalStorage {
         })
     }
 
+    fn sweep_partials(
+        &self,
+        max_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Footprint, StorageError>> {
+        self.run(move |jail| jail.sweep_partials(max_age))
+    }
+
+    fn usage(&self, limit: std::time::Duration) -> BoxFuture<'_, Result<Footprint, StorageError>> {
+        let stop = Stop::after(limit);
+        // Dropping the future stops the walk.
+        let raise = RaiseOnDrop(stop.clone());
+        let walk = self.run(move |jail| jail.usage_walk(&stop));
+        Box::pin(async move {
+            let _raise = raise;
+            walk.await
+        })
+    }
+
+    fn space(&self) -> BoxFuture<'_, Result<Option<Space>, StorageError>> {
+        self.run(|jail| {
+            let (free, total) = jail.disk_space()?;
+            Ok(Some(Space { free, total }))
+        })
+    }
+
     fn flush_durability(
         &self,
         staged: Vec<Staged>,
@@ -525,6 +550,15 @@ struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Stops a walk when dropped.
+struct RaiseOnDrop(Stop);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.raise();
     }
 }
 

@@ -21,6 +21,8 @@
 //! | [`Upload::keep_partial`]  | move the temp under a key              | record the upload's id   |
 //! | [`Storage::put_small`]    | one blocking call: temp, write, commit | `PutObject`              |
 //! | [`Storage::flush_durability`] | one `syncfs` for many staged files | nothing left to do       |
+//! | [`Storage::usage`]        | a bounded walk of the home             | list + sum, or counters  |
+//! | [`Storage::sweep_partials`] | unlink old partials                  | abort old multiparts     |
 //!
 //! What the contract (tests/storage/contract.rs) promises and every backend keeps: nothing is
 //! visible under a final name before its commit returns (or, for a staged commit, before the
@@ -361,6 +363,13 @@ pub struct SmallPut {
     pub replaces: Footprint,
 }
 
+/// Room where a home lives, as its user may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub total: u64,
+}
+
 /// A server-side copy.
 pub struct CopyOptions {
     pub no_replace: bool,
@@ -496,6 +505,21 @@ pub trait Storage: Send + Sync + fmt::Debug {
         supersede: Option<PartialKey>,
         commit: Commit,
     ) -> BoxFuture<'a, Result<SmallPut, StorageError>>;
+
+    /// Removes kept partials not written to for `max_age`; returns what they took.
+    fn sweep_partials(
+        &self,
+        max_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Footprint, StorageError>>;
+
+    /// What the home holds, for the quota: the bytes of every file and one file per file and
+    /// per directory (the home itself not counted), kept partials and uploads in progress
+    /// included. Gives up with an error after `limit` (or when the future is dropped), never
+    /// with an undercount.
+    fn usage(&self, limit: std::time::Duration) -> BoxFuture<'_, Result<Footprint, StorageError>>;
+
+    /// Free and total bytes where the home lives, if the store can tell.
+    fn space(&self) -> BoxFuture<'_, Result<Option<Space>, StorageError>>;
 
     /// Makes staged commits durable and visible, as few flushes as the store can, and
     /// returns one result per commit in order. A staged commit of another store is

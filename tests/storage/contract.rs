@@ -82,6 +82,9 @@ macro_rules! storage_contract {
             batched_commits_then_one_flush,
             flush_refuses_a_foreign_staged_commit,
             recorded_digest_matches_when_present,
+            usage_counts_files_directories_and_partials,
+            sweep_removes_only_old_partials,
+            space_is_sane_when_known,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {
@@ -1417,5 +1420,63 @@ pub async fn recorded_digest_matches_when_present(h: Home) {
     .unwrap();
     if let Some(d) = s.stat(&p("h")).await.unwrap().sha256 {
         assert_eq!(d, sha(b"two"));
+    }
+}
+
+pub async fn usage_counts_files_directories_and_partials(h: Home) {
+    let s = &*h.store;
+    let limit = std::time::Duration::from_secs(60);
+    assert_eq!(s.usage(limit).await.unwrap(), Footprint::NONE);
+    s.mkdir(&p("d")).await.unwrap();
+    s.mkdir(&p("d/e")).await.unwrap();
+    put(s, "a", &data(1000, 30)).await;
+    put(s, "d/e/b", &data(234, 31)).await;
+    upload(s, "d/c", &data(700_000, 32), 100_000).await;
+    let want = Footprint {
+        bytes: 1000 + 234 + 700_000,
+        files: 2 + 3,
+    };
+    assert_eq!(s.usage(limit).await.unwrap(), want);
+    // A kept partial takes room until it is used or removed.
+    let mut up = s
+        .begin_upload(&p("p"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from(data(4321, 33))).await.unwrap();
+    up.keep_partial(key("usage")).await.unwrap();
+    let with_partial = want.plus(Footprint {
+        bytes: 4321,
+        files: 1,
+    });
+    assert_eq!(s.usage(limit).await.unwrap(), with_partial);
+    s.remove_partial(&key("usage")).await.unwrap();
+    s.remove_file(&p("a")).await.unwrap();
+    let less = Footprint {
+        bytes: 234 + 700_000,
+        files: 4,
+    };
+    assert_eq!(s.usage(limit).await.unwrap(), less);
+}
+
+pub async fn sweep_removes_only_old_partials(h: Home) {
+    let s = &*h.store;
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from_static(b"12345")).await.unwrap();
+    up.keep_partial(key("sweep")).await.unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(s.sweep_partials(hour).await.unwrap(), Footprint::NONE);
+    assert_eq!(s.partial_len(&key("sweep")).await.unwrap(), Some(5));
+    let swept = s.sweep_partials(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(swept, Footprint { bytes: 5, files: 1 });
+    assert_eq!(s.partial_len(&key("sweep")).await.unwrap(), None);
+}
+
+pub async fn space_is_sane_when_known(h: Home) {
+    if let Some(space) = h.store.space().await.unwrap() {
+        assert!(space.free <= space.total, "{space:?}");
+        assert!(space.total > 0);
     }
 }
