@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use super::{
     Admit, BoxFuture, Commit, Committed, Copied, CopyOptions, Download, Durability, Fetched,
     LIST_PAGE_MAX, Landed, ListPage, ListToken, PartialKey, ReadEvent, ReadOptions, Resume,
-    SMALL_MAX, Sha256Digest, SmallPut, Space, Staged, Stat, Storage, Upload, UploadOptions,
+    SMALL_MAX, Sha256Digest, SmallOptions, SmallPut, Space, Staged, Stat, Storage, Upload,
+    UploadOptions,
 };
 use crate::jail::{Footprint, Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::protocol::{DATA_CHUNK_LEN, Entry, EntryKind};
@@ -468,7 +469,7 @@ impl Storage for LocalStorage {
         &'a self,
         path: &'a RemotePath,
         data: Bytes,
-        supersede: Option<PartialKey>,
+        options: SmallOptions,
         commit: Commit,
     ) -> BoxFuture<'a, Result<SmallPut, StorageError>> {
         if data.len() as u64 > SMALL_MAX {
@@ -478,10 +479,13 @@ impl Storage for LocalStorage {
         let jail = Arc::clone(&self.jail);
         self.run(move |_| {
             let replaces = check_target(&jail, &path, commit.no_replace)?;
-            let superseded = match &supersede {
+            let superseded = match &options.supersede {
                 Some(key) => jail.remove_partial(key.as_str())?,
                 None => None,
             };
+            if let Some(reserve) = options.reserve {
+                reserve(replaces, superseded)?;
+            }
             let actual: Sha256Digest = Sha256::digest(&data).into();
             if actual != commit.sha256 {
                 return Ok(SmallPut {

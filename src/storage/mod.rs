@@ -353,6 +353,29 @@ impl fmt::Debug for Fetched {
     }
 }
 
+/// Called by [`Storage::put_small`] once it has checked the target and removed a superseded
+/// partial, before it writes anything, with what the target takes now and the length of the
+/// partial it removed. An error ends the put with nothing written. The quota reserves room
+/// here, so that a small put stays one call.
+pub type Reserve = Box<dyn FnOnce(Footprint, Option<u64>) -> Result<(), StorageError> + Send>;
+
+/// What goes with a [`Storage::put_small`] besides its commit.
+#[derive(Default)]
+pub struct SmallOptions {
+    /// A kept partial the put supersedes: removed first.
+    pub supersede: Option<PartialKey>,
+    pub reserve: Option<Reserve>,
+}
+
+impl fmt::Debug for SmallOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmallOptions")
+            .field("supersede", &self.supersede)
+            .field("reserve", &self.reserve.is_some())
+            .finish()
+    }
+}
+
 /// What [`Storage::put_small`] did.
 #[derive(Debug)]
 pub struct SmallPut {
@@ -496,13 +519,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
 
     /// Writes a whole small file (≤ [`SMALL_MAX`] bytes) in one call: checks the target as
-    /// [`Storage::begin_upload`] does, hashes `data`, and commits it only if the digest is
-    /// `commit.sha256` (else [`Landed::Mismatch`] and nothing is left).
+    /// [`Storage::begin_upload`] does, removes a superseded partial, asks `options.reserve`,
+    /// hashes `data`, and commits it only if the digest is `commit.sha256` (else
+    /// [`Landed::Mismatch`] and nothing is left).
     fn put_small<'a>(
         &'a self,
         path: &'a RemotePath,
         data: Bytes,
-        supersede: Option<PartialKey>,
+        options: SmallOptions,
         commit: Commit,
     ) -> BoxFuture<'a, Result<SmallPut, StorageError>>;
 

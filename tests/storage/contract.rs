@@ -20,8 +20,8 @@ use ferry::jail::PathError;
 use ferry::protocol::EntryKind;
 use ferry::storage::{
     Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, ListToken, PartialKey,
-    ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, Staged, Storage,
-    StorageError, Upload, UploadOptions,
+    ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, SmallOptions, Staged,
+    Storage, StorageError, Upload, UploadOptions,
 };
 use sha2::Digest;
 
@@ -69,6 +69,7 @@ macro_rules! storage_contract {
             upload_no_replace_at_begin_and_at_commit,
             upload_refusals_at_begin,
             admit_sees_the_target_and_can_refuse,
+            small_put_reserve_sees_the_target_and_can_refuse,
             keep_partial_then_resume_continues,
             resume_at_an_earlier_offset_cuts_the_rest,
             resume_refusals_keep_the_partial,
@@ -131,7 +132,7 @@ async fn put(s: &dyn Storage, path: &str, bytes: &[u8]) {
         .put_small(
             &p(path),
             Bytes::copy_from_slice(bytes),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(bytes), true),
         )
         .await
@@ -293,7 +294,7 @@ pub async fn small_put_refuses_over_the_limit(h: Home) {
         .put_small(
             &p("big"),
             Bytes::from(bytes.clone()),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(&bytes), true),
         )
         .await;
@@ -311,7 +312,7 @@ pub async fn small_put_mismatch_leaves_nothing(h: Home) {
         .put_small(
             &p("m"),
             Bytes::from_static(b"hello"),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(b"other"), true),
         )
         .await
@@ -331,7 +332,7 @@ pub async fn small_put_no_replace_and_replace(h: Home) {
         .put_small(
             &p("f"),
             Bytes::from_static(b"second"),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(b"second"), true),
         )
         .await;
@@ -341,7 +342,7 @@ pub async fn small_put_no_replace_and_replace(h: Home) {
         .put_small(
             &p("f"),
             Bytes::from_static(b"second!"),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(b"second!"), false),
         )
         .await
@@ -364,7 +365,7 @@ pub async fn small_put_into_a_directory_or_nowhere(h: Home) {
             .put_small(
                 &p(path),
                 Bytes::from_static(b"x"),
-                None,
+                SmallOptions::default(),
                 Commit::new(sha(b"x"), false),
             )
             .await;
@@ -811,7 +812,12 @@ pub async fn admit_sees_the_target_and_can_refuse(h: Home) {
         Ok(())
     }));
     let put = s
-        .put_small(&p("n"), Bytes::from_static(b"n"), None, commit)
+        .put_small(
+            &p("n"),
+            Bytes::from_static(b"n"),
+            SmallOptions::default(),
+            commit,
+        )
         .await
         .unwrap();
     assert!(matches!(put.landed, Landed::Committed(_)));
@@ -1007,7 +1013,10 @@ pub async fn fresh_upload_supersedes_a_partial(h: Home) {
         .put_small(
             &p("g"),
             Bytes::from_static(b"g"),
-            Some(key("g")),
+            SmallOptions {
+                supersede: Some(key("g")),
+                reserve: None,
+            },
             Commit::new(sha(b"g"), true),
         )
         .await
@@ -1034,7 +1043,7 @@ pub async fn listing_pages_give_every_name_once_in_order(h: Home) {
                 .put_small(
                     &path,
                     Bytes::copy_from_slice(body),
-                    None,
+                    SmallOptions::default(),
                     Commit::new(sha(body), true).batched(),
                 )
                 .await
@@ -1320,7 +1329,7 @@ pub async fn batched_commits_then_one_flush(h: Home) {
             .put_small(
                 &p(&path),
                 Bytes::from(body.clone()),
-                None,
+                SmallOptions::default(),
                 Commit::new(sha(&body), true).batched(),
             )
             .await
@@ -1379,7 +1388,7 @@ pub async fn flush_refuses_a_foreign_staged_commit(h: Home) {
         .put_small(
             &p("f"),
             Bytes::from_static(body),
-            None,
+            SmallOptions::default(),
             Commit::new(sha(body), true).batched(),
         )
         .await
@@ -1413,7 +1422,7 @@ pub async fn recorded_digest_matches_when_present(h: Home) {
     s.put_small(
         &p("h"),
         Bytes::from_static(b"two"),
-        None,
+        SmallOptions::default(),
         Commit::new(sha(b"two"), false),
     )
     .await
@@ -1479,4 +1488,58 @@ pub async fn space_is_sane_when_known(h: Home) {
         assert!(space.free <= space.total, "{space:?}");
         assert!(space.total > 0);
     }
+}
+
+pub async fn small_put_reserve_sees_the_target_and_can_refuse(h: Home) {
+    let s = &*h.store;
+    put(s, "f", b"12345").await;
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from_static(b"abc")).await.unwrap();
+    up.keep_partial(key("res")).await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = Arc::clone(&seen);
+    let options = SmallOptions {
+        supersede: Some(key("res")),
+        reserve: Some(Box::new(move |replaced, superseded| {
+            *seen2.lock().unwrap() = Some((replaced, superseded));
+            Err(StorageError::QuotaExceeded)
+        })),
+    };
+    let r = s
+        .put_small(
+            &p("f"),
+            Bytes::from_static(b"new"),
+            options,
+            Commit::new(sha(b"new"), false),
+        )
+        .await;
+    is(
+        r,
+        |e| matches!(e, StorageError::QuotaExceeded),
+        "refused by reserve",
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((Footprint { bytes: 5, files: 1 }, Some(3)))
+    );
+    assert_eq!(read(s, "f").await, b"12345");
+    assert_eq!(s.partial_len(&key("res")).await.unwrap(), None);
+    // Admitted, it lands.
+    let options = SmallOptions {
+        supersede: None,
+        reserve: Some(Box::new(|_, _| Ok(()))),
+    };
+    s.put_small(
+        &p("f"),
+        Bytes::from_static(b"new"),
+        options,
+        Commit::new(sha(b"new"), false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(s, "f").await, b"new");
+    assert_eq!(names(s, "/").await, ["f"]);
 }

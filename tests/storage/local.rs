@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry::storage::local::LocalStorage;
 use ferry::storage::{
-    Commit, CopyOptions, ReadOptions, RemotePath, Storage, StorageError, UploadOptions,
+    Commit, CopyOptions, ReadOptions, RemotePath, SmallOptions, Storage, StorageError,
+    UploadOptions,
 };
 use sha2::Digest;
 
@@ -76,7 +77,7 @@ async fn planted_symlinks_out_of_the_home_are_never_followed() {
         .put_small(
             &p("out/new"),
             Bytes::from_static(b"x"),
-            None,
+            SmallOptions::default(),
             Commit::new(sha2::Sha256::digest(b"x").into(), true),
         )
         .await;
@@ -88,7 +89,7 @@ async fn planted_symlinks_out_of_the_home_are_never_followed() {
     s.put_small(
         &p("mine"),
         Bytes::from_static(b"mine"),
-        None,
+        SmallOptions::default(),
         Commit::new(sha2::Sha256::digest(b"mine").into(), true),
     )
     .await
