@@ -29,12 +29,17 @@ use super::{
     UploadOptions,
 };
 use crate::jail::{Footprint, Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
-use crate::protocol::{DATA_CHUNK_LEN, Entry, EntryKind};
+// Entry moves to `domain` with the rest of the shared types; until then it is the wire's.
+use crate::protocol::{Entry, EntryKind};
 use crate::transfer::{CHANNEL_DEPTH, PROGRESS_INTERVAL, Receiving, hash_prefix};
 
 /// Uploads up to this size skip their own fsync when their commit is batched: the flush's
 /// `syncfs` covers them. A larger one is fsynced by its writer as it ends.
 pub const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+
+/// Bytes per read of a download or copy: the size of a ferry/1 data frame, so a chunk goes
+/// out whole, and large enough that a read costs little per byte.
+const READ_CHUNK_LEN: usize = 256 * 1024;
 
 /// Chunks between the caller and an upload's writer thread.
 const WRITER_DEPTH: usize = 4;
@@ -580,7 +585,7 @@ fn copy_file(
     let mut temp = jail.create_temp(to)?;
     let size = entry.size;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; DATA_CHUNK_LEN];
+    let mut buf = vec![0u8; READ_CHUNK_LEN];
     let mut done = 0u64;
     let mut last = std::time::Instant::now();
     while done < size {
@@ -1000,7 +1005,7 @@ fn read_range(
 ) -> Result<ReadEvent, StorageError> {
     let mut remaining = len;
     while remaining > 0 {
-        let want = remaining.min(DATA_CHUNK_LEN as u64);
+        let want = remaining.min(READ_CHUNK_LEN as u64);
         // read_to_end fills the spare capacity without zeroing it first.
         let mut buf = Vec::with_capacity(want as usize);
         let n = (&mut file).take(want).read_to_end(&mut buf)?;
