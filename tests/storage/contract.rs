@@ -60,6 +60,8 @@ macro_rules! storage_contract {
             rename_file_and_directory,
             rename_no_replace_and_replace,
             copy_and_its_refusals,
+            dropped_copy_leaves_nothing_or_the_whole,
+            concurrent_work_on_distinct_names,
             upload_appears_only_at_commit,
             upload_of_nothing,
             size_hint_is_only_a_hint,
@@ -1542,4 +1544,68 @@ pub async fn small_put_reserve_sees_the_target_and_can_refuse(h: Home) {
     .unwrap();
     assert_eq!(read(s, "f").await, b"new");
     assert_eq!(names(s, "/").await, ["f"]);
+}
+
+pub async fn dropped_copy_leaves_nothing_or_the_whole(h: Home) {
+    let s = &*h.store;
+    let bytes = data(8_000_000, 40);
+    upload(s, "src", &bytes, 256 * 1024).await;
+    for (i, wait_ms) in [0u64, 1, 5, 20].into_iter().enumerate() {
+        let to = format!("dst{i}");
+        let options = CopyOptions {
+            no_replace: true,
+            admit: None,
+            progress: None,
+        };
+        let (from, target) = (p("src"), p(&to));
+        let copy = s.copy(&from, &target, options);
+        let done = tokio::time::timeout(std::time::Duration::from_millis(wait_ms), copy).await;
+        // Whether or not it finished in time, the target is never a part of the source.
+        match done {
+            Ok(r) => {
+                r.unwrap();
+                assert_eq!(read(s, &to).await, bytes);
+            }
+            Err(_) => match s.stat(&p(&to)).await {
+                Err(StorageError::NotFound) => {}
+                Ok(_) => assert_eq!(read(s, &to).await, bytes, "{to}"),
+                Err(e) => panic!("{to}: {e:?}"),
+            },
+        }
+    }
+    let listed = names(s, "/").await;
+    for name in &listed {
+        assert_eq!(read(s, name).await, bytes, "{name}");
+    }
+}
+
+pub async fn concurrent_work_on_distinct_names(h: Home) {
+    let s = &h.store;
+    let tasks: Vec<_> = (0..16u64)
+        .map(|i| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move {
+                let s = &*s;
+                let dir = format!("d{i}");
+                s.mkdir(&p(&dir)).await.unwrap();
+                let small = data(1000 + i as usize, 50 + i);
+                put(s, &format!("{dir}/small"), &small).await;
+                let big = data(600_000 + i as usize, 70 + i);
+                upload(s, &format!("{dir}/big"), &big, 64 * 1024).await;
+                s.rename(
+                    &p(&format!("{dir}/small")),
+                    &p(&format!("{dir}/moved")),
+                    true,
+                )
+                .await
+                .unwrap();
+                assert_eq!(read(s, &format!("{dir}/moved")).await, small);
+                assert_eq!(read(s, &format!("{dir}/big")).await, big);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(names(s.as_ref(), "/").await.len(), 16);
 }

@@ -150,3 +150,34 @@ async fn partials_live_hidden_in_the_home() {
     let page = s.list(&RemotePath::root(), None, 10).await.unwrap();
     assert!(page.entries.is_empty(), "{:?}", page.entries);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_shrinks_under_a_download_is_an_error_not_a_short_end() {
+    use ferry::storage::ReadEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    std::fs::write(home.join("f"), vec![5u8; 16 << 20]).unwrap();
+    let mut d = s.open_read(&p("f"), ReadOptions::default()).await.unwrap();
+    assert!(matches!(d.next().await.unwrap(), ReadEvent::Data(_)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.join("f"))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let mut got = 0usize;
+    let end = loop {
+        match d.next().await {
+            Ok(ReadEvent::Data(b)) => got += b.len(),
+            Ok(other) => break Ok(other),
+            Err(e) => break Err(e),
+        }
+    };
+    match end {
+        Err(StorageError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}")
+        }
+        other => panic!("after {got} more bytes: {other:?}"),
+    }
+}
