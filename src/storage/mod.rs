@@ -233,7 +233,9 @@ pub enum Resume {
     Ready(Box<dyn Upload>),
     /// No partial under the key.
     NoPartial,
-    /// The partial holds fewer bytes than the resume point; it is kept as it was.
+    /// The store cannot resume at that offset: the partial holds fewer bytes, or the store
+    /// can cut it only at `kept` (an object store at a part boundary). The partial is kept as
+    /// it was; a resume at `kept` can work.
     Short { kept: u64 },
     /// The partial's prefix has another digest; it is kept as it was.
     Mismatch { actual: Sha256Digest },
@@ -277,7 +279,9 @@ pub trait Upload: Send {
     fn commit(self: Box<Self>, commit: Commit) -> BoxFuture<'static, Result<Landed, StorageError>>;
 
     /// Keeps what was written, durably, as the partial `key` (replacing an older one), for
-    /// [`Storage::resume_upload`]. Returns what the older partial took.
+    /// [`Storage::resume_upload`]. A store may keep only the longest prefix it can resume
+    /// from (an object store: whole parts); [`Storage::partial_len`] says how much. Returns
+    /// what the older partial took.
     fn keep_partial(
         self: Box<Self>,
         key: PartialKey,
@@ -496,7 +500,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Takes the partial `key` up again as an upload to `path` that continues at `offset`:
     /// it must hold at least `offset` bytes whose SHA-256 is `prefix`; bytes past `offset`
-    /// are cut off. `size_hint` is the whole file's expected size.
+    /// are cut off (or, where the store cannot cut there, [`Resume::Short`]). A resume at
+    /// [`Storage::partial_len`] always can. `size_hint` is the whole file's expected size.
     fn resume_upload<'a>(
         &'a self,
         key: &'a PartialKey,

@@ -181,3 +181,23 @@ async fn a_file_that_shrinks_under_a_download_is_an_error_not_a_short_end() {
         other => panic!("after {got} more bytes: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_partial_holds_every_byte_written() {
+    // The contract lets a store keep only a resumable prefix; the local one keeps it all.
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStorage::open(&dir.path().join("home"), true).unwrap();
+    for (i, len) in [1usize, 6, 300_000, 6_000_001].into_iter().enumerate() {
+        let key = ferry::storage::PartialKey::new(format!("k{i}")).unwrap();
+        let options = UploadOptions {
+            size_hint: Some(len as u64 * 2),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p("f"), options).await.unwrap();
+        for chunk in vec![9u8; len].chunks(256 * 1024) {
+            up.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        up.keep_partial(key.clone()).await.unwrap();
+        assert_eq!(s.partial_len(&key).await.unwrap(), Some(len as u64));
+    }
+}
