@@ -201,3 +201,40 @@ async fn a_kept_partial_holds_every_byte_written() {
         assert_eq!(s.partial_len(&key).await.unwrap(), Some(len as u64));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_no_replace_commits_have_exactly_one_winner() {
+    // Not in the contract (an object store needs a name reservation above it for this), but
+    // the local store gets it from the kernel: RENAME_NOREPLACE.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+    let mut finished = Vec::new();
+    for i in 0..8u8 {
+        let options = UploadOptions {
+            no_replace: true,
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p("same"), options).await.unwrap();
+        up.write(Bytes::from(vec![i; 1000])).await.unwrap();
+        let digest = up.finish().await.unwrap();
+        finished.push((i, up, digest));
+    }
+    let commits: Vec<_> = finished
+        .into_iter()
+        .map(|(i, up, digest)| {
+            tokio::spawn(async move { (i, up.commit(Commit::new(digest, true)).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for c in commits {
+        match c.await.unwrap() {
+            (i, Ok(ferry::storage::Landed::Committed(_))) => winners.push(i),
+            (_, Err(StorageError::AlreadyExists)) => {}
+            (i, other) => panic!("{i}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let content = std::fs::read(dir.path().join("home/same")).unwrap();
+    assert_eq!(content, vec![winners[0]; 1000]);
+    assert_eq!(on_disk(&dir.path().join("home")), ["same"]);
+}
