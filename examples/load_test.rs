@@ -372,7 +372,7 @@ fn drive(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let tls = ferry::tls::client_config(Some(ca))?;
+    let tls = ferry::tls::client_config(Some(ca), ferry::protocol::ALPN)?;
 
     // Baseline: the server after one session (login, list, logout).
     rt.block_on(async {

@@ -139,7 +139,7 @@ async fn serve_one(
     let (tcp, _) = listener.accept().await?;
     tcp.set_nodelay(true)?;
     let mut tls = acceptor.accept(tcp).await?;
-    if !ferry::tls::alpn_ok(tls.get_ref().1) {
+    if !ferry::tls::alpn_is(tls.get_ref().1, ferry::protocol::ALPN) {
         bail!("server: ALPN ferry/1 not agreed");
     }
     let (tx, rx) = mpsc::channel::<Bytes>(DEPTH);
@@ -197,7 +197,7 @@ async fn one_run(
     tcp.set_nodelay(true)?;
     let name = ferry::tls::server_name("127.0.0.1")?;
     let mut tls = TlsConnector::from(client_cfg).connect(name, tcp).await?;
-    if !ferry::tls::alpn_ok(tls.get_ref().1) {
+    if !ferry::tls::alpn_is(tls.get_ref().1, ferry::protocol::ALPN) {
         bail!("client: ALPN ferry/1 not agreed");
     }
     let data = payload();
@@ -258,8 +258,12 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     ferry::certs::generate(dir.path(), &[], false)?;
     let paths = ferry::certs::CertPaths::in_dir(dir.path());
-    let server_cfg = ferry::tls::server_config(&paths.server_cert, &paths.server_key)?;
-    let client_cfg = ferry::tls::client_config(Some(&paths.ca_cert))?;
+    let server_cfg = ferry::tls::server_config(
+        &paths.server_cert,
+        &paths.server_key,
+        ferry::server::ALPN_OFFERED,
+    )?;
+    let client_cfg = ferry::tls::client_config(Some(&paths.ca_cert), ferry::protocol::ALPN)?;
     // Like `ferry serve` and `ferry connect`: tokio's multi-threaded runtime, one worker per core.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

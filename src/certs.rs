@@ -768,7 +768,12 @@ mod tests {
             pem_certs(&first.paths.ca_cert)[0]
         );
         // And the server loads it.
-        tls::server_config(&second.paths.server_cert, &second.paths.server_key).unwrap();
+        tls::server_config(
+            &second.paths.server_cert,
+            &second.paths.server_key,
+            crate::server::ALPN_OFFERED,
+        )
+        .unwrap();
     }
 
     /// The dev CA may vouch only for the names it was made for: a leaf for another name,

@@ -11,10 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::accounts::toml::TomlAccounts;
+use crate::accounts::{AccountStore, User};
 use crate::client::config::ClientConfig;
 use crate::client::ops::{OpError, Output, Session, TransferOpts};
 use crate::client::{self, ClientError, open, shell::Shell};
-use crate::users::{self, UserDb};
+use crate::users;
 
 /// The exit statuses of the client commands, for their --help.
 macro_rules! exit_status_help {
@@ -639,6 +641,12 @@ fn certs(a: CertsArgs) -> Result<ExitCode> {
 }
 
 fn user(cmd: UserCommand) -> Result<ExitCode> {
+    // The account store is async (a database store answers over the network); a small
+    // runtime on this thread serves the one command.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     match cmd {
         UserCommand::Add {
             name,
@@ -649,20 +657,23 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             password,
         } => {
             users::validate_name(&name)?;
-            if let Ok(db) = UserDb::load(&file.users)
-                && db.get(&name).is_some()
+            if let Ok(store) = TomlAccounts::load(&file.users)
+                && matches!(rt.block_on(store.get(&name)), Ok(Some(_)))
             {
                 bail!("user {name} already exists in {}", file.users.display());
             }
-            let mut settings = users::UserChange {
-                home: home.map(Some),
-                read_only: Some(read_only),
-                ..users::UserChange::default()
+            let limit = |l: Option<Limit>| l.and_then(Limit::into_change);
+            let mut user = User {
+                home,
+                read_only,
+                quota_bytes: limit(limits.quota_bytes),
+                quota_files: limit(limits.quota_files),
+                max_file_size: limit(limits.max_file_size),
+                ..User::new(name.clone(), String::new())
             };
-            limits.apply(&mut settings);
             let password = password.read()?;
-            let hash = users::hash_password(&password)?;
-            users::add_user_with(&file.users, &name, &hash, &settings)?;
+            user.password_hash = users::hash_password(&password)?;
+            rt.block_on(TomlAccounts::new(file.users.clone()).add(&user))?;
             eprintln!(
                 "added user {name} to {} (a running server sees it at the next login)",
                 file.users.display()
@@ -673,13 +684,13 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             file,
             password,
         } => {
-            let db = UserDb::load(&file.users)?;
-            if db.get(&name).is_none() {
+            let store = TomlAccounts::load(&file.users)?;
+            if rt.block_on(store.get(&name))?.is_none() {
                 bail!("no user {name} in {}", file.users.display());
             }
             let password = password.read()?;
             let hash = users::hash_password(&password)?;
-            users::set_password(&file.users, &name, &hash)?;
+            rt.block_on(store.passwd(&name, &hash))?;
             eprintln!(
                 "changed the password of {name} (in force from the next login; sessions \
                  already open go on)"
@@ -704,17 +715,18 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
                 change.read_only = Some(read_only);
             }
             limits.apply(&mut change);
-            users::update_user(&file.users, &name, &change)?;
+            rt.block_on(TomlAccounts::new(file.users).set(&name, &change))?;
             eprintln!("changed user {name} (in force from their next login)");
         }
         UserCommand::Del { name, file } => {
-            users::remove_user(&file.users, &name)?;
+            rt.block_on(TomlAccounts::new(file.users).del(&name))?;
             eprintln!("deleted user {name} (their files were left in place)");
         }
         UserCommand::List { file } => {
-            let db = UserDb::load(&file.users)?;
+            let store = TomlAccounts::load(&file.users)?;
+            let users = rt.block_on(store.list())?;
             let mut out = std::io::stdout().lock();
-            for u in db.users() {
+            for u in &users {
                 let access = if u.read_only {
                     "read-only"
                 } else {
@@ -782,10 +794,10 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
     prepare_certs(&a.cert, &a.key)?;
-    let (db, users_stamp) = prepare_users(&a.users)?;
+    let accounts = prepare_users(&rt, &a.users)?;
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
-    let tls = crate::tls::server_config(&a.cert, &a.key)?;
+    let tls = crate::tls::server_config(&a.cert, &a.key, crate::server::ALPN_OFFERED)?;
     let fingerprint = crate::tls::load_certs(&a.cert)?
         .first()
         .map(crate::tls::fingerprint)
@@ -796,9 +808,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
-        let server = crate::server::Server::new(tls, db, a.root.clone(), limits_of(&a));
-        // `ferry user` edits take effect at the next login, without SIGHUP.
-        server.watch_users_file(a.users.clone(), users_stamp);
+        // The store checks the users file before each login: `ferry user` edits take effect
+        // at the next one, without SIGHUP.
+        let store: Arc<dyn AccountStore> = Arc::new(accounts.clone());
+        let server =
+            crate::server::Server::with_accounts(tls, store, a.root.clone(), limits_of(&a));
         println!("ferry listening on {addr}");
         println!("server certificate fingerprint: {fingerprint}");
         std::io::stdout().flush()?;
@@ -806,7 +820,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         let reload = tokio::spawn(reload_on_sighup(
             hup,
             Arc::clone(&server),
-            a.users.clone(),
+            accounts,
             a.cert.clone(),
             a.key.clone(),
         ));
@@ -941,9 +955,8 @@ fn prepare_certs(cert: &Path, key: &Path) -> Result<()> {
 /// [`first_password_path`]), whose path is printed; the password itself is printed only when
 /// stderr is a terminal, never into a log stream (journald, container logs) that others read.
 ///
-/// Returns the users and the file's stamp from before they were read (see
-/// [`crate::server::Server::watch_users_file`]).
-fn prepare_users(path: &Path) -> Result<(UserDb, Option<users::FileStamp>)> {
+/// Returns the users file as a store, loaded.
+fn prepare_users(rt: &tokio::runtime::Runtime, path: &Path) -> Result<TomlAccounts> {
     if !path.exists() {
         let password = users::random_password();
         let hash = users::hash_password(&password)?;
@@ -951,7 +964,8 @@ fn prepare_users(path: &Path) -> Result<(UserDb, Option<users::FileStamp>)> {
         // The file first: if it cannot be written, no account exists whose password is lost.
         users::write_secret_file(&secret_file, format!("{}\n", password.as_str()).as_bytes())
             .with_context(|| format!("cannot write {}", secret_file.display()))?;
-        if let Err(e) = users::add_user(path, "admin", &hash, None, false) {
+        let admin = User::new("admin", hash);
+        if let Err(e) = rt.block_on(TomlAccounts::new(path.to_path_buf()).add(&admin)) {
             // Best effort: the password of an account that was never made is of no use.
             let _ = std::fs::remove_file(&secret_file);
             return Err(e.into());
@@ -966,12 +980,11 @@ fn prepare_users(path: &Path) -> Result<(UserDb, Option<users::FileStamp>)> {
             eprintln!("password of 'admin': {}", password.as_str());
         }
     }
-    let stamp = users::FileStamp::of(path).ok();
-    let db = UserDb::load(path)?;
-    if db.is_empty() {
+    let store = TomlAccounts::load(path)?;
+    if rt.block_on(store.list())?.is_empty() {
         tracing::warn!(users = %path.display(), "the users file has no users; nobody can log in");
     }
-    Ok((db, stamp))
+    Ok(store)
 }
 
 /// Where the first start writes the generated admin password: beside the users file, its
@@ -1017,26 +1030,25 @@ async fn shutdown_signal() {
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     server: Arc<crate::server::Server>,
-    users: PathBuf,
+    users: TomlAccounts,
     cert: PathBuf,
     key: PathBuf,
 ) {
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            (UserDb::load(&u), crate::tls::server_config(&c, &k))
+            (
+                u.reload(),
+                crate::tls::server_config(&c, &k, crate::server::ALPN_OFFERED),
+            )
         })
         .await;
-        let Ok((db, tls)) = loaded else {
+        let Ok((reloaded, tls)) = loaded else {
             tracing::error!("reload failed");
             continue;
         };
-        match db {
-            Ok(db) => {
-                let n = db.len();
-                server.replace_users(db);
-                tracing::info!(users = n, "users file reloaded");
-            }
+        match reloaded {
+            Ok(n) => tracing::info!(users = n, "users file reloaded"),
             Err(e) => tracing::error!(
                 error = %e,
                 "users file not reloaded; the previous one stays in force"

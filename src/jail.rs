@@ -29,8 +29,8 @@ use cap_std::fs::{Dir, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::domain::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
-use crate::protocol::{Entry, EntryKind};
+pub use crate::domain::Footprint;
+use crate::domain::{Entry, EntryKind, MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 
 /// Names starting with this prefix (ASCII case-insensitively) belong to the server.
 pub const RESERVED_PREFIX: &str = ".ferry-";
@@ -658,7 +658,7 @@ impl Jail {
                 let name = item.file_name();
                 let took =
                     match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => Footprint::of(&st, name.as_bytes()),
+                        Ok(st) => footprint_of(&st, name.as_bytes()),
                         Err(_) => continue,
                     };
                 if rustix::fs::unlinkat(&dir, name.as_os_str(), AtFlags::empty()).is_ok() {
@@ -802,7 +802,7 @@ impl Jail {
         }
         let replaced = match lstat_at(&to_dir, to_name)? {
             Some(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => Footprint::NONE,
-            Some(dst) => Footprint::of(&dst, to_name.as_bytes()),
+            Some(dst) => footprint_of(&dst, to_name.as_bytes()),
             None => Footprint::NONE,
         };
         rustix::fs::renameat(&*from_dir, from_name, &*to_dir, to_name).map_err(rename_error)?;
@@ -861,36 +861,16 @@ fn rename_noreplace(
     }
 }
 
-/// Bytes and files (directories included) that something takes in a home, for the quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Footprint {
-    pub bytes: u64,
-    pub files: u64,
-}
-
-impl Footprint {
-    /// Nothing at all.
-    pub const NONE: Footprint = Footprint { bytes: 0, files: 0 };
-
-    /// Both sums, saturating.
-    pub fn plus(self, other: Footprint) -> Footprint {
-        Footprint {
-            bytes: self.bytes.saturating_add(other.bytes),
-            files: self.files.saturating_add(other.files),
-        }
-    }
-
-    /// What the entry `name` described by `st` takes: a regular file its size and one file,
-    /// a directory one file (unless it is one of the server's own), anything else nothing.
-    fn of(st: &rustix::fs::Stat, name: &[u8]) -> Footprint {
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => Footprint {
-                bytes: u64::try_from(st.st_size).unwrap_or(0),
-                files: 1,
-            },
-            FileType::Directory if !is_reserved(name) => Footprint { bytes: 0, files: 1 },
-            _ => Footprint::NONE,
-        }
+/// What the entry `name` described by `st` takes: a regular file its size and one file, a
+/// directory one file (unless it is one of the server's own), anything else nothing.
+fn footprint_of(st: &rustix::fs::Stat, name: &[u8]) -> Footprint {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Footprint {
+            bytes: u64::try_from(st.st_size).unwrap_or(0),
+            files: 1,
+        },
+        FileType::Directory if !is_reserved(name) => Footprint { bytes: 0, files: 1 },
+        _ => Footprint::NONE,
     }
 }
 
@@ -1033,7 +1013,7 @@ fn read_level(
         };
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
         visit(&Seen {
-            footprint: Footprint::of(&st, name.as_bytes()),
+            footprint: footprint_of(&st, name.as_bytes()),
             is_dir,
         })?;
         if is_dir {
@@ -1055,7 +1035,7 @@ fn lstat_at(dir: &Dir, name: &str) -> Result<Option<rustix::fs::Stat>, StorageEr
 /// What the entry `name` of `dir` takes (nothing if there is none).
 fn footprint_at(dir: &Dir, name: &str) -> Result<Footprint, StorageError> {
     Ok(lstat_at(dir, name)?
-        .map(|st| Footprint::of(&st, name.as_bytes()))
+        .map(|st| footprint_of(&st, name.as_bytes()))
         .unwrap_or(Footprint::NONE))
 }
 

@@ -1,9 +1,10 @@
 //! TLS for both ends: PEM loading, server and client configurations, fingerprints.
 //!
 //! Every configuration is TLS 1.3 only, on the ring provider given explicitly (no reliance on a
-//! process-wide default), and offers or accepts only the [`protocol::ALPN`] id. rustls lets a
-//! client that offers no ALPN at all complete the handshake, so servers must also check
-//! [`alpn_ok`] afterwards and drop such connections. There is deliberately no way to build a
+//! process-wide default), and offers or accepts only the ALPN ids its caller names (this module
+//! knows no wire: the listener passes the ids it has front-ends for, the client the one it
+//! speaks). rustls lets a client that offers no ALPN at all complete the handshake, so servers
+//! must also check [`negotiated_alpn`] afterwards and drop such connections. There is deliberately no way to build a
 //! client that skips certificate verification.
 
 use std::fs;
@@ -17,8 +18,6 @@ use rustls::{ClientConfig, CommonState, InconsistentKeys, RootCertStore, ServerC
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
-
-use crate::protocol;
 
 /// Prefix of a certificate fingerprint, as printed and as accepted back.
 pub const FINGERPRINT_PREFIX: &str = "SHA256:";
@@ -136,11 +135,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The server configuration from a PEM chain file (leaf first) and a PEM key file: TLS 1.3
-/// only, ALPN `ferry/1`, no client certificates. The key must match the leaf certificate.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// only, offering the ALPN ids `alpn` in the server's order of preference, no client
+/// certificates. The key must match the leaf certificate.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
-    server_config_from(chain, key_der).map_err(|e| match e {
+    server_config_from(chain, key_der, alpn).map_err(|e| match e {
         TlsError::Material(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             TlsError::KeyMismatch {
                 cert: cert.to_path_buf(),
@@ -160,6 +164,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 pub fn server_config_from(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -168,16 +173,17 @@ pub fn server_config_from(
         // Checks that the key matches the leaf (rustls compares the SubjectPublicKeyInfo).
         .with_single_cert(chain, key)
         .map_err(TlsError::Material)?;
-    config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|id| id.to_vec()).collect();
     // The server's order decides (AES-128-GCM first, see `provider`), as PROTOCOL.md says:
     // a client that puts ChaCha20 first still gets AES-128-GCM when it offers it.
     config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
-/// The client configuration: TLS 1.3 only, ALPN `ferry/1`, trusting the certificates of the
-/// `ca` PEM file if given, else the system's root certificates (an error if none load).
-pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+/// The client configuration: TLS 1.3 only, offering the ALPN id `alpn`, trusting the
+/// certificates of the `ca` PEM file if given, else the system's root certificates (an error
+/// if none load).
+pub fn client_config(ca: Option<&Path>, alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -202,11 +208,14 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
             }
         }
     }
-    client_config_from_roots(roots)
+    client_config_from_roots(roots, alpn)
 }
 
 /// Like [`client_config`], trusting exactly `roots` (which must not be empty).
-pub fn client_config_from_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config_from_roots(
+    roots: RootCertStore,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoRoots);
     }
@@ -215,7 +224,7 @@ pub fn client_config_from_roots(roots: RootCertStore) -> Result<Arc<ClientConfig
         .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -223,13 +232,19 @@ pub fn client_config_from_roots(roots: RootCertStore) -> Result<Arc<ClientConfig
 /// This is the form `ferry certs` and `ferry serve` print and `--accept-fingerprint` takes.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = Sha256::digest(cert.as_ref());
-    format!("{FINGERPRINT_PREFIX}{}", protocol::hex_digest(&digest))
+    format!("{FINGERPRINT_PREFIX}{}", crate::domain::hex_digest(&digest))
 }
 
-/// Whether the connection agreed on ALPN `ferry/1`. A server calls this after the handshake
-/// and drops the connection if it is false (a client that offered no ALPN gets through rustls).
-pub fn alpn_ok(conn: &CommonState) -> bool {
-    conn.alpn_protocol() == Some(protocol::ALPN)
+/// The ALPN id the connection agreed on, if any. A server dispatches on it after the
+/// handshake and drops a connection with none or one it has no front-end for (a client that
+/// offered no ALPN gets through rustls); a client checks it is the one it speaks.
+pub fn negotiated_alpn(conn: &CommonState) -> Option<&[u8]> {
+    conn.alpn_protocol()
+}
+
+/// Whether the connection agreed on exactly the ALPN id `id`.
+pub fn alpn_is(conn: &CommonState, id: &[u8]) -> bool {
+    negotiated_alpn(conn) == Some(id)
 }
 
 /// The name to verify a server's certificate against: an IP literal (IPv6 also in brackets,
@@ -293,6 +308,10 @@ mod tests {
     use super::*;
     use crate::certs::{self, Generated};
 
+    /// The id ferry/1 negotiates (the wire's `protocol::ALPN`; spelled out so this module's
+    /// tests need no wire either).
+    const FERRY: &[u8] = b"ferry/1";
+
     /// Bounds every socket operation of a test, so a bug fails instead of hanging.
     const TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -308,7 +327,7 @@ mod tests {
     impl Seen {
         fn of(conn: &CommonState) -> Seen {
             Seen {
-                alpn_ok: alpn_ok(conn),
+                alpn_ok: alpn_is(conn, FERRY),
                 alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                 version: conn.protocol_version(),
                 suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
@@ -373,14 +392,14 @@ mod tests {
     fn configs(generated: &Generated) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let paths = &generated.paths;
         (
-            server_config(&paths.server_cert, &paths.server_key).unwrap(),
-            client_config(Some(&paths.ca_cert)).unwrap(),
+            server_config(&paths.server_cert, &paths.server_key, &[FERRY]).unwrap(),
+            client_config(Some(&paths.ca_cert), FERRY).unwrap(),
         )
     }
 
     fn assert_ferry_tls13(seen: &Seen) {
         assert!(seen.alpn_ok, "{seen:?}");
-        assert_eq!(seen.alpn.as_deref(), Some(protocol::ALPN));
+        assert_eq!(seen.alpn.as_deref(), Some(FERRY));
         assert_eq!(seen.version, Some(ProtocolVersion::TLSv1_3));
     }
 
@@ -436,7 +455,7 @@ mod tests {
                 .unwrap()
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            config.alpn_protocols = vec![protocol::ALPN.to_vec()];
+            config.alpn_protocols = vec![FERRY.to_vec()];
             Arc::new(config)
         };
         for (order, want) in [
@@ -495,7 +514,7 @@ mod tests {
         let (_tmp, generated) = generated();
         let (_other_tmp, other) = self::generated();
         let (server, _) = configs(&generated);
-        let client = client_config(Some(&other.paths.ca_cert)).unwrap();
+        let client = client_config(Some(&other.paths.ca_cert), FERRY).unwrap();
 
         let (server_seen, client_seen) =
             handshake(server, client, server_name("localhost").unwrap()).await;
@@ -558,10 +577,10 @@ mod tests {
         let rcgen::CertifiedKey { cert, signing_key } =
             rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-        let server = server_config_from(vec![cert.der().clone()], key).unwrap();
+        let server = server_config_from(vec![cert.der().clone()], key, &[FERRY]).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let client = client_config_from_roots(roots).unwrap();
+        let client = client_config_from_roots(roots, FERRY).unwrap();
 
         let (server_seen, client_seen) =
             handshake(server, client, server_name("localhost").unwrap()).await;
@@ -573,8 +592,8 @@ mod tests {
     fn configs_offer_only_ferry_alpn_and_tls13_suites() {
         let (_tmp, generated) = generated();
         let (server, client) = configs(&generated);
-        assert_eq!(server.alpn_protocols, [protocol::ALPN]);
-        assert_eq!(client.alpn_protocols, [protocol::ALPN]);
+        assert_eq!(server.alpn_protocols, [FERRY]);
+        assert_eq!(client.alpn_protocols, [FERRY]);
         // The configs ask for TLS 1.3 only; on top of that, TLS 1.2 is not compiled in (no
         // `tls12` feature), so the provider has no TLS 1.2 suite to fall back on.
         for provider in [server.crypto_provider(), client.crypto_provider()] {
@@ -610,7 +629,7 @@ mod tests {
     fn mismatched_certificate_and_key_are_refused() {
         let (_tmp, a) = generated();
         let (_tmp_b, b) = generated();
-        let err = server_config(&a.paths.server_cert, &b.paths.server_key).unwrap_err();
+        let err = server_config(&a.paths.server_cert, &b.paths.server_key, &[FERRY]).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(
@@ -623,12 +642,12 @@ mod tests {
         );
 
         // The CA key does not match the leaf either.
-        let err = server_config(&a.paths.server_cert, &a.paths.ca_key).unwrap_err();
+        let err = server_config(&a.paths.server_cert, &a.paths.ca_key, &[FERRY]).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
 
         let chain = load_certs(&a.paths.server_cert).unwrap();
         let key = load_key(&b.paths.server_key).unwrap();
-        let err = server_config_from(chain, key).unwrap_err();
+        let err = server_config_from(chain, key, &[FERRY]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -640,7 +659,7 @@ mod tests {
         );
 
         let key = load_key(&a.paths.server_key).unwrap();
-        let err = server_config_from(Vec::new(), key).unwrap_err();
+        let err = server_config_from(Vec::new(), key, &[FERRY]).unwrap_err();
         assert!(matches!(err, TlsError::Material(_)), "{err:?}");
     }
 
@@ -665,9 +684,9 @@ mod tests {
             assert!(err.to_string().contains(&name), "{err}");
             let err = load_key(path).unwrap_err();
             assert!(err.to_string().contains(&name), "{err}");
-            let err = server_config(path, path).unwrap_err();
+            let err = server_config(path, path, &[FERRY]).unwrap_err();
             assert!(err.to_string().contains(&name), "{err}");
-            let err = client_config(Some(path)).unwrap_err();
+            let err = client_config(Some(path), FERRY).unwrap_err();
             assert!(err.to_string().contains(&name), "{err}");
         }
         assert!(matches!(
@@ -700,7 +719,7 @@ mod tests {
     #[test]
     fn empty_roots_are_refused() {
         assert!(matches!(
-            client_config_from_roots(RootCertStore::empty()),
+            client_config_from_roots(RootCertStore::empty(), FERRY),
             Err(TlsError::NoRoots)
         ));
     }
@@ -708,8 +727,8 @@ mod tests {
     #[test]
     fn system_roots_load_or_the_error_says_so() {
         // Whether this machine has a CA bundle is not ours to decide; either way, no panic.
-        match client_config(None) {
-            Ok(config) => assert_eq!(config.alpn_protocols, [protocol::ALPN]),
+        match client_config(None, FERRY) {
+            Ok(config) => assert_eq!(config.alpn_protocols, [FERRY]),
             Err(err) => assert!(matches!(err, TlsError::NoSystemRoots { .. }), "{err:?}"),
         }
     }

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 
 use crate::direct::DirectWriter;
 use crate::domain::hex_digest;
-use crate::protocol::DATA_CHUNK_LEN;
 
 /// Chunks in flight between the reader thread and the network: enough to keep both busy.
 pub const CHANNEL_DEPTH: usize = 4;
@@ -33,6 +32,10 @@ pub enum ReadChunk {
     Refused(String),
 }
 
+/// The read size of [`hash_prefix`]: large enough that system calls do not dominate, small
+/// enough to stay in cache while it is hashed.
+pub const HASH_READ_LEN: usize = 256 * 1024;
+
 /// How often long work without data reports `Progress`.
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -44,7 +47,7 @@ pub fn hash_prefix(
     hasher: &mut Sha256,
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; DATA_CHUNK_LEN];
+    let mut buf = vec![0u8; HASH_READ_LEN];
     let mut done = 0u64;
     let mut last = std::time::Instant::now();
     while done < len {
@@ -66,10 +69,11 @@ pub fn hash_prefix(
 }
 
 /// Reads exactly `size` bytes from `file` (a file that grew is cut at `size`; one that shrank
-/// yields `Shrunk`), hashing them, and sends them in chunks. Stops quietly if the receiver is
+/// yields `Shrunk`), hashing them, and sends them in chunks of at most `chunk` bytes (the
+/// caller's wire decides: a ferry/1 data frame's payload). Stops quietly if the receiver is
 /// gone. Blocking: run it on the blocking pool.
-pub fn read_and_hash(file: impl Read, size: u64, tx: &mpsc::Sender<ReadChunk>) {
-    read_and_hash_from(file, size, Sha256::new(), tx);
+pub fn read_and_hash(file: impl Read, size: u64, chunk: usize, tx: &mpsc::Sender<ReadChunk>) {
+    read_and_hash_from(file, size, chunk, Sha256::new(), tx);
 }
 
 /// Like [`read_and_hash`], continuing a hash that already covers earlier bytes (resume): the
@@ -77,12 +81,13 @@ pub fn read_and_hash(file: impl Read, size: u64, tx: &mpsc::Sender<ReadChunk>) {
 pub fn read_and_hash_from(
     mut file: impl Read,
     len: u64,
+    chunk: usize,
     mut hasher: Sha256,
     tx: &mpsc::Sender<ReadChunk>,
 ) {
     let mut remaining = len;
     while remaining > 0 {
-        let want = remaining.min(DATA_CHUNK_LEN as u64);
+        let want = remaining.min(chunk.max(1) as u64);
         // read_to_end fills the spare capacity without zeroing it first.
         let mut buf = Vec::with_capacity(want as usize);
         match (&mut file).take(want).read_to_end(&mut buf) {
@@ -225,9 +230,12 @@ pub fn is_hex_digest(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A chunk length that is not a divisor of the test data, so the last chunk is short.
+    const CHUNK: usize = 64 * 1024;
+
     async fn collect(data: Vec<u8>, size: u64) -> (Vec<u8>, ReadChunk) {
         let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
-        tokio::task::spawn_blocking(move || read_and_hash(&data[..], size, &tx));
+        tokio::task::spawn_blocking(move || read_and_hash(&data[..], size, CHUNK, &tx));
         let mut out = Vec::new();
         loop {
             match rx.recv().await.unwrap() {
@@ -239,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_exactly_the_bytes_sent() {
-        let data: Vec<u8> = (0..DATA_CHUNK_LEN * 2 + 3).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..CHUNK * 2 + 3).map(|i| i as u8).collect();
         let (out, end) = collect(data.clone(), data.len() as u64).await;
         assert_eq!(out, data);
         let ReadChunk::Done(d) = end else {

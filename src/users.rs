@@ -15,6 +15,10 @@
 //! comments and layout survive, and replaces the file atomically only after the new text has
 //! passed the same validation.
 //!
+//! The server and `ferry user` reach the file through [`crate::accounts::toml::TomlAccounts`],
+//! the users file as an [`AccountStore`](crate::accounts::AccountStore); the [`User`] record and
+//! [`UserChange`] live in [`crate::accounts`] and are re-exported here.
+//!
 //! Hashes are argon2id PHC strings. Each string carries its own parameters, so test fixtures can
 //! use cheap ones and still exercise the production code path.
 
@@ -33,6 +37,7 @@ use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHa
 use rand::RngExt;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
+pub use crate::accounts::{User, UserChange};
 use crate::domain::{MAX_PASSWORD_LEN, MAX_USER_LEN};
 
 /// Argon2id parameters for new hashes: (memory in KiB, iterations, parallelism).
@@ -220,60 +225,6 @@ impl fmt::Display for Password {
     }
 }
 
-/// One user of the users file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct User {
-    /// The login name; valid by [`validate_name`].
-    pub name: String,
-    /// The argon2id PHC hash string; already checked to parse.
-    pub password_hash: String,
-    /// The home directory as written in the file; `None` means `<root>/<name>`. A relative path
-    /// is relative to the server's root directory. See [`User::home_dir`].
-    pub home: Option<PathBuf>,
-    /// May list and get, never change anything.
-    pub read_only: bool,
-    /// Most bytes the user's files may take (kept partial uploads and uploads in flight
-    /// included); `None` is unlimited.
-    pub quota_bytes: Option<u64>,
-    /// Most files and directories the user may have (as inode quotas count them; the home
-    /// itself is not counted); `None` is unlimited.
-    pub quota_files: Option<u64>,
-    /// Largest single file the user may upload; `None` is unlimited.
-    pub max_file_size: Option<u64>,
-}
-
-impl User {
-    /// Whether any quota or size limit applies to this user.
-    pub fn has_limits(&self) -> bool {
-        self.quota_bytes.is_some() || self.quota_files.is_some() || self.max_file_size.is_some()
-    }
-
-    /// The user's home directory, given the server's root directory.
-    pub fn home_dir(&self, root: &Path) -> PathBuf {
-        match &self.home {
-            // `join` keeps an absolute `home` as it is.
-            Some(home) => root.join(home),
-            None => root.join(&self.name),
-        }
-    }
-}
-
-impl fmt::Debug for User {
-    // The hash is not the password, but it is what an offline attack starts from: keep it out
-    // of logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .field("password_hash", &"<argon2id>")
-            .field("home", &self.home)
-            .field("read_only", &self.read_only)
-            .field("quota_bytes", &self.quota_bytes)
-            .field("quota_files", &self.quota_files)
-            .field("max_file_size", &self.max_file_size)
-            .finish()
-    }
-}
-
 /// The parsed and validated users file.
 #[derive(Clone)]
 pub struct UserDb {
@@ -308,6 +259,15 @@ impl UserDb {
         let db = parse_at(&text, path)?;
         db.dummy_hash();
         Ok(db)
+    }
+
+    /// No users, as in an empty or missing users file.
+    pub fn empty() -> UserDb {
+        UserDb {
+            users: BTreeMap::new(),
+            common_params: DEFAULT_PARAMS,
+            dummy_hash: OnceLock::new(),
+        }
     }
 
     /// Parses and validates users-file text; errors call it "users file".
@@ -674,29 +634,6 @@ pub fn add_user(
     add_user_with(path, name, hash, &settings)
 }
 
-/// Changes to a user's settings; `None` leaves a field as it is. For the optional fields,
-/// `Some(None)` removes the field: the default home, no quota, no size limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserChange {
-    /// The home directory; `Some(None)` is the default, `<root>/<name>`.
-    pub home: Option<Option<PathBuf>>,
-    /// May list and get, never change anything.
-    pub read_only: Option<bool>,
-    /// Most bytes; `Some(None)` is unlimited.
-    pub quota_bytes: Option<Option<u64>>,
-    /// Most files; `Some(None)` is unlimited.
-    pub quota_files: Option<Option<u64>>,
-    /// Largest single upload; `Some(None)` is unlimited.
-    pub max_file_size: Option<Option<u64>>,
-}
-
-impl UserChange {
-    /// Whether the change changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == UserChange::default()
-    }
-}
-
 /// Like [`add_user`], with every setting of `settings` (`read_only` defaults to false).
 pub fn add_user_with(
     path: &Path,
@@ -990,6 +927,12 @@ fn check_new_password(pw: Password) -> Result<Password, UsersError> {
         });
     }
     Ok(pw)
+}
+
+/// Checks that `hash` is a usable argon2id PHC string within the cost limits: what every
+/// account store demands of a hash it is given.
+pub fn check_hash(hash: &str) -> Result<(), UsersError> {
+    parse_hash(hash).map(drop).map_err(UsersError::InvalidHash)
 }
 
 /// An argon2id hasher with these parameters, if they are within argon2's and our limits.

@@ -396,7 +396,7 @@ async fn serve_never_needs_the_ca_directory_and_force_renews_under_the_same_ca()
         .expect_ok();
     let server = crate::cli::ServeProcess::start(cwd, &["--users", "users.toml"]);
     let world_ca = cwd.join("certs/ca.pem");
-    let tls = ferry::tls::client_config(Some(&world_ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(&world_ca), ferry::protocol::ALPN).unwrap();
     let mut c = ferry::client::Connection::connect("127.0.0.1", server.port(), tls.clone())
         .await
         .unwrap();

@@ -1525,7 +1525,7 @@ fn quick_start_certs_user_add_serve_connect() {
 async fn json_log_has_an_audit_line_per_login_and_transfer() {
     let w = World::start_with(&["--log-format", "json"]);
     let server = &w.server;
-    let tls = ferry::tls::client_config(Some(&w.ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(&w.ca), ferry::protocol::ALPN).unwrap();
     let connect =
         || ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls));
 
@@ -1624,7 +1624,7 @@ async fn json_log_has_an_audit_line_per_login_and_transfer() {
 async fn serve_limit_flags_take_effect() {
     let w = World::start_with(&["--max-sessions-per-user", "1", "--no-penalties"]);
     let server = &w.server;
-    let tls = ferry::tls::client_config(Some(&w.ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(&w.ca), ferry::protocol::ALPN).unwrap();
     let login = || async {
         let mut c =
             ferry::client::Connection::connect("127.0.0.1", server.port(), Arc::clone(&tls))

@@ -47,7 +47,12 @@ enum Lie {
 /// certificate, and a counter of the requests it answered.
 async fn hostile(lie: Lie, dir: &Path) -> (u16, std::path::PathBuf, Arc<AtomicU64>) {
     let certs = ferry::certs::generate(dir, &[], false).unwrap();
-    let tls = ferry::tls::server_config(&certs.paths.server_cert, &certs.paths.server_key).unwrap();
+    let tls = ferry::tls::server_config(
+        &certs.paths.server_cert,
+        &certs.paths.server_key,
+        ferry::server::ALPN_OFFERED,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicU64::new(0));
@@ -239,7 +244,7 @@ async fn serve(
 }
 
 async fn logged_in(port: u16, ca: &Path) -> Connection {
-    let tls = ferry::tls::client_config(Some(ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(ca), ferry::protocol::ALPN).unwrap();
     let mut c = Connection::connect("127.0.0.1", port, tls).await.unwrap();
     c.login("alice", &Password::new("pw".into())).await.unwrap();
     c

@@ -486,7 +486,7 @@ fn world(dir: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
     }
     std::fs::write(dir.join("users.toml"), text).unwrap();
     let certs = ferry::certs::CertPaths::in_dir(&dir.join("certs"));
-    ferry::tls::client_config(Some(&certs.ca_cert)).unwrap()
+    ferry::tls::client_config(Some(&certs.ca_cert), ferry::protocol::ALPN).unwrap()
 }
 
 /// Runs `WRAPPER... ferry serve --listen 127.0.0.1:0` in `dir` and waits for its address.

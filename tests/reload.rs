@@ -23,7 +23,7 @@ pub(crate) async fn login(
     user: &str,
     pw: &str,
 ) -> Result<Connection, ClientError> {
-    let tls = ferry::tls::client_config(Some(ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(ca), ferry::protocol::ALPN).unwrap();
     let mut c = Connection::connect("127.0.0.1", world.server.port(), tls).await?;
     c.login(user, &Password::new(pw.into())).await?;
     Ok(c)
@@ -276,7 +276,7 @@ async fn sighup_during_start_up_does_not_kill_the_server() {
         }
     }
     let ca = ferry::certs::CertPaths::in_dir(&dir.path().join("certs")).ca_cert;
-    let tls = ferry::tls::client_config(Some(&ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(&ca), ferry::protocol::ALPN).unwrap();
     let mut c = Connection::connect("127.0.0.1", addr.port(), tls)
         .await
         .expect("the server is reachable after the SIGHUPs");

@@ -458,7 +458,8 @@ async fn client_that_does_not_trust_the_ca_gets_a_tls_error() {
     let server = TestServer::start().await;
     let other = tempfile::tempdir().unwrap();
     let certs = ferry::certs::generate(&other.path().join("certs"), &[], false).unwrap();
-    let untrusting = ferry::tls::client_config(Some(&certs.paths.ca_cert)).unwrap();
+    let untrusting =
+        ferry::tls::client_config(Some(&certs.paths.ca_cert), ferry::protocol::ALPN).unwrap();
     let result = tokio::time::timeout(
         DEADLINE,
         Connection::connect("127.0.0.1", server.addr.port(), untrusting),

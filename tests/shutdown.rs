@@ -44,7 +44,7 @@ fn interrupted_reply(msgs: &[ServerMessage], id: u64, resumes_with: &str) -> boo
 async fn transfers_cut_off_by_shutdown_are_kept_audited_and_explained() {
     let w = World::start_with(&["--log-format", "json", "--shutdown-grace", "1s"]);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], w.server.port()));
-    let tls = ferry::tls::client_config(Some(&w.ca)).unwrap();
+    let tls = ferry::tls::client_config(Some(&w.ca), ferry::protocol::ALPN).unwrap();
     let home = w.alice_home();
     // A file to download slowly: far more than the socket buffers hold.
     std::fs::create_dir_all(&home).unwrap();

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod account_contract;
 mod accounting;
 mod admin;
 mod attacks;
@@ -22,6 +23,7 @@ mod resume;
 mod security;
 mod shell;
 mod shutdown;
+mod state_contract;
 mod storage;
 mod transfers;
 mod trust;

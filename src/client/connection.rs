@@ -276,7 +276,7 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Tls(format!("{addr}: handshake timed out")))?
             .map_err(|e| handshake_error(&addr, &e))?;
-        if !crate::tls::alpn_ok(stream.get_ref().1) {
+        if !crate::tls::alpn_is(stream.get_ref().1, crate::protocol::ALPN) {
             return Err(ClientError::Tls(format!(
                 "{addr} does not speak ferry/1 (ALPN not agreed)"
             )));

@@ -374,7 +374,15 @@ async fn send_data(
         hasher,
     } = source;
     let (tx, mut rx) = mpsc::channel::<ReadChunk>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || read_and_hash_from(file, size - offset, hasher, &tx));
+    tokio::task::spawn_blocking(move || {
+        read_and_hash_from(
+            file,
+            size - offset,
+            crate::protocol::DATA_CHUNK_LEN,
+            hasher,
+            &tx,
+        )
+    });
     let mut sent = offset;
     let result = loop {
         if stop() {

@@ -2,6 +2,20 @@
 //! credentials, and how a digest is written. `protocol` re-exports these for the wire; the
 //! layers below the front-ends (`jail`, `transfer`, `users`) take them from here, so none of
 //! them imports the wire. First step of the core redesign (issue 13).
+//!
+//! [`Entry`] and [`EntryKind`] carry serde derives: their JSON form is what ferry/1 sends in
+//! `list` and `stat` replies, so the field names here are part of the wire (PROTOCOL.md §6)
+//! and must not change. A front-end with another representation maps from these.
+
+use serde::{Deserialize, Serialize};
+
+mod ops;
+
+pub use ops::{Access, Denied, Op, Scope};
+
+/// A future the traits between the layers return: boxed, so the traits stay dyn-compatible
+/// (`Arc<dyn …>`) and a backend may be local or remote.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_LEN: usize = 64;
@@ -23,6 +37,73 @@ pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)
 }
 
-/// A boxed future that can cross threads: what the async traits (storage, accounts) return,
-/// so they stay dyn-compatible without a macro crate.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// What kind of object an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (listings describe the link itself).
+    Symlink,
+    /// Anything else (socket, fifo, device), and kinds a newer peer may add.
+    #[serde(other)]
+    Other,
+}
+
+/// Metadata of one directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// File name (one component), as the server stores it.
+    pub name: String,
+    /// Object kind.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Permission bits (e.g. 0o644).
+    #[serde(default)]
+    pub mode: u32,
+}
+
+/// Bytes and files (directories included) that something takes in a home, for the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Footprint {
+    /// Nothing at all.
+    pub const NONE: Footprint = Footprint { bytes: 0, files: 0 };
+
+    /// Both sums, saturating.
+    pub fn plus(self, other: Footprint) -> Footprint {
+        Footprint {
+            bytes: self.bytes.saturating_add(other.bytes),
+            files: self.files.saturating_add(other.files),
+        }
+    }
+}
+
+/// The limits of one account: bytes, files (directories count) and the largest single file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes (`None`: unlimited).
+    pub bytes: Option<u64>,
+    /// Most files (`None`: unlimited).
+    pub files: Option<u64>,
+    /// Largest single file (`None`: unlimited).
+    pub max_file_size: Option<u64>,
+}
+
+/// Why room for a change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The file is larger than `max_file_size`.
+    TooLarge(u64),
+    /// Bytes or files would go over the quota (`"byte quota"` or `"file quota"`).
+    Quota(&'static str),
+}

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Entry;
+
 /// A message from client to server. The `op` field names the variant.
 ///
 /// Every variant but `hello` carries an `id` chosen by the client; the server echoes it in
@@ -377,37 +379,6 @@ impl ServerMessage {
             message: message.into(),
         }
     }
-}
-
-/// What kind of object an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link (listings describe the link itself).
-    Symlink,
-    /// Anything else (socket, fifo, device), and kinds a newer peer may add.
-    #[serde(other)]
-    Other,
-}
-
-/// Metadata of one directory entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// File name (one component), as the server stores it.
-    pub name: String,
-    /// Object kind.
-    pub kind: EntryKind,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, seconds since the Unix epoch.
-    pub mtime: i64,
-    /// Permission bits (e.g. 0o644).
-    #[serde(default)]
-    pub mode: u32,
 }
 
 /// Stable error codes. Clients must treat an unknown code as a generic failure.

@@ -9,12 +9,12 @@
 
 mod cmd;
 mod error;
+mod login;
 pub mod penalty;
 pub mod prelogin;
 pub mod proxy;
 pub mod quota;
 mod session;
-mod users_file;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,7 +29,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::AccountStore;
+use crate::accounts::toml::TomlAccounts;
 use crate::users::UserDb;
+
+/// The ALPN ids this server offers, in its order of preference: one per front-end, and
+/// `handle_connection` dispatches on the one a connection negotiated. Pass this to
+/// [`crate::tls::server_config`].
+pub const ALPN_OFFERED: &[&[u8]] = &[crate::protocol::ALPN];
 
 /// Timeouts and caps of a server. The defaults are what `ferry serve` uses.
 #[derive(Debug, Clone)]
@@ -108,10 +115,10 @@ impl Default for Limits {
 pub struct Server {
     /// Swapped whole when certificates are reloaded; handshakes in progress keep theirs.
     tls: RwLock<TlsAcceptor>,
-    /// Swapped whole on reload; sessions take a snapshot at login.
-    users: RwLock<Arc<UserDb>>,
-    /// The users file, reloaded before a login when it changed (see [`Server::watch_users_file`]).
-    users_file: std::sync::OnceLock<users_file::UsersFile>,
+    /// Where the users live; looked up at each login, so a change is in force at the next one.
+    users: Arc<dyn AccountStore>,
+    /// The users of a server built by [`Server::new`], which [`Server::replace_users`] swaps.
+    fixed_users: Option<TomlAccounts>,
     root: PathBuf,
     limits: Limits,
     /// Bounds concurrent argon2 verifications: memory and CPU for logins stay capped no
@@ -188,18 +195,14 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
-/// The unit limits and penalties apply to: an IPv4 address, or an IPv6 /64 (one customer's
-/// network; a single host can use any address in it).
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
+impl Server {
+    /// The unit connection caps and the pre-login cap apply to, grouped as penalties group
+    /// sources: an IPv4 address and an IPv6 /64 by default, or the configured prefixes.
+    fn source_of(&self, ip: IpAddr) -> IpAddr {
+        let (v4, v6) = self.limits.penalties.as_ref().map_or((32, 64), |c| {
+            (c.ipv4_prefix.min(32), c.ipv6_prefix.min(128))
+        });
+        penalty::source_net(ip, v4, v6).map_or(ip, |net| net.addr())
     }
 }
 
@@ -213,17 +216,40 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Builds a server from a TLS configuration, a user database and the data root.
+    /// Builds a server from a TLS configuration, a fixed set of users (changed only by
+    /// [`Server::replace_users`]) and the data root.
     pub fn new(
         tls: Arc<rustls::ServerConfig>,
         users: UserDb,
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
+        let fixed = TomlAccounts::in_memory(users);
+        Self::build(tls, Arc::new(fixed.clone()), Some(fixed), root, limits)
+    }
+
+    /// Builds a server from a TLS configuration, the store its users live in (see
+    /// [`crate::accounts`]) and the data root.
+    pub fn with_accounts(
+        tls: Arc<rustls::ServerConfig>,
+        users: Arc<dyn AccountStore>,
+        root: PathBuf,
+        limits: Limits,
+    ) -> Arc<Server> {
+        Self::build(tls, users, None, root, limits)
+    }
+
+    fn build(
+        tls: Arc<rustls::ServerConfig>,
+        users: Arc<dyn AccountStore>,
+        fixed_users: Option<TomlAccounts>,
+        root: PathBuf,
+        limits: Limits,
+    ) -> Arc<Server> {
         Arc::new(Server {
             tls: RwLock::new(TlsAcceptor::from(tls)),
-            users: RwLock::new(Arc::new(users)),
-            users_file: std::sync::OnceLock::new(),
+            users,
+            fixed_users,
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
@@ -298,32 +324,19 @@ impl Server {
         });
     }
 
-    /// Replaces the user database; sessions already logged in keep going.
+    /// Replaces the users of a server built by [`Server::new`]; sessions already logged in
+    /// keep going. A server built [`with_accounts`](Server::with_accounts) takes its users
+    /// from its store, and ignores this (with a warning in the log).
     pub fn replace_users(&self, users: UserDb) {
-        let mut guard = match self.users.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(users);
-    }
-
-    /// From now on, before each login, reloads the users at `path` if the file changed since
-    /// the version `loaded` (its stamp taken before the users in force were read). Only the
-    /// first call counts.
-    pub fn watch_users_file(&self, path: PathBuf, loaded: Option<crate::users::FileStamp>) {
-        let _ = self
-            .users_file
-            .set(users_file::UsersFile::new(path, loaded));
-    }
-
-    /// The users in force for a login: the users file is reloaded first if it changed.
-    async fn users_for_login(self: &Arc<Self>) -> Arc<UserDb> {
-        /// Longest a login waits for a reload of the users file.
-        const USERS_RELOAD_WAIT: Duration = Duration::from_secs(2);
-        if let Some(file) = self.users_file.get() {
-            file.refresh(self, USERS_RELOAD_WAIT).await;
+        match &self.fixed_users {
+            Some(fixed) => fixed.replace(users),
+            None => tracing::warn!("replace_users ignored: the users come from an account store"),
         }
-        self.users()
+    }
+
+    /// Where the users live.
+    pub fn accounts(&self) -> &Arc<dyn AccountStore> {
+        &self.users
     }
 
     /// Replaces the TLS configuration (reloaded certificates); new handshakes use it.
@@ -334,13 +347,6 @@ impl Server {
 
     fn acceptor(&self) -> TlsAcceptor {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn users(&self) -> Arc<UserDb> {
-        match self.users.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
     }
 
     /// The limits in force.
@@ -512,10 +518,16 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let users = match server.users.list().await {
+            Ok(users) => users,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping partial uploads: the users cannot be listed");
+                continue;
+            }
+        };
         let s = Arc::clone(&server);
         let _ = tokio::task::spawn_blocking(move || {
-            let db = s.users();
-            for user in db.users() {
+            for user in users {
                 let home = user.home_dir(&s.root);
                 let Ok(jail) = crate::jail::Jail::open(&home, false) else {
                     continue;
@@ -592,13 +604,13 @@ async fn handle_connection(
         }
     }
     let Some(_slot) = server.per_source.take(
-        source_of(peer.ip()),
+        server.source_of(peer.ip()),
         server.limits.max_connections_per_source,
     ) else {
         tracing::warn!(%peer, "connection refused: too many connections from this source");
         return;
     };
-    let (admitted, evicted) = server.prelogin.admit(source_of(peer.ip()));
+    let (admitted, evicted) = server.prelogin.admit(server.source_of(peer.ip()));
     if let Some(victim) = evicted {
         // Its connection is closed by its own task, which sees the cut.
         tracing::info!(source = %victim, for_peer = %peer, "pre-login connection evicted: its source holds the most");
@@ -644,12 +656,13 @@ async fn handle_connection(
             return;
         }
     };
-    if !crate::tls::alpn_ok(tls.get_ref().1) {
-        // A client that offered no ALPN (or another one) is not speaking ferry; keeping it
-        // would invite cross-protocol attacks.
-        tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
-        server.penalise(peer, penalty::Offence::ProtocolError);
-        return;
+    // Dispatch on the negotiated ALPN id to its front-end. A client that offered no ALPN (or
+    // one no front-end speaks) is refused: keeping it would invite cross-protocol attacks.
+    match crate::tls::negotiated_alpn(tls.get_ref().1) {
+        Some(crate::protocol::ALPN) => session::run(server, tls, peer, token, prelogin).await,
+        _ => {
+            tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
+            server.penalise(peer, penalty::Offence::ProtocolError);
+        }
     }
-    session::run(server, tls, peer, token, prelogin).await;
 }

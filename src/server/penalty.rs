@@ -50,7 +50,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -156,44 +156,60 @@ impl fmt::Display for Offence {
     }
 }
 
-/// An IP network: an address and a prefix length, with the host bits cleared.
+/// An IP network: an address and a prefix length, with the host bits cleared. The `ipnet`
+/// crate does the arithmetic; this type adds what ferry needs on top: a bare address parses
+/// as a single host, and an IPv4-mapped IPv6 address is matched as the IPv4 address it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// The network of `prefix` leading bits around `addr`, or `None` if the prefix is longer
     /// than the address (32 for IPv4, 128 for IPv6).
     pub fn new(addr: IpAddr, prefix: u8) -> Option<IpNet> {
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(mask_v4(a.to_bits(), prefix)?)),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask_v6(a.to_bits(), prefix)?)),
-        };
-        Some(IpNet { addr, prefix })
+        ipnet::IpNet::new(addr, prefix)
+            .ok()
+            .map(|net| IpNet(net.trunc()))
     }
 
     /// The network address (host bits zero).
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     /// The prefix length.
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     /// Whether `addr` lies in this network. An IPv4-mapped IPv6 address counts as IPv4.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        IpNet::new(addr.to_canonical(), self.prefix).is_some_and(|n| n == *self)
+        self.0.contains(&addr.to_canonical())
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
+}
+
+/// `addr` as a network of one host.
+fn host(addr: IpAddr) -> IpNet {
+    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+    // A full-length prefix always fits its own family.
+    IpNet(ipnet::IpNet::new(addr, prefix).unwrap_or_default())
+}
+
+/// The source network of `addr`: IPv4-mapped IPv6 counts as IPv4, then the leading
+/// `ipv4_prefix` or `ipv6_prefix` bits. Connection caps, the pre-login cap and penalties all
+/// group addresses this way. `None` if a prefix is longer than its family's addresses.
+pub fn source_net(addr: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Option<IpNet> {
+    let addr = addr.to_canonical();
+    let prefix = match addr {
+        IpAddr::V4(_) => ipv4_prefix,
+        IpAddr::V6(_) => ipv6_prefix,
+    };
+    IpNet::new(addr, prefix)
 }
 
 /// The error of parsing an [`IpNet`].
@@ -223,19 +239,6 @@ impl FromStr for IpNet {
         };
         IpNet::new(addr, prefix).ok_or_else(err)
     }
-}
-
-/// The first `prefix` bits of an IPv4 address, or `None` if `prefix` > 32.
-fn mask_v4(bits: u32, prefix: u8) -> Option<u32> {
-    let host_bits = 32u32.checked_sub(u32::from(prefix))?;
-    // A shift by 32 (prefix 0) overflows: no network bits at all.
-    Some(bits & u32::MAX.checked_shl(host_bits).unwrap_or(0))
-}
-
-/// The first `prefix` bits of an IPv6 address, or `None` if `prefix` > 128.
-fn mask_v6(bits: u128, prefix: u8) -> Option<u128> {
-    let host_bits = 128u32.checked_sub(u32::from(prefix))?;
-    Some(bits & u128::MAX.checked_shl(host_bits).unwrap_or(0))
 }
 
 /// A source as the table keys it: the address masked to its configured prefix.
@@ -325,26 +328,29 @@ impl Penalties {
     /// The source `addr` counts as, for logs: e.g. `2001:db8:1:2::/64` or `192.0.2.7/32`.
     pub fn source(&self, addr: IpAddr) -> IpNet {
         let addr = addr.to_canonical();
-        let prefix = match addr {
-            IpAddr::V4(_) => self.cfg.ipv4_prefix,
-            IpAddr::V6(_) => self.cfg.ipv6_prefix,
-        };
-        // The prefixes were clamped in `new`, so `IpNet::new` succeeds; the fallback (the
-        // whole address) only keeps this total.
-        IpNet::new(addr, prefix).unwrap_or(IpNet {
-            addr,
-            prefix: if addr.is_ipv4() { 32 } else { 128 },
-        })
+        // The prefixes were clamped in `new`, so `net_of` succeeds; the fallback (the whole
+        // address) only keeps this total.
+        self.net_of(addr).unwrap_or_else(|| host(addr))
+    }
+
+    /// The network of `addr` (already canonical) at the configured prefix of its family.
+    fn net_of(&self, addr: IpAddr) -> Option<IpNet> {
+        source_net(addr, self.cfg.ipv4_prefix, self.cfg.ipv6_prefix)
     }
 
     /// Records an offence for the address's source (IPv6 masked to its prefix, /64 by
     /// default; IPv4-mapped IPv6 treated as IPv4). Returns true if this put the source over
     /// the ban threshold, so the caller can log the ban once.
     pub fn record(&self, addr: IpAddr, what: Offence, now: Instant) -> bool {
+        self.add_amount(addr, self.cfg.amount(what), now)
+    }
+
+    /// Adds `amount` to the penalty of the address's source (see [`Penalties::record`]).
+    pub fn add_amount(&self, addr: IpAddr, amount: Duration, now: Instant) -> bool {
         let Some(key) = self.key(addr) else {
             return false;
         };
-        let amount = self.cfg.amount(what).min(self.cfg.max);
+        let amount = amount.min(self.cfg.max);
         if amount.is_zero() {
             return false;
         }
@@ -409,10 +415,10 @@ impl Penalties {
         if self.cfg.exempt.iter().any(|n| n.contains(addr)) {
             return None;
         }
-        // `new` clamped the prefixes, so the masks exist; `?` keeps this total regardless.
-        Some(match addr {
-            IpAddr::V4(a) => SourceKey::V4(mask_v4(a.to_bits(), self.cfg.ipv4_prefix)?),
-            IpAddr::V6(a) => SourceKey::V6(mask_v6(a.to_bits(), self.cfg.ipv6_prefix)?),
+        // `new` clamped the prefixes, so the network exists; `?` keeps this total regardless.
+        Some(match self.net_of(addr)?.addr() {
+            IpAddr::V4(a) => SourceKey::V4(a.to_bits()),
+            IpAddr::V6(a) => SourceKey::V6(a.to_bits()),
         })
     }
 
@@ -423,8 +429,29 @@ impl Penalties {
     }
 }
 
+/// Today's table is the [`PenaltyStore`] of a server on its own.
+impl crate::state::PenaltyStore for Penalties {
+    fn add(
+        &self,
+        addr: IpAddr,
+        amount: Duration,
+    ) -> crate::domain::BoxFuture<'_, Result<bool, crate::state::StateError>> {
+        let banned = self.add_amount(addr, amount, Instant::now());
+        Box::pin(async move { Ok(banned) })
+    }
+
+    fn refused_for(
+        &self,
+        addr: IpAddr,
+    ) -> crate::domain::BoxFuture<'_, Result<Option<Duration>, crate::state::StateError>> {
+        let left = self.check(addr, Instant::now());
+        Box::pin(async move { Ok(left) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Arc;
 
     use super::*;
@@ -888,5 +915,15 @@ mod tests {
         assert_consistent(&p);
         let left = p.check(shared, t0 + Duration::from_micros(20_000)).unwrap();
         assert!(left > secs(599) && left <= secs(600), "{left:?}");
+    }
+
+    #[test]
+    fn source_net_groups_as_configured_and_maps_ipv4_in_ipv6() {
+        let net = |a: &str, v4, v6| source_net(a.parse().unwrap(), v4, v6).unwrap().to_string();
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 32, 64), "2001:db8:1:2::/64");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 32, 48), "2001:db8:1::/48");
+        assert_eq!(net("::ffff:192.0.2.7", 32, 64), "192.0.2.7/32");
+        assert_eq!(net("192.0.2.7", 24, 64), "192.0.2.0/24");
+        assert!(source_net("192.0.2.7".parse().unwrap(), 33, 64).is_none());
     }
 }

@@ -29,35 +29,18 @@ use crate::jail::{Footprint, Jail, Stop, StorageError};
 use crate::protocol::Usage;
 use crate::users::User;
 
-/// The limits of one user, copied from the users file at login.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    /// Most bytes (`None`: unlimited).
-    pub bytes: Option<u64>,
-    /// Most files (`None`: unlimited).
-    pub files: Option<u64>,
-    /// Largest single file (`None`: unlimited).
-    pub max_file_size: Option<u64>,
-}
-
-impl Limits {
-    /// The limits of `user`.
-    pub fn of(user: &User) -> Limits {
-        Limits {
-            bytes: user.quota_bytes,
-            files: user.quota_files,
-            max_file_size: user.max_file_size,
-        }
-    }
-}
-
+/// The limits of one user, copied from the users file at login (see [`limits_of`]).
+pub use crate::domain::Quota as Limits;
 /// Why a reservation was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// The file is larger than `max_file_size`.
-    TooLarge(u64),
-    /// Bytes or files would go over the quota.
-    Quota(&'static str),
+pub use crate::domain::Refused;
+
+/// The limits of `user`.
+pub fn limits_of(user: &User) -> Limits {
+    Limits {
+        bytes: user.quota_bytes,
+        files: user.quota_files,
+        max_file_size: user.max_file_size,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -253,7 +236,7 @@ impl Drop for Reservation {
 
 /// What the live-accounts map holds for a home.
 #[derive(Debug)]
-enum Slot {
+enum LiveHome {
     /// A login is walking the home; other logins of it wait for its count.
     Counting,
     /// Counted; alive while a session holds it.
@@ -263,7 +246,7 @@ enum Slot {
 /// The live accounts, by home directory: users sharing a home share its usage.
 #[derive(Debug, Default)]
 pub struct Accounts {
-    live: Mutex<HashMap<PathBuf, Slot>>,
+    live: Mutex<HashMap<PathBuf, LiveHome>>,
     /// Signalled when a walk ends, for the logins waiting for it.
     counted: Condvar,
     /// Walks started so far (for tests and debugging).
@@ -289,7 +272,7 @@ impl Accounts {
         let mut live = self.lock();
         loop {
             match live.get(&home) {
-                Some(Slot::Ready(weak)) => match weak.upgrade() {
+                Some(LiveHome::Ready(weak)) => match weak.upgrade() {
                     Some(account) => {
                         drop(live);
                         let swept = sweep(&account, jail, partial_ttl);
@@ -297,7 +280,7 @@ impl Accounts {
                     }
                     None => break,
                 },
-                Some(Slot::Counting) => {
+                Some(LiveHome::Counting) => {
                     if stop.fired() {
                         return Err(StorageError::Io(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
@@ -313,10 +296,10 @@ impl Accounts {
             }
         }
         live.retain(|_, slot| match slot {
-            Slot::Counting => true,
-            Slot::Ready(w) => w.strong_count() > 0,
+            LiveHome::Counting => true,
+            LiveHome::Ready(w) => w.strong_count() > 0,
         });
-        live.insert(home.clone(), Slot::Counting);
+        live.insert(home.clone(), LiveHome::Counting);
         drop(live);
         // Whatever happens below (an error, a panic), the slot is released and waiters woken.
         let mut counting = Counting {
@@ -343,9 +326,9 @@ impl Accounts {
         partial_ttl: Duration,
     ) -> Result<Footprint, StorageError> {
         let account = match self.lock().get(home) {
-            Some(Slot::Ready(w)) => w.upgrade(),
+            Some(LiveHome::Ready(w)) => w.upgrade(),
             // A walk in progress counts what it finds; the login sweeps before it.
-            Some(Slot::Counting) => return Ok(Footprint::NONE),
+            Some(LiveHome::Counting) => return Ok(Footprint::NONE),
             None => None,
         };
         match account {
@@ -354,7 +337,7 @@ impl Accounts {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, LiveHome>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -379,7 +362,7 @@ impl Drop for Counting<'_> {
     fn drop(&mut self) {
         let mut live = self.accounts.lock();
         match self.account.take() {
-            Some(w) => live.insert(self.home.to_path_buf(), Slot::Ready(w)),
+            Some(w) => live.insert(self.home.to_path_buf(), LiveHome::Ready(w)),
             None => live.remove(self.home),
         };
         drop(live);

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +11,15 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::login::{self, Refusal, UserSession};
 use super::{Server, cmd, quota};
-use crate::jail::{Footprint, Jail, Stop, StorageError, TempFile, UnsyncedDir};
+use crate::domain::Scope;
+use crate::jail::{Footprint, Jail, StorageError, TempFile, UnsyncedDir};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
-    MAX_FRAME_LEN_PRE_AUTH, MAX_PASSWORD_LEN, MAX_USER_LEN, PROTOCOL_VERSION, ServerMessage,
-    decode_client_message,
+    MAX_FRAME_LEN_PRE_AUTH, PROTOCOL_VERSION, ServerMessage, decode_client_message,
 };
-use crate::users::{self, Password};
+use crate::users::Password;
 
 type Stream = TlsStream<TcpStream>;
 
@@ -101,7 +101,8 @@ pub(super) struct Session {
     pub server: Arc<Server>,
     pub peer: SocketAddr,
     pub user: String,
-    pub read_only: bool,
+    /// What this session may do; the dispatcher checks it against the operation table.
+    pub scope: crate::domain::Scope,
     pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
@@ -290,9 +291,9 @@ pub(super) async fn run(
         prelogin.logged_in();
     }
     let end = match login {
-        Ok(LoggedIn {
+        Ok(UserSession {
             user,
-            read_only,
+            scope,
             jail,
             limits,
             account,
@@ -303,7 +304,7 @@ pub(super) async fn run(
                 server: Arc::clone(&server),
                 peer,
                 user,
-                read_only,
+                scope,
                 jail,
                 reader,
                 writer,
@@ -422,17 +423,7 @@ async fn send_before(
     }
 }
 
-/// What a successful login phase yields.
-struct LoggedIn {
-    user: String,
-    read_only: bool,
-    jail: Arc<Jail>,
-    limits: quota::Limits,
-    account: Option<Arc<quota::Account>>,
-    slot: super::Slot<String>,
-}
-
-/// Hello, then up to `max_auth_attempts` logins. Returns the user and their opened home.
+/// Hello, then up to `max_auth_attempts` logins. Returns the logged-in user.
 async fn login_phase(
     server: &Arc<Server>,
     reader: &mut FrameReader<ReadHalf<Stream>>,
@@ -440,7 +431,7 @@ async fn login_phase(
     peer: SocketAddr,
     deadline: Instant,
     attempted: &mut bool,
-) -> Result<LoggedIn, End> {
+) -> Result<UserSession, End> {
     match read_before(reader, deadline).await? {
         ClientMessage::Hello { versions, software } => {
             if !versions.contains(&PROTOCOL_VERSION) {
@@ -479,218 +470,61 @@ async fn login_phase(
                 return Err(End::Protocol(format!("{} before login", other.op())));
             }
         };
-        let verdict = authenticate(server, &name, password, deadline).await?;
-        match verdict {
-            Verdict::Busy => {
-                tracing::warn!(%peer, "login refused: all password checks busy");
-                let msg =
-                    ServerMessage::error(Some(id), ErrorCode::Busy, "server busy; try again later");
-                send_before(writer, msg, deadline).await?;
-                // The server's own load, not the client's doing: no penalty.
-                return Err(End::Refused("all password checks busy"));
-            }
-            Verdict::Allowed {
-                read_only,
-                home,
-                limits,
-            } => {
-                let max = server.limits.max_sessions_per_user;
-                let Some(slot) = server.per_user.take(name.clone(), max) else {
-                    tracing::warn!(%peer, user = %name, "login refused: too many sessions");
-                    let msg = ServerMessage::error(
-                        Some(id),
-                        ErrorCode::Busy,
-                        format!("too many sessions for this user (at most {max})"),
-                    );
-                    send_before(writer, msg, deadline).await?;
-                    return Err(End::Refused("too many sessions for the user"));
-                };
-                let opened = open_home(server, home, limits, peer, &name, deadline).await;
-                let (jail, account) = match opened {
-                    Ok(j) => j,
-                    Err(HomeError { reason, error }) => {
-                        tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
-                        let msg = ServerMessage::error(Some(id), ErrorCode::Internal, reason);
-                        send_before(writer, msg, deadline).await?;
-                        return Err(End::Internal("home unavailable".into()));
-                    }
-                };
-                tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
+        let (msg, end) = match login::login(server, name, password, peer, deadline, failures + 1)
+            .await
+        {
+            Ok(session) => {
                 let ok = ServerMessage::Ok {
                     id,
                     size: None,
                     sha256: None,
                     entry: None,
                     count: None,
-                    user: Some(name.clone()),
-                    read_only: Some(read_only),
+                    user: Some(session.user.clone()),
+                    read_only: Some(session.scope == Scope::ReadOnly),
                     usage: None,
                 };
                 send_before(writer, ok, deadline).await?;
-                return Ok(LoggedIn {
-                    user: name,
-                    read_only,
-                    jail,
-                    limits,
-                    account,
-                    slot,
-                });
+                return Ok(session);
             }
-            Verdict::Denied => {
+            Err(Refusal::ShuttingDown) => return Err(End::Shutdown),
+            Err(Refusal::Busy) => (
+                ServerMessage::error(Some(id), ErrorCode::Busy, "server busy; try again later"),
+                Some(End::Refused("all password checks busy")),
+            ),
+            Err(Refusal::StoreUnavailable) => (
+                ServerMessage::error(
+                    Some(id),
+                    ErrorCode::Busy,
+                    "the server cannot check accounts right now; try again later",
+                ),
+                Some(End::Refused("account store unavailable")),
+            ),
+            Err(Refusal::TooManySessions(max)) => (
+                ServerMessage::error(
+                    Some(id),
+                    ErrorCode::Busy,
+                    format!("too many sessions for this user (at most {max})"),
+                ),
+                Some(End::Refused("too many sessions for the user")),
+            ),
+            Err(Refusal::HomeUnavailable(reason)) => (
+                ServerMessage::error(Some(id), ErrorCode::Internal, reason),
+                Some(End::Internal("home unavailable".into())),
+            ),
+            Err(Refusal::Denied) => {
                 failures += 1;
-                server.penalise(peer, super::penalty::Offence::AuthFail);
-                tracing::warn!(
-                    target: "ferry::audit",
-                    event = "login",
-                    %peer,
-                    user = %crate::sanitize::for_log(&name),
-                    attempt = failures,
-                    result = "auth_failed"
-                );
                 // One generic message whether the user exists or not.
                 let msg =
                     ServerMessage::error(Some(id), ErrorCode::AuthFailed, "authentication failed");
-                send_before(writer, msg, deadline).await?;
-                if failures >= server.limits.max_auth_attempts {
-                    return Err(End::AuthFailed);
-                }
+                let last = failures >= server.limits.max_auth_attempts;
+                (msg, last.then_some(End::AuthFailed))
             }
-        }
-    }
-}
-
-/// The outcome of one login attempt.
-enum Verdict {
-    Allowed {
-        read_only: bool,
-        home: PathBuf,
-        limits: quota::Limits,
-    },
-    Denied,
-    /// No argon2 slot became free in time; nothing was checked.
-    Busy,
-}
-
-/// Checks a user name and password. Unknown users are verified against a dummy hash with the
-/// same parameters, so both failures take the same path and time. Any error denies.
-async fn authenticate(
-    server: &Arc<Server>,
-    name: &str,
-    password: Password,
-    deadline: Instant,
-) -> Result<Verdict, End> {
-    if name.is_empty()
-        || name.len() > MAX_USER_LEN
-        || password.is_empty()
-        || password.len() > MAX_PASSWORD_LEN
-    {
-        // Refused without hashing: lengths are not secret, and hashing a huge password is
-        // exactly the work an attacker would like the server to do.
-        return Ok(Verdict::Denied);
-    }
-    let db = server.users_for_login().await;
-    let user = db.get(name).filter(|_| users::validate_name(name).is_ok());
-    let hash = match user {
-        Some(u) => u.password_hash.clone(),
-        None => db.dummy_hash().to_string(),
-    };
-    let wait = server.limits.auth_queue_timeout;
-    let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
-        server.auth_permits.acquire().await
-    })
-    .await
-    {
-        Ok(Ok(p)) => p,
-        Ok(Err(_)) => return Err(End::Shutdown),
-        Err(_) => return Ok(Verdict::Busy),
-    };
-    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    drop(permit);
-    server.forget_login_memory();
-    Ok(match user {
-        Some(u) if verified => Verdict::Allowed {
-            read_only: u.read_only,
-            home: u.home_dir(&server.root),
-            limits: quota::Limits::of(u),
-        },
-        _ => Verdict::Denied,
-    })
-}
-
-/// Why a login could not open its home: what the client is told, and the error for the log.
-struct HomeError {
-    reason: &'static str,
-    error: StorageError,
-}
-
-/// Opens (creating on first login) the home, sweeps stale partial uploads, and for a user
-/// with limits, opens the shared usage account (counting the home if it is the first session).
-/// A count of the home stops when this login ends, however it ends.
-async fn open_home(
-    server: &Arc<Server>,
-    home: PathBuf,
-    limits: quota::Limits,
-    peer: SocketAddr,
-    user: &str,
-    deadline: Instant,
-) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), HomeError> {
-    let server = Arc::clone(server);
-    let user = user.to_string();
-    let stop = Stop::at(deadline.into_std());
-    // Raised when this future is dropped (timeout, disconnect, shutdown) or done.
-    let _stop_walk = RaiseOnDrop(stop.clone());
-    let open = tokio::task::spawn_blocking(move || {
-        let unavailable = |error| HomeError {
-            reason: "home directory unavailable",
-            error,
         };
-        let jail = Jail::open(&home, true).map_err(unavailable)?;
-        let ttl = server.limits.partial_ttl;
-        let (account, swept) = if limits == quota::Limits::default() {
-            (None, jail.sweep_partials(ttl))
-        } else {
-            let (account, swept) =
-                server
-                    .accounts
-                    .open(home, &jail, ttl, &stop)
-                    .map_err(|error| HomeError {
-                        reason: "cannot count the usage of your home for the quota \
-                             (a directory in it cannot be read, or it is too deep); \
-                             ask the administrator",
-                        error,
-                    })?;
-            (Some(account), swept)
-        };
-        match swept {
-            Ok(f) if f.files == 0 => {}
-            Ok(f) => {
-                tracing::info!(%peer, user, removed = f.files, "stale partial uploads removed");
-            }
-            Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
+        send_before(writer, msg, deadline).await?;
+        if let Some(end) = end {
+            return Err(end);
         }
-        Ok((Arc::new(jail), account))
-    });
-    match tokio::time::timeout_at(deadline, open).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(HomeError {
-            reason: "home directory unavailable",
-            error: StorageError::Io(std::io::Error::other(join)),
-        }),
-        Err(_) => Err(HomeError {
-            reason: "opening your home took too long; try again later",
-            error: StorageError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
-        }),
-    }
-}
-
-/// Raises a [`Stop`] when dropped.
-struct RaiseOnDrop(Stop);
-
-impl Drop for RaiseOnDrop {
-    fn drop(&mut self) {
-        self.0.raise();
     }
 }
 

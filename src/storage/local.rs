@@ -28,9 +28,8 @@ use super::{
     SMALL_MAX, Sha256Digest, SmallOptions, SmallPut, Space, Staged, Stat, Storage, Upload,
     UploadOptions,
 };
-use crate::jail::{Footprint, Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
-// Entry moves to `domain` with the rest of the shared types; until then it is the wire's.
-use crate::protocol::{Entry, EntryKind};
+use crate::domain::{Entry, EntryKind, Footprint};
+use crate::jail::{Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::transfer::{CHANNEL_DEPTH, PROGRESS_INTERVAL, Receiving, hash_prefix};
 
 /// Uploads up to this size skip their own fsync when their commit is batched: the flush's

@@ -39,10 +39,9 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use crate::domain::BoxFuture;
-pub use crate::jail::{Footprint, PathError, RemotePath, StorageError};
-// Entry moves to `domain` with the rest of the shared types; until then it is the wire's.
-use crate::protocol::Entry;
+use crate::domain::Entry;
+pub use crate::domain::{BoxFuture, Footprint};
+pub use crate::jail::{PathError, RemotePath, StorageError};
 
 /// Files up to this size may go through [`Storage::put_small`] and [`Storage::get_small`]: for
 /// them one blocking call costs less than the hand-overs of a streamed transfer.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use ferry::domain::EntryKind;
 use ferry::jail::PathError;
-use ferry::protocol::EntryKind;
 use ferry::storage::{
     Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, ListToken, PartialKey,
     ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, SmallOptions, Staged,

@@ -109,7 +109,12 @@ impl TestServer {
         let certs = ferry::certs::CertPaths::in_dir(&dir.path().join("certs"));
         let users_file = dir.path().join("users.toml");
         let root = dir.path().join("data");
-        let tls = ferry::tls::server_config(&certs.server_cert, &certs.server_key).unwrap();
+        let tls = ferry::tls::server_config(
+            &certs.server_cert,
+            &certs.server_key,
+            ferry::server::ALPN_OFFERED,
+        )
+        .unwrap();
         let db = UserDb::load(&users_file).unwrap();
         let server = Server::new(tls, db, root.clone(), limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -166,7 +171,7 @@ impl TestServer {
 
     /// A client TLS configuration that trusts this server's CA.
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        ferry::tls::client_config(Some(&self.ca)).unwrap()
+        ferry::tls::client_config(Some(&self.ca), ferry::protocol::ALPN).unwrap()
     }
 
     /// A logged-in library connection.

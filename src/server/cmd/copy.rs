@@ -9,10 +9,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::super::session::{End, Session};
-use super::{
-    Next, blocking, next_or_cancel, parse_path, quota_reply, refuse_read_only, reply_storage,
-};
-use crate::jail::{Footprint, StorageError, TempFile};
+use super::{Next, blocking, next_or_cancel, quota_reply, reply_storage};
+use crate::jail::{Footprint, RemotePath, StorageError, TempFile};
 use crate::protocol::{DATA_CHUNK_LEN, EntryKind, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::PROGRESS_INTERVAL;
 
@@ -26,19 +24,10 @@ enum Copied {
 pub(super) async fn run(
     sess: &mut Session,
     id: u64,
-    from: String,
-    to: String,
+    from: RemotePath,
+    to: RemotePath,
     overwrite: bool,
 ) -> Result<(), End> {
-    let Some(from) = parse_path(sess, id, &from).await? else {
-        return Ok(());
-    };
-    let Some(to) = parse_path(sess, id, &to).await? else {
-        return Ok(());
-    };
-    if refuse_read_only(sess, id).await? {
-        return Ok(());
-    }
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
         let (file, entry) = jail.open_read(&from)?;

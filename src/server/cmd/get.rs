@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::super::session::{End, Session};
-use super::{Next, blocking, next_or_cancel, parse_path, reply_storage};
-use crate::jail::StorageError;
-use crate::protocol::{Entry, ErrorCode, ServerMessage, hex_digest};
+use super::{Next, blocking, next_or_cancel, reply_storage};
+use crate::jail::{RemotePath, StorageError};
+use crate::protocol::{DATA_CHUNK_LEN, Entry, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::{CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from};
 
 /// Files of at most this many bytes, fetched whole, are opened, read and hashed in one
@@ -39,13 +39,10 @@ enum Opened {
 pub(super) async fn run(
     sess: &mut Session,
     id: u64,
-    path: String,
+    path: RemotePath,
     offset: u64,
     prefix_sha256: Option<String>,
 ) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
     let prefix = match (offset, prefix_sha256) {
         (0, _) => None,
         (_, Some(p)) if is_hex_digest(&p.to_ascii_lowercase()) => Some(p.to_ascii_lowercase()),
@@ -138,7 +135,7 @@ pub(super) async fn run(
                 return;
             }
         }
-        read_and_hash_from(file, size - offset, hasher, &tx);
+        read_and_hash_from(file, size - offset, DATA_CHUNK_LEN, hasher, &tx);
     });
 
     let stall = sess.server.limits.stall_timeout;

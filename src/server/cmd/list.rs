@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::super::session::{End, Session};
-use super::{parse_path, reply_storage};
-use crate::jail::StorageError;
+use super::reply_storage;
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{Entry, LIST_PAGE_LEN, ServerMessage};
 
 /// A page is cut when its names add up to this many bytes, whatever the entry count, so a
@@ -19,10 +19,7 @@ enum Page {
     Failed(StorageError),
 }
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
     // Two pages in flight: the reader stays ahead of the network without running away.
     let (tx, mut rx) = mpsc::channel::<Page>(2);

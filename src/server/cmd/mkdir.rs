@@ -5,20 +5,14 @@
 use std::sync::Arc;
 
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, quota_reply, refuse_read_only, reply_storage};
-use crate::jail::{Footprint, StorageError};
+use super::{blocking, quota_reply, reply_storage};
+use crate::jail::{Footprint, RemotePath, StorageError};
 use crate::protocol::ServerMessage;
 
 /// What one directory takes.
 const ONE_DIR: Footprint = Footprint { bytes: 0, files: 1 };
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
-    if refuse_read_only(sess, id).await? {
-        return Ok(());
-    }
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     let limits = sess.limits;

@@ -16,33 +16,48 @@ mod usage;
 
 use super::error::{path_reply, storage_reply};
 use super::session::{End, Session};
-use crate::jail::{RemotePath, StorageError};
+use crate::domain::Op;
+use crate::jail::{PathError, RemotePath, StorageError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
 
 /// Runs one request to its final reply, then writes its audit line if it moved or changed
 /// data. `Err` ends the session.
 pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
-    let audited = match &msg {
-        ClientMessage::Get { id, path, .. } | ClientMessage::Put { id, path, .. } => {
-            Some((*id, msg.op(), path.clone()))
+    let audited = request_op(&msg)
+        .filter(|(_, op, _)| op.audited())
+        .and_then(|(id, op, _)| {
+            let path = match &msg {
+                ClientMessage::Copy { from, to, .. } | ClientMessage::Rename { from, to, .. } => {
+                    format!("{from} -> {to}")
+                }
+                other => msg_path(other)?.to_string(),
+            };
+            Some((id, op.name(), path))
+        });
+    // Every request sees the effects of the ones before it: uploads waiting for the group
+    // commit are committed first. Small puts may join the group instead (one to a name
+    // another waiting upload takes is refused at the commit, as it would have been in
+    // order); a large one flushes first, so earlier replies do not wait for it, and that
+    // flush is part of the put (its time and, if the flush fails, its audit line).
+    let flush = match &msg {
+        ClientMessage::Put { size, offset, .. } if put::flushes_first(*size, *offset) => {
+            Flush::AsPartOfThisRequest
         }
-        ClientMessage::Copy { id, from, to, .. } | ClientMessage::Rename { id, from, to, .. } => {
-            Some((*id, msg.op(), format!("{from} -> {to}")))
-        }
-        ClientMessage::Mkdir { id, path }
-        | ClientMessage::Rmdir { id, path }
-        | ClientMessage::Remove { id, path } => Some((*id, msg.op(), path.clone())),
-        _ => None,
+        ClientMessage::Put { .. } => Flush::No,
+        _ => Flush::First,
     };
-    if !matches!(msg, ClientMessage::Put { .. }) {
-        // Every request sees the effects of the ones before it: uploads waiting for the
-        // group commit are committed first. (Puts may join the group: one to a name another
-        // waiting upload takes is refused at the commit, as it would have been in order.)
+    if flush == Flush::First {
         sess.flush_unsynced().await?;
     }
     let started = std::time::Instant::now();
     sess.last_final = None;
-    let result = run(sess, msg).await;
+    let result = match flush {
+        Flush::AsPartOfThisRequest => match sess.flush_unsynced().await {
+            Ok(()) => run(sess, msg).await,
+            Err(end) => Err(end),
+        },
+        _ => run(sess, msg).await,
+    };
     if let Some((id, op, path)) = audited {
         match sess.unsynced.last_mut() {
             // A put waiting for its group commit: its audit line goes out with its reply.
@@ -51,6 +66,173 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
         }
     }
     result
+}
+
+/// When a request commits the uploads waiting for the group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Before it starts.
+    First,
+    /// As its own first step (a large put).
+    AsPartOfThisRequest,
+    /// Not at all: it may join the group (a small put).
+    No,
+}
+
+/// The request id, the core operation and whether it asks to replace an existing file, for
+/// every message that is a request of the core (`None` for session-level messages).
+fn request_op(msg: &ClientMessage) -> Option<(u64, Op, bool)> {
+    Some(match *msg {
+        ClientMessage::Stat { id, .. } => (id, Op::Stat, false),
+        ClientMessage::List { id, .. } => (id, Op::List, false),
+        ClientMessage::Get { id, .. } => (id, Op::Get, false),
+        ClientMessage::Put { id, overwrite, .. } => (id, Op::Put, overwrite),
+        ClientMessage::Partial { id, .. } => (id, Op::Partial, false),
+        ClientMessage::Sha256 { id, .. } => (id, Op::Sha256, false),
+        ClientMessage::Copy { id, overwrite, .. } => (id, Op::Copy, overwrite),
+        ClientMessage::Usage { id } => (id, Op::Usage, false),
+        ClientMessage::Mkdir { id, .. } => (id, Op::Mkdir, false),
+        ClientMessage::Rmdir { id, .. } => (id, Op::Rmdir, false),
+        ClientMessage::Remove { id, .. } => (id, Op::Remove, false),
+        ClientMessage::Rename { id, overwrite, .. } => (id, Op::Rename, overwrite),
+        ClientMessage::Hello { .. }
+        | ClientMessage::Login { .. }
+        | ClientMessage::End { .. }
+        | ClientMessage::Abort { .. }
+        | ClientMessage::Cancel { .. } => return None,
+    })
+}
+
+/// The one path of a single-path request, as sent.
+fn msg_path(msg: &ClientMessage) -> Option<&str> {
+    match msg {
+        ClientMessage::Stat { path, .. }
+        | ClientMessage::List { path, .. }
+        | ClientMessage::Get { path, .. }
+        | ClientMessage::Put { path, .. }
+        | ClientMessage::Partial { path, .. }
+        | ClientMessage::Sha256 { path, .. }
+        | ClientMessage::Mkdir { path, .. }
+        | ClientMessage::Rmdir { path, .. }
+        | ClientMessage::Remove { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
+/// A core request decoded from ferry/1: every path parsed into the one validated path type.
+enum Request {
+    Stat(RemotePath),
+    List(RemotePath),
+    Get {
+        path: RemotePath,
+        offset: u64,
+        prefix_sha256: Option<String>,
+    },
+    Put {
+        path: RemotePath,
+        size: u64,
+        overwrite: bool,
+        offset: u64,
+        prefix_sha256: Option<String>,
+    },
+    Partial(RemotePath),
+    Sha256(RemotePath),
+    Copy {
+        from: RemotePath,
+        to: RemotePath,
+        overwrite: bool,
+    },
+    Usage,
+    Mkdir(RemotePath),
+    Rmdir(RemotePath),
+    Remove(RemotePath),
+    Rename {
+        from: RemotePath,
+        to: RemotePath,
+        overwrite: bool,
+    },
+}
+
+/// A message decoded: a core request with its paths parsed (a bad path is the error, the
+/// first one in the order the message names them), or a session-level message.
+enum Decoded {
+    Core {
+        id: u64,
+        op: Op,
+        replace: bool,
+        request: Result<Request, PathError>,
+    },
+    Session(ClientMessage),
+}
+
+fn decode(msg: ClientMessage) -> Decoded {
+    let Some((id, op, replace)) = request_op(&msg) else {
+        return Decoded::Session(msg);
+    };
+    let p = |raw: &str| RemotePath::parse(raw);
+    let two = |from: &str, to: &str| Ok::<_, PathError>((p(from)?, p(to)?));
+    let request = match msg {
+        ClientMessage::Stat { path, .. } => p(&path).map(Request::Stat),
+        ClientMessage::List { path, .. } => p(&path).map(Request::List),
+        ClientMessage::Get {
+            path,
+            offset,
+            prefix_sha256,
+            ..
+        } => p(&path).map(|path| Request::Get {
+            path,
+            offset,
+            prefix_sha256,
+        }),
+        ClientMessage::Put {
+            path,
+            size,
+            overwrite,
+            offset,
+            prefix_sha256,
+            ..
+        } => p(&path).map(|path| Request::Put {
+            path,
+            size,
+            overwrite,
+            offset,
+            prefix_sha256,
+        }),
+        ClientMessage::Partial { path, .. } => p(&path).map(Request::Partial),
+        ClientMessage::Sha256 { path, .. } => p(&path).map(Request::Sha256),
+        ClientMessage::Copy {
+            from,
+            to,
+            overwrite,
+            ..
+        } => two(&from, &to).map(|(from, to)| Request::Copy {
+            from,
+            to,
+            overwrite,
+        }),
+        ClientMessage::Usage { .. } => Ok(Request::Usage),
+        ClientMessage::Mkdir { path, .. } => p(&path).map(Request::Mkdir),
+        ClientMessage::Rmdir { path, .. } => p(&path).map(Request::Rmdir),
+        ClientMessage::Remove { path, .. } => p(&path).map(Request::Remove),
+        ClientMessage::Rename {
+            from,
+            to,
+            overwrite,
+            ..
+        } => two(&from, &to).map(|(from, to)| Request::Rename {
+            from,
+            to,
+            overwrite,
+        }),
+        // request_op named every core request above; nothing else gets here.
+        other => return Decoded::Session(other),
+    };
+    Decoded::Core {
+        id,
+        op,
+        replace,
+        request,
+    }
 }
 
 /// What the audit line of a request needs, kept while its reply waits for a group commit.
@@ -116,53 +298,81 @@ pub(super) fn audit_line(
 }
 
 async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
-    if matches!(
-        msg,
-        ClientMessage::Get { .. }
-            | ClientMessage::Put { .. }
-            | ClientMessage::Sha256 { .. }
-            | ClientMessage::Copy { .. }
-    ) {
+    // An upload's data follows its request at once: a refused one is read and dropped.
+    let put_len = match &msg {
+        ClientMessage::Put { size, offset, .. } => Some(size.saturating_sub(*offset)),
+        _ => None,
+    };
+    let (id, op, replace, request) = match decode(msg) {
+        Decoded::Core {
+            id,
+            op,
+            replace,
+            request,
+        } => (id, op, replace, request),
+        Decoded::Session(msg) => return session_message(sess, msg).await,
+    };
+    if matches!(op, Op::Get | Op::Put | Op::Sha256 | Op::Copy) {
         // Moving data needs buffers of its own: argon2's warm memory must not add to them.
         crate::users::login_memory::WARM.release();
     }
-    match msg {
-        ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,
-        ClientMessage::List { id, path } => list::run(sess, id, path).await,
-        ClientMessage::Get {
-            id,
+    let refusal =
+        match &request {
+            Err(e) => Some(path_reply(id, e)),
+            // The operation table, checked once for every request (never in a handler).
+            Ok(_) => sess.scope.check(op, replace).err().map(|denied| {
+                ServerMessage::error(Some(id), ErrorCode::PermissionDenied, denied.0)
+            }),
+        };
+    if let Some(reply) = refusal {
+        sess.send(&reply).await?;
+        return match put_len {
+            Some(expected) => put::discard(sess, id, expected).await,
+            None => Ok(()),
+        };
+    }
+    let Ok(request) = request else {
+        return Ok(());
+    };
+    match request {
+        Request::Stat(path) => stat::run(sess, id, path).await,
+        Request::List(path) => list::run(sess, id, path).await,
+        Request::Get {
             path,
             offset,
             prefix_sha256,
         } => get::run(sess, id, path, offset, prefix_sha256).await,
-        ClientMessage::Put {
-            id,
+        Request::Put {
             path,
             size,
             overwrite,
             offset,
             prefix_sha256,
         } => put::run(sess, id, path, size, overwrite, offset, prefix_sha256).await,
-        ClientMessage::Partial { id, path } => partial::run(sess, id, path).await,
-        ClientMessage::Sha256 { id, path } => sha256::run(sess, id, path).await,
-        ClientMessage::Copy {
-            id,
+        Request::Partial(path) => partial::run(sess, id, path).await,
+        Request::Sha256(path) => sha256::run(sess, id, path).await,
+        Request::Copy {
             from,
             to,
             overwrite,
         } => copy::run(sess, id, from, to, overwrite).await,
-        ClientMessage::Usage { id } => usage::run(sess, id).await,
-        // A cancel that arrives between requests names nothing running: ignore it.
-        ClientMessage::Cancel { .. } => Ok(()),
-        ClientMessage::Mkdir { id, path } => mkdir::run(sess, id, path).await,
-        ClientMessage::Rmdir { id, path } => rmdir::run(sess, id, path).await,
-        ClientMessage::Remove { id, path } => remove::run(sess, id, path).await,
-        ClientMessage::Rename {
-            id,
+        Request::Usage => usage::run(sess, id).await,
+        Request::Mkdir(path) => mkdir::run(sess, id, path).await,
+        Request::Rmdir(path) => rmdir::run(sess, id, path).await,
+        Request::Remove(path) => remove::run(sess, id, path).await,
+        Request::Rename {
             from,
             to,
             overwrite,
         } => rename::run(sess, id, from, to, overwrite).await,
+    }
+}
+
+/// Messages that are not requests of the core.
+async fn session_message(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
+    match msg {
+        // A cancel that arrives between requests names nothing running: ignore it.
+        ClientMessage::Cancel { .. } => Ok(()),
         ClientMessage::Hello { .. } => Err(sess.protocol_error("hello sent twice").await),
         ClientMessage::Login { id, .. } => {
             let msg = ServerMessage::error(Some(id), ErrorCode::BadRequest, "already logged in");
@@ -170,6 +380,15 @@ async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
         }
         ClientMessage::End { .. } | ClientMessage::Abort { .. } => {
             Err(sess.protocol_error("end or abort outside an upload").await)
+        }
+        // Every core request is decoded before this; answer rather than panic if one is not.
+        other => {
+            let msg = ServerMessage::error(
+                other.id(),
+                ErrorCode::BadRequest,
+                "request not understood here",
+            );
+            sess.send(&msg).await
         }
     }
 }
@@ -229,21 +448,6 @@ where
     }
 }
 
-/// Parses a path from the wire; on failure sends the reply and returns `None`.
-pub(super) async fn parse_path(
-    sess: &mut Session,
-    id: u64,
-    raw: &str,
-) -> Result<Option<RemotePath>, End> {
-    match RemotePath::parse(raw) {
-        Ok(p) => Ok(Some(p)),
-        Err(e) => {
-            sess.send(&path_reply(id, &e)).await?;
-            Ok(None)
-        }
-    }
-}
-
 /// The reply for an upload or copy that does not fit the user's limits.
 pub(super) fn quota_reply(id: u64, refused: &super::quota::Refused, size: u64) -> ServerMessage {
     match refused {
@@ -276,33 +480,17 @@ pub(super) async fn reply_storage(
     sess.send(&msg).await
 }
 
-/// Refuses a changing request from a read-only user. Returns true if it refused.
-pub(super) async fn refuse_read_only(sess: &mut Session, id: u64) -> Result<bool, End> {
-    if !sess.read_only {
-        return Ok(false);
-    }
-    let msg = ServerMessage::error(Some(id), ErrorCode::PermissionDenied, "read-only user");
-    sess.send(&msg).await?;
-    Ok(true)
-}
-
-/// Runs a simple changing command: parse, read-only check, one blocking call, one reply.
+/// Runs a simple changing command: one blocking call, one reply.
 pub(super) async fn simple_change<F>(
     sess: &mut Session,
     id: u64,
     op: &'static str,
-    raw: &str,
+    path: RemotePath,
     f: F,
 ) -> Result<(), End>
 where
     F: FnOnce(&crate::jail::Jail, &RemotePath) -> Result<(), StorageError> + Send + 'static,
 {
-    let Some(path) = parse_path(sess, id, raw).await? else {
-        return Ok(());
-    };
-    if refuse_read_only(sess, id).await? {
-        return Ok(());
-    }
     let jail = std::sync::Arc::clone(&sess.jail);
     match blocking(move || f(&jail, &path)).await {
         Ok(()) => sess.send(&ServerMessage::ok(id)).await,

@@ -4,14 +4,11 @@
 use std::sync::Arc;
 
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, partial_key, reply_storage};
-use crate::jail::StorageError;
+use super::{blocking, partial_key, reply_storage};
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::ServerMessage;
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let key = partial_key(&sess.user, &path);
     let jail = Arc::clone(&sess.jail);
     match blocking(move || jail.partial_size(&key)).await {

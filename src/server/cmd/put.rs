@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session, Stage, Unsynced};
-use super::{blocking, parse_path, partial_key, quota_reply, refuse_read_only, reply_storage};
+use super::{blocking, partial_key, quota_reply, reply_storage};
 use crate::jail::{Footprint, Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
@@ -178,26 +178,22 @@ impl Sink {
     }
 }
 
+/// Whether a put of `size` bytes from `offset` first commits the uploads waiting for the group
+/// commit (the dispatcher does it): earlier uploads' replies must not wait for a long one.
+pub(super) fn flushes_first(size: u64, offset: u64) -> bool {
+    size.saturating_sub(offset) > GROUP_COMMIT_SMALL
+}
+
 pub(super) async fn run(
     sess: &mut Session,
     id: u64,
-    path: String,
+    target: RemotePath,
     size: u64,
     overwrite: bool,
     offset: u64,
     prefix_sha256: Option<String>,
 ) -> Result<(), End> {
     let expected = size.saturating_sub(offset);
-    if expected > GROUP_COMMIT_SMALL {
-        // Earlier uploads' replies must not wait for a long one.
-        sess.flush_unsynced().await?;
-    }
-    let Some(target) = parse_path(sess, id, &path).await? else {
-        return discard(sess, id, expected).await;
-    };
-    if refuse_read_only(sess, id).await? {
-        return discard(sess, id, expected).await;
-    }
     let prefix = match (offset, prefix_sha256) {
         (0, _) => None,
         (o, Some(p)) if o <= size && is_hex_digest(&p.to_ascii_lowercase()) => {
@@ -946,7 +942,7 @@ fn rekeep(
 
 /// Reads and drops the rest of a refused upload, up to its `end` or `abort`. More data than
 /// the declared size is a protocol error.
-async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), End> {
+pub(super) async fn discard(sess: &mut Session, id: u64, mut allowed: u64) -> Result<(), End> {
     loop {
         match sess.read_transfer_frame().await? {
             Frame::Data(bytes) => {

@@ -3,17 +3,11 @@
 use std::sync::Arc;
 
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, refuse_read_only, reply_storage};
-use crate::jail::StorageError;
+use super::{blocking, reply_storage};
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::ServerMessage;
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
-    if refuse_read_only(sess, id).await? {
-        return Ok(());
-    }
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     let removed = blocking(move || {

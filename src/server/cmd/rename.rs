@@ -8,26 +8,17 @@
 use std::sync::Arc;
 
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, refuse_read_only, reply_storage};
-use crate::jail::StorageError;
+use super::{blocking, reply_storage};
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::ServerMessage;
 
 pub(super) async fn run(
     sess: &mut Session,
     id: u64,
-    from: String,
-    to: String,
+    from: RemotePath,
+    to: RemotePath,
     overwrite: bool,
 ) -> Result<(), End> {
-    let Some(from) = parse_path(sess, id, &from).await? else {
-        return Ok(());
-    };
-    let Some(to) = parse_path(sess, id, &to).await? else {
-        return Ok(());
-    };
-    if refuse_read_only(sess, id).await? {
-        return Ok(());
-    }
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     let result = blocking(move || {

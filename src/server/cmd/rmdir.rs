@@ -2,11 +2,11 @@
 //! as a file toward the quota, so removing one gives a file back.
 
 use super::super::session::{End, Session};
-use crate::jail::StorageError;
+use crate::jail::{RemotePath, StorageError};
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let account = sess.account.clone();
-    super::simple_change(sess, id, "rmdir", &path, move |jail, p| {
+    super::simple_change(sess, id, "rmdir", path, move |jail, p| {
         if p.is_root() {
             return Err(StorageError::PermissionDenied);
         }

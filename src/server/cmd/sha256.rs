@@ -8,15 +8,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::super::session::{End, Session};
-use super::{Next, blocking, next_or_cancel, parse_path, reply_storage};
-use crate::jail::StorageError;
+use super::{Next, blocking, next_or_cancel, reply_storage};
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{DATA_CHUNK_LEN, ErrorCode, ServerMessage, hex_digest};
 use crate::transfer::{PROGRESS_INTERVAL, ReadChunk};
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
     let (file, entry) = match blocking(move || jail.open_read(&path)).await {
         Ok(f) => f,

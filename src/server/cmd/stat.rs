@@ -3,13 +3,11 @@
 use std::sync::Arc;
 
 use super::super::session::{End, Session};
-use super::{blocking, parse_path, reply_storage};
+use super::{blocking, reply_storage};
+use crate::jail::RemotePath;
 use crate::protocol::ServerMessage;
 
-pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(), End> {
-    let Some(path) = parse_path(sess, id, &path).await? else {
-        return Ok(());
-    };
+pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
     match blocking(move || jail.stat(&path)).await {
         Ok(entry) => sess.send(&ServerMessage::ok_entry(id, entry)).await,

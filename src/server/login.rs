@@ -1,0 +1,267 @@
+//! Logging in, whatever the front-end: the user and password checked (argon2 on a bounded
+//! pool, an unknown user against a dummy hash so both failures cost the same), the failure
+//! penalised and audited, the user's session slot taken, the home opened and its usage
+//! counted. No frame or message type appears here: a front-end reads the credentials its
+//! own way, calls [`login`], and maps a [`Refusal`] to its wire.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Server, quota};
+use crate::domain::{MAX_PASSWORD_LEN, MAX_USER_LEN, Scope};
+use crate::jail::{Jail, Stop, StorageError};
+use crate::users::{self, Password};
+
+/// A logged-in user, before a front-end wraps it: who, what they may do, their home, limits
+/// and usage account, and the session slot that counts them (given back when dropped).
+pub(super) struct UserSession {
+    pub user: String,
+    pub scope: Scope,
+    pub jail: Arc<Jail>,
+    pub limits: quota::Limits,
+    pub account: Option<Arc<quota::Account>>,
+    pub slot: super::Slot<String>,
+}
+
+/// Why a login attempt did not log in. Each was logged (and a `Denied` penalised and
+/// audited) before it is returned; the front-end only tells its peer.
+pub(super) enum Refusal {
+    /// Wrong user name or password; deliberately never which.
+    Denied,
+    /// No password check became free in time; nothing was checked. The server's own load,
+    /// not the client's doing: no penalty.
+    Busy,
+    /// The account store failed or did not answer in time: the server's trouble, not the
+    /// client's, so no penalty.
+    StoreUnavailable,
+    /// The user has this many sessions already.
+    TooManySessions(usize),
+    /// The home could not be opened or counted; the text is for the peer.
+    HomeUnavailable(&'static str),
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+/// One login attempt, the `attempt`th of its connection (for the audit line).
+pub(super) async fn login(
+    server: &Arc<Server>,
+    name: String,
+    password: Password,
+    peer: SocketAddr,
+    deadline: Instant,
+    attempt: u32,
+) -> Result<UserSession, Refusal> {
+    match authenticate(server, &name, password, deadline).await? {
+        Verdict::Busy => {
+            tracing::warn!(%peer, "login refused: all password checks busy");
+            Err(Refusal::Busy)
+        }
+        Verdict::StoreUnavailable => {
+            tracing::warn!(%peer, "login refused: the account store is unavailable");
+            Err(Refusal::StoreUnavailable)
+        }
+        Verdict::Denied => {
+            server.penalise(peer, super::penalty::Offence::AuthFail);
+            tracing::warn!(
+                target: "ferry::audit",
+                event = "login",
+                %peer,
+                user = %crate::sanitize::for_log(&name),
+                attempt,
+                result = "auth_failed"
+            );
+            Err(Refusal::Denied)
+        }
+        Verdict::Allowed {
+            read_only,
+            home,
+            limits,
+        } => {
+            let max = server.limits.max_sessions_per_user;
+            let Some(slot) = server.per_user.take(name.clone(), max) else {
+                tracing::warn!(%peer, user = %name, "login refused: too many sessions");
+                return Err(Refusal::TooManySessions(max));
+            };
+            let opened = open_home(server, home, limits, peer, &name, deadline).await;
+            let (jail, account) = match opened {
+                Ok(j) => j,
+                Err(HomeError { reason, error }) => {
+                    tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
+                    return Err(Refusal::HomeUnavailable(reason));
+                }
+            };
+            tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
+            Ok(UserSession {
+                user: name,
+                scope: if read_only {
+                    Scope::ReadOnly
+                } else {
+                    Scope::Full
+                },
+                jail,
+                limits,
+                account,
+                slot,
+            })
+        }
+    }
+}
+
+/// The outcome of one login attempt.
+enum Verdict {
+    Allowed {
+        read_only: bool,
+        home: PathBuf,
+        limits: quota::Limits,
+    },
+    Denied,
+    /// No argon2 slot became free in time; nothing was checked.
+    Busy,
+    /// The account store failed or did not answer.
+    StoreUnavailable,
+}
+
+/// Checks a user name and password. Unknown users are verified against a dummy hash with the
+/// same parameters, so both failures take the same path and time. Any error denies.
+async fn authenticate(
+    server: &Arc<Server>,
+    name: &str,
+    password: Password,
+    deadline: Instant,
+) -> Result<Verdict, Refusal> {
+    if name.is_empty()
+        || name.len() > MAX_USER_LEN
+        || password.is_empty()
+        || password.len() > MAX_PASSWORD_LEN
+    {
+        // Refused without hashing: lengths are not secret, and hashing a huge password is
+        // exactly the work an attacker would like the server to do.
+        return Ok(Verdict::Denied);
+    }
+    // A name that can never be an account is not looked up (a store may choke on it): it
+    // takes the unknown user's path. The lookup ends with the login's deadline.
+    let looked_up = if users::validate_name(name).is_ok() {
+        tokio::time::timeout_at(deadline, server.users.get(name)).await
+    } else {
+        Ok(Ok(None))
+    };
+    let (user, store_failed) = match looked_up {
+        Ok(Ok(user)) => (user, false),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "login: the account store failed");
+            (None, true)
+        }
+        Err(_) => {
+            tracing::error!("login: the account store did not answer before the login deadline");
+            (None, true)
+        }
+    };
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => server.users.dummy_hash(),
+    };
+    let wait = server.limits.auth_queue_timeout;
+    let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
+        server.auth_permits.acquire().await
+    })
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(Refusal::ShuttingDown),
+        Err(_) => return Ok(Verdict::Busy),
+    };
+    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    drop(permit);
+    server.forget_login_memory();
+    Ok(match user {
+        // The same work was done as for any failure (timing tells nothing), but a store that
+        // is down is the server's trouble: the client hears "busy" and earns no penalty.
+        _ if store_failed => Verdict::StoreUnavailable,
+        Some(u) if verified => Verdict::Allowed {
+            read_only: u.read_only,
+            home: u.home_dir(&server.root),
+            limits: quota::limits_of(&u),
+        },
+        _ => Verdict::Denied,
+    })
+}
+
+/// Why a login could not open its home: what the client is told, and the error for the log.
+struct HomeError {
+    reason: &'static str,
+    error: StorageError,
+}
+
+/// Opens (creating on first login) the home, sweeps stale partial uploads, and for a user
+/// with limits, opens the shared usage account (counting the home if it is the first session).
+/// A count of the home stops when this login ends, however it ends.
+async fn open_home(
+    server: &Arc<Server>,
+    home: PathBuf,
+    limits: quota::Limits,
+    peer: SocketAddr,
+    user: &str,
+    deadline: Instant,
+) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), HomeError> {
+    let server = Arc::clone(server);
+    let user = user.to_string();
+    let stop = Stop::at(deadline.into_std());
+    // Raised when this future is dropped (timeout, disconnect, shutdown) or done.
+    let _stop_walk = RaiseOnDrop(stop.clone());
+    let open = tokio::task::spawn_blocking(move || {
+        let unavailable = |error| HomeError {
+            reason: "home directory unavailable",
+            error,
+        };
+        let jail = Jail::open(&home, true).map_err(unavailable)?;
+        let ttl = server.limits.partial_ttl;
+        let (account, swept) = if limits == quota::Limits::default() {
+            (None, jail.sweep_partials(ttl))
+        } else {
+            let (account, swept) =
+                server
+                    .accounts
+                    .open(home, &jail, ttl, &stop)
+                    .map_err(|error| HomeError {
+                        reason: "cannot count the usage of your home for the quota \
+                             (a directory in it cannot be read, or it is too deep); \
+                             ask the administrator",
+                        error,
+                    })?;
+            (Some(account), swept)
+        };
+        match swept {
+            Ok(f) if f.files == 0 => {}
+            Ok(f) => {
+                tracing::info!(%peer, user, removed = f.files, "stale partial uploads removed");
+            }
+            Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
+        }
+        Ok((Arc::new(jail), account))
+    });
+    match tokio::time::timeout_at(deadline, open).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(HomeError {
+            reason: "home directory unavailable",
+            error: StorageError::Io(std::io::Error::other(join)),
+        }),
+        Err(_) => Err(HomeError {
+            reason: "opening your home took too long; try again later",
+            error: StorageError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }),
+    }
+}
+
+/// Raises a [`Stop`] when dropped.
+struct RaiseOnDrop(Stop);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.raise();
+    }
+}
