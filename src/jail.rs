@@ -467,6 +467,69 @@ impl Jail {
         })))
     }
 
+    /// One page of a directory in byte order of the names: up to `max` entries (like
+    /// [`Jail::list`]'s) whose names come after `after`, and the name to continue after if
+    /// more follow. Needs no state between pages: each page reads the directory's names once
+    /// and keeps only the `max` smallest beyond `after`, so memory stays O(`max`) (time is
+    /// O(entries) per page). Listing a non-directory gives its own entry on the first page.
+    pub fn list_page(
+        &self,
+        p: &RemotePath,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<Entry>, Option<String>), StorageError> {
+        let dir = if p.is_root() {
+            DirRef::Home(&self.home)
+        } else {
+            match self.home.open_dir(p.as_relative()) {
+                Ok(dir) => DirRef::Sub(dir),
+                Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                    let entry = self.stat(p)?;
+                    let page = if after.is_none() { vec![entry] } else { vec![] };
+                    return Ok((page, None));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // A max-heap of the smallest names seen beyond `after`, at most `max` of them.
+        let mut heap = std::collections::BinaryHeap::<(String, std::ffi::OsString)>::new();
+        let mut more = false;
+        for dirent in dir.entries()? {
+            let name = dirent?.file_name();
+            if is_reserved(name.as_bytes()) {
+                continue;
+            }
+            let shown = name.to_string_lossy().into_owned();
+            if after.is_some_and(|a| shown.as_str() <= a) {
+                continue;
+            }
+            if heap.len() < max {
+                heap.push((shown, name));
+            } else if heap.peek().is_some_and(|(top, _)| shown < *top) {
+                heap.pop();
+                heap.push((shown, name));
+                more = true;
+            } else {
+                more = true;
+            }
+        }
+        let names = heap.into_sorted_vec();
+        let next = match names.last() {
+            Some((last, _)) if more => Some(last.clone()),
+            _ => None,
+        };
+        let mut page = Vec::with_capacity(names.len());
+        for (shown, name) in names {
+            match dir.symlink_metadata(&name) {
+                Ok(meta) => page.push(entry(shown, &meta)),
+                // Gone since the names were read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((page, next))
+    }
+
     /// Opens a regular file for reading. A final symlink is followed but must stay beneath the
     /// home. A directory is `IsADirectory`; a fifo, socket or device is `InvalidArgument`
     /// (opened non-blocking, so a planted fifo cannot hang the server).

@@ -10,7 +10,11 @@
 //!    login when it changed; a store keeps hashes and never verifies), [`users`] (the users
 //!    file's format and edits, argon2id, `Password`), [`jail`] (a home as a capability
 //!    directory; `RemotePath`, the one validated path type; temp files that commit
-//!    atomically), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`]
+//!    atomically), [`storage`] (the `Storage` trait: one home's files as an object store
+//!    could keep them too, with paged listing, uploads committed after their digest is
+//!    checked, batched durability and whole small files in one call; `storage::local`
+//!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
+//!    trait), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`]
 //!    (O_DIRECT writes), [`mapping`] (anonymous memory maps), [`tls`] (PEM, TLS 1.3
 //!    configurations for the ALPN ids the caller names, fingerprints), [`certs`].
 //! 3. The wire and its front-end: [`protocol`] (the only module that knows ferry/1's
@@ -45,6 +49,7 @@ pub mod protocol;
 pub mod sanitize;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod tls;
 pub mod transfer;
 pub mod users;

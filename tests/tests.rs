@@ -24,5 +24,6 @@ mod security;
 mod shell;
 mod shutdown;
 mod state_contract;
+mod storage;
 mod transfers;
 mod trust;

@@ -1,0 +1,240 @@
+//! `LocalStorage` against the contract, on a fresh temp dir per test, and the local-only
+//! extras: symlinks planted in the backing directory, and what is left on disk.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry::storage::local::LocalStorage;
+use ferry::storage::{
+    Commit, CopyOptions, ReadOptions, RemotePath, SmallOptions, Storage, StorageError,
+    UploadOptions,
+};
+use sha2::Digest;
+
+use super::contract::{Home, storage_contract};
+
+async fn make() -> Home {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStorage::open(&dir.path().join("home"), true).unwrap();
+    Home::new(Arc::new(store), dir)
+}
+
+storage_contract!(make);
+
+fn p(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+/// Names in a directory of the backing file system, sorted.
+fn on_disk(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_symlinks_out_of_the_home_are_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let s = LocalStorage::open(&home, true).unwrap();
+    // Planted after the store was opened, as an attacker with another way in would.
+    symlink(&outside, home.join("out")).unwrap();
+    symlink(outside.join("secret"), home.join("secret")).unwrap();
+    symlink("../outside/secret", home.join("relative")).unwrap();
+    let escape = |e: &StorageError| matches!(e, StorageError::Escape);
+    for path in ["out/secret", "secret", "relative"] {
+        let r = s.stat(&p(path)).await;
+        assert!(r.as_ref().is_err_and(escape), "stat {path}: {r:?}");
+        let r = s.open_read(&p(path), ReadOptions::default()).await;
+        assert!(r.as_ref().is_err_and(escape), "read {path}");
+        let r = s.get_small(&p(path), 1024).await;
+        assert!(r.as_ref().is_err_and(escape), "get_small {path}");
+        let options = CopyOptions {
+            no_replace: true,
+            admit: None,
+            progress: None,
+        };
+        let r = s.copy(&p(path), &p("copied"), options).await;
+        assert!(r.as_ref().is_err_and(escape), "copy {path}");
+    }
+    let r = s.list(&p("out"), None, 10).await;
+    assert!(r.as_ref().is_err_and(escape), "list out: {r:?}");
+    let r = s.mkdir(&p("out/made")).await;
+    assert!(r.as_ref().is_err_and(escape), "mkdir out/made");
+    let r = s
+        .begin_upload(&p("out/new"), UploadOptions::default())
+        .await;
+    assert!(r.as_ref().is_err(), "upload into out/");
+    let r = s
+        .put_small(
+            &p("out/new"),
+            Bytes::from_static(b"x"),
+            SmallOptions::default(),
+            Commit::new(sha2::Sha256::digest(b"x").into(), true),
+        )
+        .await;
+    assert!(r.as_ref().is_err_and(escape), "put_small into out/");
+    let r = s.remove_file(&p("out/secret")).await;
+    assert!(r.as_ref().is_err_and(escape), "remove out/secret");
+    let r = s.rename(&p("out/secret"), &p("stolen"), true).await;
+    assert!(r.as_ref().is_err_and(escape), "rename out of out/");
+    s.put_small(
+        &p("mine"),
+        Bytes::from_static(b"mine"),
+        SmallOptions::default(),
+        Commit::new(sha2::Sha256::digest(b"mine").into(), true),
+    )
+    .await
+    .unwrap();
+    let r = s.rename(&p("mine"), &p("out/mine"), true).await;
+    assert!(r.as_ref().is_err_and(escape), "rename into out/");
+    // The links themselves are names in the home: removing one removes the link only.
+    s.remove_file(&p("secret")).await.unwrap();
+    assert_eq!(on_disk(&outside), ["secret"]);
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert_eq!(on_disk(&home), ["mine", "out", "relative"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_left_on_disk_by_aborted_or_dropped_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    for size in [100u64, 5_000_000] {
+        let options = UploadOptions {
+            size_hint: Some(size),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p("a"), options.clone()).await.unwrap();
+        up.write(Bytes::from(vec![1u8; 50])).await.unwrap();
+        up.abort().await;
+        let mut up = s.begin_upload(&p("b"), options.clone()).await.unwrap();
+        up.write(Bytes::from(vec![2u8; 50])).await.unwrap();
+        drop(up);
+        let mut up = s.begin_upload(&p("c"), options).await.unwrap();
+        up.write(Bytes::from(vec![2u8; 50])).await.unwrap();
+        up.finish().await.unwrap();
+        up.commit(Commit::new([0; 32], true)).await.unwrap();
+    }
+    // A dropped upload's writer removes its temp on the blocking pool: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !on_disk(&home).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(on_disk(&home).is_empty(), "left: {:?}", on_disk(&home));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partials_live_hidden_in_the_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from_static(b"part")).await.unwrap();
+    up.keep_partial(ferry::storage::PartialKey::new("k1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(on_disk(&home), [".ferry-partials"]);
+    assert_eq!(on_disk(&home.join(".ferry-partials")), ["k1"]);
+    let page = s.list(&RemotePath::root(), None, 10).await.unwrap();
+    assert!(page.entries.is_empty(), "{:?}", page.entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_shrinks_under_a_download_is_an_error_not_a_short_end() {
+    use ferry::storage::ReadEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    std::fs::write(home.join("f"), vec![5u8; 16 << 20]).unwrap();
+    let mut d = s.open_read(&p("f"), ReadOptions::default()).await.unwrap();
+    assert!(matches!(d.next().await.unwrap(), ReadEvent::Data(_)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.join("f"))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let mut got = 0usize;
+    let end = loop {
+        match d.next().await {
+            Ok(ReadEvent::Data(b)) => got += b.len(),
+            Ok(other) => break Ok(other),
+            Err(e) => break Err(e),
+        }
+    };
+    match end {
+        Err(StorageError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}")
+        }
+        other => panic!("after {got} more bytes: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_partial_holds_every_byte_written() {
+    // The contract lets a store keep only a resumable prefix; the local one keeps it all.
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStorage::open(&dir.path().join("home"), true).unwrap();
+    for (i, len) in [1usize, 6, 300_000, 6_000_001].into_iter().enumerate() {
+        let key = ferry::storage::PartialKey::new(format!("k{i}")).unwrap();
+        let options = UploadOptions {
+            size_hint: Some(len as u64 * 2),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p("f"), options).await.unwrap();
+        for chunk in vec![9u8; len].chunks(256 * 1024) {
+            up.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        up.keep_partial(key.clone()).await.unwrap();
+        assert_eq!(s.partial_len(&key).await.unwrap(), Some(len as u64));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_no_replace_commits_have_exactly_one_winner() {
+    // Not in the contract (an object store needs a name reservation above it for this), but
+    // the local store gets it from the kernel: RENAME_NOREPLACE.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+    let mut finished = Vec::new();
+    for i in 0..8u8 {
+        let options = UploadOptions {
+            no_replace: true,
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p("same"), options).await.unwrap();
+        up.write(Bytes::from(vec![i; 1000])).await.unwrap();
+        let digest = up.finish().await.unwrap();
+        finished.push((i, up, digest));
+    }
+    let commits: Vec<_> = finished
+        .into_iter()
+        .map(|(i, up, digest)| {
+            tokio::spawn(async move { (i, up.commit(Commit::new(digest, true)).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for c in commits {
+        match c.await.unwrap() {
+            (i, Ok(ferry::storage::Landed::Committed(_))) => winners.push(i),
+            (_, Err(StorageError::AlreadyExists)) => {}
+            (i, other) => panic!("{i}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let content = std::fs::read(dir.path().join("home/same")).unwrap();
+    assert_eq!(content, vec![winners[0]; 1000]);
+    assert_eq!(on_disk(&dir.path().join("home")), ["same"]);
+}
