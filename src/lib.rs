@@ -9,7 +9,13 @@
 //! - [`users`]: the users file, argon2id hashing and verification, the `Password` type.
 //! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
 //!   type; temp files that commit atomically.
-//! - [`transfer`]: streaming with SHA-256, shared by both ends.
+//! - [`transfer`]: streaming with SHA-256, shared by both ends; [`direct`] writes large
+//!   received files around the page cache, in page-aligned buffers from [`mapping`].
+//! - [`platform`]: the Linux-only calls (`syncfs`, `sync_file_range`, `O_DIRECT`, `madvise`,
+//!   `renameat2`, glibc's allocator tuning) behind one portable signature each, with
+//!   standard-library fallbacks for every other system, unit-tested on Linux too. Code outside
+//!   it needs no `cfg` for these; only server-only modules (`jail`, `cli`'s signals) still call
+//!   Linux directly.
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
 //!   command; `quota` keeps each home's usage equal to a fresh walk of it; `users_file`
@@ -29,6 +35,7 @@ pub mod domain;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
+pub mod platform;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;

@@ -6,6 +6,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::platform;
+
 /// Suffix of the hidden file a download goes to: `.<name>.ferry-part`.
 pub const PARTIAL_SUFFIX: &str = ".ferry-part";
 
@@ -115,7 +117,7 @@ impl Partial {
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
-            rename_noreplace(&self.path, &self.target)?;
+            platform::rename_noreplace(&self.path, &self.target)?;
         }
         self.done = true;
         Ok(parent_of(&self.target))
@@ -132,31 +134,30 @@ impl Drop for Partial {
 
 impl Partial {
     /// Renames a verified partial into place without an fsync of its own, for a group commit
-    /// that already flushed its file system (`syncfs`) after the last write. Returns the
-    /// directory that still needs an fsync for the rename to be durable.
-    pub fn commit_after_syncfs(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
+    /// that already made its data durable ([`Partial::flush`]) after the last write. Returns
+    /// the directory that still needs an fsync for the rename to be durable.
+    pub fn commit_after_flush(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
         self.file
             .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
-            rename_noreplace(&self.path, &self.target)?;
+            platform::rename_noreplace(&self.path, &self.target)?;
         }
         self.done = true;
         Ok(parent_of(&self.target))
     }
 
-    /// The file system the partial lives on (`st_dev`).
+    /// The file system the partial lives on.
     pub fn device(&self) -> std::io::Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        Ok(self.file.metadata()?.dev())
+        platform::device_id(&self.file)
     }
 
-    /// Flushes the whole file system the partial lives on. Through this descriptor, opened
-    /// before any byte was written, the kernel reports any write-back error since then.
-    pub fn syncfs(&self) -> std::io::Result<()> {
-        rustix::fs::syncfs(&self.file)?;
-        Ok(())
+    /// Makes the partial's data durable with `sync`, a group commit's flush (see
+    /// [`platform::group_sync`]): through this descriptor, opened before any byte was
+    /// written, the kernel reports any write-back error since then.
+    pub fn flush(&self, sync: fn(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        sync(&self.file)
     }
 }
 
@@ -194,20 +195,6 @@ fn parent_of(target: &Path) -> PathBuf {
     match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists (atomically, with
-/// renameat2's RENAME_NOREPLACE; file systems without it get link + unlink, also atomic).
-pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

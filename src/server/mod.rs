@@ -133,6 +133,11 @@ pub struct Server {
     trim_pending: std::sync::atomic::AtomicBool,
     /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
     warm_pending: std::sync::atomic::AtomicBool,
+    /// argon2's working memory kept warm between logins (see [`crate::users::login_memory`]):
+    /// the server's own, shared with the password checks on the blocking pool.
+    pub(crate) login_memory: Arc<crate::users::login_memory::Warm>,
+    /// Caps the direct writers of all sessions' uploads (see [`crate::direct`]).
+    pub(crate) direct: Arc<crate::direct::DirectLimit>,
     /// Cancelled when the shutdown grace period is over: transfers still running stop the way
     /// a client disconnect stops them (an upload is kept for `reput`, the audit line says
     /// `interrupted`) instead of being dropped mid-way.
@@ -234,6 +239,8 @@ impl Server {
             prelogin: prelogin::Prelogin::new(limits.startups),
             trim_pending: std::sync::atomic::AtomicBool::new(false),
             warm_pending: std::sync::atomic::AtomicBool::new(false),
+            login_memory: Arc::default(),
+            direct: Arc::default(),
             grace_over: CancellationToken::new(),
             limits,
         })
@@ -259,7 +266,7 @@ impl Server {
             tokio::time::sleep(Duration::from_secs(1)).await;
             server.trim_pending.store(false, Ordering::Release);
             if server.idle() {
-                let _ = tokio::task::spawn_blocking(release_free_heap).await;
+                let _ = tokio::task::spawn_blocking(crate::platform::trim_allocator).await;
             }
         });
     }
@@ -269,9 +276,7 @@ impl Server {
     pub(crate) fn forget_login_memory(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         const WARM_FOR: Duration = Duration::from_secs(1);
-        if !crate::users::login_memory::WARM.held()
-            || self.warm_pending.swap(true, Ordering::AcqRel)
-        {
+        if !self.login_memory.held() || self.warm_pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let server = Arc::clone(self);
@@ -279,7 +284,8 @@ impl Server {
             let mut wait = WARM_FOR;
             loop {
                 tokio::time::sleep(wait).await;
-                let release = || crate::users::login_memory::WARM.release_unused_for(WARM_FOR);
+                let warm = Arc::clone(&server.login_memory);
+                let release = move || warm.release_unused_for(WARM_FOR);
                 // Used again meanwhile: wait until it has been unused for the full time.
                 if let Ok(Some(left)) = tokio::task::spawn_blocking(release).await {
                     wait = left;
@@ -289,9 +295,7 @@ impl Server {
                 server.warm_pending.store(false, Ordering::Release);
                 // A check that gave memory back between the release and the store saw a
                 // timer pending and started none: take over for it.
-                if !crate::users::login_memory::WARM.held()
-                    || server.warm_pending.swap(true, Ordering::AcqRel)
-                {
+                if !server.login_memory.held() || server.warm_pending.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }
@@ -487,22 +491,7 @@ pub async fn run(
 /// One arena for all threads lets the idle trim give all of it back; transfers measured no
 /// slower (1 GiB up and down, three runs each way).
 pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a glibc tunable; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Returns the C allocator's free memory to the kernel (glibc's `malloc_trim`); nothing
-/// elsewhere.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it is
-    // thread-safe and touches no memory that is in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::platform::limit_arenas();
 }
 
 /// Sweeps stale partial uploads of every user once an hour (logins sweep their own too), so

@@ -604,9 +604,12 @@ async fn authenticate(
         Ok(Err(_)) => return Err(End::Shutdown),
         Err(_) => return Ok(Verdict::Busy),
     };
-    let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    let warm = Arc::clone(&server.login_memory);
+    let verified = tokio::task::spawn_blocking(move || {
+        users::verify_password_in(&hash, &password, Some(&warm))
+    })
+    .await
+    .unwrap_or(false);
     drop(permit);
     server.forget_login_memory();
     Ok(match user {

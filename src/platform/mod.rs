@@ -1,0 +1,146 @@
+//! Calls that exist only on Linux, and allocator tuning, behind one portable signature each.
+//!
+//! [`linux`] holds the Linux implementations; [`portable`] holds fallbacks made of the
+//! standard library alone, which is what every other system gets. `portable` is compiled on
+//! every target, Linux included, so its unit tests run wherever the suite runs; only the
+//! choice of which one the functions below call depends on `target_os`. Nothing outside this
+//! module needs a `cfg` for these calls, and code built on them must be correct under either
+//! implementation: where a fallback is weaker (a file system flush that only covers one
+//! file), a constant says so and the caller branches on it.
+//!
+//! Server-only modules (`jail`, the listener, the CLI's signal handling) may still call Linux
+//! directly: the server is built for Linux only.
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+pub mod portable;
+
+#[cfg(target_os = "linux")]
+use linux as imp;
+#[cfg(not(target_os = "linux"))]
+use portable as imp;
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// Whether [`sync_filesystem`] makes every file written on the file system durable (Linux's
+/// `syncfs`). Where it does not (the fallback fsyncs only the file given), a group commit must
+/// flush each of its files itself: see [`group_sync`].
+pub const SYNCFS_COVERS_FILE_SYSTEM: bool = imp::SYNCFS_COVERS_FILE_SYSTEM;
+
+/// Whether [`set_direct`] can turn direct I/O (`O_DIRECT`) on at all. Where it cannot, large
+/// files are written through the page cache like all others.
+pub const DIRECT_IO: bool = imp::DIRECT_IO;
+
+/// Asks the system to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting (Linux: `sync_file_range` with `SYNC_FILE_RANGE_WRITE`; elsewhere nothing). A hint
+/// for speed only: the fsync before a commit is what makes data durable.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    imp::start_writeback(file, offset, len)
+}
+
+/// Flushes the file system `file` lives on (Linux: `syncfs`, which reports any write-back
+/// error on it since `file` was opened). Elsewhere only `file` itself is fsynced, so whether
+/// other files became durable too is [`SYNCFS_COVERS_FILE_SYSTEM`].
+pub fn sync_filesystem(file: &File) -> io::Result<()> {
+    imp::sync_filesystem(file)
+}
+
+/// How a group commit makes a batch of files durable here: one [`sync_filesystem`] per file
+/// system, or (the fallback) one fsync per file.
+pub fn group_sync() -> GroupSync {
+    if SYNCFS_COVERS_FILE_SYSTEM {
+        GroupSync::PerFileSystem(sync_filesystem)
+    } else {
+        GroupSync::PerFile(portable::sync_filesystem)
+    }
+}
+
+/// See [`group_sync`]. Each variant carries the flush to call.
+#[derive(Clone, Copy)]
+pub enum GroupSync {
+    /// One call through any file of a file system covers every file on it.
+    PerFileSystem(fn(&File) -> io::Result<()>),
+    /// Each file needs a call of its own.
+    PerFile(fn(&File) -> io::Result<()>),
+}
+
+/// Turns direct I/O (bypassing the page cache) on or off for the open file behind `file`.
+/// Turning it off always works where it could not be on; turning it on fails with
+/// `Unsupported` where [`DIRECT_IO`] is false, and with the system's error where the file
+/// system refuses it.
+pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    imp::set_direct(file, on)
+}
+
+/// Whether direct I/O is on for the open file behind `file`.
+pub fn is_direct(file: &File) -> io::Result<bool> {
+    imp::is_direct(file)
+}
+
+/// Whether a failed write with direct I/O on means the file system took the flag but not this
+/// write (Linux: `EINVAL`, an alignment it needs is larger): nothing was written, and the same
+/// write without direct I/O will do.
+pub fn direct_write_refused(e: &io::Error) -> bool {
+    imp::direct_write_refused(e)
+}
+
+/// Writes all of `buf` at `offset` of `file`, leaving the file position alone where the
+/// system allows it.
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    imp::write_all_at(file, buf, offset)
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists, atomically (Linux:
+/// `renameat2` with `RENAME_NOREPLACE`; elsewhere, or on a file system without it, a hard
+/// link then an unlink, which is atomic too but needs hard links).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    imp::rename_noreplace(from, to)
+}
+
+/// An identifier of the file system `file` lives on (`st_dev`), to tell which files one
+/// [`sync_filesystem`] covers. `Unsupported` where the system has none to give.
+pub fn device_id(file: &File) -> io::Result<u64> {
+    imp::device_id(file)
+}
+
+/// `len` bytes (at least one) of page-aligned, zero-filled memory, readable and writable, for
+/// large working buffers (Linux: an anonymous mapping, given back to the system by [`unmap`];
+/// elsewhere the global allocator). Pass it to [`unmap`] with the same `len` exactly once.
+pub fn map_zeroed(len: usize) -> io::Result<NonNull<u8>> {
+    imp::map_zeroed(len)
+}
+
+/// Gives back memory from [`map_zeroed`].
+///
+/// # Safety
+/// `ptr` and `len` are exactly what one call of [`map_zeroed`] returned and was given, it is
+/// given back once, and nothing uses the memory afterwards.
+pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's contract is the implementation's.
+    unsafe { imp::unmap(ptr, len) }
+}
+
+/// Asks for transparent huge pages for memory from [`map_zeroed`] (Linux: `madvise`
+/// `MADV_HUGEPAGE`; elsewhere nothing). A hint: it changes no contents, and failure changes
+/// nothing.
+pub fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
+    imp::advise_huge_pages(ptr, len)
+}
+
+/// Sets the C allocator up for a long-running server; call it before any thread starts (glibc:
+/// one arena for all threads, so an idle trim can give everything back; elsewhere nothing).
+pub fn limit_arenas() {
+    imp::limit_arenas()
+}
+
+/// Gives the C allocator's free memory back to the system (glibc: `malloc_trim`; elsewhere
+/// nothing).
+pub fn trim_allocator() {
+    imp::trim_allocator()
+}
+
+/// The page alignment [`map_zeroed`] guarantees (direct I/O needs it for its buffers).
+pub const PAGE_ALIGN: usize = 4096;

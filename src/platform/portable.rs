@@ -1,0 +1,251 @@
+//! The fallbacks behind [`crate::platform`], made of the standard library alone: what every
+//! system other than Linux gets. Compiled on Linux too, so the tests below exercise each
+//! fallback where the suite runs. Each function is documented in [`crate::platform`].
+
+use std::alloc::Layout;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use super::PAGE_ALIGN;
+
+/// An fsync of one file says nothing about the others.
+pub const SYNCFS_COVERS_FILE_SYSTEM: bool = false;
+
+pub const DIRECT_IO: bool = false;
+
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// Only `file` itself is made durable (fsync): a group commit on this fallback fsyncs each
+/// of its files ([`super::GroupSync::PerFile`]).
+pub fn sync_filesystem(file: &File) -> io::Result<()> {
+    file.sync_all()
+}
+
+pub fn set_direct(_file: &File, on: bool) -> io::Result<()> {
+    if on {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "direct I/O is not available here",
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_direct(_file: &File) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Direct I/O is never on here, so no write is refused for it.
+pub fn direct_write_refused(_e: &io::Error) -> bool {
+    false
+}
+
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        // Windows has no write_all_at; seek_write moves the file position, which no caller
+        // relies on (the writer of a file at offsets owns its descriptor).
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, buf, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, buf, offset);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A hard link fails if `to` exists, atomically; then `from` is unlinked.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+pub fn device_id(file: &File) -> io::Result<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(file.metadata()?.dev())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+fn layout(len: usize) -> io::Result<Layout> {
+    Layout::from_size_align(len.max(1), PAGE_ALIGN).map_err(|_| io::ErrorKind::OutOfMemory.into())
+}
+
+pub fn map_zeroed(len: usize) -> io::Result<NonNull<u8>> {
+    let layout = layout(len)?;
+    // SAFETY: the layout's size is at least one byte.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    NonNull::new(ptr).ok_or_else(|| io::ErrorKind::OutOfMemory.into())
+}
+
+/// # Safety
+/// As [`crate::platform::unmap`].
+pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // `map_zeroed` succeeded with this length, so the layout is valid again.
+    if let Ok(layout) = layout(len) {
+        // SAFETY: allocated by `map_zeroed` with this very layout (the caller's contract).
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
+    }
+}
+
+pub fn advise_huge_pages(_ptr: NonNull<u8>, _len: usize) {}
+
+pub fn limit_arenas() {}
+
+pub fn trim_allocator() {}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, Write};
+
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sync_filesystem_is_an_fsync_of_the_file_not_a_syncfs() {
+        // A pipe cannot be fsynced (EINVAL), while syncfs through it succeeds (see the Linux
+        // test): the fallback really calls the file's own fsync.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let pipe = File::from(std::os::fd::OwnedFd::from(reader));
+        let err = sync_filesystem(&pipe).expect_err("a pipe cannot be fsynced");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    }
+
+    #[test]
+    fn sync_filesystem_writes_the_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = File::create_new(&path).unwrap();
+        let data = vec![0x5Au8; 1024 * 1024];
+        file.write_all(&data).unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            let (dirty, _) = unwritten_pages(&file);
+            assert!(
+                dirty > 0,
+                "nothing dirty right after a write: this test cannot tell"
+            );
+        }
+        sync_filesystem(&file).unwrap();
+        // Every page of the file is on the device: none dirty, none still being written.
+        #[cfg(target_os = "linux")]
+        assert_eq!(unwritten_pages(&file), (0, 0));
+        assert!(std::fs::read(&path).unwrap() == data);
+    }
+
+    /// The file's page-cache pages that are dirty and under write-back (Linux's `cachestat`,
+    /// 6.5 and later).
+    #[cfg(target_os = "linux")]
+    fn unwritten_pages(file: &File) -> (u64, u64) {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            cache: u64,
+            dirty: u64,
+            writeback: u64,
+            evicted: u64,
+            recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+        let range = Range { off: 0, len: 0 }; // to the end of the file
+        let mut stat = Stat::default();
+        // SAFETY: both structs match the kernel's layout and outlive the call; it writes
+        // only `stat`.
+        let r = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0u32) };
+        if r != 0 {
+            panic!(
+                "cachestat(2) is needed for this test: {}",
+                io::Error::last_os_error()
+            );
+        }
+        (stat.dirty, stat.writeback)
+    }
+
+    #[test]
+    fn direct_io_is_refused_and_off_is_fine() {
+        let file = tempfile::tempfile().unwrap();
+        let err = set_direct(&file, true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        set_direct(&file, false).unwrap();
+        assert!(!is_direct(&file).unwrap());
+        assert!(!direct_write_refused(&io::Error::from(
+            io::ErrorKind::InvalidInput
+        )));
+    }
+
+    #[test]
+    fn write_all_at_writes_at_the_offset_and_keeps_the_position() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"0123456789").unwrap();
+        write_all_at(&file, b"abc", 3).unwrap();
+        write_all_at(&file, b"XY", 12).unwrap();
+        assert_eq!(file.stream_position().unwrap(), 10);
+        file.rewind().unwrap();
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"012abc6789\0\0XY");
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_an_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"new").unwrap();
+        std::fs::write(&b, b"old").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"old");
+        assert_eq!(std::fs::read(&a).unwrap(), b"new");
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert!(!a.exists(), "the source is gone after the rename");
+    }
+
+    #[test]
+    fn mapped_memory_is_page_aligned_zeroed_and_writable() {
+        for len in [0, 1, 4096, 1024 * 1024 + 3] {
+            let ptr = map_zeroed(len).unwrap();
+            assert_eq!(ptr.as_ptr() as usize % PAGE_ALIGN, 0, "len {len}");
+            let n = len.max(1);
+            // SAFETY: `n` bytes from map_zeroed, owned here until unmapped below.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), n) };
+            assert!(bytes.iter().all(|&b| b == 0), "len {len}");
+            bytes.fill(0xA5);
+            assert!(bytes.iter().all(|&b| b == 0xA5));
+            advise_huge_pages(ptr, n);
+            // SAFETY: exactly what map_zeroed returned, given back once.
+            unsafe { unmap(ptr, len) };
+        }
+    }
+}
