@@ -144,3 +144,38 @@ pub fn trim_allocator() {
 
 /// The page alignment [`map_zeroed`] guarantees (direct I/O needs it for its buffers).
 pub const PAGE_ALIGN: usize = 4096;
+
+/// The file's page-cache pages that are dirty and under write-back (Linux's `cachestat`,
+/// 6.5 and later).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn unwritten_pages(file: &File) -> (u64, u64) {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    #[allow(dead_code)] // the kernel fills every field; two are read
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+    let range = Range { off: 0, len: 0 }; // to the end of the file
+    let mut stat = Stat::default();
+    // SAFETY: both structs match the kernel's layout and outlive the call; it writes
+    // only `stat`.
+    let r = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0u32) };
+    if r != 0 {
+        panic!(
+            "cachestat(2) is needed for this test: {}",
+            io::Error::last_os_error()
+        );
+    }
+    (stat.dirty, stat.writeback)
+}

@@ -144,7 +144,7 @@ mod tests {
         file.write_all(&data).unwrap();
         #[cfg(target_os = "linux")]
         {
-            let (dirty, _) = unwritten_pages(&file);
+            let (dirty, _) = super::super::unwritten_pages(&file);
             assert!(
                 dirty > 0,
                 "nothing dirty right after a write: this test cannot tell"
@@ -153,42 +153,8 @@ mod tests {
         sync_filesystem(&file).unwrap();
         // Every page of the file is on the device: none dirty, none still being written.
         #[cfg(target_os = "linux")]
-        assert_eq!(unwritten_pages(&file), (0, 0));
+        assert_eq!(super::super::unwritten_pages(&file), (0, 0));
         assert!(std::fs::read(&path).unwrap() == data);
-    }
-
-    /// The file's page-cache pages that are dirty and under write-back (Linux's `cachestat`,
-    /// 6.5 and later).
-    #[cfg(target_os = "linux")]
-    fn unwritten_pages(file: &File) -> (u64, u64) {
-        use std::os::fd::AsRawFd;
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        #[repr(C)]
-        #[derive(Default)]
-        struct Stat {
-            cache: u64,
-            dirty: u64,
-            writeback: u64,
-            evicted: u64,
-            recently_evicted: u64,
-        }
-        const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
-        let range = Range { off: 0, len: 0 }; // to the end of the file
-        let mut stat = Stat::default();
-        // SAFETY: both structs match the kernel's layout and outlive the call; it writes
-        // only `stat`.
-        let r = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0u32) };
-        if r != 0 {
-            panic!(
-                "cachestat(2) is needed for this test: {}",
-                io::Error::last_os_error()
-            );
-        }
-        (stat.dirty, stat.writeback)
     }
 
     #[test]
