@@ -3,7 +3,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::platform;
@@ -39,29 +38,25 @@ impl Partial {
     /// their count returned, positioned at the end; otherwise the file starts empty.
     pub fn open(target: &Path, resume: bool) -> std::io::Result<(Partial, u64)> {
         let path = Self::path_for(target)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        platform::create_mode(&mut opts, 0o600);
+        let file = platform::no_follow(&mut opts).open(&path)?;
         if !file.metadata()?.is_file() {
             return Err(std::io::Error::other(format!(
                 "{} is not a regular file",
                 path.display()
             )));
         }
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        match file.try_lock() {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(std::io::Error::other(format!(
                     "another transfer is writing {}",
                     path.display()
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         let mut partial = Partial {
             path,
@@ -111,8 +106,7 @@ impl Partial {
     /// [`Partial::commit`] up to the rename; returns the directory that still needs an fsync
     /// (batched by the caller for many files: one fsync per directory).
     pub fn commit_without_dir_sync(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
-        self.file
-            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
+        platform::set_mode(&self.file, new_file_mode())?;
         self.file.sync_all()?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
@@ -137,8 +131,7 @@ impl Partial {
     /// that already made its data durable ([`Partial::flush`]) after the last write. Returns
     /// the directory that still needs an fsync for the rename to be durable.
     pub fn commit_after_flush(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
-        self.file
-            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
+        platform::set_mode(&self.file, new_file_mode())?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {

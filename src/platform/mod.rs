@@ -8,6 +8,9 @@
 //! implementation: where a fallback is weaker (a file system flush that only covers one
 //! file), a constant says so and the caller branches on it.
 //!
+//! [`unix`] holds what every Unix has and other systems lack (permission bits, `O_NOFOLLOW`,
+//! terminal echo); its fallbacks are in [`portable`] too.
+//!
 //! Server-only modules (`jail`, the listener, the CLI's signal handling) may still call Linux
 //! directly: the server is built for Linux only.
 
@@ -15,12 +18,19 @@
 pub mod linux;
 pub mod portable;
 
+#[cfg(unix)]
+pub mod unix;
+
 #[cfg(target_os = "linux")]
 use linux as imp;
 #[cfg(not(target_os = "linux"))]
 use portable as imp;
+#[cfg(not(unix))]
+use portable as unix_imp;
+#[cfg(unix)]
+use unix as unix_imp;
 
-use std::fs::File;
+use std::fs::{DirBuilder, File, Metadata, OpenOptions};
 use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -141,6 +151,54 @@ pub fn limit_arenas() {
 pub fn trim_allocator() {
     imp::trim_allocator()
 }
+
+/// Creates a new file with permission bits `mode` (Unix: `open`'s mode, under the umask;
+/// elsewhere the system's defaults).
+pub fn create_mode(opts: &mut OpenOptions, mode: u32) -> &mut OpenOptions {
+    unix_imp::create_mode(opts, mode)
+}
+
+/// Makes the open fail if the path's last component is a symlink (Unix: `O_NOFOLLOW`;
+/// elsewhere nothing, and the open follows it).
+pub fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
+    unix_imp::no_follow(opts)
+}
+
+/// Creates directories with permission bits `mode` (Unix; elsewhere the system's defaults).
+pub fn dir_mode(builder: &mut DirBuilder, mode: u32) -> &mut DirBuilder {
+    unix_imp::dir_mode(builder, mode)
+}
+
+/// Sets `file`'s permission bits to `mode` (Unix; elsewhere only read-only, for a mode
+/// without write bits).
+pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    unix_imp::set_mode(file, mode)
+}
+
+/// [`set_mode`] by path.
+pub fn set_path_mode(path: &Path, mode: u32) -> io::Result<()> {
+    unix_imp::set_path_mode(path, mode)
+}
+
+/// The permission bits of `meta` (Unix: `st_mode & 07777`; elsewhere 0755 for a directory and
+/// 0644 for anything else, without the write bits when read-only).
+pub fn mode_bits(meta: &Metadata) -> u32 {
+    unix_imp::mode_bits(meta)
+}
+
+/// When `meta`'s file was last modified, in whole seconds since the Unix epoch (`st_mtime`).
+pub fn mtime_secs(meta: &Metadata) -> i64 {
+    unix_imp::mtime_secs(meta)
+}
+
+/// While the returned value lives, keys typed on the terminal are not echoed (Unix: `ECHO`
+/// and `ECHOCTL` off on stdin; `None` if stdin is no terminal, and always elsewhere).
+pub fn echo_off() -> Option<EchoOff> {
+    unix_imp::echo_off()
+}
+
+/// See [`echo_off`]; restores the terminal when dropped.
+pub use unix_imp::EchoOff;
 
 /// The page alignment [`map_zeroed`] guarantees (direct I/O needs it for its buffers).
 pub const PAGE_ALIGN: usize = 4096;

@@ -3,7 +3,7 @@
 //! fallback where the suite runs. Each function is documented in [`crate::platform`].
 
 use std::alloc::Layout;
-use std::fs::File;
+use std::fs::{DirBuilder, File, Metadata, OpenOptions};
 use std::io;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -118,6 +118,78 @@ pub fn limit_arenas() {}
 
 pub fn trim_allocator() {}
 
+/// Nothing to set at creation: the system's defaults apply (on Windows, the parent's ACL).
+pub fn create_mode(opts: &mut OpenOptions, _mode: u32) -> &mut OpenOptions {
+    opts
+}
+
+/// Nothing: on a system without `O_NOFOLLOW` an open follows a symlink.
+pub fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
+    opts
+}
+
+pub fn dir_mode(builder: &mut DirBuilder, _mode: u32) -> &mut DirBuilder {
+    builder
+}
+
+/// Only what every system knows: a mode without any write bit makes the file read-only.
+/// Otherwise the permissions are left as they are (never widened).
+pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    let mut perms = file.metadata()?.permissions();
+    if mode & 0o222 == 0 && !perms.readonly() {
+        perms.set_readonly(true);
+        file.set_permissions(perms)?;
+    }
+    Ok(())
+}
+
+/// As [`set_mode`], by path.
+pub fn set_path_mode(path: &Path, mode: u32) -> io::Result<()> {
+    let mut perms = std::fs::metadata(path)?.permissions();
+    if mode & 0o222 == 0 && !perms.readonly() {
+        perms.set_readonly(true);
+        std::fs::set_permissions(path, perms)?;
+    }
+    Ok(())
+}
+
+/// Bits in the shape of a Unix mode from what every system knows: a directory is 0755, a
+/// file 0644, without the write bits when read-only.
+pub fn mode_bits(meta: &Metadata) -> u32 {
+    let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+    if meta.permissions().readonly() {
+        mode & !0o222
+    } else {
+        mode
+    }
+}
+
+/// Whole seconds since the Unix epoch, rounded down as `st_mtime` is (0 if the system cannot
+/// tell).
+pub fn mtime_secs(meta: &Metadata) -> i64 {
+    let Ok(modified) = meta.modified() else {
+        return 0;
+    };
+    match modified.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => {
+            let before = e.duration();
+            let secs = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            // 1.5 s before the epoch is second -2, as st_mtime has it.
+            -secs - i64::from(before.subsec_nanos() > 0)
+        }
+    }
+}
+
+/// Nothing to restore: [`echo_off`] never turns echo off here.
+#[derive(Debug)]
+pub struct EchoOff;
+
+/// Key echo stays on: a `^C` may be left beside a progress bar, nothing worse.
+pub fn echo_off() -> Option<EchoOff> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, Write};
@@ -212,6 +284,80 @@ mod tests {
             advise_huge_pages(ptr, n);
             // SAFETY: exactly what map_zeroed returned, given back once.
             unsafe { unmap(ptr, len) };
+        }
+    }
+
+    #[test]
+    fn set_mode_makes_read_only_and_never_widens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create_new(&path).unwrap();
+        let before = file.metadata().unwrap().permissions();
+        set_mode(&file, 0o644).unwrap();
+        assert_eq!(
+            file.metadata().unwrap().permissions(),
+            before,
+            "nothing to change"
+        );
+        set_mode(&file, 0o444).unwrap();
+        assert!(file.metadata().unwrap().permissions().readonly());
+        set_mode(&file, 0o666).unwrap();
+        assert!(
+            file.metadata().unwrap().permissions().readonly(),
+            "never widened"
+        );
+        let other = dir.path().join("g");
+        std::fs::write(&other, b"").unwrap();
+        set_path_mode(&other, 0o400).unwrap();
+        assert!(std::fs::metadata(&other).unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn mode_bits_come_from_kind_and_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mode_bits(&std::fs::metadata(dir.path()).unwrap()), 0o755);
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(mode_bits(&std::fs::metadata(&path).unwrap()), 0o644);
+        set_path_mode(&path, 0o444).unwrap();
+        assert_eq!(mode_bits(&std::fs::metadata(&path).unwrap()), 0o444);
+    }
+
+    #[test]
+    fn the_mode_setters_at_creation_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let plain = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&a)
+            .unwrap();
+        let set = create_mode(OpenOptions::new().write(true).create_new(true), 0o600)
+            .open(&b)
+            .unwrap();
+        assert_eq!(
+            plain.metadata().unwrap().permissions(),
+            set.metadata().unwrap().permissions()
+        );
+        assert!(echo_off().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn mtime_secs_agrees_with_st_mtime() {
+        use std::os::unix::fs::MetadataExt;
+        use std::time::{Duration, UNIX_EPOCH};
+        let file = tempfile::tempfile().unwrap();
+        for when in [
+            UNIX_EPOCH + Duration::new(1_700_000_000, 999_999_999),
+            UNIX_EPOCH + Duration::from_secs(5),
+            UNIX_EPOCH,
+            UNIX_EPOCH - Duration::new(1, 500_000_000),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+        ] {
+            file.set_modified(when).unwrap();
+            let meta = file.metadata().unwrap();
+            assert_eq!(mtime_secs(&meta), meta.mtime(), "{when:?}");
         }
     }
 }
