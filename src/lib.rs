@@ -12,10 +12,11 @@
 //! - [`transfer`]: streaming with SHA-256, shared by both ends; [`direct`] writes large
 //!   received files around the page cache, in page-aligned buffers from [`mapping`].
 //! - [`platform`]: the Linux-only calls (`syncfs`, `sync_file_range`, `O_DIRECT`, `madvise`,
-//!   `renameat2`, glibc's allocator tuning) behind one portable signature each, with
+//!   `renameat2`, glibc's allocator tuning) and the Unix-only ones the client needs (modes,
+//!   `O_NOFOLLOW`, terminal settings, SIGHUP) behind one portable signature each, with
 //!   standard-library fallbacks for every other system, unit-tested on Linux too. Code outside
-//!   it needs no `cfg` for these; only server-only modules (`jail`, `cli`'s signals) still call
-//!   Linux directly.
+//!   it needs no `cfg`; only server-only code (`jail`, the users file, `serve`) still calls the
+//!   system directly.
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
 //!   command; `quota` keeps each home's usage equal to a fresh walk of it; `users_file`

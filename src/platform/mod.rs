@@ -1,4 +1,5 @@
-//! Calls that exist only on Linux, and allocator tuning, behind one portable signature each.
+//! Calls that exist only on Linux (or only on Unix), and allocator tuning, behind one portable
+//! signature each.
 //!
 //! [`linux`] holds the Linux implementations; [`portable`] holds fallbacks made of the
 //! standard library alone, which is what every other system gets. `portable` is compiled on
@@ -9,10 +10,11 @@
 //! file), a constant says so and the caller branches on it.
 //!
 //! [`unix`] holds what every Unix has and other systems lack (permission bits, `O_NOFOLLOW`,
-//! terminal echo); its fallbacks are in [`portable`] too.
+//! terminal settings, holding SIGHUP); its fallbacks are in [`portable`] too.
 //!
-//! Server-only modules (`jail`, the listener, the CLI's signal handling) may still call Linux
-//! directly: the server is built for Linux only.
+//! Server-only code may still call the system directly (`jail`'s `*at` calls and
+//! `RENAME_NOREPLACE` through rustix, the users file's lock and owner, `serve`'s open-files
+//! limit and SIGHUP handler): the server is built for Linux only.
 
 #[cfg(target_os = "linux")]
 pub mod linux;
@@ -199,6 +201,21 @@ pub fn echo_off() -> Option<EchoOff> {
 
 /// See [`echo_off`]; restores the terminal when dropped.
 pub use unix_imp::EchoOff;
+
+/// Holds (blocks) SIGHUP in the calling thread and every thread it starts later, or lets it
+/// through again, delivering one that came meanwhile (Unix; elsewhere there is no SIGHUP).
+pub fn hold_hangup(hold: bool) {
+    unix_imp::hold_hangup(hold)
+}
+
+/// The settings of the terminal `tty` (Unix: `tcgetattr`), to put back with
+/// [`TerminalModes::restore`]; `None` if it is no terminal, and always elsewhere.
+pub fn terminal_modes(tty: &File) -> Option<TerminalModes> {
+    unix_imp::terminal_modes(tty)
+}
+
+/// See [`terminal_modes`].
+pub use unix_imp::TerminalModes;
 
 /// The page alignment [`map_zeroed`] guarantees (direct I/O needs it for its buffers).
 pub const PAGE_ALIGN: usize = 4096;

@@ -190,6 +190,20 @@ pub fn echo_off() -> Option<EchoOff> {
     None
 }
 
+/// Nothing: there is no SIGHUP to hold.
+pub fn hold_hangup(_hold: bool) {}
+
+/// Nothing to put back: [`terminal_modes`] never reads any here.
+pub struct TerminalModes;
+
+pub fn terminal_modes(_tty: &File) -> Option<TerminalModes> {
+    None
+}
+
+impl TerminalModes {
+    pub fn restore(&self, _tty: &File) {}
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, Write};

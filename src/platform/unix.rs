@@ -71,9 +71,62 @@ impl Drop for EchoOff {
     }
 }
 
+pub fn hold_hangup(hold: bool) {
+    let how = if hold {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is a local, initialised by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's signal mask. Failure (EINVAL) is impossible for these
+    // arguments, and would leave the mask as it was.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// A terminal's settings, to put back.
+pub struct TerminalModes(rustix::termios::Termios);
+
+pub fn terminal_modes(tty: &File) -> Option<TerminalModes> {
+    rustix::termios::tcgetattr(tty).ok().map(TerminalModes)
+}
+
+impl TerminalModes {
+    pub fn restore(&self, tty: &File) {
+        let _ = rustix::termios::tcsetattr(tty, rustix::termios::OptionalActions::Now, &self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hangup_is_held_and_let_through_in_the_calling_thread() {
+        fn held() -> bool {
+            // SAFETY: queries the calling thread's mask into a local sigset.
+            unsafe {
+                let mut now: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
+                libc::sigismember(&now, libc::SIGHUP) == 1
+            }
+        }
+        // A thread of its own: the test harness's threads keep their masks.
+        std::thread::spawn(|| {
+            hold_hangup(false);
+            assert!(!held());
+            hold_hangup(true);
+            assert!(held());
+            hold_hangup(false);
+            assert!(!held());
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn modes_are_set_exactly_and_read_back() {
