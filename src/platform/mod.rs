@@ -217,6 +217,16 @@ pub fn terminal_modes(tty: &File) -> Option<TerminalModes> {
 /// See [`terminal_modes`].
 pub use unix_imp::TerminalModes;
 
+/// Ctrl-C notifications for the process from now on (Unix: SIGINT, whose default action of
+/// ending the process is replaced at once; elsewhere tokio's console Ctrl-C). Call it inside
+/// a tokio runtime.
+pub fn interrupts() -> io::Result<Interrupts> {
+    unix_imp::interrupts()
+}
+
+/// See [`interrupts`]; [`Interrupts::recv`] waits for the next one (`None`: no more).
+pub use unix_imp::Interrupts;
+
 /// The page alignment [`map_zeroed`] guarantees (direct I/O needs it for its buffers).
 pub const PAGE_ALIGN: usize = 4096;
 

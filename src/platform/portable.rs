@@ -204,6 +204,20 @@ impl TerminalModes {
     pub fn restore(&self, _tty: &File) {}
 }
 
+/// Ctrl-C as tokio sees it on every system it supports: each [`Interrupts::recv`] waits for
+/// the next one. (The handler is in place from the first wait on.)
+pub struct Interrupts(());
+
+pub fn interrupts() -> io::Result<Interrupts> {
+    Ok(Interrupts(()))
+}
+
+impl Interrupts {
+    pub async fn recv(&mut self) -> Option<()> {
+        tokio::signal::ctrl_c().await.ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, Write};
@@ -373,5 +387,24 @@ mod tests {
             let meta = file.metadata().unwrap();
             assert_eq!(mtime_secs(&meta), meta.mtime(), "{when:?}");
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn interrupts_come_from_ctrl_c() {
+        // A SIGINT listener of the process first, so that no SIGINT below can end the test
+        // binary even before the fallback's handler is in place.
+        let _safety = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .expect("SIGINT handler");
+        let mut interrupts = interrupts().unwrap();
+        let waiting = tokio::spawn(async move { interrupts.recv().await });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !waiting.is_finished() {
+            assert!(tokio::time::Instant::now() < deadline, "no Ctrl-C seen");
+            // SAFETY: sends SIGINT to this process, whose handler is installed above.
+            unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting.await.unwrap(), Some(()));
     }
 }

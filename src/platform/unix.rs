@@ -101,6 +101,20 @@ impl TerminalModes {
     }
 }
 
+/// SIGINT, caught.
+pub struct Interrupts(tokio::signal::unix::Signal);
+
+pub fn interrupts() -> io::Result<Interrupts> {
+    let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(Interrupts(sig))
+}
+
+impl Interrupts {
+    pub async fn recv(&mut self) -> Option<()> {
+        self.0.recv().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
