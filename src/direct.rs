@@ -46,7 +46,7 @@ pub const MIN_SIZE: u64 = 4 * 1024 * 1024;
 /// further receivers write through the page cache.
 const MAX_ACTIVE: usize = 16;
 
-/// The direct writers running at once for one owner, capped at [`MAX_ACTIVE`]. The server
+/// The direct writers running at once for one owner, capped at 16 (`MAX_ACTIVE`). The server
 /// owns one for all its sessions, a client connection one for its downloads; pass it to
 /// [`DirectWriter::start`] as an `Arc`.
 #[derive(Debug, Default)]
