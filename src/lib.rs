@@ -20,7 +20,8 @@
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
 //!   command; `quota` keeps each home's usage equal to a fresh walk of it; `users_file`
-//!   reloads a changed users file before a login.
+//!   reloads a changed users file before a login; `memory` is the server's own (never global)
+//!   warm login memory, cap on direct-I/O uploads and idle heap trim.
 //! - [`client`]: `Connection` with typed methods (the library API); on top of it `ops` (globs,
 //!   recursive transfers, the check of server-sent names), the shell, one-shots, trust on
 //!   first use (`trust`), host aliases (`config`), progress bars.

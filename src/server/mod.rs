@@ -9,6 +9,7 @@
 
 mod cmd;
 mod error;
+mod memory;
 pub mod penalty;
 pub mod prelogin;
 pub mod proxy;
@@ -129,15 +130,9 @@ pub struct Server {
     penalties: Option<penalty::Penalties>,
     /// Connections not logged in yet.
     prelogin: prelogin::Prelogin,
-    /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
-    trim_pending: std::sync::atomic::AtomicBool,
-    /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
-    warm_pending: std::sync::atomic::AtomicBool,
-    /// argon2's working memory kept warm between logins (see [`crate::users::login_memory`]):
-    /// the server's own, shared with the password checks on the blocking pool.
-    pub(crate) login_memory: Arc<crate::users::login_memory::Warm>,
-    /// Caps the direct writers of all sessions' uploads (see [`crate::direct`]).
-    pub(crate) direct: Arc<crate::direct::DirectLimit>,
+    /// Warm login memory, the cap on direct-I/O uploads, and the timers that give memory
+    /// back (see [`Server::trim_when_idle`] and [`Server::forget_login_memory`]).
+    pub(crate) memory: memory::Memory,
     /// Cancelled when the shutdown grace period is over: transfers still running stop the way
     /// a client disconnect stops them (an upload is kept for `reput`, the audit line says
     /// `interrupted`) instead of being dropped mid-way.
@@ -237,10 +232,7 @@ impl Server {
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
             prelogin: prelogin::Prelogin::new(limits.startups),
-            trim_pending: std::sync::atomic::AtomicBool::new(false),
-            warm_pending: std::sync::atomic::AtomicBool::new(false),
-            login_memory: Arc::default(),
-            direct: Arc::default(),
+            memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
             limits,
         })
@@ -258,13 +250,13 @@ impl Server {
     /// idle size for good.
     fn trim_when_idle(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
-        if !self.idle() || self.trim_pending.swap(true, Ordering::AcqRel) {
+        if !self.idle() || self.memory.trim_pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let server = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            server.trim_pending.store(false, Ordering::Release);
+            server.memory.trim_pending.store(false, Ordering::Release);
             if server.idle() {
                 let _ = tokio::task::spawn_blocking(crate::platform::trim_allocator).await;
             }
@@ -276,7 +268,8 @@ impl Server {
     pub(crate) fn forget_login_memory(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         const WARM_FOR: Duration = Duration::from_secs(1);
-        if !self.login_memory.held() || self.warm_pending.swap(true, Ordering::AcqRel) {
+        let memory = &self.memory;
+        if !memory.login.held() || memory.warm_pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let server = Arc::clone(self);
@@ -284,7 +277,7 @@ impl Server {
             let mut wait = WARM_FOR;
             loop {
                 tokio::time::sleep(wait).await;
-                let warm = Arc::clone(&server.login_memory);
+                let warm = Arc::clone(&server.memory.login);
                 let release = move || warm.release_unused_for(WARM_FOR);
                 // Used again meanwhile: wait until it has been unused for the full time.
                 if let Ok(Some(left)) = tokio::task::spawn_blocking(release).await {
@@ -292,10 +285,11 @@ impl Server {
                     continue;
                 }
                 wait = WARM_FOR;
-                server.warm_pending.store(false, Ordering::Release);
+                let memory = &server.memory;
+                memory.warm_pending.store(false, Ordering::Release);
                 // A check that gave memory back between the release and the store saw a
                 // timer pending and started none: take over for it.
-                if !server.login_memory.held() || server.warm_pending.swap(true, Ordering::AcqRel) {
+                if !memory.login.held() || memory.warm_pending.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }

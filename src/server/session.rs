@@ -605,7 +605,7 @@ async fn authenticate(
         Ok(Err(_)) => return Err(End::Shutdown),
         Err(_) => return Ok(Verdict::Busy),
     };
-    let warm = Arc::clone(&server.login_memory);
+    let warm = Arc::clone(&server.memory.login);
     let verified = tokio::task::spawn_blocking(move || {
         users::verify_password_in(&hash, &password, Some(&warm))
     })

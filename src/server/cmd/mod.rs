@@ -124,7 +124,7 @@ async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
             | ClientMessage::Copy { .. }
     ) {
         // Moving data needs buffers of its own: argon2's warm memory must not add to them.
-        sess.server.login_memory.release();
+        sess.server.memory.login.release();
     }
     match msg {
         ClientMessage::Stat { id, path } => stat::run(sess, id, path).await,

@@ -259,7 +259,14 @@ pub(super) async fn run(
 
     // Small uploads skip the per-file fsync: the group commit flushes them all at once.
     let group = size <= GROUP_COMMIT_SMALL;
-    let mut sink = Sink::start(temp, hasher, size, offset, group, &sess.server.direct);
+    let mut sink = Sink::start(
+        temp,
+        hasher,
+        size,
+        offset,
+        group,
+        &sess.server.memory.direct,
+    );
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     // Keeps an interrupted upload as a partial; returns true if it did (the partial then
