@@ -1073,25 +1073,13 @@ async fn reload_on_sighup(
 /// again: at once for every other command (which then ends on a pending SIGHUP, as it would
 /// have), and for `serve` once the handler is installed.
 pub fn hold_sighup() {
-    set_sighup_mask(libc::SIG_BLOCK);
+    crate::platform::hold_hangup(true);
 }
 
 /// Undoes [`hold_sighup`] in the calling thread; a SIGHUP that came in meanwhile is
 /// delivered now.
 fn release_sighup() {
-    set_sighup_mask(libc::SIG_UNBLOCK);
-}
-
-fn set_sighup_mask(how: libc::c_int) {
-    // SAFETY: `set` is a local, initialised by sigemptyset before use; pthread_sigmask only
-    // changes the calling thread's signal mask. Failure (EINVAL) is impossible for these
-    // arguments, and would leave the mask as it was.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
+    crate::platform::hold_hangup(false);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -1326,14 +1314,12 @@ fn auth_failure_text(base: &str, ep: &open::Endpoint, file: Option<&Path>) -> St
 /// exits 130. A password prompt may have turned the terminal's echo off: it is put back first.
 async fn answer_interrupt_in_json(shape: JsonShape) {
     let tty = std::fs::File::open("/dev/tty").ok();
-    let saved = tty
-        .as_ref()
-        .and_then(|t| rustix::termios::tcgetattr(t).ok());
+    let saved = tty.as_ref().and_then(crate::platform::terminal_modes);
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
     if let (Some(t), Some(saved)) = (&tty, &saved) {
-        let _ = rustix::termios::tcsetattr(t, rustix::termios::OptionalActions::Now, saved);
+        saved.restore(t);
     }
     // The exit status is the process's own below.
     let _ = Failure::new(

@@ -13,18 +13,20 @@
 //! flag cleared again (direct I/O needs aligned lengths), and the caller fsyncs as before: the
 //! fsync still makes the size and the device's cache durable. Where the file system refuses
 //! direct I/O, at the start or on the first write, the writer falls back to ordinary writes
-//! and nothing else changes.
+//! and nothing else changes; on a system without direct I/O ([`crate::platform::DIRECT_IO`])
+//! no writer starts and the receiver writes through the page cache.
+//!
+//! How many writers run at once is capped per owner ([`DirectLimit`]: the server's, or a
+//! client connection's), not per process.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use rustix::fs::OFlags;
-
 use crate::mapping::Mapping;
+use crate::platform;
 
 /// Size of one direct write, and of each of the writer's buffers.
 const BLOCK: usize = 1024 * 1024;
@@ -40,29 +42,44 @@ const ALIGN: u64 = 4096;
 /// to write through the cache and are often committed as a group with one `syncfs`.
 pub const MIN_SIZE: u64 = 4 * 1024 * 1024;
 
-/// At most this many direct writers at once per process (each holds `BUFFERS` MiB); further
-/// receivers write through the page cache.
+/// At most this many direct writers at once per [`DirectLimit`] (each holds `BUFFERS` MiB);
+/// further receivers write through the page cache.
 const MAX_ACTIVE: usize = 16;
 
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// The direct writers running at once for one owner, capped at 16 (`MAX_ACTIVE`). The server
+/// owns one for all its sessions, a client connection one for its downloads; pass it to
+/// [`DirectWriter::start`] as an `Arc`.
+#[derive(Debug, Default)]
+pub struct DirectLimit {
+    active: AtomicUsize,
+}
 
-/// One of the [`MAX_ACTIVE`] slots, given back on drop.
-struct Slot;
+impl DirectLimit {
+    pub fn new() -> DirectLimit {
+        DirectLimit::default()
+    }
 
-impl Slot {
-    fn take() -> Option<Slot> {
-        ACTIVE
+    /// Direct writers running now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn take(self: &Arc<Self>) -> Option<DirectPermit> {
+        self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_ACTIVE).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot)
+            .map(|_| DirectPermit(Arc::clone(self)))
     }
 }
 
-impl Drop for Slot {
+/// One of a [`DirectLimit`]'s [`MAX_ACTIVE`] places, given back on drop.
+struct DirectPermit(Arc<DirectLimit>);
+
+impl Drop for DirectPermit {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -112,23 +129,23 @@ pub struct DirectWriter {
     to_io: Option<mpsc::SyncSender<(Block, u64)>>,
     free: mpsc::Receiver<Block>,
     io: Option<JoinHandle<io::Result<()>>>,
-    _slot: Slot,
+    _permit: DirectPermit,
 }
 
 impl DirectWriter {
-    /// A direct writer for `file` whose next byte goes at `offset`, or `None` where direct
-    /// I/O is not worth trying or not possible: an unaligned offset (a resumed transfer),
-    /// too many writers at once, a file system that refuses the flag, no memory, no thread.
-    pub fn start(file: &File, offset: u64) -> Option<DirectWriter> {
-        if !offset.is_multiple_of(ALIGN) {
+    /// A direct writer for `file` whose next byte goes at `offset`, counted in `limit`, or
+    /// `None` where direct I/O is not worth trying or not possible: an unaligned offset (a
+    /// resumed transfer), too many writers at once, a system without direct I/O or a file
+    /// system that refuses it, no memory, no thread.
+    pub fn start(file: &File, offset: u64, limit: &Arc<DirectLimit>) -> Option<DirectWriter> {
+        if !platform::DIRECT_IO || !offset.is_multiple_of(ALIGN) {
             return None;
         }
-        let slot = Slot::take()?;
+        let permit = limit.take()?;
         // The writer thread gets its own descriptor of the same open file; the flag belongs
         // to the open file, so both see it.
         let file = file.try_clone().ok()?;
-        let flags = rustix::fs::fcntl_getfl(&file).ok()?;
-        rustix::fs::fcntl_setfl(&file, flags | OFlags::DIRECT).ok()?;
+        platform::set_direct(&file, true).ok()?;
         let started = Self::spawn(&file).and_then(|(io, to_io, free)| {
             let spare = (0..BUFFERS - 1)
                 .map(|_| Block::new())
@@ -138,7 +155,7 @@ impl DirectWriter {
         let (io, to_io, free, spare, current) = match started {
             Ok(s) => s,
             Err(_) => {
-                let _ = clear_direct(&file);
+                let _ = platform::set_direct(&file, false);
                 return None;
             }
         };
@@ -150,7 +167,7 @@ impl DirectWriter {
             to_io: Some(to_io),
             free,
             io: Some(io),
-            _slot: slot,
+            _permit: permit,
         })
     }
 
@@ -236,7 +253,7 @@ impl DirectWriter {
             None => Ok(()),
         };
         // Whatever happened, later use of the file (fsync, appending on resume) is ordinary.
-        let cleared = clear_direct(&self.file);
+        let cleared = platform::set_direct(&self.file, false);
         result.and(cleared)
     }
 
@@ -271,37 +288,29 @@ fn write_blocks(
             0
         };
         if aligned > 0 {
-            match file.write_all_at(&data[..aligned], offset) {
+            match platform::write_all_at(file, &data[..aligned], offset) {
                 Ok(()) => {}
                 // The file system took the flag but not the write (alignment it needs is
                 // larger, or no direct I/O after all): nothing was written, carry on without.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    clear_direct(file)?;
+                Err(e) if platform::direct_write_refused(&e) => {
+                    platform::set_direct(file, false)?;
                     direct = false;
-                    file.write_all_at(&data[..aligned], offset)?;
+                    platform::write_all_at(file, &data[..aligned], offset)?;
                 }
                 Err(e) => return Err(e),
             }
         }
         if aligned < data.len() {
             if direct {
-                clear_direct(file)?;
+                platform::set_direct(file, false)?;
                 direct = false;
             }
-            file.write_all_at(&data[aligned..], offset + aligned as u64)?;
+            platform::write_all_at(file, &data[aligned..], offset + aligned as u64)?;
         }
         block.len = 0;
         if give_back.send(block).is_err() {
             break;
         }
-    }
-    Ok(())
-}
-
-fn clear_direct(file: &File) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(file)?;
-    if flags.contains(OFlags::DIRECT) {
-        rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
     }
     Ok(())
 }
@@ -322,18 +331,20 @@ mod tests {
         let path = dir.path().join("f");
         let mut file = File::create_new(&path).unwrap();
         let prefix = pattern(offset as usize, 7);
-        file.write_all_at(&prefix, 0).unwrap();
+        platform::write_all_at(&file, &prefix, 0).unwrap();
         let mut expected = prefix;
-        let mut w = DirectWriter::start(&file, offset).expect("direct writer");
+        let limit = Arc::new(DirectLimit::new());
+        let mut w = DirectWriter::start(&file, offset, &limit).expect("direct writer");
+        assert_eq!(limit.active(), 1);
         for (i, &n) in sizes.iter().enumerate() {
             let chunk = pattern(n, i as u8);
             w.write(&chunk).unwrap();
             expected.extend_from_slice(&chunk);
         }
         w.finish().unwrap();
+        assert_eq!(limit.active(), 0, "the place is given back");
         // The flag is off again: an unaligned buffered write works.
-        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
-        assert!(!flags.contains(OFlags::DIRECT));
+        assert!(!platform::is_direct(&file).unwrap());
         file.sync_all().unwrap();
         let mut got = Vec::new();
         file.rewind().unwrap();
@@ -364,7 +375,9 @@ mod tests {
         let (got, expected) = written_through(&[2 * BLOCK + 10], 8192);
         assert!(got == expected);
         let file = tempfile::tempfile().unwrap();
-        assert!(DirectWriter::start(&file, 100).is_none());
+        let limit = Arc::new(DirectLimit::new());
+        assert!(DirectWriter::start(&file, 100, &limit).is_none());
+        assert_eq!(limit.active(), 0);
     }
 
     #[test]
@@ -374,7 +387,7 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"").unwrap();
         let file = File::open(&path).unwrap();
-        let Some(mut w) = DirectWriter::start(&file, 0) else {
+        let Some(mut w) = DirectWriter::start(&file, 0, &Arc::new(DirectLimit::new())) else {
             return; // the file system refused the flag: nothing to test here
         };
         let data = vec![1u8; 4 * BLOCK];
@@ -383,5 +396,33 @@ mod tests {
             Err(e) => Err(e),
         };
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn at_most_max_active_writers_per_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = Arc::new(DirectLimit::new());
+        let files: Vec<File> = (0..=MAX_ACTIVE)
+            .map(|i| File::create_new(dir.path().join(format!("f{i}"))).unwrap())
+            .collect();
+        let mut writers: Vec<DirectWriter> = files[..MAX_ACTIVE]
+            .iter()
+            .map(|f| DirectWriter::start(f, 0, &limit).expect("direct writer"))
+            .collect();
+        assert_eq!(limit.active(), MAX_ACTIVE);
+        assert!(
+            DirectWriter::start(&files[MAX_ACTIVE], 0, &limit).is_none(),
+            "one more than the cap writes through the page cache"
+        );
+        // Another owner's limit is its own.
+        let other = Arc::new(DirectLimit::new());
+        let w = DirectWriter::start(&files[MAX_ACTIVE], 0, &other).expect("direct writer");
+        drop(w);
+        assert_eq!(other.active(), 0);
+        // A writer that ends (finished or dropped) makes room.
+        writers.pop().unwrap().finish().unwrap();
+        drop(writers.pop());
+        assert_eq!(limit.active(), MAX_ACTIVE - 2);
+        assert!(DirectWriter::start(&files[MAX_ACTIVE], 0, &limit).is_some());
     }
 }

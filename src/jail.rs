@@ -367,7 +367,7 @@ pub struct Jail {
     /// A readable descriptor of the home, opened with the jail, for `syncfs`: the kernel
     /// reports a write-back error to it if one happened anywhere on the file system since it
     /// was opened (or since the last report), so no error can slip by unseen.
-    sync_fd: std::os::fd::OwnedFd,
+    sync_fd: File,
 }
 
 /// A directory descriptor that is either the home itself or a subdirectory opened beneath it.
@@ -405,7 +405,10 @@ impl Jail {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Jail { home, sync_fd })
+        Ok(Jail {
+            home,
+            sync_fd: File::from(sync_fd),
+        })
     }
 
     /// Describes `p`, following a final symlink (beneath the home). The root's name is `/`.
@@ -707,9 +710,10 @@ impl Jail {
     /// Flushes the whole file system that holds the home (`syncfs`): one flush makes the data
     /// of every file written so far durable, where an fsync per file would wait for the disk
     /// once per file. Group commit of many small uploads uses it. Needs Linux 5.8 or later,
-    /// where `syncfs` reports write-back errors.
+    /// where `syncfs` reports write-back errors; elsewhere only the home directory itself is
+    /// flushed (see [`crate::platform::SYNCFS_COVERS_FILE_SYSTEM`]).
     pub fn sync_filesystem(&self) -> Result<(), StorageError> {
-        rustix::fs::syncfs(&self.sync_fd)?;
+        crate::platform::sync_filesystem(&self.sync_fd)?;
         Ok(())
     }
 

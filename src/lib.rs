@@ -14,15 +14,22 @@
 //!    could keep them too, with paged listing, uploads committed after their digest is
 //!    checked, batched durability and whole small files in one call; `storage::local`
 //!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
-//!    trait), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`]
-//!    (O_DIRECT writes), [`mapping`] (anonymous memory maps), [`tls`] (PEM, TLS 1.3
-//!    configurations for the ALPN ids the caller names, fingerprints), [`certs`].
+//!    trait), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`] (large
+//!    received files written around the page cache, in page-aligned buffers from
+//!    [`mapping`]), [`platform`] (the Linux-only calls: `syncfs`, `sync_file_range`,
+//!    `O_DIRECT`, `madvise`, `renameat2`, glibc's allocator tuning, and the Unix-only ones the
+//!    client needs, behind one portable signature each with standard-library fallbacks
+//!    compiled and unit-tested everywhere; only server-only code still calls the system
+//!    directly), [`tls`] (PEM, TLS 1.3 configurations for the ALPN ids the caller names,
+//!    fingerprints), [`certs`].
 //! 3. The wire and its front-end: [`protocol`] (the only module that knows ferry/1's
 //!    frames, JSON messages, caps and codes) and [`server`]: listener (limits, trusted PROXY
 //!    balancers, penalties, the pre-login cap, shutdown; dispatch on the negotiated ALPN id)
 //!    -> session (handshake, login, request loop) -> `server/cmd/`, where the dispatcher
 //!    decodes each request, checks the operation table once, and calls one handler per
-//!    command; `quota` keeps each home's usage equal to a fresh walk of it.
+//!    command; `quota` keeps each home's usage equal to a fresh walk of it; `memory` is the
+//!    server's own (never global) warm login memory, cap on direct-I/O uploads and idle heap
+//!    trim.
 //! 4. The client: [`client`]: `Connection` with typed methods (the library API); on top of it
 //!    `ops` (globs, recursive transfers, the check of server-sent names), the shell,
 //!    one-shots, trust on first use (`trust`), host aliases (`config`), progress bars. It
@@ -45,6 +52,7 @@ pub mod domain;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
+pub mod platform;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;

@@ -1,9 +1,12 @@
 //! Anonymous memory mapped from the kernel and unmapped on drop, for large working buffers
 //! (argon2's memory, direct I/O blocks): page-aligned, zero-filled on first touch, and given
-//! back to the system the moment the owner is done instead of staying in the heap.
+//! back to the system the moment the owner is done instead of staying in the heap. (Where
+//! there is no such mapping, [`crate::platform`] takes the memory from the allocator.)
 
 use std::io;
 use std::ptr::NonNull;
+
+use crate::platform;
 
 /// A private anonymous mapping of a fixed length, owned exclusively.
 pub struct Mapping {
@@ -19,31 +22,14 @@ impl Mapping {
     /// Maps `len` bytes (at least one page), readable and writable, zero-filled.
     pub fn new(len: usize) -> io::Result<Mapping> {
         let len = len.max(1);
-        // SAFETY: a fresh private anonymous mapping aliases nothing; the kernel zero-fills
-        // it and aligns it to a page.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )?
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(io::ErrorKind::OutOfMemory)?;
+        let ptr = platform::map_zeroed(len)?;
         Ok(Mapping { ptr, len })
     }
 
     /// Asks for transparent huge pages where the kernel allows them (`madvise` or `always`
     /// mode): a few faults instead of one per 4 KiB page. A hint; failure changes nothing.
     pub fn prefer_huge_pages(&self) {
-        // SAFETY: advice on this mapping, which `self` owns; it changes no contents.
-        unsafe {
-            let _ = rustix::mm::madvise(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                rustix::mm::Advice::LinuxHugepage,
-            );
-        }
+        platform::advise_huge_pages(self.ptr, self.len);
     }
 
     /// The start of the mapping (page-aligned).
@@ -73,9 +59,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no borrow of it outlives `self`.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        // SAFETY: gives back exactly the memory of `new`, once; no borrow of it outlives
+        // `self`.
+        unsafe { platform::unmap(self.ptr, self.len) }
     }
 }

@@ -4,13 +4,15 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::direct::DirectWriter;
+use crate::direct::{DirectLimit, DirectWriter};
 use crate::domain::hex_digest;
+use crate::platform;
 
 /// Chunks in flight between the reader thread and the network: enough to keep both busy.
 pub const CHANNEL_DEPTH: usize = 4;
@@ -121,12 +123,12 @@ pub struct Receiving {
 
 impl Receiving {
     /// Starts receiving into `file` at its current position; `hasher` already covers what the
-    /// file holds before it (a resumed transfer). `direct` asks for direct I/O, which is used
-    /// where [`DirectWriter::start`] allows it.
-    pub fn start(file: &mut File, hasher: Sha256, direct: bool) -> Receiving {
+    /// file holds before it (a resumed transfer). `direct` asks for direct I/O, counted in
+    /// that limit, which is used where [`DirectWriter::start`] allows it.
+    pub fn start(file: &mut File, hasher: Sha256, direct: Option<&Arc<DirectLimit>>) -> Receiving {
         let start = file.stream_position().unwrap_or(0);
         Receiving {
-            direct: direct.then(|| DirectWriter::start(file, start)).flatten(),
+            direct: direct.and_then(|limit| DirectWriter::start(file, start, limit)),
             writeback: Writeback::at(start),
             hasher,
         }
@@ -188,7 +190,7 @@ impl Writeback {
     fn wrote(&mut self, file: &std::fs::File, n: usize) {
         self.written += n as u64;
         if self.written - self.started >= WRITEBACK_STEP {
-            start_writeback(file, self.started, self.written - self.started);
+            platform::start_writeback(file, self.started, self.written - self.started);
             self.started = self.written;
         }
     }
@@ -198,24 +200,9 @@ impl Writeback {
     /// works while the next files arrive instead of all at once at the commit.
     fn written_all(&mut self, file: &std::fs::File) {
         if self.written - self.started >= WRITEBACK_TAIL_MIN {
-            start_writeback(file, self.started, self.written - self.started);
+            platform::start_writeback(file, self.started, self.written - self.started);
             self.started = self.written;
         }
-    }
-}
-
-/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without
-/// waiting. Purely a hint for speed: errors are ignored (the fsync before the commit reports
-/// what matters).
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for
-    // as long as `file` is borrowed, and SYNC_FILE_RANGE_WRITE does not wait or touch memory.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
@@ -272,5 +259,51 @@ mod tests {
         assert!(is_hex_digest(&"a".repeat(64)));
         assert!(!is_hex_digest(&"A".repeat(64)));
         assert!(!is_hex_digest(&"a".repeat(63)));
+    }
+
+    /// Receives `data` after `prefix` through a [`Receiving`] and returns the file's bytes
+    /// and the digest it reported.
+    fn received(
+        prefix: &[u8],
+        data: &[u8],
+        direct: Option<&Arc<DirectLimit>>,
+    ) -> (Vec<u8>, String, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = File::create_new(&path).unwrap();
+        file.write_all(prefix).unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update(prefix);
+        let mut r = Receiving::start(&mut file, hasher, direct);
+        let was_direct = r.direct.is_some();
+        for chunk in data.chunks(CHUNK - 7) {
+            r.write(&mut file, chunk).unwrap();
+        }
+        let digest = r.finish(&file, true).unwrap();
+        file.sync_all().unwrap();
+        (std::fs::read(&path).unwrap(), digest, was_direct)
+    }
+
+    #[test]
+    fn receiving_through_the_page_cache_writes_and_hashes_every_byte() {
+        // What a system without direct I/O does for every file (and Linux for small ones).
+        let data: Vec<u8> = (0..5 * 1024 * 1024 + 11).map(|i| (i % 251) as u8).collect();
+        let (got, digest, was_direct) = received(b"resumed prefix", &data, None);
+        assert!(!was_direct);
+        let mut whole = b"resumed prefix".to_vec();
+        whole.extend_from_slice(&data);
+        assert!(got == whole, "content differs");
+        assert_eq!(digest, hex_digest(&Sha256::digest(&whole)));
+    }
+
+    #[test]
+    fn receiving_a_large_fresh_file_goes_direct_where_the_system_has_it() {
+        let data: Vec<u8> = (0..5 * 1024 * 1024 + 11).map(|i| (i % 253) as u8).collect();
+        let limit = Arc::new(DirectLimit::new());
+        let (got, digest, was_direct) = received(b"", &data, Some(&limit));
+        assert_eq!(was_direct, platform::DIRECT_IO);
+        assert!(got == data, "content differs");
+        assert_eq!(digest, hex_digest(&Sha256::digest(&data)));
+        assert_eq!(limit.active(), 0);
     }
 }

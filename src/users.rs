@@ -426,6 +426,12 @@ pub fn hash_password_with(pw: &Password, m_kib: u32, t: u32, p: u32) -> Result<S
 /// Blocking and slow on purpose: run it on a blocking pool. A password longer than
 /// [`MAX_PASSWORD_LEN`] is refused before any hashing, so it cannot be used to burn CPU.
 pub fn verify_password(hash: &str, pw: &Password) -> bool {
+    verify_password_in(hash, pw, None)
+}
+
+/// [`verify_password`], with argon2's working memory taken from `warm` if it holds some, and
+/// left there for the next check (see [`login_memory`]).
+pub fn verify_password_in(hash: &str, pw: &Password, warm: Option<&login_memory::Warm>) -> bool {
     if pw.len() > MAX_PASSWORD_LEN {
         return false;
     }
@@ -448,7 +454,8 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
     // Working memory straight from the kernel, not the heap: a flood of logins cannot grow
     // the allocator's heap (allocating and freeing ~19 MiB per check from the heap does).
     // It is kept for the next check only while logins keep coming (see `login_memory`).
-    let Ok(mut memory) = ArgonMemory::new(argon.params().block_count(), argon.params().t_cost())
+    let Ok(mut memory) =
+        ArgonMemory::new(argon.params().block_count(), argon.params().t_cost(), warm)
     else {
         return false;
     };
@@ -469,18 +476,23 @@ pub fn verify_password(hash: &str, pw: &Password) -> bool {
 /// argon2's working memory for one verification: the warm mapping of an earlier check if
 /// there is one of the right size (see [`login_memory`]), a fresh one otherwise (zero-filled
 /// on first touch). Handed back for the next check when dropped, or unmapped.
-struct ArgonMemory {
+struct ArgonMemory<'w> {
     map: Option<crate::mapping::Mapping>,
     blocks: usize,
-    /// Whether the memory may outlive the check (see [`login_memory::Warm::give_back`]).
-    keep: bool,
+    /// Where the memory goes back to, if it may outlive the check (see
+    /// [`login_memory::Warm::give_back`]).
+    keep: Option<&'w login_memory::Warm>,
 }
 
-impl ArgonMemory {
-    fn new(blocks: usize, t_cost: u32) -> io::Result<ArgonMemory> {
+impl<'w> ArgonMemory<'w> {
+    fn new(
+        blocks: usize,
+        t_cost: u32,
+        warm: Option<&'w login_memory::Warm>,
+    ) -> io::Result<ArgonMemory<'w>> {
         let blocks = blocks.max(1);
         let len = blocks * Block::SIZE;
-        let map = match login_memory::WARM.take(len) {
+        let map = match warm.and_then(|w| w.take(len)) {
             Some(map) => map,
             None => {
                 let map = crate::mapping::Mapping::new(len)?;
@@ -494,7 +506,7 @@ impl ArgonMemory {
         Ok(ArgonMemory {
             map: Some(map),
             blocks,
-            keep: t_cost >= 2,
+            keep: warm.filter(|_| t_cost >= 2),
         })
     }
 
@@ -510,12 +522,12 @@ impl ArgonMemory {
     }
 }
 
-impl Drop for ArgonMemory {
+impl Drop for ArgonMemory<'_> {
     fn drop(&mut self) {
         if let Some(map) = self.map.take()
-            && self.keep
+            && let Some(warm) = self.keep
         {
-            login_memory::WARM.give_back(map);
+            warm.give_back(map);
         }
     }
 }
@@ -529,7 +541,8 @@ impl Drop for ArgonMemory {
 /// the server gives it back to the kernel once no check has used it for a second
 /// ([`login_memory::Warm::release_unused_for`]) and as soon as any session starts moving data
 /// ([`login_memory::Warm::release`]), so it never adds to the memory of a transfer and an
-/// idle server holds none of it.
+/// idle server holds none of it. The server owns the one slot ([`login_memory::Warm`]) and
+/// passes it to [`verify_password_in`]; other callers keep nothing.
 ///
 /// Only memory of a check with two or more passes is kept: after the second pass every block
 /// depends on the whole first pass, so what is left in it offers no shortcut to testing
@@ -540,15 +553,13 @@ pub mod login_memory {
 
     use crate::mapping::Mapping;
 
-    /// The one slot of the process.
-    pub static WARM: Warm = Warm::new();
-
     /// One slot for a mapping and when it was last given back. Every mapping taken out of it
     /// is unmapped outside the lock.
+    #[derive(Default)]
     pub struct Warm(Mutex<Option<(Mapping, Instant)>>);
 
     impl Warm {
-        pub(super) const fn new() -> Warm {
+        pub const fn new() -> Warm {
             Warm(Mutex::new(None))
         }
 
@@ -1368,11 +1379,16 @@ mod tests {
     #[test]
     fn reused_argon2_memory_gives_the_same_verdicts() {
         // Two passes, so the memory is kept between checks; the second and later checks run
-        // on memory that still holds the previous one's blocks (unless a parallel test took
-        // it, which is a fresh mapping and as good).
+        // on memory that still holds the previous one's blocks.
         let (m, t, p) = (64, 2, 1);
         let a = hash_password_with(&pw("first"), m, t, p).unwrap();
         let b = hash_password_with(&pw("second"), m, t, p).unwrap();
+        let warm = login_memory::Warm::new();
+        let verify_password = |hash: &str, pw: &Password| {
+            let verdict = verify_password_in(hash, pw, Some(&warm));
+            assert!(warm.held(), "the memory is kept for the next check");
+            verdict
+        };
         for _ in 0..3 {
             assert!(verify_password(&a, &pw("first")));
             assert!(!verify_password(&a, &pw("second")));
@@ -1413,12 +1429,15 @@ mod tests {
     #[test]
     fn one_pass_memory_is_not_kept() {
         // With one pass the first blocks would allow cheap guessing: such memory is unmapped
-        // at once. Checked on the memory type itself, which the global slot backs.
-        let mut mem = ArgonMemory::new(64, 1).unwrap();
+        // at once. Checked on the memory type itself, which the server's slot backs.
+        let warm = login_memory::Warm::new();
+        let mut mem = ArgonMemory::new(64, 1, Some(&warm)).unwrap();
         assert_eq!(mem.blocks().len(), 64);
-        assert!(!mem.keep);
-        let mem = ArgonMemory::new(64, 2).unwrap();
-        assert!(mem.keep);
+        assert!(mem.keep.is_none());
+        drop(mem);
+        assert!(!warm.held());
+        let mem = ArgonMemory::new(64, 2, Some(&warm)).unwrap();
+        assert!(mem.keep.is_some());
     }
 
     #[test]

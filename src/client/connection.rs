@@ -15,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::ClientError;
+use crate::direct::DirectLimit;
 use crate::protocol::{
     ClientMessage, Entry, ErrorCode, Frame, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_PATH_DEPTH, MAX_PATH_LEN, PROTOCOL_VERSION, ServerMessage, Usage, WireError,
@@ -237,6 +238,9 @@ pub struct Connection {
     read_only: bool,
     /// Cancels the running transfer (Ctrl-C in the shell).
     pub(super) cancel: CancellationToken,
+    /// Caps the direct writers of this connection's downloads (see [`crate::direct`]); shared
+    /// with other connections through [`Connection::share_direct_limit`].
+    pub(super) direct: Arc<DirectLimit>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -294,6 +298,7 @@ impl Connection {
             user: None,
             read_only: false,
             cancel: CancellationToken::new(),
+            direct: Arc::new(DirectLimit::new()),
         };
         conn.writer
             .send_message(&ClientMessage::Hello {
@@ -325,6 +330,13 @@ impl Connection {
     /// Whether the logged-in user may only read.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Counts this connection's direct writers in `limit`, which other connections of the
+    /// process may share: a program running many connections at once keeps them all under
+    /// one cap. By default each connection has a limit of its own.
+    pub fn share_direct_limit(&mut self, limit: Arc<DirectLimit>) {
+        self.direct = limit;
     }
 
     /// Logs in. A wrong user or password is `ClientError::Auth`.

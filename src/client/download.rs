@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,6 +15,8 @@ use tokio::sync::mpsc;
 use super::ClientError;
 use super::connection::{Connection, Progress, Transferred, read_frame_from, timed, unexpected};
 use super::local::Partial;
+use crate::direct::DirectLimit;
+use crate::platform::{self, GroupSync};
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, ServerMessage, WireError, decode_server_message, hex_digest,
 };
@@ -253,7 +256,7 @@ impl Connection {
         };
 
         let (tx, rx) = mpsc::channel::<ToWriter>(4);
-        let direct = size - offset >= crate::direct::MIN_SIZE;
+        let direct = (size - offset >= crate::direct::MIN_SIZE).then(|| Arc::clone(&self.direct));
         let writer =
             tokio::task::spawn_blocking(move || write_and_hash(partial, hasher, rx, direct));
         let cancel = self.cancel.clone();
@@ -384,9 +387,10 @@ impl Connection {
     }
 }
 
-/// The group commit of downloads: one `syncfs` per file system makes every waiting file's
-/// data durable, each is renamed into place, each directory that got a file is fsynced once,
-/// and then they are reported in order. Any failure fails the files it concerns.
+/// The group commit of downloads: their data is made durable together (one flush per file
+/// system where the platform has one, see [`platform::group_sync`]), each is renamed into
+/// place, each directory that got a file is fsynced once, and then they are reported in
+/// order. Any failure fails the files it concerns.
 async fn sync_and_report(
     unsynced: &mut Vec<(usize, Transferred, Deferred)>,
     on_done: &mut (dyn FnMut(usize, Result<Transferred, ClientError>) + Send),
@@ -395,66 +399,90 @@ async fn sync_and_report(
         return;
     }
     let batch = std::mem::take(unsynced);
-    let done = tokio::task::spawn_blocking(move || {
-        // 1. One flush per file system, through its earliest-opened partial (write-back
-        //    errors since that descriptor was opened are reported to it).
-        let mut flushed: Vec<(u64, Result<(), std::io::ErrorKind>)> = Vec::new();
-        let devices: Vec<std::io::Result<u64>> =
-            batch.iter().map(|(_, _, d)| d.partial.device()).collect();
-        for ((_, _, d), dev) in batch.iter().zip(&devices) {
-            if let Ok(dev) = dev
-                && !flushed.iter().any(|(k, _)| k == dev)
-            {
-                flushed.push((*dev, d.partial.syncfs().map_err(|e| e.kind())));
-            }
-        }
-        // 2. Rename each into place.
-        let placed: Vec<(usize, Transferred, PathBuf, Result<PathBuf, ClientError>)> = batch
-            .into_iter()
-            .zip(devices)
-            .map(|((index, t, d), dev)| {
-                let flush = match dev {
-                    Ok(dev) => flushed
-                        .iter()
-                        .find(|(k, _)| *k == dev)
-                        .map_or(Err(std::io::ErrorKind::Other), |(_, r)| *r),
-                    Err(e) => Err(e.kind()),
-                };
-                let result = match flush {
-                    Ok(()) => d
-                        .partial
-                        .commit_after_syncfs(d.overwrite)
-                        .map_err(|e| commit_error(&d.local, e)),
-                    Err(kind) => Err(ClientError::local(&d.local, std::io::Error::from(kind))),
-                };
-                (index, t, d.local, result)
-            })
-            .collect();
-        // 3. One fsync per directory.
-        let mut synced: Vec<(PathBuf, Result<(), std::io::ErrorKind>)> = Vec::new();
-        placed
-            .into_iter()
-            .map(|(index, t, local, result)| {
-                let result = result.and_then(|dir| {
-                    let r = match synced.iter().find(|(p, _)| *p == dir) {
-                        Some((_, r)) => *r,
-                        None => {
-                            let r = super::local::sync_dir(&dir).map_err(|e| e.kind());
-                            synced.push((dir, r));
-                            r
-                        }
-                    };
-                    r.map_err(|kind| ClientError::local(&local, std::io::Error::from(kind)))
-                });
-                (index, result.map(|()| t))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let done = tokio::task::spawn_blocking(move || commit_group(batch, platform::group_sync()))
+        .await
+        .unwrap_or_default();
     for (index, result) in done {
         on_done(index, result);
     }
+}
+
+/// The blocking work of [`sync_and_report`], flushing with `sync`.
+fn commit_group(
+    batch: Vec<(usize, Transferred, Deferred)>,
+    sync: GroupSync,
+) -> Vec<(usize, Result<Transferred, ClientError>)> {
+    // 1. Every file's data made durable.
+    let partials: Vec<&Partial> = batch.iter().map(|(_, _, d)| &d.partial).collect();
+    let flushed = flush_all(&partials, sync);
+    // 2. Rename each into place.
+    let placed: Vec<(usize, Transferred, PathBuf, Result<PathBuf, ClientError>)> = batch
+        .into_iter()
+        .zip(flushed)
+        .map(|((index, t, d), flush)| {
+            let result = match flush {
+                Ok(()) => d
+                    .partial
+                    .commit_after_flush(d.overwrite)
+                    .map_err(|e| commit_error(&d.local, e)),
+                Err(kind) => Err(ClientError::local(&d.local, std::io::Error::from(kind))),
+            };
+            (index, t, d.local, result)
+        })
+        .collect();
+    // 3. One fsync per directory.
+    let mut synced: Vec<(PathBuf, Result<(), std::io::ErrorKind>)> = Vec::new();
+    placed
+        .into_iter()
+        .map(|(index, t, local, result)| {
+            let result = result.and_then(|dir| {
+                let r = match synced.iter().find(|(p, _)| *p == dir) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = super::local::sync_dir(&dir).map_err(|e| e.kind());
+                        synced.push((dir, r));
+                        r
+                    }
+                };
+                r.map_err(|kind| ClientError::local(&local, std::io::Error::from(kind)))
+            });
+            (index, result.map(|()| t))
+        })
+        .collect()
+}
+
+/// Makes the data of every partial durable; one result for each. With a flush that covers a
+/// whole file system, one call per file system, through its earliest-opened partial (write-back
+/// errors since that descriptor was opened are reported to it); otherwise one per file.
+fn flush_all(partials: &[&Partial], sync: GroupSync) -> Vec<Result<(), std::io::ErrorKind>> {
+    let flush = match sync {
+        GroupSync::PerFile(flush) => {
+            return partials
+                .iter()
+                .map(|p| p.flush(flush).map_err(|e| e.kind()))
+                .collect();
+        }
+        GroupSync::PerFileSystem(flush) => flush,
+    };
+    let mut flushed: Vec<(u64, Result<(), std::io::ErrorKind>)> = Vec::new();
+    let devices: Vec<std::io::Result<u64>> = partials.iter().map(|p| p.device()).collect();
+    for (p, dev) in partials.iter().zip(&devices) {
+        if let Ok(dev) = dev
+            && !flushed.iter().any(|(k, _)| k == dev)
+        {
+            flushed.push((*dev, p.flush(flush).map_err(|e| e.kind())));
+        }
+    }
+    devices
+        .into_iter()
+        .map(|dev| match dev {
+            Ok(dev) => flushed
+                .iter()
+                .find(|(k, _)| *k == dev)
+                .map_or(Err(std::io::ErrorKind::Other), |(_, r)| *r),
+            Err(e) => Err(e.kind()),
+        })
+        .collect()
 }
 
 fn get_request(id: u64, remote: &str, target: &Target) -> ClientMessage {
@@ -521,9 +549,9 @@ fn write_and_hash(
     mut partial: Partial,
     hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
-    direct: bool,
+    direct: Option<Arc<DirectLimit>>,
 ) -> Written {
-    let mut receiving = crate::transfer::Receiving::start(partial.file(), hasher, direct);
+    let mut receiving = crate::transfer::Receiving::start(partial.file(), hasher, direct.as_ref());
     let finished = loop {
         match rx.blocking_recv() {
             Some(ToWriter::Data(bytes)) => {
@@ -539,5 +567,122 @@ fn write_and_hash(
         Err(e) => Written::Failed(e),
         Ok(digest) if finished => Written::Finished(partial, digest),
         Ok(_) => Written::Interrupted(partial),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::fs::File;
+    use std::time::Duration;
+
+    use super::*;
+
+    thread_local! {
+        /// Flushes done on this thread by `counted_fsync` / `counted_syncfs`.
+        static FLUSHES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn counted_fsync(file: &File) -> std::io::Result<()> {
+        FLUSHES.with(|n| n.set(n.get() + 1));
+        platform::portable::sync_filesystem(file)
+    }
+
+    fn counted_syncfs(file: &File) -> std::io::Result<()> {
+        FLUSHES.with(|n| n.set(n.get() + 1));
+        platform::sync_filesystem(file)
+    }
+
+    /// A verified download of `bytes` to `local`, waiting for the group commit.
+    fn waiting(index: usize, local: &Path, bytes: &[u8]) -> (usize, Transferred, Deferred) {
+        let (mut partial, _) = Partial::open(local, false).unwrap();
+        partial.write_all(bytes).unwrap();
+        let t = Transferred {
+            size: bytes.len() as u64,
+            sha256: hex_digest(&Sha256::digest(bytes)),
+            elapsed: Duration::ZERO,
+            resumed_from: 0,
+        };
+        let d = Deferred {
+            partial,
+            local: local.to_path_buf(),
+            overwrite: false,
+        };
+        (index, t, d)
+    }
+
+    /// Files in two directories of one file system, committed as a group with `sync`: each
+    /// lands whole, in order, and the flush ran `flushes` times.
+    fn group_commits_with(sync: GroupSync, flushes: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let targets = [dir.path().join("a"), sub.join("b"), dir.path().join("c")];
+        let batch: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| waiting(i, t, format!("file {i}").as_bytes()))
+            .collect();
+        FLUSHES.with(|n| n.set(0));
+        let done = commit_group(batch, sync);
+        assert_eq!(FLUSHES.with(Cell::get), flushes);
+        assert_eq!(done.len(), 3);
+        for (i, (index, result)) in done.into_iter().enumerate() {
+            assert_eq!(index, i);
+            let t = result.unwrap();
+            assert_eq!(t.size, 6);
+            assert_eq!(
+                std::fs::read(&targets[i]).unwrap(),
+                format!("file {i}").as_bytes()
+            );
+        }
+        // No partial is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn group_commit_on_the_portable_flush_fsyncs_every_file() {
+        // Where a flush covers only its own file, each file of the group gets one.
+        group_commits_with(GroupSync::PerFile(counted_fsync), 3);
+    }
+
+    #[test]
+    fn group_commit_with_syncfs_flushes_each_file_system_once() {
+        group_commits_with(GroupSync::PerFileSystem(counted_syncfs), 1);
+    }
+
+    #[test]
+    fn the_platform_picks_the_group_flush_its_sync_filesystem_can_carry() {
+        let picked = match platform::group_sync() {
+            GroupSync::PerFileSystem(_) => true,
+            GroupSync::PerFile(_) => false,
+        };
+        assert_eq!(picked, platform::SYNCFS_COVERS_FILE_SYSTEM);
+        assert_eq!(picked, cfg!(target_os = "linux"));
+    }
+
+    #[test]
+    fn a_failed_flush_fails_only_its_own_file_on_the_portable_path() {
+        fn refuse_short(file: &File) -> std::io::Result<()> {
+            if file.metadata()?.len() < 5 {
+                return Err(std::io::Error::other("write-back failed"));
+            }
+            platform::portable::sync_filesystem(file)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+        let batch = vec![waiting(0, &good, b"long enough"), waiting(1, &bad, b"no")];
+        let done = commit_group(batch, GroupSync::PerFile(refuse_short));
+        assert!(done[0].1.is_ok());
+        assert!(done[1].1.is_err());
+        assert_eq!(std::fs::read(&good).unwrap(), b"long enough");
+        assert!(!bad.exists(), "an unflushed file is not renamed into place");
+        drop(done);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "its partial is removed"
+        );
     }
 }

@@ -34,7 +34,7 @@ impl Interrupts {
         }));
         let shared = Arc::clone(&state);
         let _guard = handle.enter();
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+        match crate::platform::interrupts() {
             Ok(mut sig) => {
                 handle.spawn(async move {
                     while sig.recv().await.is_some() {

@@ -3,8 +3,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::platform;
 
 /// Suffix of the hidden file a download goes to: `.<name>.ferry-part`.
 pub const PARTIAL_SUFFIX: &str = ".ferry-part";
@@ -37,29 +38,25 @@ impl Partial {
     /// their count returned, positioned at the end; otherwise the file starts empty.
     pub fn open(target: &Path, resume: bool) -> std::io::Result<(Partial, u64)> {
         let path = Self::path_for(target)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        platform::create_mode(&mut opts, 0o600);
+        let file = platform::no_follow(&mut opts).open(&path)?;
         if !file.metadata()?.is_file() {
             return Err(std::io::Error::other(format!(
                 "{} is not a regular file",
                 path.display()
             )));
         }
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        match file.try_lock() {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(std::io::Error::other(format!(
                     "another transfer is writing {}",
                     path.display()
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         let mut partial = Partial {
             path,
@@ -109,13 +106,12 @@ impl Partial {
     /// [`Partial::commit`] up to the rename; returns the directory that still needs an fsync
     /// (batched by the caller for many files: one fsync per directory).
     pub fn commit_without_dir_sync(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
-        self.file
-            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
+        platform::set_mode(&self.file, new_file_mode())?;
         self.file.sync_all()?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
-            rename_noreplace(&self.path, &self.target)?;
+            platform::rename_noreplace(&self.path, &self.target)?;
         }
         self.done = true;
         Ok(parent_of(&self.target))
@@ -132,31 +128,29 @@ impl Drop for Partial {
 
 impl Partial {
     /// Renames a verified partial into place without an fsync of its own, for a group commit
-    /// that already flushed its file system (`syncfs`) after the last write. Returns the
-    /// directory that still needs an fsync for the rename to be durable.
-    pub fn commit_after_syncfs(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
-        self.file
-            .set_permissions(std::fs::Permissions::from_mode(new_file_mode()))?;
+    /// that already made its data durable ([`Partial::flush`]) after the last write. Returns
+    /// the directory that still needs an fsync for the rename to be durable.
+    pub fn commit_after_flush(mut self, overwrite: bool) -> std::io::Result<PathBuf> {
+        platform::set_mode(&self.file, new_file_mode())?;
         if overwrite {
             std::fs::rename(&self.path, &self.target)?;
         } else {
-            rename_noreplace(&self.path, &self.target)?;
+            platform::rename_noreplace(&self.path, &self.target)?;
         }
         self.done = true;
         Ok(parent_of(&self.target))
     }
 
-    /// The file system the partial lives on (`st_dev`).
+    /// The file system the partial lives on.
     pub fn device(&self) -> std::io::Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        Ok(self.file.metadata()?.dev())
+        platform::device_id(&self.file)
     }
 
-    /// Flushes the whole file system the partial lives on. Through this descriptor, opened
-    /// before any byte was written, the kernel reports any write-back error since then.
-    pub fn syncfs(&self) -> std::io::Result<()> {
-        rustix::fs::syncfs(&self.file)?;
-        Ok(())
+    /// Makes the partial's data durable with `sync`, a group commit's flush (see
+    /// [`platform::group_sync`]): through this descriptor, opened before any byte was
+    /// written, the kernel reports any write-back error since then.
+    pub fn flush(&self, sync: fn(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        sync(&self.file)
     }
 }
 
@@ -194,20 +188,6 @@ fn parent_of(target: &Path) -> PathBuf {
     match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists (atomically, with
-/// renameat2's RENAME_NOREPLACE; file systems without it get link + unlink, also atomic).
-pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

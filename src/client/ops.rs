@@ -1240,11 +1240,7 @@ fn finish_download(job: &Job, opts: TransferOpts) -> Option<OpError> {
 /// never taken from a server). Opened without following a symlink: a download never writes
 /// through one.
 fn preserve(local: &Path, mtime: i64, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(local)?;
+    let file = crate::platform::no_follow(std::fs::OpenOptions::new().write(true)).open(local)?;
     let when = if mtime >= 0 {
         std::time::UNIX_EPOCH + Duration::from_secs(mtime.unsigned_abs())
     } else {
@@ -1255,7 +1251,7 @@ fn preserve(local: &Path, mtime: i64, mode: u32) -> std::io::Result<()> {
             .set_modified(when)
             .set_accessed(when),
     )?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+    crate::platform::set_mode(&file, mode & 0o777)
 }
 
 fn record_done(

@@ -19,8 +19,10 @@ pub struct Bars {
     file: ProgressBar,
     started: Instant,
     shown: bool,
-    /// Set while the bars are on screen.
-    _quiet: Option<QuietKeys>,
+    /// Set while the bars are on screen, when the terminal does not echo keys: indicatif pads
+    /// a bar to the full width, so the `^C` of a Ctrl-C would wrap onto a new line and leave
+    /// the bar behind when it is cleared. The settings come back when this is dropped.
+    _quiet: Option<crate::platform::EchoOff>,
     done_bytes: u64,
     done_files: usize,
     total_files: usize,
@@ -124,50 +126,10 @@ impl Bars {
     fn maybe_show(&mut self) {
         if !self.shown && self.started.elapsed() >= SHOW_AFTER {
             self.shown = true;
-            self._quiet = QuietKeys::new();
+            self._quiet = crate::platform::echo_off();
             self.multi.set_draw_target(ProgressDrawTarget::stderr());
             self.file.enable_steady_tick(Duration::from_millis(200));
         }
-    }
-}
-
-/// While bars are on screen the terminal does not echo keys: indicatif pads a bar to the full
-/// width, so the `^C` of a Ctrl-C would wrap onto a new line and leave the bar behind when it
-/// is cleared. The settings come back when this is dropped (the bars are finished).
-struct QuietKeys {
-    saved: rustix::termios::Termios,
-}
-
-impl std::fmt::Debug for QuietKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QuietKeys")
-    }
-}
-
-impl QuietKeys {
-    fn new() -> Option<QuietKeys> {
-        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        if !std::io::IsTerminal::is_terminal(&stdin) {
-            return None;
-        }
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut quiet = saved.clone();
-        quiet
-            .local_modes
-            .remove(LocalModes::ECHO | LocalModes::ECHOCTL);
-        tcsetattr(&stdin, OptionalActions::Now, &quiet).ok()?;
-        Some(QuietKeys { saved })
-    }
-}
-
-impl Drop for QuietKeys {
-    fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
-            std::io::stdin(),
-            rustix::termios::OptionalActions::Now,
-            &self.saved,
-        );
     }
 }
 

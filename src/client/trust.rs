@@ -23,6 +23,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::platform;
 use crate::protocol;
 use crate::tls::{self, FINGERPRINT_PREFIX, TlsError};
 
@@ -400,18 +401,12 @@ impl KnownHosts {
 
     /// Appends a pin (creating the directory 0700 and the file 0600).
     pub fn add(&mut self, key: &str, fingerprint: &str) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         if let Some(dir) = self.path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            platform::dir_mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)?;
+        let mut file =
+            platform::create_mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
+                .open(&self.path)?;
         let line = format!("{key} {fingerprint}");
         // A file whose last line lacks its newline must not swallow the new pin.
         let needs_newline = std::fs::read(&self.path)

@@ -173,9 +173,10 @@ async fn authenticate(
     // The dummy hash is fetched on the blocking pool under the permit too: a store that makes
     // it lazily runs argon2 for it, which must not happen on an async worker.
     let store = Arc::clone(&server.users);
+    let warm = Arc::clone(&server.memory.login);
     let verified = tokio::task::spawn_blocking(move || {
         let hash = known_hash.unwrap_or_else(|| store.dummy_hash());
-        users::verify_password(&hash, &password)
+        users::verify_password_in(&hash, &password, Some(&warm))
     })
     .await
     .unwrap_or(false);

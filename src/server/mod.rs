@@ -10,6 +10,7 @@
 mod cmd;
 mod error;
 mod login;
+mod memory;
 pub mod penalty;
 pub mod prelogin;
 pub mod proxy;
@@ -136,10 +137,9 @@ pub struct Server {
     penalties: Option<penalty::Penalties>,
     /// Connections not logged in yet.
     prelogin: prelogin::Prelogin,
-    /// A heap trim is scheduled (see [`Server::trim_when_idle`]).
-    trim_pending: std::sync::atomic::AtomicBool,
-    /// A release of argon2's warm memory is scheduled (see [`Server::forget_login_memory`]).
-    warm_pending: std::sync::atomic::AtomicBool,
+    /// Warm login memory, the cap on direct-I/O uploads, and the timers that give memory
+    /// back (see [`Server::trim_when_idle`] and [`Server::forget_login_memory`]).
+    pub(crate) memory: memory::Memory,
     /// Cancelled when the shutdown grace period is over: transfers still running stop the way
     /// a client disconnect stops them (an upload is kept for `reput`, the audit line says
     /// `interrupted`) instead of being dropped mid-way.
@@ -258,8 +258,7 @@ impl Server {
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
             prelogin: prelogin::Prelogin::new(limits.startups),
-            trim_pending: std::sync::atomic::AtomicBool::new(false),
-            warm_pending: std::sync::atomic::AtomicBool::new(false),
+            memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
             limits,
         })
@@ -277,15 +276,15 @@ impl Server {
     /// idle size for good.
     fn trim_when_idle(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
-        if !self.idle() || self.trim_pending.swap(true, Ordering::AcqRel) {
+        if !self.idle() || self.memory.trim_pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let server = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            server.trim_pending.store(false, Ordering::Release);
+            server.memory.trim_pending.store(false, Ordering::Release);
             if server.idle() {
-                let _ = tokio::task::spawn_blocking(release_free_heap).await;
+                let _ = tokio::task::spawn_blocking(crate::platform::trim_allocator).await;
             }
         });
     }
@@ -295,9 +294,8 @@ impl Server {
     pub(crate) fn forget_login_memory(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         const WARM_FOR: Duration = Duration::from_secs(1);
-        if !crate::users::login_memory::WARM.held()
-            || self.warm_pending.swap(true, Ordering::AcqRel)
-        {
+        let memory = &self.memory;
+        if !memory.login.held() || memory.warm_pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let server = Arc::clone(self);
@@ -305,19 +303,19 @@ impl Server {
             let mut wait = WARM_FOR;
             loop {
                 tokio::time::sleep(wait).await;
-                let release = || crate::users::login_memory::WARM.release_unused_for(WARM_FOR);
+                let warm = Arc::clone(&server.memory.login);
+                let release = move || warm.release_unused_for(WARM_FOR);
                 // Used again meanwhile: wait until it has been unused for the full time.
                 if let Ok(Some(left)) = tokio::task::spawn_blocking(release).await {
                     wait = left;
                     continue;
                 }
                 wait = WARM_FOR;
-                server.warm_pending.store(false, Ordering::Release);
+                let memory = &server.memory;
+                memory.warm_pending.store(false, Ordering::Release);
                 // A check that gave memory back between the release and the store saw a
                 // timer pending and started none: take over for it.
-                if !crate::users::login_memory::WARM.held()
-                    || server.warm_pending.swap(true, Ordering::AcqRel)
-                {
+                if !memory.login.held() || memory.warm_pending.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }
@@ -493,22 +491,7 @@ pub async fn run(
 /// One arena for all threads lets the idle trim give all of it back; transfers measured no
 /// slower (1 GiB up and down, three runs each way).
 pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a glibc tunable; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Returns the C allocator's free memory to the kernel (glibc's `malloc_trim`); nothing
-/// elsewhere.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it is
-    // thread-safe and touches no memory that is in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::platform::limit_arenas();
 }
 
 /// Sweeps stale partial uploads of every user once an hour (logins sweep their own too), so

@@ -15,6 +15,7 @@ use super::login::{self, Refusal, UserSession};
 use super::{Server, cmd, quota};
 use crate::domain::Scope;
 use crate::jail::{Footprint, Jail, StorageError, TempFile, UnsyncedDir};
+use crate::platform;
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, PROTOCOL_VERSION, ServerMessage, decode_client_message,
@@ -538,15 +539,28 @@ pub(super) struct Committed {
 
 /// The group commit (blocking): one `syncfs` makes every small file's data durable, then each
 /// is renamed into place, then each directory that got a file is fsynced once. Results come
-/// back in order; the quota is settled for each file that ended up in place.
+/// back in order; the quota is settled for each file that ended up in place. Where the
+/// platform has no flush of a whole file system ([`platform::SYNCFS_COVERS_FILE_SYSTEM`]),
+/// each file is fsynced by its rename instead.
 fn group_commit(
     jail: &Jail,
     account: Option<Arc<quota::Account>>,
     batch: Vec<Unsynced>,
 ) -> Vec<(Committed, Result<(), StorageError>)> {
-    let flushed = if batch
-        .iter()
-        .any(|u| matches!(u.stage, Stage::Written { .. }))
+    group_commit_with(jail, account, batch, platform::SYNCFS_COVERS_FILE_SYSTEM)
+}
+
+/// [`group_commit`], with one flush of the file system (`one_flush`) or an fsync per file.
+fn group_commit_with(
+    jail: &Jail,
+    account: Option<Arc<quota::Account>>,
+    batch: Vec<Unsynced>,
+    one_flush: bool,
+) -> Vec<(Committed, Result<(), StorageError>)> {
+    let flushed = if one_flush
+        && batch
+            .iter()
+            .any(|u| matches!(u.stage, Stage::Written { .. }))
     {
         jail.sync_filesystem().map_err(|e| e.to_string())
     } else {
@@ -562,7 +576,10 @@ fn group_commit(
                 overwrite,
             } => match &flushed {
                 Ok(()) => {
-                    temp.mark_synced();
+                    // Not marked where the flush did not cover it: the rename fsyncs it.
+                    if one_flush {
+                        temp.mark_synced();
+                    }
                     // What it replaces is measured at the rename, under the change lock.
                     let _changing = account.as_ref().map(|a| a.changing());
                     temp.rename_into_place_if(overwrite, u.cover)
@@ -651,4 +668,71 @@ async fn handle_frame(sess: &mut Session, frame: Frame) -> Result<(), End> {
         },
     };
     cmd::dispatch(sess, msg).await
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::jail::RemotePath;
+
+    /// Small uploads written into `jail` and waiting for the group commit.
+    fn waiting(jail: &Jail, names: &[&str]) -> Vec<Unsynced> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut temp = jail.create_temp(&RemotePath::parse(name).unwrap()).unwrap();
+                temp.file().write_all(&[i as u8; 64 * 1024]).unwrap();
+                let (dirty, _) = platform::unwritten_pages(temp.file());
+                assert!(
+                    dirty > 0,
+                    "nothing dirty right after a write: this test cannot tell"
+                );
+                Unsynced {
+                    id: i as u64,
+                    stage: Stage::Written {
+                        temp,
+                        overwrite: false,
+                    },
+                    size: 64 * 1024,
+                    sha256: String::new(),
+                    cover: Box::new(|_| Ok(())),
+                    settle: Box::new(|_| {}),
+                    audit: None,
+                }
+            })
+            .collect()
+    }
+
+    fn group_commit_lands_every_file_written_back(one_flush: bool) {
+        let home = tempfile::tempdir().unwrap();
+        let jail = Jail::open(home.path(), false).unwrap();
+        let names = ["/a", "/b", "/c"];
+        let done = group_commit_with(&jail, None, waiting(&jail, &names), one_flush);
+        assert_eq!(done.len(), 3);
+        for (i, (committed, result)) in done.into_iter().enumerate() {
+            assert_eq!(committed.id, i as u64);
+            result.unwrap();
+            let path = home.path().join(&names[i][1..]);
+            assert!(std::fs::read(&path).unwrap() == vec![i as u8; 64 * 1024]);
+            // Durable before the reply: nothing of it is left in the cache to write.
+            let file = std::fs::File::open(&path).unwrap();
+            assert_eq!(platform::unwritten_pages(&file), (0, 0), "{}", names[i]);
+        }
+        // Only the three files: no temp left behind.
+        assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn group_commit_with_syncfs_makes_every_file_durable() {
+        group_commit_lands_every_file_written_back(true);
+    }
+
+    #[test]
+    fn group_commit_without_syncfs_fsyncs_each_file() {
+        // What a system whose flush covers one file only does (the portable fallback).
+        group_commit_lands_every_file_written_back(false);
+    }
 }

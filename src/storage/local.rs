@@ -28,6 +28,7 @@ use super::{
     SMALL_MAX, Sha256Digest, SmallOptions, SmallPut, Space, Staged, Stat, Storage, Upload,
     UploadOptions,
 };
+use crate::direct::DirectLimit;
 use crate::domain::{Entry, EntryKind, Footprint};
 use crate::jail::{Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::transfer::{CHANNEL_DEPTH, PROGRESS_INTERVAL, Receiving, hash_prefix};
@@ -47,12 +48,21 @@ const WRITER_DEPTH: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     jail: Arc<Jail>,
+    /// Counts the uploads written around the page cache (one limit per server, shared by
+    /// the homes it opens).
+    direct: Arc<DirectLimit>,
 }
 
 impl LocalStorage {
-    /// Wraps an opened home (shared with whatever else still uses the jail directly).
+    /// Wraps an opened home (shared with whatever else still uses the jail directly), with a
+    /// direct-I/O limit of its own.
     pub fn new(jail: Arc<Jail>) -> LocalStorage {
-        LocalStorage { jail }
+        LocalStorage::with_direct_limit(jail, Arc::new(DirectLimit::new()))
+    }
+
+    /// Like [`LocalStorage::new`], counting direct-I/O uploads in `direct` (the server's).
+    pub fn with_direct_limit(jail: Arc<Jail>, direct: Arc<DirectLimit>) -> LocalStorage {
+        LocalStorage { jail, direct }
     }
 
     /// Opens the home at `home` (creating it, mode 0700, with `create`).
@@ -386,6 +396,7 @@ impl Storage for LocalStorage {
     ) -> BoxFuture<'a, Result<Box<dyn Upload>, StorageError>> {
         let path = path.clone();
         let jail = Arc::clone(&self.jail);
+        let limit = Arc::clone(&self.direct);
         let size_hint = options.size_hint;
         let prepared = self.run(move |jail| {
             let replaces = check_target(jail, &path, options.no_replace)?;
@@ -397,7 +408,8 @@ impl Storage for LocalStorage {
         });
         Box::pin(async move {
             let (temp, replaces, superseded) = prepared.await?;
-            let upload = LocalUpload::start(jail, temp, Sha256::new(), 0, size_hint, replaces);
+            let upload =
+                LocalUpload::start(jail, temp, Sha256::new(), 0, size_hint, replaces, &limit);
             Ok(Box::new(LocalUpload {
                 superseded,
                 ..upload
@@ -415,6 +427,7 @@ impl Storage for LocalStorage {
     ) -> BoxFuture<'a, Result<Resume, StorageError>> {
         let (key, path) = (key.clone(), path.clone());
         let jail = Arc::clone(&self.jail);
+        let limit = Arc::clone(&self.direct);
         let taken = self.run(move |jail| {
             let replaces = check_target(jail, &path, false)?;
             let Some(kept) = jail.partial_size(key.as_str())? else {
@@ -447,7 +460,7 @@ impl Storage for LocalStorage {
             Ok(match taken.await? {
                 Err(resume) => resume,
                 Ok((temp, hasher, replaces)) => Resume::Ready(Box::new(LocalUpload::start(
-                    jail, temp, hasher, offset, size_hint, replaces,
+                    jail, temp, hasher, offset, size_hint, replaces, &limit,
                 ))),
             })
         })
@@ -670,8 +683,8 @@ struct LocalUpload {
     written: u64,
     /// Whether the writer fsyncs as the data ends (files too large for a group commit).
     fsync_in_writer: bool,
-    /// Direct I/O for a large fresh upload (see [`crate::direct`]).
-    direct: bool,
+    /// Direct I/O for a large fresh upload, counted in this limit (see [`crate::direct`]).
+    direct: Option<Arc<DirectLimit>>,
     replaces: Footprint,
     superseded: Option<u64>,
 }
@@ -685,10 +698,12 @@ impl LocalUpload {
         offset: u64,
         size_hint: Option<u64>,
         replaces: Footprint,
+        limit: &Arc<DirectLimit>,
     ) -> LocalUpload {
         let rest = size_hint.map(|s| s.saturating_sub(offset));
         let fsync_in_writer = size_hint.is_none_or(|s| s > GROUP_COMMIT_SMALL);
-        let direct = offset == 0 && size_hint.is_some_and(|s| s >= crate::direct::MIN_SIZE);
+        let direct = (offset == 0 && size_hint.is_some_and(|s| s >= crate::direct::MIN_SIZE))
+            .then(|| Arc::clone(limit));
         let mut upload = LocalUpload {
             jail,
             state: State::Gone,
@@ -711,7 +726,7 @@ impl LocalUpload {
 
     fn spawn_writer(&self, temp: TempFile, hasher: Sha256, first: Option<Vec<u8>>) -> State {
         let (tx, rx) = mpsc::channel::<ToWriter>(WRITER_DEPTH);
-        let (fsync, direct) = (self.fsync_in_writer, self.direct);
+        let (fsync, direct) = (self.fsync_in_writer, self.direct.clone());
         let writer = tokio::task::spawn_blocking(move || {
             write_and_hash(temp, hasher, first, rx, fsync, direct)
         });
@@ -895,7 +910,7 @@ fn write_and_hash(
     first: Option<Vec<u8>>,
     mut rx: mpsc::Receiver<ToWriter>,
     fsync: bool,
-    direct: bool,
+    direct: Option<Arc<DirectLimit>>,
 ) -> Written {
     // `first` (bytes collected in memory before the writer started) is already in `hasher`:
     // it goes in before the receiving starts, which continues the hash from there.
@@ -905,7 +920,7 @@ fn write_and_hash(
         temp.discard();
         return Written::Failed(e.into());
     }
-    let mut receiving = Receiving::start(temp.file(), hasher, direct);
+    let mut receiving = Receiving::start(temp.file(), hasher, direct.as_ref());
     let finished = loop {
         match rx.blocking_recv() {
             Some(ToWriter::Data(bytes)) => {

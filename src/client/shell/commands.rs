@@ -733,7 +733,6 @@ fn wrap(text: &str, width: usize, indent: &str) -> String {
 
 /// A local directory's entries, sorted, in the same shape as remote ones.
 fn local_entries(dir: &Path) -> Result<Vec<Entry>, ClientError> {
-    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| ClientError::local(dir, e))?;
     for item in rd {
@@ -754,8 +753,8 @@ fn local_entries(dir: &Path) -> Result<Vec<Entry>, ClientError> {
                 EntryKind::Other
             },
             size: meta.len(),
-            mtime: meta.mtime(),
-            mode: meta.mode() & 0o7777,
+            mtime: crate::platform::mtime_secs(&meta),
+            mode: crate::platform::mode_bits(&meta),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

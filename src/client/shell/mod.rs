@@ -106,8 +106,7 @@ impl Shell {
             }
             if editor.save_history(h).is_ok() {
                 // Paths and names you typed are nobody else's business.
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o600));
+                let _ = crate::platform::set_path_mode(h, 0o600);
             }
         }
         self.session.close();

@@ -314,7 +314,7 @@ async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
     };
     if matches!(op, Op::Get | Op::Put | Op::Sha256 | Op::Copy) {
         // Moving data needs buffers of its own: argon2's warm memory must not add to them.
-        crate::users::login_memory::WARM.release();
+        sess.server.memory.login.release();
     }
     let refusal =
         match &request {

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::super::quota::{self, Account, Reservation};
 use super::super::session::{End, Session, Stage, Unsynced};
 use super::{blocking, partial_key, quota_reply, reply_storage};
+use crate::direct::DirectLimit;
 use crate::jail::{Footprint, Jail, RemotePath, StorageError, TempFile};
 use crate::protocol::{
     ClientMessage, EntryKind, ErrorCode, Frame, ServerMessage, decode_client_message, hex_digest,
@@ -94,7 +95,14 @@ enum Sink {
 impl Sink {
     /// A sink for the `size - offset` bytes still to come into `temp`; `group` if the file
     /// waits for the group commit instead of an fsync of its own.
-    fn start(temp: TempFile, hasher: Sha256, size: u64, offset: u64, group: bool) -> Sink {
+    fn start(
+        temp: TempFile,
+        hasher: Sha256,
+        size: u64,
+        offset: u64,
+        group: bool,
+        direct: &Arc<DirectLimit>,
+    ) -> Sink {
         // Only files that join the group commit (no fsync of their own): a resumed large
         // file with a small rest still goes through the writer, which fsyncs it.
         if size - offset <= IN_MEMORY_MAX && group {
@@ -105,7 +113,7 @@ impl Sink {
             };
         }
         let (tx, rx) = mpsc::channel::<ToWriter>(4);
-        let direct = offset == 0 && size >= crate::direct::MIN_SIZE;
+        let direct = (offset == 0 && size >= crate::direct::MIN_SIZE).then(|| Arc::clone(direct));
         let writer =
             tokio::task::spawn_blocking(move || write_and_hash(temp, hasher, rx, !group, direct));
         Sink::Thread { tx, writer }
@@ -247,7 +255,14 @@ pub(super) async fn run(
 
     // Small uploads skip the per-file fsync: the group commit flushes them all at once.
     let group = size <= GROUP_COMMIT_SMALL;
-    let mut sink = Sink::start(temp, hasher, size, offset, group);
+    let mut sink = Sink::start(
+        temp,
+        hasher,
+        size,
+        offset,
+        group,
+        &sess.server.memory.direct,
+    );
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
     // Keeps an interrupted upload as a partial; returns true if it did (the partial then
@@ -978,9 +993,9 @@ fn write_and_hash(
     hasher: Sha256,
     mut rx: mpsc::Receiver<ToWriter>,
     fsync: bool,
-    direct: bool,
+    direct: Option<Arc<DirectLimit>>,
 ) -> Written {
-    let mut receiving = Receiving::start(temp.file(), hasher, direct);
+    let mut receiving = Receiving::start(temp.file(), hasher, direct.as_ref());
     let finished = loop {
         match rx.blocking_recv() {
             Some(ToWriter::Data(bytes)) => {
