@@ -56,6 +56,7 @@ pub mod platform;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod storage;
 pub mod tls;

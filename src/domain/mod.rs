@@ -107,3 +107,31 @@ pub enum Refused {
     /// Bytes or files would go over the quota (`"byte quota"` or `"file quota"`).
     Quota(&'static str),
 }
+
+/// Space used and available, as far as the server knows; absent fields are unknown or
+/// unlimited. Its JSON form is ferry/1's `usage` object (PROTOCOL.md), so the field names are
+/// part of the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Bytes the user's files take (including kept partial uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    /// Number of the user's files and directories (a directory counts as one file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_files: Option<u64>,
+    /// The user's byte quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// The user's file-count quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_files: Option<u64>,
+    /// Largest file the user may upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<u64>,
+    /// Free bytes on the disk that holds the home (for unprivileged users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// Size of that disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
+}

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Entry;
+use crate::domain::{Entry, UsageReport as Usage};
 
 /// A message from client to server. The `op` field names the variant.
 ///
@@ -283,33 +283,6 @@ pub enum ServerMessage {
         /// Bytes processed so far.
         bytes: u64,
     },
-}
-
-/// Space used and available, as far as the server knows; absent fields are unknown or
-/// unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Bytes the user's files take (including kept partial uploads).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub used_bytes: Option<u64>,
-    /// Number of the user's files and directories (a directory counts as one file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub used_files: Option<u64>,
-    /// The user's byte quota.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota_bytes: Option<u64>,
-    /// The user's file-count quota.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota_files: Option<u64>,
-    /// Largest file the user may upload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_file_size: Option<u64>,
-    /// Free bytes on the disk that holds the home (for unprivileged users).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_free_bytes: Option<u64>,
-    /// Size of that disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_total_bytes: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

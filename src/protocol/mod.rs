@@ -9,14 +9,14 @@ mod message;
 
 pub use crate::domain::{
     Entry, EntryKind, MAX_NAME_LEN, MAX_PASSWORD_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, MAX_USER_LEN,
-    hex_digest,
+    UsageReport as Usage, hex_digest,
 };
 pub use frame::{
     DATA_CHUNK_LEN, Frame, FrameError, FrameReader, FrameWriter, KIND_DATA, KIND_MESSAGE,
     MAX_DATA_LEN, MAX_FRAME_LEN, MAX_FRAME_LEN_PRE_AUTH, MAX_MESSAGE_LEN, decode_frame,
 };
 pub use message::{
-    ClientMessage, ErrorCode, ServerMessage, Usage, WireError, decode_client_message,
+    ClientMessage, ErrorCode, ServerMessage, WireError, decode_client_message,
     decode_server_message,
 };
 

@@ -104,6 +104,9 @@ pub(super) struct Session {
     pub user: String,
     /// What this session may do; the dispatcher checks it against the operation table.
     pub scope: crate::domain::Scope,
+    /// The home as the core sees it (operations moved onto the core go through it).
+    pub home: crate::service::Home,
+    /// The home as the handlers not yet moved onto the core see it.
     pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
@@ -301,11 +304,18 @@ pub(super) async fn run(
             slot,
         }) => {
             reader.set_max_len(MAX_FRAME_LEN);
+            // The core's view of the home: the same jail, as the `Storage` seam.
+            let storage = crate::storage::local::LocalStorage::with_direct_limit(
+                Arc::clone(&jail),
+                Arc::clone(&server.memory.direct),
+            );
+            let home = crate::service::Home::new(Arc::new(storage), account.clone(), limits);
             let mut sess = Session {
                 server: Arc::clone(&server),
                 peer,
                 user,
                 scope,
+                home,
                 jail,
                 reader,
                 writer,

@@ -19,6 +19,7 @@ use super::session::{End, Session};
 use crate::domain::Op;
 use crate::jail::{PathError, RemotePath, StorageError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use crate::service::CoreError;
 
 /// Runs one request to its final reply, then writes its audit line if it moved or changed
 /// data. `Err` ends the session.
@@ -480,20 +481,15 @@ pub(super) async fn reply_storage(
     sess.send(&msg).await
 }
 
-/// Runs a simple changing command: one blocking call, one reply.
-pub(super) async fn simple_change<F>(
+/// The ferry/1 reply for a core error: the one place a [`CoreError`] becomes wire.
+pub(super) async fn reply_core(
     sess: &mut Session,
     id: u64,
-    op: &'static str,
-    path: RemotePath,
-    f: F,
-) -> Result<(), End>
-where
-    F: FnOnce(&crate::jail::Jail, &RemotePath) -> Result<(), StorageError> + Send + 'static,
-{
-    let jail = std::sync::Arc::clone(&sess.jail);
-    match blocking(move || f(&jail, &path)).await {
-        Ok(()) => sess.send(&ServerMessage::ok(id)).await,
-        Err(e) => reply_storage(sess, id, op, &e).await,
+    op: &str,
+    err: &CoreError,
+) -> Result<(), End> {
+    match err {
+        CoreError::Storage(e) => reply_storage(sess, id, op, e).await,
+        CoreError::Refused { refused, size } => sess.send(&quota_reply(id, refused, *size)).await,
     }
 }

@@ -5,11 +5,9 @@
 //! account's change lock: renaming a name onto itself (or onto another name of the same
 //! file) replaces nothing, and a directory replaced by one gives its file back.
 
-use std::sync::Arc;
-
 use super::super::session::{End, Session};
-use super::{blocking, reply_storage};
-use crate::jail::{RemotePath, StorageError};
+use super::reply_core;
+use crate::jail::RemotePath;
 use crate::protocol::ServerMessage;
 
 pub(super) async fn run(
@@ -19,22 +17,8 @@ pub(super) async fn run(
     to: RemotePath,
     overwrite: bool,
 ) -> Result<(), End> {
-    let jail = Arc::clone(&sess.jail);
-    let account = sess.account.clone();
-    let result = blocking(move || {
-        if from.is_root() || to.is_root() {
-            return Err(StorageError::PermissionDenied);
-        }
-        let _changing = account.as_ref().map(|a| a.changing());
-        let replaced = jail.rename(&from, &to, overwrite)?;
-        if let Some(a) = &account {
-            a.remove(replaced);
-        }
-        Ok(())
-    })
-    .await;
-    match result {
+    match sess.home.rename(&from, &to, overwrite).await {
         Ok(()) => sess.send(&ServerMessage::ok(id)).await,
-        Err(e) => reply_storage(sess, id, "rename", &e).await,
+        Err(e) => reply_core(sess, id, "rename", &e).await,
     }
 }

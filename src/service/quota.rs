@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use crate::domain::UsageReport as Usage;
 use crate::jail::{Footprint, Jail, Stop, StorageError};
-use crate::protocol::Usage;
 use crate::users::User;
 
 /// The limits of one user, copied from the users file at login (see [`limits_of`]).
@@ -58,7 +58,7 @@ pub struct Account {
     /// Held (on the blocking pool) while a session measures what a change of the home will
     /// replace or remove and makes that change, so that no other session of the home changes
     /// the same names in between and the measured difference is the real one.
-    changes: Mutex<()>,
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Account {
@@ -69,7 +69,7 @@ impl Account {
                 used_files: used.files,
                 ..Counts::default()
             }),
-            changes: Mutex::new(()),
+            changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -78,11 +78,17 @@ impl Account {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The change lock: hold it across "measure what goes away, change the home". Blocking;
-    /// take it on the blocking pool, never across an await.
-    pub fn changing(&self) -> MutexGuard<'_, ()> {
-        // Nothing is guarded but the order of changes, so a poisoned lock is still good.
-        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    /// The change lock: hold it across "measure what goes away, change the home". Blocking:
+    /// take it on the blocking pool (it panics on an async worker, where it would stall
+    /// every task of that thread).
+    pub fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.blocking_lock()
+    }
+
+    /// The change lock, for a change made through the async storage seam: held across its
+    /// awaits, and in the same order as [`Account::changing`]'s takers.
+    pub async fn changing_async(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
     }
 
     /// Reserves `bytes` more room (and a file slot if `new_file`) for a file that will be

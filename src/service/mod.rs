@@ -1,0 +1,227 @@
+//! The core: ferry's rules for a logged-in user, whatever the front-end. It knows no frame,
+//! message or HTTP type: a front-end decodes a request, checks its session's scope against
+//! the operation table (`domain::Op`), calls the core, and maps a [`CoreError`] to its wire
+//! in one function (ferry/1: `server/cmd/mod.rs`, `reply_core`).
+//!
+//! The core works on the seams: the files through [`Storage`], usage through
+//! [`quota::Account`] (to become `state::UsageLedger`). Each change that the counters follow
+//! is made under the account's change lock, measuring what it replaces or removes on the
+//! store itself, so the counters always agree with a fresh count of the home.
+//!
+//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename and usage. Listing, the
+//! transfers, copy and sha256 still run in their ferry/1 handlers on the jail (issue 13).
+
+pub mod quota;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::domain::{Entry, Footprint, Quota, Refused, UsageReport};
+use crate::storage::{RemotePath, Storage, StorageError};
+
+/// What a core operation answers instead of a result.
+#[derive(Debug)]
+pub enum CoreError {
+    /// The store refused or failed.
+    Storage(StorageError),
+    /// The change does not fit the account's limits; `size` is the file's (0 for a
+    /// directory).
+    Refused { refused: Refused, size: u64 },
+}
+
+impl From<StorageError> for CoreError {
+    fn from(e: StorageError) -> Self {
+        CoreError::Storage(e)
+    }
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::Storage(e) => write!(f, "{e}"),
+            CoreError::Refused {
+                refused: Refused::TooLarge(max),
+                size,
+            } => write!(
+                f,
+                "a file of {size} bytes exceeds the maximum of {max} bytes"
+            ),
+            CoreError::Refused {
+                refused: Refused::Quota(which),
+                ..
+            } => write!(f, "over the {which}"),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+/// What a directory takes toward the quota.
+const ONE_DIR: Footprint = Footprint { bytes: 0, files: 1 };
+
+/// A logged-in user's home as the core sees it: its storage, the usage account shared by the
+/// user's sessions (when the user has limits) and those limits. Cloning is cheap (shared).
+#[derive(Clone)]
+pub struct Home {
+    storage: Arc<dyn Storage>,
+    account: Option<Arc<quota::Account>>,
+    limits: Quota,
+}
+
+impl fmt::Debug for Home {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Home")
+            .field("storage", &self.storage)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Home {
+    /// The home on `storage`, counted in `account` under `limits`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        account: Option<Arc<quota::Account>>,
+        limits: Quota,
+    ) -> Home {
+        Home {
+            storage,
+            account,
+            limits,
+        }
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The account's change lock (when there is an account): held across a change, so what
+    /// the store measures as replaced or removed is what really goes.
+    async fn changing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.account {
+            Some(a) => Some(a.changing_async().await),
+            None => None,
+        }
+    }
+
+    /// Metadata of one path, following a final symlink that stays in the home.
+    pub async fn stat(&self, path: &RemotePath) -> Result<Entry, CoreError> {
+        Ok(self.storage.stat(path).await?.entry)
+    }
+
+    /// Makes one directory; it counts as a file toward the quota.
+    pub async fn mkdir(&self, path: &RemotePath) -> Result<(), CoreError> {
+        let (home, path) = (self.clone(), path.clone());
+        to_the_end(async move { home.mkdir_now(&path).await }).await
+    }
+
+    /// Removes a file or link (never the home, which is a directory).
+    pub async fn remove(&self, path: &RemotePath) -> Result<(), CoreError> {
+        let (home, path) = (self.clone(), path.clone());
+        to_the_end(async move { home.remove_now(&path).await }).await
+    }
+
+    /// Removes an empty directory (never the home); gives its file back to the quota.
+    pub async fn rmdir(&self, path: &RemotePath) -> Result<(), CoreError> {
+        let (home, path) = (self.clone(), path.clone());
+        to_the_end(async move { home.rmdir_now(&path).await }).await
+    }
+
+    /// Renames or moves a file or directory, replacing an existing target only if `replace`.
+    /// What a replaced target took is given back (a rename onto the same file replaces
+    /// nothing: the store measures it).
+    pub async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        replace: bool,
+    ) -> Result<(), CoreError> {
+        let (home, from, to) = (self.clone(), from.clone(), to.clone());
+        to_the_end(async move { home.rename_now(&from, &to, replace).await }).await
+    }
+
+    async fn mkdir_now(&self, path: &RemotePath) -> Result<(), CoreError> {
+        let _changing = self.changing().await;
+        let reservation = match &self.account {
+            Some(a) => Some(
+                a.reserve(&self.limits, 0, 0, true)
+                    .map_err(|refused| CoreError::Refused { refused, size: 0 })?,
+            ),
+            None => None,
+        };
+        self.storage.mkdir(path).await?;
+        if let Some(r) = reservation {
+            r.commit(ONE_DIR, Footprint::NONE);
+        }
+        Ok(())
+    }
+
+    async fn remove_now(&self, path: &RemotePath) -> Result<(), CoreError> {
+        if path.is_root() {
+            return Err(StorageError::IsADirectory.into());
+        }
+        let _changing = self.changing().await;
+        let gone = self.storage.remove_file(path).await?;
+        if let Some(a) = &self.account {
+            a.remove(gone);
+        }
+        Ok(())
+    }
+
+    async fn rmdir_now(&self, path: &RemotePath) -> Result<(), CoreError> {
+        if path.is_root() {
+            return Err(StorageError::PermissionDenied.into());
+        }
+        let _changing = self.changing().await;
+        let gone = self.storage.remove_dir(path).await?;
+        if let Some(a) = &self.account {
+            a.remove(gone);
+        }
+        Ok(())
+    }
+
+    async fn rename_now(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        replace: bool,
+    ) -> Result<(), CoreError> {
+        if from.is_root() || to.is_root() {
+            return Err(StorageError::PermissionDenied.into());
+        }
+        let _changing = self.changing().await;
+        let replaced = self.storage.rename(from, to, !replace).await?;
+        if let Some(a) = &self.account {
+            a.remove(replaced);
+        }
+        Ok(())
+    }
+
+    /// The account's usage and limits, and the space where the home lives if the store can
+    /// tell.
+    pub async fn usage(&self) -> Result<UsageReport, CoreError> {
+        let space = self.storage.space().await?;
+        let mut usage = match &self.account {
+            Some(a) => a.usage(&self.limits),
+            None => UsageReport::default(),
+        };
+        usage.disk_free_bytes = space.map(|s| s.free);
+        usage.disk_total_bytes = space.map(|s| s.total);
+        Ok(usage)
+    }
+}
+
+/// Runs a change to its end even if its caller goes away (a client that disconnects, a
+/// session cut at shutdown): a change the store made is always followed by its counters, so
+/// dropping the caller between the two can never make them lie.
+async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, CoreError>> + Send + 'static,
+) -> Result<T, CoreError> {
+    match tokio::spawn(change).await {
+        Ok(result) => result,
+        Err(join) => Err(CoreError::Storage(StorageError::Io(std::io::Error::other(
+            join.to_string(),
+        )))),
+    }
+}
