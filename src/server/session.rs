@@ -309,7 +309,7 @@ pub(super) async fn run(
                 Arc::clone(&jail),
                 Arc::clone(&server.memory.direct),
             );
-            let home = crate::service::Home::new(Arc::new(storage), account.clone(), limits);
+            let home = crate::service::Home::new(&user, Arc::new(storage), account.clone(), limits);
             let mut sess = Session {
                 server: Arc::clone(&server),
                 peer,

@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::domain::{Entry, Footprint, Quota, Refused, UsageReport};
-use crate::storage::{RemotePath, Storage, StorageError};
+use crate::storage::{PartialKey, RemotePath, Storage, StorageError};
 
 /// What a core operation answers instead of a result.
 #[derive(Debug)]
@@ -59,10 +59,23 @@ impl std::error::Error for CoreError {}
 /// What a directory takes toward the quota.
 const ONE_DIR: Footprint = Footprint { bytes: 0, files: 1 };
 
-/// A logged-in user's home as the core sees it: its storage, the usage account shared by the
-/// user's sessions (when the user has limits) and those limits. Cloning is cheap (shared).
+/// The key of `user`'s partial upload to `path`: partials are per user and per target (users
+/// who share a home never resume each other's uploads), 32 hex digits of a SHA-256.
+pub fn partial_key(user: &str, path: &RemotePath) -> PartialKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0]);
+    h.update(path.to_string().as_bytes());
+    PartialKey::of_digest(&h.finalize().into())
+}
+
+/// A logged-in user's home as the core sees it: whose view it is, the storage, the usage
+/// account shared by the user's sessions (when the user has limits) and those limits.
+/// Cloning is cheap (shared).
 #[derive(Clone)]
 pub struct Home {
+    user: Arc<str>,
     storage: Arc<dyn Storage>,
     account: Option<Arc<quota::Account>>,
     limits: Quota,
@@ -78,13 +91,15 @@ impl fmt::Debug for Home {
 }
 
 impl Home {
-    /// The home on `storage`, counted in `account` under `limits`.
+    /// `user`'s view of the home on `storage`, counted in `account` under `limits`.
     pub fn new(
+        user: &str,
         storage: Arc<dyn Storage>,
         account: Option<Arc<quota::Account>>,
         limits: Quota,
     ) -> Home {
         Home {
+            user: Arc::from(user),
             storage,
             account,
             limits,
@@ -103,6 +118,13 @@ impl Home {
             Some(a) => Some(a.changing_async().await),
             None => None,
         }
+    }
+
+    /// How many bytes of an interrupted upload to `path` this user's partial holds, if any:
+    /// where a resume starts.
+    pub async fn partial_len(&self, path: &RemotePath) -> Result<Option<u64>, CoreError> {
+        let key = partial_key(&self.user, path);
+        Ok(self.storage.partial_len(&key).await?)
     }
 
     /// Metadata of one path, following a final symlink that stays in the home.

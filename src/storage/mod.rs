@@ -102,6 +102,11 @@ impl PartialKey {
         Ok(PartialKey(key))
     }
 
+    /// The key made of a SHA-256 digest's first 16 bytes in hex (32 digits): always valid.
+    pub fn of_digest(digest: &[u8; 32]) -> PartialKey {
+        PartialKey(crate::domain::hex_digest(&digest[..16]))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -427,14 +427,9 @@ pub(super) async fn next_or_cancel<T>(
     }
 }
 
-/// The partial-upload key of `path` for `user`: partials are per user and per target.
+/// The partial-upload key of `path` for `user` (the core's rule, `service::partial_key`).
 pub(super) fn partial_key(user: &str, path: &RemotePath) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(user.as_bytes());
-    h.update([0]);
-    h.update(path.to_string().as_bytes());
-    crate::protocol::hex_digest(&h.finalize())[..32].to_string()
+    crate::service::partial_key(user, path).as_str().to_string()
 }
 
 /// Runs blocking file system work on the blocking pool.
