@@ -1156,6 +1156,16 @@ impl TempFile {
         &mut self.file
     }
 
+    /// Records `sha256` (64 hex digits) as the digest of what the temp holds now, in the
+    /// file's own metadata (see [`crate::stored_digest`]), so a later download of the
+    /// unchanged file need not hash it. Call it after the last write; the fsync or `syncfs`
+    /// that follows makes the record durable with the data (it counts as a change: an earlier
+    /// fsync no longer covers the file). Best effort: it never fails.
+    pub fn record_sha256(&mut self, sha256: &str) {
+        crate::stored_digest::record(&self.file, sha256);
+        self.synced = false;
+    }
+
     /// Fsyncs the file data (`sync_all`). A failure is final: later calls and
     /// [`TempFile::commit`] fail with the same error, never retrying.
     pub fn sync(&mut self) -> Result<(), StorageError> {

@@ -9,6 +9,8 @@
 //! - [`users`]: the users file, argon2id hashing and verification, the `Password` type.
 //! - [`jail`]: a user's home as a capability directory; `RemotePath`, the one validated path
 //!   type; temp files that commit atomically.
+//! - [`stored_digest`]: a committed file's SHA-256 kept in its extended attribute with the
+//!   size, mtime and inode it belongs to; a download of the unchanged file sends it unhashed.
 //! - [`transfer`]: streaming with SHA-256, shared by both ends.
 //! - [`server`]: listener (limits, trusted PROXY balancers, penalties, the pre-login cap,
 //!   shutdown) -> session (handshake, login, request loop) -> `server/cmd/`, one file per
@@ -32,6 +34,7 @@ pub mod mapping;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;
+pub mod stored_digest;
 pub mod tls;
 pub mod transfer;
 pub mod users;

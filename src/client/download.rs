@@ -334,6 +334,7 @@ impl Connection {
                             return Err(ClientError::Integrity {
                                 local: local_sha,
                                 remote: sha,
+                                download: true,
                             });
                         }
                         let done = Transferred {
