@@ -22,5 +22,6 @@ mod resume;
 mod security;
 mod shell;
 mod shutdown;
+mod stored_digests;
 mod transfers;
 mod trust;

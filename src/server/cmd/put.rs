@@ -570,8 +570,7 @@ async fn run_small(
     let received = data.len() as u64;
     let overwrite = request.overwrite;
     let complete = matches!(ending, Ending::End(_)) && received == size;
-    let (prepared, actual) = match write_small(sess, &target, &key, request, data, complete).await
-    {
+    let (prepared, actual) = match write_small(sess, &target, &key, request, data, complete).await {
         Ok(w) => w,
         Err(refusal) => return reply_refusal(sess, id, size, refusal).await,
     };
