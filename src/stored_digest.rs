@@ -146,11 +146,15 @@ pub fn record(file: &File, sha256: &str) {
 }
 
 /// The recorded SHA-256 (64 lowercase hex digits) of what `file` holds, if it has a record
-/// that parses and still describes the file's size, modification time and inode.
-pub fn lookup(file: &File) -> Option<String> {
+/// that parses and still describes the file's modification time, inode and size, and that
+/// size is `size` (the size the caller announced when it opened the file).
+pub fn lookup(file: &File, size: u64) -> Option<String> {
     let mut buf = [0u8; RECORD_LEN];
     let n = rustix::fs::fgetxattr(file, XATTR_NAME, &mut buf[..]).ok()?;
     let rec = Record::decode(&buf[..n])?;
+    if rec.size != size {
+        return None;
+    }
     let st = rustix::fs::fstat(file).ok()?;
     rec.matches(&st).then(|| hex_digest(&rec.sha256))
 }
@@ -246,23 +250,26 @@ mod tests {
         let (_dir, mut file) = xattr_file();
         file.write_all(b"hello").unwrap();
         let sha = hex_digest(&Sha256::digest(b"hello"));
-        assert_eq!(lookup(&file), None, "no record yet");
+        assert_eq!(lookup(&file, 5), None, "no record yet");
         record(&file, &sha);
-        assert_eq!(lookup(&file), Some(sha.clone()));
+        assert_eq!(lookup(&file, 5), Some(sha.clone()));
+        // A caller that announced another size gets nothing.
+        assert_eq!(lookup(&file, 4), None);
         // Any write changes the size or the modification time: the record is stale.
         std::thread::sleep(std::time::Duration::from_millis(20));
         file.write_all(b"!").unwrap();
-        assert_eq!(lookup(&file), None);
+        assert_eq!(lookup(&file, 5), None);
+        assert_eq!(lookup(&file, 6), None);
     }
 
     #[test]
     fn garbage_in_the_attribute_is_no_record() {
         let (_dir, file) = xattr_file();
         rustix::fs::fsetxattr(&file, XATTR_NAME, b"garbage", XattrFlags::empty()).unwrap();
-        assert_eq!(lookup(&file), None);
+        assert_eq!(lookup(&file, 0), None);
         // A record longer than the format's is refused, not cut to size.
         let long = [1u8; RECORD_LEN + 10];
         rustix::fs::fsetxattr(&file, XATTR_NAME, &long, XattrFlags::empty()).unwrap();
-        assert_eq!(lookup(&file), None);
+        assert_eq!(lookup(&file, 0), None);
     }
 }

@@ -76,7 +76,7 @@ pub(super) async fn run(
         let (file, entry) = jail.open_read(&path)?;
         // Looked up before any byte is read: what is sent is then checked against the digest
         // of the file as it was committed, not as it is read.
-        let known = stored_digest::lookup(&file);
+        let known = stored_digest::lookup(&file, entry.size);
         if offset > 0 || entry.size > SMALL_MAX {
             return Ok(Opened::Large { file, entry, known });
         }

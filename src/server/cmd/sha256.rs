@@ -23,7 +23,7 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(),
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
         let (file, entry) = jail.open_read(&path)?;
-        let known = stored_digest::lookup(&file);
+        let known = stored_digest::lookup(&file, entry.size);
         Ok((file, entry, known))
     });
     let (file, entry) = match opened.await {
