@@ -471,6 +471,16 @@ impl Jail {
     /// home. A directory is `IsADirectory`; a fifo, socket or device is `InvalidArgument`
     /// (opened non-blocking, so a planted fifo cannot hang the server).
     pub fn open_read(&self, p: &RemotePath) -> Result<(File, Entry), StorageError> {
+        let (file, entry, _) = self.open_read_state(p)?;
+        Ok((file, entry))
+    }
+
+    /// [`Jail::open_read`], also returning the file's state as its stored digest checks it
+    /// (see [`crate::stored_digest`]), taken from the same `fstat`.
+    pub fn open_read_state(
+        &self,
+        p: &RemotePath,
+    ) -> Result<(File, Entry, crate::stored_digest::FileState), StorageError> {
         if p.is_root() {
             return Err(StorageError::IsADirectory);
         }
@@ -488,7 +498,14 @@ impl Jail {
         }
         let flags = rustix::fs::fcntl_getfl(&file)?;
         rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
-        Ok((file, entry(entry_name(p), &meta)))
+        let state = crate::stored_digest::FileState {
+            size: meta.len(),
+            mtime_sec: meta.mtime(),
+            // Below 10^9 for any file (a value out of range only makes a record not match).
+            mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(u32::MAX),
+            ino: meta.ino(),
+        };
+        Ok((file, entry(entry_name(p), &meta), state))
     }
 
     /// Creates an exclusive temp file (`O_CREAT|O_EXCL`, mode 0600, name

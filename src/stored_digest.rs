@@ -46,41 +46,46 @@ pub const VERSION: u8 = 1;
 /// Length of a version-1 record.
 pub const RECORD_LEN: usize = 61;
 
-/// A record: the digest and the state of the file it was taken of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+/// What a record checks of a file: size, modification time and inode, as one `fstat` of the
+/// open file shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
     pub ino: u64,
+}
+
+impl FileState {
+    /// The state in a `stat` result; `None` for values no regular file has (negative size,
+    /// nanoseconds out of range).
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // field types differ by target
+    pub fn of(st: &rustix::fs::Stat) -> Option<FileState> {
+        Some(FileState {
+            size: u64::try_from(st.st_size).ok()?,
+            mtime_sec: i64::try_from(st.st_mtime).ok()?,
+            mtime_nsec: u32::try_from(st.st_mtime_nsec).ok()?,
+            ino: st.st_ino as u64,
+        })
+    }
+}
+
+/// A record: the digest and the state of the file it was taken of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub state: FileState,
     pub sha256: [u8; 32],
 }
 
 impl Record {
-    /// The record of `sha256` for the file whose current state is `st`.
-    fn of(st: &rustix::fs::Stat, sha256: [u8; 32]) -> Option<Record> {
-        let (size, mtime_sec, mtime_nsec, ino) = state(st)?;
-        Some(Record {
-            size,
-            mtime_sec,
-            mtime_nsec,
-            ino,
-            sha256,
-        })
-    }
-
-    /// Whether this record describes the file whose current state is `st`.
-    fn matches(&self, st: &rustix::fs::Stat) -> bool {
-        state(st) == Some((self.size, self.mtime_sec, self.mtime_nsec, self.ino))
-    }
-
     pub fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
+        let s = &self.state;
         out[0] = VERSION;
-        out[1..9].copy_from_slice(&self.size.to_le_bytes());
-        out[9..17].copy_from_slice(&self.mtime_sec.to_le_bytes());
-        out[17..21].copy_from_slice(&self.mtime_nsec.to_le_bytes());
-        out[21..29].copy_from_slice(&self.ino.to_le_bytes());
+        out[1..9].copy_from_slice(&s.size.to_le_bytes());
+        out[9..17].copy_from_slice(&s.mtime_sec.to_le_bytes());
+        out[17..21].copy_from_slice(&s.mtime_nsec.to_le_bytes());
+        out[21..29].copy_from_slice(&s.ino.to_le_bytes());
         out[29..61].copy_from_slice(&self.sha256);
         out
     }
@@ -96,24 +101,15 @@ impl Record {
             return None;
         }
         Some(Record {
-            size: u64_at(1)?,
-            mtime_sec: i64::from_le_bytes(bytes[9..17].try_into().ok()?),
-            mtime_nsec,
-            ino: u64_at(21)?,
+            state: FileState {
+                size: u64_at(1)?,
+                mtime_sec: i64::from_le_bytes(bytes[9..17].try_into().ok()?),
+                mtime_nsec,
+                ino: u64_at(21)?,
+            },
             sha256: bytes[29..61].try_into().ok()?,
         })
     }
-}
-
-/// Size, modification time and inode of a file, as a record compares them.
-#[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // field types differ by target
-fn state(st: &rustix::fs::Stat) -> Option<(u64, i64, u32, u64)> {
-    Some((
-        u64::try_from(st.st_size).ok()?,
-        i64::try_from(st.st_mtime).ok()?,
-        u32::try_from(st.st_mtime_nsec).ok()?,
-        st.st_ino as u64,
-    ))
 }
 
 /// Set once a file system refused the attribute, so the log says so once, not per file.
@@ -131,8 +127,12 @@ pub fn record(file: &File, sha256: &str) {
     let Ok(st) = rustix::fs::fstat(file) else {
         return;
     };
-    let Some(rec) = Record::of(&st, digest) else {
+    let Some(state) = FileState::of(&st) else {
         return;
+    };
+    let rec = Record {
+        state,
+        sha256: digest,
     };
     match rustix::fs::fsetxattr(file, XATTR_NAME, &rec.encode(), XattrFlags::empty()) {
         Ok(()) => {}
@@ -146,17 +146,19 @@ pub fn record(file: &File, sha256: &str) {
 }
 
 /// The recorded SHA-256 (64 lowercase hex digits) of what `file` holds, if it has a record
-/// that parses and still describes the file's modification time, inode and size, and that
-/// size is `size` (the size the caller announced when it opened the file).
-pub fn lookup(file: &File, size: u64) -> Option<String> {
+/// that parses and describes `state`: the file's state from an `fstat` of this open file
+/// (the one its opener made, so a lookup costs one system call, `fgetxattr`), whose size is
+/// what the caller announces and sends.
+pub fn lookup(file: &File, state: &FileState) -> Option<String> {
     let mut buf = [0u8; RECORD_LEN];
     let n = rustix::fs::fgetxattr(file, XATTR_NAME, &mut buf[..]).ok()?;
     let rec = Record::decode(&buf[..n])?;
-    if rec.size != size {
-        return None;
-    }
-    let st = rustix::fs::fstat(file).ok()?;
-    rec.matches(&st).then(|| hex_digest(&rec.sha256))
+    (rec.state == *state).then(|| hex_digest(&rec.sha256))
+}
+
+/// The state of an open file, from one `fstat`.
+pub fn state_of(file: &File) -> Option<FileState> {
+    FileState::of(&rustix::fs::fstat(file).ok()?)
 }
 
 /// 64 hex digits (either case) as 32 bytes.
@@ -183,10 +185,12 @@ mod tests {
 
     fn sample() -> Record {
         Record {
-            size: 12345,
-            mtime_sec: 1_700_000_000,
-            mtime_nsec: 999_999_999,
-            ino: 77,
+            state: FileState {
+                size: 12345,
+                mtime_sec: 1_700_000_000,
+                mtime_nsec: 999_999_999,
+                ino: 77,
+            },
             sha256: [0xab; 32],
         }
     }
@@ -250,26 +254,31 @@ mod tests {
         let (_dir, mut file) = xattr_file();
         file.write_all(b"hello").unwrap();
         let sha = hex_digest(&Sha256::digest(b"hello"));
-        assert_eq!(lookup(&file, 5), None, "no record yet");
+        let now = |f: &File| state_of(f).unwrap();
+        assert_eq!(lookup(&file, &now(&file)), None, "no record yet");
         record(&file, &sha);
-        assert_eq!(lookup(&file, 5), Some(sha.clone()));
-        // A caller that announced another size gets nothing.
-        assert_eq!(lookup(&file, 4), None);
+        let recorded = now(&file);
+        assert_eq!(lookup(&file, &recorded), Some(sha.clone()));
+        // Any other state (here: another size) gets nothing.
+        let other = FileState {
+            size: 4,
+            ..recorded
+        };
+        assert_eq!(lookup(&file, &other), None);
         // Any write changes the size or the modification time: the record is stale.
         std::thread::sleep(std::time::Duration::from_millis(20));
         file.write_all(b"!").unwrap();
-        assert_eq!(lookup(&file, 5), None);
-        assert_eq!(lookup(&file, 6), None);
+        assert_eq!(lookup(&file, &now(&file)), None);
     }
 
     #[test]
     fn garbage_in_the_attribute_is_no_record() {
         let (_dir, file) = xattr_file();
         rustix::fs::fsetxattr(&file, XATTR_NAME, b"garbage", XattrFlags::empty()).unwrap();
-        assert_eq!(lookup(&file, 0), None);
+        assert_eq!(lookup(&file, &state_of(&file).unwrap()), None);
         // A record longer than the format's is refused, not cut to size.
         let long = [1u8; RECORD_LEN + 10];
         rustix::fs::fsetxattr(&file, XATTR_NAME, &long, XattrFlags::empty()).unwrap();
-        assert_eq!(lookup(&file, 0), None);
+        assert_eq!(lookup(&file, &state_of(&file).unwrap()), None);
     }
 }

@@ -73,10 +73,10 @@ pub(super) async fn run(
     let shown = path.to_string();
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
-        let (file, entry) = jail.open_read(&path)?;
+        let (file, entry, state) = jail.open_read_state(&path)?;
         // Looked up before any byte is read: what is sent is then checked against the digest
         // of the file as it was committed, not as it is read.
-        let known = stored_digest::lookup(&file, entry.size);
+        let known = stored_digest::lookup(&file, &state);
         if offset > 0 || entry.size > SMALL_MAX {
             return Ok(Opened::Large { file, entry, known });
         }

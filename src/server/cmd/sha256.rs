@@ -22,8 +22,8 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: String) -> Result<(),
     };
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
-        let (file, entry) = jail.open_read(&path)?;
-        let known = stored_digest::lookup(&file, entry.size);
+        let (file, entry, state) = jail.open_read_state(&path)?;
+        let known = stored_digest::lookup(&file, &state);
         Ok((file, entry, known))
     });
     let (file, entry) = match opened.await {
