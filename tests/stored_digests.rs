@@ -12,6 +12,7 @@ use std::time::Duration;
 use ferry::client::{ClientError, EXIT_INTEGRITY};
 use tokio_util::sync::CancellationToken;
 
+use crate::oneshot::oneshot;
 use crate::util::{TestServer, no_progress, random_file, sha256_hex};
 
 const XATTR: &str = "user.ferry.sha256";
@@ -403,4 +404,31 @@ async fn garbage_in_the_record_is_ignored() {
         assert_eq!(done.sha256, sha256_hex(&now), "value {i}");
     }
     conn.close().await.unwrap();
+}
+
+/// What a script sees: the real binary's one-shot `get` of a file corrupted at rest exits with
+/// the integrity status (5), says the stored file may be corrupted, and leaves nothing behind.
+#[test]
+fn the_one_shot_get_of_a_file_corrupted_at_rest_exits_5_and_says_so() {
+    let w = crate::cli::World::start();
+    require_xattrs(&w.local);
+    random_file(&w.local.join("r.bin"), 70_000, 71);
+    oneshot(&w, &["put", "r.bin", "alice@127.0.0.1:"]).expect_ok();
+    let stored = w.root.join("alice").join("r.bin");
+    assert!(raw_record(&stored).is_some(), "the upload left no record");
+    corrupt_keeping_mtime(&stored, 100);
+    std::fs::remove_file(w.local.join("r.bin")).unwrap();
+    let out = oneshot(&w, &["get", "--json", "alice@127.0.0.1:r.bin"]);
+    out.expect_code(i32::from(EXIT_INTEGRITY));
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:#?}"));
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["exit_code"], 5, "{v}");
+    assert!(v.to_string().contains("corrupted at rest"), "{v}");
+    assert!(!w.local.join("r.bin").exists());
+    // Without --json the words reach the terminal.
+    let out = oneshot(&w, &["get", "alice@127.0.0.1:r.bin"]);
+    out.expect_code(i32::from(EXIT_INTEGRITY));
+    assert!(out.stderr.contains("integrity check failed"), "{out:#?}");
+    assert!(out.stderr.contains("corrupted at rest"), "{out:#?}");
 }
