@@ -231,6 +231,38 @@ async fn a_file_corrupted_at_rest_is_reported_by_the_client() {
     conn.close().await.unwrap();
 }
 
+/// A rename keeps the file's inode and mtime, so its record still holds: after `mv` the
+/// server still answers from it (shown, again, by a byte flipped with the mtime kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_survives_a_rename() {
+    let server = started().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.bin");
+    let data = random_file(&src, 40 * KIB, 81);
+    let mut conn = server.alice().await;
+    conn.put(&src, "/a.bin", false, &mut no_progress())
+        .await
+        .unwrap();
+    conn.mkdir("/d").await.unwrap();
+    conn.rename("/a.bin", "/d/b.bin", false).await.unwrap();
+    let moved = server.home("alice").join("d").join("b.bin");
+    assert_recorded(&moved, &data);
+    corrupt_keeping_mtime(&moved, 7);
+    let (_, sha) = conn.sha256("/d/b.bin").await.unwrap();
+    assert_eq!(sha, sha256_hex(&data));
+    let err = conn
+        .get(
+            "/d/b.bin",
+            &dir.path().join("got"),
+            false,
+            &mut no_progress(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("corrupted at rest"), "{err}");
+    conn.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_matching_record_serves_a_resumed_download() {
     let server = started().await;
