@@ -537,6 +537,16 @@ impl Jail {
     /// home. A directory is `IsADirectory`; a fifo, socket or device is `InvalidArgument`
     /// (opened non-blocking, so a planted fifo cannot hang the server).
     pub fn open_read(&self, p: &RemotePath) -> Result<(File, Entry), StorageError> {
+        let (file, entry, _) = self.open_read_state(p)?;
+        Ok((file, entry))
+    }
+
+    /// [`Jail::open_read`], also returning the file's state as its stored digest checks it
+    /// (see [`crate::stored_digest`]), taken from the same `fstat`.
+    pub fn open_read_state(
+        &self,
+        p: &RemotePath,
+    ) -> Result<(File, Entry, crate::stored_digest::FileState), StorageError> {
         if p.is_root() {
             return Err(StorageError::IsADirectory);
         }
@@ -554,7 +564,14 @@ impl Jail {
         }
         let flags = rustix::fs::fcntl_getfl(&file)?;
         rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
-        Ok((file, entry(entry_name(p), &meta)))
+        let state = crate::stored_digest::FileState {
+            size: meta.len(),
+            mtime_sec: meta.mtime(),
+            // Below 10^9 for any file (a value out of range only makes a record not match).
+            mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(u32::MAX),
+            ino: meta.ino(),
+        };
+        Ok((file, entry(entry_name(p), &meta), state))
     }
 
     /// Creates an exclusive temp file (`O_CREAT|O_EXCL`, mode 0600, name
@@ -1201,6 +1218,16 @@ impl TempFile {
     pub fn file(&mut self) -> &mut File {
         self.synced = false;
         &mut self.file
+    }
+
+    /// Records `sha256` (64 hex digits) as the digest of what the temp holds now, in the
+    /// file's own metadata (see [`crate::stored_digest`]), so a later download of the
+    /// unchanged file need not hash it. Call it after the last write; the fsync or `syncfs`
+    /// that follows makes the record durable with the data (it counts as a change: an earlier
+    /// fsync no longer covers the file). Best effort: it never fails.
+    pub fn record_sha256(&mut self, sha256: &str) {
+        crate::stored_digest::record(&self.file, sha256);
+        self.synced = false;
     }
 
     /// Fsyncs the file data (`sync_all`). A failure is final: later calls and

@@ -10,7 +10,9 @@
 //!    login when it changed; a store keeps hashes and never verifies), [`users`] (the users
 //!    file's format and edits, argon2id, `Password`), [`jail`] (a home as a capability
 //!    directory; `RemotePath`, the one validated path type; temp files that commit
-//!    atomically), [`storage`] (the `Storage` trait: one home's files as an object store
+//!    atomically), [`stored_digest`] (a committed file's SHA-256 kept in its extended
+//!    attribute with the size, mtime and inode it belongs to; a download of the unchanged
+//!    file sends it unhashed), [`storage`] (the `Storage` trait: one home's files as an object store
 //!    could keep them too, with paged listing, uploads committed after their digest is
 //!    checked, batched durability and whole small files in one call; `storage::local`
 //!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
@@ -59,6 +61,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod storage;
+pub mod stored_digest;
 pub mod tls;
 pub mod transfer;
 pub mod users;

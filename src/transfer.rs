@@ -81,12 +81,41 @@ pub fn read_and_hash(file: impl Read, size: u64, chunk: usize, tx: &mpsc::Sender
 /// Like [`read_and_hash`], continuing a hash that already covers earlier bytes (resume): the
 /// final digest is of those bytes and the `len` read here.
 pub fn read_and_hash_from(
-    mut file: impl Read,
+    file: impl Read,
     len: u64,
     chunk: usize,
     mut hasher: Sha256,
     tx: &mpsc::Sender<ReadChunk>,
 ) {
+    if send_chunks(file, len, chunk, tx, |bytes| hasher.update(bytes)) {
+        let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+    }
+}
+
+/// Like [`read_and_hash`], for bytes whose digest is already known (a stored digest that still
+/// describes the file, see [`crate::stored_digest`]): they are sent without hashing, and
+/// `Done` carries `sha256`.
+pub fn read_known(
+    file: impl Read,
+    len: u64,
+    chunk: usize,
+    sha256: String,
+    tx: &mpsc::Sender<ReadChunk>,
+) {
+    if send_chunks(file, len, chunk, tx, |_| {}) {
+        let _ = tx.blocking_send(ReadChunk::Done(sha256));
+    }
+}
+
+/// Reads exactly `len` bytes and sends them in chunks, showing each to `seen` first. False if
+/// it stopped early (after sending `Shrunk` or `Failed`, or because the receiver is gone).
+fn send_chunks(
+    mut file: impl Read,
+    len: u64,
+    chunk: usize,
+    tx: &mpsc::Sender<ReadChunk>,
+    mut seen: impl FnMut(&[u8]),
+) -> bool {
     let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(chunk.max(1) as u64);
@@ -95,21 +124,21 @@ pub fn read_and_hash_from(
         match (&mut file).take(want).read_to_end(&mut buf) {
             Ok(n) if (n as u64) < want => {
                 let _ = tx.blocking_send(ReadChunk::Shrunk);
-                return;
+                return false;
             }
             Ok(_) => {}
             Err(e) => {
                 let _ = tx.blocking_send(ReadChunk::Failed(e));
-                return;
+                return false;
             }
         }
-        hasher.update(&buf[..]);
+        seen(&buf[..]);
         remaining -= want;
         if tx.blocking_send(ReadChunk::Data(Bytes::from(buf))).is_err() {
-            return;
+            return false;
         }
     }
-    let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+    true
 }
 
 /// How a receiver puts a transfer's bytes into its file, on either end: around the page cache

@@ -25,5 +25,6 @@ mod shell;
 mod shutdown;
 mod state_contract;
 mod storage;
+mod stored_digests;
 mod transfers;
 mod trust;

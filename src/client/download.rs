@@ -337,6 +337,7 @@ impl Connection {
                             return Err(ClientError::Integrity {
                                 local: local_sha,
                                 remote: sha,
+                                download: true,
                             });
                         }
                         let done = Transferred {

@@ -48,6 +48,15 @@ pub const EXIT_INTEGRITY: u8 = 5;
 /// Exit status: interrupted (Ctrl-C); what was running was cancelled cleanly.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Appended to a download's integrity error: the server may have answered from the digest it
+/// stored at commit time, so a difference also reveals a stored file that changed since.
+const AT_REST: &str = "; the server's file may have been corrupted at rest since it was \
+     stored (bit rot, or an edit behind the server's back)";
+
+fn at_rest_hint(download: &bool) -> &'static str {
+    if *download { AT_REST } else { "" }
+}
+
 /// What an exit status means, in the words of `--help` (for `--json` output).
 pub fn exit_meaning(code: u8) -> &'static str {
     match code {
@@ -91,12 +100,18 @@ pub enum ClientError {
     #[error("{0}")]
     Remote(WireError),
     /// Digests disagreed; nothing was committed.
-    #[error("integrity check failed: local sha256 {local}, server sha256 {remote}")]
+    #[error(
+        "integrity check failed: local sha256 {local}, server sha256 {remote}{}",
+        at_rest_hint(.download)
+    )]
     Integrity {
         /// Digest computed here.
         local: String,
         /// Digest the server reported.
         remote: String,
+        /// The check of a download: the server may have sent the digest it stored when the
+        /// file was committed, so a difference can also mean the file changed on its disk.
+        download: bool,
     },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]

@@ -457,6 +457,7 @@ fn check_reply(
                 return Err(ClientError::Integrity {
                     local: local_sha,
                     remote: remote_sha,
+                    download: false,
                 });
             }
             Ok(Transferred {

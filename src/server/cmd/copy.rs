@@ -155,8 +155,11 @@ fn copy_file(mut file: std::fs::File, size: u64, mut temp: TempFile, tx: &mpsc::
             last = std::time::Instant::now();
         }
     }
+    let digest = hex_digest(&hasher.finalize());
+    // Recorded before the fsync, so it is durable with the copy.
+    temp.record_sha256(&digest);
     let msg = match temp.sync() {
-        Ok(()) => Copied::Done(temp, hex_digest(&hasher.finalize())),
+        Ok(()) => Copied::Done(temp, digest),
         Err(e) => Copied::Failed(e),
     };
     let _ = tx.blocking_send(msg);

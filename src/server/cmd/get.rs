@@ -4,6 +4,11 @@
 //! A resume (`offset` > 0) first hashes the server's first `offset` bytes and refuses if they
 //! differ from the client's `prefix_sha256`: appending to a prefix that does not match would
 //! build a corrupt file. The client may `cancel` a running download.
+//!
+//! The final digest comes from the file's stored digest when that still describes the file
+//! (see [`crate::stored_digest`]): the bytes after a resume's prefix, or all of them, are then
+//! sent without hashing. The client hashes what it receives either way, so a file changed on
+//! disk since its commit shows up there as a mismatch.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,7 +20,10 @@ use super::super::session::{End, Session};
 use super::{Next, blocking, next_or_cancel, reply_storage};
 use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{DATA_CHUNK_LEN, Entry, ErrorCode, ServerMessage, hex_digest};
-use crate::transfer::{CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from};
+use crate::stored_digest;
+use crate::transfer::{
+    CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from, read_known,
+};
 
 /// Files of at most this many bytes, fetched whole, are opened, read and hashed in one
 /// blocking call and sent at once: a reader thread feeding the session chunk by chunk costs
@@ -32,8 +40,12 @@ enum Opened {
     },
     /// A small file that shrank between the open and the read.
     Shrunk,
-    /// Anything else, to be streamed.
-    Large { file: std::fs::File, entry: Entry },
+    /// Anything else, to be streamed; `known` is its stored digest if that still matches.
+    Large {
+        file: std::fs::File,
+        entry: Entry,
+        known: Option<String>,
+    },
 }
 
 pub(super) async fn run(
@@ -58,9 +70,12 @@ pub(super) async fn run(
     let shown = path.to_string();
     let jail = Arc::clone(&sess.jail);
     let opened = blocking(move || {
-        let (file, entry) = jail.open_read(&path)?;
+        let (file, entry, state) = jail.open_read_state(&path)?;
+        // Looked up before any byte is read: what is sent is then checked against the digest
+        // of the file as it was committed, not as it is read.
+        let known = stored_digest::lookup(&file, &state);
         if offset > 0 || entry.size > SMALL_MAX {
-            return Ok(Opened::Large { file, entry });
+            return Ok(Opened::Large { file, entry, known });
         }
         // Bounded by SMALL_MAX; more than `size` is not read even if the file grew.
         let mut data = Vec::with_capacity(entry.size as usize);
@@ -70,7 +85,7 @@ pub(super) async fn run(
         if (data.len() as u64) < entry.size {
             return Ok(Opened::Shrunk);
         }
-        let sha256 = hex_digest(&Sha256::digest(&data));
+        let sha256 = known.unwrap_or_else(|| hex_digest(&Sha256::digest(&data)));
         Ok(Opened::Small {
             entry,
             data,
@@ -78,8 +93,8 @@ pub(super) async fn run(
         })
     })
     .await;
-    let (file, entry) = match opened {
-        Ok(Opened::Large { file, entry }) => (file, entry),
+    let (file, entry, known) = match opened {
+        Ok(Opened::Large { file, entry, known }) => (file, entry, known),
         Ok(Opened::Small {
             entry,
             data,
@@ -135,7 +150,10 @@ pub(super) async fn run(
                 return;
             }
         }
-        read_and_hash_from(file, size - offset, DATA_CHUNK_LEN, hasher, &tx);
+        match known {
+            Some(sha256) => read_known(file, size - offset, DATA_CHUNK_LEN, sha256, &tx),
+            None => read_and_hash_from(file, size - offset, DATA_CHUNK_LEN, hasher, &tx),
+        }
     });
 
     let stall = sess.server.limits.stall_timeout;

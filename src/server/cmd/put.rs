@@ -164,7 +164,10 @@ impl Sink {
                         return Written::Interrupted(temp);
                     }
                     hasher.update(&data);
-                    Written::Finished(temp, hex_digest(&hasher.finalize()))
+                    let digest = hex_digest(&hasher.finalize());
+                    // Before the group commit's syncfs, which makes it durable with the data.
+                    temp.record_sha256(&digest);
+                    Written::Finished(temp, digest)
                 })
                 .await;
                 written.unwrap_or_else(|e| {
@@ -544,7 +547,8 @@ async fn run_small(
                 let mut kept = false;
                 if matches!(end, End::ClientGone | End::Timeout(_) | End::Shutdown)
                     && received > 0
-                    && let Ok((prepared, _)) = write_small(sess, &target, &key, request, data).await
+                    && let Ok((prepared, _)) =
+                        write_small(sess, &target, &key, request, data, false).await
                 {
                     keep_small(sess, prepared, &key, received).await;
                     kept = true;
@@ -576,7 +580,8 @@ async fn run_small(
     };
     let received = data.len() as u64;
     let overwrite = request.overwrite;
-    let (prepared, actual) = match write_small(sess, &target, &key, request, data).await {
+    let complete = matches!(ending, Ending::End(_)) && received == size;
+    let (prepared, actual) = match write_small(sess, &target, &key, request, data, complete).await {
         Ok(w) => w,
         Err(refusal) => return reply_refusal(sess, id, size, refusal).await,
     };
@@ -622,13 +627,15 @@ async fn run_small(
 }
 
 /// Prepares a small fresh upload and writes and hashes its bytes, in one blocking call.
-/// Returns the prepared upload (the temp holding `data`) and the digest of `data`.
+/// Returns the prepared upload (the temp holding `data`) and the digest of `data`, which is
+/// recorded with the file if it is `complete` (about to be committed, not kept as a partial).
 async fn write_small(
     sess: &mut Session,
     target: &RemotePath,
     key: &str,
     request: Request,
     data: Vec<u8>,
+    complete: bool,
 ) -> Result<(Prepared, String), Refusal> {
     let jail = Arc::clone(&sess.jail);
     let account = sess.account.clone();
@@ -643,6 +650,10 @@ async fn write_small(
         }
         prepared.hasher.update(&data);
         let actual = hex_digest(&prepared.hasher.clone().finalize());
+        if complete {
+            // Before the group commit's syncfs, which makes it durable with the data.
+            prepared.temp.record_sha256(&actual);
+        }
         Ok((prepared, actual))
     })
     .await
@@ -1020,6 +1031,8 @@ fn write_and_hash(
     if !finished {
         return Written::Interrupted(temp);
     }
+    // After the last write and before the fsync (or the group commit's syncfs).
+    temp.record_sha256(&digest);
     if fsync {
         // An fsync error is final: the kernel reports it once, so retrying could "succeed"
         // on data that never reached the disk.

@@ -1,5 +1,7 @@
-//! `sha256`: the server's digest of a whole file, without sending it. Long files report
-//! `progress` every few seconds; the client may `cancel`.
+//! `sha256`: the server's digest of a whole file, without sending it. A file whose stored
+//! digest still describes it (see [`crate::stored_digest`]) is answered from that at once;
+//! others are hashed, and long ones report `progress` every few seconds; the client may
+//! `cancel`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -11,12 +13,23 @@ use super::super::session::{End, Session};
 use super::{Next, blocking, next_or_cancel, reply_storage};
 use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{DATA_CHUNK_LEN, ErrorCode, ServerMessage, hex_digest};
+use crate::stored_digest;
 use crate::transfer::{PROGRESS_INTERVAL, ReadChunk};
 
 pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let jail = Arc::clone(&sess.jail);
-    let (file, entry) = match blocking(move || jail.open_read(&path)).await {
-        Ok(f) => f,
+    let opened = blocking(move || {
+        let (file, entry, state) = jail.open_read_state(&path)?;
+        let known = stored_digest::lookup(&file, &state);
+        Ok((file, entry, known))
+    });
+    let (file, entry) = match opened.await {
+        Ok((_, entry, Some(sha))) => {
+            return sess
+                .send(&ServerMessage::ok_transfer(id, entry.size, sha))
+                .await;
+        }
+        Ok((file, entry, None)) => (file, entry),
         Err(e) => return reply_storage(sess, id, "sha256", &e).await,
     };
     let (tx, mut rx) = mpsc::channel::<ReadChunk>(4);
