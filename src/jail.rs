@@ -368,6 +368,10 @@ pub struct Jail {
     /// reports a write-back error to it if one happened anywhere on the file system since it
     /// was opened (or since the last report), so no error can slip by unseen.
     sync_fd: File,
+    /// Whether `.ferry-partials` may exist: looked up when the jail opens, set when this jail
+    /// creates it. While false, a fresh upload skips looking for a partial to supersede (see
+    /// [`Jail::remove_superseded_partial`]).
+    partials_may_exist: AtomicBool,
 }
 
 /// A directory descriptor that is either the home itself or a subdirectory opened beneath it.
@@ -405,9 +409,15 @@ impl Jail {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        // Anything but a clear "not there" counts as there: the flag only ever saves a lookup.
+        let partials = !matches!(
+            rustix::fs::statat(&home, PARTIALS_DIR, AtFlags::SYMLINK_NOFOLLOW),
+            Err(Errno::NOENT)
+        );
         Ok(Jail {
             home,
             sync_fd: File::from(sync_fd),
+            partials_may_exist: AtomicBool::new(partials),
         })
     }
 
@@ -658,6 +668,20 @@ impl Jail {
         }
     }
 
+    /// [`Jail::remove_partial`] for a fresh upload superseding what an earlier attempt kept,
+    /// without the lookup while this jail has seen no partials directory: in a home that never
+    /// kept a partial, that saves one system call per upload. A partial that another session
+    /// of the same home keeps after this jail opened is then not superseded by this session's
+    /// fresh upload; it stays, counted, until it is resumed or swept, as it would if it had
+    /// been kept a moment after this upload began.
+    pub fn remove_superseded_partial(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        if !self.partials_may_exist.load(Ordering::Acquire) {
+            check_partial_key(key)?;
+            return Ok(None);
+        }
+        self.remove_partial(key)
+    }
+
     /// Removes kept partial uploads not modified for `max_age`. Returns how many went.
     /// Returns what they took.
     pub fn sweep_partials(&self, max_age: std::time::Duration) -> Result<Footprint, StorageError> {
@@ -697,6 +721,7 @@ impl Jail {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         }
+        self.partials_may_exist.store(true, Ordering::Release);
         match rustix::fs::mkdirat(&self.home, PARTIALS_DIR, Mode::from_raw_mode(HOME_MODE)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
@@ -1363,6 +1388,33 @@ mod tests {
 
     fn p(s: &str) -> RemotePath {
         RemotePath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_upload_looks_for_a_partial_to_supersede_only_once_one_may_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = |jail: &Jail, key: &str| {
+            let mut t = jail.create_temp(&p("f")).unwrap();
+            t.file().write_all(b"abc").unwrap();
+            t.keep_as_partial(jail, key).unwrap();
+        };
+        let early = Jail::open(dir.path(), true).unwrap();
+        assert!(!early.partials_may_exist.load(Ordering::Acquire));
+        let other = Jail::open(dir.path(), false).unwrap();
+        keep(&other, "k1");
+        // This jail keeps and supersedes its own partials as before.
+        assert_eq!(other.remove_superseded_partial("k1").unwrap(), Some(3));
+        keep(&other, "k1");
+        // One opened before any partial existed skips the lookup (the partial stays, counted,
+        // until resumed or swept); resumes still find it.
+        assert_eq!(early.remove_superseded_partial("k1").unwrap(), None);
+        assert_eq!(early.partial_size("k1").unwrap(), Some(3));
+        // One opened later looks, and supersedes it.
+        let late = Jail::open(dir.path(), false).unwrap();
+        assert_eq!(late.remove_superseded_partial("k1").unwrap(), Some(3));
+        assert_eq!(late.partial_size("k1").unwrap(), None);
+        // A bad key is refused either way.
+        assert!(early.remove_superseded_partial("../x").is_err());
     }
 
     // ---- RemotePath ----

@@ -401,7 +401,7 @@ impl Storage for LocalStorage {
         let prepared = self.run(move |jail| {
             let replaces = check_target(jail, &path, options.no_replace)?;
             let superseded = match &options.supersede {
-                Some(key) => jail.remove_partial(key.as_str())?,
+                Some(key) => jail.remove_superseded_partial(key.as_str())?,
                 None => None,
             };
             Ok((jail.create_temp(&path)?, replaces, superseded))
@@ -497,7 +497,7 @@ impl Storage for LocalStorage {
         self.run(move |_| {
             let replaces = check_target(&jail, &path, commit.no_replace)?;
             let superseded = match &options.supersede {
-                Some(key) => jail.remove_partial(key.as_str())?,
+                Some(key) => jail.remove_superseded_partial(key.as_str())?,
                 None => None,
             };
             if let Some(reserve) = options.reserve {

@@ -837,7 +837,7 @@ fn prepare(
         // so that its room counts for the new upload.
         {
             let _changing = account.map(|a| a.changing());
-            if let Ok(Some(old)) = jail.remove_partial(key)
+            if let Ok(Some(old)) = jail.remove_superseded_partial(key)
                 && let Some(a) = account
             {
                 a.remove(Footprint {
