@@ -172,6 +172,12 @@ fn land(
         temp.discard();
         return Ok(Landed::Mismatch { actual });
     }
+    let mut temp = temp;
+    if !fsynced {
+        // Recorded now, before the fsync or the group commit's syncfs that makes it durable
+        // with the data (a writer that fsynced recorded it before its fsync).
+        temp.record_sha256(&crate::domain::hex_digest(&actual));
+    }
     let overwrite = !commit.no_replace;
     let admit = commit.admit;
     let admit = move |replaced| admit.map_or(Ok(()), |a| a(replaced));
@@ -948,6 +954,11 @@ fn write_and_hash(
     };
     if !finished {
         return Written::Interrupted(temp);
+    }
+    // The stored digest of what was written, before the fsync that makes it durable with the
+    // data (a mismatch at the commit discards the file, record and all).
+    if fsync {
+        temp.record_sha256(&crate::domain::hex_digest(&digest));
     }
     // An fsync error is final (TempFile keeps it): the kernel reports it once.
     if fsync && let Err(e) = temp.sync() {

@@ -238,3 +238,73 @@ async fn racing_no_replace_commits_have_exactly_one_winner() {
     assert_eq!(content, vec![winners[0]; 1000]);
     assert_eq!(on_disk(&dir.path().join("home")), ["same"]);
 }
+
+/// The local store records each committed file's SHA-256 beside it (`user.ferry.sha256`, see
+/// `stored_digest`): the small whole-file path, a streamed file committed as a group, and a
+/// large one fsynced by its writer. Read back with rustix, field by field: the last 32 bytes
+/// of the 61-byte record are the digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_commit_records_the_digest_beside_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    let record = |name: &str| -> Vec<u8> {
+        let f = std::fs::File::open(home.join(name)).unwrap();
+        let mut buf = vec![0u8; 128];
+        match rustix::fs::fgetxattr(&f, "user.ferry.sha256", &mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) => panic!("{name}: no record ({e}); does this file system keep user xattrs?"),
+        }
+    };
+    // Small, one call.
+    let data = vec![7u8; 4096];
+    let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
+    let put = s
+        .put_small(
+            &p("small"),
+            Bytes::from(data),
+            SmallOptions::default(),
+            Commit::new(sha, true),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(put.landed, ferry::storage::Landed::Committed(_)));
+    let r = record("small");
+    assert_eq!((r.len(), r[0]), (61, 1));
+    assert_eq!(&r[29..], &sha);
+    // Streamed: 512 KiB (staged, one flush) and 3 MiB (fsynced by the writer).
+    for (name, len, batched) in [("mid", 512 * 1024, true), ("big", 3 << 20, false)] {
+        let data = vec![3u8; len];
+        let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
+        let options = UploadOptions {
+            size_hint: Some(len as u64),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p(name), options).await.unwrap();
+        for chunk in data.chunks(256 * 1024) {
+            up.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert_eq!(up.finish().await.unwrap(), sha);
+        let mut commit = Commit::new(sha, true);
+        if batched {
+            commit.durability = ferry::storage::Durability::Batched;
+        }
+        match up.commit(commit).await.unwrap() {
+            ferry::storage::Landed::Committed(_) => {}
+            ferry::storage::Landed::Staged(staged) => {
+                for r in s.flush_durability(vec![staged]).await {
+                    r.unwrap();
+                }
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        let r = record(name);
+        assert_eq!(r.len(), 61, "{name}");
+        assert_eq!(&r[29..], &sha, "{name}");
+        assert_eq!(
+            u64::from_le_bytes(r[1..9].try_into().unwrap()),
+            len as u64,
+            "{name}: the size the record belongs to"
+        );
+    }
+}
