@@ -665,21 +665,7 @@ fn handshake_error(addr: &str, e: &std::io::Error) -> ClientError {
 /// them anyway; checking here caps every recursive walk a hostile server could make endless
 /// (a directory in every directory).
 fn check_paths(msg: &ClientMessage) -> Result<(), ClientError> {
-    let paths: [Option<&str>; 2] = match msg {
-        ClientMessage::Stat { path, .. }
-        | ClientMessage::List { path, .. }
-        | ClientMessage::Get { path, .. }
-        | ClientMessage::Put { path, .. }
-        | ClientMessage::Partial { path, .. }
-        | ClientMessage::Sha256 { path, .. }
-        | ClientMessage::Mkdir { path, .. }
-        | ClientMessage::Rmdir { path, .. }
-        | ClientMessage::Remove { path, .. } => [Some(path), None],
-        ClientMessage::Copy { from, to, .. } | ClientMessage::Rename { from, to, .. } => {
-            [Some(from), Some(to)]
-        }
-        _ => [None, None],
-    };
+    let paths = msg.paths();
     for path in paths.into_iter().flatten() {
         let depth = path
             .split('/')

@@ -184,6 +184,26 @@ impl ClientMessage {
         })
     }
 
+    /// The paths a request names, as sent: one for most requests, `from` and `to` for copy
+    /// and rename, none for the rest.
+    pub fn paths(&self) -> [Option<&str>; 2] {
+        match self {
+            ClientMessage::Stat { path, .. }
+            | ClientMessage::List { path, .. }
+            | ClientMessage::Get { path, .. }
+            | ClientMessage::Put { path, .. }
+            | ClientMessage::Partial { path, .. }
+            | ClientMessage::Sha256 { path, .. }
+            | ClientMessage::Mkdir { path, .. }
+            | ClientMessage::Rmdir { path, .. }
+            | ClientMessage::Remove { path, .. } => [Some(path), None],
+            ClientMessage::Copy { from, to, .. } | ClientMessage::Rename { from, to, .. } => {
+                [Some(from), Some(to)]
+            }
+            _ => [None, None],
+        }
+    }
+
     /// The `op` name, for logs.
     pub fn op(&self) -> &'static str {
         match self {

@@ -27,11 +27,10 @@ pub(super) async fn dispatch(sess: &mut Session, msg: ClientMessage) -> Result<(
     let audited = request_op(&msg)
         .filter(|(_, op, _)| op.audited())
         .and_then(|(id, op, _)| {
-            let path = match &msg {
-                ClientMessage::Copy { from, to, .. } | ClientMessage::Rename { from, to, .. } => {
-                    format!("{from} -> {to}")
-                }
-                other => msg_path(other)?.to_string(),
+            let path = match msg.paths() {
+                [Some(from), Some(to)] => format!("{from} -> {to}"),
+                [Some(path), None] => path.to_string(),
+                _ => return None,
             };
             Some((id, op.name(), path))
         });
@@ -102,22 +101,6 @@ fn request_op(msg: &ClientMessage) -> Option<(u64, Op, bool)> {
         | ClientMessage::Abort { .. }
         | ClientMessage::Cancel { .. } => return None,
     })
-}
-
-/// The one path of a single-path request, as sent.
-fn msg_path(msg: &ClientMessage) -> Option<&str> {
-    match msg {
-        ClientMessage::Stat { path, .. }
-        | ClientMessage::List { path, .. }
-        | ClientMessage::Get { path, .. }
-        | ClientMessage::Put { path, .. }
-        | ClientMessage::Partial { path, .. }
-        | ClientMessage::Sha256 { path, .. }
-        | ClientMessage::Mkdir { path, .. }
-        | ClientMessage::Rmdir { path, .. }
-        | ClientMessage::Remove { path, .. } => Some(path),
-        _ => None,
-    }
 }
 
 /// A core request decoded from ferry/1: every path parsed into the one validated path type.
