@@ -1346,7 +1346,9 @@ impl TempFile {
     /// Returns what the older partial took (nothing if there was none).
     pub fn keep_as_partial(mut self, jail: &Jail, key: &str) -> Result<Footprint, StorageError> {
         check_partial_key(key)?;
-        self.sync()?;
+        if !self.synced {
+            self.sync()?;
+        }
         let Some(partials) = jail.partials_dir(true)? else {
             return Err(StorageError::NotFound);
         };

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::login::{self, Refusal, UserSession};
 use super::{Server, cmd, quota};
 use crate::domain::Scope;
-use crate::jail::{Footprint, Jail, StorageError, TempFile, UnsyncedDir};
-use crate::platform;
+use crate::jail::Jail;
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, PROTOCOL_VERSION, ServerMessage, decode_client_message,
@@ -72,29 +71,23 @@ pub(super) struct Final {
 /// flight).
 const GROUP_COMMIT_MAX: usize = 64;
 
-/// How far a verified upload waiting for the group commit has come.
-pub(super) enum Stage {
-    /// A small file, written and verified but not yet fsynced: the group commit flushes the
-    /// file system once for all of them, then renames each into place.
-    Written { temp: TempFile, overwrite: bool },
-    /// A file already fsynced and renamed into place; its directory still needs an fsync.
-    Renamed(UnsyncedDir),
-}
-
-/// A verified upload whose commit, and so whose `ok`, waits for the group commit.
+/// A verified upload whose `ok` waits for the group commit.
 pub(super) struct Unsynced {
     pub id: u64,
-    pub stage: Stage,
+    /// The upload, staged in the core.
+    pub staged: crate::service::StagedPut,
     pub size: u64,
     pub sha256: String,
-    /// Checks, right before the rename and under the change lock, that the quota still
-    /// covers the file given what its target takes now (see `quota::Reservation::cover`).
-    pub cover: Box<dyn FnOnce(Footprint) -> Result<(), StorageError> + Send>,
-    /// Settles the user's quota accounting: given what the file replaced once it is in
-    /// place, `None` if it never got there.
-    pub settle: Box<dyn FnOnce(Option<Footprint>) + Send>,
     /// Filled in by the dispatcher once the handler returns.
     pub audit: Option<cmd::AuditInfo>,
+}
+
+/// What a put waiting for the group commit needs for its reply.
+struct Replied {
+    id: u64,
+    size: u64,
+    sha256: String,
+    audit: Option<cmd::AuditInfo>,
 }
 
 /// A logged-in session: the state every command handler works with.
@@ -164,22 +157,39 @@ impl Session {
         self.send_now(msg).await
     }
 
-    /// Fsyncs the directories of the uploads waiting for it (each directory once) and sends
-    /// their replies in order. A directory fsync that fails fails the replies of its files.
+    /// The group commit: makes the uploads waiting for it durable with one flush of the store
+    /// (see [`crate::service::Home::flush`]) and sends their replies in order. A flush that
+    /// fails fails the replies of the files it covered.
     pub async fn flush_unsynced(&mut self) -> Result<(), End> {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.unsynced);
-        let jail = Arc::clone(&self.jail);
-        let account = self.account.clone();
-        let done = tokio::task::spawn_blocking(move || group_commit(&jail, account, batch))
-            .await
-            .map_err(|e| End::Internal(format!("group commit: {e}")))?;
-        for (u, result) in done {
+        let (staged, batch): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsynced)
+            .into_iter()
+            .map(|u| {
+                let Unsynced {
+                    id,
+                    staged,
+                    size,
+                    sha256,
+                    audit,
+                } = u;
+                (
+                    staged,
+                    Replied {
+                        id,
+                        size,
+                        sha256,
+                        audit,
+                    },
+                )
+            })
+            .unzip();
+        let done = self.home.flush(staged).await;
+        for (u, result) in batch.into_iter().zip(done) {
             let msg = match result {
                 Ok(()) => ServerMessage::ok_transfer(u.id, u.size, u.sha256),
-                Err(e) => super::error::storage_reply(u.id, &e, self.peer, &self.user, "put"),
+                Err(e) => cmd::core_message(u.id, &e, self.peer, &self.user, "put"),
             };
             if let Some(a) = &u.audit {
                 let (bytes, sha) = match &msg {
@@ -305,10 +315,14 @@ pub(super) async fn run(
         }) => {
             reader.set_max_len(MAX_FRAME_LEN);
             // The core's view of the home: the same jail, as the `Storage` seam.
-            let storage = crate::storage::local::LocalStorage::with_direct_limit(
+            let mut storage = crate::storage::local::LocalStorage::with_direct_limit(
                 Arc::clone(&jail),
                 Arc::clone(&server.memory.direct),
             );
+            if let Some(a) = &account {
+                // The store measures and makes each change inside the account's change lock.
+                storage = storage.gated(Arc::clone(a) as Arc<dyn crate::storage::ChangeGate>);
+            }
             let home = crate::service::Home::new(&user, Arc::new(storage), account.clone(), limits);
             let mut sess = Session {
                 server: Arc::clone(&server),
@@ -539,92 +553,6 @@ async fn login_phase(
     }
 }
 
-/// What is left of an upload after the group commit, for its reply.
-pub(super) struct Committed {
-    pub id: u64,
-    pub size: u64,
-    pub sha256: String,
-    pub audit: Option<cmd::AuditInfo>,
-}
-
-/// The group commit (blocking): one `syncfs` makes every small file's data durable, then each
-/// is renamed into place, then each directory that got a file is fsynced once. Results come
-/// back in order; the quota is settled for each file that ended up in place. Where the
-/// platform has no flush of a whole file system ([`platform::SYNCFS_COVERS_FILE_SYSTEM`]),
-/// each file is fsynced by its rename instead.
-fn group_commit(
-    jail: &Jail,
-    account: Option<Arc<quota::Account>>,
-    batch: Vec<Unsynced>,
-) -> Vec<(Committed, Result<(), StorageError>)> {
-    group_commit_with(jail, account, batch, platform::SYNCFS_COVERS_FILE_SYSTEM)
-}
-
-/// [`group_commit`], with one flush of the file system (`one_flush`) or an fsync per file.
-fn group_commit_with(
-    jail: &Jail,
-    account: Option<Arc<quota::Account>>,
-    batch: Vec<Unsynced>,
-    one_flush: bool,
-) -> Vec<(Committed, Result<(), StorageError>)> {
-    let flushed = if one_flush
-        && batch
-            .iter()
-            .any(|u| matches!(u.stage, Stage::Written { .. }))
-    {
-        jail.sync_filesystem().map_err(|e| e.to_string())
-    } else {
-        Ok(())
-    };
-    let mut renamed = Vec::with_capacity(batch.len());
-    for u in batch {
-        let placed = match u.stage {
-            // Renamed (and settled) by the upload itself.
-            Stage::Renamed(dir) => Ok((dir, Footprint::NONE)),
-            Stage::Written {
-                mut temp,
-                overwrite,
-            } => match &flushed {
-                Ok(()) => {
-                    // Not marked where the flush did not cover it: the rename fsyncs it.
-                    if one_flush {
-                        temp.mark_synced();
-                    }
-                    // What it replaces is measured at the rename, under the change lock.
-                    let _changing = account.as_ref().map(|a| a.changing());
-                    temp.rename_into_place_if(overwrite, u.cover)
-                }
-                // The flush failed: this file's data may be lost; drop it (removes the temp).
-                Err(e) => Err(StorageError::Io(std::io::Error::other(e.clone()))),
-            },
-        };
-        (u.settle)(placed.as_ref().ok().map(|(_, replaced)| *replaced));
-        let placed = placed.map(|(dir, _)| dir);
-        let committed = Committed {
-            id: u.id,
-            size: u.size,
-            sha256: u.sha256,
-            audit: u.audit,
-        };
-        renamed.push((committed, placed));
-    }
-    let dirs: Vec<&UnsyncedDir> = renamed
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .collect();
-    let mut synced = UnsyncedDir::sync_all(&dirs).into_iter();
-    renamed
-        .into_iter()
-        .map(|(c, placed)| {
-            let result = match placed {
-                Ok(_) => synced.next().unwrap_or(Ok(())),
-                Err(e) => Err(e),
-            };
-            (c, result)
-        })
-        .collect()
-}
-
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
     loop {
         if sess.commit_due()
@@ -678,71 +606,4 @@ async fn handle_frame(sess: &mut Session, frame: Frame) -> Result<(), End> {
         },
     };
     cmd::dispatch(sess, msg).await
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use std::io::Write;
-
-    use super::*;
-    use crate::jail::RemotePath;
-
-    /// Small uploads written into `jail` and waiting for the group commit.
-    fn waiting(jail: &Jail, names: &[&str]) -> Vec<Unsynced> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let mut temp = jail.create_temp(&RemotePath::parse(name).unwrap()).unwrap();
-                temp.file().write_all(&[i as u8; 64 * 1024]).unwrap();
-                let (dirty, _) = platform::unwritten_pages(temp.file());
-                assert!(
-                    dirty > 0,
-                    "nothing dirty right after a write: this test cannot tell"
-                );
-                Unsynced {
-                    id: i as u64,
-                    stage: Stage::Written {
-                        temp,
-                        overwrite: false,
-                    },
-                    size: 64 * 1024,
-                    sha256: String::new(),
-                    cover: Box::new(|_| Ok(())),
-                    settle: Box::new(|_| {}),
-                    audit: None,
-                }
-            })
-            .collect()
-    }
-
-    fn group_commit_lands_every_file_written_back(one_flush: bool) {
-        let home = tempfile::tempdir().unwrap();
-        let jail = Jail::open(home.path(), false).unwrap();
-        let names = ["/a", "/b", "/c"];
-        let done = group_commit_with(&jail, None, waiting(&jail, &names), one_flush);
-        assert_eq!(done.len(), 3);
-        for (i, (committed, result)) in done.into_iter().enumerate() {
-            assert_eq!(committed.id, i as u64);
-            result.unwrap();
-            let path = home.path().join(&names[i][1..]);
-            assert!(std::fs::read(&path).unwrap() == vec![i as u8; 64 * 1024]);
-            // Durable before the reply: nothing of it is left in the cache to write.
-            let file = std::fs::File::open(&path).unwrap();
-            assert_eq!(platform::unwritten_pages(&file), (0, 0), "{}", names[i]);
-        }
-        // Only the three files: no temp left behind.
-        assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 3);
-    }
-
-    #[test]
-    fn group_commit_with_syncfs_makes_every_file_durable() {
-        group_commit_lands_every_file_written_back(true);
-    }
-
-    #[test]
-    fn group_commit_without_syncfs_fsyncs_each_file() {
-        // What a system whose flush covers one file only does (the portable fallback).
-        group_commit_lands_every_file_written_back(false);
-    }
 }

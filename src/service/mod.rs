@@ -4,14 +4,20 @@
 //! in one function (ferry/1: `server/cmd/mod.rs`, `reply_core`).
 //!
 //! The core works on the seams: the files through [`Storage`], usage through
-//! [`quota::Account`] (to become `state::UsageLedger`). Each change that the counters follow
-//! is made under the account's change lock, measuring what it replaces or removes on the
-//! store itself, so the counters always agree with a fresh count of the home.
+//! [`quota::Account`] (to become `state::UsageLedger`). The store measures what each change
+//! replaces or removes and makes it inside the account's change lock (the store's
+//! [`crate::storage::ChangeGate`]), so the counters always agree with a fresh count of the
+//! home. Counters grow before a change and shrink after it: a late count can only refuse
+//! early, never admit on room that is gone.
 //!
-//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename and usage. Listing, the
-//! transfers, copy and sha256 still run in their ferry/1 handlers on the jail (issue 13).
+//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename, usage and uploads
+//! ([`Home::begin_upload`], [`Home::put_small`], [`Home::flush`]). Listing, downloads, copy
+//! and sha256 still run in their ferry/1 handlers on the jail (issue 13).
 
 pub mod quota;
+mod upload;
+
+pub use upload::{Put, PutRequest, ResumeRefused, StagedPut, Upload};
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +33,11 @@ pub enum CoreError {
     /// The change does not fit the account's limits; `size` is the file's (0 for a
     /// directory).
     Refused { refused: Refused, size: u64 },
+    /// A resumed upload cannot go on.
+    ResumeRefused(ResumeRefused),
+    /// An upload ended with another length than it declared (`received` counts a resumed
+    /// prefix).
+    SizeMismatch { declared: u64, received: u64 },
 }
 
 impl From<StorageError> for CoreError {
@@ -50,6 +61,19 @@ impl fmt::Display for CoreError {
                 refused: Refused::Quota(which),
                 ..
             } => write!(f, "over the {which}"),
+            CoreError::ResumeRefused(ResumeRefused::NoPartial) => {
+                f.write_str("no partial upload to resume")
+            }
+            CoreError::ResumeRefused(ResumeRefused::Short { kept, offset }) => write!(
+                f,
+                "the partial upload holds {kept} bytes; cannot resume at {offset}"
+            ),
+            CoreError::ResumeRefused(ResumeRefused::Mismatch { offset, .. }) => {
+                write!(f, "the first {offset} bytes of the partial upload differ")
+            }
+            CoreError::SizeMismatch { declared, received } => {
+                write!(f, "declared {declared} bytes, received {received}")
+            }
         }
     }
 }
@@ -111,15 +135,6 @@ impl Home {
         &self.storage
     }
 
-    /// The account's change lock (when there is an account): held across a change, so what
-    /// the store measures as replaced or removed is what really goes.
-    async fn changing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.account {
-            Some(a) => Some(a.changing_async().await),
-            None => None,
-        }
-    }
-
     /// How many bytes of an interrupted upload to `path` this user's partial holds, if any:
     /// where a resume starts.
     pub async fn partial_len(&self, path: &RemotePath) -> Result<Option<u64>, CoreError> {
@@ -164,7 +179,6 @@ impl Home {
     }
 
     async fn mkdir_now(&self, path: &RemotePath) -> Result<(), CoreError> {
-        let _changing = self.changing().await;
         let reservation = match &self.account {
             Some(a) => Some(
                 a.reserve(&self.limits, 0, 0, true)
@@ -183,7 +197,6 @@ impl Home {
         if path.is_root() {
             return Err(StorageError::IsADirectory.into());
         }
-        let _changing = self.changing().await;
         let gone = self.storage.remove_file(path).await?;
         if let Some(a) = &self.account {
             a.remove(gone);
@@ -195,7 +208,6 @@ impl Home {
         if path.is_root() {
             return Err(StorageError::PermissionDenied.into());
         }
-        let _changing = self.changing().await;
         let gone = self.storage.remove_dir(path).await?;
         if let Some(a) = &self.account {
             a.remove(gone);
@@ -212,7 +224,6 @@ impl Home {
         if from.is_root() || to.is_root() {
             return Err(StorageError::PermissionDenied.into());
         }
-        let _changing = self.changing().await;
         let replaced = self.storage.rename(from, to, !replace).await?;
         if let Some(a) = &self.account {
             a.remove(replaced);

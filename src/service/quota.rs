@@ -163,6 +163,14 @@ impl Account {
     }
 }
 
+/// The account's change lock, entered by a store around each step that measures what a
+/// change replaces or removes and makes it (see [`crate::storage::ChangeGate`]).
+impl crate::storage::ChangeGate for Account {
+    fn enter(&self) -> Box<dyn Send + '_> {
+        Box::new(self.changing())
+    }
+}
+
 /// Room held for an upload or copy in flight. Dropped: released. Committed: becomes usage.
 #[derive(Debug)]
 pub struct Reservation {

@@ -47,6 +47,11 @@ pub use crate::jail::{PathError, RemotePath, StorageError};
 /// them one blocking call costs less than the hand-overs of a streamed transfer.
 pub const SMALL_MAX: u64 = 256 * 1024;
 
+/// Uploads up to this size may share one flush of the store ([`Durability::Batched`]) without
+/// a sync of their own; a larger one is synced as its data ends, and only what remains (the
+/// local store: its directory's fsync) joins the batch.
+pub const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+
 /// Most entries one [`Storage::list`] call returns, whatever the caller asks.
 pub const LIST_PAGE_MAX: usize = 1000;
 
@@ -130,6 +135,23 @@ pub enum Durability {
 /// other changes is the caller's business.
 pub type Admit = Box<dyn FnOnce(Footprint) -> Result<(), StorageError> + Send>;
 
+/// Called by the store once, right after a commit made the object visible under its name (and
+/// before anything that may still fail, such as a directory's fsync), with what it replaced.
+/// The quota settles here: whatever the commit then reports, the object is in place.
+pub type Placed = Box<dyn FnOnce(Footprint) + Send>;
+
+/// Serialises a store's "measure what a change replaces or removes, then make it" steps with
+/// the same steps of other callers, so that the measured difference is the real one (two
+/// sessions replacing one name must not both count the old file as gone). A store given a gate
+/// ([`local::LocalStorage::gated`]) enters it around every such step: removals, renames, the
+/// rename of a commit, keeping or taking up a partial; never around data transfer or a flush.
+/// The quota's account is one ([`crate::service::quota::Account`]). `enter` may block: a
+/// store calls it where blocking is allowed (the local store: on the blocking pool).
+pub trait ChangeGate: Send + Sync {
+    /// Waits until the caller may change; the change ends when the guard is dropped.
+    fn enter(&self) -> Box<dyn Send + '_>;
+}
+
 /// How to commit an upload.
 pub struct Commit {
     /// Refuse (`AlreadyExists`) if the target exists. Without it, a file or symlink at the
@@ -140,6 +162,7 @@ pub struct Commit {
     pub sha256: Sha256Digest,
     pub durability: Durability,
     pub admit: Option<Admit>,
+    pub placed: Option<Placed>,
 }
 
 impl Commit {
@@ -150,6 +173,7 @@ impl Commit {
             sha256,
             durability: Durability::Now,
             admit: None,
+            placed: None,
         }
     }
 
@@ -164,6 +188,12 @@ impl Commit {
         self.admit = Some(admit);
         self
     }
+
+    /// The same commit, telling `placed` when the object is in place.
+    pub fn placed(mut self, placed: Placed) -> Commit {
+        self.placed = Some(placed);
+        self
+    }
 }
 
 impl fmt::Debug for Commit {
@@ -173,6 +203,7 @@ impl fmt::Debug for Commit {
             .field("sha256", &crate::domain::hex_digest(&self.sha256))
             .field("durability", &self.durability)
             .field("admit", &self.admit.is_some())
+            .field("placed", &self.placed.is_some())
             .finish()
     }
 }
@@ -226,8 +257,9 @@ pub struct UploadOptions {
     pub size_hint: Option<u64>,
     /// Refuse at once (`AlreadyExists`) if the target exists; the commit checks again.
     pub no_replace: bool,
-    /// A kept partial this upload supersedes: it is removed first (its length is reported by
-    /// [`Upload::superseded`] / [`SmallPut::superseded`]).
+    /// A kept partial this upload supersedes: removed once the upload has begun (an upload
+    /// that cannot begin leaves it), before any byte is written; its length is reported by
+    /// [`Upload::superseded`] / [`SmallPut::superseded`].
     pub supersede: Option<PartialKey>,
 }
 
@@ -268,7 +300,9 @@ pub trait Upload: Send {
     /// measures again and tells [`Commit::admit`]).
     fn replaces(&self) -> Footprint;
 
-    /// The length of the partial that [`UploadOptions::supersede`] removed, if there was one.
+    /// The length of the partial that [`UploadOptions::supersede`] removed, if there was one;
+    /// for an upload from [`Storage::resume_upload`], the length the partial had when it was
+    /// taken up (before it was cut to the resume point).
     fn superseded(&self) -> Option<u64>;
 
     /// Appends bytes. The store may write them later; an error shows here or at `finish`.

@@ -71,6 +71,7 @@ macro_rules! storage_contract {
             upload_no_replace_at_begin_and_at_commit,
             upload_refusals_at_begin,
             admit_sees_the_target_and_can_refuse,
+            placed_is_told_once_when_the_object_is_in_place,
             small_put_reserve_sees_the_target_and_can_refuse,
             keep_partial_then_resume_continues,
             resume_at_an_earlier_offset_cuts_the_rest,
@@ -1332,6 +1333,107 @@ pub async fn ranged_reads(h: Home) {
         not_found,
         "read missing",
     );
+}
+
+/// A `placed` call-back that counts its calls and keeps what it was told.
+fn placed_probe() -> (
+    Arc<std::sync::Mutex<Vec<Footprint>>>,
+    ferry::storage::Placed,
+) {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told2 = Arc::clone(&told);
+    let placed: ferry::storage::Placed = Box::new(move |replaced| {
+        told2.lock().unwrap().push(replaced);
+    });
+    (told, placed)
+}
+
+pub async fn placed_is_told_once_when_the_object_is_in_place(h: Home) {
+    let s = &*h.store;
+    put(s, "f", b"123").await;
+    // A streamed upload over a file: told once, with what it replaced.
+    let (told, placed) = placed_probe();
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from_static(b"four")).await.unwrap();
+    let digest = up.finish().await.unwrap();
+    let landed = up
+        .commit(Commit::new(digest, false).placed(placed))
+        .await
+        .unwrap();
+    assert!(matches!(landed, Landed::Committed(_)), "{landed:?}");
+    assert_eq!(*told.lock().unwrap(), [Footprint { bytes: 3, files: 1 }]);
+    assert_eq!(read(s, "f").await, b"four");
+
+    // Refused by admit, or another digest: never told, nothing changed.
+    let (told, placed) = placed_probe();
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    up.write(Bytes::from_static(b"five!")).await.unwrap();
+    let digest = up.finish().await.unwrap();
+    let commit = Commit::new(digest, false)
+        .admit(Box::new(|_| Err(StorageError::QuotaExceeded)))
+        .placed(placed);
+    assert!(up.commit(commit).await.is_err());
+    let (told2, placed2) = placed_probe();
+    let put_small = s
+        .put_small(
+            &p("f"),
+            Bytes::from_static(b"six"),
+            SmallOptions::default(),
+            Commit::new(sha(b"not six"), false).placed(placed2),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(put_small.landed, Landed::Mismatch { .. }));
+    assert!(told.lock().unwrap().is_empty());
+    assert!(told2.lock().unwrap().is_empty());
+    assert_eq!(read(s, "f").await, b"four");
+
+    // Batched: told once by the time the flush returns (not before the commit), and a new
+    // name replaces nothing.
+    let (told, placed) = placed_probe();
+    let put_small = s
+        .put_small(
+            &p("g"),
+            Bytes::from_static(b"gee"),
+            SmallOptions::default(),
+            Commit::new(sha(b"gee"), true).batched().placed(placed),
+        )
+        .await
+        .unwrap();
+    match put_small.landed {
+        Landed::Staged(st) => {
+            for r in s.flush_durability(vec![st]).await {
+                r.unwrap();
+            }
+        }
+        Landed::Committed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*told.lock().unwrap(), [Footprint::NONE]);
+    assert_eq!(read(s, "g").await, b"gee");
+
+    // A staged commit dropped before its flush: never told, nothing visible.
+    let (told, placed) = placed_probe();
+    let put_small = s
+        .put_small(
+            &p("h"),
+            Bytes::from_static(b"aitch"),
+            SmallOptions::default(),
+            Commit::new(sha(b"aitch"), true).batched().placed(placed),
+        )
+        .await
+        .unwrap();
+    if let Landed::Staged(st) = put_small.landed {
+        drop(st);
+        assert!(told.lock().unwrap().is_empty());
+        invisible(s, "h").await;
+    }
 }
 
 pub async fn batched_commits_then_one_flush(h: Home) {

@@ -308,3 +308,72 @@ async fn every_commit_records_the_digest_beside_the_file() {
         );
     }
 }
+
+/// A change gate the test can hold shut, counting how often the store entered it.
+#[derive(Default)]
+struct TestGate {
+    lock: tokio::sync::Mutex<()>,
+    entered: std::sync::atomic::AtomicU64,
+}
+
+impl ferry::storage::ChangeGate for TestGate {
+    fn enter(&self) -> Box<dyn Send + '_> {
+        let guard = self.lock.blocking_lock();
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::new(guard)
+    }
+}
+
+/// The quota's counters rely on it: every step that measures what a change replaces or
+/// removes runs inside the store's gate, and waits while another caller holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_store_measures_and_changes_inside_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(TestGate::default());
+    let store = LocalStorage::open(&dir.path().join("home"), true)
+        .unwrap()
+        .gated(Arc::clone(&gate) as Arc<dyn ferry::storage::ChangeGate>);
+    let store: Arc<dyn Storage> = Arc::new(store);
+    let put = |name: &'static str, body: &'static [u8]| {
+        let store = Arc::clone(&store);
+        async move {
+            let digest: [u8; 32] = sha2::Sha256::digest(body).into();
+            store
+                .put_small(
+                    &p(name),
+                    Bytes::from_static(body),
+                    SmallOptions::default(),
+                    Commit::new(digest, false),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    put("a", b"one").await;
+    put("b", b"two").await;
+    let before = gate.entered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        before >= 2,
+        "each commit's rename enters the gate ({before})"
+    );
+
+    // Held shut: a removal, a rename and a commit all wait for it.
+    let held = gate.lock.lock().await;
+    let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
+    let remove = tokio::spawn(async move { s1.remove_file(&p("a")).await });
+    let rename = tokio::spawn(async move { s2.rename(&p("b"), &p("c"), true).await });
+    let commit = tokio::spawn(put("d", b"four"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!remove.is_finished() && !rename.is_finished() && !commit.is_finished());
+    assert!(
+        dir.path().join("home/a").exists(),
+        "removed while the gate was shut"
+    );
+    drop(held);
+    assert_eq!(remove.await.unwrap().unwrap().bytes, 3);
+    rename.await.unwrap().unwrap();
+    commit.await.unwrap();
+    assert_eq!(on_disk(&dir.path().join("home")), ["c", "d"]);
+    assert!(gate.entered.load(std::sync::atomic::Ordering::SeqCst) >= before + 3);
+}

@@ -17,6 +17,7 @@ mod usage;
 use super::error::{path_reply, storage_reply};
 use super::session::{End, Session};
 use crate::domain::Op;
+use crate::domain::hex_digest;
 use crate::jail::{PathError, RemotePath, StorageError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use crate::service::CoreError;
@@ -410,11 +411,6 @@ pub(super) async fn next_or_cancel<T>(
     }
 }
 
-/// The partial-upload key of `path` for `user` (the core's rule, `service::partial_key`).
-pub(super) fn partial_key(user: &str, path: &RemotePath) -> String {
-    crate::service::partial_key(user, path).as_str().to_string()
-}
-
 /// Runs blocking file system work on the blocking pool.
 pub(super) async fn blocking<T, F>(f: F) -> Result<T, StorageError>
 where
@@ -466,8 +462,47 @@ pub(super) async fn reply_core(
     op: &str,
     err: &CoreError,
 ) -> Result<(), End> {
+    let msg = core_message(id, err, sess.peer, &sess.user, op);
+    sess.send(&msg).await
+}
+
+/// The ferry/1 message for a core error (see [`reply_core`]).
+pub(super) fn core_message(
+    id: u64,
+    err: &CoreError,
+    peer: std::net::SocketAddr,
+    user: &str,
+    op: &str,
+) -> ServerMessage {
+    use crate::service::ResumeRefused;
     match err {
-        CoreError::Storage(e) => reply_storage(sess, id, op, e).await,
-        CoreError::Refused { refused, size } => sess.send(&quota_reply(id, refused, *size)).await,
+        CoreError::Storage(e) => storage_reply(id, e, peer, user, op),
+        CoreError::Refused { refused, size } => quota_reply(id, refused, *size),
+        CoreError::ResumeRefused(ResumeRefused::NoPartial) => ServerMessage::error(
+            Some(id),
+            ErrorCode::NotFound,
+            "no partial upload of this file to resume",
+        ),
+        CoreError::ResumeRefused(ResumeRefused::Short { kept, offset }) => ServerMessage::error(
+            Some(id),
+            ErrorCode::BadRequest,
+            format!("the partial upload holds {kept} bytes; cannot resume at {offset}"),
+        ),
+        CoreError::ResumeRefused(ResumeRefused::Mismatch { offset, actual }) => {
+            ServerMessage::error(
+                Some(id),
+                ErrorCode::IntegrityMismatch,
+                format!(
+                    "resume refused: the first {offset} bytes differ (server sha256 {}); \
+                     upload the whole file again",
+                    hex_digest(actual)
+                ),
+            )
+        }
+        CoreError::SizeMismatch { declared, received } => ServerMessage::error(
+            Some(id),
+            ErrorCode::SizeMismatch,
+            format!("declared {declared} bytes, received {received}"),
+        ),
     }
 }

@@ -1,0 +1,539 @@
+//! Uploads through the core: the verified commit, the quota and kept partials, whatever the
+//! front-end.
+//!
+//! An upload reserves its room before its first byte (so uploads in flight count), is written
+//! and hashed by the store, and is committed only if the store's digest is the one the client
+//! declared; the commit's rename is measured and counted inside the store's change gate (see
+//! [`crate::storage::ChangeGate`]). An interrupted upload is kept as a partial for its user
+//! and target; a resume takes it up again once its prefix's digest matches.
+//!
+//! The counters follow one rule so that no sequence of requests makes them lie: they grow
+//! before a change and shrink after it. A count that is late therefore only ever overstates
+//! the usage for a moment (refusing early), never lets a reservation pass on room that is
+//! gone. Each step that changes the store and then its counters runs to its end in a task of
+//! its own (see `to_the_end`), so a caller that goes away cannot split them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use super::quota::{Account, Reservation};
+use super::{CoreError, Home, partial_key, to_the_end};
+use crate::domain::{EntryKind, Footprint, Refused};
+use crate::storage::{
+    self, Commit, Durability, Landed, PartialKey, RemotePath, Resume, Sha256Digest, SmallOptions,
+    StorageError, UploadOptions,
+};
+
+/// What a put asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PutRequest {
+    /// The whole file's size.
+    pub size: u64,
+    /// Replace an existing file at the target (else `AlreadyExists`).
+    pub replace: bool,
+    /// Continue the kept partial at this offset, whose first bytes have this digest.
+    pub resume: Option<(u64, Sha256Digest)>,
+}
+
+/// Why a resume cannot go on (the partial, if any, is kept as it was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeRefused {
+    /// No partial upload of this target by this user.
+    NoPartial,
+    /// The partial holds fewer bytes than the resume offset.
+    Short { kept: u64, offset: u64 },
+    /// The partial's first `offset` bytes have another digest.
+    Mismatch { offset: u64, actual: Sha256Digest },
+}
+
+/// Where a finished put got to.
+#[derive(Debug)]
+pub enum Put {
+    /// Durable and in place.
+    Committed { sha256: Sha256Digest },
+    /// Verified and (for a large file) in place, durable once [`Home::flush`] has covered it;
+    /// acknowledge it only then.
+    Staged(StagedPut),
+    /// The content's digest is not the declared one: nothing was committed.
+    Mismatch { actual: Sha256Digest },
+}
+
+/// A verified put waiting for [`Home::flush`].
+#[derive(Debug)]
+pub struct StagedPut {
+    staged: storage::Staged,
+    /// The file's SHA-256.
+    pub sha256: Sha256Digest,
+}
+
+/// An upload in progress, from [`Home::begin_upload`]: bytes go in with [`Upload::write`];
+/// then [`Upload::finish`] (verify and commit), [`Upload::keep_partial`] or
+/// [`Upload::abort`]. Dropped, it is aborted: nothing appears and its room is given back.
+pub struct Upload {
+    inner: Option<Box<dyn storage::Upload>>,
+    account: Option<Arc<Account>>,
+    key: PartialKey,
+    size: u64,
+    /// Where the data starts (a resumed prefix's length).
+    offset: u64,
+    replace: bool,
+    reservation: Option<Reservation>,
+    /// A resumed partial's count, still in the usage until the upload lands or is kept again.
+    debt: PartialDebt,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("size", &self.size)
+            .field("offset", &self.offset)
+            .field("written", &self.written())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The usage a taken-up partial still holds: settled when the upload lands or is kept, else
+/// given back when dropped (its bytes are gone with the upload).
+struct PartialDebt {
+    account: Option<Arc<Account>>,
+    bytes: u64,
+}
+
+impl PartialDebt {
+    fn none() -> PartialDebt {
+        PartialDebt {
+            account: None,
+            bytes: 0,
+        }
+    }
+
+    fn settle(&mut self) {
+        self.account = None;
+    }
+}
+
+impl Drop for PartialDebt {
+    fn drop(&mut self) {
+        if let Some(a) = self.account.take() {
+            a.remove(Footprint {
+                bytes: self.bytes,
+                files: 1,
+            });
+        }
+    }
+}
+
+impl Home {
+    /// Starts an upload to `path`: checks the target (a directory is `IsADirectory`, an
+    /// existing name without `replace` `AlreadyExists`), reserves the room, and either starts
+    /// afresh (a partial an earlier attempt left is superseded) or takes the partial up at
+    /// the resume offset once its prefix's digest matches.
+    pub async fn begin_upload(
+        &self,
+        path: &RemotePath,
+        request: PutRequest,
+    ) -> Result<Upload, CoreError> {
+        if path.is_root() {
+            return Err(StorageError::IsADirectory.into());
+        }
+        let (home, path) = (self.clone(), path.clone());
+        to_the_end(async move {
+            match request.resume {
+                None => home.begin_fresh(&path, request).await,
+                Some((offset, prefix)) => home.begin_resumed(&path, request, offset, prefix).await,
+            }
+        })
+        .await
+    }
+
+    async fn begin_fresh(
+        &self,
+        path: &RemotePath,
+        request: PutRequest,
+    ) -> Result<Upload, CoreError> {
+        let key = partial_key(&self.user, path);
+        let options = UploadOptions {
+            size_hint: Some(request.size),
+            no_replace: !request.replace,
+            supersede: Some(key.clone()),
+        };
+        let inner = self.storage.begin_upload(path, options).await?;
+        if let (Some(old), Some(a)) = (inner.superseded(), &self.account) {
+            a.remove(Footprint {
+                bytes: old,
+                files: 1,
+            });
+        }
+        let replaces = inner.replaces();
+        let new_bytes = request.size.saturating_sub(replaces.bytes);
+        let reservation = match self.reserve(request.size, new_bytes, replaces.files == 0) {
+            Ok(r) => r,
+            Err(e) => {
+                inner.abort().await;
+                return Err(e);
+            }
+        };
+        Ok(Upload {
+            inner: Some(inner),
+            account: self.account.clone(),
+            key,
+            size: request.size,
+            offset: 0,
+            replace: request.replace,
+            reservation,
+            debt: PartialDebt::none(),
+        })
+    }
+
+    async fn begin_resumed(
+        &self,
+        path: &RemotePath,
+        request: PutRequest,
+        offset: u64,
+        prefix: Sha256Digest,
+    ) -> Result<Upload, CoreError> {
+        if offset > request.size {
+            return Err(StorageError::InvalidArgument.into());
+        }
+        // The target's checks and the room come before the partial is touched, so that a
+        // refusal leaves it exactly as it was (the store cuts it at the resume point). What
+        // this look cannot tell, the store's own checks (on the name itself, not what a link
+        // there leads to) decide.
+        let replaces = match self.storage.stat(path).await {
+            Ok(st) if st.entry.kind == EntryKind::Dir => {
+                return Err(StorageError::IsADirectory.into());
+            }
+            Ok(_) if !request.replace => return Err(StorageError::AlreadyExists.into()),
+            Ok(st) if st.entry.kind == EntryKind::File => Footprint {
+                bytes: st.entry.size,
+                files: 1,
+            },
+            Ok(_) | Err(_) => Footprint::NONE,
+        };
+        // The partial's bytes are counted already (as a file): reserve only the rest.
+        let more = (request.size - offset).saturating_sub(replaces.bytes);
+        let reservation = self.reserve(request.size, more, false)?;
+        let key = partial_key(&self.user, path);
+        let resumed = self
+            .storage
+            .resume_upload(&key, path, offset, prefix, Some(request.size))
+            .await?;
+        let inner = match resumed {
+            Resume::Ready(inner) => inner,
+            Resume::NoPartial => return Err(CoreError::ResumeRefused(ResumeRefused::NoPartial)),
+            Resume::Short { kept } => {
+                return Err(CoreError::ResumeRefused(ResumeRefused::Short {
+                    kept,
+                    offset,
+                }));
+            }
+            Resume::Mismatch { actual } => {
+                return Err(CoreError::ResumeRefused(ResumeRefused::Mismatch {
+                    offset,
+                    actual,
+                }));
+            }
+        };
+        // The partial (counted as a file of `kept` bytes) is this upload's now; bytes past
+        // the resume point were cut off.
+        let kept = inner.superseded().unwrap_or(offset);
+        let debt = match &self.account {
+            Some(a) => {
+                if kept > offset {
+                    a.remove(Footprint {
+                        bytes: kept - offset,
+                        files: 0,
+                    });
+                }
+                PartialDebt {
+                    account: Some(Arc::clone(a)),
+                    bytes: offset,
+                }
+            }
+            None => PartialDebt::none(),
+        };
+        Ok(Upload {
+            inner: Some(inner),
+            account: self.account.clone(),
+            key,
+            size: request.size,
+            offset,
+            replace: request.replace,
+            reservation,
+            debt,
+        })
+    }
+
+    /// Reserves `bytes` more room (and a file slot if `new_file`) for a file of `size` bytes,
+    /// for a user with limits.
+    fn reserve(
+        &self,
+        size: u64,
+        bytes: u64,
+        new_file: bool,
+    ) -> Result<Option<Reservation>, CoreError> {
+        let Some(a) = &self.account else {
+            return Ok(None);
+        };
+        a.reserve(&self.limits, size, bytes, new_file)
+            .map(Some)
+            .map_err(|refused| CoreError::Refused { refused, size })
+    }
+
+    /// Writes a whole small file (at most [`storage::SMALL_MAX`] bytes, fresh, not resumed)
+    /// in one call to the store: target checks, the superseded partial, the room, the digest
+    /// check and the write together. `expected` is the client's digest (`None`: it sent
+    /// something that is not a digest, which can only mismatch).
+    pub async fn put_small(
+        &self,
+        path: &RemotePath,
+        data: Bytes,
+        replace: bool,
+        expected: Option<Sha256Digest>,
+        durability: Durability,
+    ) -> Result<Put, CoreError> {
+        let size = data.len() as u64;
+        let Some(expected) = expected else {
+            // Not a digest: hashed through the streamed path to say what the store got.
+            let request = PutRequest {
+                size,
+                replace,
+                resume: None,
+            };
+            let mut upload = self.begin_upload(path, request).await?;
+            upload.write(data).await?;
+            return upload.finish(None, durability).await;
+        };
+        if path.is_root() {
+            return Err(StorageError::IsADirectory.into());
+        }
+        let key = partial_key(&self.user, path);
+        // Filled by the store's call-back, inside its blocking call.
+        let held: Arc<Mutex<Option<Reservation>>> = Arc::new(Mutex::new(None));
+        let refused: Arc<Mutex<Option<Refused>>> = Arc::new(Mutex::new(None));
+        let reserve: storage::Reserve = {
+            let (home, held, refused) = (self.clone(), Arc::clone(&held), Arc::clone(&refused));
+            Box::new(move |replaces, superseded| {
+                if let (Some(old), Some(a)) = (superseded, &home.account) {
+                    a.remove(Footprint {
+                        bytes: old,
+                        files: 1,
+                    });
+                }
+                let new_bytes = size.saturating_sub(replaces.bytes);
+                match home.reserve(size, new_bytes, replaces.files == 0) {
+                    Ok(r) => {
+                        *lock(&held) = r;
+                        Ok(())
+                    }
+                    Err(CoreError::Refused { refused: why, .. }) => {
+                        *lock(&refused) = Some(why);
+                        Err(StorageError::QuotaExceeded)
+                    }
+                    Err(_) => Err(StorageError::QuotaExceeded),
+                }
+            })
+        };
+        let added = Footprint {
+            bytes: size,
+            files: 1,
+        };
+        let commit = settled_commit(
+            expected,
+            replace,
+            durability,
+            &held,
+            added,
+            PartialDebt::none(),
+        );
+        let options = SmallOptions {
+            supersede: Some(key),
+            reserve: Some(reserve),
+        };
+        match self.storage.put_small(path, data, options, commit).await {
+            Ok(put) => Ok(landed(put.landed, expected)),
+            Err(StorageError::QuotaExceeded) if lock(&refused).is_some() => {
+                let refused = lock(&refused)
+                    .take()
+                    .unwrap_or(Refused::Quota("byte quota"));
+                Err(CoreError::Refused { refused, size })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes staged puts durable (one flush of the store for all of them) and returns one
+    /// result per put, in order.
+    pub async fn flush(&self, staged: Vec<StagedPut>) -> Vec<Result<(), CoreError>> {
+        let staged = staged.into_iter().map(|s| s.staged).collect();
+        self.storage
+            .flush_durability(staged)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(CoreError::from))
+            .collect()
+    }
+}
+
+impl Upload {
+    /// The whole file's declared size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes the upload holds so far, a resumed prefix included.
+    pub fn written(&self) -> u64 {
+        self.inner.as_ref().map_or(self.offset, |u| u.written())
+    }
+
+    /// Appends bytes. An error ends the upload (nothing is kept; its room is given back).
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), CoreError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(StorageError::InvalidArgument.into());
+        };
+        if let Err(e) = inner.write(chunk).await {
+            if let Some(inner) = self.inner.take() {
+                inner.abort().await;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Ends the data and commits it if it is the declared size and its digest is `expected`
+    /// (`None`: the client's digest was not one; it mismatches). A mismatch or an error
+    /// leaves nothing under the target.
+    pub async fn finish(
+        mut self,
+        expected: Option<Sha256Digest>,
+        durability: Durability,
+    ) -> Result<Put, CoreError> {
+        let Some(mut inner) = self.inner.take() else {
+            return Err(StorageError::InvalidArgument.into());
+        };
+        let received = inner.written();
+        if received != self.size {
+            inner.abort().await;
+            return Err(CoreError::SizeMismatch {
+                declared: self.size,
+                received,
+            });
+        }
+        let actual = match inner.finish().await {
+            Ok(d) => d,
+            Err(e) => {
+                inner.abort().await;
+                return Err(e.into());
+            }
+        };
+        if expected != Some(actual) {
+            inner.abort().await;
+            return Ok(Put::Mismatch { actual });
+        }
+        // A resumed partial was counted (as a file of `offset` bytes) and becomes the target:
+        // only the rest of its bytes are new.
+        let added = Footprint {
+            bytes: self.size - self.offset,
+            files: u64::from(self.offset == 0),
+        };
+        let held = Arc::new(Mutex::new(self.reservation.take()));
+        let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
+        let commit = settled_commit(actual, self.replace, durability, &held, added, debt);
+        // The store runs the commit to its end even if this future is dropped.
+        Ok(landed(inner.commit(commit).await?, actual))
+    }
+
+    /// Keeps what was received as the partial for this user and target, for a later resume;
+    /// true if it was kept. Nothing received: nothing kept.
+    pub async fn keep_partial(mut self) -> bool {
+        let Some(inner) = self.inner.take() else {
+            return false;
+        };
+        if inner.written() == 0 {
+            inner.abort().await;
+            return false;
+        }
+        let (account, key, offset) = (self.account.clone(), self.key.clone(), self.offset);
+        let reservation = self.reservation.take();
+        let mut debt = std::mem::replace(&mut self.debt, PartialDebt::none());
+        to_the_end(async move {
+            // Counted before it appears (the reservation still holds its room meanwhile);
+            // the older partial it replaces comes off after.
+            let new = Footprint {
+                bytes: inner.written() - offset,
+                files: u64::from(offset == 0),
+            };
+            if let Some(a) = &account {
+                a.add(new);
+            }
+            let kept = inner.keep_partial(key).await;
+            match (&account, &kept) {
+                (Some(a), Ok(replaced)) => a.remove(*replaced),
+                (Some(a), Err(_)) => a.remove(new),
+                (None, _) => {}
+            }
+            if kept.is_ok() {
+                debt.settle();
+            }
+            drop((reservation, debt));
+            Ok(kept.is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Drops the upload and everything written; its room is given back.
+    pub async fn abort(mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.abort().await;
+        }
+    }
+}
+
+/// A commit that checks the room right before its rename (what the target takes then may
+/// differ from the estimate the room was reserved for) and settles the counters once the
+/// file is in place, inside the store's change gate. If it never gets there, the reservation
+/// and the debt are dropped with the call-backs: the room goes back, and a resumed partial's
+/// count with it.
+fn settled_commit(
+    sha256: Sha256Digest,
+    replace: bool,
+    durability: Durability,
+    held: &Arc<Mutex<Option<Reservation>>>,
+    added: Footprint,
+    debt: PartialDebt,
+) -> Commit {
+    let cover_held = Arc::clone(held);
+    let admit: storage::Admit = Box::new(move |replaced| match lock(&cover_held).as_mut() {
+        Some(r) => r
+            .cover(added, replaced)
+            .map_err(|_| StorageError::QuotaExceeded),
+        None => Ok(()),
+    });
+    let placed_held = Arc::clone(held);
+    let placed: storage::Placed = Box::new(move |replaced| {
+        let mut debt = debt;
+        debt.settle();
+        if let Some(r) = lock(&placed_held).take() {
+            r.commit(added, replaced);
+        }
+    });
+    let commit = Commit::new(sha256, !replace).admit(admit).placed(placed);
+    match durability {
+        Durability::Now => commit,
+        Durability::Batched => commit.batched(),
+    }
+}
+
+fn landed(landed: Landed, sha256: Sha256Digest) -> Put {
+    match landed {
+        Landed::Committed(_) => Put::Committed { sha256 },
+        Landed::Staged(staged) => Put::Staged(StagedPut { staged, sha256 }),
+        Landed::Mismatch { actual } => Put::Mismatch { actual },
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
