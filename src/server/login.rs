@@ -11,17 +11,21 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{Server, quota};
-use crate::domain::{MAX_PASSWORD_LEN, MAX_USER_LEN, Scope};
+use crate::domain::{MAX_PASSWORD_LEN, MAX_USER_LEN, Quota, Scope};
 use crate::jail::{Jail, Stop, StorageError};
 use crate::users::{self, Password};
 
-/// A logged-in user, before a front-end wraps it: who, what they may do, their home, limits
-/// and usage account, and the session slot that counts them (given back when dropped).
+/// A logged-in user, before a front-end wraps it: who, what they may do, their home as the
+/// core sees it, limits and usage account, and the session slot that counts them (given back
+/// when dropped).
 pub(super) struct UserSession {
     pub user: String,
     pub scope: Scope,
+    /// The home through the core: what a front-end works on.
+    pub home: crate::service::Home,
+    /// The same home as the jail, for the ferry/1 handlers not yet moved onto the core.
     pub jail: Arc<Jail>,
-    pub limits: quota::Limits,
+    pub limits: Quota,
     pub account: Option<Arc<quota::Account>>,
     pub slot: super::Slot<String>,
 }
@@ -94,7 +98,9 @@ pub(super) async fn login(
                 }
             };
             tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
+            let home = core_home(server, &name, &jail, account.as_ref(), limits);
             Ok(UserSession {
+                home,
                 user: name,
                 scope: if read_only {
                     Scope::ReadOnly
@@ -110,12 +116,32 @@ pub(super) async fn login(
     }
 }
 
+/// The core's view of a home opened as `jail`: the local store (its direct-I/O uploads
+/// counted in the server's limit), gated by the usage account's change lock when the user has
+/// limits, so the store measures and makes each change inside it.
+fn core_home(
+    server: &Server,
+    user: &str,
+    jail: &Arc<Jail>,
+    account: Option<&Arc<quota::Account>>,
+    limits: Quota,
+) -> crate::service::Home {
+    let mut storage = crate::storage::local::LocalStorage::with_direct_limit(
+        Arc::clone(jail),
+        Arc::clone(&server.memory.direct),
+    );
+    if let Some(a) = account {
+        storage = storage.gated(Arc::clone(a) as Arc<dyn crate::storage::ChangeGate>);
+    }
+    crate::service::Home::new(user, Arc::new(storage), account.cloned(), limits)
+}
+
 /// The outcome of one login attempt.
 enum Verdict {
     Allowed {
         read_only: bool,
         home: PathBuf,
-        limits: quota::Limits,
+        limits: Quota,
     },
     Denied,
     /// No argon2 slot became free in time; nothing was checked.
@@ -207,7 +233,7 @@ struct HomeError {
 async fn open_home(
     server: &Arc<Server>,
     home: PathBuf,
-    limits: quota::Limits,
+    limits: Quota,
     peer: SocketAddr,
     user: &str,
     deadline: Instant,
@@ -224,7 +250,7 @@ async fn open_home(
         };
         let jail = Jail::open(&home, true).map_err(unavailable)?;
         let ttl = server.limits.partial_ttl;
-        let (account, swept) = if limits == quota::Limits::default() {
+        let (account, swept) = if limits == Quota::default() {
             (None, jail.sweep_partials(ttl))
         } else {
             let (account, swept) =

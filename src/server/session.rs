@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::login::{self, Refusal, UserSession};
 use super::{Server, cmd, quota};
-use crate::domain::Scope;
+use crate::domain::{Quota, Scope};
 use crate::jail::Jail;
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
@@ -104,7 +104,7 @@ pub(super) struct Session {
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
     /// The user's quota and size limits.
-    pub limits: quota::Limits,
+    pub limits: Quota,
     /// Usage of the home, when the user has limits (shared with the user's other sessions).
     pub account: Option<Arc<quota::Account>>,
     /// This session's place in the per-user session count.
@@ -308,22 +308,13 @@ pub(super) async fn run(
         Ok(UserSession {
             user,
             scope,
+            home,
             jail,
             limits,
             account,
             slot,
         }) => {
             reader.set_max_len(MAX_FRAME_LEN);
-            // The core's view of the home: the same jail, as the `Storage` seam.
-            let mut storage = crate::storage::local::LocalStorage::with_direct_limit(
-                Arc::clone(&jail),
-                Arc::clone(&server.memory.direct),
-            );
-            if let Some(a) = &account {
-                // The store measures and makes each change inside the account's change lock.
-                storage = storage.gated(Arc::clone(a) as Arc<dyn crate::storage::ChangeGate>);
-            }
-            let home = crate::service::Home::new(&user, Arc::new(storage), account.clone(), limits);
             let mut sess = Session {
                 server: Arc::clone(&server),
                 peer,

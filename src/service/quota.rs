@@ -25,18 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use crate::domain::Quota;
 use crate::domain::UsageReport as Usage;
 use crate::jail::{Footprint, Jail, Stop, StorageError};
 use crate::users::User;
 
-/// The limits of one user, copied from the users file at login (see [`limits_of`]).
-pub use crate::domain::Quota as Limits;
 /// Why a reservation was refused.
 pub use crate::domain::Refused;
 
 /// The limits of `user`.
-pub fn limits_of(user: &User) -> Limits {
-    Limits {
+pub fn limits_of(user: &User) -> Quota {
+    Quota {
         bytes: user.quota_bytes,
         files: user.quota_files,
         max_file_size: user.max_file_size,
@@ -96,7 +95,7 @@ impl Account {
     /// reserves only what it adds. The reservation is released when dropped.
     pub fn reserve(
         self: &Arc<Self>,
-        limits: &Limits,
+        limits: &Quota,
         file_size: u64,
         bytes: u64,
         new_file: bool,
@@ -150,7 +149,7 @@ impl Account {
     }
 
     /// The numbers for `usage`, with reservations counted as used.
-    pub fn usage(&self, limits: &Limits) -> Usage {
+    pub fn usage(&self, limits: &Quota) -> Usage {
         let c = self.lock();
         Usage {
             used_bytes: Some(c.used_bytes + c.reserved_bytes),
@@ -176,7 +175,7 @@ impl crate::storage::ChangeGate for Account {
 pub struct Reservation {
     account: Arc<Account>,
     /// The limits it was reserved under, for [`Reservation::cover`].
-    limits: Limits,
+    limits: Quota,
     bytes: u64,
     files: u64,
 }
@@ -396,7 +395,7 @@ mod tests {
         Footprint { bytes, files }
     }
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: Quota = Quota {
         bytes: Some(1000),
         files: Some(3),
         max_file_size: Some(600),
@@ -499,7 +498,7 @@ mod tests {
     #[test]
     fn unlimited_users_are_never_refused() {
         let a = account(u64::MAX - 1, u64::MAX - 1);
-        a.reserve(&Limits::default(), u64::MAX, u64::MAX, true)
+        a.reserve(&Quota::default(), u64::MAX, u64::MAX, true)
             .unwrap();
     }
 }
