@@ -8,9 +8,10 @@
 //! is made under the account's change lock, measuring what it replaces or removes on the
 //! store itself, so the counters always agree with a fresh count of the home.
 //!
-//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename and usage. Listing, the
+//! Moved onto the core so far: stat, list, mkdir, remove, rmdir, rename and usage. The
 //! transfers, copy and sha256 still run in their ferry/1 handlers on the jail (issue 13).
 
+mod list;
 pub mod quota;
 
 use std::fmt;
