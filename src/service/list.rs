@@ -32,3 +32,50 @@ impl Home {
         Ok(self.storage.list_page(path, after, limit).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::Quota;
+    use crate::storage::local::LocalStorage;
+
+    fn home(dir: &std::path::Path) -> Home {
+        let storage = LocalStorage::open(dir, false).unwrap();
+        Home::new("alice", Arc::new(storage), None, Quota::default())
+    }
+
+    #[tokio::test]
+    async fn pages_cover_the_directory_and_refuse_oversized_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..25 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(".ferry-partials")).unwrap();
+        let home = home(dir.path());
+        let root = RemotePath::root();
+        // A limit of nothing still makes progress: one entry a page.
+        let page = home.list(&root, None, ListLimit::entries(0)).await.unwrap();
+        assert_eq!(page.entries.len(), 1);
+        let mut names: Vec<String> = page.entries.into_iter().map(|e| e.name).collect();
+        let mut next = page.next;
+        while let Some(token) = next {
+            let page = home
+                .list(&root, Some(&token), ListLimit::entries(10))
+                .await
+                .unwrap();
+            names.extend(page.entries.into_iter().map(|e| e.name));
+            next = page.next;
+        }
+        names.sort();
+        let mut want: Vec<String> = (0..25).map(|i| format!("f{i}")).collect();
+        want.sort();
+        assert_eq!(names, want);
+        let huge = ListToken::from_string("0".repeat(MAX_LIST_TOKEN_LEN + 1));
+        assert!(matches!(
+            home.list(&root, Some(&huge), ListLimit::entries(10)).await,
+            Err(CoreError::Storage(StorageError::InvalidArgument))
+        ));
+    }
+}

@@ -4,8 +4,9 @@
 
 use super::super::session::{End, Session};
 use super::reply_core;
-use crate::jail::RemotePath;
+use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{LIST_PAGE_LEN, ServerMessage};
+use crate::service::CoreError;
 use crate::storage::ListLimit;
 
 /// A page is cut when its names add up to this many bytes, whatever the entry count, so a
@@ -55,8 +56,80 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result
         page = match read {
             None => break,
             Some(Ok(page)) => page,
+            // The token is the server's own, so a refusal means the directory it was taken
+            // in is gone (replaced under its name) since the listing began.
+            Some(Err(CoreError::Storage(StorageError::InvalidArgument))) => {
+                let gone = CoreError::Storage(StorageError::NotFound);
+                return reply_core(sess, id, "list", &gone).await;
+            }
             Some(Err(e)) => return reply_core(sess, id, "list", &e).await,
         };
     }
     sess.send(&ServerMessage::ok_count(id, count)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jail::{Jail, Listing};
+
+    /// Page sizes by the rule ferry/1 had before listing moved onto the core: a page ends at
+    /// `LIST_PAGE_LEN` entries or after the entry that brings `6 × name + 96` to 64 KiB.
+    fn wire_rule(lens: &[usize]) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        let (mut n, mut bytes) = (0, 0);
+        for len in lens {
+            n += 1;
+            bytes += len * 6 + 96;
+            if n >= LIST_PAGE_LEN || bytes >= LIST_PAGE_BYTES {
+                sizes.push(n);
+                (n, bytes) = (0, 0);
+            }
+        }
+        if n > 0 {
+            sizes.push(n);
+        }
+        sizes
+    }
+
+    #[test]
+    fn pages_end_where_they_ended_before_the_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly long names, so the byte budget cuts most pages; some short ones.
+            let len = if i % 4 == 0 {
+                5 + (x % 20)
+            } else {
+                150 + (x % 106)
+            } as usize;
+            let name = format!("{i:04}{}", "x".repeat(len - 4));
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let jail = Jail::open(dir.path(), false).unwrap();
+        let (mut sizes, mut lens, mut at) = (Vec::new(), Vec::new(), None);
+        loop {
+            let Listing::Dir(mut reader) = jail.open_listing(&RemotePath::root()).unwrap() else {
+                panic!("the root is a directory");
+            };
+            if let Some(at) = at {
+                reader.seek(at).unwrap();
+            }
+            let (page, next) = reader
+                .page(PAGE.entries, PAGE.bytes, PAGE.per_entry)
+                .unwrap();
+            sizes.push(page.len());
+            lens.extend(page.iter().map(|e| e.name.len()));
+            match next {
+                Some(n) => at = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(lens.len(), 3000);
+        assert!(sizes.len() > 20, "{sizes:?}");
+        assert_eq!(sizes, wire_rule(&lens));
+    }
 }
