@@ -1274,6 +1274,8 @@ fn entry(name: String, meta: &Metadata) -> Entry {
     }
 }
 
+// The fields' types vary by platform (`st_mode` is 16 bits on some, `st_mtime` 32 on others).
+#[allow(clippy::unnecessary_cast)]
 fn entry_of_stat(name: String, st: &rustix::fs::Stat) -> Entry {
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => EntryKind::Dir,
