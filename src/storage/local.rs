@@ -349,6 +349,14 @@ impl Storage for LocalStorage {
                 reader.seek(at.position)?;
             }
             let (entries, next) = reader.page(max, limit.bytes, limit.per_entry)?;
+            // A position that does not move (more names under one readdir position than a
+            // page holds, which no file system ferry knows gives) would have a caller that
+            // follows tokens ask for the same page forever: an error ends it instead.
+            if next.is_some() && next == after.map(|at| at.position) {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "the directory's read position does not advance",
+                )));
+            }
             Ok(ListPage {
                 entries,
                 next: next.map(|position| ListAt { tag, position }.encode()),
