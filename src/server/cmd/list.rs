@@ -4,10 +4,9 @@
 
 use super::super::session::{End, Session};
 use super::reply_core;
-use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{LIST_PAGE_LEN, ServerMessage};
 use crate::service::CoreError;
-use crate::storage::ListLimit;
+use crate::storage::{ListLimit, RemotePath, StorageError};
 
 /// A page is cut when its names add up to this many bytes, whatever the entry count, so a
 /// page of long, escape-heavy names stays far below the message cap.
@@ -71,7 +70,8 @@ pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jail::{Jail, Listing};
+    use crate::storage::Storage;
+    use crate::storage::local::LocalStorage;
 
     /// Page sizes by the rule ferry/1 had before listing moved onto the core: a page ends at
     /// `LIST_PAGE_LEN` entries or after the entry that brings `6 × name + 96` to 64 KiB.
@@ -92,8 +92,8 @@ mod tests {
         sizes
     }
 
-    #[test]
-    fn pages_end_where_they_ended_before_the_core() {
+    #[tokio::test]
+    async fn pages_end_where_they_ended_before_the_core() {
         let dir = tempfile::tempdir().unwrap();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for i in 0..3000 {
@@ -109,21 +109,14 @@ mod tests {
             let name = format!("{i:04}{}", "x".repeat(len - 4));
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        let jail = Jail::open(dir.path(), false).unwrap();
+        let store = LocalStorage::open(dir.path(), false).unwrap();
+        let root = RemotePath::root();
         let (mut sizes, mut lens, mut at) = (Vec::new(), Vec::new(), None);
         loop {
-            let Listing::Dir(mut reader) = jail.open_listing(&RemotePath::root()).unwrap() else {
-                panic!("the root is a directory");
-            };
-            if let Some(at) = at {
-                reader.seek(at).unwrap();
-            }
-            let (page, next) = reader
-                .page(PAGE.entries, PAGE.bytes, PAGE.per_entry)
-                .unwrap();
-            sizes.push(page.len());
-            lens.extend(page.iter().map(|e| e.name.len()));
-            match next {
+            let page = store.list_page(&root, at.as_ref(), PAGE).await.unwrap();
+            sizes.push(page.entries.len());
+            lens.extend(page.entries.iter().map(|e| e.name.len()));
+            match page.next {
                 Some(n) => at = Some(n),
                 None => break,
             }
