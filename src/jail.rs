@@ -409,11 +409,13 @@ pub struct DirId {
 
 /// A directory read in readdir order from a position the file system gave
 /// (`getdents64`'s `d_off`, as `telldir`/`seekdir` use it): a page costs what it reads, and
-/// a position stays valid across opens (file systems keep these cookies stable for NFS:
-/// ext4 and XFS hash or block offsets, btrfs and tmpfs index numbers), so a listing in pages
-/// reads each entry once. Skips `.`, `..` and `.ferry-*`; entries describe symlinks
-/// themselves; names that are not UTF-8 are converted lossily; entries that vanish while
-/// listing are skipped.
+/// a position stays valid across opens, so a listing in pages reads each entry once. File
+/// systems an NFS server can export keep a position meaning the same place while other names
+/// come and go (ext4 and XFS: hash or block offsets; btrfs, and tmpfs since Linux 6.6: index
+/// numbers). Where a position is an ordinal (an overlayfs directory merged from layers), a
+/// change between pages can skip or repeat a name; an unchanged directory still lists each
+/// name once. Skips `.`, `..` and `.ferry-*`; entries describe symlinks themselves; names
+/// that are not UTF-8 are converted lossily; entries that vanish while listing are skipped.
 pub struct DirReader {
     id: DirId,
     dir: rustix::fs::Dir,

@@ -11,6 +11,10 @@
 //! [`GROUP_COMMIT_SMALL`]) is fsynced and renamed at its commit; only its directory fsync
 //! joins the batch.
 //!
+//! A listing page starts where the last ended, at the file system's readdir position (see
+//! [`crate::jail::DirReader`]), so listing a directory of n names costs O(n) in all and a
+//! page O(page); the order is readdir's, not byte order.
+//!
 //! A rename here is atomic (`renameat2`); no-replace holds even under a race, by the kernel.
 //! The stored digest ([`Stat::sha256`]) is not recorded yet: always `None`.
 
