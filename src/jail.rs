@@ -391,6 +391,114 @@ impl std::ops::Deref for DirRef<'_> {
     }
 }
 
+/// What [`Jail::open_listing`] found.
+#[derive(Debug)]
+pub enum Listing {
+    Dir(DirReader),
+    /// Not a directory: its own entry is the whole listing.
+    Other(Entry),
+}
+
+/// Which directory a listing reads: its device and inode, so a position taken in one is
+/// never used in another that later took its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A directory read in readdir order from a position the file system gave
+/// (`getdents64`'s `d_off`, as `telldir`/`seekdir` use it): a page costs what it reads, and
+/// a position stays valid across opens, so a listing in pages reads each entry once. File
+/// systems an NFS server can export keep a position meaning the same place while other names
+/// come and go (ext4 and XFS: hash or block offsets; btrfs, and tmpfs since Linux 6.6: index
+/// numbers). Where a position is an ordinal (an overlayfs directory merged from layers), a
+/// change between pages can skip or repeat a name; an unchanged directory still lists each
+/// name once. Skips `.`, `..` and `.ferry-*`; entries describe symlinks themselves; names
+/// that are not UTF-8 are converted lossily; entries that vanish while listing are skipped.
+pub struct DirReader {
+    id: DirId,
+    dir: rustix::fs::Dir,
+    /// The position after the last entry consumed: where the next page starts.
+    at: u64,
+}
+
+impl fmt::Debug for DirReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirReader")
+            .field("id", &self.id)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+impl DirReader {
+    /// The directory being read.
+    pub fn id(&self) -> DirId {
+        self.id
+    }
+
+    /// Moves to a position an earlier page returned. Any value is safe: the kernel either
+    /// refuses it (`InvalidArgument`) or reads on from wherever it points in this directory.
+    pub fn seek(&mut self, at: u64) -> Result<(), StorageError> {
+        let Ok(offset) = i64::try_from(at) else {
+            return Err(StorageError::InvalidArgument);
+        };
+        self.dir.seek(offset).map_err(|e| match e {
+            Errno::INVAL => StorageError::InvalidArgument,
+            e => e.into(),
+        })?;
+        self.at = at;
+        Ok(())
+    }
+
+    /// Up to `max` entries (at least one if any remain) from the current position; the page
+    /// also ends after the entry that brings the sum of `name length + per_entry` to
+    /// `bytes`. Returns the position to continue from, or `None` if nothing follows.
+    pub fn page(
+        &mut self,
+        max: usize,
+        bytes: usize,
+        per_entry: usize,
+    ) -> Result<(Vec<Entry>, Option<u64>), StorageError> {
+        let mut page = Vec::new();
+        let mut cost = 0usize;
+        loop {
+            let dirent = match self.dir.read() {
+                None => return Ok((page, None)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(d)) => d,
+            };
+            let name = dirent.file_name().to_bytes();
+            if name == b"." || name == b".." || is_reserved(name) {
+                self.at = dirent.offset() as u64;
+                continue;
+            }
+            if !page.is_empty() && (page.len() >= max || cost >= bytes) {
+                // Another entry follows a full page: the next page starts at it.
+                return Ok((page, Some(self.at)));
+            }
+            // One name from the kernel (no `/`, not `.` or `..`), relative to a directory
+            // beneath the home, not followed: it cannot lead anywhere else.
+            match rustix::fs::statat(
+                self.dir.fd()?,
+                dirent.file_name(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => {
+                    let shown = String::from_utf8_lossy(name).into_owned();
+                    cost = cost.saturating_add(shown.len().saturating_add(per_entry));
+                    page.push(entry_of_stat(shown, &st));
+                }
+                // Gone since the name was read.
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.at = dirent.offset() as u64;
+        }
+    }
+}
+
 impl Jail {
     /// Opens the home; with `create`, first creates it (and only it: the parent must exist)
     /// with mode 0700. The home path comes from the admin and is trusted as given.
@@ -480,67 +588,39 @@ impl Jail {
         })))
     }
 
-    /// One page of a directory in byte order of the names: up to `max` entries (like
-    /// [`Jail::list`]'s) whose names come after `after`, and the name to continue after if
-    /// more follow. Needs no state between pages: each page reads the directory's names once
-    /// and keeps only the `max` smallest beyond `after`, so memory stays O(`max`) (time is
-    /// O(entries) per page). Listing a non-directory gives its own entry on the first page.
-    pub fn list_page(
-        &self,
-        p: &RemotePath,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<(Vec<Entry>, Option<String>), StorageError> {
+    /// Opens `p` for a listing in pages: a directory comes back as a [`DirReader`] positioned
+    /// at its start, anything else as its own entry (like [`Jail::list`]).
+    pub fn open_listing(&self, p: &RemotePath) -> Result<Listing, StorageError> {
         let dir = if p.is_root() {
             DirRef::Home(&self.home)
         } else {
             match self.home.open_dir(p.as_relative()) {
                 Ok(dir) => DirRef::Sub(dir),
                 Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
-                    let entry = self.stat(p)?;
-                    let page = if after.is_none() { vec![entry] } else { vec![] };
-                    return Ok((page, None));
+                    // Either `p` is not a directory (list it alone) or a parent is not one
+                    // (stat reports that).
+                    return Ok(Listing::Other(self.stat(p)?));
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        // A max-heap of the smallest names seen beyond `after`, at most `max` of them.
-        let mut heap = std::collections::BinaryHeap::<(String, std::ffi::OsString)>::new();
-        let mut more = false;
-        for dirent in dir.entries()? {
-            let name = dirent?.file_name();
-            if is_reserved(name.as_bytes()) {
-                continue;
-            }
-            let shown = name.to_string_lossy().into_owned();
-            if after.is_some_and(|a| shown.as_str() <= a) {
-                continue;
-            }
-            if heap.len() < max {
-                heap.push((shown, name));
-            } else if heap.peek().is_some_and(|(top, _)| shown < *top) {
-                heap.pop();
-                heap.push((shown, name));
-                more = true;
-            } else {
-                more = true;
-            }
-        }
-        let names = heap.into_sorted_vec();
-        let next = match names.last() {
-            Some((last, _)) if more => Some(last.clone()),
-            _ => None,
-        };
-        let mut page = Vec::with_capacity(names.len());
-        for (shown, name) in names {
-            match dir.symlink_metadata(&name) {
-                Ok(meta) => page.push(entry(shown, &meta)),
-                // Gone since the names were read.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok((page, next))
+        // A descriptor of its own, opened by "." from one already beneath the home (no name
+        // is resolved), so its position is this listing's alone.
+        let fd = rustix::fs::openat(
+            &*dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(Listing::Dir(DirReader {
+            id: DirId {
+                dev: st.st_dev as u64,
+                ino: st.st_ino as u64,
+            },
+            dir: rustix::fs::Dir::new(fd)?,
+            at: 0,
+        }))
     }
 
     /// Opens a regular file for reading. A final symlink is followed but must stay beneath the
@@ -1193,6 +1273,24 @@ fn entry(name: String, meta: &Metadata) -> Entry {
         size: meta.len(),
         mtime: meta.mtime(),
         mode: meta.mode() & 0o7777,
+    }
+}
+
+// The fields' types vary by platform (`st_mode` is 16 bits on some, `st_mtime` 32 on others).
+#[allow(clippy::unnecessary_cast)]
+fn entry_of_stat(name: String, st: &rustix::fs::Stat) -> Entry {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    };
+    Entry {
+        name,
+        kind,
+        size: st.st_size as u64,
+        mtime: st.st_mtime as i64,
+        mode: st.st_mode as u32 & 0o7777,
     }
 }
 

@@ -13,8 +13,9 @@
 //!    atomically), [`stored_digest`] (a committed file's SHA-256 kept in its extended
 //!    attribute with the size, mtime and inode it belongs to; a download of the unchanged
 //!    file sends it unhashed), [`storage`] (the `Storage` trait: one home's files as an object store
-//!    could keep them too, with paged listing, uploads committed after their digest is
-//!    checked, batched durability and whole small files in one call; `storage::local`
+//!    could keep them too, with paged listing that resumes at a token (the local store: a
+//!    readdir position), uploads committed after their digest is checked, batched
+//!    durability and whole small files in one call; `storage::local`
 //!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
 //!    trait), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`] (large
 //!    received files written around the page cache, in page-aligned buffers from

@@ -12,6 +12,7 @@ mod client_edges;
 mod haproxy;
 mod hostile_server;
 mod interrupt;
+mod list_bench;
 mod login;
 mod memory;
 mod oneshot;

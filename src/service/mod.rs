@@ -10,10 +10,11 @@
 //! home. Counters grow before a change and shrink after it: a late count can only refuse
 //! early, never admit on room that is gone.
 //!
-//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename, usage and uploads
-//! ([`Home::begin_upload`], [`Home::put_small`], [`Home::flush`]). Listing, downloads, copy
-//! and sha256 still run in their ferry/1 handlers on the jail (issue 13).
+//! Moved onto the core so far: stat, list, mkdir, remove, rmdir, rename, usage and uploads
+//! ([`Home::begin_upload`], [`Home::put_small`], [`Home::flush`]). Downloads, copy and
+//! sha256 still run in their ferry/1 handlers on the jail (issue 13).
 
+mod list;
 pub mod quota;
 mod upload;
 

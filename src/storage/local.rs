@@ -11,6 +11,10 @@
 //! [`GROUP_COMMIT_SMALL`]) is fsynced and renamed at its commit; only its directory fsync
 //! joins the batch.
 //!
+//! A listing page starts where the last ended, at the file system's readdir position (see
+//! [`crate::jail::DirReader`]), so listing a directory of n names costs O(n) in all and a
+//! page O(page); the order is readdir's, not byte order.
+//!
 //! A rename here is atomic (`renameat2`); no-replace holds even under a race, by the kernel.
 //! The stored digest ([`Stat::sha256`]) is not recorded yet: always `None`.
 
@@ -24,13 +28,13 @@ use tokio::sync::mpsc;
 
 use super::{
     Admit, BoxFuture, ChangeGate, Commit, Committed, Copied, CopyOptions, Download, Durability,
-    Fetched, LIST_PAGE_MAX, Landed, ListPage, ListToken, PartialKey, ReadEvent, ReadOptions,
-    Resume, SMALL_MAX, Sha256Digest, SmallOptions, SmallPut, Space, Staged, Stat, Storage, Upload,
-    UploadOptions,
+    Fetched, LIST_PAGE_MAX, Landed, ListLimit, ListPage, ListToken, PartialKey, ReadEvent,
+    ReadOptions, Resume, SMALL_MAX, Sha256Digest, SmallOptions, SmallPut, Space, Staged, Stat,
+    Storage, Upload, UploadOptions,
 };
 use crate::direct::DirectLimit;
 use crate::domain::{Entry, EntryKind, Footprint};
-use crate::jail::{Jail, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
+use crate::jail::{DirId, Jail, Listing, RemotePath, Stop, StorageError, TempFile, UnsyncedDir};
 use crate::transfer::{CHANNEL_DEPTH, PROGRESS_INTERVAL, Receiving, hash_prefix};
 
 pub use super::GROUP_COMMIT_SMALL;
@@ -126,6 +130,57 @@ impl LocalStorage {
         self.run(move |jail| {
             let _entered = gate.enter();
             f(jail)
+        })
+    }
+}
+
+/// A local listing token: where a page ended in a directory (the file system's readdir
+/// position), and a tag naming that directory (its path, device and inode, hashed), so a token
+/// is refused anywhere else. Written as 32 lowercase hex digits: tag, then position. Not
+/// secret and not signed: a client can forge a position, and a forged one reads its own
+/// directory from a point the kernel accepts, which is no more than it may list anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListAt {
+    tag: [u8; 8],
+    position: u64,
+}
+
+impl ListAt {
+    fn tag(path: &RemotePath, dir: DirId) -> [u8; 8] {
+        let mut h = Sha256::new();
+        h.update(b"ferry list token v1\0");
+        h.update(path.to_string().as_bytes());
+        h.update([0]);
+        h.update(dir.dev.to_be_bytes());
+        h.update(dir.ino.to_be_bytes());
+        let digest = h.finalize();
+        let mut tag = [0; 8];
+        tag.copy_from_slice(&digest[..8]);
+        tag
+    }
+
+    fn encode(self) -> ListToken {
+        let mut raw = [0; 16];
+        raw[..8].copy_from_slice(&self.tag);
+        raw[8..].copy_from_slice(&self.position.to_be_bytes());
+        ListToken::from_string(hex::encode(raw))
+    }
+
+    /// `None` for anything but a token [`ListAt::encode`] could have written.
+    fn decode(token: &ListToken) -> Option<ListAt> {
+        let s = token.as_str();
+        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut raw = [0u8; 16];
+        hex::decode_to_slice(s, &mut raw).ok()?;
+        let mut tag = [0; 8];
+        tag.copy_from_slice(&raw[..8]);
+        let mut position = [0; 8];
+        position.copy_from_slice(&raw[8..]);
+        Some(ListAt {
+            tag,
+            position: u64::from_be_bytes(position),
         })
     }
 }
@@ -350,25 +405,50 @@ impl Storage for LocalStorage {
         self.run(move |jail| jail.stat(&path).map(stat_of))
     }
 
-    fn list<'a>(
+    fn list_page<'a>(
         &'a self,
         path: &'a RemotePath,
         after: Option<&'a ListToken>,
-        max: usize,
+        limit: ListLimit,
     ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
         let path = path.clone();
-        // The token is the hex of the last name given: opaque, and harmless whatever comes back.
-        let after = match after.map(|t| hex::decode(t.as_str()).map(String::from_utf8)) {
+        let after = match after.map(ListAt::decode) {
             None => None,
-            Some(Ok(Ok(name))) => Some(name),
-            Some(_) => return Box::pin(async { Err(StorageError::InvalidArgument) }),
+            Some(Some(at)) => Some(at),
+            Some(None) => return Box::pin(async { Err(StorageError::InvalidArgument) }),
         };
-        let max = max.clamp(1, LIST_PAGE_MAX);
+        let max = limit.entries.clamp(1, LIST_PAGE_MAX);
         self.run(move |jail| {
-            let (entries, next) = jail.list_page(&path, after.as_deref(), max)?;
+            let mut reader = match jail.open_listing(&path)? {
+                Listing::Dir(reader) => reader,
+                // No page of a file gives a token.
+                Listing::Other(_) if after.is_some() => return Err(StorageError::InvalidArgument),
+                Listing::Other(entry) => {
+                    return Ok(ListPage {
+                        entries: vec![entry],
+                        next: None,
+                    });
+                }
+            };
+            let tag = ListAt::tag(&path, reader.id());
+            if let Some(at) = after {
+                if at.tag != tag {
+                    return Err(StorageError::InvalidArgument);
+                }
+                reader.seek(at.position)?;
+            }
+            let (entries, next) = reader.page(max, limit.bytes, limit.per_entry)?;
+            // A position that does not move (more names under one readdir position than a
+            // page holds, which no file system ferry knows gives) would have a caller that
+            // follows tokens ask for the same page forever: an error ends it instead.
+            if next.is_some() && next == after.map(|at| at.position) {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "the directory's read position does not advance",
+                )));
+            }
             Ok(ListPage {
                 entries,
-                next: next.map(|n| ListToken::from_string(hex::encode(n))),
+                next: next.map(|position| ListAt { tag, position }.encode()),
             })
         })
     }

@@ -9,7 +9,7 @@
 //! | call                      | local file system                      | object store (S3)        |
 //! |---------------------------|----------------------------------------|--------------------------|
 //! | [`Storage::stat`]         | `fstatat` beneath the home             | `HeadObject`             |
-//! | [`Storage::list`]         | readdir, the next page after a name    | `ListObjectsV2` + token  |
+//! | [`Storage::list_page`]    | readdir from a `seekdir` position      | `ListObjectsV2` + token  |
 //! | [`Storage::mkdir`]        | `mkdirat`                              | marker object            |
 //! | [`Storage::remove_file`]  | `unlinkat`                             | `DeleteObject`           |
 //! | [`Storage::remove_dir`]   | `unlinkat(AT_REMOVEDIR)`               | delete the marker        |
@@ -27,8 +27,10 @@
 //! What the contract (tests/storage/contract.rs) promises and every backend keeps: nothing is
 //! visible under a final name before its commit returns (or, for a staged commit, before the
 //! flush that covers it), an aborted or dropped upload leaves nothing visible, a kept partial
-//! resumes at its kept length, listings page through every name once in byte order, and
-//! no-replace holds when nothing else races for the name. Not in the contract: atomicity of a
+//! resumes at its kept length, listings page through every name once (in an order of the
+//! store's, stable while the directory is unchanged; a name present for the whole listing
+//! appears exactly once even while others come and go), and no-replace holds when nothing
+//! else races for the name. Not in the contract: atomicity of a
 //! rename (copy + delete on an object store) and no-replace under a race (a name reservation
 //! in shared state provides that above the store).
 
@@ -68,7 +70,10 @@ pub struct Stat {
 }
 
 /// Where a listing continues: opaque to callers, who hand it back as they got it (it may
-/// travel through a client and come back; a store validates it like any input).
+/// travel through a client and come back; a store validates it like any input). A store
+/// binds it to the directory it came from: a token of another directory, or one no store
+/// made, is `InvalidArgument`; a forged one that passes for this directory's gives at worst
+/// another page of this directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListToken(String);
 
@@ -84,7 +89,32 @@ impl ListToken {
     }
 }
 
-/// One page of a listing, in byte order of the names.
+/// How much one page of a listing may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimit {
+    /// Most entries (a store gives at most [`LIST_PAGE_MAX`], and at least one while any
+    /// remain).
+    pub entries: usize,
+    /// The page ends after the entry that brings the sum of each entry's cost to this many
+    /// bytes, where an entry costs its name's length (in UTF-8 bytes) plus `per_entry`: a
+    /// front-end bounds its encoded page (names escaped up to k times, and the other fields)
+    /// by dividing its budget by k.
+    pub bytes: usize,
+    pub per_entry: usize,
+}
+
+impl ListLimit {
+    /// A page of at most `entries` entries, whatever their names.
+    pub const fn entries(entries: usize) -> ListLimit {
+        ListLimit {
+            entries,
+            bytes: usize::MAX,
+            per_entry: 0,
+        }
+    }
+}
+
+/// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
     pub entries: Vec<Entry>,
@@ -468,15 +498,30 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// has none). The root is a directory named `/`.
     fn stat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>>;
 
-    /// Up to `max` (at most [`LIST_PAGE_MAX`]) entries of the directory `path` whose names
-    /// come after the token's, in byte order of the names. Listing a file gives a page with
-    /// only its entry. Names reserved by the server never appear.
+    /// The next page of the directory `path`, from the start or where `after` (a token a
+    /// page of the same directory gave) left off, within `limit`. Across the pages of one
+    /// listing every name appears once, in an order the store keeps while the directory is
+    /// unchanged (an object store's is byte order; the local store's is readdir order); a
+    /// name present for the whole listing appears exactly once even if others are added or
+    /// removed meanwhile. A page costs the store about what it holds, not the directory's
+    /// size. Listing a file gives a page with only its entry (and a token for it is
+    /// `InvalidArgument`). Names reserved by the server never appear.
+    fn list_page<'a>(
+        &'a self,
+        path: &'a RemotePath,
+        after: Option<&'a ListToken>,
+        limit: ListLimit,
+    ) -> BoxFuture<'a, Result<ListPage, StorageError>>;
+
+    /// [`Storage::list_page`] of up to `max` entries.
     fn list<'a>(
         &'a self,
         path: &'a RemotePath,
         after: Option<&'a ListToken>,
         max: usize,
-    ) -> BoxFuture<'a, Result<ListPage, StorageError>>;
+    ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
+        self.list_page(path, after, ListLimit::entries(max))
+    }
 
     /// Creates one directory; the parent must exist (`NotFound`), the name must not
     /// (`AlreadyExists`).

@@ -8,7 +8,8 @@
 //!
 //! which expands to one named `#[tokio::test]` per test below. Only what an object store can
 //! keep too is asserted: visibility only after a commit (or its flush), nothing left by an
-//! abort or a dropped upload, listing order and paging, single-threaded no-replace. Rename
+//! abort or a dropped upload, listing pages (each name once, tokens bound to their directory,
+//! names that stay put listed once while others change), single-threaded no-replace. Rename
 //! atomicity and no-replace under a race are not part of it.
 
 use std::any::Any;
@@ -19,9 +20,9 @@ use bytes::Bytes;
 use ferry::domain::EntryKind;
 use ferry::jail::PathError;
 use ferry::storage::{
-    Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, ListToken, PartialKey,
-    ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, SmallOptions, Staged,
-    Storage, StorageError, Upload, UploadOptions,
+    Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, ListLimit, ListToken,
+    PartialKey, ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, SmallOptions,
+    Staged, Storage, StorageError, Upload, UploadOptions,
 };
 use sha2::Digest;
 
@@ -77,8 +78,11 @@ macro_rules! storage_contract {
             resume_at_an_earlier_offset_cuts_the_rest,
             resume_refusals_keep_the_partial,
             fresh_upload_supersedes_a_partial,
-            listing_pages_give_every_name_once_in_order,
+            listing_pages_give_every_name_once,
             listing_limits_and_tokens,
+            listing_tokens_are_bound_to_their_directory,
+            listing_while_the_directory_changes,
+            listing_within_a_byte_budget,
             listing_a_file_or_nothing,
             hostile_names_are_refused_or_kept_as_data,
             deep_and_long_paths_stay_data,
@@ -206,8 +210,15 @@ async fn drain(d: &mut dyn ferry::storage::Download) -> (Vec<u8>, Option<Sha256D
     }
 }
 
-/// Every name of a directory, through all pages of `page` entries.
+/// Every name of a directory, through all pages, in byte order (a store lists in its own).
 async fn names(s: &dyn Storage, path: &str) -> Vec<String> {
+    let mut all = listed(s, path).await;
+    all.sort();
+    all
+}
+
+/// Every name of a directory, through all pages, in the store's order.
+async fn listed(s: &dyn Storage, path: &str) -> Vec<String> {
     let mut all = Vec::new();
     let mut token: Option<ListToken> = None;
     loop {
@@ -233,6 +244,10 @@ fn is<T>(r: Result<T, StorageError>, want: fn(&StorageError) -> bool, what: &str
         Ok(_) => panic!("{what}: succeeded"),
         Err(e) => assert!(want(&e), "{what}: {e:?}"),
     }
+}
+
+fn invalid_argument(e: &StorageError) -> bool {
+    matches!(e, StorageError::InvalidArgument)
 }
 
 fn not_found(e: &StorageError) -> bool {
@@ -1047,7 +1062,7 @@ pub async fn fresh_upload_supersedes_a_partial(h: Home) {
     assert_eq!(read(s, "g").await, b"g");
 }
 
-pub async fn listing_pages_give_every_name_once_in_order(h: Home) {
+pub async fn listing_pages_give_every_name_once(h: Home) {
     let s = &*h.store;
     s.mkdir(&p("big")).await.unwrap();
     let mut want: Vec<String> = (0..2500)
@@ -1095,7 +1110,14 @@ pub async fn listing_pages_give_every_name_once_in_order(h: Home) {
         }
     }
     assert_eq!(sizes, [1000, 1000, 500]);
-    assert_eq!(got, want, "every name once, in byte order");
+    // The store's order, whatever it is, stays the same while nothing changes.
+    let again = listed(s, "big").await;
+    assert_eq!(
+        again, got,
+        "the order is stable while the directory is unchanged"
+    );
+    got.sort();
+    assert_eq!(got, want, "every name once");
     // Kinds come through.
     let page = s.list(&p("big"), None, 10).await.unwrap();
     assert_eq!(page.entries.len(), 10);
@@ -1116,8 +1138,8 @@ pub async fn listing_limits_and_tokens(h: Home) {
     assert!(page.next.is_some());
     // Exactly a page's worth: the last page has no token.
     let page = s.list(&RemotePath::root(), None, 3).await.unwrap();
-    let names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["d00000", "d00001", "d00002"]);
+    let mut seen: Vec<String> = page.entries.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(seen.len(), 3);
     let last = s
         .list(&RemotePath::root(), page.next.as_ref(), LIST_PAGE_MAX)
         .await
@@ -1129,18 +1151,181 @@ pub async fn listing_limits_and_tokens(h: Home) {
         .unwrap();
     assert_eq!(tail.entries.len(), 2);
     assert_eq!(tail.next, None);
+    seen.extend(
+        last.entries
+            .iter()
+            .chain(&tail.entries)
+            .map(|e| e.name.clone()),
+    );
+    seen.sort();
+    let want: Vec<String> = (0..(LIST_PAGE_MAX + 5))
+        .map(|i| format!("d{i:05}"))
+        .collect();
+    assert_eq!(seen, want, "each name once across the pages");
     // A token that no listing gave is refused, not followed.
     let forged = ListToken::from_string("../../etc\0".into());
-    assert!(
-        s.list(&RemotePath::root(), Some(&forged), 10)
-            .await
-            .is_err()
+    is(
+        s.list(&RemotePath::root(), Some(&forged), 10).await,
+        invalid_argument,
+        "a forged token",
     );
     // An empty directory is one empty page.
     s.mkdir(&p("empty")).await.unwrap();
     let page = s.list(&p("empty"), None, 10).await.unwrap();
     assert!(page.entries.is_empty());
     assert_eq!(page.next, None);
+}
+
+pub async fn listing_tokens_are_bound_to_their_directory(h: Home) {
+    let s = &*h.store;
+    for dir in ["a", "b", "a/sub"] {
+        s.mkdir(&p(dir)).await.unwrap();
+        for i in 0..5 {
+            s.mkdir(&p(&format!("{dir}/n{i}"))).await.unwrap();
+        }
+    }
+    let page = s.list(&p("a"), None, 2).await.unwrap();
+    let token = page.next.expect("more than one page");
+    // It continues its own directory...
+    let rest = s.list(&p("a"), Some(&token), 100).await.unwrap();
+    assert_eq!(page.entries.len() + rest.entries.len(), 6);
+    // ...and no other: not a sibling, a child, the root, or a file.
+    put(s, "f", b"x").await;
+    for other in ["b", "a/sub", "/", "f"] {
+        is(
+            s.list(&p(other), Some(&token), 100).await,
+            invalid_argument,
+            &format!("a token of a/ used for {other}"),
+        );
+    }
+    // Tokens no store made, or a store's bent out of shape, are refused whole.
+    let t = token.as_str();
+    let mut bent = vec![
+        String::new(),
+        "0".into(),
+        "not a token".into(),
+        "\0\u{202E}".into(),
+        "x".repeat(100_000),
+        format!("{t}0"),
+        t[..t.len() - 1].to_string(),
+        format!(" {t}"),
+    ];
+    if t.to_uppercase() != t {
+        bent.push(t.to_uppercase());
+    }
+    for b in bent {
+        let forged = ListToken::from_string(b.clone());
+        let r = s.list(&p("a"), Some(&forged), 100).await;
+        assert!(
+            r.as_ref().is_err_and(invalid_argument),
+            "garbage token {:?}: {r:?}",
+            b.get(..40)
+        );
+    }
+    // A token of a directory that was removed and made again under its name: refused, or
+    // at worst a page of the new directory's own names.
+    let page = s.list(&p("b"), None, 2).await.unwrap();
+    let token = page.next.expect("more than one page");
+    for i in 0..5 {
+        s.remove_dir(&p(&format!("b/n{i}"))).await.unwrap();
+    }
+    s.remove_dir(&p("b")).await.unwrap();
+    s.mkdir(&p("b")).await.unwrap();
+    s.mkdir(&p("b/new")).await.unwrap();
+    match s.list(&p("b"), Some(&token), 100).await {
+        Err(e) => assert!(invalid_argument(&e), "{e:?}"),
+        Ok(page) => {
+            for e in &page.entries {
+                assert_eq!(e.name, "new");
+            }
+        }
+    }
+}
+
+pub async fn listing_while_the_directory_changes(h: Home) {
+    let s = &*h.store;
+    s.mkdir(&p("d")).await.unwrap();
+    // Names that stay for the whole listing, and names that come and go between its pages.
+    let stay: Vec<String> = (0..300).map(|i| format!("stay{i:03}")).collect();
+    for name in &stay {
+        s.mkdir(&p(&format!("d/{name}"))).await.unwrap();
+    }
+    let mut going: Vec<String> = (0..300).map(|i| format!("go{i:03}")).collect();
+    for name in &going {
+        put(s, &format!("d/{name}"), name.as_bytes()).await;
+    }
+    let mut got: Vec<String> = Vec::new();
+    let mut token: Option<ListToken> = None;
+    let mut round = 0;
+    loop {
+        let page = s.list(&p("d"), token.as_ref(), 37).await.unwrap();
+        got.extend(page.entries.into_iter().map(|e| e.name));
+        let Some(t) = page.next else { break };
+        token = Some(t);
+        round += 1;
+        assert!(round < 1000, "listing runs away");
+        // Between pages: remove some of the others, add new ones.
+        for _ in 0..7 {
+            if let Some(name) = going.pop() {
+                s.remove_file(&p(&format!("d/{name}"))).await.unwrap();
+            }
+        }
+        for i in 0..11 {
+            s.mkdir(&p(&format!("d/new{round:03}-{i}"))).await.unwrap();
+        }
+    }
+    assert!(round > 5, "the listing took {round} pages");
+    let mut counts = std::collections::HashMap::new();
+    for name in &got {
+        *counts.entry(name.as_str()).or_insert(0) += 1;
+    }
+    for name in &stay {
+        assert_eq!(counts.get(name.as_str()), Some(&1), "{name}");
+    }
+    for (name, n) in counts {
+        assert_eq!(n, 1, "{name} listed {n} times");
+    }
+}
+
+pub async fn listing_within_a_byte_budget(h: Home) {
+    let s = &*h.store;
+    s.mkdir(&p("d")).await.unwrap();
+    for i in 0..40 {
+        let name = format!("{i:02}{}", "x".repeat(98));
+        s.mkdir(&p(&format!("d/{name}"))).await.unwrap();
+    }
+    // Names of 100 bytes plus 10 each: a budget of 500 ends a page after its fifth entry.
+    let limit = ListLimit {
+        entries: 1000,
+        bytes: 500,
+        per_entry: 10,
+    };
+    let mut all = Vec::new();
+    let mut token: Option<ListToken> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let page = s.list_page(&p("d"), token.as_ref(), limit).await.unwrap();
+        sizes.push(page.entries.len());
+        all.extend(page.entries.into_iter().map(|e| e.name));
+        match page.next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+        assert!(sizes.len() <= 40, "{sizes:?}");
+    }
+    assert_eq!(sizes, [5; 8]);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40);
+    // A name longer than the whole budget still makes a page of its own.
+    let tiny = ListLimit {
+        entries: 1000,
+        bytes: 1,
+        per_entry: 0,
+    };
+    let page = s.list_page(&p("d"), None, tiny).await.unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert!(page.next.is_some());
 }
 
 pub async fn listing_a_file_or_nothing(h: Home) {

@@ -377,3 +377,68 @@ async fn a_gated_store_measures_and_changes_inside_the_gate() {
     assert_eq!(on_disk(&dir.path().join("home")), ["c", "d"]);
     assert!(gate.entered.load(std::sync::atomic::Ordering::SeqCst) >= before + 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_list_position_reads_only_its_own_directory() {
+    use ferry::storage::ListToken;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    std::fs::create_dir(home.join("d")).unwrap();
+    for i in 0..60 {
+        std::fs::write(home.join("d").join(format!("n{i:02}")), b"").unwrap();
+    }
+    std::fs::create_dir(home.join("other")).unwrap();
+    std::fs::write(home.join("other").join("secret"), b"").unwrap();
+    std::fs::write(home.join("d").join(".ferry-tmp.x"), b"").unwrap();
+    let page = s.list(&p("d"), None, 5).await.unwrap();
+    let token = page.next.unwrap();
+    let t = token.as_str();
+    assert_eq!(t.len(), 32, "{t}");
+    let tag = &t[..16];
+    let mut positions = vec![
+        0,
+        1,
+        2,
+        3,
+        12345,
+        1 << 31,
+        (1 << 32) - 1,
+        1 << 32,
+        i64::MAX as u64 - 1,
+        i64::MAX as u64,
+        1 << 63,
+        u64::MAX,
+    ];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        positions.push(x);
+        positions.push(x >> 1);
+        positions.push(x >> 33);
+    }
+    for pos in positions {
+        let forged = ListToken::from_string(format!("{tag}{pos:016x}"));
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.list(&p("d"), Some(&forged), 100),
+        )
+        .await
+        .expect("a forged position hangs");
+        match r {
+            Ok(page) => {
+                for e in &page.entries {
+                    assert!(
+                        e.name.len() == 3 && e.name.starts_with('n'),
+                        "position {pos:#x} gave {:?}",
+                        e.name
+                    );
+                }
+            }
+            Err(StorageError::InvalidArgument) => {}
+            Err(e) => panic!("position {pos:#x}: {e:?}"),
+        }
+    }
+}
