@@ -739,3 +739,227 @@ async fn until_an_upload_has_begun(home: &std::path::Path, what: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Regression (review of the move of `put` onto the core): a streamed put (over 256 KiB) into
+/// a directory that does not exist answered `not_found` before its limits, where the server
+/// always checked the limits first (as it still does for a small put): the refusal and its
+/// order are part of the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_streamed_put_checks_its_limits_before_a_missing_directory() {
+    let server = TestServer::start().await;
+    let mut raw = server.raw().await;
+    raw.login("carol", "carol-pw").await;
+    let put = |id, size| ClientMessage::Put {
+        id,
+        path: "/nowhere/f".into(),
+        size,
+        overwrite: false,
+        offset: 0,
+        prefix_sha256: None,
+    };
+    // Over carol's largest file (600,000 bytes): refused as such, before any data.
+    raw.send(&put(2, 600_001)).await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(2),
+            code,
+            message,
+        } => {
+            assert_eq!(code, ErrorCode::TooLarge, "{message}");
+            assert_eq!(
+                message,
+                "a file of 600001 bytes exceeds your maximum file size of 600000 bytes"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    raw.send(&ClientMessage::Abort { id: 2 }).await;
+    // Over the byte quota: with 600,000 bytes stored, 500,000 more do not fit in 1 MiB.
+    let mut conn = carol(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    random_file(&f, 600_000, 5);
+    conn.put(&f, "/big", false, &mut no_progress())
+        .await
+        .unwrap();
+    raw.send(&put(3, 500_000)).await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(3),
+            code,
+            message,
+        } => {
+            assert_eq!(code, ErrorCode::QuotaExceeded, "{message}");
+            assert_eq!(
+                message,
+                "a file of 500000 bytes would exceed your byte quota"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    raw.send(&ClientMessage::Abort { id: 3 }).await;
+    // Nothing under the limits: the missing directory is the answer.
+    raw.send(&put(4, 300_000)).await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(4), code, ..
+        } => assert_eq!(code, ErrorCode::NotFound),
+        other => panic!("{other:?}"),
+    }
+    raw.send(&ClientMessage::Abort { id: 4 }).await;
+    assert_eq!(used(&mut conn).await, quota_walk(&server.home("carol")));
+}
+
+/// Regression (review): a put that overwrites a file reserves only what it adds over that
+/// file; interrupted, what it received was kept as a partial beside the file it was to
+/// replace, counted but never checked against the quota. Overwriting a 600,000-byte file and
+/// aborting at the end stored 1,200,000 bytes under a 1 MiB quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_an_interrupted_overwrite_cannot_keep_a_partial_over_the_quota() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = carol(&server).await;
+    let f = dir.path().join("f");
+    random_file(&f, 600_000, 6);
+    conn.put(&f, "/a", false, &mut no_progress()).await.unwrap();
+    let mut raw = server.raw().await;
+    raw.login("carol", "carol-pw").await;
+    // Streamed (over 256 KiB) and small (the small path keeps through the same core call).
+    for (id, size) in [(2u64, 600_000usize), (3, 200_000)] {
+        raw.send(&ClientMessage::Put {
+            id,
+            path: "/a".into(),
+            size: size as u64,
+            overwrite: true,
+            offset: 0,
+            prefix_sha256: None,
+        })
+        .await;
+        raw.send_data(&vec![8u8; size - 1]).await;
+        raw.send(&ClientMessage::Abort { id }).await;
+        match raw.recv().await {
+            ServerMessage::Error {
+                id: Some(i), code, ..
+            } => {
+                assert_eq!(i, id);
+                assert_eq!(code, ErrorCode::Cancelled);
+            }
+            other => panic!("{other:?}"),
+        }
+        let home = server.home("carol");
+        let walk = quota_walk(&home);
+        assert_eq!(used(&mut conn).await, walk);
+        assert!(
+            walk.0 <= 1 << 20,
+            "size {size}: {} bytes stored under a quota of {}",
+            walk.0,
+            1 << 20
+        );
+    }
+}
+
+/// Regression (review of the move of `put` onto the core): a resume whose prefix does not
+/// match puts the partial it took up back under its key, replacing a partial that another
+/// session of the user kept there meanwhile (while the prefix was being hashed). What that
+/// newer partial took was never taken off the count: usage stayed above a walk of the home.
+/// The old handler (`rekeep`) took it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_refused_resume_that_replaces_a_partial_kept_meanwhile_counts_it_gone() {
+    let server = TestServer::start().await;
+    // dora has limits (so a usage account), with room for a large partial.
+    let hash = crate::util::cheap_hash("dora-pw");
+    let mut text = std::fs::read_to_string(&server.users_file).unwrap();
+    text.push_str(&format!(
+        "\n[users.dora]\npassword = \"{hash}\"\nquota_files = 1000\n"
+    ));
+    std::fs::write(&server.users_file, text).unwrap();
+    server
+        .server
+        .replace_users(ferry::users::UserDb::load(&server.users_file).unwrap());
+    // A kept partial of /f, as an interrupted upload leaves it: large (sparse, so it costs no
+    // disk) so that hashing its prefix takes long enough for another session to act.
+    const KEPT: u64 = 512 << 20;
+    let key = ferry::service::partial_key("dora", &ferry::jail::RemotePath::parse("/f").unwrap());
+    let partials = server.home("dora").join(".ferry-partials");
+    std::fs::create_dir_all(&partials).unwrap();
+    let partial = partials.join(key.as_str());
+    std::fs::File::create(&partial)
+        .unwrap()
+        .set_len(KEPT)
+        .unwrap();
+    let home = server.home("dora");
+
+    let mut a = server.raw().await;
+    a.login("dora", "dora-pw").await;
+    let mut b = server.raw().await;
+    b.login("dora", "dora-pw").await;
+    // a resumes /f at its end with a prefix digest that cannot match.
+    a.send(&ClientMessage::Put {
+        id: 2,
+        path: "/f".into(),
+        size: KEPT,
+        overwrite: true,
+        offset: KEPT,
+        prefix_sha256: Some("0".repeat(64)),
+    })
+    .await;
+    a.send(&ClientMessage::End {
+        id: 2,
+        sha256: "0".repeat(64),
+    })
+    .await;
+    // Once the server has taken the partial up (it left the partials directory), b starts
+    // /f afresh and is interrupted: b's 5 bytes are kept as the partial of /f.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while partial.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resume never took the partial up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    b.send(&ClientMessage::Put {
+        id: 2,
+        path: "/f".into(),
+        size: 10,
+        overwrite: true,
+        offset: 0,
+        prefix_sha256: None,
+    })
+    .await;
+    b.send_data(b"12345").await;
+    b.send(&ClientMessage::Abort { id: 2 }).await;
+    match b.recv().await {
+        ServerMessage::Error {
+            id: Some(2),
+            code: ErrorCode::Cancelled,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let kept = std::fs::metadata(&partial).map(|m| m.len());
+    assert!(
+        matches!(kept, Ok(5)),
+        "this test could not set its race up: a's resume ended before b's partial was kept \
+         (the partial holds {kept:?} bytes)"
+    );
+    // a's resume is refused; its partial goes back under the key, replacing b's.
+    match a.recv().await {
+        ServerMessage::Error {
+            id: Some(2), code, ..
+        } => assert_eq!(code, ErrorCode::IntegrityMismatch),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), KEPT);
+    let id = 3;
+    b.send(&ClientMessage::Usage { id }).await;
+    let usage = match b.recv().await {
+        ServerMessage::Ok { usage: Some(u), .. } => (u.used_bytes.unwrap(), u.used_files.unwrap()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        usage,
+        quota_walk(&home),
+        "usage differs from a walk of the home"
+    );
+}
