@@ -228,7 +228,11 @@ impl Home {
                     offset,
                 }));
             }
-            Resume::Mismatch { actual } => {
+            Resume::Mismatch { actual, replaced } => {
+                // A partial kept under the key meanwhile (another session's) was replaced.
+                if let Some(a) = &self.account {
+                    a.remove(replaced);
+                }
                 return Err(CoreError::ResumeRefused(ResumeRefused::Mismatch {
                     offset,
                     actual,

@@ -273,8 +273,12 @@ pub enum Resume {
     /// can cut it only at `kept` (an object store at a part boundary). The partial is kept as
     /// it was; a resume at `kept` can work.
     Short { kept: u64 },
-    /// The partial's prefix has another digest; it is kept as it was.
-    Mismatch { actual: Sha256Digest },
+    /// The partial's prefix has another digest; it is kept as it was. If another upload kept
+    /// a partial under the key meanwhile, that one was replaced: `replaced` is what it took.
+    Mismatch {
+        actual: Sha256Digest,
+        replaced: Footprint,
+    },
 }
 
 impl fmt::Debug for Resume {
