@@ -158,7 +158,16 @@ impl Home {
             no_replace: !request.replace,
             supersede: Some(key.clone()),
         };
-        let inner = self.storage.begin_upload(path, options).await?;
+        let inner = match self.storage.begin_upload(path, options).await {
+            Ok(inner) => inner,
+            // A target whose directory does not exist: the limits answer first, as they do for
+            // a small put (the store checks the room before it creates the temp).
+            Err(StorageError::NotFound) => {
+                drop(self.reserve(request.size, request.size, true)?);
+                return Err(StorageError::NotFound.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let (Some(old), Some(a)) = (inner.superseded(), &self.account) {
             a.remove(Footprint {
                 bytes: old,
