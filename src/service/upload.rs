@@ -468,7 +468,7 @@ impl Upload {
             return false;
         }
         let (account, key, offset) = (self.account.clone(), self.key.clone(), self.offset);
-        let reservation = self.reservation.take();
+        let mut reservation = self.reservation.take();
         let mut debt = std::mem::replace(&mut self.debt, PartialDebt::none());
         to_the_end(async move {
             // Counted before it appears (the reservation still holds its room meanwhile);
@@ -477,6 +477,15 @@ impl Upload {
                 bytes: inner.written() - offset,
                 files: u64::from(offset == 0),
             };
+            // The room was reserved for the file replacing its target, less what the target
+            // takes; a partial is kept beside the target and replaces nothing, so it must fit
+            // on its own, or it is not kept.
+            if let Some(r) = reservation.as_mut()
+                && r.cover(new, Footprint::NONE).is_err()
+            {
+                inner.abort().await;
+                return Ok(false);
+            }
             if let Some(a) = &account {
                 a.add(new);
             }
