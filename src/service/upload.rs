@@ -206,10 +206,10 @@ impl Home {
             return Err(StorageError::InvalidArgument.into());
         }
         // The target's checks and the room come before the partial is touched, so that a
-        // refusal leaves it exactly as it was (the store cuts it at the resume point). What
-        // this look cannot tell, the store's own checks (on the name itself, not what a link
-        // there leads to) decide.
-        let replaces = match self.storage.stat(path).await {
+        // refusal leaves it exactly as it was (the store cuts it at the resume point). The
+        // look is at the name itself, not what a link there leads to, as a fresh upload's
+        // and the commit's are: a link is replaced (with `replace`) like a file.
+        let replaces = match self.storage.lstat(path).await {
             Ok(st) if st.entry.kind == EntryKind::Dir => {
                 return Err(StorageError::IsADirectory.into());
             }
@@ -218,7 +218,8 @@ impl Home {
                 bytes: st.entry.size,
                 files: 1,
             },
-            Ok(_) | Err(_) => Footprint::NONE,
+            Ok(_) | Err(StorageError::NotFound) => Footprint::NONE,
+            Err(e) => return Err(e.into()),
         };
         // The partial's bytes are counted already (as a file): reserve only the rest.
         let more = (request.size - offset).saturating_sub(replaces.bytes);

@@ -350,6 +350,11 @@ impl Storage for LocalStorage {
         self.run(move |jail| jail.stat(&path).map(stat_of))
     }
 
+    fn lstat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>> {
+        let path = path.clone();
+        self.run(move |jail| jail.lstat(&path).map(stat_of))
+    }
+
     fn list<'a>(
         &'a self,
         path: &'a RemotePath,

@@ -472,6 +472,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// has none). The root is a directory named `/`.
     fn stat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>>;
 
+    /// Describes a name itself: a final symlink is not followed (kind `Symlink`). What an
+    /// upload's checks look at, as the commit will find the name. A store without symlinks
+    /// answers as [`Storage::stat`].
+    fn lstat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>> {
+        self.stat(path)
+    }
+
     /// Up to `max` (at most [`LIST_PAGE_MAX`]) entries of the directory `path` whose names
     /// come after the token's, in byte order of the names. Listing a file gives a page with
     /// only its entry. Names reserved by the server never appear.
