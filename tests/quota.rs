@@ -963,3 +963,66 @@ async fn r_a_refused_resume_that_replaces_a_partial_kept_meanwhile_counts_it_gon
         "usage differs from a walk of the home"
     );
 }
+
+/// Regression (review of the move of `put` onto the core), in the core itself (ferry/1 never
+/// asks for it: a put at offset 0 is a fresh one): a resume at offset 0 takes the partial up as
+/// a file already counted, then counted the upload as a new file as well, when it landed or
+/// was kept again. Usage then held one file more than a walk of the home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_core_resume_at_offset_zero_counts_its_file_once() {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use ferry::domain::Quota;
+    use ferry::service::quota::Account;
+    use ferry::service::{Home, Put, PutRequest};
+    use ferry::storage::local::LocalStorage;
+    use ferry::storage::{Durability, RemotePath};
+    use sha2::Digest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("home");
+    let account = Arc::new(Account::default());
+    let storage = LocalStorage::open(&root, true)
+        .unwrap()
+        .gated(Arc::clone(&account) as Arc<dyn ferry::storage::ChangeGate>);
+    let limits = Quota {
+        files: Some(100),
+        ..Quota::default()
+    };
+    let home = Home::new("u", Arc::new(storage), Some(account), limits);
+    let path = RemotePath::parse("/f").unwrap();
+    let used = async || {
+        let u = home.usage().await.unwrap();
+        (u.used_bytes.unwrap(), u.used_files.unwrap())
+    };
+    let fresh = PutRequest {
+        size: 10,
+        replace: false,
+        resume: None,
+    };
+    // A partial of 5 bytes.
+    let mut upload = home.begin_upload(&path, fresh).await.unwrap();
+    upload.write(Bytes::from_static(b"01234")).await.unwrap();
+    assert!(upload.keep_partial().await);
+    assert_eq!(used().await, quota_walk(&root));
+    let empty: [u8; 32] = sha2::Sha256::digest(b"").into();
+    for keep in [true, false] {
+        let resumed = PutRequest {
+            resume: Some((0, empty)),
+            ..fresh
+        };
+        let mut upload = home.begin_upload(&path, resumed).await.unwrap();
+        upload.write(Bytes::from_static(b"abcde")).await.unwrap();
+        if keep {
+            // Kept again: still one partial.
+            assert!(upload.keep_partial().await);
+        } else {
+            upload.write(Bytes::from_static(b"fghij")).await.unwrap();
+            let sha256: [u8; 32] = sha2::Sha256::digest(b"abcdefghij").into();
+            let put = upload.finish(Some(sha256), Durability::Now).await.unwrap();
+            assert!(matches!(put, Put::Committed { .. }), "{put:?}");
+        }
+        assert_eq!(used().await, quota_walk(&root), "kept again: {keep}");
+    }
+}
