@@ -77,6 +77,9 @@ pub struct Upload {
     size: u64,
     /// Where the data starts (a resumed prefix's length).
     offset: u64,
+    /// Whether it took up a kept partial, which is counted as a file already (even at
+    /// offset 0): it lands or is kept again as that file, not as a new one.
+    resumed: bool,
     replace: bool,
     reservation: Option<Reservation>,
     /// A resumed partial's count, still in the usage until the upload lands or is kept again.
@@ -189,6 +192,7 @@ impl Home {
             key,
             size: request.size,
             offset: 0,
+            resumed: false,
             replace: request.replace,
             reservation,
             debt: PartialDebt::none(),
@@ -273,6 +277,7 @@ impl Home {
             key,
             size: request.size,
             offset,
+            resumed: true,
             replace: request.replace,
             reservation,
             debt,
@@ -449,7 +454,7 @@ impl Upload {
         // only the rest of its bytes are new.
         let added = Footprint {
             bytes: self.size - self.offset,
-            files: u64::from(self.offset == 0),
+            files: u64::from(!self.resumed),
         };
         let held = Arc::new(Mutex::new(self.reservation.take()));
         let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
@@ -469,6 +474,7 @@ impl Upload {
             return false;
         }
         let (account, key, offset) = (self.account.clone(), self.key.clone(), self.offset);
+        let resumed = self.resumed;
         let mut reservation = self.reservation.take();
         let mut debt = std::mem::replace(&mut self.debt, PartialDebt::none());
         to_the_end(async move {
@@ -476,7 +482,7 @@ impl Upload {
             // the older partial it replaces comes off after.
             let new = Footprint {
                 bytes: inner.written() - offset,
-                files: u64::from(offset == 0),
+                files: u64::from(!resumed),
             };
             // The room was reserved for the file replacing its target, less what the target
             // takes; a partial is kept beside the target and replaces nothing, so it must fit
