@@ -1026,3 +1026,112 @@ async fn r_a_core_resume_at_offset_zero_counts_its_file_once() {
         assert_eq!(used().await, quota_walk(&root), "kept again: {keep}");
     }
 }
+
+/// Review of the move of `put` onto the core: uploads on either side of the size limits where
+/// the server changes how it writes (256 KiB: in memory or streamed; 1 MiB: group commit or an
+/// fsync of its own; 4 MiB: around the page cache), interrupted and kept, then resumed and
+/// committed, are counted as a walk of the home counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_at_the_write_path_limits_are_counted_when_kept_resumed_and_committed() {
+    let server = TestServer::start().await;
+    let hash = crate::util::cheap_hash("dora-pw");
+    let mut text = std::fs::read_to_string(&server.users_file).unwrap();
+    text.push_str(&format!(
+        "\n[users.dora]\npassword = \"{hash}\"\nquota_files = 1000\n"
+    ));
+    std::fs::write(&server.users_file, text).unwrap();
+    server
+        .server
+        .replace_users(ferry::users::UserDb::load(&server.users_file).unwrap());
+    let home = server.home("dora");
+    let mut raw = server.raw().await;
+    raw.login("dora", "dora-pw").await;
+    let mut id = 1;
+    let usage = async |raw: &mut Raw, id: u64| {
+        raw.send(&ClientMessage::Usage { id }).await;
+        match raw.recv().await {
+            ServerMessage::Ok { usage: Some(u), .. } => {
+                (u.used_bytes.unwrap(), u.used_files.unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    const K: usize = 1024;
+    for size in [
+        256 * K - 1,
+        256 * K,
+        256 * K + 1,
+        1024 * K - 1,
+        1024 * K,
+        1024 * K + 1,
+        4096 * K - 1,
+        4096 * K,
+        4096 * K + 1,
+    ] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        let name = format!("/f{size}");
+        for keep_at in [size - 1, size / 2] {
+            id += 1;
+            raw.send(&ClientMessage::Put {
+                id,
+                path: name.clone(),
+                size: size as u64,
+                overwrite: true,
+                offset: 0,
+                prefix_sha256: None,
+            })
+            .await;
+            send_chunks(&mut raw, &data[..keep_at]).await;
+            raw.send(&ClientMessage::Abort { id }).await;
+            assert!(matches!(
+                raw.recv().await,
+                ServerMessage::Error {
+                    code: ErrorCode::Cancelled,
+                    ..
+                }
+            ));
+            id += 1;
+            assert_eq!(
+                usage(&mut raw, id).await,
+                quota_walk(&home),
+                "{size} kept at {keep_at}"
+            );
+        }
+        // Resumed from the first bytes kept, to the end.
+        let offset = size / 2;
+        id += 1;
+        raw.send(&ClientMessage::Put {
+            id,
+            path: name.clone(),
+            size: size as u64,
+            overwrite: true,
+            offset: offset as u64,
+            prefix_sha256: Some(sha256_hex(&data[..offset])),
+        })
+        .await;
+        send_chunks(&mut raw, &data[offset..]).await;
+        raw.send(&ClientMessage::End {
+            id,
+            sha256: sha256_hex(&data),
+        })
+        .await;
+        match raw.recv().await {
+            ServerMessage::Ok { id: i, .. } => assert_eq!(i, id),
+            other => panic!("{size}: {other:?}"),
+        }
+        assert_eq!(std::fs::read(home.join(&name[1..])).unwrap(), data);
+        id += 1;
+        assert_eq!(
+            usage(&mut raw, id).await,
+            quota_walk(&home),
+            "{size} resumed"
+        );
+    }
+}
+
+/// Sends `data` as data frames of at most the protocol's chunk length.
+async fn send_chunks(raw: &mut Raw, data: &[u8]) {
+    for chunk in data.chunks(ferry::protocol::DATA_CHUNK_LEN) {
+        raw.send_data(chunk).await;
+    }
+}
