@@ -382,3 +382,102 @@ async fn thousand_small_files_pipelined_both_ways() {
     .unwrap();
     assert_eq!(refused, 10);
 }
+
+/// Regression (review of the move of `put` onto the core): a resume looks at its target as a
+/// name (as a fresh put does, and as the server always did), not at what a symlink there leads
+/// to. The core's look followed the link: a link to a directory answered `is_a_directory`
+/// instead of `already_exists` (and refused an overwrite that replaces the link), and a
+/// dangling link passed the look, so the partial was taken up, filled, and lost at the commit
+/// (`already_exists` after all the data instead of before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_resume_onto_a_symlink_is_judged_by_the_name_not_the_link_target() {
+    use ferry::protocol::{ClientMessage, ServerMessage};
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    let mut raw = server.raw().await;
+    raw.login("alice", "alice-pw").await;
+    let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let mut id = 1;
+    std::fs::create_dir(home.join("dir")).unwrap();
+    for (name, link_to, overwrite, want) in [
+        ("/l1", "dir", false, Some(ErrorCode::AlreadyExists)),
+        ("/l2", "missing", false, Some(ErrorCode::AlreadyExists)),
+        ("/l3", "dir", true, None),
+    ] {
+        id += 1;
+        keep_half(&mut raw, id, name, &data[..500]).await;
+        std::os::unix::fs::symlink(link_to, home.join(&name[1..])).unwrap();
+        id += 1;
+        raw.send(&ClientMessage::Put {
+            id,
+            path: name.into(),
+            size: 1000,
+            overwrite,
+            offset: 500,
+            prefix_sha256: Some(sha256_hex(&data[..500])),
+        })
+        .await;
+        match want {
+            Some(code) => {
+                // Refused before its data, the partial left as it was.
+                let reply = tokio::time::timeout(std::time::Duration::from_secs(5), raw.recv());
+                match reply.await.expect("no refusal before the data") {
+                    ServerMessage::Error {
+                        id: Some(i),
+                        code: c,
+                        message,
+                    } => {
+                        assert_eq!(i, id);
+                        assert_eq!(c, code, "{name} -> {link_to}: {message}");
+                    }
+                    other => panic!("{name}: {other:?}"),
+                }
+                raw.send(&ClientMessage::Abort { id }).await;
+                assert_eq!(partials_in(&home).len(), 1, "{name}: the partial was lost");
+                assert!(
+                    std::fs::symlink_metadata(home.join(&name[1..]))
+                        .unwrap()
+                        .is_symlink()
+                );
+            }
+            None => {
+                raw.send_data(&data[500..]).await;
+                raw.send(&ClientMessage::End {
+                    id,
+                    sha256: sha256_hex(&data),
+                })
+                .await;
+                match raw.recv().await {
+                    ServerMessage::Ok { id: i, .. } => assert_eq!(i, id),
+                    other => panic!("{name}: {other:?}"),
+                }
+                assert_eq!(std::fs::read(home.join(&name[1..])).unwrap(), data);
+            }
+        }
+        // The next case counts its own partial only.
+        let _ = std::fs::remove_dir_all(home.join(".ferry-partials"));
+    }
+}
+
+/// Sends the first bytes of a 1000-byte upload to `name` and aborts it: they are kept.
+async fn keep_half(raw: &mut crate::util::Raw, id: u64, name: &str, half: &[u8]) {
+    use ferry::protocol::{ClientMessage, ServerMessage};
+    raw.send(&ClientMessage::Put {
+        id,
+        path: name.into(),
+        size: 1000,
+        overwrite: false,
+        offset: 0,
+        prefix_sha256: None,
+    })
+    .await;
+    raw.send_data(half).await;
+    raw.send(&ClientMessage::Abort { id }).await;
+    assert!(matches!(
+        raw.recv().await,
+        ServerMessage::Error {
+            code: ErrorCode::Cancelled,
+            ..
+        }
+    ));
+}

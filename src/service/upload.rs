@@ -77,6 +77,9 @@ pub struct Upload {
     size: u64,
     /// Where the data starts (a resumed prefix's length).
     offset: u64,
+    /// Whether it took up a kept partial, which is counted as a file already (even at
+    /// offset 0): it lands or is kept again as that file, not as a new one.
+    resumed: bool,
     replace: bool,
     reservation: Option<Reservation>,
     /// A resumed partial's count, still in the usage until the upload lands or is kept again.
@@ -158,7 +161,16 @@ impl Home {
             no_replace: !request.replace,
             supersede: Some(key.clone()),
         };
-        let inner = self.storage.begin_upload(path, options).await?;
+        let inner = match self.storage.begin_upload(path, options).await {
+            Ok(inner) => inner,
+            // A target whose directory does not exist: the limits answer first, as they do for
+            // a small put (the store checks the room before it creates the temp).
+            Err(StorageError::NotFound) => {
+                drop(self.reserve(request.size, request.size, true)?);
+                return Err(StorageError::NotFound.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let (Some(old), Some(a)) = (inner.superseded(), &self.account) {
             a.remove(Footprint {
                 bytes: old,
@@ -180,6 +192,7 @@ impl Home {
             key,
             size: request.size,
             offset: 0,
+            resumed: false,
             replace: request.replace,
             reservation,
             debt: PartialDebt::none(),
@@ -197,10 +210,10 @@ impl Home {
             return Err(StorageError::InvalidArgument.into());
         }
         // The target's checks and the room come before the partial is touched, so that a
-        // refusal leaves it exactly as it was (the store cuts it at the resume point). What
-        // this look cannot tell, the store's own checks (on the name itself, not what a link
-        // there leads to) decide.
-        let replaces = match self.storage.stat(path).await {
+        // refusal leaves it exactly as it was (the store cuts it at the resume point). The
+        // look is at the name itself, not what a link there leads to, as a fresh upload's
+        // and the commit's are: a link is replaced (with `replace`) like a file.
+        let replaces = match self.storage.lstat(path).await {
             Ok(st) if st.entry.kind == EntryKind::Dir => {
                 return Err(StorageError::IsADirectory.into());
             }
@@ -209,7 +222,8 @@ impl Home {
                 bytes: st.entry.size,
                 files: 1,
             },
-            Ok(_) | Err(_) => Footprint::NONE,
+            Ok(_) | Err(StorageError::NotFound) => Footprint::NONE,
+            Err(e) => return Err(e.into()),
         };
         // The partial's bytes are counted already (as a file): reserve only the rest.
         let more = (request.size - offset).saturating_sub(replaces.bytes);
@@ -228,7 +242,11 @@ impl Home {
                     offset,
                 }));
             }
-            Resume::Mismatch { actual } => {
+            Resume::Mismatch { actual, replaced } => {
+                // A partial kept under the key meanwhile (another session's) was replaced.
+                if let Some(a) = &self.account {
+                    a.remove(replaced);
+                }
                 return Err(CoreError::ResumeRefused(ResumeRefused::Mismatch {
                     offset,
                     actual,
@@ -259,6 +277,7 @@ impl Home {
             key,
             size: request.size,
             offset,
+            resumed: true,
             replace: request.replace,
             reservation,
             debt,
@@ -435,7 +454,7 @@ impl Upload {
         // only the rest of its bytes are new.
         let added = Footprint {
             bytes: self.size - self.offset,
-            files: u64::from(self.offset == 0),
+            files: u64::from(!self.resumed),
         };
         let held = Arc::new(Mutex::new(self.reservation.take()));
         let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
@@ -455,15 +474,25 @@ impl Upload {
             return false;
         }
         let (account, key, offset) = (self.account.clone(), self.key.clone(), self.offset);
-        let reservation = self.reservation.take();
+        let resumed = self.resumed;
+        let mut reservation = self.reservation.take();
         let mut debt = std::mem::replace(&mut self.debt, PartialDebt::none());
         to_the_end(async move {
             // Counted before it appears (the reservation still holds its room meanwhile);
             // the older partial it replaces comes off after.
             let new = Footprint {
                 bytes: inner.written() - offset,
-                files: u64::from(offset == 0),
+                files: u64::from(!resumed),
             };
+            // The room was reserved for the file replacing its target, less what the target
+            // takes; a partial is kept beside the target and replaces nothing, so it must fit
+            // on its own, or it is not kept.
+            if let Some(r) = reservation.as_mut()
+                && r.cover(new, Footprint::NONE).is_err()
+            {
+                inner.abort().await;
+                return Ok(false);
+            }
             if let Some(a) = &account {
                 a.add(new);
             }

@@ -405,6 +405,11 @@ impl Storage for LocalStorage {
         self.run(move |jail| jail.stat(&path).map(stat_of))
     }
 
+    fn lstat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>> {
+        let path = path.clone();
+        self.run(move |jail| jail.lstat(&path).map(stat_of))
+    }
+
     fn list_page<'a>(
         &'a self,
         path: &'a RemotePath,
@@ -637,8 +642,8 @@ impl Storage for LocalStorage {
                 // Back as it was, for a later try (or a fresh upload that supersedes it). If
                 // another upload kept a partial under the key meanwhile, this one replaces it.
                 let _entered = gate.enter();
-                temp.keep_as_partial(jail, key.as_str())?;
-                return Ok(Err(Resume::Mismatch { actual }));
+                let replaced = temp.keep_as_partial(jail, key.as_str())?;
+                return Ok(Err(Resume::Mismatch { actual, replaced }));
             }
             let file = temp.file();
             file.set_len(offset)?;

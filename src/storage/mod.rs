@@ -303,8 +303,12 @@ pub enum Resume {
     /// can cut it only at `kept` (an object store at a part boundary). The partial is kept as
     /// it was; a resume at `kept` can work.
     Short { kept: u64 },
-    /// The partial's prefix has another digest; it is kept as it was.
-    Mismatch { actual: Sha256Digest },
+    /// The partial's prefix has another digest; it is kept as it was. If another upload kept
+    /// a partial under the key meanwhile, that one was replaced: `replaced` is what it took.
+    Mismatch {
+        actual: Sha256Digest,
+        replaced: Footprint,
+    },
 }
 
 impl fmt::Debug for Resume {
@@ -497,6 +501,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Describes a name, following a final symlink that stays in the home (an object store
     /// has none). The root is a directory named `/`.
     fn stat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>>;
+
+    /// Describes a name itself: a final symlink is not followed (kind `Symlink`). What an
+    /// upload's checks look at, as the commit will find the name. A store without symlinks
+    /// answers as [`Storage::stat`].
+    fn lstat<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<Stat, StorageError>> {
+        self.stat(path)
+    }
 
     /// The next page of the directory `path`, from the start or where `after` (a token a
     /// page of the same directory gave) left off, within `limit`. Across the pages of one

@@ -981,7 +981,7 @@ pub async fn resume_refusals_keep_the_partial(h: Home) {
         .await
         .unwrap()
     {
-        Resume::Mismatch { actual } => assert_eq!(actual, sha(&all[..kept])),
+        Resume::Mismatch { actual, .. } => assert_eq!(actual, sha(&all[..kept])),
         other => panic!("{other:?}"),
     }
     assert_eq!(s.partial_len(&k).await.unwrap(), Some(kept as u64));
