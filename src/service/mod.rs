@@ -8,10 +8,14 @@
 //! is made under the account's change lock, measuring what it replaces or removes on the
 //! store itself, so the counters always agree with a fresh count of the home.
 //!
-//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename and usage. Listing, the
-//! transfers, copy and sha256 still run in their ferry/1 handlers on the jail (issue 13).
+//! Moved onto the core so far: stat, mkdir, remove, rmdir, rename, usage, and in `read` the
+//! download, sha256 and copy. Listing and the upload still run in their ferry/1 handlers on
+//! the jail (issue 13).
 
 pub mod quota;
+mod read;
+
+pub use read::{Opened, Progress};
 
 use std::fmt;
 use std::sync::Arc;
