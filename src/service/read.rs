@@ -262,3 +262,222 @@ impl Home {
         Ok(Some(copied))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use sha2::Digest;
+
+    use super::*;
+    use crate::domain::{Quota, Refused};
+    use crate::service::quota::Account;
+    use crate::storage::local::LocalStorage;
+    use crate::storage::{Commit, SmallOptions, Storage};
+
+    fn p(s: &str) -> RemotePath {
+        RemotePath::parse(s).unwrap()
+    }
+
+    /// A home on a fresh temp dir whose account starts from a fresh count of it.
+    async fn home(limits: Quota) -> (Home, Arc<Account>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+        let account = Arc::new(Account::default());
+        let home = Home::new("alice", storage, Some(Arc::clone(&account)), limits);
+        (home, account, dir)
+    }
+
+    async fn put(home: &Home, name: &str, data: &[u8]) {
+        let commit = Commit::new(sha2::Sha256::digest(data).into(), false);
+        let data = Bytes::copy_from_slice(data);
+        let path = p(name);
+        let r = home
+            .storage
+            .put_small(&path, data, SmallOptions::default(), commit);
+        r.await.unwrap();
+    }
+
+    /// The account's used bytes and files, reservations included.
+    fn counted(a: &Account, limits: &Quota) -> Footprint {
+        let u = a.usage(limits);
+        Footprint {
+            bytes: u.used_bytes.unwrap(),
+            files: u.used_files.unwrap(),
+        }
+    }
+
+    /// Waits (a bounded while) until a fresh count of the home matches the account: a
+    /// cancelled copy's temp goes a moment after the answer.
+    async fn settles(home: &Home, a: &Account, limits: &Quota) {
+        let mut fresh = Footprint::NONE;
+        for _ in 0..100 {
+            fresh = home.storage.usage(Duration::from_secs(5)).await.unwrap();
+            if fresh == counted(a, limits) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("counted {:?}, a fresh count {fresh:?}", counted(a, limits));
+    }
+
+    async fn copy(
+        home: &Home,
+        from: &str,
+        to: &str,
+        replace: bool,
+    ) -> Result<Option<Copied>, CoreError> {
+        let cancel = CancellationToken::new();
+        home.copy(&p(from), &p(to), replace, None, cancel).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_over_the_quota_is_refused_and_the_counts_stay_true() {
+        let limits = Quota {
+            bytes: Some(1000),
+            files: Some(3),
+            max_file_size: Some(700),
+        };
+        let (home, account, _dir) = home(limits).await;
+        put(&home, "a", &[7u8; 600]).await;
+        account.add(home.storage.usage(Duration::from_secs(5)).await.unwrap());
+        settles(&home, &account, &limits).await;
+
+        // 600 more bytes do not fit in 1000.
+        match copy(&home, "a", "b", false).await {
+            Err(CoreError::Refused {
+                refused: Refused::Quota("byte quota"),
+                size: 600,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(home.stat(&p("b")).await.is_err());
+        settles(&home, &account, &limits).await;
+
+        // Onto itself: it replaces what it adds, so it fits, and changes nothing.
+        let copied = copy(&home, "a", "a", true).await.unwrap().unwrap();
+        assert_eq!(copied.size, 600);
+        assert_eq!(
+            copied.replaced,
+            Footprint {
+                bytes: 600,
+                files: 1
+            }
+        );
+        settles(&home, &account, &limits).await;
+
+        // A small one fits; replacing it by a larger one that does not fit is refused.
+        put(&home, "s", b"small").await;
+        account.add(Footprint { bytes: 5, files: 1 });
+        copy(&home, "s", "t", false).await.unwrap().unwrap();
+        settles(&home, &account, &limits).await;
+        assert!(matches!(
+            copy(&home, "a", "t", true).await,
+            Err(CoreError::Refused { .. })
+        ));
+        // Without `replace`, an existing target is refused before the quota is asked.
+        assert!(matches!(
+            copy(&home, "a", "t", false).await,
+            Err(CoreError::Storage(StorageError::AlreadyExists))
+        ));
+        // A file too large for the user's maximum.
+        put(&home, "big", &[1u8; 800]).await;
+        account.add(Footprint {
+            bytes: 800,
+            files: 1,
+        });
+        assert!(matches!(
+            copy(&home, "big", "big2", false).await,
+            Err(CoreError::Refused {
+                refused: Refused::TooLarge(700),
+                ..
+            })
+        ));
+        settles(&home, &account, &limits).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_copy_leaves_nothing_and_gives_its_room_back() {
+        let limits = Quota {
+            bytes: Some(100_000_000),
+            files: Some(10),
+            max_file_size: None,
+        };
+        let (home, account, dir) = home(limits).await;
+        let data = vec![5u8; 40 * 1024 * 1024];
+        std::fs::write(dir.path().join("home/big"), &data).unwrap();
+        account.add(home.storage.usage(Duration::from_secs(5)).await.unwrap());
+        let cancel = CancellationToken::new();
+        let (big, target) = (p("big"), p("copy"));
+        let work = home.copy(&big, &target, false, None, cancel.clone());
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            cancel.cancel();
+        };
+        let (copied, ()) = tokio::join!(work, stop);
+        match copied.unwrap() {
+            // Cancelled in time: nothing lands.
+            None => assert!(home.stat(&p("copy")).await.is_err()),
+            // The commit had begun: it landed whole, and is counted.
+            Some(c) => assert_eq!(c.size, data.len() as u64),
+        }
+        settles(&home, &account, &limits).await;
+
+        // Dropping the call cancels it too.
+        let cancel = CancellationToken::new();
+        let target = p("dropped");
+        let work = home.copy(&big, &target, false, None, cancel);
+        let _ = tokio::time::timeout(Duration::from_millis(5), work).await;
+        settles(&home, &account, &limits).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sha256_hashes_a_file_without_a_record_and_trusts_one_that_matches() {
+        let (home, _account, dir) = home(Quota::default()).await;
+        let by_hand = vec![3u8; 300_000];
+        std::fs::write(dir.path().join("home/hand"), &by_hand).unwrap();
+        let (size, d) = home.sha256(&p("hand"), |_| {}).await.unwrap();
+        assert_eq!((size, d), (300_000, sha2::Sha256::digest(&by_hand).into()));
+        put(&home, "put", b"committed").await;
+        let (size, d) = home.sha256(&p("put"), |_| {}).await.unwrap();
+        assert_eq!((size, d), (9, sha2::Sha256::digest(b"committed").into()));
+        assert!(matches!(
+            home.sha256(&p("/"), |_| {}).await,
+            Err(CoreError::Storage(StorageError::IsADirectory))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_past_the_end_says_how_long_the_file_is() {
+        let (home, _account, _dir) = home(Quota::default()).await;
+        put(&home, "f", b"0123456789").await;
+        match home.open_download(&p("f"), 11, Some([0; 32])).await {
+            Ok(Opened::BeyondEnd { size: 10 }) => {}
+            other => panic!("{other:?}"),
+        }
+        // At the end exactly: nothing to send, the whole file's digest.
+        let prefix: Sha256Digest = sha2::Sha256::digest(b"0123456789").into();
+        let Ok(Opened::Download(mut d)) = home.open_download(&p("f"), 10, Some(prefix)).await
+        else {
+            panic!("no download");
+        };
+        assert_eq!(
+            d.next().await.unwrap(),
+            ReadEvent::End {
+                sha256: Some(prefix)
+            }
+        );
+        // A prefix that differs is refused with the server's digest of it.
+        let Ok(Opened::Download(mut d)) = home.open_download(&p("f"), 4, Some([0; 32])).await
+        else {
+            panic!("no download");
+        };
+        let actual: Sha256Digest = sha2::Sha256::digest(b"0123").into();
+        assert_eq!(
+            d.next().await.unwrap(),
+            ReadEvent::PrefixMismatch { actual }
+        );
+    }
+}
