@@ -58,7 +58,9 @@ pub type Sha256Digest = [u8; 32];
 pub struct Stat {
     pub entry: Entry,
     /// The SHA-256 the store recorded for the file at its commit, if it has one that still
-    /// matches the content; `None` means "hash it yourself".
+    /// matches the content; `None` means "hash it yourself". A store may leave it out of
+    /// [`Storage::stat`] where looking it up costs (the local store does: an extended
+    /// attribute per name) and give it with a read ([`Download::stat`], [`Fetched::Whole`]).
     pub sha256: Option<Sha256Digest>,
 }
 
