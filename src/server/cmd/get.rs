@@ -118,10 +118,7 @@ async fn stream(
                     ServerMessage::error(Some(id), ErrorCode::Cancelled, "download cancelled");
                 return sess.send(&msg).await;
             }
-            Next::Work(Some(event)) => event,
-            Next::Work(None) => {
-                return Err(End::Internal("file reader ended without a result".into()));
-            }
+            Next::Work(event) => event,
         };
         match event {
             Ok(ReadEvent::Data(bytes)) => {
@@ -171,7 +168,7 @@ async fn next_or_cancel(
     loop {
         // A download's `next` may be dropped and called again: nothing is lost.
         let frame = tokio::select! {
-            event = download.next() => return Ok(Next::Work(Some(event))),
+            event = download.next() => return Ok(Next::Work(event)),
             frame = sess.reader.read_frame(), if sess.can_read_ahead() => frame,
         };
         match frame {

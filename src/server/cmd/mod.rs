@@ -379,8 +379,8 @@ async fn session_message(sess: &mut Session, msg: ClientMessage) -> Result<(), E
 
 /// What a download's loop sees next: its next event, or the client's cancel.
 pub(super) enum Next<T> {
-    /// The next event (`None`: the reader ended).
-    Work(Option<T>),
+    /// The next event.
+    Work(T),
     /// The client cancelled this request.
     Cancelled,
 }
