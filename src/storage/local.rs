@@ -354,9 +354,9 @@ impl Storage for LocalStorage {
         options: ReadOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Download>, StorageError>> {
         let path = path.clone();
-        let opened = self.run(move |jail| open_with_digest(jail, &path));
-        Box::pin(async move {
-            let (file, stat) = opened.await?;
+        // The reader starts at the first `next`: the download is made where the file opens.
+        self.run(move |jail| {
+            let (file, stat) = open_with_digest(jail, &path)?;
             LocalDownload::start(file, stat, options).map(|d| Box::new(d) as Box<dyn Download>)
         })
     }
@@ -368,35 +368,29 @@ impl Storage for LocalStorage {
     ) -> BoxFuture<'a, Result<Fetched, StorageError>> {
         let path = path.clone();
         let max = max.min(SMALL_MAX);
-        let opened = self.run(move |jail| {
+        // One blocking call, whatever it finds (the reader of a larger file starts later).
+        self.run(move |jail| {
             let (file, stat) = open_with_digest(jail, &path)?;
             let size = stat.entry.size;
             if size > max {
-                return Ok(Err((file, stat)));
+                let options = ReadOptions {
+                    hash: true,
+                    ..ReadOptions::default()
+                };
+                let download = LocalDownload::start(file, stat, options)?;
+                return Ok(Fetched::Larger(Box::new(download)));
             }
             // Bounded by `max`; more than `size` is not read even if the file grew.
             let mut data = Vec::with_capacity(size as usize);
             (&file).take(size).read_to_end(&mut data)?;
             if (data.len() as u64) < size {
-                return Ok(Ok(Fetched::Changed));
+                return Ok(Fetched::Changed);
             }
             let sha256 = stat.sha256.unwrap_or_else(|| Sha256::digest(&data).into());
-            Ok(Ok(Fetched::Whole {
+            Ok(Fetched::Whole {
                 stat,
                 data: Bytes::from(data),
                 sha256,
-            }))
-        });
-        Box::pin(async move {
-            Ok(match opened.await? {
-                Ok(fetched) => fetched,
-                Err((file, stat)) => {
-                    let options = ReadOptions {
-                        hash: true,
-                        ..ReadOptions::default()
-                    };
-                    Fetched::Larger(Box::new(LocalDownload::start(file, stat, options)?))
-                }
             })
         })
     }
