@@ -17,9 +17,9 @@
 //!    readdir position), uploads committed after their digest is checked, batched
 //!    durability and whole small files in one call; `storage::local`
 //!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
-//!    trait), [`transfer`] (streaming with SHA-256, shared by both ends), [`direct`] (large
-//!    received files written around the page cache, in page-aligned buffers from
-//!    [`mapping`]), [`platform`] (the Linux-only calls: `syncfs`, `sync_file_range`,
+//!    trait), [`transfer`] (the client's read-and-hash of an upload; receiving and prefix
+//!    hashing for both ends), [`direct`] (large received files written around the page
+//!    cache, in page-aligned buffers from [`mapping`]), [`platform`] (the Linux-only calls: `syncfs`, `sync_file_range`,
 //!    `O_DIRECT`, `madvise`, `renameat2`, glibc's allocator tuning, and the Unix-only ones the
 //!    client needs, behind one portable signature each with standard-library fallbacks
 //!    compiled and unit-tested everywhere; only server-only code still calls the system

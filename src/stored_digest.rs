@@ -150,10 +150,15 @@ pub fn record(file: &File, sha256: &str) {
 /// (the one its opener made, so a lookup costs one system call, `fgetxattr`), whose size is
 /// what the caller announces and sends.
 pub fn lookup(file: &File, state: &FileState) -> Option<String> {
+    lookup_digest(file, state).map(|d| hex_digest(&d))
+}
+
+/// [`lookup`], the digest as bytes.
+pub fn lookup_digest(file: &File, state: &FileState) -> Option<[u8; 32]> {
     let mut buf = [0u8; RECORD_LEN];
     let n = rustix::fs::fgetxattr(file, XATTR_NAME, &mut buf[..]).ok()?;
     let rec = Record::decode(&buf[..n])?;
-    (rec.state == *state).then(|| hex_digest(&rec.sha256))
+    (rec.state == *state).then_some(rec.sha256)
 }
 
 /// The state of an open file, from one `fstat`.

@@ -1,6 +1,7 @@
-//! Streaming with SHA-256, shared by both ends: the sender reads and hashes a file on the
-//! blocking pool and hands chunks to the network side through a small bounded channel, so
-//! disk, hashing and TLS overlap and memory stays bounded.
+//! Streaming with SHA-256: the client's upload reads and hashes a file on the blocking pool
+//! and hands chunks to the network side through a small bounded channel, so disk, hashing
+//! and TLS overlap and memory stays bounded (the server's reads are `storage::local`'s);
+//! both ends' receiving ([`Receiving`]) and prefix hashing ([`hash_prefix`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -28,10 +29,6 @@ pub enum ReadChunk {
     Failed(std::io::Error),
     /// The file ended before `size` bytes (it shrank while being sent).
     Shrunk,
-    /// Still working without data to show (e.g. hashing a prefix): bytes processed so far.
-    Progress(u64),
-    /// The work was refused for a reason meant for the peer (e.g. a resume prefix mismatch).
-    Refused(String),
 }
 
 /// The read size of [`hash_prefix`]: large enough that system calls do not dominate, small
@@ -70,52 +67,18 @@ pub fn hash_prefix(
     Ok(())
 }
 
-/// Reads exactly `size` bytes from `file` (a file that grew is cut at `size`; one that shrank
-/// yields `Shrunk`), hashing them, and sends them in chunks of at most `chunk` bytes (the
-/// caller's wire decides: a ferry/1 data frame's payload). Stops quietly if the receiver is
-/// gone. Blocking: run it on the blocking pool.
-pub fn read_and_hash(file: impl Read, size: u64, chunk: usize, tx: &mpsc::Sender<ReadChunk>) {
-    read_and_hash_from(file, size, chunk, Sha256::new(), tx);
-}
-
-/// Like [`read_and_hash`], continuing a hash that already covers earlier bytes (resume): the
-/// final digest is of those bytes and the `len` read here.
+/// Reads exactly `len` bytes from `file` (a file that grew is cut there; one that shrank
+/// yields `Shrunk`), continuing a hash that already covers earlier bytes (a resume: the final
+/// digest is of those bytes and the `len` read here), and sends them in chunks of at most
+/// `chunk` bytes (the caller's wire decides: a ferry/1 data frame's payload). Stops quietly
+/// if the receiver is gone. Blocking: run it on the blocking pool.
 pub fn read_and_hash_from(
-    file: impl Read,
+    mut file: impl Read,
     len: u64,
     chunk: usize,
     mut hasher: Sha256,
     tx: &mpsc::Sender<ReadChunk>,
 ) {
-    if send_chunks(file, len, chunk, tx, |bytes| hasher.update(bytes)) {
-        let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
-    }
-}
-
-/// Like [`read_and_hash`], for bytes whose digest is already known (a stored digest that still
-/// describes the file, see [`crate::stored_digest`]): they are sent without hashing, and
-/// `Done` carries `sha256`.
-pub fn read_known(
-    file: impl Read,
-    len: u64,
-    chunk: usize,
-    sha256: String,
-    tx: &mpsc::Sender<ReadChunk>,
-) {
-    if send_chunks(file, len, chunk, tx, |_| {}) {
-        let _ = tx.blocking_send(ReadChunk::Done(sha256));
-    }
-}
-
-/// Reads exactly `len` bytes and sends them in chunks, showing each to `seen` first. False if
-/// it stopped early (after sending `Shrunk` or `Failed`, or because the receiver is gone).
-fn send_chunks(
-    mut file: impl Read,
-    len: u64,
-    chunk: usize,
-    tx: &mpsc::Sender<ReadChunk>,
-    mut seen: impl FnMut(&[u8]),
-) -> bool {
     let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(chunk.max(1) as u64);
@@ -124,21 +87,21 @@ fn send_chunks(
         match (&mut file).take(want).read_to_end(&mut buf) {
             Ok(n) if (n as u64) < want => {
                 let _ = tx.blocking_send(ReadChunk::Shrunk);
-                return false;
+                return;
             }
             Ok(_) => {}
             Err(e) => {
                 let _ = tx.blocking_send(ReadChunk::Failed(e));
-                return false;
+                return;
             }
         }
-        seen(&buf[..]);
+        hasher.update(&buf[..]);
         remaining -= want;
         if tx.blocking_send(ReadChunk::Data(Bytes::from(buf))).is_err() {
-            return false;
+            return;
         }
     }
-    true
+    let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
 }
 
 /// How a receiver puts a transfer's bytes into its file, on either end: around the page cache
@@ -251,7 +214,9 @@ mod tests {
 
     async fn collect(data: Vec<u8>, size: u64) -> (Vec<u8>, ReadChunk) {
         let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
-        tokio::task::spawn_blocking(move || read_and_hash(&data[..], size, CHUNK, &tx));
+        tokio::task::spawn_blocking(move || {
+            read_and_hash_from(&data[..], size, CHUNK, Sha256::new(), &tx)
+        });
         let mut out = Vec::new();
         loop {
             match rx.recv().await.unwrap() {

@@ -413,7 +413,7 @@ async fn send_data(
                 writer.queue_message(&ClientMessage::Abort { id })?;
                 break Sent::LocalFailed(ClientError::local(local, e));
             }
-            Some(ReadChunk::Shrunk | ReadChunk::Progress(_) | ReadChunk::Refused(_)) | None => {
+            Some(ReadChunk::Shrunk) | None => {
                 writer.queue_message(&ClientMessage::Abort { id })?;
                 break Sent::LocalFailed(ClientError::local(
                     local,

@@ -21,12 +21,9 @@ use crate::users::{self, Password};
 pub(super) struct UserSession {
     pub user: String,
     pub scope: Scope,
-    /// The home through the core: what a front-end works on.
+    /// The home through the core (its store, usage account and limits): what a front-end
+    /// works on.
     pub home: crate::service::Home,
-    /// The same home as the jail, for the ferry/1 handlers not yet moved onto the core.
-    pub jail: Arc<Jail>,
-    pub limits: Quota,
-    pub account: Option<Arc<quota::Account>>,
     pub slot: super::Slot<String>,
 }
 
@@ -107,9 +104,6 @@ pub(super) async fn login(
                 } else {
                     Scope::Full
                 },
-                jail,
-                limits,
-                account,
                 slot,
             })
         }

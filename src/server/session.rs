@@ -12,9 +12,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::login::{self, Refusal, UserSession};
-use super::{Server, cmd, quota};
-use crate::domain::{Quota, Scope};
-use crate::jail::Jail;
+use super::{Server, cmd};
+use crate::domain::Scope;
 use crate::protocol::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME_LEN,
     MAX_FRAME_LEN_PRE_AUTH, PROTOCOL_VERSION, ServerMessage, decode_client_message,
@@ -97,16 +96,10 @@ pub(super) struct Session {
     pub user: String,
     /// What this session may do; the dispatcher checks it against the operation table.
     pub scope: crate::domain::Scope,
-    /// The home as the core sees it (operations moved onto the core go through it).
+    /// The home as the core sees it: every request goes through it.
     pub home: crate::service::Home,
-    /// The home as the handlers not yet moved onto the core see it.
-    pub jail: Arc<Jail>,
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: FrameWriter<WriteHalf<Stream>>,
-    /// The user's quota and size limits.
-    pub limits: Quota,
-    /// Usage of the home, when the user has limits (shared with the user's other sessions).
-    pub account: Option<Arc<quota::Account>>,
     /// This session's place in the per-user session count.
     _user_slot: super::Slot<String>,
     /// The last final reply sent, for the audit line of the request it answered.
@@ -309,9 +302,6 @@ pub(super) async fn run(
             user,
             scope,
             home,
-            jail,
-            limits,
-            account,
             slot,
         }) => {
             reader.set_max_len(MAX_FRAME_LEN);
@@ -321,11 +311,8 @@ pub(super) async fn run(
                 user,
                 scope,
                 home,
-                jail,
                 reader,
                 writer,
-                limits,
-                account,
                 _user_slot: slot,
                 last_final: None,
                 unsynced: Vec::new(),

@@ -10,14 +10,16 @@
 //! home. Counters grow before a change and shrink after it: a late count can only refuse
 //! early, never admit on room that is gone.
 //!
-//! Moved onto the core so far: stat, list, mkdir, remove, rmdir, rename, usage and uploads
-//! ([`Home::begin_upload`], [`Home::put_small`], [`Home::flush`]). Downloads, copy and
-//! sha256 still run in their ferry/1 handlers on the jail (issue 13).
+//! Every operation runs in the core: stat, list, mkdir, remove, rmdir, rename, usage, uploads
+//! ([`Home::begin_upload`], [`Home::put_small`], [`Home::flush`]) and, in `read`, the
+//! download, sha256 and copy (issue 13).
 
 mod list;
 pub mod quota;
+mod read;
 mod upload;
 
+pub use read::{Opened, Progress};
 pub use upload::{Put, PutRequest, ResumeRefused, StagedPut, Upload};
 
 use std::fmt;

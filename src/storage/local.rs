@@ -16,7 +16,12 @@
 //! page O(page); the order is readdir's, not byte order.
 //!
 //! A rename here is atomic (`renameat2`); no-replace holds even under a race, by the kernel.
-//! The stored digest ([`Stat::sha256`]) is not recorded yet: always `None`.
+//!
+//! Each commit records the file's digest in the file itself ([`crate::stored_digest`]). A
+//! read ([`Storage::open_read`], [`Storage::get_small`]) looks it up on the file it opened (one
+//! `fgetxattr`) and, while it still describes the file, sends the bytes after any prefix
+//! unhashed and ends with it; [`Storage::stat`] does not look (a listing or stat should not
+//! pay a system call per name for it), so its [`Stat::sha256`] is always `None`.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -202,6 +207,14 @@ fn stat_of(entry: Entry) -> Stat {
         entry,
         sha256: None,
     }
+}
+
+/// Opens a file for reading with its stored digest, looked up before any byte is read: what
+/// is sent is then checked (by the reader's peer) against the file as it was committed.
+fn open_with_digest(jail: &Jail, path: &RemotePath) -> Result<(std::fs::File, Stat), StorageError> {
+    let (file, entry, state) = jail.open_read_state(path)?;
+    let sha256 = crate::stored_digest::lookup_digest(&file, &state);
+    Ok((file, Stat { entry, sha256 }))
 }
 
 fn digest_of(hex_text: &str) -> Result<Sha256Digest, StorageError> {
@@ -512,14 +525,10 @@ impl Storage for LocalStorage {
         options: ReadOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Download>, StorageError>> {
         let path = path.clone();
-        let opened = self.run(move |jail| {
-            let (file, entry) = jail.open_read(&path)?;
-            Ok((file, entry))
-        });
-        Box::pin(async move {
-            let (file, entry) = opened.await?;
-            LocalDownload::start(file, stat_of(entry), options)
-                .map(|d| Box::new(d) as Box<dyn Download>)
+        // The reader starts at the first `next`: the download is made where the file opens.
+        self.run(move |jail| {
+            let (file, stat) = open_with_digest(jail, &path)?;
+            LocalDownload::start(file, stat, options).map(|d| Box::new(d) as Box<dyn Download>)
         })
     }
 
@@ -530,38 +539,29 @@ impl Storage for LocalStorage {
     ) -> BoxFuture<'a, Result<Fetched, StorageError>> {
         let path = path.clone();
         let max = max.min(SMALL_MAX);
-        let opened = self.run(move |jail| {
-            let (file, entry) = jail.open_read(&path)?;
-            if entry.size > max {
-                return Ok(Err((file, entry)));
+        // One blocking call, whatever it finds (the reader of a larger file starts later).
+        self.run(move |jail| {
+            let (file, stat) = open_with_digest(jail, &path)?;
+            let size = stat.entry.size;
+            if size > max {
+                let options = ReadOptions {
+                    hash: true,
+                    ..ReadOptions::default()
+                };
+                let download = LocalDownload::start(file, stat, options)?;
+                return Ok(Fetched::Larger(Box::new(download)));
             }
             // Bounded by `max`; more than `size` is not read even if the file grew.
-            let mut data = Vec::with_capacity(entry.size as usize);
-            (&file).take(entry.size).read_to_end(&mut data)?;
-            if (data.len() as u64) < entry.size {
-                return Ok(Ok(Fetched::Changed));
+            let mut data = Vec::with_capacity(size as usize);
+            (&file).take(size).read_to_end(&mut data)?;
+            if (data.len() as u64) < size {
+                return Ok(Fetched::Changed);
             }
-            let sha256: Sha256Digest = Sha256::digest(&data).into();
-            Ok(Ok(Fetched::Whole {
-                stat: stat_of(entry),
+            let sha256 = stat.sha256.unwrap_or_else(|| Sha256::digest(&data).into());
+            Ok(Fetched::Whole {
+                stat,
                 data: Bytes::from(data),
                 sha256,
-            }))
-        });
-        Box::pin(async move {
-            Ok(match opened.await? {
-                Ok(fetched) => fetched,
-                Err((file, entry)) => {
-                    let options = ReadOptions {
-                        hash: true,
-                        ..ReadOptions::default()
-                    };
-                    Fetched::Larger(Box::new(LocalDownload::start(
-                        file,
-                        stat_of(entry),
-                        options,
-                    )?))
-                }
             })
         })
     }
@@ -802,6 +802,13 @@ fn copy_file(
     stop: &AtomicBool,
 ) -> Result<Copied, StorageError> {
     let (mut file, entry) = jail.open_read(from)?;
+    if options.expect_size.is_some_and(|want| want != entry.size) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the source changed before the copy began",
+        )
+        .into());
+    }
     check_target(jail, to, options.no_replace)?;
     let mut temp = jail.create_temp(to)?;
     let size = entry.size;
@@ -834,12 +841,21 @@ fn copy_file(
             last = std::time::Instant::now();
         }
     }
+    let sha256: Sha256Digest = hasher.finalize().into();
+    // Recorded before the fsync, so it is durable with the copy.
+    temp.record_sha256(&crate::domain::hex_digest(&sha256));
     temp.sync()?;
-    let (dir, replaced) = place(gate, temp, !options.no_replace, options.admit, None)?;
+    let (dir, replaced) = place(
+        gate,
+        temp,
+        !options.no_replace,
+        options.admit,
+        options.placed,
+    )?;
     dir.sync()?;
     Ok(Copied {
         size,
-        sha256: Some(hasher.finalize().into()),
+        sha256: Some(sha256),
         replaced,
     })
 }
@@ -1186,16 +1202,34 @@ fn write_and_hash(
     Written::Finished(temp, digest)
 }
 
-/// A range of a local file, read (and hashed) by a thread on the blocking pool.
+/// A range of a local file, read (and hashed) by a thread on the blocking pool. The thread
+/// starts at the first [`Download::next`]: a caller that only wanted the stat (a stored
+/// digest) reads nothing, and one that announces the transfer first does so before the disk
+/// is busy.
 struct LocalDownload {
     stat: Stat,
-    rx: mpsc::Receiver<Result<ReadEvent, StorageError>>,
+    /// The file and what to read of it, until the reader starts.
+    pending: Option<(std::fs::File, Reading)>,
+    rx: Option<mpsc::Receiver<Result<ReadEvent, StorageError>>>,
     done: bool,
+}
+
+/// What the reader thread does.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    offset: u64,
+    len: u64,
+    /// Hash from the start of the file.
+    hash: bool,
+    expect_prefix: Option<Sha256Digest>,
+    /// The stored digest, when it covers what is to be hashed (the whole file): the bytes
+    /// after the prefix need no hashing then.
+    known: Option<Sha256Digest>,
 }
 
 impl LocalDownload {
     fn start(
-        mut file: std::fs::File,
+        file: std::fs::File,
         stat: Stat,
         options: ReadOptions,
     ) -> Result<LocalDownload, StorageError> {
@@ -1207,36 +1241,56 @@ impl LocalDownload {
             _ => return Err(StorageError::InvalidArgument),
         };
         let hash = options.hash || options.expect_prefix.is_some();
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        tokio::task::spawn_blocking(move || {
-            let mut hasher = hash.then(Sha256::new);
-            let prefix = match hasher.as_mut() {
-                Some(h) => {
-                    let progress = |n| {
-                        let _ = tx.blocking_send(Ok(ReadEvent::Progress(n)));
-                    };
-                    hash_prefix(&mut file, offset, h, progress).map(|()| {
-                        let actual: Sha256Digest = h.clone().finalize().into();
-                        actual
-                    })
-                }
-                None => file.seek(SeekFrom::Start(offset)).map(|_| [0u8; 32]),
-            };
-            let event = match prefix {
-                Err(e) => Err(e.into()),
-                Ok(actual) if options.expect_prefix.is_some_and(|p| p != actual) => {
-                    Ok(ReadEvent::PrefixMismatch { actual })
-                }
-                Ok(_) => read_range(file, len, hasher, &tx),
-            };
-            let _ = tx.blocking_send(event);
-        });
+        let known = stat.sha256.filter(|_| offset + len == size);
+        let reading = Reading {
+            offset,
+            len,
+            hash,
+            expect_prefix: options.expect_prefix,
+            known,
+        };
         Ok(LocalDownload {
             stat,
-            rx,
+            pending: Some((file, reading)),
+            rx: None,
             done: false,
         })
     }
+}
+
+/// The reader thread: the prefix (hashed and checked if asked, with `Progress` now and then),
+/// then the range in chunks, then the final event.
+fn read_file(
+    mut file: std::fs::File,
+    r: Reading,
+    tx: &mpsc::Sender<Result<ReadEvent, StorageError>>,
+) -> Result<ReadEvent, StorageError> {
+    // The prefix is hashed only to check it, or when there is no stored digest to end with.
+    let hash_prefix_bytes = r.expect_prefix.is_some() || (r.hash && r.known.is_none());
+    let mut hasher = Sha256::new();
+    if hash_prefix_bytes {
+        let progress = |n| {
+            let _ = tx.blocking_send(Ok(ReadEvent::Progress(n)));
+        };
+        hash_prefix(&mut file, r.offset, &mut hasher, progress)?;
+        if let Some(expected) = r.expect_prefix {
+            let actual: Sha256Digest = hasher.clone().finalize().into();
+            if actual != expected {
+                return Ok(ReadEvent::PrefixMismatch { actual });
+            }
+        }
+    } else {
+        file.seek(SeekFrom::Start(r.offset))?;
+    }
+    let (hasher, known) = match (r.hash, r.known) {
+        (false, _) => (None, None),
+        (true, Some(known)) => (None, Some(known)),
+        (true, None) => (Some(hasher), None),
+    };
+    Ok(match read_range(file, r.len, hasher, tx)? {
+        ReadEvent::End { sha256: None } if known.is_some() => ReadEvent::End { sha256: known },
+        event => event,
+    })
 }
 
 /// Sends `len` bytes of `file` from its position in chunks; the final event is the `End`
@@ -1283,7 +1337,19 @@ impl Download for LocalDownload {
             if self.done {
                 return Ok(ReadEvent::End { sha256: None });
             }
-            let event = match self.rx.recv().await {
+            if let Some((file, reading)) = self.pending.take() {
+                let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+                tokio::task::spawn_blocking(move || {
+                    let event = read_file(file, reading, &tx);
+                    let _ = tx.blocking_send(event);
+                });
+                self.rx = Some(rx);
+            }
+            let received = match self.rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => None,
+            };
+            let event = match received {
                 Some(e) => e,
                 None => Err(StorageError::Io(std::io::Error::other(
                     "file reader ended without a result",

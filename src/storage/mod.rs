@@ -65,7 +65,9 @@ pub type Sha256Digest = [u8; 32];
 pub struct Stat {
     pub entry: Entry,
     /// The SHA-256 the store recorded for the file at its commit, if it has one that still
-    /// matches the content; `None` means "hash it yourself".
+    /// matches the content; `None` means "hash it yourself". A store may leave it out of
+    /// [`Storage::stat`] where looking it up costs (the local store does: an extended
+    /// attribute per name) and give it with a read ([`Download::stat`], [`Fetched::Whole`]).
     pub sha256: Option<Sha256Digest>,
 }
 
@@ -470,9 +472,16 @@ pub struct Space {
 }
 
 /// A server-side copy.
+#[derive(Default)]
 pub struct CopyOptions {
     pub no_replace: bool,
     pub admit: Option<Admit>,
+    /// Told once, inside the change gate, when the copy is in place (see [`Placed`]).
+    pub placed: Option<Placed>,
+    /// Refuse (an error of kind `UnexpectedEof`, nothing copied) unless the source holds
+    /// exactly this many bytes when the store opens it: the caller sized its reservation from
+    /// an earlier look, which another session may have changed since.
+    pub expect_size: Option<u64>,
     /// Told the bytes copied so far, now and then, on a long copy.
     pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }

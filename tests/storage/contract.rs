@@ -90,6 +90,7 @@ macro_rules! storage_contract {
             batched_commits_then_one_flush,
             flush_refuses_a_foreign_staged_commit,
             recorded_digest_matches_when_present,
+            reads_end_with_the_content_digest_recorded_or_not,
             usage_counts_files_directories_and_partials,
             sweep_removes_only_old_partials,
             space_is_sane_when_known,
@@ -544,8 +545,8 @@ pub async fn copy_and_its_refusals(h: Home) {
     let seen = Arc::clone(&progress);
     let options = CopyOptions {
         no_replace: true,
-        admit: None,
         progress: Some(Box::new(move |n| seen.store(n, Ordering::Relaxed))),
+        ..CopyOptions::default()
     };
     let copied = s.copy(&p("src"), &p("dst"), options).await.unwrap();
     assert_eq!(copied.size, 700_000);
@@ -558,8 +559,7 @@ pub async fn copy_and_its_refusals(h: Home) {
     assert_eq!(read(s, "src").await, bytes);
     let plain = |no_replace| CopyOptions {
         no_replace,
-        admit: None,
-        progress: None,
+        ..CopyOptions::default()
     };
     put(s, "other", b"other").await;
     is(
@@ -1738,6 +1738,69 @@ pub async fn recorded_digest_matches_when_present(h: Home) {
     }
 }
 
+/// Whatever a store keeps of a committed file's digest, a read's digests (the opened stat's,
+/// a whole small fetch's, a hashed read's end, from the start or after a checked prefix) are
+/// the content's: of a put, an upload, a copy, and a file replaced since.
+pub async fn reads_end_with_the_content_digest_recorded_or_not(h: Home) {
+    let s = &*h.store;
+    let body = data(400_000, 17);
+    put(s, "small", &body[..1000]).await;
+    upload(s, "large", &body, 64 * 1024).await;
+    let options = CopyOptions {
+        no_replace: true,
+        ..CopyOptions::default()
+    };
+    s.copy(&p("large"), &p("copied"), options).await.unwrap();
+    upload(s, "replaced", &body[..300_000], 64 * 1024).await;
+    let small = Bytes::copy_from_slice(&body[..2000]);
+    let commit = Commit::new(sha(&body[..2000]), false);
+    let path = p("replaced");
+    let r = s.put_small(&path, small, SmallOptions::default(), commit);
+    r.await.unwrap();
+    for (name, content) in [
+        ("small", &body[..1000]),
+        ("large", &body[..]),
+        ("copied", &body[..]),
+        ("replaced", &body[..2000]),
+    ] {
+        let want = sha(content);
+        match s.get_small(&p(name), SMALL_MAX).await.unwrap() {
+            Fetched::Whole { stat, data, sha256 } => {
+                assert_eq!((&data[..], sha256), (content, want), "{name}");
+                assert!(stat.sha256.is_none_or(|d| d == want), "{name}");
+            }
+            Fetched::Larger(mut d) => {
+                assert!(d.stat().sha256.is_none_or(|d| d == want), "{name}");
+                let (got, end) = drain(d.as_mut()).await;
+                assert_eq!((&got[..], end), (content, Some(want)), "{name}");
+            }
+            Fetched::Changed => panic!("{name} changed"),
+        }
+        let whole = ReadOptions {
+            hash: true,
+            ..ReadOptions::default()
+        };
+        let mut d = s.open_read(&p(name), whole).await.unwrap();
+        assert!(d.stat().sha256.is_none_or(|d| d == want), "{name}");
+        let (got, end) = drain(d.as_mut()).await;
+        assert_eq!((&got[..], end), (content, Some(want)), "{name}");
+        let at = content.len() as u64 / 3;
+        let resumed = ReadOptions {
+            offset: at,
+            len: None,
+            hash: true,
+            expect_prefix: Some(sha(&content[..at as usize])),
+        };
+        let mut d = s.open_read(&p(name), resumed).await.unwrap();
+        let (got, end) = drain(d.as_mut()).await;
+        assert_eq!(
+            (&got[..], end),
+            (&content[at as usize..], Some(want)),
+            "{name}"
+        );
+    }
+}
+
 pub async fn usage_counts_files_directories_and_partials(h: Home) {
     let s = &*h.store;
     let limit = std::time::Duration::from_secs(60);
@@ -1849,8 +1912,7 @@ pub async fn dropped_copy_leaves_nothing_or_the_whole(h: Home) {
         let to = format!("dst{i}");
         let options = CopyOptions {
             no_replace: true,
-            admit: None,
-            progress: None,
+            ..CopyOptions::default()
         };
         let (from, target) = (p("src"), p(&to));
         let copy = s.copy(&from, &target, options);

@@ -59,8 +59,7 @@ async fn planted_symlinks_out_of_the_home_are_never_followed() {
         assert!(r.as_ref().is_err_and(escape), "get_small {path}");
         let options = CopyOptions {
             no_replace: true,
-            admit: None,
-            progress: None,
+            ..CopyOptions::default()
         };
         let r = s.copy(&p(path), &p("copied"), options).await;
         assert!(r.as_ref().is_err_and(escape), "copy {path}");
@@ -440,5 +439,92 @@ async fn a_forged_list_position_reads_only_its_own_directory() {
             Err(StorageError::InvalidArgument) => {}
             Err(e) => panic!("position {pos:#x}: {e:?}"),
         }
+    }
+}
+
+/// A read answers with the file's stored digest while it describes the file (one lookup on
+/// the opened file), and sends the bytes unhashed; a stat does not look it up. A record
+/// planted with a digest that is not the content's shows which digest was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_from_the_stored_digest_and_stat_does_not_look() {
+    use ferry::storage::{Fetched, ReadEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let s = LocalStorage::open(&home, true).unwrap();
+    let small = b"small content".to_vec();
+    let large = vec![9u8; 700_000];
+    for (name, data) in [("small", &small), ("large", &large)] {
+        std::fs::write(home.join(name), data).unwrap();
+        let file = std::fs::File::open(home.join(name)).unwrap();
+        ferry::stored_digest::record(&file, &"ab".repeat(32));
+        let mut buf = [0u8; 128];
+        if let Err(e) = rustix::fs::fgetxattr(&file, ferry::stored_digest::XATTR_NAME, &mut buf) {
+            panic!(
+                "{} does not keep user extended attributes ({e}): stored digests cannot be \
+                 tested here; run the tests with TMPDIR on ext4, xfs, btrfs or tmpfs",
+                home.display()
+            );
+        }
+    }
+    let planted = [0xab; 32];
+    assert_eq!(s.stat(&p("small")).await.unwrap().sha256, None);
+    assert_eq!(s.stat(&p("large")).await.unwrap().sha256, None);
+    match s.get_small(&p("small"), 1024).await.unwrap() {
+        Fetched::Whole { stat, data, sha256 } => {
+            assert_eq!(&data[..], &small[..]);
+            assert_eq!((stat.sha256, sha256), (Some(planted), planted));
+        }
+        other => panic!("{other:?}"),
+    }
+    let whole = ReadOptions {
+        hash: true,
+        ..ReadOptions::default()
+    };
+    let mut d = s.open_read(&p("large"), whole).await.unwrap();
+    assert_eq!(d.stat().sha256, Some(planted));
+    let mut got = Vec::new();
+    let end = loop {
+        match d.next().await.unwrap() {
+            ReadEvent::Data(b) => got.extend_from_slice(&b),
+            ReadEvent::Progress(_) => {}
+            other => break other,
+        }
+    };
+    assert_eq!(got, large);
+    assert_eq!(
+        end,
+        ReadEvent::End {
+            sha256: Some(planted)
+        }
+    );
+    // A range that is not the whole rest of the file is hashed: the record covers the whole.
+    let part = ReadOptions {
+        offset: 0,
+        len: Some(1000),
+        hash: true,
+        expect_prefix: None,
+    };
+    let mut d = s.open_read(&p("large"), part).await.unwrap();
+    let end = loop {
+        match d.next().await.unwrap() {
+            ReadEvent::Data(_) | ReadEvent::Progress(_) => {}
+            other => break other,
+        }
+    };
+    let want: [u8; 32] = sha2::Sha256::digest(&large[..1000]).into();
+    assert_eq!(end, ReadEvent::End { sha256: Some(want) });
+    // A change behind the store's back retires the record: hashed again. (Another size: a
+    // rewrite within one clock tick may keep the modification time.)
+    std::fs::write(home.join("small"), b"other, longer content").unwrap();
+    match s.get_small(&p("small"), 1024).await.unwrap() {
+        Fetched::Whole { stat, sha256, .. } => {
+            assert_eq!(stat.sha256, None);
+            assert_eq!(
+                sha256,
+                <[u8; 32]>::from(sha2::Sha256::digest(b"other, longer content"))
+            );
+        }
+        other => panic!("{other:?}"),
     }
 }

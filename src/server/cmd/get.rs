@@ -1,52 +1,22 @@
 //! `get`: stream a file to the client. The server announces the size, sends exactly the bytes
 //! from `offset` to that size, and ends with the SHA-256 of the whole file.
 //!
-//! A resume (`offset` > 0) first hashes the server's first `offset` bytes and refuses if they
-//! differ from the client's `prefix_sha256`: appending to a prefix that does not match would
-//! build a corrupt file. The client may `cancel` a running download.
+//! A resume (`offset` > 0) first has the core hash the server's first `offset` bytes and
+//! refuses if they differ from the client's `prefix_sha256`: appending to a prefix that does
+//! not match would build a corrupt file. The client may `cancel` a running download.
 //!
 //! The final digest comes from the file's stored digest when that still describes the file
 //! (see [`crate::stored_digest`]): the bytes after a resume's prefix, or all of them, are then
 //! sent without hashing. The client hashes what it receives either way, so a file changed on
 //! disk since its commit shows up there as a mismatch.
 
-use std::io::Read;
-use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-
 use super::super::session::{End, Session};
-use super::{Next, blocking, next_or_cancel, reply_storage};
+use super::{Next, reply_core};
 use crate::jail::{RemotePath, StorageError};
-use crate::protocol::{DATA_CHUNK_LEN, Entry, ErrorCode, ServerMessage, hex_digest};
-use crate::stored_digest;
-use crate::transfer::{
-    CHANNEL_DEPTH, ReadChunk, hash_prefix, is_hex_digest, read_and_hash_from, read_known,
-};
-
-/// Files of at most this many bytes, fetched whole, are opened, read and hashed in one
-/// blocking call and sent at once: a reader thread feeding the session chunk by chunk costs
-/// more hand-overs than such a file is worth.
-const SMALL_MAX: u64 = 256 * 1024;
-
-/// What the blocking open found.
-enum Opened {
-    /// A small file, read whole (`size` bytes as of the open), and its SHA-256.
-    Small {
-        entry: Entry,
-        data: Vec<u8>,
-        sha256: String,
-    },
-    /// A small file that shrank between the open and the read.
-    Shrunk,
-    /// Anything else, to be streamed; `known` is its stored digest if that still matches.
-    Large {
-        file: std::fs::File,
-        entry: Entry,
-        known: Option<String>,
-    },
-}
+use crate::protocol::{Entry, ErrorCode, ServerMessage, hex_digest};
+use crate::service::{CoreError, Opened};
+use crate::storage::{Download, Fetched, ReadEvent, Sha256Digest};
+use crate::transfer::is_hex_digest;
 
 pub(super) async fn run(
     sess: &mut Session,
@@ -68,101 +38,69 @@ pub(super) async fn run(
         }
     };
     let shown = path.to_string();
-    let jail = Arc::clone(&sess.jail);
-    let opened = blocking(move || {
-        let (file, entry, state) = jail.open_read_state(&path)?;
-        // Looked up before any byte is read: what is sent is then checked against the digest
-        // of the file as it was committed, not as it is read.
-        let known = stored_digest::lookup(&file, &state);
-        if offset > 0 || entry.size > SMALL_MAX {
-            return Ok(Opened::Large { file, entry, known });
+    let download = match prefix {
+        None => match sess.home.get_small(&path).await {
+            Ok(Fetched::Whole { stat, data, sha256 }) => {
+                return send_small(sess, id, stat.entry, &data, hex_digest(&sha256)).await;
+            }
+            Ok(Fetched::Larger(download)) => download,
+            Ok(Fetched::Changed) => return reply_shrunk(sess, id, &shown).await,
+            Err(e) => return reply_core(sess, id, "get", &e).await,
+        },
+        Some(expected) => {
+            let mut digest: Sha256Digest = [0; 32];
+            // Checked above: 64 hex digits.
+            if hex::decode_to_slice(&expected, &mut digest).is_err() {
+                return Err(End::Internal("a checked digest did not decode".into()));
+            }
+            match sess.home.open_download(&path, offset, Some(digest)).await {
+                Ok(Opened::Download(download)) => {
+                    return stream(sess, id, &shown, download, offset, &expected).await;
+                }
+                Ok(Opened::BeyondEnd { size }) => {
+                    let msg = ServerMessage::error(
+                        Some(id),
+                        ErrorCode::BadRequest,
+                        format!(
+                            "resume offset {offset} is beyond the end of the file ({size} bytes)"
+                        ),
+                    );
+                    return sess.send(&msg).await;
+                }
+                Err(e) => return reply_core(sess, id, "get", &e).await,
+            }
         }
-        // Bounded by SMALL_MAX; more than `size` is not read even if the file grew.
-        let mut data = Vec::with_capacity(entry.size as usize);
-        file.take(entry.size)
-            .read_to_end(&mut data)
-            .map_err(StorageError::from_io)?;
-        if (data.len() as u64) < entry.size {
-            return Ok(Opened::Shrunk);
-        }
-        let sha256 = known.unwrap_or_else(|| hex_digest(&Sha256::digest(&data)));
-        Ok(Opened::Small {
-            entry,
-            data,
-            sha256,
-        })
-    })
-    .await;
-    let (file, entry, known) = match opened {
-        Ok(Opened::Large { file, entry, known }) => (file, entry, known),
-        Ok(Opened::Small {
-            entry,
-            data,
-            sha256,
-        }) => return send_small(sess, id, entry, &data, sha256).await,
-        Ok(Opened::Shrunk) => return reply_shrunk(sess, id, &shown).await,
-        Err(e) => return reply_storage(sess, id, "get", &e).await,
     };
-    let size = entry.size;
-    if offset > size {
-        let msg = ServerMessage::error(
-            Some(id),
-            ErrorCode::BadRequest,
-            format!("resume offset {offset} is beyond the end of the file ({size} bytes)"),
-        );
-        return sess.send(&msg).await;
-    }
+    stream(sess, id, &shown, download, 0, "").await
+}
+
+/// Announces the file and sends what the download yields; the store reads (and hashes, or
+/// checks a resume's prefix) on its own thread while the session encrypts and sends: disk,
+/// SHA-256 and TLS overlap instead of running in series.
+async fn stream(
+    sess: &mut Session,
+    id: u64,
+    shown: &str,
+    mut download: Box<dyn Download>,
+    offset: u64,
+    expected: &str,
+) -> Result<(), End> {
+    let entry = &download.stat().entry;
+    let (size, mtime) = (entry.size, entry.mtime);
     sess.send(&ServerMessage::File {
         id,
         size,
-        mtime: entry.mtime,
+        mtime,
         offset,
     })
     .await?;
-
-    // The reader hashes on the blocking pool while the session encrypts and sends: disk,
-    // SHA-256 and TLS overlap instead of running in series.
-    let (tx, mut rx) = mpsc::channel::<ReadChunk>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut hasher = Sha256::new();
-        if let Some(expected) = prefix {
-            let progress = |n| {
-                let _ = tx.blocking_send(ReadChunk::Progress(n));
-            };
-            match hash_prefix(&mut file, offset, &mut hasher, progress) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    let _ = tx.blocking_send(ReadChunk::Shrunk);
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(ReadChunk::Failed(e));
-                    return;
-                }
-            }
-            let actual = hex_digest(&hasher.clone().finalize());
-            if actual != expected {
-                let _ = tx.blocking_send(ReadChunk::Refused(format!(
-                    "resume refused: the first {offset} bytes differ (local sha256 {expected}, \
-                     server sha256 {actual}); download the whole file again"
-                )));
-                return;
-            }
-        }
-        match known {
-            Some(sha256) => read_known(file, size - offset, DATA_CHUNK_LEN, sha256, &tx),
-            None => read_and_hash_from(file, size - offset, DATA_CHUNK_LEN, hasher, &tx),
-        }
-    });
-
     let stall = sess.server.limits.stall_timeout;
     let grace_over = sess.server.grace_over.clone();
     loop {
         let next = tokio::select! {
-            n = next_or_cancel(sess, id, &mut rx) => n?,
+            n = next_or_cancel(sess, id, download.as_mut()) => n?,
             () = grace_over.cancelled() => {
-                drop(rx);
+                drop(download);
                 let msg = ServerMessage::error(
                     Some(id),
                     ErrorCode::Busy,
@@ -172,40 +110,75 @@ pub(super) async fn run(
                 return Err(End::Shutdown);
             }
         };
-        let chunk = match next {
+        let event = match next {
             Next::Cancelled => {
-                drop(rx);
+                drop(download);
                 tracing::info!(peer = %sess.peer, user = %sess.user, path = %shown, "download cancelled");
                 let msg =
                     ServerMessage::error(Some(id), ErrorCode::Cancelled, "download cancelled");
                 return sess.send(&msg).await;
             }
-            Next::Work(None) => {
-                return Err(End::Internal("file reader ended without a result".into()));
-            }
-            Next::Work(Some(chunk)) => chunk,
+            Next::Work(event) => event,
         };
-        match chunk {
-            ReadChunk::Data(bytes) => {
+        match event {
+            Ok(ReadEvent::Data(bytes)) => {
                 match tokio::time::timeout(stall, sess.writer.write_data(&bytes)).await {
                     Ok(r) => r?,
                     Err(_) => return Err(End::Timeout("client stopped reading")),
                 }
             }
-            ReadChunk::Progress(bytes) => sess.send(&ServerMessage::Progress { id, bytes }).await?,
-            ReadChunk::Done(sha256) => {
+            Ok(ReadEvent::Progress(bytes)) => {
+                sess.send(&ServerMessage::Progress { id, bytes }).await?;
+            }
+            Ok(ReadEvent::End { sha256: Some(d) }) => {
                 return sess
-                    .send(&ServerMessage::ok_transfer(id, size, sha256))
+                    .send(&ServerMessage::ok_transfer(id, size, hex_digest(&d)))
                     .await;
             }
-            ReadChunk::Failed(e) => {
-                return reply_storage(sess, id, "get", &StorageError::from_io(e)).await;
+            Ok(ReadEvent::End { sha256: None }) => {
+                return Err(End::Internal("file reader ended without a digest".into()));
             }
-            ReadChunk::Refused(message) => {
-                let msg = ServerMessage::error(Some(id), ErrorCode::IntegrityMismatch, message);
+            Ok(ReadEvent::PrefixMismatch { actual }) => {
+                let actual = hex_digest(&actual);
+                let msg = ServerMessage::error(
+                    Some(id),
+                    ErrorCode::IntegrityMismatch,
+                    format!(
+                        "resume refused: the first {offset} bytes differ (local sha256 \
+                         {expected}, server sha256 {actual}); download the whole file again"
+                    ),
+                );
                 return sess.send(&msg).await;
             }
-            ReadChunk::Shrunk => return reply_shrunk(sess, id, &shown).await,
+            Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return reply_shrunk(sess, id, shown).await;
+            }
+            Err(e) => return reply_core(sess, id, "get", &CoreError::Storage(e)).await,
+        }
+    }
+}
+
+/// The download's next event, or the client's cancel of this request; other frames that
+/// arrive meanwhile are kept for later requests (as in [`super::step_or_cancel`]).
+async fn next_or_cancel(
+    sess: &mut Session,
+    id: u64,
+    download: &mut dyn Download,
+) -> Result<Next<Result<ReadEvent, StorageError>>, End> {
+    loop {
+        // A download's `next` may be dropped and called again: nothing is lost.
+        let frame = tokio::select! {
+            event = download.next() => return Ok(Next::Work(event)),
+            frame = sess.reader.read_frame(), if sess.can_read_ahead() => frame,
+        };
+        match frame {
+            Ok(Some(f)) => {
+                if sess.absorb(f, id) {
+                    return Ok(Next::Cancelled);
+                }
+            }
+            Ok(None) => return Err(End::ClientGone),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -378,48 +378,50 @@ async fn session_message(sess: &mut Session, msg: ClientMessage) -> Result<(), E
     }
 }
 
-/// What a long request's loop sees next: its worker's next message, or the client's cancel.
+/// What a download's loop sees next: its next event, or the client's cancel.
 pub(super) enum Next<T> {
-    /// The worker's next message (`None`: the worker ended).
-    Work(Option<T>),
+    /// The next event.
+    Work(T),
     /// The client cancelled this request.
     Cancelled,
 }
 
-/// Waits for the worker of request `id` while watching the connection for a `cancel`; other
-/// frames that arrive meanwhile are kept for later requests (up to a bound, then the session
-/// simply stops reading until this request is done).
-pub(super) async fn next_or_cancel<T>(
+/// What a long core call's loop sees next.
+pub(super) enum Step<T> {
+    /// The call ended with this.
+    Done(T),
+    /// The call reported the bytes done so far.
+    Progress(u64),
+    /// The client cancelled this request.
+    Cancelled,
+}
+
+/// Drives the core call `work` of request `id` until it ends, reports progress (sent to
+/// `progress` by the call) or the client cancels the request; other frames that arrive
+/// meanwhile are kept for later requests (up to a bound, then the session simply stops
+/// reading until this request is done). `work` is polled in
+/// place, never dropped here: call again to go on.
+pub(super) async fn step_or_cancel<F: Future>(
     sess: &mut Session,
     id: u64,
-    rx: &mut tokio::sync::mpsc::Receiver<T>,
-) -> Result<Next<T>, End> {
+    mut work: std::pin::Pin<&mut F>,
+    progress: &mut tokio::sync::mpsc::Receiver<u64>,
+) -> Result<Step<F::Output>, End> {
     loop {
         let frame = tokio::select! {
-            msg = rx.recv() => return Ok(Next::Work(msg)),
+            out = work.as_mut() => return Ok(Step::Done(out)),
+            Some(bytes) = progress.recv() => return Ok(Step::Progress(bytes)),
             frame = sess.reader.read_frame(), if sess.can_read_ahead() => frame,
         };
         match frame {
             Ok(Some(f)) => {
                 if sess.absorb(f, id) {
-                    return Ok(Next::Cancelled);
+                    return Ok(Step::Cancelled);
                 }
             }
             Ok(None) => return Err(End::ClientGone),
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-/// Runs blocking file system work on the blocking pool.
-pub(super) async fn blocking<T, F>(f: F) -> Result<T, StorageError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(join) => Err(StorageError::Io(std::io::Error::other(join.to_string()))),
     }
 }
 
