@@ -328,6 +328,17 @@ impl Home {
             return Err(StorageError::IsADirectory.into());
         }
         let key = partial_key(&self.user, path);
+        if self.account.is_none() {
+            // No limits, no counters: nothing to reserve or settle (the common case, kept
+            // free of the call-backs' allocations).
+            let commit = plain_commit(expected, replace, durability);
+            let options = SmallOptions {
+                supersede: Some(key),
+                reserve: None,
+            };
+            let put = self.storage.put_small(path, data, options, commit).await?;
+            return Ok(landed(put.landed, expected));
+        }
         // Filled by the store's call-back, inside its blocking call.
         let held: Arc<Mutex<Option<Reservation>>> = Arc::new(Mutex::new(None));
         let refused: Arc<Mutex<Option<Refused>>> = Arc::new(Mutex::new(None));
@@ -456,9 +467,13 @@ impl Upload {
             bytes: self.size - self.offset,
             files: u64::from(!self.resumed),
         };
-        let held = Arc::new(Mutex::new(self.reservation.take()));
-        let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
-        let commit = settled_commit(actual, self.replace, durability, &held, added, debt);
+        let commit = if self.account.is_none() {
+            plain_commit(actual, self.replace, durability)
+        } else {
+            let held = Arc::new(Mutex::new(self.reservation.take()));
+            let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
+            settled_commit(actual, self.replace, durability, &held, added, debt)
+        };
         // The store runs the commit to its end even if this future is dropped.
         Ok(landed(inner.commit(commit).await?, actual))
     }
@@ -548,7 +563,13 @@ fn settled_commit(
             r.commit(added, replaced);
         }
     });
-    let commit = Commit::new(sha256, !replace).admit(admit).placed(placed);
+    let commit = plain_commit(sha256, replace, durability);
+    commit.admit(admit).placed(placed)
+}
+
+/// A commit with no counters to keep.
+fn plain_commit(sha256: Sha256Digest, replace: bool, durability: Durability) -> Commit {
+    let commit = Commit::new(sha256, !replace);
     match durability {
         Durability::Now => commit,
         Durability::Batched => commit.batched(),
