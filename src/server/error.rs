@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use crate::jail::{PathError, StorageError};
 use crate::protocol::{ErrorCode, ServerMessage};
+use crate::storage::{PathError, StorageError};
 
 /// Maps a storage error to its wire code and message, logging what the client must not see.
 pub(super) fn storage_reply(

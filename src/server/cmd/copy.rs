@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::session::{End, Session};
 use super::{Step, reply_core, step_or_cancel};
-use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{ErrorCode, ServerMessage, hex_digest};
 use crate::service::CoreError;
+use crate::storage::{RemotePath, StorageError};
 
 pub(super) async fn run(
     sess: &mut Session,

@@ -12,10 +12,10 @@
 
 use super::super::session::{End, Session};
 use super::{Next, reply_core};
-use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{Entry, ErrorCode, ServerMessage, hex_digest};
 use crate::service::{CoreError, Opened};
 use crate::storage::{Download, Fetched, ReadEvent, Sha256Digest};
+use crate::storage::{RemotePath, StorageError};
 use crate::transfer::is_hex_digest;
 
 pub(super) async fn run(

@@ -18,9 +18,9 @@ use super::error::{path_reply, storage_reply};
 use super::session::{End, Session};
 use crate::domain::Op;
 use crate::domain::hex_digest;
-use crate::jail::{PathError, RemotePath, StorageError};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use crate::service::CoreError;
+use crate::storage::{PathError, RemotePath, StorageError};
 
 /// Runs one request to its final reply, then writes its audit line if it moved or changed
 /// data. `Err` ends the session.

@@ -3,8 +3,8 @@
 
 use super::super::session::{End, Session};
 use super::{reply_core, reply_storage};
-use crate::jail::{RemotePath, StorageError};
 use crate::protocol::ServerMessage;
+use crate::storage::{RemotePath, StorageError};
 
 pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     match sess.home.partial_len(&path).await {

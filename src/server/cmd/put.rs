@@ -19,9 +19,9 @@ use bytes::Bytes;
 use super::super::session::{End, Session, Unsynced};
 use super::reply_core;
 use crate::domain::hex_digest;
-use crate::jail::RemotePath;
 use crate::protocol::{ClientMessage, ErrorCode, Frame, ServerMessage, decode_client_message};
 use crate::service::{CoreError, Put, PutRequest, ResumeRefused, Upload};
+use crate::storage::RemotePath;
 use crate::storage::{Durability, SMALL_MAX, Sha256Digest};
 use crate::transfer::is_hex_digest;
 

@@ -2,8 +2,8 @@
 
 use super::super::session::{End, Session};
 use super::reply_core;
-use crate::jail::RemotePath;
 use crate::protocol::ServerMessage;
+use crate::storage::RemotePath;
 
 pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     match sess.home.remove(&path).await {

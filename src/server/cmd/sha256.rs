@@ -7,9 +7,9 @@ use tokio::sync::mpsc;
 
 use super::super::session::{End, Session};
 use super::{Step, reply_core, step_or_cancel};
-use crate::jail::{RemotePath, StorageError};
 use crate::protocol::{ErrorCode, ServerMessage, hex_digest};
 use crate::service::CoreError;
+use crate::storage::{RemotePath, StorageError};
 
 pub(super) async fn run(sess: &mut Session, id: u64, path: RemotePath) -> Result<(), End> {
     let (tx, mut progress) = mpsc::channel::<u64>(4);
