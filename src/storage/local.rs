@@ -634,10 +634,22 @@ impl Storage for LocalStorage {
                 }
             };
             let mut hasher = Sha256::new();
-            let file = temp.file();
-            file.seek(SeekFrom::Start(0))?;
-            hash_prefix(file, offset, &mut hasher, |_| {})?;
-            let actual: Sha256Digest = hasher.clone().finalize().into();
+            let hashed = (|| -> Result<Sha256Digest, StorageError> {
+                let file = temp.file();
+                file.seek(SeekFrom::Start(0))?;
+                hash_prefix(file, offset, &mut hasher, |_| {})?;
+                Ok(hasher.clone().finalize().into())
+            })();
+            let actual = match hashed {
+                Ok(d) => d,
+                Err(e) => {
+                    // Put back as it was rather than lose it (its count stays with it); if
+                    // even that fails it is gone, counted until the next recount.
+                    let _entered = gate.enter();
+                    let _ = temp.keep_as_partial(jail, key.as_str());
+                    return Err(e);
+                }
+            };
             if actual != prefix {
                 // Back as it was, for a later try (or a fresh upload that supersedes it). If
                 // another upload kept a partial under the key meanwhile, this one replaces it.
