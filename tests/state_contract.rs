@@ -171,6 +171,30 @@ async fn a_home_is_counted_once((a, b): (Node, Node)) {
     assert_eq!(reserved(&a, home).await, fp(0, 0));
 }
 
+/// A count given up (its walk failed) frees the home for the next claim at once, on any node.
+async fn an_abandoned_count_frees_the_claim((a, b): (Node, Node)) {
+    let home = "h-abandon";
+    let ttl = Duration::from_secs(60);
+    let Counting::Yours(claim) = a.ledger.claim_count(home, ttl).await.unwrap() else {
+        panic!("the first claim counts")
+    };
+    assert_eq!(
+        b.ledger.claim_count(home, ttl).await.unwrap(),
+        Counting::Busy
+    );
+    a.ledger.abandon_count(claim);
+    let Counting::Yours(again) = b.ledger.claim_count(home, ttl).await.unwrap() else {
+        panic!("an abandoned claim frees the count at once")
+    };
+    assert_eq!(
+        a.ledger.set_counted(claim, fp(1, 1)).await,
+        Err(StateError::LeaseGone),
+        "the abandoned claim records nothing"
+    );
+    b.ledger.set_counted(again, fp(7, 1)).await.unwrap();
+    assert_eq!(used(&a, home).await, fp(7, 1));
+}
+
 /// Reservations on two nodes together never pass the quota; a dropped one gives its room
 /// back; a committed one becomes usage, measured, not estimated.
 async fn reservations_hold_the_quota_across_nodes((a, b): (Node, Node)) {
@@ -572,6 +596,7 @@ macro_rules! contract_for {
 
 contract_for!(memory:
     a_home_is_counted_once,
+    an_abandoned_count_frees_the_claim,
     reservations_hold_the_quota_across_nodes,
     racing_reservations_never_overshoot,
     file_quota_and_largest_file,

@@ -38,6 +38,9 @@ pub enum CoreError {
     Refused { refused: Refused, size: u64 },
     /// A resumed upload cannot go on.
     ResumeRefused(ResumeRefused),
+    /// The shared state (the usage ledger) failed or cannot be reached; the text is for the
+    /// log. Nothing was changed.
+    Unavailable(String),
     /// An upload ended with another length than it declared (`received` counts a resumed
     /// prefix).
     SizeMismatch { declared: u64, received: u64 },
@@ -74,6 +77,7 @@ impl fmt::Display for CoreError {
             CoreError::ResumeRefused(ResumeRefused::Mismatch { offset, .. }) => {
                 write!(f, "the first {offset} bytes of the partial upload differ")
             }
+            CoreError::Unavailable(why) => write!(f, "shared state unavailable: {why}"),
             CoreError::SizeMismatch { declared, received } => {
                 write!(f, "declared {declared} bytes, received {received}")
             }
@@ -82,6 +86,19 @@ impl fmt::Display for CoreError {
 }
 
 impl std::error::Error for CoreError {}
+
+impl CoreError {
+    /// A reservation that could not be made, for a file of `size` bytes.
+    pub(crate) fn refused(refusal: quota::Refusal, size: u64) -> CoreError {
+        match refusal {
+            quota::Refusal::Refused(refused) => CoreError::Refused { refused, size },
+            quota::Refusal::LeaseGone => {
+                CoreError::Unavailable("the reservation's lease expired".into())
+            }
+            quota::Refusal::Unavailable(why) => CoreError::Unavailable(why),
+        }
+    }
+}
 
 /// What a directory takes toward the quota.
 const ONE_DIR: Footprint = Footprint { bytes: 0, files: 1 };
@@ -185,13 +202,14 @@ impl Home {
         let reservation = match &self.account {
             Some(a) => Some(
                 a.reserve(&self.limits, 0, 0, true)
-                    .map_err(|refused| CoreError::Refused { refused, size: 0 })?,
+                    .await
+                    .map_err(|r| CoreError::refused(r, 0))?,
             ),
             None => None,
         };
         self.storage.mkdir(path).await?;
         if let Some(r) = reservation {
-            r.commit(ONE_DIR, Footprint::NONE);
+            r.commit(ONE_DIR, Footprint::NONE).await;
         }
         Ok(())
     }
@@ -202,7 +220,7 @@ impl Home {
         }
         let gone = self.storage.remove_file(path).await?;
         if let Some(a) = &self.account {
-            a.remove(gone);
+            a.adjust(Footprint::NONE, gone).await;
         }
         Ok(())
     }
@@ -213,7 +231,7 @@ impl Home {
         }
         let gone = self.storage.remove_dir(path).await?;
         if let Some(a) = &self.account {
-            a.remove(gone);
+            a.adjust(Footprint::NONE, gone).await;
         }
         Ok(())
     }
@@ -229,7 +247,7 @@ impl Home {
         }
         let replaced = self.storage.rename(from, to, !replace).await?;
         if let Some(a) = &self.account {
-            a.remove(replaced);
+            a.adjust(Footprint::NONE, replaced).await;
         }
         Ok(())
     }
@@ -239,7 +257,10 @@ impl Home {
     pub async fn usage(&self) -> Result<UsageReport, CoreError> {
         let space = self.storage.space().await?;
         let mut usage = match &self.account {
-            Some(a) => a.usage(&self.limits),
+            Some(a) => a
+                .usage(&self.limits)
+                .await
+                .map_err(|e| CoreError::Unavailable(e.to_string()))?,
             None => UsageReport::default(),
         };
         usage.disk_free_bytes = space.map(|s| s.free);

@@ -1,13 +1,15 @@
 //! Per-user quotas: bytes, files and the largest single file.
 //!
 //! Usage is computed by walking the home when the first session of a user logs in (after the
-//! stale partials are swept), and then kept in memory, shared by all of that user's sessions,
+//! stale partials are swept), and then kept in the usage ledger ([`crate::state::UsageLedger`]:
+//! in this process's memory by default, shared by every node when several run side by side),
 //! and updated as files are committed, replaced, removed, or kept as partials, and as
 //! directories are made and removed (a directory counts as a file, as inode quotas count
-//! them). When the last session ends the numbers are dropped, so the next login recounts:
-//! files an admin changed by hand are seen then, and nothing needs to be persisted or can go
-//! stale across restarts. Only one walk of a home runs at a time: a second login of the same
-//! home waits for the first one's count; a walk gives up when its login does.
+//! them). When the home's last session on this node ends the ledger forgets the numbers, so
+//! the next login recounts: files an admin changed by hand are seen then. Only one walk of a
+//! home runs at a time (the ledger's count claim): a second login of the same home waits for
+//! the first one's count; a walk gives up when its login does, and gives its claim back.
+//! Reservations are the ledger's leases, renewed as an upload's data arrives.
 //!
 //! The counters must always agree with a fresh walk. So every change of the home that the
 //! counters follow measures what it replaced or removed itself, on the directory handle it
@@ -21,17 +23,31 @@
 //! uploads are files in the home and count like any other.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::domain::Quota;
 use crate::domain::UsageReport as Usage;
 use crate::jail::{Footprint, Jail, Stop, StorageError};
+use crate::state::{self, Counting as Count, StateError, UsageLedger};
 use crate::users::User;
 
 /// Why a reservation was refused.
 pub use crate::domain::Refused;
+
+/// How long a reservation lives unless renewed. An upload renews it as its data arrives
+/// ([`Reservation::renew_if_due`], after a third of this), so it must be well above the
+/// longest pause a transfer may take (the stall timeout, 60 s by default); it bounds how long
+/// a node that died keeps the room it held.
+pub const RESERVATION_LEASE: Duration = Duration::from_secs(300);
+
+/// How long one login's claim to count a home lives: a count that takes longer (a huge home
+/// on a slow disk) loses it, and its result is dropped.
+const COUNT_LEASE: Duration = Duration::from_secs(600);
 
 /// The limits of `user`.
 pub fn limits_of(user: &User) -> Quota {
@@ -42,39 +58,65 @@ pub fn limits_of(user: &User) -> Quota {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    used_bytes: u64,
-    used_files: u64,
-    reserved_bytes: u64,
-    reserved_files: u64,
+/// Runs a ledger call to its end from blocking code (a store's call-back on the blocking
+/// pool). The in-memory ledger is done at the first poll; a remote one is waited for on the
+/// runtime. Never call it on an async worker with a ledger that may wait.
+fn wait<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    if let Poll::Ready(v) = f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return v;
+    }
+    tokio::runtime::Handle::current().block_on(f)
 }
 
-/// The usage of one home, shared by every session using it.
-#[derive(Debug, Default)]
+/// Logs a ledger call that failed where nothing can be refused any more (the change was made):
+/// the counters may be off until the home is counted again.
+fn log_lost(what: &str, result: Result<(), StateError>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, what, "usage ledger update failed; usage may be off until the next count");
+    }
+}
+
+/// The usage of one home, shared by every session using it on this node: its counters live
+/// in the [`UsageLedger`] (shared by every node), the change lock here.
 pub struct Account {
-    counts: Mutex<Counts>,
+    ledger: Arc<dyn UsageLedger>,
+    /// The home's key in the ledger.
+    key: String,
     /// Held (on the blocking pool) while a session measures what a change of the home will
     /// replace or remove and makes that change, so that no other session of the home changes
     /// the same names in between and the measured difference is the real one.
     changes: tokio::sync::Mutex<()>,
 }
 
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Account {
+    /// An account of an empty home, in a ledger of its own (for tests).
+    fn default() -> Account {
+        Account::standalone(Footprint::NONE)
+    }
+}
+
 impl Account {
-    fn new(used: Footprint) -> Account {
+    /// An account of a home that holds `used`, in a ledger of its own (for tests).
+    pub fn standalone(used: Footprint) -> Account {
+        let ledger: Arc<dyn UsageLedger> = state::memory::MemoryLedger::new();
+        let key = "home".to_string();
+        if let Ok(Count::Yours(claim)) = wait(ledger.claim_count(&key, COUNT_LEASE)) {
+            let _ = wait(ledger.set_counted(claim, used));
+        }
         Account {
-            counts: Mutex::new(Counts {
-                used_bytes: used.bytes,
-                used_files: used.files,
-                ..Counts::default()
-            }),
+            ledger,
+            key,
             changes: tokio::sync::Mutex::new(()),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Counts> {
-        // Counters stay consistent under a panic elsewhere: every update is one statement.
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The change lock: hold it across "measure what goes away, change the home". Blocking:
@@ -93,71 +135,102 @@ impl Account {
     /// Reserves `bytes` more room (and a file slot if `new_file`) for a file that will be
     /// `file_size` bytes, or says why it does not fit. An upload that replaces a file
     /// reserves only what it adds. The reservation is released when dropped.
-    pub fn reserve(
+    pub async fn reserve(
         self: &Arc<Self>,
         limits: &Quota,
         file_size: u64,
         bytes: u64,
         new_file: bool,
-    ) -> Result<Reservation, Refused> {
-        if let Some(max) = limits.max_file_size
-            && file_size > max
-        {
-            return Err(Refused::TooLarge(max));
-        }
-        let files = u64::from(new_file);
-        let mut c = self.lock();
-        // Adding no bytes never needs byte room (replacing a file by a smaller one, a
-        // directory), even over a lowered quota.
-        if let Some(q) = limits.bytes
-            && bytes > 0
-            && c.used_bytes
-                .saturating_add(c.reserved_bytes)
-                .saturating_add(bytes)
-                > q
-        {
-            return Err(Refused::Quota("byte quota"));
-        }
-        if let Some(q) = limits.files
-            && files > 0
-            && c.used_files + c.reserved_files + files > q
-        {
-            return Err(Refused::Quota("file quota"));
-        }
-        c.reserved_bytes += bytes;
-        c.reserved_files += files;
-        Ok(Reservation {
-            account: Arc::clone(self),
-            limits: *limits,
+    ) -> Result<Reservation, Refusal> {
+        let need = Footprint {
             bytes,
-            files,
-        })
+            files: u64::from(new_file),
+        };
+        let inner = state::Reservation::take_for(
+            &self.ledger,
+            &self.key,
+            *limits,
+            file_size,
+            need,
+            RESERVATION_LEASE,
+        )
+        .await
+        .map_err(Refusal::from)?;
+        Ok(Reservation { inner })
     }
 
-    /// Something appeared outside a reservation (e.g. a kept partial).
-    pub fn add(&self, what: Footprint) {
-        let mut c = self.lock();
-        c.used_bytes = c.used_bytes.saturating_add(what.bytes);
-        c.used_files = c.used_files.saturating_add(what.files);
+    /// [`Account::reserve`] from blocking code (see [`wait`]).
+    pub fn reserve_blocking(
+        self: &Arc<Self>,
+        limits: &Quota,
+        file_size: u64,
+        bytes: u64,
+        new_file: bool,
+    ) -> Result<Reservation, Refusal> {
+        wait(self.reserve(limits, file_size, bytes, new_file))
     }
 
-    /// Something went away (removed, replaced, swept).
-    pub fn remove(&self, what: Footprint) {
-        let mut c = self.lock();
-        c.used_bytes = c.used_bytes.saturating_sub(what.bytes);
-        c.used_files = c.used_files.saturating_sub(what.files);
+    /// Something appeared outside a reservation (e.g. a kept partial), and something went
+    /// away (removed, replaced, swept).
+    pub async fn adjust(&self, added: Footprint, removed: Footprint) {
+        log_lost(
+            "adjust",
+            self.ledger.adjust(&self.key, added, removed).await,
+        );
+    }
+
+    /// [`Account::adjust`] from blocking code (see [`wait`]).
+    pub fn adjust_blocking(&self, added: Footprint, removed: Footprint) {
+        wait(self.adjust(added, removed));
+    }
+
+    /// [`Account::adjust`] without waiting, for `Drop`: done at once by the in-memory
+    /// ledger, else sent off on the runtime.
+    pub fn adjust_soon(self: &Arc<Self>, added: Footprint, removed: Footprint) {
+        let account = Arc::clone(self);
+        let mut adjust = Box::pin(async move { account.adjust(added, removed).await });
+        if adjust
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(adjust);
+        }
     }
 
     /// The numbers for `usage`, with reservations counted as used.
-    pub fn usage(&self, limits: &Quota) -> Usage {
-        let c = self.lock();
-        Usage {
-            used_bytes: Some(c.used_bytes + c.reserved_bytes),
-            used_files: Some(c.used_files + c.reserved_files),
+    pub async fn usage(&self, limits: &Quota) -> Result<Usage, StateError> {
+        let u = self
+            .ledger
+            .usage(&self.key)
+            .await?
+            .ok_or(StateError::NotCounted)?;
+        Ok(Usage {
+            used_bytes: Some(u.used.bytes.saturating_add(u.reserved.bytes)),
+            used_files: Some(u.used.files.saturating_add(u.reserved.files)),
             quota_bytes: limits.bytes,
             quota_files: limits.files,
             max_file_size: limits.max_file_size,
             ..Usage::default()
+        })
+    }
+}
+
+impl Drop for Account {
+    /// The home's last session on this node is gone: the ledger forgets its counters, so the
+    /// next login counts it again (and sees what an admin changed by hand meanwhile).
+    fn drop(&mut self) {
+        let (ledger, key) = (Arc::clone(&self.ledger), std::mem::take(&mut self.key));
+        let forget = async move { log_lost("forget", ledger.forget(&key).await) };
+        let mut forget = Box::pin(forget);
+        if forget
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(forget);
         }
     }
 }
@@ -170,14 +243,33 @@ impl crate::storage::ChangeGate for Account {
     }
 }
 
-/// Room held for an upload or copy in flight. Dropped: released. Committed: becomes usage.
+/// Why room could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over a limit.
+    Refused(Refused),
+    /// The reservation's lease expired (no renewal for [`RESERVATION_LEASE`]): its room may
+    /// be someone else's by now.
+    LeaseGone,
+    /// The ledger failed or cannot be reached (the text is for the log).
+    Unavailable(String),
+}
+
+impl From<StateError> for Refusal {
+    fn from(e: StateError) -> Refusal {
+        match e {
+            StateError::Refused(r) => Refusal::Refused(r),
+            StateError::LeaseGone => Refusal::LeaseGone,
+            other => Refusal::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Room held for an upload or copy in flight, a lease of the ledger. Dropped: released.
+/// Committed: becomes usage.
 #[derive(Debug)]
 pub struct Reservation {
-    account: Arc<Account>,
-    /// The limits it was reserved under, for [`Reservation::cover`].
-    limits: Quota,
-    bytes: u64,
-    files: u64,
+    inner: state::Reservation,
 }
 
 impl Reservation {
@@ -186,64 +278,41 @@ impl Reservation {
     /// target, which another session may have removed or shrunk since; whatever the change
     /// now needs beyond what is reserved is reserved too, or the change is refused. Without
     /// this, overwriting a file that another session removes meanwhile (and fills its room)
-    /// would store the whole upload on top of a full quota.
-    pub fn cover(&mut self, added: Footprint, replaced: Footprint) -> Result<(), Refused> {
-        let more_bytes = added
-            .bytes
-            .saturating_sub(replaced.bytes)
-            .saturating_sub(self.bytes);
-        let more_files = added
-            .files
-            .saturating_sub(replaced.files)
-            .saturating_sub(self.files);
-        let mut c = self.account.lock();
-        if let Some(q) = self.limits.bytes
-            && more_bytes > 0
-            && c.used_bytes
-                .saturating_add(c.reserved_bytes)
-                .saturating_add(more_bytes)
-                > q
-        {
-            return Err(Refused::Quota("byte quota"));
-        }
-        if let Some(q) = self.limits.files
-            && more_files > 0
-            && c.used_files
-                .saturating_add(c.reserved_files)
-                .saturating_add(more_files)
-                > q
-        {
-            return Err(Refused::Quota("file quota"));
-        }
-        c.reserved_bytes = c.reserved_bytes.saturating_add(more_bytes);
-        c.reserved_files = c.reserved_files.saturating_add(more_files);
-        self.bytes += more_bytes;
-        self.files += more_files;
-        Ok(())
+    /// would store the whole upload on top of a full quota. A lease that expired is refused
+    /// too: its room may be someone else's by now.
+    pub async fn cover(&mut self, added: Footprint, replaced: Footprint) -> Result<(), Refusal> {
+        self.inner
+            .cover(added, replaced)
+            .await
+            .map_err(Refusal::from)
+    }
+
+    /// [`Reservation::cover`] from blocking code (a store's `admit`).
+    pub fn cover_blocking(&mut self, added: Footprint, replaced: Footprint) -> Result<(), Refusal> {
+        wait(self.cover(added, replaced))
+    }
+
+    /// Keeps the room alive while a transfer makes progress (a clock read when nothing is
+    /// due).
+    pub async fn renew_if_due(&mut self) -> Result<(), Refusal> {
+        self.inner.renew_if_due().await.map_err(Refusal::from)
+    }
+
+    /// [`Reservation::renew_if_due`] from blocking code (a long copy's progress).
+    pub fn renew_if_due_blocking(&mut self) -> Result<(), Refusal> {
+        wait(self.renew_if_due())
     }
 
     /// The change was made: `added` is new in the home (measured, not the estimate that was
     /// reserved) and `removed` went away (a replaced target, as measured when it was
     /// replaced).
-    pub fn commit(self, added: Footprint, removed: Footprint) {
-        let mut c = self.account.lock();
-        c.used_bytes = c
-            .used_bytes
-            .saturating_add(added.bytes)
-            .saturating_sub(removed.bytes);
-        c.used_files = c
-            .used_files
-            .saturating_add(added.files)
-            .saturating_sub(removed.files);
-        // Drop releases the reservation itself.
+    pub async fn commit(self, added: Footprint, removed: Footprint) {
+        log_lost("commit", self.inner.commit(added, removed).await);
     }
-}
 
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut c = self.account.lock();
-        c.reserved_bytes = c.reserved_bytes.saturating_sub(self.bytes);
-        c.reserved_files = c.reserved_files.saturating_sub(self.files);
+    /// [`Reservation::commit`] from blocking code (a store's `placed`).
+    pub fn commit_blocking(self, added: Footprint, removed: Footprint) {
+        wait(self.commit(added, removed));
     }
 }
 
@@ -256,9 +325,10 @@ enum LiveHome {
     Ready(Weak<Account>),
 }
 
-/// The live accounts, by home directory: users sharing a home share its usage.
-#[derive(Debug, Default)]
+/// The live accounts, by home directory: users sharing a home share its usage (kept in the
+/// ledger) and its change lock.
 pub struct Accounts {
+    ledger: Arc<dyn UsageLedger>,
     live: Mutex<HashMap<PathBuf, LiveHome>>,
     /// Signalled when a walk ends, for the logins waiting for it.
     counted: Condvar,
@@ -269,7 +339,30 @@ pub struct Accounts {
 /// How often a login waiting for another login's walk looks at its own [`Stop`].
 const COUNT_WAIT_POLL: Duration = Duration::from_millis(50);
 
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts").finish_non_exhaustive()
+    }
+}
+
+impl Default for Accounts {
+    /// Accounts counted in a ledger of this process's own.
+    fn default() -> Accounts {
+        Accounts::new(state::memory::MemoryLedger::new())
+    }
+}
+
 impl Accounts {
+    /// Accounts whose counters live in `ledger`.
+    pub fn new(ledger: Arc<dyn UsageLedger>) -> Accounts {
+        Accounts {
+            ledger,
+            live: Mutex::default(),
+            counted: Condvar::default(),
+            walks: std::sync::atomic::AtomicU64::default(),
+        }
+    }
+
     /// The account of `home`: the live one, or a new one counted by walking the home (the
     /// stale partials are swept first, `partial_ttl`). Only one walk of a home runs at a
     /// time; a second login waits for it (or for its own `stop`). Returns the account and
@@ -320,11 +413,44 @@ impl Accounts {
             home: &home,
             account: None,
         };
-        let swept = jail.sweep_partials(partial_ttl);
-        self.walks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let used = jail.usage_walk(stop)?;
-        let account = Arc::new(Account::new(used));
+        let key = home.to_string_lossy().into_owned();
+        let account = Arc::new(Account {
+            ledger: Arc::clone(&self.ledger),
+            key: key.clone(),
+            changes: tokio::sync::Mutex::new(()),
+        });
+        // Counted once across every node sharing the ledger: whoever claims the home walks
+        // it; the others wait for the count (or find it known).
+        let swept = loop {
+            match wait(self.ledger.claim_count(&key, COUNT_LEASE)) {
+                Ok(Count::Known(_)) => break sweep(&account, jail, partial_ttl),
+                Ok(Count::Yours(claim)) => {
+                    let swept = jail.sweep_partials(partial_ttl);
+                    self.walks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let used = match jail.usage_walk(stop) {
+                        Ok(used) => used,
+                        Err(e) => {
+                            // The next login counts again, at once.
+                            self.ledger.abandon_count(claim);
+                            return Err(e);
+                        }
+                    };
+                    wait(self.ledger.set_counted(claim, used)).map_err(state_error)?;
+                    break swept;
+                }
+                Ok(Count::Busy) => {
+                    if stop.fired() {
+                        return Err(StorageError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "another node is still counting the home",
+                        )));
+                    }
+                    std::thread::sleep(COUNT_WAIT_POLL);
+                }
+                Err(e) => return Err(state_error(e)),
+            }
+        };
         counting.account = Some(Arc::downgrade(&account));
         drop(counting);
         Ok((account, swept))
@@ -357,10 +483,17 @@ impl Accounts {
 
 /// Sweeps stale partials under the account's change lock and takes them off its counts.
 fn sweep(account: &Account, jail: &Jail, ttl: Duration) -> Result<Footprint, StorageError> {
-    let _changing = account.changing();
-    let swept = jail.sweep_partials(ttl)?;
-    account.remove(swept);
+    let swept = {
+        let _changing = account.changing();
+        jail.sweep_partials(ttl)?
+    };
+    account.adjust_blocking(Footprint::NONE, swept);
     Ok(swept)
+}
+
+/// A ledger failure, as the store's error the login reports.
+fn state_error(e: StateError) -> StorageError {
+    StorageError::Io(std::io::Error::other(e.to_string()))
 }
 
 /// A walk in progress; dropped, it publishes the account (or clears the slot if the walk
@@ -388,7 +521,7 @@ mod tests {
     use super::*;
 
     fn account(bytes: u64, files: u64) -> Arc<Account> {
-        Arc::new(Account::new(Footprint { bytes, files }))
+        Arc::new(Account::standalone(Footprint { bytes, files }))
     }
 
     fn fp(bytes: u64, files: u64) -> Footprint {
@@ -404,43 +537,43 @@ mod tests {
     #[test]
     fn reservations_in_flight_count_against_the_quota() {
         let a = account(100, 1);
-        let first = a.reserve(&LIMITS, 500, 500, true).unwrap();
+        let first = a.reserve_blocking(&LIMITS, 500, 500, true).unwrap();
         // A second upload that would fit alone does not fit next to the first.
         assert_eq!(
-            a.reserve(&LIMITS, 500, 500, true).unwrap_err(),
-            Refused::Quota("byte quota")
+            a.reserve_blocking(&LIMITS, 500, 500, true).unwrap_err(),
+            Refusal::Refused(Refused::Quota("byte quota"))
         );
         drop(first);
-        let second = a.reserve(&LIMITS, 500, 500, true).unwrap();
-        second.commit(fp(500, 1), Footprint::NONE);
-        assert_eq!(a.usage(&LIMITS).used_bytes, Some(600));
-        assert_eq!(a.usage(&LIMITS).used_files, Some(2));
+        let second = a.reserve_blocking(&LIMITS, 500, 500, true).unwrap();
+        second.commit_blocking(fp(500, 1), Footprint::NONE);
+        assert_eq!(wait(a.usage(&LIMITS)).unwrap().used_bytes, Some(600));
+        assert_eq!(wait(a.usage(&LIMITS)).unwrap().used_files, Some(2));
     }
 
     #[test]
     fn max_file_size_and_file_count() {
         let a = account(0, 2);
         assert_eq!(
-            a.reserve(&LIMITS, 601, 601, true).unwrap_err(),
-            Refused::TooLarge(600)
+            a.reserve_blocking(&LIMITS, 601, 601, true).unwrap_err(),
+            Refusal::Refused(Refused::TooLarge(600))
         );
-        let r = a.reserve(&LIMITS, 10, 10, true).unwrap();
+        let r = a.reserve_blocking(&LIMITS, 10, 10, true).unwrap();
         assert_eq!(
-            a.reserve(&LIMITS, 10, 10, true).unwrap_err(),
-            Refused::Quota("file quota")
+            a.reserve_blocking(&LIMITS, 10, 10, true).unwrap_err(),
+            Refusal::Refused(Refused::Quota("file quota"))
         );
         // Replacing a file needs no new file slot.
-        let over = a.reserve(&LIMITS, 10, 10, false).unwrap();
+        let over = a.reserve_blocking(&LIMITS, 10, 10, false).unwrap();
         drop((r, over));
     }
 
     #[test]
     fn overwrite_replaces_the_old_size() {
         let a = account(300, 1);
-        a.reserve(&LIMITS, 100, 100, false)
+        a.reserve_blocking(&LIMITS, 100, 100, false)
             .unwrap()
-            .commit(fp(100, 1), fp(300, 1));
-        let u = a.usage(&LIMITS);
+            .commit_blocking(fp(100, 1), fp(300, 1));
+        let u = wait(a.usage(&LIMITS)).unwrap();
         assert_eq!((u.used_bytes, u.used_files), (Some(100), Some(1)));
     }
 
@@ -469,7 +602,7 @@ mod tests {
         });
         assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(opened.iter().all(|a| Arc::ptr_eq(a, &opened[0])));
-        let u = opened[0].usage(&LIMITS);
+        let u = wait(opened[0].usage(&LIMITS)).unwrap();
         assert_eq!((u.used_bytes, u.used_files), (Some(1500), Some(1000)));
         // Once every session is gone, the next login counts again.
         drop(opened);
@@ -492,13 +625,13 @@ mod tests {
         assert!(accounts.open(home.clone(), &jail, ttl, &stop).is_err());
         let stop = Stop::after(Duration::from_secs(60));
         let (a, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
-        assert_eq!(a.usage(&LIMITS).used_files, Some(2));
+        assert_eq!(wait(a.usage(&LIMITS)).unwrap().used_files, Some(2));
     }
 
     #[test]
     fn unlimited_users_are_never_refused() {
         let a = account(u64::MAX - 1, u64::MAX - 1);
-        a.reserve(&Quota::default(), u64::MAX, u64::MAX, true)
+        a.reserve_blocking(&Quota::default(), u64::MAX, u64::MAX, true)
             .unwrap();
     }
 }

@@ -190,7 +190,8 @@ impl Home {
                     size.saturating_sub(replaces.bytes),
                     replaces.files == 0,
                 )
-                .map_err(|refused| CoreError::Refused { refused, size })?,
+                .await
+                .map_err(|r| CoreError::refused(r, size))?,
             ),
             None => None,
         };
@@ -211,14 +212,14 @@ impl Home {
                 match reservation.as_mut() {
                     // The room was reserved from an earlier look at the target.
                     Some(r) => r
-                        .cover(
+                        .cover_blocking(
                             Footprint {
                                 bytes: size,
                                 files: 1,
                             },
                             replaced,
                         )
-                        .map_err(|_| StorageError::QuotaExceeded),
+                        .map_err(super::upload::refusal_to_storage),
                     None => Ok(()),
                 }
             })
@@ -230,7 +231,7 @@ impl Home {
             Box::new(move |replaced: Footprint| {
                 let taken = reservation.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(r) = taken {
-                    r.commit(
+                    r.commit_blocking(
                         Footprint {
                             bytes: size,
                             files: 1,
@@ -240,13 +241,31 @@ impl Home {
                 }
             })
         };
+        // A long copy keeps its room alive as it goes (the store reports progress every few
+        // seconds), and passes the progress on.
+        let progress: Progress = {
+            let reservation = Arc::clone(&reservation);
+            Box::new(move |done| {
+                if let Some(r) = reservation
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    // A lease that could not be renewed shows at the commit's cover.
+                    let _ = r.renew_if_due_blocking();
+                }
+                if let Some(p) = &progress {
+                    p(done);
+                }
+            })
+        };
         let options = CopyOptions {
             no_replace: !replace,
             admit: Some(admit),
             placed: Some(placed),
             // The room was sized from the look above: a source changed since is refused.
             expect_size: Some(size),
-            progress,
+            progress: Some(progress),
         };
         let copying = self.storage.copy(from, to, options);
         tokio::pin!(copying);
@@ -310,8 +329,8 @@ mod tests {
     }
 
     /// The account's used bytes and files, reservations included.
-    fn counted(a: &Account, limits: &Quota) -> Footprint {
-        let u = a.usage(limits);
+    async fn counted(a: &Account, limits: &Quota) -> Footprint {
+        let u = a.usage(limits).await.unwrap();
         Footprint {
             bytes: u.used_bytes.unwrap(),
             files: u.used_files.unwrap(),
@@ -324,12 +343,15 @@ mod tests {
         let mut fresh = Footprint::NONE;
         for _ in 0..100 {
             fresh = home.storage.usage(Duration::from_secs(5)).await.unwrap();
-            if fresh == counted(a, limits) {
+            if fresh == counted(a, limits).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("counted {:?}, a fresh count {fresh:?}", counted(a, limits));
+        panic!(
+            "counted {:?}, a fresh count {fresh:?}",
+            counted(a, limits).await
+        );
     }
 
     async fn copy(
@@ -351,7 +373,8 @@ mod tests {
         };
         let (home, account, _dir) = home(limits).await;
         put(&home, "a", &[7u8; 600]).await;
-        account.add(home.storage.usage(Duration::from_secs(5)).await.unwrap());
+        let used = home.storage.usage(Duration::from_secs(5)).await.unwrap();
+        account.adjust(used, Footprint::NONE).await;
         settles(&home, &account, &limits).await;
 
         // 600 more bytes do not fit in 1000.
@@ -379,7 +402,9 @@ mod tests {
 
         // A small one fits; replacing it by a larger one that does not fit is refused.
         put(&home, "s", b"small").await;
-        account.add(Footprint { bytes: 5, files: 1 });
+        account
+            .adjust(Footprint { bytes: 5, files: 1 }, Footprint::NONE)
+            .await;
         copy(&home, "s", "t", false).await.unwrap().unwrap();
         settles(&home, &account, &limits).await;
         assert!(matches!(
@@ -393,10 +418,15 @@ mod tests {
         ));
         // A file too large for the user's maximum.
         put(&home, "big", &[1u8; 800]).await;
-        account.add(Footprint {
-            bytes: 800,
-            files: 1,
-        });
+        account
+            .adjust(
+                Footprint {
+                    bytes: 800,
+                    files: 1,
+                },
+                Footprint::NONE,
+            )
+            .await;
         assert!(matches!(
             copy(&home, "big", "big2", false).await,
             Err(CoreError::Refused {
@@ -417,7 +447,8 @@ mod tests {
         let (home, account, dir) = home(limits).await;
         let data = vec![5u8; 40 * 1024 * 1024];
         std::fs::write(dir.path().join("home/big"), &data).unwrap();
-        account.add(home.storage.usage(Duration::from_secs(5)).await.unwrap());
+        let used = home.storage.usage(Duration::from_secs(5)).await.unwrap();
+        account.adjust(used, Footprint::NONE).await;
         let cancel = CancellationToken::new();
         let (big, target) = (p("big"), p("copy"));
         let work = home.copy(&big, &target, false, None, cancel.clone());

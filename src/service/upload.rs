@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
-use super::quota::{Account, Reservation};
+use super::quota::{Account, Refusal, Reservation};
 use super::{CoreError, Home, partial_key, to_the_end};
 use crate::domain::{EntryKind, Footprint, Refused};
 use crate::storage::{
@@ -119,10 +119,13 @@ impl PartialDebt {
 impl Drop for PartialDebt {
     fn drop(&mut self) {
         if let Some(a) = self.account.take() {
-            a.remove(Footprint {
-                bytes: self.bytes,
-                files: 1,
-            });
+            a.adjust_soon(
+                Footprint::NONE,
+                Footprint {
+                    bytes: self.bytes,
+                    files: 1,
+                },
+            );
         }
     }
 }
@@ -166,20 +169,24 @@ impl Home {
             // A target whose directory does not exist: the limits answer first, as they do for
             // a small put (the store checks the room before it creates the temp).
             Err(StorageError::NotFound) => {
-                drop(self.reserve(request.size, request.size, true)?);
+                drop(self.reserve(request.size, request.size, true).await?);
                 return Err(StorageError::NotFound.into());
             }
             Err(e) => return Err(e.into()),
         };
         if let (Some(old), Some(a)) = (inner.superseded(), &self.account) {
-            a.remove(Footprint {
+            let old = Footprint {
                 bytes: old,
                 files: 1,
-            });
+            };
+            a.adjust(Footprint::NONE, old).await;
         }
         let replaces = inner.replaces();
         let new_bytes = request.size.saturating_sub(replaces.bytes);
-        let reservation = match self.reserve(request.size, new_bytes, replaces.files == 0) {
+        let reserved = self
+            .reserve(request.size, new_bytes, replaces.files == 0)
+            .await;
+        let reservation = match reserved {
             Ok(r) => r,
             Err(e) => {
                 inner.abort().await;
@@ -227,7 +234,7 @@ impl Home {
         };
         // The partial's bytes are counted already (as a file): reserve only the rest.
         let more = (request.size - offset).saturating_sub(replaces.bytes);
-        let reservation = self.reserve(request.size, more, false)?;
+        let reservation = self.reserve(request.size, more, false).await?;
         let key = partial_key(&self.user, path);
         let resumed = self
             .storage
@@ -245,7 +252,7 @@ impl Home {
             Resume::Mismatch { actual, replaced } => {
                 // A partial kept under the key meanwhile (another session's) was replaced.
                 if let Some(a) = &self.account {
-                    a.remove(replaced);
+                    a.adjust(Footprint::NONE, replaced).await;
                 }
                 return Err(CoreError::ResumeRefused(ResumeRefused::Mismatch {
                     offset,
@@ -259,10 +266,11 @@ impl Home {
         let debt = match &self.account {
             Some(a) => {
                 if kept > offset {
-                    a.remove(Footprint {
+                    let cut = Footprint {
                         bytes: kept - offset,
                         files: 0,
-                    });
+                    };
+                    a.adjust(Footprint::NONE, cut).await;
                 }
                 PartialDebt {
                     account: Some(Arc::clone(a)),
@@ -286,7 +294,7 @@ impl Home {
 
     /// Reserves `bytes` more room (and a file slot if `new_file`) for a file of `size` bytes,
     /// for a user with limits.
-    fn reserve(
+    async fn reserve(
         &self,
         size: u64,
         bytes: u64,
@@ -296,8 +304,9 @@ impl Home {
             return Ok(None);
         };
         a.reserve(&self.limits, size, bytes, new_file)
+            .await
             .map(Some)
-            .map_err(|refused| CoreError::Refused { refused, size })
+            .map_err(|r| CoreError::refused(r, size))
     }
 
     /// Writes a whole small file (at most [`storage::SMALL_MAX`] bytes, fresh, not resumed)
@@ -341,27 +350,31 @@ impl Home {
         }
         // Filled by the store's call-back, inside its blocking call.
         let held: Arc<Mutex<Option<Reservation>>> = Arc::new(Mutex::new(None));
-        let refused: Arc<Mutex<Option<Refused>>> = Arc::new(Mutex::new(None));
+        let refused: Arc<Mutex<Option<Refusal>>> = Arc::new(Mutex::new(None));
         let reserve: storage::Reserve = {
-            let (home, held, refused) = (self.clone(), Arc::clone(&held), Arc::clone(&refused));
+            let (account, limits) = (self.account.clone(), self.limits);
+            let (held, refused) = (Arc::clone(&held), Arc::clone(&refused));
             Box::new(move |replaces, superseded| {
-                if let (Some(old), Some(a)) = (superseded, &home.account) {
-                    a.remove(Footprint {
+                let Some(a) = account else {
+                    return Ok(());
+                };
+                if let Some(old) = superseded {
+                    let old = Footprint {
                         bytes: old,
                         files: 1,
-                    });
+                    };
+                    a.adjust_blocking(Footprint::NONE, old);
                 }
                 let new_bytes = size.saturating_sub(replaces.bytes);
-                match home.reserve(size, new_bytes, replaces.files == 0) {
+                match a.reserve_blocking(&limits, size, new_bytes, replaces.files == 0) {
                     Ok(r) => {
-                        *lock(&held) = r;
+                        *lock(&held) = Some(r);
                         Ok(())
                     }
-                    Err(CoreError::Refused { refused: why, .. }) => {
+                    Err(why) => {
                         *lock(&refused) = Some(why);
                         Err(StorageError::QuotaExceeded)
                     }
-                    Err(_) => Err(StorageError::QuotaExceeded),
                 }
             })
         };
@@ -384,10 +397,10 @@ impl Home {
         match self.storage.put_small(path, data, options, commit).await {
             Ok(put) => Ok(landed(put.landed, expected)),
             Err(StorageError::QuotaExceeded) if lock(&refused).is_some() => {
-                let refused = lock(&refused)
+                let refusal = lock(&refused)
                     .take()
-                    .unwrap_or(Refused::Quota("byte quota"));
-                Err(CoreError::Refused { refused, size })
+                    .unwrap_or(Refusal::Refused(Refused::Quota("byte quota")));
+                Err(CoreError::refused(refusal, size))
             }
             Err(e) => Err(e.into()),
         }
@@ -422,11 +435,20 @@ impl Upload {
         let Some(inner) = self.inner.as_mut() else {
             return Err(StorageError::InvalidArgument.into());
         };
-        if let Err(e) = inner.write(chunk).await {
+        let written = inner.write(chunk).await.map_err(CoreError::from);
+        // A long upload keeps its room alive as its data arrives.
+        let renewed = match (&written, self.reservation.as_mut()) {
+            (Ok(()), Some(r)) => r
+                .renew_if_due()
+                .await
+                .map_err(|e| CoreError::refused(e, self.size)),
+            _ => Ok(()),
+        };
+        if let Err(e) = written.and(renewed) {
             if let Some(inner) = self.inner.take() {
                 inner.abort().await;
             }
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -503,18 +525,18 @@ impl Upload {
             // takes; a partial is kept beside the target and replaces nothing, so it must fit
             // on its own, or it is not kept.
             if let Some(r) = reservation.as_mut()
-                && r.cover(new, Footprint::NONE).is_err()
+                && r.cover(new, Footprint::NONE).await.is_err()
             {
                 inner.abort().await;
                 return Ok(false);
             }
             if let Some(a) = &account {
-                a.add(new);
+                a.adjust(new, Footprint::NONE).await;
             }
             let kept = inner.keep_partial(key).await;
             match (&account, &kept) {
-                (Some(a), Ok(replaced)) => a.remove(*replaced),
-                (Some(a), Err(_)) => a.remove(new),
+                (Some(a), Ok(replaced)) => a.adjust(Footprint::NONE, *replaced).await,
+                (Some(a), Err(_)) => a.adjust(Footprint::NONE, new).await,
                 (None, _) => {}
             }
             if kept.is_ok() {
@@ -551,16 +573,17 @@ fn settled_commit(
     let cover_held = Arc::clone(held);
     let admit: storage::Admit = Box::new(move |replaced| match lock(&cover_held).as_mut() {
         Some(r) => r
-            .cover(added, replaced)
-            .map_err(|_| StorageError::QuotaExceeded),
+            .cover_blocking(added, replaced)
+            .map_err(refusal_to_storage),
         None => Ok(()),
     });
     let placed_held = Arc::clone(held);
     let placed: storage::Placed = Box::new(move |replaced| {
         let mut debt = debt;
         debt.settle();
-        if let Some(r) = lock(&placed_held).take() {
-            r.commit(added, replaced);
+        let taken = lock(&placed_held).take();
+        if let Some(r) = taken {
+            r.commit_blocking(added, replaced);
         }
     });
     let commit = plain_commit(sha256, replace, durability);
@@ -581,6 +604,15 @@ fn landed(landed: Landed, sha256: Sha256Digest) -> Put {
         Landed::Committed(_) => Put::Committed { sha256 },
         Landed::Staged(staged) => Put::Staged(StagedPut { staged, sha256 }),
         Landed::Mismatch { actual } => Put::Mismatch { actual },
+    }
+}
+
+/// A refusal at a commit, as the store's error: over a limit (or a lease gone) is
+/// `QuotaExceeded`, a ledger that failed an i/o error.
+pub(super) fn refusal_to_storage(refusal: Refusal) -> StorageError {
+    match refusal {
+        Refusal::Refused(_) | Refusal::LeaseGone => StorageError::QuotaExceeded,
+        Refusal::Unavailable(why) => StorageError::Io(std::io::Error::other(why)),
     }
 }
 

@@ -195,6 +195,12 @@ impl UsageLedger for MemoryLedger {
         }))
     }
 
+    fn abandon_count(&self, claim: CountClaim) {
+        lock(&self.inner)
+            .counting
+            .retain(|_, (id, _)| *id != claim.0);
+    }
+
     fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
         ready(self.with(|l, _| {
             l.used.remove(home);

@@ -123,6 +123,11 @@ pub trait UsageLedger: Send + Sync {
         used: Footprint,
     ) -> BoxFuture<'_, Result<(), StateError>>;
 
+    /// Gives a claim back without a count (the walk failed or was stopped), so the next
+    /// caller claims the home at once instead of waiting for the claim to expire. Does not
+    /// wait, like [`UsageLedger::release_soon`].
+    fn abandon_count(&self, claim: CountClaim);
+
     /// Drops what is known of `home`, so its next user counts it again (when the last
     /// session of a home ends, a change made by hand is seen at the next login). Live
     /// reservations of the home are kept.

@@ -501,6 +501,14 @@ pub(super) fn core_message(
                 ),
             )
         }
+        CoreError::Unavailable(why) => {
+            tracing::error!(%peer, user, op, error = %why, "shared state unavailable");
+            ServerMessage::error(
+                Some(id),
+                ErrorCode::Busy,
+                "the server cannot check your usage right now; try again later",
+            )
+        }
         CoreError::SizeMismatch { declared, received } => ServerMessage::error(
             Some(id),
             ErrorCode::SizeMismatch,
