@@ -83,6 +83,8 @@ pub struct Account {
     ledger: Arc<dyn UsageLedger>,
     /// The home's key in the ledger.
     key: String,
+    /// How long a reservation lives unless renewed ([`RESERVATION_LEASE`]).
+    lease: Duration,
     /// Held (on the blocking pool) while a session measures what a change of the home will
     /// replace or remove and makes that change, so that no other session of the home changes
     /// the same names in between and the measured difference is the real one.
@@ -107,6 +109,12 @@ impl Default for Account {
 impl Account {
     /// An account of a home that holds `used`, in a ledger of its own (for tests).
     pub fn standalone(used: Footprint) -> Account {
+        Account::standalone_with_lease(used, RESERVATION_LEASE)
+    }
+
+    /// [`Account::standalone`] whose reservations live `lease` unless renewed (for tests of
+    /// the renewal).
+    pub fn standalone_with_lease(used: Footprint, lease: Duration) -> Account {
         let ledger: Arc<dyn UsageLedger> = state::memory::MemoryLedger::new();
         let key = "home".to_string();
         if let Ok(Count::Yours(claim)) = wait(ledger.claim_count(&key, COUNT_LEASE)) {
@@ -115,6 +123,7 @@ impl Account {
         Account {
             ledger,
             key,
+            lease,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -152,7 +161,7 @@ impl Account {
             *limits,
             file_size,
             need,
-            RESERVATION_LEASE,
+            self.lease,
         )
         .await
         .map_err(Refusal::from)?;
@@ -417,6 +426,7 @@ impl Accounts {
         let account = Arc::new(Account {
             ledger: Arc::clone(&self.ledger),
             key: key.clone(),
+            lease: RESERVATION_LEASE,
             changes: tokio::sync::Mutex::new(()),
         });
         // Counted once across every node sharing the ledger: whoever claims the home walks

@@ -619,3 +619,59 @@ pub(super) fn refusal_to_storage(refusal: Refusal) -> StorageError {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sha2::Digest;
+
+    use super::*;
+    use crate::domain::Quota;
+    use crate::storage::Storage;
+    use crate::storage::local::LocalStorage;
+
+    /// A long upload keeps its room: the reservation's lease is renewed as data arrives, so a
+    /// transfer that outlasts one lease still commits and is counted once. (Without the
+    /// renewal the commit's check finds the lease gone and refuses it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_longer_than_its_lease_renews_it_and_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+        let lease = Duration::from_millis(300);
+        let account = Arc::new(Account::standalone_with_lease(Footprint::NONE, lease));
+        let limits = Quota {
+            bytes: Some(10_000_000),
+            files: Some(10),
+            max_file_size: None,
+        };
+        let home = Home::new("alice", storage, Some(Arc::clone(&account)), limits);
+        let path = RemotePath::parse("/slow").unwrap();
+        let chunk = vec![7u8; 100_000];
+        let request = PutRequest {
+            size: 20 * chunk.len() as u64,
+            replace: false,
+            resume: None,
+        };
+        let mut upload = home.begin_upload(&path, request).await.unwrap();
+        let mut hasher = sha2::Sha256::new();
+        // Twenty chunks over about a second: three lease lengths, renewed as it goes.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(55)).await;
+            upload.write(Bytes::from(chunk.clone())).await.unwrap();
+            hasher.update(&chunk);
+        }
+        let put = upload
+            .finish(Some(hasher.finalize().into()), Durability::Now)
+            .await
+            .unwrap();
+        assert!(matches!(put, Put::Committed { .. }), "{put:?}");
+        let usage = account.usage(&limits).await.unwrap();
+        assert_eq!(
+            (usage.used_bytes, usage.used_files),
+            (Some(2_000_000), Some(1)),
+            "counted once, and no room left reserved"
+        );
+    }
+}
