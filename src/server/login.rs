@@ -95,15 +95,17 @@ pub(super) async fn login(
                 }
             };
             tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
-            let home = core_home(server, &name, &jail, account.as_ref(), limits);
+            let scope = if read_only {
+                Scope::ReadOnly
+            } else {
+                Scope::Full
+            };
+            let home =
+                core_home(server, &name, &jail, account.as_ref(), limits).scoped(scope.clone());
             Ok(UserSession {
                 home,
                 user: name,
-                scope: if read_only {
-                    Scope::ReadOnly
-                } else {
-                    Scope::Full
-                },
+                scope,
                 slot,
             })
         }

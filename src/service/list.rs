@@ -3,6 +3,7 @@
 //! back with the next request.
 
 use super::{CoreError, Home};
+use crate::domain::Op;
 use crate::storage::{LIST_PAGE_MAX, ListLimit, ListPage, ListToken, RemotePath, StorageError};
 
 /// Longest token the core passes to a store: a token comes back from clients, and a store's
@@ -22,6 +23,7 @@ impl Home {
         after: Option<&ListToken>,
         limit: ListLimit,
     ) -> Result<ListPage, CoreError> {
+        self.allow(Op::List, false)?;
         if after.is_some_and(|t| t.as_str().len() > MAX_LIST_TOKEN_LEN) {
             return Err(StorageError::InvalidArgument.into());
         }

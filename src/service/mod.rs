@@ -25,7 +25,7 @@ pub use upload::{Put, PutRequest, ResumeRefused, StagedPut, Upload};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::domain::{Entry, Footprint, Quota, Refused, UsageReport};
+use crate::domain::{Entry, Footprint, Op, Quota, Refused, Scope, UsageReport};
 use crate::storage::{PartialKey, RemotePath, Storage, StorageError};
 
 /// What a core operation answers instead of a result.
@@ -33,6 +33,9 @@ use crate::storage::{PartialKey, RemotePath, Storage, StorageError};
 pub enum CoreError {
     /// The store refused or failed.
     Storage(StorageError),
+    /// The session's scope does not allow the operation (the text says why: a read-only
+    /// user, an upload-only link).
+    Denied(&'static str),
     /// The change does not fit the account's limits; `size` is the file's (0 for a
     /// directory).
     Refused { refused: Refused, size: u64 },
@@ -78,6 +81,7 @@ impl fmt::Display for CoreError {
                 write!(f, "the first {offset} bytes of the partial upload differ")
             }
             CoreError::Unavailable(why) => write!(f, "shared state unavailable: {why}"),
+            CoreError::Denied(why) => f.write_str(why),
             CoreError::SizeMismatch { declared, received } => {
                 write!(f, "declared {declared} bytes, received {received}")
             }
@@ -123,6 +127,9 @@ pub struct Home {
     storage: Arc<dyn Storage>,
     account: Option<Arc<quota::Account>>,
     limits: Quota,
+    /// What this view of the home may do, checked by every operation against the table
+    /// (`domain::Op`).
+    scope: Scope,
 }
 
 impl fmt::Debug for Home {
@@ -147,7 +154,23 @@ impl Home {
             storage,
             account,
             limits,
+            scope: Scope::Full,
         }
+    }
+
+    /// The same home, limited to `scope` (a read-only user, an upload-only link): every
+    /// operation checks it first, whatever the front-end.
+    pub fn scoped(mut self, scope: Scope) -> Home {
+        self.scope = scope;
+        self
+    }
+
+    /// Refuses `op` (asking to replace an existing file if `replace`) unless the scope
+    /// allows it.
+    fn allow(&self, op: Op, replace: bool) -> Result<(), CoreError> {
+        self.scope
+            .check(op, replace)
+            .map_err(|denied| CoreError::Denied(denied.0))
     }
 
     /// The storage underneath.
@@ -158,29 +181,34 @@ impl Home {
     /// How many bytes of an interrupted upload to `path` this user's partial holds, if any:
     /// where a resume starts.
     pub async fn partial_len(&self, path: &RemotePath) -> Result<Option<u64>, CoreError> {
+        self.allow(Op::Partial, false)?;
         let key = partial_key(&self.user, path);
         Ok(self.storage.partial_len(&key).await?)
     }
 
     /// Metadata of one path, following a final symlink that stays in the home.
     pub async fn stat(&self, path: &RemotePath) -> Result<Entry, CoreError> {
+        self.allow(Op::Stat, false)?;
         Ok(self.storage.stat(path).await?.entry)
     }
 
     /// Makes one directory; it counts as a file toward the quota.
     pub async fn mkdir(&self, path: &RemotePath) -> Result<(), CoreError> {
+        self.allow(Op::Mkdir, false)?;
         let (home, path) = (self.clone(), path.clone());
         to_the_end(async move { home.mkdir_now(&path).await }).await
     }
 
     /// Removes a file or link (never the home, which is a directory).
     pub async fn remove(&self, path: &RemotePath) -> Result<(), CoreError> {
+        self.allow(Op::Remove, false)?;
         let (home, path) = (self.clone(), path.clone());
         to_the_end(async move { home.remove_now(&path).await }).await
     }
 
     /// Removes an empty directory (never the home); gives its file back to the quota.
     pub async fn rmdir(&self, path: &RemotePath) -> Result<(), CoreError> {
+        self.allow(Op::Rmdir, false)?;
         let (home, path) = (self.clone(), path.clone());
         to_the_end(async move { home.rmdir_now(&path).await }).await
     }
@@ -194,6 +222,7 @@ impl Home {
         to: &RemotePath,
         replace: bool,
     ) -> Result<(), CoreError> {
+        self.allow(Op::Rename, replace)?;
         let (home, from, to) = (self.clone(), from.clone(), to.clone());
         to_the_end(async move { home.rename_now(&from, &to, replace).await }).await
     }
@@ -255,6 +284,7 @@ impl Home {
     /// The account's usage and limits, and the space where the home lives if the store can
     /// tell.
     pub async fn usage(&self) -> Result<UsageReport, CoreError> {
+        self.allow(Op::Usage, false)?;
         let space = self.storage.space().await?;
         let mut usage = match &self.account {
             Some(a) => a

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::{CoreError, Home, to_the_end};
-use crate::domain::{EntryKind, Footprint};
+use crate::domain::{EntryKind, Footprint, Op};
 use crate::storage::{
     Copied, CopyOptions, Download, Fetched, ReadEvent, ReadOptions, RemotePath, SMALL_MAX,
     Sha256Digest, StorageError,
@@ -51,6 +51,7 @@ impl Home {
     /// A whole file of at most [`SMALL_MAX`] bytes, read and hashed in one call; a larger one
     /// comes back open for a download from its start ([`Fetched::Larger`]).
     pub async fn get_small(&self, path: &RemotePath) -> Result<Fetched, CoreError> {
+        self.allow(Op::Get, false)?;
         Ok(self.storage.get_small(path, SMALL_MAX).await?)
     }
 
@@ -65,6 +66,7 @@ impl Home {
         offset: u64,
         prefix: Option<Sha256Digest>,
     ) -> Result<Opened, CoreError> {
+        self.allow(Op::Get, false)?;
         let options = ReadOptions {
             offset,
             len: None,
@@ -94,6 +96,7 @@ impl Home {
         path: &RemotePath,
         progress: impl Fn(u64) + Send,
     ) -> Result<(u64, Sha256Digest), CoreError> {
+        self.allow(Op::Sha256, false)?;
         let options = ReadOptions {
             hash: true,
             ..ReadOptions::default()
@@ -143,6 +146,7 @@ impl Home {
         progress: Option<Progress>,
         cancel: CancellationToken,
     ) -> Result<Option<Copied>, CoreError> {
+        self.allow(Op::Copy, replace)?;
         let (home, from, to) = (self.clone(), from.clone(), to.clone());
         let _cancel_on_drop = cancel.clone().drop_guard();
         to_the_end(async move { home.copy_now(&from, &to, replace, progress, cancel).await }).await

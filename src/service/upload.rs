@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::quota::{Account, Refusal, Reservation};
 use super::{CoreError, Home, partial_key, to_the_end};
-use crate::domain::{EntryKind, Footprint, Refused};
+use crate::domain::{EntryKind, Footprint, Op, Refused};
 use crate::storage::{
     self, Commit, Durability, Landed, PartialKey, RemotePath, Resume, Sha256Digest, SmallOptions,
     StorageError, UploadOptions,
@@ -140,6 +140,7 @@ impl Home {
         path: &RemotePath,
         request: PutRequest,
     ) -> Result<Upload, CoreError> {
+        self.allow(Op::Put, request.replace)?;
         if path.is_root() {
             return Err(StorageError::IsADirectory.into());
         }
@@ -321,6 +322,7 @@ impl Home {
         expected: Option<Sha256Digest>,
         durability: Durability,
     ) -> Result<Put, CoreError> {
+        self.allow(Op::Put, replace)?;
         let size = data.len() as u64;
         let Some(expected) = expected else {
             // Not a digest: hashed through the streamed path to say what the store got.
@@ -672,6 +674,63 @@ mod tests {
             (usage.used_bytes, usage.used_files),
             (Some(2_000_000), Some(1)),
             "counted once, and no room left reserved"
+        );
+    }
+
+    /// The scope holds in the core, so a front-end that forgot to ask the table still cannot
+    /// write as a read-only user or read through an upload-only link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_core_enforces_the_scope_whatever_the_front_end() {
+        use crate::domain::Scope;
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+        let full = Home::new("alice", storage, None, Quota::default());
+        let p = |s: &str| RemotePath::parse(s).unwrap();
+        let data = Bytes::from_static(b"hello");
+        let digest: Sha256Digest = sha2::Sha256::digest(&data).into();
+        let put = |home: Home, name: &'static str, replace: bool| {
+            let data = data.clone();
+            async move {
+                home.put_small(&p(name), data, replace, Some(digest), Durability::Now)
+                    .await
+            }
+        };
+        put(full.clone(), "/f", false).await.unwrap();
+        let denied = |r: Result<(), CoreError>, what: &str| match r {
+            Err(CoreError::Denied(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        };
+
+        let read_only = full.clone().scoped(Scope::ReadOnly);
+        assert_eq!(read_only.stat(&p("/f")).await.unwrap().size, 5);
+        read_only.sha256(&p("/f"), |_| {}).await.unwrap();
+        denied(read_only.mkdir(&p("/d")).await, "mkdir");
+        denied(read_only.remove(&p("/f")).await, "remove");
+        denied(read_only.rename(&p("/f"), &p("/g"), false).await, "rename");
+        denied(put(read_only.clone(), "/g", false).await.map(|_| ()), "put");
+        let request = PutRequest {
+            size: 5,
+            replace: false,
+            resume: None,
+        };
+        denied(
+            read_only.begin_upload(&p("/g"), request).await.map(|_| ()),
+            "begin_upload",
+        );
+
+        let link = full.clone().scoped(Scope::UploadOnly);
+        put(link.clone(), "/new", false).await.unwrap();
+        denied(put(link.clone(), "/f", true).await.map(|_| ()), "replace");
+        denied(link.stat(&p("/f")).await.map(|_| ()), "stat");
+        denied(link.get_small(&p("/f")).await.map(|_| ()), "get");
+        denied(link.sha256(&p("/f"), |_| {}).await.map(|_| ()), "sha256");
+        denied(link.usage().await.map(|_| ()), "usage");
+        denied(link.partial_len(&p("/f")).await.map(|_| ()), "partial");
+        assert_eq!(
+            full.stat(&p("/f")).await.unwrap().size,
+            5,
+            "nothing changed"
         );
     }
 }

@@ -304,7 +304,8 @@ async fn run(sess: &mut Session, msg: ClientMessage) -> Result<(), End> {
     let refusal =
         match &request {
             Err(e) => Some(path_reply(id, e)),
-            // The operation table, checked once for every request (never in a handler).
+            // The operation table: the core checks it on every operation; asked here first so
+            // that a refused put is answered before its data, which is then dropped.
             Ok(_) => sess.scope.check(op, replace).err().map(|denied| {
                 ServerMessage::error(Some(id), ErrorCode::PermissionDenied, denied.0)
             }),
@@ -480,6 +481,7 @@ pub(super) fn core_message(
     match err {
         CoreError::Storage(e) => storage_reply(id, e, peer, user, op),
         CoreError::Refused { refused, size } => quota_reply(id, refused, *size),
+        CoreError::Denied(why) => ServerMessage::error(Some(id), ErrorCode::PermissionDenied, *why),
         CoreError::ResumeRefused(ResumeRefused::NoPartial) => ServerMessage::error(
             Some(id),
             ErrorCode::NotFound,
