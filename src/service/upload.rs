@@ -733,4 +733,67 @@ mod tests {
             "nothing changed"
         );
     }
+
+    /// No-replace under a race, through the core: many uploads of one new name at once, each
+    /// without `replace`, and exactly one lands; every other is refused as existing, and
+    /// the counters hold exactly the one file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_uploads_of_one_name_without_replace_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::open(&dir.path().join("home"), true).unwrap());
+        let account = Arc::new(Account::default());
+        let limits = Quota {
+            bytes: Some(100_000_000),
+            files: Some(1000),
+            max_file_size: None,
+        };
+        let home = Home::new("alice", storage, Some(Arc::clone(&account)), limits);
+        for round in 0..20 {
+            let name = format!("/race{round}");
+            let racers: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (home, name) = (home.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let path = RemotePath::parse(&name).unwrap();
+                        // Half streamed (over 256 KiB), half small: both commit paths race.
+                        let len = if i % 2 == 0 { 300_000 } else { 1000 };
+                        let data = vec![i; len];
+                        let digest: Sha256Digest = sha2::Sha256::digest(&data).into();
+                        if len > storage::SMALL_MAX as usize {
+                            let request = PutRequest {
+                                size: len as u64,
+                                replace: false,
+                                resume: None,
+                            };
+                            let mut up = home.begin_upload(&path, request).await?;
+                            up.write(Bytes::from(data)).await?;
+                            up.finish(Some(digest), Durability::Now).await
+                        } else {
+                            let data = Bytes::from(data);
+                            home.put_small(&path, data, false, Some(digest), Durability::Now)
+                                .await
+                        }
+                    })
+                })
+                .collect();
+            let mut won = 0;
+            for r in racers {
+                match r.await.unwrap() {
+                    Ok(Put::Committed { .. }) => won += 1,
+                    Err(CoreError::Storage(StorageError::AlreadyExists)) => {}
+                    other => panic!("round {round}: {other:?}"),
+                }
+            }
+            assert_eq!(won, 1, "round {round}: exactly one upload lands");
+        }
+        let usage = account.usage(&limits).await.unwrap();
+        let fresh = home.storage().usage(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (usage.used_bytes, usage.used_files),
+            (Some(fresh.bytes), Some(fresh.files)),
+            "the counters agree with a fresh count"
+        );
+        assert_eq!(fresh.files, 20);
+    }
 }
