@@ -73,35 +73,58 @@ pub fn hash_prefix(
 /// `chunk` bytes (the caller's wire decides: a ferry/1 data frame's payload). Stops quietly
 /// if the receiver is gone. Blocking: run it on the blocking pool.
 pub fn read_and_hash_from(
-    mut file: impl Read,
+    file: impl Read,
     len: u64,
     chunk: usize,
     mut hasher: Sha256,
     tx: &mpsc::Sender<ReadChunk>,
 ) {
+    let send = |bytes| tx.blocking_send(ReadChunk::Data(bytes)).is_ok();
+    match read_chunks(file, len, chunk, Some(&mut hasher), send) {
+        Ok(true) => {
+            let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+        }
+        // The receiver is gone.
+        Ok(false) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            let _ = tx.blocking_send(ReadChunk::Shrunk);
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(ReadChunk::Failed(e));
+        }
+    }
+}
+
+/// The one read loop of both ends: reads exactly `len` bytes from `file` in chunks of at
+/// most `chunk` bytes, hashing them into `hasher` (if any) and handing each to `send`.
+/// `Ok(true)` once all are sent; `Ok(false)` as soon as `send` says its receiver is gone; a
+/// file that ends early (it shrank) is `UnexpectedEof`. A file that grew is cut at `len`.
+/// Blocking: run it on the blocking pool.
+pub fn read_chunks(
+    mut file: impl Read,
+    len: u64,
+    chunk: usize,
+    mut hasher: Option<&mut Sha256>,
+    mut send: impl FnMut(Bytes) -> bool,
+) -> std::io::Result<bool> {
     let mut remaining = len;
     while remaining > 0 {
         let want = remaining.min(chunk.max(1) as u64);
         // read_to_end fills the spare capacity without zeroing it first.
         let mut buf = Vec::with_capacity(want as usize);
-        match (&mut file).take(want).read_to_end(&mut buf) {
-            Ok(n) if (n as u64) < want => {
-                let _ = tx.blocking_send(ReadChunk::Shrunk);
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = tx.blocking_send(ReadChunk::Failed(e));
-                return;
-            }
+        let n = (&mut file).take(want).read_to_end(&mut buf)?;
+        if (n as u64) < want {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        hasher.update(&buf[..]);
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..]);
+        }
         remaining -= want;
-        if tx.blocking_send(ReadChunk::Data(Bytes::from(buf))).is_err() {
-            return;
+        if !send(Bytes::from(buf)) {
+            return Ok(false);
         }
     }
-    let _ = tx.blocking_send(ReadChunk::Done(hex_digest(&hasher.finalize())));
+    Ok(true)
 }
 
 /// How a receiver puts a transfer's bytes into its file, on either end: around the page cache

@@ -1313,26 +1313,10 @@ fn read_range(
     mut hasher: Option<Sha256>,
     tx: &mpsc::Sender<Result<ReadEvent, StorageError>>,
 ) -> Result<ReadEvent, StorageError> {
-    let mut remaining = len;
-    while remaining > 0 {
-        let want = remaining.min(READ_CHUNK_LEN as u64);
-        // read_to_end fills the spare capacity without zeroing it first.
-        let mut buf = Vec::with_capacity(want as usize);
-        let n = (&mut file).take(want).read_to_end(&mut buf)?;
-        if (n as u64) < want {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf);
-        }
-        remaining -= want;
-        if tx
-            .blocking_send(Ok(ReadEvent::Data(Bytes::from(buf))))
-            .is_err()
-        {
-            // The reader is gone; nobody hears the end.
-            return Ok(ReadEvent::End { sha256: None });
-        }
+    let send = |bytes| tx.blocking_send(Ok(ReadEvent::Data(bytes))).is_ok();
+    if !crate::transfer::read_chunks(&mut file, len, READ_CHUNK_LEN, hasher.as_mut(), send)? {
+        // The reader is gone; nobody hears the end.
+        return Ok(ReadEvent::End { sha256: None });
     }
     Ok(ReadEvent::End {
         sha256: hasher.map(|h| h.finalize().into()),
