@@ -23,7 +23,7 @@ use crate::protocol::{
 use crate::transfer::{hash_prefix, is_hex_digest};
 
 /// Downloads up to this size wait for a group commit in `get_many`.
-const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+use crate::domain::GROUP_COMMIT_SMALL;
 
 /// Downloads requested ahead by `get_many`.
 const PIPELINE_DEPTH: usize = 32;

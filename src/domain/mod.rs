@@ -32,6 +32,11 @@ pub const MAX_PATH_DEPTH: usize = 256;
 /// Longest accepted path component (one file or directory name), in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Files up to this size may share one flush of their file system (a group commit) instead of
+/// an fsync each, on either end: their replies (server) or their renames (client) wait for
+/// it. A larger file is fsynced as its data ends; only its directory's fsync joins the group.
+pub const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+
 /// Renders a SHA-256 digest the way it travels and is printed: 64 lowercase hex digits.
 pub fn hex_digest(digest: &[u8]) -> String {
     hex::encode(digest)

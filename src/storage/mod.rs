@@ -52,7 +52,7 @@ pub const SMALL_MAX: u64 = 256 * 1024;
 /// Uploads up to this size may share one flush of the store ([`Durability::Batched`]) without
 /// a sync of their own; a larger one is synced as its data ends, and only what remains (the
 /// local store: its directory's fsync) joins the batch.
-pub const GROUP_COMMIT_SMALL: u64 = 1024 * 1024;
+pub use crate::domain::GROUP_COMMIT_SMALL;
 
 /// Most entries one [`Storage::list`] call returns, whatever the caller asks.
 pub const LIST_PAGE_MAX: usize = 1000;
