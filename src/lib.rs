@@ -15,29 +15,36 @@
 //!    file sends it unhashed), [`storage`] (the `Storage` trait: one home's files as an object store
 //!    could keep them too, with paged listing that resumes at a token (the local store: a
 //!    readdir position), uploads committed after their digest is checked, batched
-//!    durability and whole small files in one call; `storage::local`
-//!    implements it on `jail`, and handlers still call `jail` until the core moves onto the
-//!    trait), [`transfer`] (the client's read-and-hash of an upload; receiving and prefix
-//!    hashing for both ends), [`direct`] (large received files written around the page
+//!    durability and whole small files in one call, and a change gate that keeps the quota's
+//!    measurements true; `storage::local` implements it on `jail`), [`transfer`] (the one
+//!    read-and-hash loop, receiving and prefix hashing, for both ends), [`direct`] (large received files written around the page
 //!    cache, in page-aligned buffers from [`mapping`]), [`platform`] (the Linux-only calls: `syncfs`, `sync_file_range`,
 //!    `O_DIRECT`, `madvise`, `renameat2`, glibc's allocator tuning, and the Unix-only ones the
 //!    client needs, behind one portable signature each with standard-library fallbacks
 //!    compiled and unit-tested everywhere; only server-only code still calls the system
 //!    directly), [`tls`] (PEM, TLS 1.3 configurations for the ALPN ids the caller names,
 //!    fingerprints), [`certs`].
-//! 3. The wire and its front-end: [`protocol`] (the only module that knows ferry/1's
+//! 3. The core: [`service`]: `Home`, a logged-in view of one home (its store, its usage
+//!    account, its limits and its scope), with every operation a front-end can ask for: stat,
+//!    paged list, mkdir, remove, rmdir, rename, copy, usage, sha256, downloads and verified
+//!    uploads (kept partials, resumes from a verified prefix, group commits). It checks the
+//!    scope against the operation table, keeps the quota (`service::quota`: each home's
+//!    usage in the `state::UsageLedger`, equal to a fresh walk of it), and answers in one
+//!    error enum, `CoreError`. It knows no frame, message or socket.
+//! 4. The wire and its front-end: [`protocol`] (the only module that knows ferry/1's
 //!    frames, JSON messages, caps and codes) and [`server`]: listener (limits, trusted PROXY
 //!    balancers, penalties, the pre-login cap, shutdown; dispatch on the negotiated ALPN id)
-//!    -> session (handshake, login, request loop) -> `server/cmd/`, where the dispatcher
-//!    decodes each request, checks the operation table once, and calls one handler per
-//!    command; `quota` keeps each home's usage equal to a fresh walk of it; `memory` is the
-//!    server's own (never global) warm login memory, cap on direct-I/O uploads and idle heap
-//!    trim.
-//! 4. The client: [`client`]: `Connection` with typed methods (the library API); on top of it
+//!    -> login (argon2 on a bounded pool, penalties, the user's session slot, the home opened
+//!    and counted, handed over as a `service::Home`) -> session (handshake, request loop,
+//!    the group commit's replies) -> `server/cmd/`, thin handlers: decode, call the core,
+//!    encode; `CoreError` becomes ferry/1's wire in one function (`cmd::core_message`).
+//!    `memory` is the server's own (never global) warm login memory, cap on direct-I/O
+//!    uploads and idle heap trim.
+//! 5. The client: [`client`]: `Connection` with typed methods (the library API); on top of it
 //!    `ops` (globs, recursive transfers, the check of server-sent names), the shell,
 //!    one-shots, trust on first use (`trust`), host aliases (`config`), progress bars. It
 //!    uses no server module.
-//! 5. [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
+//! 6. [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
 //!
 //! Beside them: [`sanitize`] (escaping of network-supplied names before they reach a terminal
 //! or log) and [`logfmt`] (the text log's fields, every value quoted so input cannot forge a
