@@ -1284,7 +1284,11 @@ fn read_file(
         let progress = |n| {
             let _ = tx.blocking_send(Ok(ReadEvent::Progress(n)));
         };
-        hash_prefix(&mut file, r.offset, &mut hasher, progress)?;
+        let mut heard = WhileHeard {
+            file: &mut file,
+            tx,
+        };
+        hash_prefix(&mut heard, r.offset, &mut hasher, progress)?;
         if let Some(expected) = r.expect_prefix {
             let actual: Sha256Digest = hasher.clone().finalize().into();
             if actual != expected {
@@ -1303,6 +1307,26 @@ fn read_file(
         ReadEvent::End { sha256: None } if known.is_some() => ReadEvent::End { sha256: known },
         event => event,
     })
+}
+
+/// The file of a download, read only while its caller still listens: a prefix check whose
+/// download was dropped (cancelled, its client gone) stops at its next read instead of
+/// hashing the rest of the prefix, up to the whole file, for nobody.
+struct WhileHeard<'a, T> {
+    file: &'a mut std::fs::File,
+    tx: &'a mpsc::Sender<T>,
+}
+
+impl<T> Read for WhileHeard<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the download was dropped",
+            ));
+        }
+        self.file.read(buf)
+    }
 }
 
 /// Sends `len` bytes of `file` from its position in chunks; the final event is the `End`
