@@ -140,8 +140,9 @@ impl LocalStorage {
 }
 
 /// A local listing token: where a page ended in a directory (the file system's readdir
-/// position), and a tag naming that directory (its path, device and inode, hashed), so a token
-/// is refused anywhere else. Written as 32 lowercase hex digits: tag, then position. Not
+/// position), and a tag naming that directory (its path, device, inode and birth time,
+/// hashed), so a token is refused anywhere else, a directory made again under the name of a
+/// removed one included. Written as 32 lowercase hex digits: tag, then position. Not
 /// secret and not signed: a client can forge a position, and a forged one reads its own
 /// directory from a point the kernel accepts, which is no more than it may list anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +159,14 @@ impl ListAt {
         h.update([0]);
         h.update(dir.dev.to_be_bytes());
         h.update(dir.ino.to_be_bytes());
+        match dir.born {
+            Some((secs, nanos)) => {
+                h.update([1]);
+                h.update(secs.to_be_bytes());
+                h.update(nanos.to_be_bytes());
+            }
+            None => h.update([0]),
+        }
         let digest = h.finalize();
         let mut tag = [0; 8];
         tag.copy_from_slice(&digest[..8]);
