@@ -407,7 +407,9 @@ pub struct DirId {
     pub dev: u64,
     pub ino: u64,
     /// Seconds and nanoseconds since 1970, where the file system records a birth time (ext4,
-    /// XFS, btrfs, tmpfs); `None` elsewhere, where only device and inode tell.
+    /// XFS, btrfs, tmpfs); `None` elsewhere, where only device and inode tell. Stamped by the
+    /// kernel's clock for new inodes, so a directory removed and made again within one tick of
+    /// it (a few milliseconds) is still not told apart.
     pub born: Option<(u64, u32)>,
 }
 
