@@ -399,12 +399,18 @@ pub enum Listing {
     Other(Entry),
 }
 
-/// Which directory a listing reads: its device and inode, so a position taken in one is
-/// never used in another that later took its name.
+/// Which directory a listing reads: its device, inode and birth time, so a position taken in
+/// one is never used in another that later took its name. The inode alone does not tell: ext4
+/// gives a directory made right after another was removed the removed one's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirId {
     pub dev: u64,
     pub ino: u64,
+    /// Seconds and nanoseconds since 1970, where the file system records a birth time (ext4,
+    /// XFS, btrfs, tmpfs); `None` elsewhere, where only device and inode tell. Stamped by the
+    /// kernel's clock for new inodes, so a directory removed and made again within one tick of
+    /// it (a few milliseconds) is still not told apart.
+    pub born: Option<(u64, u32)>,
 }
 
 /// A directory read in readdir order from a position the file system gave
@@ -612,13 +618,21 @@ impl Jail {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let st = rustix::fs::fstat(&fd)?;
+        // std asks for the birth time too (`statx` on Linux).
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs(), d.subsec_nanos()));
         Ok(Listing::Dir(DirReader {
             id: DirId {
-                dev: st.st_dev as u64,
-                ino: st.st_ino as u64,
+                dev: std::os::unix::fs::MetadataExt::dev(&meta),
+                ino: std::os::unix::fs::MetadataExt::ino(&meta),
+                born,
             },
-            dir: rustix::fs::Dir::new(fd)?,
+            dir: rustix::fs::Dir::new(rustix::fd::OwnedFd::from(file))?,
             at: 0,
         }))
     }

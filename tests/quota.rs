@@ -1135,3 +1135,57 @@ async fn send_chunks(raw: &mut Raw, data: &[u8]) {
         raw.send_data(chunk).await;
     }
 }
+
+/// docs/PROTOCOL.md §5.11: a copy checks its source, then its target (parent problems
+/// included: `not_found`, `not_a_directory`), and only then the user's limits, as 84e211a
+/// did. A copy whose target cannot be made is refused as such, not as over the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_copy_to_a_target_that_cannot_be_made_says_so_before_the_limits() {
+    let server = TestServer::start().await;
+    // Placed by hand: larger than carol's maximum file size (600,000), and together over her
+    // byte quota (1 MiB).
+    let home = server.home("carol");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("big"), vec![1u8; 700_000]).unwrap();
+    std::fs::write(home.join("mid"), vec![2u8; 400_000]).unwrap();
+    std::fs::write(home.join("plain"), b"not a directory").unwrap();
+    let mut conn = carol(&server).await;
+    for (from, to, want) in [
+        ("/big", "/nowhere/x", ErrorCode::NotFound),
+        ("/big", "/plain/x", ErrorCode::NotADirectory),
+        ("/mid", "/nowhere/x", ErrorCode::NotFound),
+        ("/mid", "/plain/x", ErrorCode::NotADirectory),
+    ] {
+        let err = conn.copy(from, to, false).await.unwrap_err();
+        assert_eq!(code(&err), Some(want), "copy {from} {to}: {err}");
+    }
+    // With a target that can be made, the limits answer.
+    let err = conn.copy("/big", "/x", false).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::TooLarge), "{err}");
+    let err = conn.copy("/mid", "/x", false).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::QuotaExceeded), "{err}");
+}
+
+/// Copies onto a hard link of the source (planted by hand), onto the source itself, and from
+/// the link onto the source: every name counts, so each replaces what it adds, and the
+/// counters agree with a fresh walk after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_onto_a_hard_link_of_the_source_keep_the_counts_true() {
+    let server = TestServer::start().await;
+    let home = server.home("carol");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("a"), vec![3u8; 100_000]).unwrap();
+    std::fs::hard_link(home.join("a"), home.join("b")).unwrap();
+    let mut conn = carol(&server).await;
+    for (from, to) in [("/a", "/b"), ("/a", "/a"), ("/b", "/a"), ("/a", "/c")] {
+        conn.copy(from, to, true).await.unwrap();
+        let usage = conn.usage().await.unwrap();
+        let (bytes, files) = quota_walk(&home);
+        assert_eq!(
+            (usage.used_bytes, usage.used_files),
+            (Some(bytes), Some(files)),
+            "after copy {from} {to}"
+        );
+    }
+    assert_eq!(quota_walk(&home), (300_000, 3));
+}

@@ -481,3 +481,179 @@ async fn keep_half(raw: &mut crate::util::Raw, id: u64, name: &str, half: &[u8])
         }
     ));
 }
+
+/// Descriptors of this process (the server runs in it) open on `path`.
+fn open_on(path: &Path) -> usize {
+    let path = std::fs::canonicalize(path).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd: this test needs Linux's /proc")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == path)
+        .count()
+}
+
+/// A resumed `get` hashes the server's first `offset` bytes before it sends any; a client
+/// that cancels it, or goes away, during that check must stop that work too. Otherwise each
+/// `get` with a large offset and a wrong prefix, cancelled at once, leaves a thread of the
+/// blocking pool reading and hashing up to the whole file for nobody: a few requests a second
+/// keep the disk and every core busy long after their sessions ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_a_cancelled_or_abandoned_resume_stops_hashing_its_prefix() {
+    use ferry::protocol::{ClientMessage, ServerMessage};
+    let server = TestServer::start().await;
+    // Sparse: 16 GiB that take no disk, but a long while to read and hash (over 10 s here).
+    let big = server.home_file("alice", "big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(16 << 30)
+        .unwrap();
+    let get = |id| ClientMessage::Get {
+        id,
+        path: "/big.bin".into(),
+        offset: (16 << 30) - 1,
+        prefix_sha256: Some("00".repeat(32)),
+    };
+
+    // Cancelled during the prefix check: the reply comes at once...
+    let mut raw = server.raw().await;
+    raw.login("alice", "alice-pw").await;
+    raw.send(&get(2)).await;
+    assert!(
+        matches!(raw.recv().await, ServerMessage::File { id: 2, .. }),
+        "the file message comes before the prefix check"
+    );
+    raw.send(&ClientMessage::Cancel { id: 2 }).await;
+    match raw.recv().await {
+        ServerMessage::Error {
+            id: Some(2), code, ..
+        } => assert_eq!(code, ErrorCode::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    // ...and the reader lets go of the file soon after.
+    let stopped = async {
+        while open_on(&big) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), stopped)
+        .await
+        .expect("the cancelled resume still reads the file 3 s after its reply");
+
+    // A client that vanishes during the check: the same.
+    let mut raw = server.raw().await;
+    raw.login("alice", "alice-pw").await;
+    raw.send(&get(2)).await;
+    assert!(matches!(
+        raw.recv().await,
+        ServerMessage::File { id: 2, .. }
+    ));
+    drop(raw);
+    let stopped = async {
+        while open_on(&big) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), stopped)
+        .await
+        .expect("the abandoned resume still reads the file 3 s after its client left");
+
+    // The server still serves.
+    let mut conn = server.alice().await;
+    assert_eq!(conn.stat("/big.bin").await.unwrap().size, 16 << 30);
+}
+
+/// The final reply of request `id`, past its `progress` messages.
+async fn final_reply(raw: &mut crate::util::Raw, id: u64) -> ferry::protocol::ServerMessage {
+    use ferry::protocol::ServerMessage;
+    loop {
+        match raw.recv().await {
+            ServerMessage::Progress { id: p, .. } if p == id => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Waits (3 s at most) until the server holds no descriptor of `path`.
+async fn lets_go_of(path: &Path, what: &str) {
+    let stopped = async {
+        while open_on(path) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), stopped)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the file is still open 3 s after the reply"));
+}
+
+/// A `sha256` or `copy` cancelled while it reads ends with its one `cancelled` reply, byte
+/// for byte as before the core, and its reader lets go of the file: no work goes on for a
+/// request that is over. A cancelled copy leaves nothing, not even its temp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_sha256_and_copy_stop_their_work_and_leave_nothing() {
+    use ferry::protocol::{ClientMessage, ServerMessage};
+    let server = TestServer::start().await;
+    // Sparse and without a stored digest: hashing it takes a long while.
+    let big = server.home_file("alice", "big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(16 << 30)
+        .unwrap();
+    let src = server.home_file("alice", "src.bin");
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let mut raw = server.raw().await;
+    raw.login("alice", "alice-pw").await;
+
+    raw.send(&ClientMessage::Sha256 {
+        id: 2,
+        path: "/big.bin".into(),
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    raw.send(&ClientMessage::Cancel { id: 2 }).await;
+    let reply = final_reply(&mut raw, 2).await;
+    assert!(
+        matches!(&reply, ServerMessage::Error { id: Some(2), code: ErrorCode::Cancelled, message }
+            if message == "sha256 cancelled"),
+        "{reply:?}"
+    );
+    lets_go_of(&big, "a cancelled sha256").await;
+
+    raw.send(&ClientMessage::Copy {
+        id: 3,
+        from: "/src.bin".into(),
+        to: "/dst.bin".into(),
+        overwrite: false,
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    raw.send(&ClientMessage::Cancel { id: 3 }).await;
+    let reply = final_reply(&mut raw, 3).await;
+    assert!(
+        matches!(&reply, ServerMessage::Error { id: Some(3), code: ErrorCode::Cancelled, message }
+            if message == "copy cancelled"),
+        "{reply:?}"
+    );
+    lets_go_of(&src, "a cancelled copy").await;
+    let home = server.home("alice");
+    let mut left: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["big.bin", "src.bin"],
+        "a cancelled copy left something"
+    );
+
+    // The session goes on.
+    raw.send(&ClientMessage::Stat {
+        id: 4,
+        path: "/src.bin".into(),
+    })
+    .await;
+    assert!(matches!(raw.recv().await, ServerMessage::Ok { id: 4, .. }));
+}

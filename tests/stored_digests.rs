@@ -464,3 +464,102 @@ fn the_one_shot_get_of_a_file_corrupted_at_rest_exits_5_and_says_so() {
     assert!(out.stderr.contains("integrity check failed"), "{out:#?}");
     assert!(out.stderr.contains("corrupted at rest"), "{out:#?}");
 }
+
+/// Reads request `id`'s frames to its final reply: the data bytes' count and SHA-256, and the
+/// reply.
+async fn drain_get(
+    raw: &mut crate::util::Raw,
+    id: u64,
+) -> (u64, String, ferry::protocol::ServerMessage) {
+    use ferry::protocol::{Frame, ServerMessage, decode_server_message};
+    use sha2::Digest;
+    let (mut n, mut h) = (0u64, sha2::Sha256::new());
+    loop {
+        match raw.frame().await {
+            Some(Frame::Data(d)) => {
+                n += d.len() as u64;
+                h.update(&d);
+            }
+            Some(Frame::Message(m)) => match decode_server_message(&m).unwrap() {
+                ServerMessage::Progress { id: p, .. } if p == id => {}
+                reply => return (n, hex(&h.finalize()), reply),
+            },
+            None => panic!("the server closed the session"),
+        }
+    }
+}
+
+/// A file that shrinks under a `get` ends in `size_mismatch`, never in `ok` after fewer bytes
+/// than announced, whether its digest comes from a record that matched at the open (its bytes
+/// then go out unhashed) or from hashing; one that grows is sent up to the size announced,
+/// not a byte more, and the digest is of exactly those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changes_size_under_a_get_never_ends_ok_with_other_bytes() {
+    use ferry::protocol::{ClientMessage, ErrorCode, ServerMessage};
+    let server = started().await;
+    const SIZE: u64 = 256 << 20;
+    let get = |id, path: &str| ClientMessage::Get {
+        id,
+        path: path.into(),
+        offset: 0,
+        prefix_sha256: None,
+    };
+    let mut raw = server.raw().await;
+    raw.login("alice", "alice-pw").await;
+    for (id, recorded) in [(2, true), (3, false)] {
+        // Sparse: the server reads a few MiB ahead of a client that does not read, no more.
+        let path = server.home_file("alice", &format!("shrinks{id}"));
+        let file = File::create(&path).unwrap();
+        file.set_len(SIZE).unwrap();
+        if recorded {
+            ferry::stored_digest::record(&file, &"ab".repeat(32));
+            assert!(raw_record(&path).is_some(), "no record planted");
+        }
+        raw.send(&get(id, &format!("/shrinks{id}"))).await;
+        match raw.recv().await {
+            ServerMessage::File { id: f, size, .. } => assert_eq!((f, size), (id, SIZE)),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        file.set_len(MIB as u64).unwrap();
+        let (n, _, reply) = drain_get(&mut raw, id).await;
+        assert!(n < SIZE, "recorded {recorded}: {n} bytes");
+        match reply {
+            ServerMessage::Error {
+                id: Some(e),
+                code: ErrorCode::SizeMismatch,
+                message,
+            } => {
+                assert_eq!(e, id);
+                assert_eq!(message, "file changed on the server during the download");
+            }
+            other => panic!("recorded {recorded}: a shrunk file ended with {other:?}"),
+        }
+    }
+
+    let path = server.home_file("alice", "grows");
+    let file = File::create(&path).unwrap();
+    file.set_len(SIZE).unwrap();
+    raw.send(&get(4, "/grows")).await;
+    assert!(matches!(
+        raw.recv().await,
+        ServerMessage::File {
+            id: 4,
+            size: SIZE,
+            ..
+        }
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    file.write_all_at(&[7u8; MIB], SIZE).unwrap();
+    let (n, sha, reply) = drain_get(&mut raw, 4).await;
+    assert_eq!(n, SIZE, "bytes sent of a file that grew");
+    match reply {
+        ServerMessage::Ok {
+            id: 4,
+            size: Some(SIZE),
+            sha256: Some(d),
+            ..
+        } => assert_eq!(d, sha, "the digest is not of the bytes sent"),
+        other => panic!("{other:?}"),
+    }
+}

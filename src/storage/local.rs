@@ -140,8 +140,9 @@ impl LocalStorage {
 }
 
 /// A local listing token: where a page ended in a directory (the file system's readdir
-/// position), and a tag naming that directory (its path, device and inode, hashed), so a token
-/// is refused anywhere else. Written as 32 lowercase hex digits: tag, then position. Not
+/// position), and a tag naming that directory (its path, device, inode and birth time,
+/// hashed), so a token is refused anywhere else, a directory made again under the name of a
+/// removed one included. Written as 32 lowercase hex digits: tag, then position. Not
 /// secret and not signed: a client can forge a position, and a forged one reads its own
 /// directory from a point the kernel accepts, which is no more than it may list anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +159,14 @@ impl ListAt {
         h.update([0]);
         h.update(dir.dev.to_be_bytes());
         h.update(dir.ino.to_be_bytes());
+        match dir.born {
+            Some((secs, nanos)) => {
+                h.update([1]);
+                h.update(secs.to_be_bytes());
+                h.update(nanos.to_be_bytes());
+            }
+            None => h.update([0]),
+        }
         let digest = h.finalize();
         let mut tag = [0; 8];
         tag.copy_from_slice(&digest[..8]);
@@ -1284,7 +1293,11 @@ fn read_file(
         let progress = |n| {
             let _ = tx.blocking_send(Ok(ReadEvent::Progress(n)));
         };
-        hash_prefix(&mut file, r.offset, &mut hasher, progress)?;
+        let mut heard = WhileHeard {
+            file: &mut file,
+            tx,
+        };
+        hash_prefix(&mut heard, r.offset, &mut hasher, progress)?;
         if let Some(expected) = r.expect_prefix {
             let actual: Sha256Digest = hasher.clone().finalize().into();
             if actual != expected {
@@ -1303,6 +1316,26 @@ fn read_file(
         ReadEvent::End { sha256: None } if known.is_some() => ReadEvent::End { sha256: known },
         event => event,
     })
+}
+
+/// The file of a download, read only while its caller still listens: a prefix check whose
+/// download was dropped (cancelled, its client gone) stops at its next read instead of
+/// hashing the rest of the prefix, up to the whole file, for nobody.
+struct WhileHeard<'a, T> {
+    file: &'a mut std::fs::File,
+    tx: &'a mpsc::Sender<T>,
+}
+
+impl<T> Read for WhileHeard<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the download was dropped",
+            ));
+        }
+        self.file.read(buf)
+    }
 }
 
 /// Sends `len` bytes of `file` from its position in chunks; the final event is the `End`

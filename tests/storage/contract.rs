@@ -61,6 +61,7 @@ macro_rules! storage_contract {
             rename_file_and_directory,
             rename_no_replace_and_replace,
             copy_and_its_refusals,
+            copy_refuses_a_source_of_another_size,
             dropped_copy_leaves_nothing_or_the_whole,
             concurrent_work_on_distinct_names,
             upload_appears_only_at_commit,
@@ -594,6 +595,47 @@ pub async fn copy_and_its_refusals(h: Home) {
         "copy onto a dir",
     );
     assert_eq!(names(s, "/").await, ["d", "dst", "other", "src"]);
+}
+
+/// `expect_size`: the caller sized its reservation from an earlier look at the source; a
+/// source that holds another size when the store opens it is refused (kind `UnexpectedEof`)
+/// before anything is written, and the target is left as it was.
+pub async fn copy_refuses_a_source_of_another_size(h: Home) {
+    let s = &*h.store;
+    put(s, "src", &data(5000, 7)).await;
+    put(s, "dst", b"old").await;
+    for (want, no_replace) in [(4999, true), (5001, false), (0, false), (u64::MAX, false)] {
+        let options = CopyOptions {
+            no_replace,
+            expect_size: Some(want),
+            admit: Some(Box::new(|_| panic!("admit asked for a refused copy"))),
+            ..CopyOptions::default()
+        };
+        match s.copy(&p("src"), &p("dst"), options).await {
+            Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            other => panic!("expect_size {want}: {:?}", other.map(|c| c.size)),
+        }
+        let options = CopyOptions {
+            expect_size: Some(want),
+            ..CopyOptions::default()
+        };
+        match s.copy(&p("src"), &p("new"), options).await {
+            Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            other => panic!("expect_size {want}: {:?}", other.map(|c| c.size)),
+        }
+    }
+    assert_eq!(read(s, "dst").await, b"old");
+    assert_eq!(names(s, "/").await, ["dst", "src"]);
+    // The size it has: copied.
+    let options = CopyOptions {
+        no_replace: true,
+        expect_size: Some(5000),
+        ..CopyOptions::default()
+    };
+    assert_eq!(
+        s.copy(&p("src"), &p("new"), options).await.unwrap().size,
+        5000
+    );
 }
 
 pub async fn upload_appears_only_at_commit(h: Home) {
