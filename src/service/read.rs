@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::quota::{Refusal, Reservation};
 use super::{CoreError, Home, to_the_end};
 use crate::domain::{EntryKind, Footprint, Op};
 use crate::storage::{
@@ -171,35 +172,30 @@ impl Home {
             return Err(StorageError::IsADirectory.into());
         }
         let size = source.size;
-        // An estimate for the reservation, from the name itself (a symlink there is replaced,
-        // not what it leads to); the store decides what the target really is, and the commit
-        // measures it inside the change gate. Anything there is refused without `replace`,
-        // by the store too.
-        let replaces = match self.storage.lstat(to).await {
-            Ok(s) if s.entry.kind == EntryKind::Dir => {
-                return Err(StorageError::IsADirectory.into());
-            }
-            Ok(_) if !replace => return Err(StorageError::AlreadyExists.into()),
-            Ok(s) if s.entry.kind == EntryKind::File => Footprint {
-                bytes: s.entry.size,
-                files: 1,
-            },
-            _ => Footprint::NONE,
-        };
-        let reservation = match &self.account {
-            Some(a) => Some(
-                a.reserve(
-                    &self.limits,
-                    size,
-                    size.saturating_sub(replaces.bytes),
-                    replaces.files == 0,
-                )
-                .await
-                .map_err(|r| CoreError::refused(r, size))?,
-            ),
-            None => None,
-        };
-        let reservation = Arc::new(Mutex::new(reservation));
+        // The room is reserved by the store's call-back, once it has opened the source,
+        // checked the target (its name itself: a link there is replaced, not what it leads
+        // to) and made the copy's temp: a target that cannot be made is refused as such
+        // before the limits are asked (PROTOCOL.md 5.11), as the old handler did. The commit
+        // measures the target again inside the change gate.
+        let reservation: Arc<Mutex<Option<Reservation>>> = Arc::new(Mutex::new(None));
+        let refused: Arc<Mutex<Option<Refusal>>> = Arc::new(Mutex::new(None));
+        let reserve: Option<crate::storage::Reserve> = self.account.clone().map(|a| {
+            let limits = self.limits;
+            let (held, refused) = (Arc::clone(&reservation), Arc::clone(&refused));
+            Box::new(move |replaces: Footprint, _: Option<u64>| {
+                let new_bytes = size.saturating_sub(replaces.bytes);
+                match a.reserve_blocking(&limits, size, new_bytes, replaces.files == 0) {
+                    Ok(r) => {
+                        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                        Ok(())
+                    }
+                    Err(why) => {
+                        *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        Err(StorageError::QuotaExceeded)
+                    }
+                }
+            }) as crate::storage::Reserve
+        });
         let phase = Arc::new(Mutex::new(Phase::Copying));
         let admit = {
             let (reservation, phase) = (Arc::clone(&reservation), Arc::clone(&phase));
@@ -265,6 +261,7 @@ impl Home {
         };
         let options = CopyOptions {
             no_replace: !replace,
+            reserve,
             admit: Some(admit),
             placed: Some(placed),
             // The room was sized from the look above: a source changed since is refused.
@@ -290,8 +287,20 @@ impl Home {
                 // The commit has begun: it lands (or fails) and is counted.
                 copying.await
             }
-        }?;
-        Ok(Some(copied))
+        };
+        match copied {
+            Ok(copied) => Ok(Some(copied)),
+            Err(StorageError::QuotaExceeded) => {
+                let refusal = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(match refusal {
+                    // The reservation before the copy: over a limit, said as such.
+                    Some(refusal) => CoreError::refused(refusal, size),
+                    // The commit's check of what the target takes then.
+                    None => StorageError::QuotaExceeded.into(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

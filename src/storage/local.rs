@@ -830,8 +830,11 @@ fn copy_file(
         )
         .into());
     }
-    check_target(jail, to, options.no_replace)?;
+    let replaces = check_target(jail, to, options.no_replace)?;
     let mut temp = jail.create_temp(to)?;
+    if let Some(reserve) = options.reserve {
+        reserve(replaces, None)?;
+    }
     let size = entry.size;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_CHUNK_LEN];

@@ -476,6 +476,11 @@ pub struct Space {
 pub struct CopyOptions {
     pub no_replace: bool,
     pub admit: Option<Admit>,
+    /// Called once the source is open, the target checked and the copy's temp made, before
+    /// a byte is copied, with what the target takes now (see [`Reserve`]; the second
+    /// argument is always `None`). An error ends the copy with nothing written: the quota
+    /// reserves its room here, so a target that cannot be made is refused as such first.
+    pub reserve: Option<Reserve>,
     /// Told once, inside the change gate, when the copy is in place (see [`Placed`]).
     pub placed: Option<Placed>,
     /// Refuse (an error of kind `UnexpectedEof`, nothing copied) unless the source holds
