@@ -382,6 +382,12 @@ impl Server {
         self.limits.proxy_from.iter().any(|net| net.contains(ip))
     }
 
+    /// Connections not logged in yet, right now (for tests that must wait for the server to
+    /// see closed ones go).
+    pub fn not_logged_in(&self) -> usize {
+        self.prelogin.len()
+    }
+
     /// The data root.
     pub fn root(&self) -> &Path {
         &self.root
