@@ -197,15 +197,7 @@ impl Account {
     /// ledger, else sent off on the runtime.
     pub fn adjust_soon(self: &Arc<Self>, added: Footprint, removed: Footprint) {
         let account = Arc::clone(self);
-        let mut adjust = Box::pin(async move { account.adjust(added, removed).await });
-        if adjust
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-            .is_pending()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(adjust);
-        }
+        soon(async move { account.adjust(added, removed).await });
     }
 
     /// The numbers for `usage`, with reservations counted as used.
@@ -231,15 +223,43 @@ impl Drop for Account {
     /// next login counts it again (and sees what an admin changed by hand meanwhile).
     fn drop(&mut self) {
         let (ledger, key) = (Arc::clone(&self.ledger), std::mem::take(&mut self.key));
-        let forget = async move { log_lost("forget", ledger.forget(&key).await) };
-        let mut forget = Box::pin(forget);
-        if forget
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-            .is_pending()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(forget);
+        soon(async move { log_lost("forget", ledger.forget(&key).await) });
+    }
+}
+
+/// Runs a ledger call without waiting for it (from `Drop`): done at the first poll by the
+/// in-memory ledger, else sent off on the runtime.
+fn soon(f: impl Future<Output = ()> + Send + 'static) {
+    let mut f = Box::pin(f);
+    if f.as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+        && let Ok(rt) = tokio::runtime::Handle::try_current()
+    {
+        rt.spawn(f);
+    }
+}
+
+/// A store's reserve call-back (see [`crate::storage::Reserve`]) for a file of `size` bytes:
+/// reserves what it adds over what the target takes, into `held`; a refusal is kept in
+/// `refused` for the caller, and the store hears `QuotaExceeded`.
+pub(crate) fn reserve_in_store(
+    account: &Arc<Account>,
+    limits: &Quota,
+    size: u64,
+    replaces: Footprint,
+    held: &Mutex<Option<Reservation>>,
+    refused: &Mutex<Option<Refusal>>,
+) -> Result<(), StorageError> {
+    let new_bytes = size.saturating_sub(replaces.bytes);
+    match account.reserve_blocking(limits, size, new_bytes, replaces.files == 0) {
+        Ok(r) => {
+            *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            Ok(())
+        }
+        Err(why) => {
+            *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            Err(StorageError::QuotaExceeded)
         }
     }
 }

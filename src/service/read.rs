@@ -183,17 +183,7 @@ impl Home {
             let limits = self.limits;
             let (held, refused) = (Arc::clone(&reservation), Arc::clone(&refused));
             Box::new(move |replaces: Footprint, _: Option<u64>| {
-                let new_bytes = size.saturating_sub(replaces.bytes);
-                match a.reserve_blocking(&limits, size, new_bytes, replaces.files == 0) {
-                    Ok(r) => {
-                        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                        Ok(())
-                    }
-                    Err(why) => {
-                        *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                        Err(StorageError::QuotaExceeded)
-                    }
-                }
+                super::quota::reserve_in_store(&a, &limits, size, replaces, &held, &refused)
             }) as crate::storage::Reserve
         });
         let phase = Arc::new(Mutex::new(Phase::Copying));

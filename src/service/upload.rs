@@ -367,17 +367,7 @@ impl Home {
                     };
                     a.adjust_blocking(Footprint::NONE, old);
                 }
-                let new_bytes = size.saturating_sub(replaces.bytes);
-                match a.reserve_blocking(&limits, size, new_bytes, replaces.files == 0) {
-                    Ok(r) => {
-                        *lock(&held) = Some(r);
-                        Ok(())
-                    }
-                    Err(why) => {
-                        *lock(&refused) = Some(why);
-                        Err(StorageError::QuotaExceeded)
-                    }
-                }
+                super::quota::reserve_in_store(&a, &limits, size, replaces, &held, &refused)
             })
         };
         let added = Footprint {
