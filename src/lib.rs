@@ -59,6 +59,7 @@ pub mod cli;
 pub mod client;
 pub mod direct;
 pub mod domain;
+pub mod frontend;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
