@@ -18,6 +18,8 @@ use crate::client::ops::{OpError, Output, Session, TransferOpts};
 use crate::client::{self, ClientError, open, shell::Shell};
 use crate::users;
 
+mod token;
+
 /// The exit statuses of the client commands, for their --help.
 macro_rules! exit_status_help {
     () => {
@@ -70,6 +72,17 @@ enum Command {
         Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml"
     )]
     User(UserCommand),
+    /// Manage API tokens for curl and scripts: add, list, del.
+    #[command(
+        subcommand,
+        long_about = "Manage API tokens, which let curl and scripts act for a user without a \
+        password: `Authorization: Bearer <token>`. Tokens live in tokens.toml beside the users \
+        file (--tokens FILE to choose another); only their SHA-256 is kept. A running server \
+        sees a change at the next request.\n\n\
+        Examples:\n  ferry token add ci --user alice --expires 30d\n  ferry token list\n  \
+        ferry token del 3fa9c2d1"
+    )]
+    Token(token::TokenCommand),
     /// Run the server.
     #[command(
         long_about = "Run the server: TLS 1.3 on one port, users from the users file, each \
@@ -237,6 +250,10 @@ enum UserCommand {
         name: String,
         #[command(flatten)]
         file: UsersFileArg,
+        /// The tokens file whose tokens of the user are revoked too (default: tokens.toml
+        /// beside the users file).
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
     },
     /// List users.
     #[command(
@@ -569,6 +586,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Certs(a) => certs(a),
         Command::User(u) => user(u),
+        Command::Token(t) => token::run(t),
         Command::Serve(a) => serve(*a),
         Command::Connect(a) => connect(a),
         Command::Get(a) => oneshot_get(a),
@@ -674,6 +692,10 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             let password = password.read()?;
             user.password_hash = users::hash_password(&password)?;
             rt.block_on(TomlAccounts::new(file.users.clone()).add(&user))?;
+            // A user deleted by hand and made again must not get their old tokens back.
+            if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
+                eprintln!("warning: {e:#}");
+            }
             eprintln!(
                 "added user {name} to {} (a running server sees it at the next login)",
                 file.users.display()
@@ -718,9 +740,15 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             rt.block_on(TomlAccounts::new(file.users).set(&name, &change))?;
             eprintln!("changed user {name} (in force from their next login)");
         }
-        UserCommand::Del { name, file } => {
-            rt.block_on(TomlAccounts::new(file.users).del(&name))?;
+        UserCommand::Del { name, file, tokens } => {
+            rt.block_on(TomlAccounts::new(file.users.clone()).del(&name))?;
+            // After the user is gone, so that no `ferry token add` can slip in between.
+            let revoked = token::revoke_user_tokens(&file.users, tokens.as_deref(), &name)
+                .context("the user was deleted")?;
             eprintln!("deleted user {name} (their files were left in place)");
+            if revoked > 0 {
+                eprintln!("revoked their {revoked} API token(s)");
+            }
         }
         UserCommand::List { file } => {
             let store = TomlAccounts::load(&file.users)?;

@@ -5,9 +5,11 @@
 //!    table (`Op`, `Scope`), `Footprint`/`Quota`, `BoxFuture` for the traits.
 //! 2. Seams and their local implementations, none of which knows the wire:
 //!    [`state`] (usage reservations, name locks, penalties, kept partials: traits with leases
-//!    that expire; [`state::memory`] is one server's own tables), [`accounts`] (the
+//!    that expire; [`state::memory`] is one server's own tables; `state::tokens`, API tokens
+//!    and their check), [`accounts`] (the
 //!    `AccountStore` trait and `accounts::toml`, the users file as a store, reloaded before a
-//!    login when it changed; a store keeps hashes and never verifies), [`users`] (the users
+//!    login when it changed; a store keeps hashes and never verifies; `accounts::tokens`,
+//!    `tokens.toml` beside it), [`users`] (the users
 //!    file's format and edits, argon2id, `Password`), [`jail`] (a home as a capability
 //!    directory; `RemotePath`, the one validated path type; temp files that commit
 //!    atomically), [`stored_digest`] (a committed file's SHA-256 kept in its extended

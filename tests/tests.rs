@@ -27,5 +27,7 @@ mod shutdown;
 mod state_contract;
 mod storage;
 mod stored_digests;
+mod token_contract;
+mod tokens_cli;
 mod transfers;
 mod trust;

@@ -12,6 +12,9 @@ use super::{
 };
 use crate::domain::{BoxFuture, Footprint, Quota, Refused};
 
+/// API tokens in memory live beside their trait.
+pub use super::tokens::MemoryTokens;
+
 /// Locks a table; a poisoned lock still holds consistent data (every update is whole).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -9,6 +9,8 @@
 //! - [`PenaltyStore`]: the penalty of each source address, so a source guessing passwords is
 //!   refused by every node.
 //! - [`PartialIndex`]: uploads kept for resuming, findable from any node.
+//! - [`tokens::ApiTokens`]: API tokens for curl and scripts, kept as hashes, and their
+//!   [`tokens::check`].
 //!
 //! Everything held on behalf of a request is a lease with a time to live: a node that dies
 //! holding room or a name cannot hold it forever, because the lease expires unless its
@@ -26,6 +28,7 @@
 //! [`memory`] holds the implementations one server uses on its own.
 
 pub mod memory;
+pub mod tokens;
 
 use std::fmt;
 use std::net::IpAddr;
