@@ -431,6 +431,22 @@ struct ServeArgs {
     /// Longest wait for a balancer's PROXY header.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     proxy_header_timeout: Duration,
+    /// Speak only the ferry protocol on the port: no HTTPS for browsers and curl.
+    #[arg(long)]
+    no_web: bool,
+    /// The API tokens file (`ferry token add`) [default: tokens.toml beside the users file].
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+}
+
+/// How a browser on this machine reaches a server listening on `addr`: an unspecified
+/// address is reached through loopback, and the dev certificate names `localhost`.
+fn web_authority(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -825,7 +841,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let accounts = prepare_users(&rt, &a.users)?;
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
-    let tls = crate::tls::server_config(&a.cert, &a.key, crate::server::ALPN_OFFERED)?;
+    let alpn = crate::server::alpn_offered(!a.no_web);
+    let tls = crate::tls::server_config(&a.cert, &a.key, alpn)?;
     let fingerprint = crate::tls::load_certs(&a.cert)?
         .first()
         .map(crate::tls::fingerprint)
@@ -841,7 +858,18 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         let store: Arc<dyn AccountStore> = Arc::new(accounts.clone());
         let server =
             crate::server::Server::with_accounts(tls, store, a.root.clone(), limits_of(&a));
+        let tokens = match &a.tokens {
+            Some(path) => crate::accounts::tokens::TomlTokens::new(path.clone()),
+            None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
+        };
+        server.set_tokens(Arc::new(tokens));
         println!("ferry listening on {addr}");
+        if !a.no_web {
+            println!(
+                "web: https://{} (browsers and curl, same port)",
+                web_authority(addr)
+            );
+        }
         println!("server certificate fingerprint: {fingerprint}");
         std::io::stdout().flush()?;
         tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
@@ -851,6 +879,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             accounts,
             a.cert.clone(),
             a.key.clone(),
+            alpn,
         ));
         crate::server::run(server, listener, shutdown_signal()).await?;
         reload.abort();
@@ -1061,14 +1090,12 @@ async fn reload_on_sighup(
     users: TomlAccounts,
     cert: PathBuf,
     key: PathBuf,
+    alpn: &'static [&'static [u8]],
 ) {
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            (
-                u.reload(),
-                crate::tls::server_config(&c, &k, crate::server::ALPN_OFFERED),
-            )
+            (u.reload(), crate::tls::server_config(&c, &k, alpn))
         })
         .await;
         let Ok((reloaded, tls)) = loaded else {

@@ -42,6 +42,9 @@
 //!    encode; `CoreError` becomes ferry/1's wire in one function (`cmd::core_message`).
 //!    `memory` is the server's own (never global) warm login memory, cap on direct-I/O
 //!    uploads and idle heap trim.
+//!    [`frontend`] holds the other front-ends: [`frontend::http`] serves `h2` and `http/1.1`
+//!    on the same port (the listener's dispatch hands it the connection after TLS), with
+//!    HTTP's own limits and penalties, over the same core.
 //! 5. The client: [`client`]: `Connection` with typed methods (the library API); on top of it
 //!    `ops` (globs, recursive transfers, the check of server-sent names), the shell,
 //!    one-shots, trust on first use (`trust`), host aliases (`config`), progress bars. It

@@ -11,6 +11,7 @@ mod cli;
 mod client_edges;
 mod haproxy;
 mod hostile_server;
+mod http;
 mod interrupt;
 mod list_bench;
 mod login;

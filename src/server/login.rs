@@ -18,7 +18,7 @@ use crate::users::{self, Password};
 /// A logged-in user, before a front-end wraps it: who, what they may do, their home as the
 /// core sees it, limits and usage account, and the session slot that counts them (given back
 /// when dropped).
-pub(super) struct UserSession {
+pub(crate) struct UserSession {
     pub user: String,
     pub scope: Scope,
     /// The home through the core (its store, usage account and limits): what a front-end
@@ -29,7 +29,7 @@ pub(super) struct UserSession {
 
 /// Why a login attempt did not log in. Each was logged (and a `Denied` penalised and
 /// audited) before it is returned; the front-end only tells its peer.
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// Wrong user name or password; deliberately never which.
     Denied,
     /// No password check became free in time; nothing was checked. The server's own load,
@@ -80,36 +80,86 @@ pub(super) async fn login(
             read_only,
             home,
             limits,
-        } => {
-            let max = server.limits.max_sessions_per_user;
-            let Some(slot) = server.per_user.take(name.clone(), max) else {
-                tracing::warn!(%peer, user = %name, "login refused: too many sessions");
-                return Err(Refusal::TooManySessions(max));
-            };
-            let opened = open_home(server, home, limits, peer, &name, deadline).await;
-            let (jail, account) = match opened {
-                Ok(j) => j,
-                Err(HomeError { reason, error }) => {
-                    tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
-                    return Err(Refusal::HomeUnavailable(reason));
-                }
-            };
-            tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
-            let scope = if read_only {
-                Scope::ReadOnly
-            } else {
-                Scope::Full
-            };
-            let home =
-                core_home(server, &name, &jail, account.as_ref(), limits).scoped(scope.clone());
-            Ok(UserSession {
-                home,
-                user: name,
-                scope,
-                slot,
-            })
-        }
+        } => admit(server, name, read_only, home, limits, peer, deadline).await,
     }
+}
+
+/// A user a front-end proved by its own means (an API token, a web session, a link's
+/// owner): their home opened and counted as a login opens it, with no password check. A
+/// user no longer in the store is `Denied`. `scope` narrows the user's own (a read-only
+/// token of a full user is read-only; never the reverse).
+pub(crate) async fn open_for(
+    server: &Arc<Server>,
+    name: &str,
+    scope: Scope,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<UserSession, Refusal> {
+    let user = match tokio::time::timeout_at(deadline, server.users.get(name)).await {
+        Ok(Ok(Some(u))) => u,
+        Ok(Ok(None)) => return Err(Refusal::Denied),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the account store failed");
+            return Err(Refusal::StoreUnavailable);
+        }
+        Err(_) => return Err(Refusal::StoreUnavailable),
+    };
+    let read_only = user.read_only || scope != Scope::Full;
+    let home = user.home_dir(&server.root);
+    let limits = quota::limits_of(&user);
+    let mut session = admit(
+        server,
+        name.to_string(),
+        read_only,
+        home,
+        limits,
+        peer,
+        deadline,
+    )
+    .await?;
+    if scope != Scope::Full && session.scope != scope {
+        session.home = session.home.scoped(scope.clone());
+        session.scope = scope;
+    }
+    Ok(session)
+}
+
+/// A user allowed in: their session slot taken, their home opened (and counted).
+async fn admit(
+    server: &Arc<Server>,
+    name: String,
+    read_only: bool,
+    home: PathBuf,
+    limits: Quota,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<UserSession, Refusal> {
+    let max = server.limits.max_sessions_per_user;
+    let Some(slot) = server.per_user.take(name.clone(), max) else {
+        tracing::warn!(%peer, user = %name, "login refused: too many sessions");
+        return Err(Refusal::TooManySessions(max));
+    };
+    let opened = open_home(server, home, limits, peer, &name, deadline).await;
+    let (jail, account) = match opened {
+        Ok(j) => j,
+        Err(HomeError { reason, error }) => {
+            tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
+            return Err(Refusal::HomeUnavailable(reason));
+        }
+    };
+    tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name, result = "ok");
+    let scope = if read_only {
+        Scope::ReadOnly
+    } else {
+        Scope::Full
+    };
+    let home = core_home(server, &name, &jail, account.as_ref(), limits).scoped(scope.clone());
+    Ok(UserSession {
+        home,
+        user: name,
+        scope,
+        slot,
+    })
 }
 
 /// The core's view of a home opened as `jail`: the local store (its direct-I/O uploads

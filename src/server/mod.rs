@@ -9,7 +9,7 @@
 
 mod cmd;
 mod error;
-mod login;
+pub(crate) mod login;
 mod memory;
 pub mod penalty;
 pub mod prelogin;
@@ -36,9 +36,17 @@ use crate::accounts::toml::TomlAccounts;
 use crate::users::UserDb;
 
 /// The ALPN ids this server offers, in its order of preference: one per front-end, and
-/// `handle_connection` dispatches on the one a connection negotiated. Pass this to
-/// [`crate::tls::server_config`].
-pub const ALPN_OFFERED: &[&[u8]] = &[crate::protocol::ALPN];
+/// `handle_connection` dispatches on the one a connection negotiated. `ferry/1` comes first, so
+/// a client that offers it and HTTP gets `ferry/1`. Pass this to [`crate::tls::server_config`].
+pub const ALPN_OFFERED: &[&[u8]] = &[crate::protocol::ALPN, b"h2", b"http/1.1"];
+
+/// What a server with the web front-end turned off (`ferry serve --no-web`) offers.
+pub const ALPN_FERRY_ONLY: &[&[u8]] = &[crate::protocol::ALPN];
+
+/// The ALPN ids to offer, with or without the HTTPS front-end.
+pub fn alpn_offered(web: bool) -> &'static [&'static [u8]] {
+    if web { ALPN_OFFERED } else { ALPN_FERRY_ONLY }
+}
 
 /// Timeouts and caps of a server. The defaults are what `ferry serve` uses.
 #[derive(Debug, Clone)]
@@ -145,6 +153,9 @@ pub struct Server {
     /// a client disconnect stops them (an upload is kept for `reput`, the audit line says
     /// `interrupted`) instead of being dropped mid-way.
     pub(crate) grace_over: CancellationToken,
+    /// What the HTTPS front-end keeps across connections: where API tokens live, and the
+    /// homes its users have open.
+    pub(crate) web: crate::frontend::http::auth::WebState,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -261,6 +272,7 @@ impl Server {
             prelogin: prelogin::Prelogin::new(limits.startups),
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
+            web: Default::default(),
             limits,
         })
     }
@@ -333,6 +345,12 @@ impl Server {
         }
     }
 
+    /// Where API tokens (`ferry token add`) are looked up; an empty in-memory store until
+    /// set. `ferry serve` sets `tokens.toml` beside the users file.
+    pub fn set_tokens(&self, store: Arc<dyn crate::state::tokens::ApiTokens>) {
+        self.web.set_tokens(store);
+    }
+
     /// Where the users live.
     pub fn accounts(&self) -> &Arc<dyn AccountStore> {
         &self.users
@@ -386,6 +404,12 @@ impl Server {
     /// see closed ones go).
     pub fn not_logged_in(&self) -> usize {
         self.prelogin.len()
+    }
+
+    /// The penalty the source of `ip` owes now, banned or not yet (for tests; `None` when
+    /// penalties are off or the source owes nothing).
+    pub fn penalty_owed(&self, ip: IpAddr) -> Option<Duration> {
+        self.penalties.as_ref()?.owed(ip, std::time::Instant::now())
     }
 
     /// The data root.
@@ -648,10 +672,15 @@ async fn handle_connection(
     };
     // Dispatch on the negotiated ALPN id to its front-end. A client that offered no ALPN (or
     // one no front-end speaks) is refused: keeping it would invite cross-protocol attacks.
+    use crate::frontend::http;
     match crate::tls::negotiated_alpn(tls.get_ref().1) {
         Some(crate::protocol::ALPN) => session::run(server, tls, peer, token, prelogin).await,
+        Some(b"h2") => http::serve(server, tls, peer, token, prelogin, http::Proto::H2).await,
+        Some(b"http/1.1") => {
+            http::serve(server, tls, peer, token, prelogin, http::Proto::H1).await;
+        }
         _ => {
-            tracing::info!(%peer, "dropped: ferry/1 ALPN not negotiated");
+            tracing::info!(%peer, "dropped: no protocol this server speaks was negotiated");
             server.penalise(peer, penalty::Offence::ProtocolError);
         }
     }

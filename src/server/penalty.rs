@@ -399,6 +399,14 @@ impl Penalties {
         }
     }
 
+    /// What the address's source owes now, banned or not yet (`None`: nothing).
+    pub fn owed(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let key = self.key(addr)?;
+        let table = self.lock();
+        let entry = table.by_source.get(&key)?;
+        (entry.expires_at > now).then(|| entry.expires_at - now)
+    }
+
     /// Number of sources tracked, including expired ones not swept yet.
     pub fn len(&self) -> usize {
         self.lock().by_source.len()

@@ -88,6 +88,26 @@ impl Home {
         }
     }
 
+    /// Opens `len` bytes of `path` from `offset` (to its end with `None`), unhashed: for a
+    /// reader that learns the whole file's digest another way (an HTTP range request gets the
+    /// store's recorded digest, in [`Download::stat`], when there is one). Nothing is read
+    /// until the first `next`, so a caller may open only to look at the stat.
+    pub async fn open_range(
+        &self,
+        path: &RemotePath,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Box<dyn Download>, CoreError> {
+        self.allow(Op::Get, false)?;
+        let options = ReadOptions {
+            offset,
+            len,
+            hash: false,
+            expect_prefix: None,
+        };
+        Ok(self.storage.open_read(path, options).await?)
+    }
+
     /// The size and SHA-256 of the file at `path`: the stored digest at once when the store
     /// has one that still describes the file, otherwise the file hashed, with `progress`
     /// told the bytes done every [`PROGRESS_INTERVAL`]. Dropping the future stops the work.

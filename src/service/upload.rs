@@ -36,6 +36,42 @@ pub struct PutRequest {
     pub resume: Option<(u64, Sha256Digest)>,
 }
 
+/// What a finished upload's content must hash to before it may land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The sender's SHA-256: any other content is a mismatch, and nothing lands.
+    Sha256(Sha256Digest),
+    /// The sender named no digest (curl without `Content-Digest`, a stock tus client): the
+    /// content lands, and the digest the server computed is what it reports; a receipt says
+    /// the server alone verified it.
+    ServerComputed,
+    /// The sender sent something that is not a digest: it can only mismatch.
+    Unreadable,
+}
+
+impl From<Sha256Digest> for Expect {
+    fn from(d: Sha256Digest) -> Expect {
+        Expect::Sha256(d)
+    }
+}
+
+/// ferry/1's meaning: a digest the client sent, or `None` when what it sent was not one.
+impl From<Option<Sha256Digest>> for Expect {
+    fn from(d: Option<Sha256Digest>) -> Expect {
+        d.map_or(Expect::Unreadable, Expect::Sha256)
+    }
+}
+
+impl Expect {
+    fn accepts(self, actual: &Sha256Digest) -> bool {
+        match self {
+            Expect::Sha256(d) => d == *actual,
+            Expect::ServerComputed => true,
+            Expect::Unreadable => false,
+        }
+    }
+}
+
 /// Why a resume cannot go on (the partial, if any, is kept as it was).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeRefused {
@@ -312,28 +348,37 @@ impl Home {
 
     /// Writes a whole small file (at most [`storage::SMALL_MAX`] bytes, fresh, not resumed)
     /// in one call to the store: target checks, the superseded partial, the room, the digest
-    /// check and the write together. `expected` is the client's digest (`None`: it sent
-    /// something that is not a digest, which can only mismatch).
+    /// check and the write together. `expected` is what the content must hash to (see
+    /// [`Expect`]).
     pub async fn put_small(
         &self,
         path: &RemotePath,
         data: Bytes,
         replace: bool,
-        expected: Option<Sha256Digest>,
+        expected: impl Into<Expect>,
         durability: Durability,
     ) -> Result<Put, CoreError> {
         self.allow(Op::Put, replace)?;
         let size = data.len() as u64;
-        let Some(expected) = expected else {
-            // Not a digest: hashed through the streamed path to say what the store got.
-            let request = PutRequest {
-                size,
-                replace,
-                resume: None,
-            };
-            let mut upload = self.begin_upload(path, request).await?;
-            upload.write(data).await?;
-            return upload.finish(None, durability).await;
+        let expected = match expected.into() {
+            Expect::Sha256(d) => d,
+            // At most SMALL_MAX bytes in memory: hashed here, then checked by the store
+            // like any sender's digest.
+            Expect::ServerComputed => {
+                use sha2::Digest;
+                sha2::Sha256::digest(&data).into()
+            }
+            Expect::Unreadable => {
+                // Not a digest: hashed through the streamed path to say what the store got.
+                let request = PutRequest {
+                    size,
+                    replace,
+                    resume: None,
+                };
+                let mut upload = self.begin_upload(path, request).await?;
+                upload.write(data).await?;
+                return upload.finish(Expect::Unreadable, durability).await;
+            }
         };
         if path.is_root() {
             return Err(StorageError::IsADirectory.into());
@@ -445,14 +490,15 @@ impl Upload {
         Ok(())
     }
 
-    /// Ends the data and commits it if it is the declared size and its digest is `expected`
-    /// (`None`: the client's digest was not one; it mismatches). A mismatch or an error
-    /// leaves nothing under the target.
+    /// Ends the data and commits it if it is the declared size and its digest is what
+    /// `expected` accepts (see [`Expect`]). A mismatch or an error leaves nothing under the
+    /// target.
     pub async fn finish(
         mut self,
-        expected: Option<Sha256Digest>,
+        expected: impl Into<Expect>,
         durability: Durability,
     ) -> Result<Put, CoreError> {
+        let expected = expected.into();
         let Some(mut inner) = self.inner.take() else {
             return Err(StorageError::InvalidArgument.into());
         };
@@ -471,7 +517,7 @@ impl Upload {
                 return Err(e.into());
             }
         };
-        if expected != Some(actual) {
+        if !expected.accepts(&actual) {
             inner.abort().await;
             return Ok(Put::Mismatch { actual });
         }

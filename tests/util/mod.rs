@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,6 +119,10 @@ impl TestServer {
         .unwrap();
         let db = UserDb::load(&users_file).unwrap();
         let server = Server::new(tls, db, root.clone(), limits);
+        // API tokens as `ferry serve` finds them: tokens.toml beside the users file.
+        server.set_tokens(Arc::new(ferry::accounts::tokens::TomlTokens::beside_users(
+            &users_file,
+        )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,235 @@
+//! Who a request acts for. Account routes take a Bearer API token (`ferry token add`): looked
+//! up by id and checked by a constant-time compare of its secret's SHA-256, so each request
+//! stays cheap and needs no argon2. A refused token counts as a failed login (the source is
+//! penalised the same), and the answer never says why.
+//!
+//! A user's home is opened once, as a ferry/1 login opens it (created on first use, counted
+//! for the quota, its session slot taken), and kept for all of that user's requests until it
+//! has been unused for the idle timeout. Each request still looks the user up: a deleted
+//! user's token stops working at once, and a changed account (home, limits, read-only) opens
+//! afresh.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use super::Conn;
+use super::router::{Body, error};
+use crate::domain::Scope;
+use crate::server::login::{self, Refusal, UserSession};
+use crate::server::penalty::Offence;
+use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
+
+/// A request's account: the user, their home through the core (already narrowed to the
+/// token's scope), and the token that proved it.
+#[derive(Clone)]
+pub struct Account {
+    pub user: String,
+    pub token: TokenId,
+    pub home: crate::service::Home,
+}
+
+/// What the HTTP front-end keeps across connections.
+pub struct WebState {
+    tokens: RwLock<Arc<dyn ApiTokens>>,
+    homes: Mutex<HashMap<(String, ScopeKey), Arc<Cached>>>,
+}
+
+impl std::fmt::Debug for WebState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebState").finish_non_exhaustive()
+    }
+}
+
+impl Default for WebState {
+    fn default() -> Self {
+        WebState {
+            tokens: RwLock::new(Arc::new(MemoryTokens::new())),
+            homes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A scope as a map key (the core's `Scope` may carry a path later).
+type ScopeKey = String;
+
+/// One user's opened home, shared by their requests.
+struct Cached {
+    session: UserSession,
+    /// What the account looked like when it was opened: a change opens it again.
+    account: AccountShape,
+    last_used: Mutex<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AccountShape {
+    home: std::path::PathBuf,
+    read_only: bool,
+    limits: crate::domain::Quota,
+}
+
+impl WebState {
+    /// Where API tokens are looked up (the server's default is an empty in-memory store;
+    /// `ferry serve` sets `tokens.toml` beside the users file).
+    pub fn set_tokens(&self, store: Arc<dyn ApiTokens>) {
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    fn tokens(&self) -> Arc<dyn ApiTokens> {
+        Arc::clone(&self.tokens.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Drops homes unused for `idle` (their session slots go back).
+    fn sweep(&self, idle: Duration) {
+        let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        homes.retain(|_, c| {
+            c.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                < idle
+        });
+    }
+}
+
+/// The `Authorization: Bearer` token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// The 401 every refused credential gets, byte for byte the same whatever the reason.
+pub fn unauthorized() -> Response<Body> {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "auth_failed",
+        "authentication failed",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ferry\""),
+    );
+    r
+}
+
+/// The account a request acts for, or the answer to send instead.
+pub async fn account(conn: &Conn, headers: &HeaderMap) -> Result<Account, Response<Body>> {
+    let server = &conn.server;
+    let Some(presented) = bearer(headers) else {
+        return Err(unauthorized());
+    };
+    let store = server.web.tokens();
+    let grant =
+        match crate::state::tokens::check(store.as_ref(), presented, SystemTime::now()).await {
+            Ok(g) => g,
+            Err(refused) => {
+                tracing::warn!(
+                    target: "ferry::audit",
+                    event = "token",
+                    peer = %conn.peer,
+                    result = "refused",
+                    reason = refused.reason()
+                );
+                server.penalise(conn.peer, Offence::AuthFail);
+                return Err(unauthorized());
+            }
+        };
+    // The account as it is now: a user deleted since the token was made is refused, and a
+    // changed one is opened afresh.
+    let user = match server.accounts().get(&grant.user).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            tracing::warn!(target: "ferry::audit", event = "token", peer = %conn.peer,
+                token = %grant.id, result = "refused", reason = "the user no longer exists");
+            server.penalise(conn.peer, Offence::AuthFail);
+            return Err(unauthorized());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the account store failed");
+            return Err(busy());
+        }
+    };
+    let shape = AccountShape {
+        home: user.home_dir(server.root()),
+        read_only: user.read_only,
+        limits: crate::service::quota::limits_of(&user),
+    };
+    let limits = server.limits();
+    server.web.sweep(limits.idle_timeout);
+    let key = (grant.user.clone(), format!("{:?}", grant.scope));
+    let cached = {
+        let homes = server.web.homes.lock().unwrap_or_else(|p| p.into_inner());
+        homes.get(&key).filter(|c| c.account == shape).cloned()
+    };
+    let cached = match cached {
+        Some(c) => c,
+        None => {
+            let deadline = tokio::time::Instant::now() + limits.login_timeout;
+            let session = match login::open_for(
+                server,
+                &grant.user,
+                grant.scope.clone(),
+                conn.peer,
+                deadline,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(r) => return Err(refusal(r)),
+            };
+            let c = Arc::new(Cached {
+                session,
+                account: shape,
+                last_used: Mutex::new(Instant::now()),
+            });
+            server
+                .web
+                .homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, Arc::clone(&c));
+            c
+        }
+    };
+    *cached.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    conn.authenticated();
+    let _ = Scope::Full;
+    Ok(Account {
+        user: grant.user,
+        token: grant.id,
+        home: cached.session.home.clone(),
+    })
+}
+
+fn busy() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "the server cannot check accounts right now; try again later",
+    )
+}
+
+/// The answer for a home that could not be opened.
+fn refusal(r: Refusal) -> Response<Body> {
+    match r {
+        Refusal::Denied => unauthorized(),
+        Refusal::Busy | Refusal::StoreUnavailable => busy(),
+        Refusal::TooManySessions(max) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            &format!("this user has {max} sessions already"),
+        ),
+        Refusal::HomeUnavailable(why) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "home_unavailable", why)
+        }
+        Refusal::ShuttingDown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ),
+    }
+}

@@ -1,0 +1,507 @@
+//! `GET`, `HEAD` and `PUT /f/<path>`: an account's files for curl and scripts.
+//!
+//! A `PUT` is the same verified, durable commit as a ferry/1 `put`: the body is hashed as it
+//! is written, and with a `Content-Digest: sha-256=:…:` (RFC 9530) the file lands only if the
+//! digest matches; without one it lands with the digest the server computed, and the reply
+//! says which (`"verified": "sender"` or `"server-only"`). An existing name is never replaced
+//! unless the request says `Overwrite: T` (WebDAV's header). The reply carries `Repr-Digest`.
+//!
+//! A `GET` sends `Repr-Digest` and a strong `ETag` (`"sha256-<hex>"`) when the store knows the
+//! file's digest (every file ferry committed), a weak one from size and time otherwise; one
+//! `Range` (so `curl -C -` resumes), `If-Range`, `If-None-Match`. Downloads are data, never
+//! pages of ours: `Content-Disposition: attachment`, `Content-Security-Policy: sandbox`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::auth::Account;
+use super::router::{Body, error, full};
+use super::{Conn, headers, parse, status};
+use crate::domain::{EntryKind, hex_digest};
+use crate::service::{Expect, Put, PutRequest};
+use crate::storage::{Download, Durability, ReadEvent, RemotePath, SMALL_MAX, Sha256Digest};
+
+/// Uploads are written to the store in pieces of up to this much (hyper hands over frames of
+/// 16 KiB and less; the store's calls are cheaper when fewer).
+const WRITE_PIECE: usize = 256 * 1024;
+
+static REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
+static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+static OVERWRITE: HeaderName = HeaderName::from_static("overwrite");
+
+/// The path a route's segments name, relative to the home.
+pub fn remote_path(segments: &[String]) -> Result<RemotePath, Response<Body>> {
+    RemotePath::parse(&segments.join("/")).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            &format!("invalid path: {e}"),
+        )
+    })
+}
+
+/// `GET` or `HEAD /f/<path>`.
+pub async fn get(
+    conn: &Conn,
+    acct: &Account,
+    req: &Request<Incoming>,
+    path: &RemotePath,
+) -> Response<Body> {
+    let home = &acct.home;
+    let fail = |e: &crate::service::CoreError| status::core_error(e, conn.peer, &acct.user, "get");
+    let whole = match home.open_range(path, 0, None).await {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let stat = whole.stat().clone();
+    if stat.entry.kind != EntryKind::File {
+        return error(
+            StatusCode::CONFLICT,
+            "is_a_directory",
+            "is a directory (list it with GET /api/ls)",
+        );
+    }
+    let size = stat.entry.size;
+    let etag = etag_of(&stat);
+    let h = req.headers();
+    let text = |name: HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(inm) = text(header::IF_NONE_MATCH)
+        && parse::if_none_match(inm, &etag)
+    {
+        let mut r = Response::new(super::router::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r.headers_mut().insert(header::ETAG, value(&etag));
+        return r;
+    }
+    let range = match text(header::RANGE) {
+        Some(_) if text(header::IF_RANGE).is_some_and(|ir| !parse::if_range(ir, &etag)) => {
+            parse::RangeAnswer::Full
+        }
+        Some(r) => parse::parse_range(r, size),
+        None => parse::RangeAnswer::Full,
+    };
+    let (status, download, len) = match range {
+        parse::RangeAnswer::Full => (StatusCode::OK, whole, size),
+        parse::RangeAnswer::Unsatisfiable => {
+            let mut r = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                "the range is outside the file",
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_RANGE, value(&format!("bytes */{size}")));
+            return r;
+        }
+        parse::RangeAnswer::Partial {
+            start,
+            end_inclusive,
+        } => {
+            drop(whole);
+            let len = end_inclusive - start + 1;
+            let part = match home.open_range(path, start, Some(len)).await {
+                Ok(d) => d,
+                Err(e) => return fail(&e),
+            };
+            // The file changed between the two opens: the range may not be of the file the
+            // client asked about.
+            if part.stat().entry.size != size || part.stat().sha256 != stat.sha256 {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the file changed while it was opened; try again",
+                );
+            }
+            (StatusCode::PARTIAL_CONTENT, part, len)
+        }
+    };
+    let body = if req.method() == Method::HEAD {
+        drop(download);
+        super::router::empty()
+    } else {
+        DownloadBody::spawn(download, len)
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let hm = r.headers_mut();
+    hm.insert(header::CONTENT_LENGTH, value(&len.to_string()));
+    hm.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    hm.insert(header::ETAG, value(&etag));
+    if let Some(lm) = http_date(stat.entry.mtime) {
+        hm.insert(header::LAST_MODIFIED, value(&lm));
+    }
+    if let Some(d) = &stat.sha256 {
+        hm.insert(REPR_DIGEST.clone(), value(&parse::format_digest_field(d)));
+    }
+    if let parse::RangeAnswer::Partial {
+        start,
+        end_inclusive,
+    } = range
+    {
+        hm.insert(
+            header::CONTENT_RANGE,
+            value(&format!("bytes {start}-{end_inclusive}/{size}")),
+        );
+    }
+    download_headers(hm, &stat.entry.name);
+    tracing::info!(target: "ferry::audit", event = "http_get", peer = %conn.peer,
+        user = %acct.user, token = %acct.token, path = %crate::sanitize::for_log(&path.to_string()),
+        bytes = len, status = status.as_u16());
+    r
+}
+
+/// What marks a download as data: an attachment with its name, an opaque type, and a policy
+/// under which it can never run as a page of ours.
+pub fn download_headers(h: &mut HeaderMap, name: &str) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        value(&parse::content_disposition_attachment(name)),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(headers::CSP_DOWNLOAD),
+    );
+}
+
+/// `"sha256-<hex>"` when the digest is known, else a weak tag from size and time.
+fn etag_of(stat: &crate::storage::Stat) -> String {
+    match &stat.sha256 {
+        Some(d) => format!("\"sha256-{}\"", hex_digest(d)),
+        None => format!("W/\"{:x}-{:x}\"", stat.entry.size, stat.entry.mtime),
+    }
+}
+
+fn http_date(secs: i64) -> Option<String> {
+    let t = chrono::DateTime::from_timestamp(secs, 0)?;
+    Some(t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+}
+
+/// A header value from text we made (digits, hex, quoted tokens, encoded names).
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A download's bytes as a response body: a task reads the store and hands chunks over a
+/// small channel, so at most a few chunks wait in memory whatever the client's speed, and the
+/// task ends when the client goes (the body is dropped).
+struct DownloadBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    left: u64,
+}
+
+impl DownloadBody {
+    fn spawn(mut download: Box<dyn Download>, len: u64) -> Body {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let item = match download.next().await {
+                    Ok(ReadEvent::Data(b)) => Ok(b),
+                    Ok(ReadEvent::Progress(_)) => continue,
+                    Ok(ReadEvent::End { .. }) => return,
+                    Ok(ReadEvent::PrefixMismatch { .. }) => {
+                        Err(std::io::Error::other("unexpected prefix check"))
+                    }
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        DownloadBody { rx, left: len }.boxed_unsync()
+    }
+}
+
+impl hyper::body::Body for DownloadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.left = self.left.saturating_sub(b.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            // The store ended early (the file shrank): an error, so the peer sees a cut
+            // transfer and not a short file.
+            Poll::Ready(None) if self.left > 0 => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file ended early",
+            )))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+/// The digest a request's headers name for its whole content: `Content-Digest`, or
+/// `Repr-Digest` (the same thing for a body without a content coding). A malformed one, or
+/// two that differ, is the sender's error.
+pub fn sender_digest(h: &HeaderMap) -> Result<Option<Sha256Digest>, Response<Body>> {
+    let bad = |what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_digest",
+            &format!("{what}: expected sha-256=:BASE64: (RFC 9530)"),
+        )
+    };
+    let mut found: Option<Sha256Digest> = None;
+    for name in [&CONTENT_DIGEST, &REPR_DIGEST] {
+        let Some(v) = h.get(name) else { continue };
+        let text = v.to_str().map_err(|_| bad(name.as_str()))?;
+        match parse::parse_digest_field(text) {
+            Ok(Some(d)) => {
+                if found.is_some_and(|f| f != d) {
+                    return Err(bad("Content-Digest and Repr-Digest differ"));
+                }
+                found = Some(d);
+            }
+            // Only other algorithms: nothing we can check.
+            Ok(None) => {}
+            Err(_) => return Err(bad(name.as_str())),
+        }
+    }
+    Ok(found)
+}
+
+/// Reads the next frame's data under the stall timeout; `Ok(None)` at the end.
+pub async fn next_data(conn: &Conn, body: &mut Incoming) -> Result<Option<Bytes>, BodyError> {
+    use http_body_util::BodyExt;
+    let stall = conn.server.limits().stall_timeout;
+    loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(stall, body.frame()) => f,
+            () = conn.server.grace_over.cancelled() => return Err(BodyError::Shutdown),
+        };
+        match frame {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(_))) => return Err(BodyError::Gone),
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(d) if d.is_empty() => continue,
+                Ok(d) => return Ok(Some(d)),
+                // Trailers: nothing we use.
+                Err(_) => continue,
+            },
+        }
+    }
+}
+
+/// Why a request body stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Nothing came for the stall timeout.
+    Stalled,
+    /// The client went away or broke the framing.
+    Gone,
+    /// The server's shutdown grace is over.
+    Shutdown,
+}
+
+impl BodyError {
+    pub fn response(self) -> Response<Body> {
+        match self {
+            BodyError::Stalled => error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body stopped arriving",
+            ),
+            BodyError::Gone => error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body was cut",
+            ),
+            BodyError::Shutdown => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+        }
+    }
+}
+
+/// `PUT /f/<path>`.
+pub async fn put(
+    conn: &Conn,
+    acct: &Account,
+    req: Request<Incoming>,
+    path: &RemotePath,
+) -> Response<Body> {
+    let (head, mut body) = req.into_parts();
+    let h = &head.headers;
+    let Some(size) = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse::parse_u64_header)
+    else {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a PUT needs a Content-Length",
+        );
+    };
+    let expected = match sender_digest(h) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let replace = h
+        .get(&OVERWRITE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"t"));
+    let expect = expected.map_or(Expect::ServerComputed, Expect::Sha256);
+    let home = &acct.home;
+    let fail = |e: &crate::service::CoreError| status::core_error(e, conn.peer, &acct.user, "put");
+    let put = if size <= SMALL_MAX {
+        let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        loop {
+            match next_data(conn, &mut body).await {
+                Ok(Some(d)) => {
+                    if (data.len() + d.len()) as u64 > size {
+                        return too_long();
+                    }
+                    data.extend_from_slice(&d);
+                }
+                Ok(None) => break,
+                Err(e) => return e.response(),
+            }
+        }
+        if data.len() as u64 != size {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "size_mismatch",
+                "the body is shorter than its Content-Length",
+            );
+        }
+        home.put_small(path, data.freeze(), replace, expect, Durability::Now)
+            .await
+    } else {
+        let request = PutRequest {
+            size,
+            replace,
+            resume: None,
+        };
+        let mut upload = match home.begin_upload(path, request).await {
+            Ok(u) => u,
+            Err(e) => return fail(&e),
+        };
+        let mut piece = BytesMut::new();
+        loop {
+            match next_data(conn, &mut body).await {
+                Ok(Some(d)) => {
+                    if upload.written() + (piece.len() + d.len()) as u64 > size {
+                        upload.abort().await;
+                        return too_long();
+                    }
+                    piece.extend_from_slice(&d);
+                    if piece.len() >= WRITE_PIECE
+                        && let Err(e) = upload.write(piece.split().freeze()).await
+                    {
+                        return fail(&e);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    upload.abort().await;
+                    return e.response();
+                }
+            }
+        }
+        if !piece.is_empty()
+            && let Err(e) = upload.write(piece.freeze()).await
+        {
+            return fail(&e);
+        }
+        upload.finish(expect, Durability::Now).await
+    };
+    let sha256 = match put {
+        Ok(Put::Committed { sha256 }) => sha256,
+        Ok(Put::Staged(staged)) => {
+            let sha256 = staged.sha256;
+            if let Some(Err(e)) = home.flush(vec![staged]).await.pop() {
+                return fail(&e);
+            }
+            sha256
+        }
+        Ok(Put::Mismatch { actual }) => {
+            tracing::warn!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
+                user = %acct.user, token = %acct.token,
+                path = %crate::sanitize::for_log(&path.to_string()), size,
+                result = "integrity_mismatch");
+            let body = serde_json::json!({
+                "error": "integrity_mismatch",
+                "message": "the content does not match the digest sent; nothing was stored",
+                "server_sha256": hex_digest(&actual),
+            });
+            let mut r = Response::new(full(body.to_string()));
+            *r.status_mut() = StatusCode::CONFLICT;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+        Err(e) => return fail(&e),
+    };
+    let verified = if expected.is_some() {
+        "sender"
+    } else {
+        "server-only"
+    };
+    tracing::info!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
+        user = %acct.user, token = %acct.token, path = %crate::sanitize::for_log(&path.to_string()),
+        size, sha256 = %hex_digest(&sha256), verified, result = "ok");
+    let body = serde_json::json!({
+        "path": path.to_string(),
+        "size": size,
+        "sha256": hex_digest(&sha256),
+        "verified": verified,
+    });
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = StatusCode::CREATED;
+    let hm = r.headers_mut();
+    hm.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    hm.insert(
+        REPR_DIGEST.clone(),
+        value(&parse::format_digest_field(&sha256)),
+    );
+    hm.insert(
+        header::LOCATION,
+        value(&format!(
+            "/f/{}",
+            path.components()
+                .iter()
+                .map(|c| parse::encode_segment(c))
+                .collect::<Vec<_>>()
+                .join("/")
+        )),
+    );
+    r
+}
+
+fn too_long() -> Response<Body> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "size_mismatch",
+        "the body is longer than its Content-Length",
+    )
+}
