@@ -612,6 +612,18 @@ pub struct TokenGrant {
     pub scope: Scope,
 }
 
+impl TokenGrant {
+    /// The scope of a session opened with this grant for an account that is `read_only` or
+    /// not: the narrower of the token's and the account's.
+    pub fn scope_for(&self, account_read_only: bool) -> Scope {
+        if account_read_only {
+            Scope::ReadOnly
+        } else {
+            self.scope.clone()
+        }
+    }
+}
+
 /// Why a token was refused. Callers treat every refusal alike (a failed login, penalised the
 /// same); the reason is for the server's log only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -758,6 +770,12 @@ mod tests {
         let grant = futures_ready(Box::pin(check(&store, t.expose(), now))).unwrap();
         assert_eq!(grant.user, "alice");
         assert_eq!(grant.scope, Scope::Full);
+        assert_eq!(grant.scope_for(false), Scope::Full);
+        assert_eq!(
+            grant.scope_for(true),
+            Scope::ReadOnly,
+            "a read-only account stays so"
+        );
         let s = t.expose();
         // Flip one character of the secret: same id, wrong secret.
         let mut wrong = s.as_bytes().to_vec();
