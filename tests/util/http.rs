@@ -167,3 +167,52 @@ pub fn request(method: &str, path: &str) -> hyper::http::request::Builder {
         .method(method)
         .uri(format!("https://localhost{path}"))
 }
+
+/// A new API token for `user` in the server's tokens file, as `ferry token add` makes one.
+pub async fn token_for(server: &TestServer, user: &str, read_only: bool) -> String {
+    use ferry::state::tokens::{ApiTokens, TokenScope, issue};
+    let scope = if read_only {
+        TokenScope::ReadOnly
+    } else {
+        TokenScope::Full
+    };
+    let (secret, record) = issue(
+        user,
+        "test",
+        scope,
+        Some(std::time::Duration::from_secs(3600)),
+        std::time::SystemTime::now(),
+        |_| false,
+    )
+    .unwrap();
+    let store = ferry::accounts::tokens::TomlTokens::beside_users(&server.users_file);
+    store.add(&record).await.unwrap();
+    secret.expose().to_string()
+}
+
+/// `sha-256=:<base64>:` of `data` (RFC 9530).
+pub fn digest_field(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d: [u8; 32] = sha2::Sha256::digest(data).into();
+    ferry::frontend::http::parse::format_digest_field(&d)
+}
+
+impl Client {
+    /// `method path` with a Bearer token, extra headers and a body.
+    pub async fn authed(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = request(method, path).header("authorization", format!("Bearer {token}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap()
+    }
+}
