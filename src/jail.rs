@@ -978,6 +978,32 @@ impl Jail {
 /// `renameat2(RENAME_NOREPLACE)`, with a link + unlink fallback for non-directories on file
 /// systems that answer `EINVAL` to the flag. `linkat` refuses an existing target just as
 /// atomically; the cost is a moment where both names exist.
+/// How many numbered names a commit at the next free name tries before it gives up
+/// (`AlreadyExists`).
+pub const MAX_FREE_NAME_TRIES: u32 = 1000;
+
+/// `name` itself for `n` = 0, else `stem (n).ext`: the number goes before the last extension
+/// (`report (1).pdf`, `archive.tar (1).gz`), or at the end of a name without one or of a
+/// dot-file (`.profile (1)`). The result stays within the name length limit: the stem is cut
+/// at a character boundary if needed.
+pub fn numbered_name(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    let suffix = format!(" ({n})");
+    let (stem, ext) = match name.rfind('.') {
+        // An extension that leaves no room for the number is part of the stem.
+        Some(i) if i > 0 && name.len() - i + suffix.len() < MAX_NAME_LEN => name.split_at(i),
+        _ => (name, ""),
+    };
+    let room = MAX_NAME_LEN.saturating_sub(suffix.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}{ext}", &stem[..cut])
+}
+
 fn rename_noreplace(
     from_dir: &Dir,
     from: &str,
@@ -1213,9 +1239,17 @@ fn check_partial_key(key: &str) -> Result<(), StorageError> {
 #[derive(Debug)]
 pub struct UnsyncedDir {
     dir: Dir,
+    /// The name the file landed under, when it is not the one asked for (see
+    /// [`TempFile::land_at_next_free_name`]).
+    landed_as: Option<String>,
 }
 
 impl UnsyncedDir {
+    /// The name the file landed under, if another than asked for.
+    pub fn landed_as(&self) -> Option<&str> {
+        self.landed_as.as_deref()
+    }
+
     /// Fsyncs the directory.
     pub fn sync(&self) -> Result<(), StorageError> {
         sync_dir(&self.dir)
@@ -1320,6 +1354,9 @@ pub struct TempFile {
     file: File,
     /// Set once the temp name is gone (renamed into place), so `Drop` leaves it alone.
     committed: bool,
+    /// Land under the next free name (`name (1).ext`, ...) when the target exists, instead of
+    /// refusing: a drop link's uploads, which may neither replace nor learn what exists.
+    next_free_name: bool,
     /// True after a successful fsync, false again once `file()` hands out the file.
     synced: bool,
     /// errno of a failed fsync. After one, the kernel may have dropped the dirty pages and a
@@ -1346,9 +1383,18 @@ impl TempFile {
             target_name: target.file_name().unwrap_or_default().to_owned(),
             file,
             committed: false,
+            next_free_name: false,
             synced: false,
             sync_error: None,
         }
+    }
+
+    /// Without `overwrite`, an existing target no longer refuses the commit: the file lands
+    /// under the first free name of `stem (1).ext`, `stem (2).ext`, ... (at most
+    /// [`MAX_FREE_NAME_TRIES`]), each tried atomically, so two uploads of one name at once
+    /// both land, under two names. The name used is [`UnsyncedDir::landed_as`].
+    pub fn land_at_next_free_name(&mut self) {
+        self.next_free_name = true;
     }
 
     /// The open temp file, for `write_all`.
@@ -1426,8 +1472,9 @@ impl TempFile {
             self.sync()?;
         }
         // Before the rename: once the file is in place, nothing may fail any more.
-        let unsynced = UnsyncedDir {
+        let mut unsynced = UnsyncedDir {
             dir: self.parent.try_clone()?,
+            landed_as: None,
         };
         let (dir, temp, target) = (&self.parent, &self.temp_name, &self.target_name);
         let replaced = if overwrite {
@@ -1435,6 +1482,21 @@ impl TempFile {
             admit(replaced)?;
             rustix::fs::renameat(dir, temp, dir, target).map_err(rename_error)?;
             replaced
+        } else if self.next_free_name {
+            admit(Footprint::NONE)?;
+            let mut tried = 0;
+            loop {
+                let name = numbered_name(target, tried);
+                match rename_noreplace(dir, temp, dir, &name) {
+                    Ok(()) => {
+                        unsynced.landed_as = (tried > 0).then_some(name);
+                        break;
+                    }
+                    Err(StorageError::AlreadyExists) if tried < MAX_FREE_NAME_TRIES => tried += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            Footprint::NONE
         } else {
             admit(Footprint::NONE)?;
             rename_noreplace(dir, temp, dir, target)?;
@@ -2397,5 +2459,57 @@ mod tests {
         assert_eq!(ok.len(), MAX_PATH_LEN);
         let p = RemotePath::parse(&ok).unwrap();
         assert_eq!(RemotePath::parse(&p.to_string()), Ok(p));
+    }
+}
+
+#[cfg(test)]
+mod free_name_tests {
+    use super::*;
+
+    #[test]
+    fn numbered_names_keep_the_extension_and_the_length_limit() {
+        assert_eq!(numbered_name("report.pdf", 0), "report.pdf");
+        assert_eq!(numbered_name("report.pdf", 1), "report (1).pdf");
+        assert_eq!(numbered_name("archive.tar.gz", 2), "archive.tar (2).gz");
+        assert_eq!(numbered_name("README", 3), "README (3)");
+        assert_eq!(numbered_name(".profile", 1), ".profile (1)");
+        let long = format!("{}.txt", "é".repeat(125));
+        let n = numbered_name(&long, 999);
+        assert!(n.len() <= MAX_NAME_LEN, "{}", n.len());
+        assert!(n.ends_with(" (999).txt"));
+        let ext = format!("a.{}", "x".repeat(MAX_NAME_LEN - 2));
+        assert!(numbered_name(&ext, 1).len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn a_commit_at_the_next_free_name_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let jail = Jail::open(dir.path(), false).unwrap();
+        let target = RemotePath::parse("r.pdf").unwrap();
+        std::fs::write(dir.path().join("r.pdf"), "first").unwrap();
+        std::fs::write(dir.path().join("r (1).pdf"), "second").unwrap();
+        for (content, expect) in [("third", Some("r (2).pdf")), ("fourth", Some("r (3).pdf"))] {
+            let mut t = jail.create_temp(&target).unwrap();
+            std::io::Write::write_all(t.file(), content.as_bytes()).unwrap();
+            t.land_at_next_free_name();
+            let (d, replaced) = t.rename_into_place(false).unwrap();
+            assert_eq!(replaced, Footprint::NONE);
+            assert_eq!(d.landed_as(), expect);
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(expect.unwrap())).unwrap(),
+                content
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("r.pdf")).unwrap(),
+            "first"
+        );
+        // A free name lands as asked.
+        let mut t = jail
+            .create_temp(&RemotePath::parse("new").unwrap())
+            .unwrap();
+        t.land_at_next_free_name();
+        let (d, _) = t.rename_into_place(false).unwrap();
+        assert_eq!(d.landed_as(), None);
     }
 }

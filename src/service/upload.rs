@@ -21,8 +21,8 @@ use super::quota::{Account, Refusal, Reservation};
 use super::{CoreError, Home, partial_key, to_the_end};
 use crate::domain::{EntryKind, Footprint, Op, Refused};
 use crate::storage::{
-    self, Commit, Durability, Landed, PartialKey, RemotePath, Resume, Sha256Digest, SmallOptions,
-    StorageError, UploadOptions,
+    self, Commit, Durability, Landed, Landing, PartialKey, RemotePath, Resume, Sha256Digest,
+    SmallOptions, StorageError, UploadOptions,
 };
 
 /// What a put asks for.
@@ -86,8 +86,12 @@ pub enum ResumeRefused {
 /// Where a finished put got to.
 #[derive(Debug)]
 pub enum Put {
-    /// Durable and in place.
-    Committed { sha256: Sha256Digest },
+    /// Durable and in place; `name` is set when it landed under another name than asked
+    /// for (a drop link's upload beside a file of the same name: `report (1).pdf`).
+    Committed {
+        sha256: Sha256Digest,
+        name: Option<String>,
+    },
     /// Verified and (for a large file) in place, durable once [`Home::flush`] has covered it;
     /// acknowledge it only then.
     Staged(StagedPut),
@@ -117,6 +121,8 @@ pub struct Upload {
     /// offset 0): it lands or is kept again as that file, not as a new one.
     resumed: bool,
     replace: bool,
+    /// Where it lands if its name is taken (a drop link's: beside it, numbered).
+    landing: Landing,
     reservation: Option<Reservation>,
     /// A resumed partial's count, still in the usage until the upload lands or is kept again.
     debt: PartialDebt,
@@ -167,6 +173,18 @@ impl Drop for PartialDebt {
 }
 
 impl Home {
+    /// Where this home's uploads land when their name is taken: a drop link's
+    /// ([`Scope::UploadOnly`](crate::domain::Scope::UploadOnly)) beside it under the next free
+    /// name, since it may neither replace a file nor learn that one exists; everyone else's
+    /// exactly there (or refused).
+    fn landing(&self) -> Landing {
+        if self.scope == crate::domain::Scope::UploadOnly {
+            Landing::NextFreeName
+        } else {
+            Landing::Exact
+        }
+    }
+
     /// Starts an upload to `path`: checks the target (a directory is `IsADirectory`, an
     /// existing name without `replace` `AlreadyExists`), reserves the room, and either starts
     /// afresh (a partial an earlier attempt left is superseded) or takes the partial up at
@@ -199,6 +217,7 @@ impl Home {
         let options = UploadOptions {
             size_hint: Some(request.size),
             no_replace: !request.replace,
+            landing: self.landing(),
             supersede: Some(key.clone()),
         };
         let inner = match self.storage.begin_upload(path, options).await {
@@ -238,6 +257,7 @@ impl Home {
             offset: 0,
             resumed: false,
             replace: request.replace,
+            landing: self.landing(),
             reservation,
             debt: PartialDebt::none(),
         })
@@ -324,6 +344,7 @@ impl Home {
             offset,
             resumed: true,
             replace: request.replace,
+            landing: self.landing(),
             reservation,
             debt,
         })
@@ -387,7 +408,7 @@ impl Home {
         if self.account.is_none() {
             // No limits, no counters: nothing to reserve or settle (the common case, kept
             // free of the call-backs' allocations).
-            let commit = plain_commit(expected, replace, durability);
+            let commit = plain_commit(expected, replace, self.landing(), durability);
             let options = SmallOptions {
                 supersede: Some(key),
                 reserve: None,
@@ -422,6 +443,7 @@ impl Home {
         let commit = settled_commit(
             expected,
             replace,
+            self.landing(),
             durability,
             &held,
             added,
@@ -528,11 +550,19 @@ impl Upload {
             files: u64::from(!self.resumed),
         };
         let commit = if self.account.is_none() {
-            plain_commit(actual, self.replace, durability)
+            plain_commit(actual, self.replace, self.landing, durability)
         } else {
             let held = Arc::new(Mutex::new(self.reservation.take()));
             let debt = std::mem::replace(&mut self.debt, PartialDebt::none());
-            settled_commit(actual, self.replace, durability, &held, added, debt)
+            settled_commit(
+                actual,
+                self.replace,
+                self.landing,
+                durability,
+                &held,
+                added,
+                debt,
+            )
         };
         // The store runs the commit to its end even if this future is dropped.
         Ok(landed(inner.commit(commit).await?, actual))
@@ -603,6 +633,7 @@ impl Upload {
 fn settled_commit(
     sha256: Sha256Digest,
     replace: bool,
+    landing: Landing,
     durability: Durability,
     held: &Arc<Mutex<Option<Reservation>>>,
     added: Footprint,
@@ -624,13 +655,21 @@ fn settled_commit(
             r.commit_blocking(added, replaced);
         }
     });
-    let commit = plain_commit(sha256, replace, durability);
+    let commit = plain_commit(sha256, replace, landing, durability);
     commit.admit(admit).placed(placed)
 }
 
 /// A commit with no counters to keep.
-fn plain_commit(sha256: Sha256Digest, replace: bool, durability: Durability) -> Commit {
-    let commit = Commit::new(sha256, !replace);
+fn plain_commit(
+    sha256: Sha256Digest,
+    replace: bool,
+    landing: Landing,
+    durability: Durability,
+) -> Commit {
+    let commit = match landing {
+        Landing::NextFreeName if !replace => Commit::new(sha256, true).at_next_free_name(),
+        _ => Commit::new(sha256, !replace),
+    };
     match durability {
         Durability::Now => commit,
         Durability::Batched => commit.batched(),
@@ -639,7 +678,10 @@ fn plain_commit(sha256: Sha256Digest, replace: bool, durability: Durability) -> 
 
 fn landed(landed: Landed, sha256: Sha256Digest) -> Put {
     match landed {
-        Landed::Committed(_) => Put::Committed { sha256 },
+        Landed::Committed(c) => Put::Committed {
+            sha256,
+            name: c.name,
+        },
         Landed::Staged(staged) => Put::Staged(StagedPut { staged, sha256 }),
         Landed::Mismatch { actual } => Put::Mismatch { actual },
     }
@@ -767,6 +809,99 @@ mod tests {
             full.stat(&p("/f")).await.unwrap().size,
             5,
             "nothing changed"
+        );
+    }
+
+    /// A drop link's upload of a taken name lands beside it, numbered, whether small or
+    /// streamed, never replacing and never refused for it; the counters count each new file,
+    /// and uploads of one name at once all land, under distinct names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_only_home_lands_beside_a_taken_name() {
+        use crate::domain::Scope;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::open(&root, true).unwrap());
+        let account = Arc::new(Account::default());
+        let limits = Quota {
+            bytes: Some(100_000_000),
+            files: Some(1000),
+            max_file_size: None,
+        };
+        let full = Home::new("alice", storage, Some(Arc::clone(&account)), limits);
+        let link = full.clone().scoped(Scope::UploadOnly);
+        let p = |s: &str| RemotePath::parse(s).unwrap();
+        std::fs::write(root.join("r.pdf"), "original").unwrap();
+        let small = Bytes::from_static(b"small one");
+        let put = link
+            .put_small(
+                &p("/r.pdf"),
+                small.clone(),
+                false,
+                Expect::ServerComputed,
+                Durability::Now,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&put, Put::Committed { name: Some(n), .. } if n == "r (1).pdf"),
+            "{put:?}"
+        );
+        let big = vec![7u8; 3 * 1024 * 1024];
+        let request = PutRequest {
+            size: big.len() as u64,
+            replace: false,
+            resume: None,
+        };
+        let mut up = link.begin_upload(&p("/r.pdf"), request).await.unwrap();
+        up.write(Bytes::from(big.clone())).await.unwrap();
+        let put = up
+            .finish(Expect::ServerComputed, Durability::Now)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&put, Put::Committed { name: Some(n), .. } if n == "r (2).pdf"),
+            "{put:?}"
+        );
+        assert_eq!(std::fs::read(root.join("r.pdf")).unwrap(), b"original");
+        assert_eq!(std::fs::read(root.join("r (1).pdf")).unwrap(), &small[..]);
+        assert_eq!(std::fs::read(root.join("r (2).pdf")).unwrap(), big);
+        // Ten at once, one name: ten files.
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..10u8 {
+            let link = link.clone();
+            set.spawn(async move {
+                link.put_small(
+                    &p("/race"),
+                    Bytes::from(vec![i; 10]),
+                    false,
+                    Expect::ServerComputed,
+                    Durability::Now,
+                )
+                .await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            assert!(matches!(r.unwrap().unwrap(), Put::Committed { .. }));
+        }
+        let names = std::fs::read_dir(&root)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("race")
+            })
+            .count();
+        assert_eq!(names, 10);
+        // The account started empty (this test never walked the home): it holds exactly
+        // what the link added.
+        let usage = full.usage().await.unwrap();
+        assert_eq!(usage.used_files, Some(12), "{usage:?}");
+        assert_eq!(
+            usage.used_bytes,
+            Some(small.len() as u64 + big.len() as u64 + 100),
+            "{usage:?}"
         );
     }
 

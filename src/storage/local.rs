@@ -240,8 +240,22 @@ fn check_target(
     target: &RemotePath,
     no_replace: bool,
 ) -> Result<Footprint, StorageError> {
+    check_landing(jail, target, no_replace, super::Landing::Exact)
+}
+
+/// [`check_target`] for a commit that lands as `landing` says: at the next free name, a taken
+/// name is neither refused nor replaced.
+fn check_landing(
+    jail: &Jail,
+    target: &RemotePath,
+    no_replace: bool,
+    landing: super::Landing,
+) -> Result<Footprint, StorageError> {
     if target.is_root() {
         return Err(StorageError::IsADirectory);
+    }
+    if no_replace && landing == super::Landing::NextFreeName {
+        return Ok(Footprint::NONE);
     }
     Ok(match jail.lstat(target) {
         Ok(e) if e.kind == EntryKind::Dir => return Err(StorageError::IsADirectory),
@@ -304,6 +318,9 @@ fn land(
         temp.record_sha256(&crate::domain::hex_digest(&actual));
     }
     let overwrite = !commit.no_replace;
+    if commit.landing == super::Landing::NextFreeName {
+        temp.land_at_next_free_name();
+    }
     let (admit, placed) = (commit.admit, commit.placed);
     match commit.durability {
         Durability::Now => {
@@ -312,7 +329,8 @@ fn land(
             }
             let (dir, replaced) = place(gate, temp, overwrite, admit, placed)?;
             dir.sync()?;
-            Ok(Landed::Committed(Committed { replaced }))
+            let name = dir.landed_as().map(str::to_owned);
+            Ok(Landed::Committed(Committed { replaced, name }))
         }
         Durability::Batched if fsynced => {
             let (dir, replaced) = place(gate, temp, overwrite, admit, placed)?;
@@ -414,9 +432,10 @@ fn flush_with(
     placed
         .into_iter()
         .map(|p| {
-            let (_, replaced) = p?;
+            let (dir, replaced) = p?;
             synced.next().unwrap_or(Ok(()))?;
-            Ok(Committed { replaced })
+            let name = dir.landed_as().map(str::to_owned);
+            Ok(Committed { replaced, name })
         })
         .collect()
 }
@@ -587,7 +606,7 @@ impl Storage for LocalStorage {
         let gate = self.gate.clone();
         let gate_kept = self.gate.clone();
         let prepared = self.run(move |jail| {
-            let replaces = check_target(jail, &path, options.no_replace)?;
+            let replaces = check_landing(jail, &path, options.no_replace, options.landing)?;
             // The temp first: an upload that cannot begin (a missing parent) supersedes
             // nothing, so no partial goes without its caller hearing of it.
             let temp = jail.create_temp(&path)?;
@@ -717,7 +736,7 @@ impl Storage for LocalStorage {
         let jail = Arc::clone(&self.jail);
         let gate = self.gate.clone();
         self.run(move |_| {
-            let replaces = check_target(&jail, &path, commit.no_replace)?;
+            let replaces = check_landing(&jail, &path, commit.no_replace, commit.landing)?;
             let superseded = {
                 let _entered = options.supersede.as_ref().and_then(|_| gate.enter());
                 let superseded = match &options.supersede {

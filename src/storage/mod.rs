@@ -184,11 +184,26 @@ pub trait ChangeGate: Send + Sync {
     fn enter(&self) -> Box<dyn Send + '_>;
 }
 
+/// Where a commit that may not replace lands when its name is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Landing {
+    /// Under the name asked for, or not at all.
+    #[default]
+    Exact,
+    /// Under the first free numbered name (`report (1).pdf`, `report (2).pdf`, ...), tried
+    /// atomically at the commit: it never replaces, and never fails or tells because the name
+    /// exists (a drop link's uploads). Needs `no_replace`; [`Committed::name`] says where it
+    /// landed.
+    NextFreeName,
+}
+
 /// How to commit an upload.
 pub struct Commit {
     /// Refuse (`AlreadyExists`) if the target exists. Without it, a file or symlink at the
     /// target is replaced; a directory is `IsADirectory`.
     pub no_replace: bool,
+    /// With `no_replace`: what a taken name does.
+    pub landing: Landing,
     /// The verified SHA-256 of the content. The store checks it against its own and may
     /// record it with the object (see [`Stat::sha256`]).
     pub sha256: Sha256Digest,
@@ -202,11 +217,19 @@ impl Commit {
     pub fn new(sha256: Sha256Digest, no_replace: bool) -> Commit {
         Commit {
             no_replace,
+            landing: Landing::Exact,
             sha256,
             durability: Durability::Now,
             admit: None,
             placed: None,
         }
+    }
+
+    /// The same commit, landing at the next free name when its name is taken.
+    pub fn at_next_free_name(mut self) -> Commit {
+        self.no_replace = true;
+        self.landing = Landing::NextFreeName;
+        self
     }
 
     /// The same commit, staged for [`Storage::flush_durability`].
@@ -241,10 +264,13 @@ impl fmt::Debug for Commit {
 }
 
 /// A finished commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Committed {
     /// What the replaced target took (nothing with `no_replace`).
     pub replaced: Footprint,
+    /// The name the object landed under, when the store chose another than asked for
+    /// ([`Landing::NextFreeName`]).
+    pub name: Option<String>,
 }
 
 /// A commit waiting for [`Storage::flush_durability`]. Opaque: only the store that made it can
@@ -289,6 +315,9 @@ pub struct UploadOptions {
     pub size_hint: Option<u64>,
     /// Refuse at once (`AlreadyExists`) if the target exists; the commit checks again.
     pub no_replace: bool,
+    /// With [`Landing::NextFreeName`] an existing target is no refusal and replaces nothing:
+    /// the commit will land beside it (it must say so too).
+    pub landing: Landing,
     /// A kept partial this upload supersedes: removed once the upload has begun (an upload
     /// that cannot begin leaves it), before any byte is written; its length is reported by
     /// [`Upload::superseded`] / [`SmallPut::superseded`].

@@ -430,14 +430,14 @@ pub async fn put(
         }
         upload.finish(expect, Durability::Now).await
     };
-    let sha256 = match put {
-        Ok(Put::Committed { sha256 }) => sha256,
+    let (sha256, landed_as) = match put {
+        Ok(Put::Committed { sha256, name }) => (sha256, name),
         Ok(Put::Staged(staged)) => {
             let sha256 = staged.sha256;
             if let Some(Err(e)) = home.flush(vec![staged]).await.pop() {
                 return fail(&e);
             }
-            sha256
+            (sha256, None)
         }
         Ok(Put::Mismatch { actual }) => {
             tracing::warn!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
@@ -459,6 +459,12 @@ pub async fn put(
         }
         Err(e) => return fail(&e),
     };
+    // Where it landed: a drop link's upload beside a taken name got a numbered one.
+    let landed = match landed_as.as_deref().zip(path.parent()) {
+        Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
+        None => path.clone(),
+    };
+    let path = &landed;
     let verified = if expected.is_some() {
         "sender"
     } else {

@@ -171,7 +171,7 @@ async fn settle(
 ) -> Result<(), End> {
     let staged = match put {
         Ok(Put::Staged(staged)) => staged,
-        Ok(Put::Committed { sha256 }) => {
+        Ok(Put::Committed { sha256, .. }) => {
             let msg = ServerMessage::ok_transfer(id, size, hex_digest(&sha256));
             return sess.send(&msg).await;
         }
