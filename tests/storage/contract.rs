@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ferry::domain::EntryKind;
 use ferry::jail::PathError;
 use ferry::storage::{
-    Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, ListLimit, ListToken,
+    Commit, CopyOptions, Fetched, Footprint, LIST_PAGE_MAX, Landed, Landing, ListLimit, ListToken,
     PartialKey, ReadEvent, ReadOptions, RemotePath, Resume, SMALL_MAX, Sha256Digest, SmallOptions,
     Staged, Storage, StorageError, Upload, UploadOptions,
 };
@@ -65,6 +65,7 @@ macro_rules! storage_contract {
             dropped_copy_leaves_nothing_or_the_whole,
             concurrent_work_on_distinct_names,
             upload_appears_only_at_commit,
+            commits_at_the_next_free_name_never_replace,
             upload_of_nothing,
             size_hint_is_only_a_hint,
             upload_commit_with_another_digest_leaves_nothing,
@@ -644,6 +645,7 @@ pub async fn upload_appears_only_at_commit(h: Home) {
     let options = UploadOptions {
         size_hint: Some(bytes.len() as u64),
         no_replace: true,
+        landing: Landing::Exact,
         supersede: None,
     };
     let mut up = s.begin_upload(&p("f"), options).await.unwrap();
@@ -665,6 +667,62 @@ pub async fn upload_appears_only_at_commit(h: Home) {
     assert_eq!(names(s, "/").await, ["f"]);
     assert_eq!(s.stat(&p("f")).await.unwrap().entry.size, 2_500_000);
     assert_eq!(read(s, "f").await, bytes);
+}
+
+/// A drop link's commit: a taken name is neither replaced nor refused; the object lands at
+/// the next free numbered name, which the store reports, for a small put and an upload alike,
+/// and at the name itself when it is free.
+pub async fn commits_at_the_next_free_name_never_replace(h: Home) {
+    let s = &*h.store;
+    put(s, "r.pdf", b"first").await;
+    let small = s
+        .put_small(
+            &p("r.pdf"),
+            Bytes::from_static(b"second"),
+            SmallOptions::default(),
+            Commit::new(sha(b"second"), true).at_next_free_name(),
+        )
+        .await
+        .unwrap();
+    match small.landed {
+        Landed::Committed(c) => assert_eq!(c.name.as_deref(), Some("r (1).pdf")),
+        _ => panic!("not committed"),
+    }
+    let bytes = data(700_000, 3);
+    let options = UploadOptions {
+        size_hint: Some(bytes.len() as u64),
+        no_replace: true,
+        landing: Landing::NextFreeName,
+        supersede: None,
+    };
+    let mut up = s.begin_upload(&p("r.pdf"), options).await.unwrap();
+    assert_eq!(up.replaces(), Footprint::NONE);
+    write_all(up.as_mut(), &bytes, 256 * 1024).await;
+    let digest = up.finish().await.unwrap();
+    match up
+        .commit(Commit::new(digest, true).at_next_free_name())
+        .await
+        .unwrap()
+    {
+        Landed::Committed(c) => assert_eq!(c.name.as_deref(), Some("r (2).pdf")),
+        _ => panic!("not committed"),
+    }
+    assert_eq!(read(s, "r.pdf").await, b"first");
+    assert_eq!(read(s, "r (1).pdf").await, b"second");
+    assert_eq!(read(s, "r (2).pdf").await, bytes);
+    let free = s
+        .put_small(
+            &p("free"),
+            Bytes::from_static(b"x"),
+            SmallOptions::default(),
+            Commit::new(sha(b"x"), true).at_next_free_name(),
+        )
+        .await
+        .unwrap();
+    match free.landed {
+        Landed::Committed(c) => assert_eq!(c.name, None),
+        _ => panic!("not committed"),
+    }
 }
 
 pub async fn upload_of_nothing(h: Home) {
