@@ -516,7 +516,22 @@ impl Jail {
                 Err(e) => return Err(e.into()),
             }
         }
-        let home = Dir::open_ambient_dir(home, ambient_authority())?;
+        Jail::of_dir(Dir::open_ambient_dir(home, ambient_authority())?)
+    }
+
+    /// A directory beneath this home as a jail of its own (a drop link's folder). It is
+    /// opened through the home's descriptor, so no component on the way (a symlink, `..`)
+    /// can lead out of the home; what is beneath it is confined to it from then on.
+    pub fn open_beneath(&self, p: &RemotePath) -> Result<Jail, StorageError> {
+        let dir = if p.is_root() {
+            self.home.try_clone()?
+        } else {
+            self.home.open_dir(p.as_relative())?
+        };
+        Jail::of_dir(dir)
+    }
+
+    fn of_dir(home: Dir) -> Result<Jail, StorageError> {
         let sync_fd = rustix::fs::openat(
             &home,
             ".",
@@ -2479,6 +2494,29 @@ mod free_name_tests {
         assert!(n.ends_with(" (999).txt"));
         let ext = format!("a.{}", "x".repeat(MAX_NAME_LEN - 2));
         assert!(numbered_name(&ext, 1).len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn a_folder_opened_beneath_the_home_cannot_lead_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("drop")).unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("../outside", home.join("out")).unwrap();
+        std::os::unix::fs::symlink("/tmp", home.join("abs")).unwrap();
+        let jail = Jail::open(&home, false).unwrap();
+        let drop = jail
+            .open_beneath(&RemotePath::parse("drop").unwrap())
+            .unwrap();
+        let t = drop.create_temp(&RemotePath::parse("f").unwrap()).unwrap();
+        t.commit(false).unwrap();
+        assert!(home.join("drop/f").exists());
+        for bad in ["out", "abs", "missing"] {
+            assert!(
+                jail.open_beneath(&RemotePath::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

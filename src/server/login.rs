@@ -124,6 +124,58 @@ pub(crate) async fn open_for(
     Ok(session)
 }
 
+/// The upload-only home of a drop link: `folder` of `owner`'s home as a store of its own
+/// (nothing outside it can be named), counted in the owner's usage account and held to the
+/// owner's limits, with the scope that lets it only take new files. `link` names it in
+/// logs and keys its partial uploads apart from the owner's. No session slot is taken:
+/// the caller bounds link requests itself.
+pub(crate) async fn open_link_home(
+    server: &Arc<Server>,
+    owner: &str,
+    folder: &crate::storage::RemotePath,
+    link: &str,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<crate::service::Home, Refusal> {
+    let user = match tokio::time::timeout_at(deadline, server.users.get(owner)).await {
+        Ok(Ok(Some(u))) => u,
+        Ok(Ok(None)) => return Err(Refusal::Denied),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the account store failed");
+            return Err(Refusal::StoreUnavailable);
+        }
+        Err(_) => return Err(Refusal::StoreUnavailable),
+    };
+    if user.read_only {
+        // A read-only account takes no uploads, through a link or otherwise.
+        return Err(Refusal::Denied);
+    }
+    let limits = quota::limits_of(&user);
+    let home = user.home_dir(&server.root);
+    let opened = open_home(server, home, limits, peer, owner, deadline).await;
+    let (jail, account) = match opened {
+        Ok(j) => j,
+        Err(HomeError { reason, error }) => {
+            tracing::error!(%peer, user = %owner, link, error = %error, reason, "cannot open home");
+            return Err(Refusal::HomeUnavailable(reason));
+        }
+    };
+    let beneath = {
+        let (jail, folder) = (Arc::clone(&jail), folder.clone());
+        tokio::task::spawn_blocking(move || jail.open_beneath(&folder)).await
+    };
+    let folder_jail = match beneath {
+        Ok(Ok(j)) => Arc::new(j),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, user = %owner, link, error = %e, "the link's folder cannot be opened");
+            return Err(Refusal::HomeUnavailable("this link's folder is gone"));
+        }
+        Err(_) => return Err(Refusal::HomeUnavailable("home directory unavailable")),
+    };
+    let name = format!("link:{link}");
+    Ok(core_home(server, &name, &folder_jail, account.as_ref(), limits).scoped(Scope::UploadOnly))
+}
+
 /// A user allowed in: their session slot taken, their home opened (and counted).
 async fn admit(
     server: &Arc<Server>,

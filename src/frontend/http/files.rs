@@ -305,6 +305,76 @@ pub async fn next_data(conn: &Conn, body: &mut Incoming) -> Result<Option<Bytes>
     }
 }
 
+/// Reads and drops what is left of a request body, up to [`DRAIN_MAX`] bytes or
+/// [`DRAIN_TIME`], then answers `resp`, keeping the rest of the body until the answer is
+/// sent. An answer sent before the request's body was read makes HTTP/2 reset the stream: with
+/// the answer complete the reset is `NO_ERROR` and clients read the answer, but a body dropped
+/// first is `CANCEL`, and curl then reports a framing error instead of the JSON saying why.
+///
+/// A client that sent `Expect: 100-continue` waits for leave to send its body: reading the
+/// body would give that leave, so nothing is read, and the answer tells it not to send.
+pub async fn drain_then(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    resp: Response<Body>,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let waits = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut left = if waits { 0 } else { DRAIN_MAX };
+    let drain = async {
+        while left > 0
+            && let Some(Ok(frame)) = body.frame().await
+        {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    resp.map(|inner| {
+        KeepBody {
+            inner,
+            _request: body,
+        }
+        .boxed_unsync()
+    })
+}
+
+/// A response body that keeps the request's body alive until the response is done.
+struct KeepBody {
+    inner: Body,
+    _request: Incoming,
+}
+
+impl hyper::body::Body for KeepBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Most of a refused request's body read before the answer (see [`drain_then`]).
+pub const DRAIN_MAX: usize = 1024 * 1024;
+/// Longest wait for it.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a request body stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {
@@ -352,15 +422,16 @@ pub async fn put(
         .and_then(|v| v.to_str().ok())
         .and_then(parse::parse_u64_header)
     else {
-        return error(
+        let r = error(
             StatusCode::LENGTH_REQUIRED,
             "length_required",
             "a PUT needs a Content-Length",
         );
+        return drain_then(body, &head.headers, r).await;
     };
     let expected = match sender_digest(h) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return drain_then(body, &head.headers, r).await,
     };
     let replace = h
         .get(&OVERWRITE)
@@ -399,7 +470,7 @@ pub async fn put(
         };
         let mut upload = match home.begin_upload(path, request).await {
             Ok(u) => u,
-            Err(e) => return fail(&e),
+            Err(e) => return drain_then(body, &head.headers, fail(&e)).await,
         };
         let mut piece = BytesMut::new();
         loop {

@@ -85,7 +85,10 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             }
             let acct = match auth::account(conn, req.headers()).await {
                 Ok(a) => a,
-                Err(r) => return r,
+                Err(r) => {
+                    let (head, body) = req.into_parts();
+                    return files::drain_then(body, &head.headers, r).await;
+                }
             };
             if decoded.trailing_slash || segs.len() == 1 {
                 return error(
