@@ -512,8 +512,11 @@ impl PublicKey {
     fn verify_jws(&self, jws: &str) -> Result<(Verified, serde_json::Value), VerifyError> {
         let parts = split_jws(jws)?;
         let header_bytes = decode_part(parts[0], "header")?;
-        let header: Header = serde_json::from_slice(&header_bytes)
-            .map_err(|e| VerifyError::Header(format!("want exactly alg, kid and typ ({e})")))?;
+        // Through a map: serde would also read a struct from a JSON array.
+        let header: Header =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header_bytes)
+                .and_then(|map| serde_json::from_value(serde_json::Value::Object(map)))
+                .map_err(|e| VerifyError::Header(format!("want exactly alg, kid and typ ({e})")))?;
         if header.alg != ALG {
             return Err(VerifyError::Header(format!(
                 "alg {:?}, want {ALG:?}",
@@ -537,6 +540,9 @@ impl PublicKey {
         let payload = decode_part(parts[1], "payload")?;
         let value: serde_json::Value =
             serde_json::from_slice(&payload).map_err(|e| VerifyError::Payload(e.to_string()))?;
+        if !value.is_object() {
+            return Err(VerifyError::Payload("not a JSON object".to_string()));
+        }
         if value.get("v") != Some(&serde_json::Value::from(VERSION)) {
             return Err(VerifyError::Payload(format!(
                 "version {}, this ferry reads version {VERSION}",
@@ -642,4 +648,490 @@ pub fn read_bounded_from(reader: impl Read) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// RFC 8037 appendix A.1: the private key's seed (`d`) and public key (`x`).
+    const RFC8037_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    /// RFC 8037 appendix A.4: `{"alg":"EdDSA"}` over "Example of Ed25519 signing".
+    const RFC8037_JWS: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_\
+        MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+    /// The fingerprint of RFC8037_X, computed once by hand with Python's hashlib and base64:
+    /// `urlsafe_b64encode(sha256(urlsafe_b64decode(x)).digest())` without `=`.
+    const RFC8037_FINGERPRINT: &str = "ed25519:If4x36FUomFia_hUBG_SJxt77UtqvkWqWId-9H-XIbk";
+
+    /// The RFC's key, through a PKCS#8 v1 document (as `openssl genpkey` writes one).
+    fn rfc_key() -> ReceiptKey {
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend(URL_SAFE_NO_PAD.decode(RFC8037_D).unwrap());
+        ReceiptKey::from_pkcs8(&der).unwrap()
+    }
+
+    fn key() -> ReceiptKey {
+        ReceiptKey::generate().unwrap().0
+    }
+
+    fn receipt() -> Receipt {
+        Receipt {
+            v: VERSION,
+            server: "files.example.org:7443".to_string(),
+            id: "u-7f3a".to_string(),
+            to: Recipient::Link("3fa9c2d1".to_string()),
+            sent_name: "report.pdf".to_string(),
+            name: "report (1).pdf".to_string(),
+            size: 123,
+            sha256: "ab".repeat(32),
+            verified: Verification::Sender,
+            received_at: "2026-12-07T02:14:57Z".to_string(),
+        }
+    }
+
+    /// A JWS with this header and payload JSON, signed by `key` (for hostile variants).
+    fn forge(key: &ReceiptKey, header: &str, payload: &str) -> String {
+        key.sign_compact(header.as_bytes(), payload.as_bytes())
+    }
+
+    fn header_for(key: &ReceiptKey) -> String {
+        format!(
+            r#"{{"alg":"EdDSA","kid":"{}","typ":"ferry-receipt"}}"#,
+            key.fingerprint()
+        )
+    }
+
+    #[test]
+    fn fingerprint_matches_the_hand_computed_vector_and_is_stable() {
+        let public = PublicKey::from_base64url(RFC8037_X).unwrap();
+        assert_eq!(public.fingerprint(), RFC8037_FINGERPRINT);
+        assert_eq!(rfc_key().fingerprint(), RFC8037_FINGERPRINT);
+        assert_eq!(rfc_key().public_key(), &public);
+        let k = key();
+        assert_eq!(k.fingerprint(), k.fingerprint());
+        assert_eq!(k.fingerprint(), k.public_key().fingerprint());
+        assert_ne!(k.fingerprint(), RFC8037_FINGERPRINT);
+    }
+
+    #[test]
+    fn signing_matches_rfc8037s_example() {
+        let k = rfc_key();
+        let jws = k.sign_compact(br#"{"alg":"EdDSA"}"#, b"Example of Ed25519 signing");
+        assert_eq!(jws, RFC8037_JWS);
+        let [h, p, s] = split_jws(RFC8037_JWS).unwrap();
+        k.public_key().check_signature(h, p, s).unwrap();
+        // A JWS, but not a ferry receipt: its header has no typ or kid.
+        assert!(matches!(
+            k.public_key().verify(RFC8037_JWS.as_bytes()),
+            Err(VerifyError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn jwk_round_trips_and_has_rfc8037s_shape() {
+        let public = PublicKey::from_base64url(RFC8037_X).unwrap();
+        let jwk = public.jwk();
+        assert_eq!(
+            jwk,
+            format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","x":"{RFC8037_X}","kid":"{RFC8037_FINGERPRINT}"}}"#
+            )
+        );
+        assert_eq!(PublicKey::parse(&jwk).unwrap(), public);
+        assert_eq!(PublicKey::parse(RFC8037_X).unwrap(), public);
+        assert_eq!(
+            PublicKey::parse(&format!(" {RFC8037_X}\n")).unwrap(),
+            public
+        );
+        // The RFC's own JWK (with the private d, without kid) gives the public key.
+        let rfc = format!(r#"{{"kty":"OKP","crv":"Ed25519","d":"{RFC8037_D}","x":"{RFC8037_X}"}}"#);
+        assert_eq!(PublicKey::parse(&rfc).unwrap(), public);
+        for bad in [
+            format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{RFC8037_X}","kid":"ed25519:AAAA"}}"#),
+            format!(r#"{{"kty":"OKP","crv":"X25519","x":"{RFC8037_X}"}}"#),
+            format!(r#"{{"kty":"EC","crv":"Ed25519","x":"{RFC8037_X}"}}"#),
+            r#"{"kty":"OKP","crv":"Ed25519","x":"AAAA"}"#.to_string(),
+            r#"{"kty":"OKP","crv":"Ed25519"}"#.to_string(),
+            "{".to_string(),
+            RFC8037_FINGERPRINT.to_string(),
+            format!("{RFC8037_X}A"),
+            "".to_string(),
+            "not base64!".to_string(),
+        ] {
+            assert!(PublicKey::parse(&bad).is_err(), "{bad}");
+        }
+        let e = PublicKey::parse(RFC8037_FINGERPRINT)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fingerprint"), "{e}");
+    }
+
+    #[test]
+    fn sign_then_verify_round_trips_bare_and_wrapped() {
+        let k = key();
+        for (to, verified) in [
+            (
+                Recipient::User("alice".to_string()),
+                Verification::ServerOnly,
+            ),
+            (
+                Recipient::Link("3fa9c2d1".to_string()),
+                Verification::Sender,
+            ),
+        ] {
+            let r = Receipt {
+                to,
+                verified,
+                ..receipt()
+            };
+            let signed = k.sign(&r);
+            let public = k.public_key();
+            for input in [
+                signed.jws.clone(),
+                signed.json.clone(),
+                format!("\n  {}\r\n", signed.jws),
+                format!("{}\n", signed.json),
+            ] {
+                let v = public.verify(input.as_bytes()).unwrap();
+                assert_eq!(v.receipt, r);
+                assert_eq!(v.kid, k.fingerprint());
+            }
+            // The wrapper is what the format promises, readable as plain JSON.
+            let json: serde_json::Value = serde_json::from_str(&signed.json).unwrap();
+            assert_eq!(json["jws"], signed.jws.as_str());
+            assert_eq!(json["receipt"]["v"], 1);
+            assert_eq!(json["receipt"]["name"], "report (1).pdf");
+            // A wrapper pretty-printed by a user still verifies: values count, not spacing.
+            let pretty = serde_json::to_string_pretty(&json).unwrap();
+            public.verify(pretty.as_bytes()).unwrap();
+        }
+        let json: serde_json::Value = serde_json::from_str(&k.sign(&receipt()).json).unwrap();
+        assert_eq!(
+            json["receipt"]["to"],
+            serde_json::json!({"link": "3fa9c2d1"})
+        );
+        assert_eq!(json["receipt"]["verified"], "sender");
+        let header = URL_SAFE_NO_PAD
+            .decode(k.sign(&receipt()).jws.split('.').next().unwrap())
+            .unwrap();
+        assert_eq!(header, header_for(&k).as_bytes());
+    }
+
+    #[test]
+    fn every_single_byte_change_of_the_jws_fails() {
+        let k = key();
+        let jws = k.sign(&receipt()).jws;
+        let public = k.public_key();
+        for i in 0..jws.len() {
+            for replacement in [b'A', b'_', b'.', b'0', b'~'] {
+                let mut bytes = jws.clone().into_bytes();
+                if bytes[i] == replacement {
+                    continue;
+                }
+                bytes[i] = replacement;
+                assert!(
+                    public.verify(&bytes).is_err(),
+                    "byte {i} changed to {:?} still verifies",
+                    replacement as char
+                );
+            }
+            let mut bytes = jws.clone().into_bytes();
+            bytes[i] ^= 0x01;
+            assert!(
+                public.verify(&bytes).is_err(),
+                "byte {i} flipped still verifies"
+            );
+        }
+    }
+
+    #[test]
+    fn another_key_fails_naming_both_keys() {
+        let (signer, other) = (key(), key());
+        let jws = signer.sign(&receipt()).jws;
+        match other.public_key().verify(jws.as_bytes()) {
+            Err(VerifyError::OtherKey { kid, expected }) => {
+                assert_eq!(kid, signer.fingerprint());
+                assert_eq!(expected, other.fingerprint());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The right kid with another key's signature: the signature check catches it.
+        let payload = serde_json::to_string(&receipt()).unwrap();
+        let forged = forge(&other, &header_for(&signer), &payload);
+        assert_eq!(
+            signer.public_key().verify(forged.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn headers_other_than_exactly_alg_kid_typ_fail() {
+        let k = key();
+        let kid = k.fingerprint();
+        let payload = serde_json::to_string(&receipt()).unwrap();
+        for header in [
+            format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"ferry-receipt"}}"#),
+            format!(r#"{{"alg":"none","kid":"{kid}","typ":"ferry-receipt"}}"#),
+            format!(r#"{{"alg":"eddsa","kid":"{kid}","typ":"ferry-receipt"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"JWT"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#),
+            r#"{"alg":"EdDSA","typ":"ferry-receipt"}"#.to_string(),
+            format!(
+                r#"{{"alg":"EdDSA","kid":"{kid}","typ":"ferry-receipt","crit":["b64"],"b64":false}}"#
+            ),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"ferry-receipt","x":1}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":7,"typ":"ferry-receipt"}}"#),
+            format!(r#"["EdDSA","{kid}","ferry-receipt"]"#),
+            "".to_string(),
+        ] {
+            let jws = forge(&k, &header, &payload);
+            let e = k.public_key().verify(jws.as_bytes()).unwrap_err();
+            assert!(matches!(e, VerifyError::Header(_)), "{header}: {e:?}");
+        }
+        let other_kid = forge(
+            &k,
+            r#"{"alg":"EdDSA","kid":"ed25519:AAAA","typ":"ferry-receipt"}"#,
+            &payload,
+        );
+        assert!(matches!(
+            k.public_key().verify(other_kid.as_bytes()),
+            Err(VerifyError::OtherKey { .. })
+        ));
+        // Member order does not matter (the header is parsed, not compared as text).
+        let reordered = format!(r#"{{"typ":"ferry-receipt","alg":"EdDSA","kid":"{kid}"}}"#);
+        k.public_key()
+            .verify(forge(&k, &reordered, &payload).as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn signed_payloads_that_are_not_version_1_receipts_fail() {
+        let k = key();
+        let good = serde_json::to_value(receipt()).unwrap();
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            forge(&k, &header_for(&k), &v.to_string())
+        };
+        for (what, jws) in [
+            ("v 2", with(&|v| v["v"] = 2.into())),
+            (
+                "no v",
+                with(&|v| drop(v.as_object_mut().unwrap().remove("v"))),
+            ),
+            (
+                "no sha256",
+                with(&|v| drop(v.as_object_mut().unwrap().remove("sha256"))),
+            ),
+            ("short sha256", with(&|v| v["sha256"] = "abc".into())),
+            (
+                "upper sha256",
+                with(&|v| v["sha256"] = "AB".repeat(32).into()),
+            ),
+            ("bad time", with(&|v| v["received_at"] = "yesterday".into())),
+            (
+                "bad to",
+                with(&|v| v["to"] = serde_json::json!({"group": "x"})),
+            ),
+            ("bad verified", with(&|v| v["verified"] = "maybe".into())),
+            ("negative size", with(&|v| v["size"] = (-1).into())),
+            ("not an object", forge(&k, &header_for(&k), "[1]")),
+            ("not JSON", forge(&k, &header_for(&k), "receipt")),
+        ] {
+            let e = k.public_key().verify(jws.as_bytes()).unwrap_err();
+            assert!(matches!(e, VerifyError::Payload(_)), "{what}: {e:?}");
+        }
+        // Unknown members are signed too, so a later minor addition still verifies.
+        let extra = with(&|v| v["note"] = "hi".into());
+        k.public_key().verify(extra.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_wrapper_whose_visible_receipt_differs_from_the_signed_one_fails() {
+        let k = key();
+        let signed = k.sign(&receipt());
+        let wrapper: serde_json::Value = serde_json::from_str(&signed.json).unwrap();
+        let edits: [(&str, serde_json::Value); 6] = [
+            ("name", "invoice.pdf".into()),
+            ("size", 124.into()),
+            ("sha256", "cd".repeat(32).into()),
+            ("to", serde_json::json!({"user": "mallory"})),
+            ("extra", true.into()),
+            ("v", 1.5.into()),
+        ];
+        for (field, value) in edits {
+            let mut w = wrapper.clone();
+            w["receipt"][field] = value;
+            let e = k.public_key().verify(w.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e, VerifyError::WrapperMismatch, "{field}");
+            assert!(e.to_string().contains("altered"), "{e}");
+        }
+        let mut w = wrapper.clone();
+        w["receipt"].as_object_mut().unwrap().remove("received_at");
+        assert_eq!(
+            k.public_key().verify(w.to_string().as_bytes()),
+            Err(VerifyError::WrapperMismatch)
+        );
+        // A duplicate member: serde keeps the last one, which is not what was signed.
+        let dup = signed.json.replacen(
+            r#""name":"report (1).pdf""#,
+            r#""name":"report (1).pdf","name":"evil.pdf""#,
+            1,
+        );
+        assert_ne!(dup, signed.json);
+        assert_eq!(
+            k.public_key().verify(dup.as_bytes()),
+            Err(VerifyError::WrapperMismatch)
+        );
+        // A wrapper with a receipt but another receipt's (valid) JWS fails the same way.
+        let other = k.sign(&Receipt {
+            size: 1,
+            ..receipt()
+        });
+        let mut w = wrapper;
+        w["jws"] = other.jws.into();
+        assert_eq!(
+            k.public_key().verify(w.to_string().as_bytes()),
+            Err(VerifyError::WrapperMismatch)
+        );
+    }
+
+    #[test]
+    fn oversize_and_garbage_are_refused_without_panic() {
+        let k = key();
+        let public = k.public_key();
+        let big = format!("{}{}", k.sign(&receipt()).jws, " ".repeat(MAX_INPUT_LEN));
+        assert_eq!(public.verify(big.as_bytes()), Err(VerifyError::TooLarge));
+        let inputs: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"   \n".to_vec(),
+            b"..".to_vec(),
+            b"...".to_vec(),
+            b"a.b.c".to_vec(),
+            b"a.b.c.d".to_vec(),
+            b"{}".to_vec(),
+            b"{\"jws\":5,\"receipt\":{}}".to_vec(),
+            b"{\"jws\":\"a.b.c\"}".to_vec(),
+            b"{\"receipt\":{}}".to_vec(),
+            b"[]".to_vec(),
+            b"{".to_vec(),
+            vec![0xff, 0xfe, b'.', b'.'],
+            vec![0; 1000],
+            "é.é.é".as_bytes().to_vec(),
+            "=".repeat(60).into_bytes(),
+            b"eyJ9.eyJ9.AAAA".to_vec(),
+        ];
+        for input in inputs {
+            assert!(public.verify(&input).is_err(), "{input:?}");
+        }
+        // A signature of the wrong length is an error, not a panic.
+        let jws = k.sign(&receipt()).jws;
+        let (signing_input, _) = jws.rsplit_once('.').unwrap();
+        for sig in ["", "AA", &"A".repeat(200)] {
+            let bad = format!("{signing_input}.{sig}");
+            assert!(public.verify(bad.as_bytes()).is_err(), "{sig}");
+        }
+    }
+
+    #[test]
+    fn load_or_create_makes_a_0600_pkcs8_pem_once_and_then_loads_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let (made, created) = ReceiptKey::load_or_create(&dir).unwrap();
+        assert!(created);
+        let path = key_path(&dir);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        assert!(text.ends_with("-----END PRIVATE KEY-----\n"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 64), "{text}");
+        // PKCS#8 v2 as ring makes it: version 1 and the public key included.
+        let der = PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes()).unwrap();
+        Ed25519KeyPair::from_pkcs8(der.secret_pkcs8_der()).unwrap();
+        // No temp file is left beside it.
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [KEY_FILE]);
+
+        let (loaded, created) = ReceiptKey::load_or_create(&dir).unwrap();
+        assert!(!created);
+        assert_eq!(loaded.fingerprint(), made.fingerprint());
+        assert_eq!(fs::read_to_string(&path).unwrap(), text, "not rewritten");
+        // What one signs, the other's public key verifies.
+        let jws = loaded.sign(&receipt()).jws;
+        made.public_key().verify(jws.as_bytes()).unwrap();
+
+        // Never overwritten unless asked.
+        assert!(matches!(
+            ReceiptKey::create(&path, false),
+            Err(KeyError::Write(certs::CertError::Exists { .. }))
+        ));
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        let replaced = ReceiptKey::create(&path, true).unwrap();
+        assert_ne!(replaced.fingerprint(), made.fingerprint());
+        assert_eq!(
+            ReceiptKey::load(&path).unwrap().fingerprint(),
+            replaced.fingerprint()
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The Debug form names the key, never its secret.
+        let debug = format!("{replaced:?}");
+        assert!(debug.contains(&replaced.fingerprint()), "{debug}");
+        assert!(!debug.contains(text.lines().nth(1).unwrap()), "{debug}");
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_an_ed25519_pkcs8_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(KEY_FILE);
+        // An ECDSA key as `ferry certs` makes server.key.
+        let ecdsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        for (what, contents) in [
+            ("ecdsa", ecdsa.serialize_pem().into_bytes()),
+            ("empty", Vec::new()),
+            (
+                "garbage",
+                b"-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n".to_vec(),
+            ),
+            ("huge", vec![b'A'; MAX_INPUT_LEN + 1]),
+        ] {
+            fs::write(&path, contents).unwrap();
+            let e = ReceiptKey::load(&path).unwrap_err();
+            assert!(
+                matches!(e, KeyError::Invalid { .. } | KeyError::Read { .. }),
+                "{what}: {e:?}"
+            );
+            assert!(format!("{e:#}").contains(KEY_FILE) || matches!(e, KeyError::Read { .. }));
+        }
+        assert!(matches!(
+            ReceiptKey::load(&tmp.path().join("missing")),
+            Err(KeyError::Read { .. })
+        ));
+        // A PKCS#8 v1 key (openssl's form) loads.
+        let mut v1 = hex::decode("302e020100300506032b657004220420").unwrap();
+        v1.extend(URL_SAFE_NO_PAD.decode(RFC8037_D).unwrap());
+        fs::write(&path, pem(&v1)).unwrap();
+        assert_eq!(
+            ReceiptKey::load(&path).unwrap().fingerprint(),
+            RFC8037_FINGERPRINT
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_whole_seconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_609_697_250);
+        assert_eq!(timestamp(t), "2026-12-07T02:14:57Z");
+        assert!(chrono::DateTime::parse_from_rfc3339(&timestamp(SystemTime::now())).is_ok());
+    }
 }
