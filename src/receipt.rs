@@ -730,6 +730,26 @@ mod tests {
         ));
     }
 
+    /// `receipt()` signed with RFC 8037's key by another implementation (Python's
+    /// `cryptography` 48, Ed25519 over `b64url(header) "." b64url(payload)` as written by
+    /// hand): what any JOSE library makes of the format.
+    const INTEROP_JWS: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImVkMjU1MTk6SWY0eDM2RlVvbUZpYV9oVUJ\
+        HX1NKeHQ3N1V0cXZrV3FXSWQtOUgtWEliayIsInR5cCI6ImZlcnJ5LXJlY2VpcHQifQ.eyJ2IjoxLCJzZXJ2ZXI\
+        iOiJmaWxlcy5leGFtcGxlLm9yZzo3NDQzIiwiaWQiOiJ1LTdmM2EiLCJ0byI6eyJsaW5rIjoiM2ZhOWMyZDEif\
+        Swic2VudF9uYW1lIjoicmVwb3J0LnBkZiIsIm5hbWUiOiJyZXBvcnQgKDEpLnBkZiIsInNpemUiOjEyMywic2h\
+        hMjU2IjoiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhY\
+        mFiYWJhYiIsInZlcmlmaWVkIjoic2VuZGVyIiwicmVjZWl2ZWRfYXQiOiIyMDI2LTEyLTA3VDAyOjE0OjU3WiJ\
+        9.V9CQRFuojBoq7Qz4T4vo5gUKtEOLdNx6ZCl3hT08_PKnV-iXAJFb2nv6Gq19_bS4Y7YB56VIDV_SLCAFeFAUAQ";
+
+    #[test]
+    fn signing_matches_an_independent_implementation_byte_for_byte() {
+        let k = rfc_key();
+        assert_eq!(k.sign(&receipt()).jws, INTEROP_JWS);
+        let v = k.public_key().verify(INTEROP_JWS.as_bytes()).unwrap();
+        assert_eq!(v.receipt, receipt());
+        assert_eq!(v.kid, RFC8037_FINGERPRINT);
+    }
+
     #[test]
     fn jwk_round_trips_and_has_rfc8037s_shape() {
         let public = PublicKey::from_base64url(RFC8037_X).unwrap();
