@@ -261,15 +261,13 @@ impl ReceiptKey {
     /// `replace`; otherwise it is an error ([`certs::CertError::Exists`]).
     pub fn create(path: &Path, replace: bool) -> Result<ReceiptKey, KeyError> {
         let (key, der) = ReceiptKey::generate()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            certs::create_dir(dir)?;
-        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        certs::create_dir(dir)?;
         certs::write_atomic(path, pem(&der).as_bytes(), KEY_FILE_MODE, replace)?;
-        certs::sync_dir(
-            path.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
+        certs::sync_dir(dir)?;
         Ok(key)
     }
 
@@ -903,7 +901,7 @@ mod tests {
                 r#"{{"alg":"EdDSA","kid":"{kid}","typ":"ferry-receipt","crit":["b64"],"b64":false}}"#
             ),
             format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"ferry-receipt","x":1}}"#),
-            format!(r#"{{"alg":"EdDSA","kid":7,"typ":"ferry-receipt"}}"#),
+            r#"{"alg":"EdDSA","kid":7,"typ":"ferry-receipt"}"#.to_string(),
             format!(r#"["EdDSA","{kid}","ferry-receipt"]"#),
             "".to_string(),
         ] {
