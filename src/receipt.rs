@@ -1110,6 +1110,23 @@ mod tests {
     }
 
     #[test]
+    fn serve_key_makes_the_key_once_then_loads_the_same_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = serve_key(tmp.path()).unwrap();
+        let second = serve_key(tmp.path()).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        let jws = second.sign(&receipt()).jws;
+        first.public_key().verify(jws.as_bytes()).unwrap();
+        // A key file that is not one stops the start instead of being replaced.
+        fs::write(key_path(tmp.path()), "not a key").unwrap();
+        assert!(matches!(
+            serve_key(tmp.path()),
+            Err(KeyError::Invalid { .. })
+        ));
+        assert_eq!(fs::read(key_path(tmp.path())).unwrap(), b"not a key");
+    }
+
+    #[test]
     fn load_refuses_what_is_not_an_ed25519_pkcs8_key() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(KEY_FILE);
