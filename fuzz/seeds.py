@@ -203,3 +203,26 @@ proxy = {
 for name, header in proxy.items():
     write("proxy_header", name, b"\0" + header + HELLO)
     write("proxy_header", name + "_bytewise", b"\x01" + header + HELLO)
+
+
+# ---- receipt_verify: a receipt (the JSON wrapper or a bare JWS) or a public key ----
+# Signed once with RFC 8037 A.1's key (the target's key) by Python's `cryptography`; Ed25519 is
+# deterministic, and src/receipt.rs checks ferry makes the same bytes (INTEROP_JWS).
+RECEIPT_JWS = (
+    "eyJhbGciOiJFZERTQSIsImtpZCI6ImVkMjU1MTk6SWY0eDM2RlVvbUZpYV9oVUJHX1NKeHQ3N1V0cXZrV3FXSWQtOUgt"
+    "WEliayIsInR5cCI6ImZlcnJ5LXJlY2VpcHQifQ.eyJ2IjoxLCJzZXJ2ZXIiOiJmaWxlcy5leGFtcGxlLm9yZzo3NDQzIi"
+    "wiaWQiOiJ1LTdmM2EiLCJ0byI6eyJsaW5rIjoiM2ZhOWMyZDEifSwic2VudF9uYW1lIjoicmVwb3J0LnBkZiIsIm5hbWUi"
+    "OiJyZXBvcnQgKDEpLnBkZiIsInNpemUiOjEyMywic2hhMjU2IjoiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYW"
+    "JhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYiIsInZlcmlmaWVkIjoic2VuZGVyIiwicmVjZWl2ZWRfYXQiOiIy"
+    "MDI2LTEyLTA3VDAyOjE0OjU3WiJ9.V9CQRFuojBoq7Qz4T4vo5gUKtEOLdNx6ZCl3hT08_PKnV-iXAJFb2nv6Gq19_bS4"
+    "Y7YB56VIDV_SLCAFeFAUAQ"
+)
+RECEIPT = {
+    "v": 1, "server": "files.example.org:7443", "id": "u-7f3a", "to": {"link": "3fa9c2d1"},
+    "sent_name": "report.pdf", "name": "report (1).pdf", "size": 123, "sha256": "ab" * 32,
+    "verified": "sender", "received_at": "2026-12-07T02:14:57Z",
+}
+write("receipt_verify", "jws", RECEIPT_JWS + "\n")
+write("receipt_verify", "wrapper", json.dumps({"receipt": RECEIPT, "jws": RECEIPT_JWS}, separators=(",", ":")))
+write("receipt_verify", "jwk", '{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",'
+      '"kid":"ed25519:If4x36FUomFia_hUBG_SJxt77UtqvkWqWId-9H-XIbk"}')

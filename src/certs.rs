@@ -594,7 +594,7 @@ fn exists(path: &Path) -> Result<bool, CertError> {
     }
 }
 
-fn create_dir(dir: &Path) -> Result<(), CertError> {
+pub(crate) fn create_dir(dir: &Path) -> Result<(), CertError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -608,7 +608,12 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
 /// Writes `contents` to `path` through a temp file in the same directory, created with `mode`,
 /// flushed to disk, then moved into place. Without `force` the move fails if `path` appeared in
 /// the meantime (a hard link never replaces), so nothing is ever silently overwritten.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), CertError> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    force: bool,
+) -> Result<(), CertError> {
     let write_err = |source| CertError::Write {
         path: path.to_path_buf(),
         source,
@@ -680,7 +685,7 @@ fn create_temp(path: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
 }
 
 /// Makes the renames in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), CertError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), CertError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| CertError::Write {

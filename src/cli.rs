@@ -18,6 +18,7 @@ use crate::client::ops::{OpError, Output, Session, TransferOpts};
 use crate::client::{self, ClientError, open, shell::Shell};
 use crate::users;
 
+mod receipt;
 mod token;
 
 /// The exit statuses of the client commands, for their --help.
@@ -58,7 +59,9 @@ enum Command {
         valid for localhost, 127.0.0.1 and ::1 plus every --host, for 397 days; the CA for two \
         years, and only for those names (name constraints). Clients trust it with --ca \
         DIR/ca.pem. Existing files are kept: --force issues a new server certificate with the \
-        same CA, --new-ca replaces the CA too.\n\nExamples:\n  ferry certs --host \
+        same CA, --new-ca replaces the CA too. DIR/receipt.key (mode 0600), the Ed25519 key that \
+        signs upload receipts, is made when missing and never replaced, not even by --force or \
+        --new-ca (see `ferry receipt`).\n\nExamples:\n  ferry certs --host \
         files.example.org --host 192.0.2.10\n  ferry certs --force     # renew the server \
         certificate, same CA"
     )]
@@ -144,6 +147,15 @@ enum Command {
         ferry ls -l work:photos\n  ferry ls --json -P 8443 alice@127.0.0.1:'logs/*.log'\n\n",
         exit_status_help!()))]
     Ls(LsArgs),
+    /// Verify a signed upload receipt offline; print the receipt key for senders.
+    #[command(
+        subcommand,
+        long_about = "Signed upload receipts: every upload through the web or a drop link \
+        returns one, signed with the server's receipt key (certs/receipt.key).\n\n\
+        Examples:\n  ferry receipt verify report.ferry-receipt.json --key receipt-key.jwk \
+        --file report.pdf\n  ferry receipt key --jwk > receipt-key.jwk"
+    )]
+    Receipt(receipt::ReceiptCommand),
 }
 
 #[derive(Debug, Args)]
@@ -608,6 +620,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Get(a) => oneshot_get(a),
         Command::Put(a) => oneshot_put(a),
         Command::Ls(a) => oneshot_ls(a),
+        Command::Receipt(r) => receipt::run(r),
     }
 }
 
@@ -646,6 +659,15 @@ fn certs(a: CertsArgs) -> Result<ExitCode> {
     }
     println!("wrote {}", g.paths.server_cert.display());
     println!("wrote {} (private)", g.paths.server_key.display());
+    // The receipt key is made once and kept through --force and --new-ca: receipts signed
+    // with it must go on verifying.
+    let (receipt_key, made) = crate::receipt::ReceiptKey::load_or_create(&a.dir)?;
+    println!(
+        "{} {} (private: signs upload receipts; receipt key {})",
+        if made { "wrote" } else { "kept" },
+        crate::receipt::key_path(&a.dir).display(),
+        receipt_key.fingerprint()
+    );
     println!("names: {}", g.names.join(", "));
     println!(
         "server certificate valid until {}, CA until {}",

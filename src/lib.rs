@@ -25,7 +25,8 @@
 //!    client needs, behind one portable signature each with standard-library fallbacks
 //!    compiled and unit-tested everywhere; only server-only code still calls the system
 //!    directly), [`tls`] (PEM, TLS 1.3 configurations for the ALPN ids the caller names,
-//!    fingerprints), [`certs`].
+//!    fingerprints), [`certs`], [`receipt`] (the Ed25519 receipt key beside the certificates,
+//!    signed upload receipts as JWS, and their offline verification).
 //! 3. The core: [`service`]: `Home`, a logged-in view of one home (its store, its usage
 //!    account, its limits and its scope), with every operation a front-end can ask for: stat,
 //!    paged list, mkdir, remove, rmdir, rename, copy, usage, sha256, downloads and verified
@@ -70,6 +71,7 @@ pub mod logfmt;
 pub mod mapping;
 pub mod platform;
 pub mod protocol;
+pub mod receipt;
 pub mod sanitize;
 pub mod server;
 pub mod service;

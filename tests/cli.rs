@@ -500,7 +500,10 @@ fn certs_writes_four_files_private_keys_0600_and_prints_fingerprint() {
     let dir = tmp.path().join("tls");
     let out = Ferry::new(tmp.path()).run(&["certs", "--dir", dir.to_str().unwrap()]);
     out.expect_ok();
-    assert_eq!(names_in(&dir), ["ca", "ca.pem", "server.key", "server.pem"]);
+    assert_eq!(
+        names_in(&dir),
+        ["ca", "ca.pem", "receipt.key", "server.key", "server.pem"]
+    );
     assert_eq!(names_in(&dir.join("ca")), ["ca.key"]);
     assert_eq!(mode(&dir.join("ca")), 0o700);
     assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);

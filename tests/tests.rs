@@ -22,6 +22,7 @@ mod oneshot;
 mod prelogin;
 mod protocol;
 mod quota;
+mod receipt;
 mod reload;
 mod resume;
 mod security;
