@@ -449,6 +449,10 @@ struct ServeArgs {
     /// The API tokens file (`ferry token add`) [default: tokens.toml beside the users file].
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// The address senders use, e.g. https://files.example.org:7443: named in upload
+    /// receipts [default: https://localhost:PORT for a loopback listener, else ADDR:PORT].
+    #[arg(long, value_name = "URL", env = "FERRY_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 /// How a browser on this machine reaches a server listening on `addr`: an unspecified
@@ -459,6 +463,31 @@ fn web_authority(addr: SocketAddr) -> String {
     } else {
         addr.to_string()
     }
+}
+
+/// The `host:port` of a public URL (`https://files.example.org:7443/` or without the
+/// scheme); the port defaults to 443 for `https://`.
+fn public_authority(url: &str) -> Result<String> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let valid = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !valid || url.starts_with("http://") {
+        bail!("--public-url {url:?}: expected https://HOST[:PORT]");
+    }
+    let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.ends_with(':')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && !p.is_empty()
+            && !authority.ends_with(']')
+    });
+    Ok(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    })
 }
 
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -860,6 +889,24 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
     prepare_certs(&a.cert, &a.key)?;
+    // Receipts are signed with a key of their own beside the certificates (made on first
+    // start; `ferry certs` makes it too).
+    let receipt_key = if a.no_web {
+        None
+    } else {
+        let dir = a
+            .cert
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(Arc::new(
+            crate::receipt::serve_key(dir).context("cannot load or create the receipt key")?,
+        ))
+    };
+    let public_name = match &a.public_url {
+        Some(url) => Some(public_authority(url)?),
+        None => None,
+    };
     let accounts = prepare_users(&rt, &a.users)?;
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
@@ -885,6 +932,10 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
         };
         server.set_tokens(Arc::new(tokens));
+        if let Some(key) = receipt_key {
+            let name = public_name.unwrap_or_else(|| web_authority(addr));
+            server.set_receipt_key(key, name);
+        }
         println!("ferry listening on {addr}");
         if !a.no_web {
             println!(

@@ -112,6 +112,16 @@ pub enum Verification {
     ServerOnly,
 }
 
+impl Verification {
+    /// Its word in the receipt (and in audit lines).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verification::Sender => "sender",
+            Verification::ServerOnly => "server-only",
+        }
+    }
+}
+
 /// The JWS protected header: exactly these three members, no others (no `crit`, no `b64`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

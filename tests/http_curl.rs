@@ -62,8 +62,8 @@ async fn needs_curl_uploads_verified_and_downloads_resumably_with_a_token() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reply["sha256"], sha256_hex(&data));
-    assert_eq!(reply["verified"], "sender");
+    assert_eq!(reply["receipt"]["sha256"], sha256_hex(&data));
+    assert_eq!(reply["receipt"]["verified"], "sender");
     assert_eq!(
         std::fs::read(server.home("alice").join("report.pdf")).unwrap(),
         data

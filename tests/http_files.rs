@@ -39,9 +39,21 @@ async fn put_then_get_round_trips_verified_on_both_protocols() {
                 .await;
             assert_eq!(sent.status(), 201, "{proto:?} {name}: {}", sent.text());
             let j = sent.json();
-            assert_eq!(j["sha256"], sha256_hex(&body));
-            assert_eq!(j["size"], len);
-            assert_eq!(j["verified"], "sender");
+            assert_eq!(j["receipt"]["sha256"], sha256_hex(&body));
+            assert_eq!(j["receipt"]["size"], len);
+            assert_eq!(j["receipt"]["verified"], "sender");
+            assert_eq!(j["receipt"]["to"]["user"], "alice");
+            assert_eq!(j["receipt"]["name"], format!("/{name}"));
+            // The receipt verifies with the key the server publishes, as it came.
+            let jwk = c.get("/.well-known/ferry-receipt-key").await;
+            assert_eq!(jwk.status(), 200);
+            let key = ferry::receipt::PublicKey::parse(&jwk.text()).unwrap();
+            let checked = key.verify(&sent.body).unwrap();
+            assert_eq!(checked.receipt.sha256, sha256_hex(&body));
+            let mut forged = sent.body.to_vec();
+            let at = forged.len() / 2;
+            forged[at] ^= 1;
+            assert!(key.verify(&forged).is_err(), "a changed receipt verified");
             assert_eq!(
                 sent.header("repr-digest"),
                 Some(digest_field(&body).as_str())
@@ -130,8 +142,8 @@ async fn without_a_digest_the_server_computes_it_and_says_so() {
             .authed("PUT", &format!("/f/plain-{len}"), &token, &[], body.clone())
             .await;
         assert_eq!(r.status(), 201, "{}", r.text());
-        assert_eq!(r.json()["verified"], "server-only");
-        assert_eq!(r.json()["sha256"], sha256_hex(&body));
+        assert_eq!(r.json()["receipt"]["verified"], "server-only");
+        assert_eq!(r.json()["receipt"]["sha256"], sha256_hex(&body));
     }
     // A malformed digest is the sender's error, not a silent "no digest".
     let r = c

@@ -351,6 +351,12 @@ impl Server {
         self.web.set_tokens(store);
     }
 
+    /// Signs the receipts of HTTP uploads with `key`, naming this server `name` in them
+    /// (`host:port` as senders reach it). Without a key, uploads get no receipt.
+    pub fn set_receipt_key(&self, key: Arc<crate::receipt::ReceiptKey>, name: String) {
+        self.web.set_receipts(key, name);
+    }
+
     /// Where the users live.
     pub fn accounts(&self) -> &Arc<dyn AccountStore> {
         &self.users

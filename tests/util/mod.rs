@@ -125,6 +125,10 @@ impl TestServer {
         )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // Receipts signed as `ferry serve` signs them: the key beside the certificates.
+        let (key, _) =
+            ferry::receipt::ReceiptKey::load_or_create(&dir.path().join("certs")).unwrap();
+        server.set_receipt_key(Arc::new(key), addr.to_string());
         let (stop, stopped) = oneshot::channel::<()>();
         let s = Arc::clone(&server);
         let task = tokio::spawn(async move {

@@ -18,23 +18,63 @@ use hyper::{Response, StatusCode};
 
 use super::Conn;
 use super::router::{Body, error};
-use crate::domain::Scope;
 use crate::server::login::{self, Refusal, UserSession};
 use crate::server::penalty::Offence;
 use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
 
-/// A request's account: the user, their home through the core (already narrowed to the
-/// token's scope), and the token that proved it.
+/// Whom a request acts for: the user (a link's owner), how it proved it, and the home
+/// through the core (already narrowed: a token's scope, a link's folder and upload-only
+/// scope).
 #[derive(Clone)]
 pub struct Account {
     pub user: String,
-    pub token: TokenId,
+    pub via: Via,
+    /// The drop link's id, when the request came through one.
+    pub link: Option<String>,
     pub home: crate::service::Home,
+}
+
+/// What proved a request, for audit lines.
+#[derive(Debug, Clone)]
+pub enum Via {
+    Token(TokenId),
+    Link(String),
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Token(id) => write!(f, "token:{id}"),
+            Via::Link(id) => write!(f, "link:{id}"),
+        }
+    }
+}
+
+impl Account {
+    /// A path as this account's peer should see it: the whole path for an account holder, the
+    /// name alone through a link (whose folder the sender is never told).
+    pub fn shown(&self, path: &crate::storage::RemotePath) -> String {
+        match &self.link {
+            Some(_) => path.file_name().unwrap_or_default().to_owned(),
+            None => path.to_string(),
+        }
+    }
+
+    /// Whom an upload's receipt names.
+    pub fn recipient(&self) -> crate::receipt::Recipient {
+        match &self.link {
+            Some(id) => crate::receipt::Recipient::Link(id.clone()),
+            None => crate::receipt::Recipient::User(self.user.clone()),
+        }
+    }
 }
 
 /// What the HTTP front-end keeps across connections.
 pub struct WebState {
     tokens: RwLock<Arc<dyn ApiTokens>>,
+    /// The key that signs upload receipts, and the server's name in them (`host:port` as
+    /// senders reach it).
+    receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
     homes: Mutex<HashMap<(String, ScopeKey), Arc<Cached>>>,
 }
 
@@ -48,6 +88,7 @@ impl Default for WebState {
     fn default() -> Self {
         WebState {
             tokens: RwLock::new(Arc::new(MemoryTokens::new())),
+            receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
         }
     }
@@ -76,6 +117,19 @@ impl WebState {
     /// `ferry serve` sets `tokens.toml` beside the users file).
     pub fn set_tokens(&self, store: Arc<dyn ApiTokens>) {
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    /// Signs receipts with `key`, naming the server `name` (`host:port`).
+    pub fn set_receipts(&self, key: Arc<crate::receipt::ReceiptKey>, name: String) {
+        *self.receipts.write().unwrap_or_else(|p| p.into_inner()) = Some((key, name));
+    }
+
+    /// The receipt key and the server's name, once set.
+    pub fn receipts(&self) -> Option<(Arc<crate::receipt::ReceiptKey>, String)> {
+        self.receipts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn tokens(&self) -> Arc<dyn ApiTokens> {
@@ -197,10 +251,10 @@ pub async fn account(conn: &Conn, headers: &HeaderMap) -> Result<Account, Respon
     };
     *cached.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     conn.authenticated();
-    let _ = Scope::Full;
     Ok(Account {
         user: grant.user,
-        token: grant.id,
+        via: Via::Token(grant.id),
+        link: None,
         home: cached.session.home.clone(),
     })
 }

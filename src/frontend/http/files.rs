@@ -23,6 +23,7 @@ use super::auth::Account;
 use super::router::{Body, error, full};
 use super::{Conn, headers, parse, status};
 use crate::domain::{EntryKind, hex_digest};
+use crate::receipt::Receipt;
 use crate::service::{Expect, Put, PutRequest};
 use crate::storage::{Download, Durability, ReadEvent, RemotePath, SMALL_MAX, Sha256Digest};
 
@@ -149,7 +150,7 @@ pub async fn get(
     }
     download_headers(hm, &stat.entry.name);
     tracing::info!(target: "ferry::audit", event = "http_get", peer = %conn.peer,
-        user = %acct.user, token = %acct.token, path = %crate::sanitize::for_log(&path.to_string()),
+        user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&path.to_string()),
         bytes = len, status = status.as_u16());
     r
 }
@@ -512,8 +513,8 @@ pub async fn put(
         }
         Ok(Put::Mismatch { actual }) => {
             tracing::warn!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
-                user = %acct.user, token = %acct.token,
-                path = %crate::sanitize::for_log(&path.to_string()), size,
+                user = %acct.user, via = %acct.via,
+                path = %crate::sanitize::for_log(&acct.shown(path)), size,
                 result = "integrity_mismatch");
             let body = serde_json::json!({
                 "error": "integrity_mismatch",
@@ -535,22 +536,28 @@ pub async fn put(
         Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
         None => path.clone(),
     };
-    let path = &landed;
     let verified = if expected.is_some() {
-        "sender"
+        crate::receipt::Verification::Sender
     } else {
-        "server-only"
+        crate::receipt::Verification::ServerOnly
     };
+    let shown = acct.shown(&landed);
     tracing::info!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
-        user = %acct.user, token = %acct.token, path = %crate::sanitize::for_log(&path.to_string()),
-        size, sha256 = %hex_digest(&sha256), verified, result = "ok");
-    let body = serde_json::json!({
-        "path": path.to_string(),
-        "size": size,
-        "sha256": hex_digest(&sha256),
-        "verified": verified,
-    });
-    let mut r = Response::new(full(body.to_string()));
+        user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&shown),
+        size, sha256 = %hex_digest(&sha256), verified = verified.as_str(), result = "ok");
+    let receipt = Receipt {
+        v: crate::receipt::VERSION,
+        server: String::new(),
+        id: random_id(),
+        to: acct.recipient(),
+        sent_name: acct.shown(path),
+        name: shown,
+        size,
+        sha256: hex_digest(&sha256),
+        verified,
+        received_at: crate::receipt::timestamp(std::time::SystemTime::now()),
+    };
+    let mut r = Response::new(full(receipt_json(conn, receipt)));
     *r.status_mut() = StatusCode::CREATED;
     let hm = r.headers_mut();
     hm.insert(
@@ -561,18 +568,39 @@ pub async fn put(
         REPR_DIGEST.clone(),
         value(&parse::format_digest_field(&sha256)),
     );
-    hm.insert(
-        header::LOCATION,
-        value(&format!(
-            "/f/{}",
-            path.components()
-                .iter()
-                .map(|c| parse::encode_segment(c))
-                .collect::<Vec<_>>()
-                .join("/")
-        )),
-    );
+    if acct.link.is_none() {
+        hm.insert(
+            header::LOCATION,
+            value(&format!(
+                "/f/{}",
+                landed
+                    .components()
+                    .iter()
+                    .map(|c| parse::encode_segment(c))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            )),
+        );
+    }
     r
+}
+
+/// 128 random bits, hex: an upload's id in its receipt.
+fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The body of a committed upload's answer: the signed receipt (`{"receipt": …, "jws": …}`,
+/// which `ferry receipt verify` checks as it is), or the bare receipt when the server has no
+/// receipt key.
+fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
+    match conn.server.web.receipts() {
+        Some((key, name)) => {
+            receipt.server = name;
+            key.sign(&receipt).json
+        }
+        None => serde_json::json!({ "receipt": receipt }).to_string(),
+    }
 }
 
 fn too_long() -> Response<Body> {

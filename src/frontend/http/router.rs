@@ -79,6 +79,10 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => front_page(conn),
             _ => method_not_allowed("GET, HEAD"),
         },
+        [".well-known", "ferry-receipt-key"] => match method {
+            Method::GET | Method::HEAD => receipt_key(conn),
+            _ => method_not_allowed("GET, HEAD"),
+        },
         ["f", ..] => {
             if !matches!(method, Method::GET | Method::HEAD | Method::PUT) {
                 return method_not_allowed("GET, HEAD, PUT");
@@ -119,6 +123,23 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     );
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The public half of the receipt key, as a JWK (RFC 8037), for senders who check receipts.
+fn receipt_key(conn: &Arc<Conn>) -> Response<Body> {
+    let Some((key, _)) = conn.server.web.receipts() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this server signs no receipts",
+        );
+    };
+    let mut r = Response::new(full(key.public_key().jwk()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk+json"),
+    );
     r
 }
 
