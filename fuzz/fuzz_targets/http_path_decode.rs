@@ -7,7 +7,8 @@
 //!   trailing slash exactly when the raw path ends in `/` and is not `/`;
 //! - encoding the accepted segments again gives a path that decodes to the same;
 //! - the whole input taken as a name: `/` + `encode_segment(name)` decodes to exactly that name
-//!   when the name is valid by the rules above (written out here again), and is refused otherwise;
+//!   when the name is valid by the rules above (written out here again), and is refused otherwise
+//!   (the empty name gives `/`, the root);
 //! - an accepted query has at most `MAX_QUERY_PAIRS` pairs with no control character, and its
 //!   pairs encoded again parse to the same pairs.
 #![no_main]
@@ -54,8 +55,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode_path(&again).as_ref(), Ok(&decoded), "{again:?}");
     }
 
+    // `/` + the encoded name; the empty name makes `/`, the root.
     let encoded = format!("/{}", encode_segment(&text));
     match decode_path(&encoded) {
+        Ok(p) if text.is_empty() => assert!(p.segments.is_empty() && !p.trailing_slash),
         Ok(p) => {
             assert!(valid_name(&text) && p.segments == [text.to_string()] && !p.trailing_slash)
         }
