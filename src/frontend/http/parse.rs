@@ -29,8 +29,9 @@ use crate::domain::{MAX_NAME_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN};
 pub const MAX_RAW_PATH_LEN: usize = 3 * MAX_PATH_LEN + 256;
 /// Cap on path segments: the deepest remote path plus a route prefix (`/d/<tok>/tus/<id>`).
 pub const MAX_SEGMENTS: usize = MAX_PATH_DEPTH + 8;
-/// Cap on a raw query string (a paging cursor is a file name, up to 3 × 255 bytes encoded).
-pub const MAX_QUERY_LEN: usize = 2048;
+/// Cap on a raw query string: a `path` parameter may be the longest remote path with every
+/// byte encoded, beside a paging cursor (a name) and a sort key.
+pub const MAX_QUERY_LEN: usize = 3 * MAX_PATH_LEN + 1024;
 /// Cap on `key=value` pairs in a query; our routes read two or three.
 pub const MAX_QUERY_PAIRS: usize = 16;
 /// Cap on a `Content-Digest`/`Repr-Digest`/`Want-*` value: a few digests of 512 bits fit.
