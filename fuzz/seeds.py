@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/. Run from anywhere: python3 fuzz/seeds.py"""
+import base64
 import hashlib
 import json
 import os
@@ -226,3 +227,87 @@ write("receipt_verify", "jws", RECEIPT_JWS + "\n")
 write("receipt_verify", "wrapper", json.dumps({"receipt": RECEIPT, "jws": RECEIPT_JWS}, separators=(",", ":")))
 write("receipt_verify", "jwk", '{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",'
       '"kid":"ed25519:If4x36FUomFia_hUBG_SJxt77UtqvkWqWId-9H-XIbk"}')
+
+
+# ---- http_path_decode: a request target (path, then ?query) ----
+targets = {
+    "root": "/",
+    "file": "/f/docs/a%20b/%C3%A7.txt",
+    "drop_trailing": "/d/TOKEN/",
+    "drop_name": "/d/TOKEN/report%20(1).pdf",
+    "tus": "/d/TOKEN/tus/AbCdEf0123456789_-xy",
+    "query": "/api/ls?path=%2Fdocs&cursor=a+b%2Bc&sort=mtime",
+    "dotdot_encoded": "/f/%2e%2e/%2E%2e%2fetc/passwd",
+    "slash_encoded": "/f/a%2fb/..%5c..%5cx",
+    "backslash": "/f/..\\..\\x",
+    "nul": "/f/a%00b",
+    "overlong": "/f/%c0%af%c0%ae%c0%ae/%e0%80%af",
+    "surrogate": "/f/%ed%a0%80",
+    "bad_escape": "/f/%zz/%4",
+    "empty_segment": "/f//a",
+    "bidi_c1": "/f/%e2%80%ae%c2%85",
+}
+for name, target in targets.items():
+    write("http_path_decode", name, target)
+
+# ---- digest_header_parse: a Content-Digest / Repr-Digest / Want-* value ----
+d64 = base64.b64encode(hashlib.sha256(b"hello\n").digest()).decode()
+digests = {
+    "sha256": f"sha-256=:{d64}:",
+    "two": f"sha-512=:{base64.b64encode(hashlib.sha512(b'hello').digest()).decode()}:, sha-256=:{d64}:",
+    "unpadded_params": f"  sha-256=:{d64.rstrip('=')}:;a=1;b, x=?1\t, y ",
+    "every_type": f'a=1, b=-1.5, c="s\\"q", d=tok/x:y, e=?0, f=(1 "x" :AA==:);p=2, sha-256=:{d64}:',
+    "last_wins": f"sha-256=:AAAA:, sha-256=:{d64}:",
+    "short": "sha-256=:AAAA:",
+    "want": "sha-512=3, sha-256=10",
+    "bad": "sha-256=:AB==:, SHA=1,",
+}
+for name, value in digests.items():
+    write("digest_header_parse", name, value)
+
+# ---- tus_headers: an Upload-Checksum, Upload-Metadata or Upload-Offset value ----
+tus = {
+    "checksum": f"sha256 {d64}",
+    "checksum_sha1": "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=",
+    "metadata": "filename cmVwb3J0LnBkZg==,filetype YXBwbGljYXRpb24vcGRm,is_confidential",
+    "metadata_spaces": f"filename w6cuYmlu , sha256 {d64}",
+    "metadata_dup": "a YQ==,a Yg==",
+    "offset": "1073741824",
+    "offset_max": "18446744073709551615",
+    "offset_overflow": "18446744073709551616",
+    "offset_plus": "+12",
+}
+for name, value in tus.items():
+    write("tus_headers", name, value)
+
+# ---- cookie_parse: [name length] name, then the Cookie header ----
+cname = b"__Host-ferry"
+cookies = {
+    "one": b"__Host-ferry=AbCdEf0123456789_-xyzw",
+    "many": b"theme=dark; __Host-ferry=abc_-123;other=1;  __Host-ferry=second",
+    "quoted": b'__Host-ferry="abc"; x=y',
+    "bad_chars": b"__Host-ferry=a+b/c=; __Host-ferry=ok",
+    "prefix": b"x__Host-ferry=a; __host-ferry=b",
+}
+for name, header in cookies.items():
+    write("cookie_parse", name, bytes([len(cname)]) + cname + header)
+
+# ---- http_headers: [8-byte size, little-endian; byte 0 even: byte 1 is the size] value ----
+def sized(size):
+    return struct.pack("<Q", size * 2 + 1) if size >= 128 else bytes([0, size]) + b"\0" * 6
+
+
+headers = {
+    "range": (sized(1000), "bytes=0-99"),
+    "range_open": (sized(1000), "bytes=500-"),
+    "range_suffix": (sized(1000), "bytes=-100"),
+    "range_multi": (sized(1000), "bytes=0-1,5-6"),
+    "range_huge": (sized(1000), "bytes=99999999999999999999999-"),
+    "range_empty_file": (sized(0), "bytes=-1"),
+    "range_small": (sized(10), "bytes=3-4"),
+    "etag": (sized(0), '"sha256-ab"'),
+    "etag_list": (sized(0), '"x,y", W/"sha256-ab", *'),
+    "hostile_name": (sized(0), 'a"; filename=evil.exe\\\r\nSet-Cookie: x;%41\u00e9'),
+}
+for name, (size, value) in headers.items():
+    write("http_headers", name, size + value.encode())
