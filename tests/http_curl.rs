@@ -191,3 +191,77 @@ async fn needs_curl_without_a_token_is_refused_and_the_front_page_loads() {
     assert!(!Path::new(&server.home("carol").join("big")).exists());
     server.stop().await;
 }
+
+/// The shell commands of README.md's "Files over HTTPS" section, continuation lines joined.
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Files over HTTPS")
+        .nth(1)
+        .expect("README.md has a 'Files over HTTPS' section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section has a sh block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let line = line.trim_end();
+        if line.trim_start().starts_with('#') || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs curl and openssl; .ci/run installs them"]
+async fn needs_curl_the_readme_commands_run_as_written() {
+    let server = TestServer::start().await;
+    let token = token_for(&server, "alice", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_file(&dir.path().join("report.pdf"), 2_000_000, 5);
+    let curls: Vec<String> = readme_commands()
+        .into_iter()
+        .filter(|c| c.starts_with("curl "))
+        .collect();
+    assert_eq!(curls.len(), 2, "{curls:?}");
+    for (i, cmd) in curls.iter().enumerate() {
+        // Only the address and the CA differ from the README: this server's.
+        let cmd = cmd
+            .replace("https://localhost:7443", &url(&server, ""))
+            .replace("certs/ca.pem", &ca(&server));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "set -e; {cmd} --fail-with-body --silent --show-error"
+            ))
+            .env("TOKEN", &token)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", text(&out));
+        if i == 0 {
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(reply["receipt"]["verified"], "sender", "{cmd}");
+            assert_eq!(reply["receipt"]["sha256"], sha256_hex(&data));
+            // The download below writes report.pdf again: start from a cut copy.
+            std::fs::write(dir.path().join("report.pdf"), &data[..500_000]).unwrap();
+        }
+    }
+    assert_eq!(std::fs::read(dir.path().join("report.pdf")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(server.home("alice").join("report.pdf")).unwrap(),
+        data
+    );
+    server.stop().await;
+}
