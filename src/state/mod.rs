@@ -27,6 +27,7 @@
 //!
 //! [`memory`] holds the implementations one server uses on its own.
 
+pub mod links;
 pub mod memory;
 pub mod tokens;
 
