@@ -510,6 +510,16 @@ pub fn validate_link(l: &Link) -> Result<(), LinkError> {
     if l.expires.is_some_and(|e| e <= l.created) {
         return at("expires before it was made".into());
     }
+    // Stores that keep signed 64-bit integers (TOML, SQL) must hold every number.
+    let numbers = [l.max_files, l.max_bytes, l.max_downloads];
+    if numbers
+        .iter()
+        .flatten()
+        .chain([&l.used_files, &l.used_bytes, &l.used_downloads])
+        .any(|n| *n > i64::MAX as u64)
+    {
+        return at("a limit or counter is too large".into());
+    }
     match l.kind {
         LinkKind::Upload if l.max_downloads.is_some() || l.used_downloads != 0 => {
             at("an upload link counts no downloads".into())
@@ -662,11 +672,12 @@ impl LinkTable {
         if let Some(why) = link.refusal(LinkKind::Upload, now) {
             return Err(why);
         }
-        let bytes_after = link.used_bytes.saturating_add(bytes);
+        // Kept within what every store can write (see `validate_link`).
+        let bytes_after = link.used_bytes.saturating_add(bytes).min(i64::MAX as u64);
         if link.max_bytes.is_some_and(|m| bytes_after > m) {
             return Err(LinkRefused::Bytes);
         }
-        link.used_files = link.used_files.saturating_add(1);
+        link.used_files = link.used_files.saturating_add(1).min(i64::MAX as u64);
         link.used_bytes = bytes_after;
         Ok(())
     }
@@ -682,7 +693,7 @@ impl LinkTable {
         if link.refusal(LinkKind::Download, now).is_some() {
             return Ok(false);
         }
-        link.used_downloads = link.used_downloads.saturating_add(1);
+        link.used_downloads = link.used_downloads.saturating_add(1).min(i64::MAX as u64);
         Ok(true)
     }
 }
