@@ -14,6 +14,8 @@ mod hostile_server;
 mod http;
 mod http_files;
 mod interrupt;
+mod link_contract;
+mod links_cli;
 mod list_bench;
 mod login;
 mod memory;

@@ -1,0 +1,1 @@
+//! `ferry link add|list|del` end to end.
