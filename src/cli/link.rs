@@ -58,13 +58,13 @@ pub(super) enum LinkCommand {
         #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expiry)]
         expires: Expiry,
         /// Most files uploaded through it.
-        #[arg(long, value_name = "N", requires = "upload_only", value_parser = parse_count)]
+        #[arg(long, value_name = "N", conflicts_with = "download", value_parser = parse_count)]
         max_files: Option<u64>,
         /// Most bytes uploaded through it, e.g. '2 GiB'.
-        #[arg(long, value_name = "SIZE", requires = "upload_only", value_parser = parse_bytes)]
+        #[arg(long, value_name = "SIZE", conflicts_with = "download", value_parser = parse_bytes)]
         max_bytes: Option<u64>,
         /// Most downloads through it.
-        #[arg(long, value_name = "N", requires = "download", value_parser = parse_count)]
+        #[arg(long, value_name = "N", conflicts_with = "upload_only", value_parser = parse_count)]
         max_downloads: Option<u64>,
         /// Ask for a password the holder must give too (twice, without echo).
         #[arg(long, conflicts_with = "password_stdin")]
@@ -76,7 +76,7 @@ pub(super) enum LinkCommand {
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
         /// Create the folder (and its parents) in the user's home if it does not exist.
-        #[arg(long, requires = "upload_only")]
+        #[arg(long, conflicts_with = "download")]
         create: bool,
         /// The URL the server is reached at, e.g. https://files.example.org:7443.
         #[arg(long, value_name = "URL")]
