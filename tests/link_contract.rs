@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use ferry::accounts::links::TomlLinks;
 use ferry::state::links::{
-    Link, LinkError, LinkId, LinkKind, LinkRefused, LinkSpec, LinkStore, MAX_LINKS_PER_OWNER,
-    MemoryLinks, NewLink, issue,
+    Link, LinkError, LinkId, LinkKind, LinkRefused, LinkSpec, LinkStore, LinkUse,
+    MAX_LINKS_PER_OWNER, MemoryLinks, NewLink, issue,
 };
 use ferry::state::tokens::whole_seconds;
 
@@ -39,7 +39,8 @@ macro_rules! link_contract {
             an_expired_link_refuses_new_uploads_and_commits,
             released_and_committed_uses_end,
             uses_of_the_wrong_kind_are_refused,
-            downloads_are_counted_atomically_up_to_the_limit
+            downloads_are_counted_atomically_up_to_the_limit,
+            a_dropped_use_gives_its_slot_back
         );
     };
     (@cases $fresh:expr; $($case:ident),*) => {
@@ -533,6 +534,49 @@ pub async fn downloads_are_counted_atomically_up_to_the_limit(open: &Open) {
         assert!(store.count_download(unlimited.id).await.unwrap());
     }
     assert_eq!(used(&*store, unlimited.id).await, (0, 0, 3));
+}
+
+pub async fn a_dropped_use_gives_its_slot_back(open: &Open) {
+    let store = open();
+    let (_, l) = add(
+        &*store,
+        LinkSpec {
+            max_files: Some(1),
+            ..upload("alice")
+        },
+    )
+    .await;
+    let dropped = LinkUse::reserve(&store, l.id, 1, LEASE).await.unwrap();
+    assert_eq!(dropped.link(), l.id);
+    assert_eq!(
+        store.reserve_use(l.id, 1, LEASE).await,
+        Err(LinkRefused::Files)
+    );
+    // An upload that fails on any path drops its use: the slot comes back without waiting
+    // for the lease (at once, or a moment later for a store that releases on another thread).
+    drop(dropped);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(u) = LinkUse::reserve(&store, l.id, 1, LEASE).await {
+            again = Some(u);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = again.expect("the dropped use was given back");
+    again.renew_if_due().await.unwrap();
+    // A use that commits more than it reserved is refused and let go.
+    assert_eq!(again.commit(2).await, Err(LinkRefused::OverReserved));
+    let mut last = Err(LinkRefused::Files);
+    for _ in 0..100 {
+        last = LinkUse::reserve(&store, l.id, 1, LEASE).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    last.unwrap().commit(1).await.unwrap();
+    assert_eq!(used(&*store, l.id).await, (1, 1, 0));
 }
 
 /// One server's links in memory: every open is the same tables.

@@ -228,8 +228,10 @@ impl LinkStore for TomlLinks {
         use_id: LinkUseId,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), LinkRefused>> {
-        let r = self.uses().renew(use_id, ttl, Instant::now());
-        Box::pin(std::future::ready(r))
+        // Blocking: a commit holds the reservations across its file write.
+        self.blocking(LinkRefused::Unavailable, move |s| {
+            s.uses().renew(use_id, ttl, Instant::now())
+        })
     }
 
     fn commit_use(&self, use_id: LinkUseId, bytes: u64) -> BoxFuture<'_, Result<(), LinkRefused>> {
@@ -246,8 +248,23 @@ impl LinkStore for TomlLinks {
     }
 
     fn release_use(&self, use_id: LinkUseId) -> BoxFuture<'_, Result<(), LinkError>> {
-        self.uses().end(use_id);
-        Box::pin(std::future::ready(Ok(())))
+        self.blocking(backend, move |s| {
+            s.uses().end(use_id);
+            Ok(())
+        })
+    }
+
+    fn release_use_soon(&self, use_id: LinkUseId) {
+        // Never wait in `Drop` for a commit's file write: hand the release to the blocking
+        // pool when there is one, else (no runtime: nothing else can hold the lock for
+        // long) do it here.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let this = self.clone();
+                drop(rt.spawn_blocking(move || this.uses().end(use_id)));
+            }
+            Err(_) => self.uses().end(use_id),
+        }
     }
 
     fn count_download(&self, id: LinkId) -> BoxFuture<'_, Result<bool, LinkError>> {

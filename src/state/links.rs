@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -402,10 +402,98 @@ pub trait LinkStore: Send + Sync + fmt::Debug {
     /// Ends a reservation without counting anything; an unknown or expired one is no error.
     fn release_use(&self, use_id: LinkUseId) -> BoxFuture<'_, Result<(), LinkError>>;
 
+    /// Ends a reservation without waiting (for `Drop`; see [`LinkUse`]): it may end a moment
+    /// later; the lease's expiry is the backstop.
+    fn release_use_soon(&self, use_id: LinkUseId);
+
     /// Counts one download through the download link `id`: `false` (nothing counted) when it
     /// is expired or `max_downloads` is used up; [`LinkError::NotFound`] when it is gone,
     /// [`LinkError::Invalid`] for an upload link.
     fn count_download(&self, id: LinkId) -> BoxFuture<'_, Result<bool, LinkError>>;
+}
+
+/// One upload through a link: a reservation that is given back when dropped uncommitted, so
+/// no path of an upload can forget it. Renew it as the upload makes progress.
+pub struct LinkUse {
+    store: Arc<dyn LinkStore>,
+    link: LinkId,
+    id: Option<LinkUseId>,
+    ttl: Duration,
+    renewed: Instant,
+}
+
+impl fmt::Debug for LinkUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkUse")
+            .field("link", &self.link)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl LinkUse {
+    /// Reserves one file of `bytes` through the upload link `link` for a lease of `ttl`
+    /// ([`LinkStore::reserve_use`]).
+    pub async fn reserve(
+        store: &Arc<dyn LinkStore>,
+        link: LinkId,
+        bytes: u64,
+        ttl: Duration,
+    ) -> Result<LinkUse, LinkRefused> {
+        let id = store.reserve_use(link, bytes, ttl).await?;
+        Ok(LinkUse {
+            store: Arc::clone(store),
+            link,
+            id: Some(id),
+            ttl,
+            renewed: Instant::now(),
+        })
+    }
+
+    /// The link this use goes through (for the audit line).
+    pub fn link(&self) -> LinkId {
+        self.link
+    }
+
+    /// Renews the lease if a third of it has passed since the last renewal (a clock read when
+    /// nothing is due). A lease that expired is [`LinkRefused::LeaseGone`]: stop the upload.
+    pub async fn renew_if_due(&mut self) -> Result<(), LinkRefused> {
+        if self.renewed.elapsed() < self.ttl / 3 {
+            return Ok(());
+        }
+        let id = self.id.ok_or(LinkRefused::LeaseGone)?;
+        self.store.renew_use(id, self.ttl).await?;
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Counts the file of `bytes` ([`LinkStore::commit_use`]). Call it right before the
+    /// upload's own commit, and commit the upload only if it succeeds.
+    pub async fn commit(mut self, bytes: u64) -> Result<(), LinkRefused> {
+        let id = self.id.ok_or(LinkRefused::LeaseGone)?;
+        let r = self.store.commit_use(id, bytes).await;
+        // Over-reserved keeps the reservation in the store: `Drop` gives it back then.
+        if r != Err(LinkRefused::OverReserved) {
+            self.id = None;
+        }
+        r
+    }
+
+    /// Gives the reservation back and waits until it is.
+    pub async fn release(mut self) -> Result<(), LinkError> {
+        match self.id.take() {
+            Some(id) => self.store.release_use(id).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LinkUse {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.store.release_use_soon(id);
+        }
+    }
 }
 
 /// SHA-256 of a token's whole text.
@@ -898,6 +986,10 @@ impl LinkStore for MemoryLinks {
     fn release_use(&self, use_id: LinkUseId) -> BoxFuture<'_, Result<(), LinkError>> {
         self.with(|_, u| u.end(use_id));
         ready(Ok(()))
+    }
+
+    fn release_use_soon(&self, use_id: LinkUseId) {
+        self.with(|_, u| u.end(use_id));
     }
 
     fn count_download(&self, id: LinkId) -> BoxFuture<'_, Result<bool, LinkError>> {
