@@ -503,7 +503,7 @@ fn cert_host(cert: &Path) -> Result<String> {
         .iter()
         .filter(usable)
         .find(|n| *n != "localhost")
-        .or_else(|| names.iter().filter(usable).next())
+        .or_else(|| names.iter().find(usable))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the certificate names no DNS host"))
 }
