@@ -18,6 +18,7 @@ use crate::client::ops::{OpError, Output, Session, TransferOpts};
 use crate::client::{self, ClientError, open, shell::Shell};
 use crate::users;
 
+mod link;
 mod receipt;
 mod token;
 
@@ -86,6 +87,18 @@ enum Command {
         ferry token del 3fa9c2d1"
     )]
     Token(token::TokenCommand),
+    /// Manage drop links, URLs that let anyone upload into one folder: add, list, del.
+    #[command(
+        subcommand,
+        long_about = "Manage drop links: a URL with which anyone holding it can upload into one \
+        folder of a user's home and do nothing else (--upload-only), or download one file or \
+        folder (--download). Links live in links.toml beside the users file (--links FILE to \
+        choose another); only the SHA-256 of each token is kept. A running server sees a \
+        change at the next request.\n\n\
+        Examples:\n  ferry link add alice:/inbox --upload-only --max-files 20\n  \
+        ferry link list\n  ferry link del 3fa9c2d1"
+    )]
+    Link(link::LinkCommand),
     /// Run the server.
     #[command(
         long_about = "Run the server: TLS 1.3 on one port, users from the users file, each \
@@ -266,6 +279,10 @@ enum UserCommand {
         /// beside the users file).
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
+        /// The links file whose links of the user are revoked too (default: links.toml
+        /// beside the users file).
+        #[arg(long, value_name = "FILE")]
+        links: Option<PathBuf>,
     },
     /// List users.
     #[command(
@@ -644,6 +661,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Certs(a) => certs(a),
         Command::User(u) => user(u),
         Command::Token(t) => token::run(t),
+        Command::Link(l) => link::run(l),
         Command::Serve(a) => serve(*a),
         Command::Connect(a) => connect(a),
         Command::Get(a) => oneshot_get(a),
@@ -763,6 +781,9 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
                 eprintln!("warning: {e:#}");
             }
+            if let Err(e) = link::revoke_user_links(&file.users, None, &name) {
+                eprintln!("warning: {e:#}");
+            }
             eprintln!(
                 "added user {name} to {} (a running server sees it at the next login)",
                 file.users.display()
@@ -807,7 +828,12 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             rt.block_on(TomlAccounts::new(file.users).set(&name, &change))?;
             eprintln!("changed user {name} (in force from their next login)");
         }
-        UserCommand::Del { name, file, tokens } => {
+        UserCommand::Del {
+            name,
+            file,
+            tokens,
+            links,
+        } => {
             rt.block_on(TomlAccounts::new(file.users.clone()).del(&name))?;
             // After the user is gone, so that no `ferry token add` can slip in between.
             let revoked = token::revoke_user_tokens(&file.users, tokens.as_deref(), &name)
@@ -815,6 +841,11 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             eprintln!("deleted user {name} (their files were left in place)");
             if revoked > 0 {
                 eprintln!("revoked their {revoked} API token(s)");
+            }
+            let links = link::revoke_user_links(&file.users, links.as_deref(), &name)
+                .context("the user was deleted")?;
+            if links > 0 {
+                eprintln!("revoked their {links} drop link(s)");
             }
         }
         UserCommand::List { file } => {

@@ -6,10 +6,10 @@
 //! 2. Seams and their local implementations, none of which knows the wire:
 //!    [`state`] (usage reservations, name locks, penalties, kept partials: traits with leases
 //!    that expire; [`state::memory`] is one server's own tables; `state::tokens`, API tokens
-//!    and their check), [`accounts`] (the
+//!    and their check; `state::links`, drop links and their leased uses), [`accounts`] (the
 //!    `AccountStore` trait and `accounts::toml`, the users file as a store, reloaded before a
 //!    login when it changed; a store keeps hashes and never verifies; `accounts::tokens`,
-//!    `tokens.toml` beside it), [`users`] (the users
+//!    `tokens.toml` beside it; `accounts::links`, `links.toml`), [`users`] (the users
 //!    file's format and edits, argon2id, `Password`), [`jail`] (a home as a capability
 //!    directory; `RemotePath`, the one validated path type; temp files that commit
 //!    atomically), [`stored_digest`] (a committed file's SHA-256 kept in its extended

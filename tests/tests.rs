@@ -15,6 +15,8 @@ mod http;
 mod http_curl;
 mod http_files;
 mod interrupt;
+mod link_contract;
+mod links_cli;
 mod list_bench;
 mod login;
 mod memory;

@@ -10,6 +10,7 @@
 //! A store keeps password hashes; it never verifies a password. Hashing, verification and
 //! argon2's memory stay in [`crate::users`], so a login costs the same whatever the store.
 
+pub mod links;
 pub mod tokens;
 pub mod toml;
 

@@ -281,7 +281,7 @@ fn parse_table(text: &str) -> Result<TokenTable, TokenError> {
     TokenTable::from_records(records)
 }
 
-fn parse_digest(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_digest(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64
         || !s
             .bytes()
@@ -294,7 +294,7 @@ fn parse_digest(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn parse_time(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     let t = DateTime::parse_from_rfc3339(s).ok()?;
     Some(whole_seconds(SystemTime::from(t.with_timezone(&Utc))))
 }
@@ -392,7 +392,11 @@ fn edit<T>(
 /// Creates `path` exclusively (never through a symlink or over an existing file), mode 0600,
 /// writes `data` and fsyncs it; with the owner of the file it replaces where permitted, so
 /// `sudo ferry token add` does not lock the server out of its own tokens file.
-fn write_new_file(path: &Path, data: &[u8], like: Option<&fs::Metadata>) -> io::Result<()> {
+pub(crate) fn write_new_file(
+    path: &Path,
+    data: &[u8],
+    like: Option<&fs::Metadata>,
+) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -11,6 +11,8 @@
 //! - [`PartialIndex`]: uploads kept for resuming, findable from any node.
 //! - [`tokens::ApiTokens`]: API tokens for curl and scripts, kept as hashes, and their
 //!   [`tokens::check`].
+//! - [`links::LinkStore`]: drop links, kept as hashes, with uses counted under leases
+//!   ([`links::LinkUse`]) so no race of uploads passes a link's limits.
 //!
 //! Everything held on behalf of a request is a lease with a time to live: a node that dies
 //! holding room or a name cannot hold it forever, because the lease expires unless its
@@ -27,6 +29,7 @@
 //!
 //! [`memory`] holds the implementations one server uses on its own.
 
+pub mod links;
 pub mod memory;
 pub mod tokens;
 

@@ -39,7 +39,7 @@ pub const SECRET_LEN: usize = 43;
 pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + ID_LEN + 1 + SECRET_LEN;
 
 /// Random bytes in a secret.
-const SECRET_BYTES: usize = 32;
+pub(crate) const SECRET_BYTES: usize = 32;
 
 /// Longest label of a token, in characters.
 pub const MAX_TOKEN_NAME_LEN: usize = 64;
@@ -54,7 +54,8 @@ pub const MAX_TOKENS: usize = 10_000;
 const ID_ATTEMPTS: usize = 8;
 
 /// The unpadded base64url alphabet (RFC 4648 §5).
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+pub(crate) const B64URL: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// A token's public id: 32 bits, written as 8 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,7 +97,7 @@ impl FromStr for TokenId {
     }
 }
 
-fn is_lower_hex(b: u8) -> bool {
+pub(crate) fn is_lower_hex(b: u8) -> bool {
     b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
 }
 
@@ -294,7 +295,7 @@ pub fn validate_token_name(name: &str) -> Result<(), TokenError> {
 
 /// Formatting characters that print as nothing or reorder text (zero-width, bidi controls, BOM,
 /// soft hyphen): a name with one could look like another in a list.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
         | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
@@ -558,7 +559,7 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
 }
 
 /// Unpadded base64url of 32 bytes (RFC 4648 §5): 43 characters.
-fn base64url(bytes: &[u8; SECRET_BYTES]) -> String {
+pub(crate) fn base64url(bytes: &[u8; SECRET_BYTES]) -> String {
     let mut out = String::with_capacity(SECRET_LEN);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -578,15 +579,22 @@ fn base64url(bytes: &[u8; SECRET_BYTES]) -> String {
 /// hex digits, `_`, exactly 43 base64url characters whose last one carries no stray bits (so
 /// one secret has one spelling). `None` for anything else.
 pub fn parse(presented: &str) -> Option<(TokenId, &str)> {
-    if presented.len() != TOKEN_LEN {
+    let (id, secret) = split_prefixed(presented, TOKEN_PREFIX)?;
+    Some((TokenId(id), secret))
+}
+
+/// [`parse`] for any prefix: `<prefix><8 lowercase hex>_<43 base64url, no stray bits>`, split
+/// into the id's value and the secret. Drop links (`dl_`) share the format.
+pub(crate) fn split_prefixed<'a>(presented: &'a str, prefix: &str) -> Option<(u32, &'a str)> {
+    if presented.len() != prefix.len() + ID_LEN + 1 + SECRET_LEN {
         return None;
     }
-    let rest = presented.strip_prefix(TOKEN_PREFIX)?;
+    let rest = presented.strip_prefix(prefix)?;
     let (id, secret) = (rest.get(..ID_LEN)?, rest.get(ID_LEN + 1..)?);
     if rest.as_bytes()[ID_LEN] != b'_' || secret.len() != SECRET_LEN {
         return None;
     }
-    let id = id.parse::<TokenId>().ok()?;
+    let id = id.parse::<TokenId>().ok()?.0;
     let value = |c: u8| B64URL.iter().position(|&a| a == c);
     if !secret.bytes().all(|c| value(c).is_some()) {
         return None;
