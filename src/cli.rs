@@ -466,6 +466,9 @@ struct ServeArgs {
     /// The API tokens file (`ferry token add`) [default: tokens.toml beside the users file].
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// The drop links file (`ferry link add`) [default: links.toml beside the users file].
+    #[arg(long, value_name = "FILE")]
+    links: Option<PathBuf>,
     /// The address senders use, e.g. https://files.example.org:7443: named in upload
     /// receipts [default: https://localhost:PORT for a loopback listener, else ADDR:PORT].
     #[arg(long, value_name = "URL", env = "FERRY_PUBLIC_URL")]
@@ -963,6 +966,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
         };
         server.set_tokens(Arc::new(tokens));
+        let links = match &a.links {
+            Some(path) => crate::accounts::links::TomlLinks::new(path.clone()),
+            None => crate::accounts::links::TomlLinks::beside_users(&a.users),
+        };
+        server.set_links(Arc::new(links));
         if let Some(key) = receipt_key {
             let name = public_name.unwrap_or_else(|| web_authority(addr));
             server.set_receipt_key(key, name);

@@ -14,6 +14,7 @@ mod hostile_server;
 mod http;
 mod http_curl;
 mod http_files;
+mod http_links;
 mod interrupt;
 mod link_contract;
 mod links_cli;

@@ -176,6 +176,39 @@ pub(crate) async fn open_link_home(
     Ok(core_home(server, &name, &folder_jail, account.as_ref(), limits).scoped(Scope::UploadOnly))
 }
 
+/// Checks `password` against an argon2id PHC string that is not an account's (a drop link's
+/// password), on the same bounded pool as logins: `Ok(false)` when it does not match,
+/// `Busy` when no check became free before `deadline`.
+pub(crate) async fn verify_secret(
+    server: &Arc<Server>,
+    phc: &str,
+    password: Password,
+    deadline: Instant,
+) -> Result<bool, Refusal> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+        return Ok(false);
+    }
+    let wait = server.limits.auth_queue_timeout;
+    let permit = match tokio::time::timeout_at(deadline.min(Instant::now() + wait), async {
+        server.auth_permits.acquire().await
+    })
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(Refusal::ShuttingDown),
+        Err(_) => return Err(Refusal::Busy),
+    };
+    let (phc, warm) = (phc.to_string(), Arc::clone(&server.memory.login));
+    let verified = tokio::task::spawn_blocking(move || {
+        users::verify_password_in(&phc, &password, Some(&warm))
+    })
+    .await
+    .unwrap_or(false);
+    drop(permit);
+    server.forget_login_memory();
+    Ok(verified)
+}
+
 /// A user allowed in: their session slot taken, their home opened (and counted).
 async fn admit(
     server: &Arc<Server>,

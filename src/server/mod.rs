@@ -351,6 +351,12 @@ impl Server {
         self.web.set_tokens(store);
     }
 
+    /// Where drop links (`ferry link add`) are looked up; an empty in-memory store until set.
+    /// `ferry serve` sets `links.toml` beside the users file.
+    pub fn set_links(&self, store: Arc<dyn crate::state::links::LinkStore>) {
+        self.web.set_links(store);
+    }
+
     /// Signs the receipts of HTTP uploads with `key`, naming this server `name` in them
     /// (`host:port` as senders reach it). Without a key, uploads get no receipt.
     pub fn set_receipt_key(&self, key: Arc<crate::receipt::ReceiptKey>, name: String) {

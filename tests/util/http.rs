@@ -216,3 +216,49 @@ impl Client {
             .unwrap()
     }
 }
+
+/// A drop link into `folder` of `owner`'s home, as `ferry link add` makes one; returns the
+/// token and the link's id.
+pub async fn link_for(
+    server: &TestServer,
+    owner: &str,
+    folder: &str,
+    spec: impl FnOnce(&mut ferry::state::links::LinkSpec),
+) -> (String, String) {
+    use ferry::state::links::{LinkKind, LinkSpec, LinkStore, issue};
+    let mut s = LinkSpec {
+        owner: owner.to_string(),
+        folder: folder.to_string(),
+        kind: LinkKind::Upload,
+        ttl: Some(std::time::Duration::from_secs(3600)),
+        max_files: None,
+        max_bytes: None,
+        max_downloads: None,
+        password: None,
+        note: None,
+    };
+    spec(&mut s);
+    let (token, link) = issue(s, std::time::SystemTime::now(), |_| false).unwrap();
+    let store = ferry::accounts::links::TomlLinks::beside_users(&server.users_file);
+    store.add(&link).await.unwrap();
+    (token.expose().to_string(), link.id.to_string())
+}
+
+impl Client {
+    /// `method path` with extra headers and a body, no credentials.
+    pub async fn plain(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = request(method, path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap()
+    }
+}

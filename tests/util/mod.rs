@@ -123,6 +123,9 @@ impl TestServer {
         server.set_tokens(Arc::new(ferry::accounts::tokens::TomlTokens::beside_users(
             &users_file,
         )));
+        server.set_links(Arc::new(ferry::accounts::links::TomlLinks::beside_users(
+            &users_file,
+        )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // Receipts signed as `ferry serve` signs them: the key beside the certificates.

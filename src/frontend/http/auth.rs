@@ -20,6 +20,7 @@ use super::Conn;
 use super::router::{Body, error};
 use crate::server::login::{self, Refusal, UserSession};
 use crate::server::penalty::Offence;
+use crate::state::links::{Link, LinkStore, MemoryLinks};
 use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
 
 /// Whom a request acts for: the user (a link's owner), how it proved it, and the home
@@ -72,6 +73,9 @@ impl Account {
 /// What the HTTP front-end keeps across connections.
 pub struct WebState {
     tokens: RwLock<Arc<dyn ApiTokens>>,
+    links: RwLock<Arc<dyn LinkStore>>,
+    /// Drop links' folders, opened as stores of their own, by link id.
+    link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
     /// The key that signs upload receipts, and the server's name in them (`host:port` as
     /// senders reach it).
     receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
@@ -88,6 +92,8 @@ impl Default for WebState {
     fn default() -> Self {
         WebState {
             tokens: RwLock::new(Arc::new(MemoryTokens::new())),
+            links: RwLock::new(Arc::new(MemoryLinks::new())),
+            link_homes: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
         }
@@ -132,12 +138,32 @@ impl WebState {
             .clone()
     }
 
+    /// Where drop links are looked up (`links.toml` beside the users file for `ferry serve`).
+    pub fn set_links(&self, store: Arc<dyn LinkStore>) {
+        *self.links.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    /// The drop links.
+    pub fn links(&self) -> Arc<dyn LinkStore> {
+        Arc::clone(&self.links.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn tokens(&self) -> Arc<dyn ApiTokens> {
         Arc::clone(&self.tokens.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Drops homes unused for `idle` (their session slots go back).
     fn sweep(&self, idle: Duration) {
+        self.link_homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| {
+                c.last_used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed()
+                    < idle
+            });
         let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
         homes.retain(|_, c| {
             c.last_used
@@ -286,4 +312,88 @@ fn refusal(r: Refusal) -> Response<Body> {
             "the server is shutting down",
         ),
     }
+}
+
+/// A drop link's folder as a store, kept while the link is used.
+struct CachedLink {
+    home: crate::service::Home,
+    /// The link and owner as they were when opened: another folder, owner or a link made
+    /// again under the id opens afresh.
+    shape: (String, String, [u8; 32], std::path::PathBuf),
+    last_used: Mutex<Instant>,
+}
+
+/// The account a drop link's request acts for: the link's owner, through the link's folder
+/// as a store of its own, upload-only. The link was found by its token and checked by the
+/// caller (kind, expiry, password).
+pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<Body>> {
+    let server = &conn.server;
+    let id = link.id.to_string();
+    let user = match server.accounts().get(&link.owner).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this link does not exist",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the account store failed");
+            return Err(busy());
+        }
+    };
+    let shape = (
+        link.owner.clone(),
+        link.folder.clone(),
+        link.token_sha256,
+        user.home_dir(server.root()),
+    );
+    let limits = server.limits();
+    server.web.sweep(limits.idle_timeout);
+    let cached = {
+        let homes = server
+            .web
+            .link_homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        homes.get(&id).filter(|c| c.shape == shape).cloned()
+    };
+    let cached = match cached {
+        Some(c) => c,
+        None => {
+            let folder = crate::storage::RemotePath::parse(&link.folder).map_err(|_| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "this link's folder is gone",
+                )
+            })?;
+            let deadline = tokio::time::Instant::now() + limits.login_timeout;
+            let home =
+                login::open_link_home(server, &link.owner, &folder, &id, conn.peer, deadline)
+                    .await
+                    .map_err(refusal)?;
+            let c = Arc::new(CachedLink {
+                home,
+                shape,
+                last_used: Mutex::new(Instant::now()),
+            });
+            server
+                .web
+                .link_homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), Arc::clone(&c));
+            c
+        }
+    };
+    *cached.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    conn.authenticated();
+    Ok(Account {
+        user: link.owner.clone(),
+        via: Via::Link(id.clone()),
+        link: Some(id),
+        home: cached.home.clone(),
+    })
 }

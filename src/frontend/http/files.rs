@@ -19,12 +19,15 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::auth::Account;
+use std::sync::Arc;
+
+use super::auth::{Account, Via};
 use super::router::{Body, error, full};
 use super::{Conn, headers, parse, status};
 use crate::domain::{EntryKind, hex_digest};
 use crate::receipt::Receipt;
 use crate::service::{Expect, Put, PutRequest};
+use crate::state::links::{LinkRefused, LinkStore, LinkUse};
 use crate::storage::{Download, Durability, ReadEvent, RemotePath, SMALL_MAX, Sha256Digest};
 
 /// Uploads are written to the store in pieces of up to this much (hyper hands over frames of
@@ -415,6 +418,7 @@ pub async fn put(
     acct: &Account,
     req: Request<Incoming>,
     path: &RemotePath,
+    link: Option<&Arc<dyn LinkStore>>,
 ) -> Response<Body> {
     let (head, mut body) = req.into_parts();
     let h = &head.headers;
@@ -440,6 +444,20 @@ pub async fn put(
     let expect = expected.map_or(Expect::ServerComputed, Expect::Sha256);
     let home = &acct.home;
     let fail = |e: &crate::service::CoreError| status::core_error(e, conn.peer, &acct.user, "put");
+    // Through a drop link: one file of `size` bytes reserved under the link's own limits
+    // before a byte is read, renewed as the data comes, counted once the file has landed.
+    let mut link_use = match (link, &acct.via) {
+        (Some(store), Via::Link(id)) => {
+            let Ok(id) = id.parse() else {
+                return drain_then(body, &head.headers, link_refused(&LinkRefused::Gone)).await;
+            };
+            match LinkUse::reserve(store, id, size, LINK_USE_LEASE).await {
+                Ok(u) => Some(u),
+                Err(r) => return drain_then(body, &head.headers, link_refused(&r)).await,
+            }
+        }
+        _ => None,
+    };
     let put = if size <= SMALL_MAX {
         let mut data = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
         loop {
@@ -482,10 +500,16 @@ pub async fn put(
                         return too_long();
                     }
                     piece.extend_from_slice(&d);
-                    if piece.len() >= WRITE_PIECE
-                        && let Err(e) = upload.write(piece.split().freeze()).await
-                    {
-                        return fail(&e);
+                    if piece.len() >= WRITE_PIECE {
+                        if let Err(e) = upload.write(piece.split().freeze()).await {
+                            return fail(&e);
+                        }
+                        if let Some(u) = link_use.as_mut()
+                            && let Err(r) = u.renew_if_due().await
+                        {
+                            upload.abort().await;
+                            return link_refused(&r);
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -531,6 +555,15 @@ pub async fn put(
         }
         Err(e) => return fail(&e),
     };
+    if let Some(u) = link_use.take() {
+        let id = u.link();
+        // The file has landed: a link revoked or expired since the upload began refuses the
+        // count. The file stays (it began while the link was good); new uploads are refused.
+        if let Err(r) = u.commit(size).await {
+            tracing::warn!(target: "ferry::audit", event = "link_count", peer = %conn.peer,
+                link = %id, error = %r, "an upload landed but the link refused to count it");
+        }
+    }
     // Where it landed: a drop link's upload beside a taken name got a numbered one.
     let landed = match landed_as.as_deref().zip(path.parent()) {
         Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
@@ -601,6 +634,32 @@ fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
         }
         None => serde_json::json!({ "receipt": receipt }).to_string(),
     }
+}
+
+/// How long a drop link's reservation lives unless renewed (it is renewed as data comes).
+pub const LINK_USE_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The answer when a drop link refuses a use. The texts name no path, owner or token.
+pub fn link_refused(r: &LinkRefused) -> Response<Body> {
+    let (status, code) = match r {
+        LinkRefused::Gone => (StatusCode::NOT_FOUND, "not_found"),
+        LinkRefused::Expired => (StatusCode::GONE, "link_expired"),
+        LinkRefused::WrongKind => (StatusCode::FORBIDDEN, "permission_denied"),
+        LinkRefused::Files | LinkRefused::Bytes | LinkRefused::Downloads => {
+            (StatusCode::FORBIDDEN, "link_used_up")
+        }
+        LinkRefused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        LinkRefused::Unavailable(why) => {
+            tracing::error!(error = %why, "the link store failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server cannot check this link right now; try again later",
+            );
+        }
+        _ => (StatusCode::CONFLICT, "link_refused"),
+    };
+    error(status, code, &r.to_string())
 }
 
 fn too_long() -> Response<Body> {

@@ -13,6 +13,7 @@
 //! - [`router`]: method and path to a handler.
 //! - [`auth`]: who a request acts for (API tokens), and the homes kept open for them.
 //! - [`files`]: `GET`/`HEAD`/`PUT /f/<path>` with digests, ranges and entity tags.
+//! - [`drop`]: drop links, `/d/<token>`: uploads into one folder, nothing else.
 //! - [`status`]: the core's errors as HTTP answers, in one place.
 //! - `watch`: the socket's byte counters and its idle and write-stall watchdog.
 //!
@@ -25,6 +26,7 @@
 //! logins or unknown tokens and links (`AuthFail`, counted where they are checked).
 
 pub mod auth;
+pub mod drop;
 pub mod files;
 pub mod headers;
 pub mod parse;

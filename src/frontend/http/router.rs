@@ -79,6 +79,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => front_page(conn),
             _ => method_not_allowed("GET, HEAD"),
         },
+        ["d", ..] => super::drop::route(conn, req, &decoded.segments[1..]).await,
         [".well-known", "ferry-receipt-key"] => match method {
             Method::GET | Method::HEAD => receipt_key(conn),
             _ => method_not_allowed("GET, HEAD"),
@@ -106,7 +107,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 Err(r) => return r,
             };
             if method == Method::PUT {
-                files::put(conn, &acct, req, &path).await
+                files::put(conn, &acct, req, &path, None).await
             } else {
                 files::get(conn, &acct, &req, &path).await
             }

@@ -1,0 +1,249 @@
+//! Drop links: `/d/<token>`. Anyone holding the URL can upload into the link's folder and do
+//! nothing else: no listing, no download, no replacing (a taken name lands beside it,
+//! `report (1).pdf`). The folder is opened as a store of its own, so nothing outside it can
+//! even be named, with the upload-only scope, so the core refuses everything but new files
+//! whatever a front-end asks; uploads count against the owner's quota and the link's own
+//! limits. Every use is an audit line with the link's id.
+//!
+//! A token that opens no link is answered like any unknown link (`404`, the same bytes) and
+//! costs the source a failed login's penalty, so guessing is as slow as guessing passwords. A
+//! link with a password also needs it, as HTTP Basic credentials (any user name): a wrong one
+//! is a failed login too.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::router::{Body, error, full};
+use super::{Conn, auth, files};
+use crate::server::login;
+use crate::server::penalty::Offence;
+use crate::state::links::{Link, LinkKind, LinkRefused};
+use crate::users::Password;
+
+/// `/d/<token>[/<name>]`: `rest` holds the segments after `d`.
+pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
+    let (head, body) = req.into_parts();
+    let method = head.method.clone();
+    let (token, name) = match rest {
+        [token] => (token, None),
+        [token, name] => (token, Some(name)),
+        _ => return error(StatusCode::NOT_FOUND, "not_found", "no such page"),
+    };
+    let link = match find(conn, token).await {
+        Ok(l) => l,
+        Err(r) => return files::drain_then(body, &head.headers, r).await,
+    };
+    match (method, name) {
+        (Method::GET | Method::HEAD, None) => match refusal(&link, LinkKind::Upload) {
+            Some(r) => r,
+            None => page(&link),
+        },
+        (Method::PUT, Some(name)) => {
+            if let Some(r) = refusal(&link, LinkKind::Upload) {
+                return files::drain_then(body, &head.headers, r).await;
+            }
+            if let Err(r) = check_password(conn, &link, &head.headers).await {
+                return files::drain_then(body, &head.headers, r).await;
+            }
+            let acct = match auth::link_account(conn, &link).await {
+                Ok(a) => a,
+                Err(r) => return files::drain_then(body, &head.headers, r).await,
+            };
+            let path = match files::remote_path(std::slice::from_ref(name)) {
+                Ok(p) => p,
+                Err(r) => return files::drain_then(body, &head.headers, r).await,
+            };
+            let store = conn.server.web.links();
+            let req = Request::from_parts(head, body);
+            files::put(conn, &acct, req, &path, Some(&store)).await
+        }
+        (Method::PUT, None) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "name the file: PUT /d/<token>/<name> (curl -T FILE URL/ adds it)",
+        ),
+        (_, None) => method_not_allowed("GET, HEAD"),
+        (_, Some(_)) => method_not_allowed("PUT"),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed here",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The link a token opens, or the one answer every unknown token gets (and its penalty).
+async fn find(conn: &Conn, token: &str) -> Result<Link, Response<Body>> {
+    let store = conn.server.web.links();
+    match store.by_token(token).await {
+        Ok(Some(link)) => {
+            // A link that opens counts as logged in: the connection leaves the pre-login
+            // phase (a browser on the drop page holds it open).
+            conn.authenticated();
+            Ok(link)
+        }
+        Ok(None) => {
+            tracing::warn!(target: "ferry::audit", event = "link", peer = %conn.peer,
+                result = "unknown_token");
+            conn.server.penalise(conn.peer, Offence::AuthFail);
+            Err(no_such_link())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the link store failed");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server cannot check this link right now; try again later",
+            ))
+        }
+    }
+}
+
+fn no_such_link() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not_found", "no such link")
+}
+
+/// Why `link` cannot be used for `kind` now, as the answer to send.
+fn refusal(link: &Link, kind: LinkKind) -> Option<Response<Body>> {
+    link.refusal(kind, SystemTime::now()).map(|r| match r {
+        LinkRefused::WrongKind => error(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "this link only takes uploads",
+        ),
+        r => files::link_refused(&r),
+    })
+}
+
+/// A link with a password needs it as HTTP Basic credentials (the user name is ignored).
+async fn check_password(
+    conn: &Conn,
+    link: &Link,
+    headers: &hyper::HeaderMap,
+) -> Result<(), Response<Body>> {
+    let Some(phc) = &link.password else {
+        return Ok(());
+    };
+    let ask = || {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "auth_failed",
+            "this link needs its password (curl -u :PASSWORD)",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"ferry drop link\", charset=\"UTF-8\""),
+        );
+        r
+    };
+    let Some(password) = basic_password(headers) else {
+        return Err(ask());
+    };
+    let deadline = tokio::time::Instant::now() + conn.server.limits().login_timeout;
+    match login::verify_secret(&conn.server, phc, Password::new(password), deadline).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::warn!(target: "ferry::audit", event = "link", peer = %conn.peer,
+                link = %link.id, result = "wrong_password");
+            conn.server.penalise(conn.peer, Offence::AuthFail);
+            Err(ask())
+        }
+        Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the server is busy checking passwords; try again later",
+        )),
+    }
+}
+
+/// The password of `Authorization: Basic base64(user:password)`.
+fn basic_password(headers: &hyper::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") || b64.len() > 4096 {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_string())
+}
+
+/// The link's page. The upload page of the web app replaces it; until then it says how to send
+/// a file with curl. The note is the owner's text, escaped: never markup.
+fn page(link: &Link) -> Response<Body> {
+    let note = link
+        .note
+        .as_deref()
+        .map(|n| format!("<p class=\"note\">{}</p>", html_escape(n)))
+        .unwrap_or_default();
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>ferry: send files</title></head><body><h1>Send files</h1>{note}\
+<p>Upload with curl: <code>curl -T FILE THIS-URL/</code>. Files land in the recipient's drop \
+folder; nothing there can be listed or downloaded through this link, and a name that exists \
+gets a new one.</p></body></html>\n"
+    );
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// Text for an HTML text node or attribute value.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_escape_leaves_no_markup() {
+        assert_eq!(
+            html_escape("<img src=x onerror='a(1)'>&\""),
+            "&lt;img src=x onerror=&#39;a(1)&#39;&gt;&amp;&quot;"
+        );
+    }
+
+    #[test]
+    fn basic_credentials_give_the_password() {
+        let mut h = hyper::HeaderMap::new();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(":s3cret:with:colons");
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {b64}")).unwrap(),
+        );
+        assert_eq!(basic_password(&h).as_deref(), Some("s3cret:with:colons"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(basic_password(&h), None);
+    }
+}
