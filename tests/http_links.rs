@@ -253,3 +253,68 @@ async fn a_links_folder_that_leads_out_of_the_home_is_refused() {
     assert_eq!(c.authed("PUT", "/f/mine", &t, &[], "x").await.status(), 201);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_link_serves_its_file_and_counts_downloads() {
+    use ferry::state::links::LinkKind;
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(home.join("out")).unwrap();
+    let data = vec![5u8; 300_000];
+    std::fs::write(home.join("out/report.pdf"), &data).unwrap();
+    std::fs::write(home.join("out/sibling.txt"), "not linked").unwrap();
+    let (token, _) = link_for(&server, "alice", "/out/report.pdf", |s| {
+        s.kind = LinkKind::Download;
+        s.max_downloads = Some(2);
+    })
+    .await;
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let got = c.plain("GET", &format!("/l/{token}"), &[], "").await;
+    assert_eq!(got.status(), 200, "{}", got.text());
+    assert_eq!(&got.body[..], &data[..]);
+    assert!(
+        got.header("content-disposition")
+            .unwrap()
+            .contains("report.pdf")
+    );
+    // A resumed range does not count; a HEAD does not either.
+    let part = c
+        .plain(
+            "GET",
+            &format!("/l/{token}"),
+            &[("range", "bytes=1000-")],
+            "",
+        )
+        .await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        c.plain("HEAD", &format!("/l/{token}"), &[], "")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.plain("GET", &format!("/l/{token}"), &[], "")
+            .await
+            .status(),
+        200
+    );
+    let third = c.plain("GET", &format!("/l/{token}"), &[], "").await;
+    assert_eq!(third.status(), 403, "{}", third.text());
+    assert_eq!(third.json()["error"], "link_used_up");
+    // Nothing else through it: no other name can be asked for, no upload.
+    assert_eq!(
+        c.plain("GET", &format!("/l/{token}/sibling.txt"), &[], "")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.plain("PUT", &format!("/d/{token}/x"), &[], "x")
+            .await
+            .status(),
+        403
+    );
+    assert!(!home.join("out/x").exists());
+    server.stop().await;
+}

@@ -124,9 +124,10 @@ pub(crate) async fn open_for(
     Ok(session)
 }
 
-/// The upload-only home of a drop link: `folder` of `owner`'s home as a store of its own
-/// (nothing outside it can be named), counted in the owner's usage account and held to the
-/// owner's limits, with the scope that lets it only take new files. `link` names it in
+/// The home of a link: `folder` of `owner`'s home as a store of its own (nothing outside it
+/// can be named), counted in the owner's usage account and held to the owner's limits, with
+/// `scope`: upload-only for a drop link (it only takes new files), read-only for a download
+/// link. `link` names it in
 /// logs and keys its partial uploads apart from the owner's. No session slot is taken:
 /// the caller bounds link requests itself.
 pub(crate) async fn open_link_home(
@@ -134,6 +135,7 @@ pub(crate) async fn open_link_home(
     owner: &str,
     folder: &crate::storage::RemotePath,
     link: &str,
+    scope: Scope,
     peer: SocketAddr,
     deadline: Instant,
 ) -> Result<crate::service::Home, Refusal> {
@@ -146,7 +148,7 @@ pub(crate) async fn open_link_home(
         }
         Err(_) => return Err(Refusal::StoreUnavailable),
     };
-    if user.read_only {
+    if user.read_only && scope != Scope::ReadOnly {
         // A read-only account takes no uploads, through a link or otherwise.
         return Err(Refusal::Denied);
     }
@@ -173,7 +175,7 @@ pub(crate) async fn open_link_home(
         Err(_) => return Err(Refusal::HomeUnavailable("home directory unavailable")),
     };
     let name = format!("link:{link}");
-    Ok(core_home(server, &name, &folder_jail, account.as_ref(), limits).scoped(Scope::UploadOnly))
+    Ok(core_home(server, &name, &folder_jail, account.as_ref(), limits).scoped(scope))
 }
 
 /// Checks `password` against an argon2id PHC string that is not an account's (a drop link's

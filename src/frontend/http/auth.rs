@@ -327,6 +327,7 @@ struct CachedLink {
 /// as a store of its own, upload-only. The link was found by its token and checked by the
 /// caller (kind, expiry, password).
 pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<Body>> {
+    use crate::state::links::LinkKind;
     let server = &conn.server;
     let id = link.id.to_string();
     let user = match server.accounts().get(&link.owner).await {
@@ -362,18 +363,34 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
     let cached = match cached {
         Some(c) => c,
         None => {
-            let folder = crate::storage::RemotePath::parse(&link.folder).map_err(|_| {
+            let gone = || {
                 error(
                     StatusCode::NOT_FOUND,
                     "not_found",
                     "this link's folder is gone",
                 )
-            })?;
+            };
+            let path = crate::storage::RemotePath::parse(&link.folder).map_err(|_| gone())?;
+            // A download link serves one file: its folder is the store, read-only.
+            let (folder, scope) = match link.kind {
+                LinkKind::Upload => (path, crate::domain::Scope::UploadOnly),
+                LinkKind::Download => (
+                    path.parent().ok_or_else(gone)?,
+                    crate::domain::Scope::ReadOnly,
+                ),
+            };
             let deadline = tokio::time::Instant::now() + limits.login_timeout;
-            let home =
-                login::open_link_home(server, &link.owner, &folder, &id, conn.peer, deadline)
-                    .await
-                    .map_err(refusal)?;
+            let home = login::open_link_home(
+                server,
+                &link.owner,
+                &folder,
+                &id,
+                scope,
+                conn.peer,
+                deadline,
+            )
+            .await
+            .map_err(refusal)?;
             let c = Arc::new(CachedLink {
                 home,
                 shape,

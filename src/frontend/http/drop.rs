@@ -25,6 +25,56 @@ use crate::server::penalty::Offence;
 use crate::state::links::{Link, LinkKind, LinkRefused};
 use crate::users::Password;
 
+/// `GET|HEAD /l/<token>`: the one file of a download link, with everything a `GET /f/`
+/// sends (ranges, digests). Each download that starts at the first byte counts once toward
+/// the link's `max_downloads`; resuming it with a range does not count again.
+pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
+    let [token] = rest else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such page");
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    let link = match find(conn, token).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if let Some(r) = link.refusal(LinkKind::Download, SystemTime::now()) {
+        return files::link_refused(&r);
+    }
+    if let Err(r) = check_password(conn, &link, req.headers()).await {
+        return r;
+    }
+    let acct = match auth::link_account(conn, &link).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(name) = crate::storage::RemotePath::parse(&link.folder)
+        .ok()
+        .and_then(|p| p.file_name().map(str::to_owned))
+    else {
+        return no_such_link();
+    };
+    let Ok(path) = crate::storage::RemotePath::parse(&name) else {
+        return no_such_link();
+    };
+    let starts_at_zero = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
+    if req.method() == Method::GET && starts_at_zero {
+        match conn.server.web.links().count_download(link.id).await {
+            Ok(true) => {}
+            Ok(false) => return files::link_refused(&LinkRefused::Downloads),
+            Err(e) => return files::link_refused(&LinkRefused::from(e)),
+        }
+    }
+    tracing::info!(target: "ferry::audit", event = "link_download", peer = %conn.peer,
+        link = %link.id, user = %link.owner);
+    files::get(conn, &acct, &req, &path).await
+}
+
 /// `/d/<token>[/<name>]`: `rest` holds the segments after `d`.
 pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
     let (head, body) = req.into_parts();

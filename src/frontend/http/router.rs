@@ -80,6 +80,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             _ => method_not_allowed("GET, HEAD"),
         },
         ["d", ..] => super::drop::route(conn, req, &decoded.segments[1..]).await,
+        ["l", ..] => super::drop::download(conn, req, &decoded.segments[1..]).await,
         [".well-known", "ferry-receipt-key"] => match method {
             Method::GET | Method::HEAD => receipt_key(conn),
             _ => method_not_allowed("GET, HEAD"),
