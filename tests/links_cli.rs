@@ -396,4 +396,19 @@ async fn user_del_revokes_the_users_links() {
         .stderr
         .contains("no user")
     );
+
+    // Deleted by hand (the links file untouched), then made again with `ferry user add`: the
+    // add revokes what was left, so the new bob never inherits the old bob's links.
+    let text = std::fs::read_to_string(s.path("users.toml")).unwrap();
+    let start = text.find("[users.bob]").unwrap();
+    std::fs::write(s.path("users.toml"), &text[..start]).unwrap();
+    assert!(
+        open(&server, &b).await.is_some(),
+        "the store does not know the users file"
+    );
+    s.ferry()
+        .stdin("bob-new-pw\n")
+        .run(&["user", "add", "bob", "--password-stdin", "--allow-weak"])
+        .expect_ok();
+    assert!(open(&server, &b).await.is_none());
 }

@@ -592,6 +592,34 @@ mod tests {
         }
     }
 
+    /// Reservations are a process's own: two servers on one file may both reserve the last
+    /// slot, but the file is the judge at the commit, so only one file is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_reserving_the_last_slot_commit_only_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("links.toml");
+        let (one, two) = (TomlLinks::new(path.clone()), TomlLinks::new(path));
+        let (_, l) = issue(
+            LinkSpec {
+                max_files: Some(1),
+                max_bytes: Some(10),
+                ..spec()
+            },
+            SystemTime::now(),
+            |_| false,
+        )
+        .unwrap();
+        one.add(&l).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let a = one.reserve_use(l.id, 6, ttl).await.unwrap();
+        let b = two.reserve_use(l.id, 6, ttl).await.unwrap();
+        one.commit_use(a, 6).await.unwrap();
+        assert_eq!(two.commit_use(b, 6).await, Err(LinkRefused::Files));
+        let l = two.get(l.id).await.unwrap().unwrap();
+        assert_eq!((l.used_files, l.used_bytes), (1, 6));
+        assert_eq!(two.reserve_use(l.id, 0, ttl).await, Err(LinkRefused::Files));
+    }
+
     #[test]
     fn a_broken_file_fails_closed_and_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@
 //! the same id never takes the old link's reservations.
 //!
 //! Bounded: at most [`MAX_LINKS_PER_OWNER`] live links per owner, [`MAX_LINKS`] in all, and
-//! [`MAX_USES_IN_FLIGHT`] reservations at once per store.
+//! [`MAX_USES_IN_FLIGHT`] reservations at once per store, [`MAX_USES_PER_LINK`] per link.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -53,6 +53,10 @@ pub const MAX_LINKS: usize = 4096;
 
 /// Most uses (reservations) a store holds at once, over all links.
 pub const MAX_USES_IN_FLIGHT: usize = 4096;
+
+/// Most uses in flight through one link: one link's holder cannot take every slot of
+/// [`MAX_USES_IN_FLIGHT`] from the other links.
+pub const MAX_USES_PER_LINK: usize = 64;
 
 /// Longest password hash a link may carry (an argon2id PHC string is about 100 bytes).
 const MAX_PASSWORD_HASH_LEN: usize = 512;
@@ -854,6 +858,9 @@ impl LinkUses {
             files += 1;
             reserved = reserved.saturating_add(h.bytes);
         }
+        if files >= MAX_USES_PER_LINK as u64 {
+            return Err(LinkRefused::Busy);
+        }
         let files_after = link.used_files.saturating_add(files).saturating_add(1);
         if link.max_files.is_some_and(|m| files_after > m) {
             return Err(LinkRefused::Files);
@@ -1221,6 +1228,23 @@ mod tests {
         ] {
             assert!(validate_link(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_link_cannot_take_every_reservation() {
+        let mut uses = LinkUses::new();
+        let (_, link) = issue(spec(LinkKind::Upload), SystemTime::now(), |_| false).unwrap();
+        let (_, other) = issue(spec(LinkKind::Upload), SystemTime::now(), |_| false).unwrap();
+        let (now, t0, ttl) = (SystemTime::now(), Instant::now(), Duration::from_secs(60));
+        for _ in 0..MAX_USES_PER_LINK {
+            uses.reserve(Some(&link), 1, ttl, now, t0).unwrap();
+        }
+        assert_eq!(
+            uses.reserve(Some(&link), 1, ttl, now, t0),
+            Err(LinkRefused::Busy)
+        );
+        uses.reserve(Some(&other), 1, ttl, now, t0).unwrap();
+        assert_eq!(uses.live(t0), MAX_USES_PER_LINK + 1);
     }
 
     #[test]
