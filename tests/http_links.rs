@@ -115,6 +115,16 @@ async fn limits_expiry_and_revocation_hold() {
     std::fs::create_dir_all(server.home("alice").join("in")).unwrap();
     let (two, _) = link_for(&server, "alice", "/in", |s| s.max_files = Some(2)).await;
     let mut c = Client::connect(&server, Proto::H1).await;
+    // A sender's wrong digest stores nothing and uses up nothing.
+    let bad = c
+        .plain(
+            "PUT",
+            &format!("/d/{two}/bad"),
+            &[("content-digest", &digest_field(b"y"))],
+            "x",
+        )
+        .await;
+    assert_eq!(bad.status(), 409, "{}", bad.text());
     for i in 0..2 {
         let r = c.plain("PUT", &format!("/d/{two}/f{i}"), &[], "x").await;
         assert_eq!(r.status(), 201, "{}", r.text());

@@ -479,7 +479,21 @@ pub async fn put(
                 "the body is shorter than its Content-Length",
             );
         }
-        home.put_small(path, data.freeze(), replace, expect, Durability::Now)
+        let data = data.freeze();
+        // In memory: a sender's digest that does not match is told before the link counts.
+        if let Expect::Sha256(d) = expect
+            && link_use.is_some()
+        {
+            use sha2::Digest as _;
+            let actual: Sha256Digest = sha2::Sha256::digest(&data).into();
+            if actual != d {
+                return mismatch(conn, acct, path, size, &actual);
+            }
+        }
+        if let Err(r) = count_link_use(&mut link_use, size).await {
+            return r;
+        }
+        home.put_small(path, data, replace, expect, Durability::Now)
             .await
     } else {
         let request = PutRequest {
@@ -524,6 +538,10 @@ pub async fn put(
         {
             return fail(&e);
         }
+        if let Err(r) = count_link_use(&mut link_use, size).await {
+            upload.abort().await;
+            return r;
+        }
         upload.finish(expect, Durability::Now).await
     };
     let (sha256, landed_as) = match put {
@@ -535,35 +553,9 @@ pub async fn put(
             }
             (sha256, None)
         }
-        Ok(Put::Mismatch { actual }) => {
-            tracing::warn!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
-                user = %acct.user, via = %acct.via,
-                path = %crate::sanitize::for_log(&acct.shown(path)), size,
-                result = "integrity_mismatch");
-            let body = serde_json::json!({
-                "error": "integrity_mismatch",
-                "message": "the content does not match the digest sent; nothing was stored",
-                "server_sha256": hex_digest(&actual),
-            });
-            let mut r = Response::new(full(body.to_string()));
-            *r.status_mut() = StatusCode::CONFLICT;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return r;
-        }
+        Ok(Put::Mismatch { actual }) => return mismatch(conn, acct, path, size, &actual),
         Err(e) => return fail(&e),
     };
-    if let Some(u) = link_use.take() {
-        let id = u.link();
-        // The file has landed: a link revoked or expired since the upload began refuses the
-        // count. The file stays (it began while the link was good); new uploads are refused.
-        if let Err(r) = u.commit(size).await {
-            tracing::warn!(target: "ferry::audit", event = "link_count", peer = %conn.peer,
-                link = %id, error = %r, "an upload landed but the link refused to count it");
-        }
-    }
     // Where it landed: a drop link's upload beside a taken name got a numbered one.
     let landed = match landed_as.as_deref().zip(path.parent()) {
         Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
@@ -634,6 +626,42 @@ fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
         }
         None => serde_json::json!({ "receipt": receipt }).to_string(),
     }
+}
+
+/// Counts an upload through a drop link right before its commit: a link revoked, expired or
+/// used up (by another node) since the reservation refuses, and the file never lands. A
+/// commit that then fails leaves the link counted one file high, never low.
+async fn count_link_use(link_use: &mut Option<LinkUse>, size: u64) -> Result<(), Response<Body>> {
+    match link_use.take() {
+        Some(u) => u.commit(size).await.map_err(|r| link_refused(&r)),
+        None => Ok(()),
+    }
+}
+
+/// The answer for content whose digest is not the sender's: nothing was stored.
+fn mismatch(
+    conn: &Conn,
+    acct: &Account,
+    path: &RemotePath,
+    size: u64,
+    actual: &Sha256Digest,
+) -> Response<Body> {
+    tracing::warn!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
+        user = %acct.user, via = %acct.via,
+        path = %crate::sanitize::for_log(&acct.shown(path)), size,
+        result = "integrity_mismatch");
+    let body = serde_json::json!({
+        "error": "integrity_mismatch",
+        "message": "the content does not match the digest sent; nothing was stored",
+        "server_sha256": hex_digest(actual),
+    });
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = StatusCode::CONFLICT;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// How long a drop link's reservation lives unless renewed (it is renewed as data comes).
