@@ -265,3 +265,94 @@ async fn needs_curl_the_readme_commands_run_as_written() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs curl; .ci/run installs it"]
+async fn needs_curl_a_drop_link_from_ferry_link_add_takes_curl_t() {
+    let server = TestServer::start().await;
+    std::fs::create_dir_all(server.home("alice")).unwrap();
+    // The real binary makes the link, as the README says; the server sees it at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "link",
+            "add",
+            "alice:/inbox",
+            "--upload-only",
+            "--create",
+            "--max-files",
+            "2",
+        ])
+        .args(["--note", "Scans for the audit"])
+        .arg("--public-url")
+        .arg(url(&server, ""))
+        .arg("--users")
+        .arg(&server.users_file)
+        .arg("--root")
+        .arg(&server.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(link.starts_with(&url(&server, "/d/dl_")), "{link}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scan.pdf");
+    let data = random_file(&file, 1_500_000, 9);
+    let ca = ca(&server);
+    let page = curl(&["--fail", "--cacert", &ca, &link]);
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Scans for the audit"),
+        "{}",
+        text(&page)
+    );
+    for round in 0..2 {
+        let out = curl(&[
+            "--fail-with-body",
+            "--cacert",
+            &ca,
+            "-T",
+            &file.display().to_string(),
+            &format!("{link}/"),
+        ]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reply["receipt"]["sha256"], sha256_hex(&data));
+        let expected = if round == 0 {
+            "scan.pdf"
+        } else {
+            "scan (1).pdf"
+        };
+        assert_eq!(reply["receipt"]["name"], expected);
+        // The receipt verifies offline with the server's key.
+        let receipt = dir.path().join(format!("r{round}.json"));
+        std::fs::write(&receipt, &out.stdout).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["receipt", "verify"])
+            .arg(&receipt)
+            .arg("--key")
+            .arg(server.dir().join("certs/receipt.key"))
+            .arg("--file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}", text(&check));
+    }
+    // Its limit of two files holds.
+    let out = curl(&[
+        "--fail-with-body",
+        "--cacert",
+        &ca,
+        "-T",
+        &file.display().to_string(),
+        &format!("{link}/"),
+    ]);
+    assert_eq!(out.status.code(), Some(22), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("link_used_up"));
+    // Used up, its page says so.
+    let page = curl(&["--cacert", &ca, &link]);
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("no more files"),
+        "{}",
+        text(&page)
+    );
+    server.stop().await;
+}
