@@ -933,9 +933,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Some(Arc::new(
-            crate::receipt::serve_key(dir).context("cannot load or create the receipt key")?,
-        ))
+        let (key, created) = crate::receipt::ReceiptKey::load_or_create(dir)
+            .context("cannot load or create the receipt key")?;
+        if created {
+            tracing::info!(
+                path = %crate::receipt::key_path(dir).display(),
+                "created the receipt signing key (private; keep it for as long as receipts \
+                 must verify)"
+            );
+        }
+        Some(Arc::new(key))
     };
     let public_name = match &a.public_url {
         Some(url) => Some(public_authority(url)?),
@@ -971,6 +978,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             None => crate::accounts::links::TomlLinks::beside_users(&a.users),
         };
         server.set_links(Arc::new(links));
+        let receipt_fingerprint = receipt_key.as_ref().map(|k| k.fingerprint());
         if let Some(key) = receipt_key {
             let name = public_name.unwrap_or_else(|| web_authority(addr));
             server.set_receipt_key(key, name);
@@ -983,6 +991,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             );
         }
         println!("server certificate fingerprint: {fingerprint}");
+        if let Some(fp) = receipt_fingerprint {
+            println!("receipt key: {fp}");
+        }
         std::io::stdout().flush()?;
         tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
         let reload = tokio::spawn(reload_on_sighup(
