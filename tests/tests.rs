@@ -12,6 +12,7 @@ mod client_edges;
 mod haproxy;
 mod hostile_server;
 mod http;
+mod http_api;
 mod http_curl;
 mod http_files;
 mod http_links;

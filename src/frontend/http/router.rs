@@ -79,6 +79,17 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => front_page(conn),
             _ => method_not_allowed("GET, HEAD"),
         },
+        ["api", what] => {
+            let acct = match auth::account(conn, req.headers()).await {
+                Ok(a) => a,
+                Err(r) => {
+                    let (head, body) = req.into_parts();
+                    return files::drain_then(body, &head.headers, r).await;
+                }
+            };
+            let what = what.to_string();
+            super::api::route(conn, &acct, req, &what).await
+        }
         ["d", ..] => super::drop::route(conn, req, &decoded.segments[1..]).await,
         ["l", ..] => super::drop::download(conn, req, &decoded.segments[1..]).await,
         [".well-known", "ferry-receipt-key"] => match method {
