@@ -84,6 +84,41 @@ pub(super) async fn login(
     }
 }
 
+/// Checks a user name and password for a front-end that keeps its own sessions (the web
+/// app's login): the same argon2 pool, dummy hash for unknown users, penalty and audit line as
+/// a ferry/1 login, but no session slot and no home opened (the front-end opens the home when
+/// a request needs it). `Ok` means the password is right.
+pub(crate) async fn verify_login(
+    server: &Arc<Server>,
+    name: &str,
+    password: Password,
+    peer: SocketAddr,
+    deadline: Instant,
+    front_end: &'static str,
+) -> Result<(), Refusal> {
+    match authenticate(server, name, password, deadline).await? {
+        Verdict::Busy => {
+            tracing::warn!(%peer, "login refused: all password checks busy");
+            Err(Refusal::Busy)
+        }
+        Verdict::StoreUnavailable => {
+            tracing::warn!(%peer, "login refused: the account store is unavailable");
+            Err(Refusal::StoreUnavailable)
+        }
+        Verdict::Denied => {
+            server.penalise(peer, super::penalty::Offence::AuthFail);
+            tracing::warn!(target: "ferry::audit", event = "login", %peer,
+                user = %crate::sanitize::for_log(name), via = front_end, result = "auth_failed");
+            Err(Refusal::Denied)
+        }
+        Verdict::Allowed { .. } => {
+            tracing::info!(target: "ferry::audit", event = "login", %peer, user = %name,
+                via = front_end, result = "ok");
+            Ok(())
+        }
+    }
+}
+
 /// A user a front-end proved by its own means (an API token, a web session, a link's
 /// owner): their home opened and counted as a login opens it, with no password check. A
 /// user no longer in the store is `Denied`. `scope` narrows the user's own (a read-only

@@ -31,6 +31,7 @@
 
 pub mod links;
 pub mod memory;
+pub mod sessions;
 pub mod tokens;
 
 use std::fmt;

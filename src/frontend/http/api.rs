@@ -255,3 +255,177 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
     );
     r
 }
+
+/// What `POST /api/login` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+/// The largest login body.
+const MAX_LOGIN_BODY: usize = 4 * 1024;
+
+/// `POST /api/login` with `{"user","password"}`: the same check, pool, penalties and audit
+/// line as a ferry/1 login; every failure answers the same bytes. Success starts a session:
+/// the cookie (`__Host-ferry`, `Secure`, `HttpOnly`, `SameSite=Strict`) and `{"user","csrf"}`,
+/// the token the page sends with every change.
+pub async fn login(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    use super::auth::{COOKIE, SESSION_IDLE, SESSION_MAX, same_origin, session_key, unauthorized};
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    // Login CSRF: another site must not log a browser in under its own account.
+    if !same_origin(&req) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "this request did not come from ferry's own page",
+        );
+    }
+    let (head, mut body) = req.into_parts();
+    let mut data = Vec::new();
+    loop {
+        match next_data(conn, &mut body).await {
+            Ok(Some(d)) if data.len() + d.len() <= MAX_LOGIN_BODY => data.extend_from_slice(&d),
+            Ok(Some(_)) => {
+                let r = error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the body is too large",
+                );
+                return drain_then(body, &head.headers, r).await;
+            }
+            Ok(None) => break,
+            Err(e) => return e.response(),
+        }
+    }
+    let Ok(creds) = serde_json::from_slice::<Credentials>(&data) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"user\": ..., \"password\": ...}",
+        );
+    };
+    let server = &conn.server;
+    let deadline = tokio::time::Instant::now() + server.limits().login_timeout;
+    let password = crate::users::Password::new(creds.password);
+    match crate::server::login::verify_login(
+        server,
+        &creds.user,
+        password,
+        conn.peer,
+        deadline,
+        "web",
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(crate::server::login::Refusal::Denied) => return unauthorized(),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the server is busy; try again in a moment",
+            );
+        }
+    }
+    // The password as it was checked: a later change (ferry user passwd) ends the session.
+    let password_stamp = match server.accounts().get(&creds.user).await {
+        Ok(Some(u)) => super::auth::password_stamp(&u.password_hash),
+        _ => return unauthorized(),
+    };
+    let cookie = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        rand::random::<[u8; 32]>(),
+    );
+    let csrf = hex::encode(rand::random::<[u8; 16]>());
+    let session = crate::state::sessions::WebSession {
+        user: creds.user.clone(),
+        csrf: csrf.clone(),
+        ends: std::time::Instant::now() + SESSION_MAX,
+        password_stamp,
+    };
+    if !server
+        .web
+        .sessions()
+        .create(session_key(&cookie), session, SESSION_IDLE)
+        .await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many sessions; try again later",
+        );
+    }
+    conn.authenticated();
+    let mut r = json(
+        StatusCode::OK,
+        &serde_json::json!({ "user": creds.user, "csrf": csrf }),
+    );
+    let set = format!(
+        "{COOKIE}={cookie}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_MAX.as_secs()
+    );
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `GET /api/session`: who the cookie stands for and its CSRF token (a page that was
+/// reloaded asks), or 401. `POST /api/logout` (with the CSRF header) ends it.
+pub async fn session(conn: &Conn, req: Request<Incoming>, logout: bool) -> Response<Body> {
+    use super::auth::{COOKIE, CSRF_HEADER, SESSION_IDLE, same_origin, session_key, unauthorized};
+    let cookie = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| parse::cookie_value(v, COOKIE))
+        .map(str::to_owned);
+    let Some(cookie) = cookie else {
+        return unauthorized();
+    };
+    let sessions = conn.server.web.sessions();
+    let key = session_key(&cookie);
+    let Some(s) = sessions.touch(key, SESSION_IDLE).await else {
+        return unauthorized();
+    };
+    if !logout {
+        if req.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        conn.authenticated();
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "user": s.user, "csrf": s.csrf }),
+        );
+    }
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let sent = req
+        .headers()
+        .get(CSRF_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(sent, s.csrf.as_bytes())) || !same_origin(&req) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "this request did not come from ferry's own page",
+        );
+    }
+    sessions.delete(key).await;
+    tracing::info!(target: "ferry::audit", event = "logout", peer = %conn.peer, user = %s.user);
+    let mut r = json(StatusCode::OK, &serde_json::json!({ "ok": true }));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "__Host-ferry=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}

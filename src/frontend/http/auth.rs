@@ -21,7 +21,69 @@ use super::router::{Body, error};
 use crate::server::login::{self, Refusal, UserSession};
 use crate::server::penalty::Offence;
 use crate::state::links::{Link, LinkStore, MemoryLinks};
+use crate::state::sessions::{MemorySessions, SessionKey, WebSessions};
 use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
+
+/// The session cookie's name. `__Host-` makes browsers keep it only if it was set `Secure`,
+/// with `Path=/` and no `Domain`: no other host or path can set or shadow it.
+pub const COOKIE: &str = "__Host-ferry";
+/// The header every change made with a session cookie must carry: the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-ferry-csrf";
+/// A session ends after this long unused...
+pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// ...and this long after login, whatever its use.
+pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+
+/// The session cookie of a request, if it has one that could be ours.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    // h2 may split Cookie into several fields.
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| super::parse::cookie_value(v, COOKIE))
+}
+
+/// What a session remembers of the password it was opened with.
+pub fn password_stamp(password_hash: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(password_hash.as_bytes()).into()
+}
+
+/// A session's key: the SHA-256 of its cookie.
+pub fn session_key(cookie: &str) -> SessionKey {
+    use sha2::Digest;
+    sha2::Sha256::digest(cookie.as_bytes()).into()
+}
+
+/// Whether a request comes from a page of this origin: `Sec-Fetch-Site`, when the browser
+/// sends it, says `same-origin` (or `none`: typed by the user), and `Origin`, when sent, names
+/// the host the request was made to. A cross-site form or fetch fails one or the other; it
+/// also cannot set the CSRF header without a preflight we never grant.
+pub fn same_origin<B>(req: &hyper::Request<B>) -> bool {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return true;
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            h.get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    match (origin.to_str().ok(), authority) {
+        (Some(o), Some(a)) => o.strip_prefix("https://") == Some(a.as_str()),
+        _ => false,
+    }
+}
 
 /// Whom a request acts for: the user (a link's owner), how it proved it, and the home
 /// through the core (already narrowed: a token's scope, a link's folder and upload-only
@@ -40,6 +102,8 @@ pub struct Account {
 pub enum Via {
     Token(TokenId),
     Link(String),
+    /// A web session, by the first 8 hex digits of its key.
+    Session(String),
 }
 
 impl std::fmt::Display for Via {
@@ -47,6 +111,7 @@ impl std::fmt::Display for Via {
         match self {
             Via::Token(id) => write!(f, "token:{id}"),
             Via::Link(id) => write!(f, "link:{id}"),
+            Via::Session(id) => write!(f, "session:{id}"),
         }
     }
 }
@@ -73,6 +138,7 @@ impl Account {
 /// What the HTTP front-end keeps across connections.
 pub struct WebState {
     tokens: RwLock<Arc<dyn ApiTokens>>,
+    sessions: Arc<dyn WebSessions>,
     links: RwLock<Arc<dyn LinkStore>>,
     /// Drop links' folders, opened as stores of their own, by link id.
     link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
@@ -92,6 +158,7 @@ impl Default for WebState {
     fn default() -> Self {
         WebState {
             tokens: RwLock::new(Arc::new(MemoryTokens::new())),
+            sessions: Arc::new(MemorySessions::new()),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
@@ -136,6 +203,11 @@ impl WebState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The web app's sessions.
+    pub fn sessions(&self) -> &Arc<dyn WebSessions> {
+        &self.sessions
     }
 
     /// Where drop links are looked up (`links.toml` beside the users file for `ferry serve`).
@@ -197,15 +269,13 @@ pub fn unauthorized() -> Response<Body> {
 }
 
 /// The account a request acts for, or the answer to send instead.
-pub async fn account(conn: &Conn, headers: &HeaderMap) -> Result<Account, Response<Body>> {
+pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account, Response<Body>> {
     let server = &conn.server;
-    let Some(presented) = bearer(headers) else {
-        return Err(unauthorized());
-    };
-    let store = server.web.tokens();
-    let grant =
+    let headers = req.headers();
+    let (name, scope, via) = if let Some(presented) = bearer(headers) {
+        let store = server.web.tokens();
         match crate::state::tokens::check(store.as_ref(), presented, SystemTime::now()).await {
-            Ok(g) => g,
+            Ok(g) => (g.user, g.scope, Via::Token(g.id)),
             Err(refused) => {
                 tracing::warn!(
                     target: "ferry::audit",
@@ -217,14 +287,49 @@ pub async fn account(conn: &Conn, headers: &HeaderMap) -> Result<Account, Respon
                 server.penalise(conn.peer, Offence::AuthFail);
                 return Err(unauthorized());
             }
+        }
+    } else if let Some(cookie) = session_cookie(headers) {
+        // A cookie that ended (logout, idle, restart) is an ordinary event: no penalty.
+        let key = session_key(cookie);
+        let Some(session) = server.web.sessions().touch(key, SESSION_IDLE).await else {
+            return Err(unauthorized());
         };
+        if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+            let sent = headers
+                .get(CSRF_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or(b"");
+            let ok_token = bool::from(subtle::ConstantTimeEq::ct_eq(sent, session.csrf.as_bytes()));
+            if !ok_token || !same_origin(req) {
+                tracing::warn!(target: "ferry::audit", event = "csrf", peer = %conn.peer,
+                    user = %session.user, result = "refused");
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "this request did not come from ferry's own page",
+                ));
+            }
+        }
+        let id = hex::encode(&key[..4]);
+        // A password changed since the login ends the session (a deleted user fails below).
+        if let Ok(Some(u)) = server.accounts().get(&session.user).await
+            && password_stamp(&u.password_hash) != session.password_stamp
+        {
+            server.web.sessions().delete(key).await;
+            return Err(unauthorized());
+        }
+        (session.user, crate::domain::Scope::Full, Via::Session(id))
+    } else {
+        return Err(unauthorized());
+    };
+    let grant_user = name;
     // The account as it is now: a user deleted since the token was made is refused, and a
     // changed one is opened afresh.
-    let user = match server.accounts().get(&grant.user).await {
+    let user = match server.accounts().get(&grant_user).await {
         Ok(Some(u)) => u,
         Ok(None) => {
-            tracing::warn!(target: "ferry::audit", event = "token", peer = %conn.peer,
-                token = %grant.id, result = "refused", reason = "the user no longer exists");
+            tracing::warn!(target: "ferry::audit", event = "auth", peer = %conn.peer,
+                via = %via, result = "refused", reason = "the user no longer exists");
             server.penalise(conn.peer, Offence::AuthFail);
             return Err(unauthorized());
         }
@@ -240,46 +345,42 @@ pub async fn account(conn: &Conn, headers: &HeaderMap) -> Result<Account, Respon
     };
     let limits = server.limits();
     server.web.sweep(limits.idle_timeout);
-    let key = (grant.user.clone(), format!("{:?}", grant.scope));
+    let key = (grant_user.clone(), format!("{scope:?}"));
     let cached = {
         let homes = server.web.homes.lock().unwrap_or_else(|p| p.into_inner());
         homes.get(&key).filter(|c| c.account == shape).cloned()
     };
-    let cached = match cached {
-        Some(c) => c,
-        None => {
-            let deadline = tokio::time::Instant::now() + limits.login_timeout;
-            let session = match login::open_for(
-                server,
-                &grant.user,
-                grant.scope.clone(),
-                conn.peer,
-                deadline,
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(r) => return Err(refusal(r)),
-            };
-            let c = Arc::new(Cached {
-                session,
-                account: shape,
-                last_used: Mutex::new(Instant::now()),
-            });
-            server
-                .web
-                .homes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, Arc::clone(&c));
-            c
-        }
-    };
+    let cached =
+        match cached {
+            Some(c) => c,
+            None => {
+                let deadline = tokio::time::Instant::now() + limits.login_timeout;
+                let session =
+                    match login::open_for(server, &grant_user, scope.clone(), conn.peer, deadline)
+                        .await
+                    {
+                        Ok(s) => s,
+                        Err(r) => return Err(refusal(r)),
+                    };
+                let c = Arc::new(Cached {
+                    session,
+                    account: shape,
+                    last_used: Mutex::new(Instant::now()),
+                });
+                server
+                    .web
+                    .homes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Arc::clone(&c));
+                c
+            }
+        };
     *cached.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     conn.authenticated();
     Ok(Account {
-        user: grant.user,
-        via: Via::Token(grant.id),
+        user: grant_user,
+        via,
         link: None,
         home: cached.session.home.clone(),
     })

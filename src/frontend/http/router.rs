@@ -79,8 +79,11 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => front_page(conn),
             _ => method_not_allowed("GET, HEAD"),
         },
+        ["api", "login"] => super::api::login(conn, req).await,
+        ["api", "session"] => super::api::session(conn, req, false).await,
+        ["api", "logout"] => super::api::session(conn, req, true).await,
         ["api", what] => {
-            let acct = match auth::account(conn, req.headers()).await {
+            let acct = match auth::account(conn, &req).await {
                 Ok(a) => a,
                 Err(r) => {
                     let (head, body) = req.into_parts();
@@ -100,7 +103,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             if !matches!(method, Method::GET | Method::HEAD | Method::PUT) {
                 return method_not_allowed("GET, HEAD, PUT");
             }
-            let acct = match auth::account(conn, req.headers()).await {
+            let acct = match auth::account(conn, &req).await {
                 Ok(a) => a,
                 Err(r) => {
                     let (head, body) = req.into_parts();
