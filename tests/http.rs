@@ -61,6 +61,32 @@ async fn http11_and_h2_serve_the_front_page_with_the_security_headers() {
         assert_eq!(post.status(), 405);
         assert_eq!(post.header("allow"), Some("GET, HEAD"));
 
+        // Embedded assets: a strong ETag, revalidated.
+        let js = c.get("/assets/vendor/hash-wasm/sha256.umd.min.js").await;
+        assert_eq!(js.status(), 200);
+        assert!(
+            js.header("content-type")
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        assert!(js.text().contains("hash-wasm"));
+        let etag = js.header("etag").unwrap().to_string();
+        let again = c
+            .send(
+                request("GET", "/assets/vendor/hash-wasm/sha256.umd.min.js")
+                    .header("if-none-match", &etag)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+        assert_eq!(c.get("/assets/../Cargo.toml").await.status(), 400);
+        assert_eq!(
+            c.get("/assets/vendor/hash-wasm/LICENSE").await.status(),
+            404
+        );
+
         // Keep-alive: the same connection goes on serving.
         assert_eq!(c.get("/").await.status(), 200);
     }

@@ -13,6 +13,7 @@
 //! - [`router`]: method and path to a handler.
 //! - [`auth`]: who a request acts for (API tokens), and the homes kept open for them.
 //! - [`files`]: `GET`/`HEAD`/`PUT /f/<path>` with digests, ranges and entity tags.
+//! - [`assets`]: the web app's files, embedded; `/assets/<name>`.
 //! - [`api`]: `/api/…`: list, stat, usage, sha256, mkdir, rename, remove, rmdir as JSON.
 //! - [`drop`]: drop links, `/d/<token>`: uploads into one folder, nothing else.
 //! - [`status`]: the core's errors as HTTP answers, in one place.
@@ -27,6 +28,7 @@
 //! logins or unknown tokens and links (`AuthFail`, counted where they are checked).
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod drop;
 pub mod files;

@@ -79,6 +79,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => front_page(conn),
             _ => method_not_allowed("GET, HEAD"),
         },
+        ["assets", ..] => super::assets::serve(&req, &decoded.segments[1..]),
         ["api", "login"] => super::api::login(conn, req).await,
         ["api", "session"] => super::api::session(conn, req, false).await,
         ["api", "logout"] => super::api::session(conn, req, true).await,
