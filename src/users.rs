@@ -1304,7 +1304,11 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> io::Result<()> {
 /// writes `data` and fsyncs it. If `like` is the metadata of the file being replaced, the new
 /// file gets the same owner where permitted, so `sudo ferry user add` does not lock the server
 /// out of its own users file.
-fn write_new_file(path: &Path, data: &[u8], like: Option<&fs::Metadata>) -> io::Result<()> {
+pub(crate) fn write_new_file(
+    path: &Path,
+    data: &[u8],
+    like: Option<&fs::Metadata>,
+) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -31,20 +31,19 @@
 //! uses are written, so an upload that never ends costs no write and leaves no trace.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::tokens::{format_time, parse_digest, parse_time, write_new_file};
+use crate::accounts::table_file::{TableFile, TableFormat};
+use crate::accounts::tokens::{format_time, parse_digest, parse_time};
 use crate::domain::BoxFuture;
 use crate::state::links::{
     Link, LinkError, LinkId, LinkKind, LinkRefused, LinkStore, LinkTable, LinkUseId, LinkUses,
 };
-use crate::users::{self, FileStamp};
+use crate::users;
 
 /// The links file's name beside the users file.
 pub const LINKS_FILE_NAME: &str = "links.toml";
@@ -69,21 +68,46 @@ pub struct TomlLinks {
 }
 
 struct Inner {
-    path: PathBuf,
-    /// The version of the file last loaded (`None` inside: there was no file) and what it
-    /// gave. `None`: not loaded yet, or this store wrote the file since.
-    cache: Mutex<Option<Loaded>>,
+    file: TableFile<LinksFile>,
     /// This process's reservations. Held across a commit's file write, so a reservation is
     /// checked and a commit counted one at a time: no two uploads both take the last slot.
     uses: Mutex<LinkUses>,
 }
 
-type Loaded = (Option<FileStamp>, Result<Arc<LinkTable>, LinkError>);
+/// The links file's format.
+pub struct LinksFile;
+
+impl TableFormat for LinksFile {
+    type Table = LinkTable;
+    type Error = LinkError;
+    const WHAT: &'static str = "links";
+    const MAX_LEN: u64 = MAX_LINKS_FILE_LEN;
+
+    fn empty() -> LinkTable {
+        LinkTable::new()
+    }
+
+    fn parse(text: &str) -> Result<LinkTable, LinkError> {
+        parse_table(text)
+    }
+
+    fn render(table: &LinkTable) -> Result<String, LinkError> {
+        render(table)
+    }
+
+    fn backend(reason: String) -> LinkError {
+        LinkError::backend(reason)
+    }
+
+    fn full(reason: String) -> LinkError {
+        LinkError::Full { reason }
+    }
+}
 
 impl std::fmt::Debug for TomlLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TomlLinks")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -94,8 +118,7 @@ impl TomlLinks {
     pub fn new(path: PathBuf) -> TomlLinks {
         TomlLinks {
             inner: Arc::new(Inner {
-                path,
-                cache: Mutex::new(None),
+                file: TableFile::new(path),
                 uses: Mutex::new(LinkUses::new()),
             }),
         }
@@ -108,35 +131,13 @@ impl TomlLinks {
 
     /// The file this store reads and writes.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.inner.file.path()
     }
 
     /// The links in force: the cached table if the file's stamp is unchanged, else the file
     /// read again. Blocking (a `stat`, and a read on a change).
     pub fn table(&self) -> Result<Arc<LinkTable>, LinkError> {
-        let path = &self.inner.path;
-        let stamp = match FileStamp::of(path) {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(path, &e)),
-        };
-        let mut cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, table)) = cache.as_ref()
-            && *seen == stamp
-        {
-            return table.clone();
-        }
-        // The stamp was taken before the read: a change during the read is seen next time.
-        let loaded = read_table(path).map(Arc::new);
-        if let Err(e) = &loaded {
-            tracing::error!(error = %e, "links file not loaded: every link is refused until it is fixed");
-        }
-        *cache = Some((stamp, loaded.clone()));
-        loaded
+        self.inner.file.table()
     }
 
     /// Reads the file under the directory's lock, lets `change` edit the links, and writes
@@ -147,14 +148,7 @@ impl TomlLinks {
         &self,
         change: impl FnOnce(&mut LinkTable) -> Result<T, LinkError>,
     ) -> Result<T, LinkError> {
-        let result = edit(&self.inner.path, change);
-        // Whatever happened, the next read looks at the file again.
-        *self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        result
+        self.inner.file.update(change)
     }
 
     fn uses(&self) -> std::sync::MutexGuard<'_, LinkUses> {
@@ -326,32 +320,6 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-fn io_error(path: &Path, e: &io::Error) -> LinkError {
-    LinkError::backend(format!("links file {}: {e}", path.display()))
-}
-
-/// Reads and validates the links file; a missing file holds no links.
-fn read_table(path: &Path) -> Result<LinkTable, LinkError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LinkTable::new()),
-        Err(e) => return Err(io_error(path, &e)),
-    };
-    let mut text = String::new();
-    file.take(MAX_LINKS_FILE_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| io_error(path, &e))?;
-    if text.len() as u64 > MAX_LINKS_FILE_LEN {
-        return Err(LinkError::backend(format!(
-            "links file {} is larger than {} MiB: refused (is it the right file?)",
-            path.display(),
-            MAX_LINKS_FILE_LEN >> 20
-        )));
-    }
-    parse_table(&text)
-        .map_err(|e| LinkError::backend(format!("links file {}: {e}", path.display())))
-}
-
 /// The links in a file's text, each checked; errors name the link and field.
 fn parse_table(text: &str) -> Result<LinkTable, LinkError> {
     let form: FileForm = toml::from_str(text).map_err(|e| {
@@ -437,70 +405,10 @@ fn render(table: &LinkTable) -> Result<String, LinkError> {
     Ok(format!("{HEADER}{body}"))
 }
 
-/// Read-change-write of the links file under the directory's lock; see [`TomlLinks::update`].
-fn edit<T>(
-    path: &Path,
-    change: impl FnOnce(&mut LinkTable) -> Result<T, LinkError>,
-) -> Result<T, LinkError> {
-    // Edit a symlink's target rather than replace the link with a regular file.
-    let path = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            fs::canonicalize(path).map_err(|e| io_error(path, &e))?
-        }
-        _ => path.to_path_buf(),
-    };
-    let path = path.as_path();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| LinkError::backend(format!("{}: not a file name", path.display())))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir_file = File::open(dir).map_err(|e| io_error(dir, &e))?;
-    // The file is replaced by rename, so the lock is on the directory (as `ferry user` and
-    // `ferry token` take it): two edits at once never lose one. Released when `dir_file` is
-    // dropped.
-    rustix::fs::flock(&dir_file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_error(dir, &e.into()))?;
-
-    let old_meta = fs::metadata(path).ok();
-    let mut table = read_table(path)?;
-    let before = table.clone();
-    let answer = change(&mut table)?;
-    if table == before {
-        return Ok(answer);
-    }
-    let text = render(&table)?;
-    // Never write a file that would not load.
-    parse_table(&text).map_err(|e| LinkError::backend(format!("links file not written: {e}")))?;
-    if text.len() as u64 > MAX_LINKS_FILE_LEN {
-        return Err(LinkError::Full {
-            reason: format!(
-                "the links file would be larger than {} MiB",
-                MAX_LINKS_FILE_LEN >> 20
-            ),
-        });
-    }
-
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{:016x}", rand::random::<u64>()));
-    let tmp_path = dir.join(tmp_name);
-    write_new_file(&tmp_path, text.as_bytes(), old_meta.as_ref())
-        .map_err(|e| io_error(path, &e))?;
-    if let Err(e) = fs::rename(&tmp_path, path) {
-        // Best effort: the temp file is ours and must not linger.
-        let _ = fs::remove_file(&tmp_path);
-        return Err(io_error(path, &e));
-    }
-    dir_file.sync_all().map_err(|e| io_error(dir, &e))?;
-    Ok(answer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     use std::os::unix::fs::PermissionsExt;
 

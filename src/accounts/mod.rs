@@ -11,6 +11,7 @@
 //! argon2's memory stay in [`crate::users`], so a login costs the same whatever the store.
 
 pub mod links;
+pub mod table_file;
 pub mod tokens;
 pub mod toml;
 

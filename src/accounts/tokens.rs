@@ -23,21 +23,19 @@
 //! it is fixed, because keeping the previous tokens would keep a revoked one alive. The error
 //! is logged once per version of the file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::table_file::{TableFile, TableFormat};
 use crate::domain::BoxFuture;
 use crate::state::tokens::{
     ApiToken, ApiTokens, TokenError, TokenId, TokenScope, TokenTable, whole_seconds,
 };
-use crate::users::{self, FileStamp};
+use crate::users;
 
 /// The tokens file's name beside the users file.
 pub const TOKENS_FILE_NAME: &str = "tokens.toml";
@@ -57,23 +55,43 @@ pub fn tokens_path_beside(users: &Path) -> PathBuf {
 /// Tokens kept in a file. Cheap to clone; clones share the cache.
 #[derive(Clone)]
 pub struct TomlTokens {
-    inner: Arc<Inner>,
+    file: Arc<TableFile<TokensFile>>,
 }
 
-struct Inner {
-    path: PathBuf,
-    /// The version of the file last loaded (`None` inside: there was no file) and what it
-    /// gave. Held while a reload reads the file, so one reload runs at a time. `None`: not
-    /// loaded yet, or this store wrote the file since.
-    cache: Mutex<Option<Loaded>>,
-}
+/// The tokens file's format.
+pub struct TokensFile;
 
-type Loaded = (Option<FileStamp>, Result<Arc<TokenTable>, TokenError>);
+impl TableFormat for TokensFile {
+    type Table = TokenTable;
+    type Error = TokenError;
+    const WHAT: &'static str = "tokens";
+    const MAX_LEN: u64 = MAX_TOKENS_FILE_LEN;
+
+    fn empty() -> TokenTable {
+        TokenTable::new()
+    }
+
+    fn parse(text: &str) -> Result<TokenTable, TokenError> {
+        parse_table(text)
+    }
+
+    fn render(table: &TokenTable) -> Result<String, TokenError> {
+        render(table)
+    }
+
+    fn backend(reason: String) -> TokenError {
+        TokenError::backend(reason)
+    }
+
+    fn full(reason: String) -> TokenError {
+        TokenError::Full { reason }
+    }
+}
 
 impl std::fmt::Debug for TomlTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TomlTokens")
-            .field("path", &self.inner.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -83,10 +101,7 @@ impl TomlTokens {
     /// the first `add` creates it (mode 0600).
     pub fn new(path: PathBuf) -> TomlTokens {
         TomlTokens {
-            inner: Arc::new(Inner {
-                path,
-                cache: Mutex::new(None),
-            }),
+            file: Arc::new(TableFile::new(path)),
         }
     }
 
@@ -97,35 +112,13 @@ impl TomlTokens {
 
     /// The file this store reads and writes.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.file.path()
     }
 
     /// The tokens in force: the cached table if the file's stamp is unchanged, else the file
     /// read again. Blocking (a `stat`, and a read on a change).
     pub fn table(&self) -> Result<Arc<TokenTable>, TokenError> {
-        let path = &self.inner.path;
-        let stamp = match FileStamp::of(path) {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(path, &e)),
-        };
-        let mut cache = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, table)) = cache.as_ref()
-            && *seen == stamp
-        {
-            return table.clone();
-        }
-        // The stamp was taken before the read: a change during the read is seen next time.
-        let loaded = read_table(path).map(Arc::new);
-        if let Err(e) = &loaded {
-            tracing::error!(error = %e, "tokens file not loaded: every token is refused until it is fixed");
-        }
-        *cache = Some((stamp, loaded.clone()));
-        loaded
+        self.file.table()
     }
 
     /// Reads the file under the directory's lock, lets `change` edit the tokens, and writes
@@ -136,14 +129,7 @@ impl TomlTokens {
         &self,
         change: impl FnOnce(&mut TokenTable) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        let result = edit(&self.inner.path, change);
-        // Whatever happened, the next read looks at the file again.
-        *self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        result
+        self.file.update(change)
     }
 
     fn blocking<T: Send + 'static>(
@@ -209,32 +195,6 @@ struct Record {
     created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires: Option<String>,
-}
-
-fn io_error(path: &Path, e: &io::Error) -> TokenError {
-    TokenError::backend(format!("tokens file {}: {e}", path.display()))
-}
-
-/// Reads and validates the tokens file; a missing file holds no tokens.
-fn read_table(path: &Path) -> Result<TokenTable, TokenError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TokenTable::new()),
-        Err(e) => return Err(io_error(path, &e)),
-    };
-    let mut text = String::new();
-    file.take(MAX_TOKENS_FILE_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| io_error(path, &e))?;
-    if text.len() as u64 > MAX_TOKENS_FILE_LEN {
-        return Err(TokenError::backend(format!(
-            "tokens file {} is larger than {} MiB: refused (is it the right file?)",
-            path.display(),
-            MAX_TOKENS_FILE_LEN >> 20
-        )));
-    }
-    parse_table(&text)
-        .map_err(|e| TokenError::backend(format!("tokens file {}: {e}", path.display())))
 }
 
 /// The tokens in a file's text, each checked; errors name the token and field.
@@ -329,97 +289,10 @@ fn render(table: &TokenTable) -> Result<String, TokenError> {
     Ok(format!("{HEADER}{body}"))
 }
 
-/// Read-change-write of the tokens file under the directory's lock; see [`TomlTokens::update`].
-fn edit<T>(
-    path: &Path,
-    change: impl FnOnce(&mut TokenTable) -> Result<T, TokenError>,
-) -> Result<T, TokenError> {
-    // Edit a symlink's target rather than replace the link with a regular file.
-    let path = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            fs::canonicalize(path).map_err(|e| io_error(path, &e))?
-        }
-        _ => path.to_path_buf(),
-    };
-    let path = path.as_path();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| TokenError::backend(format!("{}: not a file name", path.display())))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir_file = File::open(dir).map_err(|e| io_error(dir, &e))?;
-    // The file is replaced by rename, so the lock is on the directory (as `ferry user` takes
-    // it): two edits at once never lose one. Released when `dir_file` is dropped.
-    rustix::fs::flock(&dir_file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_error(dir, &e.into()))?;
-
-    let old_meta = fs::metadata(path).ok();
-    let mut table = read_table(path)?;
-    let before = table.clone();
-    let answer = change(&mut table)?;
-    if table == before {
-        return Ok(answer);
-    }
-    let text = render(&table)?;
-    // Never write a file that would not load.
-    parse_table(&text).map_err(|e| TokenError::backend(format!("tokens file not written: {e}")))?;
-    if text.len() as u64 > MAX_TOKENS_FILE_LEN {
-        return Err(TokenError::Full {
-            reason: format!(
-                "the tokens file would be larger than {} MiB",
-                MAX_TOKENS_FILE_LEN >> 20
-            ),
-        });
-    }
-
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{:016x}", rand::random::<u64>()));
-    let tmp_path = dir.join(tmp_name);
-    write_new_file(&tmp_path, text.as_bytes(), old_meta.as_ref())
-        .map_err(|e| io_error(path, &e))?;
-    if let Err(e) = fs::rename(&tmp_path, path) {
-        // Best effort: the temp file is ours and must not linger.
-        let _ = fs::remove_file(&tmp_path);
-        return Err(io_error(path, &e));
-    }
-    dir_file.sync_all().map_err(|e| io_error(dir, &e))?;
-    Ok(answer)
-}
-
-/// Creates `path` exclusively (never through a symlink or over an existing file), mode 0600,
-/// writes `data` and fsyncs it; with the owner of the file it replaces where permitted, so
-/// `sudo ferry token add` does not lock the server out of its own tokens file.
-pub(crate) fn write_new_file(
-    path: &Path,
-    data: &[u8],
-    like: Option<&fs::Metadata>,
-) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    let written = (|| {
-        if let Some(meta) = like {
-            // Best effort: only root may give a file away.
-            let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
-        }
-        file.write_all(data)?;
-        file.sync_all()
-    })();
-    if written.is_err() {
-        // Only after our own create succeeded: never remove a name someone else made.
-        let _ = fs::remove_file(path);
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, UNIX_EPOCH};
