@@ -21,7 +21,7 @@
 //! Bounded: at most [`MAX_LINKS_PER_OWNER`] live links per owner, [`MAX_LINKS`] in all, and
 //! [`MAX_USES_IN_FLIGHT`] reservations at once per store, [`MAX_USES_PER_LINK`] per link.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -630,124 +630,53 @@ pub fn validate_link(l: &Link) -> Result<(), LinkError> {
 
 /// A set of link records with the rules every store applies on a write: what the in-memory
 /// store holds, and what the file store reads, changes and writes back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LinkTable {
-    by_id: BTreeMap<LinkId, Link>,
+pub type LinkTable = crate::state::table::RecordTable<Link>;
+
+impl crate::state::table::Record for Link {
+    type Id = LinkId;
+    type Error = LinkError;
+    const NOUN: &'static str = "link";
+    const MAX: usize = MAX_LINKS;
+    const MAX_PER_OWNER: usize = MAX_LINKS_PER_OWNER;
+
+    fn id(&self) -> LinkId {
+        self.id
+    }
+
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    fn is_expired(&self, now: SystemTime) -> bool {
+        Link::is_expired(self, now)
+    }
+
+    fn validate(&self) -> Result<(), LinkError> {
+        validate_link(self)
+    }
+
+    fn invalid(reason: String) -> LinkError {
+        LinkError::invalid(reason)
+    }
+
+    fn already_exists(id: LinkId) -> LinkError {
+        LinkError::AlreadyExists(id)
+    }
+
+    fn not_found(id: LinkId) -> LinkError {
+        LinkError::NotFound(id)
+    }
+
+    fn full(reason: String) -> LinkError {
+        LinkError::Full { reason }
+    }
 }
 
 impl LinkTable {
-    /// An empty table.
-    pub fn new() -> LinkTable {
-        LinkTable::default()
-    }
-
-    /// A table of records read from a store, each checked with [`validate_link`], with no id
-    /// twice, and within [`MAX_LINKS`] and [`MAX_LINKS_PER_OWNER`].
-    pub fn from_records(records: Vec<Link>) -> Result<LinkTable, LinkError> {
-        if records.len() > MAX_LINKS {
-            return Err(LinkError::invalid(format!(
-                "{} links, more than the most a store holds ({MAX_LINKS})",
-                records.len()
-            )));
-        }
-        let mut per_owner: BTreeMap<&str, usize> = BTreeMap::new();
-        for l in &records {
-            let n = per_owner.entry(&l.owner).or_default();
-            *n += 1;
-            if *n > MAX_LINKS_PER_OWNER {
-                return Err(LinkError::invalid(format!(
-                    "user `{}` has more than {MAX_LINKS_PER_OWNER} links",
-                    l.owner.escape_debug()
-                )));
-            }
-        }
-        let mut table = LinkTable::new();
-        for l in records {
-            validate_link(&l)?;
-            let id = l.id;
-            if table.by_id.insert(id, l).is_some() {
-                return Err(LinkError::invalid(format!("link {id} appears twice")));
-            }
-        }
-        Ok(table)
-    }
-
-    /// The record with this id.
-    pub fn get(&self, id: LinkId) -> Option<&Link> {
-        self.by_id.get(&id)
-    }
-
-    /// Every record (in id order).
-    pub fn records(&self) -> impl Iterator<Item = &Link> {
-        self.by_id.values()
-    }
-
-    /// How many records the table holds.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    /// Whether the table holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    /// The records of `owner` (every record for `None`), sorted by owner, created, id.
-    pub fn list(&self, owner: Option<&str>) -> Vec<Link> {
-        let mut out: Vec<Link> = self
-            .by_id
-            .values()
-            .filter(|l| owner.is_none_or(|o| l.owner == o))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| (&a.owner, a.created, a.id).cmp(&(&b.owner, b.created, b.id)));
-        out
-    }
-
-    /// Adds `link` under the rules of [`LinkStore::add`]; on an error the table is unchanged.
-    pub fn insert(&mut self, link: Link) -> Result<(), LinkError> {
-        validate_link(&link)?;
-        if self.by_id.contains_key(&link.id) {
-            return Err(LinkError::AlreadyExists(link.id));
-        }
-        let now = link.created;
-        let live = |l: &Link| !l.is_expired(now);
-        let of_owner = self
-            .by_id
-            .values()
-            .filter(|l| l.owner == link.owner && live(l))
-            .count();
-        if of_owner >= MAX_LINKS_PER_OWNER {
-            return Err(LinkError::Full {
-                reason: format!(
-                    "user `{}` has {MAX_LINKS_PER_OWNER} links already, the most; delete one \
-                     first",
-                    link.owner.escape_debug()
-                ),
-            });
-        }
-        if self.by_id.values().filter(|l| live(l)).count() >= MAX_LINKS {
-            return Err(LinkError::Full {
-                reason: format!("the store holds {MAX_LINKS} links already, the most"),
-            });
-        }
-        self.by_id.retain(|_, l| live(l));
-        self.by_id.insert(link.id, link);
-        Ok(())
-    }
-
-    /// Removes the record with this id.
-    pub fn remove(&mut self, id: LinkId) -> Result<Link, LinkError> {
-        self.by_id.remove(&id).ok_or(LinkError::NotFound(id))
-    }
-
-    /// Removes every record of `owner`, returning how many went.
-    pub fn remove_user(&mut self, owner: &str) -> usize {
-        let before = self.by_id.len();
-        self.by_id.retain(|_, l| l.owner != owner);
-        before - self.by_id.len()
-    }
-
     /// Counts one committed file of `bytes` through the link a reservation `held` was made
     /// for, at `now`: refused when that link is gone or was made again, has expired, or would
     /// pass its limits (another process may have committed since the reservation).

@@ -32,6 +32,7 @@
 pub mod links;
 pub mod memory;
 pub mod sessions;
+pub mod table;
 pub mod tokens;
 
 use std::fmt;

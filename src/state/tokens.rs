@@ -15,7 +15,6 @@
 //! Bounded: a store holds at most [`MAX_TOKENS_PER_USER`] live tokens per user and
 //! [`MAX_TOKENS`] in all; a token that has expired is dropped by the next `add`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
@@ -327,122 +326,49 @@ pub fn validate_token(t: &ApiToken) -> Result<(), TokenError> {
 
 /// A set of token records with the rules every store applies on a write: what the in-memory
 /// store holds, and what the file store reads, changes and writes back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenTable {
-    by_id: BTreeMap<TokenId, ApiToken>,
-}
+pub type TokenTable = crate::state::table::RecordTable<ApiToken>;
 
-impl TokenTable {
-    /// An empty table.
-    pub fn new() -> TokenTable {
-        TokenTable::default()
+impl crate::state::table::Record for ApiToken {
+    type Id = TokenId;
+    type Error = TokenError;
+    const NOUN: &'static str = "token";
+    const MAX: usize = MAX_TOKENS;
+    const MAX_PER_OWNER: usize = MAX_TOKENS_PER_USER;
+
+    fn id(&self) -> TokenId {
+        self.id
     }
 
-    /// A table of records read from a store, each checked with [`validate_token`], with no
-    /// id twice, and within [`MAX_TOKENS`] and [`MAX_TOKENS_PER_USER`].
-    pub fn from_records(records: Vec<ApiToken>) -> Result<TokenTable, TokenError> {
-        if records.len() > MAX_TOKENS {
-            return Err(TokenError::invalid(format!(
-                "{} tokens, more than the most a store holds ({MAX_TOKENS})",
-                records.len()
-            )));
-        }
-        let mut table = TokenTable::new();
-        let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
-        for t in &records {
-            let n = per_user.entry(&t.user).or_default();
-            *n += 1;
-            if *n > MAX_TOKENS_PER_USER {
-                return Err(TokenError::invalid(format!(
-                    "user `{}` has more than {MAX_TOKENS_PER_USER} tokens",
-                    t.user.escape_debug()
-                )));
-            }
-        }
-        for t in records {
-            validate_token(&t)?;
-            let id = t.id;
-            if table.by_id.insert(id, t).is_some() {
-                return Err(TokenError::invalid(format!("token {id} appears twice")));
-            }
-        }
-        Ok(table)
+    fn owner(&self) -> &str {
+        &self.user
     }
 
-    /// The record with this id.
-    pub fn get(&self, id: TokenId) -> Option<&ApiToken> {
-        self.by_id.get(&id)
+    fn created(&self) -> SystemTime {
+        self.created
     }
 
-    /// Every record (in id order).
-    pub fn records(&self) -> impl Iterator<Item = &ApiToken> {
-        self.by_id.values()
+    fn is_expired(&self, now: SystemTime) -> bool {
+        ApiToken::is_expired(self, now)
     }
 
-    /// How many records the table holds.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
+    fn validate(&self) -> Result<(), TokenError> {
+        validate_token(self)
     }
 
-    /// Whether the table holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+    fn invalid(reason: String) -> TokenError {
+        TokenError::invalid(reason)
     }
 
-    /// The records of `user` (every record for `None`), sorted by user, created, id.
-    pub fn list(&self, user: Option<&str>) -> Vec<ApiToken> {
-        let mut out: Vec<ApiToken> = self
-            .by_id
-            .values()
-            .filter(|t| user.is_none_or(|u| t.user == u))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| (&a.user, a.created, a.id).cmp(&(&b.user, b.created, b.id)));
-        out
+    fn already_exists(id: TokenId) -> TokenError {
+        TokenError::AlreadyExists(id)
     }
 
-    /// Adds `token` under the rules of [`ApiTokens::add`]; on an error the table is unchanged.
-    pub fn insert(&mut self, token: ApiToken) -> Result<(), TokenError> {
-        validate_token(&token)?;
-        if self.by_id.contains_key(&token.id) {
-            return Err(TokenError::AlreadyExists(token.id));
-        }
-        let now = token.created;
-        let live = |t: &ApiToken| !t.is_expired(now);
-        let of_user = self
-            .by_id
-            .values()
-            .filter(|t| t.user == token.user && live(t))
-            .count();
-        if of_user >= MAX_TOKENS_PER_USER {
-            return Err(TokenError::Full {
-                reason: format!(
-                    "user `{}` has {MAX_TOKENS_PER_USER} tokens already, the most; delete one \
-                     first",
-                    token.user.escape_debug()
-                ),
-            });
-        }
-        if self.by_id.values().filter(|t| live(t)).count() >= MAX_TOKENS {
-            return Err(TokenError::Full {
-                reason: format!("the store holds {MAX_TOKENS} tokens already, the most"),
-            });
-        }
-        self.by_id.retain(|_, t| live(t));
-        self.by_id.insert(token.id, token);
-        Ok(())
+    fn not_found(id: TokenId) -> TokenError {
+        TokenError::NotFound(id)
     }
 
-    /// Removes the record with this id.
-    pub fn remove(&mut self, id: TokenId) -> Result<ApiToken, TokenError> {
-        self.by_id.remove(&id).ok_or(TokenError::NotFound(id))
-    }
-
-    /// Removes every record of `user`, returning how many went.
-    pub fn remove_user(&mut self, user: &str) -> usize {
-        let before = self.by_id.len();
-        self.by_id.retain(|_, t| t.user != user);
-        before - self.by_id.len()
+    fn full(reason: String) -> TokenError {
+        TokenError::Full { reason }
     }
 }
 
