@@ -1,0 +1,501 @@
+//! Red-team tests of the HTTPS front-end (issue 14): what a hostile or merely careless client
+//! can make the server hold, miscount or mis-sign. Each test states the rule it checks; the
+//! ones marked `FAILS ON MAIN` found a real problem.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry::server::Limits;
+use ferry::server::penalty::PenaltyConfig;
+use tokio::io::AsyncWriteExt;
+
+use crate::util::http::{Client, Proto, tls_offering, tls_to, token_for};
+use crate::util::{TestServer, cheap_hash, names_in, test_limits};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+/// An h2 connection made with the `h2` crate directly, so the test controls what a stock
+/// client hides: its flow-control windows and its pings.
+async fn raw_h2(
+    server: &TestServer,
+    builder: &h2::client::Builder,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    Option<h2::PingPong>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tls = tls_to(server.addr, tls_offering(server, &[b"h2"]))
+        .await
+        .unwrap();
+    let (send, mut conn) = builder.handshake::<_, Bytes>(tls).await.unwrap();
+    let ping = conn.ping_pong();
+    let task = tokio::spawn(conn);
+    (send, ping, task)
+}
+
+fn h2_request(method: &str, path: &str, token: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+}
+
+/// A download whose client stops granting h2 flow-control window, but answers pings, must
+/// still end under the stall timeout: the response is stuck, holding a task, an open file and
+/// a connection slot. The watchdog counts any byte written as progress, and PING acks (the
+/// client's pings here; hyper's own keep-alive pings every 30 s do the same with no help from
+/// the client, against the 60 s default stall timeout) are bytes written.
+// FAILS ON MAIN: `Watch::write_stalled` looks at the socket's last write, which PING acks
+// and hyper's keep-alive pings refresh, so a response that moves no byte is never "stalled".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_download_stuck_on_flow_control_is_cut_even_if_pings_flow() {
+    let stall = Duration::from_secs(2);
+    let server = TestServer::start_with(Limits {
+        stall_timeout: stall,
+        ..test_limits()
+    })
+    .await;
+    let token = token_for(&server, "alice", false).await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let body = data(1024 * 1024, 5);
+    let put = c.authed("PUT", "/f/big.bin", &token, &[], body).await;
+    assert_eq!(put.status(), 201, "{}", put.text());
+
+    // Stream windows of 0: the server may send headers but no data on any stream.
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let (mut send, ping, task) = raw_h2(&server, &builder).await;
+    let mut ping = ping.expect("ping_pong is available once");
+    send = send.ready().await.unwrap();
+    let (resp, _) = send
+        .send_request(h2_request("GET", "/f/big.bin", &token), true)
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, resp)
+        .await
+        .expect("no response head")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut recv = resp.into_body();
+
+    // Ping twice a second for three stall timeouts; the server must end the stream or the
+    // connection meanwhile.
+    let start = Instant::now();
+    let mut cut = false;
+    while start.elapsed() < 3 * stall {
+        if task.is_finished() || recv.is_end_stream() {
+            cut = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A stream the server reset shows as an error on the next read.
+    if !cut {
+        cut = matches!(
+            tokio::time::timeout(Duration::from_millis(200), recv.data()).await,
+            Ok(Some(Err(_)) | None)
+        );
+    }
+    assert!(
+        cut,
+        "a response that moved no byte for {:?} was still open after {:?}",
+        stall,
+        start.elapsed()
+    );
+    task.abort();
+    server.stop().await;
+}
+
+/// The adds for a user made again: `ferry user del` then `ferry user add` of the same name
+/// (the CLI revokes the old tokens; the new user gets a new one).
+fn recreate_carol(server: &TestServer) {
+    ferry::users::remove_user(&server.users_file, "carol").unwrap();
+    let mut text = std::fs::read_to_string(&server.users_file).unwrap();
+    text.push_str(&format!(
+        "\n[users.carol]\npassword = \"{}\"\nquota_bytes = \"1 MiB\"\n\
+         quota_files = 5\nmax_file_size = 600000\n",
+        cheap_hash("carol-pw")
+    ));
+    std::fs::write(&server.users_file, text).unwrap();
+    server
+        .server
+        .replace_users(ferry::users::UserDb::load(&server.users_file).unwrap());
+}
+
+/// A user deleted (and their home removed) and then made again is a new account: a new
+/// token's uploads land in the new home, and the new account's usage starts from what that
+/// home holds. The web front-end's home cache must not hand the new user the old one's open
+/// directory or usage account.
+// FAILS ON MAIN: `auth::account` keys the cache by (user, scope) and compares only the home
+// *path*, read-only flag and limits. The cached `Home` still holds the old `Jail` (an open fd
+// of the old directory, wherever it was moved) and keeps the old quota `Account` alive (the
+// registry holds homes weakly, by path), so the new user's upload is acknowledged with a
+// signed receipt but written into the old user's archived directory (or, had it been
+// deleted, fails with 404 for as long as requests keep the entry fresh), and a ferry/1
+// login of the new user gets the old usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_made_again_does_not_inherit_the_cached_home() {
+    let server = TestServer::start().await;
+    let old = token_for(&server, "carol", false).await;
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let r = c
+        .authed("PUT", "/f/old.bin", &old, &[], vec![1u8; 500_000])
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+
+    // The admin deletes carol and archives her files, then makes a new carol.
+    recreate_carol(&server);
+    let archive = server.dir().join("carol-archive");
+    std::fs::rename(server.home("carol"), &archive).unwrap();
+    let new = token_for(&server, "carol", false).await;
+
+    let r = c.authed("PUT", "/f/new.txt", &new, &[], "hello").await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    assert!(
+        !archive.join("new.txt").exists(),
+        "the new carol's upload was acknowledged (201, signed receipt) and written into the \
+         old carol's archived home"
+    );
+    assert!(server.home("carol").join("new.txt").exists());
+    let mut ferry1 = server.connect("carol", "carol-pw").await;
+    let usage = ferry1.usage().await.unwrap();
+    assert_eq!(
+        (usage.used_bytes, usage.used_files),
+        (Some(5), Some(1)),
+        "the new carol's usage is the old carol's"
+    );
+    server.stop().await;
+}
+
+/// Ordinary parallelism of one client is not a session flood: a script that fires a few
+/// requests at once with its token (curl --parallel, a browser's six sockets) must not be
+/// refused for "too many sessions", and must not take more than one session slot per
+/// token scope for longer than the requests last.
+// FAILS ON MAIN: every request that misses the home cache calls `login::open_for`, which takes
+// a session slot before opening the home; concurrent first requests each take one (the cache
+// insert then keeps only the last), so with `max_sessions_per_user` N the (N+1)th concurrent
+// request gets 429 `too_many_sessions`, and for that moment the user's ferry/1 logins are
+// refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_with_one_token_take_one_session() {
+    let server = TestServer::start_with(Limits {
+        max_sessions_per_user: 2,
+        ..test_limits()
+    })
+    .await;
+    // carol has limits: opening her home counts it, which widens the window.
+    let token = token_for(&server, "carol", false).await;
+    std::fs::create_dir_all(server.home("carol").join("many")).unwrap();
+    for i in 0..3 {
+        std::fs::write(server.home("carol").join(format!("f{i}")), "x").unwrap();
+    }
+    // A home that takes a moment to count, as a real one does (the first open counts it).
+    for i in 0..2000 {
+        std::fs::write(server.home("carol").join("many").join(i.to_string()), "").unwrap();
+    }
+    let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
+    let mut send = send.ready().await.unwrap();
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let (resp, _) = send
+            .send_request(h2_request("GET", &format!("/f/f{}", i % 3), &token), true)
+            .unwrap();
+        answers.push(resp);
+        send = send.ready().await.unwrap();
+    }
+    let mut statuses = Vec::new();
+    for a in answers {
+        let resp = tokio::time::timeout(DEADLINE, a).await.unwrap().unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "one client's parallel requests were refused: {statuses:?}"
+    );
+    task.abort();
+    server.stop().await;
+}
+
+/// An admin who changes a user's limits (or home, or read-only flag) while they use a token
+/// must not lock that user out of HTTP: the changed account is opened afresh, and the stale
+/// cached one gives its session slot back first.
+// FAILS ON MAIN: on a changed `AccountShape` the cache misses and `open_for` takes a *new*
+// slot while the stale entry still holds the old one (it is only replaced after the open
+// succeeds, or swept after `idle_timeout` unused). With `max_sessions_per_user = 1` every
+// request answers 429 `too_many_sessions` until the stale entry has been unused for
+// `idle_timeout` (5 min by default); with the default 16, each change leaks a slot for that
+// long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_account_is_reopened_without_a_second_session() {
+    let server = TestServer::start_with(Limits {
+        max_sessions_per_user: 1,
+        ..test_limits()
+    })
+    .await;
+    let token = token_for(&server, "carol", false).await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let r = c.authed("PUT", "/f/a", &token, &[], "x").await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    // The admin raises carol's file quota.
+    let text = std::fs::read_to_string(&server.users_file)
+        .unwrap()
+        .replace("quota_files = 5\n", "quota_files = 6\n");
+    std::fs::write(&server.users_file, text).unwrap();
+    server
+        .server
+        .replace_users(ferry::users::UserDb::load(&server.users_file).unwrap());
+    let r = c.authed("GET", "/f/a", &token, &[], "").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "after a quota change carol is refused: {}",
+        r.text()
+    );
+    server.stop().await;
+}
+
+/// A connection that never proves anything may not stay pre-login forever by fetching a
+/// public page now and then: the login window (`login_timeout`) runs from its start, as it
+/// does for ferry/1, not from its last request.
+// FAILS ON MAIN: `drive` closes a not-logged-in connection only when it is *idle* for
+// `login_timeout` (no request in flight or ended for that long), so `GET /` every few
+// seconds holds a pre-login place (and a connection slot) indefinitely; only pressure
+// (>= `startups.start` pre-login connections) cuts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_requests_do_not_hold_a_pre_login_place_forever() {
+    let window = Duration::from_secs(2);
+    let server = TestServer::start_with(Limits {
+        login_timeout: window,
+        ..test_limits()
+    })
+    .await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < 4 * window {
+        let req = crate::util::http::request("GET", "/")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        match c.send(req).await {
+            Ok(r) if r.status() == 200 => served += 1,
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        start.elapsed() < 4 * window,
+        "{served} public requests kept an unauthenticated connection for {:?} \
+         (login window {window:?}); the server still counts {} pre-login",
+        start.elapsed(),
+        server.server.not_logged_in()
+    );
+    server.stop().await;
+}
+
+/// Under pressure a browser's idle preconnects are cut at the shortened window, as ferry/1's
+/// are; but by web.md §1.3 they earn nothing, and at most what a ferry/1 connection that never
+/// logged in earns (`noauth_under_pressure`). Two idle preconnects must not ban the browser.
+// FAILS ON MAIN: `serve` maps `Cut::Expired` to `GraceExceeded` (10 s each), so two idle
+// sockets under someone else's flood reach `min_before_ban` (15 s) and the address is banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_preconnects_under_pressure_do_not_ban_a_browser() {
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        startups: ferry::server::prelogin::Startups {
+            start: 1,
+            rate: 0,
+            full: 16,
+            pressure_login_timeout: Duration::from_millis(500),
+        },
+        ..test_limits()
+    })
+    .await;
+    let config = tls_offering(&server, &[b"h2", b"http/1.1"]);
+    let a = tls_to(server.addr, config.clone()).await.unwrap();
+    let b = tls_to(server.addr, config).await.unwrap();
+    let gone = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while server.server.not_logged_in() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("the idle connections were never cut under pressure");
+    drop((a, b));
+    let owed = server
+        .server
+        .penalty_owed(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_or_default();
+    let cfg = PenaltyConfig::default();
+    assert!(
+        owed <= 2 * cfg.noauth_under_pressure,
+        "two idle preconnects under pressure cost {owed:?} (ban from {:?})",
+        cfg.min_before_ban
+    );
+    server.stop().await;
+}
+
+/// A PUT cut mid-body (the client leaves, over h1 and over h2) stores nothing, leaves no
+/// temp file, and gives every reserved byte back to the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_cut_mid_body_gives_its_room_back() {
+    let server = TestServer::start().await;
+    let token = token_for(&server, "carol", false).await;
+    // h1 by hand: a head declaring 500,000 bytes, 300,000 of them, then gone.
+    {
+        let mut tls = tls_to(server.addr, tls_offering(&server, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let head = format!(
+            "PUT /f/cut1 HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             content-length: 500000\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&vec![7u8; 300_000]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tls);
+    }
+    // h2: the same, then the connection dropped.
+    {
+        let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method("PUT")
+            .uri("https://localhost/f/cut2")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-length", "500000")
+            .body(())
+            .unwrap();
+        let (_resp, mut body) = send.send_request(req, false).unwrap();
+        body.reserve_capacity(300_000);
+        body.send_data(Bytes::from(vec![8u8; 300_000]), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        task.abort();
+    }
+    // Nothing landed; the counters come back to zero (a fresh ferry/1 login reads them).
+    let start = Instant::now();
+    loop {
+        let mut conn = server.connect("carol", "carol-pw").await;
+        let u = conn.usage().await.unwrap();
+        let names: Vec<String> = names_in(&server.home("carol"))
+            .into_iter()
+            .filter(|n| !n.starts_with(".ferry"))
+            .collect();
+        if (u.used_bytes, u.used_files) == (Some(0), Some(0)) && names.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "after two cut PUTs: usage {:?}/{:?}, names {names:?}",
+            u.used_bytes,
+            u.used_files
+        );
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+/// A symlink in the home that leads outside it is never followed by a GET, and a PUT with
+/// `Overwrite: T` onto a directory or a symlink neither replaces the directory nor writes
+/// through the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_and_directories_hold_against_get_and_overwrite() {
+    let server = TestServer::start().await;
+    let token = token_for(&server, "alice", false).await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(&home).unwrap();
+    let outside = server.dir().join("outside.txt");
+    std::fs::write(&outside, "secret outside the home").unwrap();
+    std::os::unix::fs::symlink(&outside, home.join("out")).unwrap();
+    std::fs::create_dir(home.join("d")).unwrap();
+    std::fs::write(home.join("d").join("inner"), "keep me").unwrap();
+    let mut c = Client::connect(&server, Proto::H2).await;
+
+    let got = c.authed("GET", "/f/out", &token, &[], "").await;
+    assert_ne!(got.status(), 200, "a symlink out of the home was followed");
+    assert!(!got.text().contains("secret outside"));
+    for path in ["/f/out", "/f/d"] {
+        for body in [vec![1u8; 10], vec![2u8; 300_000]] {
+            let r = c
+                .authed("PUT", path, &token, &[("overwrite", "T")], body)
+                .await;
+            assert!(
+                r.status() == 201 || r.status() >= 400,
+                "{path}: {}",
+                r.status()
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "secret outside the home",
+        "a PUT wrote through a symlink out of the home"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("d").join("inner")).unwrap(),
+        "keep me"
+    );
+    server.stop().await;
+}
+
+/// Every answer carries the security headers: the ones hyper's defaults never add and a
+/// handler might build by hand (304, 206, 416, 401, 404, 405, 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers() {
+    let server = TestServer::start().await;
+    let token = token_for(&server, "alice", false).await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let put = c
+        .authed("PUT", "/f/h.bin", &token, &[], vec![3u8; 1000])
+        .await;
+    assert_eq!(put.status(), 201);
+    let tag = c
+        .authed("GET", "/f/h.bin", &token, &[], "")
+        .await
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16)> = vec![
+        (
+            "GET",
+            "/f/h.bin",
+            vec![("if-none-match", tag.as_str())],
+            304,
+        ),
+        ("GET", "/f/h.bin", vec![("range", "bytes=0-9")], 206),
+        ("GET", "/f/h.bin", vec![("range", "bytes=5000-")], 416),
+        ("GET", "/f/nope", vec![], 404),
+        ("DELETE", "/f/h.bin", vec![], 405),
+        ("GET", "/f/%2e%2e/x", vec![], 400),
+    ];
+    for (method, path, headers, want) in cases {
+        let r = c.authed(method, path, &token, &headers, "").await;
+        assert_eq!(r.status(), want, "{method} {path}");
+        for h in ["x-content-type-options", "content-security-policy"] {
+            assert!(r.header(h).is_some(), "{method} {path} ({want}) lacks {h}");
+        }
+    }
+    let r = c.authed("GET", "/f/h.bin", "fy_bad", &[], "").await;
+    assert_eq!(r.status(), 401);
+    assert!(r.header("x-content-type-options").is_some());
+    server.stop().await;
+}
