@@ -499,3 +499,42 @@ async fn every_answer_carries_the_security_headers() {
     assert!(r.header("x-content-type-options").is_some());
     server.stop().await;
 }
+
+/// Guessing tokens is bounded per connection as guessing passwords is for ferry/1: after
+/// `max_auth_attempts` refused tokens the connection ends, so one kept-open h2 connection
+/// cannot try tokens at line rate while new connections from its address are banned.
+// FAILS ON MAIN: `auth::account` penalises each refused token but never ends the connection,
+// and a ban only refuses *new* connections; every guess on an open connection gets its 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_end_the_connection_after_the_login_attempts() {
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let real = token_for(&server, "alice", false).await;
+    let max = server.server.limits().max_auth_attempts as usize;
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let mut refused = 0;
+    for i in 0..(max + 20) {
+        // A real id with a wrong secret, as a guesser who learnt an id would send.
+        let mut guess = real.clone();
+        guess.truncate(guess.len() - 4);
+        guess.push_str(&format!("{:04}", i % 10_000));
+        let req = crate::util::http::request("GET", "/f/x")
+            .header("authorization", format!("Bearer {guess}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        match tokio::time::timeout(DEADLINE, c.send(req)).await {
+            Ok(Ok(r)) if r.status() == 401 => refused += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        refused <= max,
+        "{refused} wrong tokens were each answered on one connection (max_auth_attempts {max}); \
+         the address owes {:?}",
+        server.server.penalty_owed(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    );
+    server.stop().await;
+}
