@@ -538,3 +538,110 @@ async fn refused_tokens_end_the_connection_after_the_login_attempts() {
     );
     server.stop().await;
 }
+
+/// Sends a PUT over raw h2 with `content-length: declared` and `chunks` of body, the last
+/// with END_STREAM unless `hang`; returns the status, or `None` if the stream was reset.
+async fn h2_put(
+    send: &mut h2::client::SendRequest<Bytes>,
+    path: &str,
+    token: &str,
+    declared: u64,
+    chunks: &[Vec<u8>],
+    hang: bool,
+) -> Option<u16> {
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(format!("https://localhost{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-length", declared.to_string())
+        .body(())
+        .unwrap();
+    *send = send.clone().ready().await.unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len() && !hang;
+        body.reserve_capacity(c.len());
+        if body.send_data(Bytes::from(c.clone()), last).is_err() {
+            break;
+        }
+    }
+    if chunks.is_empty() && !hang {
+        let _ = body.send_data(Bytes::new(), true);
+    }
+    let r = tokio::time::timeout(DEADLINE, resp).await.ok()?.ok()?;
+    Some(r.status().as_u16())
+}
+
+/// The counters stay true whatever a PUT's body does: declared longer than sent (END_STREAM
+/// early), shorter than sent, zero, stalled past the stall timeout, and two uploads of one
+/// name at once. Afterwards the usage a ferry/1 login reports equals a walk of the home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_bodies_leave_the_counters_true() {
+    let server = TestServer::start_with(Limits {
+        stall_timeout: Duration::from_secs(1),
+        ..test_limits()
+    })
+    .await;
+    let token = token_for(&server, "carol", false).await;
+    let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
+    let mut send = send.ready().await.unwrap();
+    for (path, declared, chunks, hang) in [
+        // Longer than sent, small and streamed.
+        ("/f/long-s", 1000u64, vec![vec![1u8; 500]], false),
+        ("/f/long-l", 400_000, vec![vec![1u8; 300_000]], false),
+        // Shorter than sent.
+        ("/f/short-s", 100, vec![vec![2u8; 200]], false),
+        (
+            "/f/short-l",
+            300_000,
+            vec![vec![2u8; 300_000], vec![2u8; 10]],
+            false,
+        ),
+        // Zero.
+        ("/f/zero", 0, vec![], false),
+        // Stalled past the stall timeout, small and streamed.
+        ("/f/stall-s", 1000, vec![vec![3u8; 10]], true),
+        ("/f/stall-l", 400_000, vec![vec![3u8; 300_000]], true),
+    ] {
+        let status = h2_put(&mut send, path, &token, declared, &chunks, hang).await;
+        let landed = server.home("carol").join(&path[3..]).exists();
+        let whole = declared as usize == chunks.iter().map(Vec::len).sum::<usize>() && !hang;
+        assert_eq!(landed, whole, "{path}: status {status:?}");
+    }
+    // Two at once, one name: one lands.
+    let (a, b) = tokio::join!(
+        {
+            let mut s = send.clone();
+            let t = token.clone();
+            async move { h2_put(&mut s, "/f/twin", &t, 300_000, &[vec![4u8; 300_000]], false).await }
+        },
+        {
+            let mut s = send.clone();
+            let t = token.clone();
+            async move { h2_put(&mut s, "/f/twin", &t, 300_000, &[vec![5u8; 300_000]], false).await }
+        }
+    );
+    let mut both = [a, b];
+    both.sort();
+    assert_eq!(both, [Some(201), Some(409)]);
+    task.abort();
+
+    let walked = crate::util::quota_walk(&server.home("carol"));
+    let start = Instant::now();
+    loop {
+        let mut conn = server.connect("carol", "carol-pw").await;
+        let u = conn.usage().await.unwrap();
+        if (u.used_bytes, u.used_files) == (Some(walked.0), Some(walked.1)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "usage {:?}/{:?}, the home holds {walked:?}",
+            u.used_bytes,
+            u.used_files
+        );
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
