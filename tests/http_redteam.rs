@@ -645,3 +645,34 @@ async fn odd_bodies_leave_the_counters_true() {
     }
     server.stop().await;
 }
+
+/// Ordinary mistakes in a URL are not attacks: a doubled slash (a script joining `BASE/` and
+/// `/f/x`), or a `%` typed into a file name, gets a 400 and no penalty. Only what no real
+/// client sends by mistake (encoded dots and slashes, NULs, overlong UTF-8) may cost the
+/// address, or a few curl runs of a buggy script ban it.
+// FAILS ON MAIN: `router::route` calls `conn.misbehaved()` for every `decode_path` error,
+// `EmptySegment` and `BadEscape` included, so each such connection costs `ProtocolError`
+// (5 s) and the fourth bans the address (`min_before_ban` 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_url_mistakes_cost_no_penalty() {
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let token = token_for(&server, "alice", false).await;
+    for path in ["//f/x", "/f/a//b", "/f/50%.txt", "//"] {
+        let mut c = Client::connect(&server, Proto::H1).await;
+        let r = c.authed("GET", path, &token, &[], "").await;
+        assert_eq!(r.status(), 400, "{path}: {}", r.text());
+        drop(c);
+        // The connection's end is when a penalty would be counted.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        server.server.penalty_owed(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        None,
+        "URL typos were penalised as attacks"
+    );
+    server.stop().await;
+}
