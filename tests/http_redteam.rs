@@ -676,3 +676,76 @@ async fn ordinary_url_mistakes_cost_no_penalty() {
     );
     server.stop().await;
 }
+
+/// One token holder cannot starve the whole server by opening uploads and sending nothing:
+/// each streamed PUT (over `SMALL_MAX`) holds a blocking-pool thread for its writer from its
+/// head on, and nothing bounds a user's concurrent uploads over HTTP (the cached home takes
+/// one session slot however many streams and connections use it). When the pool is full,
+/// every `spawn_blocking` waits: token checks, logins (argon2), opening homes, all file work.
+/// The test runs the server on a pool of 64 threads so that 90 silent PUTs fill it; the
+/// default pool is 512, which one address reaches with 16 connections of 32 streams (the
+/// per-source cap is 20).
+// FAILS ON MAIN: no cap on a user's (or a connection's) streamed uploads in flight, and
+// `LocalUpload::start` spawns the blocking writer before the first byte, so an unrelated
+// request waits for the stall timeout.
+#[test]
+fn silent_uploads_cannot_take_every_blocking_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = TestServer::start_with(Limits {
+            stall_timeout: Duration::from_secs(20),
+            ..test_limits()
+        })
+        .await;
+        let token = token_for(&server, "alice", false).await;
+        // Warm the home cache so the uploads only need their writers.
+        let mut c = Client::connect(&server, Proto::H1).await;
+        assert_eq!(
+            c.authed("GET", "/f/none", &token, &[], "").await.status(),
+            404
+        );
+        let (mut held, mut tasks) = (Vec::new(), Vec::new());
+        for conn in 0..3 {
+            let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
+            let mut send = send.ready().await.unwrap();
+            for i in 0..30 {
+                let req = http::Request::builder()
+                    .method("PUT")
+                    .uri(format!("https://localhost/f/silent-{conn}-{i}"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-length", (1024 * 1024).to_string())
+                    .body(())
+                    .unwrap();
+                send = send.ready().await.unwrap();
+                let (resp, body) = send.send_request(req, false).unwrap();
+                held.push((resp, body));
+            }
+            tasks.push(task);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Someone else's ordinary request.
+        let mut other = Client::connect(&server, Proto::H1).await;
+        let start = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            other.authed("GET", "/f/none", &token, &[], ""),
+        )
+        .await;
+        assert!(
+            answer.is_ok(),
+            "an ordinary request waited {:?} and more behind 90 silent uploads",
+            start.elapsed()
+        );
+        drop(held);
+        for t in tasks {
+            t.abort();
+        }
+        server.stop().await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
