@@ -749,3 +749,67 @@ fn silent_uploads_cannot_take_every_blocking_thread() {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
 }
+
+/// Downloads whose client grants no h2 window hold more than a stream: each download's store
+/// reader is a blocking-pool thread, parked in `blocking_send` once its channel is full. With
+/// the watchdog fooled by pings (see
+/// `an_h2_download_stuck_on_flow_control_is_cut_even_if_pings_flow`; hyper's own keep-alive
+/// pings every 30 s fool it with no help, against the 60 s stall timeout) they are held for
+/// good, so one holder of a read-only token can take every blocking thread and hang the
+/// server for everyone. The test runs the server on a pool of 64 threads; the default 512
+/// is reached by one address with 16 connections of 32 streams.
+// FAILS ON MAIN: nothing bounds a user's downloads in flight, each parks a blocking thread,
+// and a response stuck on flow control is never cut.
+#[test]
+fn stuck_downloads_cannot_take_every_blocking_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = TestServer::start().await;
+        let token = token_for(&server, "alice", true).await;
+        let mut c = Client::connect(&server, Proto::H1).await;
+        assert_eq!(
+            c.authed("GET", "/f/none", &token, &[], "").await.status(),
+            404
+        );
+        std::fs::write(server.home("alice").join("big"), vec![9u8; 4 << 20]).unwrap();
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(0);
+        let (mut held, mut tasks) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (send, _ping, task) = raw_h2(&server, &builder).await;
+            let mut send = send.ready().await.unwrap();
+            for _ in 0..30 {
+                send = send.ready().await.unwrap();
+                let (resp, _) = send
+                    .send_request(h2_request("GET", "/f/big", &token), true)
+                    .unwrap();
+                held.push(resp);
+            }
+            tasks.push(task);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut other = Client::connect(&server, Proto::H1).await;
+        let start = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            other.authed("GET", "/f/none", &token, &[], ""),
+        )
+        .await;
+        assert!(
+            answer.is_ok(),
+            "an ordinary request waited {:?} and more behind 90 stalled downloads",
+            start.elapsed()
+        );
+        drop(held);
+        for t in tasks {
+            t.abort();
+        }
+        server.stop().await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
