@@ -813,3 +813,43 @@ fn stuck_downloads_cannot_take_every_blocking_thread() {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
 }
+
+/// A home the web front-end opened for a token is let go once unused for the idle timeout,
+/// whether or not another HTTP request comes: its session slot goes back, so the user's
+/// ferry/1 logins are not refused by a curl request made long ago.
+// FAILS ON MAIN: `WebState::sweep` runs only inside `auth::account`, i.e. on the next token
+// request. With no further HTTP traffic the cached home keeps its session slot (and its open
+// directory and usage account) for ever; with `max_sessions_per_user = 1` the user cannot
+// log in with ferry/1 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_cached_home_gives_its_session_back() {
+    let server = TestServer::start_with(Limits {
+        max_sessions_per_user: 1,
+        idle_timeout: Duration::from_secs(1),
+        ..test_limits()
+    })
+    .await;
+    let token = token_for(&server, "alice", false).await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    assert_eq!(
+        c.authed("GET", "/f/none", &token, &[], "").await.status(),
+        404
+    );
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut conn =
+        ferry::client::Connection::connect("127.0.0.1", server.addr.port(), server.client_tls())
+            .await
+            .unwrap();
+    let login = conn
+        .login(
+            "alice",
+            &ferry::users::Password::new("alice-pw".to_string()),
+        )
+        .await;
+    assert!(
+        login.is_ok(),
+        "a ferry/1 login 3.5 s after one HTTP request, idle timeout 1 s: {login:?}"
+    );
+    server.stop().await;
+}
