@@ -474,7 +474,8 @@ async fn every_answer_carries_the_security_headers() {
         .header("etag")
         .unwrap()
         .to_string();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/f/h.bin",
