@@ -205,7 +205,7 @@ async fn concurrent_first_requests_with_one_token_take_one_session() {
         std::fs::write(server.home("carol").join(format!("f{i}")), "x").unwrap();
     }
     // A home that takes a moment to count, as a real one does (the first open counts it).
-    for i in 0..2000 {
+    for i in 0..10_000 {
         std::fs::write(server.home("carol").join("many").join(i.to_string()), "").unwrap();
     }
     let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
@@ -852,5 +852,86 @@ async fn an_unused_cached_home_gives_its_session_back() {
         login.is_ok(),
         "a ferry/1 login 3.5 s after one HTTP request, idle timeout 1 s: {login:?}"
     );
+    server.stop().await;
+}
+
+/// A download link's `max_downloads` counts every GET that sends the file's first byte,
+/// however its `Range` header is spelt: a suffix range of the whole size, `bytes= 0-`,
+/// `bytes=00-`, `BYTES=0-` and a malformed or multi-range header (answered with the whole
+/// file) are all whole downloads, after which a link of one download is used up.
+// FAILS ON MAIN: `drop::download` decides whether to count from the raw header text
+// (`starts_with("bytes=0-")`), not from what `parse_range` will send, so any other spelling
+// downloads the whole file without counting: a sender who never sends a plain GET downloads
+// for ever, and `max_downloads` only stops browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_links_count_holds_whatever_the_range_says() {
+    use ferry::state::links::LinkKind;
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(home.join("out")).unwrap();
+    let data = data(100_000, 4);
+    std::fs::write(home.join("out/once.bin"), &data).unwrap();
+    let whole_suffix = format!("bytes=-{}", data.len());
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let mut uncounted = Vec::new();
+    for range in [
+        whole_suffix.as_str(),
+        "bytes= 0-",
+        "bytes=00-",
+        "BYTES=0-",
+        "bytes=0-10,20-30",
+        "items=0-",
+    ] {
+        let (token, _) = crate::util::http::link_for(&server, "alice", "/out/once.bin", |s| {
+            s.kind = LinkKind::Download;
+            s.max_downloads = Some(1);
+        })
+        .await;
+        let url = format!("/l/{token}");
+        let r = c.plain("GET", &url, &[("range", range)], "").await;
+        assert!(r.status() < 300, "{range}: {}", r.text());
+        let whole = r.body[..] == data[..];
+        if whole && c.plain("GET", &url, &[], "").await.status() == 200 {
+            uncounted.push(range.to_string());
+        }
+    }
+    assert!(
+        uncounted.is_empty(),
+        "the whole file through a link of one download did not count for Range: {uncounted:?}"
+    );
+    server.stop().await;
+}
+
+/// A drop link names a folder by its path: when the owner moves that folder away and makes a
+/// new one of the same name, the link's uploads go to the new one (what `ferry link list`
+/// shows), not into the folder that was moved.
+// FAILS ON MAIN: `auth::link_account` caches the folder's opened `Jail` (a directory fd) by
+// link id and compares only owner, folder *text*, token and home path, so for as long as the
+// link keeps being used (each use refreshes it) uploads land in the moved directory, wherever
+// it now is, with a signed receipt. Same root cause as
+// `a_user_made_again_does_not_inherit_the_cached_home`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_link_follows_its_folder_name_not_a_moved_directory() {
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(home.join("drop")).unwrap();
+    let (token, _) = crate::util::http::link_for(&server, "alice", "/drop", |_| {}).await;
+    let mut c = Client::connect(&server, Proto::H1).await;
+    let r = c
+        .plain("PUT", &format!("/d/{token}/one.txt"), &[], "one")
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    // The owner archives the folder and starts a fresh one.
+    std::fs::rename(home.join("drop"), home.join("drop-2025")).unwrap();
+    std::fs::create_dir(home.join("drop")).unwrap();
+    let r = c
+        .plain("PUT", &format!("/d/{token}/two.txt"), &[], "two")
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    assert!(
+        !home.join("drop-2025/two.txt").exists(),
+        "a link to /drop put its upload into the moved-away folder /drop-2025"
+    );
+    assert!(home.join("drop/two.txt").exists());
     server.stop().await;
 }
