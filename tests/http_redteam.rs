@@ -935,3 +935,46 @@ async fn a_drop_link_follows_its_folder_name_not_a_moved_directory() {
     assert!(home.join("drop/two.txt").exists());
     server.stop().await;
 }
+
+/// The same bound for a drop link's password: whoever holds a link's URL but not its password
+/// gets `max_auth_attempts` tries on a connection, as a ferry/1 login does. Each try is an
+/// argon2 verification on the pool ferry/1 logins share, so unbounded tries on a kept-open
+/// connection also starve everyone's logins.
+// FAILS ON MAIN: `drop::check_password` penalises a wrong password but the connection goes on,
+// and the ban the penalties reach only refuses new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_link_passwords_end_the_connection_after_the_login_attempts() {
+    use base64::Engine as _;
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    std::fs::create_dir_all(server.home("alice").join("in")).unwrap();
+    let hash = cheap_hash("link-pw-123");
+    let (token, _) =
+        crate::util::http::link_for(&server, "alice", "/in", |s| s.password = Some(hash)).await;
+    let max = server.server.limits().max_auth_attempts as usize;
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let mut refused = 0;
+    for i in 0..(max + 10) {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(":guess-{i}"))
+        );
+        let req = crate::util::http::request("PUT", &format!("/d/{token}/f{i}"))
+            .header("authorization", basic)
+            .body(http_body_util::Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        match tokio::time::timeout(DEADLINE, c.send(req)).await {
+            Ok(Ok(r)) if r.status() == 401 => refused += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        refused <= max,
+        "{refused} wrong link passwords were each checked on one connection \
+         (max_auth_attempts {max})"
+    );
+    server.stop().await;
+}
