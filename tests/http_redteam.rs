@@ -1025,3 +1025,61 @@ async fn a_streamed_mismatch_does_not_use_up_a_drop_link() {
     );
     server.stop().await;
 }
+
+/// The same through a drop link, where the attacker needs no account, only a URL that was
+/// handed out: one link admits `MAX_USES_PER_LINK` (64) uploads in flight, each holding a
+/// blocking thread from its head on, so eight links' URLs fill the default pool of 512. The
+/// test runs the server on a pool of 48 and opens 60 silent uploads through one link.
+// FAILS ON MAIN: as `silent_uploads_cannot_take_every_blocking_thread`, anonymously.
+#[test]
+fn silent_uploads_through_a_drop_link_cannot_take_every_blocking_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(48)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = TestServer::start().await;
+        std::fs::create_dir_all(server.home("alice").join("in")).unwrap();
+        let (link, _) = crate::util::http::link_for(&server, "alice", "/in", |_| {}).await;
+        let token = token_for(&server, "bob", false).await;
+        let (mut held, mut tasks) = (Vec::new(), Vec::new());
+        for conn in 0..2 {
+            let (send, _ping, task) = raw_h2(&server, &h2::client::Builder::new()).await;
+            let mut send = send.ready().await.unwrap();
+            for i in 0..30 {
+                let req = http::Request::builder()
+                    .method("PUT")
+                    .uri(format!("https://localhost/d/{link}/silent-{conn}-{i}"))
+                    .header("content-length", (1024 * 1024).to_string())
+                    .body(())
+                    .unwrap();
+                send = send.ready().await.unwrap();
+                let (resp, body) = send.send_request(req, false).unwrap();
+                held.push((resp, body));
+            }
+            tasks.push(task);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another user's ordinary request.
+        let mut other = Client::connect(&server, Proto::H1).await;
+        let start = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            other.authed("GET", "/f/none", &token, &[], ""),
+        )
+        .await;
+        assert!(
+            answer.is_ok(),
+            "bob's request waited {:?} and more behind 60 silent uploads through a drop link",
+            start.elapsed()
+        );
+        drop(held);
+        for t in tasks {
+            t.abort();
+        }
+        server.stop().await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
