@@ -58,12 +58,23 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
     let Ok(path) = crate::storage::RemotePath::parse(&name) else {
         return no_such_link();
     };
-    let starts_at_zero = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
-    if req.method() == Method::GET && starts_at_zero {
+    // Counted whenever the answer will hold the first byte, decided by the same parse of
+    // `Range` the download uses: any spelling of a whole file counts.
+    let size = match acct.home.stat(&path).await {
+        Ok(e) => e.size,
+        Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "get"),
+    };
+    // An `If-Range` may turn any range into the whole file: counted, to be safe.
+    let from_start = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(_) if req.headers().contains_key(header::IF_RANGE) => true,
+        Some(r) => match super::parse::parse_range(r, size) {
+            super::parse::RangeAnswer::Full => true,
+            super::parse::RangeAnswer::Partial { start, .. } => start == 0,
+            super::parse::RangeAnswer::Unsatisfiable => false,
+        },
+    };
+    if req.method() == Method::GET && from_start {
         match conn.server.web.links().count_download(link.id).await {
             Ok(true) => {}
             Ok(false) => return files::link_refused(&LinkRefused::Downloads),

@@ -194,7 +194,12 @@ pub(crate) async fn serve<S>(
     let offence = match &end {
         End::Done | End::Shutdown | End::Idle => None,
         End::Cut(prelogin::Cut::Evicted) => None, // penalised when it happened
-        End::Cut(prelogin::Cut::Expired) | End::Stalled => Some(Offence::GraceExceeded),
+        // Cut for the login window under pressure: a browser's idle or preconnected socket
+        // earns nothing; one caught half-way through a request head is a slowloris.
+        End::Cut(prelogin::Cut::Expired) => watch
+            .partial_request()
+            .then_some(Offence::GraceExceeded),
+        End::Stalled => Some(Offence::GraceExceeded),
         End::Error(e) => classify(e, &watch),
     }
     .or_else(|| {
@@ -369,12 +374,16 @@ async fn drive<C: Graceful>(
                 if conn.watch.write_stalled(limits.stall_timeout) {
                     return End::Stalled;
                 }
-                let idle_limit = if conn.authenticated.load(Ordering::Acquire) {
+                let authenticated = conn.authenticated.load(Ordering::Acquire);
+                let idle_limit = if authenticated {
                     limits.idle_timeout
                 } else {
                     limits.login_timeout
                 };
-                if conn.watch.idle_for(idle_limit) {
+                // The login window runs from the connection's start, as for ferry/1: public
+                // pages fetched now and then do not hold a pre-login place for good.
+                let window_over = !authenticated && conn.watch.age() >= limits.login_timeout;
+                if conn.watch.idle_for(idle_limit) || window_over {
                     connection.as_mut().graceful();
                     closing = Some((
                         tokio::time::Instant::now() + limits.close_timeout,

@@ -63,8 +63,17 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let decoded = match parse::decode_path(raw_path) {
         Ok(d) => d,
         Err(e) => {
-            // Encoded dots, slashes, NULs, overlong UTF-8: never a real client's mistake.
-            conn.misbehaved();
+            // Encoded dots, slashes, NULs, overlong UTF-8: never a real client's mistake, so
+            // they cost the address. A doubled slash or a stray `%` is a typo: just a 400.
+            if matches!(
+                e,
+                parse::PathRefused::DotSegment
+                    | parse::PathRefused::Separator
+                    | parse::PathRefused::Control
+                    | parse::PathRefused::NotUtf8
+            ) {
+                conn.misbehaved();
+            }
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_path",

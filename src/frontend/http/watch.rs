@@ -59,6 +59,11 @@ impl Watch {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// How long the connection has been open.
+    pub fn age(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// Plaintext bytes read and written so far.
     pub fn totals(&self) -> (u64, u64) {
         (
