@@ -276,6 +276,9 @@ pub async fn login(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST {
         return method_not_allowed("POST");
     }
+    if conn.auth_blocked() {
+        return super::router::too_many_attempts();
+    }
     // Login CSRF: another site must not log a browser in under its own account.
     if !same_origin(&req) {
         return error(
@@ -322,7 +325,10 @@ pub async fn login(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     .await
     {
         Ok(()) => {}
-        Err(crate::server::login::Refusal::Denied) => return unauthorized(),
+        Err(crate::server::login::Refusal::Denied) => {
+            conn.auth_failed();
+            return unauthorized();
+        }
         Err(_) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -272,6 +272,9 @@ pub fn unauthorized() -> Response<Body> {
 pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account, Response<Body>> {
     let server = &conn.server;
     let headers = req.headers();
+    if conn.auth_blocked() {
+        return Err(super::router::too_many_attempts());
+    }
     let (name, scope, via) = if let Some(presented) = bearer(headers) {
         let store = server.web.tokens();
         match crate::state::tokens::check(store.as_ref(), presented, SystemTime::now()).await {
@@ -285,6 +288,7 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
                     reason = refused.reason()
                 );
                 server.penalise(conn.peer, Offence::AuthFail);
+                conn.auth_failed();
                 return Err(unauthorized());
             }
         }
@@ -331,6 +335,7 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
             tracing::warn!(target: "ferry::audit", event = "auth", peer = %conn.peer,
                 via = %via, result = "refused", reason = "the user no longer exists");
             server.penalise(conn.peer, Offence::AuthFail);
+            conn.auth_failed();
             return Err(unauthorized());
         }
         Err(e) => {

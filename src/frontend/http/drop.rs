@@ -146,6 +146,9 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 /// The link a token opens, or the one answer every unknown token gets (and its penalty).
 async fn find(conn: &Conn, token: &str) -> Result<Link, Response<Body>> {
+    if conn.auth_blocked() {
+        return Err(super::router::too_many_attempts());
+    }
     let store = conn.server.web.links();
     match store.by_token(token).await {
         Ok(Some(link)) => {
@@ -158,6 +161,7 @@ async fn find(conn: &Conn, token: &str) -> Result<Link, Response<Body>> {
             tracing::warn!(target: "ferry::audit", event = "link", peer = %conn.peer,
                 result = "unknown_token");
             conn.server.penalise(conn.peer, Offence::AuthFail);
+            conn.auth_failed();
             Err(no_such_link())
         }
         Err(e) => {
@@ -196,6 +200,9 @@ async fn check_password(
     let Some(phc) = &link.password else {
         return Ok(());
     };
+    if conn.auth_blocked() {
+        return Err(super::router::too_many_attempts());
+    }
     let ask = || {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -218,6 +225,7 @@ async fn check_password(
             tracing::warn!(target: "ferry::audit", event = "link", peer = %conn.peer,
                 link = %link.id, result = "wrong_password");
             conn.server.penalise(conn.peer, Offence::AuthFail);
+            conn.auth_failed();
             Err(ask())
         }
         Err(_) => Err(error(

@@ -116,6 +116,10 @@ pub struct Conn {
     /// Set by a handler that saw the peer misbehave in a way hyper cannot see (a malformed
     /// header of ours): the connection is penalised once when it ends.
     misbehaved: AtomicBool,
+    /// Credentials refused on this connection (tokens, link tokens and passwords, logins).
+    failures: std::sync::atomic::AtomicU32,
+    /// Raised when the connection must end after its answers in flight.
+    close_now: Notify,
 }
 
 impl Conn {
@@ -130,6 +134,23 @@ impl Conn {
     /// `ProtocolError` when the connection ends.
     pub fn misbehaved(&self) {
         self.misbehaved.store(true, Ordering::Relaxed);
+    }
+
+    /// A credential was refused (each is also penalised where it is checked). Past the
+    /// server's `max_auth_attempts` the connection ends after its answers in flight, as a
+    /// ferry/1 session ends after that many failed logins: one connection cannot go on
+    /// guessing however long it stays open.
+    pub fn auth_failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.server.limits().max_auth_attempts {
+            self.close_now.notify_one();
+        }
+    }
+
+    /// Whether this connection has used up its credential attempts: no more are checked on
+    /// it (the answer is [`router::too_many_attempts`]) while it closes.
+    pub fn auth_blocked(&self) -> bool {
+        self.failures.load(Ordering::Acquire) >= self.server.limits().max_auth_attempts
     }
 
     /// The server this connection belongs to.
@@ -159,6 +180,8 @@ pub(crate) async fn serve<S>(
         authenticated: AtomicBool::new(false),
         authenticated_now: Notify::new(),
         misbehaved: AtomicBool::new(false),
+        failures: std::sync::atomic::AtomicU32::new(0),
+        close_now: Notify::new(),
     });
     let io = TokioIo::new(watch::IoWatch::new(tls, Arc::clone(&watch)));
     let svc = {
@@ -192,7 +215,8 @@ pub(crate) async fn serve<S>(
         }
     };
     let offence = match &end {
-        End::Done | End::Shutdown | End::Idle => None,
+        // Each refusal was penalised when it happened.
+        End::Done | End::Shutdown | End::Idle | End::AuthFailed => None,
         End::Cut(prelogin::Cut::Evicted) => None, // penalised when it happened
         // Cut for the login window under pressure: a browser's idle or preconnected socket
         // earns nothing; one caught half-way through a request head is a slowloris.
@@ -231,6 +255,8 @@ enum End {
     Shutdown,
     /// Idle past its limit with no request in flight.
     Idle,
+    /// Too many credentials refused on it.
+    AuthFailed,
     /// A response stopped moving for the stall timeout.
     Stalled,
     /// The pre-login rules cut it.
@@ -245,6 +271,7 @@ impl std::fmt::Display for End {
             End::Done => f.write_str("done"),
             End::Shutdown => f.write_str("shutdown"),
             End::Idle => f.write_str("idle"),
+            End::AuthFailed => f.write_str("too many refused credentials"),
             End::Stalled => f.write_str("stalled"),
             End::Cut(c) => write!(f, "cut ({c:?})"),
             End::Error(e) => write!(f, "error ({e})"),
@@ -336,6 +363,7 @@ async fn drive<C: Graceful>(
         let event = tokio::select! {
             r = connection.as_mut() => Event::Ended(r),
             () = conn.authenticated_now.notified(), if holds_place => Event::Authenticated,
+            () = conn.close_now.notified(), if closing.is_none() => Event::TooManyFailures,
             cut = cut, if closing.is_none() => Event::Cut(cut),
             () = token.cancelled(), if closing.is_none() => Event::Shutdown,
             _ = tick.tick() => Event::Tick,
@@ -352,6 +380,11 @@ async fn drive<C: Graceful>(
                 if let Some(g) = prelogin.take() {
                     g.logged_in();
                 }
+            }
+            Event::TooManyFailures => {
+                connection.as_mut().graceful();
+                let until = tokio::time::Instant::now() + limits.close_timeout;
+                closing = Some((until, End::AuthFailed));
             }
             // Not logged in and the pre-login rules want the place: requests in flight are
             // public ones (pages, assets), so end it now.
@@ -399,6 +432,7 @@ async fn drive<C: Graceful>(
 enum Event {
     Ended(Result<(), hyper::Error>),
     Authenticated,
+    TooManyFailures,
     Cut(prelogin::Cut),
     Shutdown,
     Tick,

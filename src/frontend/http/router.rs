@@ -141,6 +141,19 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// The answer to a credential sent on a connection that has used up its attempts: none is
+/// checked any more, so the connection is no guessing oracle while it closes.
+pub fn too_many_attempts() -> Response<Body> {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "too many refused credentials on this connection; connect again later",
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
