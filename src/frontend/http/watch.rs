@@ -31,6 +31,10 @@ pub struct Watch {
     in_flight: AtomicUsize,
     /// Response bodies being sent.
     responding: AtomicUsize,
+    /// When each response being sent last handed hyper a frame (milliseconds since `start`),
+    /// by response: socket writes alone are no proof (h2 answers pings while a response waits
+    /// for a flow-control window that never opens).
+    progress: std::sync::Mutex<std::collections::HashMap<u64, Arc<AtomicU64>>>,
     requests: AtomicU64,
 }
 
@@ -51,6 +55,7 @@ impl Watch {
             read_at_last_end: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             responding: AtomicUsize::new(0),
+            progress: std::sync::Mutex::new(std::collections::HashMap::new()),
             requests: AtomicU64::new(0),
         }
     }
@@ -83,8 +88,9 @@ impl Watch {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.last_request_ms.store(self.now_ms(), Ordering::Relaxed);
         Request {
+            id: self.requests.load(Ordering::Relaxed),
             watch: Arc::clone(self),
-            responding: false,
+            responding: None,
         }
     }
 
@@ -96,12 +102,14 @@ impl Watch {
         self.in_flight.load(Ordering::Acquire) == 0 && u128::from(since) >= limit.as_millis()
     }
 
-    /// A response is being sent and no byte went out for `limit`.
+    /// A response is being sent and has handed over nothing for `limit`: its client reads
+    /// nothing (or grants no window), whatever else moves on the socket.
     pub fn write_stalled(&self, limit: Duration) -> bool {
-        let since = self
-            .now_ms()
-            .saturating_sub(self.last_write_ms.load(Ordering::Relaxed));
-        self.responding.load(Ordering::Acquire) > 0 && u128::from(since) >= limit.as_millis()
+        let now = self.now_ms();
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.values().any(|last| {
+            u128::from(now.saturating_sub(last.load(Ordering::Relaxed))) >= limit.as_millis()
+        })
     }
 
     /// Bytes came after the last request ended (or since the start): a head was begun.
@@ -113,17 +121,33 @@ impl Watch {
 /// One request in flight (see [`Watch::request`]); its response body should own it.
 #[derive(Debug)]
 pub struct Request {
+    id: u64,
     watch: Arc<Watch>,
-    responding: bool,
+    /// When its response last handed over a frame, once it is being sent.
+    responding: Option<Arc<AtomicU64>>,
 }
 
 impl Request {
-    /// The response's body starts: from now on a write stall counts.
+    /// The response's body starts: from now on a stall of it counts.
     pub fn responding(&mut self) {
-        if !std::mem::replace(&mut self.responding, true) {
+        if self.responding.is_none() {
             let w = &self.watch;
-            w.last_write_ms.store(w.now_ms(), Ordering::Relaxed);
+            let now = w.now_ms();
+            w.last_write_ms.store(now, Ordering::Relaxed);
             w.responding.fetch_add(1, Ordering::AcqRel);
+            let last = Arc::new(AtomicU64::new(now));
+            w.progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(self.id, Arc::clone(&last));
+            self.responding = Some(last);
+        }
+    }
+
+    /// The response handed hyper a frame.
+    pub fn progressed(&self) {
+        if let Some(last) = &self.responding {
+            last.store(self.watch.now_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -131,8 +155,12 @@ impl Request {
 impl Drop for Request {
     fn drop(&mut self) {
         let w = &self.watch;
-        if self.responding {
+        if self.responding.take().is_some() {
             w.responding.fetch_sub(1, Ordering::AcqRel);
+            w.progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.id);
         }
         w.read_at_last_end
             .store(w.read.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -228,6 +256,8 @@ mod tests {
         assert!(!w.idle_for(Duration::ZERO));
         r.responding();
         assert!(w.write_stalled(Duration::ZERO));
+        assert!(!w.write_stalled(Duration::from_secs(60)));
+        r.progressed();
         drop(r);
         assert!(!w.write_stalled(Duration::ZERO));
         assert!(w.idle_for(Duration::ZERO));
