@@ -137,6 +137,10 @@ impl Account {
 
 /// What the HTTP front-end keeps across connections.
 pub struct WebState {
+    /// Streamed transfers in flight, by user (a link's owner): each holds a blocking thread
+    /// that waits on its client, so no one user, and not all of them together, may take the
+    /// pool ([`WebState::transfer_slot`]).
+    transfers: Arc<Mutex<HashMap<String, usize>>>,
     tokens: RwLock<Arc<dyn ApiTokens>>,
     sessions: Arc<dyn WebSessions>,
     links: RwLock<Arc<dyn LinkStore>>,
@@ -157,12 +161,38 @@ impl std::fmt::Debug for WebState {
 impl Default for WebState {
     fn default() -> Self {
         WebState {
+            transfers: Arc::new(Mutex::new(HashMap::new())),
             tokens: RwLock::new(Arc::new(MemoryTokens::new())),
             sessions: Arc::new(MemorySessions::new()),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Streamed transfers one user may have in flight over HTTP at once.
+pub const MAX_TRANSFERS_PER_USER: usize = 8;
+/// Streamed transfers in flight over HTTP at once, all users together: well under the
+/// blocking pool (512 threads), which logins, token checks and ferry/1 also need.
+pub const MAX_TRANSFERS: usize = 192;
+
+/// One transfer's place (see [`WebState::transfer_slot`]); given back when dropped.
+#[derive(Debug)]
+pub struct TransferSlot {
+    table: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.user);
+            }
         }
     }
 }
@@ -203,6 +233,23 @@ impl WebState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A place for one streamed transfer (a download's body, an upload over the small-file
+    /// size) of `user`, or `None` when the user has [`MAX_TRANSFERS_PER_USER`] in flight or
+    /// the server [`MAX_TRANSFERS`]: the caller answers 429 at once rather than wait.
+    pub fn transfer_slot(&self, user: &str) -> Option<TransferSlot> {
+        let mut t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = t.values().sum();
+        let mine = t.get(user).copied().unwrap_or(0);
+        if total >= MAX_TRANSFERS || mine >= MAX_TRANSFERS_PER_USER {
+            return None;
+        }
+        *t.entry(user.to_string()).or_default() += 1;
+        Some(TransferSlot {
+            table: Arc::clone(&self.transfers),
+            user: user.to_string(),
+        })
     }
 
     /// The web app's sessions.

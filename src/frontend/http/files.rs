@@ -127,7 +127,10 @@ pub async fn get(
         drop(download);
         super::router::empty()
     } else {
-        DownloadBody::spawn(download, len)
+        let Some(slot) = conn.server.web.transfer_slot(&acct.user) else {
+            return too_many_transfers();
+        };
+        DownloadBody::spawn(download, len, slot)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -199,10 +202,12 @@ fn value(s: &str) -> HeaderValue {
 struct DownloadBody {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     left: u64,
+    /// The transfer's place, given back when the body goes.
+    _slot: super::auth::TransferSlot,
 }
 
 impl DownloadBody {
-    fn spawn(mut download: Box<dyn Download>, len: u64) -> Body {
+    fn spawn(mut download: Box<dyn Download>, len: u64, slot: super::auth::TransferSlot) -> Body {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -222,7 +227,12 @@ impl DownloadBody {
                 }
             }
         });
-        DownloadBody { rx, left: len }.boxed_unsync()
+        DownloadBody {
+            rx,
+            left: len,
+            _slot: slot,
+        }
+        .boxed_unsync()
     }
 }
 
@@ -501,6 +511,9 @@ pub async fn put(
             replace,
             resume: None,
         };
+        let Some(_slot) = conn.server.web.transfer_slot(&acct.user) else {
+            return drain_then(body, &head.headers, too_many_transfers()).await;
+        };
         let mut upload = match home.begin_upload(path, request).await {
             Ok(u) => u,
             Err(e) => return drain_then(body, &head.headers, fail(&e)).await,
@@ -688,6 +701,18 @@ pub fn link_refused(r: &LinkRefused) -> Response<Body> {
         _ => (StatusCode::CONFLICT, "link_refused"),
     };
     error(status, code, &r.to_string())
+}
+
+/// The answer when the user (or the server) has as many transfers in flight as it may.
+fn too_many_transfers() -> Response<Body> {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "busy",
+        "too many transfers at once; try again when one has finished",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
 }
 
 fn too_long() -> Response<Body> {
