@@ -84,6 +84,15 @@ pub(super) async fn login(
     }
 }
 
+/// The device and inode of the directory at `path` (following symlinks), or `None` if there
+/// is none: what a front-end that keeps a home open compares, so a home moved away and made
+/// again under the same name is opened afresh rather than served from the old directory.
+pub(crate) fn dir_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    m.is_dir().then(|| (m.dev(), m.ino()))
+}
+
 /// Checks a user name and password for a front-end that keeps its own sessions (the web
 /// app's login): the same argon2 pool, dummy hash for unknown users, penalty and audit line as
 /// a ferry/1 login, but no session slot and no home opened (the front-end opens the home when

@@ -443,6 +443,7 @@ pub async fn run(
     let hard = CancellationToken::new();
     let tracker = TaskTracker::new();
     let sweeper = tokio::spawn(sweep_partials_periodically(Arc::clone(&server)));
+    let web_sweeper = tokio::spawn(sweep_web_homes(Arc::clone(&server)));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -498,6 +499,7 @@ pub async fn run(
     // New connections are refused from now on, not left waiting in the backlog.
     drop(listener);
     sweeper.abort();
+    web_sweeper.abort();
     tracing::info!("shutting down: no new connections; waiting for sessions");
     tracker.close();
     // Idle sessions end at once; transfers in flight get the grace period.
@@ -566,6 +568,17 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
             }
         })
         .await;
+    }
+}
+
+/// Lets go of the homes the HTTPS front-end keeps open once they have been unused for the
+/// idle timeout, every second, whether or not requests come: their session slots go back.
+async fn sweep_web_homes(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        server.web.sweep(server.limits.idle_timeout);
     }
 }
 

@@ -146,6 +146,9 @@ pub struct WebState {
     links: RwLock<Arc<dyn LinkStore>>,
     /// Drop links' folders, opened as stores of their own, by link id.
     link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
+    /// One opening at a time per key (a user and scope, a link), so requests that arrive
+    /// together open a home once and take one session slot.
+    opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The key that signs upload receipts, and the server's name in them (`host:port` as
     /// senders reach it).
     receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
@@ -166,6 +169,7 @@ impl Default for WebState {
             sessions: Arc::new(MemorySessions::new()),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
         }
@@ -211,8 +215,13 @@ struct Cached {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AccountShape {
     home: std::path::PathBuf,
+    /// The home directory itself (device, inode): one moved away and made again under the
+    /// same path is another home.
+    dir: Option<(u64, u64)>,
     read_only: bool,
     limits: crate::domain::Quota,
+    /// The password as it is: a changed one opens afresh too.
+    password: [u8; 32],
 }
 
 impl WebState {
@@ -271,8 +280,17 @@ impl WebState {
         Arc::clone(&self.tokens.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Drops homes unused for `idle` (their session slots go back).
-    fn sweep(&self, idle: Duration) {
+    /// The lock under which `key`'s home is opened.
+    fn opening(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut o = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        // Locks nobody holds or waits for are dropped as they go out of use.
+        o.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(o.entry(key.to_string()).or_default())
+    }
+
+    /// Drops homes unused for `idle` (their session slots go back). The server calls it
+    /// every second, whether or not requests come.
+    pub(crate) fn sweep(&self, idle: Duration) {
         self.link_homes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -390,44 +408,67 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
             return Err(busy());
         }
     };
+    let home_dir = user.home_dir(server.root());
     let shape = AccountShape {
-        home: user.home_dir(server.root()),
+        dir: login::dir_identity(&home_dir),
+        home: home_dir,
         read_only: user.read_only,
         limits: crate::service::quota::limits_of(&user),
+        password: password_stamp(&user.password_hash),
     };
     let limits = server.limits();
-    server.web.sweep(limits.idle_timeout);
     let key = (grant_user.clone(), format!("{scope:?}"));
-    let cached = {
+    let lookup = |shape: &AccountShape| {
         let homes = server.web.homes.lock().unwrap_or_else(|p| p.into_inner());
-        homes.get(&key).filter(|c| c.account == shape).cloned()
+        homes.get(&key).filter(|c| c.account == *shape).cloned()
     };
-    let cached =
-        match cached {
-            Some(c) => c,
-            None => {
-                let deadline = tokio::time::Instant::now() + limits.login_timeout;
-                let session =
-                    match login::open_for(server, &grant_user, scope.clone(), conn.peer, deadline)
-                        .await
-                    {
-                        Ok(s) => s,
-                        Err(r) => return Err(refusal(r)),
-                    };
-                let c = Arc::new(Cached {
-                    session,
-                    account: shape,
-                    last_used: Mutex::new(Instant::now()),
-                });
-                server
-                    .web
-                    .homes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, Arc::clone(&c));
-                c
+    let cached = match lookup(&shape) {
+        Some(c) => c,
+        None => {
+            let lock = server.web.opening(&format!("user:{}:{scope:?}", grant_user));
+            let _opening = lock.lock().await;
+            match lookup(&shape) {
+                // Another request opened it meanwhile.
+                Some(c) => c,
+                None => {
+                    // A stale entry gives its session slot back before the home is opened
+                    // again.
+                    let stale = server
+                        .web
+                        .homes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    drop(stale);
+                    let deadline = tokio::time::Instant::now() + limits.login_timeout;
+                    let session = login::open_for(
+                        server,
+                        &grant_user,
+                        scope.clone(),
+                        conn.peer,
+                        deadline,
+                    )
+                    .await
+                    .map_err(refusal)?;
+                    // The home exists now (the first use creates it).
+                    let mut shape = shape;
+                    shape.dir = login::dir_identity(&shape.home);
+                    let c = Arc::new(Cached {
+                        session,
+                        account: shape,
+                        last_used: Mutex::new(Instant::now()),
+                    });
+                    server
+                        .web
+                        .homes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, Arc::clone(&c));
+                    c
+                }
             }
-        };
+        }
+    };
     *cached.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     conn.authenticated();
     Ok(Account {
@@ -467,12 +508,21 @@ fn refusal(r: Refusal) -> Response<Body> {
     }
 }
 
+/// Owner, folder, token hash, home path, and the folder directory's identity.
+type LinkShape = (
+    String,
+    String,
+    [u8; 32],
+    std::path::PathBuf,
+    Option<(u64, u64)>,
+);
+
 /// A drop link's folder as a store, kept while the link is used.
 struct CachedLink {
     home: crate::service::Home,
-    /// The link and owner as they were when opened: another folder, owner or a link made
-    /// again under the id opens afresh.
-    shape: (String, String, [u8; 32], std::path::PathBuf),
+    /// The link and owner as they were when opened: another folder, owner, folder directory
+    /// or a link made again under the id opens afresh.
+    shape: LinkShape,
     last_used: Mutex<Instant>,
 }
 
@@ -497,23 +547,39 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
             return Err(busy());
         }
     };
+    let home_dir = user.home_dir(server.root());
+    // The folder the link serves, as a directory now: one moved away and made again under
+    // the same name is another folder.
+    let served = match link.kind {
+        LinkKind::Upload => link.folder.clone(),
+        LinkKind::Download => match link.folder.rsplit_once('/') {
+            Some((parent, _)) => parent.to_string(),
+            None => String::new(),
+        },
+    };
+    let folder_dir = login::dir_identity(&home_dir.join(served.trim_start_matches('/')));
     let shape = (
         link.owner.clone(),
         link.folder.clone(),
         link.token_sha256,
-        user.home_dir(server.root()),
+        home_dir,
+        folder_dir,
     );
     let limits = server.limits();
-    server.web.sweep(limits.idle_timeout);
-    let cached = {
+    let lookup = |shape: &LinkShape| {
         let homes = server
             .web
             .link_homes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        homes.get(&id).filter(|c| c.shape == shape).cloned()
+        homes.get(&id).filter(|c| c.shape == *shape).cloned()
     };
-    let cached = match cached {
+    let lock = server.web.opening(&format!("link:{id}"));
+    let _opening = match lookup(&shape) {
+        Some(_) => None,
+        None => Some(lock.lock().await),
+    };
+    let cached = match lookup(&shape) {
         Some(c) => c,
         None => {
             let gone = || {
