@@ -1,6 +1,6 @@
 //! Red-team tests of the HTTPS front-end (issue 14): what a hostile or merely careless client
 //! can make the server hold, miscount or mis-sign. Each test states the rule it checks; the
-//! ones marked `FAILS ON MAIN` found a real problem.
+//! ones marked "Failed before its fix" found a real problem, now fixed.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ fn h2_request(method: &str, path: &str, token: &str) -> http::Request<()> {
 /// a connection slot. The watchdog counts any byte written as progress, and PING acks (the
 /// client's pings here; hyper's own keep-alive pings every 30 s do the same with no help from
 /// the client, against the 60 s default stall timeout) are bytes written.
-// FAILS ON MAIN: `Watch::write_stalled` looks at the socket's last write, which PING acks
+// Failed before its fix (the review of 2026-12-07): `Watch::write_stalled` looks at the socket's last write, which PING acks
 // and hyper's keep-alive pings refresh, so a response that moves no byte is never "stalled".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_download_stuck_on_flow_control_is_cut_even_if_pings_flow() {
@@ -141,7 +141,7 @@ fn recreate_carol(server: &TestServer) {
 /// token's uploads land in the new home, and the new account's usage starts from what that
 /// home holds. The web front-end's home cache must not hand the new user the old one's open
 /// directory or usage account.
-// FAILS ON MAIN: `auth::account` keys the cache by (user, scope) and compares only the home
+// Failed before its fix (the review of 2026-12-07): `auth::account` keys the cache by (user, scope) and compares only the home
 // *path*, read-only flag and limits. The cached `Home` still holds the old `Jail` (an open fd
 // of the old directory, wherever it was moved) and keeps the old quota `Account` alive (the
 // registry holds homes weakly, by path), so the new user's upload is acknowledged with a
@@ -186,7 +186,7 @@ async fn a_user_made_again_does_not_inherit_the_cached_home() {
 /// requests at once with its token (curl --parallel, a browser's six sockets) must not be
 /// refused for "too many sessions", and must not take more than one session slot per
 /// token scope for longer than the requests last.
-// FAILS ON MAIN: every request that misses the home cache calls `login::open_for`, which takes
+// Failed before its fix (the review of 2026-12-07): every request that misses the home cache calls `login::open_for`, which takes
 // a session slot before opening the home; concurrent first requests each take one (the cache
 // insert then keeps only the last), so with `max_sessions_per_user` N the (N+1)th concurrent
 // request gets 429 `too_many_sessions`, and for that moment the user's ferry/1 logins are
@@ -234,7 +234,7 @@ async fn concurrent_first_requests_with_one_token_take_one_session() {
 /// An admin who changes a user's limits (or home, or read-only flag) while they use a token
 /// must not lock that user out of HTTP: the changed account is opened afresh, and the stale
 /// cached one gives its session slot back first.
-// FAILS ON MAIN: on a changed `AccountShape` the cache misses and `open_for` takes a *new*
+// Failed before its fix (the review of 2026-12-07): on a changed `AccountShape` the cache misses and `open_for` takes a *new*
 // slot while the stale entry still holds the old one (it is only replaced after the open
 // succeeds, or swept after `idle_timeout` unused). With `max_sessions_per_user = 1` every
 // request answers 429 `too_many_sessions` until the stale entry has been unused for
@@ -272,7 +272,7 @@ async fn a_changed_account_is_reopened_without_a_second_session() {
 /// A connection that never proves anything may not stay pre-login forever by fetching a
 /// public page now and then: the login window (`login_timeout`) runs from its start, as it
 /// does for ferry/1, not from its last request.
-// FAILS ON MAIN: `drive` closes a not-logged-in connection only when it is *idle* for
+// Failed before its fix (the review of 2026-12-07): `drive` closes a not-logged-in connection only when it is *idle* for
 // `login_timeout` (no request in flight or ended for that long), so `GET /` every few
 // seconds holds a pre-login place (and a connection slot) indefinitely; only pressure
 // (>= `startups.start` pre-login connections) cuts it.
@@ -310,7 +310,7 @@ async fn public_requests_do_not_hold_a_pre_login_place_forever() {
 /// Under pressure a browser's idle preconnects are cut at the shortened window, as ferry/1's
 /// are; but by web.md §1.3 they earn nothing, and at most what a ferry/1 connection that never
 /// logged in earns (`noauth_under_pressure`). Two idle preconnects must not ban the browser.
-// FAILS ON MAIN: `serve` maps `Cut::Expired` to `GraceExceeded` (10 s each), so two idle
+// Failed before its fix (the review of 2026-12-07): `serve` maps `Cut::Expired` to `GraceExceeded` (10 s each), so two idle
 // sockets under someone else's flood reach `min_before_ban` (15 s) and the address is banned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_preconnects_under_pressure_do_not_ban_a_browser() {
@@ -504,7 +504,7 @@ async fn every_answer_carries_the_security_headers() {
 /// Guessing tokens is bounded per connection as guessing passwords is for ferry/1: after
 /// `max_auth_attempts` refused tokens the connection ends, so one kept-open h2 connection
 /// cannot try tokens at line rate while new connections from its address are banned.
-// FAILS ON MAIN: `auth::account` penalises each refused token but never ends the connection,
+// Failed before its fix (the review of 2026-12-07): `auth::account` penalises each refused token but never ends the connection,
 // and a ban only refuses *new* connections; every guess on an open connection gets its 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tokens_end_the_connection_after_the_login_attempts() {
@@ -651,7 +651,7 @@ async fn odd_bodies_leave_the_counters_true() {
 /// `/f/x`), or a `%` typed into a file name, gets a 400 and no penalty. Only what no real
 /// client sends by mistake (encoded dots and slashes, NULs, overlong UTF-8) may cost the
 /// address, or a few curl runs of a buggy script ban it.
-// FAILS ON MAIN: `router::route` calls `conn.misbehaved()` for every `decode_path` error,
+// Failed before its fix (the review of 2026-12-07): `router::route` calls `conn.misbehaved()` for every `decode_path` error,
 // `EmptySegment` and `BadEscape` included, so each such connection costs `ProtocolError`
 // (5 s) and the fourth bans the address (`min_before_ban` 15 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,7 +686,7 @@ async fn ordinary_url_mistakes_cost_no_penalty() {
 /// The test runs the server on a pool of 64 threads so that 90 silent PUTs fill it; the
 /// default pool is 512, which one address reaches with 16 connections of 32 streams (the
 /// per-source cap is 20).
-// FAILS ON MAIN: no cap on a user's (or a connection's) streamed uploads in flight, and
+// Failed before its fix (the review of 2026-12-07): no cap on a user's (or a connection's) streamed uploads in flight, and
 // `LocalUpload::start` spawns the blocking writer before the first byte, so an unrelated
 // request waits for the stall timeout.
 #[test]
@@ -759,7 +759,7 @@ fn silent_uploads_cannot_take_every_blocking_thread() {
 /// good, so one holder of a read-only token can take every blocking thread and hang the
 /// server for everyone. The test runs the server on a pool of 64 threads; the default 512
 /// is reached by one address with 16 connections of 32 streams.
-// FAILS ON MAIN: nothing bounds a user's downloads in flight, each parks a blocking thread,
+// Failed before its fix (the review of 2026-12-07): nothing bounds a user's downloads in flight, each parks a blocking thread,
 // and a response stuck on flow control is never cut.
 #[test]
 fn stuck_downloads_cannot_take_every_blocking_thread() {
@@ -818,7 +818,7 @@ fn stuck_downloads_cannot_take_every_blocking_thread() {
 /// A home the web front-end opened for a token is let go once unused for the idle timeout,
 /// whether or not another HTTP request comes: its session slot goes back, so the user's
 /// ferry/1 logins are not refused by a curl request made long ago.
-// FAILS ON MAIN: `WebState::sweep` runs only inside `auth::account`, i.e. on the next token
+// Failed before its fix (the review of 2026-12-07): `WebState::sweep` runs only inside `auth::account`, i.e. on the next token
 // request. With no further HTTP traffic the cached home keeps its session slot (and its open
 // directory and usage account) for ever; with `max_sessions_per_user = 1` the user cannot
 // log in with ferry/1 again.
@@ -859,7 +859,7 @@ async fn an_unused_cached_home_gives_its_session_back() {
 /// however its `Range` header is spelt: a suffix range of the whole size, `bytes= 0-`,
 /// `bytes=00-`, `BYTES=0-` and a malformed or multi-range header (answered with the whole
 /// file) are all whole downloads, after which a link of one download is used up.
-// FAILS ON MAIN: `drop::download` decides whether to count from the raw header text
+// Failed before its fix (the review of 2026-12-07): `drop::download` decides whether to count from the raw header text
 // (`starts_with("bytes=0-")`), not from what `parse_range` will send, so any other spelling
 // downloads the whole file without counting: a sender who never sends a plain GET downloads
 // for ever, and `max_downloads` only stops browsers.
@@ -905,7 +905,7 @@ async fn a_download_links_count_holds_whatever_the_range_says() {
 /// A drop link names a folder by its path: when the owner moves that folder away and makes a
 /// new one of the same name, the link's uploads go to the new one (what `ferry link list`
 /// shows), not into the folder that was moved.
-// FAILS ON MAIN: `auth::link_account` caches the folder's opened `Jail` (a directory fd) by
+// Failed before its fix (the review of 2026-12-07): `auth::link_account` caches the folder's opened `Jail` (a directory fd) by
 // link id and compares only owner, folder *text*, token and home path, so for as long as the
 // link keeps being used (each use refreshes it) uploads land in the moved directory, wherever
 // it now is, with a signed receipt. Same root cause as
@@ -940,7 +940,7 @@ async fn a_drop_link_follows_its_folder_name_not_a_moved_directory() {
 /// gets `max_auth_attempts` tries on a connection, as a ferry/1 login does. Each try is an
 /// argon2 verification on the pool ferry/1 logins share, so unbounded tries on a kept-open
 /// connection also starve everyone's logins.
-// FAILS ON MAIN: `drop::check_password` penalises a wrong password but the connection goes on,
+// Failed before its fix (the review of 2026-12-07): `drop::check_password` penalises a wrong password but the connection goes on,
 // and the ban the penalties reach only refuses new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_link_passwords_end_the_connection_after_the_login_attempts() {
@@ -982,7 +982,7 @@ async fn wrong_link_passwords_end_the_connection_after_the_login_attempts() {
 /// A drop link's `max_files` counts files that landed. A streamed upload whose content does
 /// not match the sender's digest lands nothing (409), so it must not use up the link: the
 /// next, correct upload still lands. (Small uploads already check the digest before counting.)
-// FAILS ON MAIN: in `files::put`'s streamed branch `count_link_use` runs before
+// Failed before its fix (the review of 2026-12-07): in `files::put`'s streamed branch `count_link_use` runs before
 // `upload.finish`, which is where the digest is compared; a mismatch (a sender's bug, a
 // corrupting proxy, or anyone holding the URL on purpose) counts a file that never landed,
 // and a link of one file is used up with nothing in the folder.
@@ -1030,7 +1030,7 @@ async fn a_streamed_mismatch_does_not_use_up_a_drop_link() {
 /// handed out: one link admits `MAX_USES_PER_LINK` (64) uploads in flight, each holding a
 /// blocking thread from its head on, so eight links' URLs fill the default pool of 512. The
 /// test runs the server on a pool of 48 and opens 60 silent uploads through one link.
-// FAILS ON MAIN: as `silent_uploads_cannot_take_every_blocking_thread`, anonymously.
+// Failed before its fix (the review of 2026-12-07): as `silent_uploads_cannot_take_every_blocking_thread`, anonymously.
 #[test]
 fn silent_uploads_through_a_drop_link_cannot_take_every_blocking_thread() {
     let rt = tokio::runtime::Builder::new_multi_thread()

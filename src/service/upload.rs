@@ -514,12 +514,24 @@ impl Upload {
 
     /// Ends the data and commits it if it is the declared size and its digest is what
     /// `expected` accepts (see [`Expect`]). A mismatch or an error leaves nothing under the
-    /// target.
+    /// target. [`Upload::seal`] and [`Sealed::commit`] are the same in two steps.
     pub async fn finish(
-        mut self,
+        self,
         expected: impl Into<Expect>,
         durability: Durability,
     ) -> Result<Put, CoreError> {
+        match self.seal(expected).await? {
+            Sealing::Sealed(sealed) => sealed.commit(durability).await,
+            Sealing::Mismatch { actual } => Ok(Put::Mismatch { actual }),
+        }
+    }
+
+    /// Ends the data and checks it: the declared size, and a digest `expected` accepts. A
+    /// mismatch or an error leaves nothing (the upload is gone); otherwise the upload waits,
+    /// verified, for [`Sealed::commit`] (dropped, it is aborted). Lets a caller do what must
+    /// happen between the check and the commit (a drop link counts a file only once it is
+    /// known good, and before it lands).
+    pub async fn seal(mut self, expected: impl Into<Expect>) -> Result<Sealing, CoreError> {
         let expected = expected.into();
         let Some(mut inner) = self.inner.take() else {
             return Err(StorageError::InvalidArgument.into());
@@ -541,8 +553,60 @@ impl Upload {
         };
         if !expected.accepts(&actual) {
             inner.abort().await;
-            return Ok(Put::Mismatch { actual });
+            return Ok(Sealing::Mismatch { actual });
         }
+        self.inner = Some(inner);
+        Ok(Sealing::Sealed(Sealed {
+            upload: self,
+            actual,
+        }))
+    }
+}
+
+/// What [`Upload::seal`] found.
+#[derive(Debug)]
+pub enum Sealing {
+    /// Whole and verified: commit it.
+    Sealed(Sealed),
+    /// The content's digest is not the one expected: nothing was kept.
+    Mismatch { actual: Sha256Digest },
+}
+
+/// A whole, verified upload waiting for its commit.
+#[derive(Debug)]
+pub struct Sealed {
+    upload: Upload,
+    actual: Sha256Digest,
+}
+
+impl Sealed {
+    /// The content's SHA-256.
+    pub fn sha256(&self) -> Sha256Digest {
+        self.actual
+    }
+
+    /// Drops it: nothing lands and its room is given back.
+    pub async fn abort(self) {
+        self.upload.abort().await;
+    }
+
+    /// Commits it (the same durable, counted commit as [`Upload::finish`]).
+    pub async fn commit(self, durability: Durability) -> Result<Put, CoreError> {
+        let Sealed { mut upload, actual } = self;
+        let Some(inner) = upload.inner.take() else {
+            return Err(StorageError::InvalidArgument.into());
+        };
+        upload.commit_verified(inner, actual, durability).await
+    }
+}
+
+impl Upload {
+    async fn commit_verified(
+        mut self,
+        inner: Box<dyn storage::Upload>,
+        actual: Sha256Digest,
+        durability: Durability,
+    ) -> Result<Put, CoreError> {
         // A resumed partial was counted (as a file of `offset` bytes) and becomes the target:
         // only the rest of its bytes are new.
         let added = Footprint {

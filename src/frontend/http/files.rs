@@ -26,7 +26,7 @@ use super::router::{Body, error, full};
 use super::{Conn, headers, parse, status};
 use crate::domain::{EntryKind, hex_digest};
 use crate::receipt::Receipt;
-use crate::service::{Expect, Put, PutRequest};
+use crate::service::{Expect, Put, PutRequest, Sealing};
 use crate::state::links::{LinkRefused, LinkStore, LinkUse};
 use crate::storage::{Download, Durability, ReadEvent, RemotePath, SMALL_MAX, Sha256Digest};
 
@@ -551,11 +551,18 @@ pub async fn put(
         {
             return fail(&e);
         }
+        // Verified first: a sender's wrong digest stores nothing and uses up nothing of a
+        // link; then counted; then committed.
+        let sealed = match upload.seal(expect).await {
+            Ok(Sealing::Sealed(s)) => s,
+            Ok(Sealing::Mismatch { actual }) => return mismatch(conn, acct, path, size, &actual),
+            Err(e) => return fail(&e),
+        };
         if let Err(r) = count_link_use(&mut link_use, size).await {
-            upload.abort().await;
+            sealed.abort().await;
             return r;
         }
-        upload.finish(expect, Durability::Now).await
+        sealed.commit(Durability::Now).await
     };
     let (sha256, landed_as) = match put {
         Ok(Put::Committed { sha256, name }) => (sha256, name),
@@ -641,9 +648,10 @@ fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
     }
 }
 
-/// Counts an upload through a drop link right before its commit: a link revoked, expired or
-/// used up (by another node) since the reservation refuses, and the file never lands. A
-/// commit that then fails leaves the link counted one file high, never low.
+/// Counts an upload through a drop link once its content is verified and right before its
+/// commit: a link revoked, expired or used up (by another node) since the reservation
+/// refuses, and the file never lands. A commit that then fails (the disk) leaves the link
+/// counted one file high, never low.
 async fn count_link_use(link_use: &mut Option<LinkUse>, size: u64) -> Result<(), Response<Body>> {
     match link_use.take() {
         Some(u) => u.commit(size).await.map_err(|r| link_refused(&r)),
