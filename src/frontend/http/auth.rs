@@ -425,7 +425,9 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
     let cached = match lookup(&shape) {
         Some(c) => c,
         None => {
-            let lock = server.web.opening(&format!("user:{}:{scope:?}", grant_user));
+            let lock = server
+                .web
+                .opening(&format!("user:{}:{scope:?}", grant_user));
             let _opening = lock.lock().await;
             match lookup(&shape) {
                 // Another request opened it meanwhile.
@@ -441,15 +443,10 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
                         .remove(&key);
                     drop(stale);
                     let deadline = tokio::time::Instant::now() + limits.login_timeout;
-                    let session = login::open_for(
-                        server,
-                        &grant_user,
-                        scope.clone(),
-                        conn.peer,
-                        deadline,
-                    )
-                    .await
-                    .map_err(refusal)?;
+                    let session =
+                        login::open_for(server, &grant_user, scope.clone(), conn.peer, deadline)
+                            .await
+                            .map_err(refusal)?;
                     // The home exists now (the first use creates it).
                     let mut shape = shape;
                     shape.dir = login::dir_identity(&shape.home);

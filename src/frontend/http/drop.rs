@@ -65,7 +65,11 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
         Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "get"),
     };
     // An `If-Range` may turn any range into the whole file: counted, to be safe.
-    let from_start = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let from_start = match req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
         None => true,
         Some(_) if req.headers().contains_key(header::IF_RANGE) => true,
         Some(r) => match super::parse::parse_range(r, size) {

@@ -220,9 +220,9 @@ pub(crate) async fn serve<S>(
         End::Cut(prelogin::Cut::Evicted) => None, // penalised when it happened
         // Cut for the login window under pressure: a browser's idle or preconnected socket
         // earns nothing; one caught half-way through a request head is a slowloris.
-        End::Cut(prelogin::Cut::Expired) => watch
-            .partial_request()
-            .then_some(Offence::GraceExceeded),
+        End::Cut(prelogin::Cut::Expired) => {
+            watch.partial_request().then_some(Offence::GraceExceeded)
+        }
         End::Stalled => Some(Offence::GraceExceeded),
         End::Error(e) => classify(e, &watch),
     }
