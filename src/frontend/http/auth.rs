@@ -429,6 +429,9 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
                 .web
                 .opening(&format!("user:{}:{scope:?}", grant_user));
             let _opening = lock.lock().await;
+            // The request that held the lock may have made the home: look at it again.
+            let mut shape = shape;
+            shape.dir = login::dir_identity(&shape.home);
             match lookup(&shape) {
                 // Another request opened it meanwhile.
                 Some(c) => c,
@@ -448,7 +451,6 @@ pub async fn account<B>(conn: &Conn, req: &hyper::Request<B>) -> Result<Account,
                             .await
                             .map_err(refusal)?;
                     // The home exists now (the first use creates it).
-                    let mut shape = shape;
                     shape.dir = login::dir_identity(&shape.home);
                     let c = Arc::new(Cached {
                         session,
