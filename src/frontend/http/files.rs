@@ -126,11 +126,14 @@ pub async fn get(
     let body = if req.method() == Method::HEAD {
         drop(download);
         super::router::empty()
+    } else if len <= SMALL_MAX {
+        // One read of the store: its thread is done at once, whatever the client's pace.
+        DownloadBody::spawn(download, len, None)
     } else {
         let Some(slot) = conn.server.web.transfer_slot(&acct.user) else {
             return too_many_transfers();
         };
-        DownloadBody::spawn(download, len, slot)
+        DownloadBody::spawn(download, len, Some(slot))
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -202,12 +205,16 @@ fn value(s: &str) -> HeaderValue {
 struct DownloadBody {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     left: u64,
-    /// The transfer's place, given back when the body goes.
-    _slot: super::auth::TransferSlot,
+    /// The transfer's place, given back when the body goes (none for a small file).
+    _slot: Option<super::auth::TransferSlot>,
 }
 
 impl DownloadBody {
-    fn spawn(mut download: Box<dyn Download>, len: u64, slot: super::auth::TransferSlot) -> Body {
+    fn spawn(
+        mut download: Box<dyn Download>,
+        len: u64,
+        slot: Option<super::auth::TransferSlot>,
+    ) -> Body {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
