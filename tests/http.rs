@@ -34,7 +34,7 @@ async fn http11_and_h2_serve_the_front_page_with_the_security_headers() {
             page.header("content-type"),
             Some("text/html; charset=utf-8")
         );
-        assert!(page.text().contains("<h1>ferry</h1>"), "{proto:?}");
+        assert!(page.text().contains("<title>ferry</title>"), "{proto:?}");
         let csp = page.header("content-security-policy").unwrap();
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(!csp.contains("unsafe-inline"), "{csp}");

@@ -7,6 +7,7 @@ mod account_contract;
 mod accounting;
 mod admin;
 mod attacks;
+mod browser;
 mod cli;
 mod client_edges;
 mod haproxy;

@@ -17,11 +17,18 @@ pub struct Asset {
 }
 
 /// Every file of `web/` that is served (a test checks none is missing).
-pub const ASSETS: &[Asset] = &[Asset {
-    name: "vendor/hash-wasm/sha256.umd.min.js",
-    content_type: "text/javascript; charset=utf-8",
-    bytes: include_bytes!("../../../web/vendor/hash-wasm/sha256.umd.min.js"),
-}];
+pub const ASSETS: &[Asset] = &[
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        bytes: include_bytes!("../../../web/style.css"),
+    },
+    Asset {
+        name: "vendor/hash-wasm/sha256.umd.min.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/vendor/hash-wasm/sha256.umd.min.js"),
+    },
+];
 
 /// Files of `web/` that are kept in the repository but not served.
 pub const NOT_SERVED: &[&str] = &["vendor/hash-wasm/LICENSE", "vendor/hash-wasm/VENDORED.md"];

@@ -106,7 +106,19 @@ pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) ->
     match (method, name) {
         (Method::GET | Method::HEAD, None) => match refusal(&link, LinkKind::Upload) {
             Some(r) => r,
-            None => page(&link),
+            None => {
+                let authority = head
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| {
+                        head.headers
+                            .get(header::HOST)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    });
+                page(&link, authority.as_deref(), token)
+            }
         },
         (Method::PUT, Some(name)) => {
             if let Some(r) = refusal(&link, LinkKind::Upload) {
@@ -256,20 +268,29 @@ fn basic_password(headers: &hyper::HeaderMap) -> Option<String> {
 }
 
 /// The link's page. The upload page of the web app replaces it; until then it says how to send
-/// a file with curl. The note is the owner's text, escaped: never markup.
-fn page(link: &Link) -> Response<Body> {
+/// files with curl, with the command for this very link. The note is the owner's text,
+/// escaped: never markup. `authority` is the host the browser asked for (only shown).
+fn page(link: &Link, authority: Option<&str>, token: &str) -> Response<Body> {
     let note = link
         .note
         .as_deref()
         .map(|n| format!("<p class=\"note\">{}</p>", html_escape(n)))
         .unwrap_or_default();
+    let base = authority.map_or_else(|| "https://HOST".to_string(), |a| format!("https://{a}"));
+    let command = html_escape(&format!("curl -T FILE {base}/d/{token}/"));
+    let limits = match (link.max_files, link.expires) {
+        (Some(n), _) => format!("<p class=\"muted\">This link takes at most {n} files.</p>"),
+        _ => String::new(),
+    };
     let body = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>ferry: send files</title></head><body><h1>Send files</h1>{note}\
-<p>Upload with curl: <code>curl -T FILE THIS-URL/</code>. Files land in the recipient's drop \
-folder; nothing there can be listed or downloaded through this link, and a name that exists \
-gets a new one.</p></body></html>\n"
+<link rel=\"stylesheet\" href=\"/assets/style.css\">\
+<title>ferry: send files</title></head><body><h1><span class=\"brand\">ferry</span> · Send \
+files</h1>{note}<p>Send a file from a terminal:</p><pre>{command}</pre>\
+<p class=\"muted\">Files land in the recipient's drop folder and are checked with SHA-256 on \
+arrival; you get a signed receipt back. Nothing there can be listed or downloaded through this \
+link, and a file whose name is taken is kept under a new one.</p>{limits}</body></html>\n"
     );
     let mut r = Response::new(full(body));
     r.headers_mut().insert(

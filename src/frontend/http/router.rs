@@ -194,8 +194,11 @@ fn front_page(_conn: &Arc<Conn>) -> Response<Body> {
 
 const FRONT_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>ferry</title></head><body><h1>ferry</h1>\
+<link rel=\"stylesheet\" href=\"/assets/style.css\">\
+<title>ferry</title></head><body><h1><span class=\"brand\">ferry</span></h1>\
 <p>This is a ferry file drop. It speaks the ferry protocol and HTTPS on this port.</p>\
+<p class=\"muted\">Were you given a link to send files? Open it. Account holders use the \
+<code>ferry</code> client, or curl with a token (<code>ferry token add</code>).</p>\
 </body></html>\n";
 
 /// A response body that holds its request's place in the [`watch::Watch`] until it is

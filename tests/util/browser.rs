@@ -1,0 +1,143 @@
+//! A real headless Chromium for the tests that look at pages: Debian's `chromium`, driven
+//! through `chromedriver` by fantoccini. The browser trusts only the test server's key (by its
+//! SPKI hash), not every certificate. Tests that use it are named `needs_chromium_*` and
+//! ignored by a plain `cargo test`; `.ci/run` installs chromium and runs them. Without it they
+//! fail, saying what is missing.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder};
+
+use super::TestServer;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A browser session and the chromedriver behind it (stopped when dropped).
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium that trusts `server`'s key.
+    pub async fn start(server: &TestServer) -> Browser {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "needs {bin} (Debian chromium and chromium-driver; .ci/run installs them)"
+            );
+        }
+        let spki = spki_sha256_base64(server);
+        let profile = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        loop {
+            let port = free_port();
+            let mut driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot start chromedriver");
+            let caps = serde_json::json!({
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless=new",
+                        "--no-sandbox",
+                        "--window-size=1280,800",
+                        format!("--user-data-dir={}", profile.path().display()),
+                        format!("--ignore-certificate-errors-spki-list={spki}"),
+                    ],
+                }
+            });
+            let caps: fantoccini::wd::Capabilities = caps.as_object().unwrap().clone();
+            let url = format!("http://127.0.0.1:{port}");
+            // chromedriver takes a moment to listen; a port someone took meanwhile fails.
+            let until = Instant::now() + Duration::from_secs(10);
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let client = loop {
+                match ClientBuilder::new(connector.clone())
+                    .capabilities(caps.clone())
+                    .connect(&url)
+                    .await
+                {
+                    Ok(c) => break Some(c),
+                    Err(_) if Instant::now() < until => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => {
+                        eprintln!("chromedriver on {port}: {e}");
+                        break None;
+                    }
+                }
+            };
+            match client {
+                Some(client) => {
+                    return Browser {
+                        client,
+                        driver,
+                        _profile: profile,
+                    };
+                }
+                None => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    assert!(
+                        start.elapsed() < Duration::from_secs(40),
+                        "chromedriver never accepted a session"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Saves a screenshot of the page as `target/screenshots/<name>.png` (look at them: they
+    /// are what a first-time user sees; good ones are copied to docs/img by hand).
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    /// Ends the session and stops chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The base64 SHA-256 of the server certificate's SubjectPublicKeyInfo, as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it.
+fn spki_sha256_base64(server: &TestServer) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let pem = server.dir().join("certs/server.pem");
+    let certs = ferry::tls::load_certs(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref()).unwrap();
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
+}
