@@ -510,6 +510,35 @@ fn public_authority(url: &str) -> Result<String> {
     })
 }
 
+/// A lifetime from the command line (`ferry token add --expires`, `ferry link add
+/// --expires`): `None` is `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expiry(pub(crate) Option<Duration>);
+
+/// The longest lifetime that is not `never`.
+pub(crate) const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `never` or a duration with a unit (`90d`, `12h`, `30m`, `45s`), through
+/// [`parse_duration`]; a bare number or zero is refused (a credential that expires at once, or a
+/// number whose unit the reader must guess, is a mistake).
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    let s = s.trim();
+    if s == "never" {
+        return Ok(Expiry(None));
+    }
+    if s.ends_with(|c: char| c.is_ascii_digit()) || s.ends_with("ms") {
+        return Err(format!("'{s}' needs a unit: e.g. 7d, 12h, 30m, or never"));
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("it must live longer than 0s (or say never)".into());
+    }
+    if d > MAX_EXPIRY {
+        return Err(format!("'{s}' is more than 100 years: say never"));
+    }
+    Ok(Expiry(Some(d)))
+}
+
 /// Parses `90`, `90s`, `5m`, `2h`, `1d` (a bare number is seconds).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

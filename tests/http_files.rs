@@ -362,6 +362,9 @@ async fn encoded_dots_slashes_and_bad_utf8_never_reach_the_core() {
         "/f/a%5c..%5csecret",
         "/f/%ed%a0%80",
         "/f/a%2",
+        // A right-to-left override would show `invoice\u{202E}fdp.exe` as `invoiceexe.pdf`.
+        "/f/invoice%E2%80%AEfdp.exe",
+        "/f/a%E2%81%A6b",
     ] {
         let mut c = Client::connect(&server, Proto::H1).await;
         let r = c.authed("GET", path, &token, &[], "").await;

@@ -204,9 +204,11 @@ async fn del_revokes_for_an_open_store_and_unknown_ids_fail_clearly() {
 #[tokio::test]
 async fn an_expired_token_is_refused_and_listed_as_expired() {
     let s = Setup::with_users(&["alice"]);
-    let token = s.add(&["short", "--expires", "1s"]);
+    // Lifetimes count from the creation time in whole seconds (as the file keeps it), so a
+    // token of 3 s lives at least 2: room for a loaded machine between the two steps.
+    let token = s.add(&["short", "--expires", "3s"]);
     assert!(judge(&s.store(), &token).await.is_ok());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         judge(&s.store(), &token).await.unwrap_err().reason(),
         "expired token"

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use super::{Expiry, parse_expiry};
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
 
@@ -13,9 +14,6 @@ use crate::accounts::tokens::format_time;
 use crate::jail::{Jail, RemotePath, StorageError};
 use crate::state::links::{Link, LinkError, LinkKind, LinkSpec, LinkStore, issue, validate_note};
 use crate::users::{self, UserDb};
-
-/// Longest expiry `--expires` takes (beyond it, say `never`).
-const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The port in a link's URL when it comes from the certificate.
 const DEFAULT_PORT: u16 = 7443;
@@ -134,30 +132,6 @@ impl LinkFiles {
             .clone()
             .unwrap_or_else(|| links_path_beside(&self.users))
     }
-}
-
-/// A link's lifetime from the command line: `None` is `never`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Expiry(Option<Duration>);
-
-/// Parses `never` or a duration with a unit (`7d`, `12h`, `30m`, `45s`); a bare number or zero
-/// is refused.
-fn parse_expiry(s: &str) -> Result<Expiry, String> {
-    let s = s.trim();
-    if s == "never" {
-        return Ok(Expiry(None));
-    }
-    if s.ends_with(|c: char| c.is_ascii_digit()) || s.ends_with("ms") {
-        return Err(format!("'{s}' needs a unit: e.g. 7d, 12h, 30m, or never"));
-    }
-    let d = super::parse_duration(s)?;
-    if d.is_zero() {
-        return Err("a link must live longer than 0s (or say never)".into());
-    }
-    if d > MAX_EXPIRY {
-        return Err(format!("'{s}' is more than 100 years: say never"));
-    }
-    Ok(Expiry(Some(d)))
 }
 
 /// A count of at least 1 that every store can keep.
@@ -534,6 +508,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn expiries_take_units_or_never() {

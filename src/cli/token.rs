@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use super::{Expiry, parse_expiry};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
@@ -13,9 +14,6 @@ use crate::state::tokens::{
     ApiTokens, TokenError, TokenId, TokenScope, issue, validate_token_name,
 };
 use crate::users::UserDb;
-
-/// Longest expiry `--expires` takes (beyond it, say `never`).
-const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
@@ -86,31 +84,6 @@ impl TokenFiles {
             .clone()
             .unwrap_or_else(|| tokens_path_beside(&self.users))
     }
-}
-
-/// A token's lifetime from the command line: `None` is `never`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Expiry(Option<Duration>);
-
-/// Parses `never` or a duration with a unit (`90d`, `12h`, `30m`, `45s`), through the
-/// command line's duration parser; a bare number or zero is refused (a token that expires at
-/// once, or a number whose unit the reader must guess, is a mistake).
-fn parse_expiry(s: &str) -> Result<Expiry, String> {
-    let s = s.trim();
-    if s == "never" {
-        return Ok(Expiry(None));
-    }
-    if s.ends_with(|c: char| c.is_ascii_digit()) || s.ends_with("ms") {
-        return Err(format!("'{s}' needs a unit: e.g. 90d, 12h, 30m, or never"));
-    }
-    let d = super::parse_duration(s)?;
-    if d.is_zero() {
-        return Err("a token must live longer than 0s (or say never)".into());
-    }
-    if d > MAX_EXPIRY {
-        return Err(format!("'{s}' is more than 100 years: say never"));
-    }
-    Ok(Expiry(Some(d)))
 }
 
 pub(super) fn run(cmd: TokenCommand) -> Result<ExitCode> {
@@ -248,6 +221,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn expiries_take_units_or_never() {
@@ -262,6 +236,6 @@ mod tests {
         ] {
             assert!(d(bad).is_err(), "{bad}");
         }
-        assert_eq!(d("36500d"), Ok(Some(MAX_EXPIRY)));
+        assert_eq!(d("36500d"), Ok(Some(crate::cli::MAX_EXPIRY)));
     }
 }
