@@ -1289,6 +1289,15 @@ fn release_sighup() {
     crate::platform::hold_hangup(false);
 }
 
+/// A one-thread runtime for a command that only edits local files (`ferry token`, `ferry
+/// link`): the stores' async methods run their file work on its blocking pool.
+fn command_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

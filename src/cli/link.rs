@@ -195,7 +195,7 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
         }
         LinkCommand::List { user, files } => {
             let store = TomlLinks::new(files.links());
-            let links = runtime()?.block_on(store.list(user.as_deref()))?;
+            let links = super::command_runtime()?.block_on(store.list(user.as_deref()))?;
             let now = SystemTime::now();
             let mut out = String::new();
             for l in &links {
@@ -211,7 +211,7 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
         LinkCommand::Del { id, files } => {
             let id = id.parse()?;
             let store = TomlLinks::new(files.links());
-            runtime()?.block_on(store.revoke(id))?;
+            super::command_runtime()?.block_on(store.revoke(id))?;
             eprintln!("deleted link {id} (a running server refuses it from the next request on)");
             Ok(ExitCode::SUCCESS)
         }
@@ -496,13 +496,6 @@ pub(super) fn revoke_user_links(users: &Path, links: Option<&Path>, user: &str) 
                 store.path().display()
             )
         })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 #[cfg(test)]

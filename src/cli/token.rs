@@ -97,7 +97,7 @@ pub(super) fn run(cmd: TokenCommand) -> Result<ExitCode> {
         } => add(name, user, expires, read_only, &files),
         TokenCommand::List { user, files } => {
             let store = TomlTokens::new(files.tokens());
-            let tokens = runtime()?.block_on(store.list(user.as_deref()))?;
+            let tokens = super::command_runtime()?.block_on(store.list(user.as_deref()))?;
             let now = SystemTime::now();
             let mut out = String::new();
             for t in &tokens {
@@ -125,7 +125,7 @@ pub(super) fn run(cmd: TokenCommand) -> Result<ExitCode> {
         TokenCommand::Del { id, files } => {
             let id: TokenId = id.parse()?;
             let store = TomlTokens::new(files.tokens());
-            runtime()?.block_on(store.revoke(id))?;
+            super::command_runtime()?.block_on(store.revoke(id))?;
             eprintln!("deleted token {id} (a running server refuses it from the next request on)");
             Ok(ExitCode::SUCCESS)
         }
@@ -209,13 +209,6 @@ pub(super) fn revoke_user_tokens(users: &Path, tokens: Option<&Path>, user: &str
                 store.path().display()
             )
         })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 #[cfg(test)]
