@@ -19,6 +19,8 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// A browser session and the chromedriver behind it (stopped when dropped).
 pub struct Browser {
     pub client: Client,
+    /// Where the browser saves downloads, without asking.
+    pub downloads: tempfile::TempDir,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -34,6 +36,7 @@ impl Browser {
         }
         let spki = spki_sha256_base64(server);
         let profile = tempfile::tempdir().unwrap();
+        let downloads = tempfile::tempdir().unwrap();
         let start = Instant::now();
         loop {
             let port = free_port();
@@ -53,6 +56,10 @@ impl Browser {
                         format!("--user-data-dir={}", profile.path().display()),
                         format!("--ignore-certificate-errors-spki-list={spki}"),
                     ],
+                    "prefs": {
+                        "download.default_directory": downloads.path().display().to_string(),
+                        "download.prompt_for_download": false,
+                    },
                 }
             });
             let caps: fantoccini::wd::Capabilities = caps.as_object().unwrap().clone();
@@ -80,6 +87,7 @@ impl Browser {
                 Some(client) => {
                     return Browser {
                         client,
+                        downloads,
                         driver,
                         _profile: profile,
                     };
@@ -105,6 +113,80 @@ impl Browser {
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();
         path
+    }
+
+    /// The value of a script run in the page (`return ...;`).
+    pub async fn eval(&self, script: &str) -> serde_json::Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Waits until `script` returns true in the page; panics with `what` (and a screenshot
+    /// named `name`) after `limit`.
+    pub async fn wait_until(&self, script: &str, limit: Duration, name: &str, what: &str) {
+        let until = Instant::now() + limit;
+        loop {
+            if self.eval(script).await == serde_json::Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > until {
+                let shot = self.screenshot(&format!("{name}-timeout")).await;
+                panic!("timed out waiting for {what} (see {})", shot.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Opens `url` (the web app) and logs in through its form.
+    pub async fn log_in(&self, url: &str, user: &str, password: &str) {
+        use fantoccini::Locator;
+        self.client.goto(url).await.unwrap();
+        let form = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css("form#login"))
+            .await
+            .expect("the login form never appeared");
+        form.find(Locator::Css("input[name=user]"))
+            .await
+            .unwrap()
+            .send_keys(user)
+            .await
+            .unwrap();
+        form.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys(password)
+            .await
+            .unwrap();
+        form.find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait_until(
+            "return document.querySelector('table.files') !== null",
+            Duration::from_secs(20),
+            "login",
+            "the file list after logging in",
+        )
+        .await;
+    }
+
+    /// Hands files to the page's file input `css` (as a person picking them would).
+    pub async fn pick(&self, css: &str, files: &[PathBuf]) {
+        let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap()
+            .send_keys(&paths.join("\n"))
+            .await
+            .unwrap();
     }
 
     /// Ends the session and stops chromedriver.

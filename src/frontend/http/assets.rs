@@ -24,14 +24,46 @@ pub const ASSETS: &[Asset] = &[
         bytes: include_bytes!("../../../web/style.css"),
     },
     Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/app.js"),
+    },
+    Asset {
+        name: "drop.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/drop.js"),
+    },
+    Asset {
+        name: "upload.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/upload.js"),
+    },
+    Asset {
+        name: "ui.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/ui.js"),
+    },
+    Asset {
+        name: "hash-worker.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/hash-worker.js"),
+    },
+    Asset {
         name: "vendor/hash-wasm/sha256.umd.min.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../../web/vendor/hash-wasm/sha256.umd.min.js"),
     },
 ];
 
+/// The web app's page, served at `/` (not under `/assets/`).
+pub const INDEX: &[u8] = include_bytes!("../../../web/index.html");
+
 /// Files of `web/` that are kept in the repository but not served.
-pub const NOT_SERVED: &[&str] = &["vendor/hash-wasm/LICENSE", "vendor/hash-wasm/VENDORED.md"];
+pub const NOT_SERVED: &[&str] = &[
+    "index.html",
+    "vendor/hash-wasm/LICENSE",
+    "vendor/hash-wasm/VENDORED.md",
+];
 
 /// `GET|HEAD /assets/<name>`.
 pub fn serve<B>(req: &Request<B>, segments: &[String]) -> Response<Body> {

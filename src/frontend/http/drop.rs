@@ -117,7 +117,8 @@ pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) ->
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned)
                     });
-                page(&link, authority.as_deref(), token)
+                let key = conn.server.web.receipts().map(|(k, _)| k.fingerprint());
+                page(&link, authority.as_deref(), token, key.as_deref())
             }
         },
         (Method::PUT, Some(name)) => {
@@ -225,10 +226,17 @@ async fn check_password(
             "auth_failed",
             "this link needs its password (curl -u :PASSWORD)",
         );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"ferry drop link\", charset=\"UTF-8\""),
-        );
+        // A script in a browser (the drop page) asks for the password in its own form: the
+        // challenge would make the browser open its login box over the page instead.
+        let from_script = headers
+            .get("sec-fetch-mode")
+            .is_some_and(|m| m.as_bytes() != b"navigate");
+        if !from_script {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"ferry drop link\", charset=\"UTF-8\""),
+            );
+        }
         r
     };
     let Some(password) = basic_password(headers) else {
@@ -267,30 +275,66 @@ fn basic_password(headers: &hyper::HeaderMap) -> Option<String> {
     Some(password.to_string())
 }
 
-/// The link's page. The upload page of the web app replaces it; until then it says how to send
-/// files with curl, with the command for this very link. The note is the owner's text,
-/// escaped: never markup. `authority` is the host the browser asked for (only shown).
-fn page(link: &Link, authority: Option<&str>, token: &str) -> Response<Body> {
+/// The link's page: its note (the owner's text, escaped: never markup), a drop zone that
+/// `drop.js` brings to life (each file hashed in the browser, then sent and verified), and the
+/// curl command for this very link. What the script needs comes as `data-` attributes: no
+/// inline script. `authority` is the host the browser asked for (only shown).
+fn page(
+    link: &Link,
+    authority: Option<&str>,
+    token: &str,
+    fingerprint: Option<&str>,
+) -> Response<Body> {
     let note = link
         .note
         .as_deref()
         .map(|n| format!("<p class=\"note\">{}</p>", html_escape(n)))
         .unwrap_or_default();
     let base = authority.map_or_else(|| "https://HOST".to_string(), |a| format!("https://{a}"));
-    let command = html_escape(&format!("curl -T FILE {base}/d/{token}/"));
-    let limits = match (link.max_files, link.expires) {
-        (Some(n), _) => format!("<p class=\"muted\">This link takes at most {n} files.</p>"),
-        _ => String::new(),
+    let password = if link.password.is_some() {
+        "-u :PASSWORD "
+    } else {
+        ""
     };
+    let command = html_escape(&format!("curl -T FILE {password}{base}/d/{token}/"));
+    let mut data = format!(
+        " data-password=\"{}\"",
+        if link.password.is_some() { "yes" } else { "no" }
+    );
+    if let Some(n) = link.max_files {
+        data += &format!(" data-files-left=\"{}\"", n.saturating_sub(link.used_files));
+    }
+    if let Some(n) = link.max_bytes {
+        data += &format!(" data-bytes-left=\"{}\"", n.saturating_sub(link.used_bytes));
+    }
+    if let Some(t) = link.expires
+        && let Ok(d) = t.duration_since(SystemTime::UNIX_EPOCH)
+    {
+        data += &format!(" data-expires=\"{}\"", d.as_secs());
+    }
+    let key = fingerprint
+        .map(|f| {
+            format!(
+                " Receipts are signed by this server's key <code>{}</code>.",
+                html_escape(f)
+            )
+        })
+        .unwrap_or_default();
     let body = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <link rel=\"stylesheet\" href=\"/assets/style.css\">\
-<title>ferry: send files</title></head><body><h1><span class=\"brand\">ferry</span> · Send \
-files</h1>{note}<p>Send a file from a terminal:</p><pre>{command}</pre>\
-<p class=\"muted\">Files land in the recipient's drop folder and are checked with SHA-256 on \
-arrival; you get a signed receipt back. Nothing there can be listed or downloaded through this \
-link, and a file whose name is taken is kept under a new one.</p>{limits}</body></html>\n"
+<script type=\"module\" src=\"/assets/drop.js\"></script>\
+<title>ferry: send files</title></head><body class=\"drop\"{data}><main>\
+<h1><span class=\"brand\">ferry</span> · Send files</h1>{note}\
+<div id=\"drop-app\"><noscript><p>This page needs JavaScript to send files; without it, \
+use the command below.</p></noscript></div>\
+<details class=\"terminal\"><summary>Send from a terminal instead</summary>\
+<pre>{command}</pre></details>\
+<p class=\"muted\">Each file's SHA-256 is computed on your computer and checked by the server \
+before the file is stored, so what arrives is exactly what you sent; you get a signed receipt \
+for it.{key} Nothing in the folder can be listed or downloaded through this link, and a file \
+whose name is taken is kept under a new one.</p></main></body></html>\n"
     );
     let mut r = Response::new(full(body));
     r.headers_mut().insert(

@@ -182,24 +182,16 @@ fn receipt_key(conn: &Arc<Conn>) -> Response<Body> {
     r
 }
 
-/// The front page. The web app replaces it; until then it says what this port speaks.
+/// The front page: the web app (`web/index.html`), which asks `/api/session` whether the
+/// browser is logged in and shows the login form or the files.
 fn front_page(_conn: &Arc<Conn>) -> Response<Body> {
-    let mut r = Response::new(full(FRONT_PAGE));
+    let mut r = Response::new(full(super::assets::INDEX));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     r
 }
-
-const FRONT_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<link rel=\"stylesheet\" href=\"/assets/style.css\">\
-<title>ferry</title></head><body><h1><span class=\"brand\">ferry</span></h1>\
-<p>This is a ferry file drop. It speaks the ferry protocol and HTTPS on this port.</p>\
-<p class=\"muted\">Were you given a link to send files? Open it. Account holders use the \
-<code>ferry</code> client, or curl with a token (<code>ferry token add</code>).</p>\
-</body></html>\n";
 
 /// A response body that holds its request's place in the [`watch::Watch`] until it is
 /// dropped: sent whole, or abandoned by a peer that left.
