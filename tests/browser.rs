@@ -437,3 +437,93 @@ async fn needs_chromium_hostile_names_are_text_and_files_can_be_managed() {
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_4_gib_upload_keeps_the_browsers_memory_bounded() {
+    use std::io::{Seek, SeekFrom, Write};
+    const SIZE: u64 = 4 * 1024 * 1024 * 1024 + 1;
+    const MIB: usize = 1024 * 1024;
+    // A sparse file with random blocks at the start, the middle and the end.
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.img");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.set_len(SIZE).unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut block = vec![0u8; MIB];
+    for at in [0, SIZE / 2, SIZE - MIB as u64] {
+        for b in block.iter_mut() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            *b = rng as u8;
+        }
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    let expected = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let mut buf = vec![0u8; 4 * MIB];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        hex::encode(h.finalize())
+    };
+
+    let server = TestServer::start().await;
+    let b = std::sync::Arc::new(Browser::start(&server).await);
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = b.memory_kib();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let sampler = {
+        let (b, peak) = (b.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(b.memory_kib(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    b.pick("#pick-files", std::slice::from_ref(&path)).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && \
+         (r.dataset.state === 'done' || r.dataset.state === 'failed')",
+        Duration::from_secs(300),
+        "upload_4gib",
+        "the 4 GiB upload",
+    )
+    .await;
+    sampler.abort();
+    let took = started.elapsed();
+    let state = b
+        .eval("const r = document.querySelector('li.transfer'); return [r.dataset.state, r.querySelector('.t-status').textContent, r.dataset.sha256 || '']")
+        .await;
+    assert_eq!(state[0], "done", "the upload: {state}");
+    assert_eq!(state[2], expected, "the page's SHA-256");
+    let stored = std::fs::metadata(server.home_file("alice", "big.img")).unwrap();
+    assert_eq!(stored.len(), SIZE);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let grew_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!(
+        "4 GiB upload through Chromium in {:.1} s; browser PSS {} MiB before, {} MiB at most (+{grew_mib} MiB)",
+        took.as_secs_f64(),
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(
+        grew_mib < 512,
+        "the browser grew by {grew_mib} MiB while sending a 4 GiB file"
+    );
+    b.screenshot("upload_4gib").await;
+    std::sync::Arc::into_inner(b).unwrap().close().await;
+    server.stop().await;
+}

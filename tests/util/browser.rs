@@ -189,6 +189,43 @@ impl Browser {
             .unwrap();
     }
 
+    /// The summed proportional set size (`Pss` in smaps_rollup), in KiB, of chromedriver and
+    /// every process below it: the whole browser's memory.
+    pub fn memory_kib(&self) -> u64 {
+        let root = self.driver.id();
+        let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The parent is the second field after the parenthesised command name.
+            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+                continue;
+            };
+            if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                parents.entry(ppid).or_default().push(pid);
+            }
+        }
+        let mut total = 0;
+        let mut stack = vec![root];
+        while let Some(pid) = stack.pop() {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+                total += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Some(children) = parents.get(&pid) {
+                stack.extend(children);
+            }
+        }
+        total
+    }
+
     /// Ends the session and stops chromedriver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
