@@ -527,3 +527,56 @@ async fn needs_chromium_a_4_gib_upload_keeps_the_browsers_memory_bounded() {
     std::sync::Arc::into_inner(b).unwrap().close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_an_upload_cut_by_the_network_going_away_finishes_when_it_comes_back() {
+    let server = TestServer::start().await;
+    // The browser reaches the server through a relay that plays the network.
+    let net = crate::util::relay::Relay::start(server.addr).await;
+    let base = format!("https://localhost:{}", net.addr.port());
+    let b = Browser::start(&server).await;
+    b.log_in(&format!("{base}/"), "alice", "alice-pw").await;
+    net.throttle(1_000_000);
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("video.mp4"), 6 * 1024 * 1024, 21);
+    b.pick("#pick-files", &[src.path().join("video.mp4")]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && \
+         r.dataset.state === 'sending' && r.querySelector('progress').value > 6 * 1024 * 1024 * 1.3",
+        Duration::from_secs(60),
+        "offline_sending",
+        "the upload to be well under way",
+    )
+    .await;
+    net.set_offline(true);
+    net.cut();
+    b.wait_until(
+        "return document.querySelector('li.transfer').dataset.state === 'retrying'",
+        Duration::from_secs(30),
+        "offline_retrying",
+        "the page to notice the connection is gone",
+    )
+    .await;
+    b.screenshot("offline_retrying").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !server.home_file("alice", "video.mp4").exists(),
+        "a cut upload appeared"
+    );
+    net.throttle(0);
+    net.set_offline(false);
+    b.wait_until(
+        "return document.querySelector('li.transfer').dataset.state === 'done'",
+        Duration::from_secs(90),
+        "offline_done",
+        "the upload to finish once the network is back",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(server.home_file("alice", "video.mp4")).unwrap(),
+        data
+    );
+    b.close().await;
+    server.stop().await;
+}

@@ -253,6 +253,7 @@ class Item {
       const transient = status === 0 || status === 408 || status === 429 || status === 503;
       if (transient && attempt < RETRIES) {
         const wait = Math.min(30, 2 ** attempt);
+        this.sent = 0; // a plain PUT starts again from the first byte
         this.set('retrying', navigator.onLine
           ? `${status === 0 ? 'Connection lost' : err.message}; trying again in ${wait} s`
           : 'Offline; waiting for the network to come back');

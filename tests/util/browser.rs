@@ -226,6 +226,17 @@ impl Browser {
         total
     }
 
+    /// Runs one DevTools command in the page's target (chromedriver's `goog/cdp/execute`).
+    pub async fn cdp(&self, cmd: &str, params: serde_json::Value) -> serde_json::Value {
+        self.client
+            .issue_cmd(Cdp {
+                cmd: cmd.to_string(),
+                params,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
     /// Ends the session and stops chromedriver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
@@ -259,4 +270,29 @@ fn spki_sha256_base64(server: &TestServer) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref()).unwrap();
     let spki = cert.tbs_certificate.subject_pki.raw;
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
+}
+
+/// A DevTools command through chromedriver.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: serde_json::Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::http::Method, Option<String>) {
+        let body = serde_json::json!({ "cmd": self.cmd, "params": self.params });
+        (hyper::http::Method::POST, Some(body.to_string()))
+    }
 }
