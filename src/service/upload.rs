@@ -216,9 +216,30 @@ impl Home {
         request: PutRequest,
         slot: &str,
     ) -> Result<Upload, CoreError> {
-        // A user name holds no control character, so no slot key is another user's key.
-        let key = partial_key(&format!("{}\u{1}{slot}", self.user), path);
+        let key = slot_key(&self.user, path, slot);
         self.begin_keyed(path, request, key).await
+    }
+
+    /// Removes the kept partial of the upload in `slot` to `path` (a resumable upload
+    /// cancelled, or found expired), giving back what it took. Nothing kept: nothing done.
+    pub async fn discard_slot_partial(
+        &self,
+        path: &RemotePath,
+        slot: &str,
+    ) -> Result<(), CoreError> {
+        let key = slot_key(&self.user, path, slot);
+        let (storage, account) = (Arc::clone(&self.storage), self.account.clone());
+        to_the_end(async move {
+            if let (Some(len), Some(a)) = (storage.remove_partial(&key).await?, &account) {
+                let gone = Footprint {
+                    bytes: len,
+                    files: 1,
+                };
+                a.adjust(Footprint::NONE, gone).await;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn begin_keyed(
@@ -770,6 +791,12 @@ impl Upload {
             inner.abort().await;
         }
     }
+}
+
+/// The partial key of `user`'s upload in `slot` to `path`. A user name holds no control
+/// character, so no slot's key is another user's plain key.
+fn slot_key(user: &str, path: &RemotePath, slot: &str) -> PartialKey {
+    partial_key(&format!("{user}\u{1}{slot}"), path)
 }
 
 /// A commit that checks the room right before its rename (what the target takes then may
