@@ -172,7 +172,13 @@ async fn tus_route(
         Ok(l) => l,
         Err(r) => return files::drain_then(body, &head.headers, r).await,
     };
-    if let Some(r) = refusal(&link, LinkKind::Upload) {
+    // A used-up link still answers for its uploads in flight (a creation reserves its use,
+    // and the commit counts it, each under the link's limits).
+    let used_up = matches!(
+        link.refusal(LinkKind::Upload, SystemTime::now()),
+        Some(LinkRefused::Files | LinkRefused::Bytes)
+    );
+    if !used_up && let Some(r) = refusal(&link, LinkKind::Upload) {
         return files::drain_then(body, &head.headers, r).await;
     }
     if let Err(r) = check_password(conn, &link, &head.headers).await {

@@ -341,6 +341,13 @@ pub async fn route(
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such page"),
         }
     };
+    if method == Method::HEAD {
+        // No body for a HEAD, whatever the answer (h2 resets a stream that gets one).
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        resp = Response::from_parts(parts, empty());
+    }
     resp.headers_mut()
         .insert(&TUS_RESUMABLE, HeaderValue::from_static(TUS_VERSION));
     resp
