@@ -619,6 +619,7 @@ async fn a_links_limits_count_tus_uploads_once() {
     // The final PATCH again (a client that lost the answer) counts nothing more.
     let r = t.patch(&second, 1000, &[], None, None).await;
     assert_eq!(r.status(), 204);
+    assert_eq!(receipt_of(&server, &r)["size"], 1000, "the receipt again");
     let r = t.patch(&second, 0, &[7; 1000], None, None).await;
     assert_eq!(r.status(), 409);
     let files = crate::util::names_in(&server.home("alice").join("drop"));

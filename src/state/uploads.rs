@@ -27,11 +27,15 @@ use crate::domain::BoxFuture;
 /// How long an upload lives after its last data (tus `Upload-Expires`).
 pub const UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Uploads one owner (a user, or a drop link) may have at once, finished ones whose receipts
-/// are still kept included.
+/// How long a new upload lives before its first data: an upload never written to does not
+/// hold one of its owner's places for a day.
+pub const CREATED_TTL: Duration = Duration::from_secs(3600);
+
+/// Unfinished uploads one owner (a user, or a drop link) may have at once.
 pub const MAX_UPLOADS_PER_OWNER: usize = 32;
 
-/// Uploads at once in all.
+/// Records at once in all. Finished ones (kept for their receipts) give way to new uploads,
+/// the soonest to expire first.
 pub const MAX_UPLOADS: usize = 10_000;
 
 /// Whose an upload is: every request on it must authenticate as this owner; its id alone
@@ -295,9 +299,28 @@ impl UploadSessions for MemoryUploads {
                 if t.contains_key(id) {
                     return Err(UploadsError::Taken);
                 }
-                let mine = t.values().filter(|r| r.owner == record.owner).count();
-                if mine >= MAX_UPLOADS_PER_OWNER || t.len() >= MAX_UPLOADS {
+                let mine = t
+                    .values()
+                    .filter(|r| r.owner == record.owner && r.receipt.is_none())
+                    .count();
+                if mine >= MAX_UPLOADS_PER_OWNER {
                     return Err(UploadsError::Full);
+                }
+                let mut expired = expired;
+                if t.len() >= MAX_UPLOADS {
+                    // A finished upload's receipt was sent with its last answer: the first to go.
+                    let oldest = t
+                        .iter()
+                        .filter(|(_, r)| r.receipt.is_some())
+                        .min_by_key(|(_, r)| r.expires)
+                        .map(|(k, _)| k.clone());
+                    match oldest {
+                        Some(k) => {
+                            t.remove(&k);
+                            expired.push(k);
+                        }
+                        None => return Err(UploadsError::Full),
+                    }
                 }
                 t.insert(id.to_string(), record.clone());
                 expired
@@ -415,6 +438,12 @@ mod tests {
         let t = MemoryUploads::new();
         let now = SystemTime::now();
         let alice = UploadOwner::User("alice".into());
+        // Finished ones hold no place.
+        let done = new_id();
+        t.create(&done, record(alice.clone(), now), now)
+            .await
+            .unwrap();
+        t.complete(&done, "{}".into()).await.unwrap();
         for _ in 0..MAX_UPLOADS_PER_OWNER {
             t.create(&new_id(), record(alice.clone(), now), now)
                 .await

@@ -41,7 +41,8 @@ use crate::server::Server;
 use crate::service::{CoreError, Expect, Put, PutRequest, Sealing, Upload};
 use crate::state::links::{LinkId, LinkRefused, LinkStore, LinkUse};
 use crate::state::uploads::{
-    MemoryUploads, UPLOAD_TTL, UploadOwner, UploadRecord, UploadSessions, UploadsError, valid_id,
+    CREATED_TTL, MemoryUploads, UPLOAD_TTL, UploadOwner, UploadRecord, UploadSessions,
+    UploadsError, valid_id,
 };
 use crate::storage::{Durability, RemotePath, Sha256Digest};
 
@@ -53,8 +54,8 @@ pub const TUS_EXTENSIONS: &str = "creation,checksum,termination,expiration";
 
 /// Live uploads parked on this node at once, per owner and in all: each may hold a writer
 /// thread of the blocking pool. Past it a creation (or a resume of a kept upload) gets 429.
-pub const MAX_PARKED_PER_OWNER: usize = 4;
-pub const MAX_PARKED: usize = 64;
+pub const MAX_PARKED_PER_OWNER: usize = 16;
+pub const MAX_PARKED: usize = 128;
 
 /// A parked upload unused this long is kept as a partial (at most the idle timeout, and
 /// well inside the quota reservation's lease, which only writes renew).
@@ -241,11 +242,12 @@ async fn keep_idle(server: &Arc<Server>, idle: Option<Duration>, wait: Duration)
         live.link_use = None;
         let kept = upload.keep_as_partial().await;
         let kept = kept.map(|k| (k.len, k.sha256));
-        p.offset.store(kept.map_or(0, |k| k.0), Ordering::Release);
-        p.live.store(false, Ordering::Release);
+        // The record first, so a HEAD never sees neither the live offset nor the kept one.
         if let Err(e) = records.set_kept(&id, kept).await {
             tracing::warn!(error = %e, "a kept upload's record could not be updated");
         }
+        p.offset.store(kept.map_or(0, |k| k.0), Ordering::Release);
+        p.live.store(false, Ordering::Release);
         tracing::debug!(upload = %id, kept = kept.map_or(0, |k| k.0), "parked upload kept");
     }
 }
@@ -556,7 +558,7 @@ async fn create(
         size,
         expected,
         kept: None,
-        expires: now + UPLOAD_TTL,
+        expires: now + CREATED_TTL,
         receipt: None,
     };
     let entry = tus.entry(&id, &door.owner);
@@ -806,8 +808,16 @@ async fn patch_now(
         if offset == record.size && length.unwrap_or(0) == 0 {
             let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
-            r.headers_mut()
-                .insert(&UPLOAD_OFFSET, value(&record.size.to_string()));
+            let h = r.headers_mut();
+            h.insert(&UPLOAD_OFFSET, value(&record.size.to_string()));
+            let jws = record
+                .receipt
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .and_then(|v| v["jws"].as_str().map(str::to_owned));
+            if let Some(jws) = jws {
+                h.insert(&FERRY_RECEIPT, value(&jws));
+            }
             return r;
         }
         return files::drain_then(body, &headers, offset_conflict(record.size)).await;
