@@ -174,6 +174,32 @@ impl Receiving {
         }
         Ok(hex_digest(&self.hasher.finalize()))
     }
+
+    /// The running hash of every byte the file holds so far (a prefix's and all written).
+    pub fn hasher(&self) -> &Sha256 {
+        &self.hasher
+    }
+
+    /// Goes back to `len` bytes, whose running hash is `hasher` (taken with
+    /// [`Receiving::hasher`] when the file held `len` bytes): what a direct writer still
+    /// buffers is written out first, then the file is cut and the next byte goes at `len`.
+    /// A direct writer starts again where `len` is aligned; elsewhere the rest goes through
+    /// the page cache (direct I/O cannot append at an unaligned offset).
+    pub fn rewind(
+        &mut self,
+        file: &mut File,
+        len: u64,
+        hasher: Sha256,
+        direct: Option<&Arc<DirectLimit>>,
+    ) -> std::io::Result<()> {
+        if let Some(d) = self.direct.take() {
+            d.finish()?;
+        }
+        file.set_len(len)?;
+        file.seek(std::io::SeekFrom::Start(len))?;
+        *self = Receiving::start(file, hasher, direct);
+        Ok(())
+    }
 }
 
 /// How much a receiver writes before it asks the kernel to start writing it back.

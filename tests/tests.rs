@@ -19,6 +19,7 @@ mod http_files;
 mod http_links;
 mod http_redteam;
 mod http_session;
+mod http_tus;
 mod interrupt;
 mod link_contract;
 mod links_cli;

@@ -525,6 +525,8 @@ pub async fn run(
             }
         }
     }
+    // Resumable uploads parked between requests are kept, so a restart resumes them.
+    crate::frontend::http::tus::keep_parked(&server).await;
     Ok(())
 }
 

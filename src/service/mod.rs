@@ -20,7 +20,9 @@ mod read;
 mod upload;
 
 pub use read::{Opened, Progress};
-pub use upload::{Expect, Put, PutRequest, ResumeRefused, Sealed, Sealing, StagedPut, Upload};
+pub use upload::{
+    Expect, KeptPartial, Put, PutRequest, ResumeRefused, Sealed, Sealing, StagedPut, Upload,
+};
 
 use std::fmt;
 use std::sync::Arc;

@@ -72,6 +72,14 @@ impl Expect {
     }
 }
 
+/// A partial upload as it was kept ([`Upload::keep_as_partial`]): resume it with
+/// `PutRequest::resume = Some((len, sha256))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptPartial {
+    pub len: u64,
+    pub sha256: Sha256Digest,
+}
+
 /// Why a resume cannot go on (the partial, if any, is kept as it was).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeRefused {
@@ -194,6 +202,52 @@ impl Home {
         path: &RemotePath,
         request: PutRequest,
     ) -> Result<Upload, CoreError> {
+        let key = partial_key(&self.user, path);
+        self.begin_keyed(path, request, key).await
+    }
+
+    /// [`Home::begin_upload`] for one of several uploads of a target, told apart by `slot`
+    /// (a resumable HTTP upload's id): its partial is its own, so uploads of one name (by
+    /// strangers through one drop link) never supersede or take up each other's. A resume
+    /// names the same slot.
+    pub async fn begin_upload_in_slot(
+        &self,
+        path: &RemotePath,
+        request: PutRequest,
+        slot: &str,
+    ) -> Result<Upload, CoreError> {
+        let key = slot_key(&self.user, path, slot);
+        self.begin_keyed(path, request, key).await
+    }
+
+    /// Removes the kept partial of the upload in `slot` to `path` (a resumable upload
+    /// cancelled, or found expired), giving back what it took. Nothing kept: nothing done.
+    pub async fn discard_slot_partial(
+        &self,
+        path: &RemotePath,
+        slot: &str,
+    ) -> Result<(), CoreError> {
+        let key = slot_key(&self.user, path, slot);
+        let (storage, account) = (Arc::clone(&self.storage), self.account.clone());
+        to_the_end(async move {
+            if let (Some(len), Some(a)) = (storage.remove_partial(&key).await?, &account) {
+                let gone = Footprint {
+                    bytes: len,
+                    files: 1,
+                };
+                a.adjust(Footprint::NONE, gone).await;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_keyed(
+        &self,
+        path: &RemotePath,
+        request: PutRequest,
+        key: PartialKey,
+    ) -> Result<Upload, CoreError> {
         self.allow(Op::Put, request.replace)?;
         if path.is_root() {
             return Err(StorageError::IsADirectory.into());
@@ -201,8 +255,11 @@ impl Home {
         let (home, path) = (self.clone(), path.clone());
         to_the_end(async move {
             match request.resume {
-                None => home.begin_fresh(&path, request).await,
-                Some((offset, prefix)) => home.begin_resumed(&path, request, offset, prefix).await,
+                None => home.begin_fresh(&path, request, key).await,
+                Some((offset, prefix)) => {
+                    home.begin_resumed(&path, request, offset, prefix, key)
+                        .await
+                }
             }
         })
         .await
@@ -212,8 +269,8 @@ impl Home {
         &self,
         path: &RemotePath,
         request: PutRequest,
+        key: PartialKey,
     ) -> Result<Upload, CoreError> {
-        let key = partial_key(&self.user, path);
         let options = UploadOptions {
             size_hint: Some(request.size),
             no_replace: !request.replace,
@@ -269,6 +326,7 @@ impl Home {
         request: PutRequest,
         offset: u64,
         prefix: Sha256Digest,
+        key: PartialKey,
     ) -> Result<Upload, CoreError> {
         if offset > request.size {
             return Err(StorageError::InvalidArgument.into());
@@ -281,6 +339,8 @@ impl Home {
             Ok(st) if st.entry.kind == EntryKind::Dir => {
                 return Err(StorageError::IsADirectory.into());
             }
+            // A drop link's upload lands beside a taken name: nothing is replaced.
+            Ok(_) if !request.replace && self.landing() == Landing::NextFreeName => Footprint::NONE,
             Ok(_) if !request.replace => return Err(StorageError::AlreadyExists.into()),
             Ok(st) if st.entry.kind == EntryKind::File => Footprint {
                 bytes: st.entry.size,
@@ -292,7 +352,6 @@ impl Home {
         // The partial's bytes are counted already (as a file): reserve only the rest.
         let more = (request.size - offset).saturating_sub(replaces.bytes);
         let reservation = self.reserve(request.size, more, false).await?;
-        let key = partial_key(&self.user, path);
         let resumed = self
             .storage
             .resume_upload(&key, path, offset, prefix, Some(request.size))
@@ -634,13 +693,55 @@ impl Upload {
 
     /// Keeps what was received as the partial for this user and target, for a later resume;
     /// true if it was kept. Nothing received: nothing kept.
-    pub async fn keep_partial(mut self) -> bool {
-        let Some(inner) = self.inner.take() else {
-            return false;
+    pub async fn keep_partial(self) -> bool {
+        self.keep_as_partial().await.is_some()
+    }
+
+    /// Where the upload stands: go back there with [`Upload::rewind`] (a resumable HTTP
+    /// upload's request whose chunk turns out wrong or cut). An error ends the upload.
+    pub async fn mark(&mut self) -> Result<storage::Mark, CoreError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(StorageError::InvalidArgument.into());
         };
+        match inner.mark().await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                if let Some(inner) = self.inner.take() {
+                    inner.abort().await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Drops what was written since `mark` (of this upload); the hash is as it was there. The
+    /// room stays reserved (it covers the whole size). An error ends the upload.
+    pub async fn rewind(&mut self, mark: storage::Mark) -> Result<(), CoreError> {
+        if mark.written() < self.offset {
+            return Err(StorageError::InvalidArgument.into());
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(StorageError::InvalidArgument.into());
+        };
+        match inner.rewind(mark).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(inner) = self.inner.take() {
+                    inner.abort().await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// [`Upload::keep_partial`], saying what was kept: its length and digest, which a resume
+    /// names (`PutRequest::resume`) and the store checks again, so the resume continues only
+    /// the server's own bytes. `None`: nothing was kept (nothing received, or it failed).
+    pub async fn keep_as_partial(mut self) -> Option<KeptPartial> {
+        let inner = self.inner.take()?;
         if inner.written() == 0 {
             inner.abort().await;
-            return false;
+            return None;
         }
         let (account, key, offset) = (self.account.clone(), self.key.clone(), self.offset);
         let resumed = self.resumed;
@@ -660,14 +761,14 @@ impl Upload {
                 && r.cover(new, Footprint::NONE).await.is_err()
             {
                 inner.abort().await;
-                return Ok(false);
+                return Ok(None);
             }
             if let Some(a) = &account {
                 a.adjust(new, Footprint::NONE).await;
             }
-            let kept = inner.keep_partial(key).await;
+            let kept = inner.keep(key).await;
             match (&account, &kept) {
-                (Some(a), Ok(replaced)) => a.adjust(Footprint::NONE, *replaced).await,
+                (Some(a), Ok(k)) => a.adjust(Footprint::NONE, k.replaced).await,
                 (Some(a), Err(_)) => a.adjust(Footprint::NONE, new).await,
                 (None, _) => {}
             }
@@ -675,10 +776,13 @@ impl Upload {
                 debt.settle();
             }
             drop((reservation, debt));
-            Ok(kept.is_ok())
+            Ok(kept.ok().map(|k| KeptPartial {
+                len: k.len,
+                sha256: k.sha256,
+            }))
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(None)
     }
 
     /// Drops the upload and everything written; its room is given back.
@@ -687,6 +791,12 @@ impl Upload {
             inner.abort().await;
         }
     }
+}
+
+/// The partial key of `user`'s upload in `slot` to `path`. A user name holds no control
+/// character, so no slot's key is another user's plain key.
+fn slot_key(user: &str, path: &RemotePath, slot: &str) -> PartialKey {
+    partial_key(&format!("{user}\u{1}{slot}"), path)
 }
 
 /// A commit that checks the room right before its rename (what the target takes then may

@@ -13,6 +13,8 @@
 //!   [`tokens::check`].
 //! - [`links::LinkStore`]: drop links, kept as hashes, with uses counted under leases
 //!   ([`links::LinkUse`]) so no race of uploads passes a link's limits.
+//! - [`uploads::UploadSessions`]: resumable HTTP uploads (tus), each a leased record of its
+//!   owner, target, size, declared digest and kept partial.
 //!
 //! Everything held on behalf of a request is a lease with a time to live: a node that dies
 //! holding room or a name cannot hold it forever, because the lease expires unless its
@@ -34,6 +36,7 @@ pub mod memory;
 pub mod sessions;
 pub mod table;
 pub mod tokens;
+pub mod uploads;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -908,13 +908,22 @@ enum ToWriter {
     Data(Bytes),
     /// All data arrived: write it out, fsync if asked, hand the temp back with the digest.
     Finish,
+    /// Send back the running hash of everything received so far.
+    Mark(tokio::sync::oneshot::Sender<Sha256>),
+    /// Go back to `len` bytes, whose running hash is `hasher`; say how it went.
+    Rewind {
+        len: u64,
+        hasher: Sha256,
+        done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+    },
 }
 
 /// How the writer thread ended.
 enum Written {
     Finished(TempFile, Sha256Digest),
-    /// The data stopped without `Finish`: the temp holds everything received.
-    Interrupted(TempFile),
+    /// The data stopped without `Finish`: the temp holds everything received, whose SHA-256
+    /// this is.
+    Interrupted(TempFile, Sha256Digest),
     /// Writing or syncing failed; the temp is already removed.
     Failed(StorageError),
 }
@@ -1028,18 +1037,19 @@ impl LocalUpload {
                         temp.discard();
                         return Written::Failed(e.into());
                     }
-                    if !finish {
-                        return Written::Interrupted(temp);
-                    }
                     hasher.update(&data);
-                    Written::Finished(temp, hasher.finalize().into())
+                    let digest: Sha256Digest = hasher.finalize().into();
+                    if !finish {
+                        return Written::Interrupted(temp, digest);
+                    }
+                    Written::Finished(temp, digest)
                 })
                 .await;
                 done.unwrap_or_else(|e| {
                     Written::Failed(StorageError::Io(std::io::Error::other(e.to_string())))
                 })
             }
-            State::Finished { temp, .. } if !finish => Written::Interrupted(temp),
+            State::Finished { temp, digest, .. } if !finish => Written::Interrupted(temp, digest),
             State::Finished {
                 temp,
                 digest,
@@ -1123,7 +1133,7 @@ impl Upload for LocalUpload {
                     Ok(digest)
                 }
                 Written::Failed(e) => Err(e),
-                Written::Interrupted(_) => Err(writer_gone()),
+                Written::Interrupted(..) => Err(writer_gone()),
             }
         })
     }
@@ -1145,18 +1155,18 @@ impl Upload for LocalUpload {
         })
     }
 
-    fn keep_partial(
+    fn keep(
         mut self: Box<Self>,
         key: PartialKey,
-    ) -> BoxFuture<'static, Result<Footprint, StorageError>> {
+    ) -> BoxFuture<'static, Result<super::Kept, StorageError>> {
         Box::pin(async move {
-            let temp = match self.end(false).await {
-                Written::Interrupted(temp) => temp,
+            let (temp, sha256) = match self.end(false).await {
+                Written::Interrupted(temp, sha256) => (temp, sha256),
                 Written::Failed(e) => return Err(e),
                 Written::Finished(..) => return Err(writer_gone()),
             };
-            let (jail, gate) = (Arc::clone(&self.jail), self.gate.clone());
-            blocking(move || {
+            let (jail, gate, len) = (Arc::clone(&self.jail), self.gate.clone(), self.written);
+            let replaced = blocking(move || {
                 // Synced first, outside the gate; then the older partial is measured and
                 // replaced in one step.
                 let mut temp = temp;
@@ -1164,7 +1174,88 @@ impl Upload for LocalUpload {
                 let _entered = gate.enter();
                 temp.keep_as_partial(&jail, key.as_str())
             })
-            .await
+            .await?;
+            Ok(super::Kept {
+                replaced,
+                len,
+                sha256,
+            })
+        })
+    }
+
+    fn mark(&mut self) -> BoxFuture<'_, Result<super::Mark, StorageError>> {
+        Box::pin(async move {
+            let written = self.written;
+            let hasher = match &self.state {
+                // The hasher there covers what came before the bytes held in memory.
+                State::Memory { hasher, data, .. } => {
+                    let mut h = hasher.clone();
+                    h.update(data);
+                    h
+                }
+                State::Thread { tx, .. } => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let asked = tx.send(ToWriter::Mark(reply)).await.is_ok();
+                    match answer.await {
+                        Ok(h) if asked => h,
+                        _ => {
+                            return Err(match self.end(false).await {
+                                Written::Failed(e) => e,
+                                _ => writer_gone(),
+                            });
+                        }
+                    }
+                }
+                State::Finished { .. } => return Err(StorageError::InvalidArgument),
+                State::Gone => return Err(writer_gone()),
+            };
+            Ok(super::Mark::new(written, hasher))
+        })
+    }
+
+    fn rewind(&mut self, mark: super::Mark) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let len = mark.written();
+            let Some(hasher) = mark.into_state::<Sha256>() else {
+                return Err(StorageError::InvalidArgument);
+            };
+            if len > self.written {
+                return Err(StorageError::InvalidArgument);
+            }
+            match &mut self.state {
+                State::Memory { data, .. } => {
+                    // Only what is still in memory can go; the prefix before it stays.
+                    let base = self.written - data.len() as u64;
+                    if len < base {
+                        return Err(StorageError::InvalidArgument);
+                    }
+                    data.truncate((len - base) as usize);
+                }
+                State::Thread { tx, .. } => {
+                    let (done, answer) = tokio::sync::oneshot::channel();
+                    let asked = tx
+                        .send(ToWriter::Rewind { len, hasher, done })
+                        .await
+                        .is_ok();
+                    match answer.await {
+                        Ok(Ok(())) if asked => {}
+                        Ok(Err(e)) => {
+                            self.end(false).await;
+                            return Err(e);
+                        }
+                        _ => {
+                            return Err(match self.end(false).await {
+                                Written::Failed(e) => e,
+                                _ => writer_gone(),
+                            });
+                        }
+                    }
+                }
+                State::Finished { .. } => return Err(StorageError::InvalidArgument),
+                State::Gone => return Err(writer_gone()),
+            }
+            self.written = len;
+            Ok(())
         })
     }
 
@@ -1215,6 +1306,22 @@ fn write_and_hash(
                 }
             }
             Some(ToWriter::Finish) => break true,
+            Some(ToWriter::Mark(reply)) => {
+                let _ = reply.send(receiving.hasher().clone());
+            }
+            Some(ToWriter::Rewind { len, hasher, done }) => {
+                let rewound = receiving.rewind(temp.file(), len, hasher, direct.as_ref());
+                if let Err(e) = rewound {
+                    drop(receiving);
+                    temp.discard();
+                    let _ = done.send(Err(StorageError::Io(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    ))));
+                    return Written::Failed(e.into());
+                }
+                let _ = done.send(Ok(()));
+            }
             None => break false,
         }
     };
@@ -1231,7 +1338,7 @@ fn write_and_hash(
         }
     };
     if !finished {
-        return Written::Interrupted(temp);
+        return Written::Interrupted(temp, digest);
     }
     // The stored digest of what was written, before the fsync that makes it durable with the
     // data (a mismatch at the commit discards the file, record and all).

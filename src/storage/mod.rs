@@ -19,6 +19,7 @@
 //! | [`Storage::begin_upload`] | exclusive temp beside the target       | `CreateMultipartUpload`  |
 //! | [`Upload::commit`]        | fsync, rename, fsync the directory     | `CompleteMultipartUpload`|
 //! | [`Upload::keep_partial`]  | move the temp under a key              | record the upload's id   |
+//! | [`Upload::rewind`]        | truncate the temp, restore the hash    | drop the parts since     |
 //! | [`Storage::put_small`]    | one blocking call: temp, write, commit | `PutObject`              |
 //! | [`Storage::flush_durability`] | one `syncfs` for many staged files | nothing left to do       |
 //! | [`Storage::usage`]        | a bounded walk of the home             | list + sum, or counters  |
@@ -388,10 +389,71 @@ pub trait Upload: Send {
     fn keep_partial(
         self: Box<Self>,
         key: PartialKey,
-    ) -> BoxFuture<'static, Result<Footprint, StorageError>>;
+    ) -> BoxFuture<'static, Result<Footprint, StorageError>> {
+        let kept = self.keep(key);
+        Box::pin(async move { kept.await.map(|k| k.replaced) })
+    }
+
+    /// [`Upload::keep_partial`], also saying what was kept: its length and the SHA-256 of
+    /// those bytes, which a later [`Storage::resume_upload`] at that length must find again
+    /// (so a partial damaged while it waited is refused, not continued).
+    fn keep(self: Box<Self>, key: PartialKey) -> BoxFuture<'static, Result<Kept, StorageError>>;
+
+    /// Where the upload stands now: its length and running hash, for [`Upload::rewind`].
+    /// Cheap (no data is read).
+    fn mark(&mut self) -> BoxFuture<'_, Result<Mark, StorageError>>;
+
+    /// Goes back to `mark` (taken from this upload, at or before where it stands): the bytes
+    /// written since are dropped and the hash is as it was then. A mark of another upload or
+    /// past the end is `InvalidArgument`; after `finish` too. An error ends the upload.
+    fn rewind(&mut self, mark: Mark) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// Drops the upload and everything written.
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// What [`Upload::keep`] kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// What the older partial under the key took.
+    pub replaced: Footprint,
+    /// The kept partial's length...
+    pub len: u64,
+    /// ...and the SHA-256 of those bytes.
+    pub sha256: Sha256Digest,
+}
+
+/// A point an upload can go back to ([`Upload::mark`], [`Upload::rewind`]): its length and
+/// the store's own record of its running hash. Opaque, like [`Staged`].
+pub struct Mark {
+    written: u64,
+    state: Box<dyn Any + Send>,
+}
+
+impl Mark {
+    /// A mark at `written` bytes, with the store's record of the hash there.
+    pub fn new<T: Any + Send>(written: u64, state: T) -> Mark {
+        Mark {
+            written,
+            state: Box::new(state),
+        }
+    }
+
+    /// The upload's length at the mark.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The store's record back, or `None` if another store made it.
+    pub fn into_state<T: Any + Send>(self) -> Option<T> {
+        self.state.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl fmt::Debug for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mark({})", self.written)
+    }
 }
 
 /// Which bytes to read, and what to hash on the way.

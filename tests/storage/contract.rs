@@ -80,6 +80,8 @@ macro_rules! storage_contract {
             resume_at_an_earlier_offset_cuts_the_rest,
             resume_refusals_keep_the_partial,
             fresh_upload_supersedes_a_partial,
+            rewind_drops_what_came_after_the_mark,
+            kept_partial_names_its_length_and_digest,
             listing_pages_give_every_name_once,
             listing_limits_and_tokens,
             listing_tokens_are_bound_to_their_directory,
@@ -2065,4 +2067,92 @@ pub async fn concurrent_work_on_distinct_names(h: Home) {
         t.await.unwrap();
     }
     assert_eq!(names(s.as_ref(), "/").await.len(), 16);
+}
+
+/// `mark` and `rewind`: bytes written after a mark go, the hash is as it was, and the upload
+/// goes on from there, on every write path a store has (in memory, streamed, and a large
+/// fresh file that a store may write around the page cache), at aligned and odd offsets.
+pub async fn rewind_drops_what_came_after_the_mark(h: Home) {
+    let s = &*h.store;
+    for (i, (size, at, junk)) in [
+        (100usize, 40usize, 30usize),
+        (3_000_000, 1_000_000, 700_001),
+        (9_000_000, 4 * 1024 * 1024, 2 * 1024 * 1024 + 5),
+        (9_000_000, 1_048_577, 3_000_000),
+        (9_000_000, 0, 1_000_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let whole = data(size, 40 + i as u64);
+        let name = format!("r{i}");
+        let options = UploadOptions {
+            size_hint: Some(size as u64),
+            ..UploadOptions::default()
+        };
+        let mut up = s.begin_upload(&p(&name), options).await.unwrap();
+        write_all(up.as_mut(), &whole[..at], 256 * 1024).await;
+        let mark = up.mark().await.unwrap();
+        assert_eq!(mark.written(), at as u64);
+        write_all(up.as_mut(), &data(junk, 99), 100_000).await;
+        assert_eq!(up.written(), (at + junk) as u64);
+        up.rewind(mark).await.unwrap();
+        assert_eq!(up.written(), at as u64, "case {i}");
+        // A second mark and rewind at the same point, with nothing between.
+        let again = up.mark().await.unwrap();
+        up.rewind(again).await.unwrap();
+        write_all(up.as_mut(), &whole[at..], 256 * 1024).await;
+        let digest = up.finish().await.unwrap();
+        assert_eq!(
+            digest,
+            sha(&whole),
+            "case {i}: the hash is as it was at the mark"
+        );
+        up.commit(Commit::new(digest, true)).await.unwrap();
+        assert!(read(s, &name).await == whole, "case {i}: content differs");
+    }
+    // A mark past where the upload stands is refused.
+    let mut a = s
+        .begin_upload(&p("a"), UploadOptions::default())
+        .await
+        .unwrap();
+    a.write(Bytes::from_static(b"0123456789")).await.unwrap();
+    let late = a.mark().await.unwrap();
+    let mut b = s
+        .begin_upload(&p("b"), UploadOptions::default())
+        .await
+        .unwrap();
+    b.write(Bytes::from_static(b"01")).await.unwrap();
+    assert!(matches!(
+        b.rewind(late).await,
+        Err(StorageError::InvalidArgument)
+    ));
+}
+
+/// `keep` says what it kept: a resume at that length with that digest continues it.
+pub async fn kept_partial_names_its_length_and_digest(h: Home) {
+    let s = &*h.store;
+    let whole = data(2_000_000, 77);
+    let k = key("kept1");
+    let mut up = s
+        .begin_upload(&p("f"), UploadOptions::default())
+        .await
+        .unwrap();
+    write_all(up.as_mut(), &whole[..1_234_567], 100_000).await;
+    let kept = up.keep(k.clone()).await.unwrap();
+    assert!(kept.len <= 1_234_567);
+    assert_eq!(kept.sha256, sha(&whole[..kept.len as usize]));
+    assert_eq!(s.partial_len(&k).await.unwrap(), Some(kept.len));
+    let Resume::Ready(mut up) = s
+        .resume_upload(&k, &p("f"), kept.len, kept.sha256, Some(whole.len() as u64))
+        .await
+        .unwrap()
+    else {
+        panic!("a kept partial resumes at what keep named");
+    };
+    write_all(up.as_mut(), &whole[kept.len as usize..], 256 * 1024).await;
+    let digest = up.finish().await.unwrap();
+    assert_eq!(digest, sha(&whole));
+    up.commit(Commit::new(digest, true)).await.unwrap();
+    assert!(read(s, "f").await == whole);
 }

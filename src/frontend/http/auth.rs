@@ -153,6 +153,8 @@ pub struct WebState {
     /// senders reach it).
     receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
     homes: Mutex<HashMap<(String, ScopeKey), Arc<Cached>>>,
+    /// Resumable uploads: their records and this node's parked uploads.
+    pub(crate) tus: super::tus::TusState,
 }
 
 impl std::fmt::Debug for WebState {
@@ -172,6 +174,7 @@ impl Default for WebState {
             opening: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
+            tus: super::tus::TusState::default(),
         }
     }
 }

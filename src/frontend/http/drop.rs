@@ -92,6 +92,13 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
 
 /// `/d/<token>[/<name>]`: `rest` holds the segments after `d`.
 pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
+    // `/d/<token>/tus/…`: resumable uploads (a file named `tus` is still a `PUT`).
+    if let [token, tus, more @ ..] = rest
+        && tus == "tus"
+        && (!more.is_empty() || req.method() != Method::PUT)
+    {
+        return tus_route(conn, req, token, more).await;
+    }
     let (head, body) = req.into_parts();
     let method = head.method.clone();
     let (token, name) = match rest {
@@ -148,6 +155,47 @@ pub async fn route(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) ->
         (_, None) => method_not_allowed("GET, HEAD"),
         (_, Some(_)) => method_not_allowed("PUT"),
     }
+}
+
+/// `/d/<token>/tus/…`: the link is checked as for a `PUT` (kind, expiry, password) on every
+/// request; the tus routes then act for the link alone.
+async fn tus_route(
+    conn: &Arc<Conn>,
+    req: Request<Incoming>,
+    token: &str,
+    rest: &[String],
+) -> Response<Body> {
+    if req.method() == Method::OPTIONS {
+        return super::tus::options();
+    }
+    let (head, body) = req.into_parts();
+    let link = match find(conn, token).await {
+        Ok(l) => l,
+        Err(r) => return files::drain_then(body, &head.headers, r).await,
+    };
+    // A used-up link still answers for its uploads in flight (a creation reserves its use,
+    // and the commit counts it, each under the link's limits).
+    let used_up = matches!(
+        link.refusal(LinkKind::Upload, SystemTime::now()),
+        Some(LinkRefused::Files | LinkRefused::Bytes)
+    );
+    if !used_up && let Some(r) = refusal(&link, LinkKind::Upload) {
+        return files::drain_then(body, &head.headers, r).await;
+    }
+    if let Err(r) = check_password(conn, &link, &head.headers).await {
+        return files::drain_then(body, &head.headers, r).await;
+    }
+    let acct = match auth::link_account(conn, &link).await {
+        Ok(a) => a,
+        Err(r) => return files::drain_then(body, &head.headers, r).await,
+    };
+    let door = super::tus::Door {
+        owner: crate::state::uploads::UploadOwner::Link(link.id.to_string()),
+        acct,
+        base: format!("/d/{}/tus/", super::parse::encode_segment(token)),
+        link: Some((conn.server.web.links(), link.id)),
+    };
+    super::tus::route(conn, Request::from_parts(head, body), door, rest).await
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

@@ -32,9 +32,9 @@ use crate::storage::{Download, Durability, ReadEvent, RemotePath, SMALL_MAX, Sha
 
 /// Uploads are written to the store in pieces of up to this much (hyper hands over frames of
 /// 16 KiB and less; the store's calls are cheaper when fewer).
-const WRITE_PIECE: usize = 256 * 1024;
+pub(super) const WRITE_PIECE: usize = 256 * 1024;
 
-static REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
+pub(super) static REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
 static CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
 static OVERWRITE: HeaderName = HeaderName::from_static("overwrite");
 
@@ -189,13 +189,13 @@ fn etag_of(stat: &crate::storage::Stat) -> String {
     }
 }
 
-fn http_date(secs: i64) -> Option<String> {
+pub(super) fn http_date(secs: i64) -> Option<String> {
     let t = chrono::DateTime::from_timestamp(secs, 0)?;
     Some(t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
 }
 
 /// A header value from text we made (digits, hex, quoted tokens, encoded names).
-fn value(s: &str) -> HeaderValue {
+pub(super) fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
@@ -583,33 +583,14 @@ pub async fn put(
         Ok(Put::Mismatch { actual }) => return mismatch(conn, acct, path, size, &actual),
         Err(e) => return fail(&e),
     };
-    // Where it landed: a drop link's upload beside a taken name got a numbered one.
-    let landed = match landed_as.as_deref().zip(path.parent()) {
-        Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
-        None => path.clone(),
-    };
-    let verified = if expected.is_some() {
-        crate::receipt::Verification::Sender
-    } else {
-        crate::receipt::Verification::ServerOnly
-    };
+    let landed = landed_path(path, landed_as.as_deref());
+    let verified = verification(expected.is_some());
     let shown = acct.shown(&landed);
     tracing::info!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
         user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&shown),
         size, sha256 = %hex_digest(&sha256), verified = verified.as_str(), result = "ok");
-    let receipt = Receipt {
-        v: crate::receipt::VERSION,
-        server: String::new(),
-        id: random_id(),
-        to: acct.recipient(),
-        sent_name: acct.shown(path),
-        name: shown,
-        size,
-        sha256: hex_digest(&sha256),
-        verified,
-        received_at: crate::receipt::timestamp(std::time::SystemTime::now()),
-    };
-    let mut r = Response::new(full(receipt_json(conn, receipt)));
+    let receipt = receipt_of(acct, random_id(), path, &landed, size, &sha256, verified);
+    let mut r = Response::new(full(receipt_json(conn, receipt).0));
     *r.status_mut() = StatusCode::CREATED;
     let hm = r.headers_mut();
     hm.insert(
@@ -642,16 +623,59 @@ fn random_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// Where an upload to `path` landed: a drop link's upload beside a taken name got `name`.
+pub(super) fn landed_path(path: &RemotePath, name: Option<&str>) -> RemotePath {
+    match name.zip(path.parent()) {
+        Some((name, parent)) => parent.join(name).unwrap_or_else(|_| path.clone()),
+        None => path.clone(),
+    }
+}
+
+/// Who verified a committed upload: the sender, if it named a digest, else the server alone.
+pub(super) fn verification(sender_named_one: bool) -> crate::receipt::Verification {
+    if sender_named_one {
+        crate::receipt::Verification::Sender
+    } else {
+        crate::receipt::Verification::ServerOnly
+    }
+}
+
+/// The receipt of an upload to `sent` that landed at `landed` (unsigned; see
+/// [`receipt_json`]).
+pub(super) fn receipt_of(
+    acct: &Account,
+    id: String,
+    sent: &RemotePath,
+    landed: &RemotePath,
+    size: u64,
+    sha256: &Sha256Digest,
+    verified: crate::receipt::Verification,
+) -> Receipt {
+    Receipt {
+        v: crate::receipt::VERSION,
+        server: String::new(),
+        id,
+        to: acct.recipient(),
+        sent_name: acct.shown(sent),
+        name: acct.shown(landed),
+        size,
+        sha256: hex_digest(sha256),
+        verified,
+        received_at: crate::receipt::timestamp(std::time::SystemTime::now()),
+    }
+}
+
 /// The body of a committed upload's answer: the signed receipt (`{"receipt": …, "jws": …}`,
 /// which `ferry receipt verify` checks as it is), or the bare receipt when the server has no
-/// receipt key.
-fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
+/// receipt key; and the compact JWS alone, when signed.
+pub(super) fn receipt_json(conn: &Conn, mut receipt: Receipt) -> (String, Option<String>) {
     match conn.server.web.receipts() {
         Some((key, name)) => {
             receipt.server = name;
-            key.sign(&receipt).json
+            let signed = key.sign(&receipt);
+            (signed.json, Some(signed.jws))
         }
-        None => serde_json::json!({ "receipt": receipt }).to_string(),
+        None => (serde_json::json!({ "receipt": receipt }).to_string(), None),
     }
 }
 
@@ -659,7 +683,10 @@ fn receipt_json(conn: &Conn, mut receipt: Receipt) -> String {
 /// commit: a link revoked, expired or used up (by another node) since the reservation
 /// refuses, and the file never lands. A commit that then fails (the disk) leaves the link
 /// counted one file high, never low.
-async fn count_link_use(link_use: &mut Option<LinkUse>, size: u64) -> Result<(), Response<Body>> {
+pub(super) async fn count_link_use(
+    link_use: &mut Option<LinkUse>,
+    size: u64,
+) -> Result<(), Response<Body>> {
     match link_use.take() {
         Some(u) => u.commit(size).await.map_err(|r| link_refused(&r)),
         None => Ok(()),
@@ -667,7 +694,7 @@ async fn count_link_use(link_use: &mut Option<LinkUse>, size: u64) -> Result<(),
 }
 
 /// The answer for content whose digest is not the sender's: nothing was stored.
-fn mismatch(
+pub(super) fn mismatch(
     conn: &Conn,
     acct: &Account,
     path: &RemotePath,
@@ -719,7 +746,7 @@ pub fn link_refused(r: &LinkRefused) -> Response<Body> {
 }
 
 /// The answer when the user (or the server) has as many transfers in flight as it may.
-fn too_many_transfers() -> Response<Body> {
+pub(super) fn too_many_transfers() -> Response<Body> {
     let mut r = error(
         StatusCode::TOO_MANY_REQUESTS,
         "busy",

@@ -17,6 +17,7 @@
 //! - [`api`]: `/api/…`: list, stat, usage, sha256, mkdir, rename, remove, rmdir as JSON.
 //! - [`drop`]: drop links, `/d/<token>`: uploads into one folder, nothing else.
 //! - [`status`]: the core's errors as HTTP answers, in one place.
+//! - [`tus`]: resumable uploads (tus 1.0), `/tus/` and `/d/<token>/tus/`.
 //! - `watch`: the socket's byte counters and its idle and write-stall watchdog.
 //!
 //! # Penalties, by HTTP's own definitions
@@ -36,6 +37,7 @@ pub mod headers;
 pub mod parse;
 pub mod router;
 pub mod status;
+pub mod tus;
 mod watch;
 
 use std::net::SocketAddr;

@@ -103,6 +103,7 @@ async fn route(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             let what = what.to_string();
             super::api::route(conn, &acct, req, &what).await
         }
+        ["tus", ..] => super::tus::account_route(conn, req, &decoded.segments[1..]).await,
         ["d", ..] => super::drop::route(conn, req, &decoded.segments[1..]).await,
         ["l", ..] => super::drop::download(conn, req, &decoded.segments[1..]).await,
         [".well-known", "ferry-receipt-key"] => match method {
