@@ -257,7 +257,7 @@ async fn needs_chromium_a_digest_that_does_not_match_stores_nothing_and_says_so(
     b.eval(
         "const set = XMLHttpRequest.prototype.setRequestHeader; \
          XMLHttpRequest.prototype.setRequestHeader = function (k, v) { \
-           if (k === 'Content-Digest') v = 'sha-256=:' + btoa('x'.repeat(32)) + ':'; \
+           if (k === 'Repr-Digest') v = 'sha-256=:' + btoa('x'.repeat(32)) + ':'; \
            return set.call(this, k, v); }; return true;",
     )
     .await;
@@ -537,13 +537,14 @@ async fn needs_chromium_an_upload_cut_by_the_network_going_away_finishes_when_it
     let base = format!("https://localhost:{}", net.addr.port());
     let b = Browser::start(&server).await;
     b.log_in(&format!("{base}/"), "alice", "alice-pw").await;
-    net.throttle(1_000_000);
     let src = tempfile::tempdir().unwrap();
-    let data = crate::util::random_file(&src.path().join("video.mp4"), 6 * 1024 * 1024, 21);
+    // Three chunks of the page's 8 MiB; the network goes while the second is on its way.
+    let data = crate::util::random_file(&src.path().join("video.mp4"), 20 * 1024 * 1024, 21);
+    net.throttle(4_000_000);
     b.pick("#pick-files", &[src.path().join("video.mp4")]).await;
     b.wait_until(
         "const r = document.querySelector('li.transfer'); return r !== null && \
-         r.dataset.state === 'sending' && r.querySelector('progress').value > 6 * 1024 * 1024 * 1.3",
+         r.dataset.state === 'sending' && r.querySelector('progress').value > 11 * 1024 * 1024",
         Duration::from_secs(60),
         "offline_sending",
         "the upload to be well under way",
@@ -575,6 +576,103 @@ async fn needs_chromium_an_upload_cut_by_the_network_going_away_finishes_when_it
     .await;
     assert_eq!(
         std::fs::read(server.home_file("alice", "video.mp4")).unwrap(),
+        data
+    );
+    // It went on from the first chunk the server had acknowledged, not from the start.
+    let at = b
+        .eval("return document.querySelector('li.transfer').dataset.resumedAt")
+        .await;
+    assert_eq!(at, "8388608", "resumed at");
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_after_a_reload_picking_the_same_file_goes_on_where_the_server_stands() {
+    let server = TestServer::start().await;
+    let net = crate::util::relay::Relay::start(server.addr).await;
+    let base = format!("https://localhost:{}", net.addr.port());
+    let b = Browser::start(&server).await;
+    b.log_in(&format!("{base}/"), "alice", "alice-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("backup.tar"), 20 * 1024 * 1024, 33);
+    net.throttle(4_000_000);
+    b.pick("#pick-files", &[src.path().join("backup.tar")])
+        .await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && \
+         r.querySelector('progress').value > 11 * 1024 * 1024",
+        Duration::from_secs(60),
+        "reload_sending",
+        "the upload to be well under way",
+    )
+    .await;
+    // The tab goes away mid-chunk (a reload; the page's "leave?" question is answered yes).
+    b.client.goto(&format!("{base}/")).await.unwrap();
+    let _ = b.client.accept_alert().await;
+    net.throttle(0);
+    b.wait_until(
+        "return document.querySelector('#pick-files') !== null",
+        Duration::from_secs(20),
+        "reload_again",
+        "the app after the reload (still logged in)",
+    )
+    .await;
+    assert!(!server.home_file("alice", "backup.tar").exists());
+    b.pick("#pick-files", &[src.path().join("backup.tar")])
+        .await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && r.dataset.state === 'done'",
+        Duration::from_secs(60),
+        "reload_done",
+        "the upload picked again to finish",
+    )
+    .await;
+    let from = b
+        .eval("return document.querySelector('li.transfer').dataset.resumedFrom")
+        .await;
+    assert_eq!(
+        from, "8388608",
+        "it should go on after the acknowledged chunk"
+    );
+    assert_eq!(
+        std::fs::read(server.home_file("alice", "backup.tar")).unwrap(),
+        data
+    );
+    b.screenshot("reload_resumed").await;
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_chunk_damaged_on_the_way_is_refused_and_sent_again() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    // The first chunk's checksum is not that of its bytes, as if they changed on the way.
+    b.eval(
+        "window.damaged = 0; const set = XMLHttpRequest.prototype.setRequestHeader; \
+         XMLHttpRequest.prototype.setRequestHeader = function (k, v) { \
+           if (k === 'Upload-Checksum' && window.damaged === 0) { \
+             window.damaged = 1; v = 'sha256 ' + btoa('y'.repeat(32)); } \
+           return set.call(this, k, v); }; return true;",
+    )
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("scan.tiff"), 10 * 1024 * 1024, 5);
+    b.pick("#pick-files", &[src.path().join("scan.tiff")]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && r.dataset.state === 'done'",
+        Duration::from_secs(60),
+        "damaged_chunk",
+        "the upload to finish after the damaged chunk was sent again",
+    )
+    .await;
+    assert_eq!(b.eval("return window.damaged").await, 1);
+    assert_eq!(
+        std::fs::read(server.home_file("alice", "scan.tiff")).unwrap(),
         data
     );
     b.close().await;

@@ -103,7 +103,10 @@ class Browse {
     const uploads = el('section', { class: 'uploads', 'aria-label': 'Uploads' });
     this.dropHint = el('span', {});
     this.uploader = new Uploader(uploads, {
-      target: (item) => ({ url: `/f/${enc(item.path)}`, headers: { 'X-Ferry-Csrf': session ? session.csrf : '' } }),
+      tus: '/tus/',
+      name: (item) => item.path,
+      headers: () => ({ 'X-Ferry-Csrf': session ? session.csrf : '' }),
+      target: (item) => `/f/${enc(item.path)}`,
       prepare: (item) => this.parents(item.path),
       same: async (item) => {
         const r = await api('GET', `/api/sha256?path=${encodeURIComponent(item.path)}`);

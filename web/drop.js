@@ -20,10 +20,9 @@ const zone = el('div', { class: 'dropzone big', id: 'dropzone', tabindex: '0', r
 const queue = el('section', { class: 'uploads', 'aria-label': 'Uploads' });
 
 const uploader = new Uploader(queue, {
-  target: (item) => ({
-    url: `/d/${encodeURIComponent(token)}/${encodeURIComponent(item.path)}`,
-    headers: password ? { Authorization: `Basic ${base64(new TextEncoder().encode(`:${password}`))}` } : {},
-  }),
+  tus: `/d/${encodeURIComponent(token)}/tus/`,
+  name: (item) => item.path,
+  headers: () => (password ? { Authorization: `Basic ${base64(new TextEncoder().encode(`:${password}`))}` } : {}),
   canReplace: false,
   authFailed: 'Not sent: the password was refused',
   onAuth: () => {

@@ -39,6 +39,11 @@ pub const ASSETS: &[Asset] = &[
         bytes: include_bytes!("../../../web/upload.js"),
     },
     Asset {
+        name: "store.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../../web/store.js"),
+    },
+    Asset {
         name: "ui.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../../../web/ui.js"),
