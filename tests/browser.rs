@@ -678,3 +678,127 @@ async fn needs_chromium_a_chunk_damaged_on_the_way_is_refused_and_sent_again() {
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_an_owner_shares_a_folder_a_sender_uses_the_link_and_the_owner_revokes_it() {
+    let server = TestServer::start().await;
+    std::fs::create_dir_all(server.home("alice").join("inbox")).unwrap();
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    b.client
+        .find(Locator::Css("tr[data-name=\"inbox\"] button.share"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css("#link-max-files"))
+        .await
+        .unwrap()
+        .send_keys("3")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css("#link-note"))
+        .await
+        .unwrap()
+        .send_keys("Receipts for March")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css("#link-new button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until(
+        "return document.querySelector('#link-url') !== null",
+        Duration::from_secs(20),
+        "share_made",
+        "the new link",
+    )
+    .await;
+    b.screenshot("share_link_made").await;
+    let link = b
+        .eval("return document.querySelector('#link-url').value")
+        .await;
+    let link = link.as_str().unwrap().to_string();
+    assert!(link.contains("/d/dl_"), "{link}");
+
+    // A sender opens it and sends a file.
+    b.client.goto(&link).await.unwrap();
+    b.wait_until(
+        "return document.querySelector('#dropzone') !== null",
+        Duration::from_secs(20),
+        "share_drop_page",
+        "the drop page",
+    )
+    .await;
+    assert_eq!(
+        b.eval("return document.querySelector('p.note').textContent")
+            .await,
+        "Receipts for March"
+    );
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("march.csv"), 50_000, 3);
+    b.pick("#pick-files", &[src.path().join("march.csv")]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && r.dataset.state === 'done'",
+        Duration::from_secs(30),
+        "share_sent",
+        "the file sent through the link",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(server.home("alice").join("inbox/march.csv")).unwrap(),
+        data
+    );
+
+    // The owner sees the use and revokes the link; it stops at once.
+    b.client.goto(&url(&server, "/")).await.unwrap();
+    b.wait_until(
+        "return document.querySelector('#links-button') !== null",
+        Duration::from_secs(20),
+        "share_back",
+        "the app",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("#links-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until(
+        "const t = document.querySelector('.links-table'); return t !== null && t.textContent.includes('1 of 3 files')",
+        Duration::from_secs(20),
+        "share_list",
+        "the link's use in the list",
+    )
+    .await;
+    b.screenshot("share_links_list").await;
+    b.client
+        .find(Locator::Css(".links-table button.revoke"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client.accept_alert().await.unwrap();
+    b.wait_until(
+        "return document.querySelector('.links-table') === null",
+        Duration::from_secs(20),
+        "share_revoked",
+        "the list without the link",
+    )
+    .await;
+    b.client.goto(&link).await.unwrap();
+    let text = b.eval("return document.body.textContent").await;
+    assert!(text.as_str().unwrap().contains("no such link"), "{text}");
+    b.close().await;
+    server.stop().await;
+}

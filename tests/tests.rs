@@ -17,6 +17,7 @@ mod http_api;
 mod http_curl;
 mod http_files;
 mod http_links;
+mod http_links_api;
 mod http_redteam;
 mod http_session;
 mod http_tus;

@@ -90,6 +90,7 @@ class Browse {
     this.tbody = el('tbody');
     this.more = el('button', { type: 'button', class: 'more', hidden: true, onclick: () => this.load(true) }, 'Show more');
     this.keyEl = el('p', { class: 'muted key' });
+    this.links = new Links(this);
     const fileInput = el('input', { type: 'file', multiple: true, hidden: true, id: 'pick-files' });
     const dirInput = el('input', { type: 'file', multiple: true, hidden: true, webkitdirectory: true, id: 'pick-folder' });
     fileInput.addEventListener('change', () => { this.upload(picked(fileInput)); fileInput.value = ''; });
@@ -128,10 +129,11 @@ class Browse {
         el('button', { type: 'button', id: 'upload-files', onclick: () => fileInput.click() }, 'Upload files'),
         el('button', { type: 'button', id: 'upload-folder', onclick: () => dirInput.click() }, 'Upload a folder'),
         el('button', { type: 'button', id: 'new-folder', onclick: () => this.newFolder() }, 'New folder'),
+        el('button', { type: 'button', class: 'quiet', id: 'links-button', onclick: () => this.links.toggle() }, 'Links'),
         el('button', { type: 'button', class: 'quiet', onclick: () => this.load() }, 'Refresh'),
         fileInput, dirInput),
       el('div', { class: 'dropzone', id: 'dropzone' }, 'Drop files or folders anywhere on this page to upload them to ', this.dropHint, '.'),
-      this.flashEl, uploads, this.table, this.more, this.keyEl);
+      this.links.node, this.flashEl, uploads, this.table, this.more, this.keyEl);
     this.dragging(document.body);
     window.addEventListener('hashchange', () => { if (view === this) this.go(); });
   }
@@ -242,6 +244,9 @@ class Browse {
     const actions = tr.lastChild;
     if (e.kind === 'file') {
       actions.append(el('button', { type: 'button', class: 'small sha', onclick: () => this.sha(tr, path) }, 'SHA-256'));
+    }
+    if (e.kind === 'file' || e.kind === 'dir') {
+      actions.append(el('button', { type: 'button', class: 'small share', onclick: () => this.links.form(path, e.kind) }, 'Share'));
     }
     actions.append(
       el('button', { type: 'button', class: 'small rename', onclick: () => this.rename(tr, e) }, 'Rename'),
@@ -373,14 +378,17 @@ class Browse {
   async usage() {
     try {
       const u = await api('GET', '/api/usage');
-      const used = u.used_bytes || 0;
+      // A user without a quota is not counted: the server says nothing of use then.
+      const used = u.used_bytes;
       const parts = [];
       let meter = null;
-      if (u.quota_bytes) {
+      if (u.quota_bytes && used !== undefined) {
         parts.push(`${bytes(used)} of ${bytes(u.quota_bytes)} used`);
         meter = el('meter', { min: 0, max: u.quota_bytes, value: used, high: u.quota_bytes * 0.9, title: `${Math.round((100 * used) / u.quota_bytes)}%` });
-      } else {
+      } else if (used !== undefined) {
         parts.push(`${bytes(used)} used`);
+      } else {
+        parts.push('no quota');
       }
       if (u.quota_files) parts.push(`${u.used_files || 0} of ${u.quota_files} files`);
       if (u.disk_free_bytes !== undefined && !u.quota_bytes) parts.push(`${bytes(u.disk_free_bytes)} free on disk`);
@@ -399,6 +407,142 @@ class Browse {
     try { await api('POST', '/api/logout'); } catch (_) { /* ended anyway */ }
     session = null;
     showLogin('You have logged out.');
+  }
+}
+
+// ---- links: drop links into a folder, download links to a file or folder ----
+
+const DAY = 24 * 3600;
+
+class Links {
+  constructor(browse) {
+    this.browse = browse;
+    this.formEl = el('div', { class: 'link-form' });
+    this.listEl = el('div', { class: 'link-list' });
+    this.node = el('section', { class: 'links panel', hidden: true, 'aria-label': 'Links' },
+      el('div', { class: 'panel-head' }, el('h2', {}, 'Links'),
+        el('button', { type: 'button', class: 'small quiet', onclick: () => { this.node.hidden = true; } }, 'Close')),
+      el('p', { class: 'muted' }, 'A drop link lets anyone who has it send files into a folder, and nothing else. A download link lets them download a file or a folder. Use “Share” on a row to make one.'),
+      this.formEl, this.listEl);
+  }
+
+  toggle() {
+    this.node.hidden = !this.node.hidden;
+    if (!this.node.hidden) this.refresh();
+  }
+
+  /** The form that makes a link for `path` (a folder: either kind; a file: download). */
+  form(path, kind) {
+    this.node.hidden = false;
+    this.refresh();
+    const isDir = kind === 'dir';
+    const choice = (value, label, checked) => el('label', { class: 'choice' },
+      el('input', { type: 'radio', name: 'link-kind', value, checked }), ` ${label}`);
+    const expires = el('select', { id: 'link-expires' },
+      el('option', { value: String(DAY) }, '1 day'),
+      el('option', { value: String(7 * DAY), selected: true }, '7 days'),
+      el('option', { value: String(30 * DAY) }, '30 days'),
+      el('option', { value: 'never' }, 'never'));
+    const num = (id, placeholder) => el('input', { type: 'number', min: '1', step: '1', id, placeholder, inputmode: 'numeric' });
+    const maxFiles = num('link-max-files', 'no limit');
+    const maxMb = num('link-max-mb', 'no limit');
+    const maxDownloads = num('link-max-downloads', 'no limit');
+    const password = el('input', { type: 'password', id: 'link-password', autocomplete: 'new-password', placeholder: 'none' });
+    const note = el('input', { id: 'link-note', maxlength: '200', placeholder: 'shown to the people you send it to' });
+    const upOnly = el('div', { class: 'upload-only' },
+      el('label', {}, 'At most this many files ', maxFiles),
+      el('label', {}, 'At most this many MB in all ', maxMb));
+    const downOnly = el('div', { class: 'download-only' }, el('label', {}, 'At most this many downloads ', maxDownloads));
+    const kinds = isDir
+      ? el('fieldset', { class: 'kinds' },
+        el('legend', {}, `For ${path}`),
+        choice('upload', 'Let people send files into this folder', true),
+        choice('download', 'Let people download this folder', false))
+      : el('p', {}, `A download link for ${path}`);
+    const current = () => (isDir ? (this.formEl.querySelector('input[name=link-kind]:checked') || {}).value : 'download');
+    const sync = () => { upOnly.hidden = current() !== 'upload'; downOnly.hidden = current() !== 'download'; };
+    const msg = el('p', { class: 'error', role: 'alert' });
+    const result = el('div', { class: 'link-made' });
+    const submit = el('button', { type: 'submit' }, 'Make the link');
+    const f = el('form', { class: 'link-new', id: 'link-new' }, kinds,
+      el('div', { class: 'fields' },
+        el('label', {}, 'Expires after ', expires), upOnly, downOnly,
+        el('label', {}, 'Password ', password), el('label', {}, 'Note ', note)),
+      el('div', { class: 'row' }, submit,
+        el('button', { type: 'button', class: 'quiet', onclick: () => fill(this.formEl) }, 'Cancel')),
+      msg, result);
+    f.addEventListener('change', sync);
+    f.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      msg.textContent = '';
+      const k = current();
+      const n = (input, mult = 1) => (input.value ? Math.round(Number(input.value) * mult) : undefined);
+      const body = {
+        path, kind: k,
+        expires_in: expires.value === 'never' ? null : Number(expires.value),
+        password: password.value || undefined,
+        note: note.value || undefined,
+      };
+      if (k === 'upload') { body.max_files = n(maxFiles); body.max_bytes = n(maxMb, 1e6); }
+      else body.max_downloads = n(maxDownloads);
+      submit.disabled = true;
+      try {
+        const made = await api('POST', '/api/links', body);
+        const url = `${location.origin}${made.path_in_url}`;
+        const box = el('input', { readonly: true, value: url, class: 'url', id: 'link-url', 'aria-label': 'The link' });
+        const copy = el('button', { type: 'button', class: 'small', onclick: async () => {
+          box.select();
+          try { await navigator.clipboard.writeText(url); copy.textContent = 'Copied'; } catch (_) { document.execCommand('copy'); copy.textContent = 'Copied'; }
+        } }, 'Copy');
+        fill(result, el('p', { class: 'ok' }, 'Here is the link. Copy it now: it is shown only this once.'),
+          el('div', { class: 'row' }, box, copy));
+        box.focus();
+        box.select();
+        this.refresh();
+      } catch (err) {
+        msg.textContent = err.message;
+      } finally {
+        submit.disabled = false;
+      }
+    });
+    fill(this.formEl, f);
+    sync();
+    this.node.scrollIntoView({ block: 'start' });
+  }
+
+  async refresh() {
+    let links;
+    try {
+      links = (await api('GET', '/api/links')).links;
+    } catch (err) {
+      fill(this.listEl, el('p', { class: 'error', text: err.message }));
+      return;
+    }
+    if (!links.length) {
+      fill(this.listEl, el('p', { class: 'muted' }, 'You have no links.'));
+      return;
+    }
+    const use = (l) => {
+      if (l.kind === 'upload') {
+        const files = `${l.used_files}${l.max_files ? ` of ${l.max_files}` : ''} file${(l.max_files || l.used_files) === 1 ? '' : 's'}`;
+        const b = `${bytes(l.used_bytes)}${l.max_bytes ? ` of ${bytes(l.max_bytes)}` : ''}`;
+        return `${files}, ${b}`;
+      }
+      return `${l.used_downloads}${l.max_downloads ? ` of ${l.max_downloads}` : ''} download${(l.max_downloads || l.used_downloads) === 1 ? '' : 's'}`;
+    };
+    const rows = links.map((l) => el('tr', { dataset: { id: l.id }, class: l.expired ? 'expired' : '' },
+      el('td', {}, l.kind === 'upload' ? 'Drop into' : 'Download'),
+      el('td', { class: 'path' }, l.path, l.note ? el('div', { class: 'muted', text: l.note }) : null),
+      el('td', {}, use(l)),
+      el('td', {}, l.expired ? 'expired' : l.expires ? `until ${when(l.expires)}` : 'never expires', l.password ? ' · password' : ''),
+      el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small danger revoke', onclick: async () => {
+        if (!window.confirm('Revoke this link? It stops working at once.')) return;
+        try { await api('DELETE', `/api/links?id=${encodeURIComponent(l.id)}`); } catch (err) { this.browse.flash(err.message); }
+        this.refresh();
+      } }, 'Revoke'))));
+    fill(this.listEl, el('table', { class: 'files links-table' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'Kind'), el('th', {}, 'Path'), el('th', {}, 'Use'), el('th', {}, 'Expires'), el('th', {}))),
+      el('tbody', {}, rows)));
   }
 }
 

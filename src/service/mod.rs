@@ -175,6 +175,12 @@ impl Home {
             .map_err(|denied| CoreError::Denied(denied.0))
     }
 
+    /// Whether the scope allows `op` (a front-end asks before acting for the owner, as when
+    /// making a link that will upload or download in the owner's name).
+    pub fn allowed(&self, op: Op) -> Result<(), CoreError> {
+        self.allow(op, false)
+    }
+
     /// The storage underneath.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage

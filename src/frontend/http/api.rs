@@ -53,6 +53,7 @@ pub async fn route(
     let fail = |e: &crate::service::CoreError| status::core_error(e, conn.peer, &acct.user, what);
     let home = &acct.home;
     match what {
+        "links" => super::links_api::route(conn, acct, req).await,
         "ls" => {
             let q = match read("GET") {
                 Ok(q) => q,

@@ -34,6 +34,7 @@ pub mod auth;
 pub mod drop;
 pub mod files;
 pub mod headers;
+pub mod links_api;
 pub mod parse;
 pub mod router;
 pub mod status;
