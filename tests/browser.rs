@@ -802,3 +802,65 @@ async fn needs_chromium_an_owner_shares_a_folder_a_sender_uses_the_link_and_the_
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_stock_tus_client_without_checksums_uploads_and_gets_a_server_only_receipt()
+ {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    // tus-js-client, as Uppy uses it: a test fixture handed to the page, never served.
+    let lib = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web/tus-js-client/tus.min.js"),
+    )
+    .unwrap();
+    let loaded = b
+        .eval(&format!(
+            "{lib}\n;window.tus = (typeof tus !== 'undefined') ? tus : window.tus; \
+             const i = document.createElement('input'); i.type = 'file'; i.id = 'stock'; \
+             document.body.append(i); return typeof window.tus.Upload;"
+        ))
+        .await;
+    assert_eq!(loaded, "function");
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("stock.bin"), 3 * 1024 * 1024 + 5, 77);
+    b.pick("#stock", &[src.path().join("stock.bin")]).await;
+    b.eval(
+        "window.stock = { state: 'running' }; \
+         fetch('/api/session').then((r) => r.json()).then((s) => { \
+           const file = document.querySelector('#stock').files[0]; \
+           const up = new window.tus.Upload(file, { \
+             endpoint: '/tus/', chunkSize: 1024 * 1024, retryDelays: [0, 1000], \
+             metadata: { filename: '/stock.bin' }, headers: { 'X-Ferry-Csrf': s.csrf }, \
+             onError: (e) => { window.stock = { state: 'error', message: String(e) }; }, \
+             onSuccess: () => { window.stock = { state: 'done', url: up.url }; } }); \
+           up.start(); }); return true;",
+    )
+    .await;
+    b.wait_until(
+        "return window.stock.state !== 'running'",
+        Duration::from_secs(60),
+        "stock_tus",
+        "tus-js-client to finish",
+    )
+    .await;
+    let stock = b.eval("return window.stock").await;
+    assert_eq!(stock["state"], "done", "{stock}");
+    assert_eq!(
+        std::fs::read(server.home_file("alice", "stock.bin")).unwrap(),
+        data
+    );
+    // The receipt says the digest is the server's own: the client sent none.
+    let receipt = b
+        .eval(
+            "const u = new URL(window.stock.url, location.href).pathname; \
+             return fetch(u + '/receipt').then((r) => r.json());",
+        )
+        .await;
+    let receipt = receipt.get("receipt").unwrap_or(&receipt);
+    assert_eq!(receipt["verified"], "server-only", "{receipt}");
+    assert_eq!(receipt["sha256"], crate::util::sha256_hex(&data));
+    b.close().await;
+    server.stop().await;
+}
