@@ -864,3 +864,94 @@ async fn needs_chromium_a_stock_tus_client_without_checksums_uploads_and_gets_a_
     b.close().await;
     server.stop().await;
 }
+
+/// What the page's verification costs: one 1 GiB file sent by the app (tus, 8 MiB chunks,
+/// hashed in the Worker), by a bare XHR `PUT` from the same page (no hashing; the server
+/// computes the digest), and by curl (`-T` with `Content-Digest`), against one server in one
+/// run. Prints the rates and the ratios. Run by hand, optimised:
+/// `cargo test --release --test tests bench_browser_upload -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark, run by hand (see its comment)"]
+async fn bench_browser_upload() {
+    const SIZE: usize = 1024 * 1024 * 1024;
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("one.bin");
+    let data = crate::util::random_file(&path, SIZE, 99);
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&data)
+    };
+    drop(data);
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        // The app.
+        let t = std::time::Instant::now();
+        b.pick("#pick-files", std::slice::from_ref(&path)).await;
+        b.wait_until(
+            "const r = [...document.querySelectorAll('li.transfer')].pop(); \
+             return r !== undefined && r.dataset.state === 'done'",
+            Duration::from_secs(600),
+            "bench_app",
+            "the app's upload",
+        )
+        .await;
+        let app = t.elapsed().as_secs_f64();
+        std::fs::remove_file(server.home_file("alice", "one.bin")).unwrap();
+        b.eval("document.querySelector('.summary button').click(); return true")
+            .await;
+        // A bare PUT from the same page.
+        b.eval(
+            "if (!document.querySelector('#bare')) { const i = document.createElement('input'); \
+             i.type = 'file'; i.id = 'bare'; document.body.append(i); } return true",
+        )
+        .await;
+        b.pick("#bare", std::slice::from_ref(&path)).await;
+        let t = std::time::Instant::now();
+        let status = b
+            .eval(
+                "return fetch('/api/session').then((r) => r.json()).then((s) => new Promise((ok) => { \
+                 const x = new XMLHttpRequest(); x.open('PUT', '/f/bare.bin'); \
+                 x.setRequestHeader('X-Ferry-Csrf', s.csrf); x.setRequestHeader('Overwrite', 'T'); \
+                 x.onload = () => ok(x.status); x.onerror = () => ok(0); \
+                 x.send(document.querySelector('#bare').files[0]); }));",
+            )
+            .await;
+        let bare = t.elapsed().as_secs_f64();
+        assert_eq!(status, 201);
+        // curl, with the digest it would send.
+        let token = crate::util::http::token_for(&server, "alice", false).await;
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(server.dir().join("certs/ca.pem"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg("-H")
+            .arg(format!(
+                "Content-Digest: sha-256=:{}:",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)
+            ))
+            .args(["-H", "Overwrite: T", "-T"])
+            .arg(&path)
+            .arg(format!("https://localhost:{}/f/curl.bin", server.addr.port()))
+            .output()
+            .unwrap();
+        let curl = t.elapsed().as_secs_f64();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{out:?}");
+        let mbs = |s: f64| SIZE as f64 / s / 1e6;
+        eprintln!(
+            "round {round}: app {:.0} MB/s, bare PUT {:.0} MB/s, curl {:.0} MB/s; app/bare {:.2}, app/curl {:.2}",
+            mbs(app),
+            mbs(bare),
+            mbs(curl),
+            bare / app,
+            curl / app
+        );
+        rows.push((app, bare, curl));
+    }
+    b.close().await;
+    server.stop().await;
+}
