@@ -936,7 +936,10 @@ async fn bench_browser_upload() {
             ))
             .args(["-H", "Overwrite: T", "-T"])
             .arg(&path)
-            .arg(format!("https://localhost:{}/f/curl.bin", server.addr.port()))
+            .arg(format!(
+                "https://localhost:{}/f/curl.bin",
+                server.addr.port()
+            ))
             .output()
             .unwrap();
         let curl = t.elapsed().as_secs_f64();
@@ -952,6 +955,106 @@ async fn bench_browser_upload() {
         );
         rows.push((app, bare, curl));
     }
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_folder_upload_keeps_its_tree() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("trip");
+    std::fs::create_dir_all(root.join("day 1/raw")).unwrap();
+    let files = [
+        ("trip/map.png", 20_000),
+        ("trip/day 1/notes.txt", 300),
+        ("trip/day 1/raw/img 001.cr2", 900_000),
+    ];
+    let mut data = Vec::new();
+    for (i, (rel, len)) in files.iter().enumerate() {
+        data.push(crate::util::random_file(
+            &src.path().join(rel),
+            *len,
+            60 + i as u64,
+        ));
+    }
+    b.pick("#pick-folder", std::slice::from_ref(&root)).await;
+    b.wait_until(
+        "const r = [...document.querySelectorAll('li.transfer')]; \
+         return r.length === 3 && r.every(x => x.dataset.state === 'done');",
+        Duration::from_secs(60),
+        "folder_upload",
+        "the folder's three files",
+    )
+    .await;
+    for ((rel, _), d) in files.iter().zip(&data) {
+        assert_eq!(
+            &std::fs::read(server.home("alice").join(rel)).unwrap(),
+            d,
+            "{rel}"
+        );
+    }
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_an_upload_over_the_quota_is_refused_before_it_is_sent() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    // carol may keep 1 MiB.
+    b.log_in(&url(&server, "/"), "carol", "carol-pw").await;
+    b.wait_until(
+        "return document.querySelector('.usage-text') !== null && \
+         document.querySelector('.usage-text').textContent.includes('of 1.05 MB used')",
+        Duration::from_secs(10),
+        "quota_usage",
+        "the quota in the header",
+    )
+    .await;
+    // Two files of 550 kB: each within carol's largest file, together over her 1 MiB.
+    let src = tempfile::tempdir().unwrap();
+    crate::util::random_file(&src.path().join("a.iso"), 550_000, 1);
+    crate::util::random_file(&src.path().join("b.iso"), 550_000, 2);
+    b.pick(
+        "#pick-files",
+        &[src.path().join("a.iso"), src.path().join("b.iso")],
+    )
+    .await;
+    b.wait_until(
+        "const r = [...document.querySelectorAll('li.transfer')]; return r.length === 2 && \
+         r.every(x => x.dataset.state === 'done' || x.dataset.state === 'failed')",
+        Duration::from_secs(30),
+        "quota_refused",
+        "both uploads to settle",
+    )
+    .await;
+    let rows = b
+        .eval(
+            "return [...document.querySelectorAll('li.transfer')].map(x => \
+             [x.dataset.state, x.querySelector('.t-status').textContent, x.querySelector('progress').value])",
+        )
+        .await;
+    let rows = rows.as_array().unwrap();
+    let failed: Vec<_> = rows.iter().filter(|r| r[0] == "failed").collect();
+    assert_eq!(failed.len(), 1, "exactly one refused: {rows:?}");
+    assert!(
+        failed[0][1]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("quota"),
+        "the row says: {}",
+        failed[0][1]
+    );
+    // Refused at creation: nothing of it was sent.
+    assert_eq!(failed[0][2], 0, "bytes were sent before the refusal");
+    assert_eq!(crate::util::names_in(&server.home("carol")).len(), 1);
+    b.screenshot("quota_refused").await;
     b.close().await;
     server.stop().await;
 }
