@@ -194,3 +194,61 @@ async fn a_changed_password_or_a_deleted_user_ends_the_session() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_tus_need_the_csrf_token_with_a_cookie() {
+    let server = TestServer::start().await;
+    std::fs::create_dir_all(server.home("alice").join("inbox")).unwrap();
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let (cookie, csrf) = login(&mut c, "alice", "alice-pw").await;
+    let link = r#"{"path":"/inbox","kind":"upload"}"#;
+    let tus = [
+        ("cookie", cookie.as_str()),
+        ("tus-resumable", "1.0.0"),
+        ("upload-length", "3"),
+        ("upload-metadata", "filename L3gudHh0"),
+    ];
+    // A cross-site page riding the cookie: neither a link nor an upload is made.
+    let r = c
+        .plain("POST", "/api/links", &[("cookie", &cookie)], link)
+        .await;
+    assert_eq!(r.status(), 403, "{}", r.text());
+    let r = c.plain("POST", "/tus/", &tus, "").await;
+    assert_eq!(r.status(), 403, "{}", r.text());
+    let mut with = tus.to_vec();
+    with.push(("x-ferry-csrf", &csrf));
+    with.push(("sec-fetch-site", "cross-site"));
+    let r = c.plain("POST", "/tus/", &with, "").await;
+    assert_eq!(r.status(), 403, "{}", r.text());
+    let list = c
+        .plain("GET", "/api/links", &[("cookie", &cookie)], "")
+        .await;
+    assert_eq!(list.json()["links"].as_array().unwrap().len(), 0);
+    // With the token, from the page itself: both work, and so does revoking.
+    let r = c
+        .plain(
+            "POST",
+            "/api/links",
+            &[("cookie", &cookie), ("x-ferry-csrf", &csrf)],
+            link,
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let del = format!("/api/links?id={id}");
+    let r = c.plain("DELETE", &del, &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status(), 403, "a revoke without the token: {}", r.text());
+    let r = c
+        .plain(
+            "DELETE",
+            &del,
+            &[("cookie", &cookie), ("x-ferry-csrf", &csrf)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    with.pop();
+    let r = c.plain("POST", "/tus/", &with, "").await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    server.stop().await;
+}
