@@ -4,7 +4,7 @@
 // token. Names are shown as text, never as markup.
 
 import { el, fill, bytes, when, errorOf } from './ui.js';
-import { Uploader, dropped, picked } from './upload.js';
+import { Uploader, dropped, picked, refusedName } from './upload.js';
 
 const root = document.getElementById('app');
 let session = null; // {user, csrf}
@@ -43,6 +43,9 @@ const baseName = (path) => path.slice(path.lastIndexOf('/') + 1);
 // ---- login ----
 
 function showLogin(message = '') {
+  // Whatever the last view still had queued or under way stops here: sent later, it would
+  // go with the session of whoever logs in next.
+  if (view) view.uploader.stopAll('Stopped: you are no longer logged in');
   view = null;
   const user = el('input', { name: 'user', autocomplete: 'username', required: true, autofocus: true, spellcheck: 'false', autocapitalize: 'off' });
   const pass = el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true });
@@ -79,6 +82,7 @@ function showLogin(message = '') {
 
 class Browse {
   constructor() {
+    this.session = session; // the session this view acts for, and no other
     this.cwd = '/';
     this.entries = [];
     this.next = null;
@@ -106,11 +110,14 @@ class Browse {
     this.uploader = new Uploader(uploads, {
       tus: '/tus/',
       name: (item) => item.path,
-      headers: () => ({ 'X-Ferry-Csrf': session ? session.csrf : '' }),
+      headers: () => {
+        if (session !== this.session) throw new Error('you are no longer logged in');
+        return { 'X-Ferry-Csrf': this.session.csrf };
+      },
       target: (item) => `/f/${enc(item.path)}`,
       prepare: (item) => this.parents(item.path),
       same: async (item) => {
-        const r = await api('GET', `/api/sha256?path=${encodeURIComponent(item.path)}`);
+        const r = await this.call('GET', `/api/sha256?path=${encodeURIComponent(item.path)}`);
         return r.sha256 === item.row.dataset.sha256;
       },
       canReplace: true,
@@ -136,6 +143,14 @@ class Browse {
       this.links.node, this.flashEl, uploads, this.table, this.more, this.keyEl);
     this.dragging(document.body);
     window.addEventListener('hashchange', () => { if (view === this) this.go(); });
+  }
+
+  /** A request to the API for this view's session; refused once another holds the tab. */
+  call(method, path, body) {
+    if (session !== this.session) {
+      return Promise.reject(Object.assign(new Error('You are no longer logged in.'), { code: 'auth', status: 401 }));
+    }
+    return api(method, path, body);
   }
 
   start() {
@@ -181,7 +196,7 @@ class Browse {
     let url = `/api/ls?path=${encodeURIComponent(dir)}`;
     if (more && this.next) url += `&cursor=${encodeURIComponent(this.next)}`;
     try {
-      const page = await api('GET', url);
+      const page = await this.call('GET', url);
       if (dir !== this.cwd) return;
       this.entries = more ? this.entries.concat(page.entries) : page.entries;
       this.next = page.next;
@@ -234,7 +249,9 @@ class Browse {
     const path = join(this.cwd, e.name);
     let name;
     if (e.kind === 'dir') name = el('a', { href: `#${encodeURI(path).replace(/#/g, '%23')}`, class: 'dir' }, `${e.name}/`);
-    else if (e.kind === 'file') name = el('a', { href: `/f/${enc(path)}`, download: e.name, class: 'file' }, e.name);
+    // A name no URL of ours may hold (a backslash, put there on the server's disk) gets no
+    // link: following it would cost this address a penalty.
+    else if (e.kind === 'file' && !refusedName(e.name)) name = el('a', { href: `/f/${enc(path)}`, download: e.name, class: 'file' }, e.name);
     else name = el('span', { class: 'other', title: e.kind }, e.name);
     const tr = el('tr', { dataset: { name: e.name, kind: e.kind } },
       el('td', { class: 'name' }, name),
@@ -259,7 +276,7 @@ class Browse {
     btn.disabled = true;
     btn.textContent = 'Hashing…';
     try {
-      const r = await api('GET', `/api/sha256?path=${encodeURIComponent(path)}`);
+      const r = await this.call('GET', `/api/sha256?path=${encodeURIComponent(path)}`);
       const detail = el('tr', { class: 'detail' }, el('td', { colspan: 4 },
         'SHA-256 ', el('code', { class: 'digest', text: r.sha256 })));
       tr.after(detail);
@@ -287,11 +304,11 @@ class Browse {
       if (!v || v === e.name) { cancel(); return; }
       const to = v.startsWith('/') ? v : join(this.cwd, v);
       try {
-        await api('POST', '/api/rename', { path: from, to, replace: false });
+        await this.call('POST', '/api/rename', { path: from, to, replace: false });
       } catch (err) {
         if (err.code !== 'already_exists') { this.flash(err.message); return; }
         if (!window.confirm(`“${to}” exists. Replace it?`)) return;
-        try { await api('POST', '/api/rename', { path: from, to, replace: true }); } catch (err2) { this.flash(err2.message); return; }
+        try { await this.call('POST', '/api/rename', { path: from, to, replace: true }); } catch (err2) { this.flash(err2.message); return; }
       }
       this.flash(`Renamed “${e.name}” to “${to}”.`, 'ok');
       this.load();
@@ -306,7 +323,7 @@ class Browse {
     const what = e.kind === 'dir' ? 'folder' : 'file';
     if (!window.confirm(`Delete the ${what} “${e.name}”? This cannot be undone.`)) return;
     try {
-      await api('POST', e.kind === 'dir' ? '/api/rmdir' : '/api/remove', { path });
+      await this.call('POST', e.kind === 'dir' ? '/api/rmdir' : '/api/remove', { path });
       this.flash(`Deleted “${e.name}”.`, 'ok');
       this.load();
       this.usage();
@@ -328,7 +345,7 @@ class Browse {
       const name = input.value.trim();
       if (!name) return;
       try {
-        await api('POST', '/api/mkdir', { path: join(this.cwd, name) });
+        await this.call('POST', '/api/mkdir', { path: join(this.cwd, name) });
         this.flash(`Made the folder “${name}”.`, 'ok');
         this.load();
       } catch (err) {
@@ -346,7 +363,7 @@ class Browse {
     for (let p = parent(path); p !== '/'; p = parent(p)) dirs.unshift(p);
     for (const d of dirs) {
       if (!this.made.has(d)) {
-        this.made.set(d, api('POST', '/api/mkdir', { path: d }).catch((e) => {
+        this.made.set(d, this.call('POST', '/api/mkdir', { path: d }).catch((e) => {
           if (e.code !== 'already_exists') { this.made.delete(d); throw e; }
         }));
       }
@@ -377,7 +394,7 @@ class Browse {
 
   async usage() {
     try {
-      const u = await api('GET', '/api/usage');
+      const u = await this.call('GET', '/api/usage');
       // A user without a quota is not counted: the server says nothing of use then.
       const used = u.used_bytes;
       const parts = [];
@@ -398,13 +415,13 @@ class Browse {
 
   async key() {
     try {
-      const jwk = await api('GET', '/.well-known/ferry-receipt-key');
+      const jwk = await this.call('GET', '/.well-known/ferry-receipt-key');
       this.keyEl.textContent = `Upload receipts are signed by this server's key ${jwk.kid}.`;
     } catch (_) { this.keyEl.textContent = ''; }
   }
 
   async logout() {
-    try { await api('POST', '/api/logout'); } catch (_) { /* ended anyway */ }
+    try { await this.call('POST', '/api/logout'); } catch (_) { /* ended anyway */ }
     session = null;
     showLogin('You have logged out.');
   }
@@ -487,7 +504,7 @@ class Links {
       else body.max_downloads = n(maxDownloads);
       submit.disabled = true;
       try {
-        const made = await api('POST', '/api/links', body);
+        const made = await this.browse.call('POST', '/api/links', body);
         const url = `${location.origin}${made.path_in_url}`;
         const box = el('input', { readonly: true, value: url, class: 'url', id: 'link-url', 'aria-label': 'The link' });
         const copy = el('button', { type: 'button', class: 'small', onclick: async () => {
@@ -513,7 +530,7 @@ class Links {
   async refresh() {
     let links;
     try {
-      links = (await api('GET', '/api/links')).links;
+      links = (await this.browse.call('GET', '/api/links')).links;
     } catch (err) {
       fill(this.listEl, el('p', { class: 'error', text: err.message }));
       return;
@@ -537,7 +554,7 @@ class Links {
       el('td', {}, l.expired ? 'expired' : l.expires ? `until ${when(l.expires)}` : 'never expires', l.password ? ' · password' : ''),
       el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small danger revoke', onclick: async () => {
         if (!window.confirm('Revoke this link? It stops working at once.')) return;
-        try { await api('DELETE', `/api/links?id=${encodeURIComponent(l.id)}`); } catch (err) { this.browse.flash(err.message); }
+        try { await this.browse.call('DELETE', `/api/links?id=${encodeURIComponent(l.id)}`); } catch (err) { this.browse.flash(err.message); }
         this.refresh();
       } }, 'Revoke'))));
     fill(this.listEl, el('table', { class: 'files links-table' },

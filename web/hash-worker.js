@@ -4,8 +4,8 @@
 // which is what lets an upload go on from where the server stands after a cut or a reload.
 //
 // Requests are handled one at a time, in order (they share one hasher):
-//   {id, op: 'chunk', file, start, end, state, final} → {buf, chunk, after, whole}
-//       the bytes of [start, end) (transferred), their own SHA-256 (for Upload-Checksum),
+//   {id, op: 'chunk', file, start, end, state, final} → {size, chunk, after, whole}
+//       the length of [start, end) as read, its own SHA-256 (for Upload-Checksum),
 //       the running state after them (from `state`, or from the start when null), and the
 //       whole file's SHA-256 when `final`
 //   {id, op: 'prefix', file, end} → {state}: the running state after [0, end)
@@ -35,11 +35,14 @@ async function run(m) {
       if (m.state) hasher.load(m.state); else hasher.init();
       const buf = await file.slice(m.start, m.end).arrayBuffer();
       if (buf.byteLength !== m.end - m.start) throw new Error('the file changed while it was read');
+      // WebCrypto hashes the chunk on a thread of its own (it copies the bytes first) while
+      // hash-wasm adds them to the running digest here: two cores, one pass each.
+      const own = crypto.subtle.digest('SHA-256', buf);
       hasher.update(new Uint8Array(buf));
       const after = hasher.save();
-      const chunk = new Uint8Array(await crypto.subtle.digest('SHA-256', buf));
+      const chunk = new Uint8Array(await own);
       const whole = m.final ? hasher.digest('binary') : null;
-      self.postMessage({ id, buf, chunk, after, whole }, [buf]);
+      self.postMessage({ id, size: buf.byteLength, chunk, after, whole });
       return;
     }
     case 'prefix':

@@ -1,8 +1,10 @@
 // The upload queue of ferry's pages. Each file goes up by tus 1.0 in 8 MiB chunks: a Worker
-// reads each chunk once and computes both its own SHA-256 (sent as `Upload-Checksum`, so a
-// damaged chunk is refused and sent again) and the running SHA-256 of the whole file (sent
-// with the last chunk as `Repr-Digest`, so the server stores the file only if all of it
-// matches). The next chunk is hashed while one is sent; a file is never held whole in memory.
+// reads each chunk and computes both its own SHA-256 (sent as `Upload-Checksum`, so a chunk
+// that differs from what was hashed, damaged on the way or changed on disk, is refused and
+// sent again) and the running SHA-256 of the whole file (sent with the last chunk as
+// `Repr-Digest`, so the server stores the file only if all of it matches). The browser sends
+// each chunk straight from the file; the next chunk is hashed while one is sent. A file is
+// never held whole in memory.
 //
 // A dropped connection is retried with backoff (waiting for the browser to be online) and
 // the upload goes on from the offset the server reports, with the SHA-256 state saved there.
@@ -44,6 +46,22 @@ function online(ms) {
     const done = () => { window.removeEventListener('online', done); r(); };
     window.addEventListener('online', done);
   });
+}
+
+/**
+ * Why the server cannot take `path` ("dir/name"), or '' when it can as far as the page can
+ * tell. Such names are refused before any request, with a reason the sender understands
+ * (and a link to such a name in a URL would cost the address a penalty). The server checks
+ * everything again.
+ */
+export function refusedName(path) {
+  for (const seg of path.split('/')) {
+    if (seg === '.' || seg === '..') return `the name “${seg}” is not allowed`;
+    if (seg.includes('\\')) return `a backslash (\\) is not allowed in a name: “${seg}”`;
+    // eslint-disable-next-line no-control-regex
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(seg)) return 'a control character (a line break, a tab…) is not allowed in a name';
+  }
+  return '';
 }
 
 /** UTF-8 text as base64, for Upload-Metadata. */
@@ -244,6 +262,9 @@ class Item {
   /** Stops the upload; `discard` also tells the server to drop what it has. */
   cancel(why = 'Cancelled', discard = true) {
     if (this.state === 'done' || this.state === 'cancelled') return;
+    // Once the last byte is out, the server verifies and commits whether or not anyone
+    // waits for the answer.
+    if (this.state === 'committing') why = `${why} after the whole file was sent: it may have been stored`;
     this.cancelled = true;
     if (this.xhr) this.xhr.abort();
     if (discard && this.url) {
@@ -277,6 +298,11 @@ class Item {
   }
 
   async run() {
+    const refused = refusedName(this.path);
+    if (refused) {
+      this.set('failed', `Not sent: ${refused}`);
+      return;
+    }
     try {
       this.set('starting');
       if (this.opts.prepare) await this.opts.prepare(this);
@@ -423,6 +449,11 @@ class Item {
       const at = await this.offsetAt(saved.url).catch((e) => { if (e.auth) throw e; return null; });
       if (at !== null && at <= file.size) {
         this.url = saved.url;
+        if (at === file.size) {
+          store.forget(this.key);
+          await this.finished(null);
+          return;
+        }
         state = at === saved.acked ? saved.state : await this.prefix(at);
         offset = at;
         this.resumedFrom = at;
@@ -516,6 +547,12 @@ class Item {
         const at = await this.offsetAt(this.url);
         if (this.cancelled) return;
         if (at === null) { this.set('failed', 'Not stored: the server no longer has this upload'); return; }
+        if (at === size) {
+          // The answer to the last chunk was lost, not the file: the server has it all.
+          store.forget(this.key);
+          await this.finished(null);
+          return;
+        }
         if (at !== offset) state = at === 0 ? null : await this.prefix(at);
         offset = at;
         this.row.dataset.resumedAt = String(at);
@@ -538,7 +575,10 @@ class Item {
       'Upload-Checksum': `sha256 ${base64(c.chunk)}`,
     });
     if (final) headers['Repr-Digest'] = `sha-256=:${base64(c.whole)}:`;
-    return this.send('PATCH', this.url, headers, c.buf, offset, final);
+    // The chunk goes from the file itself (the browser streams it from disk, with no copy
+    // through the page); its checksum, computed from what the Worker read, makes the server
+    // refuse it (460, and it is sent again) if the file changed in between.
+    return this.send('PATCH', this.url, headers, this.file.slice(offset, offset + c.size), offset, final);
   }
 
   /** An XMLHttpRequest (fetch has no upload progress), watched for stalls. */
