@@ -437,3 +437,4 @@ async fn needs_chromium_hostile_names_are_text_and_files_can_be_managed() {
     b.close().await;
     server.stop().await;
 }
+mod redteam;

@@ -141,8 +141,14 @@ impl Browser {
 
     /// Opens `url` (the web app) and logs in through its form.
     pub async fn log_in(&self, url: &str, user: &str, password: &str) {
-        use fantoccini::Locator;
         self.client.goto(url).await.unwrap();
+        self.log_in_here(user, password).await;
+    }
+
+    /// Logs in through the login form the page shows now (after a logout, say), without
+    /// loading the page again.
+    pub async fn log_in_here(&self, user: &str, password: &str) {
+        use fantoccini::Locator;
         let form = self
             .client
             .wait()

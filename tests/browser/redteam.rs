@@ -1,0 +1,193 @@
+//! The pages under attack, in a real headless Chromium: what a page does when the session
+//! changes under it, when an answer is lost, and when a name is one the server refuses.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use ferry::server::Limits;
+use ferry::server::penalty::PenaltyConfig;
+
+use crate::util::browser::Browser;
+use crate::util::http::link_for;
+use crate::util::{TestServer, test_limits};
+
+fn url(server: &TestServer, path: &str) -> String {
+    format!("https://localhost:{}{path}", server.addr.port())
+}
+
+/// Holds every `XMLHttpRequest.send` until `window.__release()` (a slow network, made
+/// deterministic); counts the requests that were sent and ended.
+const HOLD_SENDS: &str = "window.__held = []; window.__ended = 0; \
+    const send = XMLHttpRequest.prototype.send; \
+    XMLHttpRequest.prototype.send = function (b) { \
+      this.addEventListener('loadend', () => { window.__ended += 1; }); \
+      if (window.__go) return send.call(this, b); \
+      window.__held.push(() => { try { send.call(this, b); } catch (_) { /* aborted */ } }); }; \
+    window.__release = () => { window.__go = true; for (const f of window.__held.splice(0)) f(); }; \
+    return true;";
+
+/// Alice starts uploads, logs out while they are under way, and Bob logs in in the same tab:
+/// nothing Alice queued may land in Bob's home (the page used to send her queued files with
+/// whatever session the tab held by then, so they were stored as Bob's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_uploads_queued_before_a_logout_never_land_in_the_next_users_home() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    b.eval(HOLD_SENDS).await;
+    let src = tempfile::tempdir().unwrap();
+    let names = ["alice-1.txt", "alice-2.txt", "alice-3.txt"];
+    let paths: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let p = src.path().join(n);
+            crate::util::random_file(&p, 20_000, 60 + i as u64);
+            p
+        })
+        .collect();
+    b.pick("#pick-files", &paths).await;
+    // Two are hashed and waiting to be sent (the queue runs two at once); the third waits.
+    b.wait_until(
+        "return window.__held.length === 2",
+        Duration::from_secs(30),
+        "logout_mid_upload_held",
+        "two uploads to be under way",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("#logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until(
+        "return document.querySelector('form#login') !== null",
+        Duration::from_secs(20),
+        "logout_mid_upload_form",
+        "the login form after logging out",
+    )
+    .await;
+    b.log_in_here("bob", "bob-pw").await;
+    // The network comes back: whatever the page still wants to send goes now.
+    b.eval("window.__release(); return true;").await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let landed = crate::util::names_in(&server.home("bob"));
+        assert!(
+            landed.iter().all(|n| !n.starts_with("alice-")),
+            "Alice's uploads landed in Bob's home: {landed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.screenshot("logout_mid_upload").await;
+    b.close().await;
+    server.stop().await;
+}
+
+/// The drop page sends a file, the server stores it, and the answer is lost (a dropped
+/// connection): the page retries. The sender must not end up with the file stored twice
+/// (`notes (1).txt`), each copy counted against the link's limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_drop_retry_after_a_lost_answer_stores_the_file_once() {
+    let server = TestServer::start().await;
+    let inbox = server.home("alice").join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let (token, _) = link_for(&server, "alice", "/inbox", |_| {}).await;
+    let b = Browser::start(&server).await;
+    b.client
+        .goto(&url(&server, &format!("/d/{token}")))
+        .await
+        .unwrap();
+    b.wait_until(
+        "return document.querySelector('#dropzone') !== null",
+        Duration::from_secs(20),
+        "drop_retry",
+        "the drop zone",
+    )
+    .await;
+    // The first answer is lost after the server committed: the page sees what a dropped
+    // connection looks like (an XHR error, status 0).
+    b.eval(
+        "let first = true; const send = XMLHttpRequest.prototype.send; \
+         XMLHttpRequest.prototype.send = function (b) { \
+           if (first) { first = false; const err = this.onerror; \
+             this.onload = () => err.call(this); } \
+           return send.call(this, b); }; return true;",
+    )
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let notes = crate::util::random_file(&src.path().join("notes.txt"), 50_000, 61);
+    b.pick("#pick-files", &[src.path().join("notes.txt")]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); \
+         return r !== null && ['done', 'failed'].includes(r.dataset.state)",
+        Duration::from_secs(30),
+        "drop_retry_end",
+        "the upload to settle",
+    )
+    .await;
+    b.screenshot("drop_retry").await;
+    assert_eq!(
+        crate::util::names_in(&inbox),
+        vec!["notes.txt"],
+        "one file sent once was stored more than once"
+    );
+    assert_eq!(std::fs::read(inbox.join("notes.txt")).unwrap(), notes);
+    b.close().await;
+    server.stop().await;
+}
+
+/// A file whose name the server cannot take (a backslash: fine on Linux and macOS) is refused
+/// by the page itself, saying why. Sent, its URL holds `%5C`, which the server treats as an
+/// attack and penalises the sender's address for: a folder of such names would ban a sender
+/// who did nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_name_the_server_refuses_costs_the_sender_nothing() {
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let name = "C:\\Users\\me\\report.txt";
+    crate::util::random_file(&src.path().join(name), 1000, 62);
+    b.pick("#pick-files", &[src.path().join(name)]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); \
+         return r !== null && ['done', 'failed'].includes(r.dataset.state)",
+        Duration::from_secs(30),
+        "backslash_name",
+        "the upload to settle",
+    )
+    .await;
+    let text = b
+        .eval("return document.querySelector('li.transfer .t-status').textContent")
+        .await;
+    b.screenshot("backslash_name").await;
+    b.close().await;
+    let start = Instant::now();
+    while server.server.not_logged_in() > 0 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Connections are penalised when they end: give the server a moment to see them go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.server.penalty_owed(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        None,
+        "a browser sending a file with a backslash in its name was penalised"
+    );
+    assert!(
+        text.as_str().unwrap().contains('\\'),
+        "the page does not say which character: {text}"
+    );
+    assert!(crate::util::names_in(&server.home("alice")).is_empty());
+    server.stop().await;
+}
