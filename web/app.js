@@ -4,7 +4,7 @@
 // token. Names are shown as text, never as markup.
 
 import { el, fill, bytes, when, errorOf } from './ui.js';
-import { Uploader, dropped, picked } from './upload.js';
+import { Uploader, dropped, picked, refusedName } from './upload.js';
 
 const root = document.getElementById('app');
 let session = null; // {user, csrf}
@@ -43,6 +43,9 @@ const baseName = (path) => path.slice(path.lastIndexOf('/') + 1);
 // ---- login ----
 
 function showLogin(message = '') {
+  // Whatever the last view still had queued or under way stops here: sent later, it would
+  // go with the session of whoever logs in next.
+  if (view) view.uploader.stopAll('Stopped: you are no longer logged in');
   view = null;
   const user = el('input', { name: 'user', autocomplete: 'username', required: true, autofocus: true, spellcheck: 'false', autocapitalize: 'off' });
   const pass = el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true });
@@ -79,6 +82,7 @@ function showLogin(message = '') {
 
 class Browse {
   constructor() {
+    this.session = session; // the session this view acts for, and no other
     this.cwd = '/';
     this.entries = [];
     this.next = null;
@@ -103,10 +107,13 @@ class Browse {
     const uploads = el('section', { class: 'uploads', 'aria-label': 'Uploads' });
     this.dropHint = el('span', {});
     this.uploader = new Uploader(uploads, {
-      target: (item) => ({ url: `/f/${enc(item.path)}`, headers: { 'X-Ferry-Csrf': session ? session.csrf : '' } }),
+      target: (item) => {
+        if (session !== this.session) throw new Error('you are no longer logged in');
+        return { url: `/f/${enc(item.path)}`, headers: { 'X-Ferry-Csrf': this.session.csrf } };
+      },
       prepare: (item) => this.parents(item.path),
       same: async (item) => {
-        const r = await api('GET', `/api/sha256?path=${encodeURIComponent(item.path)}`);
+        const r = await this.call('GET', `/api/sha256?path=${encodeURIComponent(item.path)}`);
         return r.sha256 === item.row.dataset.sha256;
       },
       canReplace: true,
@@ -131,6 +138,14 @@ class Browse {
       this.flashEl, uploads, this.table, this.more, this.keyEl);
     this.dragging(document.body);
     window.addEventListener('hashchange', () => { if (view === this) this.go(); });
+  }
+
+  /** A request to the API for this view's session; refused once another holds the tab. */
+  call(method, path, body) {
+    if (session !== this.session) {
+      return Promise.reject(Object.assign(new Error('You are no longer logged in.'), { code: 'auth', status: 401 }));
+    }
+    return api(method, path, body);
   }
 
   start() {
@@ -176,7 +191,7 @@ class Browse {
     let url = `/api/ls?path=${encodeURIComponent(dir)}`;
     if (more && this.next) url += `&cursor=${encodeURIComponent(this.next)}`;
     try {
-      const page = await api('GET', url);
+      const page = await this.call('GET', url);
       if (dir !== this.cwd) return;
       this.entries = more ? this.entries.concat(page.entries) : page.entries;
       this.next = page.next;
@@ -229,7 +244,9 @@ class Browse {
     const path = join(this.cwd, e.name);
     let name;
     if (e.kind === 'dir') name = el('a', { href: `#${encodeURI(path).replace(/#/g, '%23')}`, class: 'dir' }, `${e.name}/`);
-    else if (e.kind === 'file') name = el('a', { href: `/f/${enc(path)}`, download: e.name, class: 'file' }, e.name);
+    // A name no URL of ours may hold (a backslash, put there on the server's disk) gets no
+    // link: following it would cost this address a penalty.
+    else if (e.kind === 'file' && !refusedName(e.name)) name = el('a', { href: `/f/${enc(path)}`, download: e.name, class: 'file' }, e.name);
     else name = el('span', { class: 'other', title: e.kind }, e.name);
     const tr = el('tr', { dataset: { name: e.name, kind: e.kind } },
       el('td', { class: 'name' }, name),
@@ -251,7 +268,7 @@ class Browse {
     btn.disabled = true;
     btn.textContent = 'Hashing…';
     try {
-      const r = await api('GET', `/api/sha256?path=${encodeURIComponent(path)}`);
+      const r = await this.call('GET', `/api/sha256?path=${encodeURIComponent(path)}`);
       const detail = el('tr', { class: 'detail' }, el('td', { colspan: 4 },
         'SHA-256 ', el('code', { class: 'digest', text: r.sha256 })));
       tr.after(detail);
@@ -279,11 +296,11 @@ class Browse {
       if (!v || v === e.name) { cancel(); return; }
       const to = v.startsWith('/') ? v : join(this.cwd, v);
       try {
-        await api('POST', '/api/rename', { path: from, to, replace: false });
+        await this.call('POST', '/api/rename', { path: from, to, replace: false });
       } catch (err) {
         if (err.code !== 'already_exists') { this.flash(err.message); return; }
         if (!window.confirm(`“${to}” exists. Replace it?`)) return;
-        try { await api('POST', '/api/rename', { path: from, to, replace: true }); } catch (err2) { this.flash(err2.message); return; }
+        try { await this.call('POST', '/api/rename', { path: from, to, replace: true }); } catch (err2) { this.flash(err2.message); return; }
       }
       this.flash(`Renamed “${e.name}” to “${to}”.`, 'ok');
       this.load();
@@ -298,7 +315,7 @@ class Browse {
     const what = e.kind === 'dir' ? 'folder' : 'file';
     if (!window.confirm(`Delete the ${what} “${e.name}”? This cannot be undone.`)) return;
     try {
-      await api('POST', e.kind === 'dir' ? '/api/rmdir' : '/api/remove', { path });
+      await this.call('POST', e.kind === 'dir' ? '/api/rmdir' : '/api/remove', { path });
       this.flash(`Deleted “${e.name}”.`, 'ok');
       this.load();
       this.usage();
@@ -320,7 +337,7 @@ class Browse {
       const name = input.value.trim();
       if (!name) return;
       try {
-        await api('POST', '/api/mkdir', { path: join(this.cwd, name) });
+        await this.call('POST', '/api/mkdir', { path: join(this.cwd, name) });
         this.flash(`Made the folder “${name}”.`, 'ok');
         this.load();
       } catch (err) {
@@ -338,7 +355,7 @@ class Browse {
     for (let p = parent(path); p !== '/'; p = parent(p)) dirs.unshift(p);
     for (const d of dirs) {
       if (!this.made.has(d)) {
-        this.made.set(d, api('POST', '/api/mkdir', { path: d }).catch((e) => {
+        this.made.set(d, this.call('POST', '/api/mkdir', { path: d }).catch((e) => {
           if (e.code !== 'already_exists') { this.made.delete(d); throw e; }
         }));
       }
@@ -369,7 +386,7 @@ class Browse {
 
   async usage() {
     try {
-      const u = await api('GET', '/api/usage');
+      const u = await this.call('GET', '/api/usage');
       const used = u.used_bytes || 0;
       const parts = [];
       let meter = null;
@@ -387,13 +404,13 @@ class Browse {
 
   async key() {
     try {
-      const jwk = await api('GET', '/.well-known/ferry-receipt-key');
+      const jwk = await this.call('GET', '/.well-known/ferry-receipt-key');
       this.keyEl.textContent = `Upload receipts are signed by this server's key ${jwk.kid}.`;
     } catch (_) { this.keyEl.textContent = ''; }
   }
 
   async logout() {
-    try { await api('POST', '/api/logout'); } catch (_) { /* ended anyway */ }
+    try { await this.call('POST', '/api/logout'); } catch (_) { /* ended anyway */ }
     session = null;
     showLogin('You have logged out.');
   }

@@ -41,6 +41,22 @@ function online(ms) {
   });
 }
 
+/**
+ * Why the server cannot take `path` ("dir/name"), or '' when it can as far as the page can
+ * tell. These names never reach the server: a URL with `\\`, a control character or a
+ * `..` segment is what attacks look like, and the server penalises the sender's address for
+ * it. The server checks everything again.
+ */
+export function refusedName(path) {
+  for (const seg of path.split('/')) {
+    if (seg === '.' || seg === '..') return `the name “${seg}” is not allowed`;
+    if (seg.includes('\\')) return `a backslash (\\) is not allowed in a name: “${seg}”`;
+    // eslint-disable-next-line no-control-regex
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(seg)) return 'a control character (a line break, a tab…) is not allowed in a name';
+  }
+  return '';
+}
+
 /** The queue and its rows. */
 export class Uploader {
   /**
@@ -206,6 +222,11 @@ class Item {
 
   async run() {
     this.meter = new Meter();
+    const refused = refusedName(this.path);
+    if (refused) {
+      this.set('failed', `Not sent: ${refused}`);
+      return;
+    }
     try {
       this.set('hashing');
       const digest = await this.hash();
