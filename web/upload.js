@@ -264,8 +264,16 @@ class Item {
       this.sent = 0;
       this.meter = new Meter();
       this.set('sending');
-      const { status, text } = await this.put(replace);
+      const { status, text, bodySent } = await this.put(replace);
       if (this.cancelled || status === -1) return;
+      if (status === 0 && bodySent && !opts.same) {
+        // The whole file went out and the answer was lost: the server may have stored it.
+        // Where the page cannot ask (a drop link lists nothing), sending it again on its own
+        // would store a second copy under a new name; the sender decides.
+        this.set('failed', 'The connection was lost after the whole file was sent: it may have been stored. Send it again only if the recipient did not get it.');
+        fill(this.actions, el('button', { type: 'button', class: 'small', onclick: () => this.retry(false) }, 'Send again'));
+        return;
+      }
       if (status === 201 || status === 200) {
         this.stored(JSON.parse(text));
         return;
@@ -341,6 +349,7 @@ class Item {
         if (performance.now() - last > STALL_MS) xhr.abort();
       }, 5000);
       let stalled = false;
+      let bodySent = false;
       xhr.open('PUT', url);
       for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
       xhr.setRequestHeader('Content-Digest', `sha-256=:${base64(this.digest)}:`);
@@ -351,6 +360,7 @@ class Item {
         this.meter.add(e.loaded);
       };
       xhr.upload.onload = () => {
+        bodySent = true;
         last = performance.now();
         this.sent = this.file.size;
         if (this.state === 'sending') this.set('committing');
@@ -358,7 +368,7 @@ class Item {
       const end = (status, text) => {
         clearInterval(watch);
         this.xhr = null;
-        resolve({ status, text });
+        resolve({ status, text, bodySent });
       };
       xhr.onload = () => end(xhr.status, xhr.responseText);
       xhr.onerror = () => end(0, '');

@@ -138,6 +138,14 @@ async fn needs_chromium_a_drop_retry_after_a_lost_answer_stores_the_file_once() 
         "one file sent once was stored more than once"
     );
     assert_eq!(std::fs::read(inbox.join("notes.txt")).unwrap(), notes);
+    // The page cannot know whether the lost answer was a commit: it says so.
+    let text = b
+        .eval("return document.querySelector('li.transfer .t-status').textContent")
+        .await;
+    assert!(
+        text.as_str().unwrap().contains("may have been stored"),
+        "the page says: {text}"
+    );
     b.close().await;
     server.stop().await;
 }
