@@ -199,3 +199,86 @@ async fn needs_chromium_a_name_the_server_refuses_costs_the_sender_nothing() {
     assert!(crate::util::names_in(&server.home("alice")).is_empty());
     server.stop().await;
 }
+
+/// Folder names that look like markup, escapes or address syntax, reached through the
+/// listing and typed into the address: the breadcrumbs and the listing show them as text, the
+/// listing is of the folder shown, and an upload lands in that very folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_hostile_folder_names_and_addresses_stay_what_they_show() {
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    let folders = [
+        "<img src=x onerror=\"document.title='owned'\">",
+        "100% #1 ?x=&y",
+        "a%2Fb%23c",
+        "javascript:document.title='owned'",
+    ];
+    for (i, f) in folders.iter().enumerate() {
+        std::fs::create_dir_all(home.join(f)).unwrap();
+        std::fs::write(home.join(f).join(format!("in-{i}.txt")), b"x").unwrap();
+    }
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    for (i, f) in folders.iter().enumerate() {
+        // Into the folder by its link in the listing.
+        b.goto_home_and_open(&url(&server, "/#/"), f).await;
+        b.wait_until(
+            &format!("return document.querySelector('tr[data-name=\"in-{i}.txt\"]') !== null"),
+            Duration::from_secs(10),
+            "hostile_folder",
+            &format!("the listing of {f:?}"),
+        )
+        .await;
+        let crumbs = b
+            .eval("return document.querySelector('nav.crumbs').textContent")
+            .await;
+        assert_eq!(crumbs.as_str().unwrap(), format!("Home / {f}"));
+        // An upload from here lands in this folder.
+        let name = format!("up-{i}.txt");
+        let data = crate::util::random_file(&src.path().join(&name), 1000, 70 + i as u64);
+        b.pick("#pick-files", &[src.path().join(&name)]).await;
+        b.wait_until(
+            &format!(
+                "const r = [...document.querySelectorAll('li.transfer')].pop(); \
+                 return r !== undefined && r.dataset.path.endsWith('/{name}') && \
+                 ['done', 'failed'].includes(r.dataset.state)"
+            ),
+            Duration::from_secs(30),
+            "hostile_folder_upload",
+            "the upload to settle",
+        )
+        .await;
+        assert_eq!(
+            std::fs::read(home.join(f).join(&name)).unwrap(),
+            data,
+            "{f}"
+        );
+        // The address of this folder, loaded afresh, opens the same folder.
+        let here = b.client.current_url().await.unwrap().to_string();
+        b.client.goto(&here).await.unwrap();
+        b.wait_until(
+            &format!("return document.querySelector('tr[data-name=\"up-{i}.txt\"]') !== null"),
+            Duration::from_secs(20),
+            "hostile_folder_reload",
+            &format!("{f:?} after a reload"),
+        )
+        .await;
+    }
+    assert!(
+        b.client
+            .find_all(Locator::Css("img"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The title names the folder as text (so it holds the word), and no script set it.
+    assert_eq!(
+        b.client.title().await.unwrap(),
+        format!("ferry: /{}", folders[3])
+    );
+    b.screenshot("hostile_folder").await;
+    b.close().await;
+    server.stop().await;
+}

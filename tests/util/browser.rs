@@ -183,6 +183,28 @@ impl Browser {
         .await;
     }
 
+    /// Opens the web app at `url` (logged in) and follows the listing's link to the folder
+    /// `name`.
+    pub async fn goto_home_and_open(&self, url: &str, name: &str) {
+        self.client.goto(url).await.unwrap();
+        let sel = format!(
+            "return [...document.querySelectorAll('tr[data-kind=dir]')].some(r => r.dataset.name === {})",
+            serde_json::to_string(name).unwrap()
+        );
+        self.wait_until(
+            &sel,
+            Duration::from_secs(20),
+            "open_folder",
+            "the folder's row",
+        )
+        .await;
+        self.eval(&format!(
+            "[...document.querySelectorAll('tr[data-kind=dir]')].find(r => r.dataset.name === {}).querySelector('a.dir').click(); return true;",
+            serde_json::to_string(name).unwrap()
+        ))
+        .await;
+    }
+
     /// Hands files to the page's file input `css` (as a person picking them would).
     pub async fn pick(&self, css: &str, files: &[PathBuf]) {
         let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
