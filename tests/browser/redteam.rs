@@ -282,3 +282,67 @@ async fn needs_chromium_hostile_folder_names_and_addresses_stay_what_they_show()
     b.close().await;
     server.stop().await;
 }
+
+/// The sender cancels while the server is verifying what arrived (the whole file was sent):
+/// the server commits it anyway, so a row that just says "Cancelled" tells the sender the
+/// file did not arrive, and they send it again (a second copy through a drop link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_cancel_after_the_whole_file_was_sent_says_it_may_be_stored() {
+    let server = TestServer::start().await;
+    let inbox = server.home("alice").join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let (token, _) = link_for(&server, "alice", "/inbox", |_| {}).await;
+    let b = Browser::start(&server).await;
+    b.client
+        .goto(&url(&server, &format!("/d/{token}")))
+        .await
+        .unwrap();
+    b.wait_until(
+        "return document.querySelector('#dropzone') !== null",
+        Duration::from_secs(20),
+        "cancel_committing",
+        "the drop zone",
+    )
+    .await;
+    // The answer is slow to come (a server fsyncing a large file): it is held back here.
+    b.eval(
+        "window.__answered = false; const send = XMLHttpRequest.prototype.send; \
+         XMLHttpRequest.prototype.send = function (b) { \
+           this.onload = () => { window.__answered = true; }; \
+           return send.call(this, b); }; return true;",
+    )
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("thesis.pdf"), 80_000, 63);
+    b.pick("#pick-files", &[src.path().join("thesis.pdf")])
+        .await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); \
+         return r !== null && r.dataset.state === 'committing' && window.__answered",
+        Duration::from_secs(30),
+        "cancel_committing_wait",
+        "the file to be sent and answered",
+    )
+    .await;
+    b.client
+        .find(Locator::Css("li.transfer .t-actions button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = b
+        .eval("return document.querySelector('li.transfer .t-status').textContent")
+        .await;
+    b.screenshot("cancel_committing").await;
+    // The server has it...
+    assert_eq!(std::fs::read(inbox.join("thesis.pdf")).unwrap(), data);
+    // ...and the page must not say it did not arrive.
+    assert!(
+        text.as_str().unwrap().contains("may have been stored"),
+        "the page says: {text}"
+    );
+    b.close().await;
+    server.stop().await;
+}
