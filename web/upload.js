@@ -194,6 +194,9 @@ class Item {
 
   cancel(why = 'Cancelled') {
     if (this.state === 'done' || this.state === 'cancelled') return;
+    // Once the whole file is out, the server commits it whether or not anyone waits for
+    // the answer.
+    if (this.state === 'committing') why = `${why} after the whole file was sent: it may have been stored`;
     this.cancelled = true;
     if (this.worker) this.worker.terminate();
     if (this.xhr) this.xhr.abort();
