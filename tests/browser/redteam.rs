@@ -346,3 +346,64 @@ async fn needs_chromium_a_cancel_after_the_whole_file_was_sent_says_it_may_be_st
     b.close().await;
     server.stop().await;
 }
+
+/// A person opens two password-protected download links of one server. After the first
+/// (its password given, here in the address, as the browser's login box would send it),
+/// Chromium keeps that password for every URL under `/l/` and sends it, unasked, with the
+/// second link: on main that is a `wrong_password` and a failed login's penalty, so a person
+/// who opens three such links is banned. A link's password must be scoped to its link (its
+/// own realm and its own path, `/l/<token>/<name>`), or a password that was never typed for
+/// this link must not count as a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_two_password_download_links_cost_their_user_nothing() {
+    use ferry::state::links::LinkKind;
+    let server = TestServer::start_with(Limits {
+        penalties: Some(PenaltyConfig::default()),
+        ..test_limits()
+    })
+    .await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(home.join("out")).unwrap();
+    std::fs::write(home.join("out/a.txt"), b"first").unwrap();
+    std::fs::write(home.join("out/b.txt"), b"second").unwrap();
+    let (tok_a, _) = link_for(&server, "alice", "/out/a.txt", |s| {
+        s.kind = LinkKind::Download;
+        s.password = Some(crate::util::cheap_hash("pw-a"));
+    })
+    .await;
+    let (tok_b, _) = link_for(&server, "alice", "/out/b.txt", |s| {
+        s.kind = LinkKind::Download;
+        s.password = Some(crate::util::cheap_hash("pw-b"));
+    })
+    .await;
+    let b = Browser::start(&server).await;
+    let port = server.addr.port();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        b.client
+            .goto(&format!("https://x:pw-a@localhost:{port}/l/{tok_a}")),
+    )
+    .await;
+    let saved = b.downloads.path().join("a.txt");
+    let until = Instant::now() + Duration::from_secs(15);
+    while !saved.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saved.exists(), "a.txt was not downloaded");
+    // The second link, opened as received: the browser has its own idea of what to send.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.client
+            .goto(&format!("https://localhost:{port}/l/{tok_b}")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.close().await;
+    assert_eq!(
+        server.server.penalty_owed(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        None,
+        "opening two password links was penalised"
+    );
+    server.stop().await;
+}
