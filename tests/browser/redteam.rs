@@ -407,3 +407,61 @@ async fn needs_chromium_two_password_download_links_cost_their_user_nothing() {
     );
     server.stop().await;
 }
+
+/// The session ends while files are being sent (logged out elsewhere, expired): the page
+/// goes back to the login form, and must still say which files were not stored, or the
+/// person cannot know what to send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_session_ending_mid_upload_names_the_files_not_stored() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    b.eval(HOLD_SENDS).await;
+    let src = tempfile::tempdir().unwrap();
+    let names = ["minutes.txt", "budget.ods", "photo.jpg"];
+    let paths: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let p = src.path().join(n);
+            crate::util::random_file(&p, 20_000, 80 + i as u64);
+            p
+        })
+        .collect();
+    b.pick("#pick-files", &paths).await;
+    b.wait_until(
+        "return window.__held.length === 2",
+        Duration::from_secs(30),
+        "session_end_held",
+        "two uploads to be under way",
+    )
+    .await;
+    // The session ends on the server (a logout in another tab does just this).
+    b.eval(
+        "const s = await (await fetch('/api/session')).json(); \
+         await fetch('/api/logout', { method: 'POST', headers: { 'X-Ferry-Csrf': s.csrf } }); \
+         window.__release(); return true;",
+    )
+    .await;
+    b.wait_until(
+        "return document.querySelector('form#login') !== null",
+        Duration::from_secs(20),
+        "session_end_form",
+        "the login form",
+    )
+    .await;
+    let text = b
+        .eval("return document.querySelector('form#login').textContent")
+        .await;
+    b.screenshot("session_end_mid_upload").await;
+    for n in names {
+        assert!(
+            text.as_str().unwrap().contains(n),
+            "the login form does not name {n}: {text}"
+        );
+    }
+    assert!(crate::util::names_in(&server.home("alice")).is_empty());
+    b.close().await;
+    server.stop().await;
+}
