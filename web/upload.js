@@ -114,7 +114,17 @@ export class Uploader {
 
   /** Stops everything still waiting or running (the credentials were refused). */
   stopAll(why) {
-    for (const i of this.items) if (i.state === 'queued' || i.busy()) i.cancel(why);
+    for (const i of this.items) {
+      if (i.state === 'queued' || i.busy()) {
+        i.stopped = true;
+        i.cancel(why);
+      }
+    }
+  }
+
+  /** The paths of the files that were stopped or failed: not stored. */
+  unstored() {
+    return this.items.filter((i) => i.state === 'failed' || i.stopped || i.state === 'queued' || i.busy()).map((i) => i.path);
   }
 
   clearFinished() {
