@@ -1058,3 +1058,4 @@ async fn needs_chromium_an_upload_over_the_quota_is_refused_before_it_is_sent() 
     b.close().await;
     server.stop().await;
 }
+mod redteam;

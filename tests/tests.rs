@@ -44,3 +44,4 @@ mod token_contract;
 mod tokens_cli;
 mod transfers;
 mod trust;
+mod web_redteam;

@@ -45,7 +45,15 @@ const baseName = (path) => path.slice(path.lastIndexOf('/') + 1);
 function showLogin(message = '') {
   // Whatever the last view still had queued or under way stops here: sent later, it would
   // go with the session of whoever logs in next.
-  if (view) view.uploader.stopAll('Stopped: you are no longer logged in');
+  if (view) {
+    view.uploader.stopAll('Stopped: you are no longer logged in');
+    // The queue goes with the view: say what it had not stored.
+    const left = view.uploader.unstored();
+    if (left.length) {
+      const shown = left.slice(0, 10).join(', ') + (left.length > 10 ? ` and ${left.length - 10} more` : '');
+      message = `${message} Not stored: ${shown}. Send ${left.length === 1 ? 'it' : 'them'} again after logging in.`.trim();
+    }
+  }
   view = null;
   const user = el('input', { name: 'user', autocomplete: 'username', required: true, autofocus: true, spellcheck: 'false', autocapitalize: 'off' });
   const pass = el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true });

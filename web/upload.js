@@ -161,7 +161,17 @@ export class Uploader {
 
   /** Stops everything still waiting or running (the credentials were refused). */
   stopAll(why) {
-    for (const i of this.items) if (i.state === 'queued' || i.busy()) i.cancel(why, false);
+    for (const i of this.items) {
+      if (i.state === 'queued' || i.busy()) {
+        i.stopped = true;
+        i.cancel(why, false);
+      }
+    }
+  }
+
+  /** The paths not stored: failed, stopped (see stopAll), waiting or under way. */
+  unstored() {
+    return this.items.filter((i) => i.state === 'failed' || i.stopped || i.state === 'queued' || i.busy()).map((i) => i.path);
   }
 
   clearFinished() {

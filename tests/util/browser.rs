@@ -141,8 +141,14 @@ impl Browser {
 
     /// Opens `url` (the web app) and logs in through its form.
     pub async fn log_in(&self, url: &str, user: &str, password: &str) {
-        use fantoccini::Locator;
         self.client.goto(url).await.unwrap();
+        self.log_in_here(user, password).await;
+    }
+
+    /// Logs in through the login form the page shows now (after a logout, say), without
+    /// loading the page again.
+    pub async fn log_in_here(&self, user: &str, password: &str) {
+        use fantoccini::Locator;
         let form = self
             .client
             .wait()
@@ -174,6 +180,28 @@ impl Browser {
             "login",
             "the file list after logging in",
         )
+        .await;
+    }
+
+    /// Opens the web app at `url` (logged in) and follows the listing's link to the folder
+    /// `name`.
+    pub async fn goto_home_and_open(&self, url: &str, name: &str) {
+        self.client.goto(url).await.unwrap();
+        let sel = format!(
+            "return [...document.querySelectorAll('tr[data-kind=dir]')].some(r => r.dataset.name === {})",
+            serde_json::to_string(name).unwrap()
+        );
+        self.wait_until(
+            &sel,
+            Duration::from_secs(20),
+            "open_folder",
+            "the folder's row",
+        )
+        .await;
+        self.eval(&format!(
+            "[...document.querySelectorAll('tr[data-kind=dir]')].find(r => r.dataset.name === {}).querySelector('a.dir').click(); return true;",
+            serde_json::to_string(name).unwrap()
+        ))
         .await;
     }
 
