@@ -1059,3 +1059,30 @@ async fn needs_chromium_an_upload_over_the_quota_is_refused_before_it_is_sent() 
     server.stop().await;
 }
 mod redteam;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_tab_looked_at_again_shows_whoever_another_tab_logged_in() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    // Another tab logs out and logs in as bob (the cookie is the browser's, not the tab's).
+    b.eval(
+        "const s = await (await fetch('/api/session')).json(); \
+         await fetch('/api/logout', { method: 'POST', headers: { 'X-Ferry-Csrf': s.csrf } }); \
+         const r = await fetch('/api/login', { method: 'POST', \
+           headers: { 'Content-Type': 'application/json' }, \
+           body: JSON.stringify({ user: 'bob', password: 'bob-pw' }) }); \
+         document.dispatchEvent(new Event('visibilitychange')); return r.status;",
+    )
+    .await;
+    b.wait_until(
+        "const w = document.querySelector('.who'); return w !== null && w.textContent === 'bob'",
+        Duration::from_secs(10),
+        "other_tab",
+        "the page to show bob",
+    )
+    .await;
+    b.close().await;
+    server.stop().await;
+}

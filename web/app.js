@@ -576,6 +576,26 @@ function showApp() {
   view.start();
 }
 
+// Another tab may have logged out or in as someone else (the cookie is shared): when this
+// tab is looked at again, ask, and never act for a session that is gone.
+document.addEventListener('visibilitychange', async () => {
+  if (document.visibilityState !== 'visible' || !view) return;
+  let now = null;
+  try { now = await api('GET', '/api/session'); } catch (_) { return; } // a 401 shows the login form
+  if (view && (now.user !== view.session.user || now.csrf !== view.session.csrf)) {
+    view.uploader.stopAll('Stopped: the tab was logged in again');
+    session = now;
+    showApp();
+    view.flash(`Another tab logged in as ${now.user}; this page now shows that account.`, 'ok');
+  }
+});
+
+// A long upload is one request per 8 MiB chunk, each of which keeps the session alive; a
+// replacement sent whole is one long request: keep the session alive meanwhile.
+setInterval(() => {
+  if (view && view.uploader.items.some((i) => i.busy())) view.call('GET', '/api/session').catch(() => {});
+}, 5 * 60 * 1000);
+
 // A reload keeps the session (the cookie): ask who we are.
 (async () => {
   try {
