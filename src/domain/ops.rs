@@ -135,9 +135,11 @@ pub enum Scope {
     /// Uploads only, never replacing a file, and nothing that reads or lists, not even
     /// whether a partial upload was kept (a drop link; the web front-end creates these).
     /// What the core adds for such a session (issue 14): a name that exists gets a new one
-    /// rather than an error that would reveal it, resumes use partials of the link and its
-    /// uploader only, and confinement to the link's folder is the storage namespace's job,
-    /// as a home confines a user.
+    /// rather than an error (the sender's receipt then names the name it landed under, as a
+    /// receipt must: so a sender can learn that the name was taken, at the cost of one file
+    /// of the link's `max_files` per probe; docs/SECURITY.md), resumes use partials of the
+    /// link and its uploader only, and confinement to the link's folder is the storage
+    /// namespace's job, as a home confines a user.
     UploadOnly,
 }
 
