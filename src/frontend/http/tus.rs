@@ -316,7 +316,7 @@ pub async fn route(
         return options();
     }
     let (head, body) = req.into_parts();
-    let mut resp = if !speaks_tus(&head.headers) && !(method == Method::GET) {
+    let mut resp = if !speaks_tus(&head.headers) && method != Method::GET {
         let mut r = error(
             StatusCode::PRECONDITION_FAILED,
             "tus_version",
