@@ -701,7 +701,11 @@ async fn delete(conn: &Arc<Conn>, door: &Door, id: &str) -> Response<Body> {
     };
     tus.forget(id);
     entry.live.store(false, Ordering::Release);
-    live.link_use = None;
+    if let Some(u) = live.link_use.take()
+        && let Err(e) = u.release().await
+    {
+        tracing::warn!(error = %e, "a cancelled upload's link use could not be given back");
+    }
     if let Some(u) = live.upload.take() {
         u.abort().await;
     }
