@@ -790,3 +790,57 @@ async fn uploads_held_open_at_once_are_capped_per_owner() {
     );
     t.created("now-it-fits", 1_000_000, None).await;
 }
+
+/// The web app's session works for tus as for every change: with its CSRF token, and from its
+/// own origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_uploads_with_its_csrf_token_and_only_with_it() {
+    let server = TestServer::start().await;
+    for proto in BOTH {
+        let mut c = Client::connect(&server, proto).await;
+        let body = serde_json::json!({ "user": "alice", "password": "alice-pw" }).to_string();
+        let r = c
+            .plain(
+                "POST",
+                "/api/login",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        let cookie = r
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let csrf = r.json()["csrf"].as_str().unwrap().to_string();
+        let mut t = Tus {
+            c,
+            base: "/tus/".into(),
+            auth: vec![("cookie".into(), cookie.clone())],
+        };
+        // Without the token: refused, nothing made.
+        let r = t.create("page.bin", 5, None).await;
+        assert_eq!(r.status(), 403, "{}", r.text());
+        assert_eq!(r.json()["error"], "csrf");
+        // From another origin: refused even with it.
+        t.auth.push(("x-ferry-csrf".into(), csrf.clone()));
+        t.auth
+            .push(("origin".into(), "https://evil.example".into()));
+        assert_eq!(t.create("page.bin", 5, None).await.status(), 403);
+        t.auth.pop();
+        let url = t.created("page.bin", 5, None).await;
+        let r = t.send_all(&url, b"hello", 0, 5, true, true).await;
+        assert_eq!(receipt_of(&server, &r)["to"]["user"], "alice");
+        // The session's HEAD needs no token; its PATCH does.
+        let url = t.created("second.bin", 5, None).await;
+        t.auth.pop();
+        assert_eq!(t.offset(&url).await, Some(0));
+        let r = t.patch(&url, 0, b"world", None, None).await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(t.offset(&url).await, Some(0));
+        std::fs::remove_file(server.home("alice").join("page.bin")).unwrap();
+    }
+}
