@@ -43,3 +43,4 @@ mod token_contract;
 mod tokens_cli;
 mod transfers;
 mod trust;
+mod upload_contract;
