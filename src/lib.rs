@@ -6,7 +6,8 @@
 //! 2. Seams and their local implementations, none of which knows the wire:
 //!    [`state`] (usage reservations, name locks, penalties, kept partials: traits with leases
 //!    that expire; [`state::memory`] is one server's own tables; `state::tokens`, API tokens
-//!    and their check; `state::links`, drop links and their leased uses), [`accounts`] (the
+//!    and their check; `state::links`, drop links and their leased uses; `state::uploads`,
+//!    resumable HTTP uploads), [`accounts`] (the
 //!    `AccountStore` trait and `accounts::toml`, the users file as a store, reloaded before a
 //!    login when it changed; a store keeps hashes and never verifies; `accounts::tokens`,
 //!    `tokens.toml` beside it; `accounts::links`, `links.toml`), [`users`] (the users

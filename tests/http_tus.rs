@@ -436,6 +436,8 @@ async fn a_restart_between_chunks_resumes_from_the_kept_partial() {
         .patch(&url2, 1_000_000, &data[1_000_000..], None, None)
         .await;
     assert_eq!(r.status(), 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "resume_refused");
+    assert_eq!(r.header("upload-offset"), Some("0"));
     assert_eq!(t.offset(&url2).await, Some(0));
     assert!(!home.join("damaged.bin").exists());
     let r = t.send_all(&url2, &data, 0, 2_500_000, true, true).await;
@@ -735,4 +737,110 @@ async fn tus_requests_need_the_version_and_credentials() {
     let mut t = Tus::account(&server, Proto::H2, &ro).await;
     let r = t.create("x", 5, None).await;
     assert_eq!(r.status(), 403, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upload_is_kept_and_resumed_from_disk() {
+    let limits = ferry::server::Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..test_limits()
+    };
+    let server = TestServer::start_with(limits).await;
+    let token = token_for(&server, "alice", false).await;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let mut t = Tus::account(&server, Proto::H2, &token).await;
+    let url = t.created("idle.bin", data.len() as u64, None).await;
+    let r = t.patch(&url, 0, &data[..1_500_001], None, None).await;
+    assert_eq!(r.status(), 204);
+    // Unused past the idle time: kept on disk, and the record says how much.
+    let home = server.home("alice");
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        kept = partials(&home);
+        if !kept.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept.len(), 1, "kept once idle");
+    let mut t = Tus::account(&server, Proto::H1, &token).await;
+    assert_eq!(t.offset(&url).await, Some(1_500_001));
+    let r = t
+        .send_all(&url, &data, 1_500_001, 1_000_000, true, true)
+        .await;
+    assert_eq!(receipt_of(&server, &r)["sha256"], sha256_hex(&data));
+    assert!(partials(&home).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_held_open_at_once_are_capped_per_owner() {
+    let server = TestServer::start().await;
+    let token = token_for(&server, "alice", false).await;
+    let mut t = Tus::account(&server, Proto::H2, &token).await;
+    // A cancelled one frees its place.
+    let mut open = Vec::new();
+    for i in 0..16 {
+        open.push(t.created(&format!("open{i}"), 1_000_000, None).await);
+    }
+    let r = t.create("one-too-many", 1_000_000, None).await;
+    assert_eq!(r.status(), 429, "{}", r.text());
+    assert_eq!(
+        t.send("DELETE", &open[0], &[], Vec::new()).await.status(),
+        204
+    );
+    t.created("now-it-fits", 1_000_000, None).await;
+}
+
+/// The web app's session works for tus as for every change: with its CSRF token, and from its
+/// own origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_uploads_with_its_csrf_token_and_only_with_it() {
+    let server = TestServer::start().await;
+    for proto in BOTH {
+        let mut c = Client::connect(&server, proto).await;
+        let body = serde_json::json!({ "user": "alice", "password": "alice-pw" }).to_string();
+        let r = c
+            .plain(
+                "POST",
+                "/api/login",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        let cookie = r
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let csrf = r.json()["csrf"].as_str().unwrap().to_string();
+        let mut t = Tus {
+            c,
+            base: "/tus/".into(),
+            auth: vec![("cookie".into(), cookie.clone())],
+        };
+        // Without the token: refused, nothing made.
+        let r = t.create("page.bin", 5, None).await;
+        assert_eq!(r.status(), 403, "{}", r.text());
+        assert_eq!(r.json()["error"], "csrf");
+        // From another origin: refused even with it.
+        t.auth.push(("x-ferry-csrf".into(), csrf.clone()));
+        t.auth
+            .push(("origin".into(), "https://evil.example".into()));
+        assert_eq!(t.create("page.bin", 5, None).await.status(), 403);
+        t.auth.pop();
+        let url = t.created("page.bin", 5, None).await;
+        let r = t.send_all(&url, b"hello", 0, 5, true, true).await;
+        assert_eq!(receipt_of(&server, &r)["to"]["user"], "alice");
+        // The session's HEAD needs no token; its PATCH does.
+        let url = t.created("second.bin", 5, None).await;
+        t.auth.pop();
+        assert_eq!(t.offset(&url).await, Some(0));
+        let r = t.patch(&url, 0, b"world", None, None).await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(t.offset(&url).await, Some(0));
+        std::fs::remove_file(server.home("alice").join("page.bin")).unwrap();
+    }
 }

@@ -44,4 +44,5 @@ mod token_contract;
 mod tokens_cli;
 mod transfers;
 mod trust;
+mod upload_contract;
 mod web_redteam;

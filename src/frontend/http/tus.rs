@@ -52,8 +52,9 @@ pub const TUS_VERSION: &str = "1.0.0";
 /// `concatenation`.
 pub const TUS_EXTENSIONS: &str = "creation,checksum,termination,expiration";
 
-/// Live uploads parked on this node at once, per owner and in all: each may hold a writer
-/// thread of the blocking pool. Past it a creation (or a resume of a kept upload) gets 429.
+/// Live uploads parked on this node at once, per owner (for a drop link: per link and
+/// sender address) and in all: each may hold a writer thread of the blocking pool. Past it a
+/// creation (or a resume of a kept upload) gets 429.
 pub const MAX_PARKED_PER_OWNER: usize = 16;
 pub const MAX_PARKED: usize = 128;
 
@@ -90,6 +91,10 @@ impl std::fmt::Debug for TusState {
 /// One upload's place on this node. The lock is held by the request working on it.
 struct Parked {
     owner: UploadOwner,
+    /// Whose place it holds in the caps: the owner, and for a drop link (whose senders are
+    /// strangers to each other) also the address that last took it up, so no one sender can
+    /// take a link's every place.
+    holder: Mutex<Option<std::net::IpAddr>>,
     slot: Arc<tokio::sync::Mutex<Live>>,
     /// The offset the last request acknowledged (what `HEAD` says while a `PATCH` runs).
     offset: AtomicU64,
@@ -131,6 +136,7 @@ impl TusState {
         Arc::clone(lock(&self.parked).entry(id.to_string()).or_insert_with(|| {
             Arc::new(Parked {
                 owner: owner.clone(),
+                holder: Mutex::new(None),
                 slot: Arc::default(),
                 offset: AtomicU64::new(0),
                 live: AtomicBool::new(false),
@@ -147,20 +153,26 @@ impl TusState {
         lock(&self.parked).remove(id);
     }
 
-    /// Claims a live place for `entry` under the caps; false when they are full.
-    fn claim_live(&self, entry: &Parked) -> bool {
+    /// Claims a live place for `entry`, taken up from `peer`, under the caps; false when they
+    /// are full.
+    fn claim_live(&self, entry: &Parked, peer: std::net::IpAddr) -> bool {
         let table = lock(&self.parked);
         if entry.live.load(Ordering::Acquire) {
             return true;
         }
+        let holder = matches!(entry.owner, UploadOwner::Link(_)).then_some(peer);
         let live: Vec<&Arc<Parked>> = table
             .values()
             .filter(|p| p.live.load(Ordering::Acquire))
             .collect();
-        let mine = live.iter().filter(|p| p.owner == entry.owner).count();
+        let mine = live
+            .iter()
+            .filter(|p| p.owner == entry.owner && *lock(&p.holder) == holder)
+            .count();
         if live.len() >= MAX_PARKED || mine >= MAX_PARKED_PER_OWNER {
             return false;
         }
+        *lock(&entry.holder) = holder;
         entry.live.store(true, Ordering::Release);
         true
     }
@@ -316,7 +328,7 @@ pub async fn route(
         return options();
     }
     let (head, body) = req.into_parts();
-    let mut resp = if !speaks_tus(&head.headers) && !(method == Method::GET) {
+    let mut resp = if !speaks_tus(&head.headers) && method != Method::GET {
         let mut r = error(
             StatusCode::PRECONDITION_FAILED,
             "tus_version",
@@ -562,7 +574,7 @@ async fn create(
         receipt: None,
     };
     let entry = tus.entry(&id, &door.owner);
-    if !tus.claim_live(&entry) {
+    if !tus.claim_live(&entry, conn.peer.ip()) {
         tus.forget(&id);
         return too_many_parked();
     }
@@ -689,7 +701,11 @@ async fn delete(conn: &Arc<Conn>, door: &Door, id: &str) -> Response<Body> {
     };
     tus.forget(id);
     entry.live.store(false, Ordering::Release);
-    live.link_use = None;
+    if let Some(u) = live.link_use.take()
+        && let Err(e) = u.release().await
+    {
+        tracing::warn!(error = %e, "a cancelled upload's link use could not be given back");
+    }
     if let Some(u) = live.upload.take() {
         u.abort().await;
     }
@@ -845,7 +861,7 @@ async fn patch_now(
     let mut upload = match live.upload.take() {
         Some(u) => u,
         None => {
-            if !tus.claim_live(&entry) {
+            if !tus.claim_live(&entry, conn.peer.ip()) {
                 return files::drain_then(body, &headers, too_many_parked()).await;
             }
             let request = PutRequest {
@@ -874,6 +890,12 @@ async fn patch_now(
                             upload = %id, result = "refused", why = %e);
                         entry.offset.store(0, Ordering::Release);
                         let _ = records.set_kept(&id, None).await;
+                        let r = offset_conflict_as(
+                            0,
+                            "resume_refused",
+                            "the kept part of this upload is gone or damaged; send it again from offset 0",
+                        );
+                        return files::drain_then(body, &headers, r).await;
                     }
                     let r = status::core_error(&e, conn.peer, &door.acct.user, "tus_patch");
                     return files::drain_then(body, &headers, r).await;
@@ -1025,6 +1047,8 @@ async fn patch_now(
         tracing::warn!(error = %e, "a committed upload's receipt could not be kept");
     }
     entry.offset.store(size, Ordering::Release);
+    // Nothing is parked for it any more (a request asking again finds the receipt first).
+    tus.forget(&id);
     tracing::info!(target: "ferry::audit", event = "http_tus", peer = %conn.peer,
         user = %door.acct.user, via = %door.acct.via, upload = %id,
         path = %crate::sanitize::for_log(&door.acct.shown(&landed)), size,
@@ -1082,11 +1106,16 @@ async fn finish(
 }
 
 fn offset_conflict(at: u64) -> Response<Body> {
-    let mut r = error(
-        StatusCode::CONFLICT,
+    offset_conflict_as(
+        at,
         "offset_mismatch",
         &format!("the upload is at offset {at}"),
-    );
+    )
+}
+
+/// `409` saying where the upload stands.
+fn offset_conflict_as(at: u64, code: &str, message: &str) -> Response<Body> {
+    let mut r = error(StatusCode::CONFLICT, code, message);
     r.headers_mut()
         .insert(&UPLOAD_OFFSET, value(&at.to_string()));
     r
