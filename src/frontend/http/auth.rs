@@ -20,7 +20,7 @@ use super::Conn;
 use super::router::{Body, error};
 use crate::server::login::{self, Refusal, UserSession};
 use crate::server::penalty::Offence;
-use crate::state::links::{Link, LinkStore, MemoryLinks};
+use crate::state::links::{Link, LinkStore, MemoryLinks, ResumeAllowances};
 use crate::state::sessions::{MemorySessions, SessionKey, WebSessions};
 use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
 
@@ -153,6 +153,8 @@ pub struct WebState {
     /// senders reach it).
     receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
     homes: Mutex<HashMap<(String, ScopeKey), Arc<Cached>>>,
+    /// What download links let a client fetch again without counting (a resume).
+    resume_allowances: Arc<Mutex<ResumeAllowances>>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -172,6 +174,7 @@ impl Default for WebState {
             opening: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
+            resume_allowances: Arc::new(Mutex::new(ResumeAllowances::new())),
         }
     }
 }
@@ -269,6 +272,11 @@ impl WebState {
     /// Where drop links are looked up (`links.toml` beside the users file for `ferry serve`).
     pub fn set_links(&self, store: Arc<dyn LinkStore>) {
         *self.links.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    /// Download links' resume allowances (see [`ResumeAllowances`]).
+    pub fn resume_allowances(&self) -> &Arc<Mutex<ResumeAllowances>> {
+        &self.resume_allowances
     }
 
     /// The drop links.
@@ -550,7 +558,7 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
     // The folder the link serves, as a directory now: one moved away and made again under
     // the same name is another folder.
     let served = match link.kind {
-        LinkKind::Upload => link.folder.clone(),
+        LinkKind::Upload | LinkKind::DownloadFolder => link.folder.clone(),
         LinkKind::Download => match link.folder.rsplit_once('/') {
             Some((parent, _)) => parent.to_string(),
             None => String::new(),
@@ -589,9 +597,11 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
                 )
             };
             let path = crate::storage::RemotePath::parse(&link.folder).map_err(|_| gone())?;
-            // A download link serves one file: its folder is the store, read-only.
+            // A download link serves one file: its folder is the store, read-only. A folder
+            // link's folder is the store itself, read-only: nothing above it can be named.
             let (folder, scope) = match link.kind {
                 LinkKind::Upload => (path, crate::domain::Scope::UploadOnly),
+                LinkKind::DownloadFolder => (path, crate::domain::Scope::ReadOnly),
                 LinkKind::Download => (
                     path.parent().ok_or_else(gone)?,
                     crate::domain::Scope::ReadOnly,
