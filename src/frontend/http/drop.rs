@@ -58,8 +58,13 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
     if link.kind != LinkKind::DownloadFolder && !inside.is_empty() {
         return error(StatusCode::NOT_FOUND, "not_found", "no such page");
     }
-    if let Some(r) = link.refusal(kind, SystemTime::now()) {
-        return files::link_refused(&r);
+    match link.refusal(kind, SystemTime::now()) {
+        // Used up, a range may still be a resume the client's allowance covers: the meter
+        // decides once it knows the file and the range, and refuses anything else.
+        Some(LinkRefused::Downloads)
+            if req.method() == Method::GET && req.headers().contains_key(header::RANGE) => {}
+        Some(r) => return files::link_refused(&r),
+        None => {}
     }
     if let Err(r) = check_password(conn, &link, req.headers()).await {
         return r;
@@ -82,7 +87,9 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
             Ok(e) => e,
             Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "stat"),
         };
+        let used_up = link.refusal(kind, SystemTime::now()).is_some();
         return match entry.kind {
+            EntryKind::Dir if used_up => files::link_refused(&LinkRefused::Downloads),
             EntryKind::Dir => listing(conn, &acct, &link, &req, token, &path).await,
             EntryKind::File => files::get_metered(conn, &acct, &req, &path, Some(&meter)).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
