@@ -173,6 +173,15 @@ impl Home {
             .map_err(|denied| CoreError::Denied(denied.0))
     }
 
+    /// [`Home::allow`], and then whether the scope reaches `path` (a download link's scope
+    /// reaches only its file, or its folder and what is below).
+    fn allow_at(&self, op: Op, path: &RemotePath) -> Result<(), CoreError> {
+        self.allow(op, false)?;
+        self.scope
+            .check_path(op, &path.to_string())
+            .map_err(|denied| CoreError::Denied(denied.0))
+    }
+
     /// The storage underneath.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
@@ -188,7 +197,7 @@ impl Home {
 
     /// Metadata of one path, following a final symlink that stays in the home.
     pub async fn stat(&self, path: &RemotePath) -> Result<Entry, CoreError> {
-        self.allow(Op::Stat, false)?;
+        self.allow_at(Op::Stat, path)?;
         Ok(self.storage.stat(path).await?.entry)
     }
 

@@ -597,15 +597,21 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
                 )
             };
             let path = crate::storage::RemotePath::parse(&link.folder).map_err(|_| gone())?;
-            // A download link serves one file: its folder is the store, read-only. A folder
-            // link's folder is the store itself, read-only: nothing above it can be named.
+            // A download link serves one file: its folder is the store, and the scope reaches
+            // that one name. A folder link's folder is the store itself and the scope reaches
+            // all of it: nothing above it can even be named. Both read-only, in the core.
             let (folder, scope) = match link.kind {
                 LinkKind::Upload => (path, crate::domain::Scope::UploadOnly),
-                LinkKind::DownloadFolder => (path, crate::domain::Scope::ReadOnly),
-                LinkKind::Download => (
-                    path.parent().ok_or_else(gone)?,
-                    crate::domain::Scope::ReadOnly,
-                ),
+                LinkKind::DownloadFolder => {
+                    (path, crate::domain::Scope::ReadOnlyOne("/".to_owned()))
+                }
+                LinkKind::Download => {
+                    let name = path.file_name().ok_or_else(gone)?.to_owned();
+                    (
+                        path.parent().ok_or_else(gone)?,
+                        crate::domain::Scope::ReadOnlyOne(format!("/{name}")),
+                    )
+                }
             };
             let deadline = tokio::time::Instant::now() + limits.login_timeout;
             let home = login::open_link_home(
