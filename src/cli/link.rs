@@ -32,7 +32,9 @@ pub(super) enum LinkCommand {
         long_about = "Add a drop link and print its full URL once on stdout. With \
         --upload-only, anyone holding the URL can upload files into USER:/FOLDER and do \
         nothing else: no listing, no download, no overwrite (a taken name gets a new one). \
-        With --download, anyone holding it can download USER:/PATH. Only the SHA-256 of its \
+        With --download, anyone holding it can download USER:/PATH, a file; or, when PATH is \
+        a folder, browse it and download any file beneath it (never above it), every file \
+        counting toward one --max-downloads. Only the SHA-256 of its \
         token is kept (in links.toml beside the users file), so the URL cannot be shown again; \
         a running server accepts it at once.\n\n\
         The URL's host comes from --public-url (or FERRY_PUBLIC_URL), else from the server \
@@ -41,7 +43,8 @@ pub(super) enum LinkCommand {
         must give it too.\n\n\
         Examples:\n  URL=$(ferry link add alice:/inbox --upload-only --max-files 20 \
         --note 'Scans for the audit')\n  curl -T scan.pdf --cacert certs/ca.pem \"$URL/\"\n  \
-        ferry link add alice:/reports/q3.pdf --download --max-downloads 3 --expires 2d"
+        ferry link add alice:/reports/q3.pdf --download --max-downloads 3 --expires 2d\n  \
+        ferry link add alice:/reports --download --max-downloads 20 --password"
     )]
     Add {
         /// USER:/FOLDER for an upload link, USER:/PATH for a download link.
