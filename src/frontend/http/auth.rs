@@ -146,6 +146,8 @@ pub struct WebState {
     links: RwLock<Arc<dyn LinkStore>>,
     /// Drop links' folders, opened as stores of their own, by link id.
     link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
+    /// What download links let a client fetch again without counting (a resume).
+    resume_allowances: Arc<Mutex<ResumeAllowances>>,
     /// One opening at a time per key (a user and scope, a link), so requests that arrive
     /// together open a home once and take one session slot.
     opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -153,8 +155,6 @@ pub struct WebState {
     /// senders reach it).
     receipts: RwLock<Option<(Arc<crate::receipt::ReceiptKey>, String)>>,
     homes: Mutex<HashMap<(String, ScopeKey), Arc<Cached>>>,
-    /// What download links let a client fetch again without counting (a resume).
-    resume_allowances: Arc<Mutex<ResumeAllowances>>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -171,10 +171,10 @@ impl Default for WebState {
             sessions: Arc::new(MemorySessions::new()),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
+            resume_allowances: Arc::new(Mutex::new(ResumeAllowances::new())),
             opening: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
-            resume_allowances: Arc::new(Mutex::new(ResumeAllowances::new())),
         }
     }
 }
