@@ -333,7 +333,8 @@ fn listing_page(
     if let Some(parent) = path.parent() {
         let _ = write!(
             rows,
-            "<tr><td><a href=\"{}\">../</a></td><td></td><td></td></tr>",
+            "<tr><td class=\"name\"><a class=\"dir\" href=\"{}\">../</a></td>\
+<td class=\"size\"></td><td class=\"mtime\"></td></tr>",
             html_escape(&link_href(token, &parent))
         );
     }
@@ -353,7 +354,9 @@ fn listing_page(
             .unwrap_or_default();
         let _ = write!(
             rows,
-            "<tr><td><a href=\"{}\">{}{}</a></td><td title=\"{} bytes\">{}</td><td>{}</td></tr>",
+            "<tr><td class=\"name\"><a class=\"{}\" href=\"{}\">{}{}</a></td>\
+<td class=\"size\" title=\"{} bytes\">{}</td><td class=\"mtime\">{}</td></tr>",
+            if dir { "dir" } else { "file" },
             html_escape(&entry_href(&base, &e.name, dir)),
             html_escape(&e.name),
             if dir { "/" } else { "" },
@@ -363,7 +366,7 @@ fn listing_page(
         );
     }
     if rows.is_empty() {
-        rows.push_str("<tr><td colspan=\"3\" class=\"muted\">This folder is empty.</td></tr>");
+        rows.push_str("<tr class=\"empty\"><td colspan=\"3\">This folder is empty.</td></tr>");
     }
     let next = next
         .map(|n| format!("<p><a href=\"{}\">Next page</a></p>", html_escape(n)))
@@ -379,11 +382,12 @@ fn listing_page(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <link rel=\"stylesheet\" href=\"/assets/style.css\">\
-<title>ferry: shared files</title></head><body><h1><span class=\"brand\">ferry</span> · \
-Shared files</h1>{note}<p><code>{}</code></p><table class=\"listing\"><thead><tr><th>Name</th>\
-<th>Size</th><th>Modified</th></tr></thead><tbody>{rows}</tbody></table>{next}\
-<p class=\"muted\">Each file downloads with its SHA-256 in a <code>Repr-Digest</code> header; \
-an interrupted download resumes (<code>curl -C - -OJ URL</code>).</p>{limits}</body></html>\n",
+<title>ferry: shared files</title></head><body class=\"drop\"><h1><span class=\"brand\">ferry</span> · \
+Shared files</h1>{note}<p><code>{}</code></p><table class=\"files\"><thead><tr><th>Name</th>\
+<th class=\"sort-size\">Size</th><th>Modified</th></tr></thead><tbody>{rows}</tbody></table>\
+{next}<p class=\"muted\">A download carries the file's SHA-256 (<code>Repr-Digest</code>) when \
+the server knows it, and a cut one resumes where it stopped (<code>curl -C - -OJ URL</code>).\
+</p>{limits}</body></html>\n",
         html_escape(&path.to_string()),
     )
 }
