@@ -173,6 +173,11 @@ impl Home {
             .map_err(|denied| CoreError::Denied(denied.0))
     }
 
+    /// The storage underneath.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
     /// [`Home::allow`], and then whether the scope reaches `path` (a download link's scope
     /// reaches only its file, or its folder and what is below).
     fn allow_at(&self, op: Op, path: &RemotePath) -> Result<(), CoreError> {
@@ -180,11 +185,6 @@ impl Home {
         self.scope
             .check_path(op, &path.to_string())
             .map_err(|denied| CoreError::Denied(denied.0))
-    }
-
-    /// The storage underneath.
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
     }
 
     /// How many bytes of an interrupted upload to `path` this user's partial holds, if any:
