@@ -16,6 +16,7 @@ mod http;
 mod http_api;
 mod http_curl;
 mod http_files;
+mod http_folder_links;
 mod http_links;
 mod http_links_api;
 mod http_redteam;

@@ -4,7 +4,7 @@
 //! [links.3fa9c2d1]
 //! owner = "alice"
 //! folder = "/drop"                       # normal form; a file for a download link
-//! kind = "upload"                        # or "download"
+//! kind = "upload"                        # or "download" (a file), "download-folder"
 //! token_sha256 = "<64 hex digits>"       # of the whole token; the token itself is nowhere
 //! created = "2026-12-07T02:14:01Z"
 //! expires = "2026-12-14T02:14:01Z"       # absent: never

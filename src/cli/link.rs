@@ -32,7 +32,9 @@ pub(super) enum LinkCommand {
         long_about = "Add a drop link and print its full URL once on stdout. With \
         --upload-only, anyone holding the URL can upload files into USER:/FOLDER and do \
         nothing else: no listing, no download, no overwrite (a taken name gets a new one). \
-        With --download, anyone holding it can download USER:/PATH. Only the SHA-256 of its \
+        With --download, anyone holding it can download USER:/PATH, a file; or, when PATH is \
+        a folder, browse it and download any file beneath it (never above it), every file \
+        counting toward one --max-downloads. Only the SHA-256 of its \
         token is kept (in links.toml beside the users file), so the URL cannot be shown again; \
         a running server accepts it at once.\n\n\
         The URL's host comes from --public-url (or FERRY_PUBLIC_URL), else from the server \
@@ -41,7 +43,8 @@ pub(super) enum LinkCommand {
         must give it too.\n\n\
         Examples:\n  URL=$(ferry link add alice:/inbox --upload-only --max-files 20 \
         --note 'Scans for the audit')\n  curl -T scan.pdf --cacert certs/ca.pem \"$URL/\"\n  \
-        ferry link add alice:/reports/q3.pdf --download --max-downloads 3 --expires 2d"
+        ferry link add alice:/reports/q3.pdf --download --max-downloads 3 --expires 2d\n  \
+        ferry link add alice:/reports --download --max-downloads 20 --password"
     )]
     Add {
         /// USER:/FOLDER for an upload link, USER:/PATH for a download link.
@@ -236,13 +239,15 @@ fn list_line(l: &Link, now: SystemTime) -> String {
             of(l.used_files, l.max_files),
             of(l.used_bytes, l.max_bytes)
         ),
-        LinkKind::Download => format!("downloads={}", of(l.used_downloads, l.max_downloads)),
+        LinkKind::Download | LinkKind::DownloadFolder => {
+            format!("downloads={}", of(l.used_downloads, l.max_downloads))
+        }
     };
     let mut line = format!(
-        "{}  {:<16} {:<8} {}  {}  {}",
+        "{}  {:<16} {:<15} {}  {}  {}",
         l.id,
         l.owner,
-        l.kind.as_str(),
+        kind_words(l.kind),
         crate::sanitize::for_terminal(&l.folder),
         expires,
         uses
@@ -254,6 +259,15 @@ fn list_line(l: &Link, now: SystemTime) -> String {
         line.push_str(&format!("  {:?}", note));
     }
     line
+}
+
+/// A kind as `ferry link list` and `add` show it.
+fn kind_words(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Upload => "upload",
+        LinkKind::Download => "file download",
+        LinkKind::DownloadFolder => "folder download",
+    }
 }
 
 struct AddArgs {
@@ -289,7 +303,13 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         );
     };
     let home = account.home_dir(&a.root);
-    check_target(&home, &path, a.kind, a.create)?;
+    let target = check_target(&home, &path, a.kind, a.create)?;
+    // `--download` of a folder is a folder link: kept as its own kind, so the link never
+    // serves more than what it was made for (a file replaced by a folder stays unserved).
+    let kind = match (a.kind, target) {
+        (LinkKind::Download, crate::domain::EntryKind::Dir) => LinkKind::DownloadFolder,
+        (kind, _) => kind,
+    };
     let password = if a.ask_password {
         let pw = users::read_new_password(a.password_stdin, false)?;
         Some(users::hash_password(&pw)?)
@@ -299,7 +319,7 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
     let spec = LinkSpec {
         owner: user.clone(),
         folder: path.to_string(),
-        kind: a.kind,
+        kind,
         ttl: a.expires.0,
         max_files: a.max_files,
         max_bytes: a.max_bytes,
@@ -325,11 +345,12 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         table.insert(link.clone())?;
         Ok((token, link))
     })?;
-    let route = match a.kind {
-        LinkKind::Upload => "d",
-        LinkKind::Download => "l",
-    };
-    println!("{base}/{route}/{}", token.expose());
+    match kind {
+        LinkKind::Upload => println!("{base}/d/{}", token.expose()),
+        LinkKind::Download => println!("{base}/l/{}", token.expose()),
+        // The folder's page; its files are beneath it.
+        LinkKind::DownloadFolder => println!("{base}/l/{}/", token.expose()),
+    }
     let until = link.expires.map_or_else(
         || "never expires".to_owned(),
         |e| format!("expires {}", format_time(e)),
@@ -340,14 +361,18 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
     } else {
         String::new()
     };
-    let how = match a.kind {
+    let how = match kind {
         LinkKind::Upload => format!("curl -T FILE{cacert} \"$URL/\""),
         LinkKind::Download => format!("curl -OJ{cacert} \"$URL\""),
+        LinkKind::DownloadFolder => format!(
+            "open it in a browser, or curl{cacert} \"$URL?format=json\" to list it and \
+             curl -OJ{cacert} \"$URL\"NAME for one file"
+        ),
     };
     eprintln!(
         "added {} link {} for {user}:{} ({until}); its URL is shown only this once. \
          With URL set to it: {how}",
-        a.kind.as_str(),
+        kind_words(kind),
         link.id,
         crate::sanitize::for_terminal(&link.folder),
     );
@@ -369,13 +394,24 @@ fn parse_target(target: &str) -> Result<(String, RemotePath)> {
 }
 
 /// Checks that the link's target exists in the home (beneath it, as the server will open it):
-/// a directory for an upload link (created with `create`), anything for a download link.
-fn check_target(home: &Path, path: &RemotePath, kind: LinkKind, create: bool) -> Result<()> {
+/// a directory for an upload link (created with `create`), a file or a directory for a
+/// download link. Says which it is.
+fn check_target(
+    home: &Path,
+    path: &RemotePath,
+    kind: LinkKind,
+    create: bool,
+) -> Result<crate::domain::EntryKind> {
+    use crate::domain::EntryKind;
     let jail = Jail::open(home, false)
         .with_context(|| format!("cannot open the user's home {}", home.display()))?;
     let shown = crate::sanitize::for_terminal(&path.to_string()).into_owned();
     match jail.stat(path) {
-        Ok(e) if kind == LinkKind::Download || e.kind == crate::domain::EntryKind::Dir => Ok(()),
+        Ok(e) if e.kind == EntryKind::Dir => Ok(EntryKind::Dir),
+        Ok(e) if kind == LinkKind::Download && e.kind == EntryKind::File => Ok(EntryKind::File),
+        Ok(_) if kind == LinkKind::Download => {
+            bail!("{shown} in the user's home is not a file or folder")
+        }
         Ok(_) => bail!("{shown} in the user's home is not a folder"),
         Err(StorageError::NotFound) if create && kind == LinkKind::Upload => {
             let mut at = RemotePath::root();
@@ -387,9 +423,9 @@ fn check_target(home: &Path, path: &RemotePath, kind: LinkKind, create: bool) ->
                 }
             }
             match jail.stat(path) {
-                Ok(e) if e.kind == crate::domain::EntryKind::Dir => {
+                Ok(e) if e.kind == EntryKind::Dir => {
                     eprintln!("created {shown} in {}", home.display());
-                    Ok(())
+                    Ok(EntryKind::Dir)
                 }
                 _ => bail!("cannot create {shown} in the user's home"),
             }

@@ -141,6 +141,13 @@ pub enum Scope {
     /// link and its uploader only, and confinement to the link's folder is the storage
     /// namespace's job, as a home confines a user.
     UploadOnly,
+    /// Reading one file or folder of the home and what is below it, nothing else (a download
+    /// link): stat, get and SHA-256 of that path or a path below it, and listing of it or a
+    /// folder below it. No usage, no partials, no copy, no change. The path is in normal form
+    /// (`/`, `/a/b`), relative to the home the session sees: a folder link's home is its
+    /// folder, so its path is `/`; a file link's home is the file's folder and its path the
+    /// file's name, so not even a sibling can be read.
+    ReadOnlyOne(String),
 }
 
 /// Why a [`Scope`] refused an operation; the text is what the peer is told.
@@ -162,6 +169,10 @@ impl Scope {
             Scope::Full => Ok(()),
             Scope::ReadOnly if a.writes => Err(Denied("read-only user")),
             Scope::ReadOnly => Ok(()),
+            Scope::ReadOnlyOne(_) => match op {
+                Op::Stat | Op::List | Op::Get | Op::Sha256 => Ok(()),
+                _ => Err(Denied("this link only allows downloads")),
+            },
             Scope::UploadOnly => {
                 if op != Op::Put || a.reads || a.lists {
                     Err(Denied("this link only accepts uploads"))
@@ -171,6 +182,29 @@ impl Scope {
                     Ok(())
                 }
             }
+        }
+    }
+}
+
+impl Scope {
+    /// Whether `op` may touch `path` (in normal form, `/a/b`, as `RemotePath` displays it):
+    /// only [`Scope::ReadOnlyOne`] limits where, to its path and what is below it. Checked
+    /// after [`Scope::check`] by every operation that names a path.
+    pub fn check_path(&self, op: Op, path: &str) -> Result<(), Denied> {
+        let Scope::ReadOnlyOne(top) = self else {
+            return Ok(());
+        };
+        let beneath = top == "/"
+            || path == top
+            || path
+                .strip_prefix(top.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if beneath {
+            Ok(())
+        } else {
+            // The same answer whatever the operation: nothing tells what lies outside.
+            let _ = op;
+            Err(Denied("this link does not reach that path"))
         }
     }
 }
@@ -207,6 +241,34 @@ mod tests {
             if a.reads || a.lists {
                 assert!(Scope::UploadOnly.check(op, false).is_err(), "{op}");
             }
+        }
+    }
+
+    #[test]
+    fn read_only_one_reads_its_path_and_below_and_nothing_else() {
+        let file = Scope::ReadOnlyOne("/report.pdf".into());
+        let allowed: Vec<Op> = Op::ALL
+            .into_iter()
+            .filter(|op| file.check(*op, false).is_ok())
+            .collect();
+        assert_eq!(allowed, [Op::Stat, Op::List, Op::Get, Op::Sha256]);
+        assert!(file.check_path(Op::Get, "/report.pdf").is_ok());
+        for other in ["/", "/report.pdf2", "/report.pd", "/sibling.txt", "/report"] {
+            assert!(file.check_path(Op::Get, other).is_err(), "{other}");
+            assert!(file.check_path(Op::List, other).is_err(), "{other}");
+        }
+        let folder = Scope::ReadOnlyOne("/".into());
+        assert!(folder.check_path(Op::List, "/").is_ok());
+        assert!(folder.check_path(Op::Get, "/a/b").is_ok());
+        let sub = Scope::ReadOnlyOne("/a".into());
+        assert!(sub.check_path(Op::Get, "/a/b").is_ok());
+        assert!(sub.check_path(Op::Get, "/ab").is_err());
+        for op in [Op::Usage, Op::Partial, Op::Copy, Op::Put, Op::Remove] {
+            assert!(folder.check(op, false).is_err(), "{op}");
+        }
+        // Every other scope reaches everywhere its operations do.
+        for s in [Scope::Full, Scope::ReadOnly, Scope::UploadOnly] {
+            assert!(s.check_path(Op::Get, "/x").is_ok());
         }
     }
 

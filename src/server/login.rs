@@ -192,7 +192,7 @@ pub(crate) async fn open_link_home(
         }
         Err(_) => return Err(Refusal::StoreUnavailable),
     };
-    if user.read_only && scope != Scope::ReadOnly {
+    if user.read_only && matches!(scope, Scope::Full | Scope::UploadOnly) {
         // A read-only account takes no uploads, through a link or otherwise.
         return Err(Refusal::Denied);
     }

@@ -23,7 +23,7 @@ impl Home {
         after: Option<&ListToken>,
         limit: ListLimit,
     ) -> Result<ListPage, CoreError> {
-        self.allow(Op::List, false)?;
+        self.allow_at(Op::List, path)?;
         if after.is_some_and(|t| t.as_str().len() > MAX_LIST_TOKEN_LEN) {
             return Err(StorageError::InvalidArgument.into());
         }
@@ -78,6 +78,48 @@ mod tests {
         assert!(matches!(
             home.list(&root, Some(&huge), ListLimit::entries(10)).await,
             Err(CoreError::Storage(StorageError::InvalidArgument))
+        ));
+    }
+
+    /// A download link's scope holds in the core, whatever a front-end asks: a file link's
+    /// home (the file's folder) reads that file and nothing beside it.
+    #[tokio::test]
+    async fn a_read_only_one_scope_reads_its_file_and_nothing_beside_it() {
+        use crate::domain::Scope;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("report.pdf"), b"linked").unwrap();
+        std::fs::write(dir.path().join("sibling.txt"), b"not linked").unwrap();
+        let file = home(dir.path()).scoped(Scope::ReadOnlyOne("/report.pdf".into()));
+        let report = RemotePath::parse("report.pdf").unwrap();
+        let sibling = RemotePath::parse("sibling.txt").unwrap();
+        assert_eq!(file.stat(&report).await.unwrap().size, 6);
+        assert!(file.open_range(&report, 0, None).await.is_ok());
+        let denied = |r: Result<(), CoreError>| matches!(r, Err(CoreError::Denied(_)));
+        assert!(denied(file.stat(&sibling).await.map(drop)));
+        assert!(denied(file.open_range(&sibling, 0, None).await.map(drop)));
+        assert!(denied(file.sha256(&sibling, |_| {}).await.map(drop)));
+        assert!(denied(
+            file.list(&RemotePath::root(), None, ListLimit::entries(10))
+                .await
+                .map(drop)
+        ));
+        assert!(denied(file.usage().await.map(drop)));
+        assert!(denied(file.remove(&report).await));
+        // A folder link's scope reaches all of its home (the folder), read-only.
+        let folder = home(dir.path()).scoped(Scope::ReadOnlyOne("/".into()));
+        assert_eq!(
+            folder
+                .list(&RemotePath::root(), None, ListLimit::entries(10))
+                .await
+                .unwrap()
+                .entries
+                .len(),
+            2
+        );
+        assert!(folder.stat(&sibling).await.is_ok());
+        assert!(denied(folder.remove(&sibling).await));
+        assert!(denied(
+            folder.mkdir(&RemotePath::parse("new").unwrap()).await
         ));
     }
 }

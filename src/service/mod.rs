@@ -186,6 +186,15 @@ impl Home {
         &self.storage
     }
 
+    /// [`Home::allow`], and then whether the scope reaches `path` (a download link's scope
+    /// reaches only its file, or its folder and what is below).
+    fn allow_at(&self, op: Op, path: &RemotePath) -> Result<(), CoreError> {
+        self.allow(op, false)?;
+        self.scope
+            .check_path(op, &path.to_string())
+            .map_err(|denied| CoreError::Denied(denied.0))
+    }
+
     /// How many bytes of an interrupted upload to `path` this user's partial holds, if any:
     /// where a resume starts.
     pub async fn partial_len(&self, path: &RemotePath) -> Result<Option<u64>, CoreError> {
@@ -196,7 +205,7 @@ impl Home {
 
     /// Metadata of one path, following a final symlink that stays in the home.
     pub async fn stat(&self, path: &RemotePath) -> Result<Entry, CoreError> {
-        self.allow(Op::Stat, false)?;
+        self.allow_at(Op::Stat, path)?;
         Ok(self.storage.stat(path).await?.entry)
     }
 

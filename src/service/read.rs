@@ -52,7 +52,7 @@ impl Home {
     /// A whole file of at most [`SMALL_MAX`] bytes, read and hashed in one call; a larger one
     /// comes back open for a download from its start ([`Fetched::Larger`]).
     pub async fn get_small(&self, path: &RemotePath) -> Result<Fetched, CoreError> {
-        self.allow(Op::Get, false)?;
+        self.allow_at(Op::Get, path)?;
         Ok(self.storage.get_small(path, SMALL_MAX).await?)
     }
 
@@ -67,7 +67,7 @@ impl Home {
         offset: u64,
         prefix: Option<Sha256Digest>,
     ) -> Result<Opened, CoreError> {
-        self.allow(Op::Get, false)?;
+        self.allow_at(Op::Get, path)?;
         let options = ReadOptions {
             offset,
             len: None,
@@ -98,7 +98,7 @@ impl Home {
         offset: u64,
         len: Option<u64>,
     ) -> Result<Box<dyn Download>, CoreError> {
-        self.allow(Op::Get, false)?;
+        self.allow_at(Op::Get, path)?;
         let options = ReadOptions {
             offset,
             len,
@@ -117,7 +117,7 @@ impl Home {
         path: &RemotePath,
         progress: impl Fn(u64) + Send,
     ) -> Result<(u64, Sha256Digest), CoreError> {
-        self.allow(Op::Sha256, false)?;
+        self.allow_at(Op::Sha256, path)?;
         let options = ReadOptions {
             hash: true,
             ..ReadOptions::default()

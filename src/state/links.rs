@@ -109,8 +109,12 @@ impl FromStr for LinkId {
 pub enum LinkKind {
     /// Upload into the folder, nothing else: no listing, no download, no overwrite.
     Upload,
-    /// Download the file (or files below the folder).
+    /// Download the one file it names.
     Download,
+    /// Browse the folder it names and download any file below it (never above it). Made
+    /// when `ferry link add --download` names a folder, and kept as its own kind so that a
+    /// file link never serves a folder that later takes the file's name.
+    DownloadFolder,
 }
 
 impl LinkKind {
@@ -119,7 +123,13 @@ impl LinkKind {
         match self {
             LinkKind::Upload => "upload",
             LinkKind::Download => "download",
+            LinkKind::DownloadFolder => "download-folder",
         }
+    }
+
+    /// Whether it is a download link (of a file or of a folder): it counts downloads.
+    pub fn is_download(self) -> bool {
+        matches!(self, LinkKind::Download | LinkKind::DownloadFolder)
     }
 }
 
@@ -130,8 +140,9 @@ impl FromStr for LinkKind {
         match s {
             "upload" => Ok(LinkKind::Upload),
             "download" => Ok(LinkKind::Download),
+            "download-folder" => Ok(LinkKind::DownloadFolder),
             _ => Err(LinkError::invalid(format!(
-                "`{}` is not a link kind (`upload` or `download`)",
+                "`{}` is not a link kind (`upload`, `download` or `download-folder`)",
                 s.escape_debug()
             ))),
         }
@@ -200,7 +211,7 @@ impl Link {
                     return Some(LinkRefused::Bytes);
                 }
             }
-            LinkKind::Download => {
+            LinkKind::Download | LinkKind::DownloadFolder => {
                 if self.max_downloads.is_some_and(|m| self.used_downloads >= m) {
                     return Some(LinkRefused::Downloads);
                 }
@@ -616,7 +627,7 @@ pub fn validate_link(l: &Link) -> Result<(), LinkError> {
         LinkKind::Upload if l.max_downloads.is_some() || l.used_downloads != 0 => {
             at("an upload link counts no downloads".into())
         }
-        LinkKind::Download
+        LinkKind::Download | LinkKind::DownloadFolder
             if l.max_files.is_some()
                 || l.max_bytes.is_some()
                 || l.used_files != 0
@@ -706,12 +717,12 @@ impl LinkTable {
     /// Counts one download through `id` at `now`; see [`LinkStore::count_download`].
     pub fn count_download(&mut self, id: LinkId, now: SystemTime) -> Result<bool, LinkError> {
         let link = self.by_id.get_mut(&id).ok_or(LinkError::NotFound(id))?;
-        if link.kind != LinkKind::Download {
+        if !link.kind.is_download() {
             return Err(LinkError::invalid(format!(
                 "link {id} is not a download link"
             )));
         }
-        if link.refusal(LinkKind::Download, now).is_some() {
+        if link.refusal(link.kind, now).is_some() {
             return Ok(false);
         }
         link.used_downloads = link.used_downloads.saturating_add(1).min(i64::MAX as u64);
@@ -842,6 +853,132 @@ impl LinkUses {
     /// Ends a reservation (committed, refused for good, or released).
     pub fn end(&mut self, id: LinkUseId) {
         self.held.remove(&id.0);
+    }
+}
+
+/// Most resume allowances one server keeps (see [`ResumeAllowances`]); about 100 bytes each.
+pub const MAX_RESUME_ALLOWANCES: usize = 16_384;
+
+/// How long a resume allowance lasts after the download that granted it.
+pub const RESUME_ALLOWANCE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Whom a resume allowance is for: one download link (by id and token hash, so a link made
+/// again under the same id starts afresh), one file in one version, one client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AllowanceKey {
+    link: LinkId,
+    /// SHA-256 of the link's token hash, the file's path and its version (its ETag).
+    file: [u8; 32],
+    client: std::net::IpAddr,
+}
+
+impl AllowanceKey {
+    /// The key for `client` downloading the version `version` (an ETag) of `path` (as the
+    /// link names it) through `link`.
+    pub fn new(link: &Link, path: &str, version: &str, client: std::net::IpAddr) -> AllowanceKey {
+        let mut h = Sha256::new();
+        h.update(link.token_sha256);
+        h.update((path.len() as u64).to_be_bytes());
+        h.update(path.as_bytes());
+        h.update(version.as_bytes());
+        AllowanceKey {
+            link: link.id,
+            file: h.finalize().into(),
+            client,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    bytes: u64,
+    /// The file's size: a give-back never raises the allowance above it.
+    cap: u64,
+    expires: Instant,
+}
+
+/// How a download link counts a file that arrives in pieces (a resumed or segmented
+/// download) without letting pieces be free for everyone.
+///
+/// Every answer that carries a file's first byte counts one download
+/// ([`LinkStore::count_download`]) and grants the client that asked a *resume allowance* of
+/// the file's size: answers to that client that start later draw their length from it and
+/// count nothing. An answer that starts later and finds no allowance large enough (another
+/// client, another file, another version of the file, or an allowance used up) counts one
+/// download too and grants a fresh allowance. Bytes a client did not take (it went away)
+/// are given back. So each counted download lets at most twice the file's size out to one
+/// address, and no one gets any byte of a file through the link without a counted download
+/// of it from their address.
+///
+/// Kept in one server's memory, bounded by [`MAX_RESUME_ALLOWANCES`] (the oldest go first)
+/// and [`RESUME_ALLOWANCE_TTL`]: an allowance lost (evicted, a restart, another node) only
+/// makes a later piece count again; the count can run high, never low.
+#[derive(Debug, Default)]
+pub struct ResumeAllowances {
+    held: HashMap<AllowanceKey, Allowance>,
+}
+
+impl ResumeAllowances {
+    /// None held.
+    pub fn new() -> ResumeAllowances {
+        ResumeAllowances::default()
+    }
+
+    /// How many are held (after dropping those expired at `now`).
+    pub fn len(&mut self, now: Instant) -> usize {
+        self.held.retain(|_, a| a.expires > now);
+        self.held.len()
+    }
+
+    /// Whether none are held at `now`.
+    pub fn is_empty(&mut self, now: Instant) -> bool {
+        self.len(now) == 0
+    }
+
+    /// Takes `len` bytes from `key`'s allowance if it holds that many: `true` (the answer is
+    /// free), else `false` and nothing is taken (the answer must count).
+    pub fn draw(&mut self, key: &AllowanceKey, len: u64, now: Instant) -> bool {
+        match self.held.get_mut(key) {
+            Some(a) if a.expires > now && a.bytes >= len => {
+                a.bytes -= len;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a counted download of a file of `size` bytes: `key`'s allowance is `size`
+    /// bytes, for [`RESUME_ALLOWANCE_TTL`].
+    pub fn grant(&mut self, key: AllowanceKey, size: u64, now: Instant) {
+        if !self.held.contains_key(&key) && self.held.len() >= MAX_RESUME_ALLOWANCES {
+            self.held.retain(|_, a| a.expires > now);
+            if self.held.len() >= MAX_RESUME_ALLOWANCES {
+                let oldest = self
+                    .held
+                    .iter()
+                    .min_by_key(|(_, a)| a.expires)
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.held.remove(&k);
+                }
+            }
+        }
+        self.held.insert(
+            key,
+            Allowance {
+                bytes: size,
+                cap: size,
+                expires: deadline(now, RESUME_ALLOWANCE_TTL),
+            },
+        );
+    }
+
+    /// Gives back `bytes` drawn for an answer that was not sent whole; never above the
+    /// file's size. An allowance gone meanwhile stays gone.
+    pub fn give_back(&mut self, key: &AllowanceKey, bytes: u64) {
+        if let Some(a) = self.held.get_mut(key) {
+            a.bytes = a.bytes.saturating_add(bytes).min(a.cap);
+        }
     }
 }
 
@@ -1203,5 +1340,40 @@ mod tests {
             Err(LinkRefused::LeaseGone),
             "the expired lease cannot commit"
         );
+    }
+    #[test]
+    fn resume_allowances_are_per_client_and_never_free_without_a_count() {
+        let (_, link) =
+            issue(spec(LinkKind::DownloadFolder), SystemTime::now(), |_| false).unwrap();
+        let (a, b) = (
+            std::net::IpAddr::from([10, 0, 0, 1]),
+            std::net::IpAddr::from([10, 0, 0, 2]),
+        );
+        let t0 = Instant::now();
+        let mut al = ResumeAllowances::new();
+        let ka = AllowanceKey::new(&link, "/x", "\"v1\"", a);
+        // Nothing granted: nothing is free.
+        assert!(!al.draw(&ka, 1, t0));
+        al.grant(ka, 100, t0);
+        // Another client, another version, another file: not this allowance.
+        assert!(!al.draw(&AllowanceKey::new(&link, "/x", "\"v1\"", b), 1, t0));
+        assert!(!al.draw(&AllowanceKey::new(&link, "/x", "\"v2\"", a), 1, t0));
+        assert!(!al.draw(&AllowanceKey::new(&link, "/y", "\"v1\"", a), 1, t0));
+        assert!(al.draw(&ka, 60, t0));
+        assert!(!al.draw(&ka, 41, t0), "only 40 left");
+        assert!(al.draw(&ka, 40, t0));
+        al.give_back(&ka, 1000);
+        assert!(al.draw(&ka, 100, t0), "given back up to the size");
+        assert!(!al.draw(&ka, 1, t0));
+        al.grant(ka, 100, t0);
+        assert!(!al.draw(&ka, 1, t0 + RESUME_ALLOWANCE_TTL), "expired");
+        // Bounded: the oldest goes.
+        let mut al = ResumeAllowances::new();
+        for i in 0..=MAX_RESUME_ALLOWANCES {
+            let k = AllowanceKey::new(&link, &format!("/f{i}"), "", a);
+            al.grant(k, 1, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(al.len(t0), MAX_RESUME_ALLOWANCES);
+        assert!(!al.draw(&AllowanceKey::new(&link, "/f0", "", a), 1, t0));
     }
 }

@@ -20,7 +20,7 @@ use super::Conn;
 use super::router::{Body, error};
 use crate::server::login::{self, Refusal, UserSession};
 use crate::server::penalty::Offence;
-use crate::state::links::{Link, LinkStore, MemoryLinks};
+use crate::state::links::{Link, LinkStore, MemoryLinks, ResumeAllowances};
 use crate::state::sessions::{MemorySessions, SessionKey, WebSessions};
 use crate::state::tokens::{ApiTokens, MemoryTokens, TokenId};
 
@@ -146,6 +146,8 @@ pub struct WebState {
     links: RwLock<Arc<dyn LinkStore>>,
     /// Drop links' folders, opened as stores of their own, by link id.
     link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
+    /// What download links let a client fetch again without counting (a resume).
+    resume_allowances: Arc<Mutex<ResumeAllowances>>,
     /// One opening at a time per key (a user and scope, a link), so requests that arrive
     /// together open a home once and take one session slot.
     opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -171,6 +173,7 @@ impl Default for WebState {
             sessions: Arc::new(MemorySessions::new()),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
+            resume_allowances: Arc::new(Mutex::new(ResumeAllowances::new())),
             opening: Mutex::new(HashMap::new()),
             receipts: RwLock::new(None),
             homes: Mutex::new(HashMap::new()),
@@ -272,6 +275,11 @@ impl WebState {
     /// Where drop links are looked up (`links.toml` beside the users file for `ferry serve`).
     pub fn set_links(&self, store: Arc<dyn LinkStore>) {
         *self.links.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    /// Download links' resume allowances (see [`ResumeAllowances`]).
+    pub fn resume_allowances(&self) -> &Arc<Mutex<ResumeAllowances>> {
+        &self.resume_allowances
     }
 
     /// The drop links.
@@ -553,7 +561,7 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
     // The folder the link serves, as a directory now: one moved away and made again under
     // the same name is another folder.
     let served = match link.kind {
-        LinkKind::Upload => link.folder.clone(),
+        LinkKind::Upload | LinkKind::DownloadFolder => link.folder.clone(),
         LinkKind::Download => match link.folder.rsplit_once('/') {
             Some((parent, _)) => parent.to_string(),
             None => String::new(),
@@ -592,13 +600,21 @@ pub async fn link_account(conn: &Conn, link: &Link) -> Result<Account, Response<
                 )
             };
             let path = crate::storage::RemotePath::parse(&link.folder).map_err(|_| gone())?;
-            // A download link serves one file: its folder is the store, read-only.
+            // A download link serves one file: its folder is the store, and the scope reaches
+            // that one name. A folder link's folder is the store itself and the scope reaches
+            // all of it: nothing above it can even be named. Both read-only, in the core.
             let (folder, scope) = match link.kind {
                 LinkKind::Upload => (path, crate::domain::Scope::UploadOnly),
-                LinkKind::Download => (
-                    path.parent().ok_or_else(gone)?,
-                    crate::domain::Scope::ReadOnly,
-                ),
+                LinkKind::DownloadFolder => {
+                    (path, crate::domain::Scope::ReadOnlyOne("/".to_owned()))
+                }
+                LinkKind::Download => {
+                    let name = path.file_name().ok_or_else(gone)?.to_owned();
+                    (
+                        path.parent().ok_or_else(gone)?,
+                        crate::domain::Scope::ReadOnlyOne(format!("/{name}")),
+                    )
+                }
             };
             let deadline = tokio::time::Instant::now() + limits.login_timeout;
             let home = login::open_link_home(

@@ -10,8 +10,8 @@
 //! link with a password also needs it, as HTTP Basic credentials (any user name): a wrong one
 //! is a failed login too.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
 use hyper::body::Incoming;
@@ -20,16 +20,26 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::router::{Body, error, full};
 use super::{Conn, auth, files};
+use crate::domain::EntryKind;
 use crate::server::login;
 use crate::server::penalty::Offence;
-use crate::state::links::{Link, LinkKind, LinkRefused};
+use crate::state::links::{AllowanceKey, Link, LinkKind, LinkRefused, ResumeAllowances};
+use crate::storage::{ListLimit, ListToken, RemotePath};
 use crate::users::Password;
 
-/// `GET|HEAD /l/<token>`: the one file of a download link, with everything a `GET /f/`
-/// sends (ranges, digests). Each download that starts at the first byte counts once toward
-/// the link's `max_downloads`; resuming it with a range does not count again.
+/// `GET|HEAD /l/<token>[/<path>]`: a download link.
+///
+/// A file link serves its one file at `/l/<token>`, with everything a `GET /f/` sends
+/// (ranges, digests); nothing else can be named through it. A folder link serves a page
+/// listing its folder at `/l/<token>` and `/l/<token>/` (JSON with `?format=json` or `Accept:
+/// application/json`), the same for each folder beneath it at `/l/<token>/<path>/`, and each
+/// file beneath it at `/l/<token>/<path>`. The folder is opened as a store of its own,
+/// read-only, so nothing above it can be named.
+///
+/// Counting: see [`LinkMeter`]. A link used up, expired or revoked refuses everything, the
+/// listing too.
 pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
-    let [token] = rest else {
+    let Some((token, inside)) = rest.split_first() else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such page");
     };
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -39,8 +49,22 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
         Ok(l) => l,
         Err(r) => return r,
     };
-    if let Some(r) = link.refusal(LinkKind::Download, SystemTime::now()) {
-        return files::link_refused(&r);
+    let kind = if link.kind.is_download() {
+        link.kind
+    } else {
+        LinkKind::Download
+    };
+    // A file link names nothing beneath it (nor does an upload link here).
+    if link.kind != LinkKind::DownloadFolder && !inside.is_empty() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such page");
+    }
+    match link.refusal(kind, SystemTime::now()) {
+        // Used up, a range may still be a resume the client's allowance covers: the meter
+        // decides once it knows the file and the range, and refuses anything else.
+        Some(LinkRefused::Downloads)
+            if req.method() == Method::GET && req.headers().contains_key(header::RANGE) => {}
+        Some(r) => return files::link_refused(&r),
+        None => {}
     }
     if let Err(r) = check_password(conn, &link, req.headers()).await {
         return r;
@@ -49,45 +73,341 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Some(name) = crate::storage::RemotePath::parse(&link.folder)
+    let meter = LinkMeter { link: &link };
+    if link.kind == LinkKind::DownloadFolder {
+        let path = if inside.is_empty() {
+            RemotePath::root()
+        } else {
+            match files::remote_path(inside) {
+                Ok(p) => p,
+                Err(r) => return r,
+            }
+        };
+        let entry = match acct.home.stat(&path).await {
+            Ok(e) => e,
+            Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "stat"),
+        };
+        let used_up = link.refusal(kind, SystemTime::now()).is_some();
+        return match entry.kind {
+            EntryKind::Dir if used_up => files::link_refused(&LinkRefused::Downloads),
+            EntryKind::Dir => listing(conn, &acct, &link, &req, token, &path).await,
+            EntryKind::File => files::get_metered(conn, &acct, &req, &path, Some(&meter)).await,
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+        };
+    }
+    let Some(name) = RemotePath::parse(&link.folder)
         .ok()
         .and_then(|p| p.file_name().map(str::to_owned))
     else {
         return no_such_link();
     };
-    let Ok(path) = crate::storage::RemotePath::parse(&name) else {
+    let Ok(path) = RemotePath::parse(&name) else {
         return no_such_link();
     };
-    // Counted whenever the answer will hold the first byte, decided by the same parse of
-    // `Range` the download uses: any spelling of a whole file counts.
-    let size = match acct.home.stat(&path).await {
-        Ok(e) => e.size,
-        Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "get"),
-    };
-    // An `If-Range` may turn any range into the whole file: counted, to be safe.
-    let from_start = match req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-    {
-        None => true,
-        Some(_) if req.headers().contains_key(header::IF_RANGE) => true,
-        Some(r) => match super::parse::parse_range(r, size) {
-            super::parse::RangeAnswer::Full => true,
-            super::parse::RangeAnswer::Partial { start, .. } => start == 0,
-            super::parse::RangeAnswer::Unsatisfiable => false,
-        },
-    };
-    if req.method() == Method::GET && from_start {
-        match conn.server.web.links().count_download(link.id).await {
-            Ok(true) => {}
-            Ok(false) => return files::link_refused(&LinkRefused::Downloads),
-            Err(e) => return files::link_refused(&LinkRefused::from(e)),
+    files::get_metered(conn, &acct, &req, &path, Some(&meter)).await
+}
+
+/// How a download link counts what it sends, for a file link and a folder link alike.
+///
+/// Called by [`files::get_metered`] once the answer is decided and only its sending is left,
+/// so a `HEAD`, a `304`, a `416` or an error never counts. Every answer that carries a
+/// file's first byte (whatever the `Range` spelling: a whole file, `bytes=0-`, a suffix
+/// covering it, a multi-range answered whole, an `If-Range` that no longer matches) counts
+/// one download, atomically in the link store, and is refused with `403 link_used_up` when
+/// `max_downloads` is reached. An answer that starts later (a resume, a segmented download)
+/// counts nothing when the same client address has a resume allowance for that file's
+/// version left, and counts one download otherwise
+/// ([`ResumeAllowances`](crate::state::links::ResumeAllowances)). On a folder link the count
+/// is shared by every file in it.
+pub struct LinkMeter<'a> {
+    link: &'a Link,
+}
+
+/// An answer's draw on a resume allowance: what the client did not take goes back.
+pub struct Refund {
+    table: Arc<Mutex<ResumeAllowances>>,
+    key: AllowanceKey,
+}
+
+impl Refund {
+    /// Gives `unsent` bytes back to the allowance.
+    pub fn give_back(self, unsent: u64) {
+        if unsent > 0 {
+            self.table
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .give_back(&self.key, unsent);
         }
     }
-    tracing::info!(target: "ferry::audit", event = "link_download", peer = %conn.peer,
-        link = %link.id, user = %link.owner);
-    files::get(conn, &acct, &req, &path).await
+}
+
+impl LinkMeter<'_> {
+    /// Counts (or draws on an allowance for) an answer of `len` bytes from `start` of the file
+    /// `path` (in the link's store), `size` bytes in the version `etag`. `Ok(Some(refund))`:
+    /// free, drawn on an allowance; `Ok(None)`: counted; `Err`: the answer to send instead.
+    pub async fn admit(
+        &self,
+        conn: &Conn,
+        path: &RemotePath,
+        etag: &str,
+        start: u64,
+        len: u64,
+        size: u64,
+    ) -> Result<Option<Refund>, Response<Body>> {
+        let link = self.link;
+        let shown = path.to_string();
+        let key = AllowanceKey::new(link, &shown, etag, conn.peer.ip());
+        let table = Arc::clone(conn.server.web.resume_allowances());
+        let audit = |counted: bool, result: &str| {
+            tracing::info!(target: "ferry::audit", event = "link_download", peer = %conn.peer,
+                link = %link.id, user = %link.owner, path = %crate::sanitize::for_log(&shown),
+                start, bytes = len, counted, result);
+        };
+        if start > 0
+            && table
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .draw(&key, len, Instant::now())
+        {
+            audit(false, "ok");
+            return Ok(Some(Refund { table, key }));
+        }
+        match conn.server.web.links().count_download(link.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                audit(false, "used_up");
+                return Err(files::link_refused(&LinkRefused::Downloads));
+            }
+            Err(e) => {
+                audit(false, "refused");
+                return Err(files::link_refused(&LinkRefused::from(e)));
+            }
+        }
+        table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .grant(key, size, Instant::now());
+        audit(true, "ok");
+        Ok(None)
+    }
+}
+
+/// A listing page's budget. A name is written twice: escaped as text (up to 6 bytes per
+/// byte) and percent-encoded in its link (3 per byte); the rest of a row is about 200 bytes.
+const LISTING_PAGE: ListLimit = ListLimit {
+    entries: 500,
+    bytes: (1024 * 1024) / 9,
+    per_entry: 200 / 9,
+};
+
+/// The page (or JSON) of one folder beneath a folder link, one page of entries at a time
+/// (`?cursor=` from the previous page's `next`): never more of the folder in memory.
+async fn listing(
+    conn: &Conn,
+    acct: &auth::Account,
+    link: &Link,
+    req: &Request<Incoming>,
+    token: &str,
+    path: &RemotePath,
+) -> Response<Body> {
+    let query = match super::parse::parse_query(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("bad query: {e}"),
+            );
+        }
+    };
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let as_json = param("format") == Some("json")
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
+    let cursor = param("cursor").map(|c| ListToken::from_string(c.to_string()));
+    let mut page = match acct.home.list(path, cursor.as_ref(), LISTING_PAGE).await {
+        Ok(p) => p,
+        Err(e) => return super::status::core_error(&e, conn.peer, &link.owner, "list"),
+    };
+    tracing::info!(target: "ferry::audit", event = "link_list", peer = %conn.peer,
+        link = %link.id, user = %link.owner,
+        path = %crate::sanitize::for_log(&path.to_string()), entries = page.entries.len());
+    // Folders first, then by name, within the page (pages come in the store's order).
+    page.entries.sort_by(|a, b| {
+        (a.kind != EntryKind::Dir)
+            .cmp(&(b.kind != EntryKind::Dir))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let base = link_href(token, path);
+    let next = page.next.as_ref().map(|t| {
+        format!(
+            "{base}?{}cursor={}",
+            if as_json { "format=json&" } else { "" },
+            super::parse::encode_segment(t.as_str())
+        )
+    });
+    let (body, content_type) = if as_json {
+        let entries: Vec<serde_json::Value> = page
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Dir))
+            .map(|e| {
+                let dir = e.kind == EntryKind::Dir;
+                serde_json::json!({
+                    "name": e.name,
+                    "kind": e.kind,
+                    "size": if dir { None } else { Some(e.size) },
+                    "mtime": e.mtime,
+                    "href": entry_href(&base, &e.name, dir),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "path": path.to_string(),
+            "entries": entries,
+            "next": page.next.as_ref().map(ListToken::as_str),
+            "next_href": next,
+        });
+        (v.to_string(), "application/json")
+    } else {
+        (
+            listing_page(link, token, path, &page.entries, next.as_deref()),
+            "text/html; charset=utf-8",
+        )
+    };
+    let body = if req.method() == Method::HEAD {
+        super::router::empty()
+    } else {
+        full(body)
+    };
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// `/l/<token>/<path>/`: a folder's address beneath a folder link, each name encoded.
+fn link_href(token: &str, path: &RemotePath) -> String {
+    let mut href = format!("/l/{}/", super::parse::encode_segment(token));
+    for c in path.components() {
+        href.push_str(&super::parse::encode_segment(c));
+        href.push('/');
+    }
+    href
+}
+
+/// An entry's address in the folder at `base` (which ends in `/`); a folder's ends in `/`.
+fn entry_href(base: &str, name: &str, dir: bool) -> String {
+    let mut href = format!("{base}{}", super::parse::encode_segment(name));
+    if dir {
+        href.push('/');
+    }
+    href
+}
+
+/// The HTML of a folder listing. Every name is escaped as text; every address is built of
+/// percent-encoded names, then escaped too. No script.
+fn listing_page(
+    link: &Link,
+    token: &str,
+    path: &RemotePath,
+    entries: &[crate::domain::Entry],
+    next: Option<&str>,
+) -> String {
+    use std::fmt::Write as _;
+    let base = link_href(token, path);
+    let note = link
+        .note
+        .as_deref()
+        .map(|n| format!("<p class=\"note\">{}</p>", html_escape(n)))
+        .unwrap_or_default();
+    let mut rows = String::new();
+    if let Some(parent) = path.parent() {
+        let _ = write!(
+            rows,
+            "<tr><td class=\"name\"><a class=\"dir\" href=\"{}\">../</a></td>\
+<td class=\"size\"></td><td class=\"mtime\"></td></tr>",
+            html_escape(&link_href(token, &parent))
+        );
+    }
+    for e in entries {
+        let dir = match e.kind {
+            EntryKind::Dir => true,
+            EntryKind::File => false,
+            _ => continue,
+        };
+        let size = if dir {
+            String::new()
+        } else {
+            human_size(e.size)
+        };
+        let when = chrono::DateTime::from_timestamp(e.mtime, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            rows,
+            "<tr><td class=\"name\"><a class=\"{}\" href=\"{}\">{}{}</a></td>\
+<td class=\"size\" title=\"{} bytes\">{}</td><td class=\"mtime\">{}</td></tr>",
+            if dir { "dir" } else { "file" },
+            html_escape(&entry_href(&base, &e.name, dir)),
+            html_escape(&e.name),
+            if dir { "/" } else { "" },
+            if dir { 0 } else { e.size },
+            size,
+            when,
+        );
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr class=\"empty\"><td colspan=\"3\">This folder is empty.</td></tr>");
+    }
+    let next = next
+        .map(|n| format!("<p><a href=\"{}\">Next page</a></p>", html_escape(n)))
+        .unwrap_or_default();
+    let limits = match link.max_downloads {
+        Some(m) => format!(
+            "<p class=\"muted\">This link allows {} more file downloads.</p>",
+            m.saturating_sub(link.used_downloads)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<link rel=\"stylesheet\" href=\"/assets/style.css\">\
+<title>ferry: shared files</title></head><body class=\"drop\"><h1><span class=\"brand\">ferry</span> · \
+Shared files</h1>{note}<p><code>{}</code></p><table class=\"files\"><thead><tr><th>Name</th>\
+<th class=\"sort-size\">Size</th><th>Modified</th></tr></thead><tbody>{rows}</tbody></table>\
+{next}<p class=\"muted\">A download carries the file's SHA-256 (<code>Repr-Digest</code>) when \
+the server knows it, and a cut one resumes where it stopped (<code>curl -C - -OJ URL</code>).\
+</p>{limits}</body></html>\n",
+        html_escape(&path.to_string()),
+    )
+}
+
+/// A size for people: bytes, KiB, MiB, GiB, TiB.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
 
 /// `/d/<token>[/<name>]`: `rest` holds the segments after `d`.

@@ -56,6 +56,19 @@ pub async fn get(
     req: &Request<Incoming>,
     path: &RemotePath,
 ) -> Response<Body> {
+    get_metered(conn, acct, req, path, None).await
+}
+
+/// `GET` or `HEAD` of a file, as [`get`], through a download link when `meter` is given: once
+/// the answer is decided (a `GET` with content: not a `HEAD`, a `304`, a `416` or an error),
+/// the link counts it or refuses it ([`super::drop::LinkMeter::admit`]).
+pub async fn get_metered(
+    conn: &Conn,
+    acct: &Account,
+    req: &Request<Incoming>,
+    path: &RemotePath,
+    meter: Option<&super::drop::LinkMeter<'_>>,
+) -> Response<Body> {
     let home = &acct.home;
     let fail = |e: &crate::service::CoreError| status::core_error(e, conn.peer, &acct.user, "get");
     let whole = match home.open_range(path, 0, None).await {
@@ -126,14 +139,32 @@ pub async fn get(
     let body = if req.method() == Method::HEAD {
         drop(download);
         super::router::empty()
-    } else if len <= SMALL_MAX {
-        // One read of the store: its thread is done at once, whatever the client's pace.
-        DownloadBody::spawn(download, len, None)
     } else {
-        let Some(slot) = conn.server.web.transfer_slot(&acct.user) else {
-            return too_many_transfers();
+        // One read of the store for a small file: its thread is done at once, whatever the
+        // client's pace. A larger one holds a transfer's place.
+        let slot = if len <= SMALL_MAX {
+            None
+        } else {
+            let Some(slot) = conn.server.web.transfer_slot(&acct.user) else {
+                return too_many_transfers();
+            };
+            Some(slot)
         };
-        DownloadBody::spawn(download, len, Some(slot))
+        // Counted last, when nothing but the sending is left: a refused answer counts nothing.
+        let refund = match meter {
+            None => None,
+            Some(m) => {
+                let start = match range {
+                    parse::RangeAnswer::Partial { start, .. } => start,
+                    _ => 0,
+                };
+                match m.admit(conn, path, &etag, start, len, size).await {
+                    Ok(r) => r,
+                    Err(r) => return r,
+                }
+            }
+        };
+        DownloadBody::spawn(download, len, slot, refund)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -207,6 +238,17 @@ struct DownloadBody {
     left: u64,
     /// The transfer's place, given back when the body goes (none for a small file).
     _slot: Option<super::auth::TransferSlot>,
+    /// Through a download link, the resume allowance this answer drew on: what was not
+    /// sent goes back to it when the body goes.
+    refund: Option<super::drop::Refund>,
+}
+
+impl Drop for DownloadBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.refund.take() {
+            r.give_back(self.left);
+        }
+    }
 }
 
 impl DownloadBody {
@@ -214,6 +256,7 @@ impl DownloadBody {
         mut download: Box<dyn Download>,
         len: u64,
         slot: Option<super::auth::TransferSlot>,
+        refund: Option<super::drop::Refund>,
     ) -> Body {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -238,6 +281,7 @@ impl DownloadBody {
             rx,
             left: len,
             _slot: slot,
+            refund,
         }
         .boxed_unsync()
     }
