@@ -157,3 +157,75 @@ async fn a_user_cannot_pile_up_links_without_end() {
     assert_eq!(r.json()["error"], "too_many_links");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_links_are_given_out_beneath_their_token_and_keep_their_password_to_themselves() {
+    let server = TestServer::start().await;
+    let home = server.home("alice");
+    std::fs::create_dir_all(home.join("out")).unwrap();
+    std::fs::write(home.join("out/q3 report.pdf"), b"numbers").unwrap();
+    let alice = token_for(&server, "alice", false).await;
+    let mut c = Client::connect(&server, Proto::H2).await;
+    let json = [("content-type", "application/json")];
+    // A folder: a folder link, its address ends in `/`.
+    let r = c
+        .authed(
+            "POST",
+            "/api/links",
+            &alice,
+            &json,
+            r#"{"path":"/out","kind":"download"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    assert_eq!(r.json()["kind"], "download-folder");
+    let folder = r.json()["path_in_url"].as_str().unwrap().to_string();
+    assert!(
+        folder.starts_with("/l/dl_") && folder.ends_with('/'),
+        "{folder}"
+    );
+    let page = c
+        .plain("GET", &format!("{folder}?format=json"), &[], "")
+        .await;
+    assert_eq!(page.status(), 200, "{}", page.text());
+    // A file with a password: its address ends in the file's name, which serves the file.
+    let r = c
+        .authed(
+            "POST",
+            "/api/links",
+            &alice,
+            &json,
+            r#"{"path":"/out/q3 report.pdf","kind":"download","password":"pw"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let file = r.json()["path_in_url"].as_str().unwrap().to_string();
+    assert!(file.ends_with("/q3%20report.pdf"), "{file}");
+    let basic = ("authorization", "Basic OnB3");
+    let got = c.plain("GET", &file, &[basic], "").await;
+    assert_eq!(got.status(), 200, "{}", got.text());
+    assert_eq!(got.text(), "numbers");
+    // Its challenge names its own realm, so a browser keeps the password for it alone.
+    let ask = c.plain("GET", &file, &[], "").await;
+    assert_eq!(ask.status(), 401);
+    assert_eq!(
+        ask.header("www-authenticate").unwrap(),
+        format!("Basic realm=\"ferry link {id}\", charset=\"UTF-8\"")
+    );
+    // A browser opening the bare address is sent beneath it first; curl is answered there.
+    let bare = file.rsplit_once('/').unwrap().0.to_string();
+    let nav = c
+        .plain("GET", &bare, &[("sec-fetch-mode", "navigate")], "")
+        .await;
+    assert_eq!(nav.status(), 308);
+    assert_eq!(nav.header("location").unwrap(), file);
+    let curl = c.plain("GET", &bare, &[basic], "").await;
+    assert_eq!(curl.status(), 200, "{}", curl.text());
+    // Any other name beneath a file link is nothing.
+    let other = c
+        .plain("GET", &format!("{bare}/other.pdf"), &[basic], "")
+        .await;
+    assert_eq!(other.status(), 404);
+    server.stop().await;
+}

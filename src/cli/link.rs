@@ -345,12 +345,11 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         table.insert(link.clone())?;
         Ok((token, link))
     })?;
-    match kind {
-        LinkKind::Upload => println!("{base}/d/{}", token.expose()),
-        LinkKind::Download => println!("{base}/l/{}", token.expose()),
-        // The folder's page; its files are beneath it.
-        LinkKind::DownloadFolder => println!("{base}/l/{}/", token.expose()),
-    }
+    // A file link ends in the file's name, a folder link in `/`: see `link_path`.
+    println!(
+        "{base}{}",
+        crate::frontend::http::drop::link_path(&link, token.expose())
+    );
     let until = link.expires.map_or_else(
         || "never expires".to_owned(),
         |e| format!("expires {}", format_time(e)),

@@ -54,9 +54,36 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
     } else {
         LinkKind::Download
     };
-    // A file link names nothing beneath it (nor does an upload link here).
-    if link.kind != LinkKind::DownloadFolder && !inside.is_empty() {
+    // A file link names nothing beneath it but its own file's name (the address it is given
+    // out with, so a browser keeps its password for this link only); nor does an upload link.
+    let file_name = RemotePath::parse(&link.folder)
+        .ok()
+        .and_then(|p| p.file_name().map(str::to_owned));
+    if link.kind != LinkKind::DownloadFolder
+        && !inside.is_empty()
+        && (link.kind != LinkKind::Download || inside != [file_name.clone().unwrap_or_default()])
+    {
         return error(StatusCode::NOT_FOUND, "not_found", "no such page");
+    }
+    // A browser opening a password link by its bare address is sent beneath it first: it
+    // keeps Basic credentials for the folder of the address that asked for them, and
+    // `/l/<token>` would make that `/l/`, so it would offer this link's password to every
+    // other link (each refusal a failed login). curl is answered where it asked.
+    if link.password.is_some()
+        && inside.is_empty()
+        && !req.uri().path().ends_with('/')
+        && req
+            .headers()
+            .get("sec-fetch-mode")
+            .is_some_and(|m| m.as_bytes() == b"navigate")
+        && let Some(to) = bare_path(&link, token)
+    {
+        let mut r = Response::new(super::router::empty());
+        *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(v) = HeaderValue::from_str(&to) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
     }
     match link.refusal(kind, SystemTime::now()) {
         // Used up, a range may still be a resume the client's allowance covers: the meter
@@ -95,16 +122,36 @@ pub async fn download(conn: &Arc<Conn>, req: Request<Incoming>, rest: &[String])
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
         };
     }
-    let Some(name) = RemotePath::parse(&link.folder)
-        .ok()
-        .and_then(|p| p.file_name().map(str::to_owned))
-    else {
+    let Some(name) = file_name else {
         return no_such_link();
     };
     let Ok(path) = RemotePath::parse(&name) else {
         return no_such_link();
     };
     files::get_metered(conn, &acct, &req, &path, Some(&meter)).await
+}
+
+/// The address a link is given out with: `/d/<token>` for an upload link, `/l/<token>/<name>`
+/// for a file (so a download saves under the file's name, and a browser keeps a password
+/// for this link only) and `/l/<token>/` for a folder.
+pub fn link_path(link: &Link, token: &str) -> String {
+    match link.kind {
+        LinkKind::Upload => format!("/d/{token}"),
+        _ => bare_path(link, token).unwrap_or_else(|| format!("/l/{token}")),
+    }
+}
+
+/// Where the bare `/l/<token>` of a download link sends a browser: beneath it.
+fn bare_path(link: &Link, token: &str) -> Option<String> {
+    match link.kind {
+        LinkKind::DownloadFolder => Some(format!("/l/{token}/")),
+        LinkKind::Download => {
+            let path = RemotePath::parse(&link.folder).ok()?;
+            let name = path.file_name()?;
+            Some(format!("/l/{token}/{}", super::parse::encode_segment(name)))
+        }
+        LinkKind::Upload => None,
+    }
 }
 
 /// How a download link counts what it sends, for a file link and a folder link alike.
@@ -599,11 +646,14 @@ async fn check_password(
         let from_script = headers
             .get("sec-fetch-mode")
             .is_some_and(|m| m.as_bytes() != b"navigate");
-        if !from_script {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"ferry drop link\", charset=\"UTF-8\""),
-            );
+        // Each link its own realm: a browser never offers one link's password to another.
+        if !from_script
+            && let Ok(v) = HeaderValue::from_str(&format!(
+                "Basic realm=\"ferry link {}\", charset=\"UTF-8\"",
+                link.id
+            ))
+        {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         r
     };

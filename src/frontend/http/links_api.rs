@@ -119,7 +119,7 @@ pub async fn route(conn: &Conn, acct: &Account, req: Request<Incoming>) -> Respo
 
 async fn create(conn: &Conn, acct: &Account, ask: NewLinkRequest) -> Response<Body> {
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
-    let kind = match ask.kind.as_str() {
+    let mut kind = match ask.kind.as_str() {
         "upload" => LinkKind::Upload,
         "download" => LinkKind::Download,
         _ => return bad("kind is \"upload\" or \"download\""),
@@ -144,6 +144,10 @@ async fn create(conn: &Conn, acct: &Account, ask: NewLinkRequest) -> Response<Bo
         return super::status::core_error(&e, conn.peer, &acct.user, "link_add");
     }
     match acct.home.stat(&path).await {
+        // A download link's kind follows what it names, as `ferry link add`'s does.
+        Ok(e) if kind == LinkKind::Download && e.kind == EntryKind::Dir => {
+            kind = LinkKind::DownloadFolder;
+        }
         Ok(e) if kind == LinkKind::Download || e.kind == EntryKind::Dir => {}
         Ok(_) => {
             return error(
@@ -175,7 +179,9 @@ async fn create(conn: &Conn, acct: &Account, ask: NewLinkRequest) -> Response<Bo
         LinkKind::Upload if ask.max_downloads.is_some() => {
             return bad("max_downloads is for download links");
         }
-        LinkKind::Download if ask.max_files.is_some() || ask.max_bytes.is_some() => {
+        LinkKind::Download | LinkKind::DownloadFolder
+            if ask.max_files.is_some() || ask.max_bytes.is_some() =>
+        {
             return bad("max_files and max_bytes are for drop (upload) links");
         }
         _ => (ask.max_files, ask.max_bytes, ask.max_downloads),
@@ -227,9 +233,8 @@ async fn create(conn: &Conn, acct: &Account, ask: NewLinkRequest) -> Response<Bo
     tracing::info!(target: "ferry::audit", event = "link_add", peer = %conn.peer,
         user = %acct.user, via = %acct.via, link = %link.id, kind = kind.as_str(),
         path = %crate::sanitize::for_log(&link.folder));
-    let route = if kind == LinkKind::Upload { "d" } else { "l" };
     let mut body = describe(&link);
-    body["path_in_url"] = serde_json::Value::String(format!("/{route}/{}", token.expose()));
+    body["path_in_url"] = serde_json::Value::String(super::drop::link_path(&link, token.expose()));
     json(StatusCode::CREATED, &body)
 }
 
