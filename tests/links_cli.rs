@@ -72,8 +72,11 @@ impl Setup {
 }
 
 /// The token at the end of a link's URL.
+/// The token in a printed URL: `…/d/<token>`, `…/l/<token>/<name>` or `…/l/<token>/`.
 fn token_of(url: &str) -> &str {
-    url.rsplit('/').next().unwrap()
+    url.split('/')
+        .find(|seg| seg.starts_with("dl_"))
+        .unwrap_or_else(|| panic!("no token in {url}"))
 }
 
 async fn open(store: &dyn LinkStore, url: &str) -> Option<Link> {
@@ -252,7 +255,7 @@ async fn the_folder_must_exist_in_the_home_unless_create_makes_it() {
         "3",
     ]);
     assert!(
-        url.starts_with("https://files.example.org:8443/l/dl_"),
+        url.starts_with("https://files.example.org:8443/l/dl_") && url.ends_with("/report.pdf"),
         "{url}"
     );
     let link = open(&s.store(), &url).await.unwrap();

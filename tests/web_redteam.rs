@@ -37,7 +37,9 @@ async fn the_basic_challenge_is_left_out_only_for_page_scripts_and_changes_nothi
     for proto in BOTH {
         let mut c = Client::connect(&server, proto).await;
         for (method, path) in [
-            ("GET", format!("/l/{dl_tok}")),
+            // The address a download link is given out with (its bare one sends a browser
+            // here first).
+            ("GET", format!("/l/{dl_tok}/report.pdf")),
             ("PUT", format!("/d/{drop_tok}/a.txt")),
         ] {
             let mut bodies = Vec::new();
