@@ -1086,3 +1086,57 @@ async fn needs_chromium_a_tab_looked_at_again_shows_whoever_another_tab_logged_i
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_file_changed_on_disk_mid_upload_is_not_stored() {
+    let server = TestServer::start().await;
+    let net = crate::util::relay::Relay::start(server.addr).await;
+    let base = format!("https://localhost:{}", net.addr.port());
+    let b = Browser::start(&server).await;
+    b.log_in(&format!("{base}/"), "alice", "alice-pw").await;
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("ledger.db");
+    crate::util::random_file(&path, 24 * 1024 * 1024, 12);
+    net.throttle(4_000_000);
+    b.pick("#pick-files", std::slice::from_ref(&path)).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && \
+         r.querySelector('progress').value > 9 * 1024 * 1024",
+        Duration::from_secs(60),
+        "changed_sending",
+        "the first chunk to be stored",
+    )
+    .await;
+    // Someone writes to the file while it is being sent (its last MiB, not yet read).
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::End(-1024 * 1024)).unwrap();
+        f.write_all(&vec![0x5a; 1024 * 1024]).unwrap();
+        f.sync_all().unwrap();
+    }
+    net.throttle(0);
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r.dataset.state === 'failed' || r.dataset.state === 'done'",
+        Duration::from_secs(60),
+        "changed_end",
+        "the upload to settle",
+    )
+    .await;
+    let row = b
+        .eval("const r = document.querySelector('li.transfer'); return [r.dataset.state, r.querySelector('.t-status').textContent]")
+        .await;
+    b.screenshot("file_changed_mid_upload").await;
+    assert_eq!(row[0], "failed", "{row}");
+    assert!(
+        row[1].as_str().unwrap().contains("changed on disk"),
+        "{row}"
+    );
+    assert!(
+        !server.home_file("alice", "ledger.db").exists(),
+        "a file that changed while it was sent was stored: {row}"
+    );
+    b.close().await;
+    server.stop().await;
+}

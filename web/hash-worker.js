@@ -69,6 +69,6 @@ self.onmessage = (ev) => {
   const m = ev.data;
   queue = queue.then(() => run(m)).catch((e) => {
     // A file changed or removed while it was read lands here (NotReadableError).
-    self.postMessage({ id: m.id, error: String((e && e.message) || e) });
+    self.postMessage({ id: m.id, error: String((e && e.message) || e), name: e && e.name });
   });
 };

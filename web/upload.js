@@ -79,7 +79,12 @@ class Hasher {
       if (!p) return;
       if ('progress' in m) { if (p.progress) p.progress(m.progress); return; }
       this.pending.delete(m.id);
-      if (m.error) p.reject(new Error(`could not read the file (${m.error})`));
+      // Chromium refuses to read a file that changed on disk since it was picked.
+      if (m.error) {
+        p.reject(new Error(m.name === 'NotReadableError'
+          ? 'the file changed on disk, or could not be read, while it was being sent; pick it again to send it as it is now'
+          : `could not read the file (${m.error})`));
+      }
       else p.resolve(m);
     };
     this.worker.onerror = (e) => this.close(new Error(e.message || 'the hashing worker failed'));
@@ -269,6 +274,15 @@ class Item {
     this.draw();
   }
 
+  /** Tells the server to drop what it has of this upload, and forgets it here. */
+  discard() {
+    if (this.url) {
+      fetch(this.url, { method: 'DELETE', credentials: 'same-origin', headers: this.headers() }).catch(() => {});
+      this.url = null;
+    }
+    if (this.key) store.forget(this.key);
+  }
+
   /** Stops the upload; `discard` also tells the server to drop what it has. */
   cancel(why = 'Cancelled', discard = true) {
     if (this.state === 'done' || this.state === 'cancelled') return;
@@ -277,10 +291,8 @@ class Item {
     if (this.state === 'committing') why = `${why} after the whole file was sent: it may have been stored`;
     this.cancelled = true;
     if (this.xhr) this.xhr.abort();
-    if (discard && this.url) {
-      fetch(this.url, { method: 'DELETE', credentials: 'same-origin', headers: { 'Tus-Resumable': '1.0.0', ...this.opts.headers() } })
-        .catch(() => {});
-      if (this.key) store.forget(this.key);
+    if (discard) {
+      try { this.discard(); } catch (_) { /* no session any more: the server's expiry ends it */ }
     }
     this.set('cancelled', why);
     this.queue.draw();
@@ -319,7 +331,10 @@ class Item {
       if (this.cancelled) return;
       await this.tus();
     } catch (e) {
-      if (!this.cancelled) this.set('failed', `Failed: ${e.message || e}`);
+      if (!this.cancelled) {
+        this.set('failed', `Not stored: ${e.message || e}`);
+        this.discard();
+      }
     } finally {
       if (!this.busy() && this.hasher) { this.hasher.close(); this.hasher = null; }
     }
