@@ -2,7 +2,7 @@
 //! link works at once, only its owner sees or revokes it, a read-only account cannot make an
 //! upload link, and bad requests are refused without making anything.
 
-use crate::util::http::{Client, Proto, token_for};
+use crate::util::http::{BOTH, Client, Proto, token_for};
 use crate::util::{TestServer, sha256_hex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,7 +11,15 @@ async fn an_owner_makes_a_drop_link_it_works_at_once_and_revoking_ends_it() {
     std::fs::create_dir_all(server.home("alice").join("inbox")).unwrap();
     let alice = token_for(&server, "alice", false).await;
     let bob = token_for(&server, "bob", false).await;
-    let mut c = Client::connect(&server, Proto::H2).await;
+    for proto in BOTH {
+        made_used_and_revoked(&server, proto, &alice, &bob).await;
+    }
+    server.stop().await;
+}
+
+async fn made_used_and_revoked(server: &TestServer, proto: Proto, alice: &str, bob: &str) {
+    let (alice, bob) = (alice.to_string(), bob.to_string());
+    let mut c = Client::connect(server, proto).await;
     let body = r#"{"path":"/inbox","kind":"upload","max_files":2,"note":"Week 3"}"#;
     let r = c
         .authed(
@@ -31,10 +39,11 @@ async fn an_owner_makes_a_drop_link_it_works_at_once_and_revoking_ends_it() {
     let id = made["id"].as_str().unwrap().to_string();
 
     // It takes a file at once.
-    let put = c.plain("PUT", &format!("{url}/a.txt"), &[], "hello").await;
+    let name = format!("{proto:?}.txt");
+    let put = c.plain("PUT", &format!("{url}/{name}"), &[], "hello").await;
     assert_eq!(put.status(), 201, "{}", put.text());
     assert_eq!(
-        std::fs::read(server.home("alice").join("inbox/a.txt")).unwrap(),
+        std::fs::read(server.home("alice").join("inbox").join(&name)).unwrap(),
         b"hello"
     );
     // The owner sees it, with its use; the token is never listed.
@@ -60,7 +69,6 @@ async fn an_owner_makes_a_drop_link_it_works_at_once_and_revoking_ends_it() {
     assert_eq!(del.status(), 200, "{}", del.text());
     let put = c.plain("PUT", &format!("{url}/b.txt"), &[], "x").await;
     assert_eq!(put.status(), 404, "{}", put.text());
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
