@@ -415,3 +415,25 @@ async fn user_del_revokes_the_users_links() {
         .expect_ok();
     assert!(open(&server, &b).await.is_none());
 }
+
+#[tokio::test]
+async fn create_makes_a_home_no_login_has_made_yet() {
+    // A fresh server's user has no home until the first login; the README's first link is
+    // made before anyone logs in.
+    let s = Setup::with_users(&["alice"]);
+    std::fs::remove_dir_all(s.path("data/alice")).unwrap();
+    let url = s.add(&["alice:/inbox", "--upload-only", "--create"]);
+    assert!(s.path("data/alice/inbox").is_dir());
+    assert_eq!(open(&s.store(), &url).await.unwrap().folder, "/inbox");
+    // Without --create nothing is made.
+    std::fs::remove_dir_all(s.path("data/alice")).unwrap();
+    let out = s.link(&[
+        "add",
+        "alice:/inbox",
+        "--upload-only",
+        "--public-url",
+        "https://files.example.org/",
+    ]);
+    assert!(!out.status.success());
+    assert!(!s.path("data/alice").exists());
+}

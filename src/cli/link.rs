@@ -402,7 +402,9 @@ fn check_target(
     create: bool,
 ) -> Result<crate::domain::EntryKind> {
     use crate::domain::EntryKind;
-    let jail = Jail::open(home, false)
+    // `--create` makes the user's home too, as their first login would (a fresh server's
+    // users have none until then).
+    let jail = Jail::open(home, create && kind == LinkKind::Upload)
         .with_context(|| format!("cannot open the user's home {}", home.display()))?;
     let shown = crate::sanitize::for_terminal(&path.to_string()).into_owned();
     match jail.stat(path) {
