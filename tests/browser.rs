@@ -1140,3 +1140,54 @@ async fn needs_chromium_a_file_changed_on_disk_mid_upload_is_not_stored() {
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run installs them"]
+async fn needs_chromium_a_lost_answer_to_a_chunk_goes_on_without_hashing_the_prefix_again() {
+    let server = TestServer::start().await;
+    let b = Browser::start(&server).await;
+    b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    // The first chunk's answer is lost after the server took it (what a connection that
+    // breaks on the way back looks like to the page); every state the row passes is noted.
+    b.eval(
+        "window.states = []; new MutationObserver(() => { \
+           const r = document.querySelector('li.transfer'); \
+           if (r && window.states[window.states.length - 1] !== r.dataset.state) \
+             window.states.push(r.dataset.state); \
+         }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ['data-state'] }); \
+         let first = true; const send = XMLHttpRequest.prototype.send; \
+         XMLHttpRequest.prototype.send = function (b) { \
+           if (first) { first = false; const err = this.onerror; this.onload = () => err.call(this); } \
+           return send.call(this, b); }; return true;",
+    )
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let data = crate::util::random_file(&src.path().join("two.bin"), 12 * 1024 * 1024, 4);
+    b.pick("#pick-files", &[src.path().join("two.bin")]).await;
+    b.wait_until(
+        "const r = document.querySelector('li.transfer'); return r !== null && \
+         (r.dataset.state === 'done' || r.dataset.state === 'failed')",
+        Duration::from_secs(60),
+        "lost_chunk_answer",
+        "the upload to settle",
+    )
+    .await;
+    let row = b
+        .eval("const r = document.querySelector('li.transfer'); return [r.dataset.state, r.dataset.resumedAt || '', window.states]")
+        .await;
+    assert_eq!(row[0], "done", "{row}");
+    assert_eq!(
+        row[1], "8388608",
+        "it went on after the chunk the server had: {row}"
+    );
+    assert!(
+        !row[2].as_array().unwrap().iter().any(|s| s == "hashing"),
+        "the prefix was hashed again: {row}"
+    );
+    assert_eq!(
+        std::fs::read(server.home_file("alice", "two.bin")).unwrap(),
+        data
+    );
+    b.close().await;
+    server.stop().await;
+}

@@ -549,7 +549,7 @@ class Item {
         // The server stands elsewhere (a partial it could not trust starts again from 0).
         const at = Number(r.offset);
         if (at !== offset) {
-          state = await this.prefix(at);
+          state = at === end ? c.after : await this.prefix(at);
           offset = at;
           this.set('sending');
         }
@@ -578,7 +578,10 @@ class Item {
           await this.finished(null);
           return;
         }
-        if (at !== offset) state = at === 0 ? null : await this.prefix(at);
+        // Where the chunk just sent ends, the server has it (only its answer was lost): the
+        // state after it is known; anywhere else the prefix is hashed again.
+        if (at === end) state = c.after;
+        else if (at !== offset) state = await this.prefix(at);
         offset = at;
         this.row.dataset.resumedAt = String(at);
         continue;
