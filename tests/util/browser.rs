@@ -5,6 +5,7 @@
 //! fail, saying what is missing.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,10 +41,13 @@ impl Browser {
         let start = Instant::now();
         loop {
             let port = free_port();
+            // A process group of its own: chromedriver's Chromium processes go with it, even
+            // when a failing test never ends its session.
             let mut driver = Command::new(CHROMEDRIVER)
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .expect("cannot start chromedriver");
             let caps = serde_json::json!({
@@ -93,8 +97,7 @@ impl Browser {
                     };
                 }
                 None => {
-                    let _ = driver.kill();
-                    let _ = driver.wait();
+                    stop_group(&mut driver);
                     assert!(
                         start.elapsed() < Duration::from_secs(40),
                         "chromedriver never accepted a session"
@@ -268,16 +271,25 @@ impl Browser {
     /// Ends the session and stops chromedriver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        stop_group(&mut self.driver);
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        stop_group(&mut self.driver);
     }
+}
+
+/// Kills `driver`'s process group (chromedriver and every Chromium process it started) and
+/// reaps chromedriver.
+fn stop_group(driver: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", driver.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = driver.kill();
+    let _ = driver.wait();
 }
 
 fn free_port() -> u16 {
