@@ -1555,6 +1555,77 @@ async fn a_penalty_expires_and_the_source_gets_in_again() {
     assert_serves(&server).await;
 }
 
+/// Nodes of a cluster share penalties: a source that guesses passwords through one node is
+/// refused at accept by another node too, within the sync interval, while a third address
+/// gets in everywhere. The shared store here is a penalty table of its own, as the
+/// PostgreSQL store is one table for all nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_banned_through_one_node_is_refused_by_the_other() {
+    let _shared = MEASURING.read().await;
+    let penalties = PenaltyConfig {
+        authfail: Duration::from_secs(5),
+        min_before_ban: Duration::from_secs(7),
+        max: Duration::from_secs(60),
+        ..PenaltyConfig::default()
+    };
+    let limits = Limits {
+        penalties: Some(penalties.clone()),
+        ..test_limits()
+    };
+    let store: Arc<dyn ferry::state::PenaltyStore> =
+        Arc::new(ferry::server::penalty::Penalties::new(penalties));
+    let state = || ferry::server::SharedState {
+        ledger: ferry::state::memory::MemoryLedger::new(),
+        penalties: Some(Arc::clone(&store)),
+    };
+    let a = TestServer::start_with_state(limits.clone(), state()).await;
+    let b = TestServer::start_with_state(limits, state()).await;
+    let source = Ipv4Addr::new(127, 0, 0, 5);
+    // Before: node B lets the source in.
+    close(admitted(b.addr, source, &b.client_tls()).await).await;
+    // Two wrong passwords through node A: 10 s of penalty, over the 7 s threshold.
+    let mut raw = admitted(a.addr, source, &a.client_tls()).await;
+    for id in 1..=2 {
+        raw.send(&login_msg(id, "alice", "wrong")).await;
+        assert!(matches!(
+            raw.recv().await,
+            ServerMessage::Error {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ));
+    }
+    let banned = Instant::now();
+    refused_before_tls(a.addr, source, &client_hello(&a), "node A, which saw it").await;
+    // Node B learns it from the shared store within the sync interval (plus the store's
+    // round trip).
+    while b.server.refuses(source.into()).is_none() {
+        assert!(
+            banned.elapsed() < ferry::server::PENALTY_SYNC_EVERY * 3,
+            "node B still lets the source in {:?} after node A banned it",
+            banned.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "node B refused the source {:?} after node A banned it",
+        banned.elapsed()
+    );
+    refused_before_tls(
+        b.addr,
+        source,
+        &client_hello(&b),
+        "node B, through the shared store",
+    )
+    .await;
+    // Another address still gets in on both.
+    let other = Ipv4Addr::new(127, 0, 0, 6);
+    close(admitted(a.addr, other, &a.client_tls()).await).await;
+    close(admitted(b.addr, other, &b.client_tls()).await).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scanners_and_idlers_are_penalised_too() {
     let _shared = MEASURING.read().await;

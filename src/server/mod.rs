@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounts::AccountStore;
 use crate::accounts::toml::TomlAccounts;
+use crate::state::{PenaltyStore, UsageLedger};
 use crate::users::UserDb;
 
 /// The ALPN ids this server offers, in its order of preference: one per front-end, and
@@ -121,6 +122,50 @@ impl Default for Limits {
     }
 }
 
+/// The state a server shares with the other nodes of a cluster (issue 15). A server on its
+/// own keeps it in memory ([`SharedState::default`]).
+#[derive(Clone)]
+pub struct SharedState {
+    /// Usage counters and reservations of homes with quotas.
+    pub ledger: Arc<dyn UsageLedger>,
+    /// Penalties shared by the nodes. Each node still keeps its own table and refuses from
+    /// it at accept: offences are also added here, and the sources refused here are pulled
+    /// into the node's table every [`PENALTY_SYNC_EVERY`], so accept never waits for the
+    /// store and a store that is down leaves each node with its own table.
+    pub penalties: Option<Arc<dyn PenaltyStore>>,
+}
+
+impl Default for SharedState {
+    fn default() -> SharedState {
+        SharedState {
+            ledger: crate::state::memory::MemoryLedger::new(),
+            penalties: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState")
+            .field("penalties", &self.penalties.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a node pulls the sources refused through other nodes into its own table.
+pub const PENALTY_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Most sources pulled from the shared penalty store at a time (the node's table has its
+/// own bound too).
+const PENALTY_SYNC_MAX: usize = 10_000;
+
+/// Offences on their way to the shared penalty store at once; more are counted only in the
+/// node's own table (a flood must not queue unbounded work for the store).
+const PENALTY_ADDS_IN_FLIGHT: usize = 64;
+
+/// Longest wait for the shared penalty store.
+const PENALTY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Everything a running server needs; shared by all sessions.
 pub struct Server {
     /// Swapped whole when certificates are reloaded; handshakes in progress keep theirs.
@@ -144,6 +189,10 @@ pub struct Server {
     per_user: Counter<String>,
     /// Penalties per source, when enabled.
     penalties: Option<penalty::Penalties>,
+    /// The penalties shared with other nodes, when there are any (see [`SharedState`]).
+    shared_penalties: Option<Arc<dyn PenaltyStore>>,
+    /// Bounds the offences on their way to `shared_penalties`.
+    penalty_adds: Arc<Semaphore>,
     /// Connections not logged in yet.
     prelogin: prelogin::Prelogin,
     /// Warm login memory, the cap on direct-I/O uploads, and the timers that give memory
@@ -237,7 +286,14 @@ impl Server {
         limits: Limits,
     ) -> Arc<Server> {
         let fixed = TomlAccounts::in_memory(users);
-        Self::build(tls, Arc::new(fixed.clone()), Some(fixed), root, limits)
+        Self::build(
+            tls,
+            Arc::new(fixed.clone()),
+            Some(fixed),
+            SharedState::default(),
+            root,
+            limits,
+        )
     }
 
     /// Builds a server from a TLS configuration, the store its users live in (see
@@ -248,13 +304,26 @@ impl Server {
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
-        Self::build(tls, users, None, root, limits)
+        Self::build(tls, users, None, SharedState::default(), root, limits)
+    }
+
+    /// Builds a server of a cluster: its users from `users`, its usage counters and shared
+    /// penalties from `state`, which the other nodes share too.
+    pub fn with_state(
+        tls: Arc<rustls::ServerConfig>,
+        users: Arc<dyn AccountStore>,
+        state: SharedState,
+        root: PathBuf,
+        limits: Limits,
+    ) -> Arc<Server> {
+        Self::build(tls, users, None, state, root, limits)
     }
 
     fn build(
         tls: Arc<rustls::ServerConfig>,
         users: Arc<dyn AccountStore>,
         fixed_users: Option<TomlAccounts>,
+        state: SharedState,
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
@@ -265,10 +334,12 @@ impl Server {
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            accounts: quota::Accounts::default(),
+            accounts: quota::Accounts::new(state.ledger),
             per_source: Counter::default(),
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
+            shared_penalties: state.penalties,
+            penalty_adds: Arc::new(Semaphore::new(PENALTY_ADDS_IN_FLIGHT)),
             prelogin: prelogin::Prelogin::new(limits.startups),
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
@@ -395,6 +466,49 @@ impl Server {
                 "source penalised: its connections are refused until the penalty expires"
             );
         }
+        self.share_offence(peer, p.config().amount(what), what);
+    }
+
+    /// Adds an offence to the penalties shared with other nodes, without waiting for it.
+    /// Exempt sources and zero amounts are not sent; nor is anything past
+    /// [`PENALTY_ADDS_IN_FLIGHT`] offences in flight (the node's own table has them).
+    fn share_offence(&self, peer: SocketAddr, amount: Duration, what: penalty::Offence) {
+        let Some(shared) = &self.shared_penalties else {
+            return;
+        };
+        let exempt = self.limits.penalties.as_ref().is_some_and(|c| {
+            c.exempt
+                .iter()
+                .any(|n| n.contains(peer.ip().to_canonical()))
+        });
+        if amount.is_zero() || exempt {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.penalty_adds).try_acquire_owned() else {
+            tracing::debug!(%peer, "shared penalty store busy: offence kept on this node only");
+            return;
+        };
+        let shared = Arc::clone(shared);
+        handle.spawn(async move {
+            let added = tokio::time::timeout(PENALTY_STORE_TIMEOUT, shared.add(peer.ip(), amount));
+            match added.await {
+                Ok(Ok(true)) => tracing::warn!(
+                    %peer,
+                    reason = %what,
+                    "source penalised by the shared store: every node refuses it until the \
+                     penalty expires"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "shared penalty store: offence not added")
+                }
+                Err(_) => tracing::debug!(%peer, "shared penalty store: offence timed out"),
+            }
+            drop(permit);
+        });
     }
 
     /// What a connection that ended without a login attempt costs: more while the pre-login
@@ -424,6 +538,14 @@ impl Server {
         self.penalties.as_ref()?.owed(ip, std::time::Instant::now())
     }
 
+    /// How long the source of `ip` is still refused at accept (`None`: it is not), as this
+    /// node's own table says (for tests).
+    pub fn refuses(&self, ip: IpAddr) -> Option<Duration> {
+        self.penalties
+            .as_ref()?
+            .check(ip, std::time::Instant::now())
+    }
+
     /// The data root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -444,6 +566,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let sweeper = tokio::spawn(sweep_partials_periodically(Arc::clone(&server)));
     let web_sweeper = tokio::spawn(sweep_web_homes(Arc::clone(&server)));
+    let penalty_sync = tokio::spawn(sync_penalties(Arc::clone(&server)));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -500,6 +623,7 @@ pub async fn run(
     drop(listener);
     sweeper.abort();
     web_sweeper.abort();
+    penalty_sync.abort();
     tracing::info!("shutting down: no new connections; waiting for sessions");
     tracker.close();
     // Idle sessions end at once; transfers in flight get the grace period.
@@ -570,6 +694,49 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
             }
         })
         .await;
+    }
+}
+
+/// Pulls the sources the shared penalty store refuses into this node's table, every
+/// [`PENALTY_SYNC_EVERY`], so a source refused through any node is refused here at accept.
+/// While the store cannot be reached the node goes on with its own table, and says so once.
+async fn sync_penalties(server: Arc<Server>) {
+    let (Some(shared), Some(local)) = (&server.shared_penalties, &server.penalties) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(PENALTY_SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        tick.tick().await;
+        let pulled = tokio::time::timeout(
+            PENALTY_STORE_TIMEOUT,
+            shared.refused_sources(PENALTY_SYNC_MAX),
+        )
+        .await;
+        match pulled {
+            Ok(Ok(refused)) => {
+                if !reachable {
+                    tracing::info!("shared penalty store reachable again");
+                    reachable = true;
+                }
+                let now = std::time::Instant::now();
+                for (addr, left) in refused {
+                    local.impose(addr, left, now);
+                }
+            }
+            Ok(Err(e)) if reachable => {
+                tracing::warn!(error = %e, "shared penalty store unreachable: refusing from this node's own table meanwhile");
+                reachable = false;
+            }
+            Err(_) if reachable => {
+                tracing::warn!(
+                    "shared penalty store timed out: refusing from this node's own table meanwhile"
+                );
+                reachable = false;
+            }
+            _ => {}
+        }
     }
 }
 

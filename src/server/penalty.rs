@@ -248,6 +248,16 @@ enum SourceKey {
     V6(u128),
 }
 
+impl SourceKey {
+    /// The source's network address (the prefix's first address).
+    fn addr(self) -> IpAddr {
+        match self {
+            SourceKey::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from_bits(a)),
+            SourceKey::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from_bits(a)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     expires_at: Instant,
@@ -407,6 +417,69 @@ impl Penalties {
         (entry.expires_at > now).then(|| entry.expires_at - now)
     }
 
+    /// Refuses the source of `addr` for `left` from `now` on, as another node decided
+    /// (pulled from the shared store): a source already refused for longer keeps its own
+    /// deadline. Exempt addresses are left alone. The table's bound applies as in
+    /// [`Penalties::add_amount`].
+    pub fn impose(&self, addr: IpAddr, left: Duration, now: Instant) {
+        let Some(key) = self.key(addr) else { return };
+        let left = left.min(self.cfg.max);
+        let Some(expires_at) = now.checked_add(left) else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        let mut table = self.lock();
+        table.purge(now, PURGE_BATCH);
+        match table.by_source.get(&key) {
+            Some(e) if e.expires_at > now && e.active && e.expires_at >= expires_at => return,
+            Some(e) if e.expires_at > now => {
+                let expires_at = expires_at.max(e.expires_at);
+                table.remove(key);
+                table.insert(
+                    key,
+                    Entry {
+                        expires_at,
+                        active: true,
+                    },
+                );
+                return;
+            }
+            Some(_) => table.remove(key),
+            None => {}
+        }
+        if table.by_source.len() >= self.cfg.max_sources {
+            match table.by_expiry.first() {
+                Some(&(soonest, victim)) if soonest < expires_at => table.remove(victim),
+                _ => return,
+            }
+        }
+        table.insert(
+            key,
+            Entry {
+                expires_at,
+                active: true,
+            },
+        );
+    }
+
+    /// The sources refused now with their time left, longest first, at most `max`.
+    pub fn refused(&self, now: Instant, max: usize) -> Vec<(IpAddr, Duration)> {
+        let table = self.lock();
+        // `by_expiry` is ordered by deadline, so this is longest first.
+        table
+            .by_expiry
+            .iter()
+            .rev()
+            .filter_map(|&(expires_at, key)| {
+                let e = table.by_source.get(&key)?;
+                (e.active && expires_at > now).then(|| (key.addr(), expires_at - now))
+            })
+            .take(max)
+            .collect()
+    }
+
     /// Number of sources tracked, including expired ones not swept yet.
     pub fn len(&self) -> usize {
         self.lock().by_source.len()
@@ -455,6 +528,15 @@ impl crate::state::PenaltyStore for Penalties {
         let left = self.check(addr, Instant::now());
         Box::pin(async move { Ok(left) })
     }
+
+    fn refused_sources(
+        &self,
+        max: usize,
+    ) -> crate::domain::BoxFuture<'_, Result<Vec<(IpAddr, Duration)>, crate::state::StateError>>
+    {
+        let refused = self.refused(Instant::now(), max);
+        Box::pin(async move { Ok(refused) })
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +552,53 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_ban_imposed_from_elsewhere_refuses_and_keeps_the_longer_deadline() {
+        let p = Penalties::new(PenaltyConfig {
+            exempt: vec!["10.0.0.0/8".parse().unwrap()],
+            ..PenaltyConfig::default()
+        });
+        let now = Instant::now();
+        // Below the threshold here, banned elsewhere: refused for the other node's time.
+        p.record(ip("192.0.2.1"), Offence::AuthFail, now);
+        assert_eq!(p.check(ip("192.0.2.1"), now), None);
+        p.impose(ip("192.0.2.1"), secs(30), now);
+        assert_eq!(p.check(ip("192.0.2.1"), now), Some(secs(30)));
+        // A shorter one does not shorten it; a longer one extends it.
+        p.impose(ip("192.0.2.1"), secs(10), now);
+        assert_eq!(p.check(ip("192.0.2.1"), now), Some(secs(30)));
+        p.impose(ip("192.0.2.1"), secs(40), now);
+        assert_eq!(p.check(ip("192.0.2.1"), now), Some(secs(40)));
+        // Imposed again every second with the time left, it ends when it ends.
+        p.impose(ip("192.0.2.1"), secs(39), now + secs(1));
+        assert_eq!(p.check(ip("192.0.2.1"), now + secs(40)), None);
+        // Exempt stays exempt; capped at the configured maximum.
+        p.impose(ip("10.1.2.3"), secs(30), now);
+        assert_eq!(p.check(ip("10.1.2.3"), now), None);
+        p.impose(ip("192.0.2.2"), secs(1_000_000), now);
+        assert_eq!(p.check(ip("192.0.2.2"), now), Some(p.config().max));
+    }
+
+    #[test]
+    fn refused_lists_only_bans_longest_first() {
+        let p = Penalties::new(PenaltyConfig::default());
+        let now = Instant::now();
+        p.record(ip("192.0.2.1"), Offence::AuthFail, now);
+        p.impose(ip("192.0.2.2"), secs(20), now);
+        p.impose(ip("2001:db8::1"), secs(50), now);
+        p.impose(ip("192.0.2.3"), secs(5), now);
+        assert_eq!(
+            p.refused(now, 10),
+            vec![
+                (ip("2001:db8::"), secs(50)),
+                (ip("192.0.2.2"), secs(20)),
+                (ip("192.0.2.3"), secs(5)),
+            ]
+        );
+        assert_eq!(p.refused(now, 1).len(), 1);
+        assert!(p.refused(now + secs(60), 10).is_empty());
     }
 
     fn defaults() -> Penalties {

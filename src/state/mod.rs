@@ -414,6 +414,14 @@ pub trait PenaltyStore: Send + Sync {
 
     /// `Some(time left)` if `addr`'s source is refused now.
     fn refused_for(&self, addr: IpAddr) -> BoxFuture<'_, Result<Option<Duration>, StateError>>;
+
+    /// The sources refused now, each with its time left, the longest-refused first, at most
+    /// `max` of them: what a node pulls into its own table, so a source refused through one
+    /// node is refused at accept by every node without asking the store per connection.
+    fn refused_sources(
+        &self,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<(IpAddr, Duration)>, StateError>>;
 }
 
 /// An upload kept for resuming: where it is and how far it got.

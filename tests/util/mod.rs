@@ -103,6 +103,34 @@ impl TestServer {
 
     /// Starts a server on an existing world (certs, users file and data from an earlier one).
     pub async fn start_in(dir: tempfile::TempDir, limits: Limits) -> TestServer {
+        Self::start_node(dir, limits, None).await
+    }
+
+    /// Starts a server with [`USERS`] as one node of a cluster: its users from its own
+    /// users file, its usage counters and shared penalties from `state`.
+    pub async fn start_with_state(limits: Limits, state: ferry::server::SharedState) -> TestServer {
+        let world = Self::start_with(limits.clone()).await;
+        let dir = world.dir_out().await;
+        Self::start_node(dir, limits, Some(state)).await
+    }
+
+    /// Stops this server and hands over its world.
+    async fn dir_out(mut self) -> tempfile::TempDir {
+        let dir = self.dir.take().unwrap();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        dir
+    }
+
+    async fn start_node(
+        dir: tempfile::TempDir,
+        limits: Limits,
+        state: Option<ferry::server::SharedState>,
+    ) -> TestServer {
         // FERRY_LOG=debug shows the server's log in a failing test's output.
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -119,8 +147,18 @@ impl TestServer {
             ferry::server::ALPN_OFFERED,
         )
         .unwrap();
-        let db = UserDb::load(&users_file).unwrap();
-        let server = Server::new(tls, db, root.clone(), limits);
+        let server = match state {
+            None => Server::new(
+                tls,
+                UserDb::load(&users_file).unwrap(),
+                root.clone(),
+                limits,
+            ),
+            Some(state) => {
+                let users = ferry::accounts::toml::TomlAccounts::load(&users_file).unwrap();
+                Server::with_state(tls, Arc::new(users), state, root.clone(), limits)
+            }
+        };
         // API tokens as `ferry serve` finds them: tokens.toml beside the users file.
         server.set_tokens(Arc::new(ferry::accounts::tokens::TomlTokens::beside_users(
             &users_file,
