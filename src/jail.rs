@@ -1083,6 +1083,15 @@ impl Stop {
         self.flag.store(true, Ordering::Relaxed);
     }
 
+    /// Time left before the deadline (zero once raised or past it).
+    pub fn left(&self) -> std::time::Duration {
+        if self.flag.load(Ordering::Relaxed) {
+            return std::time::Duration::ZERO;
+        }
+        self.deadline
+            .saturating_duration_since(std::time::Instant::now())
+    }
+
     /// Whether it is time to stop.
     pub fn fired(&self) -> bool {
         self.flag.load(Ordering::Relaxed) || std::time::Instant::now() >= self.deadline

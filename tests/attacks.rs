@@ -1577,6 +1577,7 @@ async fn a_source_banned_through_one_node_is_refused_by_the_other() {
     let state = || ferry::server::SharedState {
         ledger: ferry::state::memory::MemoryLedger::new(),
         penalties: Some(Arc::clone(&store)),
+        homes: None,
     };
     let a = TestServer::start_with_state(limits.clone(), state()).await;
     let b = TestServer::start_with_state(limits, state()).await;

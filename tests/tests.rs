@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod client_edges;
 mod haproxy;
+mod home_store;
 mod hostile_server;
 mod http;
 mod http_api;

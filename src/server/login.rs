@@ -199,11 +199,30 @@ pub(crate) async fn open_link_home(
     let limits = quota::limits_of(&user);
     let home = user.home_dir(&server.root);
     let opened = open_home(server, home, limits, peer, owner, deadline).await;
-    let (jail, account) = match opened {
+    let (opened, account) = match opened {
         Ok(j) => j,
         Err(HomeError { reason, error }) => {
             tracing::error!(%peer, user = %owner, link, error = %error, reason, "cannot open home");
             return Err(Refusal::HomeUnavailable(reason));
+        }
+    };
+    let name = format!("link:{link}");
+    let jail = match opened {
+        Opened::Local(jail) => jail,
+        Opened::Stored { key, .. } => {
+            // The folder as a home of its own in the store: nothing outside it can be named.
+            let (Some(homes), Some(folder_key)) = (&server.homes, join_key(&key, folder)) else {
+                return Err(Refusal::HomeUnavailable("home directory unavailable"));
+            };
+            let storage = match tokio::time::timeout_at(deadline, homes.open(&folder_key)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, user = %owner, link, error = %e, "the link's folder cannot be opened");
+                    return Err(Refusal::HomeUnavailable("this link's folder is gone"));
+                }
+                Err(_) => return Err(Refusal::HomeUnavailable("home directory unavailable")),
+            };
+            return Ok(crate::service::Home::new(&name, storage, account, limits).scoped(scope));
         }
     };
     let beneath = {
@@ -218,7 +237,6 @@ pub(crate) async fn open_link_home(
         }
         Err(_) => return Err(Refusal::HomeUnavailable("home directory unavailable")),
     };
-    let name = format!("link:{link}");
     Ok(core_home(server, &name, &folder_jail, account.as_ref(), limits).scoped(scope))
 }
 
@@ -271,7 +289,7 @@ async fn admit(
         return Err(Refusal::TooManySessions(max));
     };
     let opened = open_home(server, home, limits, peer, &name, deadline).await;
-    let (jail, account) = match opened {
+    let (opened, account) = match opened {
         Ok(j) => j,
         Err(HomeError { reason, error }) => {
             tracing::error!(%peer, user = %name, error = %error, reason, "cannot open home");
@@ -284,7 +302,13 @@ async fn admit(
     } else {
         Scope::Full
     };
-    let home = core_home(server, &name, &jail, account.as_ref(), limits).scoped(scope.clone());
+    let home = match opened {
+        Opened::Local(jail) => core_home(server, &name, &jail, account.as_ref(), limits),
+        Opened::Stored { storage, .. } => {
+            crate::service::Home::new(&name, storage, account, limits)
+        }
+    }
+    .scoped(scope.clone());
     Ok(UserSession {
         home,
         user: name,
@@ -404,6 +428,40 @@ struct HomeError {
     error: StorageError,
 }
 
+/// A home opened by a login: a directory under the data root, or a home in the server's
+/// [`HomeStore`](crate::storage::HomeStore).
+enum Opened {
+    Local(Arc<Jail>),
+    Stored {
+        storage: Arc<dyn crate::storage::Storage>,
+        /// The home's key in the store.
+        key: String,
+    },
+}
+
+/// The key of `folder` beneath the home `key` (`None` for a name the store cannot hold).
+fn join_key(key: &str, folder: &crate::storage::RemotePath) -> Option<String> {
+    if folder.is_root() {
+        return Some(key.to_string());
+    }
+    let rel = folder.as_relative();
+    Some(format!("{key}/{}", rel.to_str()?))
+}
+
+/// The home `home` (under `root`) as a relative key of `/`-separated names, for a home
+/// store; `None` when it is not beneath the root (an absolute home setting).
+pub(crate) fn home_key(root: &std::path::Path, home: &std::path::Path) -> Option<String> {
+    let rel = home.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n.to_str()?),
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
 /// Opens (creating on first login) the home, sweeps stale partial uploads, and for a user
 /// with limits, opens the shared usage account (counting the home if it is the first session).
 /// A count of the home stops when this login ends, however it ends.
@@ -414,7 +472,40 @@ async fn open_home(
     peer: SocketAddr,
     user: &str,
     deadline: Instant,
-) -> Result<(Arc<Jail>, Option<Arc<quota::Account>>), HomeError> {
+) -> Result<(Opened, Option<Arc<quota::Account>>), HomeError> {
+    if let Some(homes) = &server.homes {
+        let Some(key) = home_key(&server.root, &home) else {
+            return Err(HomeError {
+                reason: "home directory unavailable",
+                error: StorageError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a home in a home store must be a relative path beneath the root",
+                )),
+            });
+        };
+        let storage = match tokio::time::timeout_at(deadline, homes.open(&key)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
+                return Err(HomeError {
+                    reason: "home directory unavailable",
+                    error,
+                });
+            }
+            Err(_) => {
+                return Err(HomeError {
+                    reason: "opening your home took too long; try again later",
+                    error: StorageError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                });
+            }
+        };
+        let counted = quota::StoredHome {
+            storage: Arc::clone(&storage),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let ledger_key = PathBuf::from(homes.key(&key));
+        let account = count_home(server, ledger_key, counted, limits, peer, user, deadline).await?;
+        return Ok((Opened::Stored { storage, key }, account));
+    }
     let server = Arc::clone(server);
     let user = user.to_string();
     let stop = Stop::at(deadline.into_std());
@@ -449,9 +540,63 @@ async fn open_home(
             }
             Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
         }
-        Ok((Arc::new(jail), account))
+        Ok((Opened::Local(Arc::new(jail)), account))
     });
     match tokio::time::timeout_at(deadline, open).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(HomeError {
+            reason: "home directory unavailable",
+            error: StorageError::Io(std::io::Error::other(join)),
+        }),
+        Err(_) => Err(HomeError {
+            reason: "opening your home took too long; try again later",
+            error: StorageError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }),
+    }
+}
+
+/// Sweeps the stale partials of a home in a home store and, for a user with limits, opens
+/// its usage account (counting it if no node has), as [`open_home`] does for a local home.
+async fn count_home(
+    server: &Arc<Server>,
+    key: PathBuf,
+    home: quota::StoredHome,
+    limits: Quota,
+    peer: SocketAddr,
+    user: &str,
+    deadline: Instant,
+) -> Result<Option<Arc<quota::Account>>, HomeError> {
+    let server = Arc::clone(server);
+    let user = user.to_string();
+    let stop = Stop::at(deadline.into_std());
+    let _stop_walk = RaiseOnDrop(stop.clone());
+    let count = tokio::task::spawn_blocking(move || {
+        use quota::CountableHome;
+        let ttl = server.limits.partial_ttl;
+        let (account, swept) = if limits == Quota::default() {
+            (None, home.sweep_partials(ttl))
+        } else {
+            let (account, swept) =
+                server
+                    .accounts
+                    .open(key, &home, ttl, &stop)
+                    .map_err(|error| HomeError {
+                        reason: "cannot count the usage of your home for the quota; \
+                             ask the administrator",
+                        error,
+                    })?;
+            (Some(account), swept)
+        };
+        match swept {
+            Ok(f) if f.files == 0 => {}
+            Ok(f) => {
+                tracing::info!(%peer, user, removed = f.files, "stale partial uploads removed");
+            }
+            Err(e) => tracing::warn!(%peer, user, error = %e, "sweeping partial uploads failed"),
+        }
+        Ok(account)
+    });
+    match tokio::time::timeout_at(deadline, count).await {
         Ok(Ok(r)) => r,
         Ok(Err(join)) => Err(HomeError {
             reason: "home directory unavailable",

@@ -133,6 +133,9 @@ pub struct SharedState {
     /// into the node's table every [`PENALTY_SYNC_EVERY`], so accept never waits for the
     /// store and a store that is down leaves each node with its own table.
     pub penalties: Option<Arc<dyn PenaltyStore>>,
+    /// Where homes live when not under the data root (an object store shared by the
+    /// nodes); `None`: under the data root on this node's file system.
+    pub homes: Option<Arc<dyn crate::storage::HomeStore>>,
 }
 
 impl Default for SharedState {
@@ -140,6 +143,7 @@ impl Default for SharedState {
         SharedState {
             ledger: crate::state::memory::MemoryLedger::new(),
             penalties: None,
+            homes: None,
         }
     }
 }
@@ -148,6 +152,7 @@ impl std::fmt::Debug for SharedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedState")
             .field("penalties", &self.penalties.is_some())
+            .field("homes", &self.homes)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +198,8 @@ pub struct Server {
     shared_penalties: Option<Arc<dyn PenaltyStore>>,
     /// Bounds the offences on their way to `shared_penalties`.
     penalty_adds: Arc<Semaphore>,
+    /// Where homes live when not under `root` (see [`SharedState::homes`]).
+    pub(crate) homes: Option<Arc<dyn crate::storage::HomeStore>>,
     /// Connections not logged in yet.
     prelogin: prelogin::Prelogin,
     /// Warm login memory, the cap on direct-I/O uploads, and the timers that give memory
@@ -339,6 +346,7 @@ impl Server {
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),
             shared_penalties: state.penalties,
+            homes: state.homes,
             penalty_adds: Arc::new(Semaphore::new(PENALTY_ADDS_IN_FLIGHT)),
             prelogin: prelogin::Prelogin::new(limits.startups),
             memory: memory::Memory::default(),
@@ -679,6 +687,10 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
                 continue;
             }
         };
+        if let Some(homes) = &server.homes {
+            sweep_stored_partials(&server, homes, users).await;
+            continue;
+        }
         let s = Arc::clone(&server);
         let _ = tokio::task::spawn_blocking(move || {
             for user in users {
@@ -694,6 +706,48 @@ async fn sweep_partials_periodically(server: Arc<Server>) {
             }
         })
         .await;
+    }
+}
+
+/// [`sweep_partials_periodically`] for homes in a home store: each user's home, one at a
+/// time, on the blocking pool (the usage account's change lock is a blocking one).
+async fn sweep_stored_partials(
+    server: &Arc<Server>,
+    homes: &Arc<dyn crate::storage::HomeStore>,
+    users: Vec<crate::users::User>,
+) {
+    for user in users {
+        let home = user.home_dir(&server.root);
+        let Some(key) = login::home_key(&server.root, &home) else {
+            continue;
+        };
+        let storage = match homes.open(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(user = %user.name, error = %e, "sweeping partial uploads: the home cannot be opened");
+                continue;
+            }
+        };
+        let s = Arc::clone(server);
+        let ledger_key = PathBuf::from(homes.key(&key));
+        let swept = tokio::task::spawn_blocking(move || {
+            let stored = quota::StoredHome {
+                storage,
+                runtime: tokio::runtime::Handle::current(),
+            };
+            s.accounts.sweep(&ledger_key, &stored, s.limits.partial_ttl)
+        })
+        .await;
+        match swept {
+            Ok(Ok(f)) if f.files == 0 => {}
+            Ok(Ok(f)) => {
+                tracing::info!(user = %user.name, removed = f.files, "stale partial uploads removed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user.name, error = %e, "sweeping partial uploads failed")
+            }
+            Err(_) => {}
+        }
     }
 }
 

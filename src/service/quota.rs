@@ -354,6 +354,51 @@ enum LiveHome {
     Ready(Weak<Account>),
 }
 
+/// What counting a home and sweeping its stale partials needs from where the home lives:
+/// the local jail, or any [`Storage`](crate::storage::Storage) ([`StoredHome`]). Blocking:
+/// called on the blocking pool.
+pub trait CountableHome {
+    /// Removes kept partials untouched for `ttl`; returns what they took.
+    fn sweep_partials(&self, ttl: Duration) -> Result<Footprint, StorageError>;
+    /// What the home holds, never an undercount; gives up with an error at `stop`.
+    fn usage_walk(&self, stop: &Stop) -> Result<Footprint, StorageError>;
+}
+
+impl CountableHome for Jail {
+    fn sweep_partials(&self, ttl: Duration) -> Result<Footprint, StorageError> {
+        Jail::sweep_partials(self, ttl)
+    }
+
+    fn usage_walk(&self, stop: &Stop) -> Result<Footprint, StorageError> {
+        Jail::usage_walk(self, stop)
+    }
+}
+
+/// A home in a storage backend other than the local jail, counted through the
+/// [`Storage`](crate::storage::Storage) trait from the blocking pool.
+pub struct StoredHome {
+    /// The home.
+    pub storage: Arc<dyn crate::storage::Storage>,
+    /// The runtime its futures run on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl CountableHome for StoredHome {
+    fn sweep_partials(&self, ttl: Duration) -> Result<Footprint, StorageError> {
+        self.runtime.block_on(self.storage.sweep_partials(ttl))
+    }
+
+    fn usage_walk(&self, stop: &Stop) -> Result<Footprint, StorageError> {
+        if stop.fired() {
+            return Err(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "counting the home stopped before it began",
+            )));
+        }
+        self.runtime.block_on(self.storage.usage(stop.left()))
+    }
+}
+
 /// The live accounts, by home directory: users sharing a home share its usage (kept in the
 /// ledger) and its change lock.
 pub struct Accounts {
@@ -400,7 +445,7 @@ impl Accounts {
     pub fn open(
         &self,
         home: PathBuf,
-        jail: &Jail,
+        jail: &dyn CountableHome,
         partial_ttl: Duration,
         stop: &Stop,
     ) -> Result<(Arc<Account>, Result<Footprint, StorageError>), StorageError> {
@@ -491,7 +536,7 @@ impl Accounts {
     pub fn sweep(
         &self,
         home: &Path,
-        jail: &Jail,
+        jail: &dyn CountableHome,
         partial_ttl: Duration,
     ) -> Result<Footprint, StorageError> {
         let account = match self.lock().get(home) {
@@ -512,7 +557,11 @@ impl Accounts {
 }
 
 /// Sweeps stale partials under the account's change lock and takes them off its counts.
-fn sweep(account: &Account, jail: &Jail, ttl: Duration) -> Result<Footprint, StorageError> {
+fn sweep(
+    account: &Account,
+    jail: &dyn CountableHome,
+    ttl: Duration,
+) -> Result<Footprint, StorageError> {
     let swept = {
         let _changing = account.changing();
         jail.sweep_partials(ttl)?

@@ -39,6 +39,7 @@ pub mod local;
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -598,6 +599,17 @@ pub struct Copied {
     /// while copying, or had it recorded).
     pub sha256: Option<Sha256Digest>,
     pub replaced: Footprint,
+}
+
+/// Where users' homes live when not under the server's data root: a backend that opens a
+/// [`Storage`] per home (an object store's bucket, a home per key prefix).
+pub trait HomeStore: Send + Sync + fmt::Debug {
+    /// The name the home `home` (a relative path of `/`-separated names, the user's home
+    /// setting or name) is known by on every node sharing the store: the usage ledger's key.
+    fn key(&self, home: &str) -> String;
+
+    /// Opens the home `home`, making it if it does not exist.
+    fn open<'a>(&'a self, home: &'a str) -> BoxFuture<'a, Result<Arc<dyn Storage>, StorageError>>;
 }
 
 /// One home's files. All calls are safe to run concurrently; dropping a returned future
