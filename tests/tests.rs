@@ -10,6 +10,7 @@ mod attacks;
 mod browser;
 mod cli;
 mod client_edges;
+mod cluster;
 mod haproxy;
 mod home_store;
 mod hostile_server;

@@ -261,8 +261,8 @@ impl Connection {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Connection, ClientError> {
         let addr = format!("{host}:{port}");
-        let server_name =
-            crate::tls::server_name(host).map_err(|e| ClientError::Usage(e.to_string()))?;
+        // A name TLS cannot use is refused before any connection is made.
+        crate::tls::server_name(host).map_err(|e| ClientError::Usage(e.to_string()))?;
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((bare_host, port)))
             .await
@@ -274,6 +274,20 @@ impl Connection {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
+        Self::over(tcp, host, port, tls).await
+    }
+
+    /// [`Connection::connect`] over a TCP stream the caller opened (bound to a chosen local
+    /// address, or through a tunnel): TLS for `host`, the ALPN check and the hellos.
+    pub async fn over(
+        tcp: TcpStream,
+        host: &str,
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Connection, ClientError> {
+        let addr = format!("{host}:{port}");
+        let server_name =
+            crate::tls::server_name(host).map_err(|e| ClientError::Usage(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let connector = TlsConnector::from(tls);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
