@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod pg;
 pub mod relay;
 
 use std::net::SocketAddr;

@@ -1,0 +1,77 @@
+-- ferry's accounts and shared state (issue 15). Applied once, in the transaction that holds
+-- the migration lock (src/pg/mod.rs). Leases expire on the database's clock, now().
+
+-- Accounts: what `accounts::User` holds. Names sort by their bytes (COLLATE "C"), as Rust
+-- sorts strings. Limits are bigint (the users file's integers stop at 2^63 - 1 too).
+CREATE TABLE ferry_users (
+    name          text COLLATE "C" PRIMARY KEY,
+    password_hash text NOT NULL,
+    home          text,
+    read_only     boolean NOT NULL DEFAULT false,
+    quota_bytes   bigint CHECK (quota_bytes >= 0),
+    quota_files   bigint CHECK (quota_files >= 0),
+    max_file_size bigint CHECK (max_file_size >= 0)
+);
+
+-- Ids of leases of every kind (reservations, count claims, name locks): never reused, so an
+-- old id can never name a newer lease.
+CREATE SEQUENCE ferry_lease_ids;
+
+-- Each home's usage. `counted` is false until one holder has walked the home (under
+-- `claim`, until `claim_expires`); the row is also what a reservation locks (FOR UPDATE),
+-- so reservations of one home take turns on every node.
+CREATE TABLE ferry_usage (
+    home          text COLLATE "C" PRIMARY KEY,
+    counted       boolean NOT NULL DEFAULT false,
+    used_bytes    bigint NOT NULL DEFAULT 0 CHECK (used_bytes >= 0),
+    used_files    bigint NOT NULL DEFAULT 0 CHECK (used_files >= 0),
+    claim         bigint UNIQUE,
+    claim_expires timestamptz
+);
+
+-- Room held for changes in flight, each a lease; the room reserved in a home is the sum over
+-- its rows that have not expired.
+CREATE TABLE ferry_reservations (
+    id          bigint PRIMARY KEY,
+    home        text COLLATE "C" NOT NULL,
+    quota_bytes bigint,
+    quota_files bigint,
+    held_bytes  bigint NOT NULL CHECK (held_bytes >= 0),
+    held_files  bigint NOT NULL CHECK (held_files >= 0),
+    expires     timestamptz NOT NULL
+);
+CREATE INDEX ferry_reservations_home ON ferry_reservations (home, expires);
+CREATE INDEX ferry_reservations_expires ON ferry_reservations (expires);
+
+-- Names held by uploads in flight, each a lease.
+CREATE TABLE ferry_name_locks (
+    home    text COLLATE "C" NOT NULL,
+    name    text COLLATE "C" NOT NULL,
+    id      bigint NOT NULL UNIQUE,
+    expires timestamptz NOT NULL,
+    PRIMARY KEY (home, name)
+);
+CREATE INDEX ferry_name_locks_expires ON ferry_name_locks (expires);
+
+-- Penalties per source (an address masked to its prefix, as text: "192.0.2.7/32").
+-- `active` once the penalty passed the ban threshold, until `expires`.
+CREATE TABLE ferry_penalties (
+    source  text COLLATE "C" PRIMARY KEY,
+    expires timestamptz NOT NULL,
+    active  boolean NOT NULL,
+    just_banned boolean NOT NULL DEFAULT false
+);
+CREATE INDEX ferry_penalties_expires ON ferry_penalties (expires);
+
+-- Uploads kept for resuming, by key. `kept_at` is the keeper's clock (seconds and
+-- nanoseconds since the epoch), as `PartialRecord` has it.
+CREATE TABLE ferry_partials (
+    key          text COLLATE "C" PRIMARY KEY,
+    home         text COLLATE "C" NOT NULL,
+    path         text NOT NULL,
+    len          bigint NOT NULL CHECK (len >= 0),
+    handle       text NOT NULL,
+    kept_secs    bigint NOT NULL,
+    kept_nanos   integer NOT NULL
+);
+CREATE INDEX ferry_partials_home ON ferry_partials (home, kept_secs, kept_nanos);
