@@ -570,6 +570,69 @@ async fn needs_postgres_a_database_down_fails_cleanly_and_the_pool_recovers() {
     }
 }
 
+/// A database that hangs (every process stopped, as behind a network that swallows
+/// packets): operations fail within the configured timeouts instead of waiting, and work
+/// again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_hung_database_gives_an_error_within_the_timeouts() {
+    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let url = format!(
+        "{}?wait_timeout=1&connect_timeout=1&statement_timeout=1",
+        cluster.fresh_db().await
+    );
+    let cfg = PgConfig::from_url(&url).unwrap();
+    let bound = cfg.operation_timeout() + Duration::from_secs(1);
+    let backend = ferry::pg::connect(&cfg).await.unwrap();
+    let (accounts, ledger, penalties) = (
+        backend.accounts(),
+        backend.ledger(),
+        backend.penalties(PenaltySettings::default()),
+    );
+    count(&ledger, "h", fp(0, 0)).await;
+
+    let c = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.freeze())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (get, reserve, check, connect) = tokio::join!(
+        accounts.get("alice"),
+        ledger.reserve("h", quota(10, 10), 1, fp(1, 1), Duration::from_secs(60)),
+        penalties.refused_for(ip("192.0.2.1")),
+        ferry::pg::connect(&cfg),
+    );
+    let took = start.elapsed();
+    let c = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || c.thaw()).await.unwrap();
+    eprintln!("four operations on a hung database failed within {took:?}");
+    assert!(matches!(get, Err(AccountError::Backend { .. })), "{get:?}");
+    assert!(
+        matches!(reserve, Err(StateError::Unavailable(_))),
+        "{reserve:?}"
+    );
+    assert!(
+        matches!(check, Err(StateError::Unavailable(_))),
+        "{check:?}"
+    );
+    assert!(connect.is_err());
+    assert!(took < bound, "{took:?}");
+
+    // Answering again: the same pool works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ledger
+            .reserve("h", quota(10, 10), 1, fp(1, 1), Duration::from_secs(60))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "not back: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accounts.get("alice").await.unwrap(), None);
+}
+
 /// Median latency of a reservation (one transaction) and of a penalty check on loopback,
 /// over 1000 each; printed for the record, bounded loosely so a regression to seconds fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,11 +112,15 @@ impl PgCluster {
             assert!(ok, "{MISSING}: cannot chown the cluster dir to `postgres`");
         }
         // The watchdog first, so the dir goes whatever happens next.
+        // A cluster a test froze (SIGSTOP) is woken first, or it could not stop.
         let script = format!(
-            "read _ignored; {} -D {} stop -m immediate >/dev/null 2>&1; rm -rf {}",
+            "read _ignored; pid=$(head -n1 {pidfile} 2>/dev/null); \
+             if [ -n \"$pid\" ]; then pkill -CONT -P \"$pid\"; kill -CONT \"$pid\"; fi 2>/dev/null; \
+             {} -D {} stop -m immediate >/dev/null 2>&1; rm -rf {}",
             as_postgres_sh(&bin.join("pg_ctl")),
             quote(&dir.join("data")),
             quote(&dir),
+            pidfile = quote(&dir.join("data").join("postmaster.pid")),
         );
         let mut child = Command::new("sh")
             .args(["-c", &script])
@@ -204,6 +208,37 @@ impl PgCluster {
     /// Starts it again on the same port after [`PgCluster::stop`]; blocking.
     pub fn start_again(&self) {
         assert!(self.try_start(), "postgres did not start again");
+    }
+
+    /// Stops every process of the server with SIGSTOP (the postmaster and its children), as
+    /// a hung machine or a network that swallows packets would look; [`PgCluster::thaw`]
+    /// wakes them.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Wakes the processes [`PgCluster::freeze`] stopped.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(pidfile).expect("postmaster.pid");
+        let pid = text.lines().next().unwrap().trim().to_string();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        pids.push(pid);
+        let ok = Command::new("kill")
+            .arg(sig)
+            .args(&pids)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pids:?}");
     }
 
     /// The URL of database `db` (trust authentication: no password).
