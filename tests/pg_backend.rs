@@ -682,3 +682,109 @@ async fn needs_postgres_latency_of_a_reservation_and_a_penalty_check() {
     );
     assert!(reserve < Duration::from_millis(50) && check < Duration::from_millis(50));
 }
+
+/// `ferry user ...` against the database (the real binary): add, list, set, passwd, del, seen
+/// by a store on the same database; a password in the URL and a database that is down are
+/// refused with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_ferry_user_edits_the_accounts_database() {
+    use crate::cli::Ferry;
+    let url = fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |stdin: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--accounts", url.as_str()]);
+        let ferry = Ferry::new(dir.path()).stdin(stdin);
+        tokio::task::block_in_place(|| ferry.run(&all))
+    };
+    run(
+        "zoe-long-password\n",
+        &["user", "add", "zoe", "--password-stdin"],
+    )
+    .expect_ok();
+    run(
+        "amy-long-password\n",
+        &[
+            "user",
+            "add",
+            "amy",
+            "--password-stdin",
+            "--read-only",
+            "--quota-bytes",
+            "1 GiB",
+        ],
+    )
+    .expect_ok();
+    let dup = run(
+        "x-long-password\n",
+        &["user", "add", "zoe", "--password-stdin"],
+    );
+    dup.expect_failure();
+    assert!(dup.stderr.contains("already exists"), "{dup:?}");
+
+    let store = node(&url).await.accounts();
+    let zoe = store
+        .get("zoe")
+        .await
+        .unwrap()
+        .expect("added through the database");
+    assert!(users::verify_password(
+        &zoe.password_hash,
+        &Password::new("zoe-long-password".into())
+    ));
+    let list = run("", &["user", "list"]);
+    list.expect_ok();
+    let names: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["amy", "zoe"], "{list:?}");
+    assert!(list.stdout.contains("quota: 1 GiB"), "{list:?}");
+
+    run(
+        "",
+        &["user", "set", "zoe", "--max-file-size", "1M", "--read-only"],
+    )
+    .expect_ok();
+    let zoe = store.get("zoe").await.unwrap().unwrap();
+    assert!(zoe.read_only);
+    assert_eq!(zoe.max_file_size, Some(1 << 20));
+    run(
+        "zoe-other-password\n",
+        &["user", "passwd", "zoe", "--password-stdin"],
+    )
+    .expect_ok();
+    let zoe = store.get("zoe").await.unwrap().unwrap();
+    assert!(users::verify_password(
+        &zoe.password_hash,
+        &Password::new("zoe-other-password".into())
+    ));
+    run("", &["user", "del", "amy"]).expect_ok();
+    assert_eq!(store.get("amy").await.unwrap(), None);
+    let gone = run("", &["user", "del", "amy"]);
+    gone.expect_failure();
+    assert!(gone.stderr.contains("no user"), "{gone:?}");
+
+    // The password never goes on the command line, not even inside the URL.
+    let with_pw = url.replacen("postgres://ferry@", "postgres://ferry:secret@", 1);
+    let out = tokio::task::block_in_place(|| {
+        Ferry::new(dir.path()).run(&["user", "list", "--accounts", &with_pw])
+    });
+    out.expect_failure();
+    assert!(out.stderr.contains("PGPASSWORD"), "{out:?}");
+    // Nothing listens there: a clear error, soon.
+    let start = Instant::now();
+    let down = tokio::task::block_in_place(|| {
+        Ferry::new(dir.path()).run(&[
+            "user",
+            "list",
+            "--accounts",
+            "postgres://ferry@127.0.0.1:1/none?connect_timeout=2&wait_timeout=2",
+        ])
+    });
+    down.expect_failure();
+    assert!(down.stderr.contains("database unavailable"), "{down:?}");
+    assert!(start.elapsed() < Duration::from_secs(15));
+}

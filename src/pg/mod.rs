@@ -86,6 +86,8 @@ pub struct PgConfig {
     pub statement_timeout: Duration,
     /// Longest an operation waits for a free connection ([`DEFAULT_WAIT_TIMEOUT`]).
     pub wait_timeout: Duration,
+    /// The password came in the URL.
+    url_password: bool,
 }
 
 impl fmt::Debug for PgConfig {
@@ -125,6 +127,7 @@ impl PgConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            url_password: false,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -168,7 +171,8 @@ impl PgConfig {
                 "the URL names no database (postgres://user@host/DB)".into()
             ));
         }
-        if cfg.target.get_password().is_none() {
+        cfg.url_password = cfg.target.get_password().is_some();
+        if !cfg.url_password {
             if let Some(path) = password_file {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| bad(format!("password file {}: {e}", path.display())))?;
@@ -179,6 +183,12 @@ impl PgConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Whether the URL itself carried the password (fine for tests; a command line or a
+    /// config file others can read should not).
+    pub fn url_has_password(&self) -> bool {
+        self.url_password
     }
 
     /// The longest one operation may take from the caller's side: waiting for a
