@@ -43,7 +43,7 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The advisory lock key that serialises migrations across nodes ("ferry" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6665_7272_79;
+const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 
 /// The schema, in order: (version, SQL). Applied once each, in one transaction each start.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_accounts_and_state.sql"))];
