@@ -4,7 +4,8 @@
 //!
 //! - A reservation is one transaction that locks its home's usage row (`SELECT ... FOR
 //!   UPDATE`), sums the live reservations and inserts its own: reservations of one home take
-//!   turns on every node, so together they never pass the quota.
+//!   turns on every node, so together they never pass the quota. It runs in the database
+//!   (the function `ferry_reserve`), so it costs one round trip.
 //! - Reservations, count claims and name locks are leases: rows with an expiry on the
 //!   database's clock. Every read ignores expired rows, so a node that died holds nothing
 //!   past its lease; [`sweep`] deletes them for good.
@@ -335,35 +336,14 @@ impl UsageLedger for PgLedger {
                 return Err(StateError::Refused(Refused::TooLarge(max)));
             }
             let ttl = micros(ttl);
-            within(&self.db, async {
-                let c = &mut self.db.conn().await?;
-                let tx = c.transaction().await?;
-                // The home's row, locked: every reservation of this home on every node waits
-                // here for the one before it to commit.
-                let Some(row) = tx
-                    .query_opt(
-                        "SELECT used_bytes, used_files FROM ferry_usage
-                         WHERE home = $1 AND counted FOR UPDATE",
-                        &[&home],
-                    )
-                    .await?
-                else {
-                    return Err(StateError::NotCounted);
-                };
-                let reserved = reserved_in(&tx, &home).await?;
-                fits(
-                    footprint(&row, 0),
-                    reserved,
-                    (quota.bytes, quota.files),
-                    need,
-                )?;
-                let row = tx
+            // One round trip: the function `ferry_reserve` (migration 1) locks the home's
+            // usage row, sums the live reservations, checks and inserts, in this statement's
+            // transaction.
+            let code: i64 = within(&self.db, async {
+                let c = self.db.conn().await?;
+                let row = c
                     .query_one(
-                        "INSERT INTO ferry_reservations
-                             (id, home, quota_bytes, quota_files, held_bytes, held_files, expires)
-                         VALUES (nextval('ferry_lease_ids'), $1, $2, $3, $4, $5,
-                                 now() + $6::bigint * interval '1 microsecond')
-                         RETURNING id",
+                        "SELECT ferry_reserve($1, $2, $3, $4, $5, $6)",
                         &[
                             &home,
                             &quota.bytes.map(big),
@@ -374,10 +354,18 @@ impl UsageLedger for PgLedger {
                         ],
                     )
                     .await?;
-                tx.commit().await?;
-                Ok(ReservationId(small(row.get(0))))
+                Ok(row.get(0))
             })
-            .await
+            .await?;
+            match code {
+                -1 => Err(StateError::NotCounted),
+                -2 => Err(StateError::Refused(Refused::Quota("byte quota"))),
+                -3 => Err(StateError::Refused(Refused::Quota("file quota"))),
+                id if id > 0 => Ok(ReservationId(small(id))),
+                other => Err(StateError::Unavailable(format!(
+                    "ferry_reserve answered {other}"
+                ))),
+            }
         })
     }
 

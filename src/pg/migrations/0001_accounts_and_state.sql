@@ -75,3 +75,41 @@ CREATE TABLE ferry_partials (
     kept_nanos   integer NOT NULL
 );
 CREATE INDEX ferry_partials_home ON ferry_partials (home, kept_secs, kept_nanos);
+
+-- A reservation in one round trip: lock the home's usage row (reservations of one home take
+-- turns on every node), sum its live reservations, check the quota, insert. Each statement of
+-- a volatile PL/pgSQL function takes a new snapshot, so the sum sees every reservation that
+-- committed while this one waited for the lock. Returns the new id, or -1 if the home is not
+-- counted, -2 over the byte quota, -3 over the file quota. A NULL quota is unlimited; adding
+-- nothing never needs room (as state::memory decides).
+CREATE FUNCTION ferry_reserve(p_home text, p_quota_bytes bigint, p_quota_files bigint,
+                              p_bytes bigint, p_files bigint, p_ttl_us bigint)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    u ferry_usage%ROWTYPE;
+    r_bytes numeric;
+    r_files numeric;
+    new_id bigint;
+BEGIN
+    SELECT * INTO u FROM ferry_usage WHERE home = p_home AND counted FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    SELECT COALESCE(sum(held_bytes), 0), COALESCE(sum(held_files), 0) INTO r_bytes, r_files
+        FROM ferry_reservations WHERE home = p_home AND expires > now();
+    IF p_quota_bytes IS NOT NULL AND p_bytes > 0
+       AND u.used_bytes::numeric + r_bytes + p_bytes > p_quota_bytes THEN
+        RETURN -2;
+    END IF;
+    IF p_quota_files IS NOT NULL AND p_files > 0
+       AND u.used_files::numeric + r_files + p_files > p_quota_files THEN
+        RETURN -3;
+    END IF;
+    INSERT INTO ferry_reservations
+        (id, home, quota_bytes, quota_files, held_bytes, held_files, expires)
+        VALUES (nextval('ferry_lease_ids'), p_home, p_quota_bytes, p_quota_files, p_bytes,
+                p_files, now() + p_ttl_us * interval '1 microsecond')
+        RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
