@@ -253,6 +253,49 @@ async fn needs_postgres_no_sequence_of_ledger_calls_makes_a_counter_lie() {
     assert_eq!(b.usage(home).await.unwrap().unwrap().used, fp(0, 0));
 }
 
+/// Names and partial keys as long as a path may be (4096 bytes, more than a B-tree entry of
+/// PostgreSQL holds) are locked and kept like short ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_the_longest_paths_are_locked_and_kept() {
+    let url = fresh_db().await;
+    let (a, b) = (node(&url).await, node(&url).await);
+    // Digests in hex: no repeats for PostgreSQL's compression to shrink below the limit.
+    let long: String = (0u32..)
+        .flat_map(|i| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(i.to_le_bytes())).into_bytes()
+        })
+        .take(ferry::domain::MAX_PATH_LEN)
+        .map(char::from)
+        .collect();
+    let other = format!("{}x", &long[..long.len() - 1]);
+    let ttl = Duration::from_secs(60);
+    let lock = a.name_locks().try_lock("h", &long, ttl).await.unwrap();
+    assert!(lock.is_some());
+    assert_eq!(
+        b.name_locks().try_lock("h", &long, ttl).await.unwrap(),
+        None
+    );
+    assert!(
+        b.name_locks()
+            .try_lock("h", &other, ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let rec = ferry::state::PartialRecord {
+        home: "h".into(),
+        path: long.clone(),
+        len: 1,
+        handle: long.clone(),
+        kept_at: std::time::SystemTime::now(),
+    };
+    assert_eq!(a.partials().put(&long, rec.clone()).await.unwrap(), None);
+    assert_eq!(b.partials().get(&other).await.unwrap(), None);
+    assert_eq!(b.partials().take(&long).await.unwrap(), Some(rec));
+}
+
 /// A password guesser spread over three nodes is refused by all three after the fourth
 /// failure (as on one node); switching to the IPv4-mapped form of its address or to another
 /// address of its IPv6 /64 does not help; further failures never push a ban past the most.

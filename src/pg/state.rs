@@ -52,6 +52,18 @@ impl From<tokio_postgres::Error> for StateError {
     }
 }
 
+/// The SHA-256 of `parts`, each length-prefixed (so no two lists of parts share a digest):
+/// the key of rows whose natural key may be longer than a B-tree entry holds.
+fn digest(parts: &[&str]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
 /// `n` as the database keeps it: bigint, saturating.
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -554,6 +566,7 @@ impl NameLocks for PgNameLocks {
         let (home, name) = (home.to_owned(), name.to_owned());
         Box::pin(async move {
             let ttl = micros(ttl);
+            let lock_key = digest(&[&home, &name]);
             let mut grace = Grace::new();
             loop {
                 let got = within(&self.db, async {
@@ -562,14 +575,14 @@ impl NameLocks for PgNameLocks {
                     // live one left alone (ON CONFLICT locks the row, so racers take turns).
                     let row = c
                         .query_opt(
-                            "INSERT INTO ferry_name_locks (home, name, id, expires)
-                             VALUES ($1, $2, nextval('ferry_lease_ids'),
+                            "INSERT INTO ferry_name_locks (lock_key, home, name, id, expires)
+                             VALUES ($4, $1, $2, nextval('ferry_lease_ids'),
                                      now() + $3::bigint * interval '1 microsecond')
-                             ON CONFLICT (home, name) DO UPDATE
+                             ON CONFLICT (lock_key) DO UPDATE
                                  SET id = EXCLUDED.id, expires = EXCLUDED.expires
                                  WHERE ferry_name_locks.expires <= now()
                              RETURNING id",
-                            &[&home, &name, &ttl],
+                            &[&home, &name, &ttl, &lock_key],
                         )
                         .await?;
                     Ok(row.map(|r| NameLockId(small(r.get(0)))))
@@ -803,6 +816,7 @@ impl PartialIndex for PgPartials {
         let key = key.to_owned();
         Box::pin(async move {
             let (secs, nanos) = stamp(record.kept_at);
+            let key_digest = digest(&[&key]);
             within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 // The old record is locked, then replaced; where there was none, an insert
@@ -812,17 +826,18 @@ impl PartialIndex for PgPartials {
                     let old = tx
                         .query_opt(
                             &format!(
-                                "SELECT {PARTIAL} FROM ferry_partials WHERE key = $1 FOR UPDATE"
+                                "SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1 \
+                                 FOR UPDATE"
                             ),
-                            &[&key],
+                            &[&key_digest],
                         )
                         .await?;
                     let n = tx
                         .execute(
                             &format!(
-                                "INSERT INTO ferry_partials (key, {PARTIAL})
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                                 ON CONFLICT (key) DO UPDATE SET
+                                "INSERT INTO ferry_partials (key, {PARTIAL}, key_digest)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9)
+                                 ON CONFLICT (key_digest) DO UPDATE SET
                                      home = EXCLUDED.home, path = EXCLUDED.path,
                                      len = EXCLUDED.len, handle = EXCLUDED.handle,
                                      kept_secs = EXCLUDED.kept_secs,
@@ -838,6 +853,7 @@ impl PartialIndex for PgPartials {
                                 &secs,
                                 &nanos,
                                 &old.is_some(),
+                                &key_digest,
                             ],
                         )
                         .await?;
@@ -862,8 +878,8 @@ impl PartialIndex for PgPartials {
                 let c = &mut self.db.conn().await?;
                 let row = c
                     .query_opt(
-                        &format!("SELECT {PARTIAL} FROM ferry_partials WHERE key = $1"),
-                        &[&key],
+                        &format!("SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1"),
+                        &[&digest(&[&key])],
                     )
                     .await?;
                 Ok(row.as_ref().map(record_of))
@@ -880,8 +896,10 @@ impl PartialIndex for PgPartials {
                 // DELETE ... RETURNING: of racing takers, exactly one gets the row.
                 let row = c
                     .query_opt(
-                        &format!("DELETE FROM ferry_partials WHERE key = $1 RETURNING {PARTIAL}"),
-                        &[&key],
+                        &format!(
+                            "DELETE FROM ferry_partials WHERE key_digest = $1 RETURNING {PARTIAL}"
+                        ),
+                        &[&digest(&[&key])],
                     )
                     .await?;
                 Ok(row.as_ref().map(record_of))

@@ -43,13 +43,14 @@ CREATE TABLE ferry_reservations (
 CREATE INDEX ferry_reservations_home ON ferry_reservations (home, expires);
 CREATE INDEX ferry_reservations_expires ON ferry_reservations (expires);
 
--- Names held by uploads in flight, each a lease.
+-- Names held by uploads in flight, each a lease. Keyed by the SHA-256 of (home, name): a
+-- path may be 4096 bytes, more than a B-tree entry holds.
 CREATE TABLE ferry_name_locks (
-    home    text COLLATE "C" NOT NULL,
-    name    text COLLATE "C" NOT NULL,
-    id      bigint NOT NULL UNIQUE,
-    expires timestamptz NOT NULL,
-    PRIMARY KEY (home, name)
+    lock_key bytea PRIMARY KEY,
+    home     text NOT NULL,
+    name     text NOT NULL,
+    id       bigint NOT NULL UNIQUE,
+    expires  timestamptz NOT NULL
 );
 CREATE INDEX ferry_name_locks_expires ON ferry_name_locks (expires);
 
@@ -63,10 +64,12 @@ CREATE TABLE ferry_penalties (
 );
 CREATE INDEX ferry_penalties_expires ON ferry_penalties (expires);
 
--- Uploads kept for resuming, by key. `kept_at` is the keeper's clock (seconds and
+-- Uploads kept for resuming, by key (indexed by its SHA-256: a key names a path, which may
+-- be longer than a B-tree entry holds). `kept_at` is the keeper's clock (seconds and
 -- nanoseconds since the epoch), as `PartialRecord` has it.
 CREATE TABLE ferry_partials (
-    key          text COLLATE "C" PRIMARY KEY,
+    key_digest   bytea PRIMARY KEY,
+    key          text COLLATE "C" NOT NULL,
     home         text COLLATE "C" NOT NULL,
     path         text NOT NULL,
     len          bigint NOT NULL CHECK (len >= 0),
