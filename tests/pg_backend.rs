@@ -176,6 +176,19 @@ async fn needs_postgres_a_dead_nodes_leases_expire_after_their_ttl() {
     // and the claim were taken over in place).
     assert_eq!(alive.sweep().await.unwrap(), 1);
     assert_eq!(reserved(&ledger, home).await, fp(1_000, 1));
+    // The sweeper a server runs does the same on its own.
+    names
+        .try_lock(home, "y.bin", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let sweeper = alive.spawn_sweeper(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sweeper.abort();
+    assert_eq!(
+        alive.sweep().await.unwrap(),
+        0,
+        "the sweeper left nothing expired"
+    );
 }
 
 /// Sequences of legal calls that could make a counter lie: releasing twice, after a commit,

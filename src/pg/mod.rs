@@ -446,6 +446,22 @@ impl PgBackend {
     pub async fn sweep(&self) -> Result<u64, PgError> {
         state::sweep(&self.db).await
     }
+
+    /// Runs [`PgBackend::sweep`] every `every` until the returned task is aborted; a sweep
+    /// that fails (the database is down) is logged and tried again next time.
+    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = backend.sweep().await {
+                    tracing::warn!(error = %e, "shared state: sweep of expired rows failed");
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]
