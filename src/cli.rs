@@ -71,9 +71,11 @@ enum Command {
     #[command(
         subcommand,
         long_about = "Manage the users file: add, passwd, set, del, list. Every command takes \
-        --users FILE (default users.toml). Passwords are stored as argon2id hashes. A running \
-        server notices the changed file at the next login: no signal is needed.\n\n\
-        Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml"
+        --users FILE (default users.toml), or --accounts postgres://USER@HOST:PORT/DB for users \
+        kept in PostgreSQL (password from PGPASSWORD). Passwords are stored as argon2id hashes. \
+        A running server notices the change at the next login: no signal is needed.\n\n\
+        Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml\n  \
+        PGPASSWORD=... ferry user list --accounts postgres://ferry@db.internal/ferry"
     )]
     User(UserCommand),
     /// Manage API tokens for curl and scripts: add, list, del.
@@ -373,6 +375,40 @@ struct UsersFileArg {
     /// The users file.
     #[arg(long = "users", value_name = "FILE", default_value = "users.toml")]
     users: PathBuf,
+    /// Keep the users in PostgreSQL instead: postgres://USER@HOST:PORT/DB. The password comes
+    /// from PGPASSWORD or ?password_file=PATH, never from the command line.
+    #[arg(long, value_name = "URL", conflicts_with = "users")]
+    accounts: Option<String>,
+}
+
+impl UsersFileArg {
+    /// The store these options name: the users file (read now if `load`, else at the first
+    /// read), or the database.
+    fn store(&self, rt: &tokio::runtime::Runtime, load: bool) -> Result<Arc<dyn AccountStore>> {
+        let Some(url) = &self.accounts else {
+            return Ok(if load {
+                Arc::new(TomlAccounts::load(&self.users)?)
+            } else {
+                Arc::new(TomlAccounts::new(self.users.clone()))
+            });
+        };
+        let cfg = crate::pg::PgConfig::from_url(url)?;
+        if cfg.url_has_password() {
+            bail!(
+                "--accounts: put the password in PGPASSWORD or ?password_file=PATH, not in the \
+                 URL (a command line shows in process lists)"
+            );
+        }
+        Ok(Arc::new(rt.block_on(crate::pg::accounts::open(&cfg))?))
+    }
+
+    /// Where the users are, for messages.
+    fn place(&self) -> String {
+        match &self.accounts {
+            Some(_) => "the accounts database".into(),
+            None => self.users.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -792,10 +828,10 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             password,
         } => {
             users::validate_name(&name)?;
-            if let Ok(store) = TomlAccounts::load(&file.users)
+            if let Ok(store) = file.store(&rt, true)
                 && matches!(rt.block_on(store.get(&name)), Ok(Some(_)))
             {
-                bail!("user {name} already exists in {}", file.users.display());
+                bail!("user {name} already exists in {}", file.place());
             }
             let limit = |l: Option<Limit>| l.and_then(Limit::into_change);
             let mut user = User {
@@ -808,7 +844,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             };
             let password = password.read()?;
             user.password_hash = users::hash_password(&password)?;
-            rt.block_on(TomlAccounts::new(file.users.clone()).add(&user))?;
+            rt.block_on(file.store(&rt, false)?.add(&user))?;
             // A user deleted by hand and made again must not get their old tokens back.
             if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
                 eprintln!("warning: {e:#}");
@@ -818,7 +854,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             }
             eprintln!(
                 "added user {name} to {} (a running server sees it at the next login)",
-                file.users.display()
+                file.place()
             );
         }
         UserCommand::Passwd {
@@ -826,9 +862,9 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             file,
             password,
         } => {
-            let store = TomlAccounts::load(&file.users)?;
+            let store = file.store(&rt, true)?;
             if rt.block_on(store.get(&name))?.is_none() {
-                bail!("no user {name} in {}", file.users.display());
+                bail!("no user {name} in {}", file.place());
             }
             let password = password.read()?;
             let hash = users::hash_password(&password)?;
@@ -857,7 +893,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
                 change.read_only = Some(read_only);
             }
             limits.apply(&mut change);
-            rt.block_on(TomlAccounts::new(file.users).set(&name, &change))?;
+            rt.block_on(file.store(&rt, false)?.set(&name, &change))?;
             eprintln!("changed user {name} (in force from their next login)");
         }
         UserCommand::Del {
@@ -866,7 +902,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             tokens,
             links,
         } => {
-            rt.block_on(TomlAccounts::new(file.users.clone()).del(&name))?;
+            rt.block_on(file.store(&rt, false)?.del(&name))?;
             // After the user is gone, so that no `ferry token add` can slip in between.
             let revoked = token::revoke_user_tokens(&file.users, tokens.as_deref(), &name)
                 .context("the user was deleted")?;
@@ -881,7 +917,7 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             }
         }
         UserCommand::List { file } => {
-            let store = TomlAccounts::load(&file.users)?;
+            let store = file.store(&rt, true)?;
             let users = rt.block_on(store.list())?;
             let mut out = std::io::stdout().lock();
             for u in &users {

@@ -27,7 +27,10 @@
 //!    compiled and unit-tested everywhere; only server-only code still calls the system
 //!    directly), [`tls`] (PEM, TLS 1.3 configurations for the ALPN ids the caller names,
 //!    fingerprints), [`certs`], [`receipt`] (the Ed25519 receipt key beside the certificates,
-//!    signed upload receipts as JWS, and their offline verification).
+//!    signed upload receipts as JWS, and their offline verification), [`pg`] (the `postgres`
+//!    backend: accounts and shared state in one PostgreSQL database that several nodes
+//!    share; `PgConfig`, a pool with bounded timeouts, embedded migrations under an advisory
+//!    lock, and the `AccountStore` and state traits on its tables).
 //! 3. The core: [`service`]: `Home`, a logged-in view of one home (its store, its usage
 //!    account, its limits and its scope), with every operation a front-end can ask for: stat,
 //!    paged list, mkdir, remove, rmdir, rename, copy, usage, sha256, downloads and verified
@@ -70,6 +73,7 @@ pub mod frontend;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
+pub mod pg;
 pub mod platform;
 pub mod protocol;
 pub mod receipt;

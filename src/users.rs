@@ -302,19 +302,39 @@ impl UserDb {
     ///
     /// The first call runs argon2 once (slow); [`UserDb::load`] makes that call.
     pub fn dummy_hash(&self) -> &str {
-        self.dummy_hash.get_or_init(|| {
-            let (m, t, p) = self.common_params;
-            let secret = match (try_generate_salt(), try_generate_salt()) {
-                (Ok(a), Ok(b)) => [a, b].concat(),
-                _ => return FALLBACK_DUMMY_HASH.to_owned(),
-            };
-            // The secret is random bytes, not text; hash it directly rather than via Password.
-            argon2id(m, t, p)
-                .ok()
-                .and_then(|a| a.hash_password(&secret).ok())
-                .map_or_else(|| FALLBACK_DUMMY_HASH.to_owned(), |h| h.to_string())
-        })
+        self.dummy_hash
+            .get_or_init(|| make_dummy_hash(self.common_params))
     }
+}
+
+/// A valid argon2id PHC hash with parameters `(m KiB, t, p)` of a random secret thrown away
+/// (slow: one argon2 run). What every account store answers for an unknown user.
+pub fn make_dummy_hash((m, t, p): (u32, u32, u32)) -> String {
+    let secret = match (try_generate_salt(), try_generate_salt()) {
+        (Ok(a), Ok(b)) => [a, b].concat(),
+        _ => return FALLBACK_DUMMY_HASH.to_owned(),
+    };
+    // The secret is random bytes, not text; hash it directly rather than via Password.
+    argon2id(m, t, p)
+        .ok()
+        .and_then(|a| a.hash_password(&secret).ok())
+        .map_or_else(|| FALLBACK_DUMMY_HASH.to_owned(), |h| h.to_string())
+}
+
+/// The `(m KiB, t, p)` of a usable argon2id hash, if it is one.
+pub fn hash_params(hash: &str) -> Option<(u32, u32, u32)> {
+    parse_hash(hash).ok().map(|(_, mtp)| mtp)
+}
+
+/// Of `(params, users)` counts, the most used; on a tie the costlier one, so the dummy hash
+/// is never the cheap outlier. [`DEFAULT_PARAMS`] when there are none.
+pub fn most_used_params(
+    counts: impl IntoIterator<Item = ((u32, u32, u32), usize)>,
+) -> (u32, u32, u32) {
+    counts
+        .into_iter()
+        .max_by_key(|&((m, t, p), n)| (n, u64::from(m) * u64::from(t) * u64::from(p)))
+        .map_or(DEFAULT_PARAMS, |(mtp, _)| mtp)
 }
 
 /// What tells one version of the users file from another without reading it: device, inode,
@@ -984,10 +1004,7 @@ fn most_common_params(users: &BTreeMap<String, User>) -> (u32, u32, u32) {
             *counts.entry(mtp).or_default() += 1;
         }
     }
-    counts
-        .into_iter()
-        .max_by_key(|&((m, t, p), n)| (n, u64::from(m) * u64::from(t) * u64::from(p)))
-        .map_or(DEFAULT_PARAMS, |(mtp, _)| mtp)
+    most_used_params(counts)
 }
 
 fn home_str(name: &str, home: &Path) -> Result<String, UsersError> {

@@ -28,8 +28,9 @@ const NOTICE_WAIT: Duration = Duration::from_secs(5);
 /// expression whose value is a `Fn() -> Arc<dyn AccountStore>` that owns the backing (dropping
 /// it at the end of the test removes it) and opens one more store on it at each call.
 macro_rules! account_contract {
-    ($fresh:expr) => {
-        $crate::account_contract::account_contract!(@cases $fresh;
+    // Each case with the attribute given first (such as `#[ignore = "needs postgres; ..."]`).
+    (#[$attr:meta] $fresh:expr) => {
+        $crate::account_contract::account_contract!(@cases [$attr] $fresh;
             add_get_list,
             add_of_a_taken_name_fails,
             writes_to_a_missing_name_fail_with_not_found,
@@ -45,9 +46,27 @@ macro_rules! account_contract {
             dummy_hash_is_usable_and_matches_the_users
         );
     };
-    (@cases $fresh:expr; $($case:ident),*) => {
+    ($fresh:expr) => {
+        $crate::account_contract::account_contract!(@cases [allow(unused)] $fresh;
+            add_get_list,
+            add_of_a_taken_name_fails,
+            writes_to_a_missing_name_fail_with_not_found,
+            set_changes_only_what_it_names,
+            passwd_changes_the_hash,
+            del_then_get_is_none,
+            changes_fire_after_each_write,
+            a_second_store_sees_the_writes_of_the_first,
+            invalid_names_are_refused,
+            invalid_hashes_homes_and_limits_are_refused,
+            concurrent_adds_of_one_name_one_wins,
+            concurrent_adds_of_different_names_all_land,
+            dummy_hash_is_usable_and_matches_the_users
+        );
+    };
+    (@cases [$attr:meta] $fresh:expr; $($case:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
             async fn $case() {
                 let open = $fresh;
                 $crate::account_contract::$case(&open).await;
@@ -762,4 +781,28 @@ mod toml_written_by_hand {
     }
 
     account_contract!(fresh());
+}
+
+/// PostgreSQL (issue 15): each store another pool on one fresh database, as another node
+/// would open it.
+mod needs_postgres {
+    use super::*;
+
+    /// Runs `f` to its end from the synchronous `open` of the contract.
+    fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    fn fresh() -> impl Fn() -> Arc<dyn AccountStore> + Send + Sync {
+        let url = wait(crate::util::pg::fresh_db());
+        move || {
+            let cfg = ferry::pg::PgConfig::from_url(&url).unwrap();
+            Arc::new(wait(ferry::pg::accounts::open(&cfg)).unwrap())
+        }
+    }
+
+    account_contract!(
+        #[ignore = "needs postgres; .ci/run installs it"]
+        fresh()
+    );
 }

@@ -582,6 +582,19 @@ async fn partials_are_found_anywhere_and_claimed_once((a, b): (Node, Node)) {
 // -- the in-memory backend ------------------------------------------------------------------
 
 macro_rules! contract_for {
+    // A backend made by an async constructor, each case with the attribute given (such as
+    // `#[ignore = "needs postgres; ..."]`).
+    ($backend:ident async #[$attr:meta]: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[$attr]
+                async fn $case() {
+                    super::$case(super::$backend().await).await;
+                }
+            )*
+        }
+    };
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
             $(
@@ -595,6 +608,45 @@ macro_rules! contract_for {
 }
 
 contract_for!(memory:
+    a_home_is_counted_once,
+    an_abandoned_count_frees_the_claim,
+    reservations_hold_the_quota_across_nodes,
+    racing_reservations_never_overshoot,
+    file_quota_and_largest_file,
+    cover_grows_only_by_what_is_missing,
+    leases_expire_unless_renewed,
+    dropped_holds_are_given_back,
+    a_name_is_held_by_one_upload_at_a_time,
+    racing_name_locks_have_one_winner,
+    penalties_add_up_across_nodes_and_decay,
+    partials_are_found_anywhere_and_claimed_once,
+);
+
+// -- the PostgreSQL backend (issue 15) --------------------------------------------------------
+
+/// Two nodes on one fresh database, each with a pool of its own, as two servers hold them.
+async fn needs_postgres() -> (Node, Node) {
+    let url = crate::util::pg::fresh_db().await;
+    (pg_node(&url).await, pg_node(&url).await)
+}
+
+/// One node's handles onto the database at `url`, with the penalty settings of the suite.
+async fn pg_node(url: &str) -> Node {
+    let cfg = ferry::pg::PgConfig::from_url(url).unwrap();
+    let backend = ferry::pg::connect(&cfg).await.unwrap();
+    Node {
+        ledger: backend.ledger(),
+        names: backend.name_locks(),
+        penalties: backend.penalties(ferry::pg::PenaltySettings {
+            min_before_ban: BAN_AFTER,
+            max: Duration::from_secs(30),
+            ..ferry::pg::PenaltySettings::default()
+        }),
+        partials: backend.partials(),
+    }
+}
+
+contract_for!(needs_postgres async #[ignore = "needs postgres; .ci/run installs it"]:
     a_home_is_counted_once,
     an_abandoned_count_frees_the_claim,
     reservations_hold_the_quota_across_nodes,

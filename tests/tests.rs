@@ -31,6 +31,7 @@ mod list_bench;
 mod login;
 mod memory;
 mod oneshot;
+mod pg_backend;
 mod prelogin;
 mod protocol;
 mod quota;

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod http;
+pub mod pg;
 pub mod relay;
 
 use std::net::SocketAddr;

@@ -1,0 +1,535 @@
+//! The `postgres` backend: accounts ([`accounts::PgAccounts`]) and shared state
+//! ([`state`]: usage reservations, name locks, penalties, kept partials) in one PostgreSQL
+//! database that several ferry nodes share (issue 15).
+//!
+//! - [`PgConfig`]: where the database is (`postgres://user@host:port/db`), its password
+//!   (from `PGPASSWORD` or a password file; in the URL for tests only) and the pool's size
+//!   and timeouts.
+//! - [`connect`]: a pool (deadpool over tokio-postgres), the embedded migrations applied
+//!   under an advisory lock, and a [`PgBackend`] that hands out each trait object.
+//!
+//! Every query is parameterised. Every operation is bounded in time by the configured
+//! timeouts (waiting for a connection, connecting, the statement itself, and a client-side
+//! bound over all three), so a database that is down or hung gives a clean error, never a
+//! hang; connections that broke are dropped by the pool when next handed out, so the
+//! backend recovers by itself when the database is back.
+//!
+//! Leases (reservations, count claims, name locks) expire on the database's clock
+//! (`now()`), so nodes whose clocks differ still agree on them.
+
+pub mod accounts;
+pub mod state;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::accounts::AccountStore;
+use crate::state::{NameLocks, PartialIndex, PenaltyStore, UsageLedger};
+
+/// Connections a node keeps to the database at most, unless configured.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Longest a new connection may take to be made (TCP, startup, authentication).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one statement may run on the server (`statement_timeout`, and `lock_timeout`).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an operation waits for a free connection of the pool.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The advisory lock key that serialises migrations across nodes ("ferry" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
+
+/// The schema, in order: (version, SQL). Applied once each, in one transaction each start.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_accounts_and_state.sql"))];
+
+/// What went wrong in the `postgres` backend. Messages never contain the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The URL or an option is not usable.
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// The database could not be reached, or refused the connection.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(String),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+/// Where the database is and how this node talks to it.
+///
+/// Parsed from `postgres://USER@HOST:PORT/DB` ([`PgConfig::from_url`]). The password comes
+/// from, in order: the URL (for tests only: a URL ends up in process lists and shell
+/// histories), the file named by the `password_file=PATH` option (its first line), or the
+/// `PGPASSWORD` environment variable. Options in the URL's query (`?a=1&b=2`), besides
+/// those tokio-postgres knows (`host=/socket/dir`, `application_name`, ...):
+/// `password_file`, `pool_size`, `connect_timeout`, `statement_timeout` and `wait_timeout`
+/// (seconds; fractions allowed).
+#[derive(Clone)]
+pub struct PgConfig {
+    target: tokio_postgres::Config,
+    /// Connections kept at most ([`DEFAULT_POOL_SIZE`]).
+    pub pool_size: usize,
+    /// Longest a new connection may take ([`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
+    /// Longest a statement may run, or wait for a lock ([`DEFAULT_STATEMENT_TIMEOUT`]).
+    pub statement_timeout: Duration,
+    /// Longest an operation waits for a free connection ([`DEFAULT_WAIT_TIMEOUT`]).
+    pub wait_timeout: Duration,
+    /// The password came in the URL.
+    url_password: bool,
+}
+
+impl fmt::Debug for PgConfig {
+    // tokio-postgres's Debug already redacts the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("target", &self.target)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish()
+    }
+}
+
+impl PgConfig {
+    /// Parses `url`, taking a missing password from `password_file` or `PGPASSWORD`.
+    pub fn from_url(url: &str) -> Result<PgConfig, PgError> {
+        PgConfig::from_url_and(url, std::env::var("PGPASSWORD").ok())
+    }
+
+    /// Like [`PgConfig::from_url`] with `pgpassword` standing for `PGPASSWORD`.
+    pub fn from_url_and(url: &str, pgpassword: Option<String>) -> Result<PgConfig, PgError> {
+        let bad = |what: String| PgError::Config(what);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad("expected a postgres://user@host:port/db URL".into()));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let mut passed = Vec::new();
+        let mut password_file = None;
+        let mut cfg = PgConfig {
+            target: tokio_postgres::Config::new(),
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            url_password: false,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let secs = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| bad(format!("{key}: expected seconds, 0 < s <= 86400")))
+            };
+            match key {
+                "password_file" => password_file = Some(PathBuf::from(value)),
+                "pool_size" => {
+                    cfg.pool_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| bad("pool_size: expected 1 to 1024".into()))?
+                }
+                "connect_timeout" => cfg.connect_timeout = secs()?,
+                "statement_timeout" => cfg.statement_timeout = secs()?,
+                "wait_timeout" => cfg.wait_timeout = secs()?,
+                _ => passed.push(pair),
+            }
+        }
+        let rest = if passed.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", passed.join("&"))
+        };
+        // tokio-postgres's own errors quote no password; still, say only what kind of
+        // mistake it was.
+        cfg.target = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| bad(format!("invalid URL: {e}")))?;
+        if cfg.target.get_user().is_none() {
+            return Err(bad("the URL names no user (postgres://USER@host/db)".into()));
+        }
+        if cfg.target.get_dbname().is_none() {
+            return Err(bad(
+                "the URL names no database (postgres://user@host/DB)".into()
+            ));
+        }
+        cfg.url_password = cfg.target.get_password().is_some();
+        if !cfg.url_password {
+            if let Some(path) = password_file {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| bad(format!("password file {}: {e}", path.display())))?;
+                let line = text.lines().next().unwrap_or("");
+                cfg.target.password(line);
+            } else if let Some(pw) = pgpassword {
+                cfg.target.password(pw);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Whether the URL itself carried the password (fine for tests; a command line or a
+    /// config file others can read should not).
+    pub fn url_has_password(&self) -> bool {
+        self.url_password
+    }
+
+    /// The longest one operation may take from the caller's side: waiting for a
+    /// connection, making one, and a few statements' worth of the statement timeout. A
+    /// bound for a network that swallows packets, where the server-side timeout never
+    /// answers.
+    pub fn operation_timeout(&self) -> Duration {
+        self.wait_timeout + self.connect_timeout + self.statement_timeout * 2
+    }
+
+    /// The connection settings tokio-postgres gets: ours, with the timeouts applied.
+    fn target(&self) -> tokio_postgres::Config {
+        let mut t = self.target.clone();
+        let ms = self.statement_timeout.as_millis().max(1);
+        let ours = format!("-c statement_timeout={ms} -c lock_timeout={ms}");
+        let options = match t.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {ours}"),
+            _ => ours,
+        };
+        t.options(options)
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        if t.get_application_name().is_none() {
+            t.application_name("ferry");
+        }
+        t
+    }
+}
+
+/// The pool, and what every store of one node shares.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: Pool,
+    cfg: Arc<PgConfig>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Db {
+    /// A pool on `cfg`. Makes no connection yet.
+    fn new(cfg: &PgConfig) -> Result<Db, PgError> {
+        let mgr = Manager::from_config(
+            cfg.target(),
+            NoTls,
+            ManagerConfig {
+                // A connection whose socket closed (the server restarted) is dropped when it
+                // is next handed out, without a round trip for the ones that are fine.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(cfg.wait_timeout))
+            .create_timeout(Some(cfg.connect_timeout))
+            .recycle_timeout(Some(cfg.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgError::Config(format!("pool: {e}")))?;
+        Ok(Db {
+            pool,
+            cfg: Arc::new(cfg.clone()),
+        })
+    }
+
+    /// A connection of the pool.
+    pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Unavailable(db_message(&e)),
+            deadpool_postgres::PoolError::Timeout(t) => {
+                PgError::Unavailable(format!("no connection within the timeout ({t:?})"))
+            }
+            other => PgError::Unavailable(other.to_string()),
+        })
+    }
+
+    /// Runs `op` within the operation timeout: an error rather than a wait without end.
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, PgError>>,
+    ) -> Result<T, PgError> {
+        match tokio::time::timeout(self.cfg.operation_timeout(), op).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Unavailable(format!(
+                "no answer within {:?}",
+                self.cfg.operation_timeout()
+            ))),
+        }
+    }
+
+    /// The configuration this pool was made from.
+    pub(crate) fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+}
+
+/// A database error as a short message: the server's own text and code where there is one.
+pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None if e.is_closed() => "the connection was closed".to_string(),
+        None => {
+            // The chain holds the cause (connection refused, timed out); never a password.
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> PgError {
+        if e.as_db_error().is_some() {
+            PgError::Query(db_message(&e))
+        } else {
+            PgError::Unavailable(db_message(&e))
+        }
+    }
+}
+
+/// Applies the migrations not applied yet, each in the one transaction that holds
+/// `pg_advisory_xact_lock`: nodes that start together take turns, and each migration is
+/// applied exactly once (the table `ferry_migrations` records them).
+pub(crate) async fn migrate(db: &Db) -> Result<(), PgError> {
+    db.bounded(async {
+        let mut conn = db.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS ferry_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+        let done: Vec<i32> = tx
+            .query("SELECT version FROM ferry_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| PgError::Migration(format!("{version}: {}", db_message(&e))))?;
+            tx.execute(
+                "INSERT INTO ferry_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Penalty settings of the database's [`state::PgPenalties`], as `server::penalty`'s
+/// `PenaltyConfig` has them (the server maps its own onto these).
+#[derive(Debug, Clone)]
+pub struct PenaltySettings {
+    /// A source is banned once its remaining penalty exceeds this.
+    pub min_before_ban: Duration,
+    /// The most penalty a source can hold.
+    pub max: Duration,
+    /// Most sources tracked at once (a flood of fresh sources cannot grow the table past it).
+    pub max_sources: usize,
+    /// IPv4 addresses sharing this many leading bits are one source (default 32).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses sharing this many leading bits are one source (default 64).
+    pub ipv6_prefix: u8,
+    /// Networks never penalised.
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+impl Default for PenaltySettings {
+    /// sshd's defaults, as the server's own table has them.
+    fn default() -> PenaltySettings {
+        PenaltySettings {
+            min_before_ban: Duration::from_secs(15),
+            max: Duration::from_secs(600),
+            max_sources: 65_536,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// One node's handles onto the database: accounts and each kind of shared state, on one
+/// pool. Cheap to clone.
+#[derive(Clone)]
+pub struct PgBackend {
+    db: Db,
+    accounts: Arc<accounts::PgAccounts>,
+}
+
+impl fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgBackend").field("db", &self.db).finish()
+    }
+}
+
+/// Connects to the database `cfg` names: builds the pool, brings the schema up to date and
+/// starts listening for account changes. An error (within the timeouts) if the database
+/// cannot be reached.
+pub async fn connect(cfg: &PgConfig) -> Result<PgBackend, PgError> {
+    let db = Db::new(cfg)?;
+    migrate(&db).await?;
+    let accounts = Arc::new(accounts::PgAccounts::start(db.clone()).await?);
+    Ok(PgBackend { db, accounts })
+}
+
+impl PgBackend {
+    /// The accounts.
+    pub fn accounts(&self) -> Arc<dyn AccountStore> {
+        self.accounts.clone()
+    }
+
+    /// The usage ledger.
+    pub fn ledger(&self) -> Arc<dyn UsageLedger> {
+        Arc::new(state::PgLedger::new(self.db.clone()))
+    }
+
+    /// The name locks.
+    pub fn name_locks(&self) -> Arc<dyn NameLocks> {
+        Arc::new(state::PgNameLocks::new(self.db.clone()))
+    }
+
+    /// The penalties, with `settings`.
+    pub fn penalties(&self, settings: PenaltySettings) -> Arc<dyn PenaltyStore> {
+        Arc::new(state::PgPenalties::new(self.db.clone(), settings))
+    }
+
+    /// The index of kept partials.
+    pub fn partials(&self) -> Arc<dyn PartialIndex> {
+        Arc::new(state::PgPartials::new(self.db.clone()))
+    }
+
+    /// Deletes what expired (leases, count claims, name locks, penalties): reads ignore it
+    /// already; this keeps the tables small. A server runs it every minute or so.
+    pub async fn sweep(&self) -> Result<u64, PgError> {
+        state::sweep(&self.db).await
+    }
+
+    /// Runs [`PgBackend::sweep`] every `every` until the returned task is aborted; a sweep
+    /// that fails (the database is down) is logged and tried again next time.
+    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = backend.sweep().await {
+                    tracing::warn!(error = %e, "shared state: sweep of expired rows failed");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_gives_host_port_user_and_database() {
+        let cfg = PgConfig::from_url_and("postgres://ferry@127.0.0.1:15432/drop", None).unwrap();
+        let t = cfg.target();
+        assert_eq!(t.get_user(), Some("ferry"));
+        assert_eq!(t.get_dbname(), Some("drop"));
+        assert_eq!(t.get_ports(), &[15432]);
+        assert_eq!(t.get_password(), None);
+        assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(t.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+        assert!(t.get_options().unwrap().contains("statement_timeout=10000"));
+    }
+
+    #[test]
+    fn the_password_comes_from_the_url_then_the_file_then_pgpassword() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\nignored\n").unwrap();
+        let env = Some("from-env".to_string());
+        let with = |url: &str| {
+            PgConfig::from_url_and(url, env.clone())
+                .unwrap()
+                .target
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+        };
+        assert_eq!(
+            with("postgres://u:from-url@h/db").as_deref(),
+            Some("from-url")
+        );
+        let by_file = format!("postgres://u@h/db?password_file={}", file.display());
+        assert_eq!(with(&by_file).as_deref(), Some("from-file"));
+        assert_eq!(with("postgres://u@h/db").as_deref(), Some("from-env"));
+        // Never in the Debug form.
+        let cfg = PgConfig::from_url_and("postgres://u:s3cret@h/db", None).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn options_are_ours_or_passed_on_and_bad_ones_are_refused() {
+        let cfg = PgConfig::from_url_and(
+            "postgres://u@h/db?pool_size=3&wait_timeout=0.5&statement_timeout=2&application_name=x",
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.pool_size, 3);
+        assert_eq!(cfg.wait_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.statement_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.target().get_application_name(), Some("x"));
+        for bad in [
+            "mysql://u@h/db",
+            "postgres://h/db",
+            "postgres://u@h",
+            "postgres://u@h/db?pool_size=0",
+            "postgres://u@h/db?wait_timeout=-1",
+            "postgres://u@h/db?no_such_option=1",
+            "postgres://u@h/db?password_file=/nonexistent/pw",
+        ] {
+            assert!(
+                matches!(PgConfig::from_url_and(bad, None), Err(PgError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+}

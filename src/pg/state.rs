@@ -1,0 +1,957 @@
+//! Shared state in PostgreSQL: the [`UsageLedger`], [`NameLocks`], [`PenaltyStore`] and
+//! [`PartialIndex`] of every node on one database, with the semantics of the in-memory
+//! tables (`state::memory`, `server::penalty`).
+//!
+//! - A reservation is one transaction that locks its home's usage row (`SELECT ... FOR
+//!   UPDATE`), sums the live reservations and inserts its own: reservations of one home take
+//!   turns on every node, so together they never pass the quota. It runs in the database
+//!   (the function `ferry_reserve`), so it costs one round trip.
+//! - Reservations, count claims and name locks are leases: rows with an expiry on the
+//!   database's clock. Every read ignores expired rows, so a node that died holds nothing
+//!   past its lease; [`sweep`] deletes them for good.
+//! - What `Drop` gives back (`release_soon`, `unlock_soon`, `abandon_count`) is sent at once
+//!   without waiting for the answer. A name or count found held is looked at again for up
+//!   to [`HELD_GRACE`], so a release queued by its holder's `Drop` an instant earlier is not
+//!   mistaken for a live hold.
+//! - A penalty is one row per source, changed by single statements, so offences spread over
+//!   nodes add up.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::task::{Context, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Db, PenaltySettings, PgError};
+use crate::domain::{BoxFuture, Footprint, Quota, Refused};
+use crate::state::{
+    CountClaim, Counting, NameLockId, NameLocks, PartialIndex, PartialRecord, PenaltyStore,
+    ReservationId, StateError, Usage, UsageLedger,
+};
+
+/// How long a name lock or count claim found held is looked at again before it is
+/// reported held (see the module's notes).
+pub const HELD_GRACE: Duration = Duration::from_millis(150);
+
+/// The longest lease or penalty handled; longer ones are as good as forever.
+const MAX_SPAN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The room reserved in the home `$1` by live reservations, as two bigints.
+const RESERVED: &str = "SELECT LEAST(COALESCE(sum(held_bytes), 0), 9223372036854775807)::bigint,
+                               LEAST(COALESCE(sum(held_files), 0), 9223372036854775807)::bigint
+                        FROM ferry_reservations WHERE home = $1 AND expires > now()";
+
+impl From<PgError> for StateError {
+    fn from(e: PgError) -> StateError {
+        StateError::Unavailable(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for StateError {
+    fn from(e: tokio_postgres::Error) -> StateError {
+        PgError::from(e).into()
+    }
+}
+
+/// The SHA-256 of `parts`, each length-prefixed (so no two lists of parts share a digest):
+/// the key of rows whose natural key may be longer than a B-tree entry holds.
+fn digest(parts: &[&str]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+/// `n` as the database keeps it: bigint, saturating.
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A bigint read back (never negative by the tables' checks; 0 if it were).
+fn small(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// A span in microseconds, at most [`MAX_SPAN`].
+fn micros(d: Duration) -> i64 {
+    big(u64::try_from(d.min(MAX_SPAN).as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Runs `op` within the operation timeout: an error rather than a wait without end.
+async fn within<T>(
+    db: &Db,
+    op: impl Future<Output = Result<T, StateError>>,
+) -> Result<T, StateError> {
+    let limit = db.config().operation_timeout();
+    match tokio::time::timeout(limit, op).await {
+        Ok(r) => r,
+        Err(_) => Err(StateError::Unavailable(format!(
+            "database unavailable: no answer within {limit:?}"
+        ))),
+    }
+}
+
+/// Sends `sql` with the id `id` and does not wait for the answer (for `Drop`). The future
+/// is polled once here, so the statement is queued on a connection before the caller goes
+/// on; the rest runs as a task. Without a runtime nothing is sent: the lease's expiry is the
+/// backstop.
+fn soon(db: &Db, sql: &'static str, id: i64) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let db = db.clone();
+    let mut fut: BoxFuture<'static, ()> = Box::pin(async move {
+        let done = within(&db, async {
+            db.conn().await?.execute(sql, &[&id]).await?;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "shared state: a release was not applied; its lease will expire");
+        }
+    });
+    if fut
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+    {
+        rt.spawn(fut);
+    }
+}
+
+/// The second looks at a name or count found held (see [`HELD_GRACE`]).
+struct Grace {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Grace {
+    fn new() -> Grace {
+        Grace {
+            deadline: tokio::time::Instant::now() + HELD_GRACE,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// Waits before the next look; false when the grace is over.
+    async fn wait(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause.min(self.deadline - now)).await;
+        self.pause *= 2;
+        true
+    }
+}
+
+/// Whether `more` fits `quota` beside `used` and `reserved` (as `state::memory` decides).
+fn fits(
+    used: Footprint,
+    reserved: Footprint,
+    quota: (Option<u64>, Option<u64>),
+    more: Footprint,
+) -> Result<(), StateError> {
+    let over = |used: u64, reserved: u64, more: u64, q: Option<u64>| {
+        q.is_some_and(|q| more > 0 && used.saturating_add(reserved).saturating_add(more) > q)
+    };
+    if over(used.bytes, reserved.bytes, more.bytes, quota.0) {
+        return Err(StateError::Refused(Refused::Quota("byte quota")));
+    }
+    if over(used.files, reserved.files, more.files, quota.1) {
+        return Err(StateError::Refused(Refused::Quota("file quota")));
+    }
+    Ok(())
+}
+
+fn footprint(row: &tokio_postgres::Row, at: usize) -> Footprint {
+    Footprint {
+        bytes: small(row.get(at)),
+        files: small(row.get(at + 1)),
+    }
+}
+
+/// The room reserved in `home` now.
+async fn reserved_in(
+    c: &impl deadpool_postgres::GenericClient,
+    home: &str,
+) -> Result<Footprint, StateError> {
+    let row = c.query_one(RESERVED, &[&home]).await?;
+    Ok(footprint(&row, 0))
+}
+
+/// [`UsageLedger`] in the tables `ferry_usage` and `ferry_reservations`.
+#[derive(Debug, Clone)]
+pub struct PgLedger {
+    db: Db,
+}
+
+impl PgLedger {
+    pub(crate) fn new(db: Db) -> PgLedger {
+        PgLedger { db }
+    }
+
+    async fn claim_once(&self, home: &str, ttl: Duration) -> Result<Counting, StateError> {
+        let ttl = micros(ttl);
+        within(&self.db, async {
+            let c = &mut self.db.conn().await?;
+            let tx = c.transaction().await?;
+            tx.execute(
+                "INSERT INTO ferry_usage (home) VALUES ($1) ON CONFLICT (home) DO NOTHING",
+                &[&home],
+            )
+            .await?;
+            let row = tx
+                .query_one(
+                    "SELECT counted, used_bytes, used_files,
+                            claim IS NOT NULL AND claim_expires > now()
+                     FROM ferry_usage WHERE home = $1 FOR UPDATE",
+                    &[&home],
+                )
+                .await?;
+            let answer = if row.get::<_, bool>(0) {
+                let reserved = reserved_in(&tx, home).await?;
+                Counting::Known(Usage {
+                    used: footprint(&row, 1),
+                    reserved,
+                })
+            } else if row.get::<_, bool>(3) {
+                Counting::Busy
+            } else {
+                let row = tx
+                    .query_one(
+                        "UPDATE ferry_usage SET claim = nextval('ferry_lease_ids'),
+                                claim_expires = now() + $2::bigint * interval '1 microsecond'
+                         WHERE home = $1 RETURNING claim",
+                        &[&home, &ttl],
+                    )
+                    .await?;
+                Counting::Yours(CountClaim(row.get::<_, i64>(0) as u64))
+            };
+            tx.commit().await?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// Adds `added` and takes `removed` from a counted home's usage, saturating.
+    const APPLY: &'static str = "UPDATE ferry_usage SET
+            used_bytes = LEAST(GREATEST(used_bytes::numeric + ($2::bigint)::numeric - ($3::bigint)::numeric, 0), 9223372036854775807)::bigint,
+            used_files = LEAST(GREATEST(used_files::numeric + ($4::bigint)::numeric - ($5::bigint)::numeric, 0), 9223372036854775807)::bigint
+         WHERE home = $1 AND counted";
+}
+
+impl UsageLedger for PgLedger {
+    fn usage(&self, home: &str) -> BoxFuture<'_, Result<Option<Usage>, StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT used_bytes, used_files FROM ferry_usage
+                         WHERE home = $1 AND counted",
+                        &[&home],
+                    )
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some(Usage {
+                    used: footprint(&row, 0),
+                    reserved: reserved_in(&*c, &home).await?,
+                }))
+            })
+            .await
+        })
+    }
+
+    fn claim_count(
+        &self,
+        home: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Counting, StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            let mut grace = Grace::new();
+            loop {
+                let got = self.claim_once(&home, ttl).await?;
+                if got != Counting::Busy || !grace.wait().await {
+                    return Ok(got);
+                }
+            }
+        })
+    }
+
+    fn set_counted(
+        &self,
+        claim: CountClaim,
+        used: Footprint,
+    ) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            let n = within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                Ok(c.execute(
+                    "UPDATE ferry_usage SET counted = true, used_bytes = $2, used_files = $3,
+                            claim = NULL, claim_expires = NULL
+                     WHERE claim = $1 AND claim_expires > now() AND NOT counted",
+                    &[&big(claim.0), &big(used.bytes), &big(used.files)],
+                )
+                .await?)
+            })
+            .await?;
+            if n == 0 {
+                return Err(StateError::LeaseGone);
+            }
+            Ok(())
+        })
+    }
+
+    fn abandon_count(&self, claim: CountClaim) {
+        soon(
+            &self.db,
+            "UPDATE ferry_usage SET claim = NULL, claim_expires = NULL WHERE claim = $1",
+            big(claim.0),
+        );
+    }
+
+    fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                c.execute(
+                    "UPDATE ferry_usage SET counted = false, used_bytes = 0, used_files = 0
+                     WHERE home = $1",
+                    &[&home],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn reserve(
+        &self,
+        home: &str,
+        quota: Quota,
+        file_size: u64,
+        need: Footprint,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<ReservationId, StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            if let Some(max) = quota.max_file_size
+                && file_size > max
+            {
+                return Err(StateError::Refused(Refused::TooLarge(max)));
+            }
+            let ttl = micros(ttl);
+            // One round trip: the function `ferry_reserve` (migration 1) locks the home's
+            // usage row, sums the live reservations, checks and inserts, in this statement's
+            // transaction.
+            let code: i64 = within(&self.db, async {
+                let c = self.db.conn().await?;
+                let row = c
+                    .query_one(
+                        "SELECT ferry_reserve($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &home,
+                            &quota.bytes.map(big),
+                            &quota.files.map(big),
+                            &big(need.bytes),
+                            &big(need.files),
+                            &ttl,
+                        ],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })
+            .await?;
+            match code {
+                -1 => Err(StateError::NotCounted),
+                -2 => Err(StateError::Refused(Refused::Quota("byte quota"))),
+                -3 => Err(StateError::Refused(Refused::Quota("file quota"))),
+                id if id > 0 => Ok(ReservationId(small(id))),
+                other => Err(StateError::Unavailable(format!(
+                    "ferry_reserve answered {other}"
+                ))),
+            }
+        })
+    }
+
+    fn grow(&self, id: ReservationId, more: Footprint) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            let id = big(id.0);
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                let tx = c.transaction().await?;
+                let Some(lease) = tx
+                    .query_opt(
+                        "SELECT home, quota_bytes, quota_files FROM ferry_reservations
+                         WHERE id = $1 AND expires > now()",
+                        &[&id],
+                    )
+                    .await?
+                else {
+                    return Err(StateError::LeaseGone);
+                };
+                let home: String = lease.get(0);
+                let quota = (
+                    lease.get::<_, Option<i64>>(1).map(small),
+                    lease.get::<_, Option<i64>>(2).map(small),
+                );
+                let Some(row) = tx
+                    .query_opt(
+                        "SELECT used_bytes, used_files FROM ferry_usage
+                         WHERE home = $1 AND counted FOR UPDATE",
+                        &[&home],
+                    )
+                    .await?
+                else {
+                    return Err(StateError::NotCounted);
+                };
+                let reserved = reserved_in(&tx, &home).await?;
+                fits(footprint(&row, 0), reserved, quota, more)?;
+                let n = tx
+                    .execute(
+                        "UPDATE ferry_reservations SET
+                             held_bytes = LEAST(held_bytes::numeric + ($2::bigint)::numeric, 9223372036854775807)::bigint,
+                             held_files = LEAST(held_files::numeric + ($3::bigint)::numeric, 9223372036854775807)::bigint
+                         WHERE id = $1 AND expires > now()",
+                        &[&id, &big(more.bytes), &big(more.files)],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(StateError::LeaseGone);
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn renew(&self, id: ReservationId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            let n = within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                Ok(c.execute(
+                    "UPDATE ferry_reservations SET expires = now() + $2::bigint * interval '1 microsecond'
+                     WHERE id = $1 AND expires > now()",
+                    &[&big(id.0), &micros(ttl)],
+                )
+                .await?)
+            })
+            .await?;
+            if n == 0 {
+                return Err(StateError::LeaseGone);
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(
+        &self,
+        home: &str,
+        id: ReservationId,
+        added: Footprint,
+        removed: Footprint,
+    ) -> BoxFuture<'_, Result<(), StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                // The change happened: it is counted whether the lease lived or not.
+                let tx = c.transaction().await?;
+                tx.execute(
+                    "SELECT 1 FROM ferry_usage WHERE home = $1 FOR UPDATE",
+                    &[&home],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM ferry_reservations WHERE id = $1",
+                    &[&big(id.0)],
+                )
+                .await?;
+                tx.execute(
+                    Self::APPLY,
+                    &[
+                        &home,
+                        &big(added.bytes),
+                        &big(removed.bytes),
+                        &big(added.files),
+                        &big(removed.files),
+                    ],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn release(&self, id: ReservationId) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                c.execute(
+                    "DELETE FROM ferry_reservations WHERE id = $1",
+                    &[&big(id.0)],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn release_soon(&self, id: ReservationId) {
+        soon(
+            &self.db,
+            "DELETE FROM ferry_reservations WHERE id = $1",
+            big(id.0),
+        );
+    }
+
+    fn adjust(
+        &self,
+        home: &str,
+        added: Footprint,
+        removed: Footprint,
+    ) -> BoxFuture<'_, Result<(), StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                c.execute(
+                    Self::APPLY,
+                    &[
+                        &home,
+                        &big(added.bytes),
+                        &big(removed.bytes),
+                        &big(added.files),
+                        &big(removed.files),
+                    ],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+}
+
+/// [`NameLocks`] in the table `ferry_name_locks`.
+#[derive(Debug, Clone)]
+pub struct PgNameLocks {
+    db: Db,
+}
+
+impl PgNameLocks {
+    pub(crate) fn new(db: Db) -> PgNameLocks {
+        PgNameLocks { db }
+    }
+}
+
+impl NameLocks for PgNameLocks {
+    fn try_lock(
+        &self,
+        home: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<NameLockId>, StateError>> {
+        let (home, name) = (home.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let ttl = micros(ttl);
+            let lock_key = digest(&[&home, &name]);
+            let mut grace = Grace::new();
+            loop {
+                let got = within(&self.db, async {
+                    let c = &mut self.db.conn().await?;
+                    // One statement: a new name is inserted, an expired lock taken over, a
+                    // live one left alone (ON CONFLICT locks the row, so racers take turns).
+                    let row = c
+                        .query_opt(
+                            "INSERT INTO ferry_name_locks (lock_key, home, name, id, expires)
+                             VALUES ($4, $1, $2, nextval('ferry_lease_ids'),
+                                     now() + $3::bigint * interval '1 microsecond')
+                             ON CONFLICT (lock_key) DO UPDATE
+                                 SET id = EXCLUDED.id, expires = EXCLUDED.expires
+                                 WHERE ferry_name_locks.expires <= now()
+                             RETURNING id",
+                            &[&home, &name, &ttl, &lock_key],
+                        )
+                        .await?;
+                    Ok(row.map(|r| NameLockId(small(r.get(0)))))
+                })
+                .await?;
+                if got.is_some() || !grace.wait().await {
+                    return Ok(got);
+                }
+            }
+        })
+    }
+
+    fn renew(&self, id: NameLockId, ttl: Duration) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            let n = within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                Ok(c.execute(
+                    "UPDATE ferry_name_locks SET expires = now() + $2::bigint * interval '1 microsecond'
+                     WHERE id = $1 AND expires > now()",
+                    &[&big(id.0), &micros(ttl)],
+                )
+                .await?)
+            })
+            .await?;
+            if n == 0 {
+                return Err(StateError::LeaseGone);
+            }
+            Ok(())
+        })
+    }
+
+    fn unlock(&self, id: NameLockId) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                c.execute("DELETE FROM ferry_name_locks WHERE id = $1", &[&big(id.0)])
+                    .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn unlock_soon(&self, id: NameLockId) {
+        soon(
+            &self.db,
+            "DELETE FROM ferry_name_locks WHERE id = $1",
+            big(id.0),
+        );
+    }
+}
+
+/// [`PenaltyStore`] in the table `ferry_penalties`: one row per source, so every node adds
+/// to and checks the same penalty.
+#[derive(Debug, Clone)]
+pub struct PgPenalties {
+    db: Db,
+    settings: PenaltySettings,
+}
+
+/// The penalty a source holds after an offence of `$2` µs, given its row: what is left
+/// (nothing if expired) plus the offence, at most `$4` µs.
+const PENALTY_AFTER: &str =
+    "LEAST(GREATEST((EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint, 0) + $2, $4)";
+
+impl PgPenalties {
+    pub(crate) fn new(db: Db, mut settings: PenaltySettings) -> PgPenalties {
+        settings.ipv4_prefix = settings.ipv4_prefix.min(32);
+        settings.ipv6_prefix = settings.ipv6_prefix.min(128);
+        settings.max = settings.max.min(MAX_SPAN);
+        settings.min_before_ban = settings.min_before_ban.min(MAX_SPAN);
+        PgPenalties { db, settings }
+    }
+
+    /// The source `addr` counts as (`192.0.2.7/32`, `2001:db8:1:2::/64`), or `None` if it is
+    /// exempt. IPv4-mapped IPv6 counts as IPv4.
+    pub fn source(&self, addr: IpAddr) -> Option<String> {
+        let addr = addr.to_canonical();
+        if self.settings.exempt.iter().any(|n| n.contains(&addr)) {
+            return None;
+        }
+        let prefix = match addr {
+            IpAddr::V4(_) => self.settings.ipv4_prefix,
+            IpAddr::V6(_) => self.settings.ipv6_prefix,
+        };
+        ipnet::IpNet::new(addr, prefix)
+            .ok()
+            .map(|n| n.trunc().to_string())
+    }
+
+    async fn add_once(&self, source: &str, amount: i64) -> Result<Option<bool>, StateError> {
+        let (min, max) = (
+            micros(self.settings.min_before_ban),
+            micros(self.settings.max),
+        );
+        let cap = i64::try_from(self.settings.max_sources).unwrap_or(i64::MAX);
+        within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+            // A source already there (live or expired, not swept yet): one statement. In SET
+            // the row's columns are the old values, so `just_banned` is the transition.
+            let updated = c
+                .query_opt(
+                    &format!(
+                        "UPDATE ferry_penalties SET
+                             expires = now() + {PENALTY_AFTER} * interval '1 microsecond',
+                             just_banned = NOT (expires > now() AND active) AND {PENALTY_AFTER} > $3,
+                             active = (expires > now() AND active) OR {PENALTY_AFTER} > $3
+                         WHERE source = $1
+                         RETURNING just_banned"
+                    ),
+                    &[&source, &amount, &min, &max],
+                )
+                .await?;
+            if let Some(row) = updated {
+                return Ok(Some(row.get(0)));
+            }
+            // A new source, while the table has room for it.
+            let inserted = c
+                .query_opt(
+                    "INSERT INTO ferry_penalties (source, expires, active, just_banned)
+                     SELECT $1, now() + $2::bigint * interval '1 microsecond', $2 > $3, $2 > $3
+                     WHERE (SELECT count(*) FROM ferry_penalties WHERE expires > now()) < $4
+                     ON CONFLICT (source) DO NOTHING
+                     RETURNING just_banned",
+                    &[&source, &amount, &min, &cap],
+                )
+                .await?;
+            if let Some(row) = inserted {
+                return Ok(Some(row.get(0)));
+            }
+            // Full (or another node inserted it just now: the caller tries again). Make room
+            // by dropping the entry that expires soonest, if it expires before this one would:
+            // a flood of fresh sources cannot push out long bans with short penalties.
+            c.execute(
+                "DELETE FROM ferry_penalties WHERE source = (
+                     SELECT source FROM ferry_penalties
+                     WHERE expires < now() + $1::bigint * interval '1 microsecond'
+                     ORDER BY expires LIMIT 1)",
+                &[&amount],
+            )
+            .await?;
+            Ok(None)
+        })
+        .await
+    }
+}
+
+impl PenaltyStore for PgPenalties {
+    fn add(&self, addr: IpAddr, amount: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
+        let source = self.source(addr);
+        let amount = micros(amount.min(self.settings.max));
+        Box::pin(async move {
+            let Some(source) = source else {
+                return Ok(false);
+            };
+            if amount == 0 {
+                return Ok(false);
+            }
+            for _ in 0..3 {
+                if let Some(banned) = self.add_once(&source, amount).await? {
+                    return Ok(banned);
+                }
+            }
+            // Still no room: like the in-memory table, the newcomer is not tracked.
+            Ok(false)
+        })
+    }
+
+    fn refused_for(&self, addr: IpAddr) -> BoxFuture<'_, Result<Option<Duration>, StateError>> {
+        let source = self.source(addr);
+        Box::pin(async move {
+            let Some(source) = source else {
+                return Ok(None);
+            };
+            let row = within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                Ok(c.query_opt(
+                    "SELECT (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
+                     FROM ferry_penalties WHERE source = $1 AND active AND expires > now()",
+                    &[&source],
+                )
+                .await?)
+            })
+            .await?;
+            Ok(row.map(|r| Duration::from_micros(small(r.get(0)))))
+        })
+    }
+}
+
+/// [`PartialIndex`] in the table `ferry_partials`.
+#[derive(Debug, Clone)]
+pub struct PgPartials {
+    db: Db,
+}
+
+impl PgPartials {
+    pub(crate) fn new(db: Db) -> PgPartials {
+        PgPartials { db }
+    }
+}
+
+/// `t` as (seconds, nanoseconds) since the epoch; times before it count as the epoch.
+fn stamp(t: SystemTime) -> (i64, i32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (
+        big(d.as_secs()),
+        i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    )
+}
+
+fn record_of(row: &tokio_postgres::Row) -> PartialRecord {
+    let secs: i64 = row.get(4);
+    let nanos: i32 = row.get(5);
+    PartialRecord {
+        home: row.get(0),
+        path: row.get(1),
+        len: small(row.get(2)),
+        handle: row.get(3),
+        kept_at: UNIX_EPOCH + Duration::new(small(secs), u32::try_from(nanos).unwrap_or(0)),
+    }
+}
+
+const PARTIAL: &str = "home, path, len, handle, kept_secs, kept_nanos";
+
+impl PartialIndex for PgPartials {
+    fn put(
+        &self,
+        key: &str,
+        record: PartialRecord,
+    ) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let (secs, nanos) = stamp(record.kept_at);
+            let key_digest = digest(&[&key]);
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                // The old record is locked, then replaced; where there was none, an insert
+                // that finds one after all (another node's, just now) looks again.
+                for _ in 0..3 {
+                    let tx = c.transaction().await?;
+                    let old = tx
+                        .query_opt(
+                            &format!(
+                                "SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1 \
+                                 FOR UPDATE"
+                            ),
+                            &[&key_digest],
+                        )
+                        .await?;
+                    let n = tx
+                        .execute(
+                            &format!(
+                                "INSERT INTO ferry_partials (key, {PARTIAL}, key_digest)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9)
+                                 ON CONFLICT (key_digest) DO UPDATE SET
+                                     home = EXCLUDED.home, path = EXCLUDED.path,
+                                     len = EXCLUDED.len, handle = EXCLUDED.handle,
+                                     kept_secs = EXCLUDED.kept_secs,
+                                     kept_nanos = EXCLUDED.kept_nanos
+                                 WHERE $8"
+                            ),
+                            &[
+                                &key,
+                                &record.home,
+                                &record.path,
+                                &big(record.len),
+                                &record.handle,
+                                &secs,
+                                &nanos,
+                                &old.is_some(),
+                                &key_digest,
+                            ],
+                        )
+                        .await?;
+                    if n == 1 {
+                        tx.commit().await?;
+                        return Ok(old.as_ref().map(record_of));
+                    }
+                    tx.rollback().await?;
+                }
+                Err(StateError::Unavailable(
+                    "partials: the key kept changing under this put".into(),
+                ))
+            })
+            .await
+        })
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                let row = c
+                    .query_opt(
+                        &format!("SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1"),
+                        &[&digest(&[&key])],
+                    )
+                    .await?;
+                Ok(row.as_ref().map(record_of))
+            })
+            .await
+        })
+    }
+
+    fn take(&self, key: &str) -> BoxFuture<'_, Result<Option<PartialRecord>, StateError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                // DELETE ... RETURNING: of racing takers, exactly one gets the row.
+                let row = c
+                    .query_opt(
+                        &format!(
+                            "DELETE FROM ferry_partials WHERE key_digest = $1 RETURNING {PARTIAL}"
+                        ),
+                        &[&digest(&[&key])],
+                    )
+                    .await?;
+                Ok(row.as_ref().map(record_of))
+            })
+            .await
+        })
+    }
+
+    fn kept_before(
+        &self,
+        home: &str,
+        before: SystemTime,
+    ) -> BoxFuture<'_, Result<Vec<(String, PartialRecord)>, StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            let (secs, nanos) = stamp(before);
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {PARTIAL}, key FROM ferry_partials
+                             WHERE home = $1 AND (kept_secs, kept_nanos) < ($2, $3)
+                             ORDER BY key"
+                        ),
+                        &[&home, &secs, &nanos],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(6), record_of(r)))
+                    .collect())
+            })
+            .await
+        })
+    }
+}
+
+/// Deletes every expired lease, claim and penalty; returns how many rows went.
+pub(crate) async fn sweep(db: &Db) -> Result<u64, PgError> {
+    db.bounded(async {
+        let conn = db.conn().await?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM ferry_reservations WHERE expires <= now()",
+            "DELETE FROM ferry_name_locks WHERE expires <= now()",
+            "DELETE FROM ferry_penalties WHERE expires <= now()",
+            "UPDATE ferry_usage SET claim = NULL, claim_expires = NULL WHERE claim_expires <= now()",
+        ] {
+            n += conn.execute(sql, &[]).await?;
+        }
+        Ok(n)
+    })
+    .await
+}
