@@ -97,7 +97,11 @@ async fn needs_cluster_the_same_name_from_two_nodes_at_once_lands_once() {
             match r.unwrap() {
                 Ok(t) => won.push(t.sha256),
                 Err(e) => {
-                    assert_eq!(code(&e), Some(ErrorCode::AlreadyExists), "round {round}: {e}");
+                    assert_eq!(
+                        code(&e),
+                        Some(ErrorCode::AlreadyExists),
+                        "round {round}: {e}"
+                    );
                     lost += 1;
                 }
             }
@@ -106,7 +110,12 @@ async fn needs_cluster_the_same_name_from_two_nodes_at_once_lands_once() {
         let mut conn = cluster.connect_node(3, "alice", PW).await;
         let back = local.path().join(format!("back{round}"));
         let got = conn
-            .get(&format!("/race-{round}.bin"), &back, false, &mut no_progress())
+            .get(
+                &format!("/race-{round}.bin"),
+                &back,
+                false,
+                &mut no_progress(),
+            )
             .await
             .unwrap();
         assert_eq!(got.sha256, won[0]);
@@ -144,7 +153,10 @@ async fn needs_cluster_parallel_uploads_over_all_nodes_never_exceed_the_quota() 
         }
     }
     assert_eq!(ok + refused, 9);
-    assert!((1..=3).contains(&ok), "{ok} uploads of 3 MiB landed in 10 MiB");
+    assert!(
+        (1..=3).contains(&ok),
+        "{ok} uploads of 3 MiB landed in 10 MiB"
+    );
     let mut conn = cluster.connect_node(2, "carol", PW).await;
     let usage = conn.usage().await.unwrap();
     assert_eq!(usage.used_bytes, Some(ok * (3 << 20)));
@@ -163,7 +175,14 @@ async fn needs_cluster_a_guesser_spread_over_the_nodes_is_refused_by_all() {
     let guesser = Ipv4Addr::new(127, 0, 0, 7);
     // 5 s a failure, ban past 15 s: four failures, one or two per node.
     for (i, node) in [1u16, 2, 3, 1].into_iter().enumerate() {
-        match login_from(guesser, cluster.node_addr(node), &cluster, "wrong-password-1").await {
+        match login_from(
+            guesser,
+            cluster.node_addr(node),
+            &cluster,
+            "wrong-password-1",
+        )
+        .await
+        {
             Err(Some(ErrorCode::AuthFailed)) => {}
             other => panic!("attempt {i} on node {node}: {other:?}"),
         }
@@ -186,9 +205,14 @@ async fn needs_cluster_a_guesser_spread_over_the_nodes_is_refused_by_all() {
     }
     // Another source is not affected.
     for node in 1..=3u16 {
-        login_from(Ipv4Addr::new(127, 0, 0, 8), cluster.node_addr(node), &cluster, PW)
-            .await
-            .unwrap_or_else(|e| panic!("node {node} refused an innocent source: {e:?}"));
+        login_from(
+            Ipv4Addr::new(127, 0, 0, 8),
+            cluster.node_addr(node),
+            &cluster,
+            PW,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("node {node} refused an innocent source: {e:?}"));
     }
 }
 

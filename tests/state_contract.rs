@@ -532,6 +532,34 @@ async fn penalties_add_up_across_nodes_and_decay((a, b): (Node, Node)) {
     assert_eq!(a.penalties.refused_for(guesser).await.unwrap(), None);
 }
 
+/// The sources refused now are listed from any node, longest first, each by its network's
+/// first address, and only while refused: what each node pulls into its own table.
+async fn refused_sources_are_listed_from_any_node((a, b): (Node, Node)) {
+    let long: IpAddr = "192.0.2.20".parse().unwrap();
+    let short: IpAddr = "2001:db8:7:7::9".parse().unwrap();
+    let below: IpAddr = "192.0.2.21".parse().unwrap();
+    a.penalties.add(long, 3 * BAN_AFTER).await.unwrap();
+    a.penalties.add(short, 2 * BAN_AFTER).await.unwrap();
+    a.penalties.add(below, BAN_AFTER / 2).await.unwrap();
+    let listed = b.penalties.refused_sources(10).await.unwrap();
+    let addrs: Vec<IpAddr> = listed.iter().map(|(a, _)| *a).collect();
+    assert_eq!(
+        addrs,
+        [
+            "192.0.2.20".parse::<IpAddr>().unwrap(),
+            "2001:db8:7:7::".parse().unwrap()
+        ],
+        "{listed:?}"
+    );
+    assert!(
+        listed[0].1 > listed[1].1 && listed[0].1 <= 3 * BAN_AFTER,
+        "{listed:?}"
+    );
+    assert_eq!(b.penalties.refused_sources(1).await.unwrap().len(), 1);
+    tokio::time::sleep(3 * BAN_AFTER + Duration::from_millis(100)).await;
+    assert!(a.penalties.refused_sources(10).await.unwrap().is_empty());
+}
+
 /// Kept partials are found from any node, taken by exactly one resume, and swept by age.
 async fn partials_are_found_anywhere_and_claimed_once((a, b): (Node, Node)) {
     let now = SystemTime::now();
@@ -619,6 +647,7 @@ contract_for!(memory:
     a_name_is_held_by_one_upload_at_a_time,
     racing_name_locks_have_one_winner,
     penalties_add_up_across_nodes_and_decay,
+    refused_sources_are_listed_from_any_node,
     partials_are_found_anywhere_and_claimed_once,
 );
 
@@ -658,5 +687,6 @@ contract_for!(needs_postgres async #[ignore = "needs postgres; .ci/run installs 
     a_name_is_held_by_one_upload_at_a_time,
     racing_name_locks_have_one_winner,
     penalties_add_up_across_nodes_and_decay,
+    refused_sources_are_listed_from_any_node,
     partials_are_found_anywhere_and_claimed_once,
 );

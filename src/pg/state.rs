@@ -770,6 +770,36 @@ impl PenaltyStore for PgPenalties {
             Ok(row.map(|r| Duration::from_micros(small(r.get(0)))))
         })
     }
+
+    fn refused_sources(
+        &self,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<(IpAddr, Duration)>, StateError>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            let rows = within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                Ok(c.query(
+                    "SELECT source, (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
+                     FROM ferry_penalties WHERE active AND expires > now()
+                     ORDER BY expires DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await?)
+            })
+            .await?;
+            // Each source was written by `source` as a network; its first address stands
+            // for it. A row that does not parse (written by hand) is skipped.
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    let source: &str = r.get(0);
+                    let net: ipnet::IpNet = source.parse().ok()?;
+                    Some((net.network(), Duration::from_micros(small(r.get(1)))))
+                })
+                .collect())
+        })
+    }
 }
 
 /// [`PartialIndex`] in the table `ferry_partials`.

@@ -32,7 +32,9 @@ pub struct Cluster {
 fn require(tool: &str, how: &str) {
     let found = Command::new("sh")
         .arg("-c")
-        .arg(format!("command -v {tool} || test -x \"$HOME/.cargo/bin/{tool}\""))
+        .arg(format!(
+            "command -v {tool} || test -x \"$HOME/.cargo/bin/{tool}\""
+        ))
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -43,8 +45,8 @@ fn require(tool: &str, how: &str) {
 fn free_base() -> u16 {
     for _ in 0..200 {
         let base = 20_000 + (rand::random::<u16>() % 400) * 100;
-        let free = (0..PORTS_USED)
-            .all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
+        let free =
+            (0..PORTS_USED).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
         if free {
             return base;
         }
@@ -126,7 +128,8 @@ impl Cluster {
     /// Runs `scripts/cluster CMD [ARG]` on this cluster.
     pub fn run(&self, cmd: &str, arg: Option<u16>) {
         let mut c = Command::new(script());
-        c.arg(cmd).args(["--dir", self.dir.path().to_str().unwrap()]);
+        c.arg(cmd)
+            .args(["--dir", self.dir.path().to_str().unwrap()]);
         if let Some(a) = arg {
             c.arg(a.to_string());
         }
