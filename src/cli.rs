@@ -509,6 +509,28 @@ struct ServeArgs {
     /// receipts [default: https://localhost:PORT for a loopback listener, else ADDR:PORT].
     #[arg(long, value_name = "URL", env = "FERRY_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Keep users and the state nodes share (quota counters, penalties, kept partials, name
+    /// reservations) in PostgreSQL: postgres://USER@HOST:PORT/DB, for several nodes behind
+    /// a balancer (docs/DEPLOY.md). The password comes from PGPASSWORD or
+    /// ?password_file=PATH, never from the command line. The schema is made at start.
+    #[arg(long, value_name = "URL", conflicts_with = "users")]
+    accounts: Option<String>,
+    /// Database connections this node keeps at most [default: 16, or ?pool_size= in the URL].
+    #[arg(long, value_name = "N", requires = "accounts", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    db_pool_size: Option<u32>,
+    /// Longest a login or transfer waits for the database, each of: a free connection, a
+    /// new one, a statement; then it fails cleanly [default: 5s, 5s, 10s, or the URL's
+    /// wait_timeout, connect_timeout and statement_timeout].
+    #[arg(long, value_name = "DURATION", requires = "accounts", value_parser = parse_duration)]
+    db_timeout: Option<Duration>,
+    /// Where the users' homes live: `local` (under --root) or `s3` (an S3-compatible object
+    /// store, configured by --s3-config; needs --accounts, which holds what S3 cannot).
+    #[arg(long, value_name = "KIND", default_value = "local", value_parser = ["local", "s3"])]
+    storage: String,
+    /// The object store for --storage s3: a TOML file with endpoint, region, bucket, an
+    /// optional prefix and credentials_file (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "FILE")]
+    s3_config: Option<PathBuf>,
 }
 
 /// How a browser on this machine reaches a server listening on `addr`: an unspecified
@@ -1013,7 +1035,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         Some(url) => Some(public_authority(url)?),
         None => None,
     };
-    let accounts = prepare_users(&rt, &a.users)?;
+    let backends = rt.block_on(prepare_backends(&a))?;
+    let accounts = match &backends.pg {
+        Some(_) => None,
+        None => Some(prepare_users(&rt, &a.users)?),
+    };
     create_private_dir(&a.root)
         .with_context(|| format!("cannot create data root {}", a.root.display()))?;
     let alpn = crate::server::alpn_offered(!a.no_web);
@@ -1029,10 +1055,27 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         // The store checks the users file before each login: `ferry user` edits take effect
-        // at the next one, without SIGHUP.
-        let store: Arc<dyn AccountStore> = Arc::new(accounts.clone());
-        let server =
-            crate::server::Server::with_accounts(tls, store, a.root.clone(), limits_of(&a));
+        // at the next one, without SIGHUP. The database tells every node of a change.
+        let limits = limits_of(&a);
+        let server = match (&backends.pg, &accounts) {
+            (Some(pg), _) => {
+                let state = crate::server::SharedState {
+                    ledger: pg.ledger(),
+                    penalties: limits
+                        .penalties
+                        .as_ref()
+                        .map(|c| pg.penalties(penalty_settings(c))),
+                    homes: backends.homes.clone(),
+                };
+                tokio::spawn(sweep_database(pg.clone()));
+                crate::server::Server::with_state(tls, pg.accounts(), state, a.root.clone(), limits)
+            }
+            (None, Some(users)) => {
+                let store: Arc<dyn AccountStore> = Arc::new(users.clone());
+                crate::server::Server::with_accounts(tls, store, a.root.clone(), limits)
+            }
+            (None, None) => bail!("no users file and no accounts database"),
+        };
         let tokens = match &a.tokens {
             Some(path) => crate::accounts::tokens::TomlTokens::new(path.clone()),
             None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
@@ -1060,7 +1103,10 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             println!("receipt key: {fp}");
         }
         std::io::stdout().flush()?;
-        tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving");
+        match &backends.pg {
+            Some(_) => tracing::info!(%addr, accounts = "postgres", storage = %a.storage, "serving"),
+            None => tracing::info!(%addr, users = %a.users.display(), root = %a.root.display(), "serving"),
+        }
         let reload = tokio::spawn(reload_on_sighup(
             hup,
             Arc::clone(&server),
@@ -1195,6 +1241,91 @@ fn prepare_certs(cert: &Path, key: &Path) -> Result<()> {
     }
 }
 
+/// What `ferry serve` keeps outside this node: the accounts database, and where homes live
+/// when not under the data root.
+struct Backends {
+    pg: Option<crate::pg::PgBackend>,
+    homes: Option<Arc<dyn crate::storage::HomeStore>>,
+}
+
+/// Connects to the accounts database (`--accounts`, applying its migrations) and opens the
+/// object store (`--storage s3`). Errors name the flag to fix.
+async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
+    let pg = match &a.accounts {
+        None => None,
+        Some(url) => {
+            let mut cfg = crate::pg::PgConfig::from_url(url).context("--accounts")?;
+            if cfg.url_has_password() {
+                bail!(
+                    "--accounts: put the password in PGPASSWORD or ?password_file=PATH, not in \
+                     the URL (a command line shows in process lists)"
+                );
+            }
+            if let Some(n) = a.db_pool_size {
+                cfg.pool_size = n as usize;
+            }
+            if let Some(t) = a.db_timeout {
+                cfg.connect_timeout = t;
+                cfg.wait_timeout = t;
+                cfg.statement_timeout = t;
+            }
+            let pg = crate::pg::connect(&cfg)
+                .await
+                .context("cannot use the accounts database (--accounts)")?;
+            if pg.accounts().list().await.map(|u| u.is_empty()).unwrap_or(false) {
+                tracing::warn!(
+                    "the accounts database has no users yet: add one with \
+                     `ferry user add NAME --accounts URL`"
+                );
+            }
+            Some(pg)
+        }
+    };
+    let homes = match (a.storage.as_str(), &a.s3_config) {
+        ("local", None) => None,
+        ("local", Some(_)) => bail!("--s3-config is for --storage s3"),
+        (_, None) => bail!("--storage s3 needs --s3-config FILE"),
+        (_, Some(path)) => {
+            let Some(pg) = &pg else {
+                bail!(
+                    "--storage s3 needs --accounts: the database holds what an object store \
+                     cannot (name reservations, digests, parts of uploads kept for resume)"
+                );
+            };
+            Some(open_s3_homes(path, pg)?)
+        }
+    };
+    Ok(Backends { pg, homes })
+}
+
+/// The penalty settings of the shared store, from the node's own.
+fn penalty_settings(c: &crate::server::penalty::PenaltyConfig) -> crate::pg::PenaltySettings {
+    crate::pg::PenaltySettings {
+        min_before_ban: c.min_before_ban,
+        max: c.max,
+        max_sources: c.max_sources,
+        ipv4_prefix: c.ipv4_prefix,
+        ipv6_prefix: c.ipv6_prefix,
+        exempt: c
+            .exempt
+            .iter()
+            .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix()).ok())
+            .collect(),
+    }
+}
+
+/// Deletes what expired from the shared tables every minute (reads already ignore it).
+async fn sweep_database(pg: crate::pg::PgBackend) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pg.sweep().await {
+            tracing::debug!(error = %e, "sweeping expired rows of the shared state failed");
+        }
+    }
+}
+
 /// First start: a missing users file is created with one user, `admin`, and a random
 /// password. The password is written to a 0600 file beside the users file (see
 /// [`first_password_path`]), whose path is printed; the password itself is printed only when
@@ -1275,7 +1406,7 @@ async fn shutdown_signal() {
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     server: Arc<crate::server::Server>,
-    users: TomlAccounts,
+    users: Option<TomlAccounts>,
     cert: PathBuf,
     key: PathBuf,
     alpn: &'static [&'static [u8]],
@@ -1283,16 +1414,21 @@ async fn reload_on_sighup(
     while hup.recv().await.is_some() {
         let (u, c, k) = (users.clone(), cert.clone(), key.clone());
         let loaded = tokio::task::spawn_blocking(move || {
-            (u.reload(), crate::tls::server_config(&c, &k, alpn))
+            (
+                u.as_ref().map(TomlAccounts::reload),
+                crate::tls::server_config(&c, &k, alpn),
+            )
         })
         .await;
         let Ok((reloaded, tls)) = loaded else {
             tracing::error!("reload failed");
             continue;
         };
+        // Users in a database need no reload: every change is announced to every node.
         match reloaded {
-            Ok(n) => tracing::info!(users = n, "users file reloaded"),
-            Err(e) => tracing::error!(
+            None => {}
+            Some(Ok(n)) => tracing::info!(users = n, "users file reloaded"),
+            Some(Err(e)) => tracing::error!(
                 error = %e,
                 "users file not reloaded; the previous one stays in force"
             ),
