@@ -36,6 +36,7 @@
 //! in shared state provides that above the store).
 
 pub mod local;
+pub mod s3;
 
 use std::any::Any;
 use std::fmt;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod garage;
 pub mod http;
 pub mod relay;
 
