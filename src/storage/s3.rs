@@ -612,6 +612,11 @@ impl Inner {
         if path.is_root() {
             return Err(StorageError::IsADirectory);
         }
+        if no_replace && landing == Landing::NextFreeName {
+            // A taken name (a directory too) is no refusal: the commit lands beside it.
+            self.parent_exists(path).await?;
+            return Ok(Footprint::NONE);
+        }
         let what = self.what(path).await?;
         let replaces = match &what {
             What::Root | What::Dir(_) => return Err(StorageError::IsADirectory),
@@ -684,9 +689,7 @@ impl Inner {
                 What::File(_) if no_replace && landing == Landing::Exact => {
                     return Err(StorageError::AlreadyExists);
                 }
-                What::Missing | What::File(_)
-                    if !(no_replace && !matches!(what, What::Missing)) =>
-                {
+                What::Missing | What::File(_) if !no_replace || matches!(what, What::Missing) => {
                     lock.confirm().await.map_err(state_err)?;
                     let name = (n > 0).then(|| entry_name(&target));
                     break (lock, footprint_of(&what), name);
@@ -787,7 +790,7 @@ impl ListAt {
     fn decode(token: &ListToken) -> Option<ListAt> {
         let s = token.as_str();
         // 8 bytes of tag and a name of 1 to 255 bytes.
-        if s.len() < 18 || s.len() > 16 + 2 * 255 || s.len() % 2 != 0 {
+        if s.len() < 18 || s.len() > 16 + 2 * 255 || !s.len().is_multiple_of(2) {
             return None;
         }
         if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -856,6 +859,22 @@ struct DonePart {
     state: Vec<u8>,
 }
 
+/// Removes the record under `key` if it is the multipart upload `upload_id`'s checkpoint.
+async fn clear_checkpoint(inner: &Inner, key: Option<&PartialKey>, upload_id: Option<&str>) {
+    let (Some(key), Some(upload_id)) = (key, upload_id) else {
+        return;
+    };
+    let id = inner.partial_id(key);
+    let partials = &inner.state.partials;
+    if let Ok(Some(r)) = partials.take(&id).await {
+        let ours = PartialHandle::decode(&r.handle)
+            .is_ok_and(|h| h.upload_id.as_deref() == Some(upload_id));
+        if !ours {
+            let _ = partials.put(&id, r).await;
+        }
+    }
+}
+
 /// The part being written in the background.
 struct Flight {
     len: usize,
@@ -894,6 +913,9 @@ struct S3Upload {
     handed_on: bool,
     replaces: Footprint,
     superseded: Option<u64>,
+    /// The partial key this upload supersedes (the one it would be kept under): after each
+    /// part, the upload is recorded there, so that if this node dies another can resume it.
+    checkpoint: Option<PartialKey>,
 }
 
 impl S3Upload {
@@ -915,7 +937,54 @@ impl S3Upload {
             handed_on: false,
             replaces,
             superseded: None,
+            checkpoint: None,
         }
+    }
+
+    /// The record of what this upload holds in whole parts, for the [`PartialIndex`].
+    fn record(&self) -> PartialRecord {
+        let handle = PartialHandle {
+            key: self.key.to_string(),
+            upload_id: self.upload_id.clone(),
+            part_size: self.part_size as u64,
+            parts: self
+                .parts
+                .iter()
+                .map(|p| KeptPart {
+                    etag: p.id.content_id.clone(),
+                    state: hex::encode(&p.state),
+                })
+                .collect(),
+        };
+        PartialRecord {
+            home: self.inner.ns.clone(),
+            path: self.path().to_string(),
+            len: self.parts.len() as u64 * self.part_size as u64,
+            handle: handle.encode(),
+            kept_at: SystemTime::now(),
+        }
+    }
+
+    /// Records the parts written so far under the checkpoint key. A failure costs only the
+    /// resume after a crash of this node: the upload goes on.
+    async fn checkpoint(&self) {
+        let Some(key) = &self.checkpoint else {
+            return;
+        };
+        let id = self.inner.partial_id(key);
+        if let Err(e) = self.inner.state.partials.put(&id, self.record()).await {
+            tracing::warn!(error = %e, "s3: could not record an upload's progress");
+        }
+    }
+
+    /// Removes this upload's checkpoint (the upload ended), leaving another's in place.
+    async fn clear_checkpoint(&self) {
+        clear_checkpoint(
+            &self.inner,
+            self.checkpoint.as_ref(),
+            self.upload_id.as_deref(),
+        )
+        .await;
     }
 
     fn note_memory(&self) {
@@ -931,6 +1000,7 @@ impl S3Upload {
         match f.task.await {
             Ok(Ok(id)) => {
                 self.parts.push(DonePart { id, state: f.state });
+                self.checkpoint().await;
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -995,6 +1065,7 @@ impl S3Upload {
             let _ = f.task.await;
         }
         self.handed_on = true;
+        self.clear_checkpoint().await;
         if let Some(id) = self.upload_id.take() {
             self.inner.abort(&self.key, &id).await;
         }
@@ -1011,6 +1082,7 @@ impl Drop for S3Upload {
         };
         let flight = self.flight.take();
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
+        let checkpoint = self.checkpoint.take();
         // Best effort: without a runtime (a process going down) the store's own expiry of
         // incomplete uploads is the backstop.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -1018,6 +1090,7 @@ impl Drop for S3Upload {
                 if let Some(f) = flight {
                     let _ = f.task.await;
                 }
+                clear_checkpoint(&inner, checkpoint.as_ref(), Some(&id)).await;
                 inner.abort(&key, &id).await;
             });
         }
@@ -1042,6 +1115,11 @@ impl Upload for S3Upload {
             self.usable()?;
             let mut chunk = chunk;
             while !chunk.is_empty() {
+                // A full part goes out only when more data follows it: the last part of an
+                // upload is written at the commit (or kept whole).
+                if self.buf_len == self.part_size {
+                    self.ship().await?;
+                }
                 let room = self.part_size - self.buf_len;
                 let piece = if chunk.len() <= room {
                     std::mem::take(&mut chunk)
@@ -1053,13 +1131,7 @@ impl Upload for S3Upload {
                 self.buf_len += piece.len();
                 self.buf.push(piece);
                 self.note_memory();
-                // A full part goes out only when more data follows it: the last part of an
-                // upload is written at the commit.
-                if self.buf_len == self.part_size && !chunk.is_empty() {
-                    self.ship().await?;
-                }
             }
-            // A full part with nothing after it yet waits for the next write (or the commit).
             Ok(())
         })
     }
@@ -1112,6 +1184,8 @@ impl Upload for S3Upload {
             // refusal before it (admit, a taken name) leaves it for the abort here.
             if landed.is_err() {
                 self.abort_now().await;
+            } else {
+                self.clear_checkpoint().await;
             }
             self.handed_on = true;
             landed
@@ -1151,26 +1225,7 @@ impl Upload for S3Upload {
                 Some(p) => load_state(&p.state)?.finalize().into(),
                 None => Sha256::digest(b"").into(),
             };
-            let handle = PartialHandle {
-                key: self.key.to_string(),
-                upload_id: self.upload_id.clone(),
-                part_size: self.part_size as u64,
-                parts: self
-                    .parts
-                    .iter()
-                    .map(|p| KeptPart {
-                        etag: p.id.content_id.clone(),
-                        state: hex::encode(&p.state),
-                    })
-                    .collect(),
-            };
-            let record = PartialRecord {
-                home: self.inner.ns.clone(),
-                path: self.path().to_string(),
-                len,
-                handle: handle.encode(),
-                kept_at: SystemTime::now(),
-            };
+            let record = self.record();
             let put = self
                 .inner
                 .state
@@ -1186,12 +1241,15 @@ impl Upload for S3Upload {
             };
             self.handed_on = true;
             let replaced = match old {
+                // This upload's own checkpoint: nothing older was replaced.
+                Some(old)
+                    if PartialHandle::decode(&old.handle)
+                        .is_ok_and(|h| h.upload_id.is_some() && h.upload_id == self.upload_id) =>
+                {
+                    Footprint::NONE
+                }
                 Some(old) => {
-                    let same = PartialHandle::decode(&old.handle)
-                        .is_ok_and(|h| h.upload_id.is_some() && h.upload_id == self.upload_id);
-                    if !same {
-                        self.inner.drop_partial(&old).await;
-                    }
+                    self.inner.drop_partial(&old).await;
                     Footprint {
                         bytes: old.len,
                         files: 1,
@@ -1308,6 +1366,7 @@ impl S3Download {
             None => return Err(StorageError::InvalidArgument),
         };
         let hash = options.hash || options.expect_prefix.is_some();
+        let recorded = known;
         let known = known.filter(|_| end == size);
         // The prefix is read only to check it, or to hash when nothing recorded covers it.
         let read_prefix = options.expect_prefix.is_some() || (hash && known.is_none());
@@ -1316,7 +1375,7 @@ impl S3Download {
         Ok(S3Download {
             stat: Stat {
                 entry: file_entry(&name, meta),
-                sha256: known.or(None),
+                sha256: recorded,
             },
             inner,
             key,
@@ -1404,8 +1463,7 @@ impl S3Download {
                 return Ok(ReadEvent::Progress(self.at));
             }
         }
-        if prefix_len > 0
-            && self.at == prefix_len
+        if self.at == prefix_len
             && let (Some(want), Some(h)) = (self.expect_prefix, self.hasher.as_ref())
         {
             let actual: Sha256Digest = h.clone().finalize().into();
@@ -1924,6 +1982,7 @@ impl S3Storage {
         };
         let mut upload = S3Upload::new(Arc::clone(inner), inner.key(path)?, replaces);
         upload.superseded = superseded;
+        upload.checkpoint = options.supersede;
         Ok(Box::new(upload))
     }
 
@@ -1976,7 +2035,7 @@ impl S3Storage {
             return Ok(Resume::Short { kept });
         }
         let whole = (offset / part_size) as usize;
-        if offset % part_size != 0 || whole > handle.parts.len() {
+        if !offset.is_multiple_of(part_size) || whole > handle.parts.len() {
             put_back(record).await?;
             return Ok(Resume::Short {
                 kept: whole.min(handle.parts.len()) as u64 * part_size,
@@ -2006,6 +2065,7 @@ impl S3Storage {
         upload.hasher = hasher;
         upload.written = offset;
         upload.superseded = Some(record.len);
+        upload.checkpoint = Some(key.clone());
         match &handle.upload_id {
             Some(upload_id) if whole > 0 => {
                 upload.upload_id = Some(upload_id.clone());
@@ -2299,10 +2359,10 @@ mod tests {
 
     #[test]
     fn plain_http_only_to_loopback() {
-        assert_eq!(check_endpoint("https://s3.example.org").unwrap(), false);
-        assert_eq!(check_endpoint("http://127.0.0.1:3900").unwrap(), true);
-        assert_eq!(check_endpoint("http://[::1]:3900/").unwrap(), true);
-        assert_eq!(check_endpoint("http://localhost:3900").unwrap(), true);
+        assert!(!check_endpoint("https://s3.example.org").unwrap());
+        assert!(check_endpoint("http://127.0.0.1:3900").unwrap());
+        assert!(check_endpoint("http://[::1]:3900/").unwrap());
+        assert!(check_endpoint("http://localhost:3900").unwrap());
         for bad in [
             "http://10.0.0.1:3900",
             "http://s3.example.org",

@@ -88,7 +88,7 @@ impl Garage {
     /// SigV4), as (key, upload id).
     pub fn multipart_uploads(&self, prefix: &str) -> Vec<(String, String)> {
         let url = format!(
-            "{}/{}?uploads&prefix={}",
+            "{}/{}?prefix={}&uploads=",
             self.endpoint,
             self.bucket,
             percent(prefix)
