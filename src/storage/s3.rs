@@ -556,12 +556,13 @@ impl Inner {
         if path.is_root() {
             return Ok(What::Root);
         }
-        if let Some(m) = self.head(&self.key(path)?).await? {
-            return Ok(What::File(m));
-        }
-        Ok(match self.head(&self.marker(path)?).await? {
-            Some(m) => What::Dir(m),
-            None => What::Missing,
+        // Both looks at once: one round trip's wait, whatever the name is.
+        let (file, marker) = (self.key(path)?, self.marker(path)?);
+        let (file, dir) = tokio::join!(self.head(&file), self.head(&marker));
+        Ok(match (file?, dir?) {
+            (Some(m), _) => What::File(m),
+            (None, Some(m)) => What::Dir(m),
+            (None, None) => What::Missing,
         })
     }
 
