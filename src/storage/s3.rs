@@ -24,18 +24,23 @@
 //! # Kept partials
 //! A kept partial is the multipart upload itself, recorded in the [`PartialIndex`] (findable
 //! from any node) with its upload id, each part's ETag and the SHA-256 state after each part
-//! (sha2's serialisable state: 40 bytes at a part boundary). Only whole parts are kept (an
-//! upload's unfinished parts cannot be read back, and a part under 5 MiB could not be followed
-//! by another), so a resume continues at a part boundary, with the prefix verified from the
-//! recorded state without reading a byte; an offset inside a part is [`Resume::Short`] at the
-//! boundary before it. A partial of less than one part keeps nothing but its record (length 0).
+//! (sha2 0.11 serialises a hasher: 104 bytes, of which the block buffer is empty at a part
+//! boundary). Only whole parts are kept (an upload's unfinished parts cannot be read back,
+//! and a part under 5 MiB could not be followed by another), so a resume continues at a part
+//! boundary, with the prefix verified from the recorded state without reading a byte; an
+//! offset inside a part is [`Resume::Short`] at the boundary before it. A partial of less than
+//! one part keeps nothing but its record (length 0).
+//!
+//! An upload that supersedes a partial key (the key it would be kept under) records itself
+//! there after each part, so that when its node dies another node resumes it from its last
+//! part; the record goes when the upload commits or ends.
 //!
 //! # What differs from the local store
 //! - A rename is copy + delete, not atomic: between the copy and the delete both names exist
 //!   (a reader may see the file twice, a listing may show both); a directory's rename copies
 //!   every key under it, then deletes the old keys, so a failure in between leaves both trees
 //!   (the old one whole). No-replace of a rename holds through the name lock of the target.
-//! - A commit is durable when it returns: [`Durability::Batched`] commits at once (it never
+//! - A commit is durable when it returns: [`super::Durability::Batched`] commits at once (it never
 //!   returns [`Landed::Staged`]).
 //! - Listings are in byte order (S3's); a directory's mtime in a listing is 0 (a common prefix
 //!   has none; [`Storage::stat`] gives the marker's).
@@ -2393,6 +2398,8 @@ mod tests {
         let mut h = Sha256::new();
         h.update(vec![7u8; 5 * 1024 * 1024]);
         let saved = save_state(&h);
+        // The core's state and block count, and the block buffer (empty at a part boundary).
+        assert_eq!(saved.len(), 40 + 64);
         let mut back = load_state(&saved).unwrap();
         h.update(b"more");
         back.update(b"more");
