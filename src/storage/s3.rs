@@ -615,15 +615,29 @@ impl Inner {
         no_replace: bool,
         landing: Landing,
     ) -> Result<Footprint, StorageError> {
+        self.check_target_what(path, no_replace, landing)
+            .await
+            .map(|(replaces, _)| replaces)
+    }
+
+    /// [`Inner::check_target`], also giving what the name was: the name and its parent are
+    /// looked at together (one round trip's wait).
+    async fn check_target_what(
+        &self,
+        path: &RemotePath,
+        no_replace: bool,
+        landing: Landing,
+    ) -> Result<(Footprint, What), StorageError> {
         if path.is_root() {
             return Err(StorageError::IsADirectory);
         }
+        let (what, parent) = tokio::join!(self.what(path), self.parent_exists(path));
+        let what = what?;
         if no_replace && landing == Landing::NextFreeName {
             // A taken name (a directory too) is no refusal: the commit lands beside it.
-            self.parent_exists(path).await?;
-            return Ok(Footprint::NONE);
+            parent?;
+            return Ok((Footprint::NONE, what));
         }
-        let what = self.what(path).await?;
         let replaces = match &what {
             What::Root | What::Dir(_) => return Err(StorageError::IsADirectory),
             What::File(_) if no_replace && landing == Landing::Exact => {
@@ -633,9 +647,9 @@ impl Inner {
             w => footprint_of(w),
         };
         if matches!(what, What::Missing) {
-            self.parent_exists(path).await?;
+            parent?;
         }
-        Ok(replaces)
+        Ok((replaces, what))
     }
 
     /// Aborts a multipart upload, ignoring a store that forgot it already.
@@ -673,21 +687,29 @@ impl Inner {
     }
 
     /// Makes a verified object the target, under the target's name lock: looks at the
-    /// target, asks `admit`, writes (`body`), tells `placed`, records the digest.
+    /// target, asks `admit`, writes (`body`), tells `placed`, records the digest. `held` is
+    /// the name's lock and what the name was, if the caller took and looked already.
     async fn land(
         &self,
         path: &RemotePath,
         body: Body,
         sha256: Sha256Digest,
         commit: Commit,
+        held: Option<(NameLock, What)>,
     ) -> Result<Landed, StorageError> {
         let (no_replace, landing) = (commit.no_replace, commit.landing);
         let (admit, placed) = (commit.admit, commit.placed);
         let mut target = path.clone();
         let mut n = 0u32;
+        let mut held = held;
         let (lock, replaced, landed_as) = loop {
-            let mut lock = self.lock(&target).await?;
-            let what = self.what(&target).await?;
+            let (mut lock, what) = match held.take() {
+                Some(h) => h,
+                None => {
+                    let lock = self.lock(&target).await?;
+                    (lock, self.what(&target).await?)
+                }
+            };
             match what {
                 What::Root | What::Dir(_) if landing == Landing::Exact => {
                     return Err(StorageError::IsADirectory);
@@ -1185,7 +1207,7 @@ impl Upload for S3Upload {
                 }
             };
             let path = self.path();
-            let landed = self.inner.land(&path, body, actual, commit).await;
+            let landed = self.inner.land(&path, body, actual, commit, None).await;
             // A completed upload is gone; a failed completion was aborted by `land`; a
             // refusal before it (admit, a taken name) leaves it for the abort here.
             if landed.is_err() {
@@ -2108,8 +2130,14 @@ impl S3Storage {
         if data.len() as u64 > SMALL_MAX {
             return Err(StorageError::InvalidArgument);
         }
-        let replaces = inner
-            .check_target(path, commit.no_replace, commit.landing)
+        // The name is held from the first look to the write: one look serves both the
+        // checks and the commit.
+        if path.is_root() {
+            return Err(StorageError::IsADirectory);
+        }
+        let lock = inner.lock(path).await?;
+        let (replaces, what) = inner
+            .check_target_what(path, commit.no_replace, commit.landing)
             .await?;
         let superseded = match &options.supersede {
             Some(key) => inner.remove_partial(key).await?,
@@ -2127,7 +2155,13 @@ impl S3Storage {
             });
         }
         let landed = inner
-            .land(path, Body::Put(PutPayload::from(data)), actual, commit)
+            .land(
+                path,
+                Body::Put(PutPayload::from(data)),
+                actual,
+                commit,
+                Some((lock, what)),
+            )
             .await?;
         Ok(SmallPut {
             landed,

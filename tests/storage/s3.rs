@@ -515,4 +515,54 @@ mod bench_garage {
             }
         }
     }
+
+    /// 1,000 files of 4 KiB, one after another: `put_small` (target checks, name lock,
+    /// PutObject, digest record) against a plain PUT each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; a measurement, run by hand"]
+    async fn measure_1000_small_files_against_plain_object_store() {
+        use ferry::storage::{Landed, SmallOptions};
+        use object_store::{ObjectStoreExt, PutPayload};
+        let g = garage();
+        let bucket = bucket(g, MIN_PART_SIZE);
+        let home = fresh_home("small");
+        let s = S3Storage::open(&bucket, &home, state()).unwrap();
+        let raw = bucket.object_store();
+        let n = 1000;
+        for round in 0..2 {
+            let t = Instant::now();
+            for i in 0..n {
+                let body = Bytes::from(data(4096, i as u8));
+                let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+                let put = s
+                    .put_small(
+                        &p(&format!("r{round}-{i}")),
+                        body,
+                        SmallOptions::default(),
+                        Commit::new(digest, true),
+                    )
+                    .await
+                    .unwrap();
+                assert!(matches!(put.landed, Landed::Committed(_)));
+            }
+            let ours = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for i in 0..n {
+                let key =
+                    object_store::path::Path::parse(format!("{}raw{round}-{i}", s.root_prefix()))
+                        .unwrap();
+                raw.put(&key, PutPayload::from(data(4096, i as u8)))
+                    .await
+                    .unwrap();
+            }
+            let plain = t.elapsed().as_secs_f64();
+            println!(
+                "round {round}: 1000 x 4 KiB: ferry put_small {:.0} files/s vs plain PUT {:.0} \
+                 files/s (ratio {:.2})",
+                n as f64 / ours,
+                n as f64 / plain,
+                plain / ours
+            );
+        }
+    }
 }
