@@ -397,6 +397,38 @@ mod needs_garage {
         );
         assert_eq!(uploads_left(g, &b, 0).await, 0);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; .ci/run installs it"]
+    async fn an_object_replaced_after_the_open_fails_the_read_not_mixes_it() {
+        let _ = garage();
+        let s = open(&fresh_home("replaced"), state());
+        let first = data(300_000, 7);
+        let mut up = s
+            .begin_upload(&p("f"), UploadOptions::default())
+            .await
+            .unwrap();
+        write_all(up.as_mut(), &first).await;
+        let digest = up.finish().await.unwrap();
+        up.commit(Commit::new(digest, true)).await.unwrap();
+        // Opened (looked at), then replaced by another session before the first byte.
+        let mut d = s.open_read(&p("f"), ReadOptions::default()).await.unwrap();
+        let second = data(300_000, 8);
+        let mut up = s
+            .begin_upload(&p("f"), UploadOptions::default())
+            .await
+            .unwrap();
+        write_all(up.as_mut(), &second).await;
+        let digest = up.finish().await.unwrap();
+        up.commit(Commit::new(digest, false)).await.unwrap();
+        match d.next().await {
+            Err(StorageError::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(read(&s, "f").await.0 == second);
+    }
 }
 
 /// Not a test of behaviour: out of `needs_garage`, so CI's `--ignored needs_garage` leaves it.
