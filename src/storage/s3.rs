@@ -122,6 +122,20 @@ pub struct S3Config {
     pub part_size: usize,
 }
 
+impl S3Config {
+    /// A bucket at `endpoint`, keys from the environment, parts of [`DEFAULT_PART_SIZE`].
+    pub fn new(endpoint: &str, region: &str, bucket: &str) -> S3Config {
+        S3Config {
+            endpoint: endpoint.to_string(),
+            region: region.to_string(),
+            bucket: bucket.to_string(),
+            prefix: None,
+            credentials: S3Credentials::Environment,
+            part_size: DEFAULT_PART_SIZE,
+        }
+    }
+}
+
 /// Where the access key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum S3Credentials {
