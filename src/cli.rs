@@ -1292,10 +1292,34 @@ async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
                      cannot (name reservations, digests, parts of uploads kept for resume)"
                 );
             };
-            Some(open_s3_homes(path, pg)?)
+            Some(open_s3_homes(path, pg).await?)
         }
     };
     Ok(Backends { pg, homes })
+}
+
+/// The object store of `--storage s3`: homes as key prefixes, with name reservations,
+/// digests and kept partials in the accounts database. Asks the store once, so a wrong
+/// endpoint or key fails at start rather than at the first login.
+async fn open_s3_homes(
+    path: &Path,
+    pg: &crate::pg::PgBackend,
+) -> Result<Arc<dyn crate::storage::HomeStore>> {
+    use crate::storage::s3_homes::{S3Homes, load_config};
+    let config = load_config(path).map_err(|e| anyhow::anyhow!("--s3-config {e}"))?;
+    let state = crate::storage::s3::S3State {
+        locks: pg.name_locks(),
+        digests: pg.digests(),
+        partials: pg.partials(),
+    };
+    let homes = S3Homes::open(&config, state).map_err(|e| anyhow::anyhow!("--s3-config: {e}"))?;
+    let checked = tokio::time::timeout(Duration::from_secs(30), homes.check()).await;
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("the object store of --s3-config cannot be used: {e}"),
+        Err(_) => bail!("the object store of --s3-config did not answer within 30 s"),
+    }
+    Ok(Arc::new(homes))
 }
 
 /// The penalty settings of the shared store, from the node's own.

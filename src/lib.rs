@@ -19,7 +19,9 @@
 //!    could keep them too, with paged listing that resumes at a token (the local store: a
 //!    readdir position), uploads committed after their digest is checked, batched
 //!    durability and whole small files in one call, and a change gate that keeps the quota's
-//!    measurements true; `storage::local` implements it on `jail`), [`transfer`] (the one
+//!    measurements true; `storage::local` implements it on `jail`; `storage::s3` in an
+//!    S3-compatible bucket, one key prefix per home, with name locks, digests and kept
+//!    partials in shared state), [`transfer`] (the one
 //!    read-and-hash loop, receiving and prefix hashing, for both ends), [`direct`] (large received files written around the page
 //!    cache, in page-aligned buffers from [`mapping`]), [`platform`] (the Linux-only calls: `syncfs`, `sync_file_range`,
 //!    `O_DIRECT`, `madvise`, `renameat2`, glibc's allocator tuning, and the Unix-only ones the

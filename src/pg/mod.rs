@@ -18,6 +18,7 @@
 //! (`now()`), so nodes whose clocks differ still agree on them.
 
 pub mod accounts;
+pub mod digests;
 pub mod state;
 
 use std::fmt;
@@ -46,7 +47,10 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 
 /// The schema, in order: (version, SQL). Applied once each, in one transaction each start.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_accounts_and_state.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_accounts_and_state.sql")),
+    (2, include_str!("migrations/0002_object_digests.sql")),
+];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -434,6 +438,11 @@ impl PgBackend {
     /// The penalties, with `settings`.
     pub fn penalties(&self, settings: PenaltySettings) -> Arc<dyn PenaltyStore> {
         Arc::new(state::PgPenalties::new(self.db.clone(), settings))
+    }
+
+    /// The digests of objects committed to an object store.
+    pub fn digests(&self) -> Arc<dyn crate::state::digests::DigestIndex> {
+        Arc::new(digests::PgDigests::new(self.db.clone()))
     }
 
     /// The index of kept partials.

@@ -13,6 +13,8 @@
 //!   [`tokens::check`].
 //! - [`links::LinkStore`]: drop links, kept as hashes, with uses counted under leases
 //!   ([`links::LinkUse`]) so no race of uploads passes a link's limits.
+//! - [`digests::DigestIndex`]: committed objects' SHA-256 by key and ETag, for stores that
+//!   cannot keep it with the object (the `s3` storage).
 //! - [`uploads::UploadSessions`]: resumable HTTP uploads (tus), each a leased record of its
 //!   owner, target, size, declared digest and kept partial.
 //!
@@ -31,6 +33,7 @@
 //!
 //! [`memory`] holds the implementations one server uses on its own.
 
+pub mod digests;
 pub mod links;
 pub mod memory;
 pub mod sessions;

@@ -36,6 +36,8 @@
 //! in shared state provides that above the store).
 
 pub mod local;
+pub mod s3;
+pub mod s3_homes;
 
 use std::any::Any;
 use std::fmt;

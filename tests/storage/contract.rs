@@ -44,9 +44,12 @@ impl Home {
 
 /// One `#[tokio::test]` per contract test, each on a fresh home from `$make` (an async fn
 /// returning a [`Home`]).
+///
+/// A backend that needs a real component names it in its module and passes an attribute for
+/// every test: `storage_contract!(make, #[ignore = "needs garage; .ci/run installs it"]);`.
 macro_rules! storage_contract {
-    ($make:path) => {
-        $crate::storage::contract::storage_contract!(@tests $make;
+    ($make:path $(, #[$attr:meta])?) => {
+        $crate::storage::contract::storage_contract!(@tests [$(#[$attr])?] $make;
             stat_root_is_a_directory,
             stat_missing_is_not_found,
             small_put_get_round_trip,
@@ -100,13 +103,17 @@ macro_rules! storage_contract {
             space_is_sane_when_known,
         );
     };
-    (@tests $make:path; $($name:ident),* $(,)?) => {
+    (@tests $attrs:tt $make:path; $($name:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::storage::contract::$name($make().await).await;
-            }
+            $crate::storage::contract::storage_contract!(@one $attrs $make; $name);
         )*
+    };
+    (@one [$($attr:tt)*] $make:path; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $name() {
+            $crate::storage::contract::$name($make().await).await;
+        }
     };
 }
 pub(crate) use storage_contract;

@@ -3,3 +3,4 @@
 
 pub mod contract;
 mod local;
+mod s3;

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod garage;
 pub mod http;
 pub mod pg;
 pub mod relay;
