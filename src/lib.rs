@@ -70,6 +70,7 @@ pub mod frontend;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
+pub mod metrics;
 pub mod platform;
 pub mod protocol;
 pub mod receipt;

@@ -7,6 +7,7 @@
 //! server shuts down. Caps apply at accept (in total, per source, `penalty`) and until login
 //! (`prelogin`: connections not logged in yet have a smaller cap of their own).
 
+pub mod admin;
 mod cmd;
 mod error;
 pub(crate) mod login;
@@ -156,6 +157,8 @@ pub struct Server {
     /// What the HTTPS front-end keeps across connections: where API tokens live, and the
     /// homes its users have open.
     pub(crate) web: crate::frontend::http::auth::WebState,
+    /// This server's own counts, for the admin port (`admin`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -273,6 +276,7 @@ impl Server {
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
             web: Default::default(),
+            metrics: Default::default(),
             limits,
         })
     }
