@@ -282,7 +282,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_penalties",
-            "Offences charged to a source address's penalty, by reason",
+            "Offences counted against source addresses' penalties (exempt ones included), by reason",
             m.penalties.clone(),
         );
         registry.register(

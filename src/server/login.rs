@@ -310,7 +310,8 @@ fn core_home(
     if let Some(a) = account {
         storage = storage.gated(Arc::clone(a) as Arc<dyn crate::storage::ChangeGate>);
     }
-    crate::service::Home::new(user, Arc::new(storage), account.cloned(), limits)
+    let storage = server.metrics.timed_storage(Arc::new(storage));
+    crate::service::Home::new(user, storage, account.cloned(), limits)
 }
 
 /// The outcome of one login attempt.

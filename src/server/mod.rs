@@ -390,6 +390,7 @@ impl Server {
     /// Records an offence of the source of `peer` (no-op when penalties are off).
     pub(crate) fn penalise(&self, peer: SocketAddr, what: penalty::Offence) {
         let Some(p) = &self.penalties else { return };
+        self.metrics.penalty(what.as_str());
         if p.record(peer.ip(), what, std::time::Instant::now()) {
             let source = p.source(peer.ip());
             tracing::warn!(
@@ -465,6 +466,7 @@ pub async fn run(
         };
         let Ok(permit) = Arc::clone(&server.conn_permits).try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: too many connections");
+            server.metrics.refused(crate::metrics::Refusal::Capacity);
             drop(stream);
             continue;
         };
@@ -477,6 +479,9 @@ pub async fn run(
             if !server.trusts_balancer(peer.ip()) {
                 if !refused(&server, peer) {
                     tracing::info!(%peer, "connection refused: not a trusted balancer (--proxy-from)");
+                    server
+                        .metrics
+                        .refused(crate::metrics::Refusal::UntrustedProxy);
                     server.penalise(peer, penalty::Offence::ProtocolError);
                 }
                 drop(stream);
@@ -595,6 +600,7 @@ fn refused(server: &Server, peer: SocketAddr) -> bool {
         && let Some(left) = p.check(peer.ip(), std::time::Instant::now())
     {
         tracing::info!(%peer, remaining_s = left.as_secs(), "connection refused: source penalised");
+        server.metrics.refused(crate::metrics::Refusal::Penalised);
         return true;
     }
     false
@@ -653,6 +659,7 @@ async fn handle_connection(
         server.limits.max_connections_per_source,
     ) else {
         tracing::warn!(%peer, "connection refused: too many connections from this source");
+        server.metrics.refused(crate::metrics::Refusal::PerSource);
         return;
     };
     let (admitted, evicted) = server.prelogin.admit(server.source_of(peer.ip()));
@@ -669,6 +676,7 @@ async fn handle_connection(
         Err(why) => {
             // The server's load, not necessarily this client's doing: no penalty.
             tracing::info!(%peer, reason = ?why, "connection refused: too many connections not logged in");
+            server.metrics.refused(crate::metrics::Refusal::Prelogin);
             return;
         }
     };

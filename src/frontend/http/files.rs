@@ -25,6 +25,7 @@ use super::auth::{Account, Via};
 use super::router::{Body, error, full};
 use super::{Conn, headers, parse, status};
 use crate::domain::{EntryKind, hex_digest};
+use crate::metrics::{Direction, Outcome};
 use crate::receipt::Receipt;
 use crate::service::{Expect, Put, PutRequest, Sealing};
 use crate::state::links::{LinkRefused, LinkStore, LinkUse};
@@ -192,6 +193,11 @@ pub async fn get_metered(
     tracing::info!(target: "ferry::audit", event = "http_get", peer = %conn.peer,
         user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&path.to_string()),
         bytes = len, status = status.as_u16());
+    if req.method() != Method::HEAD {
+        conn.server
+            .metrics
+            .transfer(Direction::Download, Outcome::Ok, len);
+    }
     r
 }
 
@@ -633,6 +639,9 @@ pub async fn put(
     tracing::info!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
         user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&shown),
         size, sha256 = %hex_digest(&sha256), verified = verified.as_str(), result = "ok");
+    conn.server
+        .metrics
+        .transfer(Direction::Upload, Outcome::Ok, size);
     let receipt = receipt_of(acct, random_id(), path, &landed, size, &sha256, verified);
     let mut r = Response::new(full(receipt_json(conn, receipt).0));
     *r.status_mut() = StatusCode::CREATED;
@@ -749,6 +758,9 @@ pub(super) fn mismatch(
         user = %acct.user, via = %acct.via,
         path = %crate::sanitize::for_log(&acct.shown(path)), size,
         result = "integrity_mismatch");
+    conn.server
+        .metrics
+        .transfer(Direction::Upload, Outcome::Error, 0);
     let body = serde_json::json!({
         "error": "integrity_mismatch",
         "message": "the content does not match the digest sent; nothing was stored",
@@ -760,6 +772,8 @@ pub(super) fn mismatch(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r.extensions_mut()
+        .insert(super::router::ErrorCodeSent("integrity_mismatch"));
     r
 }
 
