@@ -28,6 +28,7 @@ mod links_cli;
 mod list_bench;
 mod login;
 mod memory;
+mod metrics;
 mod oneshot;
 mod prelogin;
 mod protocol;
