@@ -466,6 +466,16 @@ impl Storage for Timed {
         Box::pin(time(&self.metrics, storage_op::LIST, page))
     }
 
+    fn list<'a>(
+        &'a self,
+        path: &'a RemotePath,
+        after: Option<&'a ListToken>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
+        let page = self.inner.list(path, after, max);
+        Box::pin(time(&self.metrics, storage_op::LIST, page))
+    }
+
     fn mkdir<'a>(&'a self, path: &'a RemotePath) -> BoxFuture<'a, Result<(), StorageError>> {
         self.inner.mkdir(path)
     }

@@ -380,6 +380,25 @@ async fn the_admin_port_serves_only_metrics_and_stays_bounded() {
     server.stop().await;
 }
 
+/// What every home's store is wrapped in to time it passes the storage contract unchanged.
+mod timed_store {
+    use std::sync::Arc;
+
+    use ferry::metrics::Metrics;
+    use ferry::storage::local::LocalStorage;
+
+    use crate::storage::contract::{Home, storage_contract};
+
+    async fn make() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(&dir.path().join("home"), true).unwrap();
+        let timed = Arc::new(Metrics::new()).timed_storage(Arc::new(store));
+        Home::new(timed, dir)
+    }
+
+    storage_contract!(make);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------------------------
