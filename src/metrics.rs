@@ -78,7 +78,7 @@ pub enum Outcome {
     Ok,
     /// Refused or failed with an error code.
     Error,
-    /// Cut off: the client left, or the shutdown's grace period ran out.
+    /// Cut off: the client left or cancelled it, or the shutdown's grace period ran out.
     Interrupted,
 }
 
@@ -92,11 +92,12 @@ impl Outcome {
     }
 
     /// The outcome an audit line's `result` field names: `ok`, `interrupted` or
-    /// `disconnected`, or an error code.
+    /// `disconnected`, or an error code (`cancelled`: the client's own choice, not a
+    /// failure).
     pub fn of_audit(result: &str) -> Outcome {
         match result {
             "ok" => Outcome::Ok,
-            "interrupted" | "disconnected" => Outcome::Interrupted,
+            "interrupted" | "disconnected" | "cancelled" => Outcome::Interrupted,
             _ => Outcome::Error,
         }
     }

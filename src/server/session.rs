@@ -351,6 +351,7 @@ pub(super) async fn run(
             ErrorCode::Timeout
         };
         let msg = ServerMessage::error(None, code, end_text(&end));
+        count_error(&server, &msg);
         let _ = tokio::time::timeout(server.limits.close_timeout, writer.send_message(&msg)).await;
     }
     close(&mut writer, server.limits.close_timeout).await;
