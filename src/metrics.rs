@@ -18,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use bytes::Bytes;
@@ -250,6 +251,11 @@ impl Metrics {
             database_seconds: Family::new_with_constructor(latency_buckets),
         };
         registry.register(
+            "ferry_build",
+            "The ferry version this server runs (which nodes of a fleet still run an old one)",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
             "ferry_connections",
             "Connections open, from accept on, logged in or not",
             m.connections.clone(),
@@ -266,8 +272,8 @@ impl Metrics {
         );
         registry.register_with_unit(
             "ferry_transfer",
-            "Bytes of files moved by transfers that ended, by direction (a whole file's \
-             size, what a resume skipped included)",
+            "Bytes of files moved by transfers that ended, by direction (ferry/1 counts a \
+             file's size when it ends ok; HTTP counts what a download sent, and an upload's size)",
             Unit::Bytes,
             m.transfer_bytes.clone(),
         );
@@ -690,6 +696,11 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let build = format!(
+            "ferry_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&text, &build), 1.0, "{text}");
         assert_eq!(
             value(
                 &text,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -23,7 +24,7 @@ use ferry::server::penalty::PenaltyConfig;
 use ferry::users::Password;
 
 use crate::cli::{FERRY, Ferry, wait_or_kill};
-use crate::util::http::{Client, Proto, token_for};
+use crate::util::http::{Client, Proto, tls_offering, tls_to, token_for};
 use crate::util::{CHEAP, TestServer, no_progress, random_file, test_limits};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -278,8 +279,36 @@ async fn an_interrupted_and_a_refused_transfer_are_counted_as_such() {
     raw.send_data(&[1u8; 1000]).await;
     drop(raw);
     let series = r#"ferry_transfers_total{direction="upload",result="interrupted"}"#;
+    wait_for(admin.addr, series, value(&before, series) + 1.0).await;
+    // An HTTPS download whose client leaves after the head: interrupted, with what it sent.
+    let big = 32 * 1024 * 1024;
+    random_file(&server.home_file("alice", "big.bin"), big, 5);
+    let token = token_for(&server, "alice", false).await;
+    let tls = tls_to(server.addr, tls_offering(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get("/f/big.bin")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let head = send.send_request(req).await.unwrap();
+    assert_eq!(head.status(), 200);
+    drop(head);
+    drop(send);
+    driver.abort();
+    let series = r#"ferry_transfers_total{direction="download",result="interrupted"}"#;
     let after = wait_for(admin.addr, series, value(&before, series) + 1.0).await;
     let moved = |s: &str| value(&after, s) - value(&before, s);
+    let sent = moved(r#"ferry_transfer_bytes_total{direction="download"}"#);
+    assert!(
+        sent < big as f64,
+        "{sent} of {big} bytes counted for a cut download"
+    );
     assert_eq!(
         moved(r#"ferry_transfers_total{direction="download",result="error"}"#),
         1.0,
@@ -291,8 +320,9 @@ async fn an_interrupted_and_a_refused_transfer_are_counted_as_such() {
         "{after}"
     );
     assert_eq!(
-        moved(r#"ferry_transfer_bytes_total{direction="download"}"#),
-        0.0
+        moved(&format!("ferry_transfers_total{DOWN}")),
+        0.0,
+        "{after}"
     );
     server.stop().await;
 }

@@ -165,7 +165,8 @@ pub async fn get_metered(
                 }
             }
         };
-        DownloadBody::spawn(download, len, slot, refund)
+        let metrics = Arc::clone(&conn.server.metrics);
+        DownloadBody::spawn(download, len, slot, refund, metrics)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -193,11 +194,6 @@ pub async fn get_metered(
     tracing::info!(target: "ferry::audit", event = "http_get", peer = %conn.peer,
         user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&path.to_string()),
         bytes = len, status = status.as_u16());
-    if req.method() != Method::HEAD {
-        conn.server
-            .metrics
-            .transfer(Direction::Download, Outcome::Ok, len);
-    }
     r
 }
 
@@ -247,6 +243,9 @@ struct DownloadBody {
     /// Through a download link, the resume allowance this answer drew on: what was not
     /// sent goes back to it when the body goes.
     refund: Option<super::drop::Refund>,
+    /// Where the download is counted when the body goes: sent whole, or cut off.
+    metrics: Arc<crate::metrics::Metrics>,
+    len: u64,
 }
 
 impl Drop for DownloadBody {
@@ -254,6 +253,13 @@ impl Drop for DownloadBody {
         if let Some(r) = self.refund.take() {
             r.give_back(self.left);
         }
+        let outcome = if self.left == 0 {
+            Outcome::Ok
+        } else {
+            Outcome::Interrupted
+        };
+        let sent = self.len.saturating_sub(self.left);
+        self.metrics.transfer(Direction::Download, outcome, sent);
     }
 }
 
@@ -263,6 +269,7 @@ impl DownloadBody {
         len: u64,
         slot: Option<super::auth::TransferSlot>,
         refund: Option<super::drop::Refund>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Body {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -288,6 +295,8 @@ impl DownloadBody {
             left: len,
             _slot: slot,
             refund,
+            metrics,
+            len,
         }
         .boxed_unsync()
     }
