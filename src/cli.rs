@@ -531,6 +531,15 @@ struct ServeArgs {
     /// optional prefix and credentials_file (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
     #[arg(long, value_name = "FILE")]
     s3_config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics for operators, e.g. 127.0.0.1:9464
+    /// [default: off]. Plain HTTP with no TLS and no authentication: loopback only, unless
+    /// --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Let --metrics-listen bind an address other than loopback (a private network behind a
+    /// firewall): anyone who reaches the port reads the metrics.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_allow_remote: bool,
 }
 
 /// How a browser on this machine reaches a server listening on `addr`: an unspecified
@@ -991,6 +1000,10 @@ fn human_size(n: u64) -> String {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
+    // Refused before anything is made or printed.
+    if let Some(at) = a.metrics_listen {
+        crate::server::admin::check_address(at, a.metrics_allow_remote)?;
+    }
     // SIGHUP's default action ends the process, and an admin (or a config tool) may send it
     // the moment the server was started, while dev certificates are made or the users file
     // is loaded. `main` blocked it first thing (see [`hold_sighup`]); the reloader's handler
@@ -1090,6 +1103,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         if let Some(key) = receipt_key {
             let name = public_name.unwrap_or_else(|| web_authority(addr));
             server.set_receipt_key(key, name);
+        }
+        if let Some(at) = a.metrics_listen {
+            let admin = crate::server::admin::bind(at, a.metrics_allow_remote).await?;
+            println!(
+                "metrics: http://{}/metrics (no TLS, no authentication)",
+                admin.local_addr()?
+            );
+            let serving =
+                crate::server::admin::serve(Arc::clone(&server), admin, std::future::pending());
+            tokio::spawn(serving);
         }
         println!("ferry listening on {addr}");
         if !a.no_web {
@@ -1272,7 +1295,13 @@ async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
             let pg = crate::pg::connect(&cfg)
                 .await
                 .context("cannot use the accounts database (--accounts)")?;
-            if pg.accounts().list().await.map(|u| u.is_empty()).unwrap_or(false) {
+            if pg
+                .accounts()
+                .list()
+                .await
+                .map(|u| u.is_empty())
+                .unwrap_or(false)
+            {
                 tracing::warn!(
                     "the accounts database has no users yet: add one with \
                      `ferry user add NAME --accounts URL`"

@@ -59,8 +59,10 @@
 //! 6. [`cli`]: clap definitions and subcommand runners; `main.rs` stays thin.
 //!
 //! Beside them: [`sanitize`] (escaping of network-supplied names before they reach a terminal
-//! or log) and [`logfmt`] (the text log's fields, every value quoted so input cannot forge a
-//! field).
+//! or log), [`logfmt`] (the text log's fields, every value quoted so input cannot forge a
+//! field) and [`metrics`] (a server's own counts for operators, in Prometheus' terms, with
+//! labels from fixed sets only, and a timing wrapper for any store; `server::admin` serves
+//! them on the operators' port).
 //!
 //! `.ci/layering` checks these rules by grep on every CI run until crate boundaries let the
 //! compiler check them (issue 13).
@@ -75,6 +77,7 @@ pub mod frontend;
 pub mod jail;
 pub mod logfmt;
 pub mod mapping;
+pub mod metrics;
 pub mod pg;
 pub mod platform;
 pub mod protocol;

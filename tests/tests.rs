@@ -30,6 +30,7 @@ mod links_cli;
 mod list_bench;
 mod login;
 mod memory;
+mod metrics;
 mod oneshot;
 mod pg_backend;
 mod prelogin;

@@ -222,6 +222,7 @@ pub(crate) async fn open_link_home(
                 }
                 Err(_) => return Err(Refusal::HomeUnavailable("home directory unavailable")),
             };
+            let storage = server.metrics.timed_storage(storage);
             return Ok(crate::service::Home::new(&name, storage, account, limits).scoped(scope));
         }
     };
@@ -305,6 +306,7 @@ async fn admit(
     let home = match opened {
         Opened::Local(jail) => core_home(server, &name, &jail, account.as_ref(), limits),
         Opened::Stored { storage, .. } => {
+            let storage = server.metrics.timed_storage(storage);
             crate::service::Home::new(&name, storage, account, limits)
         }
     }
@@ -334,7 +336,8 @@ fn core_home(
     if let Some(a) = account {
         storage = storage.gated(Arc::clone(a) as Arc<dyn crate::storage::ChangeGate>);
     }
-    crate::service::Home::new(user, Arc::new(storage), account.cloned(), limits)
+    let storage = server.metrics.timed_storage(Arc::new(storage));
+    crate::service::Home::new(user, storage, account.cloned(), limits)
 }
 
 /// The outcome of one login attempt.

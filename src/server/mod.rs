@@ -7,6 +7,7 @@
 //! server shuts down. Caps apply at accept (in total, per source, `penalty`) and until login
 //! (`prelogin`: connections not logged in yet have a smaller cap of their own).
 
+pub mod admin;
 mod cmd;
 mod error;
 pub(crate) mod login;
@@ -212,6 +213,8 @@ pub struct Server {
     /// What the HTTPS front-end keeps across connections: where API tokens live, and the
     /// homes its users have open.
     pub(crate) web: crate::frontend::http::auth::WebState,
+    /// This server's own counts, for the admin port (`admin`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -352,6 +355,7 @@ impl Server {
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
             web: Default::default(),
+            metrics: Default::default(),
             limits,
         })
     }
@@ -465,6 +469,7 @@ impl Server {
     /// Records an offence of the source of `peer` (no-op when penalties are off).
     pub(crate) fn penalise(&self, peer: SocketAddr, what: penalty::Offence) {
         let Some(p) = &self.penalties else { return };
+        self.metrics.penalty(what.as_str());
         if p.record(peer.ip(), what, std::time::Instant::now()) {
             let source = p.source(peer.ip());
             tracing::warn!(
@@ -592,6 +597,7 @@ pub async fn run(
         };
         let Ok(permit) = Arc::clone(&server.conn_permits).try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: too many connections");
+            server.metrics.refused(crate::metrics::Refusal::Capacity);
             drop(stream);
             continue;
         };
@@ -604,6 +610,9 @@ pub async fn run(
             if !server.trusts_balancer(peer.ip()) {
                 if !refused(&server, peer) {
                     tracing::info!(%peer, "connection refused: not a trusted balancer (--proxy-from)");
+                    server
+                        .metrics
+                        .refused(crate::metrics::Refusal::UntrustedProxy);
                     server.penalise(peer, penalty::Offence::ProtocolError);
                 }
                 drop(stream);
@@ -812,6 +821,7 @@ fn refused(server: &Server, peer: SocketAddr) -> bool {
         && let Some(left) = p.check(peer.ip(), std::time::Instant::now())
     {
         tracing::info!(%peer, remaining_s = left.as_secs(), "connection refused: source penalised");
+        server.metrics.refused(crate::metrics::Refusal::Penalised);
         return true;
     }
     false
@@ -870,6 +880,7 @@ async fn handle_connection(
         server.limits.max_connections_per_source,
     ) else {
         tracing::warn!(%peer, "connection refused: too many connections from this source");
+        server.metrics.refused(crate::metrics::Refusal::PerSource);
         return;
     };
     let (admitted, evicted) = server.prelogin.admit(server.source_of(peer.ip()));
@@ -886,6 +897,7 @@ async fn handle_connection(
         Err(why) => {
             // The server's load, not necessarily this client's doing: no penalty.
             tracing::info!(%peer, reason = ?why, "connection refused: too many connections not logged in");
+            server.metrics.refused(crate::metrics::Refusal::Prelogin);
             return;
         }
     };

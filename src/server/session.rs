@@ -209,6 +209,7 @@ impl Session {
     }
 
     async fn send_now(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        count_error(&self.server, msg);
         match msg {
             ServerMessage::Ok {
                 id, size, sha256, ..
@@ -304,6 +305,7 @@ pub(super) async fn run(
             home,
             slot,
         }) => {
+            let _live = server.metrics.session(crate::metrics::Protocol::Ferry);
             reader.set_max_len(MAX_FRAME_LEN);
             let mut sess = Session {
                 server: Arc::clone(&server),
@@ -349,6 +351,7 @@ pub(super) async fn run(
             ErrorCode::Timeout
         };
         let msg = ServerMessage::error(None, code, end_text(&end));
+        count_error(&server, &msg);
         let _ = tokio::time::timeout(server.limits.close_timeout, writer.send_message(&msg)).await;
     }
     close(&mut writer, server.limits.close_timeout).await;
@@ -415,6 +418,13 @@ async fn read_before(
     }
 }
 
+/// Counts an error answer in the server's metrics (by its code; nothing else of it).
+fn count_error(server: &Server, msg: &ServerMessage) {
+    if let ServerMessage::Error { code, .. } = msg {
+        server.metrics.error(code.as_str());
+    }
+}
+
 async fn send_before(
     writer: &mut FrameWriter<WriteHalf<Stream>>,
     msg: ServerMessage,
@@ -443,6 +453,7 @@ async fn login_phase(
                     ErrorCode::UnsupportedVersion,
                     format!("this server speaks protocol version {PROTOCOL_VERSION} only"),
                 );
+                count_error(server, &msg);
                 send_before(writer, msg, deadline).await?;
                 return Err(End::Protocol(format!("unsupported versions {versions:?}")));
             }
@@ -455,6 +466,7 @@ async fn login_phase(
         }
         _ => {
             let msg = ServerMessage::error(None, ErrorCode::BadRequest, "expected hello");
+            count_error(server, &msg);
             send_before(writer, msg, deadline).await?;
             return Err(End::Protocol("first message was not hello".into()));
         }
@@ -469,6 +481,7 @@ async fn login_phase(
             }
             other => {
                 let msg = ServerMessage::error(other.id(), ErrorCode::AuthRequired, "log in first");
+                count_error(server, &msg);
                 send_before(writer, msg, deadline).await?;
                 return Err(End::Protocol(format!("{} before login", other.op())));
             }
@@ -477,6 +490,7 @@ async fn login_phase(
             .await
         {
             Ok(session) => {
+                server.metrics.login(true);
                 let ok = ServerMessage::Ok {
                     id,
                     size: None,
@@ -517,6 +531,7 @@ async fn login_phase(
             ),
             Err(Refusal::Denied) => {
                 failures += 1;
+                server.metrics.login(false);
                 // One generic message whether the user exists or not.
                 let msg =
                     ServerMessage::error(Some(id), ErrorCode::AuthFailed, "authentication failed");
@@ -524,6 +539,7 @@ async fn login_phase(
                 (msg, last.then_some(End::AuthFailed))
             }
         };
+        count_error(server, &msg);
         send_before(writer, msg, deadline).await?;
         if let Some(end) = end {
             return Err(end);

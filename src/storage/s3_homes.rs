@@ -54,8 +54,8 @@ pub fn load_config(path: &Path) -> Result<S3Config, String> {
     if let Some(size) = f.part_size {
         let n = crate::users::parse_size(&size)
             .ok_or_else(|| format!("{}: part_size {size:?}: expected a size", path.display()))?;
-        config.part_size = usize::try_from(n)
-            .map_err(|_| format!("{}: part_size too large", path.display()))?;
+        config.part_size =
+            usize::try_from(n).map_err(|_| format!("{}: part_size too large", path.display()))?;
     }
     Ok(config)
 }

@@ -325,8 +325,9 @@ pub async fn login(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     )
     .await
     {
-        Ok(()) => {}
+        Ok(()) => server.metrics().login(true),
         Err(crate::server::login::Refusal::Denied) => {
+            server.metrics().login(false);
             conn.auth_failed();
             return unauthorized();
         }

@@ -25,6 +25,7 @@ use super::auth::{Account, Via};
 use super::router::{Body, error, full};
 use super::{Conn, headers, parse, status};
 use crate::domain::{EntryKind, hex_digest};
+use crate::metrics::{Direction, Outcome};
 use crate::receipt::Receipt;
 use crate::service::{Expect, Put, PutRequest, Sealing};
 use crate::state::links::{LinkRefused, LinkStore, LinkUse};
@@ -164,7 +165,8 @@ pub async fn get_metered(
                 }
             }
         };
-        DownloadBody::spawn(download, len, slot, refund)
+        let metrics = Arc::clone(&conn.server.metrics);
+        DownloadBody::spawn(download, len, slot, refund, metrics)
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -241,6 +243,9 @@ struct DownloadBody {
     /// Through a download link, the resume allowance this answer drew on: what was not
     /// sent goes back to it when the body goes.
     refund: Option<super::drop::Refund>,
+    /// Where the download is counted when the body goes: sent whole, or cut off.
+    metrics: Arc<crate::metrics::Metrics>,
+    len: u64,
 }
 
 impl Drop for DownloadBody {
@@ -248,6 +253,13 @@ impl Drop for DownloadBody {
         if let Some(r) = self.refund.take() {
             r.give_back(self.left);
         }
+        let outcome = if self.left == 0 {
+            Outcome::Ok
+        } else {
+            Outcome::Interrupted
+        };
+        let sent = self.len.saturating_sub(self.left);
+        self.metrics.transfer(Direction::Download, outcome, sent);
     }
 }
 
@@ -257,6 +269,7 @@ impl DownloadBody {
         len: u64,
         slot: Option<super::auth::TransferSlot>,
         refund: Option<super::drop::Refund>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Body {
         use http_body_util::BodyExt;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -282,6 +295,8 @@ impl DownloadBody {
             left: len,
             _slot: slot,
             refund,
+            metrics,
+            len,
         }
         .boxed_unsync()
     }
@@ -633,6 +648,9 @@ pub async fn put(
     tracing::info!(target: "ferry::audit", event = "http_put", peer = %conn.peer,
         user = %acct.user, via = %acct.via, path = %crate::sanitize::for_log(&shown),
         size, sha256 = %hex_digest(&sha256), verified = verified.as_str(), result = "ok");
+    conn.server
+        .metrics
+        .transfer(Direction::Upload, Outcome::Ok, size);
     let receipt = receipt_of(acct, random_id(), path, &landed, size, &sha256, verified);
     let mut r = Response::new(full(receipt_json(conn, receipt).0));
     *r.status_mut() = StatusCode::CREATED;
@@ -749,6 +767,9 @@ pub(super) fn mismatch(
         user = %acct.user, via = %acct.via,
         path = %crate::sanitize::for_log(&acct.shown(path)), size,
         result = "integrity_mismatch");
+    conn.server
+        .metrics
+        .transfer(Direction::Upload, Outcome::Error, 0);
     let body = serde_json::json!({
         "error": "integrity_mismatch",
         "message": "the content does not match the digest sent; nothing was stored",
@@ -760,6 +781,8 @@ pub(super) fn mismatch(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r.extensions_mut()
+        .insert(super::router::ErrorCodeSent("integrity_mismatch"));
     r
 }
 

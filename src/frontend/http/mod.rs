@@ -123,12 +123,17 @@ pub struct Conn {
     failures: std::sync::atomic::AtomicU32,
     /// Raised when the connection must end after its answers in flight.
     close_now: Notify,
+    /// Its place in `ferry_sessions` from its first authenticated request until it closes.
+    live: std::sync::OnceLock<crate::metrics::Live>,
 }
 
 impl Conn {
     /// A request on this connection authenticated: it no longer holds a pre-login place.
     pub fn authenticated(&self) {
         if !self.authenticated.swap(true, Ordering::AcqRel) {
+            let _ = self
+                .live
+                .set(self.server.metrics.session(crate::metrics::Protocol::Http));
             self.authenticated_now.notify_one();
         }
     }
@@ -185,6 +190,7 @@ pub(crate) async fn serve<S>(
         misbehaved: AtomicBool::new(false),
         failures: std::sync::atomic::AtomicU32::new(0),
         close_now: Notify::new(),
+        live: std::sync::OnceLock::new(),
     });
     let io = TokioIo::new(watch::IoWatch::new(tls, Arc::clone(&watch)));
     let svc = {

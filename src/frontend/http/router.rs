@@ -30,10 +30,16 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// The code of an error answer, kept on the response for [`handle`] to count.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCodeSent(pub &'static str);
+
 /// A JSON error answer (see [`headers::error_json`]).
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let mut r = Response::new(full(headers::error_json(code, message)));
     *r.status_mut() = status;
+    r.extensions_mut()
+        .insert(ErrorCodeSent(crate::metrics::error_code(code)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -45,6 +51,9 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let mut guard = conn.watch.request();
     let mut resp = route(&conn, req).await;
+    if let Some(ErrorCodeSent(code)) = resp.extensions().get() {
+        conn.server.metrics.error(code);
+    }
     headers::secure(resp.headers_mut());
     guard.responding();
     let resp = resp.map(|b| {

@@ -37,6 +37,7 @@ use super::files::{self, BodyError, value};
 use super::router::{Body, empty, error, full};
 use super::{Conn, parse, status};
 use crate::domain::hex_digest;
+use crate::metrics::{Direction, Outcome};
 use crate::server::Server;
 use crate::service::{CoreError, Expect, Put, PutRequest, Sealing, Upload};
 use crate::state::links::{LinkId, LinkRefused, LinkStore, LinkUse};
@@ -1053,6 +1054,9 @@ async fn patch_now(
         user = %door.acct.user, via = %door.acct.via, upload = %id,
         path = %crate::sanitize::for_log(&door.acct.shown(&landed)), size,
         sha256 = %hex_digest(&sha256), verified = verified.as_str(), result = "ok");
+    conn.server
+        .metrics
+        .transfer(Direction::Upload, Outcome::Ok, size);
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();

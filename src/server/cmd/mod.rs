@@ -246,6 +246,9 @@ fn audit(
         (None, Ok(())) => "ok",
         (None, Err(_)) => "disconnected",
     };
+    sess.server
+        .metrics
+        .audited(op, outcome, fin.and_then(|f| f.size));
     tracing::info!(
         target: "ferry::audit",
         event = "request",
@@ -268,6 +271,7 @@ pub(super) fn audit_line(
     sha256: Option<&str>,
     result: &str,
 ) {
+    sess.server.metrics.audited(a.op, result, bytes);
     tracing::info!(
         target: "ferry::audit",
         event = "request",
