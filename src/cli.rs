@@ -1074,6 +1074,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             (Some(pg), _) => {
                 let state = crate::server::SharedState {
                     ledger: pg.ledger(),
+                    shared_ledger: true,
                     penalties: limits
                         .penalties
                         .as_ref()

@@ -1576,6 +1576,7 @@ async fn a_source_banned_through_one_node_is_refused_by_the_other() {
         Arc::new(ferry::server::penalty::Penalties::new(penalties));
     let state = || ferry::server::SharedState {
         ledger: ferry::state::memory::MemoryLedger::new(),
+        shared_ledger: false,
         penalties: Some(Arc::clone(&store)),
         homes: None,
     };

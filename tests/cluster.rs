@@ -239,6 +239,7 @@ async fn login_from(
         .await
     {
         Ok(_) => Ok(()),
+        Err(ClientError::Auth | ClientError::AuthClosed(_)) => Err(Some(ErrorCode::AuthFailed)),
         Err(e) => Err(code(&e)),
     }
 }

@@ -129,6 +129,9 @@ impl Default for Limits {
 pub struct SharedState {
     /// Usage counters and reservations of homes with quotas.
     pub ledger: Arc<dyn UsageLedger>,
+    /// Whether other nodes use `ledger` too: a home's count is then kept when this node's
+    /// last session of it ends (see [`quota::Accounts::shared`]).
+    pub shared_ledger: bool,
     /// Penalties shared by the nodes. Each node still keeps its own table and refuses from
     /// it at accept: offences are also added here, and the sources refused here are pulled
     /// into the node's table every [`PENALTY_SYNC_EVERY`], so accept never waits for the
@@ -143,6 +146,7 @@ impl Default for SharedState {
     fn default() -> SharedState {
         SharedState {
             ledger: crate::state::memory::MemoryLedger::new(),
+            shared_ledger: false,
             penalties: None,
             homes: None,
         }
@@ -344,7 +348,11 @@ impl Server {
             root,
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            accounts: quota::Accounts::new(state.ledger),
+            accounts: if state.shared_ledger {
+                quota::Accounts::shared(state.ledger)
+            } else {
+                quota::Accounts::new(state.ledger)
+            },
             per_source: Counter::default(),
             per_user: Counter::default(),
             penalties: limits.penalties.clone().map(penalty::Penalties::new),

@@ -58,15 +58,22 @@ pub fn limits_of(user: &User) -> Quota {
     }
 }
 
-/// Runs a ledger call to its end from blocking code (a store's call-back on the blocking
-/// pool). The in-memory ledger is done at the first poll; a remote one is waited for on the
-/// runtime. Never call it on an async worker with a ledger that may wait.
+/// Runs a ledger call to its end from blocking code (a store's call-back). The in-memory
+/// ledger is done at the first poll; a remote one is waited for on the runtime. The local
+/// store calls back on the blocking pool; an object store calls back from an async worker,
+/// which then steps aside (`block_in_place`) while the ledger answers, so the runtime's
+/// other tasks go on. The server's runtime is multi-threaded; on a current-thread runtime
+/// only the blocking pool may call this with a ledger that waits.
 fn wait<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     if let Poll::Ready(v) = f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return v;
     }
-    tokio::runtime::Handle::current().block_on(f)
+    let handle = tokio::runtime::Handle::current();
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => handle.block_on(f),
+        _ => tokio::task::block_in_place(|| handle.block_on(f)),
+    }
 }
 
 /// Logs a ledger call that failed where nothing can be refused any more (the change was made):
@@ -89,6 +96,10 @@ pub struct Account {
     /// replace or remove and makes that change, so that no other session of the home changes
     /// the same names in between and the measured difference is the real one.
     changes: tokio::sync::Mutex<()>,
+    /// Whether the ledger forgets the counters when this, the home's last session on this
+    /// node, ends. Not with a ledger shared by several nodes: another node's sessions may
+    /// still use the count (see [`Accounts::shared`]).
+    forget_when_done: bool,
 }
 
 impl std::fmt::Debug for Account {
@@ -125,6 +136,7 @@ impl Account {
             key,
             lease,
             changes: tokio::sync::Mutex::new(()),
+            forget_when_done: true,
         }
     }
 
@@ -222,6 +234,9 @@ impl Drop for Account {
     /// The home's last session on this node is gone: the ledger forgets its counters, so the
     /// next login counts it again (and sees what an admin changed by hand meanwhile).
     fn drop(&mut self) {
+        if !self.forget_when_done {
+            return;
+        }
         let (ledger, key) = (Arc::clone(&self.ledger), std::mem::take(&mut self.key));
         soon(async move { log_lost("forget", ledger.forget(&key).await) });
     }
@@ -408,6 +423,9 @@ pub struct Accounts {
     counted: Condvar,
     /// Walks started so far (for tests and debugging).
     walks: std::sync::atomic::AtomicU64,
+    /// The ledger is shared with other nodes: counts are kept when this node's last session
+    /// of a home ends (see [`Accounts::shared`]).
+    shared: bool,
 }
 
 /// How often a login waiting for another login's walk looks at its own [`Stop`].
@@ -434,6 +452,19 @@ impl Accounts {
             live: Mutex::default(),
             counted: Condvar::default(),
             walks: std::sync::atomic::AtomicU64::default(),
+            shared: false,
+        }
+    }
+
+    /// Accounts whose counters live in `ledger`, shared with other nodes. A home's count
+    /// then outlives this node's sessions of it: another node's sessions may be using it,
+    /// and forgetting it under them would refuse their changes until the next count. The
+    /// count is made once, by the first login on any node, and kept up to date by every
+    /// change made through ferry.
+    pub fn shared(ledger: Arc<dyn UsageLedger>) -> Accounts {
+        Accounts {
+            shared: true,
+            ..Accounts::new(ledger)
         }
     }
 
@@ -493,6 +524,7 @@ impl Accounts {
             key: key.clone(),
             lease: RESERVATION_LEASE,
             changes: tokio::sync::Mutex::new(()),
+            forget_when_done: !self.shared,
         });
         // Counted once across every node sharing the ledger: whoever claims the home walks
         // it; the others wait for the count (or find it known).

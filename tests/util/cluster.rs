@@ -224,6 +224,22 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in 1..=3 {
+                let log = self.log(n);
+                // Backtrace frames are indented: leave them out.
+                let tail: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.starts_with(' ') && !l.contains("balancer health check"))
+                    .rev()
+                    .take(40)
+                    .collect();
+                eprintln!("--- node {n} log (last 40 lines, newest first)");
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let _ = Command::new(script())
             .arg("down")
             .args(["--dir", self.dir.path().to_str().unwrap_or_default()])
