@@ -646,11 +646,45 @@ async fn needs_postgres_a_hung_database_gives_an_error_within_the_timeouts() {
         backend.penalties(PenaltySettings::default()),
     );
     count(&ledger, "h", fp(0, 0)).await;
+    // What a server checks at accept: the database, with its own table behind it.
+    let local = Arc::new(ferry::server::penalty::Penalties::new(
+        ferry::server::penalty::PenaltyConfig::default(),
+    ));
+    let at_accept = backend.penalties_with_fallback(
+        PenaltySettings::default(),
+        local,
+        Duration::from_millis(200),
+    );
+    let guesser = ip("198.51.100.9");
+    at_accept
+        .add(guesser, Duration::from_secs(5))
+        .await
+        .unwrap();
 
     let c = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || c.freeze())
         .await
         .unwrap();
+    // Meanwhile accepts are checked against this node's own table, soon: the guesser's
+    // next three failures here ban it though the database does not answer.
+    let start = Instant::now();
+    let mut banned = false;
+    for _ in 0..3 {
+        banned |= at_accept
+            .add(guesser, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    assert!(banned);
+    assert!(at_accept.refused_for(guesser).await.unwrap().is_some());
+    assert_eq!(at_accept.refused_for(ip("192.0.2.1")).await.unwrap(), None);
+    let took = start.elapsed();
+    eprintln!("five penalty calls on a hung database, with the fallback: {took:?}");
+    assert!(
+        took < Duration::from_millis(200 + 300),
+        "only the first call waits for the database: {took:?}"
+    );
+
     let start = Instant::now();
     let (get, reserve, check, connect) = tokio::join!(
         accounts.get("alice"),
@@ -687,6 +721,16 @@ async fn needs_postgres_a_hung_database_gives_an_error_within_the_timeouts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(accounts.get("alice").await.unwrap(), None);
+    // And the check at accept asks the database again after its pause: a source that only
+    // the database knows (banned through another node) is refused here.
+    tokio::time::sleep(ferry::pg::state::FALLBACK_PAUSE).await;
+    let elsewhere = ip("198.51.100.10");
+    backend
+        .penalties(PenaltySettings::default())
+        .add(elsewhere, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(at_accept.refused_for(elsewhere).await.unwrap().is_some());
 }
 
 /// Median latency of a reservation (one transaction) and of a penalty check on loopback,

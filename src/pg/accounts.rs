@@ -193,9 +193,14 @@ async fn listen(db: Db, shared: std::sync::Weak<Shared>, ready: oneshot::Sender<
     let mut ready = Some(ready);
     let mut pause = Duration::from_millis(100);
     loop {
-        match listen_once(&db, &shared, &mut ready).await {
-            Ok(()) => pause = Duration::from_millis(100),
+        let mut listened = false;
+        match listen_once(&db, &shared, &mut ready, &mut listened).await {
+            Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "accounts: change listener lost the database"),
+        }
+        if listened {
+            // It was up: try again soon, then back off while the database stays away.
+            pause = Duration::from_millis(100);
         }
         if shared.strong_count() == 0 {
             return;
@@ -205,11 +210,13 @@ async fn listen(db: Db, shared: std::sync::Weak<Shared>, ready: oneshot::Sender<
     }
 }
 
-/// One connection's life: connect, LISTEN, forward notices until it breaks.
+/// One connection's life: connect, LISTEN, forward notices until it breaks. `Ok` when the
+/// store is gone.
 async fn listen_once(
     db: &Db,
     shared: &std::sync::Weak<Shared>,
     ready: &mut Option<oneshot::Sender<()>>,
+    listened: &mut bool,
 ) -> Result<(), PgError> {
     let target = db.config().target();
     let connecting = target.connect(NoTls);
@@ -247,6 +254,7 @@ async fn listen_once(
         Some(s) => s.generation.send_modify(|g| *g = g.wrapping_add(1)),
         None => return Ok(()),
     }
+    *listened = true;
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }

@@ -36,11 +36,12 @@ use crate::state::{NameLocks, PartialIndex, PenaltyStore, UsageLedger};
 /// Connections a node keeps to the database at most, unless configured.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Longest a new connection may take to be made (TCP, startup, authentication).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest one statement may run on the server (`statement_timeout`, and `lock_timeout`).
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an operation waits for a free connection of the pool.
-pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an operation waits for a free connection of the pool (each operation holds one
+/// for about a millisecond on a near database).
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The advisory lock key that serialises migrations across nodes ("ferry" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
@@ -192,9 +193,9 @@ impl PgConfig {
     }
 
     /// The longest one operation may take from the caller's side: waiting for a
-    /// connection, making one, and a few statements' worth of the statement timeout. A
-    /// bound for a network that swallows packets, where the server-side timeout never
-    /// answers.
+    /// connection, making one, and two statements' worth of the statement timeout (15 s with
+    /// the defaults). A bound for a network that swallows packets, where the server-side
+    /// timeout never answers.
     pub fn operation_timeout(&self) -> Duration {
         self.wait_timeout + self.connect_timeout + self.statement_timeout * 2
     }
@@ -436,6 +437,21 @@ impl PgBackend {
         Arc::new(state::PgPenalties::new(self.db.clone(), settings))
     }
 
+    /// The penalties with `local` (the node's own table) behind them: see
+    /// [`state::PenaltiesWithFallback`]. What a server checks at accept.
+    pub fn penalties_with_fallback(
+        &self,
+        settings: PenaltySettings,
+        local: Arc<dyn PenaltyStore>,
+        check_timeout: Duration,
+    ) -> Arc<dyn PenaltyStore> {
+        Arc::new(state::PenaltiesWithFallback::new(
+            self.penalties(settings),
+            local,
+            check_timeout,
+        ))
+    }
+
     /// The index of kept partials.
     pub fn partials(&self) -> Arc<dyn PartialIndex> {
         Arc::new(state::PgPartials::new(self.db.clone()))
@@ -478,7 +494,7 @@ mod tests {
         assert_eq!(t.get_password(), None);
         assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(t.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
-        assert!(t.get_options().unwrap().contains("statement_timeout=10000"));
+        assert!(t.get_options().unwrap().contains("statement_timeout=5000"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -768,6 +769,102 @@ impl PenaltyStore for PgPenalties {
             })
             .await?;
             Ok(row.map(|r| Duration::from_micros(small(r.get(0)))))
+        })
+    }
+}
+
+/// The database's penalties with the node's own table behind them (the server's
+/// in-memory one): every offence is recorded in both; a check asks the database for at most
+/// `check_timeout` and refuses a source if either table refuses it. So a database that is
+/// down or slow never holds up an accept (the local table answers), and a guesser this node
+/// saw stays refused meanwhile. After the database failed or was slow, it is left alone for
+/// [`FALLBACK_PAUSE`], so an outage costs each accept nothing. Never fails.
+pub struct PenaltiesWithFallback {
+    db: Arc<dyn PenaltyStore>,
+    local: Arc<dyn PenaltyStore>,
+    check_timeout: Duration,
+    /// Until when the database is not asked (it failed or was slow just now).
+    skip_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long [`PenaltiesWithFallback`] leaves a database that failed alone.
+pub const FALLBACK_PAUSE: Duration = Duration::from_secs(5);
+
+impl PenaltiesWithFallback {
+    /// `db` first, `local` behind it, the database asked for at most `check_timeout`.
+    pub fn new(
+        db: Arc<dyn PenaltyStore>,
+        local: Arc<dyn PenaltyStore>,
+        check_timeout: Duration,
+    ) -> PenaltiesWithFallback {
+        PenaltiesWithFallback {
+            db,
+            local,
+            check_timeout,
+            skip_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn skip(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.skip_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the database is worth asking now.
+    fn db_up(&self) -> bool {
+        self.skip()
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    fn db_failed(&self, what: &str) {
+        tracing::warn!(
+            "penalties: the database {what}; this node's own table answers for {FALLBACK_PAUSE:?}"
+        );
+        *self.skip() = Some(tokio::time::Instant::now() + FALLBACK_PAUSE);
+    }
+}
+
+impl PenaltyStore for PenaltiesWithFallback {
+    fn add(&self, addr: IpAddr, amount: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
+        Box::pin(async move {
+            let local = self.local.add(addr, amount).await.unwrap_or(false);
+            if !self.db_up() {
+                return Ok(local);
+            }
+            match tokio::time::timeout(self.check_timeout, self.db.add(addr, amount)).await {
+                Ok(Ok(banned)) => Ok(banned),
+                Ok(Err(_)) => {
+                    self.db_failed("failed");
+                    Ok(local)
+                }
+                Err(_) => {
+                    self.db_failed("is slow");
+                    Ok(local)
+                }
+            }
+        })
+    }
+
+    fn refused_for(&self, addr: IpAddr) -> BoxFuture<'_, Result<Option<Duration>, StateError>> {
+        Box::pin(async move {
+            let local = self.local.refused_for(addr).await.unwrap_or(None);
+            if !self.db_up() {
+                return Ok(local);
+            }
+            let db = match tokio::time::timeout(self.check_timeout, self.db.refused_for(addr)).await
+            {
+                Ok(Ok(left)) => left,
+                Ok(Err(_)) => {
+                    self.db_failed("failed");
+                    None
+                }
+                Err(_) => {
+                    self.db_failed("is slow");
+                    None
+                }
+            };
+            Ok(db.max(local))
         })
     }
 }
