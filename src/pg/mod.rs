@@ -290,6 +290,16 @@ impl Db {
     }
 }
 
+/// Column `i` of `row`, or an error if the table is not what this version of ferry made
+/// (never a panic, whatever the database holds).
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, PgError> {
+    row.try_get(i)
+        .map_err(|e| PgError::Query(format!("unexpected value in column {i}: {e}")))
+}
+
 /// A database error as a short message: the server's own text and code where there is one.
 pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -335,12 +345,12 @@ pub(crate) async fn migrate(db: &Db) -> Result<(), PgError> {
              )",
         )
         .await?;
-        let done: Vec<i32> = tx
+        let done = tx
             .query("SELECT version FROM ferry_migrations", &[])
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| col::<i32>(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         for (version, sql) in MIGRATIONS {
             if done.contains(version) {
                 continue;
