@@ -888,3 +888,99 @@ async fn needs_postgres_ferry_user_edits_the_accounts_database() {
     assert!(down.stderr.contains("database unavailable"), "{down:?}");
     assert!(start.elapsed() < Duration::from_secs(15));
 }
+
+/// The environment variable that makes [`pg_helper_a_node_that_holds_leases`] act: the URL of
+/// the database.
+const HOLDER_URL: &str = "FERRY_TEST_PG_HOLDER_URL";
+
+/// Not a test of its own: the node that [`needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl`]
+/// runs in a process of its own and kills. It takes room, a name and a count claim with a
+/// short lease, says so, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl"]
+async fn pg_helper_a_node_that_holds_leases() {
+    let Ok(url) = std::env::var(HOLDER_URL) else {
+        return;
+    };
+    let backend = node(&url).await;
+    let ttl = Duration::from_secs(2);
+    let q = quota(1_000, 10);
+    backend
+        .ledger()
+        .reserve("killed", q, 1_000, fp(1_000, 1), ttl)
+        .await
+        .unwrap();
+    assert!(
+        backend
+            .name_locks()
+            .try_lock("killed", "x.bin", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    println!("holding");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// A node SIGKILLed while it holds room and a name (no Drop, no goodbye to the database):
+/// the other node sees them held until their lease runs out, then takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl() {
+    use std::io::BufRead;
+    let url = fresh_db().await;
+    let alive = node(&url).await;
+    count(&alive.ledger(), "killed", fp(0, 0)).await;
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "pg_backend::pg_helper_a_node_that_holds_leases",
+            "--nocapture",
+        ])
+        .env(HOLDER_URL, &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("holding"))
+    });
+    let said = tokio::time::timeout(Duration::from_secs(30), said).await;
+    let _ = holder.kill(); // SIGKILL
+    let _ = holder.wait();
+    let killed = Instant::now();
+    assert!(matches!(said, Ok(Ok(true))), "the holder never held");
+
+    let (ledger, names) = (alive.ledger(), alive.name_locks());
+    let ttl = Duration::from_secs(60);
+    let q = quota(1_000, 10);
+    assert_eq!(
+        reserved(&ledger, "killed").await,
+        fp(1_000, 1),
+        "held by the dead"
+    );
+    assert!(ledger.reserve("killed", q, 1, fp(1, 1), ttl).await.is_err());
+    assert_eq!(names.try_lock("killed", "x.bin", ttl).await.unwrap(), None);
+    // Its leases were 2 s long, taken before it said so.
+    tokio::time::sleep(
+        (killed + Duration::from_millis(2_200)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert_eq!(reserved(&ledger, "killed").await, fp(0, 0));
+    ledger
+        .reserve("killed", q, 1_000, fp(1_000, 1), ttl)
+        .await
+        .expect("the killed node's room is free");
+    assert!(
+        names
+            .try_lock("killed", "x.bin", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
