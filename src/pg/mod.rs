@@ -76,6 +76,9 @@ pub enum PgError {
 /// those tokio-postgres knows (`host=/socket/dir`, `application_name`, ...):
 /// `password_file`, `pool_size`, `connect_timeout`, `statement_timeout` and `wait_timeout`
 /// (seconds; fractions allowed).
+///
+/// The connection is not encrypted (no TLS connector yet): keep the database on loopback, a
+/// Unix socket (`?host=/run/postgresql`) or a private network.
 #[derive(Clone)]
 pub struct PgConfig {
     target: tokio_postgres::Config,
