@@ -828,7 +828,13 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             password,
         } => {
             users::validate_name(&name)?;
-            if let Ok(store) = file.store(&rt, true)
+            // The database is opened once, before the password is asked (a database that is
+            // down is said at once); the users file is read now only for this check.
+            let pg_store = match file.accounts {
+                Some(_) => Some(file.store(&rt, true)?),
+                None => None,
+            };
+            if let Ok(store) = pg_store.clone().map_or_else(|| file.store(&rt, true), Ok)
                 && matches!(rt.block_on(store.get(&name)), Ok(Some(_)))
             {
                 bail!("user {name} already exists in {}", file.place());
@@ -844,7 +850,11 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             };
             let password = password.read()?;
             user.password_hash = users::hash_password(&password)?;
-            rt.block_on(file.store(&rt, false)?.add(&user))?;
+            let store = match pg_store {
+                Some(store) => store,
+                None => file.store(&rt, false)?,
+            };
+            rt.block_on(store.add(&user))?;
             // A user deleted by hand and made again must not get their old tokens back.
             if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
                 eprintln!("warning: {e:#}");

@@ -481,6 +481,30 @@ async fn needs_postgres_concurrent_starts_apply_each_migration_once() {
         .unwrap();
     let applied: Vec<(i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(applied, [(1, 1)]);
+    // A node on the server's Unix socket (its directory as `host`) shares the same state.
+    let cluster = crate::util::pg::shared();
+    let db = url.rsplit('/').next().unwrap();
+    let by_socket = format!(
+        "postgres://{}@localhost/{db}?host={}&port={}",
+        crate::util::pg::USER,
+        cluster.dir.display(),
+        cluster.port
+    );
+    let local = node(&by_socket).await;
+    nodes[0]
+        .name_locks()
+        .try_lock("h", "n", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        local
+            .name_locks()
+            .try_lock("h", "n", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
     // Each works.
     for n in &nodes {
         assert_eq!(n.accounts().list().await.unwrap(), vec![]);
