@@ -859,7 +859,13 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             password,
         } => {
             users::validate_name(&name)?;
-            if let Ok(store) = file.store(&rt, true)
+            // The database is opened once, before the password is asked (a database that is
+            // down is said at once); the users file is read now only for this check.
+            let pg_store = match file.accounts {
+                Some(_) => Some(file.store(&rt, true)?),
+                None => None,
+            };
+            if let Ok(store) = pg_store.clone().map_or_else(|| file.store(&rt, true), Ok)
                 && matches!(rt.block_on(store.get(&name)), Ok(Some(_)))
             {
                 bail!("user {name} already exists in {}", file.place());
@@ -875,7 +881,11 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             };
             let password = password.read()?;
             user.password_hash = users::hash_password(&password)?;
-            rt.block_on(file.store(&rt, false)?.add(&user))?;
+            let store = match pg_store {
+                Some(store) => store,
+                None => file.store(&rt, false)?,
+            };
+            rt.block_on(store.add(&user))?;
             // A user deleted by hand and made again must not get their old tokens back.
             if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
                 eprintln!("warning: {e:#}");
@@ -1081,7 +1091,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
                         .map(|c| pg.penalties(penalty_settings(c))),
                     homes: backends.homes.clone(),
                 };
-                tokio::spawn(sweep_database(pg.clone()));
+                // Expired leases, claims and penalties are ignored by every read already;
+                // this keeps the tables small.
+                let _sweeper = pg.spawn_sweeper(Duration::from_secs(60));
                 crate::server::Server::with_state(tls, pg.accounts(), state, a.root.clone(), limits)
             }
             (None, Some(users)) => {
@@ -1365,18 +1377,6 @@ fn penalty_settings(c: &crate::server::penalty::PenaltyConfig) -> crate::pg::Pen
             .iter()
             .filter_map(|n| ipnet::IpNet::new(n.addr(), n.prefix()).ok())
             .collect(),
-    }
-}
-
-/// Deletes what expired from the shared tables every minute (reads already ignore it).
-async fn sweep_database(pg: crate::pg::PgBackend) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pg.sweep().await {
-            tracing::debug!(error = %e, "sweeping expired rows of the shared state failed");
-        }
     }
 }
 

@@ -321,11 +321,6 @@ pub fn make_dummy_hash((m, t, p): (u32, u32, u32)) -> String {
         .map_or_else(|| FALLBACK_DUMMY_HASH.to_owned(), |h| h.to_string())
 }
 
-/// The `(m KiB, t, p)` of a usable argon2id hash, if it is one.
-pub fn hash_params(hash: &str) -> Option<(u32, u32, u32)> {
-    parse_hash(hash).ok().map(|(_, mtp)| mtp)
-}
-
 /// Of `(params, users)` counts, the most used; on a tie the costlier one, so the dummy hash
 /// is never the cheap outlier. [`DEFAULT_PARAMS`] when there are none.
 pub fn most_used_params(

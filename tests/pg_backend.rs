@@ -481,6 +481,30 @@ async fn needs_postgres_concurrent_starts_apply_each_migration_once() {
         .unwrap();
     let applied: Vec<(i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(applied, [(1, 1)]);
+    // A node on the server's Unix socket (its directory as `host`) shares the same state.
+    let cluster = crate::util::pg::shared();
+    let db = url.rsplit('/').next().unwrap();
+    let by_socket = format!(
+        "postgres://{}@localhost/{db}?host={}&port={}",
+        crate::util::pg::USER,
+        cluster.dir.display(),
+        cluster.port
+    );
+    let local = node(&by_socket).await;
+    nodes[0]
+        .name_locks()
+        .try_lock("h", "n", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        local
+            .name_locks()
+            .try_lock("h", "n", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
     // Each works.
     for n in &nodes {
         assert_eq!(n.accounts().list().await.unwrap(), vec![]);
@@ -646,11 +670,45 @@ async fn needs_postgres_a_hung_database_gives_an_error_within_the_timeouts() {
         backend.penalties(PenaltySettings::default()),
     );
     count(&ledger, "h", fp(0, 0)).await;
+    // What a server checks at accept: the database, with its own table behind it.
+    let local = Arc::new(ferry::server::penalty::Penalties::new(
+        ferry::server::penalty::PenaltyConfig::default(),
+    ));
+    let at_accept = backend.penalties_with_fallback(
+        PenaltySettings::default(),
+        local,
+        Duration::from_millis(200),
+    );
+    let guesser = ip("198.51.100.9");
+    at_accept
+        .add(guesser, Duration::from_secs(5))
+        .await
+        .unwrap();
 
     let c = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || c.freeze())
         .await
         .unwrap();
+    // Meanwhile accepts are checked against this node's own table, soon: the guesser's
+    // next three failures here ban it though the database does not answer.
+    let start = Instant::now();
+    let mut banned = false;
+    for _ in 0..3 {
+        banned |= at_accept
+            .add(guesser, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    assert!(banned);
+    assert!(at_accept.refused_for(guesser).await.unwrap().is_some());
+    assert_eq!(at_accept.refused_for(ip("192.0.2.1")).await.unwrap(), None);
+    let took = start.elapsed();
+    eprintln!("five penalty calls on a hung database, with the fallback: {took:?}");
+    assert!(
+        took < Duration::from_millis(200 + 300),
+        "only the first call waits for the database: {took:?}"
+    );
+
     let start = Instant::now();
     let (get, reserve, check, connect) = tokio::join!(
         accounts.get("alice"),
@@ -687,6 +745,16 @@ async fn needs_postgres_a_hung_database_gives_an_error_within_the_timeouts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(accounts.get("alice").await.unwrap(), None);
+    // And the check at accept asks the database again after its pause: a source that only
+    // the database knows (banned through another node) is refused here.
+    tokio::time::sleep(ferry::pg::state::FALLBACK_PAUSE).await;
+    let elsewhere = ip("198.51.100.10");
+    backend
+        .penalties(PenaltySettings::default())
+        .add(elsewhere, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(at_accept.refused_for(elsewhere).await.unwrap().is_some());
 }
 
 /// Median latency of a reservation (one transaction) and of a penalty check on loopback,
@@ -843,4 +911,100 @@ async fn needs_postgres_ferry_user_edits_the_accounts_database() {
     down.expect_failure();
     assert!(down.stderr.contains("database unavailable"), "{down:?}");
     assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+/// The environment variable that makes [`pg_helper_a_node_that_holds_leases`] act: the URL of
+/// the database.
+const HOLDER_URL: &str = "FERRY_TEST_PG_HOLDER_URL";
+
+/// Not a test of its own: the node that [`needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl`]
+/// runs in a process of its own and kills. It takes room, a name and a count claim with a
+/// short lease, says so, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl"]
+async fn pg_helper_a_node_that_holds_leases() {
+    let Ok(url) = std::env::var(HOLDER_URL) else {
+        return;
+    };
+    let backend = node(&url).await;
+    let ttl = Duration::from_secs(2);
+    let q = quota(1_000, 10);
+    backend
+        .ledger()
+        .reserve("killed", q, 1_000, fp(1_000, 1), ttl)
+        .await
+        .unwrap();
+    assert!(
+        backend
+            .name_locks()
+            .try_lock("killed", "x.bin", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    println!("holding");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// A node SIGKILLed while it holds room and a name (no Drop, no goodbye to the database):
+/// the other node sees them held until their lease runs out, then takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl() {
+    use std::io::BufRead;
+    let url = fresh_db().await;
+    let alive = node(&url).await;
+    count(&alive.ledger(), "killed", fp(0, 0)).await;
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "pg_backend::pg_helper_a_node_that_holds_leases",
+            "--nocapture",
+        ])
+        .env(HOLDER_URL, &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("holding"))
+    });
+    let said = tokio::time::timeout(Duration::from_secs(30), said).await;
+    let _ = holder.kill(); // SIGKILL
+    let _ = holder.wait();
+    let killed = Instant::now();
+    assert!(matches!(said, Ok(Ok(true))), "the holder never held");
+
+    let (ledger, names) = (alive.ledger(), alive.name_locks());
+    let ttl = Duration::from_secs(60);
+    let q = quota(1_000, 10);
+    assert_eq!(
+        reserved(&ledger, "killed").await,
+        fp(1_000, 1),
+        "held by the dead"
+    );
+    assert!(ledger.reserve("killed", q, 1, fp(1, 1), ttl).await.is_err());
+    assert_eq!(names.try_lock("killed", "x.bin", ttl).await.unwrap(), None);
+    // Its leases were 2 s long, taken before it said so.
+    tokio::time::sleep(
+        (killed + Duration::from_millis(2_200)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert_eq!(reserved(&ledger, "killed").await, fp(0, 0));
+    ledger
+        .reserve("killed", q, 1_000, fp(1_000, 1), ttl)
+        .await
+        .expect("the killed node's room is free");
+    assert!(
+        names
+            .try_lock("killed", "x.bin", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

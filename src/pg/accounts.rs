@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
-use super::{Db, PgError, db_message};
+use super::{Db, PgError, col, db_message};
 use crate::accounts::{AccountError, AccountStore, BoxFuture, User, UserChange};
 use crate::users::{self, UsersError};
 
@@ -154,12 +154,15 @@ impl PgAccounts {
                     .await?)
             })
             .await?;
-        let counts = rows.iter().filter_map(|r| {
-            let params: Option<String> = r.get(0);
-            let n: i64 = r.get(1);
-            Some((parse_params(&params?)?, usize::try_from(n).ok()?))
-        });
-        let params = users::most_used_params(counts.collect::<Vec<_>>());
+        let mut counts = Vec::new();
+        for r in &rows {
+            let params: Option<String> = col(r, 0)?;
+            let n: i64 = col(r, 1)?;
+            if let Some(params) = params.as_deref().and_then(parse_params) {
+                counts.push((params, usize::try_from(n).unwrap_or(0)));
+            }
+        }
+        let params = users::most_used_params(counts);
         if params != self.dummy().params {
             let hash = tokio::task::spawn_blocking(move || users::make_dummy_hash(params))
                 .await
@@ -193,9 +196,14 @@ async fn listen(db: Db, shared: std::sync::Weak<Shared>, ready: oneshot::Sender<
     let mut ready = Some(ready);
     let mut pause = Duration::from_millis(100);
     loop {
-        match listen_once(&db, &shared, &mut ready).await {
-            Ok(()) => pause = Duration::from_millis(100),
+        let mut listened = false;
+        match listen_once(&db, &shared, &mut ready, &mut listened).await {
+            Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "accounts: change listener lost the database"),
+        }
+        if listened {
+            // It was up: try again soon, then back off while the database stays away.
+            pause = Duration::from_millis(100);
         }
         if shared.strong_count() == 0 {
             return;
@@ -205,11 +213,13 @@ async fn listen(db: Db, shared: std::sync::Weak<Shared>, ready: oneshot::Sender<
     }
 }
 
-/// One connection's life: connect, LISTEN, forward notices until it breaks.
+/// One connection's life: connect, LISTEN, forward notices until it breaks. `Ok` when the
+/// store is gone.
 async fn listen_once(
     db: &Db,
     shared: &std::sync::Weak<Shared>,
     ready: &mut Option<oneshot::Sender<()>>,
+    listened: &mut bool,
 ) -> Result<(), PgError> {
     let target = db.config().target();
     let connecting = target.connect(NoTls);
@@ -247,6 +257,7 @@ async fn listen_once(
         Some(s) => s.generation.send_modify(|g| *g = g.wrapping_add(1)),
         None => return Ok(()),
     }
+    *listened = true;
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -304,16 +315,16 @@ fn home(name: &str, home: Option<&Path>) -> Result<Option<String>, AccountError>
 
 fn user_of(row: &Row) -> Result<User, AccountError> {
     let count = |i: usize| -> Result<Option<u64>, AccountError> {
-        let n: Option<i64> = row.get(i);
+        let n: Option<i64> = col(row, i)?;
         n.map(|n| u64::try_from(n).map_err(|_| AccountError::backend("accounts: a negative limit")))
             .transpose()
     };
-    let home: Option<String> = row.get(2);
+    let home: Option<String> = col(row, 2)?;
     Ok(User {
-        name: row.get(0),
-        password_hash: row.get(1),
+        name: col(row, 0)?,
+        password_hash: col(row, 1)?,
         home: home.map(PathBuf::from),
-        read_only: row.get(3),
+        read_only: col(row, 3)?,
         quota_bytes: count(4)?,
         quota_files: count(5)?,
         max_file_size: count(6)?,

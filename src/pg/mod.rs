@@ -37,11 +37,12 @@ use crate::state::{NameLocks, PartialIndex, PenaltyStore, UsageLedger};
 /// Connections a node keeps to the database at most, unless configured.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Longest a new connection may take to be made (TCP, startup, authentication).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest one statement may run on the server (`statement_timeout`, and `lock_timeout`).
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an operation waits for a free connection of the pool.
-pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an operation waits for a free connection of the pool (each operation holds one
+/// for about a millisecond on a near database).
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The advisory lock key that serialises migrations across nodes ("ferry" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
@@ -79,6 +80,9 @@ pub enum PgError {
 /// those tokio-postgres knows (`host=/socket/dir`, `application_name`, ...):
 /// `password_file`, `pool_size`, `connect_timeout`, `statement_timeout` and `wait_timeout`
 /// (seconds; fractions allowed).
+///
+/// The connection is not encrypted (no TLS connector yet): keep the database on loopback, a
+/// Unix socket (`?host=/run/postgresql`) or a private network.
 #[derive(Clone)]
 pub struct PgConfig {
     target: tokio_postgres::Config,
@@ -196,9 +200,9 @@ impl PgConfig {
     }
 
     /// The longest one operation may take from the caller's side: waiting for a
-    /// connection, making one, and a few statements' worth of the statement timeout. A
-    /// bound for a network that swallows packets, where the server-side timeout never
-    /// answers.
+    /// connection, making one, and two statements' worth of the statement timeout (15 s with
+    /// the defaults). A bound for a network that swallows packets, where the server-side
+    /// timeout never answers.
     pub fn operation_timeout(&self) -> Duration {
         self.wait_timeout + self.connect_timeout + self.statement_timeout * 2
     }
@@ -293,6 +297,16 @@ impl Db {
     }
 }
 
+/// Column `i` of `row`, or an error if the table is not what this version of ferry made
+/// (never a panic, whatever the database holds).
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, PgError> {
+    row.try_get(i)
+        .map_err(|e| PgError::Query(format!("unexpected value in column {i}: {e}")))
+}
+
 /// A database error as a short message: the server's own text and code where there is one.
 pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -338,12 +352,12 @@ pub(crate) async fn migrate(db: &Db) -> Result<(), PgError> {
              )",
         )
         .await?;
-        let done: Vec<i32> = tx
+        let done = tx
             .query("SELECT version FROM ferry_migrations", &[])
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| col::<i32>(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         for (version, sql) in MIGRATIONS {
             if done.contains(version) {
                 continue;
@@ -445,6 +459,21 @@ impl PgBackend {
         Arc::new(digests::PgDigests::new(self.db.clone()))
     }
 
+    /// The penalties with `local` (the node's own table) behind them: see
+    /// [`state::PenaltiesWithFallback`]. What a server checks at accept.
+    pub fn penalties_with_fallback(
+        &self,
+        settings: PenaltySettings,
+        local: Arc<dyn PenaltyStore>,
+        check_timeout: Duration,
+    ) -> Arc<dyn PenaltyStore> {
+        Arc::new(state::PenaltiesWithFallback::new(
+            self.penalties(settings),
+            local,
+            check_timeout,
+        ))
+    }
+
     /// The index of kept partials.
     pub fn partials(&self) -> Arc<dyn PartialIndex> {
         Arc::new(state::PgPartials::new(self.db.clone()))
@@ -487,7 +516,7 @@ mod tests {
         assert_eq!(t.get_password(), None);
         assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(t.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
-        assert!(t.get_options().unwrap().contains("statement_timeout=10000"));
+        assert!(t.get_options().unwrap().contains("statement_timeout=5000"));
     }
 
     #[test]

@@ -18,10 +18,11 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Db, PenaltySettings, PgError};
+use super::{Db, PenaltySettings, PgError, col};
 use crate::domain::{BoxFuture, Footprint, Quota, Refused};
 use crate::state::{
     CountClaim, Counting, NameLockId, NameLocks, PartialIndex, PartialRecord, PenaltyStore,
@@ -166,11 +167,11 @@ fn fits(
     Ok(())
 }
 
-fn footprint(row: &tokio_postgres::Row, at: usize) -> Footprint {
-    Footprint {
-        bytes: small(row.get(at)),
-        files: small(row.get(at + 1)),
-    }
+fn footprint(row: &tokio_postgres::Row, at: usize) -> Result<Footprint, StateError> {
+    Ok(Footprint {
+        bytes: small(col(row, at)?),
+        files: small(col(row, at + 1)?),
+    })
 }
 
 /// The room reserved in `home` now.
@@ -179,7 +180,7 @@ async fn reserved_in(
     home: &str,
 ) -> Result<Footprint, StateError> {
     let row = c.query_one(RESERVED, &[&home]).await?;
-    Ok(footprint(&row, 0))
+    footprint(&row, 0)
 }
 
 /// [`UsageLedger`] in the tables `ferry_usage` and `ferry_reservations`.
@@ -211,13 +212,13 @@ impl PgLedger {
                     &[&home],
                 )
                 .await?;
-            let answer = if row.get::<_, bool>(0) {
+            let answer = if col::<bool>(&row, 0)? {
                 let reserved = reserved_in(&tx, home).await?;
                 Counting::Known(Usage {
-                    used: footprint(&row, 1),
+                    used: footprint(&row, 1)?,
                     reserved,
                 })
-            } else if row.get::<_, bool>(3) {
+            } else if col::<bool>(&row, 3)? {
                 Counting::Busy
             } else {
                 let row = tx
@@ -228,7 +229,7 @@ impl PgLedger {
                         &[&home, &ttl],
                     )
                     .await?;
-                Counting::Yours(CountClaim(row.get::<_, i64>(0) as u64))
+                Counting::Yours(CountClaim(small(col(&row, 0)?)))
             };
             tx.commit().await?;
             Ok(answer)
@@ -258,7 +259,7 @@ impl UsageLedger for PgLedger {
                     .await?;
                 let Some(row) = row else { return Ok(None) };
                 Ok(Some(Usage {
-                    used: footprint(&row, 0),
+                    used: footprint(&row, 0)?,
                     reserved: reserved_in(&*c, &home).await?,
                 }))
             })
@@ -366,7 +367,7 @@ impl UsageLedger for PgLedger {
                         ],
                     )
                     .await?;
-                Ok(row.get(0))
+                Ok(col(&row, 0)?)
             })
             .await?;
             match code {
@@ -397,10 +398,10 @@ impl UsageLedger for PgLedger {
                 else {
                     return Err(StateError::LeaseGone);
                 };
-                let home: String = lease.get(0);
+                let home: String = col(&lease, 0)?;
                 let quota = (
-                    lease.get::<_, Option<i64>>(1).map(small),
-                    lease.get::<_, Option<i64>>(2).map(small),
+                    col::<Option<i64>>(&lease, 1)?.map(small),
+                    col::<Option<i64>>(&lease, 2)?.map(small),
                 );
                 let Some(row) = tx
                     .query_opt(
@@ -413,7 +414,7 @@ impl UsageLedger for PgLedger {
                     return Err(StateError::NotCounted);
                 };
                 let reserved = reserved_in(&tx, &home).await?;
-                fits(footprint(&row, 0), reserved, quota, more)?;
+                fits(footprint(&row, 0)?, reserved, quota, more)?;
                 let n = tx
                     .execute(
                         "UPDATE ferry_reservations SET
@@ -585,7 +586,10 @@ impl NameLocks for PgNameLocks {
                             &[&home, &name, &ttl, &lock_key],
                         )
                         .await?;
-                    Ok(row.map(|r| NameLockId(small(r.get(0)))))
+                    Ok(match row {
+                        Some(r) => Some(NameLockId(small(col(&r, 0)?))),
+                        None => None,
+                    })
                 })
                 .await?;
                 if got.is_some() || !grace.wait().await {
@@ -697,7 +701,7 @@ impl PgPenalties {
                 )
                 .await?;
             if let Some(row) = updated {
-                return Ok(Some(row.get(0)));
+                return Ok(Some(col(&row, 0)?));
             }
             // A new source, while the table has room for it.
             let inserted = c
@@ -711,7 +715,7 @@ impl PgPenalties {
                 )
                 .await?;
             if let Some(row) = inserted {
-                return Ok(Some(row.get(0)));
+                return Ok(Some(col(&row, 0)?));
             }
             // Full (or another node inserted it just now: the caller tries again). Make room
             // by dropping the entry that expires soonest, if it expires before this one would:
@@ -767,7 +771,10 @@ impl PenaltyStore for PgPenalties {
                 .await?)
             })
             .await?;
-            Ok(row.map(|r| Duration::from_micros(small(r.get(0)))))
+            Ok(match row {
+                Some(r) => Some(Duration::from_micros(small(col(&r, 0)?))),
+                None => None,
+            })
         })
     }
 
@@ -793,11 +800,124 @@ impl PenaltyStore for PgPenalties {
             Ok(rows
                 .iter()
                 .filter_map(|r| {
-                    let source: &str = r.get(0);
+                    let source: &str = r.try_get(0).ok()?;
                     let net: ipnet::IpNet = source.parse().ok()?;
-                    Some((net.network(), Duration::from_micros(small(r.get(1)))))
+                    let left: i64 = r.try_get(1).ok()?;
+                    Some((net.network(), Duration::from_micros(small(left))))
                 })
                 .collect())
+        })
+    }
+}
+
+/// The database's penalties with the node's own table behind them (the server's
+/// in-memory one): every offence is recorded in both; a check asks the database for at most
+/// `check_timeout` and refuses a source if either table refuses it. So a database that is
+/// down or slow never holds up an accept (the local table answers), and a guesser this node
+/// saw stays refused meanwhile. After the database failed or was slow, it is left alone for
+/// [`FALLBACK_PAUSE`], so an outage costs each accept nothing. Never fails.
+pub struct PenaltiesWithFallback {
+    db: Arc<dyn PenaltyStore>,
+    local: Arc<dyn PenaltyStore>,
+    check_timeout: Duration,
+    /// Until when the database is not asked (it failed or was slow just now).
+    skip_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long [`PenaltiesWithFallback`] leaves a database that failed alone.
+pub const FALLBACK_PAUSE: Duration = Duration::from_secs(5);
+
+impl PenaltiesWithFallback {
+    /// `db` first, `local` behind it, the database asked for at most `check_timeout`.
+    pub fn new(
+        db: Arc<dyn PenaltyStore>,
+        local: Arc<dyn PenaltyStore>,
+        check_timeout: Duration,
+    ) -> PenaltiesWithFallback {
+        PenaltiesWithFallback {
+            db,
+            local,
+            check_timeout,
+            skip_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn skip(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.skip_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the database is worth asking now.
+    fn db_up(&self) -> bool {
+        self.skip()
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    fn db_failed(&self, what: &str) {
+        tracing::warn!(
+            "penalties: the database {what}; this node's own table answers for {FALLBACK_PAUSE:?}"
+        );
+        *self.skip() = Some(tokio::time::Instant::now() + FALLBACK_PAUSE);
+    }
+}
+
+impl PenaltyStore for PenaltiesWithFallback {
+    fn add(&self, addr: IpAddr, amount: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
+        Box::pin(async move {
+            let local = self.local.add(addr, amount).await.unwrap_or(false);
+            if !self.db_up() {
+                return Ok(local);
+            }
+            match tokio::time::timeout(self.check_timeout, self.db.add(addr, amount)).await {
+                Ok(Ok(banned)) => Ok(banned),
+                Ok(Err(_)) => {
+                    self.db_failed("failed");
+                    Ok(local)
+                }
+                Err(_) => {
+                    self.db_failed("is slow");
+                    Ok(local)
+                }
+            }
+        })
+    }
+
+    fn refused_for(&self, addr: IpAddr) -> BoxFuture<'_, Result<Option<Duration>, StateError>> {
+        Box::pin(async move {
+            let local = self.local.refused_for(addr).await.unwrap_or(None);
+            if !self.db_up() {
+                return Ok(local);
+            }
+            let db = match tokio::time::timeout(self.check_timeout, self.db.refused_for(addr)).await
+            {
+                Ok(Ok(left)) => left,
+                Ok(Err(_)) => {
+                    self.db_failed("failed");
+                    None
+                }
+                Err(_) => {
+                    self.db_failed("is slow");
+                    None
+                }
+            };
+            Ok(db.max(local))
+        })
+    }
+
+    fn refused_sources(
+        &self,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<(IpAddr, Duration)>, StateError>> {
+        Box::pin(async move {
+            if self.db_up() {
+                match tokio::time::timeout(self.check_timeout, self.db.refused_sources(max)).await {
+                    Ok(Ok(refused)) => return Ok(refused),
+                    Ok(Err(_)) => self.db_failed("failed"),
+                    Err(_) => self.db_failed("is slow"),
+                }
+            }
+            self.local.refused_sources(max).await
         })
     }
 }
@@ -823,16 +943,16 @@ fn stamp(t: SystemTime) -> (i64, i32) {
     )
 }
 
-fn record_of(row: &tokio_postgres::Row) -> PartialRecord {
-    let secs: i64 = row.get(4);
-    let nanos: i32 = row.get(5);
-    PartialRecord {
-        home: row.get(0),
-        path: row.get(1),
-        len: small(row.get(2)),
-        handle: row.get(3),
+fn record_of(row: &tokio_postgres::Row) -> Result<PartialRecord, StateError> {
+    let secs: i64 = col(row, 4)?;
+    let nanos: i32 = col(row, 5)?;
+    Ok(PartialRecord {
+        home: col(row, 0)?,
+        path: col(row, 1)?,
+        len: small(col(row, 2)?),
+        handle: col(row, 3)?,
         kept_at: UNIX_EPOCH + Duration::new(small(secs), u32::try_from(nanos).unwrap_or(0)),
-    }
+    })
 }
 
 const PARTIAL: &str = "home, path, len, handle, kept_secs, kept_nanos";
@@ -889,7 +1009,7 @@ impl PartialIndex for PgPartials {
                         .await?;
                     if n == 1 {
                         tx.commit().await?;
-                        return Ok(old.as_ref().map(record_of));
+                        return old.as_ref().map(record_of).transpose();
                     }
                     tx.rollback().await?;
                 }
@@ -912,7 +1032,7 @@ impl PartialIndex for PgPartials {
                         &[&digest(&[&key])],
                     )
                     .await?;
-                Ok(row.as_ref().map(record_of))
+                row.as_ref().map(record_of).transpose()
             })
             .await
         })
@@ -932,7 +1052,7 @@ impl PartialIndex for PgPartials {
                         &[&digest(&[&key])],
                     )
                     .await?;
-                Ok(row.as_ref().map(record_of))
+                row.as_ref().map(record_of).transpose()
             })
             .await
         })
@@ -958,10 +1078,9 @@ impl PartialIndex for PgPartials {
                         &[&home, &secs, &nanos],
                     )
                     .await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| (r.get::<_, String>(6), record_of(r)))
-                    .collect())
+                rows.iter()
+                    .map(|r| Ok((col::<String>(r, 6)?, record_of(r)?)))
+                    .collect()
             })
             .await
         })
