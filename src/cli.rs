@@ -519,7 +519,7 @@ struct ServeArgs {
     #[arg(long, value_name = "N", requires = "accounts", value_parser = clap::value_parser!(u32).range(1..=1024))]
     db_pool_size: Option<u32>,
     /// Longest a login or transfer waits for the database, each of: a free connection, a
-    /// new one, a statement; then it fails cleanly [default: 5s, 5s, 10s, or the URL's
+    /// new one, a statement; then it fails cleanly [default: 2s, 3s, 5s, or the URL's
     /// wait_timeout, connect_timeout and statement_timeout].
     #[arg(long, value_name = "DURATION", requires = "accounts", value_parser = parse_duration)]
     db_timeout: Option<Duration>,
