@@ -271,7 +271,8 @@ async fn put_until_killed(
         )
         .await
     });
-    rx.await.expect("the upload ended before it reached the kill point");
+    rx.await
+        .expect("the upload ended before it reached the kill point");
     cluster.run("node-kill", Some(node));
     match upload.await.unwrap() {
         Ok(Err(e)) => e,
@@ -356,7 +357,10 @@ async fn needs_cluster_a_garage_node_stopped_mid_transfer_loses_nothing() {
         Ok(t) => assert_eq!(t.sha256, sha256_hex(&data)),
         Err(e) => {
             eprintln!("the upload failed with a Garage node down: {e}; resuming");
-            assert!(b.stat("/big.bin").await.is_err(), "a failed upload is visible");
+            assert!(
+                b.stat("/big.bin").await.is_err(),
+                "a failed upload is visible"
+            );
             let t = b
                 .put_resume(&src, "/big.bin", false, &mut no_progress())
                 .await
@@ -407,9 +411,13 @@ async fn needs_cluster_postgres_restarted_under_load_nodes_recover() {
                     let tcp = tokio::net::TcpStream::connect(cluster.node_addr(node))
                         .await
                         .map_err(|e| ClientError::Usage(e.to_string()))?;
-                    let mut c =
-                        Connection::over(tcp, "localhost", cluster.node_addr(node).port(), cluster.client_tls())
-                            .await?;
+                    let mut c = Connection::over(
+                        tcp,
+                        "localhost",
+                        cluster.node_addr(node).port(),
+                        cluster.client_tls(),
+                    )
+                    .await?;
                     c.login("alice", &Password::new(PW.to_string())).await?;
                     c.put(&src, &format!("/c{k}-{i}"), false, &mut no_progress())
                         .await
@@ -446,10 +454,16 @@ async fn needs_cluster_postgres_restarted_under_load_nodes_recover() {
             let src = local.path().join(format!("after-{node}"));
             std::fs::write(&src, format!("after the restart, node {node}")).unwrap();
             let mut c = cluster.connect_node(node, "alice", PW).await;
-            match c.put(&src, &format!("/after-{node}"), false, &mut no_progress()).await {
+            match c
+                .put(&src, &format!("/after-{node}"), false, &mut no_progress())
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "node {node} did not recover: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {node} did not recover: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -490,7 +504,12 @@ async fn needs_cluster_a_rolling_restart_under_20_clients_loses_nothing() {
                     tries += 1;
                     assert!(tries <= 30, "client {k}: {name} never landed");
                     let attempt = tokio::time::timeout(Duration::from_secs(60), async {
-                        let mut c = Connection::connect("localhost", cluster.addr().port(), cluster.client_tls()).await?;
+                        let mut c = Connection::connect(
+                            "localhost",
+                            cluster.addr().port(),
+                            cluster.client_tls(),
+                        )
+                        .await?;
                         c.login("alice", &Password::new(PW.to_string())).await?;
                         c.put_resume(&src, &name, false, &mut no_progress()).await
                     })
@@ -536,7 +555,10 @@ async fn needs_cluster_a_rolling_restart_under_20_clients_loses_nothing() {
         landed.extend(l);
         failures += f;
     }
-    eprintln!("{} files landed over the rolling restart; {failures} clean failures were resumed", landed.len());
+    eprintln!(
+        "{} files landed over the rolling restart; {failures} clean failures were resumed",
+        landed.len()
+    );
     assert!(landed.len() >= 20);
     // Every committed file is whole: its stored digest is its client's.
     let mut c = cluster.connect("alice", PW).await;
