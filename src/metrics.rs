@@ -796,3 +796,129 @@ mod tests {
         }
     }
 }
+
+/// A [`UsageLedger`](crate::state::UsageLedger) whose calls are timed into
+/// `ferry_database_seconds`: the shared ledger a cluster keeps in PostgreSQL, where each
+/// reservation is a round trip an upload waits for.
+struct TimedLedger {
+    inner: Arc<dyn crate::state::UsageLedger>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedLedger {
+    fn time<'a, T: Send + 'a>(&'a self, op: &'static str, f: BoxFuture<'a, T>) -> BoxFuture<'a, T> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let out = f.await;
+            self.metrics.database(op, started.elapsed());
+            out
+        })
+    }
+}
+
+impl crate::state::UsageLedger for TimedLedger {
+    fn usage(
+        &self,
+        home: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::state::Usage>, crate::state::StateError>> {
+        self.time("usage", self.inner.usage(home))
+    }
+
+    fn claim_count(
+        &self,
+        home: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<crate::state::Counting, crate::state::StateError>> {
+        self.time("claim_count", self.inner.claim_count(home, ttl))
+    }
+
+    fn set_counted(
+        &self,
+        claim: crate::state::CountClaim,
+        used: crate::domain::Footprint,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("set_counted", self.inner.set_counted(claim, used))
+    }
+
+    fn abandon_count(&self, claim: crate::state::CountClaim) {
+        self.inner.abandon_count(claim);
+    }
+
+    fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("forget", self.inner.forget(home))
+    }
+
+    fn reserve(
+        &self,
+        home: &str,
+        quota: crate::domain::Quota,
+        file_size: u64,
+        need: crate::domain::Footprint,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<crate::state::ReservationId, crate::state::StateError>> {
+        self.time(
+            "reserve",
+            self.inner.reserve(home, quota, file_size, need, ttl),
+        )
+    }
+
+    fn grow(
+        &self,
+        id: crate::state::ReservationId,
+        more: crate::domain::Footprint,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("grow", self.inner.grow(id, more))
+    }
+
+    fn renew(
+        &self,
+        id: crate::state::ReservationId,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("renew", self.inner.renew(id, ttl))
+    }
+
+    fn commit(
+        &self,
+        home: &str,
+        id: crate::state::ReservationId,
+        added: crate::domain::Footprint,
+        removed: crate::domain::Footprint,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("commit", self.inner.commit(home, id, added, removed))
+    }
+
+    fn release(
+        &self,
+        id: crate::state::ReservationId,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("release", self.inner.release(id))
+    }
+
+    fn release_soon(&self, id: crate::state::ReservationId) {
+        self.inner.release_soon(id);
+    }
+
+    fn adjust(
+        &self,
+        home: &str,
+        added: crate::domain::Footprint,
+        removed: crate::domain::Footprint,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("adjust", self.inner.adjust(home, added, removed))
+    }
+}
+
+impl Metrics {
+    /// `ledger` with its calls timed into `ferry_database_seconds` (for a ledger in a
+    /// database; the in-memory one answers at once and is not worth a histogram).
+    pub fn timed_ledger(
+        self: &Arc<Self>,
+        ledger: Arc<dyn crate::state::UsageLedger>,
+    ) -> Arc<dyn crate::state::UsageLedger> {
+        Arc::new(TimedLedger {
+            inner: ledger,
+            metrics: Arc::clone(self),
+        })
+    }
+}

@@ -163,6 +163,15 @@ async fn needs_cluster_parallel_uploads_over_all_nodes_never_exceed_the_quota() 
     assert!(usage.used_bytes.unwrap() <= 10 << 20);
     let listed = conn.list("/").await.unwrap().len() as u64;
     assert_eq!(listed, ok);
+    // Each node timed its database work for its operators: the account lookups of the
+    // logins, and the reservations of the uploads.
+    for n in 1..=3u16 {
+        let m = cluster.metrics(n).await;
+        for op in ["login_lookup", "reserve"] {
+            let line = format!("ferry_database_seconds_count{{operation=\"{op}\"}}");
+            assert!(m.contains(&line), "node {n} has no {line}:\n{m}");
+        }
+    }
 }
 
 /// Wrong passwords spread over the three nodes: the source is refused by every node, while

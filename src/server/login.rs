@@ -139,7 +139,7 @@ pub(crate) async fn open_for(
     peer: SocketAddr,
     deadline: Instant,
 ) -> Result<UserSession, Refusal> {
-    let user = match tokio::time::timeout_at(deadline, server.users.get(name)).await {
+    let user = match tokio::time::timeout_at(deadline, server.lookup_user(name)).await {
         Ok(Ok(Some(u))) => u,
         Ok(Ok(None)) => return Err(Refusal::Denied),
         Ok(Err(e)) => {
@@ -183,7 +183,7 @@ pub(crate) async fn open_link_home(
     peer: SocketAddr,
     deadline: Instant,
 ) -> Result<crate::service::Home, Refusal> {
-    let user = match tokio::time::timeout_at(deadline, server.users.get(owner)).await {
+    let user = match tokio::time::timeout_at(deadline, server.lookup_user(owner)).await {
         Ok(Ok(Some(u))) => u,
         Ok(Ok(None)) => return Err(Refusal::Denied),
         Ok(Err(e)) => {
@@ -374,7 +374,7 @@ async fn authenticate(
     // A name that can never be an account is not looked up (a store may choke on it): it
     // takes the unknown user's path. The lookup ends with the login's deadline.
     let looked_up = if users::validate_name(name).is_ok() {
-        tokio::time::timeout_at(deadline, server.users.get(name)).await
+        tokio::time::timeout_at(deadline, server.lookup_user(name)).await
     } else {
         Ok(Ok(None))
     };

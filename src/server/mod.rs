@@ -219,6 +219,8 @@ pub struct Server {
     pub(crate) web: crate::frontend::http::auth::WebState,
     /// This server's own counts, for the admin port (`admin`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Whether account lookups go to a database, and are timed into the metrics.
+    timed_lookups: bool,
 }
 
 /// Counts of live things by key; a [`Slot`] holds one and gives it back when dropped.
@@ -341,6 +343,7 @@ impl Server {
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         Arc::new(Server {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             users,
@@ -349,7 +352,7 @@ impl Server {
             auth_permits: Semaphore::new(limits.auth_concurrency.max(1)),
             conn_permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             accounts: if state.shared_ledger {
-                quota::Accounts::shared(state.ledger)
+                quota::Accounts::shared(metrics.timed_ledger(state.ledger))
             } else {
                 quota::Accounts::new(state.ledger)
             },
@@ -363,7 +366,8 @@ impl Server {
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
             web: Default::default(),
-            metrics: Default::default(),
+            timed_lookups: state.shared_ledger,
+            metrics,
             limits,
         })
     }
@@ -565,6 +569,20 @@ impl Server {
         self.penalties
             .as_ref()?
             .check(ip, std::time::Instant::now())
+    }
+
+    /// Looks `name` up in the account store, timed into `ferry_database_seconds` when the
+    /// store is a database.
+    pub(crate) async fn lookup_user(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::accounts::User>, crate::accounts::AccountError> {
+        let started = std::time::Instant::now();
+        let found = self.users.get(name).await;
+        if self.timed_lookups {
+            self.metrics.database("login_lookup", started.elapsed());
+        }
+        found
     }
 
     /// The data root.

@@ -216,6 +216,21 @@ impl Cluster {
         }
     }
 
+    /// Node `n`'s metrics (`GET /metrics` on its admin listener).
+    pub async fn metrics(&self, n: u16) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics_addr(n))
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
     /// A node's log so far.
     pub fn log(&self, n: u16) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{n}.log"))).unwrap_or_default()
