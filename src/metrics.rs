@@ -680,123 +680,6 @@ impl Upload for TimedUpload {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The value of the series `name{labels}` in `text`, 0 if absent.
-    fn value(text: &str, series: &str) -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.parse().unwrap())
-    }
-
-    #[test]
-    fn counts_show_in_the_text_under_their_names() {
-        let m = Arc::new(Metrics::new());
-        let text = m.encode();
-        assert!(text.ends_with("# EOF\n"), "{text}");
-        let build = format!(
-            "ferry_build_info{{version=\"{}\"}}",
-            env!("CARGO_PKG_VERSION")
-        );
-        assert_eq!(value(&text, &build), 1.0, "{text}");
-        assert_eq!(
-            value(
-                &text,
-                r#"ferry_transfers_total{direction="upload",result="ok"}"#
-            ),
-            0.0
-        );
-        assert!(
-            text.contains(r#"ferry_logins_total{result="failed"} 0"#),
-            "{text}"
-        );
-        m.audited("put", "ok", Some(10));
-        m.audited("get", "disconnected", Some(4));
-        m.audited("get", "not_found", None);
-        m.audited("mkdir", "ok", None);
-        m.error("auth_failed");
-        m.error("made_up_code");
-        m.login(false);
-        m.penalty("authfail");
-        m.refused(Refusal::PerSource);
-        m.storage(storage_op::COMMIT, Duration::from_millis(3));
-        m.database("login", Duration::from_millis(1));
-        let live = m.session(Protocol::Ferry);
-        m.set_connections(2);
-        let text = m.encode();
-        for (series, want) in [
-            (
-                r#"ferry_transfers_total{direction="upload",result="ok"}"#,
-                1.0,
-            ),
-            (
-                r#"ferry_transfers_total{direction="download",result="interrupted"}"#,
-                1.0,
-            ),
-            (
-                r#"ferry_transfers_total{direction="download",result="error"}"#,
-                1.0,
-            ),
-            (r#"ferry_transfer_bytes_total{direction="upload"}"#, 10.0),
-            (r#"ferry_transfer_bytes_total{direction="download"}"#, 4.0),
-            (r#"ferry_errors_total{code="auth_failed"}"#, 1.0),
-            (r#"ferry_errors_total{code="other"}"#, 1.0),
-            (r#"ferry_logins_total{result="failed"}"#, 1.0),
-            (r#"ferry_penalties_total{reason="authfail"}"#, 1.0),
-            (
-                r#"ferry_refused_connections_total{reason="per_source"}"#,
-                1.0,
-            ),
-            (r#"ferry_storage_seconds_count{operation="commit"}"#, 1.0),
-            (r#"ferry_database_seconds_count{operation="login"}"#, 1.0),
-            (r#"ferry_sessions{protocol="ferry"}"#, 1.0),
-            ("ferry_connections", 2.0),
-        ] {
-            assert_eq!(value(&text, series), want, "{series} in\n{text}");
-        }
-        drop(live);
-        assert_eq!(
-            value(&m.encode(), r#"ferry_sessions{protocol="ferry"}"#),
-            0.0
-        );
-    }
-
-    #[test]
-    fn every_code_of_the_wire_is_a_known_label() {
-        use crate::protocol::ErrorCode::*;
-        for code in [
-            BadRequest,
-            UnsupportedVersion,
-            AuthFailed,
-            AuthRequired,
-            NotFound,
-            AlreadyExists,
-            PermissionDenied,
-            NotADirectory,
-            IsADirectory,
-            DirectoryNotEmpty,
-            InvalidPath,
-            IntegrityMismatch,
-            SizeMismatch,
-            TooLarge,
-            QuotaExceeded,
-            NoSpace,
-            Busy,
-            Timeout,
-            Cancelled,
-            Internal,
-        ] {
-            assert_eq!(
-                error_code(code.as_str()),
-                code.as_str(),
-                "add {code} to ERROR_CODES"
-            );
-        }
-    }
-}
-
 /// A [`UsageLedger`](crate::state::UsageLedger) whose calls are timed into
 /// `ferry_database_seconds`: the shared ledger a cluster keeps in PostgreSQL, where each
 /// reservation is a round trip an upload waits for.
@@ -920,5 +803,122 @@ impl Metrics {
             inner: ledger,
             metrics: Arc::clone(self),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series `name{labels}` in `text`, 0 if absent.
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn counts_show_in_the_text_under_their_names() {
+        let m = Arc::new(Metrics::new());
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let build = format!(
+            "ferry_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&text, &build), 1.0, "{text}");
+        assert_eq!(
+            value(
+                &text,
+                r#"ferry_transfers_total{direction="upload",result="ok"}"#
+            ),
+            0.0
+        );
+        assert!(
+            text.contains(r#"ferry_logins_total{result="failed"} 0"#),
+            "{text}"
+        );
+        m.audited("put", "ok", Some(10));
+        m.audited("get", "disconnected", Some(4));
+        m.audited("get", "not_found", None);
+        m.audited("mkdir", "ok", None);
+        m.error("auth_failed");
+        m.error("made_up_code");
+        m.login(false);
+        m.penalty("authfail");
+        m.refused(Refusal::PerSource);
+        m.storage(storage_op::COMMIT, Duration::from_millis(3));
+        m.database("login", Duration::from_millis(1));
+        let live = m.session(Protocol::Ferry);
+        m.set_connections(2);
+        let text = m.encode();
+        for (series, want) in [
+            (
+                r#"ferry_transfers_total{direction="upload",result="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"ferry_transfers_total{direction="download",result="interrupted"}"#,
+                1.0,
+            ),
+            (
+                r#"ferry_transfers_total{direction="download",result="error"}"#,
+                1.0,
+            ),
+            (r#"ferry_transfer_bytes_total{direction="upload"}"#, 10.0),
+            (r#"ferry_transfer_bytes_total{direction="download"}"#, 4.0),
+            (r#"ferry_errors_total{code="auth_failed"}"#, 1.0),
+            (r#"ferry_errors_total{code="other"}"#, 1.0),
+            (r#"ferry_logins_total{result="failed"}"#, 1.0),
+            (r#"ferry_penalties_total{reason="authfail"}"#, 1.0),
+            (
+                r#"ferry_refused_connections_total{reason="per_source"}"#,
+                1.0,
+            ),
+            (r#"ferry_storage_seconds_count{operation="commit"}"#, 1.0),
+            (r#"ferry_database_seconds_count{operation="login"}"#, 1.0),
+            (r#"ferry_sessions{protocol="ferry"}"#, 1.0),
+            ("ferry_connections", 2.0),
+        ] {
+            assert_eq!(value(&text, series), want, "{series} in\n{text}");
+        }
+        drop(live);
+        assert_eq!(
+            value(&m.encode(), r#"ferry_sessions{protocol="ferry"}"#),
+            0.0
+        );
+    }
+
+    #[test]
+    fn every_code_of_the_wire_is_a_known_label() {
+        use crate::protocol::ErrorCode::*;
+        for code in [
+            BadRequest,
+            UnsupportedVersion,
+            AuthFailed,
+            AuthRequired,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            NotADirectory,
+            IsADirectory,
+            DirectoryNotEmpty,
+            InvalidPath,
+            IntegrityMismatch,
+            SizeMismatch,
+            TooLarge,
+            QuotaExceeded,
+            NoSpace,
+            Busy,
+            Timeout,
+            Cancelled,
+            Internal,
+        ] {
+            assert_eq!(
+                error_code(code.as_str()),
+                code.as_str(),
+                "add {code} to ERROR_CODES"
+            );
+        }
     }
 }
