@@ -19,7 +19,9 @@
 
 pub mod accounts;
 pub mod digests;
+pub mod links;
 pub mod state;
+pub mod tokens;
 
 use std::fmt;
 use std::future::Future;
@@ -51,6 +53,7 @@ const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_accounts_and_state.sql")),
     (2, include_str!("migrations/0002_object_digests.sql")),
+    (3, include_str!("migrations/0003_links_and_tokens.sql")),
 ];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.
@@ -472,6 +475,16 @@ impl PgBackend {
             local,
             check_timeout,
         ))
+    }
+
+    /// The drop links, shared by every node.
+    pub fn links(&self) -> Arc<dyn crate::state::links::LinkStore> {
+        Arc::new(links::PgLinks::new(self.db.clone()))
+    }
+
+    /// The API tokens, shared by every node.
+    pub fn tokens(&self) -> Arc<dyn crate::state::tokens::ApiTokens> {
+        Arc::new(tokens::PgTokens::new(self.db.clone()))
     }
 
     /// The index of kept partials.
