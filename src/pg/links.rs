@@ -129,7 +129,8 @@ impl PgLinks {
     }
 
     async fn insert(&self, l: &Link) -> Result<(), LinkError> {
-        users::validate_name(&l.owner).map_err(|e| LinkError::invalid(format!("link {}: {e}", l.id)))?;
+        users::validate_name(&l.owner)
+            .map_err(|e| LinkError::invalid(format!("link {}: {e}", l.id)))?;
         if let Some(p) = &l.password {
             users::check_hash(p)
                 .map_err(|e| LinkError::invalid(format!("link {}: password: {e}", l.id)))?;
@@ -205,7 +206,9 @@ impl PgLinks {
                 match inserted {
                     Ok(_) => {}
                     // A counter above its limit: refused like any other bad record.
-                    Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) => {
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) =>
+                    {
                         return Ok(Some(LinkError::invalid(format!(
                             "link {}: a counter is above its limit",
                             l.id
@@ -319,7 +322,7 @@ impl PgLinks {
                     .query_one(
                         "INSERT INTO ferry_link_uses (id, link_id, token_sha256, bytes, expires)
                          VALUES (nextval('ferry_lease_ids'), $1, $2, $3,
-                                 now() + $4 * interval '1 microsecond')
+                                 now() + $4::bigint * interval '1 microsecond')
                          RETURNING id",
                         &[
                             &i64::from(id.0),
@@ -329,12 +332,9 @@ impl PgLinks {
                         ],
                     )
                     .await?;
-                // Leases that ended are swept by whoever reserves next through the link.
-                tx.execute(
-                    "DELETE FROM ferry_link_uses WHERE link_id = $1 AND expires <= now()",
-                    &[&i64::from(id.0)],
-                )
-                .await?;
+                // Leases that ended (of any link, revoked ones too) are swept by each reservation.
+                tx.execute("DELETE FROM ferry_link_uses WHERE expires <= now()", &[])
+                    .await?;
                 let use_id: i64 = col(&row, 0)?;
                 tx.commit().await?;
                 Ok(Ok(LinkUseId(use_id.max(0) as u64)))
@@ -373,7 +373,9 @@ impl PgLinks {
                 tx.execute("DELETE FROM ferry_link_uses WHERE id = $1", &[&uid])
                     .await?;
                 let decided = match link {
-                    Some(l) if subtle::ConstantTimeEq::ct_eq(&l.token_sha256[..], &hash[..]).into() => {
+                    Some(l)
+                        if subtle::ConstantTimeEq::ct_eq(&l.token_sha256[..], &hash[..]).into() =>
+                    {
                         match l.refusal(LinkKind::Upload, now) {
                             Some(why) => Err(why),
                             None => {
@@ -383,12 +385,12 @@ impl PgLinks {
                                         "UPDATE ferry_links
                                          SET used_files = LEAST(used_files::numeric + 1,
                                                                 9223372036854775807)::bigint,
-                                             used_bytes = LEAST(used_bytes::numeric + $2,
+                                             used_bytes = LEAST(used_bytes::numeric + $2::bigint,
                                                                 9223372036854775807)::bigint
                                          WHERE id = $1 AND kind = 'upload'
                                            AND (max_files IS NULL OR used_files < max_files)
                                            AND (max_bytes IS NULL
-                                                OR used_bytes::numeric + $2 <= max_bytes)",
+                                                OR used_bytes::numeric + $2::bigint <= max_bytes)",
                                         &[&link_id, &big(bytes)],
                                     )
                                     .await?;
@@ -456,8 +458,9 @@ impl PgLinks {
         }
     }
 
-    /// Deletes the links `filter` picks, and their uses with them (a link made again under
-    /// the id never counts them); how many links went.
+    /// Deletes the links `filter` picks; how many went. Their uses stay until they end (a
+    /// commit answers [`LinkRefused::Gone`]); a link made again under the id never counts
+    /// them, as they name the old token's hash.
     async fn delete(
         &self,
         filter: &str,
@@ -469,9 +472,7 @@ impl PgLinks {
                 let row = conn
                     .query_one(
                         &format!(
-                            "WITH gone AS (DELETE FROM ferry_links WHERE {filter} RETURNING id),
-                                  uses AS (DELETE FROM ferry_link_uses
-                                           WHERE link_id IN (SELECT id FROM gone))
+                            "WITH gone AS (DELETE FROM ferry_links WHERE {filter} RETURNING id)
                              SELECT count(*) FROM gone"
                         ),
                         params,
@@ -558,7 +559,7 @@ impl LinkStore for PgLinks {
             };
             let n = self
                 .execute(
-                    "UPDATE ferry_link_uses SET expires = now() + $2 * interval '1 microsecond'
+                    "UPDATE ferry_link_uses SET expires = now() + $2::bigint * interval '1 microsecond'
                      WHERE id = $1 AND expires > now()",
                     &[&uid, &micros(ttl)],
                 )
@@ -600,4 +601,13 @@ impl LinkStore for PgLinks {
     fn count_download(&self, id: LinkId) -> BoxFuture<'_, Result<bool, LinkError>> {
         Box::pin(self.count(id))
     }
+}
+
+/// Opens a store on its own pool (another node, as far as the database can tell), the schema
+/// brought up to date. For `ferry link ...` and tests; a server takes its store from
+/// [`super::PgBackend::links`].
+pub async fn open(cfg: &super::PgConfig) -> Result<PgLinks, PgError> {
+    let db = Db::new(cfg)?;
+    super::migrate(&db).await?;
+    Ok(PgLinks::new(db))
 }

@@ -208,7 +208,10 @@ impl ApiTokens for PgTokens {
     fn revoke(&self, id: TokenId) -> BoxFuture<'_, Result<(), TokenError>> {
         Box::pin(async move {
             let n = self
-                .delete("DELETE FROM ferry_api_tokens WHERE id = $1", &[&i64::from(id.0)])
+                .delete(
+                    "DELETE FROM ferry_api_tokens WHERE id = $1",
+                    &[&i64::from(id.0)],
+                )
                 .await?;
             if n == 0 {
                 return Err(TokenError::NotFound(id));
@@ -220,9 +223,21 @@ impl ApiTokens for PgTokens {
     fn revoke_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<usize, TokenError>> {
         Box::pin(async move {
             let n = self
-                .delete("DELETE FROM ferry_api_tokens WHERE user_name = $1", &[&user])
+                .delete(
+                    "DELETE FROM ferry_api_tokens WHERE user_name = $1",
+                    &[&user],
+                )
                 .await?;
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
+}
+
+/// Opens a store on its own pool (another node, as far as the database can tell), the schema
+/// brought up to date. For `ferry token ...` and tests; a server takes its store from
+/// [`super::PgBackend::tokens`].
+pub async fn open(cfg: &super::PgConfig) -> Result<PgTokens, PgError> {
+    let db = Db::new(cfg)?;
+    super::migrate(&db).await?;
+    Ok(PgTokens::new(db))
 }
