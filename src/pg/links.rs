@@ -128,7 +128,16 @@ impl PgLinks {
         PgLinks { db }
     }
 
-    async fn insert(&self, l: &Link) -> Result<(), LinkError> {
+    /// Adds `l` only if its owner is an account in this database (`ferry link add
+    /// --accounts`): the account's row is locked (`FOR SHARE`) until the link is in, so a
+    /// `ferry user del` that runs at the same moment either deletes the account first (and
+    /// this add is refused) or waits, and then its revocation of the user's links sees this
+    /// one. A link never outlives its user's deletion.
+    pub async fn add_for_existing_user(&self, l: &Link) -> Result<(), LinkError> {
+        self.insert(l, true).await
+    }
+
+    async fn insert(&self, l: &Link, require_user: bool) -> Result<(), LinkError> {
         users::validate_name(&l.owner)
             .map_err(|e| LinkError::invalid(format!("link {}: {e}", l.id)))?;
         if let Some(p) = &l.password {
@@ -147,6 +156,20 @@ impl PgLinks {
                 let tx = conn.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADD_LOCK])
                     .await?;
+                if require_user
+                    && tx
+                        .query_opt(
+                            "SELECT 1 FROM ferry_users WHERE name = $1 FOR SHARE",
+                            &[&l.owner],
+                        )
+                        .await?
+                        .is_none()
+                {
+                    return Ok(Some(LinkError::invalid(format!(
+                        "no user `{}` in the accounts database",
+                        l.owner.escape_debug()
+                    ))));
+                }
                 if tx
                     .query_opt("SELECT 1 FROM ferry_links WHERE id = $1", &[&id])
                     .await?
@@ -499,7 +522,7 @@ impl PgLinks {
 
 impl LinkStore for PgLinks {
     fn add<'a>(&'a self, link: &'a Link) -> BoxFuture<'a, Result<(), LinkError>> {
-        Box::pin(self.insert(link))
+        Box::pin(self.insert(link, false))
     }
 
     fn get(&self, id: LinkId) -> BoxFuture<'_, Result<Option<Link>, LinkError>> {

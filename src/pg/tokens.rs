@@ -73,7 +73,16 @@ fn token_of(row: &Row) -> Result<ApiToken, TokenError> {
 }
 
 impl PgTokens {
-    async fn insert(&self, t: &ApiToken) -> Result<(), TokenError> {
+    /// Adds `t` only if its user is an account in this database (`ferry token add
+    /// --accounts`): the account's row is locked (`FOR SHARE`) until the token is in, so a
+    /// `ferry user del` that runs at the same moment either deletes the account first (and
+    /// this add is refused) or waits, and then its revocation of the user's tokens sees this
+    /// one. A token never outlives its user's deletion.
+    pub async fn add_for_existing_user(&self, t: &ApiToken) -> Result<(), TokenError> {
+        self.insert(t, true).await
+    }
+
+    async fn insert(&self, t: &ApiToken, require_user: bool) -> Result<(), TokenError> {
         users::validate_name(&t.user).map_err(|e| TokenError::invalid(e.to_string()))?;
         validate_token(t)?;
         let scope = match t.scope {
@@ -90,6 +99,20 @@ impl PgTokens {
                 let tx = conn.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADD_LOCK])
                     .await?;
+                if require_user
+                    && tx
+                        .query_opt(
+                            "SELECT 1 FROM ferry_users WHERE name = $1 FOR SHARE",
+                            &[&t.user],
+                        )
+                        .await?
+                        .is_none()
+                {
+                    return Ok(Some(TokenError::invalid(format!(
+                        "no user `{}` in the accounts database",
+                        t.user.escape_debug()
+                    ))));
+                }
                 if tx
                     .query_opt("SELECT 1 FROM ferry_api_tokens WHERE id = $1", &[&id])
                     .await?
@@ -179,7 +202,7 @@ impl PgTokens {
 
 impl ApiTokens for PgTokens {
     fn add<'a>(&'a self, token: &'a ApiToken) -> BoxFuture<'a, Result<(), TokenError>> {
-        Box::pin(self.insert(token))
+        Box::pin(self.insert(token, false))
     }
 
     fn get(&self, id: TokenId) -> BoxFuture<'_, Result<Option<ApiToken>, TokenError>> {
