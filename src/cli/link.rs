@@ -396,7 +396,7 @@ fn add_toml(
         // user first and then revokes their links under this lock, so a link never outlives
         // its user's deletion.
         let db = UserDb::load(&files.users).map_err(|e| LinkError::invalid(e.to_string()))?;
-        if db.get(&user).is_none() {
+        if db.get(user).is_none() {
             return Err(LinkError::invalid(format!(
                 "no user `{}` in {}",
                 user.escape_debug(),
@@ -435,7 +435,7 @@ fn print_added(cert: &Path, base: &str, kind: LinkKind, user: &str, token: &NewL
     // A file link ends in the file's name, a folder link in `/`: see `link_path`.
     println!(
         "{base}{}",
-        crate::frontend::http::drop::link_path(&link, token.expose())
+        crate::frontend::http::drop::link_path(link, token.expose())
     );
     let until = link.expires.map_or_else(
         || "never expires".to_owned(),

@@ -355,9 +355,17 @@ impl PgLinks {
                         ],
                     )
                     .await?;
-                // Leases that ended (of any link, revoked ones too) are swept by each reservation.
-                tx.execute("DELETE FROM ferry_link_uses WHERE expires <= now()", &[])
-                    .await?;
+                // Leases that ended (of any link, revoked ones too) are swept by each
+                // reservation, a bounded batch at a time. Rows a commit holds are skipped: a
+                // commit locks its use and then the link, which this transaction holds, so
+                // waiting for one could deadlock.
+                tx.execute(
+                    "DELETE FROM ferry_link_uses WHERE id IN
+                         (SELECT id FROM ferry_link_uses WHERE expires <= now()
+                          LIMIT 256 FOR UPDATE SKIP LOCKED)",
+                    &[],
+                )
+                .await?;
                 let use_id: i64 = col(&row, 0)?;
                 tx.commit().await?;
                 Ok(Ok(LinkUseId(use_id.max(0) as u64)))

@@ -1,6 +1,7 @@
 //! The `postgres` backend: accounts ([`accounts::PgAccounts`]) and shared state
-//! ([`state`]: usage reservations, name locks, penalties, kept partials) in one PostgreSQL
-//! database that several ferry nodes share (issue 15).
+//! ([`state`]: usage reservations, name locks, penalties, kept partials; [`links`]: drop
+//! links and their counters; [`tokens`]: API tokens) in one PostgreSQL database that several
+//! ferry nodes share (issue 15).
 //!
 //! - [`PgConfig`]: where the database is (`postgres://user@host:port/db`), its password
 //!   (from `PGPASSWORD` or a password file; in the URL for tests only) and the pool's size
