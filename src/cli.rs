@@ -887,10 +887,17 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             };
             rt.block_on(store.add(&user))?;
             // A user deleted by hand and made again must not get their old tokens back.
-            if let Err(e) = token::revoke_user_tokens(&file.users, None, &name) {
-                eprintln!("warning: {e:#}");
-            }
-            if let Err(e) = link::revoke_user_links(&file.users, None, &name) {
+            let (tokens, links) = match &file.accounts {
+                Some(url) => (
+                    token::revoke_user_tokens_pg(url, &name),
+                    link::revoke_user_links_pg(url, &name),
+                ),
+                None => (
+                    token::revoke_user_tokens(&file.users, None, &name),
+                    link::revoke_user_links(&file.users, None, &name),
+                ),
+            };
+            for e in [tokens.err(), links.err()].into_iter().flatten() {
                 eprintln!("warning: {e:#}");
             }
             eprintln!(
@@ -945,14 +952,20 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
         } => {
             rt.block_on(file.store(&rt, false)?.del(&name))?;
             // After the user is gone, so that no `ferry token add` can slip in between.
-            let revoked = token::revoke_user_tokens(&file.users, tokens.as_deref(), &name)
-                .context("the user was deleted")?;
+            let revoked = match &file.accounts {
+                Some(url) => token::revoke_user_tokens_pg(url, &name),
+                None => token::revoke_user_tokens(&file.users, tokens.as_deref(), &name),
+            }
+            .context("the user was deleted")?;
             eprintln!("deleted user {name} (their files were left in place)");
             if revoked > 0 {
                 eprintln!("revoked their {revoked} API token(s)");
             }
-            let links = link::revoke_user_links(&file.users, links.as_deref(), &name)
-                .context("the user was deleted")?;
+            let links = match &file.accounts {
+                Some(url) => link::revoke_user_links_pg(url, &name),
+                None => link::revoke_user_links(&file.users, links.as_deref(), &name),
+            }
+            .context("the user was deleted")?;
             if links > 0 {
                 eprintln!("revoked their {links} drop link(s)");
             }

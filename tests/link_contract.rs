@@ -20,6 +20,30 @@ use ferry::state::tokens::whole_seconds;
 pub type Open = dyn Fn() -> Arc<dyn LinkStore> + Send + Sync;
 
 macro_rules! link_contract {
+    // Each case with the attribute given first (such as `#[ignore = "needs postgres; ..."]`).
+    (#[$attr:meta] $fresh:expr) => {
+        $crate::link_contract::link_contract!(@attr_cases [$attr] $fresh;
+            add_get_list_revoke,
+            add_of_a_taken_id_fails_and_changes_nothing,
+            by_token_refuses_every_variant_of_the_token,
+            a_reissued_id_never_revives_the_old_token,
+            a_second_store_sees_the_writes_of_the_first,
+            revoke_user_removes_all_of_theirs_and_only_theirs,
+            an_owner_has_at_most_the_cap_of_live_links,
+            invalid_records_are_refused,
+            two_uploads_racing_for_the_last_slot_cannot_both_win,
+            reservations_count_against_max_bytes,
+            an_abandoned_reservation_expires_and_cannot_commit_later,
+            a_commit_of_more_than_was_reserved_is_refused,
+            revoke_during_an_upload_refuses_its_commit,
+            a_link_made_again_under_the_same_id_takes_no_old_reservation,
+            an_expired_link_refuses_new_uploads_and_commits,
+            released_and_committed_uses_end,
+            uses_of_the_wrong_kind_are_refused,
+            downloads_are_counted_atomically_up_to_the_limit,
+            a_dropped_use_gives_its_slot_back
+        );
+    };
     ($fresh:expr) => {
         $crate::link_contract::link_contract!(@cases $fresh;
             add_get_list_revoke,
@@ -42,6 +66,16 @@ macro_rules! link_contract {
             downloads_are_counted_atomically_up_to_the_limit,
             a_dropped_use_gives_its_slot_back
         );
+    };
+    (@attr_cases [$attr:meta] $fresh:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
+            async fn $case() {
+                let open = $fresh;
+                $crate::link_contract::$case(&open).await;
+            }
+        )*
     };
     (@cases $fresh:expr; $($case:ident),*) => {
         $(
@@ -617,4 +651,28 @@ mod toml_file {
     }
 
     link_contract!(fresh());
+}
+
+/// PostgreSQL (issue 15): each case on a fresh database; each store another pool on it, as
+/// another node would open it.
+mod needs_postgres {
+    use super::*;
+
+    /// Runs `f` to its end from the synchronous `open` of the contract.
+    fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    fn fresh() -> impl Fn() -> Arc<dyn LinkStore> + Send + Sync {
+        let url = wait(crate::util::pg::fresh_db());
+        move || {
+            let cfg = ferry::pg::PgConfig::from_url(&url).unwrap();
+            Arc::new(wait(ferry::pg::links::open(&cfg)).unwrap())
+        }
+    }
+
+    link_contract!(
+        #[ignore = "needs postgres; .ci/run installs it"]
+        fresh()
+    );
 }

@@ -18,6 +18,21 @@ use ferry::state::tokens::{
 pub type Open = dyn Fn() -> Arc<dyn ApiTokens> + Send + Sync;
 
 macro_rules! token_contract {
+    // Each case with the attribute given first (such as `#[ignore = "needs postgres; ..."]`).
+    (#[$attr:meta] $fresh:expr) => {
+        $crate::token_contract::token_contract!(@attr_cases [$attr] $fresh;
+            add_get_list_revoke,
+            add_of_a_taken_id_fails_and_changes_nothing,
+            a_reissued_id_never_revives_the_old_secret,
+            a_second_store_sees_the_writes_of_the_first,
+            revoke_user_removes_all_of_theirs_and_only_theirs,
+            a_user_has_at_most_the_cap_of_live_tokens,
+            expired_tokens_are_refused_then_dropped_by_the_next_add,
+            invalid_records_are_refused,
+            concurrent_adds_all_land,
+            check_grants_the_scope_and_refuses_the_wrong_secret
+        );
+    };
     ($fresh:expr) => {
         $crate::token_contract::token_contract!(@cases $fresh;
             add_get_list_revoke,
@@ -31,6 +46,16 @@ macro_rules! token_contract {
             concurrent_adds_all_land,
             check_grants_the_scope_and_refuses_the_wrong_secret
         );
+    };
+    (@attr_cases [$attr:meta] $fresh:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
+            async fn $case() {
+                let open = $fresh;
+                $crate::token_contract::$case(&open).await;
+            }
+        )*
     };
     (@cases $fresh:expr; $($case:ident),*) => {
         $(
@@ -326,4 +351,28 @@ mod toml_file {
     }
 
     token_contract!(fresh());
+}
+
+/// PostgreSQL (issue 15): each case on a fresh database; each store another pool on it, as
+/// another node would open it.
+mod needs_postgres {
+    use super::*;
+
+    /// Runs `f` to its end from the synchronous `open` of the contract.
+    fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    fn fresh() -> impl Fn() -> Arc<dyn ApiTokens> + Send + Sync {
+        let url = wait(crate::util::pg::fresh_db());
+        move || {
+            let cfg = ferry::pg::PgConfig::from_url(&url).unwrap();
+            Arc::new(wait(ferry::pg::tokens::open(&cfg)).unwrap())
+        }
+    }
+
+    token_contract!(
+        #[ignore = "needs postgres; .ci/run installs it"]
+        fresh()
+    );
 }

@@ -12,7 +12,9 @@ use clap::{ArgGroup, Args, Subcommand};
 use crate::accounts::links::{TomlLinks, links_path_beside};
 use crate::accounts::tokens::format_time;
 use crate::jail::{Jail, RemotePath, StorageError};
-use crate::state::links::{Link, LinkError, LinkKind, LinkSpec, LinkStore, issue, validate_note};
+use crate::state::links::{
+    Link, LinkError, LinkKind, LinkSpec, LinkStore, NewLink, issue, validate_note,
+};
 use crate::users::{self, UserDb};
 
 /// The port in a link's URL when it comes from the certificate.
@@ -127,9 +129,54 @@ pub(super) struct LinkFiles {
     /// The links file (default: links.toml beside the users file).
     #[arg(long = "links", value_name = "FILE")]
     links: Option<PathBuf>,
+    /// Keep the links (and find the users) in PostgreSQL instead, as `ferry user --accounts`
+    /// does: postgres://USER@HOST:PORT/DB. The password comes from PGPASSWORD or
+    /// ?password_file=PATH, never from the command line.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["users", "links"])]
+    accounts: Option<String>,
 }
 
 impl LinkFiles {
+    /// The database's links, when `--accounts` names one.
+    fn pg(&self, rt: &tokio::runtime::Runtime) -> Result<Option<crate::pg::links::PgLinks>> {
+        let Some(url) = &self.accounts else {
+            return Ok(None);
+        };
+        let cfg = super::token::pg_config(url)?;
+        Ok(Some(rt.block_on(crate::pg::links::open(&cfg))?))
+    }
+
+    /// Where the links are, for messages.
+    fn place(&self) -> String {
+        match &self.accounts {
+            Some(_) => "the accounts database".into(),
+            None => self.links().display().to_string(),
+        }
+    }
+
+    /// The account `user`, from the database or the users file.
+    fn account(&self, rt: &tokio::runtime::Runtime, user: &str) -> Result<users::User> {
+        let found = match &self.accounts {
+            Some(url) => {
+                let cfg = super::token::pg_config(url)?;
+                let accounts = rt.block_on(crate::pg::accounts::open(&cfg))?;
+                rt.block_on(crate::accounts::AccountStore::get(&accounts, user))?
+            }
+            None => UserDb::load(&self.users)?.get(user).cloned(),
+        };
+        match found {
+            Some(u) => Ok(u),
+            None => bail!(
+                "no user `{}` in {}",
+                user.escape_debug(),
+                match &self.accounts {
+                    Some(_) => "the accounts database".into(),
+                    None => self.users.display().to_string(),
+                }
+            ),
+        }
+    }
+
     fn links(&self) -> PathBuf {
         self.links
             .clone()
@@ -197,8 +244,11 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
             add_link(add, &files)
         }
         LinkCommand::List { user, files } => {
-            let store = TomlLinks::new(files.links());
-            let links = super::command_runtime()?.block_on(store.list(user.as_deref()))?;
+            let rt = super::command_runtime()?;
+            let links = match files.pg(&rt)? {
+                Some(pg) => rt.block_on(pg.list(user.as_deref()))?,
+                None => rt.block_on(TomlLinks::new(files.links()).list(user.as_deref()))?,
+            };
             let now = SystemTime::now();
             let mut out = String::new();
             for l in &links {
@@ -207,14 +257,17 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
             }
             print!("{out}");
             if links.is_empty() {
-                eprintln!("no links in {}", store.path().display());
+                eprintln!("no links in {}", files.place());
             }
             Ok(ExitCode::SUCCESS)
         }
         LinkCommand::Del { id, files } => {
             let id = id.parse()?;
-            let store = TomlLinks::new(files.links());
-            super::command_runtime()?.block_on(store.revoke(id))?;
+            let rt = super::command_runtime()?;
+            match files.pg(&rt)? {
+                Some(pg) => rt.block_on(pg.revoke(id))?,
+                None => rt.block_on(TomlLinks::new(files.links()).revoke(id))?,
+            }
             eprintln!("deleted link {id} (a running server refuses it from the next request on)");
             Ok(ExitCode::SUCCESS)
         }
@@ -294,14 +347,8 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
     }
     // The URL is worked out first: a link whose URL cannot be printed would be lost.
     let base = public_base(a.public_url.as_deref(), &a.cert)?;
-    let db = UserDb::load(&files.users)?;
-    let Some(account) = db.get(&user) else {
-        bail!(
-            "no user `{}` in {}",
-            user.escape_debug(),
-            files.users.display()
-        );
-    };
+    let rt = super::command_runtime()?;
+    let account = files.account(&rt, &user)?;
     let home = account.home_dir(&a.root);
     let target = check_target(&home, &path, a.kind, a.create)?;
     // `--download` of a folder is a folder link: kept as its own kind, so the link never
@@ -327,14 +374,29 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         password,
         note,
     };
-    let store = TomlLinks::new(files.links());
     let now = SystemTime::now();
-    let (token, link) = store.update(|table| {
+    let (token, link) = match files.pg(&rt)? {
+        Some(pg) => add_pg(&rt, &pg, spec, now)?,
+        None => add_toml(files, &user, spec, now)?,
+    };
+    print_added(&a.cert, &base, kind, &user, &token, &link);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Adds the link to the links file, the user checked again under its lock.
+fn add_toml(
+    files: &LinkFiles,
+    user: &str,
+    spec: LinkSpec,
+    now: SystemTime,
+) -> Result<(NewLink, Link)> {
+    let store = TomlLinks::new(files.links());
+    Ok(store.update(|table| {
         // The user is checked again under the links file's lock: `ferry user del` deletes the
         // user first and then revokes their links under this lock, so a link never outlives
         // its user's deletion.
         let db = UserDb::load(&files.users).map_err(|e| LinkError::invalid(e.to_string()))?;
-        if db.get(&user).is_none() {
+        if db.get(user).is_none() {
             return Err(LinkError::invalid(format!(
                 "no user `{}` in {}",
                 user.escape_debug(),
@@ -344,17 +406,42 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         let (token, link) = issue(spec, now, |id| table.get(id).is_some())?;
         table.insert(link.clone())?;
         Ok((token, link))
-    })?;
+    })?)
+}
+
+/// Adds the link to the database, in the transaction that checks its owner is an account
+/// there (see [`crate::pg::links::PgLinks::add_for_existing_user`]).
+fn add_pg(
+    rt: &tokio::runtime::Runtime,
+    store: &crate::pg::links::PgLinks,
+    spec: LinkSpec,
+    now: SystemTime,
+) -> Result<(NewLink, Link)> {
+    // A drawn id that is taken is refused by the add; draw again a few times.
+    let mut attempt = 0;
+    loop {
+        let (token, link) = issue(spec.clone(), now, |_| false)?;
+        match rt.block_on(store.add_for_existing_user(&link)) {
+            Ok(()) => return Ok((token, link)),
+            Err(LinkError::AlreadyExists(_)) if attempt < 8 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Prints the new link's URL on stdout (the only time it is shown) and how to use it on
+/// stderr.
+fn print_added(cert: &Path, base: &str, kind: LinkKind, user: &str, token: &NewLink, link: &Link) {
     // A file link ends in the file's name, a folder link in `/`: see `link_path`.
     println!(
         "{base}{}",
-        crate::frontend::http::drop::link_path(&link, token.expose())
+        crate::frontend::http::drop::link_path(link, token.expose())
     );
     let until = link.expires.map_or_else(
         || "never expires".to_owned(),
         |e| format!("expires {}", format_time(e)),
     );
-    let ca = a.cert.with_file_name("ca.pem");
+    let ca = cert.with_file_name("ca.pem");
     let cacert = if ca.is_file() {
         format!(" --cacert {}", ca.display())
     } else {
@@ -375,7 +462,6 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
         link.id,
         crate::sanitize::for_terminal(&link.folder),
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `USER:/PATH` (or `USER:PATH`) split into a valid user name and a validated path.
@@ -517,6 +603,15 @@ fn cert_host(cert: &Path) -> Result<String> {
         .or_else(|| names.iter().find(usable))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the certificate names no DNS host"))
+}
+
+/// Revokes every link of `user` in the database `url`: what [`revoke_user_links`] does for
+/// `ferry user add|del --accounts`. Returns how many went.
+pub(super) fn revoke_user_links_pg(url: &str, user: &str) -> Result<usize> {
+    let rt = super::command_runtime()?;
+    let store = rt.block_on(crate::pg::links::open(&super::token::pg_config(url)?))?;
+    rt.block_on(store.revoke_user(user))
+        .with_context(|| format!("the links of {user} in the accounts database were not revoked"))
 }
 
 /// Revokes every link of `user` in `links` (default: beside `users`): run after `ferry user

@@ -76,9 +76,31 @@ pub(super) struct TokenFiles {
     /// The tokens file (default: tokens.toml beside the users file).
     #[arg(long = "tokens", value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Keep the tokens (and find the users) in PostgreSQL instead, as `ferry user
+    /// --accounts` does: postgres://USER@HOST:PORT/DB. The password comes from PGPASSWORD or
+    /// ?password_file=PATH, never from the command line.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["users", "tokens"])]
+    accounts: Option<String>,
 }
 
 impl TokenFiles {
+    /// The database's tokens, when `--accounts` names one.
+    fn pg(&self, rt: &tokio::runtime::Runtime) -> Result<Option<crate::pg::tokens::PgTokens>> {
+        let Some(url) = &self.accounts else {
+            return Ok(None);
+        };
+        let cfg = pg_config(url)?;
+        Ok(Some(rt.block_on(crate::pg::tokens::open(&cfg))?))
+    }
+
+    /// Where the tokens are, for messages.
+    fn place(&self) -> String {
+        match &self.accounts {
+            Some(_) => "the accounts database".into(),
+            None => self.tokens().display().to_string(),
+        }
+    }
+
     fn tokens(&self) -> PathBuf {
         self.tokens
             .clone()
@@ -96,8 +118,11 @@ pub(super) fn run(cmd: TokenCommand) -> Result<ExitCode> {
             files,
         } => add(name, user, expires, read_only, &files),
         TokenCommand::List { user, files } => {
-            let store = TomlTokens::new(files.tokens());
-            let tokens = super::command_runtime()?.block_on(store.list(user.as_deref()))?;
+            let rt = super::command_runtime()?;
+            let tokens = match files.pg(&rt)? {
+                Some(pg) => rt.block_on(pg.list(user.as_deref()))?,
+                None => rt.block_on(TomlTokens::new(files.tokens()).list(user.as_deref()))?,
+            };
             let now = SystemTime::now();
             let mut out = String::new();
             for t in &tokens {
@@ -118,14 +143,17 @@ pub(super) fn run(cmd: TokenCommand) -> Result<ExitCode> {
             }
             print!("{out}");
             if tokens.is_empty() {
-                eprintln!("no tokens in {}", store.path().display());
+                eprintln!("no tokens in {}", files.place());
             }
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Del { id, files } => {
             let id: TokenId = id.parse()?;
-            let store = TomlTokens::new(files.tokens());
-            super::command_runtime()?.block_on(store.revoke(id))?;
+            let rt = super::command_runtime()?;
+            match files.pg(&rt)? {
+                Some(pg) => rt.block_on(pg.revoke(id))?,
+                None => rt.block_on(TomlTokens::new(files.tokens()).revoke(id))?,
+            }
             eprintln!("deleted token {id} (a running server refuses it from the next request on)");
             Ok(ExitCode::SUCCESS)
         }
@@ -140,6 +168,9 @@ fn add(
     files: &TokenFiles,
 ) -> Result<ExitCode> {
     validate_token_name(&name)?;
+    if files.accounts.is_some() {
+        return add_pg(name, user, expires, read_only, files);
+    }
     let user = match user {
         Some(u) => u,
         None => {
@@ -193,6 +224,84 @@ fn add(
         scope.as_str()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry token add --accounts`: the user looked up, and the token added, in the database.
+fn add_pg(
+    name: String,
+    user: Option<String>,
+    expires: Expiry,
+    read_only: bool,
+    files: &TokenFiles,
+) -> Result<ExitCode> {
+    let rt = super::command_runtime()?;
+    let store = files.pg(&rt)?.context("--accounts names no database")?;
+    let user = match user {
+        Some(u) => u,
+        None => {
+            let url = files.accounts.as_deref().unwrap_or_default();
+            let accounts = rt.block_on(crate::pg::accounts::open(&pg_config(url)?))?;
+            let all = rt.block_on(crate::accounts::AccountStore::list(&accounts))?;
+            match all.as_slice() {
+                [only] => only.name.clone(),
+                [] => bail!("no users in the accounts database: add one first"),
+                _ => bail!(
+                    "the accounts database has {} users: say which with --user",
+                    all.len()
+                ),
+            }
+        }
+    };
+    let scope = if read_only {
+        TokenScope::ReadOnly
+    } else {
+        TokenScope::Full
+    };
+    let now = SystemTime::now();
+    // A drawn id that is taken is refused by the add; draw again a few times.
+    let mut attempt = 0;
+    let (token, record) = loop {
+        let (token, record) = issue(&user, &name, scope, expires.0, now, |_| false)?;
+        match rt.block_on(store.add_for_existing_user(&record)) {
+            Ok(()) => break (token, record),
+            Err(TokenError::AlreadyExists(_)) if attempt < 8 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    println!("{}", token.expose());
+    let until = record.expires.map_or_else(
+        || "never expires".to_owned(),
+        |e| format!("expires {}", format_time(e)),
+    );
+    eprintln!(
+        "added token {} for {user} ({}, {until}); it is shown only this once. Use it as: \
+         curl -H \"Authorization: Bearer $TOKEN\" https://HOST:7443/f/...",
+        record.id,
+        scope.as_str()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The database `url` names, refused when the URL carries the password (a command line
+/// shows in process lists), as `ferry user --accounts` refuses it.
+pub(super) fn pg_config(url: &str) -> Result<crate::pg::PgConfig> {
+    let cfg = crate::pg::PgConfig::from_url(url).context("--accounts")?;
+    if cfg.url_has_password() {
+        bail!(
+            "--accounts: put the password in PGPASSWORD or ?password_file=PATH, not in the \
+             URL (a command line shows in process lists)"
+        );
+    }
+    Ok(cfg)
+}
+
+/// Revokes every token of `user` in the database `url`: what [`revoke_user_tokens`] does
+/// for `ferry user add|del --accounts`. Returns how many went.
+pub(super) fn revoke_user_tokens_pg(url: &str, user: &str) -> Result<usize> {
+    let rt = super::command_runtime()?;
+    let store = rt.block_on(crate::pg::tokens::open(&pg_config(url)?))?;
+    rt.block_on(store.revoke_user(user))
+        .with_context(|| format!("the tokens of {user} in the accounts database were not revoked"))
 }
 
 /// Revokes every token of `user` in `tokens` (default: beside `users`): run after `ferry user

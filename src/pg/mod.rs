@@ -1,6 +1,7 @@
 //! The `postgres` backend: accounts ([`accounts::PgAccounts`]) and shared state
-//! ([`state`]: usage reservations, name locks, penalties, kept partials) in one PostgreSQL
-//! database that several ferry nodes share (issue 15).
+//! ([`state`]: usage reservations, name locks, penalties, kept partials; [`links`]: drop
+//! links and their counters; [`tokens`]: API tokens) in one PostgreSQL database that several
+//! ferry nodes share (issue 15).
 //!
 //! - [`PgConfig`]: where the database is (`postgres://user@host:port/db`), its password
 //!   (from `PGPASSWORD` or a password file; in the URL for tests only) and the pool's size
@@ -19,7 +20,9 @@
 
 pub mod accounts;
 pub mod digests;
+pub mod links;
 pub mod state;
+pub mod tokens;
 
 use std::fmt;
 use std::future::Future;
@@ -51,6 +54,7 @@ const MIGRATION_LOCK: i64 = 0x0066_6572_7279;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_accounts_and_state.sql")),
     (2, include_str!("migrations/0002_object_digests.sql")),
+    (3, include_str!("migrations/0003_links_and_tokens.sql")),
 ];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.
@@ -472,6 +476,16 @@ impl PgBackend {
             local,
             check_timeout,
         ))
+    }
+
+    /// The drop links, shared by every node.
+    pub fn links(&self) -> Arc<dyn crate::state::links::LinkStore> {
+        Arc::new(links::PgLinks::new(self.db.clone()))
+    }
+
+    /// The API tokens, shared by every node.
+    pub fn tokens(&self) -> Arc<dyn crate::state::tokens::ApiTokens> {
+        Arc::new(tokens::PgTokens::new(self.db.clone()))
     }
 
     /// The index of kept partials.
