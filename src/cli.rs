@@ -513,7 +513,7 @@ struct ServeArgs {
     /// reservations) in PostgreSQL: postgres://USER@HOST:PORT/DB, for several nodes behind
     /// a balancer (docs/DEPLOY.md). The password comes from PGPASSWORD or
     /// ?password_file=PATH, never from the command line. The schema is made at start.
-    #[arg(long, value_name = "URL", conflicts_with = "users")]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["users", "tokens", "links"])]
     accounts: Option<String>,
     /// Database connections this node keeps at most [default: 16, or ?pool_size= in the URL].
     #[arg(long, value_name = "N", requires = "accounts", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -1115,16 +1115,23 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             }
             (None, None) => bail!("no users file and no accounts database"),
         };
-        let tokens = match &a.tokens {
-            Some(path) => crate::accounts::tokens::TomlTokens::new(path.clone()),
-            None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
-        };
-        server.set_tokens(Arc::new(tokens));
-        let links = match &a.links {
-            Some(path) => crate::accounts::links::TomlLinks::new(path.clone()),
-            None => crate::accounts::links::TomlLinks::beside_users(&a.users),
-        };
-        server.set_links(Arc::new(links));
+        if let Some(pg) = &backends.pg {
+            // Shared by every node: a link or token made or revoked anywhere is in force
+            // everywhere at its next use.
+            server.set_tokens(pg.tokens());
+            server.set_links(pg.links());
+        } else {
+            let tokens = match &a.tokens {
+                Some(path) => crate::accounts::tokens::TomlTokens::new(path.clone()),
+                None => crate::accounts::tokens::TomlTokens::beside_users(&a.users),
+            };
+            server.set_tokens(Arc::new(tokens));
+            let links = match &a.links {
+                Some(path) => crate::accounts::links::TomlLinks::new(path.clone()),
+                None => crate::accounts::links::TomlLinks::beside_users(&a.users),
+            };
+            server.set_links(Arc::new(links));
+        }
         let receipt_fingerprint = receipt_key.as_ref().map(|k| k.fingerprint());
         if let Some(key) = receipt_key {
             let name = public_name.unwrap_or_else(|| web_authority(addr));

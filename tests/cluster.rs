@@ -579,3 +579,72 @@ async fn needs_cluster_a_rolling_restart_under_20_clients_loses_nothing() {
         assert!(!cluster.log(n).contains("panicked"), "node {n} panicked");
     }
 }
+
+/// A drop link made in the database works at once through every node, and its file limit
+/// holds across them: four senders through two nodes, `--max-files 3`, three files land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres, garage and haproxy; .ci/run installs them"]
+async fn needs_cluster_a_drop_link_counts_once_across_nodes() {
+    let cluster = Cluster::up().await;
+    cluster.add_user("alice", PW, &[]);
+    let out = cluster.ferry(
+        &[
+            "link",
+            "add",
+            "alice:/inbox",
+            "--upload-only",
+            "--max-files",
+            "3",
+            "--create",
+            "--public-url",
+            &format!("https://localhost:{}", cluster.base),
+            "--s3-config",
+            cluster.dir.path().join("s3.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "ferry link add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = printed
+        .split("/d/")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c == '/' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("no link in {printed:?}"))
+        .to_string();
+    let local = tempfile::tempdir().unwrap();
+    let mut landed = 0;
+    for (i, node) in [1u16, 2, 1, 2].into_iter().enumerate() {
+        let file = local.path().join(format!("scan{i}.pdf"));
+        std::fs::write(&file, format!("scan {i}")).unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert", cluster.ca().to_str().unwrap()])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("-T")
+            .arg(&file)
+            .arg(format!(
+                "https://localhost:{}/d/{token}/",
+                cluster.node_addr(node).port()
+            ))
+            .output()
+            .expect("needs curl (Debian curl); .ci/run installs it");
+        let status = String::from_utf8_lossy(&out.stdout).to_string();
+        match status.as_str() {
+            "201" => landed += 1,
+            "403" | "409" | "410" | "429" | "507" => {}
+            other => panic!(
+                "upload {i} through node {node}: {other} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    assert_eq!(
+        landed, 3,
+        "a 3-file link took {landed} files over two nodes"
+    );
+    let mut conn = cluster.connect_node(3, "alice", PW).await;
+    assert_eq!(conn.list("/inbox").await.unwrap().len(), 3);
+}

@@ -90,6 +90,10 @@ pub(super) enum LinkCommand {
         /// The server certificate, read for its name when no public URL is given.
         #[arg(long, value_name = "FILE", default_value = "certs/server.pem")]
         cert: PathBuf,
+        /// The homes are in an object store (as `ferry serve --storage s3 --s3-config FILE`):
+        /// the folder is checked (and made, with --create) there. Needs --accounts.
+        #[arg(long, value_name = "FILE")]
+        s3_config: Option<PathBuf>,
         #[command(flatten)]
         files: LinkFiles,
     },
@@ -219,6 +223,7 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
             public_url,
             root,
             cert,
+            s3_config,
             files,
         } => {
             let kind = if upload_only {
@@ -240,6 +245,7 @@ pub(super) fn run(cmd: LinkCommand) -> Result<ExitCode> {
                 public_url,
                 root,
                 cert,
+                s3_config,
             };
             add_link(add, &files)
         }
@@ -337,6 +343,7 @@ struct AddArgs {
     public_url: Option<String>,
     root: PathBuf,
     cert: PathBuf,
+    s3_config: Option<PathBuf>,
 }
 
 fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
@@ -350,7 +357,19 @@ fn add_link(a: AddArgs, files: &LinkFiles) -> Result<ExitCode> {
     let rt = super::command_runtime()?;
     let account = files.account(&rt, &user)?;
     let home = account.home_dir(&a.root);
-    let target = check_target(&home, &path, a.kind, a.create)?;
+    let target = match &a.s3_config {
+        Some(config) => {
+            let Some(url) = &files.accounts else {
+                bail!("--s3-config needs --accounts: the object store's state is in the database");
+            };
+            let cfg = super::token::pg_config(url)?;
+            let pg = rt.block_on(crate::pg::connect(&cfg))?;
+            rt.block_on(check_stored_target(
+                config, &pg, &a.root, &home, &path, a.kind, a.create,
+            ))?
+        }
+        None => check_target(&home, &path, a.kind, a.create)?,
+    };
     // `--download` of a folder is a folder link: kept as its own kind, so the link never
     // serves more than what it was made for (a file replaced by a folder stays unserved).
     let kind = match (a.kind, target) {
@@ -476,6 +495,54 @@ fn parse_target(target: &str) -> Result<(String, RemotePath)> {
     let path = RemotePath::parse(path)
         .with_context(|| format!("`{}` is not a path in a home", path.escape_debug()))?;
     Ok((user.to_owned(), path))
+}
+
+/// [`check_target`] for homes in an object store (`--s3-config`), through the same
+/// [`HomeStore`](crate::storage::HomeStore) the server opens homes from.
+async fn check_stored_target(
+    config: &Path,
+    pg: &crate::pg::PgBackend,
+    root: &Path,
+    home: &Path,
+    path: &RemotePath,
+    kind: LinkKind,
+    create: bool,
+) -> Result<crate::domain::EntryKind> {
+    use crate::domain::EntryKind;
+    use crate::storage::HomeStore;
+    let config = crate::storage::s3_homes::load_config(config)
+        .map_err(|e| anyhow::anyhow!("--s3-config {e}"))?;
+    let state = crate::storage::s3::S3State {
+        locks: pg.name_locks(),
+        digests: pg.digests(),
+        partials: pg.partials(),
+    };
+    let homes = crate::storage::s3_homes::S3Homes::open(&config, state)
+        .map_err(|e| anyhow::anyhow!("--s3-config: {e}"))?;
+    let key = crate::server::login::home_key(root, home)
+        .with_context(|| format!("the home {} is not beneath --root", home.display()))?;
+    let storage = homes.open(&key).await?;
+    let shown = crate::sanitize::for_terminal(&path.to_string()).into_owned();
+    match storage.stat(path).await {
+        Ok(e) if e.entry.kind == EntryKind::Dir => Ok(EntryKind::Dir),
+        Ok(e) if kind == LinkKind::Download => Ok(e.entry.kind),
+        Ok(_) => bail!("{shown} is a file; an upload link needs a folder"),
+        Err(crate::storage::StorageError::NotFound) if create && kind == LinkKind::Upload => {
+            let mut made = RemotePath::root();
+            for part in path.to_string().split('/').filter(|p| !p.is_empty()) {
+                made = made.join(part)?;
+                match storage.mkdir(&made).await {
+                    Ok(()) | Err(crate::storage::StorageError::AlreadyExists) => {}
+                    Err(e) => return Err(e).with_context(|| format!("cannot make {shown}")),
+                }
+            }
+            Ok(EntryKind::Dir)
+        }
+        Err(crate::storage::StorageError::NotFound) => {
+            bail!("{shown} does not exist in the user's home (add --create to make it)")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot look at {shown}")),
+    }
 }
 
 /// Checks that the link's target exists in the home (beneath it, as the server will open it):
