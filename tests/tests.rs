@@ -40,6 +40,7 @@ mod receipt;
 mod reload;
 mod resume;
 mod security;
+mod session_contract;
 mod shell;
 mod shutdown;
 mod state_contract;
