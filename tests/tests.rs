@@ -33,6 +33,7 @@ mod memory;
 mod metrics;
 mod oneshot;
 mod pg_backend;
+mod pg_web;
 mod prelogin;
 mod protocol;
 mod quota;

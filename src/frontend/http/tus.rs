@@ -133,6 +133,13 @@ impl TusState {
         }))
     }
 
+    /// Uses `store` for the records instead of the directory under the data root (nodes that
+    /// share a database share them, so an upload is resumed through any node). Set before
+    /// the first tus request: `false` (and nothing changed) when the records were in use.
+    pub(crate) fn set_records(&self, store: Arc<dyn UploadSessions>) -> bool {
+        self.records.set(store).is_ok()
+    }
+
     fn entry(&self, id: &str, owner: &UploadOwner) -> Arc<Parked> {
         Arc::clone(lock(&self.parked).entry(id.to_string()).or_insert_with(|| {
             Arc::new(Parked {
