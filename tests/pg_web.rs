@@ -67,7 +67,8 @@ async fn needs_postgres_a_session_and_an_upload_move_between_nodes() {
     assert_eq!(who.json()["csrf"], csrf.as_str());
 
     // A tus upload made through A, its first half sent through A and kept there as a
-    // partial (as an idle or stopping node keeps it), resumed and finished through B.
+    // partial (as an idle or stopping node keeps it, giving up its hold), resumed and
+    // finished through B.
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let half = data.len() / 2;
     let auth = |extra: &[(&'static str, String)]| {
@@ -107,6 +108,18 @@ async fn needs_postgres_a_session_and_an_upload_move_between_nodes() {
     };
     let r = send(&mut ca, "PATCH", &url_of, chunk(0), data[..half].to_vec()).await;
     assert_eq!(r.status(), 204, "{}", r.text());
+    // Live on A (parked there, A holds it): B refuses to take it up meanwhile, so the two
+    // nodes never write it at once.
+    let r = send(
+        &mut cb,
+        "PATCH",
+        &url_of,
+        chunk(half),
+        data[half..].to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), 409, "{}", r.text());
+    assert!(r.text().contains("upload_busy"), "{}", r.text());
     ferry::frontend::http::tus::keep_parked(&a.server).await;
     let r = send(&mut cb, "HEAD", &url_of, auth(&[]), Vec::new()).await;
     assert_eq!(r.status(), 200, "{}", r.text());

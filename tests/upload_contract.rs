@@ -57,8 +57,9 @@ async fn pg_node(url: &str) -> Arc<dyn UploadSessions> {
 
 /// Two nodes (two pools on one database) see one table: an upload created through one is
 /// found, changed and finished through the other, and racing changes through both settle
-/// on one row: of racing creations for one id exactly one wins, and of two nodes racing to
-/// take the same expired record exactly one gets it.
+/// on one row: of racing creations for one id exactly one wins, of two nodes racing to hold
+/// an upload exactly one does, and of two racing to take the same expired record exactly one
+/// gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgres; .ci/run installs it"]
 async fn needs_postgres_two_nodes_share_upload_records() {
@@ -101,6 +102,48 @@ async fn needs_postgres_two_nodes_share_upload_records() {
         assert_eq!(won, 1, "one creation per id");
         b.remove(&id).await.unwrap();
     }
+
+    // One node at a time holds an upload: of two racing for it exactly one wins; the
+    // winner's hold is renewed by it and refused to the other until given up or expired.
+    for _ in 0..20 {
+        let id = new_id();
+        a.create(&id, record(user("dave"), soon()), now)
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let (ha, hb) = tokio::join!(a.hold(&id, "node-a", lease), b.hold(&id, "node-b", lease));
+        let (ha, hb) = (ha.unwrap(), hb.unwrap());
+        assert!(ha ^ hb, "exactly one holds it: {ha} {hb}");
+        let (winner, loser, w, l) = if ha {
+            (&a, &b, "node-a", "node-b")
+        } else {
+            (&b, &a, "node-b", "node-a")
+        };
+        assert!(winner.hold(&id, w, lease).await.unwrap());
+        assert!(!loser.hold(&id, l, lease).await.unwrap());
+        loser.release(&id, l).await.unwrap();
+        assert!(
+            !loser.hold(&id, l, lease).await.unwrap(),
+            "only the holder gives it up"
+        );
+        winner.release(&id, w).await.unwrap();
+        assert!(
+            loser
+                .hold(&id, l, Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            winner.hold(&id, w, lease).await.unwrap(),
+            "an expired hold is free"
+        );
+        a.remove(&id).await.unwrap();
+    }
+    assert_eq!(
+        a.hold(&new_id(), "node-a", Duration::from_secs(1)).await,
+        Err(UploadsError::NotFound)
+    );
 
     let short = new_id();
     a.create(

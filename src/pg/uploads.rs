@@ -312,6 +312,57 @@ impl UploadSessions for PgUploads {
         }))
     }
 
+    fn hold<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, UploadsError>> {
+        Box::pin(self.within(async move {
+            if !valid_id(id) {
+                return Err(UploadsError::NotFound);
+            }
+            let c = self.db.conn().await?;
+            // One statement on the row: of racing holders exactly one finds it free.
+            let n = c
+                .execute(
+                    "UPDATE ferry_uploads
+                     SET holder = $2, held_until = clock_timestamp() + make_interval(secs => $3)
+                     WHERE id = $1
+                       AND (holder IS NULL OR holder = $2 OR held_until <= clock_timestamp())",
+                    &[&id, &holder, &lease.as_secs_f64().min(86_400.0)],
+                )
+                .await?;
+            if n > 0 {
+                return Ok(true);
+            }
+            match c
+                .query_opt("SELECT 1 FROM ferry_uploads WHERE id = $1", &[&id])
+                .await?
+            {
+                Some(_) => Ok(false),
+                None => Err(UploadsError::NotFound),
+            }
+        }))
+    }
+
+    fn release<'a>(
+        &'a self,
+        id: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadsError>> {
+        Box::pin(self.within(async move {
+            let c = self.db.conn().await?;
+            c.execute(
+                "UPDATE ferry_uploads SET holder = NULL, held_until = NULL
+                 WHERE id = $1 AND holder = $2",
+                &[&id, &holder],
+            )
+            .await?;
+            Ok(())
+        }))
+    }
+
     fn take_expired(
         &self,
         now: SystemTime,

@@ -28,6 +28,10 @@ CREATE TABLE ferry_uploads (
     kept_sha256 bytea CHECK (length(kept_sha256) = 32),
     expires_ns  bigint NOT NULL,
     receipt     text,
+    -- The node working on it (its live upload is open there), until `held_until` on the
+    -- database's clock: one node at a time takes an upload up.
+    holder      text,
+    held_until  timestamptz,
     CHECK ((kept_len IS NULL) = (kept_sha256 IS NULL))
 );
 CREATE INDEX ferry_uploads_owner ON ferry_uploads (owner_kind, owner_name) WHERE receipt IS NULL;
