@@ -160,7 +160,7 @@ async fn a_session_cannot_be_opened_by_another_key((a, b): Nodes) {
 }
 
 /// What PostgreSQL keeps of a session: the key the front-end gave (the SHA-256 of the
-/// cookie), never more; nothing in the table is the cookie.
+/// cookie), never more; nothing in the table is the cookie. Expired rows are swept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgres; .ci/run installs it"]
 async fn needs_postgres_the_table_holds_no_cookie() {
@@ -186,4 +186,27 @@ async fn needs_postgres_the_table_holds_no_cookie() {
     assert_eq!(stored, k.to_vec());
     let text: String = rows[0].get(1);
     assert!(!text.contains(cookie), "{text}");
+
+    // The backend's sweep deletes expired sessions (reads ignore them already).
+    let backend = ferry::pg::connect(&ferry::pg::PgConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let sessions = backend.web_sessions();
+    assert!(
+        sessions
+            .create(key(1), session("bob", LONG), Duration::ZERO)
+            .await
+    );
+    assert!(
+        sessions
+            .create(key(2), session("bob", Duration::ZERO), LONG)
+            .await
+    );
+    backend.sweep().await.unwrap();
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM ferry_web_sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "only the live session stays");
 }
