@@ -186,3 +186,85 @@ fn walkdir(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     }
     panic!("{name} not found under {}", dir.display());
 }
+
+/// A PATCH through A and one through B race on one upload at one offset: exactly one is
+/// taken (204), the other refused (409 upload_busy: the node where the upload is live holds
+/// it); the rest, sent through the loser's node once the winner kept its part, makes the
+/// file whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_racing_patches_through_two_nodes_have_one_winner() {
+    let url = crate::util::pg::fresh_db().await;
+    let homes = tempfile::tempdir().unwrap();
+    let a = node(&url, &homes, None).await;
+    let b = node(&url, &homes, Some(&a)).await;
+    let mut ca = Client::connect(&a, Proto::H1).await;
+    let (cookie, csrf) = login(&mut ca, "alice", "alice-pw").await;
+    let auth = |extra: &[(&'static str, String)]| {
+        let mut h = vec![
+            ("cookie", cookie.clone()),
+            ("x-ferry-csrf", csrf.clone()),
+            ("tus-resumable", "1.0.0".to_string()),
+        ];
+        h.extend_from_slice(extra);
+        h
+    };
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    for round in 0..5 {
+        let name = format!("race-{round}.bin");
+        let meta = format!(
+            "filename {}",
+            base64::engine::general_purpose::STANDARD.encode(&name)
+        );
+        let r = send(
+            &mut ca,
+            "POST",
+            "/tus/",
+            auth(&[
+                ("upload-length", data.len().to_string()),
+                ("upload-metadata", meta),
+            ]),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(r.status(), 201, "{}", r.text());
+        let at = r.header("location").unwrap().to_string();
+        let patch = auth(&[
+            (
+                "content-type",
+                "application/offset+octet-stream".to_string(),
+            ),
+            ("upload-offset", "0".to_string()),
+        ]);
+        let mut c1 = Client::connect(&a, Proto::H1).await;
+        let mut c2 = Client::connect(&b, Proto::H1).await;
+        let half = data.len() / 2;
+        let (r1, r2) = tokio::join!(
+            send(&mut c1, "PATCH", &at, patch.clone(), data[..half].to_vec()),
+            send(&mut c2, "PATCH", &at, patch.clone(), data[..half].to_vec()),
+        );
+        let mut got = [r1.status(), r2.status()];
+        got.sort();
+        assert_eq!(got, [204, 409], "{} / {}", r1.text(), r2.text());
+        let lost = if r1.status() == 409 { &r1 } else { &r2 };
+        assert!(lost.text().contains("upload_busy"), "{}", lost.text());
+        // The winner keeps what it took; the rest goes through the other node.
+        let (winner, mut other) = if r1.status() == 204 {
+            (&a, c2)
+        } else {
+            (&b, c1)
+        };
+        ferry::frontend::http::tus::keep_parked(&winner.server).await;
+        let rest = auth(&[
+            (
+                "content-type",
+                "application/offset+octet-stream".to_string(),
+            ),
+            ("upload-offset", half.to_string()),
+        ]);
+        let r = send(&mut other, "PATCH", &at, rest, data[half..].to_vec()).await;
+        assert_eq!(r.status(), 204, "{}", r.text());
+        let landed = walkdir(homes.path(), &name);
+        assert_eq!(std::fs::read(&landed).unwrap(), data);
+    }
+}

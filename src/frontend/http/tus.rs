@@ -608,6 +608,18 @@ async fn create(
         give_up(&entry);
         return unavailable(&e);
     }
+    // Its live upload opens here: held by this node until it is kept as a partial.
+    match records.hold(&id, tus.node(), HOLD_LEASE).await {
+        Ok(true) => {}
+        held => {
+            give_up(&entry);
+            let _ = records.remove(&id).await;
+            return match held {
+                Err(e) => unavailable(&e),
+                _ => busy_upload(),
+            };
+        }
+    }
     // A drop link's use: reserved now, under the link's own limits.
     let link_use = match &door.link {
         Some((store, link)) => {
