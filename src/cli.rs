@@ -1120,6 +1120,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             // everywhere at its next use.
             server.set_tokens(pg.tokens());
             server.set_links(pg.links());
+            // A browser's session and a tus upload work through whichever node its next
+            // connection lands on. Set before the first request, so always accepted.
+            server.set_web_sessions(pg.web_sessions());
+            if !server.set_upload_sessions(pg.upload_sessions()) {
+                bail!("the resumable-upload records were in use before the database was set");
+            }
         } else {
             let tokens = match &a.tokens {
                 Some(path) => crate::accounts::tokens::TomlTokens::new(path.clone()),

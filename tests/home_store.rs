@@ -19,7 +19,7 @@ use crate::util::{TestServer, no_progress, random_file, sha256_hex, test_limits}
 
 /// Homes as directories of another tree, opened by key.
 #[derive(Debug)]
-struct DirHomes(PathBuf);
+pub(crate) struct DirHomes(pub(crate) PathBuf);
 
 impl HomeStore for DirHomes {
     fn key(&self, home: &str) -> String {

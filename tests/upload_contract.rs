@@ -36,7 +36,132 @@ macro_rules! upload_contract {
                 }
             )*
         }
+        /// The same contract against PostgreSQL (`ferry::pg::PgUploads`).
+        mod needs_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs postgres; .ci/run installs it"]
+                async fn $name() {
+                    super::$name(super::pg_node(&crate::util::pg::fresh_db().await).await).await;
+                }
+            )*
+        }
     };
+}
+
+/// One node's upload records on the database at `url` (a pool of its own).
+async fn pg_node(url: &str) -> Arc<dyn UploadSessions> {
+    let cfg = ferry::pg::PgConfig::from_url(url).unwrap();
+    ferry::pg::connect(&cfg).await.unwrap().upload_sessions()
+}
+
+/// Two nodes (two pools on one database) see one table: an upload created through one is
+/// found, changed and finished through the other, and racing changes through both settle
+/// on one row: of racing creations for one id exactly one wins, of two nodes racing to hold
+/// an upload exactly one does, and of two racing to take the same expired record exactly one
+/// gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_two_nodes_share_upload_records() {
+    let url = crate::util::pg::fresh_db().await;
+    let (a, b) = (pg_node(&url).await, pg_node(&url).await);
+    let now = SystemTime::now();
+    let id = new_id();
+    a.create(&id, record(user("alice"), soon()), now)
+        .await
+        .unwrap();
+    b.set_kept(&id, Some((40, [3; 32]))).await.unwrap();
+    assert_eq!(
+        a.get(&id, now).await.unwrap().unwrap().kept,
+        Some((40, [3; 32]))
+    );
+    a.complete(&id, "{}".into()).await.unwrap();
+    let done = b.get(&id, now).await.unwrap().unwrap();
+    assert_eq!((done.kept, done.receipt.as_deref()), (None, Some("{}")));
+
+    for _ in 0..20 {
+        let id = new_id();
+        let racers: Vec<_> = [&a, &b, &a, &b]
+            .into_iter()
+            .map(|t| {
+                let (t, id) = (Arc::clone(t), id.clone());
+                tokio::spawn(async move {
+                    t.create(&id, record(user("bob"), soon()), SystemTime::now())
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(UploadsError::Taken) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(won, 1, "one creation per id");
+        b.remove(&id).await.unwrap();
+    }
+
+    // One node at a time holds an upload: of two racing for it exactly one wins; the
+    // winner's hold is renewed by it and refused to the other until given up or expired.
+    for _ in 0..20 {
+        let id = new_id();
+        a.create(&id, record(user("dave"), soon()), now)
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let (ha, hb) = tokio::join!(a.hold(&id, "node-a", lease), b.hold(&id, "node-b", lease));
+        let (ha, hb) = (ha.unwrap(), hb.unwrap());
+        assert!(ha ^ hb, "exactly one holds it: {ha} {hb}");
+        let (winner, loser, w, l) = if ha {
+            (&a, &b, "node-a", "node-b")
+        } else {
+            (&b, &a, "node-b", "node-a")
+        };
+        assert!(winner.hold(&id, w, lease).await.unwrap());
+        assert!(!loser.hold(&id, l, lease).await.unwrap());
+        loser.release(&id, l).await.unwrap();
+        assert!(
+            !loser.hold(&id, l, lease).await.unwrap(),
+            "only the holder gives it up"
+        );
+        winner.release(&id, w).await.unwrap();
+        assert!(
+            loser
+                .hold(&id, l, Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            winner.hold(&id, w, lease).await.unwrap(),
+            "an expired hold is free"
+        );
+        a.remove(&id).await.unwrap();
+    }
+    assert_eq!(
+        a.hold(&new_id(), "node-a", Duration::from_secs(1)).await,
+        Err(UploadsError::NotFound)
+    );
+
+    let short = new_id();
+    a.create(
+        &short,
+        record(user("carol"), now + Duration::from_secs(5)),
+        now,
+    )
+    .await
+    .unwrap();
+    let later = now + Duration::from_secs(6);
+    let (ta, tb) = tokio::join!(a.take_expired(later), b.take_expired(later));
+    let taken: Vec<String> = ta
+        .unwrap()
+        .into_iter()
+        .chain(tb.unwrap())
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(taken, vec![short], "an expired record is taken by one node");
 }
 
 upload_contract!(

@@ -21,8 +21,10 @@
 pub mod accounts;
 pub mod digests;
 pub mod links;
+pub mod sessions;
 pub mod state;
 pub mod tokens;
+pub mod uploads;
 
 use std::fmt;
 use std::future::Future;
@@ -55,6 +57,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_accounts_and_state.sql")),
     (2, include_str!("migrations/0002_object_digests.sql")),
     (3, include_str!("migrations/0003_links_and_tokens.sql")),
+    (4, include_str!("migrations/0004_sessions_and_uploads.sql")),
 ];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.
@@ -493,10 +496,21 @@ impl PgBackend {
         Arc::new(state::PgPartials::new(self.db.clone()))
     }
 
-    /// Deletes what expired (leases, count claims, name locks, penalties): reads ignore it
-    /// already; this keeps the tables small. A server runs it every minute or so.
+    /// The web app's sessions, shared by every node.
+    pub fn web_sessions(&self) -> Arc<dyn crate::state::sessions::WebSessions> {
+        Arc::new(sessions::PgSessions::new(self.db.clone()))
+    }
+
+    /// The records of resumable (tus) uploads, shared by every node.
+    pub fn upload_sessions(&self) -> Arc<dyn crate::state::uploads::UploadSessions> {
+        Arc::new(uploads::PgUploads::new(self.db.clone()))
+    }
+
+    /// Deletes what expired (leases, count claims, name locks, penalties, web sessions):
+    /// reads ignore it already; this keeps the tables small. A server runs it every minute
+    /// or so. (Expired upload records are taken by the tus keeper, which ends their uploads.)
     pub async fn sweep(&self) -> Result<u64, PgError> {
-        state::sweep(&self.db).await
+        Ok(state::sweep(&self.db).await? + sessions::sweep(&self.db).await?)
     }
 
     /// Runs [`PgBackend::sweep`] every `every` until the returned task is aborted; a sweep

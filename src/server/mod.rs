@@ -452,6 +452,23 @@ impl Server {
         self.web.set_links(store);
     }
 
+    /// Where the web app's sessions live; this server's memory until set. Nodes behind one
+    /// balancer set the same shared store (`PgBackend::web_sessions`).
+    pub fn set_web_sessions(&self, store: Arc<dyn crate::state::sessions::WebSessions>) {
+        self.web.set_sessions(store);
+    }
+
+    /// Where resumable uploads' records live; until set, a directory under the data root
+    /// (`.ferry-tus`). Nodes behind one balancer set the same shared store
+    /// (`PgBackend::upload_sessions`). Call it before serving: once a tus request has used
+    /// the records they stay, and this returns `false`.
+    pub fn set_upload_sessions(
+        &self,
+        store: Arc<dyn crate::state::uploads::UploadSessions>,
+    ) -> bool {
+        self.web.tus.set_records(store)
+    }
+
     /// Signs the receipts of HTTP uploads with `key`, naming this server `name` in them
     /// (`host:port` as senders reach it). Without a key, uploads get no receipt.
     pub fn set_receipt_key(&self, key: Arc<crate::receipt::ReceiptKey>, name: String) {

@@ -117,6 +117,20 @@ impl TestServer {
         Self::start_node(dir, limits, Some(state)).await
     }
 
+    /// Starts another node of `first`'s cluster with `state`: its own world, but a copy of
+    /// `first`'s users file, so the accounts (and their password hashes, which web sessions
+    /// are stamped with) are one, as nodes on one account database have them.
+    pub async fn start_beside(
+        first: &TestServer,
+        limits: Limits,
+        state: ferry::server::SharedState,
+    ) -> TestServer {
+        let world = Self::start_with(limits.clone()).await;
+        let dir = world.dir_out().await;
+        std::fs::copy(&first.users_file, dir.path().join("users.toml")).unwrap();
+        Self::start_node(dir, limits, Some(state)).await
+    }
+
     /// Stops this server and hands over its world.
     async fn dir_out(mut self) -> tempfile::TempDir {
         let dir = self.dir.take().unwrap();

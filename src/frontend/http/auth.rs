@@ -142,7 +142,7 @@ pub struct WebState {
     /// pool ([`WebState::transfer_slot`]).
     transfers: Arc<Mutex<HashMap<String, usize>>>,
     tokens: RwLock<Arc<dyn ApiTokens>>,
-    sessions: Arc<dyn WebSessions>,
+    sessions: RwLock<Arc<dyn WebSessions>>,
     links: RwLock<Arc<dyn LinkStore>>,
     /// Drop links' folders, opened as stores of their own, by link id.
     link_homes: Mutex<HashMap<String, Arc<CachedLink>>>,
@@ -170,7 +170,7 @@ impl Default for WebState {
         WebState {
             transfers: Arc::new(Mutex::new(HashMap::new())),
             tokens: RwLock::new(Arc::new(MemoryTokens::new())),
-            sessions: Arc::new(MemorySessions::new()),
+            sessions: RwLock::new(Arc::new(MemorySessions::new())),
             links: RwLock::new(Arc::new(MemoryLinks::new())),
             link_homes: Mutex::new(HashMap::new()),
             resume_allowances: Arc::new(Mutex::new(ResumeAllowances::new())),
@@ -268,8 +268,14 @@ impl WebState {
     }
 
     /// The web app's sessions.
-    pub fn sessions(&self) -> &Arc<dyn WebSessions> {
-        &self.sessions
+    pub fn sessions(&self) -> Arc<dyn WebSessions> {
+        Arc::clone(&self.sessions.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Where the web app's sessions live (the default is this server's memory; nodes that
+    /// share a database share them, so a cookie works through every node).
+    pub fn set_sessions(&self, store: Arc<dyn WebSessions>) {
+        *self.sessions.write().unwrap_or_else(|p| p.into_inner()) = store;
     }
 
     /// Where drop links are looked up (`links.toml` beside the users file for `ferry serve`).

@@ -63,6 +63,11 @@ pub const MAX_PARKED: usize = 128;
 /// well inside the quota reservation's lease, which only writes renew).
 const PARK_IDLE_MAX: Duration = Duration::from_secs(120);
 
+/// How long a node holds an upload in shared records after a PATCH began ([`UploadSessions::hold`]):
+/// past the time a parked upload is kept (and the hold given up), so only a node that died
+/// with it (or a PATCH streaming for longer) lets another node take it up meanwhile.
+const HOLD_LEASE: Duration = Duration::from_secs(300);
+
 /// How long a request waits for another request on the same upload before it answers 409.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
 
@@ -79,6 +84,8 @@ static FERRY_RECEIPT: HeaderName = HeaderName::from_static("ferry-receipt");
 #[derive(Default)]
 pub struct TusState {
     records: OnceLock<Arc<dyn UploadSessions>>,
+    /// This node's name as a holder of uploads in shared records (random, per start).
+    node: OnceLock<String>,
     parked: Mutex<HashMap<String, Arc<Parked>>>,
     keeper: AtomicBool,
 }
@@ -131,6 +138,18 @@ impl TusState {
                 }
             }
         }))
+    }
+
+    /// Uses `store` for the records instead of the directory under the data root (nodes that
+    /// share a database share them, so an upload is resumed through any node). Set before
+    /// the first tus request: `false` (and nothing changed) when the records were in use.
+    pub(crate) fn set_records(&self, store: Arc<dyn UploadSessions>) -> bool {
+        self.records.set(store).is_ok()
+    }
+
+    /// This node as a holder of uploads ([`UploadSessions::hold`]).
+    fn node(&self) -> &str {
+        self.node.get_or_init(crate::state::uploads::new_id)
     }
 
     fn entry(&self, id: &str, owner: &UploadOwner) -> Arc<Parked> {
@@ -259,6 +278,8 @@ async fn keep_idle(server: &Arc<Server>, idle: Option<Duration>, wait: Duration)
         if let Err(e) = records.set_kept(&id, kept).await {
             tracing::warn!(error = %e, "a kept upload's record could not be updated");
         }
+        // Kept: any node may take it up now.
+        let _ = records.release(&id, tus.node()).await;
         p.offset.store(kept.map_or(0, |k| k.0), Ordering::Release);
         p.live.store(false, Ordering::Release);
         tracing::debug!(upload = %id, kept = kept.map_or(0, |k| k.0), "parked upload kept");
@@ -587,6 +608,18 @@ async fn create(
         give_up(&entry);
         return unavailable(&e);
     }
+    // Its live upload opens here: held by this node until it is kept as a partial.
+    match records.hold(&id, tus.node(), HOLD_LEASE).await {
+        Ok(true) => {}
+        held => {
+            give_up(&entry);
+            let _ = records.remove(&id).await;
+            return match held {
+                Err(e) => unavailable(&e),
+                _ => busy_upload(),
+            };
+        }
+    }
     // A drop link's use: reserved now, under the link's own limits.
     let link_use = match &door.link {
         Some((store, link)) => {
@@ -856,6 +889,16 @@ async fn patch_now(
         Ok(_) => return files::drain_then(body, &headers, not_found()).await,
         Err(e) => return files::drain_then(body, &headers, unavailable(&e)).await,
     };
+    // One node at a time works on an upload (records shared by several nodes): held for
+    // the length of a parked upload's life here, given up when it is kept as a partial.
+    match records.hold(&id, tus.node(), HOLD_LEASE).await {
+        Ok(true) => {}
+        Ok(false) => return files::drain_then(body, &headers, busy_upload()).await,
+        Err(UploadsError::NotFound) => {
+            return files::drain_then(body, &headers, not_found()).await;
+        }
+        Err(e) => return files::drain_then(body, &headers, unavailable(&e)).await,
+    }
     let Some(_slot) = conn.server.web.transfer_slot(&door.acct.user) else {
         return files::drain_then(body, &headers, files::too_many_transfers()).await;
     };
@@ -983,6 +1026,8 @@ async fn patch_now(
     }
     let now = SystemTime::now();
     let _ = records.renew(&id, now + UPLOAD_TTL).await;
+    // A long chunk may have outlasted the hold: renewed from now.
+    let _ = records.hold(&id, tus.node(), HOLD_LEASE).await;
     if upload.written() < record.size {
         park(&mut live, upload, &entry);
         let mut r = Response::new(empty());
