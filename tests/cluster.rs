@@ -272,6 +272,7 @@ async fn put_until_killed(
             let _ = tx.send(());
         }
     };
+    let upload_remote = remote.to_string();
     let (src, remote) = (src.to_path_buf(), remote.to_string());
     let upload = tokio::spawn(async move {
         tokio::time::timeout(
@@ -282,6 +283,17 @@ async fn put_until_killed(
     });
     rx.await
         .expect("the upload ended before it reached the kill point");
+    // What the client sent may still sit in buffers: kill only once a part is recorded, as
+    // another node sees it (under load the node can be far behind the client).
+    let mut other = cluster.connect_node(node % 3 + 1, "alice", PW).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while other.partial(&upload_remote).await.unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no part of the upload recorded in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.run("node-kill", Some(node));
     match upload.await.unwrap() {
         Ok(Err(e)) => e,
