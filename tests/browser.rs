@@ -686,6 +686,14 @@ async fn needs_chromium_an_owner_shares_a_folder_a_sender_uses_the_link_and_the_
     std::fs::create_dir_all(server.home("alice").join("inbox")).unwrap();
     let b = Browser::start(&server).await;
     b.log_in(&url(&server, "/"), "alice", "alice-pw").await;
+    // The listing comes after the login, in its own request.
+    b.wait_until(
+        "return document.querySelector('tr[data-name=\"inbox\"] button.share') !== null",
+        Duration::from_secs(20),
+        "share_folder",
+        "the inbox row's Share button",
+    )
+    .await;
     b.client
         .find(Locator::Css("tr[data-name=\"inbox\"] button.share"))
         .await
