@@ -612,6 +612,10 @@ impl Storage for Timed {
         let flushed = self.inner.flush_durability(staged);
         Box::pin(time(&self.metrics, storage_op::FLUSH, flushed))
     }
+
+    fn small_puts_in_flight(&self) -> usize {
+        self.inner.small_puts_in_flight()
+    }
 }
 
 impl Timed {

@@ -70,15 +70,41 @@ pub(super) struct Final {
 /// flight).
 const GROUP_COMMIT_MAX: usize = 64;
 
-/// A verified upload whose `ok` waits for the group commit.
+/// An upload whose reply waits: for the group commit, or for its own put still running.
 pub(super) struct Unsynced {
     pub id: u64,
-    /// The upload, staged in the core.
-    pub staged: crate::service::StagedPut,
+    pub target: crate::storage::RemotePath,
     pub size: u64,
-    pub sha256: String,
+    pub waiting: Waiting,
     /// Filled in by the dispatcher once the handler returns.
     pub audit: Option<cmd::AuditInfo>,
+}
+
+/// What an [`Unsynced`] upload waits for.
+pub(super) enum Waiting {
+    /// Verified and staged in the core: durable after the group commit.
+    Staged(crate::service::StagedPut),
+    /// A small put running beside this session's others (a store that gains from it, see
+    /// [`crate::storage::Storage::small_puts_in_flight`]); the client's digest is kept for
+    /// the reply to a mismatch.
+    Running {
+        put: tokio::task::JoinHandle<Result<crate::service::Put, crate::service::CoreError>>,
+        declared: String,
+    },
+}
+
+impl Unsynced {
+    /// Whether this upload's name is `path`, or one above or below it: a later request on
+    /// such a name must see this upload done first.
+    pub fn touches(&self, path: &crate::storage::RemotePath) -> bool {
+        let (a, b) = (self.target.to_string(), path.to_string());
+        let under = |x: &str, y: &str| {
+            x.len() > y.len()
+                && x.starts_with(y)
+                && (y.ends_with('/') || x.as_bytes()[y.len()] == b'/')
+        };
+        a == b || under(&a, &b) || under(&b, &a)
+    }
 }
 
 /// What a put waiting for the group commit needs for its reply.
@@ -152,21 +178,79 @@ impl Session {
 
     /// The group commit: makes the uploads waiting for it durable with one flush of the store
     /// (see [`crate::service::Home::flush`]) and sends their replies in order. A flush that
-    /// fails fails the replies of the files it covered.
+    /// fails fails the replies of the files it covered. Puts still running are waited for,
+    /// each answered in its place.
     pub async fn flush_unsynced(&mut self) -> Result<(), End> {
+        while !self.unsynced.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Small puts of this session running now.
+    pub fn running_puts(&self) -> usize {
+        self.unsynced
+            .iter()
+            .filter(|u| matches!(u.waiting, Waiting::Running { .. }))
+            .count()
+    }
+
+    /// Answers the oldest waiting upload: a running put once it is done, or the staged ones
+    /// at the front together, with one flush.
+    pub async fn settle_oldest(&mut self) -> Result<(), End> {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        let (staged, batch): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsynced)
-            .into_iter()
+        if matches!(self.unsynced[0].waiting, Waiting::Running { .. }) {
+            let u = self.unsynced.remove(0);
+            let Waiting::Running { put, declared } = u.waiting else {
+                unreachable!("matched above")
+            };
+            let put = put.await.unwrap_or_else(|e| {
+                Err(crate::service::CoreError::Storage(
+                    crate::storage::StorageError::Io(std::io::Error::other(format!(
+                        "the put stopped: {e}"
+                    ))),
+                ))
+            });
+            let msg = match cmd::put::settled(self, u.id, &u.target, u.size, put, &declared) {
+                cmd::put::Settled::Reply(msg) => msg,
+                cmd::put::Settled::Staged(staged) => {
+                    // Not from a store that runs puts side by side; flushed on its own.
+                    let sha256 = crate::domain::hex_digest(&staged.sha256);
+                    match self.home.flush(vec![staged]).await.pop() {
+                        Some(Ok(())) => ServerMessage::ok_transfer(u.id, u.size, sha256),
+                        Some(Err(e)) => cmd::core_message(u.id, &e, self.peer, &self.user, "put"),
+                        None => ServerMessage::error(
+                            Some(u.id),
+                            crate::protocol::ErrorCode::Internal,
+                            "the flush gave no result",
+                        ),
+                    }
+                }
+            };
+            return self.reply_settled(msg, u.audit.as_ref()).await;
+        }
+        let staged_front = self
+            .unsynced
+            .iter()
+            .take_while(|u| matches!(u.waiting, Waiting::Staged(_)))
+            .count();
+        let (staged, batch): (Vec<_>, Vec<_>) = self
+            .unsynced
+            .drain(..staged_front)
             .map(|u| {
                 let Unsynced {
                     id,
-                    staged,
                     size,
-                    sha256,
+                    waiting,
                     audit,
+                    ..
                 } = u;
+                let Waiting::Staged(staged) = waiting else {
+                    unreachable!("taken while staged")
+                };
+                let sha256 = crate::domain::hex_digest(&staged.sha256);
                 (
                     staged,
                     Replied {
@@ -184,20 +268,29 @@ impl Session {
                 Ok(()) => ServerMessage::ok_transfer(u.id, u.size, u.sha256),
                 Err(e) => cmd::core_message(u.id, &e, self.peer, &self.user, "put"),
             };
-            if let Some(a) = &u.audit {
-                let (bytes, sha) = match &msg {
-                    ServerMessage::Ok { size, sha256, .. } => (*size, sha256.clone()),
-                    _ => (None, None),
-                };
-                let result = match &msg {
-                    ServerMessage::Error { code, .. } => code.as_str(),
-                    _ => "ok",
-                };
-                cmd::audit_line(self, a, bytes, sha.as_deref(), result);
-            }
-            self.send_now(&msg).await?;
+            self.reply_settled(msg, u.audit.as_ref()).await?;
         }
         Ok(())
+    }
+
+    /// Sends the reply of a waiting upload, after its audit line.
+    async fn reply_settled(
+        &mut self,
+        msg: ServerMessage,
+        audit: Option<&cmd::AuditInfo>,
+    ) -> Result<(), End> {
+        if let Some(a) = audit {
+            let (bytes, sha) = match &msg {
+                ServerMessage::Ok { size, sha256, .. } => (*size, sha256.clone()),
+                _ => (None, None),
+            };
+            let result = match &msg {
+                ServerMessage::Error { code, .. } => code.as_str(),
+                _ => "ok",
+            };
+            cmd::audit_line(self, a, bytes, sha.as_deref(), result);
+        }
+        self.send_now(&msg).await
     }
 
     /// Whether the group commit should happen now: enough is waiting, or nothing more has

@@ -260,7 +260,10 @@ impl Reservation {
     /// now) to go. The reservation was sized from an earlier look, which another session may
     /// have made stale; whatever the change needs beyond what is held is reserved too, or
     /// the change is refused. Either way this confirms the lease is alive (a lease that
-    /// expired has had its room given to others: the change is refused with `LeaseGone`).
+    /// expired has had its room given to others: the change is refused with `LeaseGone`):
+    /// a lease taken or renewed less than a third of its length ago has two thirds left, as
+    /// after any renewal, so only an older one is renewed here (a small file's reservation,
+    /// taken a moment before, costs no second round trip to a shared ledger).
     pub async fn cover(&mut self, added: Footprint, replaced: Footprint) -> Result<(), StateError> {
         let more = Footprint {
             bytes: added
@@ -274,7 +277,7 @@ impl Reservation {
         };
         let id = self.id()?;
         if more == Footprint::NONE {
-            return self.renew().await;
+            return self.renew_if_due().await;
         }
         self.ledger.grow(id, more).await?;
         self.held = self.held.plus(more);

@@ -770,4 +770,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
         &self,
         staged: Vec<Staged>,
     ) -> BoxFuture<'_, Vec<Result<Committed, StorageError>>>;
+
+    /// How many small puts of one session are worth running at once. A store whose every
+    /// write is a few network round trips (an object store and a shared database) answers
+    /// more than one, so a session runs that many `put_small` calls side by side and answers
+    /// them in order; a store whose small puts are local writes staged for one group flush
+    /// keeps the default of one.
+    fn small_puts_in_flight(&self) -> usize {
+        1
+    }
 }

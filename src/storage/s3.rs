@@ -106,6 +106,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Small puts one session runs side by side ([`Storage::small_puts_in_flight`]): each is a
+/// name lock, a look at the target, the room and a digest record in shared state, and a PUT,
+/// all round trips; eight at once keep a pipelining client's files moving while each waits.
+/// Each holds its data (at most [`SMALL_MAX`]) until its PUT is done.
+const SMALL_PUTS_IN_FLIGHT: usize = 8;
+
 /// Where an object store lives and how to reach it. Credentials never come from the command
 /// line: see [`S3Credentials`].
 #[derive(Debug, Clone)]
@@ -732,7 +738,10 @@ impl Inner {
                     return Err(StorageError::AlreadyExists);
                 }
                 What::Missing | What::File(_) if !no_replace || matches!(what, What::Missing) => {
-                    lock.confirm().await.map_err(state_err)?;
+                    // The name must still be ours: a lock taken or renewed less than a
+                    // third of its lease ago has two thirds left (no round trip); an older
+                    // one is renewed now.
+                    lock.renew_if_due().await.map_err(state_err)?;
                     let name = (n > 0).then(|| entry_name(&target));
                     break (lock, footprint_of(&what), name);
                 }
@@ -755,15 +764,33 @@ impl Inner {
             admit(replaced)?;
         }
         let key = self.key(&target)?;
-        let etag = match body {
-            Body::Put(data) => self.store().put(&key, data).await.map_err(os_err)?.e_tag,
-            Body::Complete { id, parts } => {
-                let done = self.store().complete_multipart(&key, &id, parts).await;
-                match done {
-                    Ok(r) => r.e_tag,
-                    Err(e) => {
-                        self.abort(&key, &id).await;
-                        return Err(os_err(e));
+        let write = async {
+            match body {
+                Body::Put(data) => Ok(self.store().put(&key, data).await.map_err(os_err)?.e_tag),
+                Body::Complete { id, parts } => {
+                    let done = self.store().complete_multipart(&key, &id, parts).await;
+                    match done {
+                        Ok(r) => Ok(r.e_tag),
+                        Err(e) => {
+                            self.abort(&key, &id).await;
+                            Err(os_err(e))
+                        }
+                    }
+                }
+            }
+        };
+        // A write may take longer than the name's lease (requests may take REQUEST_TIMEOUT):
+        // the lease is kept alive meanwhile, so no other commit takes the name under it.
+        let mut lock = lock;
+        let etag = {
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    done = &mut write => break done?,
+                    () = tokio::time::sleep(crate::state::DEFAULT_LEASE / 3) => {
+                        if let Err(e) = lock.confirm().await {
+                            tracing::warn!(error = %e, "s3: could not keep a name held during a long write");
+                        }
                     }
                 }
             }
@@ -2391,6 +2418,10 @@ impl Storage for S3Storage {
 
     fn space(&self) -> BoxFuture<'_, Result<Option<Space>, StorageError>> {
         Box::pin(async { Ok(None) })
+    }
+
+    fn small_puts_in_flight(&self) -> usize {
+        SMALL_PUTS_IN_FLIGHT
     }
 
     fn flush_durability(

@@ -6,7 +6,7 @@ mod get;
 mod list;
 mod mkdir;
 mod partial;
-mod put;
+pub(super) mod put;
 mod remove;
 mod rename;
 mod rmdir;

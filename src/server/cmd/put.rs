@@ -16,7 +16,7 @@
 
 use bytes::Bytes;
 
-use super::super::session::{End, Session, Unsynced};
+use super::super::session::{End, Session, Unsynced, Waiting};
 use super::reply_core;
 use crate::domain::hex_digest;
 use crate::protocol::{ClientMessage, ErrorCode, Frame, ServerMessage, decode_client_message};
@@ -169,11 +169,40 @@ async fn settle(
     put: Result<Put, CoreError>,
     declared: &str,
 ) -> Result<(), End> {
-    let staged = match put {
-        Ok(Put::Staged(staged)) => staged,
+    match settled(sess, id, target, size, put, declared) {
+        Settled::Reply(msg) => sess.send(&msg).await,
+        Settled::Staged(staged) => {
+            sess.unsynced.push(Unsynced {
+                id,
+                target: target.clone(),
+                size,
+                waiting: Waiting::Staged(staged),
+                audit: None,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// What a finished put comes to: a reply now, or a staged put for the group commit.
+pub(in crate::server) enum Settled {
+    Reply(ServerMessage),
+    Staged(crate::service::StagedPut),
+}
+
+/// The reply to a finished put (a mismatch is logged), unless it waits for the group commit.
+pub(in crate::server) fn settled(
+    sess: &Session,
+    id: u64,
+    target: &RemotePath,
+    size: u64,
+    put: Result<Put, CoreError>,
+    declared: &str,
+) -> Settled {
+    match put {
+        Ok(Put::Staged(staged)) => Settled::Staged(staged),
         Ok(Put::Committed { sha256, .. }) => {
-            let msg = ServerMessage::ok_transfer(id, size, hex_digest(&sha256));
-            return sess.send(&msg).await;
+            Settled::Reply(ServerMessage::ok_transfer(id, size, hex_digest(&sha256)))
         }
         Ok(Put::Mismatch { actual }) => {
             let actual = hex_digest(&actual);
@@ -182,26 +211,17 @@ async fn settle(
                 declared = %crate::sanitize::for_log(declared), actual = %actual,
                 "integrity mismatch; upload refused"
             );
-            let msg = ServerMessage::error(
+            Settled::Reply(ServerMessage::error(
                 Some(id),
                 ErrorCode::IntegrityMismatch,
                 format!(
                     "sha256 mismatch: client sent {}, server received {actual}",
                     crate::sanitize::for_log(declared)
                 ),
-            );
-            return sess.send(&msg).await;
+            ))
         }
-        Err(e) => return reply_core(sess, id, "put", &e).await,
-    };
-    sess.unsynced.push(Unsynced {
-        id,
-        size,
-        sha256: hex_digest(&staged.sha256),
-        staged,
-        audit: None,
-    });
-    Ok(())
+        Err(e) => Settled::Reply(super::core_message(id, &e, sess.peer, &sess.user, "put")),
+    }
 }
 
 /// A fresh upload of at most [`SMALL_MAX`] bytes. Its data is read into memory first; then
@@ -260,6 +280,39 @@ async fn run_small(
     };
     match ending {
         Ending::End(declared) if data.len() as u64 == size => {
+            // In order: an upload still waiting on this name, or on one above or below it,
+            // is answered first (what it does may decide what this one does).
+            if sess.unsynced.iter().any(|u| u.touches(&target)) {
+                sess.flush_unsynced().await?;
+            }
+            let in_flight = sess.home.storage().small_puts_in_flight();
+            if in_flight > 1 {
+                // Runs beside the session's other small puts; answered in order, by the
+                // group commit's turn (`Session::settle_oldest`).
+                while sess.running_puts() >= in_flight {
+                    sess.settle_oldest().await?;
+                }
+                let home = sess.home.clone();
+                let (path, expected) = (target.clone(), digest_of(&declared));
+                let put = tokio::spawn(async move {
+                    home.put_small(
+                        &path,
+                        Bytes::from(data),
+                        overwrite,
+                        expected,
+                        Durability::Batched,
+                    )
+                    .await
+                });
+                sess.unsynced.push(Unsynced {
+                    id,
+                    target,
+                    size,
+                    waiting: Waiting::Running { put, declared },
+                    audit: None,
+                });
+                return Ok(());
+            }
             let put = sess
                 .home
                 .put_small(
