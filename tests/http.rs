@@ -340,9 +340,18 @@ async fn h2_rapid_reset_ends_the_connection_and_is_penalised() {
         .expect("the connection survived a rapid reset")
         .unwrap();
     let err = ended.expect_err("the connection ended cleanly");
-    assert_eq!(
-        err.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
+    // The server's GOAWAY says why; a client still writing when the server closes may hit
+    // the closed socket before it reads the GOAWAY (a broken pipe or a reset), which on a
+    // loaded machine happens. Either way the server ended it, and the penalty below says it
+    // was for the resets.
+    let io_cut = err.get_io().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    });
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || io_cut,
         "after {sent} resets: {err}"
     );
     wait_for_penalty(&server, LOCALHOST).await;

@@ -258,7 +258,16 @@ fn set_up(mut g: Garage) -> Result<Garage, String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+    // `node id` reads the node's key from its directory, which exists before the RPC port
+    // listens: the first command that needs the server waits for it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]) {
+            Ok(_) => break,
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
     g.cli(&["layout", "apply", "--version", "1"])?;
     // Keys and buckets are refused until the layout is in force.
     let deadline = Instant::now() + START_TIMEOUT;
