@@ -376,7 +376,8 @@ struct UsersFileArg {
     #[arg(long = "users", value_name = "FILE", default_value = "users.toml")]
     users: PathBuf,
     /// Keep the users in PostgreSQL instead: postgres://USER@HOST:PORT/DB. The password comes
-    /// from PGPASSWORD or ?password_file=PATH, never from the command line.
+    /// from PGPASSWORD or ?password_file=PATH, never from the command line; a database off
+    /// this machine needs ?sslmode=verify-full (or an explicit ?sslmode=disable).
     #[arg(long, value_name = "URL", conflicts_with = "users")]
     accounts: Option<String>,
 }
@@ -512,7 +513,9 @@ struct ServeArgs {
     /// Keep users and the state nodes share (quota counters, penalties, kept partials, name
     /// reservations) in PostgreSQL: postgres://USER@HOST:PORT/DB, for several nodes behind
     /// a balancer (docs/DEPLOY.md). The password comes from PGPASSWORD or
-    /// ?password_file=PATH, never from the command line. The schema is made at start.
+    /// ?password_file=PATH, never from the command line. A database off this machine needs
+    /// ?sslmode=verify-full (TLS, its certificate checked; &sslrootcert=CA.pem) or an explicit
+    /// ?sslmode=disable. The schema is made at start.
     #[arg(long, value_name = "URL", conflicts_with_all = ["users", "tokens", "links"])]
     accounts: Option<String>,
     /// Database connections this node keeps at most [default: 16, or ?pool_size= in the URL].

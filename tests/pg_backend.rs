@@ -1011,3 +1011,94 @@ async fn needs_postgres_a_sigkilled_node_holds_nothing_past_its_ttl() {
             .is_some()
     );
 }
+
+/// The database's own view of this test database's connections: how many, and how many of
+/// them are encrypted.
+async fn connections_to(db_url: &str) -> (i64, i64) {
+    let name = db_url.rsplit('/').next().unwrap().to_string();
+    let admin = crate::util::pg::shared().url("postgres");
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    (row.get(0), row.get(1))
+}
+
+/// `sslmode=verify-full` with the database's CA: every connection of the node, the pool's
+/// and the accounts' change listener's, is TLS, and an account change still reaches the
+/// other node through the encrypted listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_verify_full_encrypts_every_connection() {
+    let url = fresh_db().await;
+    let ca = crate::util::pg::shared().ca();
+    let tls_url = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let cfg = PgConfig::from_url(&tls_url).unwrap();
+    assert!(cfg.encrypted());
+    let (a, b) = (node(&tls_url).await, node(&tls_url).await);
+    let (a, b) = (a.accounts(), b.accounts());
+    let mut rx = b.changes();
+    rx.borrow_and_update();
+    let hash =
+        users::hash_password_with(&Password::new("pw".into()), CHEAP.0, CHEAP.1, CHEAP.2).unwrap();
+    a.add(&User::new("alice", hash)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("the change reached the other node's listener")
+        .unwrap();
+    assert!(b.get("alice").await.unwrap().is_some());
+    let (all, encrypted) = connections_to(&url).await;
+    assert!(all >= 3, "two pools and two listeners: {all}");
+    assert_eq!(encrypted, all, "every connection encrypted");
+    // The same database in clear, for contrast: the test can tell them apart.
+    let plain = node(&url).await;
+    plain.accounts().get("alice").await.unwrap().unwrap();
+    let (all_after, encrypted_after) = connections_to(&url).await;
+    assert!(
+        all_after > encrypted_after,
+        "a clear connection shows as such"
+    );
+}
+
+/// A certificate from another CA is refused, quickly and with the reason; nothing falls
+/// back to clear text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_database_certificate_from_another_ca_is_refused() {
+    let url = fresh_db().await;
+    let other = tempfile::tempdir().unwrap();
+    ferry::certs::generate(other.path(), &[], false).unwrap();
+    let tls_url = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}&connect_timeout=5&wait_timeout=5",
+        other.path().join("ca.pem").display()
+    );
+    let start = Instant::now();
+    let err = match ferry::pg::connect(&PgConfig::from_url(&tls_url).unwrap()).await {
+        Ok(_) => panic!("connected to a database whose certificate no root vouches for"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.to_lowercase().contains("certificate") || err.to_lowercase().contains("issuer"),
+        "{err}"
+    );
+    assert_eq!(
+        connections_to(&url).await,
+        (0, 0),
+        "nothing connected in clear"
+    );
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
 use super::{Db, PgError, col, db_message};
 use crate::accounts::{AccountError, AccountStore, BoxFuture, User, UserChange};
@@ -221,29 +221,27 @@ async fn listen_once(
     ready: &mut Option<oneshot::Sender<()>>,
     listened: &mut bool,
 ) -> Result<(), PgError> {
-    let target = db.config().target();
-    let connecting = target.connect(NoTls);
-    let (client, mut connection) = tokio::time::timeout(db.config().connect_timeout, connecting)
-        .await
-        .map_err(|_| PgError::Unavailable("connect timed out".into()))??;
+    let (messages, mut said) = tokio::sync::mpsc::unbounded_channel();
+    let (client, driver) = db.config().connect_one(messages).await?;
+    // Only notifications matter here; an error of the connection ends the listening.
     let (notices, mut noticed) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let driver = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
+    let forward = tokio::spawn(async move {
+        while let Some(m) = said.recv().await {
+            match m {
+                Ok(AsyncMessage::Notification(_)) => {
                     if notices.send(()).is_err() {
                         return;
                     }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
+                Ok(_) => {}
+                Err(e) => {
                     tracing::warn!(error = %db_message(&e), "accounts: change listener");
                     return;
                 }
-                None => return,
             }
         }
     });
+    let _stop_forward = AbortOnDrop(forward.abort_handle());
     let _stop_driver = AbortOnDrop(driver.abort_handle());
     tokio::time::timeout(
         db.config().statement_timeout,

@@ -23,6 +23,7 @@ pub mod digests;
 pub mod links;
 pub mod sessions;
 pub mod state;
+mod tls;
 pub mod tokens;
 pub mod uploads;
 
@@ -86,13 +87,21 @@ pub enum PgError {
 /// `PGPASSWORD` environment variable. Options in the URL's query (`?a=1&b=2`), besides
 /// those tokio-postgres knows (`host=/socket/dir`, `application_name`, ...):
 /// `password_file`, `pool_size`, `connect_timeout`, `statement_timeout` and `wait_timeout`
-/// (seconds; fractions allowed).
+/// (seconds; fractions allowed), `sslmode` and `sslrootcert`.
 ///
-/// The connection is not encrypted (no TLS connector yet): keep the database on loopback, a
-/// Unix socket (`?host=/run/postgresql`) or a private network.
+/// TLS (`sslmode`): `verify-full` (or `require`, which means the same here) encrypts and
+/// verifies the server's certificate, chain and host name, against `sslrootcert=PATH` (PEM)
+/// or the system's roots; `disable` sends everything in clear. A database on loopback or a
+/// Unix socket needs no TLS and gets none unless asked; a database elsewhere must be given
+/// `sslmode=verify-full` (or, on a network the admin trusts, `sslmode=disable` said
+/// explicitly): anything else is refused at start, since a password and every account
+/// would cross the network in clear. `prefer` is refused for such a host (anyone on the path
+/// can turn it into clear text).
 #[derive(Clone)]
 pub struct PgConfig {
     target: tokio_postgres::Config,
+    /// How connections are encrypted: `None` is clear text.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections kept at most ([`DEFAULT_POOL_SIZE`]).
     pub pool_size: usize,
     /// Longest a new connection may take ([`DEFAULT_CONNECT_TIMEOUT`]).
@@ -136,8 +145,11 @@ impl PgConfig {
         };
         let mut passed = Vec::new();
         let mut password_file = None;
+        let mut sslmode = None;
+        let mut sslrootcert = None;
         let mut cfg = PgConfig {
             target: tokio_postgres::Config::new(),
+            tls: None,
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
@@ -166,6 +178,8 @@ impl PgConfig {
                 "connect_timeout" => cfg.connect_timeout = secs()?,
                 "statement_timeout" => cfg.statement_timeout = secs()?,
                 "wait_timeout" => cfg.wait_timeout = secs()?,
+                "sslmode" => sslmode = Some(value),
+                "sslrootcert" => sslrootcert = Some(PathBuf::from(value)),
                 _ => passed.push(pair),
             }
         }
@@ -186,6 +200,14 @@ impl PgConfig {
                 "the URL names no database (postgres://user@host/DB)".into()
             ));
         }
+        cfg.tls = tls_for(&cfg.target, sslmode, sslrootcert.as_deref())?;
+        if cfg.tls.is_none() {
+            cfg.target
+                .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        } else {
+            cfg.target
+                .ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         cfg.url_password = cfg.target.get_password().is_some();
         if !cfg.url_password {
             if let Some(path) = password_file {
@@ -198,6 +220,39 @@ impl PgConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Whether connections to the database are encrypted (and the server verified).
+    pub fn encrypted(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens one connection outside the pool (the accounts' change listener), encrypted as
+    /// the pool's are; its driver runs on a task of its own until the connection ends,
+    /// sending what the server says unprompted (notifications) to `messages`.
+    pub(crate) async fn connect_one(
+        &self,
+        messages: tokio::sync::mpsc::UnboundedSender<
+            Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+        >,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
+        let target = self.target();
+        let connected = match &self.tls {
+            None => tokio::time::timeout(self.connect_timeout, target.connect(NoTls))
+                .await
+                .map(|r| r.map(|(client, conn)| (client, tokio::spawn(drive(conn, messages))))),
+            Some(tls) => {
+                let tls = tls::MakeRustls(Arc::clone(tls));
+                tokio::time::timeout(self.connect_timeout, target.connect(tls))
+                    .await
+                    .map(|r| r.map(|(client, conn)| (client, tokio::spawn(drive(conn, messages)))))
+            }
+        };
+        match connected {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(PgError::Unavailable(db_message(&e))),
+            Err(_) => Err(PgError::Unavailable("connect timed out".into())),
+        }
     }
 
     /// Whether the URL itself carried the password (fine for tests; a command line or a
@@ -234,6 +289,91 @@ impl PgConfig {
     }
 }
 
+/// Forwards what a connection's server says unprompted until the connection ends or nobody
+/// listens.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    messages: tokio::sync::mpsc::UnboundedSender<
+        Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+    >,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        let failed = m.is_err();
+        if messages.send(m).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Whether every host `target` names is this machine (a loopback address, `localhost`, or a
+/// Unix socket's directory).
+fn local_only(target: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts_local = target.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Host::Unix(_) => true,
+    });
+    let addrs_local = target.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    // No host at all: tokio-postgres refuses to connect, so nothing crosses a network.
+    hosts_local && addrs_local
+}
+
+/// The TLS a URL asks for (see [`PgConfig`]): `None` for clear text.
+fn tls_for(
+    target: &tokio_postgres::Config,
+    sslmode: Option<&str>,
+    sslrootcert: Option<&std::path::Path>,
+) -> Result<Option<Arc<rustls::ClientConfig>>, PgError> {
+    let bad = |what: String| PgError::Config(what);
+    let local = local_only(target);
+    let verify = match sslmode {
+        None if local => false,
+        None => {
+            return Err(bad(
+                "the database is not on this machine: add sslmode=verify-full (and                  sslrootcert=CA.pem unless its certificate is from a CA the system trusts), or                  sslmode=disable to send passwords and accounts in clear on a network you trust"
+                    .into(),
+            ));
+        }
+        Some("disable") => false,
+        Some("prefer") if local => false,
+        Some("prefer") => {
+            return Err(bad(
+                "sslmode=prefer falls back to clear text for anyone on the path who asks:                  say sslmode=verify-full, or sslmode=disable"
+                    .into(),
+            ));
+        }
+        Some("require" | "verify-full") => true,
+        Some("verify-ca") => {
+            return Err(bad(
+                "sslmode=verify-ca is not offered: ferry checks the host name too                  (sslmode=verify-full)"
+                    .into(),
+            ));
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "sslmode={other}: expected verify-full, require (the same here) or disable"
+            )));
+        }
+    };
+    if !verify {
+        if sslrootcert.is_some() {
+            return Err(bad("sslrootcert without sslmode=verify-full".into()));
+        }
+        return Ok(None);
+    }
+    tls::client_config(sslrootcert).map(Some).map_err(bad)
+}
+
 /// The pool, and what every store of one node shares.
 #[derive(Clone)]
 pub(crate) struct Db {
@@ -250,15 +390,19 @@ impl fmt::Debug for Db {
 impl Db {
     /// A pool on `cfg`. Makes no connection yet.
     fn new(cfg: &PgConfig) -> Result<Db, PgError> {
-        let mgr = Manager::from_config(
-            cfg.target(),
-            NoTls,
-            ManagerConfig {
-                // A connection whose socket closed (the server restarted) is dropped when it
-                // is next handed out, without a round trip for the ones that are fine.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            // A connection whose socket closed (the server restarted) is dropped when it
+            // is next handed out, without a round trip for the ones that are fine.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match &cfg.tls {
+            None => Manager::from_config(cfg.target(), NoTls, manager_config()),
+            Some(tls) => Manager::from_config(
+                cfg.target(),
+                tls::MakeRustls(Arc::clone(tls)),
+                manager_config(),
+            ),
+        };
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size)
             .wait_timeout(Some(cfg.wait_timeout))
@@ -561,21 +705,24 @@ mod tests {
                 .map(|p| String::from_utf8_lossy(p).into_owned())
         };
         assert_eq!(
-            with("postgres://u:from-url@h/db").as_deref(),
+            with("postgres://u:from-url@localhost/db").as_deref(),
             Some("from-url")
         );
-        let by_file = format!("postgres://u@h/db?password_file={}", file.display());
+        let by_file = format!("postgres://u@localhost/db?password_file={}", file.display());
         assert_eq!(with(&by_file).as_deref(), Some("from-file"));
-        assert_eq!(with("postgres://u@h/db").as_deref(), Some("from-env"));
+        assert_eq!(
+            with("postgres://u@localhost/db").as_deref(),
+            Some("from-env")
+        );
         // Never in the Debug form.
-        let cfg = PgConfig::from_url_and("postgres://u:s3cret@h/db", None).unwrap();
+        let cfg = PgConfig::from_url_and("postgres://u:s3cret@localhost/db", None).unwrap();
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 
     #[test]
     fn options_are_ours_or_passed_on_and_bad_ones_are_refused() {
         let cfg = PgConfig::from_url_and(
-            "postgres://u@h/db?pool_size=3&wait_timeout=0.5&statement_timeout=2&application_name=x",
+            "postgres://u@localhost/db?pool_size=3&wait_timeout=0.5&statement_timeout=2&application_name=x",
             None,
         )
         .unwrap();
@@ -584,18 +731,98 @@ mod tests {
         assert_eq!(cfg.statement_timeout, Duration::from_secs(2));
         assert_eq!(cfg.target().get_application_name(), Some("x"));
         for bad in [
-            "mysql://u@h/db",
-            "postgres://h/db",
-            "postgres://u@h",
-            "postgres://u@h/db?pool_size=0",
-            "postgres://u@h/db?wait_timeout=-1",
-            "postgres://u@h/db?no_such_option=1",
-            "postgres://u@h/db?password_file=/nonexistent/pw",
+            "mysql://u@localhost/db",
+            "postgres://localhost/db",
+            "postgres://u@localhost",
+            "postgres://u@localhost/db?pool_size=0",
+            "postgres://u@localhost/db?wait_timeout=-1",
+            "postgres://u@localhost/db?no_such_option=1",
+            "postgres://u@localhost/db?password_file=/nonexistent/pw",
         ] {
             assert!(
                 matches!(PgConfig::from_url_and(bad, None), Err(PgError::Config(_))),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_database_off_this_machine_needs_tls_said_or_refused() {
+        let cfg = |url: &str| PgConfig::from_url_and(url, None);
+        // Loopback and Unix sockets: clear unless asked.
+        for local in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres://u@localhost/db?host=/run/postgresql",
+            "postgres://u@localhost/db?sslmode=prefer",
+        ] {
+            assert!(!cfg(local).unwrap().encrypted(), "{local}");
+        }
+        // Elsewhere: refused without a word on TLS, or with the downgradable `prefer`.
+        for remote in [
+            "postgres://u@db.example.org/db",
+            "postgres://u@10.0.0.5:5432/db",
+            "postgres://u@db.example.org/db?sslmode=prefer",
+            "postgres://u@localhost/db?hostaddr=10.0.0.5",
+        ] {
+            match cfg(remote) {
+                Err(PgError::Config(why)) => assert!(why.contains("sslmode"), "{remote}: {why}"),
+                other => panic!("{remote}: {other:?}"),
+            }
+        }
+        // Said: clear on purpose, or verified against the system's roots (or a named CA).
+        let clear = cfg("postgres://u@db.example.org/db?sslmode=disable").unwrap();
+        assert!(!clear.encrypted());
+        assert_eq!(
+            clear.target().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::generate(dir.path(), &[], false).unwrap();
+        let ca = dir.path().join("ca.pem");
+        for mode in ["verify-full", "require"] {
+            let url = format!(
+                "postgres://u@db.example.org/db?sslmode={mode}&sslrootcert={}",
+                ca.display()
+            );
+            let tls = cfg(&url).unwrap();
+            assert!(tls.encrypted(), "{url}");
+            assert_eq!(
+                tls.target().get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require
+            );
+        }
+        // Mistakes are named.
+        for (bad, says) in [
+            (
+                "postgres://u@db.example.org/db?sslmode=verify-ca",
+                "verify-full",
+            ),
+            (
+                "postgres://u@db.example.org/db?sslmode=allow",
+                "sslmode=allow",
+            ),
+            (
+                "postgres://u@db.example.org/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "sslrootcert",
+            ),
+            (
+                "postgres://u@localhost/db?sslrootcert=/etc/ca.pem",
+                "sslrootcert without",
+            ),
+        ] {
+            match cfg(bad) {
+                Err(PgError::Config(why)) => assert!(why.contains(says), "{bad}: {why}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let url = format!(
+            "postgres://u@db.example.org/db?sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        );
+        assert!(matches!(cfg(&url), Err(PgError::Config(why)) if why.contains("no certificate")));
     }
 }

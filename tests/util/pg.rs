@@ -152,6 +152,23 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // TLS on, with a certificate from a CA of this cluster's own (for the tests of
+        // `sslmode=verify-full`); connections that do not ask for it stay in clear.
+        let certs = dir.join("certs");
+        ferry::certs::generate(&certs, &[], false).unwrap();
+        let data = dir.join("data");
+        std::fs::copy(certs.join("server.pem"), data.join("server.crt")).unwrap();
+        std::fs::copy(certs.join("server.key"), data.join("server.key")).unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .arg("postgres")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot chown the cluster's certificate to `postgres`");
+        }
         let mut cluster = PgCluster {
             dir,
             port: 0,
@@ -174,7 +191,7 @@ impl PgCluster {
     fn try_start(&self) -> bool {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c full_page_writes=off -c max_connections=500",
+             -c full_page_writes=off -c max_connections=500 -c ssl=on",
             self.port,
             self.dir.display()
         );
@@ -239,6 +256,11 @@ impl PgCluster {
             .unwrap()
             .success();
         assert!(ok, "kill {sig} {pids:?}");
+    }
+
+    /// The CA that signed the cluster's certificate (for `sslrootcert`).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("certs").join("ca.pem")
     }
 
     /// The URL of database `db` (trust authentication: no password).
