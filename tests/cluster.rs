@@ -308,7 +308,9 @@ async fn put_until_killed(
 #[ignore = "needs postgres, garage and haproxy; .ci/run installs them"]
 async fn needs_cluster_a_node_killed_mid_upload_is_resumed_through_another() {
     let cluster = Cluster::up().await;
-    cluster.add_user("alice", PW, &[]);
+    // A quota, so the shared counters are kept: they must come out exact after the node
+    // that held the upload's reservation died and another took its parts up.
+    cluster.add_user("alice", PW, &["--quota-bytes", "1 GiB"]);
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("big.bin");
     let data = random_file(&src, 48 << 20, 5);
@@ -334,6 +336,24 @@ async fn needs_cluster_a_node_killed_mid_upload_is_resumed_through_another() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&back).unwrap(), data);
+    // The counters hold exactly the one file, neither less (the parts the dead node recorded
+    // were never counted: taking them up counts them) nor more. Read from the ledger itself:
+    // what a client's `usage` adds of the dead node's reservation lapses only with its lease.
+    let (db, conn) = tokio_postgres::connect(&cluster.accounts_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let rows = db
+        .query(
+            "SELECT used_bytes, used_files FROM ferry_usage WHERE counted",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counted: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(counted, [(48 << 20, 1)], "alice's home, as counted");
+    drop(db);
+    let _ = driver.await;
     cluster.run("node-start", Some(1));
 }
 

@@ -376,17 +376,23 @@ impl Home {
                 }));
             }
         };
-        // The partial (counted as a file of `kept` bytes) is this upload's now; bytes past
-        // the resume point were cut off.
-        let kept = inner.superseded().unwrap_or(offset);
+        // The partial is this upload's now, cut to the resume point, and counted from here as
+        // one file of `offset` bytes. The store says what the counters held for it: a kept
+        // partial, one file of its length; a record of progress left by a node that died
+        // mid-upload, nothing (a fresh upload's: its reservation lapsed with the node) or the
+        // prefix that upload had resumed from.
         let debt = match &self.account {
             Some(a) => {
-                if kept > offset {
-                    let cut = Footprint {
-                        bytes: kept - offset,
-                        files: 0,
-                    };
-                    a.adjust(Footprint::NONE, cut).await;
+                let held = match inner.superseded() {
+                    Some(bytes) => Footprint { bytes, files: 1 },
+                    None => Footprint::NONE,
+                };
+                let now = Footprint {
+                    bytes: offset,
+                    files: 1,
+                };
+                if held != now {
+                    a.adjust(now, held).await;
                 }
                 PartialDebt {
                     account: Some(Arc::clone(a)),
@@ -766,9 +772,18 @@ impl Upload {
             if let Some(a) = &account {
                 a.adjust(new, Footprint::NONE).await;
             }
+            let written = inner.written();
             let kept = inner.keep(key).await;
             match (&account, &kept) {
-                (Some(a), Ok(k)) => a.adjust(Footprint::NONE, k.replaced).await,
+                (Some(a), Ok(k)) => {
+                    // A store may keep less than was written (an object store keeps whole
+                    // parts): the counters follow what it kept.
+                    let dropped = Footprint {
+                        bytes: written.saturating_sub(k.len),
+                        files: 0,
+                    };
+                    a.adjust(Footprint::NONE, k.replaced.plus(dropped)).await
+                }
                 (Some(a), Err(_)) => a.adjust(Footprint::NONE, new).await,
                 (None, _) => {}
             }

@@ -369,9 +369,11 @@ pub trait Upload: Send {
     /// measures again and tells [`Commit::admit`]).
     fn replaces(&self) -> Footprint;
 
-    /// The length of the partial that [`UploadOptions::supersede`] removed, if there was one;
-    /// for an upload from [`Storage::resume_upload`], the length the partial had when it was
-    /// taken up (before it was cut to the resume point).
+    /// What the quota's counters held for the partial that [`UploadOptions::supersede`]
+    /// removed, or that [`Storage::resume_upload`] took up (before it was cut to the resume
+    /// point): one file of that many bytes, or `None` for nothing (no partial, or a record
+    /// of progress the counters never held, left by a node that died mid-upload). A kept
+    /// partial is counted as one file of its length.
     fn superseded(&self) -> Option<u64>;
 
     /// Appends bytes. The store may write them later; an error shows here or at `finish`.

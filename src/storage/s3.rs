@@ -700,7 +700,7 @@ impl Inner {
         Ok(match taken {
             Some(r) => {
                 self.drop_partial(&r).await;
-                Some(r.len)
+                counted(&r)
             }
             None => None,
         })
@@ -888,6 +888,40 @@ struct PartialHandle {
     part_size: u64,
     /// Each part's ETag and the SHA-256 state after it (sha2's serialised state, hex).
     parts: Vec<KeptPart>,
+    /// What the quota's counters hold for this record (absent in records from before it was
+    /// written down: counted as kept, one file of `len` bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counted: Option<Counted>,
+}
+
+/// What the counters hold for a partial's record. A kept partial is counted as one file of
+/// its length. The progress an upload records as it goes is not counted (its reservation
+/// holds its room), or counted as the prefix it resumed from: what the counters held when
+/// its node died, if it died, which whoever takes the record up next must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Counted {
+    Nothing,
+    File(u64),
+}
+
+/// What the counters hold for `record`: `None` for nothing, else one file of that many
+/// bytes.
+fn counted(record: &PartialRecord) -> Option<u64> {
+    match PartialHandle::decode(&record.handle).map(|h| h.counted) {
+        Ok(Some(Counted::Nothing)) => None,
+        Ok(Some(Counted::File(n))) => Some(n),
+        // From before counts were written down, or damaged: as every record was then.
+        Ok(None) | Err(_) => Some(record.len),
+    }
+}
+
+/// The counters' footprint of `record` (see [`counted`]).
+fn counted_footprint(record: &PartialRecord) -> Footprint {
+    match counted(record) {
+        Some(bytes) => Footprint { bytes, files: 1 },
+        None => Footprint::NONE,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -985,6 +1019,9 @@ struct S3Upload {
     /// The partial key this upload supersedes (the one it would be kept under): after each
     /// part, the upload is recorded there, so that if this node dies another can resume it.
     checkpoint: Option<PartialKey>,
+    /// What the counters hold for this upload's recorded progress: nothing for a fresh
+    /// upload, the prefix for a resumed one.
+    progress_counted: Counted,
 }
 
 impl S3Upload {
@@ -1007,11 +1044,13 @@ impl S3Upload {
             replaces,
             superseded: None,
             checkpoint: None,
+            progress_counted: Counted::Nothing,
         }
     }
 
-    /// The record of what this upload holds in whole parts, for the [`PartialIndex`].
-    fn record(&self) -> PartialRecord {
+    /// The record of what this upload holds in whole parts, for the [`PartialIndex`], with
+    /// what the counters hold for it.
+    fn record(&self, counted: Counted) -> PartialRecord {
         let handle = PartialHandle {
             key: self.key.to_string(),
             upload_id: self.upload_id.clone(),
@@ -1024,6 +1063,7 @@ impl S3Upload {
                     state: hex::encode(&p.state),
                 })
                 .collect(),
+            counted: Some(counted),
         };
         PartialRecord {
             home: self.inner.ns.clone(),
@@ -1041,7 +1081,8 @@ impl S3Upload {
             return;
         };
         let id = self.inner.partial_id(key);
-        if let Err(e) = self.inner.state.partials.put(&id, self.record()).await {
+        let record = self.record(self.progress_counted);
+        if let Err(e) = self.inner.state.partials.put(&id, record).await {
             tracing::warn!(error = %e, "s3: could not record an upload's progress");
         }
     }
@@ -1099,6 +1140,10 @@ impl S3Upload {
                         os_err(e)
                     })?;
                 self.upload_id = Some(id.clone());
+                // Recorded before any part lands: a node that dies now leaves a record (of
+                // no bytes yet) that the sweep of old partials finds and aborts, never a
+                // multipart upload nobody knows of, holding its parts' space for good.
+                self.checkpoint().await;
                 id
             }
         };
@@ -1294,7 +1339,8 @@ impl Upload for S3Upload {
                 Some(p) => load_state(&p.state)?.finalize().into(),
                 None => Sha256::digest(b"").into(),
             };
-            let record = self.record();
+            // The core counts a kept partial as one file of the length kept.
+            let record = self.record(Counted::File(len));
             let put = self
                 .inner
                 .state
@@ -1319,10 +1365,7 @@ impl Upload for S3Upload {
                 }
                 Some(old) => {
                     self.inner.drop_partial(&old).await;
-                    Footprint {
-                        bytes: old.len,
-                        files: 1,
-                    }
+                    counted_footprint(&old)
                 }
                 None => Footprint::NONE,
             };
@@ -2075,10 +2118,7 @@ impl S3Storage {
                 Some(other) => {
                     // Kept by another upload meanwhile: this one takes its place again.
                     inner.drop_partial(&other).await;
-                    Footprint {
-                        bytes: other.len,
-                        files: 1,
-                    }
+                    counted_footprint(&other)
                 }
                 None => Footprint::NONE,
             };
@@ -2133,7 +2173,10 @@ impl S3Storage {
         upload.part_size = part_size as usize;
         upload.hasher = hasher;
         upload.written = offset;
-        upload.superseded = Some(record.len);
+        // What the counters hold for the record (nothing, if a node died uploading it
+        // fresh); from here they hold the prefix, and this upload's progress says so.
+        upload.superseded = counted(&record);
+        upload.progress_counted = Counted::File(offset);
         upload.checkpoint = Some(key.clone());
         match &handle.upload_id {
             Some(upload_id) if whole > 0 => {
@@ -2232,11 +2275,10 @@ impl S3Storage {
             .kept_before(&inner.ns, far)
             .await
             .map_err(state_err)?;
+        // As the counters hold them: a kept partial as a file, the progress of an upload a
+        // node died in as what was counted for it.
         for (_, r) in kept {
-            total = total.plus(Footprint {
-                bytes: r.len,
-                files: 1,
-            });
+            total = total.plus(counted_footprint(&r));
         }
         Ok(total)
     }
@@ -2257,10 +2299,7 @@ impl S3Storage {
             // Taken again: a resume may have claimed it meanwhile.
             if let Some(r) = inner.state.partials.take(&id).await.map_err(state_err)? {
                 inner.drop_partial(&r).await;
-                swept = swept.plus(Footprint {
-                    bytes: r.len,
-                    files: 1,
-                });
+                swept = swept.plus(counted_footprint(&r));
             }
         }
         Ok(swept)
@@ -2379,7 +2418,10 @@ impl Storage for S3Storage {
                 .get(&id)
                 .await
                 .map_err(state_err)?;
-            Ok(r.map(|r| r.len))
+            // A record of no whole part and no count (a multipart upload just begun when its
+            // node died) is nothing to resume from: only the sweep needs it.
+            Ok(r.filter(|r| r.len > 0 || counted(r).is_some())
+                .map(|r| r.len))
         })
     }
 

@@ -402,6 +402,67 @@ mod needs_garage {
         assert_eq!(uploads_left(g, &b, 0).await, 0);
     }
 
+    /// A node that dies right after its upload began a multipart upload (no part landed):
+    /// the record of that progress is there for the sweep, which aborts the upload; it is no
+    /// partial to resume, and the counters never held it (usage, the sweep and a fresh
+    /// upload superseding it all say nothing was counted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; .ci/run installs it"]
+    async fn an_upload_whose_node_died_before_its_first_part_is_swept_not_orphaned() {
+        let g = garage();
+        let home = fresh_home("early");
+        let shared = state();
+        let a = open(&home, shared.clone());
+        let key = ferry::storage::PartialKey::new("early").unwrap();
+        let options = UploadOptions {
+            supersede: Some(key.clone()),
+            ..UploadOptions::default()
+        };
+        let mut up = a.begin_upload(&p("f"), options.clone()).await.unwrap();
+        // One part and a byte: the part goes out, nothing has landed when the node dies.
+        write_all(up.as_mut(), &data(PART + 1, 8)).await;
+        std::mem::forget(up);
+        drop(a);
+        let b = open(&home, shared.clone());
+        assert_eq!(
+            uploads_left(g, &b, 1).await,
+            1,
+            "the multipart upload is there"
+        );
+        assert_eq!(
+            b.partial_len(&key).await.unwrap(),
+            None,
+            "nothing to resume"
+        );
+        let usage = b.usage(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(usage, ferry::domain::Footprint::NONE, "never counted");
+        assert_eq!(
+            b.sweep_partials(Duration::ZERO).await.unwrap(),
+            ferry::domain::Footprint::NONE
+        );
+        assert_eq!(uploads_left(g, &b, 0).await, 0, "the sweep aborted it");
+
+        // The same death, then a fresh upload of the name: it removes the record and its
+        // multipart upload, and says it superseded nothing counted.
+        let mut up = b.begin_upload(&p("g"), options.clone()).await.unwrap();
+        write_all(up.as_mut(), &data(2 * PART + 1, 9)).await;
+        std::mem::forget(up);
+        let c = open(&home, shared);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.partial_len(&key).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no part recorded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let fresh = c.begin_upload(&p("g"), options).await.unwrap();
+        assert_eq!(
+            fresh.superseded(),
+            None,
+            "the dead upload's parts were never counted"
+        );
+        fresh.abort().await;
+        assert_eq!(uploads_left(g, &c, 0).await, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs garage; .ci/run installs it"]
     async fn an_object_replaced_after_the_open_fails_the_read_not_mixes_it() {
