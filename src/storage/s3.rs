@@ -10,9 +10,9 @@
 //!
 //! # The verified commit
 //! An upload hashes while it streams. Up to one part it is held in memory and written with one
-//! `PutObject` at its commit; a larger one goes out as a multipart upload, one part at a time
-//! (parts of [`S3Config::part_size`], at least 5 MiB): the part being filled and at most one
-//! part in flight are all it holds, whatever the file's size. Nothing is visible under the
+//! `PutObject` at its commit; a larger one goes out as a multipart upload (parts of
+//! [`S3Config::part_size`], at least 5 MiB), up to [`PARTS_IN_FLIGHT`] parts on their way at
+//! once: those and the part being filled are all it holds, whatever the file's size. Nothing is visible under the
 //! key before `CompleteMultipartUpload`, which runs only after the SHA-256 matched; a mismatch,
 //! an abort or a dropped upload aborts the multipart upload (a dropped one in a task of its
 //! own). No-overwrite cannot rely on a conditional write (Garage 2.5 ignores
@@ -79,6 +79,11 @@ use crate::jail::{MAX_FREE_NAME_TRIES, RESERVED_PREFIX, RemotePath, StorageError
 use crate::state::digests::DigestIndex;
 use crate::state::{NameLock, NameLocks, PartialIndex, PartialRecord};
 
+/// Parts of one upload on their way to the store at once, besides the one filling: while
+/// one part's PUT waits on the store's replicas, the next is sent, as S3 clients do. An
+/// upload holds at most this many parts and one more in memory.
+pub const PARTS_IN_FLIGHT: usize = 2;
+
 /// The part size when the configuration names none.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -124,7 +129,7 @@ pub struct S3Config {
     pub prefix: Option<String>,
     pub credentials: S3Credentials,
     /// Bytes per part of a multipart upload ([`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]); an
-    /// upload holds at most two parts in memory (one filling, one in flight).
+    /// upload holds at most [`PARTS_IN_FLIGHT`] + 1 parts in memory (one filling).
     pub part_size: usize,
 }
 
@@ -1008,7 +1013,8 @@ struct S3Upload {
     /// The multipart upload, once a part went out.
     upload_id: Option<String>,
     parts: Vec<DonePart>,
-    flight: Option<Flight>,
+    /// Parts on their way, oldest first (at most [`PARTS_IN_FLIGHT`]).
+    flights: std::collections::VecDeque<Flight>,
     finished: Option<Sha256Digest>,
     /// An error ended the upload.
     broken: bool,
@@ -1037,7 +1043,7 @@ impl S3Upload {
             written: 0,
             upload_id: None,
             parts: Vec::new(),
-            flight: None,
+            flights: std::collections::VecDeque::new(),
             finished: None,
             broken: false,
             handed_on: false,
@@ -1098,13 +1104,22 @@ impl S3Upload {
     }
 
     fn note_memory(&self) {
-        let held = (self.buf_len + self.flight.as_ref().map_or(0, |f| f.len)) as u64;
+        let held = (self.buf_len + self.flights.iter().map(|f| f.len).sum::<usize>()) as u64;
         self.inner.peak.fetch_max(held, Ordering::Relaxed);
     }
 
-    /// Waits for the part in flight and adds it to the done parts.
+    /// Waits for every part in flight, in order, and adds them to the done parts.
     async fn land_flight(&mut self) -> Result<(), StorageError> {
-        let Some(f) = self.flight.take() else {
+        while !self.flights.is_empty() {
+            self.land_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and adds it to the done parts (parts land in
+    /// order, so the recorded progress is always a prefix).
+    async fn land_oldest(&mut self) -> Result<(), StorageError> {
+        let Some(f) = self.flights.pop_front() else {
             return Ok(());
         };
         match f.task.await {
@@ -1124,9 +1139,11 @@ impl S3Upload {
         }
     }
 
-    /// Sends the filled part (after the one in flight has landed: at most one at a time).
+    /// Sends the filled part, once fewer than [`PARTS_IN_FLIGHT`] are on their way.
     async fn ship(&mut self) -> Result<(), StorageError> {
-        self.land_flight().await?;
+        while self.flights.len() >= PARTS_IN_FLIGHT {
+            self.land_oldest().await?;
+        }
         let id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
@@ -1150,11 +1167,11 @@ impl S3Upload {
         let chunks = std::mem::take(&mut self.buf);
         let len = std::mem::take(&mut self.buf_len);
         let payload: PutPayload = chunks.into_iter().collect();
-        let idx = self.parts.len();
+        let idx = self.parts.len() + self.flights.len();
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
         let task =
             tokio::spawn(async move { inner.store().put_part(&key, &id, idx, payload).await });
-        self.flight = Some(Flight {
+        self.flights.push_back(Flight {
             len,
             state: save_state(&self.hasher),
             task,
@@ -1175,7 +1192,7 @@ impl S3Upload {
 
     /// Aborts the multipart upload, if any, now.
     async fn abort_now(&mut self) {
-        if let Some(f) = self.flight.take() {
+        for f in std::mem::take(&mut self.flights) {
             let _ = f.task.await;
         }
         self.handed_on = true;
@@ -1194,14 +1211,14 @@ impl Drop for S3Upload {
         let Some(id) = self.upload_id.take() else {
             return;
         };
-        let flight = self.flight.take();
+        let flights = std::mem::take(&mut self.flights);
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
         let checkpoint = self.checkpoint.take();
         // Best effort: without a runtime (a process going down) the store's own expiry of
         // incomplete uploads is the backstop.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Some(f) = flight {
+                for f in flights {
                     let _ = f.task.await;
                 }
                 clear_checkpoint(&inner, checkpoint.as_ref(), Some(&id)).await;
@@ -1227,6 +1244,11 @@ impl Upload for S3Upload {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             self.usable()?;
+            // Parts that have landed meanwhile are recorded now, so the progress another
+            // node could resume from after a crash is never far behind.
+            while self.flights.front().is_some_and(|f| f.task.is_finished()) {
+                self.land_oldest().await?;
+            }
             let mut chunk = chunk;
             while !chunk.is_empty() {
                 // A full part goes out only when more data follows it: the last part of an
@@ -1383,7 +1405,7 @@ impl Upload for S3Upload {
             let mark = S3Mark {
                 serial: self.serial,
                 hasher: self.hasher.clone(),
-                parts: self.parts.len() + usize::from(self.flight.is_some()),
+                parts: self.parts.len() + self.flights.len(),
                 buf: self.buf.clone(),
             };
             Ok(super::Mark::new(self.written, mark))
