@@ -75,7 +75,7 @@ enum Command {
         kept in PostgreSQL (password from PGPASSWORD). Passwords are stored as argon2id hashes. \
         A running server notices the change at the next login: no signal is needed.\n\n\
         Examples:\n  ferry user add alice\n  ferry user list --users /etc/ferry/users.toml\n  \
-        PGPASSWORD=... ferry user list --accounts postgres://ferry@db.internal/ferry"
+        PGPASSWORD=... ferry user list --accounts 'postgres://ferry@db.internal/ferry?sslmode=verify-full'"
     )]
     User(UserCommand),
     /// Manage API tokens for curl and scripts: add, list, del.

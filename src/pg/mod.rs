@@ -340,7 +340,10 @@ fn tls_for(
         None if local => false,
         None => {
             return Err(bad(
-                "the database is not on this machine: add sslmode=verify-full (and                  sslrootcert=CA.pem unless its certificate is from a CA the system trusts), or                  sslmode=disable to send passwords and accounts in clear on a network you trust"
+                "the database is not on this machine: add sslmode=verify-full (and \
+                 sslrootcert=CA.pem unless its certificate is from a CA the system trusts), \
+                 or sslmode=disable to send passwords and accounts in clear on a network \
+                 you trust"
                     .into(),
             ));
         }
@@ -348,14 +351,16 @@ fn tls_for(
         Some("prefer") if local => false,
         Some("prefer") => {
             return Err(bad(
-                "sslmode=prefer falls back to clear text for anyone on the path who asks:                  say sslmode=verify-full, or sslmode=disable"
+                "sslmode=prefer falls back to clear text for anyone on the path who asks: \
+                 say sslmode=verify-full, or sslmode=disable"
                     .into(),
             ));
         }
         Some("require" | "verify-full") => true,
         Some("verify-ca") => {
             return Err(bad(
-                "sslmode=verify-ca is not offered: ferry checks the host name too                  (sslmode=verify-full)"
+                "sslmode=verify-ca is not offered: ferry checks the host name too \
+                 (sslmode=verify-full)"
                     .into(),
             ));
         }
