@@ -173,6 +173,12 @@ const PENALTY_SYNC_MAX: usize = 10_000;
 /// node's own table (a flood must not queue unbounded work for the store).
 const PENALTY_ADDS_IN_FLIGHT: usize = 64;
 
+/// Small puts running beside their sessions at once, over all sessions (see
+/// [`crate::storage::Storage::small_puts_in_flight`]): each holds its data (at most 256 KiB)
+/// and a share of the database pool until done. Past this, a session's small puts run one
+/// at a time, as on a store that gains nothing from running them side by side.
+pub(crate) const SMALL_PUTS_RUNNING_MAX: usize = 64;
+
 /// Longest wait for the shared penalty store.
 const PENALTY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -203,6 +209,8 @@ pub struct Server {
     shared_penalties: Option<Arc<dyn PenaltyStore>>,
     /// Bounds the offences on their way to `shared_penalties`.
     penalty_adds: Arc<Semaphore>,
+    /// Bounds the small puts running beside their sessions ([`SMALL_PUTS_RUNNING_MAX`]).
+    pub(crate) small_puts: Arc<Semaphore>,
     /// Where homes live when not under `root` (see [`SharedState::homes`]).
     pub(crate) homes: Option<Arc<dyn crate::storage::HomeStore>>,
     /// Connections not logged in yet.
@@ -362,6 +370,7 @@ impl Server {
             shared_penalties: state.penalties,
             homes: state.homes,
             penalty_adds: Arc::new(Semaphore::new(PENALTY_ADDS_IN_FLIGHT)),
+            small_puts: Arc::new(Semaphore::new(SMALL_PUTS_RUNNING_MAX)),
             prelogin: prelogin::Prelogin::new(limits.startups),
             memory: memory::Memory::default(),
             grace_over: CancellationToken::new(),
@@ -586,6 +595,14 @@ impl Server {
         self.penalties
             .as_ref()?
             .check(ip, std::time::Instant::now())
+    }
+
+    /// Takes every place for small puts running beside their sessions, as a server busy
+    /// with other sessions' puts would have them (for tests); given back when dropped.
+    pub fn hold_small_put_places(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.small_puts)
+            .try_acquire_many_owned(SMALL_PUTS_RUNNING_MAX as u32)
+            .ok()
     }
 
     /// Looks `name` up in the account store, timed into `ferry_database_seconds` when the

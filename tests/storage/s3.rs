@@ -609,6 +609,29 @@ mod needs_garage {
             );
         }
 
+        // A server busy with other sessions' puts (every place taken): this session's run
+        // one at a time instead, with the same outcomes.
+        let held = server
+            .server
+            .hold_small_put_places()
+            .expect("all places free");
+        conn.mkdir("/busy").await.unwrap();
+        let busy: Vec<_> = items
+            .iter()
+            .take(40)
+            .enumerate()
+            .map(|(i, (f, _))| (f.clone(), format!("/busy/f{i:03}")))
+            .collect();
+        let got = put_all(&mut conn, &busy, false).await;
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.as_ref().ok(), Some(&want[i]), "busy file {i}: {r:?}");
+        }
+        drop(held);
+        assert!(
+            server.server.hold_small_put_places().is_some(),
+            "every place given back"
+        );
+
         // A file, then a file below it: the second has no directory to land in.
         let f = local.path().join("plain");
         let plain = sha256_hex(&random_file(&f, 500, 9));

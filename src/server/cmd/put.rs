@@ -14,6 +14,8 @@
 //! hidden, as a partial for this user and target; `put` with an `offset` resumes it once the
 //! SHA-256 of the partial's first `offset` bytes matches the client's.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::super::session::{End, Session, Unsynced, Waiting};
@@ -292,17 +294,27 @@ async fn run_small(
                 while sess.running_puts() >= in_flight {
                     sess.settle_oldest().await?;
                 }
+            }
+            // A place among the server's puts running side by side; without one (the server
+            // is busy with them) this put runs here, in turn.
+            let permit = (in_flight > 1)
+                .then(|| Arc::clone(&sess.server.small_puts).try_acquire_owned().ok())
+                .flatten();
+            if let Some(permit) = permit {
                 let home = sess.home.clone();
                 let (path, expected) = (target.clone(), digest_of(&declared));
                 let put = tokio::spawn(async move {
-                    home.put_small(
-                        &path,
-                        Bytes::from(data),
-                        overwrite,
-                        expected,
-                        Durability::Batched,
-                    )
-                    .await
+                    let put = home
+                        .put_small(
+                            &path,
+                            Bytes::from(data),
+                            overwrite,
+                            expected,
+                            Durability::Batched,
+                        )
+                        .await;
+                    drop(permit);
+                    put
                 });
                 sess.unsynced.push(Unsynced {
                     id,
