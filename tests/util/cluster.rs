@@ -43,8 +43,16 @@ fn require(tool: &str, how: &str) {
 
 /// A base port whose whole range is free now.
 fn free_base() -> u16 {
+    // Below the kernel's ephemeral range: the ports are checked here and bound later by the
+    // cluster's processes, and meanwhile any outgoing connection (Garage's RPC, a client) may
+    // take a port of that range as its own end (HAProxy then cannot bind its port).
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let slots = (ephemeral_low.saturating_sub(10_000 + PORTS_USED) / 100).max(1);
     for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 400) * 100;
+        let base = 10_000 + (rand::random::<u16>() % slots) * 100;
         let free =
             (0..PORTS_USED).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
         if free {
