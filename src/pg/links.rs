@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::{Row, Transaction};
 
 use super::tokens::{secs, time};
-use super::{Db, PgError, col};
+use super::{AddRefused, Db, PgError, check_add, col};
 use crate::domain::BoxFuture;
 use crate::state::links::{
     Link, LinkError, LinkId, LinkKind, LinkRefused, LinkStore, LinkUseId, MAX_LINKS,
@@ -154,53 +154,36 @@ impl PgLinks {
             .bounded(async {
                 let mut conn = self.db.conn().await?;
                 let tx = conn.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADD_LOCK])
-                    .await?;
-                if require_user
-                    && tx
-                        .query_opt(
-                            "SELECT 1 FROM ferry_users WHERE name = $1 FOR SHARE",
-                            &[&l.owner],
-                        )
-                        .await?
-                        .is_none()
-                {
-                    return Ok(Some(LinkError::invalid(format!(
-                        "no user `{}` in the accounts database",
-                        l.owner.escape_debug()
-                    ))));
-                }
-                if tx
-                    .query_opt("SELECT 1 FROM ferry_links WHERE id = $1", &[&id])
-                    .await?
-                    .is_some()
-                {
-                    return Ok(Some(LinkError::AlreadyExists(l.id)));
-                }
-                let counts = tx
-                    .query_one(
-                        "SELECT count(*) FILTER (WHERE owner = $1), count(*)
-                         FROM ferry_links WHERE expires IS NULL OR expires > $2",
-                        &[&l.owner, &created],
-                    )
-                    .await?;
-                let (of_owner, all): (i64, i64) = (col(&counts, 0)?, col(&counts, 1)?);
-                if of_owner >= MAX_LINKS_PER_OWNER as i64 {
-                    return Ok(Some(LinkError::Full {
-                        reason: format!(
-                            "user `{}` has {MAX_LINKS_PER_OWNER} links already, the most; \
-                             delete one first",
+                let refused = check_add(
+                    &tx,
+                    ADD_LOCK,
+                    ("ferry_links", "owner"),
+                    id,
+                    &l.owner,
+                    created,
+                    require_user,
+                    (MAX_LINKS_PER_OWNER, MAX_LINKS),
+                )
+                .await?;
+                if let Some(why) = refused {
+                    return Ok(Some(match why {
+                        AddRefused::NoUser => LinkError::invalid(format!(
+                            "no user `{}` in the accounts database",
                             l.owner.escape_debug()
-                        ),
+                        )),
+                        AddRefused::Taken => LinkError::AlreadyExists(l.id),
+                        AddRefused::OwnerFull => LinkError::Full {
+                            reason: format!(
+                                "user `{}` has {MAX_LINKS_PER_OWNER} links already, the most; \
+                                 delete one first",
+                                l.owner.escape_debug()
+                            ),
+                        },
+                        AddRefused::StoreFull => LinkError::Full {
+                            reason: format!("the store holds {MAX_LINKS} links already, the most"),
+                        },
                     }));
                 }
-                if all >= MAX_LINKS as i64 {
-                    return Ok(Some(LinkError::Full {
-                        reason: format!("the store holds {MAX_LINKS} links already, the most"),
-                    }));
-                }
-                tx.execute("DELETE FROM ferry_links WHERE expires <= $1", &[&created])
-                    .await?;
                 let inserted = tx
                     .execute(
                         &format!(

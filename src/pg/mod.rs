@@ -289,6 +289,75 @@ impl PgConfig {
     }
 }
 
+/// Why a record owned by a user (a drop link, an API token) may not be added.
+pub(crate) enum AddRefused {
+    /// The owner is not in the accounts database.
+    NoUser,
+    /// A record with the id exists.
+    Taken,
+    /// The owner holds the most live records already.
+    OwnerFull,
+    /// The table holds the most live records already.
+    StoreFull,
+}
+
+/// The checks before a record `id` of `owner` goes into `table` (`owner_col` names its
+/// owner), in `tx` under the advisory lock `lock`, so racing adds are counted one after
+/// another: the owner exists (when `require_user`), the id is free, and the live records (not
+/// expired at `now`, seconds) stay under `per_owner` and `total`. Then the expired ones are
+/// removed. `table` and `owner_col` are the callers' constants, never input.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn check_add(
+    tx: &tokio_postgres::Transaction<'_>,
+    lock: i64,
+    (table, owner_col): (&str, &str),
+    id: i64,
+    owner: &str,
+    now: i64,
+    require_user: bool,
+    (per_owner, total): (usize, usize),
+) -> Result<Option<AddRefused>, PgError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
+    if require_user
+        && tx
+            .query_opt(
+                "SELECT 1 FROM ferry_users WHERE name = $1 FOR SHARE",
+                &[&owner],
+            )
+            .await?
+            .is_none()
+    {
+        return Ok(Some(AddRefused::NoUser));
+    }
+    if tx
+        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+        .await?
+        .is_some()
+    {
+        return Ok(Some(AddRefused::Taken));
+    }
+    let counts = tx
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE {owner_col} = $1), count(*)
+                 FROM {table} WHERE expires IS NULL OR expires > $2"
+            ),
+            &[&owner, &now],
+        )
+        .await?;
+    let (of_owner, all): (i64, i64) = (col(&counts, 0)?, col(&counts, 1)?);
+    if of_owner >= per_owner as i64 {
+        return Ok(Some(AddRefused::OwnerFull));
+    }
+    if all >= total as i64 {
+        return Ok(Some(AddRefused::StoreFull));
+    }
+    tx.execute(&format!("DELETE FROM {table} WHERE expires <= $1"), &[&now])
+        .await?;
+    Ok(None)
+}
+
 /// Forwards what a connection's server says unprompted until the connection ends or nobody
 /// listens.
 async fn drive<S, T>(

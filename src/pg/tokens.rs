@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Row;
 
-use super::{Db, PgError, col};
+use super::{AddRefused, Db, PgError, check_add, col};
 use crate::domain::BoxFuture;
 use crate::state::tokens::{
     ApiToken, ApiTokens, MAX_TOKENS, MAX_TOKENS_PER_USER, TokenError, TokenId, TokenScope,
@@ -97,56 +97,38 @@ impl PgTokens {
             .bounded(async {
                 let mut conn = self.db.conn().await?;
                 let tx = conn.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADD_LOCK])
-                    .await?;
-                if require_user
-                    && tx
-                        .query_opt(
-                            "SELECT 1 FROM ferry_users WHERE name = $1 FOR SHARE",
-                            &[&t.user],
-                        )
-                        .await?
-                        .is_none()
-                {
-                    return Ok(Some(TokenError::invalid(format!(
-                        "no user `{}` in the accounts database",
-                        t.user.escape_debug()
-                    ))));
-                }
-                if tx
-                    .query_opt("SELECT 1 FROM ferry_api_tokens WHERE id = $1", &[&id])
-                    .await?
-                    .is_some()
-                {
-                    return Ok(Some(TokenError::AlreadyExists(t.id)));
-                }
-                let counts = tx
-                    .query_one(
-                        "SELECT count(*) FILTER (WHERE user_name = $1), count(*)
-                         FROM ferry_api_tokens WHERE expires IS NULL OR expires > $2",
-                        &[&t.user, &created],
-                    )
-                    .await?;
-                let (of_user, all): (i64, i64) = (col(&counts, 0)?, col(&counts, 1)?);
-                if of_user >= MAX_TOKENS_PER_USER as i64 {
-                    return Ok(Some(TokenError::Full {
-                        reason: format!(
-                            "user `{}` has {MAX_TOKENS_PER_USER} tokens already, the most; \
-                             delete one first",
-                            t.user.escape_debug()
-                        ),
-                    }));
-                }
-                if all >= MAX_TOKENS as i64 {
-                    return Ok(Some(TokenError::Full {
-                        reason: format!("the store holds {MAX_TOKENS} tokens already, the most"),
-                    }));
-                }
-                tx.execute(
-                    "DELETE FROM ferry_api_tokens WHERE expires <= $1",
-                    &[&created],
+                let refused = check_add(
+                    &tx,
+                    ADD_LOCK,
+                    ("ferry_api_tokens", "user_name"),
+                    id,
+                    &t.user,
+                    created,
+                    require_user,
+                    (MAX_TOKENS_PER_USER, MAX_TOKENS),
                 )
                 .await?;
+                if let Some(why) = refused {
+                    return Ok(Some(match why {
+                        AddRefused::NoUser => TokenError::invalid(format!(
+                            "no user `{}` in the accounts database",
+                            t.user.escape_debug()
+                        )),
+                        AddRefused::Taken => TokenError::AlreadyExists(t.id),
+                        AddRefused::OwnerFull => TokenError::Full {
+                            reason: format!(
+                                "user `{}` has {MAX_TOKENS_PER_USER} tokens already, the most; \
+                                 delete one first",
+                                t.user.escape_debug()
+                            ),
+                        },
+                        AddRefused::StoreFull => TokenError::Full {
+                            reason: format!(
+                                "the store holds {MAX_TOKENS} tokens already, the most"
+                            ),
+                        },
+                    }));
+                }
                 tx.execute(
                     &format!("INSERT INTO ferry_api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
                     &[&id, &t.user, &t.name, &scope, &t.sha256.as_slice(), &created, &expires],
