@@ -127,13 +127,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Whether a whole frame is already buffered (reading it would not wait for the peer).
+    /// Whether reading the next frame would not wait for the peer: a whole frame is
+    /// buffered, or a header that reading refuses at once (so [`FrameReader::fill`] never
+    /// grows the buffer for a length it will refuse).
     pub fn has_buffered_frame(&self) -> bool {
         if self.buf.len() < HEADER_LEN {
             return false;
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        self.buf.len() >= HEADER_LEN + len
+        len == 0 || len > self.max_len || self.buf.len() >= HEADER_LEN + len
+    }
+
+    /// Reads what the peer has sent so far into the buffer, without taking a frame out;
+    /// false at the end of the stream. Cancel safe: bytes read are kept in the buffer.
+    pub async fn fill(&mut self) -> Result<bool, FrameError> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 * 1024);
+        }
+        Ok(self.inner.read_buf(&mut self.buf).await? != 0)
     }
 
     /// Changes the frame cap (e.g. after login).
@@ -378,5 +389,41 @@ mod tests {
             Some(Frame::Message(_))
         ));
         assert!(r.read_frame().await.unwrap().is_none());
+    }
+
+    /// `fill` (reading while a session's puts run) stops at a whole frame, and at a header
+    /// that claims more than the cap: it never buffers toward a length that will be refused.
+    #[tokio::test]
+    async fn filling_stops_at_a_whole_frame_or_a_refused_length() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut r = FrameReader::new(b, 1024);
+        let whole = frame(KIND_DATA, &[1u8; 100]);
+        a.write_all(&whole[..50]).await.unwrap();
+        assert!(r.fill().await.unwrap());
+        assert!(!r.has_buffered_frame(), "half a frame");
+        a.write_all(&whole[50..]).await.unwrap();
+        while !r.has_buffered_frame() {
+            assert!(r.fill().await.unwrap());
+        }
+        assert!(matches!(
+            r.read_frame().await.unwrap(),
+            Some(Frame::Data(_))
+        ));
+        assert!(!r.has_buffered_frame());
+
+        // A header past the cap: reading would fail at once, so nothing more is buffered.
+        a.write_all(&[0, 0, 0x10, 0, KIND_DATA]).await.unwrap();
+        a.write_all(&[0u8; 512]).await.unwrap();
+        while r.buf.len() < HEADER_LEN {
+            assert!(r.fill().await.unwrap());
+        }
+        assert!(r.has_buffered_frame());
+        assert!(matches!(
+            r.read_frame().await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut z = FrameReader::new(tokio::io::empty(), 1024);
+        assert!(!z.fill().await.unwrap(), "end of stream");
     }
 }

@@ -201,35 +201,9 @@ impl Session {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        if matches!(self.unsynced[0].waiting, Waiting::Running { .. }) {
-            let u = self.unsynced.remove(0);
-            let Waiting::Running { put, declared } = u.waiting else {
-                unreachable!("matched above")
-            };
-            let put = put.await.unwrap_or_else(|e| {
-                Err(crate::service::CoreError::Storage(
-                    crate::storage::StorageError::Io(std::io::Error::other(format!(
-                        "the put stopped: {e}"
-                    ))),
-                ))
-            });
-            let msg = match cmd::put::settled(self, u.id, &u.target, u.size, put, &declared) {
-                cmd::put::Settled::Reply(msg) => msg,
-                cmd::put::Settled::Staged(staged) => {
-                    // Not from a store that runs puts side by side; flushed on its own.
-                    let sha256 = crate::domain::hex_digest(&staged.sha256);
-                    match self.home.flush(vec![staged]).await.pop() {
-                        Some(Ok(())) => ServerMessage::ok_transfer(u.id, u.size, sha256),
-                        Some(Err(e)) => cmd::core_message(u.id, &e, self.peer, &self.user, "put"),
-                        None => ServerMessage::error(
-                            Some(u.id),
-                            crate::protocol::ErrorCode::Internal,
-                            "the flush gave no result",
-                        ),
-                    }
-                }
-            };
-            return self.reply_settled(msg, u.audit.as_ref()).await;
+        if let Waiting::Running { put, .. } = &mut self.unsynced[0].waiting {
+            let done = put.await;
+            return self.settle_front(done).await;
         }
         let staged_front = self
             .unsynced
@@ -273,6 +247,74 @@ impl Session {
         Ok(())
     }
 
+    /// Answers the front upload, a running put that has just finished with `done`.
+    async fn settle_front(
+        &mut self,
+        done: Result<
+            Result<crate::service::Put, crate::service::CoreError>,
+            tokio::task::JoinError,
+        >,
+    ) -> Result<(), End> {
+        let u = self.unsynced.remove(0);
+        let Waiting::Running { declared, .. } = u.waiting else {
+            unreachable!("only a running put is settled here")
+        };
+        let put = done.unwrap_or_else(|e| {
+            Err(crate::service::CoreError::Storage(
+                crate::storage::StorageError::Io(std::io::Error::other(format!(
+                    "the put stopped: {e}"
+                ))),
+            ))
+        });
+        let msg = match cmd::put::settled(self, u.id, &u.target, u.size, put, &declared) {
+            cmd::put::Settled::Reply(msg) => msg,
+            cmd::put::Settled::Staged(staged) => {
+                // Not from a store that runs puts side by side; flushed on its own.
+                let sha256 = crate::domain::hex_digest(&staged.sha256);
+                match self.home.flush(vec![staged]).await.pop() {
+                    Some(Ok(())) => ServerMessage::ok_transfer(u.id, u.size, sha256),
+                    Some(Err(e)) => cmd::core_message(u.id, &e, self.peer, &self.user, "put"),
+                    None => ServerMessage::error(
+                        Some(u.id),
+                        crate::protocol::ErrorCode::Internal,
+                        "the flush gave no result",
+                    ),
+                }
+            }
+        };
+        self.reply_settled(msg, u.audit.as_ref()).await
+    }
+
+    /// Waits until the client's next frame is here (or reading it would fail at once) while
+    /// this session's uploads go on: a running put that finishes at the front is answered
+    /// meanwhile, so a client that waits for replies gets them and one that sends on is
+    /// read. Uploads staged for the group commit are made durable first: nothing else
+    /// would.
+    pub async fn await_frame(&mut self) -> Result<(), End> {
+        loop {
+            if self.unsynced.is_empty()
+                || !self.pending.is_empty()
+                || self.reader.has_buffered_frame()
+            {
+                return Ok(());
+            }
+            let Waiting::Running { put, .. } = &mut self.unsynced[0].waiting else {
+                self.settle_oldest().await?;
+                continue;
+            };
+            tokio::select! {
+                done = put => self.settle_front(done).await?,
+                filled = self.reader.fill() => {
+                    if !matches!(filled, Ok(true)) {
+                        // The client is gone or its stream broke: answer what ran; the read
+                        // that follows reports the end.
+                        return self.flush_unsynced().await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends the reply of a waiting upload, after its audit line.
     async fn reply_settled(
         &mut self,
@@ -291,14 +333,6 @@ impl Session {
             cmd::audit_line(self, a, bytes, sha.as_deref(), result);
         }
         self.send_now(&msg).await
-    }
-
-    /// Whether the group commit should happen now: enough is waiting, or nothing more has
-    /// arrived to add to it (the client is waiting for replies).
-    pub fn commit_due(&self) -> bool {
-        !self.unsynced.is_empty()
-            && (self.unsynced.len() >= GROUP_COMMIT_MAX
-                || (self.pending.is_empty() && !self.reader.has_buffered_frame()))
     }
 
     async fn send_now(&mut self, msg: &ServerMessage) -> Result<(), End> {
@@ -339,10 +373,8 @@ impl Session {
         if let Some(f) = self.take_pending() {
             return Ok(f);
         }
-        if !self.unsynced.is_empty() && !self.reader.has_buffered_frame() {
-            // About to wait for the client, which may itself be waiting for these replies.
-            self.flush_unsynced().await?;
-        }
+        // About to wait for the client, which may itself be waiting for replies.
+        self.await_frame().await?;
         let stall = self.server.limits.stall_timeout;
         let read = tokio::select! {
             r = tokio::time::timeout(stall, self.reader.read_frame()) => r,
@@ -642,9 +674,14 @@ async fn login_phase(
 
 async fn request_loop(sess: &mut Session, token: &CancellationToken) -> End {
     loop {
-        if sess.commit_due()
-            && let Err(end) = sess.flush_unsynced().await
-        {
+        // The group commit happens when enough is waiting, or when nothing more has arrived
+        // to add to it (the client may be waiting for replies).
+        let settled = if sess.unsynced.len() >= GROUP_COMMIT_MAX {
+            sess.flush_unsynced().await
+        } else {
+            sess.await_frame().await
+        };
+        if let Err(end) = settled {
             return end;
         }
         if let Some(frame) = sess.take_pending() {

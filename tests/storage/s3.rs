@@ -665,6 +665,109 @@ mod needs_garage {
         assert_eq!(carol.list("/").await.unwrap().len(), 5);
         server.stop().await;
     }
+
+    /// A session whose oldest small put waits (here for a name another commit holds) reads
+    /// on and runs the puts sent after it, even when the client's frames arrive one at a
+    /// time, as they do over a slow link: a session that stopped reading until every running
+    /// put was done ran them in bursts, each as slow as its slowest. The replies still come
+    /// in request order once the first is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; .ci/run installs it"]
+    async fn needs_garage_a_waiting_put_does_not_stop_its_session_reading_on() {
+        use ferry::protocol::{ClientMessage, ServerMessage};
+        let g = garage();
+        let cfg = config(g, PART, &fresh_home("server"));
+        let st = state();
+        let locks = Arc::clone(&st.locks);
+        let homes = ferry::storage::s3_homes::S3Homes::open(&cfg, st).unwrap();
+        let shared = ferry::server::SharedState {
+            homes: Some(Arc::new(homes)),
+            ..ferry::server::SharedState::default()
+        };
+        let server =
+            crate::util::TestServer::start_with_state(crate::util::test_limits(), shared).await;
+        // The name another commit holds, as alice's home names it in the shared locks.
+        let root = S3Bucket::open(&cfg).unwrap().home_prefix("alice").unwrap();
+        let ns = format!("s3:{}/{}", g.bucket, root);
+        let held = ferry::state::NameLock::try_take(&locks, &ns, "/slow")
+            .await
+            .unwrap()
+            .expect("the name is free");
+
+        let mut raw = server.raw().await;
+        raw.login("alice", "alice-pw").await;
+        let pause = || tokio::time::sleep(Duration::from_millis(20));
+        let names = ["/slow", "/a", "/b", "/c", "/d"];
+        let mut want = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let data = vec![i as u8 + 1; 1000 + i];
+            let sha = hex::encode(sha2::Sha256::digest(&data));
+            raw.send(&ClientMessage::Put {
+                id: 10 + i as u64,
+                path: name.to_string(),
+                size: data.len() as u64,
+                overwrite: false,
+                offset: 0,
+                prefix_sha256: None,
+            })
+            .await;
+            pause().await;
+            raw.send_data(&data).await;
+            pause().await;
+            raw.send(&ClientMessage::End {
+                id: 10 + i as u64,
+                sha256: sha.clone(),
+            })
+            .await;
+            pause().await;
+            want.push(sha);
+        }
+
+        // While /slow waits for its name, the four after it land.
+        let mut other = server.alice().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed: Vec<String> = other
+                .list("/")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            if ["a", "b", "c", "d"]
+                .iter()
+                .all(|n| listed.iter().any(|l| l == n))
+            {
+                assert!(!listed.iter().any(|l| l == "slow"), "{listed:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the puts after a waiting one did not run: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing is answered out of turn.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), raw.frame())
+                .await
+                .is_err(),
+            "a reply came before the first put's"
+        );
+
+        held.release().await.unwrap();
+        for (i, sha) in want.iter().enumerate() {
+            match raw.recv().await {
+                ServerMessage::Ok { id, sha256, .. } => {
+                    assert_eq!(id, 10 + i as u64);
+                    assert_eq!(sha256.as_ref(), Some(sha));
+                }
+                other => panic!("put {i}: {other:?}"),
+            }
+        }
+        assert_eq!(other.sha256("/slow").await.unwrap().1, want[0]);
+        server.stop().await;
+    }
 }
 
 /// Not a test of behaviour: out of `needs_garage`, so CI's `--ignored needs_garage` leaves it.
