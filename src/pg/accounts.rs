@@ -119,9 +119,13 @@ impl PgAccounts {
             .bounded(async {
                 let mut conn = self.db.conn().await?;
                 let tx = conn.transaction().await?;
-                let n = tx.execute(sql, params).await?;
+                let n = tx.execute(&tx.prepare_cached(sql).await?, params).await?;
                 if n > 0 {
-                    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+                    tx.execute(
+                        &tx.prepare_cached("SELECT pg_notify($1, '')").await?,
+                        &[&CHANNEL],
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(n > 0)
@@ -146,9 +150,9 @@ impl PgAccounts {
                 let conn = self.db.conn().await?;
                 Ok(conn
                     .query(
-                        "SELECT substring(password_hash FROM '^\\$argon2id\\$v=[0-9]+\\$(m=[0-9]+,t=[0-9]+,p=[0-9]+)\\$'),
+                        &conn.prepare_cached("SELECT substring(password_hash FROM '^\\$argon2id\\$v=[0-9]+\\$(m=[0-9]+,t=[0-9]+,p=[0-9]+)\\$'),
                                 count(*)
-                         FROM ferry_users GROUP BY 1",
+                         FROM ferry_users GROUP BY 1").await?,
                         &[],
                     )
                     .await?)
@@ -343,7 +347,11 @@ impl AccountStore for PgAccounts {
                     let conn = self.db.conn().await?;
                     Ok(conn
                         .query_opt(
-                            &format!("SELECT {COLUMNS} FROM ferry_users WHERE name = $1"),
+                            &conn
+                                .prepare_cached(&format!(
+                                    "SELECT {COLUMNS} FROM ferry_users WHERE name = $1"
+                                ))
+                                .await?,
                             &[&name],
                         )
                         .await?)
@@ -362,7 +370,11 @@ impl AccountStore for PgAccounts {
                     let conn = self.db.conn().await?;
                     Ok(conn
                         .query(
-                            &format!("SELECT {COLUMNS} FROM ferry_users ORDER BY name"),
+                            &conn
+                                .prepare_cached(&format!(
+                                    "SELECT {COLUMNS} FROM ferry_users ORDER BY name"
+                                ))
+                                .await?,
                             &[],
                         )
                         .await?)

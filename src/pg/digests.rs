@@ -49,10 +49,13 @@ impl DigestIndex for PgDigests {
         Box::pin(self.within(async move {
             let c = self.db.conn().await?;
             c.execute(
-                "INSERT INTO ferry_object_digests (key_digest, object_key, etag, sha256)
+                &c.prepare_cached(
+                    "INSERT INTO ferry_object_digests (key_digest, object_key, etag, sha256)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key_digest, etag)
                  DO UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = now()",
+                )
+                .await?,
                 &[&key_digest(&key), &key, &etag, &sha256.as_slice()],
             )
             .await?;
@@ -66,8 +69,11 @@ impl DigestIndex for PgDigests {
             let c = self.db.conn().await?;
             let row = c
                 .query_opt(
-                    "SELECT sha256 FROM ferry_object_digests
+                    &c.prepare_cached(
+                        "SELECT sha256 FROM ferry_object_digests
                      WHERE key_digest = $1 AND etag = $2 AND object_key = $3",
+                    )
+                    .await?,
                     &[&key_digest(&key), &etag, &key],
                 )
                 .await?;
@@ -83,7 +89,8 @@ impl DigestIndex for PgDigests {
         Box::pin(self.within(async move {
             let c = self.db.conn().await?;
             c.execute(
-                "DELETE FROM ferry_object_digests WHERE key_digest = $1",
+                &c.prepare_cached("DELETE FROM ferry_object_digests WHERE key_digest = $1")
+                    .await?,
                 &[&key_digest(&key)],
             )
             .await?;

@@ -186,10 +186,11 @@ impl PgLinks {
                 }
                 let inserted = tx
                     .execute(
-                        &format!(
+                        &tx.prepare_cached(&format!(
                             "INSERT INTO ferry_links ({COLUMNS}) VALUES
                              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-                        ),
+                        ))
+                        .await?,
                         &[
                             &id,
                             &l.token_sha256.as_slice(),
@@ -243,10 +244,12 @@ impl PgLinks {
                 let conn = self.db.conn().await?;
                 Ok(conn
                     .query(
-                        &format!(
-                            "SELECT {COLUMNS} FROM ferry_links {filter}
+                        &conn
+                            .prepare_cached(&format!(
+                                "SELECT {COLUMNS} FROM ferry_links {filter}
                              ORDER BY owner, created, id"
-                        ),
+                            ))
+                            .await?,
                         params,
                     )
                     .await?)
@@ -291,7 +294,7 @@ impl PgLinks {
                 }
                 let all = tx
                     .query_one(
-                        "SELECT count(*) FROM ferry_link_uses WHERE expires > now()",
+                        &tx.prepare_cached("SELECT count(*) FROM ferry_link_uses WHERE expires > now()").await?,
                         &[],
                     )
                     .await?;
@@ -300,10 +303,10 @@ impl PgLinks {
                 }
                 let mine = tx
                     .query_one(
-                        "SELECT count(*),
+                        &tx.prepare_cached("SELECT count(*),
                                 LEAST(COALESCE(sum(bytes), 0), 9223372036854775807)::bigint
                          FROM ferry_link_uses
-                         WHERE link_id = $1 AND token_sha256 = $2 AND expires > now()",
+                         WHERE link_id = $1 AND token_sha256 = $2 AND expires > now()").await?,
                         &[&i64::from(id.0), &link.token_sha256.as_slice()],
                     )
                     .await?;
@@ -326,10 +329,10 @@ impl PgLinks {
                 }
                 let row = tx
                     .query_one(
-                        "INSERT INTO ferry_link_uses (id, link_id, token_sha256, bytes, expires)
+                        &tx.prepare_cached("INSERT INTO ferry_link_uses (id, link_id, token_sha256, bytes, expires)
                          VALUES (nextval('ferry_lease_ids'), $1, $2, $3,
                                  now() + $4::bigint * interval '1 microsecond')
-                         RETURNING id",
+                         RETURNING id").await?,
                         &[
                             &i64::from(id.0),
                             &link.token_sha256.as_slice(),
@@ -343,9 +346,9 @@ impl PgLinks {
                 // commit locks its use and then the link, which this transaction holds, so
                 // waiting for one could deadlock.
                 tx.execute(
-                    "DELETE FROM ferry_link_uses WHERE id IN
+                    &tx.prepare_cached("DELETE FROM ferry_link_uses WHERE id IN
                          (SELECT id FROM ferry_link_uses WHERE expires <= now()
-                          LIMIT 256 FOR UPDATE SKIP LOCKED)",
+                          LIMIT 256 FOR UPDATE SKIP LOCKED)").await?,
                     &[],
                 )
                 .await?;
@@ -366,8 +369,11 @@ impl PgLinks {
                 let tx = conn.transaction().await?;
                 let Some(held) = tx
                     .query_opt(
-                        "SELECT link_id, token_sha256, bytes FROM ferry_link_uses
+                        &tx.prepare_cached(
+                            "SELECT link_id, token_sha256, bytes FROM ferry_link_uses
                          WHERE id = $1 AND expires > now() FOR UPDATE",
+                        )
+                        .await?,
                         &[&uid],
                     )
                     .await?
@@ -384,8 +390,12 @@ impl PgLinks {
                 let id = LinkId(u32::try_from(link_id).unwrap_or(0));
                 let (link, now) = Self::locked(&tx, id).await?;
                 // From here on the reservation ends whatever is decided.
-                tx.execute("DELETE FROM ferry_link_uses WHERE id = $1", &[&uid])
-                    .await?;
+                tx.execute(
+                    &tx.prepare_cached("DELETE FROM ferry_link_uses WHERE id = $1")
+                        .await?,
+                    &[&uid],
+                )
+                .await?;
                 let decided = match link {
                     Some(l)
                         if subtle::ConstantTimeEq::ct_eq(&l.token_sha256[..], &hash[..]).into() =>
@@ -396,7 +406,8 @@ impl PgLinks {
                                 // The limits checked again in the statement that counts.
                                 let counted = tx
                                     .execute(
-                                        "UPDATE ferry_links
+                                        &tx.prepare_cached(
+                                            "UPDATE ferry_links
                                          SET used_files = LEAST(used_files::numeric + 1,
                                                                 9223372036854775807)::bigint,
                                              used_bytes = LEAST(used_bytes::numeric + $2::bigint,
@@ -405,6 +416,8 @@ impl PgLinks {
                                            AND (max_files IS NULL OR used_files < max_files)
                                            AND (max_bytes IS NULL
                                                 OR used_bytes::numeric + $2::bigint <= max_bytes)",
+                                        )
+                                        .await?,
                                         &[&link_id, &big(bytes)],
                                     )
                                     .await?;
@@ -434,14 +447,16 @@ impl PgLinks {
                 let conn = self.db.conn().await?;
                 let n = conn
                     .execute(
-                        &format!(
-                            "UPDATE ferry_links
+                        &conn
+                            .prepare_cached(&format!(
+                                "UPDATE ferry_links
                              SET used_downloads = LEAST(used_downloads::numeric + 1,
                                                         9223372036854775807)::bigint
                              WHERE id = $1 AND kind IN ('download', 'download-folder')
                                AND (expires IS NULL OR expires > {NOW})
                                AND (max_downloads IS NULL OR used_downloads < max_downloads)"
-                        ),
+                            ))
+                            .await?,
                         &[&id64],
                     )
                     .await?;
@@ -449,7 +464,12 @@ impl PgLinks {
                     return Ok((true, None));
                 }
                 let kind = conn
-                    .query_opt("SELECT kind FROM ferry_links WHERE id = $1", &[&id64])
+                    .query_opt(
+                        &conn
+                            .prepare_cached("SELECT kind FROM ferry_links WHERE id = $1")
+                            .await?,
+                        &[&id64],
+                    )
                     .await?
                     .map(|r| col::<String>(&r, 0))
                     .transpose()?;
@@ -485,10 +505,12 @@ impl PgLinks {
                 let conn = self.db.conn().await?;
                 let row = conn
                     .query_one(
-                        &format!(
-                            "WITH gone AS (DELETE FROM ferry_links WHERE {filter} RETURNING id)
+                        &conn
+                            .prepare_cached(&format!(
+                                "WITH gone AS (DELETE FROM ferry_links WHERE {filter} RETURNING id)
                              SELECT count(*) FROM gone"
-                        ),
+                            ))
+                            .await?,
                         params,
                     )
                     .await?;
@@ -505,7 +527,9 @@ impl PgLinks {
         self.db
             .bounded(async {
                 let conn = self.db.conn().await?;
-                Ok(conn.execute(sql, params).await?)
+                Ok(conn
+                    .execute(&conn.prepare_cached(sql).await?, params)
+                    .await?)
             })
             .await
     }

@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_object_digests.sql")),
     (3, include_str!("migrations/0003_links_and_tokens.sql")),
     (4, include_str!("migrations/0004_sessions_and_uploads.sql")),
+    (5, include_str!("migrations/0005_commit_in_one_call.sql")),
 ];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.

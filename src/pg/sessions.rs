@@ -58,20 +58,27 @@ impl WebSessions for PgSessions {
             // One user's creations take turns, whichever node they come through, so the
             // cap holds.
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .await?,
                 &[&format!("ferry-web-sessions:{}", session.user)],
             )
             .await?;
             tx.execute(
-                "DELETE FROM ferry_web_sessions
+                &tx.prepare_cached(
+                    "DELETE FROM ferry_web_sessions
                  WHERE user_name = $1 AND LEAST(idle_until, ends_at) <= now()",
+                )
+                .await?,
                 &[&session.user],
             )
             .await?;
             let live: i64 = col(
                 &tx.query_one(
-                    "SELECT count(*) FROM ferry_web_sessions
+                    &tx.prepare_cached(
+                        "SELECT count(*) FROM ferry_web_sessions
                      WHERE LEAST(idle_until, ends_at) > now()",
+                    )
+                    .await?,
                     &[],
                 )
                 .await?,
@@ -82,14 +89,18 @@ impl WebSessions for PgSessions {
             }
             // Past the cap, the user's oldest sessions end.
             tx.execute(
-                "DELETE FROM ferry_web_sessions WHERE key_hash IN (
+                &tx.prepare_cached(
+                    "DELETE FROM ferry_web_sessions WHERE key_hash IN (
                      SELECT key_hash FROM ferry_web_sessions WHERE user_name = $1
                      ORDER BY created_at DESC OFFSET $2)",
+                )
+                .await?,
                 &[&session.user, &(MAX_SESSIONS_PER_USER as i64 - 1)],
             )
             .await?;
             tx.execute(
-                "INSERT INTO ferry_web_sessions
+                &tx.prepare_cached(
+                    "INSERT INTO ferry_web_sessions
                      (key_hash, user_name, csrf, password_stamp, idle_until, ends_at)
                  VALUES ($1, $2, $3, $4,
                          now() + make_interval(secs => $5), now() + make_interval(secs => $6))
@@ -98,6 +109,8 @@ impl WebSessions for PgSessions {
                      password_stamp = EXCLUDED.password_stamp,
                      created_at = clock_timestamp(),
                      idle_until = EXCLUDED.idle_until, ends_at = EXCLUDED.ends_at",
+                )
+                .await?,
                 &[
                     &key.as_slice(),
                     &session.user,
@@ -119,19 +132,25 @@ impl WebSessions for PgSessions {
             // Renewed only while live; the end comes back as what is left of it.
             let row = c
                 .query_opt(
-                    "UPDATE ferry_web_sessions
+                    &c.prepare_cached(
+                        "UPDATE ferry_web_sessions
                      SET idle_until = LEAST(ends_at, now() + make_interval(secs => $2))
                      WHERE key_hash = $1 AND idle_until > now() AND ends_at > now()
                      RETURNING user_name, csrf, password_stamp,
                                extract(epoch FROM ends_at - now())::float8",
+                    )
+                    .await?,
                     &[&key.as_slice(), &secs(idle)],
                 )
                 .await?;
             let Some(r) = row else {
                 // Expired or none: an expired row goes now.
                 c.execute(
-                    "DELETE FROM ferry_web_sessions
+                    &c.prepare_cached(
+                        "DELETE FROM ferry_web_sessions
                      WHERE key_hash = $1 AND LEAST(idle_until, ends_at) <= now()",
+                    )
+                    .await?,
                     &[&key.as_slice()],
                 )
                 .await?;
@@ -154,7 +173,8 @@ impl WebSessions for PgSessions {
         Box::pin(self.within("delete", (), async move {
             let c = self.db.conn().await?;
             c.execute(
-                "DELETE FROM ferry_web_sessions WHERE key_hash = $1",
+                &c.prepare_cached("DELETE FROM ferry_web_sessions WHERE key_hash = $1")
+                    .await?,
                 &[&key.as_slice()],
             )
             .await?;
@@ -167,7 +187,8 @@ impl WebSessions for PgSessions {
             let c = self.db.conn().await?;
             let n = c
                 .execute(
-                    "DELETE FROM ferry_web_sessions WHERE user_name = $1",
+                    &c.prepare_cached("DELETE FROM ferry_web_sessions WHERE user_name = $1")
+                        .await?,
                     &[&user],
                 )
                 .await?;
@@ -182,7 +203,10 @@ pub(crate) async fn sweep(db: &Db) -> Result<u64, PgError> {
         let c = db.conn().await?;
         let n = c
             .execute(
-                "DELETE FROM ferry_web_sessions WHERE LEAST(idle_until, ends_at) <= now()",
+                &c.prepare_cached(
+                    "DELETE FROM ferry_web_sessions WHERE LEAST(idle_until, ends_at) <= now()",
+                )
+                .await?,
                 &[],
             )
             .await?;

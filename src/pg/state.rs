@@ -105,7 +105,8 @@ fn soon(db: &Db, sql: &'static str, id: i64) {
     let db = db.clone();
     let mut fut: BoxFuture<'static, ()> = Box::pin(async move {
         let done = within(&db, async {
-            db.conn().await?.execute(sql, &[&id]).await?;
+            let c = db.conn().await?;
+            c.execute(&c.prepare_cached(sql).await?, &[&id]).await?;
             Ok(())
         })
         .await;
@@ -179,7 +180,9 @@ async fn reserved_in(
     c: &impl deadpool_postgres::GenericClient,
     home: &str,
 ) -> Result<Footprint, StateError> {
-    let row = c.query_one(RESERVED, &[&home]).await?;
+    let row = c
+        .query_one(&c.prepare_cached(RESERVED).await?, &[&home])
+        .await?;
     footprint(&row, 0)
 }
 
@@ -200,15 +203,21 @@ impl PgLedger {
             let c = &mut self.db.conn().await?;
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO ferry_usage (home) VALUES ($1) ON CONFLICT (home) DO NOTHING",
+                &tx.prepare_cached(
+                    "INSERT INTO ferry_usage (home) VALUES ($1) ON CONFLICT (home) DO NOTHING",
+                )
+                .await?,
                 &[&home],
             )
             .await?;
             let row = tx
                 .query_one(
-                    "SELECT counted, used_bytes, used_files,
+                    &tx.prepare_cached(
+                        "SELECT counted, used_bytes, used_files,
                             claim IS NOT NULL AND claim_expires > now()
                      FROM ferry_usage WHERE home = $1 FOR UPDATE",
+                    )
+                    .await?,
                     &[&home],
                 )
                 .await?;
@@ -223,9 +232,12 @@ impl PgLedger {
             } else {
                 let row = tx
                     .query_one(
-                        "UPDATE ferry_usage SET claim = nextval('ferry_lease_ids'),
+                        &tx.prepare_cached(
+                            "UPDATE ferry_usage SET claim = nextval('ferry_lease_ids'),
                                 claim_expires = now() + $2::bigint * interval '1 microsecond'
                          WHERE home = $1 RETURNING claim",
+                        )
+                        .await?,
                         &[&home, &ttl],
                     )
                     .await?;
@@ -252,8 +264,11 @@ impl UsageLedger for PgLedger {
                 let c = &mut self.db.conn().await?;
                 let row = c
                     .query_opt(
-                        "SELECT used_bytes, used_files FROM ferry_usage
+                        &c.prepare_cached(
+                            "SELECT used_bytes, used_files FROM ferry_usage
                          WHERE home = $1 AND counted",
+                        )
+                        .await?,
                         &[&home],
                     )
                     .await?;
@@ -293,9 +308,12 @@ impl UsageLedger for PgLedger {
             let n = within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 Ok(c.execute(
-                    "UPDATE ferry_usage SET counted = true, used_bytes = $2, used_files = $3,
+                    &c.prepare_cached(
+                        "UPDATE ferry_usage SET counted = true, used_bytes = $2, used_files = $3,
                             claim = NULL, claim_expires = NULL
                      WHERE claim = $1 AND claim_expires > now() AND NOT counted",
+                    )
+                    .await?,
                     &[&big(claim.0), &big(used.bytes), &big(used.files)],
                 )
                 .await?)
@@ -322,8 +340,11 @@ impl UsageLedger for PgLedger {
             within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 c.execute(
-                    "UPDATE ferry_usage SET counted = false, used_bytes = 0, used_files = 0
+                    &c.prepare_cached(
+                        "UPDATE ferry_usage SET counted = false, used_bytes = 0, used_files = 0
                      WHERE home = $1",
+                    )
+                    .await?,
                     &[&home],
                 )
                 .await?;
@@ -356,7 +377,8 @@ impl UsageLedger for PgLedger {
                 let c = self.db.conn().await?;
                 let row = c
                     .query_one(
-                        "SELECT ferry_reserve($1, $2, $3, $4, $5, $6)",
+                        &c.prepare_cached("SELECT ferry_reserve($1, $2, $3, $4, $5, $6)")
+                            .await?,
                         &[
                             &home,
                             &quota.bytes.map(big),
@@ -390,8 +412,8 @@ impl UsageLedger for PgLedger {
                 let tx = c.transaction().await?;
                 let Some(lease) = tx
                     .query_opt(
-                        "SELECT home, quota_bytes, quota_files FROM ferry_reservations
-                         WHERE id = $1 AND expires > now()",
+                        &tx.prepare_cached("SELECT home, quota_bytes, quota_files FROM ferry_reservations
+                         WHERE id = $1 AND expires > now()").await?,
                         &[&id],
                     )
                     .await?
@@ -405,8 +427,8 @@ impl UsageLedger for PgLedger {
                 );
                 let Some(row) = tx
                     .query_opt(
-                        "SELECT used_bytes, used_files FROM ferry_usage
-                         WHERE home = $1 AND counted FOR UPDATE",
+                        &tx.prepare_cached("SELECT used_bytes, used_files FROM ferry_usage
+                         WHERE home = $1 AND counted FOR UPDATE").await?,
                         &[&home],
                     )
                     .await?
@@ -417,10 +439,10 @@ impl UsageLedger for PgLedger {
                 fits(footprint(&row, 0)?, reserved, quota, more)?;
                 let n = tx
                     .execute(
-                        "UPDATE ferry_reservations SET
+                        &tx.prepare_cached("UPDATE ferry_reservations SET
                              held_bytes = LEAST(held_bytes::numeric + ($2::bigint)::numeric, 9223372036854775807)::bigint,
                              held_files = LEAST(held_files::numeric + ($3::bigint)::numeric, 9223372036854775807)::bigint
-                         WHERE id = $1 AND expires > now()",
+                         WHERE id = $1 AND expires > now()").await?,
                         &[&id, &big(more.bytes), &big(more.files)],
                     )
                     .await?;
@@ -439,8 +461,8 @@ impl UsageLedger for PgLedger {
             let n = within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 Ok(c.execute(
-                    "UPDATE ferry_reservations SET expires = now() + $2::bigint * interval '1 microsecond'
-                     WHERE id = $1 AND expires > now()",
+                    &c.prepare_cached("UPDATE ferry_reservations SET expires = now() + $2::bigint * interval '1 microsecond'
+                     WHERE id = $1 AND expires > now()").await?,
                     &[&big(id.0), &micros(ttl)],
                 )
                 .await?)
@@ -463,23 +485,16 @@ impl UsageLedger for PgLedger {
         let home = home.to_owned();
         Box::pin(async move {
             within(&self.db, async {
-                let c = &mut self.db.conn().await?;
-                // The change happened: it is counted whether the lease lived or not.
-                let tx = c.transaction().await?;
-                tx.execute(
-                    "SELECT 1 FROM ferry_usage WHERE home = $1 FOR UPDATE",
-                    &[&home],
-                )
-                .await?;
-                tx.execute(
-                    "DELETE FROM ferry_reservations WHERE id = $1",
-                    &[&big(id.0)],
-                )
-                .await?;
-                tx.execute(
-                    Self::APPLY,
+                let c = self.db.conn().await?;
+                // The change happened: it is counted whether the lease lived or not. One
+                // call (migration 5): the usage row is locked, the reservation goes, the
+                // change is applied, all in the statement's transaction.
+                c.execute(
+                    &c.prepare_cached("SELECT ferry_commit($1, $2, $3, $4, $5, $6)")
+                        .await?,
                     &[
                         &home,
+                        &big(id.0),
                         &big(added.bytes),
                         &big(removed.bytes),
                         &big(added.files),
@@ -487,7 +502,6 @@ impl UsageLedger for PgLedger {
                     ],
                 )
                 .await?;
-                tx.commit().await?;
                 Ok(())
             })
             .await
@@ -499,7 +513,8 @@ impl UsageLedger for PgLedger {
             within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 c.execute(
-                    "DELETE FROM ferry_reservations WHERE id = $1",
+                    &c.prepare_cached("DELETE FROM ferry_reservations WHERE id = $1")
+                        .await?,
                     &[&big(id.0)],
                 )
                 .await?;
@@ -528,7 +543,7 @@ impl UsageLedger for PgLedger {
             within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 c.execute(
-                    Self::APPLY,
+                    &c.prepare_cached(Self::APPLY).await?,
                     &[
                         &home,
                         &big(added.bytes),
@@ -576,13 +591,16 @@ impl NameLocks for PgNameLocks {
                     // live one left alone (ON CONFLICT locks the row, so racers take turns).
                     let row = c
                         .query_opt(
-                            "INSERT INTO ferry_name_locks (lock_key, home, name, id, expires)
+                            &c.prepare_cached(
+                                "INSERT INTO ferry_name_locks (lock_key, home, name, id, expires)
                              VALUES ($4, $1, $2, nextval('ferry_lease_ids'),
                                      now() + $3::bigint * interval '1 microsecond')
                              ON CONFLICT (lock_key) DO UPDATE
                                  SET id = EXCLUDED.id, expires = EXCLUDED.expires
                                  WHERE ferry_name_locks.expires <= now()
                              RETURNING id",
+                            )
+                            .await?,
                             &[&home, &name, &ttl, &lock_key],
                         )
                         .await?;
@@ -604,8 +622,8 @@ impl NameLocks for PgNameLocks {
             let n = within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 Ok(c.execute(
-                    "UPDATE ferry_name_locks SET expires = now() + $2::bigint * interval '1 microsecond'
-                     WHERE id = $1 AND expires > now()",
+                    &c.prepare_cached("UPDATE ferry_name_locks SET expires = now() + $2::bigint * interval '1 microsecond'
+                     WHERE id = $1 AND expires > now()").await?,
                     &[&big(id.0), &micros(ttl)],
                 )
                 .await?)
@@ -622,8 +640,12 @@ impl NameLocks for PgNameLocks {
         Box::pin(async move {
             within(&self.db, async {
                 let c = &mut self.db.conn().await?;
-                c.execute("DELETE FROM ferry_name_locks WHERE id = $1", &[&big(id.0)])
-                    .await?;
+                c.execute(
+                    &c.prepare_cached("DELETE FROM ferry_name_locks WHERE id = $1")
+                        .await?,
+                    &[&big(id.0)],
+                )
+                .await?;
                 Ok(())
             })
             .await
@@ -689,14 +711,14 @@ impl PgPenalties {
             // the row's columns are the old values, so `just_banned` is the transition.
             let updated = c
                 .query_opt(
-                    &format!(
+                    &c.prepare_cached(&format!(
                         "UPDATE ferry_penalties SET
                              expires = now() + {PENALTY_AFTER} * interval '1 microsecond',
                              just_banned = NOT (expires > now() AND active) AND {PENALTY_AFTER} > $3,
                              active = (expires > now() AND active) OR {PENALTY_AFTER} > $3
                          WHERE source = $1
                          RETURNING just_banned"
-                    ),
+                    )).await?,
                     &[&source, &amount, &min, &max],
                 )
                 .await?;
@@ -706,11 +728,11 @@ impl PgPenalties {
             // A new source, while the table has room for it.
             let inserted = c
                 .query_opt(
-                    "INSERT INTO ferry_penalties (source, expires, active, just_banned)
+                    &c.prepare_cached("INSERT INTO ferry_penalties (source, expires, active, just_banned)
                      SELECT $1, now() + $2::bigint * interval '1 microsecond', $2 > $3, $2 > $3
                      WHERE (SELECT count(*) FROM ferry_penalties WHERE expires > now()) < $4
                      ON CONFLICT (source) DO NOTHING
-                     RETURNING just_banned",
+                     RETURNING just_banned").await?,
                     &[&source, &amount, &min, &cap],
                 )
                 .await?;
@@ -721,10 +743,10 @@ impl PgPenalties {
             // by dropping the entry that expires soonest, if it expires before this one would:
             // a flood of fresh sources cannot push out long bans with short penalties.
             c.execute(
-                "DELETE FROM ferry_penalties WHERE source = (
+                &c.prepare_cached("DELETE FROM ferry_penalties WHERE source = (
                      SELECT source FROM ferry_penalties
                      WHERE expires < now() + $1::bigint * interval '1 microsecond'
-                     ORDER BY expires LIMIT 1)",
+                     ORDER BY expires LIMIT 1)").await?,
                 &[&amount],
             )
             .await?;
@@ -764,8 +786,11 @@ impl PenaltyStore for PgPenalties {
             let row = within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 Ok(c.query_opt(
-                    "SELECT (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
+                    &c.prepare_cached(
+                        "SELECT (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
                      FROM ferry_penalties WHERE source = $1 AND active AND expires > now()",
+                    )
+                    .await?,
                     &[&source],
                 )
                 .await?)
@@ -787,9 +812,12 @@ impl PenaltyStore for PgPenalties {
             let rows = within(&self.db, async {
                 let c = &mut self.db.conn().await?;
                 Ok(c.query(
-                    "SELECT source, (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
+                    &c.prepare_cached(
+                        "SELECT source, (EXTRACT(EPOCH FROM (expires - now())) * 1000000)::bigint
                      FROM ferry_penalties WHERE active AND expires > now()
                      ORDER BY expires DESC LIMIT $1",
+                    )
+                    .await?,
                     &[&limit],
                 )
                 .await?)
@@ -975,16 +1003,17 @@ impl PartialIndex for PgPartials {
                     let tx = c.transaction().await?;
                     let old = tx
                         .query_opt(
-                            &format!(
+                            &tx.prepare_cached(&format!(
                                 "SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1 \
                                  FOR UPDATE"
-                            ),
+                            ))
+                            .await?,
                             &[&key_digest],
                         )
                         .await?;
                     let n = tx
                         .execute(
-                            &format!(
+                            &tx.prepare_cached(&format!(
                                 "INSERT INTO ferry_partials (key, {PARTIAL}, key_digest)
                                  VALUES ($1, $2, $3, $4, $5, $6, $7, $9)
                                  ON CONFLICT (key_digest) DO UPDATE SET
@@ -993,7 +1022,8 @@ impl PartialIndex for PgPartials {
                                      kept_secs = EXCLUDED.kept_secs,
                                      kept_nanos = EXCLUDED.kept_nanos
                                  WHERE $8"
-                            ),
+                            ))
+                            .await?,
                             &[
                                 &key,
                                 &record.home,
@@ -1028,7 +1058,10 @@ impl PartialIndex for PgPartials {
                 let c = &mut self.db.conn().await?;
                 let row = c
                     .query_opt(
-                        &format!("SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1"),
+                        &c.prepare_cached(&format!(
+                            "SELECT {PARTIAL} FROM ferry_partials WHERE key_digest = $1"
+                        ))
+                        .await?,
                         &[&digest(&[&key])],
                     )
                     .await?;
@@ -1046,9 +1079,10 @@ impl PartialIndex for PgPartials {
                 // DELETE ... RETURNING: of racing takers, exactly one gets the row.
                 let row = c
                     .query_opt(
-                        &format!(
+                        &c.prepare_cached(&format!(
                             "DELETE FROM ferry_partials WHERE key_digest = $1 RETURNING {PARTIAL}"
-                        ),
+                        ))
+                        .await?,
                         &[&digest(&[&key])],
                     )
                     .await?;
@@ -1070,11 +1104,12 @@ impl PartialIndex for PgPartials {
                 let c = &mut self.db.conn().await?;
                 let rows = c
                     .query(
-                        &format!(
+                        &c.prepare_cached(&format!(
                             "SELECT {PARTIAL}, key FROM ferry_partials
                              WHERE home = $1 AND (kept_secs, kept_nanos) < ($2, $3)
                              ORDER BY key"
-                        ),
+                        ))
+                        .await?,
                         &[&home, &secs, &nanos],
                     )
                     .await?;
@@ -1098,7 +1133,7 @@ pub(crate) async fn sweep(db: &Db) -> Result<u64, PgError> {
             "DELETE FROM ferry_penalties WHERE expires <= now()",
             "UPDATE ferry_usage SET claim = NULL, claim_expires = NULL WHERE claim_expires <= now()",
         ] {
-            n += conn.execute(sql, &[]).await?;
+            n += conn.execute(&conn.prepare_cached(sql).await?, &[]).await?;
         }
         Ok(n)
     })

@@ -176,7 +176,9 @@ impl PgTokens {
             .db
             .bounded(async {
                 let conn = self.db.conn().await?;
-                Ok(conn.execute(sql, params).await?)
+                Ok(conn
+                    .execute(&conn.prepare_cached(sql).await?, params)
+                    .await?)
             })
             .await?)
     }

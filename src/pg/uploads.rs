@@ -125,7 +125,7 @@ impl PgUploads {
         let c = self.db.conn().await?;
         let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&id];
         all.extend_from_slice(params);
-        match c.execute(sql, &all).await? {
+        match c.execute(&c.prepare_cached(sql).await?, &all).await? {
             0 => Err(UploadsError::NotFound),
             _ => Ok(()),
         }
@@ -149,22 +149,34 @@ impl UploadSessions for PgUploads {
             let tx = c.transaction().await?;
             // Creations for one owner take turns, whichever node they come through.
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .await?,
                 &[&format!("ferry-upload-owner:{kind}:{name}")],
             )
             .await?;
-            tx.execute("DELETE FROM ferry_uploads WHERE expires_ns <= $1", &[&now])
-                .await?;
+            tx.execute(
+                &tx.prepare_cached("DELETE FROM ferry_uploads WHERE expires_ns <= $1")
+                    .await?,
+                &[&now],
+            )
+            .await?;
             let taken = tx
-                .query_opt("SELECT 1 FROM ferry_uploads WHERE id = $1", &[&id])
+                .query_opt(
+                    &tx.prepare_cached("SELECT 1 FROM ferry_uploads WHERE id = $1")
+                        .await?,
+                    &[&id],
+                )
                 .await?;
             if taken.is_some() {
                 return Err(UploadsError::Taken);
             }
             let mine: i64 = col(
                 &tx.query_one(
-                    "SELECT count(*) FROM ferry_uploads
+                    &tx.prepare_cached(
+                        "SELECT count(*) FROM ferry_uploads
                      WHERE owner_kind = $1 AND owner_name = $2 AND receipt IS NULL",
+                    )
+                    .await?,
                     &[&kind, &name],
                 )
                 .await?,
@@ -174,17 +186,24 @@ impl UploadSessions for PgUploads {
                 return Err(UploadsError::Full);
             }
             let all: i64 = col(
-                &tx.query_one("SELECT count(*) FROM ferry_uploads", &[])
-                    .await?,
+                &tx.query_one(
+                    &tx.prepare_cached("SELECT count(*) FROM ferry_uploads")
+                        .await?,
+                    &[],
+                )
+                .await?,
                 0,
             )?;
             if all >= MAX_UPLOADS as i64 {
                 // A finished upload's receipt was sent with its last answer: the first to go.
                 let freed = tx
                     .execute(
-                        "DELETE FROM ferry_uploads WHERE id = (
+                        &tx.prepare_cached(
+                            "DELETE FROM ferry_uploads WHERE id = (
                              SELECT id FROM ferry_uploads WHERE receipt IS NOT NULL
                              ORDER BY expires_ns LIMIT 1 FOR UPDATE SKIP LOCKED)",
+                        )
+                        .await?,
                         &[],
                     )
                     .await?;
@@ -196,11 +215,14 @@ impl UploadSessions for PgUploads {
             let kept_sha = record.kept.map(|k| k.1.to_vec());
             let inserted = tx
                 .execute(
-                    "INSERT INTO ferry_uploads
+                    &tx.prepare_cached(
+                        "INSERT INTO ferry_uploads
                          (id, owner_kind, owner_name, target, size, expected, kept_len,
                           kept_sha256, expires_ns, receipt)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT (id) DO NOTHING",
+                    )
+                    .await?,
                     &[
                         &id,
                         &kind,
@@ -326,10 +348,13 @@ impl UploadSessions for PgUploads {
             // One statement on the row: of racing holders exactly one finds it free.
             let n = c
                 .execute(
-                    "UPDATE ferry_uploads
+                    &c.prepare_cached(
+                        "UPDATE ferry_uploads
                      SET holder = $2, held_until = clock_timestamp() + make_interval(secs => $3)
                      WHERE id = $1
                        AND (holder IS NULL OR holder = $2 OR held_until <= clock_timestamp())",
+                    )
+                    .await?,
                     &[&id, &holder, &lease.as_secs_f64().min(86_400.0)],
                 )
                 .await?;
@@ -337,7 +362,11 @@ impl UploadSessions for PgUploads {
                 return Ok(true);
             }
             match c
-                .query_opt("SELECT 1 FROM ferry_uploads WHERE id = $1", &[&id])
+                .query_opt(
+                    &c.prepare_cached("SELECT 1 FROM ferry_uploads WHERE id = $1")
+                        .await?,
+                    &[&id],
+                )
                 .await?
             {
                 Some(_) => Ok(false),
@@ -354,8 +383,11 @@ impl UploadSessions for PgUploads {
         Box::pin(self.within(async move {
             let c = self.db.conn().await?;
             c.execute(
-                "UPDATE ferry_uploads SET holder = NULL, held_until = NULL
+                &c.prepare_cached(
+                    "UPDATE ferry_uploads SET holder = NULL, held_until = NULL
                  WHERE id = $1 AND holder = $2",
+                )
+                .await?,
                 &[&id, &holder],
             )
             .await?;
