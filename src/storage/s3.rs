@@ -800,14 +800,24 @@ impl Inner {
                 }
             }
         };
+        // The digest is recorded while the counters take the change (two database round
+        // trips at once), and before the name is let go: a later commit of the same name,
+        // with an ETag that may collide with this one's (ETags are MD5s), records after it.
+        let (full, digests) = (self.full(&key), Arc::clone(&self.state.digests));
+        let record = tokio::spawn(async move {
+            match &etag {
+                Some(etag) => digests.put(&full, etag, sha256).await,
+                None => digests.forget(&full).await,
+            }
+        });
         if let Some(placed) = placed {
             placed(replaced);
         }
-        let full = self.full(&key);
-        let recorded = match &etag {
-            Some(etag) => self.state.digests.put(&full, etag, sha256).await,
-            None => self.state.digests.forget(&full).await,
-        };
+        let recorded = record.await.unwrap_or_else(|e| {
+            Err(crate::state::StateError::Unavailable(format!(
+                "the digest record stopped: {e}"
+            )))
+        });
         if let Err(e) = recorded {
             // The object is in place and verified; only the shortcut for reads is missing
             // (a read then hashes).
