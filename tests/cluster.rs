@@ -357,6 +357,147 @@ async fn needs_cluster_a_node_killed_mid_upload_is_resumed_through_another() {
     cluster.run("node-start", Some(1));
 }
 
+/// What the shared ledger holds for every counted home: (bytes, files).
+async fn ledger(cluster: &Cluster) -> Vec<(i64, i64)> {
+    let (db, conn) = tokio_postgres::connect(&cluster.accounts_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let rows = db
+        .query(
+            "SELECT used_bytes, used_files FROM ferry_usage WHERE counted",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(db);
+    let _ = driver.await;
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// One user, two clients, one name: a resumed upload running through node 2 while a put of
+/// the same name lands through node 3. The put supersedes the running upload (its parts go,
+/// it fails) and the counters end exact: the prefix the resume took over comes off once.
+/// Before, it came off twice (the put took it off, and the failing upload gave it back), so
+/// each round of this took a prefix's worth off the counters and the quota stopped meaning
+/// anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres, garage and haproxy; .ci/run installs them"]
+async fn needs_cluster_a_put_over_a_running_resume_leaves_the_counters_exact() {
+    let cluster = Cluster::up().await;
+    cluster.add_user("alice", PW, &["--quota-bytes", "1 GiB"]);
+    let local = tempfile::tempdir().unwrap();
+    let other = local.path().join("other.bin");
+    random_file(&other, 3 << 20, 8);
+    let mut a = cluster.connect_node(1, "alice", PW).await;
+    a.put(&other, "/other.bin", false, &mut no_progress())
+        .await
+        .unwrap();
+    let src = local.path().join("big.bin");
+    random_file(&src, 160 << 20, 9);
+
+    // An upload cut off after 24 MiB: node 1 keeps its whole parts, counted as a file.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tx = Some(tx);
+    let cut = {
+        let src = src.clone();
+        tokio::spawn(async move {
+            let mut progress = move |sent: u64| {
+                if sent >= 24 << 20
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            };
+            let _ = a.put(&src, "/big.bin", false, &mut progress).await;
+        })
+    };
+    rx.await.expect("the upload ended before 24 MiB");
+    let mut c = cluster.connect_node(3, "alice", PW).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.partial("/big.bin").await.unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no part recorded in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cut.abort();
+    let _ = cut.await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kept = loop {
+        // Counted as received first, then as kept (whole parts): the second is the end.
+        let now = ledger(&cluster).await;
+        if now.len() == 1 && now[0].1 == 2 && (now[0].0 - (3 << 20)) % (8 << 20) == 0 {
+            break now[0].0 - (3 << 20);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partial was not kept: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(kept > 0 && kept % (8 << 20) == 0, "kept {kept}");
+
+    // Resumed through node 2, running, its progress on record past the kept prefix.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tx = Some(tx);
+    let mut b = cluster.connect_node(2, "alice", PW).await;
+    let resume = {
+        let src = src.clone();
+        tokio::spawn(async move {
+            let mut progress = move |sent: u64| {
+                if sent >= kept as u64 + (24 << 20)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            };
+            b.put_resume(&src, "/big.bin", false, &mut progress).await
+        })
+    };
+    rx.await.expect("the resume ended early");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.partial("/big.bin").await.unwrap_or(0) <= kept as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the resume recorded no part in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A put of the name through node 3 supersedes the running upload.
+    let small = local.path().join("small.bin");
+    let small_sha = sha256_hex(&random_file(&small, 1000, 10));
+    let done = c
+        .put(&small, "/big.bin", true, &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(done.sha256, small_sha);
+    let failed = tokio::time::timeout(Duration::from_secs(120), resume)
+        .await
+        .expect("the superseded upload hung")
+        .unwrap();
+    assert!(failed.is_err(), "the superseded upload landed: {failed:?}");
+    assert_eq!(c.sha256("/big.bin").await.unwrap().1, small_sha);
+
+    // Exactly the two files: neither the kept prefix (gone with the superseded upload) nor
+    // less than what is there.
+    let want = vec![((3 << 20) + 1000, 2)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = ledger(&cluster).await;
+        if now == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's home, as counted: {now:?}, holds {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And it stays so (a counter given back late would show now).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ledger(&cluster).await, want);
+}
+
 /// A Garage node stopped mid-transfer (replication 3: the other two hold a quorum): the
 /// upload completes verified, or fails cleanly and is resumable; the object is never visible
 /// corrupt. The stopped node comes back and the data is still there.

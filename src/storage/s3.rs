@@ -106,6 +106,17 @@ const PROGRESS_EVERY: u64 = 8 * 1024 * 1024;
 /// How long a commit waits for a name another commit holds.
 const NAME_WAIT: Duration = Duration::from_secs(30);
 
+/// A record of a running upload's progress younger than this is taken for one whose owner
+/// is alive: the owner settles what the counters hold for it, so whoever takes the record
+/// (a put that supersedes it, a resume) takes nothing off them. Older, its node is taken for
+/// dead and the taker settles it. Well above [`PROGRESS_HEARTBEAT`] and the stall timeout an
+/// upload's session ends on when its client sends nothing (60 s by default).
+const PROGRESS_LIVE_WITHIN: Duration = Duration::from_secs(10 * 60);
+
+/// A running upload records its progress again at least this often while data arrives (a
+/// part landing records it too), so its record stays young while it runs.
+const PROGRESS_HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// One request's limit (a part of up to 512 MiB over a slow link included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -705,7 +716,7 @@ impl Inner {
         Ok(match taken {
             Some(r) => {
                 self.drop_partial(&r).await;
-                counted(&r)
+                taken_count(&r)
             }
             None => None,
         })
@@ -907,6 +918,10 @@ struct PartialHandle {
     /// written down: counted as kept, one file of `len` bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     counted: Option<Counted>,
+    /// A running upload's progress (its node may still be working on it), not a partial
+    /// kept for a resume. Absent in kept records and in records from before it was written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    progress: bool,
 }
 
 /// What the counters hold for a partial's record. A kept partial is counted as one file of
@@ -934,6 +949,37 @@ fn counted(record: &PartialRecord) -> Option<u64> {
 /// The counters' footprint of `record` (see [`counted`]).
 fn counted_footprint(record: &PartialRecord) -> Footprint {
     match counted(record) {
+        Some(bytes) => Footprint { bytes, files: 1 },
+        None => Footprint::NONE,
+    }
+}
+
+/// Whether `record` is the progress of an upload whose node is taken to be alive (see
+/// [`PROGRESS_LIVE_WITHIN`]).
+fn running(record: &PartialRecord) -> bool {
+    PartialHandle::decode(&record.handle).is_ok_and(|h| h.progress)
+        && record
+            .kept_at
+            .elapsed()
+            .map_or(true, |age| age < PROGRESS_LIVE_WITHIN)
+}
+
+/// What whoever takes `record` out of the index takes over of the counters: what they hold
+/// for it ([`counted`]), except for a running upload's progress, whose owner settles its own
+/// count (a resumed prefix, given back when it fails). Without this exception, a put over a
+/// name whose resumed upload is running took the prefix off once and the failing upload
+/// gave it back again: every round of that took a prefix's worth off the counters.
+fn taken_count(record: &PartialRecord) -> Option<u64> {
+    if running(record) {
+        None
+    } else {
+        counted(record)
+    }
+}
+
+/// [`taken_count`] as a footprint.
+fn taken_footprint(record: &PartialRecord) -> Footprint {
+    match taken_count(record) {
         Some(bytes) => Footprint { bytes, files: 1 },
         None => Footprint::NONE,
     }
@@ -1038,6 +1084,9 @@ struct S3Upload {
     /// What the counters hold for this upload's recorded progress: nothing for a fresh
     /// upload, the prefix for a resumed one.
     progress_counted: Counted,
+    /// When the progress was last recorded: it is recorded again after
+    /// [`PROGRESS_HEARTBEAT`], so the record says the upload runs.
+    recorded_at: Option<std::time::Instant>,
 }
 
 impl S3Upload {
@@ -1061,12 +1110,13 @@ impl S3Upload {
             superseded: None,
             checkpoint: None,
             progress_counted: Counted::Nothing,
+            recorded_at: None,
         }
     }
 
     /// The record of what this upload holds in whole parts, for the [`PartialIndex`], with
     /// what the counters hold for it.
-    fn record(&self, counted: Counted) -> PartialRecord {
+    fn record(&self, counted: Counted, progress: bool) -> PartialRecord {
         let handle = PartialHandle {
             key: self.key.to_string(),
             upload_id: self.upload_id.clone(),
@@ -1080,6 +1130,7 @@ impl S3Upload {
                 })
                 .collect(),
             counted: Some(counted),
+            progress,
         };
         PartialRecord {
             home: self.inner.ns.clone(),
@@ -1092,14 +1143,15 @@ impl S3Upload {
 
     /// Records the parts written so far under the checkpoint key. A failure costs only the
     /// resume after a crash of this node: the upload goes on.
-    async fn checkpoint(&self) {
+    async fn checkpoint(&mut self) {
         let Some(key) = &self.checkpoint else {
             return;
         };
         let id = self.inner.partial_id(key);
-        let record = self.record(self.progress_counted);
-        if let Err(e) = self.inner.state.partials.put(&id, record).await {
-            tracing::warn!(error = %e, "s3: could not record an upload's progress");
+        let record = self.record(self.progress_counted, true);
+        match self.inner.state.partials.put(&id, record).await {
+            Ok(_) => self.recorded_at = Some(std::time::Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "s3: could not record an upload's progress"),
         }
     }
 
@@ -1259,6 +1311,15 @@ impl Upload for S3Upload {
             while self.flights.front().is_some_and(|f| f.task.is_finished()) {
                 self.land_oldest().await?;
             }
+            // A multipart upload (a resumed one too, before its first new part) is on record,
+            // and the record is young while data arrives: see `running`.
+            if self.upload_id.is_some()
+                && self
+                    .recorded_at
+                    .is_none_or(|t| t.elapsed() >= PROGRESS_HEARTBEAT)
+            {
+                self.checkpoint().await;
+            }
             let mut chunk = chunk;
             while !chunk.is_empty() {
                 // A full part goes out only when more data follows it: the last part of an
@@ -1372,7 +1433,7 @@ impl Upload for S3Upload {
                 None => Sha256::digest(b"").into(),
             };
             // The core counts a kept partial as one file of the length kept.
-            let record = self.record(Counted::File(len));
+            let record = self.record(Counted::File(len), false);
             let put = self
                 .inner
                 .state
@@ -1397,7 +1458,7 @@ impl Upload for S3Upload {
                 }
                 Some(old) => {
                     self.inner.drop_partial(&old).await;
-                    counted_footprint(&old)
+                    taken_footprint(&old)
                 }
                 None => Footprint::NONE,
             };
@@ -2150,7 +2211,7 @@ impl S3Storage {
                 Some(other) => {
                     // Kept by another upload meanwhile: this one takes its place again.
                     inner.drop_partial(&other).await;
-                    counted_footprint(&other)
+                    taken_footprint(&other)
                 }
                 None => Footprint::NONE,
             };
@@ -2207,7 +2268,7 @@ impl S3Storage {
         upload.written = offset;
         // What the counters hold for the record (nothing, if a node died uploading it
         // fresh); from here they hold the prefix, and this upload's progress says so.
-        upload.superseded = counted(&record);
+        upload.superseded = taken_count(&record);
         upload.progress_counted = Counted::File(offset);
         upload.checkpoint = Some(key.clone());
         match &handle.upload_id {
@@ -2331,7 +2392,7 @@ impl S3Storage {
             // Taken again: a resume may have claimed it meanwhile.
             if let Some(r) = inner.state.partials.take(&id).await.map_err(state_err)? {
                 inner.drop_partial(&r).await;
-                swept = swept.plus(counted_footprint(&r));
+                swept = swept.plus(taken_footprint(&r));
             }
         }
         Ok(swept)

@@ -464,6 +464,94 @@ mod needs_garage {
         assert_eq!(uploads_left(g, &c, 0).await, 0);
     }
 
+    /// A put over a name whose resumed upload is running (one user, two clients): the put
+    /// supersedes the running upload's record and drops its parts, but takes nothing off the
+    /// counters for it. The running upload fails and gives its prefix back itself. Before,
+    /// the put took the prefix off too, so the counters lost a prefix's worth each time this
+    /// was done, and a quota could be beaten by doing it over and over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; .ci/run installs it"]
+    async fn a_put_over_a_running_resumed_upload_takes_nothing_off_the_counters_for_it() {
+        let g = garage();
+        let home = fresh_home("running");
+        let shared = state();
+        let key = ferry::storage::PartialKey::new("running").unwrap();
+        let options = UploadOptions {
+            supersede: Some(key.clone()),
+            ..UploadOptions::default()
+        };
+        let whole = data(4 * PART + 10, 11);
+        // Kept: two whole parts, counted as one file of their length.
+        let a = open(&home, shared.clone());
+        let mut up = a.begin_upload(&p("f"), options.clone()).await.unwrap();
+        write_all(up.as_mut(), &whole[..2 * PART + 5]).await;
+        let kept = up.keep(key.clone()).await.unwrap();
+        assert_eq!(kept.len, 2 * PART as u64);
+
+        // Resumed through node B: it takes the kept partial's count over, and runs.
+        let b = open(&home, shared.clone());
+        let Resume::Ready(mut resumed) = b
+            .resume_upload(&key, &p("f"), kept.len, kept.sha256, None)
+            .await
+            .unwrap()
+        else {
+            panic!("resume at the kept length");
+        };
+        assert_eq!(resumed.superseded(), Some(kept.len), "the kept count");
+        let at = kept.len as usize;
+        write_all(resumed.as_mut(), &whole[at..at + 100]).await;
+        assert_eq!(
+            b.partial_len(&key).await.unwrap(),
+            Some(kept.len),
+            "the running upload is on record"
+        );
+
+        // A put of the name through node C supersedes it.
+        let c = open(&home, shared.clone());
+        let small = b"small".to_vec();
+        let put = c
+            .put_small(
+                &p("f"),
+                Bytes::from(small.clone()),
+                ferry::storage::SmallOptions {
+                    supersede: Some(key.clone()),
+                    reserve: None,
+                },
+                Commit::new(sha(&small), false),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(put.landed, Landed::Committed(_)),
+            "{:?}",
+            put.landed
+        );
+        assert_eq!(
+            put.superseded, None,
+            "a running upload's prefix is its own to give back"
+        );
+        assert_eq!(c.partial_len(&key).await.unwrap(), None);
+        // Its parts went with the record: the running upload cannot complete.
+        let rest = async {
+            resumed
+                .write(Bytes::copy_from_slice(&whole[at + 100..]))
+                .await?;
+            resumed.finish().await
+        };
+        assert!(rest.await.is_err(), "the superseded upload completed");
+        resumed.abort().await;
+        assert!(read(&c, "f").await.0 == small);
+
+        // A kept partial (no upload runs for it) is still taken off by whoever takes it.
+        let mut up = a.begin_upload(&p("g"), options.clone()).await.unwrap();
+        write_all(up.as_mut(), &whole[..PART + 5]).await;
+        let kept = up.keep(key.clone()).await.unwrap();
+        let fresh = c.begin_upload(&p("g"), options).await.unwrap();
+        assert_eq!(fresh.superseded(), Some(kept.len));
+        fresh.abort().await;
+        assert_eq!(uploads_left(g, &c, 0).await, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs garage; .ci/run installs it"]
     async fn an_object_replaced_after_the_open_fails_the_read_not_mixes_it() {
