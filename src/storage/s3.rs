@@ -1149,10 +1149,30 @@ impl S3Upload {
         };
         let id = self.inner.partial_id(key);
         let record = self.record(self.progress_counted, true);
-        match self.inner.state.partials.put(&id, record).await {
+        let partials = &self.inner.state.partials;
+        match partials.put(&id, record).await {
+            // A partial another upload kept meanwhile (this one began before it was kept, so
+            // did not supersede it): it stays, with its count and its parts, and this upload
+            // goes on without a record (a crash of its node loses its resume, nothing else).
+            Ok(Some(old)) if !self.owns(&old) && !running(&old) => {
+                self.checkpoint = None;
+                match partials.put(&id, old).await {
+                    Ok(Some(mine)) if self.owns(&mine) => {}
+                    Ok(None) => {}
+                    Ok(Some(_)) | Err(_) => tracing::warn!(
+                        "s3: an upload's progress met another's kept partial and could not put it back whole"
+                    ),
+                }
+            }
             Ok(_) => self.recorded_at = Some(std::time::Instant::now()),
             Err(e) => tracing::warn!(error = %e, "s3: could not record an upload's progress"),
         }
+    }
+
+    /// Whether `record` is this upload's own.
+    fn owns(&self, record: &PartialRecord) -> bool {
+        self.upload_id.is_some()
+            && PartialHandle::decode(&record.handle).is_ok_and(|h| h.upload_id == self.upload_id)
     }
 
     /// Removes this upload's checkpoint (the upload ended), leaving another's in place.

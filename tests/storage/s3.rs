@@ -552,6 +552,60 @@ mod needs_garage {
         assert_eq!(uploads_left(g, &c, 0).await, 0);
     }
 
+    /// An upload that began before another upload of the name was kept (so it did not
+    /// supersede the kept partial) records its progress later: the kept partial stays, with
+    /// its parts and its count. Before, the record of progress took its place, and the kept
+    /// partial's parts and count were left with nothing pointing at them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs garage; .ci/run installs it"]
+    async fn progress_recorded_late_leaves_another_uploads_kept_partial_alone() {
+        let g = garage();
+        let home = fresh_home("late");
+        let shared = state();
+        let key = ferry::storage::PartialKey::new("late").unwrap();
+        let options = UploadOptions {
+            supersede: Some(key.clone()),
+            ..UploadOptions::default()
+        };
+        let whole = data(3 * PART + 10, 12);
+        let a = open(&home, shared.clone());
+        let b = open(&home, shared.clone());
+        // Begun on A, nothing shipped yet.
+        let mut late = a.begin_upload(&p("f"), options.clone()).await.unwrap();
+        write_all(late.as_mut(), &whole[..100]).await;
+        // Begun on B after it, and kept.
+        let mut up = b.begin_upload(&p("f"), options.clone()).await.unwrap();
+        write_all(up.as_mut(), &whole[..2 * PART + 5]).await;
+        let kept = up.keep(key.clone()).await.unwrap();
+        assert_eq!(kept.len, 2 * PART as u64);
+        // A's upload ships parts now, which records progress.
+        write_all(late.as_mut(), &whole[100..]).await;
+        assert_eq!(
+            b.partial_len(&key).await.unwrap(),
+            Some(kept.len),
+            "the kept partial is still there"
+        );
+        assert_eq!(late.finish().await.unwrap(), sha(&whole));
+        late.abort().await;
+        assert_eq!(b.partial_len(&key).await.unwrap(), Some(kept.len));
+        // The kept partial still resumes, from its own parts.
+        let Resume::Ready(mut resumed) = b
+            .resume_upload(&key, &p("f"), kept.len, kept.sha256, None)
+            .await
+            .unwrap()
+        else {
+            panic!("the kept partial resumes");
+        };
+        assert_eq!(resumed.superseded(), Some(kept.len), "still counted");
+        write_all(resumed.as_mut(), &whole[kept.len as usize..]).await;
+        let digest = resumed.finish().await.unwrap();
+        assert_eq!(digest, sha(&whole));
+        resumed.commit(Commit::new(digest, false)).await.unwrap();
+        assert!(read(&a, "f").await.0 == whole);
+        assert_eq!(b.partial_len(&key).await.unwrap(), None);
+        assert_eq!(uploads_left(g, &b, 0).await, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs garage; .ci/run installs it"]
     async fn an_object_replaced_after_the_open_fails_the_read_not_mixes_it() {
