@@ -339,21 +339,11 @@ async fn needs_cluster_a_node_killed_mid_upload_is_resumed_through_another() {
     // The counters hold exactly the one file, neither less (the parts the dead node recorded
     // were never counted: taking them up counts them) nor more. Read from the ledger itself:
     // what a client's `usage` adds of the dead node's reservation lapses only with its lease.
-    let (db, conn) = tokio_postgres::connect(&cluster.accounts_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(conn);
-    let rows = db
-        .query(
-            "SELECT used_bytes, used_files FROM ferry_usage WHERE counted",
-            &[],
-        )
-        .await
-        .unwrap();
-    let counted: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(counted, [(48 << 20, 1)], "alice's home, as counted");
-    drop(db);
-    let _ = driver.await;
+    assert_eq!(
+        ledger(&cluster).await,
+        [(48 << 20, 1)],
+        "alice's home, as counted"
+    );
     cluster.run("node-start", Some(1));
 }
 

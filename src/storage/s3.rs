@@ -948,10 +948,12 @@ fn counted(record: &PartialRecord) -> Option<u64> {
 
 /// The counters' footprint of `record` (see [`counted`]).
 fn counted_footprint(record: &PartialRecord) -> Footprint {
-    match counted(record) {
-        Some(bytes) => Footprint { bytes, files: 1 },
-        None => Footprint::NONE,
-    }
+    one_file(counted(record))
+}
+
+/// One file of that many bytes, or nothing.
+fn one_file(bytes: Option<u64>) -> Footprint {
+    bytes.map_or(Footprint::NONE, |bytes| Footprint { bytes, files: 1 })
 }
 
 /// Whether `record` is the progress of an upload whose node is taken to be alive (see
@@ -979,10 +981,7 @@ fn taken_count(record: &PartialRecord) -> Option<u64> {
 
 /// [`taken_count`] as a footprint.
 fn taken_footprint(record: &PartialRecord) -> Footprint {
-    match taken_count(record) {
-        Some(bytes) => Footprint { bytes, files: 1 },
-        None => Footprint::NONE,
-    }
+    one_file(taken_count(record))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1470,12 +1469,7 @@ impl Upload for S3Upload {
             self.handed_on = true;
             let replaced = match old {
                 // This upload's own checkpoint: nothing older was replaced.
-                Some(old)
-                    if PartialHandle::decode(&old.handle)
-                        .is_ok_and(|h| h.upload_id.is_some() && h.upload_id == self.upload_id) =>
-                {
-                    Footprint::NONE
-                }
+                Some(old) if self.owns(&old) => Footprint::NONE,
                 Some(old) => {
                     self.inner.drop_partial(&old).await;
                     taken_footprint(&old)

@@ -641,11 +641,13 @@ mod needs_garage {
     /// A server whose homes are key prefixes in Garage (as a cluster node's are), each test
     /// under a prefix of its own.
     async fn s3_server() -> crate::util::TestServer {
-        let homes = ferry::storage::s3_homes::S3Homes::open(
-            &config(garage(), PART, &fresh_home("server")),
-            state(),
-        )
-        .unwrap();
+        s3_server_on(&config(garage(), PART, &fresh_home("server")), state()).await
+    }
+
+    /// [`s3_server`] on `config`'s bucket and prefix, with `state` (which a test may also
+    /// hold, to act as another node would).
+    async fn s3_server_on(config: &S3Config, state: S3State) -> crate::util::TestServer {
+        let homes = ferry::storage::s3_homes::S3Homes::open(config, state).unwrap();
         let state = ferry::server::SharedState {
             homes: Some(Arc::new(homes)),
             ..ferry::server::SharedState::default()
@@ -821,13 +823,7 @@ mod needs_garage {
         let cfg = config(g, PART, &fresh_home("server"));
         let st = state();
         let locks = Arc::clone(&st.locks);
-        let homes = ferry::storage::s3_homes::S3Homes::open(&cfg, st).unwrap();
-        let shared = ferry::server::SharedState {
-            homes: Some(Arc::new(homes)),
-            ..ferry::server::SharedState::default()
-        };
-        let server =
-            crate::util::TestServer::start_with_state(crate::util::test_limits(), shared).await;
+        let server = s3_server_on(&cfg, st).await;
         // The name another commit holds, as alice's home names it in the shared locks.
         let root = S3Bucket::open(&cfg).unwrap().home_prefix("alice").unwrap();
         let ns = format!("s3:{}/{}", g.bucket, root);
@@ -843,7 +839,7 @@ mod needs_garage {
         let mut want = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let data = vec![i as u8 + 1; 1000 + i];
-            let sha = hex::encode(sha2::Sha256::digest(&data));
+            let sha = crate::util::sha256_hex(&data);
             raw.send(&ClientMessage::Put {
                 id: 10 + i as u64,
                 path: name.to_string(),
