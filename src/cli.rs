@@ -1106,6 +1106,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
                         .as_ref()
                         .map(|c| pg.penalties(penalty_settings(c))),
                     homes: backends.homes.clone(),
+                    metrics: Some(Arc::clone(&backends.metrics)),
                 };
                 // Expired leases, claims and penalties are ignored by every read already;
                 // this keeps the tables small.
@@ -1311,11 +1312,14 @@ fn prepare_certs(cert: &Path, key: &Path) -> Result<()> {
 struct Backends {
     pg: Option<crate::pg::PgBackend>,
     homes: Option<Arc<dyn crate::storage::HomeStore>>,
+    /// The node's metrics, which the database's calls are timed into as they are made.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Connects to the accounts database (`--accounts`, applying its migrations) and opens the
 /// object store (`--storage s3`). Errors name the flag to fix.
 async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
+    let metrics: Arc<crate::metrics::Metrics> = Default::default();
     let pg = match &a.accounts {
         None => None,
         Some(url) => {
@@ -1363,10 +1367,10 @@ async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
                      cannot (name reservations, digests, parts of uploads kept for resume)"
                 );
             };
-            Some(open_s3_homes(path, pg).await?)
+            Some(open_s3_homes(path, pg, &metrics).await?)
         }
     };
-    Ok(Backends { pg, homes })
+    Ok(Backends { pg, homes, metrics })
 }
 
 /// The object store of `--storage s3`: homes as key prefixes, with name reservations,
@@ -1375,13 +1379,15 @@ async fn prepare_backends(a: &ServeArgs) -> Result<Backends> {
 async fn open_s3_homes(
     path: &Path,
     pg: &crate::pg::PgBackend,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn crate::storage::HomeStore>> {
     use crate::storage::s3_homes::{S3Homes, load_config};
     let config = load_config(path).map_err(|e| anyhow::anyhow!("--s3-config {e}"))?;
+    // Timed into ferry_database_seconds, with the ledger's calls and the logins.
     let state = crate::storage::s3::S3State {
-        locks: pg.name_locks(),
-        digests: pg.digests(),
-        partials: pg.partials(),
+        locks: metrics.timed_name_locks(pg.name_locks()),
+        digests: metrics.timed_digests(pg.digests()),
+        partials: metrics.timed_partials(pg.partials()),
     };
     let homes = S3Homes::open(&config, state).map_err(|e| anyhow::anyhow!("--s3-config: {e}"))?;
     let checked = tokio::time::timeout(Duration::from_secs(30), homes.check()).await;

@@ -684,26 +684,27 @@ impl Upload for TimedUpload {
     }
 }
 
-/// A [`UsageLedger`](crate::state::UsageLedger) whose calls are timed into
-/// `ferry_database_seconds`: the shared ledger a cluster keeps in PostgreSQL, where each
-/// reservation is a round trip an upload waits for.
-struct TimedLedger {
-    inner: Arc<dyn crate::state::UsageLedger>,
+/// A piece of shared state whose calls are timed into `ferry_database_seconds`: the usage
+/// ledger, name locks, digest records and kept partials a cluster keeps in PostgreSQL, where
+/// each call is a round trip a transfer waits for.
+struct TimedState<T: ?Sized> {
+    inner: Arc<T>,
     metrics: Arc<Metrics>,
 }
 
-impl TimedLedger {
-    fn time<'a, T: Send + 'a>(&'a self, op: &'static str, f: BoxFuture<'a, T>) -> BoxFuture<'a, T> {
+impl<T: ?Sized> TimedState<T> {
+    fn time<'a, O: Send + 'a>(&'a self, op: &'static str, f: BoxFuture<'a, O>) -> BoxFuture<'a, O> {
+        let metrics = &self.metrics;
         Box::pin(async move {
             let started = std::time::Instant::now();
             let out = f.await;
-            self.metrics.database(op, started.elapsed());
+            metrics.database(op, started.elapsed());
             out
         })
     }
 }
 
-impl crate::state::UsageLedger for TimedLedger {
+impl crate::state::UsageLedger for TimedState<dyn crate::state::UsageLedger> {
     fn usage(
         &self,
         home: &str,
@@ -803,10 +804,129 @@ impl Metrics {
         self: &Arc<Self>,
         ledger: Arc<dyn crate::state::UsageLedger>,
     ) -> Arc<dyn crate::state::UsageLedger> {
-        Arc::new(TimedLedger {
+        Arc::new(TimedState {
             inner: ledger,
             metrics: Arc::clone(self),
         })
+    }
+
+    /// `locks` with their calls timed into `ferry_database_seconds`.
+    pub fn timed_name_locks(
+        self: &Arc<Self>,
+        locks: Arc<dyn crate::state::NameLocks>,
+    ) -> Arc<dyn crate::state::NameLocks> {
+        Arc::new(TimedState {
+            inner: locks,
+            metrics: Arc::clone(self),
+        })
+    }
+
+    /// `digests` with their calls timed into `ferry_database_seconds`.
+    pub fn timed_digests(
+        self: &Arc<Self>,
+        digests: Arc<dyn crate::state::digests::DigestIndex>,
+    ) -> Arc<dyn crate::state::digests::DigestIndex> {
+        Arc::new(TimedState {
+            inner: digests,
+            metrics: Arc::clone(self),
+        })
+    }
+
+    /// `partials` with their calls timed into `ferry_database_seconds`.
+    pub fn timed_partials(
+        self: &Arc<Self>,
+        partials: Arc<dyn crate::state::PartialIndex>,
+    ) -> Arc<dyn crate::state::PartialIndex> {
+        Arc::new(TimedState {
+            inner: partials,
+            metrics: Arc::clone(self),
+        })
+    }
+}
+
+impl crate::state::NameLocks for TimedState<dyn crate::state::NameLocks> {
+    fn try_lock(
+        &self,
+        home: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<crate::state::NameLockId>, crate::state::StateError>> {
+        self.time("name_lock", self.inner.try_lock(home, name, ttl))
+    }
+
+    fn renew(
+        &self,
+        id: crate::state::NameLockId,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("name_renew", self.inner.renew(id, ttl))
+    }
+
+    fn unlock(
+        &self,
+        id: crate::state::NameLockId,
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("name_unlock", self.inner.unlock(id))
+    }
+
+    fn unlock_soon(&self, id: crate::state::NameLockId) {
+        self.inner.unlock_soon(id);
+    }
+}
+
+impl crate::state::digests::DigestIndex for TimedState<dyn crate::state::digests::DigestIndex> {
+    fn put(
+        &self,
+        key: &str,
+        etag: &str,
+        sha256: [u8; 32],
+    ) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("digest_put", self.inner.put(key, etag, sha256))
+    }
+
+    fn get(
+        &self,
+        key: &str,
+        etag: &str,
+    ) -> BoxFuture<'_, Result<Option<[u8; 32]>, crate::state::StateError>> {
+        self.time("digest_get", self.inner.get(key, etag))
+    }
+
+    fn forget(&self, key: &str) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("digest_forget", self.inner.forget(key))
+    }
+}
+
+impl crate::state::PartialIndex for TimedState<dyn crate::state::PartialIndex> {
+    fn put(
+        &self,
+        key: &str,
+        record: crate::state::PartialRecord,
+    ) -> BoxFuture<'_, Result<Option<crate::state::PartialRecord>, crate::state::StateError>> {
+        self.time("partial_put", self.inner.put(key, record))
+    }
+
+    fn get(
+        &self,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::state::PartialRecord>, crate::state::StateError>> {
+        self.time("partial_get", self.inner.get(key))
+    }
+
+    fn take(
+        &self,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::state::PartialRecord>, crate::state::StateError>> {
+        self.time("partial_take", self.inner.take(key))
+    }
+
+    fn kept_before(
+        &self,
+        home: &str,
+        before: std::time::SystemTime,
+    ) -> BoxFuture<'_, Result<Vec<(String, crate::state::PartialRecord)>, crate::state::StateError>>
+    {
+        self.time("partial_list", self.inner.kept_before(home, before))
     }
 }
 

@@ -1579,6 +1579,7 @@ async fn a_source_banned_through_one_node_is_refused_by_the_other() {
         shared_ledger: false,
         penalties: Some(Arc::clone(&store)),
         homes: None,
+        metrics: None,
     };
     let a = TestServer::start_with_state(limits.clone(), state()).await;
     let b = TestServer::start_with_state(limits, state()).await;

@@ -164,13 +164,29 @@ async fn needs_cluster_parallel_uploads_over_all_nodes_never_exceed_the_quota() 
     let listed = conn.list("/").await.unwrap().len() as u64;
     assert_eq!(listed, ok);
     // Each node timed its database work for its operators: the account lookups of the
-    // logins, and the reservations of the uploads.
+    // logins, and the reservations of the uploads. The name locks and digest records of the
+    // uploads that landed were timed too, wherever they ran.
+    let mut landed_calls = [0.0; 2];
     for n in 1..=3u16 {
         let m = cluster.metrics(n).await;
         for op in ["login_lookup", "reserve"] {
             let line = format!("ferry_database_seconds_count{{operation=\"{op}\"}}");
             assert!(m.contains(&line), "node {n} has no {line}:\n{m}");
         }
+        for (i, op) in ["name_lock", "digest_put"].iter().enumerate() {
+            let series = format!("ferry_database_seconds_count{{operation=\"{op}\"}} ");
+            landed_calls[i] += m
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map_or(0.0, |v| v.parse::<f64>().unwrap());
+        }
+    }
+    for (i, op) in ["name_lock", "digest_put"].iter().enumerate() {
+        assert!(
+            landed_calls[i] >= ok as f64,
+            "{ok} uploads landed, {} {op} calls timed",
+            landed_calls[i]
+        );
     }
 }
 

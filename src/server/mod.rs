@@ -140,6 +140,9 @@ pub struct SharedState {
     /// Where homes live when not under the data root (an object store shared by the
     /// nodes); `None`: under the data root on this node's file system.
     pub homes: Option<Arc<dyn crate::storage::HomeStore>>,
+    /// The node's metrics, when the backends above were built timing their calls into them
+    /// (`None`: the server makes its own).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for SharedState {
@@ -149,6 +152,7 @@ impl Default for SharedState {
             shared_ledger: false,
             penalties: None,
             homes: None,
+            metrics: None,
         }
     }
 }
@@ -351,7 +355,7 @@ impl Server {
         root: PathBuf,
         limits: Limits,
     ) -> Arc<Server> {
-        let metrics: Arc<crate::metrics::Metrics> = Default::default();
+        let metrics = state.metrics.clone().unwrap_or_default();
         Arc::new(Server {
             tls: RwLock::new(TlsAcceptor::from(tls)),
             users,
