@@ -152,13 +152,35 @@ impl Receiving {
     /// Writes and hashes the next bytes.
     pub fn write(&mut self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
         match self.direct.as_mut() {
-            Some(d) => d.write(bytes)?,
+            Some(d) => {
+                d.write(bytes)?;
+                if d.disk_is_behind() {
+                    self.leave_direct(file)?;
+                }
+            }
             None => {
                 file.write_all(bytes)?;
                 self.writeback.wrote(file, bytes.len());
             }
         }
         self.hasher.update(bytes);
+        Ok(())
+    }
+
+    /// Writes the rest through the page cache: the direct writer's blocks are written out,
+    /// and the next byte goes after them (see [`DirectWriter::disk_is_behind`]).
+    fn leave_direct(&mut self, file: &mut File) -> std::io::Result<()> {
+        let Some(d) = self.direct.take() else {
+            return Ok(());
+        };
+        let end = d.end();
+        d.finish()?;
+        file.seek(std::io::SeekFrom::Start(end))?;
+        self.writeback = Writeback::at(end);
+        tracing::debug!(
+            at = end,
+            "the disk fell behind direct writes: on through the page cache"
+        );
         Ok(())
     }
 
@@ -348,5 +370,33 @@ mod tests {
         assert!(got == data, "content differs");
         assert_eq!(digest, hex_digest(&Sha256::digest(&data)));
         assert_eq!(limit.active(), 0);
+    }
+
+    #[test]
+    fn a_receiver_that_leaves_direct_writes_midway_keeps_every_byte_in_place() {
+        // What happens when the disk falls behind: the direct writer's blocks (a partly
+        // filled one among them) are written out, and the rest goes through the page cache
+        // after them.
+        let data: Vec<u8> = (0..6 * 1024 * 1024 + 11).map(|i| (i % 249) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = File::create(&path).unwrap();
+        let limit = Arc::new(DirectLimit::new());
+        let mut r = Receiving::start(&mut file, Sha256::new(), Some(&limit));
+        assert_eq!(r.direct.is_some(), platform::DIRECT_IO);
+        let (before, after) = data.split_at(3 * 1024 * 1024 + 4099);
+        for chunk in before.chunks(CHUNK - 7) {
+            r.write(&mut file, chunk).unwrap();
+        }
+        r.leave_direct(&mut file).unwrap();
+        assert!(r.direct.is_none());
+        assert_eq!(limit.active(), 0);
+        for chunk in after.chunks(CHUNK - 7) {
+            r.write(&mut file, chunk).unwrap();
+        }
+        let digest = r.finish(&file, true).unwrap();
+        file.sync_all().unwrap();
+        assert!(std::fs::read(&path).unwrap() == data, "content differs");
+        assert_eq!(digest, hex_digest(&Sha256::digest(&data)));
     }
 }
