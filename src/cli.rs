@@ -67,10 +67,10 @@ enum Command {
         certificate, same CA"
     )]
     Certs(CertsArgs),
-    /// Manage the users file: add, passwd, set, del, list.
+    /// Manage the users file: add, passwd, set, del, list, recount.
     #[command(
         subcommand,
-        long_about = "Manage the users file: add, passwd, set, del, list. Every command takes \
+        long_about = "Manage the users file: add, passwd, set, del, list, recount. Every command takes \
         --users FILE (default users.toml), or --accounts postgres://USER@HOST:PORT/DB for users \
         kept in PostgreSQL (password from PGPASSWORD). Passwords are stored as argon2id hashes. \
         A running server notices the change at the next login: no signal is needed.\n\n\
@@ -285,6 +285,23 @@ enum UserCommand {
         /// beside the users file).
         #[arg(long, value_name = "FILE")]
         links: Option<PathBuf>,
+    },
+    /// Count a user's usage again (a shared accounts database).
+    #[command(
+        long_about = "Count a user's usage for quotas again, from what their home holds. \
+        Needs --accounts: nodes sharing a database count a home once and then follow every \
+        change made through ferry, so files put into the store by other means (or taken out) \
+        are seen only by a new count. The count is made at the user's next login, by the node \
+        that logs them in, once no other node has had a session of the home for 90 s (a walk \
+        must not run under another node's changes). With a users file there is nothing to do: \
+        a server counts a home again at the first login after its last session ended.\n\n\
+        Example:\n  PGPASSWORD=... ferry user recount alice --accounts postgres://ferry@db/ferry"
+    )]
+    Recount {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArg,
     },
     /// List users.
     #[command(
@@ -972,6 +989,23 @@ fn user(cmd: UserCommand) -> Result<ExitCode> {
             if links > 0 {
                 eprintln!("revoked their {links} drop link(s)");
             }
+        }
+        UserCommand::Recount { name, file } => {
+            let Some(url) = &file.accounts else {
+                bail!(
+                    "a server with a users file counts a home again at the first login after \
+                     the home's last session ended: nothing to ask for (recount is for \
+                     --accounts postgres://...)"
+                );
+            };
+            let cfg = token::pg_config(url)?;
+            if !rt.block_on(crate::pg::request_recount(&cfg, &name))? {
+                bail!("no user {name} in the accounts database");
+            }
+            eprintln!(
+                "{name}'s usage will be counted again at their next login, once no other node \
+                 has had a session of their home for 90 s"
+            );
         }
         UserCommand::List { file } => {
             let store = file.store(&rt, true)?;

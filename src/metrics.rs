@@ -736,6 +736,22 @@ impl crate::state::UsageLedger for TimedState<dyn crate::state::UsageLedger> {
         self.time("forget", self.inner.forget(home))
     }
 
+    fn join(&self, home: &str) -> BoxFuture<'_, Result<(), crate::state::StateError>> {
+        self.time("join", self.inner.join(home))
+    }
+
+    fn leave(&self, home: &str) {
+        self.inner.leave(home);
+    }
+
+    fn take_recount(
+        &self,
+        user: &str,
+        home: &str,
+    ) -> BoxFuture<'_, Result<bool, crate::state::StateError>> {
+        self.time("take_recount", self.inner.take_recount(user, home))
+    }
+
     fn reserve(
         &self,
         home: &str,

@@ -1102,3 +1102,145 @@ async fn needs_postgres_a_database_certificate_from_another_ca_is_refused() {
         "nothing connected in clear"
     );
 }
+
+/// Runs `sql` on the database of `db_url` as the cluster's superuser.
+async fn sql(db_url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+}
+
+/// `ferry user recount` on a shared ledger: the count is dropped only for a user who asked,
+/// only by a node that takes it when no other node has the home live or a change in flight
+/// in it, and only once per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_recount_waits_until_no_other_node_uses_the_home() {
+    let url = fresh_db().await;
+    let (a, b) = (node(&url).await, node(&url).await);
+    let hash =
+        users::hash_password_with(&Password::new("pw".into()), CHEAP.0, CHEAP.1, CHEAP.2).unwrap();
+    a.accounts().add(&User::new("rita", hash)).await.unwrap();
+    // One ledger per node, as a server holds it: the node is who joined.
+    let (la, lb) = (a.ledger(), b.ledger());
+    let home = "/data/rita";
+    count(&la, home, fp(100, 1)).await;
+    la.join(home).await.unwrap();
+    let used =
+        |l: Arc<dyn UsageLedger>| async move { l.usage(home).await.unwrap().map(|u| u.used) };
+
+    // Nobody asked: nothing is taken.
+    lb.join(home).await.unwrap();
+    assert!(!lb.take_recount("rita", home).await.unwrap());
+    assert!(!b.request_recount("nobody").await.unwrap(), "no such user");
+    assert!(b.request_recount("rita").await.unwrap());
+
+    // Node A has a session of the home: B may not drop the count under it.
+    assert!(!lb.take_recount("rita", home).await.unwrap());
+    assert_eq!(used(Arc::clone(&lb)).await, Some(fp(100, 1)));
+
+    // A's session ends; its word lives out its lease (cut short here, as 90 s would pass).
+    la.leave(home);
+    let db = crate::util::pg::shared().url(url.rsplit('/').next().unwrap());
+    sql(
+        &db,
+        "UPDATE ferry_live_homes SET expires = now() - interval '1 second'",
+    )
+    .await;
+    lb.join(home).await.unwrap();
+    // A change of A's still in flight holds it back too.
+    let held = la
+        .reserve(
+            home,
+            quota(10_000, 10),
+            50,
+            fp(50, 1),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(!lb.take_recount("rita", home).await.unwrap());
+    la.release(held).await.unwrap();
+
+    // Idle everywhere else: B takes it, the count is gone, and B counts the home again.
+    assert!(lb.take_recount("rita", home).await.unwrap());
+    assert_eq!(used(Arc::clone(&lb)).await, None);
+    count(&lb, home, fp(7_000, 3)).await;
+    assert_eq!(used(Arc::clone(&la)).await, Some(fp(7_000, 3)));
+    // One request, one recount.
+    assert!(!lb.take_recount("rita", home).await.unwrap());
+    assert!(!la.take_recount("rita", home).await.unwrap());
+}
+
+/// Through a real server on the shared ledger: a file put into a home behind ferry's back is
+/// not seen by the kept count, and is after `ferry user recount` and the user's next login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_ferry_user_recount_counts_a_shared_home_again_at_the_next_login() {
+    use crate::cli::Ferry;
+    use crate::util::{TestServer, no_progress, random_file, test_limits};
+    let url = fresh_db().await;
+    let backend = node(&url).await;
+    let state = ferry::server::SharedState {
+        ledger: backend.ledger(),
+        shared_ledger: true,
+        ..ferry::server::SharedState::default()
+    };
+    let server = TestServer::start_with_state(test_limits(), state).await;
+    // carol has quotas (the test users file); the request names her in the database.
+    let hash =
+        users::hash_password_with(&Password::new("pw".into()), CHEAP.0, CHEAP.1, CHEAP.2).unwrap();
+    backend
+        .accounts()
+        .add(&User::new("carol", hash))
+        .await
+        .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("f");
+    random_file(&src, 1_000, 1);
+    let usage = || async {
+        let mut conn = server.connect("carol", "carol-pw").await;
+        let u = conn.usage().await.unwrap();
+        (u.used_bytes, u.used_files)
+    };
+    {
+        let mut conn = server.connect("carol", "carol-pw").await;
+        conn.put(&src, "/f", false, &mut no_progress())
+            .await
+            .unwrap();
+    }
+    std::fs::write(server.home_file("carol", "by-hand"), vec![7u8; 5_000]).unwrap();
+    // The count is kept across sessions on a shared ledger: the file is not seen.
+    assert_eq!(usage().await, (Some(1_000), Some(1)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--accounts", url.as_str()]);
+        tokio::task::block_in_place(|| Ferry::new(dir.path()).run(&all))
+    };
+    let nobody = run(&["user", "recount", "nobody"]);
+    nobody.expect_failure();
+    assert!(nobody.stderr.contains("no user nobody"), "{nobody:?}");
+    run(&["user", "recount", "carol"]).expect_ok();
+
+    // The next login with no session of the home left anywhere counts it again. (This
+    // node's last session may take a moment to end after its client went.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = usage().await;
+        if got == (Some(6_000), Some(2)) {
+            break;
+        }
+        assert_eq!(got, (Some(1_000), Some(1)), "neither count");
+        assert!(Instant::now() < deadline, "not counted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once: what comes after is followed again.
+    std::fs::remove_file(server.home_file("carol", "by-hand")).unwrap();
+    assert_eq!(usage().await, (Some(6_000), Some(2)));
+}

@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_links_and_tokens.sql")),
     (4, include_str!("migrations/0004_sessions_and_uploads.sql")),
     (5, include_str!("migrations/0005_commit_in_one_call.sql")),
+    (6, include_str!("migrations/0006_recount.sql")),
 ];
 
 /// What went wrong in the `postgres` backend. Messages never contain the password.
@@ -652,6 +653,16 @@ impl fmt::Debug for PgBackend {
 /// Connects to the database `cfg` names: builds the pool, brings the schema up to date and
 /// starts listening for account changes. An error (within the timeouts) if the database
 /// cannot be reached.
+/// Asks for a recount of `user`'s home (`ferry user recount`): the next login of the user
+/// on a node, at a moment when no other node has a session of the home, drops the home's
+/// count and walks it again (see [`crate::state::UsageLedger::take_recount`]). False if there
+/// is no such user.
+pub async fn request_recount(cfg: &PgConfig, user: &str) -> Result<bool, PgError> {
+    let db = Db::new(cfg)?;
+    migrate(&db).await?;
+    state::request_recount(&db, user).await
+}
+
 pub async fn connect(cfg: &PgConfig) -> Result<PgBackend, PgError> {
     let db = Db::new(cfg)?;
     migrate(&db).await?;
@@ -725,9 +736,15 @@ impl PgBackend {
         Arc::new(uploads::PgUploads::new(self.db.clone()))
     }
 
-    /// Deletes what expired (leases, count claims, name locks, penalties, web sessions):
-    /// reads ignore it already; this keeps the tables small. A server runs it every minute
-    /// or so. (Expired upload records are taken by the tus keeper, which ends their uploads.)
+    /// See [`request_recount`].
+    pub async fn request_recount(&self, user: &str) -> Result<bool, PgError> {
+        state::request_recount(&self.db, user).await
+    }
+
+    /// Deletes what expired (leases, count claims, name locks, penalties, web sessions, live
+    /// homes): reads ignore it already; this keeps the tables small. A server runs it every
+    /// minute or so. (Expired upload records are taken by the tus keeper, which ends their
+    /// uploads.)
     pub async fn sweep(&self) -> Result<u64, PgError> {
         Ok(state::sweep(&self.db).await? + sessions::sweep(&self.db).await?)
     }

@@ -186,15 +186,88 @@ async fn reserved_in(
     footprint(&row, 0)
 }
 
-/// [`UsageLedger`] in the tables `ferry_usage` and `ferry_reservations`.
+/// How long a node's word that it has sessions of a home lives unless renewed (every third
+/// of it while the node has them). A recount of a home waits this long at most after another
+/// node's last session of it ended, or after that node died.
+pub const LIVE_HOME_LEASE: Duration = Duration::from_secs(90);
+
+/// [`UsageLedger`] in the tables `ferry_usage` and `ferry_reservations`, and this node's live
+/// homes in `ferry_live_homes` (see [`UsageLedger::join`]).
 #[derive(Debug, Clone)]
 pub struct PgLedger {
     db: Db,
+    /// This node, as `ferry_live_homes` names it: random, new at each start.
+    node: String,
+    /// The homes this node has sessions of, and how many joins each has not left yet; the
+    /// renewer keeps their leases alive.
+    live: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    renewer: Arc<std::sync::OnceLock<tokio_util::task::AbortOnDropHandle<()>>>,
 }
 
 impl PgLedger {
     pub(crate) fn new(db: Db) -> PgLedger {
-        PgLedger { db }
+        PgLedger {
+            db,
+            node: crate::state::uploads::new_id(),
+            live: Arc::default(),
+            renewer: Arc::default(),
+        }
+    }
+
+    fn live_homes(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        // A poisoned lock still holds whole entries: every update is one insert or remove.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renews the leases of this node's live homes every third of [`LIVE_HOME_LEASE`], in a
+    /// task that lives as long as the last clone of this ledger.
+    fn start_renewer(&self) {
+        if self.renewer.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (db, node) = (self.db.clone(), self.node.clone());
+        let live = Arc::downgrade(&self.live);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LIVE_HOME_LEASE / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(live) = live.upgrade() else { return };
+                let homes: Vec<String> = live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                drop(live);
+                if homes.is_empty() {
+                    continue;
+                }
+                let renewed = within(&db, async {
+                    let c = db.conn().await?;
+                    c.execute(
+                        &c.prepare_cached(
+                            "INSERT INTO ferry_live_homes (home, node, expires)
+                             SELECT h, $2, now() + $3::bigint * interval '1 microsecond'
+                             FROM unnest($1::text[]) AS h
+                             ON CONFLICT (home, node) DO UPDATE SET expires = EXCLUDED.expires",
+                        )
+                        .await?,
+                        &[&homes, &node, &micros(LIVE_HOME_LEASE)],
+                    )
+                    .await?;
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = renewed {
+                    tracing::warn!(error = %e, "shared state: live homes not renewed; a recount may run early");
+                }
+            }
+        });
+        let _ = self
+            .renewer
+            .set(tokio_util::task::AbortOnDropHandle::new(task));
     }
 
     async fn claim_once(&self, home: &str, ttl: Duration) -> Result<Counting, StateError> {
@@ -332,6 +405,107 @@ impl UsageLedger for PgLedger {
             "UPDATE ferry_usage SET claim = NULL, claim_expires = NULL WHERE claim = $1",
             big(claim.0),
         );
+    }
+
+    fn join(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
+        let home = home.to_owned();
+        Box::pin(async move {
+            *self.live_homes().entry(home.clone()).or_default() += 1;
+            self.start_renewer();
+            within(&self.db, async {
+                let c = self.db.conn().await?;
+                c.execute(
+                    &c.prepare_cached(
+                        "INSERT INTO ferry_live_homes (home, node, expires)
+                         VALUES ($1, $2, now() + $3::bigint * interval '1 microsecond')
+                         ON CONFLICT (home, node) DO UPDATE SET expires = EXCLUDED.expires",
+                    )
+                    .await?,
+                    &[&home, &self.node, &micros(LIVE_HOME_LEASE)],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn leave(&self, home: &str) {
+        // The row is left to expire: removing it here could race a later join of the same
+        // home on this node (two pooled connections keep no order), and a recount that waits
+        // a lease more is harmless.
+        let mut live = self.live_homes();
+        if let Some(n) = live.get_mut(home) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(home);
+            }
+        }
+    }
+
+    fn take_recount(&self, user: &str, home: &str) -> BoxFuture<'_, Result<bool, StateError>> {
+        let (user, home) = (user.to_owned(), home.to_owned());
+        Box::pin(async move {
+            within(&self.db, async {
+                let c = &mut self.db.conn().await?;
+                let tx = c.transaction().await?;
+                // The usage row first, as a count claim takes it: a node that joins the home
+                // after the check below finds the count dropped when its claim gets the row.
+                let counted = tx
+                    .query_opt(
+                        &tx.prepare_cached(
+                            "SELECT counted FROM ferry_usage WHERE home = $1 FOR UPDATE",
+                        )
+                        .await?,
+                        &[&home],
+                    )
+                    .await?;
+                let idle = tx
+                    .query_one(
+                        &tx.prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM ferry_recount_requests
+                                            WHERE user_name = $1),
+                                    NOT EXISTS (SELECT 1 FROM ferry_live_homes
+                                                WHERE home = $2 AND node <> $3
+                                                  AND expires > now())
+                                    AND NOT EXISTS (SELECT 1 FROM ferry_reservations
+                                                    WHERE home = $2 AND expires > now())",
+                        )
+                        .await?,
+                        &[&user, &home, &self.node],
+                    )
+                    .await?;
+                let (asked, idle) = (col::<bool>(&idle, 0)?, col::<bool>(&idle, 1)?);
+                if !asked || !idle {
+                    // Not asked, or asked while another node may change the home: a later
+                    // login, when the home is idle everywhere else, takes it.
+                    tx.commit().await?;
+                    return Ok(false);
+                }
+                tx.execute(
+                    &tx.prepare_cached("DELETE FROM ferry_recount_requests WHERE user_name = $1")
+                        .await?,
+                    &[&user],
+                )
+                .await?;
+                let dropped = matches!(counted, Some(ref row) if col::<bool>(row, 0)?);
+                if dropped {
+                    tx.execute(
+                        &tx.prepare_cached(
+                            "UPDATE ferry_usage SET counted = false, used_bytes = 0,
+                                used_files = 0, claim = NULL, claim_expires = NULL
+                             WHERE home = $1",
+                        )
+                        .await?,
+                        &[&home],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(dropped)
+            })
+            .await
+        })
     }
 
     fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
@@ -1123,6 +1297,27 @@ impl PartialIndex for PgPartials {
 }
 
 /// Deletes every expired lease, claim and penalty; returns how many rows went.
+/// Records that `user`'s home is to be counted again (see [`UsageLedger::take_recount`]);
+/// false if there is no such user.
+pub(crate) async fn request_recount(db: &Db, user: &str) -> Result<bool, PgError> {
+    db.bounded(async {
+        let c = db.conn().await?;
+        let n = c
+            .execute(
+                &c.prepare_cached(
+                    "INSERT INTO ferry_recount_requests (user_name)
+                     SELECT name FROM ferry_users WHERE name = $1
+                     ON CONFLICT (user_name) DO UPDATE SET requested_at = now()",
+                )
+                .await?,
+                &[&user],
+            )
+            .await?;
+        Ok(n == 1)
+    })
+    .await
+}
+
 pub(crate) async fn sweep(db: &Db) -> Result<u64, PgError> {
     db.bounded(async {
         let conn = db.conn().await?;
@@ -1132,6 +1327,7 @@ pub(crate) async fn sweep(db: &Db) -> Result<u64, PgError> {
             "DELETE FROM ferry_name_locks WHERE expires <= now()",
             "DELETE FROM ferry_penalties WHERE expires <= now()",
             "UPDATE ferry_usage SET claim = NULL, claim_expires = NULL WHERE claim_expires <= now()",
+            "DELETE FROM ferry_live_homes WHERE expires <= now()",
         ] {
             n += conn.execute(&conn.prepare_cached(sql).await?, &[]).await?;
         }

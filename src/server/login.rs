@@ -524,16 +524,15 @@ async fn open_home(
         let (account, swept) = if limits == Quota::default() {
             (None, jail.sweep_partials(ttl))
         } else {
-            let (account, swept) =
-                server
-                    .accounts
-                    .open(home, &jail, ttl, &stop)
-                    .map_err(|error| HomeError {
-                        reason: "cannot count the usage of your home for the quota \
+            let (account, swept) = server
+                .accounts
+                .open(&user, home, &jail, ttl, &stop)
+                .map_err(|error| HomeError {
+                    reason: "cannot count the usage of your home for the quota \
                              (a directory in it cannot be read, or it is too deep); \
                              ask the administrator",
-                        error,
-                    })?;
+                    error,
+                })?;
             (Some(account), swept)
         };
         match swept {
@@ -579,15 +578,14 @@ async fn count_home(
         let (account, swept) = if limits == Quota::default() {
             (None, home.sweep_partials(ttl))
         } else {
-            let (account, swept) =
-                server
-                    .accounts
-                    .open(key, &home, ttl, &stop)
-                    .map_err(|error| HomeError {
-                        reason: "cannot count the usage of your home for the quota; \
+            let (account, swept) = server
+                .accounts
+                .open(&user, key, &home, ttl, &stop)
+                .map_err(|error| HomeError {
+                    reason: "cannot count the usage of your home for the quota; \
                              ask the administrator",
-                        error,
-                    })?;
+                    error,
+                })?;
             (Some(account), swept)
         };
         match swept {

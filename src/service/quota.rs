@@ -100,6 +100,9 @@ pub struct Account {
     /// node, ends. Not with a ledger shared by several nodes: another node's sessions may
     /// still use the count (see [`Accounts::shared`]).
     forget_when_done: bool,
+    /// Whether this node [`UsageLedger::join`]ed the home for this account, and leaves it
+    /// when the account (the home's last session on this node) is gone.
+    joined: bool,
 }
 
 impl std::fmt::Debug for Account {
@@ -137,6 +140,7 @@ impl Account {
             lease,
             changes: tokio::sync::Mutex::new(()),
             forget_when_done: true,
+            joined: false,
         }
     }
 
@@ -234,6 +238,9 @@ impl Drop for Account {
     /// The home's last session on this node is gone: the ledger forgets its counters, so the
     /// next login counts it again (and sees what an admin changed by hand meanwhile).
     fn drop(&mut self) {
+        if self.joined {
+            self.ledger.leave(&self.key);
+        }
         if !self.forget_when_done {
             return;
         }
@@ -475,6 +482,7 @@ impl Accounts {
     /// blocking pool.
     pub fn open(
         &self,
+        user: &str,
         home: PathBuf,
         jail: &dyn CountableHome,
         partial_ttl: Duration,
@@ -525,7 +533,17 @@ impl Accounts {
             lease: RESERVATION_LEASE,
             changes: tokio::sync::Mutex::new(()),
             forget_when_done: !self.shared,
+            joined: self.shared,
         });
+        if self.shared {
+            // Told before the count is looked at: a recount another node takes from now on
+            // sees this node (see `UsageLedger::take_recount`). A node that cannot say so
+            // does not go on, lest a recount run under this session's changes.
+            wait(self.ledger.join(&key)).map_err(state_error)?;
+            if wait(self.ledger.take_recount(user, &key)).map_err(state_error)? {
+                tracing::info!(user, "usage recounted, as asked with `ferry user recount`");
+            }
+        }
         // Counted once across every node sharing the ledger: whoever claims the home walks
         // it; the others wait for the count (or find it known).
         let swept = loop {
@@ -705,7 +723,10 @@ mod tests {
                     s.spawn(|| {
                         let jail = Jail::open(&home, false).unwrap();
                         let ttl = Duration::from_secs(3600);
-                        accounts.open(home.clone(), &jail, ttl, &stop).unwrap().0
+                        accounts
+                            .open("u", home.clone(), &jail, ttl, &stop)
+                            .unwrap()
+                            .0
                     })
                 })
                 .collect();
@@ -719,7 +740,7 @@ mod tests {
         drop(opened);
         let jail = Jail::open(&home, false).unwrap();
         let ttl = Duration::from_secs(3600);
-        let (_again, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        let (_again, _) = accounts.open("u", home.clone(), &jail, ttl, &stop).unwrap();
         assert_eq!(accounts.walks.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
@@ -733,9 +754,9 @@ mod tests {
         let stop = Stop::after(Duration::from_secs(60));
         stop.raise();
         let ttl = Duration::from_secs(3600);
-        assert!(accounts.open(home.clone(), &jail, ttl, &stop).is_err());
+        assert!(accounts.open("u", home.clone(), &jail, ttl, &stop).is_err());
         let stop = Stop::after(Duration::from_secs(60));
-        let (a, _) = accounts.open(home.clone(), &jail, ttl, &stop).unwrap();
+        let (a, _) = accounts.open("u", home.clone(), &jail, ttl, &stop).unwrap();
         assert_eq!(wait(a.usage(&LIMITS)).unwrap().used_files, Some(2));
     }
 

@@ -147,6 +147,29 @@ pub trait UsageLedger: Send + Sync {
     /// reservations of the home are kept.
     fn forget(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>>;
 
+    /// This node has a session of `home` from now on (until [`UsageLedger::leave`]): a
+    /// shared ledger tells the other nodes, so none of them recounts the home under it. A
+    /// ledger of one node needs nothing.
+    fn join(&self, home: &str) -> BoxFuture<'_, Result<(), StateError>> {
+        let _ = home;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// This node's session of `home` that [`UsageLedger::join`]ed is over. Does not wait.
+    fn leave(&self, home: &str) {
+        let _ = home;
+    }
+
+    /// True if `user` asked for a recount (`ferry user recount`) and no other node has a
+    /// session of `home` or a change in flight in it: the count is then dropped, and the
+    /// caller (which has [`UsageLedger::join`]ed and has no session of the home yet) counts
+    /// it again now. A ledger of one node forgets each home's count when its last session
+    /// ends anyway, and has nothing to take.
+    fn take_recount(&self, user: &str, home: &str) -> BoxFuture<'_, Result<bool, StateError>> {
+        let _ = (user, home);
+        Box::pin(async { Ok(false) })
+    }
+
     /// Reserves `need` in `home` for a file that will be `file_size` bytes, checked against
     /// `quota` together with everything used and reserved, atomically with respect to every
     /// other reservation of the home (on every node). The lease expires after `ttl` unless
