@@ -268,3 +268,74 @@ async fn needs_postgres_racing_patches_through_two_nodes_have_one_winner() {
         assert_eq!(std::fs::read(&landed).unwrap(), data);
     }
 }
+
+/// A node renews its hold on an upload live on it: another node's PATCH gets 409
+/// `upload_busy` for as long as the upload stays live there, well past one hold lease (a
+/// node that died stops renewing, and its hold lapses within one). Once kept, the other node
+/// takes it up and the file is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres; .ci/run installs it"]
+async fn needs_postgres_a_node_renews_its_hold_on_an_upload_live_on_it() {
+    let url = crate::util::pg::fresh_db().await;
+    let homes = tempfile::tempdir().unwrap();
+    let a = node(&url, &homes, None).await;
+    let b = node(&url, &homes, Some(&a)).await;
+    let lease = std::time::Duration::from_secs(3);
+    ferry::frontend::http::tus::set_hold_lease(&a.server, lease);
+    ferry::frontend::http::tus::set_hold_lease(&b.server, lease);
+    let mut ca = Client::connect(&a, Proto::H1).await;
+    let (cookie, csrf) = login(&mut ca, "alice", "alice-pw").await;
+    let auth = |extra: &[(&'static str, String)]| {
+        let mut h = vec![
+            ("cookie", cookie.clone()),
+            ("x-ferry-csrf", csrf.clone()),
+            ("tus-resumable", "1.0.0".to_string()),
+        ];
+        h.extend_from_slice(extra);
+        h
+    };
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+    let half = data.len() / 2;
+    let meta = format!(
+        "filename {}",
+        base64::engine::general_purpose::STANDARD.encode("held.bin")
+    );
+    let r = send(
+        &mut ca,
+        "POST",
+        "/tus/",
+        auth(&[
+            ("upload-length", data.len().to_string()),
+            ("upload-metadata", meta),
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let at = r.header("location").unwrap().to_string();
+    let patch = |offset: usize| {
+        auth(&[
+            (
+                "content-type",
+                "application/offset+octet-stream".to_string(),
+            ),
+            ("upload-offset", offset.to_string()),
+        ])
+    };
+    let r = send(&mut ca, "PATCH", &at, patch(0), data[..half].to_vec()).await;
+    assert_eq!(r.status(), 204, "{}", r.text());
+    // More than two leases later, A still holds the upload parked on it.
+    tokio::time::sleep(lease * 2 + lease / 2).await;
+    let mut cb = Client::connect(&b, Proto::H1).await;
+    let r = send(&mut cb, "PATCH", &at, patch(half), data[half..].to_vec()).await;
+    assert_eq!(r.status(), 409, "{}", r.text());
+    assert!(r.text().contains("upload_busy"), "{}", r.text());
+    // Kept as a partial, A gives its hold up: B takes the upload up and finishes it.
+    ferry::frontend::http::tus::keep_parked(&a.server).await;
+    let r = send(&mut cb, "PATCH", &at, patch(half), data[half..].to_vec()).await;
+    assert_eq!(r.status(), 204, "{}", r.text());
+    assert_eq!(
+        std::fs::read(walkdir(homes.path(), "held.bin")).unwrap(),
+        data
+    );
+}

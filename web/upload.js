@@ -566,7 +566,10 @@ class Item {
         state = null;
         continue;
       }
-      if ([0, 408, 429, 502, 503, 504].includes(r.status) && attempt < RETRIES) {
+      // 409 upload_busy: another request, or another node, still holds this upload (a node
+      // that died holds it until its hold lapses, a minute): wait and ask again.
+      const busy = r.status === 409 && err.error === 'upload_busy';
+      if (([0, 408, 429, 502, 503, 504].includes(r.status) || busy) && attempt < RETRIES) {
         await this.backoff(attempt, r.status, err.message);
         attempt += 1;
         const at = await this.offsetAt(this.url);

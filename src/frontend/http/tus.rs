@@ -63,10 +63,12 @@ pub const MAX_PARKED: usize = 128;
 /// well inside the quota reservation's lease, which only writes renew).
 const PARK_IDLE_MAX: Duration = Duration::from_secs(120);
 
-/// How long a node holds an upload in shared records after a PATCH began ([`UploadSessions::hold`]):
-/// past the time a parked upload is kept (and the hold given up), so only a node that died
-/// with it (or a PATCH streaming for longer) lets another node take it up meanwhile.
-const HOLD_LEASE: Duration = Duration::from_secs(300);
+/// How long a node holds an upload in shared records ([`UploadSessions::hold`]) unless it
+/// renews the hold: its keeper renews the holds of the uploads live on it (parked or
+/// streaming) every third of this, until they are kept as partials and the holds given up.
+/// So an upload whose node died is taken up through another node within this time (the page
+/// retries a 409 `upload_busy` for about two minutes).
+const HOLD_LEASE: Duration = Duration::from_secs(60);
 
 /// How long a request waits for another request on the same upload before it answers 409.
 const BUSY_WAIT: Duration = Duration::from_secs(1);
@@ -88,6 +90,17 @@ pub struct TusState {
     node: OnceLock<String>,
     parked: Mutex<HashMap<String, Arc<Parked>>>,
     keeper: AtomicBool,
+    /// The hold lease in milliseconds when not [`HOLD_LEASE`] (0), see [`set_hold_lease`].
+    hold_lease_ms: std::sync::atomic::AtomicU64,
+    /// When the keeper last renewed this node's holds.
+    holds_renewed: Mutex<Option<Instant>>,
+}
+
+/// Sets how long `server` holds an upload unless it renews the hold (tests: a short lease
+/// shows the keeper renewing it).
+pub fn set_hold_lease(server: &Arc<Server>, lease: Duration) {
+    let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+    server.web.tus.hold_lease_ms.store(ms, Ordering::Release);
 }
 
 impl std::fmt::Debug for TusState {
@@ -145,6 +158,14 @@ impl TusState {
     /// the first tus request: `false` (and nothing changed) when the records were in use.
     pub(crate) fn set_records(&self, store: Arc<dyn UploadSessions>) -> bool {
         self.records.set(store).is_ok()
+    }
+
+    /// How long a hold of this node lives unless renewed.
+    fn hold_lease(&self) -> Duration {
+        match self.hold_lease_ms.load(Ordering::Acquire) {
+            0 => HOLD_LEASE,
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// This node as a holder of uploads ([`UploadSessions::hold`]).
@@ -221,6 +242,7 @@ async fn keeper(server: Weak<Server>) {
         };
         let idle = server.limits().idle_timeout.min(PARK_IDLE_MAX);
         keep_idle(&server, Some(idle), Duration::ZERO).await;
+        renew_holds(&server).await;
         n += 1;
         if n.is_multiple_of(10) {
             let tus = &server.web.tus;
@@ -238,6 +260,40 @@ async fn keeper(server: Weak<Server>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Renews the holds of the uploads live on this node (parked, or streaming a PATCH) once a
+/// third of the hold lease has passed since the last renewal. A hold found taken by another
+/// node (this node could not renew it in time) is logged: that node's requests now win, and
+/// the upload here ends at its next write or when it is kept.
+async fn renew_holds(server: &Arc<Server>) {
+    let tus = &server.web.tus;
+    let lease = tus.hold_lease();
+    {
+        let mut renewed = lock(&tus.holds_renewed);
+        if renewed.is_some_and(|at| at.elapsed() < lease / 3) {
+            return;
+        }
+        *renewed = Some(Instant::now());
+    }
+    let live: Vec<String> = lock(&tus.parked)
+        .iter()
+        .filter(|(_, p)| p.live.load(Ordering::Acquire))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if live.is_empty() {
+        return;
+    }
+    let records = tus.records(server);
+    for id in live {
+        match records.hold(&id, tus.node(), lease).await {
+            Ok(true) | Err(UploadsError::NotFound) => {}
+            Ok(false) => {
+                tracing::warn!(upload = %id, "tus: another node took up an upload live here")
+            }
+            Err(e) => tracing::warn!(upload = %id, error = %e, "tus: a hold was not renewed"),
         }
     }
 }
@@ -609,7 +665,7 @@ async fn create(
         return unavailable(&e);
     }
     // Its live upload opens here: held by this node until it is kept as a partial.
-    match records.hold(&id, tus.node(), HOLD_LEASE).await {
+    match records.hold(&id, tus.node(), tus.hold_lease()).await {
         Ok(true) => {}
         held => {
             give_up(&entry);
@@ -891,7 +947,7 @@ async fn patch_now(
     };
     // One node at a time works on an upload (records shared by several nodes): held for
     // the length of a parked upload's life here, given up when it is kept as a partial.
-    match records.hold(&id, tus.node(), HOLD_LEASE).await {
+    match records.hold(&id, tus.node(), tus.hold_lease()).await {
         Ok(true) => {}
         Ok(false) => return files::drain_then(body, &headers, busy_upload()).await,
         Err(UploadsError::NotFound) => {
@@ -1027,7 +1083,7 @@ async fn patch_now(
     let now = SystemTime::now();
     let _ = records.renew(&id, now + UPLOAD_TTL).await;
     // A long chunk may have outlasted the hold: renewed from now.
-    let _ = records.hold(&id, tus.node(), HOLD_LEASE).await;
+    let _ = records.hold(&id, tus.node(), tus.hold_lease()).await;
     if upload.written() < record.size {
         park(&mut live, upload, &entry);
         let mut r = Response::new(empty());
