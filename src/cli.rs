@@ -1424,6 +1424,7 @@ async fn open_s3_homes(
         partials: metrics.timed_partials(pg.partials()),
     };
     let homes = S3Homes::open(&config, state).map_err(|e| anyhow::anyhow!("--s3-config: {e}"))?;
+    homes.set_metrics(Arc::clone(metrics));
     let checked = tokio::time::timeout(Duration::from_secs(30), homes.check()).await;
     match checked {
         Ok(Ok(())) => {}

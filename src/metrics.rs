@@ -224,6 +224,7 @@ pub struct Metrics {
     refused: Family<[Label; 1], Counter>,
     storage_seconds: Family<[Label; 1], Histogram, Buckets>,
     database_seconds: Family<[Label; 1], Histogram, Buckets>,
+    object_store_seconds: Family<[Label; 1], Histogram, Buckets>,
 }
 
 impl Default for Metrics {
@@ -249,6 +250,7 @@ impl Metrics {
             refused: Family::default(),
             storage_seconds: Family::new_with_constructor(latency_buckets),
             database_seconds: Family::new_with_constructor(latency_buckets),
+            object_store_seconds: Family::new_with_constructor(latency_buckets),
         };
         registry.register(
             "ferry_build",
@@ -308,6 +310,12 @@ impl Metrics {
             "Time taken by database queries, by operation",
             Unit::Seconds,
             m.database_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "ferry_object_store",
+            "Time taken by requests to the object store (--storage s3), by request",
+            Unit::Seconds,
+            m.object_store_seconds.clone(),
         );
         for p in [Protocol::Ferry, Protocol::Http] {
             let _ = m.sessions.get_or_create(&[("protocol", p.as_str())]);
@@ -414,6 +422,14 @@ impl Metrics {
     pub fn database(&self, op: &'static str, took: Duration) {
         self.database_seconds
             .get_or_create(&[("operation", op)])
+            .observe(took.as_secs_f64());
+    }
+
+    /// A request of kind `request` to the object store (`put`, `get`, `put_part`, ...: a
+    /// fixed name, never a key) took `took`.
+    pub fn object_store(&self, request: &'static str, took: Duration) {
+        self.object_store_seconds
+            .get_or_create(&[("request", request)])
             .observe(took.as_secs_f64());
     }
 

@@ -165,23 +165,33 @@ async fn needs_cluster_parallel_uploads_over_all_nodes_never_exceed_the_quota() 
     assert_eq!(listed, ok);
     // Each node timed its database work for its operators: the account lookups of the
     // logins, and the reservations of the uploads. The name locks and digest records of the
-    // uploads that landed were timed too, wherever they ran.
-    let mut landed_calls = [0.0; 2];
+    // uploads that landed were timed too, wherever they ran, and so were their PUTs to the
+    // object store.
+    let mut landed_calls = [0.0; 3];
     for n in 1..=3u16 {
         let m = cluster.metrics(n).await;
         for op in ["login_lookup", "reserve"] {
             let line = format!("ferry_database_seconds_count{{operation=\"{op}\"}}");
             assert!(m.contains(&line), "node {n} has no {line}:\n{m}");
         }
-        for (i, op) in ["name_lock", "digest_put"].iter().enumerate() {
-            let series = format!("ferry_database_seconds_count{{operation=\"{op}\"}} ");
+        for (i, series) in [
+            r#"ferry_database_seconds_count{operation="name_lock"} "#,
+            r#"ferry_database_seconds_count{operation="digest_put"} "#,
+            r#"ferry_object_store_seconds_count{request="put"} "#,
+        ]
+        .iter()
+        .enumerate()
+        {
             landed_calls[i] += m
                 .lines()
-                .find_map(|l| l.strip_prefix(&series))
+                .find_map(|l| l.strip_prefix(series))
                 .map_or(0.0, |v| v.parse::<f64>().unwrap());
         }
     }
-    for (i, op) in ["name_lock", "digest_put"].iter().enumerate() {
+    for (i, op) in ["name_lock", "digest_put", "object store put"]
+        .iter()
+        .enumerate()
+    {
         assert!(
             landed_calls[i] >= ok as f64,
             "{ok} uploads landed, {} {op} calls timed",

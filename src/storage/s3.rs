@@ -323,6 +323,8 @@ pub struct S3Bucket {
     /// `""` or `"<prefix>/"`.
     prefix: String,
     part_size: usize,
+    /// The node's metrics, which every request to the store is timed into (once set).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for S3Bucket {
@@ -388,7 +390,14 @@ impl S3Bucket {
             bucket: config.bucket.clone(),
             prefix,
             part_size: config.part_size,
+            metrics: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Times every request to the store into `metrics` from now on (once: a later call is
+    /// ignored).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The `object_store` client underneath (for tools and tests).
@@ -550,6 +559,17 @@ impl Inner {
         &self.bucket.store
     }
 
+    /// A request to the store, timed into `ferry_object_store_seconds` (by `request`, a fixed
+    /// name) when the node has metrics.
+    async fn timed<T>(&self, request: &'static str, f: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = f.await;
+        if let Some(m) = self.bucket.metrics.get() {
+            m.object_store(request, started.elapsed());
+        }
+        out
+    }
+
     fn key_str(&self, path: &RemotePath) -> String {
         format!("{}{}", self.root, path.components().join("/"))
     }
@@ -586,7 +606,7 @@ impl Inner {
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StorageError> {
-        match self.store().head(key).await {
+        match self.timed("head", self.store().head(key)).await {
             Ok(m) => Ok(Some(m)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(os_err(e)),
@@ -691,7 +711,10 @@ impl Inner {
     /// Aborts a multipart upload, ignoring a store that forgot it already.
     async fn abort(&self, key: &Key, id: &str) {
         let id = id.to_string();
-        if let Err(e) = self.store().abort_multipart(key, &id).await {
+        if let Err(e) = self
+            .timed("abort_multipart", self.store().abort_multipart(key, &id))
+            .await
+        {
             tracing::debug!(error = %e, "abort of a multipart upload failed");
         }
     }
@@ -782,9 +805,18 @@ impl Inner {
         let key = self.key(&target)?;
         let write = async {
             match body {
-                Body::Put(data) => Ok(self.store().put(&key, data).await.map_err(os_err)?.e_tag),
+                Body::Put(data) => Ok(self
+                    .timed("put", self.store().put(&key, data))
+                    .await
+                    .map_err(os_err)?
+                    .e_tag),
                 Body::Complete { id, parts } => {
-                    let done = self.store().complete_multipart(&key, &id, parts).await;
+                    let done = self
+                        .timed(
+                            "complete_multipart",
+                            self.store().complete_multipart(&key, &id, parts),
+                        )
+                        .await;
                     match done {
                         Ok(r) => Ok(r.e_tag),
                         Err(e) => {
@@ -1230,8 +1262,10 @@ impl S3Upload {
             None => {
                 let id = self
                     .inner
-                    .store()
-                    .create_multipart(&self.key)
+                    .timed(
+                        "create_multipart",
+                        self.inner.store().create_multipart(&self.key),
+                    )
                     .await
                     .map_err(|e| {
                         self.broken = true;
@@ -1250,8 +1284,11 @@ impl S3Upload {
         let payload: PutPayload = chunks.into_iter().collect();
         let idx = self.parts.len() + self.flights.len();
         let (inner, key) = (Arc::clone(&self.inner), self.key.clone());
-        let task =
-            tokio::spawn(async move { inner.store().put_part(&key, &id, idx, payload).await });
+        let task = tokio::spawn(async move {
+            inner
+                .timed("put_part", inner.store().put_part(&key, &id, idx, payload))
+                .await
+        });
         self.flights.push_back(Flight {
             len,
             state: save_state(&self.hasher),
@@ -1625,8 +1662,7 @@ impl S3Download {
         };
         let got = self
             .inner
-            .store()
-            .get_opts(&self.key, options)
+            .timed("get", self.inner.store().get_opts(&self.key, options))
             .await
             .map_err(|e| match e {
                 // Gone or replaced since the open: what a shrinking local file gives.
@@ -1842,8 +1878,7 @@ impl S3Storage {
                 ..PaginatedListOptions::default()
             };
             let result = inner
-                .store()
-                .list_paginated(Some(&prefix), options)
+                .timed("list", inner.store().list_paginated(Some(&prefix), options))
                 .await
                 .map_err(os_err)?;
             // S3 gives objects and common prefixes apart, each in key order: merge them.
@@ -1919,9 +1954,9 @@ impl S3Storage {
             return Err(StorageError::AlreadyExists);
         }
         inner.parent_exists(path).await?;
+        let marker = inner.marker(path)?;
         inner
-            .store()
-            .put(&inner.marker(path)?, PutPayload::default())
+            .timed("put", inner.store().put(&marker, PutPayload::default()))
             .await
             .map_err(os_err)?;
         drop(lock);
@@ -1937,7 +1972,10 @@ impl S3Storage {
             what => footprint_of(&what),
         };
         let key = inner.key(path)?;
-        inner.store().delete(&key).await.map_err(os_err)?;
+        inner
+            .timed("delete", inner.store().delete(&key))
+            .await
+            .map_err(os_err)?;
         let _ = inner.state.digests.forget(&inner.full(&key)).await;
         drop(lock);
         Ok(gone)
@@ -1961,15 +1999,17 @@ impl S3Storage {
         };
         let prefix = inner.dir_prefix(path);
         let listed = inner
-            .store()
-            .list_paginated(Some(&prefix), options)
+            .timed("list", inner.store().list_paginated(Some(&prefix), options))
             .await
             .map_err(os_err)?;
         let marker = inner.marker(path)?;
         if listed.result.objects.iter().any(|m| m.location != marker) {
             return Err(StorageError::DirectoryNotEmpty);
         }
-        inner.store().delete(&marker).await.map_err(os_err)?;
+        inner
+            .timed("delete", inner.store().delete(&marker))
+            .await
+            .map_err(os_err)?;
         drop(lock);
         Ok(Footprint { bytes: 0, files: 1 })
     }
@@ -2015,9 +2055,15 @@ impl S3Storage {
         match source {
             What::File(meta) => {
                 let (fk, tk) = (inner.key(from)?, inner.key(to)?);
-                inner.store().copy(&fk, &tk).await.map_err(os_err)?;
+                inner
+                    .timed("copy", inner.store().copy(&fk, &tk))
+                    .await
+                    .map_err(os_err)?;
                 self.carry_digest(&fk, &meta, &tk).await;
-                inner.store().delete(&fk).await.map_err(os_err)?;
+                inner
+                    .timed("delete", inner.store().delete(&fk))
+                    .await
+                    .map_err(os_err)?;
                 let _ = inner.state.digests.forget(&inner.full(&fk)).await;
             }
             _ => {
@@ -2028,11 +2074,17 @@ impl S3Storage {
                     let rest = &k.as_ref()[old.len()..];
                     let nk = Key::parse(format!("{new}{rest}"))
                         .map_err(|_| StorageError::InvalidArgument)?;
-                    inner.store().copy(k, &nk).await.map_err(os_err)?;
+                    inner
+                        .timed("copy", inner.store().copy(k, &nk))
+                        .await
+                        .map_err(os_err)?;
                     self.carry_digest(k, meta, &nk).await;
                 }
                 for (k, _) in &keys {
-                    inner.store().delete(k).await.map_err(os_err)?;
+                    inner
+                        .timed("delete", inner.store().delete(k))
+                        .await
+                        .map_err(os_err)?;
                     let _ = inner.state.digests.forget(&inner.full(k)).await;
                 }
             }
@@ -2053,8 +2105,10 @@ impl S3Storage {
             };
             let r = self
                 .inner
-                .store()
-                .list_paginated(Some(prefix), options)
+                .timed(
+                    "list",
+                    self.inner.store().list_paginated(Some(prefix), options),
+                )
                 .await
                 .map_err(os_err)?;
             out.extend(
@@ -2122,7 +2176,10 @@ impl S3Storage {
         }
         let (fk, tk) = (inner.key(from)?, inner.key(to)?);
         // CopyObject: atomic, so a dropped copy leaves nothing or the whole.
-        inner.store().copy(&fk, &tk).await.map_err(os_err)?;
+        inner
+            .timed("copy", inner.store().copy(&fk, &tk))
+            .await
+            .map_err(os_err)?;
         if let Some(placed) = options.placed {
             placed(replaced);
         }
@@ -2162,7 +2219,10 @@ impl S3Storage {
             if_match: meta.e_tag.clone(),
             ..GetOptions::default()
         };
-        let data = match inner.store().get_opts(&key, options).await {
+        let data = match inner
+            .timed("get", inner.store().get_opts(&key, options))
+            .await
+        {
             Ok(got) => got.bytes().await.map_err(os_err)?,
             Err(
                 object_store::Error::NotFound { .. } | object_store::Error::Precondition { .. },

@@ -81,6 +81,11 @@ impl S3Homes {
         let bucket = S3Bucket::open(config).map_err(|e| e.to_string())?;
         Ok(S3Homes { bucket, state })
     }
+
+    /// Times the store's requests into `metrics` (`ferry_object_store_seconds`).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        self.bucket.set_metrics(metrics);
+    }
 }
 
 impl S3Homes {
