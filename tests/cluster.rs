@@ -391,6 +391,80 @@ async fn ledger(cluster: &Cluster) -> Vec<(i64, i64)> {
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
+/// An object put into the bucket behind ferry's back is not in the shared count, which every
+/// node keeps; after `ferry user recount`, the user's next login, once no other node has a
+/// session of the home, walks the home again through whichever node it lands on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres, garage and haproxy; .ci/run installs them"]
+async fn needs_cluster_ferry_user_recount_sees_what_was_put_into_the_bucket_by_hand() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let cluster = Cluster::up().await;
+    cluster.add_user("dora", PW, &["--quota-bytes", "10 MiB"]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("a");
+    random_file(&src, 1_000, 3);
+    let usage = |n: u16| {
+        let cluster = &cluster;
+        async move {
+            let mut conn = cluster.connect_node(n, "dora", PW).await;
+            let u = conn.usage().await.unwrap();
+            (u.used_bytes, u.used_files)
+        }
+    };
+    {
+        let mut conn = cluster.connect_node(1, "dora", PW).await;
+        conn.put(&src, "/a.bin", false, &mut no_progress())
+            .await
+            .unwrap();
+    }
+    let config =
+        ferry::storage::s3_homes::load_config(&cluster.dir.path().join("s3.toml")).unwrap();
+    let bucket = ferry::storage::s3::S3Bucket::open(&config).unwrap();
+    let key = format!("{}by-hand.bin", bucket.home_prefix("dora").unwrap());
+    bucket
+        .object_store()
+        .put(
+            &object_store::path::Path::from(key),
+            PutPayload::from(vec![7u8; 5_000]),
+        )
+        .await
+        .unwrap();
+    // The count made at the first login is kept by every node: the object is not in it.
+    assert_eq!(usage(2).await, (Some(1_000), Some(1)));
+
+    let out = cluster.ferry(&["user", "recount", "dora"], None);
+    assert!(out.status.success(), "{out:?}");
+    // Nodes 1 and 2 said moments ago that they have sessions of the home: node 3 must not
+    // walk it under them.
+    assert_eq!(usage(3).await, (Some(1_000), Some(1)));
+    // Their word lives 90 s; cut short here (as if that much time had passed).
+    let (db, conn) = tokio_postgres::connect(&cluster.accounts_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    db.execute(
+        "UPDATE ferry_live_homes SET expires = now() - interval '1 second'",
+        &[],
+    )
+    .await
+    .unwrap();
+    drop(db);
+    let _ = driver.await;
+    // The next login (its node's own last session may take a moment to end) counts again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = usage(2).await;
+        if got == (Some(6_000), Some(2)) {
+            break;
+        }
+        assert_eq!(got, (Some(1_000), Some(1)), "neither count");
+        assert!(Instant::now() < deadline, "not counted again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every node sees the new count.
+    assert_eq!(usage(1).await, (Some(6_000), Some(2)));
+}
+
 /// One user, two clients, one name: a resumed upload running through node 2 while a put of
 /// the same name lands through node 3. The put supersedes the running upload (its parts go,
 /// it fails) and the counters end exact: the prefix the resume took over comes off once.
