@@ -191,6 +191,26 @@ async fn reserved_in(
 /// node's last session of it ended, or after that node died.
 pub const LIVE_HOME_LEASE: Duration = Duration::from_secs(90);
 
+/// Records that `node` has sessions of `homes`, for [`LIVE_HOME_LEASE`] from now.
+async fn mark_live(db: &Db, node: &str, homes: &[String]) -> Result<(), StateError> {
+    within(db, async {
+        let c = db.conn().await?;
+        c.execute(
+            &c.prepare_cached(
+                "INSERT INTO ferry_live_homes (home, node, expires)
+                 SELECT h, $2, now() + $3::bigint * interval '1 microsecond'
+                 FROM unnest($1::text[]) AS h
+                 ON CONFLICT (home, node) DO UPDATE SET expires = EXCLUDED.expires",
+            )
+            .await?,
+            &[&homes, &node, &micros(LIVE_HOME_LEASE)],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
 /// [`UsageLedger`] in the tables `ferry_usage` and `ferry_reservations`, and this node's live
 /// homes in `ferry_live_homes` (see [`UsageLedger::join`]).
 #[derive(Debug, Clone)]
@@ -244,23 +264,7 @@ impl PgLedger {
                 if homes.is_empty() {
                     continue;
                 }
-                let renewed = within(&db, async {
-                    let c = db.conn().await?;
-                    c.execute(
-                        &c.prepare_cached(
-                            "INSERT INTO ferry_live_homes (home, node, expires)
-                             SELECT h, $2, now() + $3::bigint * interval '1 microsecond'
-                             FROM unnest($1::text[]) AS h
-                             ON CONFLICT (home, node) DO UPDATE SET expires = EXCLUDED.expires",
-                        )
-                        .await?,
-                        &[&homes, &node, &micros(LIVE_HOME_LEASE)],
-                    )
-                    .await?;
-                    Ok(())
-                })
-                .await;
-                if let Err(e) = renewed {
+                if let Err(e) = mark_live(&db, &node, &homes).await {
                     tracing::warn!(error = %e, "shared state: live homes not renewed; a recount may run early");
                 }
             }
@@ -412,21 +416,7 @@ impl UsageLedger for PgLedger {
         Box::pin(async move {
             *self.live_homes().entry(home.clone()).or_default() += 1;
             self.start_renewer();
-            within(&self.db, async {
-                let c = self.db.conn().await?;
-                c.execute(
-                    &c.prepare_cached(
-                        "INSERT INTO ferry_live_homes (home, node, expires)
-                         VALUES ($1, $2, now() + $3::bigint * interval '1 microsecond')
-                         ON CONFLICT (home, node) DO UPDATE SET expires = EXCLUDED.expires",
-                    )
-                    .await?,
-                    &[&home, &self.node, &micros(LIVE_HOME_LEASE)],
-                )
-                .await?;
-                Ok(())
-            })
-            .await
+            mark_live(&self.db, &self.node, &[home]).await
         })
     }
 
